@@ -1,0 +1,45 @@
+# fhir-x12-gateway: `make help` lists the targets.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SAMPLE ?= fixtures/x12/271/subscriber-benefits.271
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+.PHONY: install
+install: $(STAMP)  ## create .venv and install the project with its dev tools
+
+.PHONY: run
+run: $(STAMP)  ## validate a sample 271 and print its 999, then serve on 127.0.0.1:8080
+	$(BIN)/fhir-x12 validate $(SAMPLE)
+	$(BIN)/fhir-x12 validate $(SAMPLE) --ack 999 2>/dev/null; echo
+	@echo "Serving on http://127.0.0.1:8080 - try:"
+	@echo "  curl -s -X POST --data-binary @$(SAMPLE) 'http://127.0.0.1:8080/x12/\$$validate'"
+	$(BIN)/flask --app wsgi:app run --host 127.0.0.1 --port 8080
+
+.PHONY: lint
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check gateway tests bench wsgi.py
+
+.PHONY: test
+test: lint  ## lint, then the whole test suite
+	$(BIN)/pytest
+
+.PHONY: bench
+bench: $(STAMP)  ## speed and memory benchmarks (results: BENCHMARKS.md)
+	$(BIN)/python -m bench
+
+.PHONY: clean
+clean:  ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

@@ -1,0 +1,1 @@
+"""HTTP layer: thin blueprints around the pure X12 and translation code."""

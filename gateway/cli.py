@@ -1,0 +1,119 @@
+"""The ``fhir-x12`` command: validate (and, as they land, translate and serve) from the shell.
+
+Exit codes (DESIGN §3): 0 success, 1 input understood but invalid, 2 unreadable input or usage.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from gateway.errors import GatewayError, X12SyntaxError
+from gateway.x12.model import Finding
+
+EXIT_INVALID = 1
+EXIT_UNREADABLE = 2
+
+
+def _fail(message: str, code: int = EXIT_UNREADABLE) -> None:
+    click.echo(f"fhir-x12: {message}", err=True)
+    sys.exit(code)
+
+
+def _read_input(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        _fail(f"{path}: no such file")
+    except IsADirectoryError:
+        _fail(f"{path}: is a directory, not a file")
+    except OSError as exc:
+        _fail(f"{path}: cannot read: {exc.strerror}")
+    raise AssertionError("unreachable")
+
+
+def _parse_date(value: str | None) -> datetime:
+    if value is None:
+        return datetime.now().replace(second=0, microsecond=0)
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M")
+    except ValueError:
+        _fail(f"--date {value!r} is not YYYY-MM-DDTHH:MM")
+    raise AssertionError("unreachable")
+
+
+def format_finding(f: Finding) -> str:
+    """One line a person can act on: severity, code, where, what."""
+    where = []
+    if f.transaction:
+        where.append(f"ST {f.transaction}")
+    if f.loop:
+        where.append(f"loop {f.loop}")
+    if f.segment:
+        where.append(f"{f.segment} at position {f.position}" if f.position else f.segment)
+    if f.element:
+        where.append(f.element + (f" repetition {f.repetition}" if f.repetition else ""))
+    ack = f" [{f.level} {f.ack_code}]" if f.ack_code else ""
+    return f"{f.severity.upper():7} {f.code}{ack}: {', '.join(where) or 'interchange'}: {f.message}"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fhir-x12-gateway")
+def main() -> None:
+    """FHIR R4 <-> X12 005010X279A1 eligibility (270/271) gateway tools."""
+
+
+@main.command()
+@click.argument("file")
+@click.option("--ack", "ack", type=click.Choice(["999", "ta1"], case_sensitive=False),
+              help="Write a 999 or TA1 acknowledgment to stdout (findings go to stderr).")
+@click.option("--json", "as_json", is_flag=True, help="Findings as JSON.")
+@click.option("--control-number", type=click.IntRange(1, 999_999_999), default=1, show_default=True,
+              help="Interchange control number of the acknowledgment.")
+@click.option("--date", "date", help="Acknowledgment date and time, YYYY-MM-DDTHH:MM (default: now).")
+def validate(file: str, ack: str | None, as_json: bool, control_number: int, date: str | None) -> None:
+    """Validate a 270 or 271 against the 005010X279A1 implementation guide.
+
+    Exit 0 when valid, 1 with findings, 2 when FILE cannot be read as X12.
+    """
+    from gateway.x12.ack import build_999, build_ta1
+    from gateway.x12.validate import validate_x12
+
+    data = _read_input(file)
+    now = _parse_date(date)
+    try:
+        report = validate_x12(data)
+    except X12SyntaxError as exc:
+        _fail(f"{file}: not readable as X12: {exc}")
+        return
+    except GatewayError as exc:
+        _fail(f"{file}: {exc}")
+        return
+    findings_out = sys.stderr if ack else sys.stdout
+    if as_json:
+        payload = {"file": file, **report.to_dict()}
+        click.echo(json.dumps(payload, indent=2), file=findings_out)
+    else:
+        for finding in report.findings:
+            click.echo(format_finding(finding), file=findings_out)
+        summary = "valid" if report.valid else f"invalid: {len(report.errors)} error(s)"
+        click.echo(f"{file}: {summary}, {len(report.findings)} finding(s) in "
+                   f"{len(report.transactions)} transaction set(s)", file=findings_out)
+    if ack:
+        if ack.lower() == "ta1":
+            isa = report.interchanges[0] if report.interchanges else None
+            click.echo(build_ta1(isa, report.findings, control_number=control_number, now=now), nl=False)
+        else:
+            click.echo(build_999(report.transactions, report.findings, control_number=control_number, now=now),
+                       nl=False)
+    sys.exit(0 if report.valid else EXIT_INVALID)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

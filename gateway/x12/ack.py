@@ -1,0 +1,111 @@
+"""999 (005010X231A1) and TA1 acknowledgments rendered from validation findings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from gateway.x12.model import Finding, Interchange, Transaction
+from gateway.x12.writer import Envelope, X12Writer
+
+ACK_IMPLEMENTATION = "005010X231A1"
+SEGMENT_CODES = frozenset("1 2 3 4 5 6 7 8 I4 I6 I7 I8 I9".split())
+ELEMENT_CODES = frozenset("1 2 3 4 5 6 7 8 9 10 12 13 I6 I9 I10 I11 I12 I13".split())
+TRANSACTION_CODES = frozenset("1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 23 24 25 26 27 I5 I6".split())
+GROUP_CODES = frozenset("1 2 3 4 5 6 10 11 12 13 14 15 16 17 18 19 23 24 25 26".split())
+TA1_CODES = frozenset(f"{i:03d}" for i in range(1, 32))
+
+
+def _is_error(f: Finding) -> bool:
+    return f.severity == "error"
+
+
+def _swap(isa: Interchange | None, control: int, now: datetime) -> Envelope:
+    """The acknowledgment goes back: its sender is the original receiver."""
+    if isa is None:
+        return Envelope(sender_id="UNKNOWN", receiver_id="UNKNOWN", interchange_control=control, now=now)
+    return Envelope(sender_id=isa.receiver_id or "UNKNOWN", receiver_id=isa.sender_id or "UNKNOWN",
+                    sender_qualifier=isa.receiver_qualifier or "ZZ", receiver_qualifier=isa.sender_qualifier or "ZZ",
+                    interchange_control=control, now=now, usage=isa.usage if isa.usage in ("P", "T") else "P")
+
+
+def build_ta1(isa: Interchange | None, findings: Iterable[Finding], *, control_number: int, now: datetime) -> str:
+    """A TA1 for one interchange: accepted (000), accepted with errors, or rejected with its note code."""
+    own = [f for f in findings if f.level == "interchange" and f.ack_code in TA1_CODES
+           and (isa is None or f.interchange in ("", isa.control_number))]
+    errors = [f for f in own if _is_error(f)]
+    status = "R" if errors else ("E" if own else "A")
+    note = (errors or own)[0].ack_code if own else "000"
+    writer = X12Writer(isa.delimiters if isa and isa.delimiters.repetition else X12Writer().delimiters)
+    env = _swap(isa, control_number, now)
+    ta1 = writer.segment("TA1", (isa.control_number if isa else "").rjust(9, "0")[:9],
+                         isa.date if isa else now.strftime("%y%m%d"), isa.time if isa else now.strftime("%H%M"),
+                         status, note)
+    return writer.isa(env) + ta1 + writer.segment("IEA", "0", f"{control_number:09d}")
+
+
+def build_999(transactions: list[Transaction], findings: Iterable[Finding], *, control_number: int,
+              now: datetime) -> str:
+    """A 999 acknowledging the functional group(s) of ``transactions``, with IK3/IK4/IK5/AK9."""
+    findings = list(findings)
+    first = transactions[0] if transactions else None
+    isa = first.interchange if first else None
+    group = first.group if first else None
+    writer = X12Writer(isa.delimiters if isa and isa.delimiters.repetition else X12Writer().delimiters)
+    body: list[tuple[str, list]] = []
+    fid = group.functional_id if group else ""
+    body.append(("AK1", [fid, group.control_number if group else "", group.version if group else ""]))
+    accepted = 0
+    for txn in transactions:
+        own = [f for f in findings if f.transaction == txn.control_number
+               and (not f.transaction_set or f.transaction_set == txn.set_id)]
+        body.append(("AK2", [txn.set_id, txn.control_number, txn.implementation]))
+        segment_level = [f for f in own if f.level in ("segment", "element") and f.position
+                         and (f.ack_code in SEGMENT_CODES or f.ack_code in ELEMENT_CODES)]
+        by_position: dict[tuple[int, str], list[Finding]] = {}
+        for f in segment_level:
+            by_position.setdefault((f.position, f.segment), []).append(f)
+        for (position, seg_id), items in sorted(by_position.items()):
+            seg_codes = [f.ack_code for f in items if f.level == "segment" and f.ack_code in SEGMENT_CODES]
+            element_items = [f for f in items if f.level == "element" and f.ack_code in ELEMENT_CODES]
+            code = seg_codes[0] if seg_codes else "8"
+            loop = items[0].loop
+            body.append(("IK3", [seg_id, str(position), "2120" if loop.startswith("2120") else "", code]))
+            for f in element_items:
+                index = _element_index(f.element)
+                body.append(("IK4", [(str(index), str(f.component or ""), str(f.repetition or "")),
+                                     f.data_element, f.ack_code, f.value[:99] if f.value else ""]))
+        txn_errors = [f for f in own if _is_error(f)]
+        txn_codes = [f.ack_code for f in own if f.level in ("transaction",) and f.ack_code in TRANSACTION_CODES]
+        if any(f.level in ("segment", "element") for f in txn_errors):
+            txn_codes.append("5")
+        codes = list(dict.fromkeys(txn_codes))[:5]
+        if txn_errors:
+            status = "R"
+        elif segment_level or codes:
+            status = "E"
+        else:
+            status = "A"
+            accepted += 1
+        if status == "E":
+            accepted += 1
+        body.append(("IK5", [status, *codes]))
+    group_findings = [f for f in findings if f.level == "group" and f.ack_code in GROUP_CODES]
+    group_errors = [f for f in group_findings if _is_error(f)]
+    if group_errors or (transactions and accepted == 0):
+        ak901 = "R"
+    elif accepted < len(transactions):
+        ak901 = "P"
+    elif group_findings or any(s == "IK5" and e[0] == "E" for s, e in body):
+        ak901 = "E"
+    else:
+        ak901 = "A"
+    group_codes = list(dict.fromkeys(f.ack_code for f in group_findings))[:5]
+    body.append(("AK9", [ak901, str(len(transactions)), str(len(transactions)), str(accepted), *group_codes]))
+    env = _swap(isa, control_number, now)
+    return writer.interchange(env, "FA", "999", ACK_IMPLEMENTATION, [body]).text
+
+
+def _element_index(ref: str) -> int:
+    digits = "".join(ch for ch in ref[-2:] if ch.isdigit())
+    return int(digits) if digits else 0

@@ -1,0 +1,459 @@
+"""Lenient X12 reader: envelopes, transactions and the 270/271 loop tree, streamed.
+
+Reads what real payers send (see DESIGN §5), reports every defect as a Finding with its location,
+and raises X12SyntaxError only for input that cannot be understood at all. Memory is bounded by
+one transaction, or by one subscriber loop when the caller asks for loops to be handed over as
+soon as they are complete (``stream_loops``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from gateway.errors import MappingError
+from gateway.x12.model import Delimiters, Finding, Group, Interchange, Loop, Segment, Transaction
+from gateway.x12.structure import TransactionSpec, known_segment_ids, load_transaction
+from gateway.x12.tokenizer import RawSegment, Source, segment_id_is_valid, tokenize
+
+FUNCTIONAL_IDS = {"270": "HS", "271": "HB", "999": "FA"}
+SUPPORTED_VERSIONS = ("00501", "00401")
+
+
+@dataclass(slots=True)
+class LoopEvent:
+    """A completed loop handed over while streaming (it is no longer kept in the tree)."""
+
+    transaction: Transaction
+    loop: Loop
+
+
+@dataclass
+class ReadResult:
+    """Everything read from one source: transactions plus envelope-level findings."""
+
+    transactions: list[Transaction] = field(default_factory=list)
+    interchanges: list[Interchange] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def all_findings(self) -> list[Finding]:
+        result = list(self.findings)
+        for txn in self.transactions:
+            result.extend(txn.findings)
+        return result
+
+
+class _TreeBuilder:
+    """Places each segment of one transaction in its loop, using the compiled structure."""
+
+    __slots__ = ("spec", "txn", "state", "stack", "detach", "emitted", "hl_loops", "known", "last_hl",
+                 "hl_children", "hl_segments")
+
+    def __init__(self, spec: TransactionSpec | None, txn: Transaction, detach: frozenset[str],
+                 known: frozenset[str]) -> None:
+        self.spec = spec
+        self.txn = txn
+        self.state = -1
+        self.stack: list[Loop] = [txn.root]
+        self.detach = detach
+        self.emitted: list[Loop] = []
+        self.hl_loops: dict[str, str] = {}
+        self.known = known
+        self.last_hl = 0
+        self.hl_children: set[str] = set()
+        self.hl_segments: list[tuple[Segment, str]] = []
+
+    def add(self, seg: Segment) -> None:
+        spec = self.spec
+        if spec is None:
+            self.stack[-1].body.append(seg)
+            return
+        move = spec.transition(self.state, seg.id, seg.elements)
+        if move is None:
+            self._misplaced(seg)
+            return
+        stack = self.stack
+        if move.close:
+            for _ in range(move.close):
+                self._close(stack.pop())
+        for loop_spec in move.open:
+            loop = Loop(loop_spec.loop_id, stack[-1])
+            stack[-1].body.append(loop)
+            stack.append(loop)
+        stack[-1].body.append(seg)
+        self.state = move.target.index
+        if seg.id == "HL":
+            self._check_hl(seg, stack[-1])
+
+    def finish(self) -> None:
+        while len(self.stack) > 1:
+            self._close(self.stack.pop())
+        for seg, loop_id in self.hl_segments:
+            child_code, has_child = seg.get(4), seg.get(1) in self.hl_children
+            if child_code in ("0", "1") and (child_code == "1") != has_child:
+                # a warning: the implementation guide's own rejection examples keep HL04 1
+                self.txn.findings.append(Finding(
+                    code="X12-HL-CHILD", severity="warning", level="element", ack_code="7", value=child_code,
+                    message=f"HL04 says {'a child level follows' if child_code == '1' else 'no child level'}"
+                            f" but HL {seg.get(1)} {'has none' if child_code == '1' else 'has children'}",
+                    transaction=self.txn.control_number, transaction_set=self.txn.set_id, loop=loop_id,
+                    segment="HL", position=seg.position, element="HL04", data_element="736"))
+
+    def _close(self, loop: Loop) -> None:
+        if loop.id in self.detach:
+            parent = loop.parent
+            if parent is not None and parent.body and parent.body[-1] is loop:
+                parent.body.pop()
+            self.emitted.append(loop)
+
+    def _misplaced(self, seg: Segment) -> None:
+        where = self.stack[-1]
+        if seg.id in self.known:
+            code, ack, msg = "X12-SEGMENT-UNEXPECTED", "2", f"segment {seg.id} is not expected here"
+        else:
+            code, ack, msg = "X12-SEGMENT-UNKNOWN", "1", f"unrecognized segment id {seg.id!r}"
+        self.txn.findings.append(Finding(
+            code=code, message=f"{msg} (after loop {where.id})", level="segment", ack_code=ack,
+            transaction=self.txn.control_number, transaction_set=self.txn.set_id,
+            loop=where.id if where.parent is not None else "", segment=seg.id, position=seg.position,
+        ))
+        where.body.append(seg)
+
+    def _check_hl(self, seg: Segment, loop: Loop) -> None:
+        hl_id, parent_id = seg.get(1), seg.get(2)
+        txn = self.txn
+
+        def report(code: str, message: str, element: str, ack: str, value: str) -> None:
+            txn.findings.append(Finding(
+                code=code, message=message, level="element", ack_code=ack,
+                transaction=txn.control_number, transaction_set=txn.set_id, loop=loop.id,
+                segment="HL", position=seg.position, element=element, value=value,
+                data_element="628" if element == "HL01" else "734"))
+
+        if hl_id in self.hl_loops:
+            report("X12-HL-DUPLICATE", f"HL01 {hl_id!r} is used twice", "HL01", "7", hl_id)
+        elif hl_id.isdigit() and int(hl_id) != self.last_hl + 1:
+            txn.findings.append(Finding(
+                code="X12-HL-SEQUENCE", severity="warning", level="element", ack_code="7",
+                message=f"HL01 {hl_id} does not follow {self.last_hl}", transaction=txn.control_number,
+                transaction_set=txn.set_id, loop=loop.id, segment="HL", position=seg.position,
+                element="HL01", value=hl_id))
+        if hl_id.isdigit():
+            self.last_hl = int(hl_id)
+        self.hl_loops[hl_id] = loop.id
+        self.hl_segments.append((seg, loop.id))
+        if parent_id:
+            self.hl_children.add(parent_id)
+        parent_loop = loop.parent
+        while parent_loop is not None and parent_loop.parent is not None and not parent_loop.id.startswith("2000"):
+            parent_loop = parent_loop.parent
+        expected = parent_loop.id if parent_loop is not None and parent_loop.id.startswith("2000") else ""
+        if expected:
+            actual = self.hl_loops.get(parent_id)
+            if actual != expected:
+                report("X12-HL-PARENT",
+                       f"HL02 {parent_id!r} should point to the enclosing {expected} HL"
+                       + (f", not to a {actual} HL" if actual else ", which does not exist"),
+                       "HL02", "7" if parent_id else "1", parent_id)
+        elif parent_id:
+            report("X12-HL-PARENT", f"HL02 must be empty at the top level ({loop.id})", "HL02", "I10",
+                   parent_id)
+
+
+class X12Reader:
+    """Reads every interchange in a source; transactions come out one at a time.
+
+    ``detach`` names loops (for example ``{"2000C"}``) that are handed over as LoopEvents when
+    complete and then dropped from the tree, so a 100,000-subscriber file is read in constant memory.
+    """
+
+    def __init__(self, source: Source, *, detach: Iterable[str] = (), mappings: str | None = None) -> None:
+        self.source = source
+        self.detach = frozenset(detach)
+        self.mappings = mappings
+        self.findings: list[Finding] = []
+        self.interchanges: list[Interchange] = []
+        self._specs: dict[str, TransactionSpec | None] = {}
+        self._known = known_segment_ids(mappings)
+
+    # -- public API --------------------------------------------------------------------------
+    def transactions(self) -> Iterator[Transaction]:
+        for event in self.events():
+            if isinstance(event, Transaction):
+                yield event
+
+    def events(self) -> Iterator[Transaction | LoopEvent]:
+        """Detached loops as they complete, then each transaction once its SE is read."""
+        isa: Interchange | None = None
+        gs: Group | None = None
+        txn: Transaction | None = None
+        builder: _TreeBuilder | None = None
+        group_count = 0
+        txn_count = 0
+        position = 0
+        ordinal = 0
+        for raw in tokenize(self.source):
+            ordinal += 1
+            seg_id = raw.id
+            if txn is not None and seg_id not in ("ISA", "IEA", "GS", "GE"):
+                position += 1
+                seg = Segment(seg_id, raw.elements, position, raw.delimiters)
+                if seg_id == "SE":
+                    builder.add(seg)  # type: ignore[union-attr]
+                    builder.finish()  # type: ignore[union-attr]
+                    yield from self._drain(builder)  # type: ignore[arg-type]
+                    self._close_transaction(txn, seg, position)
+                    yield txn
+                    txn, builder = None, None
+                    continue
+                if seg_id == "ST":
+                    self._add(txn, "X12-SE-MISSING", f"transaction {txn.control_number} has no SE before the next ST",
+                              "transaction", "2", segment="ST", position=position)
+                    builder.finish()  # type: ignore[union-attr]
+                    yield from self._drain(builder)  # type: ignore[arg-type]
+                    yield txn
+                    txn = None
+                else:
+                    if not segment_id_is_valid(seg_id):
+                        self._add(txn, "X12-SEGMENT-ID", f"segment id {seg_id!r} is not a valid X12 segment id",
+                                  "segment", "1", segment=seg_id[:3], position=position)
+                    builder.add(seg)  # type: ignore[union-attr]
+                    if builder.emitted:  # type: ignore[union-attr]
+                        yield from self._drain(builder)  # type: ignore[arg-type]
+                    continue
+            seg = Segment(seg_id, raw.elements, ordinal, raw.delimiters)
+            if seg_id == "ISA":
+                if txn is not None:
+                    self._add(txn, "X12-SE-MISSING", "transaction set has no SE trailer", "transaction", "2")
+                    builder.finish()  # type: ignore[union-attr]
+                    yield from self._drain(builder)  # type: ignore[arg-type]
+                    yield txn
+                    txn = None
+                if isa is not None:
+                    self._envelope("X12-IEA-MISSING", f"interchange {isa.control_number} has no IEA trailer",
+                                   "interchange", "023", isa)
+                isa = self._open_interchange(seg, raw)
+                gs, group_count = None, 0
+            elif seg_id == "GS":
+                if isa is None:
+                    raise_no_isa()
+                if gs is not None:
+                    self._envelope("X12-GE-MISSING", f"group {gs.control_number} has no GE trailer", "group", "3",
+                                   isa, gs)
+                gs = self._open_group(seg, isa)
+                group_count += 1
+                txn_count = 0
+            elif seg_id == "ST":
+                txn_count += 1
+                position = 1
+                txn = self._open_transaction(seg, isa, gs)
+                builder = _TreeBuilder(self._spec(txn), txn, self.detach, self._known)
+                builder.add(seg)
+            elif seg_id == "GE":
+                self._close_group(seg, isa, gs, txn_count)
+                gs = None
+            elif seg_id == "IEA":
+                if gs is not None:
+                    self._envelope("X12-GE-MISSING", f"group {gs.control_number} has no GE trailer", "group", "3",
+                                   isa, gs)
+                    gs = None
+                self._close_interchange(seg, isa, group_count)
+                isa = None
+            elif seg_id == "TA1":
+                continue
+            else:
+                self._envelope("X12-OUTSIDE-TRANSACTION",
+                               f"segment {seg_id} appears outside any ST/SE transaction set", "interchange", "024",
+                               isa, gs, segment=seg_id, position=ordinal)
+        if txn is not None:
+            self._add(txn, "X12-SE-MISSING", "transaction set ends without an SE trailer", "transaction", "2")
+            builder.finish()  # type: ignore[union-attr]
+            yield from self._drain(builder)  # type: ignore[arg-type]
+            yield txn
+        if gs is not None:
+            self._envelope("X12-GE-MISSING", f"group {gs.control_number} has no GE trailer", "group", "3", isa, gs)
+        if isa is not None:
+            self._envelope("X12-IEA-MISSING", f"interchange {isa.control_number} has no IEA trailer",
+                           "interchange", "023", isa)
+
+    def read(self) -> ReadResult:
+        """Read the whole source into memory (small files; use ``events`` for large ones)."""
+        result = ReadResult()
+        result.transactions = list(self.transactions())
+        result.interchanges = self.interchanges
+        result.findings = self.findings
+        return result
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _spec(self, txn: Transaction) -> TransactionSpec | None:
+        if txn.set_id not in self._specs:
+            try:
+                self._specs[txn.set_id] = load_transaction(txn.set_id, self.mappings)
+            except MappingError:
+                self._specs[txn.set_id] = None
+        spec = self._specs[txn.set_id]
+        if spec is None:
+            self._add(txn, "X12-SET-UNSUPPORTED", f"transaction set {txn.set_id!r} is not supported "
+                      "(only 270 and 271); its segments are kept without a loop structure", "transaction", "1",
+                      segment="ST", position=1, element="ST01", value=txn.set_id)
+        else:
+            txn.structure = spec.implementation
+        return spec
+
+    @staticmethod
+    def _drain(builder: _TreeBuilder) -> Iterator[LoopEvent]:
+        while builder.emitted:
+            yield LoopEvent(builder.txn, builder.emitted.pop(0))
+
+    def _add(self, txn: Transaction, code: str, message: str, level: str, ack: str, *, severity: str = "error",
+             segment: str = "", position: int = 0, element: str = "", value: str = "") -> None:
+        txn.findings.append(Finding(
+            code=code, message=message, severity=severity, level=level, ack_code=ack,
+            interchange=txn.interchange.control_number if txn.interchange else "",
+            group=txn.group.control_number if txn.group else "", transaction=txn.control_number,
+            transaction_set=txn.set_id, segment=segment, position=position, element=element, value=value))
+
+    def _envelope(self, code: str, message: str, level: str, ack: str, isa: Interchange | None,
+                  gs: Group | None = None, *, severity: str = "error", segment: str = "", position: int = 0,
+                  element: str = "", value: str = "") -> None:
+        self.findings.append(Finding(
+            code=code, message=message, severity=severity, level=level, ack_code=ack,
+            interchange=isa.control_number if isa else "", group=gs.control_number if gs else "",
+            segment=segment, position=position, element=element, value=value))
+
+    def _open_interchange(self, seg: Segment, raw: RawSegment) -> Interchange:
+        e = [v for v in seg.elements] + [""] * (16 - len(seg.elements))
+        isa = Interchange(
+            control_number=e[12].strip(), sender_qualifier=e[4].strip(), sender_id=e[5].strip(),
+            receiver_qualifier=e[6].strip(), receiver_id=e[7].strip(), date=e[8].strip(), time=e[9].strip(),
+            version=e[11].strip(), usage=e[14].strip(), ack_requested=e[13].strip(),
+            delimiters=raw.delimiters, segment=seg)
+        self.interchanges.append(isa)
+        for note in raw.isa_notes or ():
+            self._envelope("X12-ISA-FORMAT", note, "interchange", "", isa, severity="warning", segment="ISA",
+                           position=seg.position)
+        checks = (
+            (isa.version in SUPPORTED_VERSIONS, "X12-ISA-VERSION", f"ISA12 version {isa.version!r} is not supported",
+             "ISA12", isa.version, "017"),
+            (isa.control_number.isdigit() and len(isa.control_number) == 9, "X12-ISA-CONTROL",
+             f"ISA13 control number {isa.control_number!r} must be 9 digits", "ISA13", isa.control_number, "018"),
+            (isa.ack_requested in ("0", "1"), "X12-ISA-ACK", f"ISA14 {isa.ack_requested!r} must be 0 or 1",
+             "ISA14", isa.ack_requested, "019"),
+            (isa.usage in ("P", "T"), "X12-ISA-USAGE", f"ISA15 {isa.usage!r} must be P or T", "ISA15", isa.usage,
+             "020"),
+            (_valid_date6(isa.date), "X12-ISA-DATE", f"ISA09 {isa.date!r} is not a YYMMDD date", "ISA09", isa.date,
+             "014"),
+            (_valid_time4(isa.time), "X12-ISA-TIME", f"ISA10 {isa.time!r} is not an HHMM time", "ISA10", isa.time,
+             "015"),
+        )
+        for ok, code, message, element, value, ack in checks:
+            if not ok:
+                self._envelope(code, message, "interchange", ack, isa, segment="ISA", position=seg.position,
+                               element=element, value=value)
+        if isa.version == "00401":
+            self._envelope("X12-ISA-4010", "ISA12 00401 is a 4010 envelope; 005010X279A1 needs 00501",
+                           "interchange", "", isa, severity="warning", segment="ISA", element="ISA12",
+                           value=isa.version)
+        return isa
+
+    def _open_group(self, seg: Segment, isa: Interchange) -> Group:
+        gs = Group(functional_id=seg.get(1), sender=seg.get(2), receiver=seg.get(3), date=seg.get(4),
+                   time=seg.get(5), control_number=seg.get(6), version=seg.get(8), segment=seg)
+        if not gs.control_number.isdigit():
+            self._envelope("X12-GS-CONTROL", f"GS06 group control number {gs.control_number!r} must be numeric",
+                           "group", "6", isa, gs, segment="GS", element="GS06", value=gs.control_number)
+        return gs
+
+    def _open_transaction(self, seg: Segment, isa: Interchange | None, gs: Group | None) -> Transaction:
+        txn = Transaction(set_id=seg.get(1), control_number=seg.get(2), implementation=seg.get(3),
+                          interchange=isa, group=gs, root=Loop("ST"))
+        if gs is None:
+            self._add(txn, "X12-GS-MISSING", "transaction set is not inside a GS/GE functional group",
+                      "transaction", "18", segment="ST", position=1)
+            return txn
+        version = txn.implementation or gs.version
+        expected_fid = FUNCTIONAL_IDS.get(txn.set_id)
+        if expected_fid and gs.functional_id != expected_fid:
+            # HS and HB swapped is a common slip that does not hide what the set is; anything else
+            # is not a functional identifier for eligibility at all.
+            swapped = gs.functional_id in FUNCTIONAL_IDS.values()
+            self._add(txn, "X12-GS-FUNCTIONAL-ID",
+                      f"GS01 {gs.functional_id!r} does not match a {txn.set_id} (expected {expected_fid})",
+                      "group", "1", severity="warning" if swapped else "error", segment="GS", element="GS01",
+                      value=gs.functional_id)
+        if txn.implementation and gs.version and txn.implementation != gs.version:
+            self._add(txn, "X12-VERSION-MISMATCH",
+                      f"ST03 {txn.implementation!r} differs from GS08 {gs.version!r}", "transaction", "19",
+                      segment="ST", position=1, element="ST03", value=txn.implementation)
+        if isa is not None and isa.version == "00401" and version.startswith("005010"):
+            self._add(txn, "X12-ENVELOPE-4010",
+                      f"a {version} transaction inside a 4010 envelope (ISA12 00401, GS08 {gs.version})",
+                      "group", "2", segment="ISA", element="ISA12", value=isa.version)
+        elif txn.set_id in FUNCTIONAL_IDS and txn.set_id != "999" and not version.startswith("005010X279"):
+            self._add(txn, "X12-IMPLEMENTATION",
+                      f"implementation {version!r} is not 005010X279A1", "transaction", "I6" if version else "19",
+                      severity="error" if not version.startswith("005010") else "warning",
+                      segment="ST", position=1, element="ST03", value=version)
+        return txn
+
+    def _close_transaction(self, txn: Transaction, se: Segment, position: int) -> None:
+        txn.segment_count = position
+        count, control = se.get(1), se.get(2)
+        if count != str(position):
+            self._add(txn, "X12-SE-COUNT", f"SE01 says {count or 'nothing'} segments, the set has {position}",
+                      "transaction", "4", segment="SE", position=position, element="SE01", value=count)
+        if control != txn.control_number:
+            self._add(txn, "X12-SE-CONTROL", f"SE02 {control!r} does not match ST02 {txn.control_number!r}",
+                      "transaction", "3", segment="SE", position=position, element="SE02", value=control)
+
+    def _close_group(self, seg: Segment, isa: Interchange | None, gs: Group | None, txn_count: int) -> None:
+        if gs is None:
+            self._envelope("X12-GS-MISSING", "GE without a GS", "interchange", "024", isa, segment="GE")
+            return
+        if seg.get(1) != str(txn_count):
+            self._envelope("X12-GE-COUNT", f"GE01 says {seg.get(1) or 'nothing'} transaction sets, the group has "
+                           f"{txn_count}", "group", "5", isa, gs, segment="GE", element="GE01", value=seg.get(1))
+        if seg.get(2) != gs.control_number:
+            self._envelope("X12-GE-CONTROL", f"GE02 {seg.get(2)!r} does not match GS06 {gs.control_number!r}",
+                           "group", "4", isa, gs, segment="GE", element="GE02", value=seg.get(2))
+
+    def _close_interchange(self, seg: Segment, isa: Interchange | None, group_count: int) -> None:
+        if isa is None:
+            self._envelope("X12-ISA-MISSING", "IEA without an ISA", "interchange", "023", None, segment="IEA")
+            return
+        if seg.get(1) != str(group_count):
+            self._envelope("X12-IEA-COUNT", f"IEA01 says {seg.get(1) or 'nothing'} groups, the interchange has "
+                           f"{group_count}", "interchange", "021", isa, segment="IEA", element="IEA01",
+                           value=seg.get(1))
+        if seg.get(2) != isa.control_number:
+            self._envelope("X12-IEA-CONTROL", f"IEA02 {seg.get(2)!r} does not match ISA13 {isa.control_number!r}",
+                           "interchange", "001", isa, segment="IEA", element="IEA02", value=seg.get(2))
+
+
+def raise_no_isa() -> None:
+    from gateway.errors import X12SyntaxError
+
+    raise X12SyntaxError("GS segment before any ISA")
+
+
+def _valid_date6(value: str) -> bool:
+    return len(value) == 6 and value.isdigit() and 1 <= int(value[2:4]) <= 12 and 1 <= int(value[4:6]) <= 31
+
+
+def _valid_time4(value: str) -> bool:
+    return len(value) == 4 and value.isdigit() and int(value[:2]) < 24 and int(value[2:]) < 60
+
+
+def read_x12(source: Source, *, mappings: str | None = None) -> ReadResult:
+    """Read a whole X12 source: every transaction with its loop tree, and every finding."""
+    return X12Reader(source, mappings=mappings).read()
+
+
+def stream_loops(source: Source, loop_ids: Iterable[str] = ("2000C",), *,
+                 mappings: str | None = None) -> Iterator[Transaction | LoopEvent]:
+    """Stream a large file: completed ``loop_ids`` loops as LoopEvents, then each Transaction."""
+    return X12Reader(source, detach=loop_ids, mappings=mappings).events()
+
+
+__all__ = ["Delimiters", "LoopEvent", "ReadResult", "X12Reader", "read_x12", "stream_loops"]

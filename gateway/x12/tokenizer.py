@@ -1,0 +1,268 @@
+"""Turn X12 bytes or text into segments, whatever delimiters and line breaks the sender chose.
+
+Streams: text is read in chunks and split as it comes, so memory does not grow with the file.
+Handles a UTF-8 BOM, prose before the ISA, line breaks after or instead of the terminator, an ISA
+with collapsed padding or line breaks inside it, and several interchanges (each with its own
+delimiters) in one file.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import os
+import re
+from collections.abc import Iterator
+from typing import BinaryIO, TextIO, Union
+
+from gateway.errors import X12SyntaxError
+from gateway.x12.model import Delimiters
+
+Source = Union[str, bytes, bytearray, BinaryIO, TextIO, "os.PathLike[str]"]
+
+CHUNK = 1 << 20
+_SEG_ID = re.compile(r"[A-Z][A-Z0-9]{1,2}\Z")
+_WHITESPACE = "\r\n\t "
+
+
+class TextStream:
+    """Decoded text from any source, in chunks: UTF-8 first, cp1252 when the bytes are not UTF-8."""
+
+    def __init__(self, source: Source, chunk_size: int = CHUNK) -> None:
+        self.chunk_size = chunk_size
+        self.encoding = "utf-8"
+        self._text: TextIO | None = None
+        self._binary: BinaryIO | None = None
+        self._owned = False
+        if isinstance(source, str):
+            self._text = io.StringIO(source)
+        elif isinstance(source, (bytes, bytearray)):
+            self._binary = io.BytesIO(bytes(source))
+        elif isinstance(source, os.PathLike):
+            self._binary = open(source, "rb")  # noqa: SIM115 - closed in close()
+            self._owned = True
+        elif isinstance(source, io.TextIOBase):
+            self._text = source  # type: ignore[assignment]
+        else:
+            self._binary = source  # type: ignore[assignment]
+        self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        self._first = True
+
+    def close(self) -> None:
+        if self._owned and self._binary is not None:
+            self._binary.close()
+
+    def chunks(self) -> Iterator[str]:
+        try:
+            if self._text is not None:
+                while True:
+                    text = self._text.read(self.chunk_size)
+                    if not text:
+                        return
+                    if self._first:
+                        text = text.lstrip("\ufeff")
+                        self._first = False
+                    yield text
+            assert self._binary is not None
+            while True:
+                data = self._binary.read(self.chunk_size)
+                final = not data
+                if self._first and data.startswith(codecs.BOM_UTF8):
+                    data = data[len(codecs.BOM_UTF8):]
+                self._first = False
+                try:
+                    text = self._decoder.decode(data, final)
+                except UnicodeDecodeError:
+                    pending = self._decoder.getstate()[0]
+                    self.encoding = "cp1252"
+                    self._decoder = codecs.getincrementaldecoder("cp1252")("replace")
+                    text = self._decoder.decode(pending + data, final)
+                if text:
+                    yield text
+                if final:
+                    return
+        finally:
+            self.close()
+
+
+def parse_isa(text: str, start: int = 0) -> tuple[Delimiters, list[str], int, list[str]]:
+    """Read an ISA beginning at ``start``: its delimiters, 16 elements, where it ends, and notes.
+
+    Tolerates collapsed padding and line breaks inside the ISA by counting separators rather
+    than trusting the fixed offsets. Raises X12SyntaxError when no ISA can be made out.
+    """
+    notes: list[str] = []
+    if text[start:start + 3] != "ISA" or len(text) < start + 4:
+        raise X12SyntaxError("expected an ISA segment", offset=start)
+    sep = text[start + 3]
+    if sep.isalnum() or sep in _WHITESPACE:
+        raise X12SyntaxError(f"ISA element separator {sep!r} is not a delimiter", offset=start + 3)
+    # The ISA has exactly 16 elements: walk 16 separators, then ISA16 is one character.
+    pos = start + 3
+    bounds = []
+    for _ in range(16):
+        nxt = text.find(sep, pos + 1) if bounds else pos
+        if nxt < 0:
+            raise X12SyntaxError("ISA segment is cut short: fewer than 16 elements", offset=start)
+        bounds.append(nxt)
+        pos = nxt
+    raw_elements = [text[bounds[i] + 1:bounds[i + 1]] for i in range(15)]
+    # ISA16: first non-line-break character after the 16th separator
+    k = bounds[15] + 1
+    while k < len(text) and text[k] in "\r\n":
+        k += 1
+    if k >= len(text):
+        raise X12SyntaxError("ISA segment is cut short: no component separator (ISA16)", offset=start)
+    component = text[k]
+    k += 1
+    # The terminator follows ISA16 directly; a line break there is the terminator itself unless
+    # the text was hard-wrapped and a punctuation terminator follows the break.
+    if k >= len(text):
+        raise X12SyntaxError("ISA segment is cut short: no segment terminator", offset=start)
+    terminator = text[k]
+    end = k + 1
+    if terminator in "\r\n":
+        j = k
+        while j < len(text) and text[j] in "\r\n":
+            j += 1
+        after = text[j:j + 1]
+        if after and not after.isalnum() and after not in " \t":
+            terminator, end = after, j + 1
+        else:
+            terminator = "\n"
+            end = k + 2 if text[k:k + 2] == "\r\n" else k + 1
+    if terminator.isalnum() or terminator == " ":
+        raise X12SyntaxError(f"ISA segment terminator {terminator!r} is not a delimiter", offset=k)
+    elements = [e.replace("\r", "").replace("\n", "") for e in raw_elements] + [component]
+    if any("\n" in e or "\r" in e for e in raw_elements):
+        notes.append("line breaks inside the ISA segment")
+    if end - start not in (106, 107, 108) and terminator not in "\r\n":
+        notes.append(f"ISA segment is {k + 1 - start} characters long, not the fixed 106")
+    version = elements[11].strip()
+    repetition = elements[10]
+    if len(repetition) != 1 or repetition.isalnum() or repetition == " " or version < "00501":
+        repetition = ""
+    elif repetition in (sep, component, terminator):
+        notes.append(f"repetition separator {repetition!r} is also used as another delimiter; "
+                     "repetitions are not split")
+        repetition = ""
+    if component in (sep, terminator):
+        raise X12SyntaxError(f"component separator {component!r} equals another delimiter", offset=k - 1)
+    return Delimiters(sep, repetition, component, terminator), elements, end, notes
+
+
+def find_isa(text: str, start: int = 0) -> int:
+    """Offset of the next ``ISA`` that starts an interchange (not a word in prose), or -1."""
+    pos = start
+    while True:
+        pos = text.find("ISA", pos)
+        if pos < 0:
+            return -1
+        nxt = text[pos + 3:pos + 4]
+        before = text[pos - 1:pos] if pos > 0 else ""
+        if nxt and not nxt.isalnum() and nxt not in _WHITESPACE and not before.isalnum():
+            return pos
+        pos += 3
+
+
+class RawSegment:
+    """A segment's id and raw elements plus the interchange delimiters in force."""
+
+    __slots__ = ("id", "elements", "delimiters", "isa_notes")
+
+    def __init__(self, seg_id: str, elements: list[str], delimiters: Delimiters,
+                 isa_notes: list[str] | None = None) -> None:
+        self.id = seg_id
+        self.elements = elements
+        self.delimiters = delimiters
+        self.isa_notes = isa_notes
+
+
+def tokenize(source: Source, chunk_size: int = CHUNK) -> Iterator[RawSegment]:
+    """Yield every segment of every interchange in ``source``, in order.
+
+    ISA segments carry ``isa_notes`` (defects of the ISA itself). Text before the first ISA is
+    skipped; a source without any ISA raises X12SyntaxError.
+    """
+    stream = TextStream(source, chunk_size)
+    chunks = stream.chunks()
+    buf = ""
+    seen_isa = False
+    skipped = 0
+    for chunk in chunks:
+        buf += chunk
+        while True:
+            # Find the interchange start.
+            isa = find_isa(buf)
+            if isa < 0:
+                if len(buf) > 256:  # keep a tail in case "ISA" straddles chunks
+                    skipped += len(buf) - 3
+                    buf = buf[-3:]
+                break
+            try:
+                delims, isa_elements, end, notes = parse_isa(buf, isa)
+            except X12SyntaxError as exc:
+                more = next(chunks, None)
+                if more is None:
+                    raise X12SyntaxError(exc.reason, offset=(exc.offset or 0) + skipped) from None
+                buf += more
+                continue
+            if buf[:isa].strip() or (skipped and not seen_isa):
+                notes = [*notes, "text before the ISA segment was skipped"]
+            seen_isa = True
+            yield RawSegment("ISA", isa_elements, delims, notes)
+            skipped += end
+            buf = buf[end:]
+            # Read segments of this interchange until IEA (or the next ISA / end of input).
+            buf, ended = yield from _segments(buf, delims, chunks)
+            if not ended:
+                return
+        # loop: buf may hold the start of another interchange
+    if not seen_isa:
+        raise X12SyntaxError("no ISA segment found: this does not look like X12", offset=0)
+
+
+def _segments(buf: str, d: Delimiters, chunks: Iterator[str]) -> Iterator[RawSegment]:
+    """Yield segments until IEA; return (rest of the buffer, whether input may continue)."""
+    term, sep = d.segment, d.element
+    strip = _WHITESPACE if term not in " \t" else "\r\n"
+    unwrap = term not in "\r\n"
+    more = True
+    while True:
+        parts = buf.split(term)
+        tail = parts.pop()
+        for i, raw in enumerate(parts):
+            if raw[:1] in strip or raw[-1:] in strip:
+                raw = raw.strip(strip)
+                if not raw:
+                    continue
+            if unwrap and ("\n" in raw or "\r" in raw):
+                # hard-wrapped text: line breaks inside a segment are never data
+                raw = raw.replace("\r", "").replace("\n", "")
+            if raw.startswith("ISA") and raw[3:4] and not raw[3:4].isalnum():
+                # a new interchange before this one's IEA: hand back from that ISA on
+                rest = term.join(parts[i:]) + term + tail
+                return rest[rest.find("ISA"):], True
+            elements = raw.split(sep)
+            seg_id = elements[0]
+            if seg_id[-1:] == " " or seg_id[:1] == " ":
+                seg_id = seg_id.strip()
+            yield RawSegment(seg_id, elements[1:], d)
+            if seg_id == "IEA":
+                rest = term.join(parts[i + 1:]) + term + tail if i + 1 < len(parts) else tail
+                return rest, True
+        buf = tail
+        if not more:
+            return "", False
+        chunk = next(chunks, None)
+        if chunk is None:
+            more = False
+            if not buf.strip(strip):
+                return "", False
+            buf += term  # flush a last segment that lacks its terminator
+            continue
+        buf += chunk
+
+
+def segment_id_is_valid(seg_id: str) -> bool:
+    return bool(_SEG_ID.match(seg_id))

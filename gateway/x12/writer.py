@@ -1,0 +1,220 @@
+"""Strict X12 writer: safe values, correct counts and control numbers, fixed-width ISA.
+
+Values are upper-cased and transliterated into the X12 basic character set, delimiter characters
+are removed so data can never inject a segment, and values are cut to their element's maximum
+length. Every change is reported as a WriteNote; nothing is changed silently.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Union
+
+from gateway.x12.model import Delimiters
+
+# Element value: a string, a composite (tuple of components) or repetitions (list of either).
+Value = Union[str, tuple[str, ...], list[Union[str, tuple[str, ...]]], None]
+
+BASIC_PUNCTUATION = set(" !\"&'()*+,-./:;?=")
+EXTENDED_PUNCTUATION = set("%@[]_{}\\|<>~^`#$")
+# Elements whose content is case-sensitive or needs the extended set (URLs, e-mail addresses).
+EXTENDED_ELEMENTS = frozenset({"PER04", "PER06", "PER08"})
+_SPECIAL = {"ß": "SS", "Æ": "AE", "æ": "AE", "Ø": "O", "ø": "O", "Œ": "OE", "œ": "OE", "Ł": "L", "ł": "L",
+            "Đ": "D", "đ": "D", "Þ": "TH", "þ": "TH", "Ð": "D", "ð": "D", "ı": "I"}
+
+DEFAULT_DELIMITERS = Delimiters("*", "^", ":", "~")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteNote:
+    """One change the writer made to a value so that it could be sent."""
+
+    segment: str
+    element: str
+    original: str
+    written: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"segment": self.segment, "element": self.element, "original": self.original,
+                "written": self.written, "reason": self.reason}
+
+
+def transliterate(text: str) -> str:
+    """Latin letters without accents (``Müller`` -> ``Muller``); other scripts dropped."""
+    out = []
+    for ch in text:
+        if ch in _SPECIAL:
+            out.append(_SPECIAL[ch])
+            continue
+        decomposed = unicodedata.normalize("NFKD", ch)
+        out.append("".join(c for c in decomposed if not unicodedata.combining(c)))
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Interchange and group header values: who sends to whom, control numbers, and the clock."""
+
+    sender_id: str
+    receiver_id: str
+    interchange_control: int
+    now: datetime
+    sender_qualifier: str = "ZZ"
+    receiver_qualifier: str = "ZZ"
+    group_control: int | None = None       # defaults to the interchange control number
+    application_sender: str | None = None   # GS02, defaults to the ISA sender id
+    application_receiver: str | None = None
+    usage: str = "P"
+    ack_requested: str = "0"
+    first_transaction_control: int = 1
+
+
+@dataclass
+class WriteResult:
+    text: str
+    notes: list[WriteNote] = field(default_factory=list)
+    segment_counts: list[int] = field(default_factory=list)
+
+
+class X12Writer:
+    """Renders segments with one set of delimiters, sanitising every value."""
+
+    def __init__(self, delimiters: Delimiters = DEFAULT_DELIMITERS,
+                 limits: dict[str, tuple[int, int]] | None = None, *, line_breaks: bool = False) -> None:
+        chars = [delimiters.element, delimiters.component, delimiters.segment]
+        if delimiters.repetition:
+            chars.append(delimiters.repetition)
+        if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
+            raise ValueError(f"delimiters must be four distinct single characters: {delimiters!r}")
+        if any(c.isalnum() or c == " " for c in chars):
+            raise ValueError(f"delimiters cannot be letters, digits or spaces: {delimiters!r}")
+        self.delimiters = delimiters
+        self.limits = limits or {}
+        self.line_breaks = line_breaks
+        self.notes: list[WriteNote] = []
+        self._forbidden = set(chars)
+
+    # -- values ------------------------------------------------------------------------------
+    def clean(self, value: str, seg_id: str, ref: str) -> str:
+        """The value as it may be sent: basic character set, no delimiters, within length."""
+        original = value
+        reasons = []
+        extended = ref in EXTENDED_ELEMENTS or ref.split("-")[0] in EXTENDED_ELEMENTS
+        if not value.isascii():
+            value = transliterate(value)
+            reasons.append("transliterated to ASCII")
+        if not extended and value != value.upper():
+            value = value.upper()
+        kept = []
+        dropped_delim = dropped_other = False
+        for ch in value:
+            if ch in self._forbidden:
+                dropped_delim = True
+            elif ch.isalnum() and ch.isascii() or ch in BASIC_PUNCTUATION or extended and ch in EXTENDED_PUNCTUATION:
+                kept.append(ch)
+            elif ch in "\r\n\t":
+                kept.append(" ")
+            else:
+                dropped_other = True
+        value = " ".join("".join(kept).split()) if kept else ""
+        if dropped_delim:
+            reasons.append("delimiter characters removed")
+        if dropped_other:
+            reasons.append("characters outside the X12 character set removed")
+        limit = self.limits.get(ref)
+        if limit and len(value) > limit[1]:
+            value = value[: limit[1]].rstrip()
+            reasons.append(f"cut to the maximum length {limit[1]}")
+        if reasons and value != original:
+            self.notes.append(WriteNote(seg_id, ref, original, value, "; ".join(reasons)))
+        return value
+
+    def _element(self, value: Value, seg_id: str, index: int) -> str:
+        ref = f"{seg_id}{index:02d}"
+        if value is None:
+            return ""
+        if isinstance(value, list):
+            if not self.delimiters.repetition:
+                raise ValueError(f"{ref}: repetitions need a repetition separator")
+            parts = [self._element(v, seg_id, index) for v in value]
+            return self.delimiters.repetition.join(p for p in parts if p)
+        if isinstance(value, tuple):
+            comps = [self.clean(str(c), seg_id, f"{ref}-{i}") if c not in (None, "") else ""
+                     for i, c in enumerate(value, start=1)]
+            while comps and not comps[-1]:
+                comps.pop()
+            return self.delimiters.component.join(comps)
+        return self.clean(str(value), seg_id, ref)
+
+    # -- segments ----------------------------------------------------------------------------
+    def segment(self, seg_id: str, *elements: Value) -> str:
+        """One segment, trailing empty elements removed."""
+        rendered = [self._element(v, seg_id, i) for i, v in enumerate(elements, start=1)]
+        while rendered and not rendered[-1]:
+            rendered.pop()
+        d = self.delimiters
+        return d.element.join([seg_id, *rendered]) + d.segment + ("\n" if self.line_breaks else "")
+
+    def isa(self, env: Envelope) -> str:
+        d = self.delimiters
+        fields = [
+            "00", " " * 10, "00", " " * 10,
+            self._fixed(env.sender_qualifier, 2, "ISA05"), self._fixed(env.sender_id, 15, "ISA06"),
+            self._fixed(env.receiver_qualifier, 2, "ISA07"), self._fixed(env.receiver_id, 15, "ISA08"),
+            env.now.strftime("%y%m%d"), env.now.strftime("%H%M"),
+            d.repetition or "U", "00501", f"{env.interchange_control:09d}", env.ack_requested, env.usage,
+            d.component,
+        ]
+        if not 0 < env.interchange_control < 10**9:
+            raise ValueError("interchange control number must be 1..999999999")
+        return d.element.join(["ISA", *fields]) + d.segment + ("\n" if self.line_breaks else "")
+
+    def _fixed(self, value: str, width: int, ref: str) -> str:
+        cleaned = self.clean(value, "ISA", ref)
+        if len(cleaned) > width:
+            self.notes.append(WriteNote("ISA", ref, value, cleaned[:width], f"cut to the fixed width {width}"))
+            cleaned = cleaned[:width]
+        return cleaned.ljust(width)
+
+    def interchange(self, env: Envelope, functional_id: str, set_id: str, implementation: str,
+                    transactions: Iterable[Sequence[tuple[str, Sequence[Value]]]]) -> WriteResult:
+        """A complete interchange with one functional group holding ``transactions``.
+
+        Each transaction is its body (BHT ... the last segment before SE) as (segment id, elements);
+        ST and SE, with the segment count and control numbers, are added here.
+        """
+        group_control = env.group_control if env.group_control is not None else env.interchange_control
+        out = [self.isa(env)]
+        out.append(self.segment(
+            "GS", functional_id, env.application_sender or env.sender_id,
+            env.application_receiver or env.receiver_id, env.now.strftime("%Y%m%d"), env.now.strftime("%H%M"),
+            str(group_control), "X", implementation))
+        counts = []
+        control = env.first_transaction_control
+        for body in transactions:
+            st_control = f"{control:04d}"
+            out.append(self.segment("ST", set_id, st_control, implementation))
+            for seg_id, elements in body:
+                out.append(self.segment(seg_id, *elements))
+            count = len(body) + 2
+            out.append(self.segment("SE", str(count), st_control))
+            counts.append(count)
+            control += 1
+        out.append(self.segment("GE", str(len(counts)), str(group_control)))
+        out.append(self.segment("IEA", "1", f"{env.interchange_control:09d}"))
+        return WriteResult("".join(out), list(self.notes), counts)
+
+
+def format_amount(value: float | int | str) -> str:
+    """An X12 R-type number: no exponent, no trailing zeros (``1450.750`` -> ``1450.75``)."""
+    from decimal import Decimal
+
+    number = Decimal(str(value))
+    text = format(number.normalize(), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
