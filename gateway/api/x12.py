@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
@@ -23,7 +23,7 @@ def validate():  # type: ignore[no-untyped-def]
     except X12SyntaxError as exc:
         return jsonify(valid=False, error=str(exc)), 400
     if request.accept_mimetypes.best == "application/edi-x12":
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        now = datetime.now(UTC).replace(tzinfo=None)
         ack = request.args.get("ack", "999")
         if ack == "ta1":
             isa = report.interchanges[0] if report.interchanges else None

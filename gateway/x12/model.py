@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,24 +24,34 @@ class Delimiters:
 
 
 class Segment:
-    """One segment: its id and element values as read (element 01 is ``elements[0]``).
+    """One segment: its id and element values as read.
 
-    ``position`` counts from ST = 1 inside a transaction (the 999 convention); envelope segments
-    carry their ordinal in the file instead.
+    ``parts`` is the split segment (``parts[0]`` the id, ``parts[1]`` element 01); ``position``
+    counts from ST = 1 inside a transaction (the 999 convention); envelope segments carry their
+    ordinal in the file instead.
     """
 
-    __slots__ = ("id", "elements", "position", "delimiters")
+    __slots__ = ("id", "parts", "position", "delimiters")
 
-    def __init__(self, seg_id: str, elements: list[str], position: int, delimiters: Delimiters) -> None:
-        self.id = seg_id
-        self.elements = elements
+    def __init__(self, parts: list[str], position: int, delimiters: Delimiters) -> None:
+        self.id = parts[0]
+        self.parts = parts
         self.position = position
         self.delimiters = delimiters
 
+    @classmethod
+    def of(cls, seg_id: str, *elements: str, position: int = 0, delimiters: Delimiters | None = None) -> Segment:
+        return cls([seg_id, *elements], position, delimiters or Delimiters())
+
+    @property
+    def elements(self) -> list[str]:
+        return self.parts[1:]
+
     def get(self, index: int, default: str = "") -> str:
         """Element ``index`` (1-based) with surrounding spaces removed, or ``default``."""
-        if 0 < index <= len(self.elements):
-            value = self.elements[index - 1].strip()
+        parts = self.parts
+        if 0 < index < len(parts):
+            value = parts[index].strip()
             return value if value else default
         return default
 
@@ -51,7 +61,7 @@ class Segment:
         if not value:
             return []
         rep = self.delimiters.repetition
-        return [v for v in value.split(rep)] if rep and rep in value else [value]
+        return value.split(rep) if rep and rep in value else [value]
 
     def components(self, index: int, repetition: int = 0) -> list[str]:
         """Element ``index`` (one repetition of it) split on the component separator (ISA16)."""
@@ -66,13 +76,13 @@ class Segment:
 
     def to_x12(self, delimiters: Delimiters | None = None) -> str:
         d = delimiters or self.delimiters
-        return d.element.join([self.id, *self.elements]) + d.segment
+        return d.element.join(self.parts) + d.segment
 
     def __repr__(self) -> str:
         return f"Segment({self.to_x12()!r}, position={self.position})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Segment) and (self.id, self.elements) == (other.id, other.elements)
+        return isinstance(other, Segment) and self.parts == other.parts
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -197,19 +207,118 @@ class Group:
     segment: Segment
 
 
-@dataclass(slots=True)
+class LoopTable:
+    """The loop tree of one transaction in flat form: cheap to build, turned into objects on demand.
+
+    ``segments[p - 1]`` holds the split segment at position ``p`` (``None`` once handed over while
+    streaming); ``owner[p - 1]`` the index of the loop that directly holds it; ``loops[i]`` is
+    ``(loop id, parent index, first position)`` with the transaction root at index 0.
+    """
+
+    __slots__ = ("segments", "owner", "loops", "delimiters", "_objects", "_attached")
+
+    def __init__(self, delimiters: Delimiters) -> None:
+        self.segments: list[list[str] | None] = []
+        self.owner: list[int] = []
+        self.loops: list[tuple[str, int, int]] = [("ST", -1, 1)]
+        self.delimiters = delimiters
+        self._objects: list[Loop] = []
+        self._attached = 0  # loops[:_attached] have objects in the tree
+
+    def _loop(self, index: int) -> Loop:
+        """The object for loop ``index``, attaching it (and the loops opened before it) if needed."""
+        objects, loops = self._objects, self.loops
+        while self._attached <= index:
+            loop_id, parent, _ = loops[self._attached]
+            if parent < 0:
+                loop = Loop(loop_id)
+            else:
+                owner = objects[parent]
+                loop = Loop(loop_id, owner)
+                owner.body.append(loop)
+            objects.append(loop)
+            self._attached += 1
+        return objects[index]
+
+    def build(self, start: int = 1, end: int | None = None) -> Loop:
+        """Objects for positions ``start``..``end`` (inclusive), attached to the tree; the root.
+
+        Loops are attached when their first position is reached, so each loop's body keeps the
+        order of the transaction (segments, then a child loop, then later segments).
+        """
+        d = self.delimiters
+        segments, owner, loops, objects = self.segments, self.owner, self.loops, self._objects
+        last = len(segments) if end is None else end
+        self._loop(0)
+        for pos in range(start, last + 1):
+            while self._attached < len(loops) and loops[self._attached][2] <= pos:
+                self._loop(self._attached)
+            parts = segments[pos - 1]
+            if parts is not None:
+                index = owner[pos - 1]
+                loop = objects[index] if index < self._attached else self._loop(index)
+                loop.body.append(Segment(parts, pos, d))
+        return objects[0]
+
+    def subtree(self, index: int, start: int, end: int) -> Loop:
+        """Objects for a completed loop (positions ``start``..``end``), not attached to its parent."""
+        loop_id, parent, _ = self.loops[index]
+        root = Loop(loop_id, self._loop(parent) if parent >= 0 else None)
+        local: dict[int, Loop] = {index: root}
+        d = self.delimiters
+        for pos in range(start, end + 1):
+            parts = self.segments[pos - 1]
+            if parts is None:
+                continue
+            li = self.owner[pos - 1]
+            loop = local.get(li)
+            if loop is None:
+                chain = []
+                while li not in local:
+                    chain.append(li)
+                    li = self.loops[li][1]
+                for child in reversed(chain):
+                    parent_loop = local[self.loops[child][1]]
+                    made = Loop(self.loops[child][0], parent_loop)
+                    parent_loop.body.append(made)
+                    local[child] = made
+                loop = local[self.owner[pos - 1]]
+            loop.body.append(Segment(parts, pos, d))
+        return root
+
+    def release(self, start: int, end: int) -> None:
+        """Forget positions ``start``..``end`` (a loop already handed over)."""
+        segments = self.segments
+        for pos in range(start, end + 1):
+            segments[pos - 1] = None
+
+
+@dataclass(slots=True, eq=False)
 class Transaction:
-    """One ST..SE transaction set with its loop tree and its own findings."""
+    """One ST..SE transaction set with its loop tree and its own findings.
+
+    ``table`` is the loop tree as read; ``root`` turns it into Loop and Segment objects the first
+    time it is asked for.
+    """
 
     set_id: str
     control_number: str
     implementation: str
     interchange: Interchange | None
     group: Group | None
-    root: Loop
+    table: LoopTable
     findings: list[Finding] = field(default_factory=list)
     segment_count: int = 0
     structure: str = ""
+    _root: Loop | None = None
+    _built: int = 0
+
+    @property
+    def root(self) -> Loop:
+        if self._root is None or self._built < len(self.table.segments):
+            self._root = self.table.build(self._built + 1)
+            self._built = len(self.table.segments)
+        return self._root
 
     @property
     def errors(self) -> list[Finding]:

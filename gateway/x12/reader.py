@@ -11,21 +11,41 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from gateway.errors import MappingError
-from gateway.x12.model import Delimiters, Finding, Group, Interchange, Loop, Segment, Transaction
-from gateway.x12.structure import TransactionSpec, known_segment_ids, load_transaction
-from gateway.x12.tokenizer import RawSegment, Source, segment_id_is_valid, tokenize
+from gateway.errors import MappingError, X12SyntaxError
+from gateway.x12.model import Delimiters, Finding, Group, Interchange, Loop, LoopTable, Segment, Transaction
+from gateway.x12.structure import Reopen, TransactionSpec, Transition, known_segment_ids, load_transaction
+from gateway.x12.tokenizer import Source, segment_id_is_valid, tokenize
 
 FUNCTIONAL_IDS = {"270": "HS", "271": "HB", "999": "FA"}
+ENVELOPE_IDS = frozenset({"ISA", "IEA", "GS", "GE"})
 SUPPORTED_VERSIONS = ("00501", "00401")
 
 
-@dataclass(slots=True)
 class LoopEvent:
-    """A completed loop handed over while streaming (it is no longer kept in the tree)."""
+    """A completed loop handed over while streaming.
 
-    transaction: Transaction
-    loop: Loop
+    ``loop`` is built on first access and must be read before the stream is advanced: the reader
+    then forgets the loop's segments so memory stays bounded.
+    """
+
+    __slots__ = ("transaction", "index", "start", "end", "_loop")
+
+    def __init__(self, transaction: Transaction, index: int, start: int, end: int) -> None:
+        self.transaction = transaction
+        self.index = index
+        self.start = start
+        self.end = end
+        self._loop: Loop | None = None
+
+    @property
+    def loop_id(self) -> str:
+        return self.transaction.table.loops[self.index][0]
+
+    @property
+    def loop(self) -> Loop:
+        if self._loop is None:
+            self._loop = self.transaction.table.subtree(self.index, self.start, self.end)
+        return self._loop
 
 
 @dataclass
@@ -45,110 +65,125 @@ class ReadResult:
 
 
 class _TreeBuilder:
-    """Places each segment of one transaction in its loop, using the compiled structure."""
+    """Places segments of one transaction in their loops (the slow path: loop changes, HL, errors).
 
-    __slots__ = ("spec", "txn", "state", "stack", "detach", "emitted", "hl_loops", "known", "last_hl",
-                 "hl_children", "hl_segments")
+    The reader's hot loop handles the common case (a segment that stays in its loop) itself and
+    shares ``stack`` and the flat table with this builder.
+    """
+
+    __slots__ = ("spec", "txn", "table", "state", "stack", "detach", "emitted", "hl_loops", "known",
+                 "last_hl", "hl_children", "hl_segments")
 
     def __init__(self, spec: TransactionSpec | None, txn: Transaction, detach: frozenset[str],
                  known: frozenset[str]) -> None:
         self.spec = spec
         self.txn = txn
+        self.table = txn.table
         self.state = -1
-        self.stack: list[Loop] = [txn.root]
+        self.stack: list[int] = [0]
         self.detach = detach
-        self.emitted: list[Loop] = []
+        self.emitted: list[LoopEvent] = []
         self.hl_loops: dict[str, str] = {}
         self.known = known
         self.last_hl = 0
         self.hl_children: set[str] = set()
-        self.hl_segments: list[tuple[Segment, str]] = []
+        self.hl_segments: list[tuple[list[str], int, str]] = []
 
-    def add(self, seg: Segment) -> None:
+    def add(self, parts: list[str], position: int) -> None:
+        table = self.table
         spec = self.spec
-        if spec is None:
-            self.stack[-1].body.append(seg)
-            return
-        move = spec.transition(self.state, seg.id, seg.elements)
+        move = spec.transition(self.state, parts[0], parts) if spec is not None else None
+        if move is None and spec is not None and parts[0] != parts[0].strip():
+            parts[0] = parts[0].strip()
+            move = spec.transition(self.state, parts[0], parts)
         if move is None:
-            self._misplaced(seg)
+            if spec is not None:
+                self._misplaced(parts, position)
+            table.segments.append(parts)
+            table.owner.append(self.stack[-1])
             return
-        stack = self.stack
-        if move.close:
-            for _ in range(move.close):
-                self._close(stack.pop())
-        for loop_spec in move.open:
-            loop = Loop(loop_spec.loop_id, stack[-1])
-            stack[-1].body.append(loop)
-            stack.append(loop)
-        stack[-1].body.append(seg)
+        self.apply(move, position)
+        table.segments.append(parts)
+        table.owner.append(self.stack[-1])
         self.state = move.target.index
-        if seg.id == "HL":
-            self._check_hl(seg, stack[-1])
+        if parts[0] == "HL":
+            self._check_hl(parts, position)
 
-    def finish(self) -> None:
+    def apply(self, move: Transition, position: int) -> None:
+        """Close and open loops for ``move``; ``position`` is the segment that opens them."""
+        stack, loops = self.stack, self.table.loops
+        for _ in range(move.close):
+            self._close(stack.pop(), position - 1)
+        for loop_spec in move.open:
+            loops.append((loop_spec.loop_id, stack[-1], position))
+            stack.append(len(loops) - 1)
+
+    def finish(self, last_position: int) -> None:
         while len(self.stack) > 1:
-            self._close(self.stack.pop())
-        for seg, loop_id in self.hl_segments:
-            child_code, has_child = seg.get(4), seg.get(1) in self.hl_children
+            self._close(self.stack.pop(), last_position)
+        for parts, position, loop_id in self.hl_segments:
+            hl_id = parts[1].strip() if len(parts) > 1 else ""
+            child_code = parts[4].strip() if len(parts) > 4 else ""
+            has_child = hl_id in self.hl_children
             if child_code in ("0", "1") and (child_code == "1") != has_child:
                 # a warning: the implementation guide's own rejection examples keep HL04 1
                 self.txn.findings.append(Finding(
                     code="X12-HL-CHILD", severity="warning", level="element", ack_code="7", value=child_code,
                     message=f"HL04 says {'a child level follows' if child_code == '1' else 'no child level'}"
-                            f" but HL {seg.get(1)} {'has none' if child_code == '1' else 'has children'}",
+                            f" but HL {hl_id} {'has none' if child_code == '1' else 'has children'}",
                     transaction=self.txn.control_number, transaction_set=self.txn.set_id, loop=loop_id,
-                    segment="HL", position=seg.position, element="HL04", data_element="736"))
+                    segment="HL", position=position, element="HL04", data_element="736"))
 
-    def _close(self, loop: Loop) -> None:
-        if loop.id in self.detach:
-            parent = loop.parent
-            if parent is not None and parent.body and parent.body[-1] is loop:
-                parent.body.pop()
-            self.emitted.append(loop)
+    def _close(self, index: int, last_position: int) -> None:
+        loop_id, _, start = self.table.loops[index]
+        if loop_id in self.detach:
+            self.emitted.append(LoopEvent(self.txn, index, start, last_position))
 
-    def _misplaced(self, seg: Segment) -> None:
-        where = self.stack[-1]
-        if seg.id in self.known:
-            code, ack, msg = "X12-SEGMENT-UNEXPECTED", "2", f"segment {seg.id} is not expected here"
+    def _misplaced(self, parts: list[str], position: int) -> None:
+        seg_id = parts[0]
+        loop_id = self.table.loops[self.stack[-1]][0]
+        if not segment_id_is_valid(seg_id):
+            code, ack, msg = "X12-SEGMENT-ID", "1", f"{seg_id!r} is not a valid X12 segment id"
+        elif seg_id in self.known:
+            code, ack, msg = "X12-SEGMENT-UNEXPECTED", "2", f"segment {seg_id} is not expected here"
         else:
-            code, ack, msg = "X12-SEGMENT-UNKNOWN", "1", f"unrecognized segment id {seg.id!r}"
+            code, ack, msg = "X12-SEGMENT-UNKNOWN", "1", f"unrecognized segment id {seg_id!r}"
         self.txn.findings.append(Finding(
-            code=code, message=f"{msg} (after loop {where.id})", level="segment", ack_code=ack,
+            code=code, message=f"{msg} (in loop {loop_id})", level="segment", ack_code=ack,
             transaction=self.txn.control_number, transaction_set=self.txn.set_id,
-            loop=where.id if where.parent is not None else "", segment=seg.id, position=seg.position,
+            loop=loop_id if loop_id != "ST" else "", segment=seg_id[:3], position=position,
         ))
-        where.body.append(seg)
 
-    def _check_hl(self, seg: Segment, loop: Loop) -> None:
-        hl_id, parent_id = seg.get(1), seg.get(2)
-        txn = self.txn
+    def _check_hl(self, parts: list[str], position: int) -> None:
+        hl_id = parts[1].strip() if len(parts) > 1 else ""
+        parent_id = parts[2].strip() if len(parts) > 2 else ""
+        txn, loops = self.txn, self.table.loops
+        index = self.stack[-1]
+        loop_id = loops[index][0]
 
-        def report(code: str, message: str, element: str, ack: str, value: str) -> None:
+        def report(code: str, message: str, element: str, ack: str, value: str, severity: str = "error") -> None:
             txn.findings.append(Finding(
-                code=code, message=message, level="element", ack_code=ack,
-                transaction=txn.control_number, transaction_set=txn.set_id, loop=loop.id,
-                segment="HL", position=seg.position, element=element, value=value,
+                code=code, message=message, severity=severity, level="element", ack_code=ack,
+                transaction=txn.control_number, transaction_set=txn.set_id, loop=loop_id, segment="HL",
+                position=position, element=element, value=value,
                 data_element="628" if element == "HL01" else "734"))
 
         if hl_id in self.hl_loops:
             report("X12-HL-DUPLICATE", f"HL01 {hl_id!r} is used twice", "HL01", "7", hl_id)
         elif hl_id.isdigit() and int(hl_id) != self.last_hl + 1:
-            txn.findings.append(Finding(
-                code="X12-HL-SEQUENCE", severity="warning", level="element", ack_code="7",
-                message=f"HL01 {hl_id} does not follow {self.last_hl}", transaction=txn.control_number,
-                transaction_set=txn.set_id, loop=loop.id, segment="HL", position=seg.position,
-                element="HL01", value=hl_id))
+            report("X12-HL-SEQUENCE", f"HL01 {hl_id} does not follow {self.last_hl}", "HL01", "7", hl_id,
+                   severity="warning")
         if hl_id.isdigit():
             self.last_hl = int(hl_id)
-        self.hl_loops[hl_id] = loop.id
-        self.hl_segments.append((seg, loop.id))
+        self.hl_loops[hl_id] = loop_id
+        self.hl_segments.append((parts, position, loop_id))
         if parent_id:
             self.hl_children.add(parent_id)
-        parent_loop = loop.parent
-        while parent_loop is not None and parent_loop.parent is not None and not parent_loop.id.startswith("2000"):
-            parent_loop = parent_loop.parent
-        expected = parent_loop.id if parent_loop is not None and parent_loop.id.startswith("2000") else ""
+        # the enclosing HL level (2000x) this one must point to
+        parent = loops[index][1]
+        while parent > 0 and not loops[parent][0].startswith("2000"):
+            parent = loops[parent][1]
+        expected = loops[parent][0] if parent > 0 else ""
         if expected:
             actual = self.hl_loops.get(parent_id)
             if actual != expected:
@@ -157,15 +192,14 @@ class _TreeBuilder:
                        + (f", not to a {actual} HL" if actual else ", which does not exist"),
                        "HL02", "7" if parent_id else "1", parent_id)
         elif parent_id:
-            report("X12-HL-PARENT", f"HL02 must be empty at the top level ({loop.id})", "HL02", "I10",
-                   parent_id)
+            report("X12-HL-PARENT", f"HL02 must be empty at the top level ({loop_id})", "HL02", "I10", parent_id)
 
 
 class X12Reader:
     """Reads every interchange in a source; transactions come out one at a time.
 
     ``detach`` names loops (for example ``{"2000C"}``) that are handed over as LoopEvents when
-    complete and then dropped from the tree, so a 100,000-subscriber file is read in constant memory.
+    complete and then forgotten, so a 100,000-subscriber file is read in bounded memory.
     """
 
     def __init__(self, source: Source, *, detach: Iterable[str] = (), mappings: str | None = None) -> None:
@@ -189,86 +223,145 @@ class X12Reader:
         gs: Group | None = None
         txn: Transaction | None = None
         builder: _TreeBuilder | None = None
-        group_count = 0
-        txn_count = 0
-        position = 0
-        ordinal = 0
-        for raw in tokenize(self.source):
-            ordinal += 1
-            seg_id = raw.id
-            if txn is not None and seg_id not in ("ISA", "IEA", "GS", "GE"):
-                position += 1
-                seg = Segment(seg_id, raw.elements, position, raw.delimiters)
-                if seg_id == "SE":
-                    builder.add(seg)  # type: ignore[union-attr]
-                    builder.finish()  # type: ignore[union-attr]
-                    yield from self._drain(builder)  # type: ignore[arg-type]
-                    self._close_transaction(txn, seg, position)
-                    yield txn
-                    txn, builder = None, None
-                    continue
-                if seg_id == "ST":
-                    self._add(txn, "X12-SE-MISSING", f"transaction {txn.control_number} has no SE before the next ST",
-                              "transaction", "2", segment="ST", position=position)
-                    builder.finish()  # type: ignore[union-attr]
-                    yield from self._drain(builder)  # type: ignore[arg-type]
-                    yield txn
-                    txn = None
-                else:
-                    if not segment_id_is_valid(seg_id):
-                        self._add(txn, "X12-SEGMENT-ID", f"segment id {seg_id!r} is not a valid X12 segment id",
-                                  "segment", "1", segment=seg_id[:3], position=position)
-                    builder.add(seg)  # type: ignore[union-attr]
-                    if builder.emitted:  # type: ignore[union-attr]
+        group_count = txn_count = position = ordinal = 0
+        envelope_ids = ENVELOPE_IDS
+        detach = self.detach
+        # hot-path locals, valid while a transaction with a known structure is open
+        states: list[dict] | None = None
+        state = -1
+        stack: list[int] = [0]
+        segs: list = []
+        owner: list[int] = []
+        loops: list = []
+        cur = 0
+        for batch in tokenize(self.source):
+            d = batch.delimiters
+            sep = d.element
+            raws = batch.segments
+            if batch.isa is not None:
+                raws = [sep.join(batch.isa), *raws]
+            for raw in raws:
+                parts = raw.split(sep)
+                seg_id = parts[0]
+                if states is not None:
+                    # hot path: the compiled structure says where the segment goes
+                    move = states[state + 1].get(seg_id)
+                    if move.__class__ is int:  # stays in the current loop
+                        segs.append(parts)
+                        owner.append(cur)
+                        state = move
+                        position += 1
+                        continue
+                    if move.__class__ is Reopen and move.loop_id not in detach:  # EB after EB: a new 2110C
+                        position += 1
+                        loops.append((move.loop_id, stack[-2], position))
+                        cur = stack[-1] = len(loops) - 1
+                        segs.append(parts)
+                        owner.append(cur)
+                        state = move.target
+                        continue
+                    if move.__class__ is Reopen:
+                        move = move.transition
+                    if move.__class__ is Transition:
+                        position += 1
+                        if detach and move.close and not detach.isdisjoint(move.closes):
+                            builder.apply(move, position)  # type: ignore[union-attr]
+                            if builder.emitted:  # type: ignore[union-attr]
+                                yield from self._drain(builder)  # type: ignore[arg-type]
+                        else:
+                            if move.close:
+                                del stack[-move.close:]
+                            for loop_spec in move.open:
+                                loops.append((loop_spec.loop_id, stack[-1], position))
+                                stack.append(len(loops) - 1)
+                        cur = stack[-1]
+                        segs.append(parts)
+                        owner.append(cur)
+                        state = move.target.index
+                        continue
+                if txn is not None and seg_id not in envelope_ids:
+                    position += 1
+                    # slow path: qualifiers, HL, misplaced segments, ST/SE
+                    assert builder is not None
+                    builder.state = state
+                    if seg_id == "SE":
+                        builder.add(parts, position)
+                        builder.finish(position)
+                        yield from self._drain(builder)
+                        self._close_transaction(txn, Segment(parts, position, d), position)
+                        yield txn
+                        txn, builder, states = None, None, None
+                        continue
+                    if seg_id == "ST":
+                        self._add(txn, "X12-SE-MISSING",
+                                  f"transaction {txn.control_number} has no SE before the next ST",
+                                  "transaction", "2", segment="ST", position=position)
+                        builder.finish(position - 1)
+                        yield from self._drain(builder)
+                        yield txn
+                        txn, states = None, None
+                    else:
+                        builder.add(parts, position)
+                        state = builder.state
+                        cur = stack[-1]
+                        if builder.emitted:
+                            yield from self._drain(builder)
+                        continue
+                ordinal += 1
+                seg = Segment(parts, ordinal, d)
+                if seg_id == "ISA":
+                    if txn is not None:
+                        self._add(txn, "X12-SE-MISSING", "transaction set has no SE trailer", "transaction", "2")
+                        builder.finish(position)  # type: ignore[union-attr]
                         yield from self._drain(builder)  # type: ignore[arg-type]
-                    continue
-            seg = Segment(seg_id, raw.elements, ordinal, raw.delimiters)
-            if seg_id == "ISA":
-                if txn is not None:
-                    self._add(txn, "X12-SE-MISSING", "transaction set has no SE trailer", "transaction", "2")
-                    builder.finish()  # type: ignore[union-attr]
-                    yield from self._drain(builder)  # type: ignore[arg-type]
-                    yield txn
-                    txn = None
-                if isa is not None:
-                    self._envelope("X12-IEA-MISSING", f"interchange {isa.control_number} has no IEA trailer",
-                                   "interchange", "023", isa)
-                isa = self._open_interchange(seg, raw)
-                gs, group_count = None, 0
-            elif seg_id == "GS":
-                if isa is None:
-                    raise_no_isa()
-                if gs is not None:
-                    self._envelope("X12-GE-MISSING", f"group {gs.control_number} has no GE trailer", "group", "3",
-                                   isa, gs)
-                gs = self._open_group(seg, isa)
-                group_count += 1
-                txn_count = 0
-            elif seg_id == "ST":
-                txn_count += 1
-                position = 1
-                txn = self._open_transaction(seg, isa, gs)
-                builder = _TreeBuilder(self._spec(txn), txn, self.detach, self._known)
-                builder.add(seg)
-            elif seg_id == "GE":
-                self._close_group(seg, isa, gs, txn_count)
-                gs = None
-            elif seg_id == "IEA":
-                if gs is not None:
-                    self._envelope("X12-GE-MISSING", f"group {gs.control_number} has no GE trailer", "group", "3",
-                                   isa, gs)
+                        yield txn
+                        txn, states = None, None
+                    if isa is not None:
+                        self._envelope("X12-IEA-MISSING", f"interchange {isa.control_number} has no IEA trailer",
+                                       "interchange", "023", isa)
+                    isa = self._open_interchange(seg, batch.isa_notes)
+                    gs, group_count = None, 0
+                elif seg_id == "GS":
+                    if isa is None:
+                        raise X12SyntaxError("GS segment before any ISA")
+                    if gs is not None:
+                        self._envelope("X12-GE-MISSING", f"group {gs.control_number} has no GE trailer", "group",
+                                       "3", isa, gs)
+                    gs = self._open_group(seg, isa)
+                    group_count += 1
+                    txn_count = 0
+                elif seg_id == "ST":
+                    txn_count += 1
+                    position = 1
+                    seg.position = 1
+                    txn = self._open_transaction(seg, isa, gs)
+                    spec = self._spec(txn)
+                    builder = _TreeBuilder(spec, txn, detach, self._known)
+                    builder.add(parts, 1)
+                    state = builder.state
+                    stack = builder.stack
+                    cur = stack[-1]
+                    segs, owner, loops = txn.table.segments, txn.table.owner, txn.table.loops
+                    states = spec.states if spec is not None else None
+                elif seg_id == "GE":
+                    self._close_group(seg, isa, gs, txn_count)
                     gs = None
-                self._close_interchange(seg, isa, group_count)
-                isa = None
-            elif seg_id == "TA1":
-                continue
-            else:
-                self._envelope("X12-OUTSIDE-TRANSACTION",
-                               f"segment {seg_id} appears outside any ST/SE transaction set", "interchange", "024",
-                               isa, gs, segment=seg_id, position=ordinal)
+                elif seg_id == "IEA":
+                    if gs is not None:
+                        self._envelope("X12-GE-MISSING", f"group {gs.control_number} has no GE trailer", "group",
+                                       "3", isa, gs)
+                        gs = None
+                    self._close_interchange(seg, isa, group_count)
+                    isa = None
+                elif seg_id == "TA1":
+                    continue
+                else:
+                    self._envelope("X12-OUTSIDE-TRANSACTION",
+                                   f"segment {seg_id} appears outside any ST/SE transaction set", "interchange",
+                                   "024", isa, gs, segment=seg_id, position=ordinal)
         if txn is not None:
             self._add(txn, "X12-SE-MISSING", "transaction set ends without an SE trailer", "transaction", "2")
-            builder.finish()  # type: ignore[union-attr]
+            builder.finish(position)  # type: ignore[union-attr]
             yield from self._drain(builder)  # type: ignore[arg-type]
             yield txn
         if gs is not None:
@@ -303,8 +396,11 @@ class X12Reader:
 
     @staticmethod
     def _drain(builder: _TreeBuilder) -> Iterator[LoopEvent]:
+        """Hand over completed loops, then forget their segments."""
         while builder.emitted:
-            yield LoopEvent(builder.txn, builder.emitted.pop(0))
+            event = builder.emitted.pop(0)
+            yield event
+            builder.table.release(event.start, event.end)
 
     def _add(self, txn: Transaction, code: str, message: str, level: str, ack: str, *, severity: str = "error",
              segment: str = "", position: int = 0, element: str = "", value: str = "") -> None:
@@ -322,15 +418,15 @@ class X12Reader:
             interchange=isa.control_number if isa else "", group=gs.control_number if gs else "",
             segment=segment, position=position, element=element, value=value))
 
-    def _open_interchange(self, seg: Segment, raw: RawSegment) -> Interchange:
-        e = [v for v in seg.elements] + [""] * (16 - len(seg.elements))
+    def _open_interchange(self, seg: Segment, notes: list[str] | None) -> Interchange:
+        e = seg.elements + [""] * (16 - len(seg.elements))
         isa = Interchange(
             control_number=e[12].strip(), sender_qualifier=e[4].strip(), sender_id=e[5].strip(),
             receiver_qualifier=e[6].strip(), receiver_id=e[7].strip(), date=e[8].strip(), time=e[9].strip(),
             version=e[11].strip(), usage=e[14].strip(), ack_requested=e[13].strip(),
-            delimiters=raw.delimiters, segment=seg)
+            delimiters=seg.delimiters, segment=seg)
         self.interchanges.append(isa)
-        for note in raw.isa_notes or ():
+        for note in notes or ():
             self._envelope("X12-ISA-FORMAT", note, "interchange", "", isa, severity="warning", segment="ISA",
                            position=seg.position)
         checks = (
@@ -367,7 +463,7 @@ class X12Reader:
 
     def _open_transaction(self, seg: Segment, isa: Interchange | None, gs: Group | None) -> Transaction:
         txn = Transaction(set_id=seg.get(1), control_number=seg.get(2), implementation=seg.get(3),
-                          interchange=isa, group=gs, root=Loop("ST"))
+                          interchange=isa, group=gs, table=LoopTable(seg.delimiters))
         if gs is None:
             self._add(txn, "X12-GS-MISSING", "transaction set is not inside a GS/GE functional group",
                       "transaction", "18", segment="ST", position=1)
@@ -429,12 +525,6 @@ class X12Reader:
         if seg.get(2) != isa.control_number:
             self._envelope("X12-IEA-CONTROL", f"IEA02 {seg.get(2)!r} does not match ISA13 {isa.control_number!r}",
                            "interchange", "001", isa, segment="IEA", element="IEA02", value=seg.get(2))
-
-
-def raise_no_isa() -> None:
-    from gateway.errors import X12SyntaxError
-
-    raise X12SyntaxError("GS segment before any ISA")
 
 
 def _valid_date6(value: str) -> bool:

@@ -85,6 +85,34 @@ class Transition:
     target: SegmentSpec
     close: int
     open: tuple[LoopSpec, ...]
+    closes: frozenset[str] = frozenset()   # ids of the loops it closes (known from the state)
+
+    @property
+    def reopens(self) -> str:
+        """The loop id when this only starts a new iteration of the current loop (EB after EB)."""
+        if self.close == 1 and len(self.open) == 1 and self.closes == {self.open[0].loop_id}:
+            return self.open[0].loop_id
+        return ""
+
+
+class Reopen:
+    """Hot-path entry: close the current loop and open another iteration of it."""
+
+    __slots__ = ("loop_id", "target", "transition")
+
+    def __init__(self, transition: Transition) -> None:
+        self.loop_id = transition.reopens
+        self.target = transition.target.index
+        self.transition = transition
+
+
+class SlowPath:
+    """Table entry the reader's hot path must not take (HL checks, SE closing the set)."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self, entry: Any) -> None:
+        self.entry = entry
 
 
 @dataclass(slots=True, eq=False)
@@ -96,24 +124,58 @@ class TransactionSpec:
     root: LoopSpec
     nodes: list[SegmentSpec]
     segment_ids: frozenset[str]
-    _table: dict[tuple[int, str], Any] = field(default_factory=dict)
+    states: list[dict[str, Any]] = field(default_factory=list)
 
-    def transition(self, state: int, seg_id: str, seg_elements: list[str]) -> Transition | None:
-        """Where ``seg_id`` goes after node ``state`` (-1 = before ST); None if nowhere."""
-        key = (state, seg_id)
-        entry = self._table.get(key, _MISSING)
-        if entry is _MISSING:
+    def __post_init__(self) -> None:
+        # one table per state (-1 = before ST is index 0), filled lazily by ``compile``
+        self.states = [{} for _ in range(len(self.nodes) + 1)]
+
+    def transition(self, state: int, seg_id: str, parts: list[str]) -> Transition | None:
+        """Where ``seg_id`` goes after node ``state`` (-1 = before ST); None if nowhere.
+
+        ``parts`` is the split segment (``parts[0]`` the id); it is read only where several
+        loops start with the same segment (HL03 decides between 2000A/B/C/D).
+        """
+        table = self.states[state + 1]
+        entry = table.get(seg_id, MISSING)
+        if entry is MISSING:
             entry = self._compile(state, seg_id)
-            self._table[key] = entry
-        if entry is None or isinstance(entry, Transition):
+            # Hot-path forms: a segment that stays in its loop is the bare target index, a new
+            # iteration of the current loop a Reopen; HL and SE always take the slow path.
+            if seg_id in ("HL", "SE") or entry.__class__ is not Transition:
+                table[seg_id] = SlowPath(entry)
+            elif not entry.close and not entry.open:
+                table[seg_id] = entry.target.index
+            elif entry.reopens:
+                table[seg_id] = Reopen(entry)
+            else:
+                table[seg_id] = entry
+        cls = entry.__class__
+        if cls is SlowPath:
+            entry = entry.entry
+            cls = entry.__class__
+        if cls is int:
+            return Transition(self.nodes[entry], 0, ())
+        if cls is Reopen:
+            return entry.transition
+        if entry is None or cls is Transition:
             return entry
+        return self.qualified(entry, parts)
+
+    @staticmethod
+    def qualified(entry: Any, parts: list[str]) -> Transition:
         qual_pos, by_code, fallback = entry
-        value = seg_elements[qual_pos - 1].strip() if len(seg_elements) >= qual_pos else ""
+        value = parts[qual_pos].strip() if len(parts) > qual_pos else ""
         return by_code.get(value, fallback)
 
     # -- compilation -------------------------------------------------------------------------
     def _compile(self, state: int, seg_id: str) -> Any:
         candidates = self._candidates(state, seg_id)
+        if state >= 0:
+            node_loop = self.nodes[state].loop
+            assert node_loop is not None
+            chain = [lp.loop_id for lp in node_loop.ancestors() if lp.kind == "loop"]
+            candidates = [Transition(c.target, c.close, c.open, frozenset(chain[:c.close])) for c in candidates]
         if not candidates:
             return None
         if len(candidates) == 1:
@@ -169,7 +231,7 @@ class TransactionSpec:
         return _dedupe(found)
 
 
-_MISSING = object()
+MISSING = object()
 
 
 def _enter(loop: LoopSpec, seg_id: str, close: int) -> list[Transition]:
@@ -331,12 +393,14 @@ def _load(set_id: str, base: str) -> TransactionSpec:
     )
 
 
-def load_transaction(set_id: str, base: str | os.PathLike[str] | None = None) -> TransactionSpec:
+@lru_cache(maxsize=16)
+def load_transaction(set_id: str, base: str | None = None) -> TransactionSpec:
     """The compiled structure of a 270 or 271 (cached per process)."""
     return _load(str(set_id), str(mappings_dir(base)))
 
 
-def known_segment_ids(base: str | os.PathLike[str] | None = None) -> frozenset[str]:
+@lru_cache(maxsize=16)
+def known_segment_ids(base: str | None = None) -> frozenset[str]:
     return frozenset(load_yaml("x12/segments.yaml", base)) | {"ISA", "GS", "ST", "SE", "GE", "IEA", "TA1"}
 
 

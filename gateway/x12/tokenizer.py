@@ -20,7 +20,7 @@ from gateway.x12.model import Delimiters
 
 Source = Union[str, bytes, bytearray, BinaryIO, TextIO, "os.PathLike[str]"]
 
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # small enough that a chunk's segments die young (cheap for the GC)
 _SEG_ID = re.compile(r"[A-Z][A-Z0-9]{1,2}\Z")
 _WHITESPACE = "\r\n\t "
 
@@ -165,24 +165,37 @@ def find_isa(text: str, start: int = 0) -> int:
         pos += 3
 
 
-class RawSegment:
-    """A segment's id and raw elements plus the interchange delimiters in force."""
+class Batch:
+    """Consecutive raw segments of one interchange (not yet split into elements).
 
-    __slots__ = ("id", "elements", "delimiters", "isa_notes")
+    An interchange's first batch carries its ISA, already split (``isa``), and the ISA's own
+    defects (``isa_notes``). Consumers split ``segments`` with ``delimiters.element`` as they go,
+    so a segment's parts live only as long as the consumer keeps them.
+    """
 
-    def __init__(self, seg_id: str, elements: list[str], delimiters: Delimiters,
+    __slots__ = ("delimiters", "segments", "isa", "isa_notes")
+
+    def __init__(self, delimiters: Delimiters, segments: list[str], isa: list[str] | None = None,
                  isa_notes: list[str] | None = None) -> None:
-        self.id = seg_id
-        self.elements = elements
         self.delimiters = delimiters
+        self.segments = segments
+        self.isa = isa
         self.isa_notes = isa_notes
 
+    def split(self) -> Iterator[list[str]]:
+        """Every segment as parts, the ISA first when the batch has one."""
+        if self.isa is not None:
+            yield self.isa
+        sep = self.delimiters.element
+        for raw in self.segments:
+            yield raw.split(sep)
 
-def tokenize(source: Source, chunk_size: int = CHUNK) -> Iterator[RawSegment]:
-    """Yield every segment of every interchange in ``source``, in order.
 
-    ISA segments carry ``isa_notes`` (defects of the ISA itself). Text before the first ISA is
-    skipped; a source without any ISA raises X12SyntaxError.
+def tokenize(source: Source, chunk_size: int = CHUNK) -> Iterator[Batch]:
+    """Yield every segment of every interchange in ``source``, in order, a chunk at a time.
+
+    Text before the first ISA is skipped (and noted); a source without any ISA raises
+    X12SyntaxError.
     """
     stream = TextStream(source, chunk_size)
     chunks = stream.chunks()
@@ -192,7 +205,6 @@ def tokenize(source: Source, chunk_size: int = CHUNK) -> Iterator[RawSegment]:
     for chunk in chunks:
         buf += chunk
         while True:
-            # Find the interchange start.
             isa = find_isa(buf)
             if isa < 0:
                 if len(buf) > 256:  # keep a tail in case "ISA" straddles chunks
@@ -210,54 +222,64 @@ def tokenize(source: Source, chunk_size: int = CHUNK) -> Iterator[RawSegment]:
             if buf[:isa].strip() or (skipped and not seen_isa):
                 notes = [*notes, "text before the ISA segment was skipped"]
             seen_isa = True
-            yield RawSegment("ISA", isa_elements, delims, notes)
+            yield Batch(delims, [], ["ISA", *isa_elements], notes)
             skipped += end
             buf = buf[end:]
-            # Read segments of this interchange until IEA (or the next ISA / end of input).
             buf, ended = yield from _segments(buf, delims, chunks)
             if not ended:
                 return
-        # loop: buf may hold the start of another interchange
     if not seen_isa:
         raise X12SyntaxError("no ISA segment found: this does not look like X12", offset=0)
 
 
-def _segments(buf: str, d: Delimiters, chunks: Iterator[str]) -> Iterator[RawSegment]:
-    """Yield segments until IEA; return (rest of the buffer, whether input may continue)."""
+def _segments(buf: str, d: Delimiters, chunks: Iterator[str]) -> Iterator[Batch]:
+    """Yield batches until IEA; return (rest of the buffer, whether input may continue)."""
     term, sep = d.segment, d.element
-    strip = _WHITESPACE if term not in " \t" else "\r\n"
     unwrap = term not in "\r\n"
+    strip = _WHITESPACE if unwrap else " \t"
+    isa_mark, iea_mark = "ISA" + sep, "IEA" + sep
     more = True
     while True:
+        if unwrap and ("\n" in buf or "\r" in buf):
+            # line breaks after terminators, or hard-wrapped text: never data when the
+            # terminator is not itself a line break
+            buf = buf.replace("\r", "").replace("\n", "")
         parts = buf.split(term)
         tail = parts.pop()
-        for i, raw in enumerate(parts):
-            if raw[:1] in strip or raw[-1:] in strip:
-                raw = raw.strip(strip)
+        if isa_mark not in buf and iea_mark not in buf:
+            if buf[:1] in strip or any(term + ch in buf for ch in strip):
+                parts = [raw.strip(strip) for raw in parts]  # white space around terminators (rare)
+            if "" in parts:
+                parts = [raw for raw in parts if raw]
+            if parts:
+                yield Batch(d, parts)
+        else:
+            batch: list[str] = []
+            for i, raw in enumerate(parts):
+                if raw[:1] in strip or raw[-1:] in strip:
+                    raw = raw.strip(strip)
                 if not raw:
                     continue
-            if unwrap and ("\n" in raw or "\r" in raw):
-                # hard-wrapped text: line breaks inside a segment are never data
-                raw = raw.replace("\r", "").replace("\n", "")
-            if raw.startswith("ISA") and raw[3:4] and not raw[3:4].isalnum():
-                # a new interchange before this one's IEA: hand back from that ISA on
-                rest = term.join(parts[i:]) + term + tail
-                return rest[rest.find("ISA"):], True
-            elements = raw.split(sep)
-            seg_id = elements[0]
-            if seg_id[-1:] == " " or seg_id[:1] == " ":
-                seg_id = seg_id.strip()
-            yield RawSegment(seg_id, elements[1:], d)
-            if seg_id == "IEA":
-                rest = term.join(parts[i + 1:]) + term + tail if i + 1 < len(parts) else tail
-                return rest, True
+                if raw[:3] == "ISA" and raw[3:4] and not raw[3:4].isalnum():
+                    # a new interchange before this one's IEA: hand back from that ISA on
+                    if batch:
+                        yield Batch(d, batch)
+                    rest = term.join(parts[i:]) + term + tail
+                    return rest[rest.find("ISA"):], True
+                batch.append(raw)
+                if raw[:3] == "IEA" and raw[3:4] == sep:
+                    yield Batch(d, batch)
+                    rest = term.join(parts[i + 1:]) + term + tail if i + 1 < len(parts) else tail
+                    return rest, True
+            if batch:
+                yield Batch(d, batch)
         buf = tail
         if not more:
             return "", False
         chunk = next(chunks, None)
         if chunk is None:
             more = False
-            if not buf.strip(strip):
+            if not buf.strip(_WHITESPACE):
                 return "", False
             buf += term  # flush a last segment that lacks its terminator
             continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -29,9 +29,10 @@ from gateway.errors import X12SyntaxError
 from gateway.mappings import load_yaml
 from gateway.x12.ack import ELEMENT_CODES, SEGMENT_CODES
 from gateway.x12.model import Delimiters, Finding, Interchange, Transaction
-from gateway.x12.reader import FUNCTIONAL_IDS, ReadResult, X12Reader
 from gateway.x12.pyx12_maps import map_set_dir
-from gateway.x12.tokenizer import RawSegment, Source, tokenize
+from gateway.x12.structure import load_transaction
+from gateway.x12.reader import FUNCTIONAL_IDS, ReadResult, X12Reader
+from gateway.x12.tokenizer import Batch, Source, tokenize
 
 logging.getLogger("pyx12").setLevel(logging.CRITICAL)
 
@@ -96,7 +97,7 @@ def _repeating_elements(mappings: str | None) -> frozenset[tuple[str, int]]:
                      for i, e in enumerate(d["elements"], start=1) if int(e.get("repeat", 1)) > 1)
 
 
-def _canonical_interchanges(raw: list[RawSegment], repeating: frozenset[tuple[str, int]]
+def _canonical_interchanges(batches: Iterable[Batch], repeating: frozenset[tuple[str, int]]
                             ) -> Iterator[tuple[str, dict[tuple[int, int, int], list[str]]]]:
     """Each interchange re-rendered for pyx12: padded ISA, 5010 version, first repetitions only.
 
@@ -108,27 +109,26 @@ def _canonical_interchanges(raw: list[RawSegment], repeating: frozenset[tuple[st
     st_ordinal = position = 0
     rep_char = "^"
     pending_gs: list[str] | None = None
-    for seg in raw:
-        if seg.id == "ISA":
+    for seg_id, elements, delims in ((p[0], p[1:], b.delimiters) for b in batches for p in b.split()):
+        if seg_id == "ISA":
             if current:
                 yield "".join(current), extras
                 current, extras = [], {}
-            d = seg.delimiters
-            used = "".join(seg.elements)
+            d = delims
+            used = "".join(elements)
             rep_char = next(c for c in "^}!\x1d\x1f" if c not in (d.element, d.component, d.segment)
                             and (c == d.repetition or c not in used))
             values = [v.strip().ljust(w)[:w] if i not in (1, 3) else v.ljust(w)[:w]
-                      for i, (v, w) in enumerate(zip(seg.elements, ISA_WIDTHS))]
+                      for i, (v, w) in enumerate(zip(elements, ISA_WIDTHS, strict=False))]
             values[10] = rep_char
             values[11] = "00501"
-            current.append(d.element.join(["ISA", *values, seg.elements[15][:1]]) + d.segment + "\n")
+            current.append(d.element.join(["ISA", *values, elements[15][:1]]) + d.segment + "\n")
             continue
         assert d is not None
-        elements = seg.elements
-        if seg.id == "GS":
+        if seg_id == "GS":
             pending_gs = elements
             continue
-        if seg.id == "ST":
+        if seg_id == "ST":
             st_ordinal += 1
             position = 1
             set_id = elements[0].strip() if elements else ""
@@ -146,12 +146,12 @@ def _canonical_interchanges(raw: list[RawSegment], repeating: frozenset[tuple[st
             position += 1
         if d.repetition:
             for idx in range(len(elements)):
-                if (seg.id, idx + 1) in repeating and d.repetition in elements[idx]:
+                if (seg_id, idx + 1) in repeating and d.repetition in elements[idx]:
                     first, *rest = elements[idx].split(d.repetition)
                     extras[(st_ordinal, position, idx + 1)] = rest
                     elements = [*elements[:idx], first, *elements[idx + 1:]]
-        current.append(d.element.join([seg.id, *elements]) + d.segment + "\n")
-        if seg.id == "SE":
+        current.append(d.element.join([seg_id, *elements]) + d.segment + "\n")
+        if seg_id == "SE":
             position = 0
     if current:
         yield "".join(current), extras
@@ -330,35 +330,88 @@ def _check_repetitions(node: Any, seg_id: str, st_control: str, st_ordinal: int,
                                position=position, element=ref, data_element=child.data_ele or ""))
 
 
+def _rule_findings(txn: Transaction, mappings: str | None) -> list[Finding]:
+    """Findings from ``mappings/x12/rules.yaml`` (situational notes that are not code lists)."""
+    rules = load_yaml("x12/rules.yaml", mappings) or []
+    found = []
+    for loop, seg in txn.root.walk():
+        for rule in rules:
+            if seg.id != rule["segment"] or loop.id not in rule["loop"]:
+                continue
+            value = seg.get(int(rule["element"]))
+            if value not in [str(v) for v in rule["values"]]:
+                continue
+            if rule.get("when_segments") and not any(loop.segment(s) for s in rule["when_segments"]):
+                continue
+            found.append(Finding(
+                f"X12-RULE-{rule['id'].upper()}", " ".join(rule["message"].split()), severity=rule["severity"],
+                level="element", ack_code="", transaction=txn.control_number, transaction_set=txn.set_id,
+                loop=loop.id, segment=seg.id, position=seg.position, element=f"{seg.id}{int(rule['element']):02d}",
+                value=value))
+    return found
+
+
 def validate_x12(source: Source, *, mappings: str | None = None) -> ValidationReport:
     """Validate every interchange in ``source``; raises X12SyntaxError only for unreadable input."""
     data = _materialise(source)
     result: ReadResult = X12Reader(data, mappings=mappings).read()
     report = ValidationReport(transactions=result.transactions, interchanges=result.interchanges)
     report.findings.extend(result.all_findings)
+    for txn in result.transactions:
+        if txn.structure:
+            report.findings.extend(_rule_findings(txn, mappings))
     if any(t.structure for t in result.transactions):
         engine = _engine(mappings)
         repeating = _repeating_elements(mappings)
-        for text, extras in _canonical_interchanges(list(tokenize(data)), repeating):
+        for text, extras in _canonical_interchanges(tokenize(data), repeating):
             if "\nST" not in text and not text.startswith("ST"):
                 continue
-            report.findings.extend(_pyx12_findings(engine, text, extras, result))
+            report.findings.extend(_pyx12_findings(engine, text, extras, result, mappings))
     return report
 
 
 def _pyx12_findings(engine: _Pyx12, text: str, extras: dict[tuple[int, int, int], list[str]],
-                    result: ReadResult) -> list[Finding]:
+                    result: ReadResult, mappings: str | None) -> list[Finding]:
     found = _run_pyx12(engine, text, extras)
     unsupported = {t.control_number for t in result.transactions if not t.structure}
     ours = {(f.transaction, f.position, f.segment) for f in result.all_findings if f.level == "segment"}
+    by_control = {t.control_number: t for t in result.transactions}
     kept = []
     for f in found:
         if f.transaction in unsupported:
             continue
         if f.level == "segment" and (f.transaction, f.position, f.segment) in ours and f.ack_code in ("1", "2"):
             continue  # the reader already reported this misplaced segment
+        if f.level == "segment" and f.ack_code == "1" and f.transaction in by_control:
+            better = _qualifier_code_error(f, by_control[f.transaction], mappings)
+            if better:
+                kept.extend(better)
+                continue
         kept.append(f)
     return kept
+
+
+def _qualifier_code_error(f: Finding, txn: Transaction, mappings: str | None) -> list[Finding]:
+    """pyx12 matches segments on their first element's code, so ``EB*ZZ`` reads as an unknown
+    segment. Where our reader placed the segment in its loop, report the bad code instead."""
+    table = txn.table
+    if not 0 < f.position <= len(table.segments) or table.segments[f.position - 1] is None:
+        return []
+    parts = table.segments[f.position - 1]
+    loop_id = table.loops[table.owner[f.position - 1]][0]
+    spec = load_transaction(txn.set_id, mappings)
+    nodes = [n for n in spec.nodes if n.seg_id == parts[0] and n.loop is not None and n.loop.loop_id == loop_id]
+    value = parts[1].strip() if len(parts) > 1 else ""
+    if not nodes or not nodes[0].elements or value in (nodes[0].elements[0].codes or {value}):
+        return []
+    first = nodes[0].elements[0]
+    common = {"interchange": f.interchange, "group": f.group, "transaction": f.transaction,
+              "transaction_set": f.transaction_set, "loop": loop_id, "segment": parts[0], "position": f.position}
+    return [
+        Finding("X12-IG-SEGMENT", f"{parts[0]} has data element errors", level="segment", ack_code="8", **common),
+        Finding("X12-IG-ELEMENT", f"{value!r} is not a valid code for {first.name} ({first.ref})", level="element",
+                ack_code="7" if value else "1", element=first.ref, data_element=first.ele, value=value, **common),
+    ]
 
 
 def _materialise(source: Source) -> bytes | str:

@@ -1,0 +1,33 @@
+"""Shared fixtures: project fixture folders and the public sample corpus (skipped when absent)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+CORPUS = ROOT.parent / "shared" / "corpus"
+
+
+def corpus_index() -> list[dict[str, str]]:
+    """Rows of ``../shared/corpus/INDEX.tsv`` (empty when the corpus is not beside the checkout)."""
+    index = CORPUS / "INDEX.tsv"
+    if not index.exists():
+        return []
+    with index.open(encoding="utf-8") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def corpus_params() -> list:
+    rows = corpus_index()
+    if not rows:
+        return [pytest.param(None, marks=pytest.mark.skip(reason="../shared/corpus is not present"))]
+    return [pytest.param(row, id=row["file"].split("/")[-1][:60]) for row in rows]
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    return FIXTURES
