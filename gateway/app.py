@@ -27,6 +27,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if config:
         app.config.update(config)
     register_blueprints(app)
+    if not app.config.get("TESTING"):
+        from gateway.runtime import warm_up
+
+        warm_up(app.config.get("FHIR_X12_MAPPINGS"))
     return app
 
 

@@ -88,6 +88,10 @@ def validate(file: str, ack: str | None, as_json: bool, control_number: int, dat
     data = _read_input(file)
     now = _parse_date(date)
     try:
+        if len(data) > 1 << 20:
+            from gateway.runtime import warm_up
+
+            warm_up()
         report = validate_x12(data)
     except X12SyntaxError as exc:
         _fail(f"{file}: not readable as X12: {exc}")

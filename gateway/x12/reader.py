@@ -228,7 +228,8 @@ class X12Reader:
         detach = self.detach
         # hot-path locals, valid while a transaction with a known structure is open
         states: list[dict] | None = None
-        state = -1
+        table: dict | None = None
+        spec: TransactionSpec | None = None
         stack: list[int] = [0]
         segs: list = []
         owner: list[int] = []
@@ -243,27 +244,25 @@ class X12Reader:
             for raw in raws:
                 parts = raw.split(sep)
                 seg_id = parts[0]
-                if states is not None:
+                if table is not None:
                     # hot path: the compiled structure says where the segment goes
-                    move = states[state + 1].get(seg_id)
-                    if move.__class__ is int:  # stays in the current loop
+                    move = table.get(seg_id)
+                    if move.__class__ is dict:  # stays in the current loop
                         segs.append(parts)
                         owner.append(cur)
-                        state = move
-                        position += 1
+                        table = move
                         continue
                     if move.__class__ is Reopen and move.loop_id not in detach:  # EB after EB: a new 2110C
-                        position += 1
-                        loops.append((move.loop_id, stack[-2], position))
+                        loops.append((move.loop_id, stack[-2], len(segs) + 1))
                         cur = stack[-1] = len(loops) - 1
                         segs.append(parts)
                         owner.append(cur)
-                        state = move.target
+                        table = move.table
                         continue
+                    position = len(segs) + 1
                     if move.__class__ is Reopen:
                         move = move.transition
                     if move.__class__ is Transition:
-                        position += 1
                         if detach and move.close and not detach.isdisjoint(move.closes):
                             builder.apply(move, position)  # type: ignore[union-attr]
                             if builder.emitted:  # type: ignore[union-attr]
@@ -277,20 +276,21 @@ class X12Reader:
                         cur = stack[-1]
                         segs.append(parts)
                         owner.append(cur)
-                        state = move.target.index
+                        table = states[move.target.index + 1]  # type: ignore[index]
                         continue
                 if txn is not None and seg_id not in envelope_ids:
-                    position += 1
+                    position = len(segs) + 1
                     # slow path: qualifiers, HL, misplaced segments, ST/SE
                     assert builder is not None
-                    builder.state = state
+                    if table is not None:
+                        builder.state = spec.state_of(table)  # type: ignore[union-attr]
                     if seg_id == "SE":
                         builder.add(parts, position)
                         builder.finish(position)
                         yield from self._drain(builder)
                         self._close_transaction(txn, Segment(parts, position, d), position)
                         yield txn
-                        txn, builder, states = None, None, None
+                        txn, builder, states, table = None, None, None, None
                         continue
                     if seg_id == "ST":
                         self._add(txn, "X12-SE-MISSING",
@@ -299,10 +299,11 @@ class X12Reader:
                         builder.finish(position - 1)
                         yield from self._drain(builder)
                         yield txn
-                        txn, states = None, None
+                        txn, states, table = None, None, None
                     else:
                         builder.add(parts, position)
-                        state = builder.state
+                        if states is not None:
+                            table = states[builder.state + 1]
                         cur = stack[-1]
                         if builder.emitted:
                             yield from self._drain(builder)
@@ -315,7 +316,7 @@ class X12Reader:
                         builder.finish(position)  # type: ignore[union-attr]
                         yield from self._drain(builder)  # type: ignore[arg-type]
                         yield txn
-                        txn, states = None, None
+                        txn, states, table = None, None, None
                     if isa is not None:
                         self._envelope("X12-IEA-MISSING", f"interchange {isa.control_number} has no IEA trailer",
                                        "interchange", "023", isa)
@@ -338,11 +339,11 @@ class X12Reader:
                     spec = self._spec(txn)
                     builder = _TreeBuilder(spec, txn, detach, self._known)
                     builder.add(parts, 1)
-                    state = builder.state
                     stack = builder.stack
                     cur = stack[-1]
                     segs, owner, loops = txn.table.segments, txn.table.owner, txn.table.loops
                     states = spec.states if spec is not None else None
+                    table = states[builder.state + 1] if states is not None else None
                 elif seg_id == "GE":
                     self._close_group(seg, isa, gs, txn_count)
                     gs = None

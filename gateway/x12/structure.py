@@ -98,11 +98,12 @@ class Transition:
 class Reopen:
     """Hot-path entry: close the current loop and open another iteration of it."""
 
-    __slots__ = ("loop_id", "target", "transition")
+    __slots__ = ("loop_id", "target", "table", "transition")
 
-    def __init__(self, transition: Transition) -> None:
+    def __init__(self, transition: Transition, table: dict[str, Any]) -> None:
         self.loop_id = transition.reopens
         self.target = transition.target.index
+        self.table = table
         self.transition = transition
 
 
@@ -125,10 +126,16 @@ class TransactionSpec:
     nodes: list[SegmentSpec]
     segment_ids: frozenset[str]
     states: list[dict[str, Any]] = field(default_factory=list)
+    _state_of: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # one table per state (-1 = before ST is index 0), filled lazily by ``compile``
+        # one table per state (-1 = before ST is index 0), filled lazily by ``transition``
         self.states = [{} for _ in range(len(self.nodes) + 1)]
+        self._state_of = {id(table): index - 1 for index, table in enumerate(self.states)}
+
+    def state_of(self, table: dict[str, Any]) -> int:
+        """The state a table belongs to (the hot path carries tables, not state numbers)."""
+        return self._state_of[id(table)]
 
     def transition(self, state: int, seg_id: str, parts: list[str]) -> Transition | None:
         """Where ``seg_id`` goes after node ``state`` (-1 = before ST); None if nowhere.
@@ -145,17 +152,17 @@ class TransactionSpec:
             if seg_id in ("HL", "SE") or entry.__class__ is not Transition:
                 table[seg_id] = SlowPath(entry)
             elif not entry.close and not entry.open:
-                table[seg_id] = entry.target.index
+                table[seg_id] = self.states[entry.target.index + 1]  # the next state's table
             elif entry.reopens:
-                table[seg_id] = Reopen(entry)
+                table[seg_id] = Reopen(entry, self.states[entry.target.index + 1])
             else:
                 table[seg_id] = entry
         cls = entry.__class__
         if cls is SlowPath:
             entry = entry.entry
             cls = entry.__class__
-        if cls is int:
-            return Transition(self.nodes[entry], 0, ())
+        if cls is dict:
+            return Transition(self.nodes[self.state_of(entry)], 0, ())
         if cls is Reopen:
             return entry.transition
         if entry is None or cls is Transition:

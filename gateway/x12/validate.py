@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -30,8 +31,8 @@ from gateway.mappings import load_yaml
 from gateway.x12.ack import ELEMENT_CODES, SEGMENT_CODES
 from gateway.x12.model import Delimiters, Finding, Interchange, Transaction
 from gateway.x12.pyx12_maps import map_set_dir
-from gateway.x12.structure import load_transaction
 from gateway.x12.reader import FUNCTIONAL_IDS, ReadResult, X12Reader
+from gateway.x12.structure import load_transaction
 from gateway.x12.tokenizer import Batch, Source, tokenize
 
 logging.getLogger("pyx12").setLevel(logging.CRITICAL)
@@ -380,6 +381,7 @@ def _pyx12_findings(engine: _Pyx12, text: str, extras: dict[tuple[int, int, int]
     for f in found:
         if f.transaction in unsupported:
             continue
+        _locate(f, by_control.get(f.transaction))
         if f.level == "segment" and (f.transaction, f.position, f.segment) in ours and f.ack_code in ("1", "2"):
             continue  # the reader already reported this misplaced segment
         if f.level == "segment" and f.ack_code == "1" and f.transaction in by_control:
@@ -389,6 +391,21 @@ def _pyx12_findings(engine: _Pyx12, text: str, extras: dict[tuple[int, int, int]
                 continue
         kept.append(f)
     return kept
+
+
+_MISSING_LOOP = re.compile(r"loop .*\((\w+)\) missing|\((\w+)\) missing")
+
+
+def _locate(f: Finding, txn: Transaction | None) -> None:
+    """Name the loop from our own loop tree; a missing loop is named by pyx12's message."""
+    missing = _MISSING_LOOP.search(f.message) if f.ack_code in ("3", "I7", "I6") else None
+    if missing and "loop" in f.message.lower():
+        f.loop = missing.group(1) or missing.group(2)
+        return
+    if txn is None or not 0 < f.position <= len(txn.table.owner):
+        return
+    loop_id = txn.table.loops[txn.table.owner[f.position - 1]][0]
+    f.loop = "" if loop_id == "ST" else loop_id
 
 
 def _qualifier_code_error(f: Finding, txn: Transaction, mappings: str | None) -> list[Finding]:

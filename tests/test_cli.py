@@ -1,0 +1,67 @@
+"""``fhir-x12 validate``: exit codes, JSON, acknowledgments, and errors that name the problem."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from gateway.cli import main
+from tests.conftest import FIXTURES
+
+VALID = FIXTURES / "x12" / "271" / "subscriber-benefits.271"
+INVALID = FIXTURES / "x12" / "invalid" / "se01-wrong-count.x12"
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_valid_file_exits_0():
+    result = run("validate", str(VALID))
+    assert result.exit_code == 0, result.output
+    assert "valid, 0 finding(s)" in result.output
+
+
+def test_invalid_file_exits_1_with_located_findings():
+    result = run("validate", str(INVALID))
+    assert result.exit_code == 1
+    assert "X12-SE-COUNT" in result.output and "SE at position" in result.output
+
+
+def test_json_findings():
+    result = run("validate", str(INVALID), "--json")
+    payload = json.loads(result.output)
+    assert payload["valid"] is False
+    finding = next(f for f in payload["findings"] if f["code"] == "X12-SE-COUNT")
+    assert finding["ack_code"] == "4" and finding["segment"] == "SE"
+
+
+def test_ack_999_goes_to_stdout_and_findings_to_stderr():
+    result = CliRunner().invoke(main, ["validate", str(INVALID), "--ack", "999", "--date", "2026-01-02T03:04",
+                                       "--control-number", "55"])
+    assert result.exit_code == 1
+    assert result.stdout.startswith("ISA")
+    assert "IK5*R*4" in result.stdout and "000000055" in result.stdout and "260102*0304" in result.stdout
+    assert "X12-SE-COUNT" in result.stderr
+
+
+def test_ack_ta1():
+    path = FIXTURES / "x12" / "invalid" / "isa13-iea02-mismatch.x12"
+    result = run("validate", str(path), "--ack", "ta1", "--date", "2026-01-02T03:04")
+    assert "*R*001~" in result.stdout
+
+
+def test_unreadable_inputs_exit_2(tmp_path):
+    missing = run("validate", str(tmp_path / "nope.x12"))
+    assert missing.exit_code == 2 and "no such file" in missing.stderr
+    prose = tmp_path / "notes.txt"
+    prose.write_text("just some notes")
+    result = run("validate", str(prose))
+    assert result.exit_code == 2 and "not readable as X12" in result.stderr and "no ISA" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_bad_date_option_is_a_usage_error():
+    result = run("validate", str(VALID), "--date", "yesterday")
+    assert result.exit_code == 2 and "--date" in result.stderr

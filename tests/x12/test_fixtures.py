@@ -1,0 +1,95 @@
+"""Project fixtures: every 270/271 validates clean; each broken copy gives its expected 999/TA1."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from gateway.x12.ack import build_999, build_ta1
+from gateway.x12.reader import read_x12
+from gateway.x12.validate import validate_x12
+from tests.conftest import FIXTURES
+
+VALID = sorted((FIXTURES / "x12").glob("27[01]/*.27[01]"))
+INVALID = sorted((FIXTURES / "x12" / "invalid").glob("*.x12"))
+NOW = datetime(2026, 1, 15, 9, 30)
+
+
+def ack_segments(text: str) -> list[list[str]]:
+    """The acknowledgment's segments, split (component separator kept inside elements)."""
+    return [parts for txn in read_x12(text).transactions for parts in (s.parts for s in txn.segments())] or [
+        s.split("*") for s in text.split("~") if s.startswith("TA1")]
+
+
+def test_fixture_set_is_complete():
+    stems = {p.stem for p in VALID}
+    assert {p.stem for p in VALID if p.suffix == ".270"} == {p.stem for p in VALID if p.suffix == ".271"}
+    assert len(stems) >= 15 and len(INVALID) >= 12
+    delimiter_sets = {read_x12(p.read_bytes()).interchanges[0].delimiters for p in VALID}
+    assert len(delimiter_sets) >= 3
+
+
+@pytest.mark.parametrize("path", VALID, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_valid_fixture_validates_clean(path: Path):
+    report = validate_x12(path.read_bytes())
+    assert report.valid, [f.to_dict() for f in report.errors]
+    assert report.transactions and all(t.structure == "005010X279A1" for t in report.transactions)
+    ack = build_999(report.transactions, report.findings, control_number=1, now=NOW)
+    ik5 = [p for p in ack_segments(ack) if p[0] == "IK5"]
+    assert ik5 and all(p[1] == "A" for p in ik5)
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
+def test_broken_copy_gives_expected_acknowledgment(path: Path):
+    expected = json.loads((path.parent / f"{path.stem}.expected.json").read_text())
+    report = validate_x12(path.read_bytes())
+    assert not report.valid
+    if expected["ack"] == "ta1":
+        ta1 = build_ta1(report.interchanges[0], report.findings, control_number=7, now=NOW)
+        seg = next(s for s in ta1.replace("\n", "").split(report.interchanges[0].delimiters.segment)
+                   if s.startswith("TA1"))
+        parts = seg.split(report.interchanges[0].delimiters.element)
+        assert parts[4:6] == [expected["ta1"], expected["ta105"]]
+        return
+    ack = build_999(report.transactions, report.findings, control_number=7, now=NOW)
+    segments = ack_segments(ack)
+    component = report.interchanges[0].delimiters.component
+    ik3 = [p for p in segments if p[0] == "IK3"]
+    assert [(p[1], int(p[2]), p[4]) for p in ik3] == [
+        (e["segment"], e["position"], e["code"]) for e in expected["ik3"]]
+    for e in expected["ik3"]:
+        located = [f for f in report.findings if f.position == e["position"] and f.segment == e["segment"]]
+        assert located and located[0].loop == e["loop"], [f.to_dict() for f in located]
+    ik4 = [p for p in segments if p[0] == "IK4"]
+    assert len(ik4) == len(expected["ik4"])
+    for got, e in zip(ik4, expected["ik4"], strict=True):
+        position = got[1].split(component)
+        assert int(position[0]) == e["element"]
+        if "repetition" in e:
+            assert int(position[2]) == e["repetition"]
+        assert got[2:4] == [e["data_element"], e["code"]]
+        if "value" in e:
+            assert got[4] == e["value"]
+    ik5 = next(p for p in segments if p[0] == "IK5")
+    assert ik5[1:] == expected["ik5"]
+    ak9 = next(p for p in segments if p[0] == "AK9")
+    assert ak9[1] == expected["ak9"]
+    assert ak9[5:] == expected.get("ak9_codes", [])
+
+
+def test_acknowledgments_pass_pyx12s_own_999_map():
+    """Our 999s are themselves valid 005010X231A1 (checked with pyx12's stock 999 map)."""
+    import pyx12.params
+    import pyx12.x12n_document
+
+    for path in INVALID + VALID[:3]:
+        report = validate_x12(path.read_bytes())
+        if not report.transactions:
+            continue
+        ack = build_999(report.transactions, report.findings, control_number=7, now=NOW)
+        ok = pyx12.x12n_document.x12n_document(pyx12.params.params(), io.StringIO(ack), io.StringIO(), None)
+        assert ok, (path.name, ack)

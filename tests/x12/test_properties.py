@@ -1,0 +1,60 @@
+"""Property tests: the reader never fails with anything but our error; written values read back."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.errors import GatewayError
+from gateway.x12.model import Delimiters
+from gateway.x12.reader import read_x12
+from gateway.x12.writer import BASIC_PUNCTUATION, X12Writer
+from tests.x12.test_reader import sample
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(st.binary(max_size=600))
+def test_arbitrary_bytes_raise_only_our_error(data):
+    try:
+        read_x12(data)
+    except GatewayError:
+        pass
+
+
+@SETTINGS
+@given(st.binary(max_size=200), st.integers(min_value=0, max_value=900))
+def test_damaged_x12_raises_only_our_error(noise, where):
+    text = sample().encode()
+    try:
+        read_x12(text[:where] + noise + text[where:])
+    except GatewayError:
+        pass
+
+
+@SETTINGS
+@given(st.lists(st.text(max_size=80), min_size=1, max_size=6),
+       st.sampled_from([Delimiters("*", "^", ":", "~"), Delimiters("|", "}", ">", "~"),
+                        Delimiters("^", "{", "|", "\n")]))
+def test_written_values_read_back_sanitized(values, delimiters):
+    writer = X12Writer(delimiters)
+    from datetime import datetime
+
+    from gateway.x12.writer import Envelope
+
+    env = Envelope(sender_id="A", receiver_id="B", interchange_control=1, now=datetime(2026, 1, 1))
+    body = [("BHT", ["0022", "13", "X", "20260101", "1200"]), ("MSG", list(values))]
+    result = writer.interchange(env, "HB", "271", "005010X279A1", [body])
+    txn, = read_x12(result.text).transactions
+    segs = list(txn.segments())
+    assert len(segs) == 4 == txn.segment_count
+    msg = segs[2]
+    expected = [writer.clean(v, "MSG", f"MSG{i:02d}") for i, v in enumerate(values, start=1)]
+    while expected and not expected[-1]:
+        expected.pop()
+    assert msg.elements == expected
+    forbidden = delimiters.characters()
+    for value in msg.elements:
+        assert not set(value) & forbidden
+        assert all(c.isdigit() or ("A" <= c <= "Z") or c in BASIC_PUNCTUATION for c in value)
