@@ -33,7 +33,10 @@ def body(last: str = "ROE", first: str = "RICHARD") -> list[tuple[str, list]]:
     ]
 
 
-def write(segments=None, delimiters=Delimiters("*", "^", ":", "~")):
+STANDARD = Delimiters("*", "^", ":", "~")
+
+
+def write(segments=None, delimiters=STANDARD):
     writer = X12Writer(delimiters, element_limits())
     return writer.interchange(ENV, "HS", "270", "005010X279A1", [segments or body()])
 
