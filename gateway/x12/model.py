@@ -210,20 +210,42 @@ class Group:
 class LoopTable:
     """The loop tree of one transaction in flat form: cheap to build, turned into objects on demand.
 
-    ``segments[p - 1]`` holds the split segment at position ``p`` (``None`` once handed over while
-    streaming); ``owner[p - 1]`` the index of the loop that directly holds it; ``loops[i]`` is
-    ``(loop id, parent index, first position)`` with the transaction root at index 0.
+    ``segments[p - 1]`` holds the raw segment at position ``p``, split into elements only when a
+    Segment object is made (``None`` once handed over while streaming). ``loops[i]`` is
+    ``(loop id, parent index, first position)`` with the transaction root at index 0, and
+    ``returns`` lists ``(position, loop index)`` where a segment goes back to an enclosing loop
+    (LE after a 2120 loop). Which loop holds each position follows from these two lists, so the
+    reader records nothing per segment but the segment itself.
     """
 
-    __slots__ = ("segments", "owner", "loops", "delimiters", "_objects", "_attached")
+    __slots__ = ("segments", "loops", "returns", "delimiters", "_objects", "_attached", "_owner",
+                 "_next_loop", "_next_return", "_current")
 
     def __init__(self, delimiters: Delimiters) -> None:
-        self.segments: list[list[str] | None] = []
-        self.owner: list[int] = []
+        self.segments: list[str | None] = []
         self.loops: list[tuple[str, int, int]] = [("ST", -1, 1)]
+        self.returns: list[tuple[int, int]] = []
         self.delimiters = delimiters
         self._objects: list[Loop] = []
         self._attached = 0  # loops[:_attached] have objects in the tree
+        self._owner: list[int] = []
+        self._next_loop = self._next_return = self._current = 0
+
+    @property
+    def owner(self) -> list[int]:
+        """The index of the loop that directly holds each position (``owner[p - 1]``)."""
+        owner, loops, returns = self._owner, self.loops, self.returns
+        current, next_loop, next_return = self._current, self._next_loop, self._next_return
+        for pos in range(len(owner) + 1, len(self.segments) + 1):
+            while next_loop < len(loops) and loops[next_loop][2] <= pos:
+                current = next_loop
+                next_loop += 1
+            while next_return < len(returns) and returns[next_return][0] <= pos:
+                current = returns[next_return][1]
+                next_return += 1
+            owner.append(current)
+        self._current, self._next_loop, self._next_return = current, next_loop, next_return
+        return owner
 
     def _loop(self, index: int) -> Loop:
         """The object for loop ``index``, attaching it (and the loops opened before it) if needed."""
@@ -247,17 +269,24 @@ class LoopTable:
         order of the transaction (segments, then a child loop, then later segments).
         """
         d = self.delimiters
-        segments, owner, loops, objects = self.segments, self.owner, self.loops, self._objects
+        sep = d.element
+        segments, loops, objects = self.segments, self.loops, self._objects
+        owner = self.owner
         last = len(segments) if end is None else end
         self._loop(0)
+        attached, count = self._attached, len(loops)
         for pos in range(start, last + 1):
-            while self._attached < len(loops) and loops[self._attached][2] <= pos:
-                self._loop(self._attached)
-            parts = segments[pos - 1]
-            if parts is not None:
-                index = owner[pos - 1]
-                loop = objects[index] if index < self._attached else self._loop(index)
-                loop.body.append(Segment(parts, pos, d))
+            while attached < count and loops[attached][2] <= pos:
+                loop_id, parent, _ = loops[attached]
+                holder = objects[parent]
+                made = Loop(loop_id, holder)
+                holder.body.append(made)
+                objects.append(made)
+                attached += 1
+            raw = segments[pos - 1]
+            if raw is not None:
+                objects[owner[pos - 1]].body.append(Segment(raw.split(sep), pos, d))
+        self._attached = attached
         return objects[0]
 
     def subtree(self, index: int, start: int, end: int) -> Loop:
@@ -266,11 +295,12 @@ class LoopTable:
         root = Loop(loop_id, self._loop(parent) if parent >= 0 else None)
         local: dict[int, Loop] = {index: root}
         d = self.delimiters
+        owner = self.owner
         for pos in range(start, end + 1):
-            parts = self.segments[pos - 1]
-            if parts is None:
+            raw = self.segments[pos - 1]
+            if raw is None:
                 continue
-            li = self.owner[pos - 1]
+            li = owner[pos - 1]
             loop = local.get(li)
             if loop is None:
                 chain = []
@@ -282,15 +312,18 @@ class LoopTable:
                     made = Loop(self.loops[child][0], parent_loop)
                     parent_loop.body.append(made)
                     local[child] = made
-                loop = local[self.owner[pos - 1]]
-            loop.body.append(Segment(parts, pos, d))
+                loop = local[owner[pos - 1]]
+            loop.body.append(Segment(raw.split(d.element), pos, d))
         return root
+
+    def parts(self, position: int) -> list[str] | None:
+        """The segment at ``position`` split into elements (None if handed over)."""
+        raw = self.segments[position - 1] if 0 < position <= len(self.segments) else None
+        return raw.split(self.delimiters.element) if raw is not None else None
 
     def release(self, start: int, end: int) -> None:
         """Forget positions ``start``..``end`` (a loop already handed over)."""
-        segments = self.segments
-        for pos in range(start, end + 1):
-            segments[pos - 1] = None
+        self.segments[start - 1:end] = [None] * (end - start + 1)
 
 
 @dataclass(slots=True, eq=False)

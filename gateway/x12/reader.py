@@ -89,34 +89,38 @@ class _TreeBuilder:
         self.hl_children: set[str] = set()
         self.hl_segments: list[tuple[list[str], int, str]] = []
 
-    def add(self, parts: list[str], position: int) -> None:
+    def add(self, raw: str, position: int) -> None:
         table = self.table
         spec = self.spec
+        parts = raw.split(table.delimiters.element)
         move = spec.transition(self.state, parts[0], parts) if spec is not None else None
         if move is None and spec is not None and parts[0] != parts[0].strip():
             parts[0] = parts[0].strip()
+            raw = table.delimiters.element.join(parts)
             move = spec.transition(self.state, parts[0], parts)
         if move is None:
             if spec is not None:
                 self._misplaced(parts, position)
-            table.segments.append(parts)
-            table.owner.append(self.stack[-1])
+            table.segments.append(raw)  # stays in the current loop
             return
         self.apply(move, position)
-        table.segments.append(parts)
-        table.owner.append(self.stack[-1])
+        table.segments.append(raw)
         self.state = move.target.index
         if parts[0] == "HL":
             self._check_hl(parts, position)
 
     def apply(self, move: Transition, position: int) -> None:
         """Close and open loops for ``move``; ``position`` is the segment that opens them."""
-        stack, loops = self.stack, self.table.loops
+        stack, loops, detach = self.stack, self.table.loops, self.detach
         for _ in range(move.close):
-            self._close(stack.pop(), position - 1)
+            index = stack.pop()
+            if detach and loops[index][0] in detach:
+                self._close(index, position - 1)
         for loop_spec in move.open:
             loops.append((loop_spec.loop_id, stack[-1], position))
             stack.append(len(loops) - 1)
+        if move.close and not move.open:
+            self.table.returns.append((position, stack[-1]))
 
     def finish(self, last_position: int) -> None:
         while len(self.stack) > 1:
@@ -155,24 +159,18 @@ class _TreeBuilder:
         ))
 
     def _check_hl(self, parts: list[str], position: int) -> None:
+        """HL01 unique and in sequence, HL02 pointing at the enclosing level (runs once per HL)."""
         hl_id = parts[1].strip() if len(parts) > 1 else ""
         parent_id = parts[2].strip() if len(parts) > 2 else ""
-        txn, loops = self.txn, self.table.loops
+        loops = self.table.loops
         index = self.stack[-1]
-        loop_id = loops[index][0]
-
-        def report(code: str, message: str, element: str, ack: str, value: str, severity: str = "error") -> None:
-            txn.findings.append(Finding(
-                code=code, message=message, severity=severity, level="element", ack_code=ack,
-                transaction=txn.control_number, transaction_set=txn.set_id, loop=loop_id, segment="HL",
-                position=position, element=element, value=value,
-                data_element="628" if element == "HL01" else "734"))
-
+        loop_id, parent, _ = loops[index]
         if hl_id in self.hl_loops:
-            report("X12-HL-DUPLICATE", f"HL01 {hl_id!r} is used twice", "HL01", "7", hl_id)
+            self._hl_finding("X12-HL-DUPLICATE", f"HL01 {hl_id!r} is used twice", "HL01", "7", hl_id, loop_id,
+                             position)
         elif hl_id.isdigit() and int(hl_id) != self.last_hl + 1:
-            report("X12-HL-SEQUENCE", f"HL01 {hl_id} does not follow {self.last_hl}", "HL01", "7", hl_id,
-                   severity="warning")
+            self._hl_finding("X12-HL-SEQUENCE", f"HL01 {hl_id} does not follow {self.last_hl}", "HL01", "7", hl_id,
+                             loop_id, position, "warning")
         if hl_id.isdigit():
             self.last_hl = int(hl_id)
         self.hl_loops[hl_id] = loop_id
@@ -180,19 +178,27 @@ class _TreeBuilder:
         if parent_id:
             self.hl_children.add(parent_id)
         # the enclosing HL level (2000x) this one must point to
-        parent = loops[index][1]
         while parent > 0 and not loops[parent][0].startswith("2000"):
             parent = loops[parent][1]
         expected = loops[parent][0] if parent > 0 else ""
         if expected:
             actual = self.hl_loops.get(parent_id)
             if actual != expected:
-                report("X12-HL-PARENT",
-                       f"HL02 {parent_id!r} should point to the enclosing {expected} HL"
-                       + (f", not to a {actual} HL" if actual else ", which does not exist"),
-                       "HL02", "7" if parent_id else "1", parent_id)
+                self._hl_finding("X12-HL-PARENT",
+                                 f"HL02 {parent_id!r} should point to the enclosing {expected} HL"
+                                 + (f", not to a {actual} HL" if actual else ", which does not exist"),
+                                 "HL02", "7" if parent_id else "1", parent_id, loop_id, position)
         elif parent_id:
-            report("X12-HL-PARENT", f"HL02 must be empty at the top level ({loop_id})", "HL02", "I10", parent_id)
+            self._hl_finding("X12-HL-PARENT", f"HL02 must be empty at the top level ({loop_id})", "HL02", "I10",
+                             parent_id, loop_id, position)
+
+    def _hl_finding(self, code: str, message: str, element: str, ack: str, value: str, loop_id: str,
+                    position: int, severity: str = "error") -> None:
+        txn = self.txn
+        txn.findings.append(Finding(
+            code=code, message=message, severity=severity, level="element", ack_code=ack,
+            transaction=txn.control_number, transaction_set=txn.set_id, loop=loop_id, segment="HL",
+            position=position, element=element, value=value, data_element="628" if element == "HL01" else "734"))
 
 
 class X12Reader:
@@ -230,38 +236,35 @@ class X12Reader:
         states: list[dict] | None = None
         table: dict | None = None
         spec: TransactionSpec | None = None
+        guard_reopen = False
         stack: list[int] = [0]
         segs: list = []
-        owner: list[int] = []
         loops: list = []
-        cur = 0
+        returns: list = []
         for batch in tokenize(self.source):
             d = batch.delimiters
             sep = d.element
-            raws = batch.segments
+            raws, ids = batch.segments, batch.ids
             if batch.isa is not None:
-                raws = [sep.join(batch.isa), *raws]
-            for raw in raws:
-                parts = raw.split(sep)
-                seg_id = parts[0]
+                raws, ids = [sep.join(batch.isa), *raws], ["ISA", *ids]
+            # only the id is needed to place a segment; elements are split when read
+            for seg_id, raw in zip(ids, raws):  # noqa: B905 - same length by construction
                 if table is not None:
                     # hot path: the compiled structure says where the segment goes
                     move = table.get(seg_id)
                     if move.__class__ is dict:  # stays in the current loop
-                        segs.append(parts)
-                        owner.append(cur)
+                        segs.append(raw)
                         table = move
                         continue
-                    if move.__class__ is Reopen and move.loop_id not in detach:  # EB after EB: a new 2110C
+                    if move.__class__ is Reopen and not guard_reopen:  # EB after EB: a new 2110C
                         loops.append((move.loop_id, stack[-2], len(segs) + 1))
-                        cur = stack[-1] = len(loops) - 1
-                        segs.append(parts)
-                        owner.append(cur)
+                        stack[-1] = len(loops) - 1
+                        segs.append(raw)
                         table = move.table
                         continue
                     position = len(segs) + 1
                     if move.__class__ is Reopen:
-                        move = move.transition
+                        move = move.transition  # a detached loop closes: take the general path
                     if move.__class__ is Transition:
                         if detach and move.close and not detach.isdisjoint(move.closes):
                             builder.apply(move, position)  # type: ignore[union-attr]
@@ -273,9 +276,9 @@ class X12Reader:
                             for loop_spec in move.open:
                                 loops.append((loop_spec.loop_id, stack[-1], position))
                                 stack.append(len(loops) - 1)
-                        cur = stack[-1]
-                        segs.append(parts)
-                        owner.append(cur)
+                            if not move.open:
+                                returns.append((position, stack[-1]))
+                        segs.append(raw)
                         table = states[move.target.index + 1]  # type: ignore[index]
                         continue
                 if txn is not None and seg_id not in envelope_ids:
@@ -285,10 +288,10 @@ class X12Reader:
                     if table is not None:
                         builder.state = spec.state_of(table)  # type: ignore[union-attr]
                     if seg_id == "SE":
-                        builder.add(parts, position)
+                        builder.add(raw, position)
                         builder.finish(position)
                         yield from self._drain(builder)
-                        self._close_transaction(txn, Segment(parts, position, d), position)
+                        self._close_transaction(txn, Segment(raw.split(sep), position, d), position)
                         yield txn
                         txn, builder, states, table = None, None, None, None
                         continue
@@ -301,14 +304,14 @@ class X12Reader:
                         yield txn
                         txn, states, table = None, None, None
                     else:
-                        builder.add(parts, position)
+                        builder.add(raw, position)
                         if states is not None:
                             table = states[builder.state + 1]
-                        cur = stack[-1]
                         if builder.emitted:
                             yield from self._drain(builder)
                         continue
                 ordinal += 1
+                parts = raw.split(sep)
                 seg = Segment(parts, ordinal, d)
                 if seg_id == "ISA":
                     if txn is not None:
@@ -338,11 +341,12 @@ class X12Reader:
                     txn = self._open_transaction(seg, isa, gs)
                     spec = self._spec(txn)
                     builder = _TreeBuilder(spec, txn, detach, self._known)
-                    builder.add(parts, 1)
+                    builder.add(raw, 1)
                     stack = builder.stack
-                    cur = stack[-1]
-                    segs, owner, loops = txn.table.segments, txn.table.owner, txn.table.loops
+                    segs, loops, returns = txn.table.segments, txn.table.loops, txn.table.returns
                     states = spec.states if spec is not None else None
+                    # only loops that start with something other than HL are reopened on the hot path
+                    guard_reopen = bool(spec is not None and detach & spec.non_hl_loops)
                     table = states[builder.state + 1] if states is not None else None
                 elif seg_id == "GE":
                     self._close_group(seg, isa, gs, txn_count)

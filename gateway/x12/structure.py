@@ -127,11 +127,17 @@ class TransactionSpec:
     segment_ids: frozenset[str]
     states: list[dict[str, Any]] = field(default_factory=list)
     _state_of: dict[int, int] = field(default_factory=dict)
+    non_hl_loops: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         # one table per state (-1 = before ST is index 0), filled lazily by ``transition``
         self.states = [{} for _ in range(len(self.nodes) + 1)]
         self._state_of = {id(table): index - 1 for index, table in enumerate(self.states)}
+        # loops whose first segment is not HL: the reader's hot path may reopen them
+        self.non_hl_loops = frozenset(
+            n.loop.loop_id for n in self.nodes
+            if n.loop is not None and n.loop.kind == "loop" and n.loop.body[0] is n and n.seg_id != "HL")
+
 
     def state_of(self, table: dict[str, Any]) -> int:
         """The state a table belongs to (the hot path carries tables, not state numbers)."""

@@ -173,14 +173,23 @@ class Batch:
     so a segment's parts live only as long as the consumer keeps them.
     """
 
-    __slots__ = ("delimiters", "segments", "isa", "isa_notes")
+    __slots__ = ("delimiters", "segments", "_ids", "isa", "isa_notes")
 
     def __init__(self, delimiters: Delimiters, segments: list[str], isa: list[str] | None = None,
-                 isa_notes: list[str] | None = None) -> None:
+                 isa_notes: list[str] | None = None, ids: list[str] | None = None) -> None:
         self.delimiters = delimiters
         self.segments = segments
         self.isa = isa
         self.isa_notes = isa_notes
+        self._ids = ids
+
+    @property
+    def ids(self) -> list[str]:
+        """Each segment's id (the text before the first element separator), in order."""
+        if self._ids is None:
+            sep = self.delimiters.element
+            self._ids = [raw[:raw.find(sep)] if sep in raw else raw for raw in self.segments]
+        return self._ids
 
     def split(self) -> Iterator[list[str]]:
         """Every segment as parts, the ISA first when the batch has one."""
@@ -240,14 +249,16 @@ def _segments(buf: str, d: Delimiters, chunks: Iterator[str]) -> Iterator[Batch]
     isa_mark, iea_mark = "ISA" + sep, "IEA" + sep
     more = True
     while True:
-        if unwrap and ("\n" in buf or "\r" in buf):
+        if "\r" in buf:
+            buf = buf.replace("\r", "")  # CR is never data; CRLF as terminator reads as LF
+        if unwrap and "\n" in buf:
             # line breaks after terminators, or hard-wrapped text: never data when the
             # terminator is not itself a line break
-            buf = buf.replace("\r", "").replace("\n", "")
+            buf = buf.replace("\n", "")
         parts = buf.split(term)
         tail = parts.pop()
         if isa_mark not in buf and iea_mark not in buf:
-            if buf[:1] in strip or any(term + ch in buf for ch in strip):
+            if buf[:1] in strip or term + " " in buf or term + "\t" in buf:
                 parts = [raw.strip(strip) for raw in parts]  # white space around terminators (rare)
             if "" in parts:
                 parts = [raw for raw in parts if raw]

@@ -412,9 +412,9 @@ def _qualifier_code_error(f: Finding, txn: Transaction, mappings: str | None) ->
     """pyx12 matches segments on their first element's code, so ``EB*ZZ`` reads as an unknown
     segment. Where our reader placed the segment in its loop, report the bad code instead."""
     table = txn.table
-    if not 0 < f.position <= len(table.segments) or table.segments[f.position - 1] is None:
+    parts = table.parts(f.position)
+    if parts is None:
         return []
-    parts = table.segments[f.position - 1]
     loop_id = table.loops[table.owner[f.position - 1]][0]
     spec = load_transaction(txn.set_id, mappings)
     nodes = [n for n in spec.nodes if n.seg_id == parts[0] and n.loop is not None and n.loop.loop_id == loop_id]
