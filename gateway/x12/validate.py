@@ -333,7 +333,7 @@ def _check_repetitions(node: Any, seg_id: str, st_control: str, st_ordinal: int,
 
 def _rule_findings(txn: Transaction, mappings: str | None) -> list[Finding]:
     """Findings from ``mappings/x12/rules.yaml`` (situational notes that are not code lists)."""
-    rules = load_yaml("x12/rules.yaml", mappings) or []
+    rules = [r for r in load_yaml("x12/rules.yaml", mappings) or () if txn.set_id in r.get("transaction", [txn.set_id])]
     found = []
     for loop, seg in txn.root.walk():
         for rule in rules:
