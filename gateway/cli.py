@@ -119,5 +119,59 @@ def validate(file: str, ack: str | None, as_json: bool, control_number: int, dat
     sys.exit(0 if report.valid else EXIT_INVALID)
 
 
+@main.command()
+@click.argument("file")
+@click.option("-o", "--output", "output", help="Write the result to this file instead of stdout.")
+@click.option("--control-number", type=click.IntRange(1, 999_999_999), default=1, show_default=True,
+              help="Interchange control number of a generated 270.")
+@click.option("--date", "date", help="Timestamp written into the output, YYYY-MM-DDTHH:MM (default: now).")
+@click.option("--sender-id", default="GATEWAY", show_default=True, help="ISA06/GS02 of a generated 270.")
+@click.option("--receiver-id", help="ISA08/GS03 of a generated 270 (default: the payer id).")
+@click.option("--notes/--no-notes", default=True, show_default=True,
+              help="Also list on stderr what the translation could not carry.")
+def translate(file: str, output: str | None, control_number: int, date: str | None, sender_id: str,
+              receiver_id: str | None, notes: bool) -> None:
+    """Translate FILE; the direction follows from its content.
+
+    FHIR CoverageEligibilityRequest (or a Bundle holding one) -> X12 270; X12 270 -> a Bundle of
+    requests; X12 271 -> a CoverageEligibilityResponse (a Bundle when it answers several patients).
+    Exit 0 on success, 1 when the input is understood but cannot be translated, 2 when it is unreadable.
+    """
+    from gateway.translate import TranslationError, load_tables
+    from gateway.translate.document import translate_document
+
+    data = _read_input(file)
+    now = _parse_date(date)
+    try:
+        result = translate_document(data, load_tables(), now=now, control_number=control_number,
+                                    sender_id=sender_id, receiver_id=receiver_id)
+    except TranslationError as exc:
+        click.echo(f"fhir-x12: {file}: {exc}", err=True)
+        sys.exit(EXIT_UNREADABLE if exc.status == 400 else EXIT_INVALID)
+    except X12SyntaxError as exc:
+        _fail(f"{file}: not readable as X12 or FHIR JSON: {exc}")
+        return
+    except GatewayError as exc:
+        _fail(f"{file}: {exc}", EXIT_INVALID)
+        return
+    text = result.output if isinstance(result.output, str) else json.dumps(result.output, indent=2) + "\n"
+    if output:
+        try:
+            Path(output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            _fail(f"{output}: cannot write: {exc.strerror}")
+    else:
+        click.echo(text, nl=False)
+    if notes:
+        for finding in result.findings:
+            click.echo(f"fhir-x12: input defect: {format_finding(finding)}", err=True)
+        for change in result.write_notes:
+            click.echo(f"fhir-x12: changed {change.element} {change.original!r} -> {change.written!r}: "
+                       f"{change.reason}", err=True)
+        for note in result.notes:
+            where = f" [{note.source}]" if note.source else ""
+            click.echo(f"fhir-x12: not carried{where}: {note.text}", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,59 @@
+"""Resolve references inside one payload: contained resources first, then Bundle entries.
+
+References to servers outside the payload are the web layer's job (it fetches them and hands a
+complete Bundle in); here they are reported as unresolvable, one by one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.translate.errors import Problem
+
+
+class Resolver:
+    """Finds the resource a Reference points at, recording each one that cannot be found."""
+
+    def __init__(self, root: dict[str, Any], bundle: dict[str, Any] | None = None) -> None:
+        self.root = root
+        self.contained = {c.get("id"): c for c in root.get("contained") or [] if isinstance(c, dict)}
+        self.by_url: dict[str, dict[str, Any]] = {}
+        if bundle is not None:
+            for entry in bundle.get("entry") or []:
+                resource = entry.get("resource") if isinstance(entry, dict) else None
+                if not isinstance(resource, dict):
+                    continue
+                if entry.get("fullUrl"):
+                    self.by_url[entry["fullUrl"]] = resource
+                    if "/" in entry["fullUrl"] and not entry["fullUrl"].startswith("urn:"):
+                        tail = "/".join(entry["fullUrl"].rstrip("/").split("/")[-2:])
+                        self.by_url.setdefault(tail, resource)
+                if resource.get("resourceType") and resource.get("id"):
+                    self.by_url.setdefault(f"{resource['resourceType']}/{resource['id']}", resource)
+        self.problems: list[Problem] = []
+
+    def resolve(self, reference: Any, path: str, expected: tuple[str, ...], x12: str | None = None,
+                owner: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The resource, or None (a problem is recorded unless the reference is identifier-only)."""
+        if not isinstance(reference, dict):
+            return None
+        ref = reference.get("reference")
+        if not ref:
+            return None
+        resource = None
+        if ref.startswith("#"):
+            contained = {c.get("id"): c for c in (owner or self.root).get("contained") or []}
+            resource = contained.get(ref[1:]) or self.contained.get(ref[1:])
+        else:
+            resource = self.by_url.get(ref)
+            if resource is None and "/" in ref:
+                resource = self.by_url.get("/".join(ref.rstrip("/").split("/")[-2:]))
+        if resource is None:
+            self.problems.append(Problem(path, f"reference {ref!r} cannot be resolved: it is neither contained nor "
+                                         "an entry of the Bundle", code="not-found", x12=x12))
+            return None
+        if expected and resource.get("resourceType") not in expected:
+            self.problems.append(Problem(path, f"reference {ref!r} points at a {resource.get('resourceType')}, "
+                                         f"expected {' or '.join(expected)}", code="invalid", x12=x12))
+            return None
+        return resource

@@ -1,0 +1,536 @@
+"""FHIR CoverageEligibilityRequest (alone, with contained resources, or in a Bundle) -> X12 270.
+
+Everything the 270 needs is gathered first; whatever is missing is reported in one error that
+names each item's FHIR path and the X12 element it would fill. FHIR content a 270 cannot carry is
+returned as notes. Pure: the envelope (control numbers, clock, sender/receiver) is passed in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.translate.errors import Problem, TranslationError
+from gateway.translate.notes import Note
+from gateway.translate.references import Resolver
+from gateway.translate.tables import Tables
+from gateway.x12.model import Delimiters
+from gateway.x12.writer import DEFAULT_DELIMITERS, Envelope, Value, WriteNote, X12Writer
+
+CER = "CoverageEligibilityRequest"
+FM_STATUS = {"active", "cancelled", "draft", "entered-in-error"}
+PURPOSES = {"auth-requirements", "benefits", "discovery", "validation"}
+_FULL_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+@dataclass
+class Request270:
+    """The 270 text, its trace number, and what was not carried or had to be changed."""
+
+    text: str
+    trace: str
+    notes: list[Note] = field(default_factory=list)
+    write_notes: list[WriteNote] = field(default_factory=list)
+    patient_loop: str = "2100C"
+
+
+@dataclass
+class _Person:
+    family: str = ""
+    given: list[str] = field(default_factory=list)
+    suffix: str = ""
+    birth_date: str = ""
+    gender: str = ""
+    address: dict[str, Any] | None = None
+
+
+def find_request(payload: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The CoverageEligibilityRequest and the Bundle around it (if any); TranslationError otherwise."""
+    if not isinstance(payload, dict):
+        raise TranslationError("the input is not a FHIR resource (a JSON object)",
+                               [Problem("$", "expected a JSON object", code="structure")], status=400)
+    kind = payload.get("resourceType")
+    if kind == CER:
+        return payload, None
+    if kind == "Bundle":
+        requests = [e.get("resource") for e in payload.get("entry") or []
+                    if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+                    and e["resource"].get("resourceType") == CER]
+        if len(requests) == 1:
+            return requests[0], payload
+        message = "the Bundle holds no CoverageEligibilityRequest" if not requests else \
+            f"the Bundle holds {len(requests)} CoverageEligibilityRequests; translate them one at a time"
+        raise TranslationError(message, [Problem("Bundle.entry", message, code="structure")], status=400)
+    raise TranslationError(f"resourceType {kind!r} is not a CoverageEligibilityRequest or a Bundle",
+                           [Problem("resourceType", f"expected {CER} or Bundle, got {kind!r}",
+                                    code="structure")], status=400)
+
+
+def _name(resource: dict[str, Any] | None) -> _Person:
+    person = _Person()
+    if not resource:
+        return person
+    names = resource.get("name") or []
+    if isinstance(names, str):  # Organization.name
+        person.family = names
+        return person
+    chosen = next((n for n in names if n.get("use") == "official"), None) or \
+        next((n for n in names if n.get("use") in (None, "usual")), None) or (names[0] if names else None)
+    if chosen:
+        person.family = chosen.get("family") or ""
+        person.given = list(chosen.get("given") or [])
+        person.suffix = (chosen.get("suffix") or [""])[0]
+        if not person.family and chosen.get("text"):
+            parts = chosen["text"].split()
+            person.family, person.given = parts[-1], parts[:-1]
+    person.birth_date = resource.get("birthDate") or ""
+    person.gender = resource.get("gender") or ""
+    addresses = resource.get("address") or []
+    if addresses:
+        person.address = addresses[0]
+    return person
+
+
+def _codings(concept: Any) -> list[dict[str, Any]]:
+    return [c for c in (concept or {}).get("coding") or [] if isinstance(c, dict)]
+
+
+def _has_type(identifier: dict[str, Any], system: str, code: str) -> bool:
+    return any(c.get("system") == system and c.get("code") == code for c in _codings(identifier.get("type")))
+
+
+class _Gather:
+    """Reads the request, collecting values, notes and problems."""
+
+    def __init__(self, tables: Tables, request: dict[str, Any], bundle: dict[str, Any] | None) -> None:
+        self.tables = tables
+        self.systems = tables.systems
+        self.spec = tables.t["request_270"]
+        self.request = request
+        self.resolver = Resolver(request, bundle)
+        self.problems: list[Problem] = []
+        self.notes: list[Note] = []
+
+    def missing(self, item: str, message: str | None = None, code: str = "required") -> None:
+        info = self.spec["items"][item]
+        self.problems.append(Problem(info["fhir"], message or f"{item.replace('_', ' ')} is missing", code=code,
+                                     x12=info["x12"]))
+
+    def lost(self, text: str, path: str) -> None:
+        self.notes.append(Note(text=text, source=f"{CER}.{path}" if not path.startswith(CER) else path))
+
+
+def build_270(payload: Any, tables: Tables, *, envelope: Envelope, delimiters: Delimiters = DEFAULT_DELIMITERS,
+              limits: dict[str, tuple[int, int]] | None = None, trace: str | None = None,
+              originator: str | None = None) -> Request270:
+    """Translate one request into a 270 interchange; raises TranslationError listing every problem."""
+    request, bundle = find_request(payload)
+    g = _Gather(tables, request, bundle)
+    constants = g.spec["constants"]
+
+    status = request.get("status")
+    if status not in FM_STATUS:
+        g.problems.append(Problem(f"{CER}.status", f"status {status!r} is not an fm-status code",
+                                  code="code-invalid"))
+    elif status != "active":
+        g.problems.append(Problem(f"{CER}.status", f"only an active request is sent to a payer, not {status!r}",
+                                  code="business-rule"))
+    purposes = request.get("purpose") or []
+    if not purposes:
+        g.problems.append(Problem(f"{CER}.purpose", "purpose is required", code="required"))
+    for p in purposes:
+        if p not in PURPOSES:
+            g.problems.append(Problem(f"{CER}.purpose", f"purpose {p!r} is not an eligibilityrequest-purpose code",
+                                      code="code-invalid"))
+    discovery = "discovery" in purposes
+
+    # coverage, patient, subscriber
+    insurances = request.get("insurance") or []
+    focal = next((i for i in insurances if i.get("focal")), insurances[0] if insurances else None)
+    coverage = g.resolver.resolve(focal.get("coverage") if focal else None,
+                                  f"{CER}.insurance[{insurances.index(focal) if focal else 0}].coverage",
+                                  ("Coverage",), "2100C")
+    if focal is None:
+        g.missing("coverage")
+    for index, other in enumerate(insurances):
+        if other is not focal:
+            g.lost("a second coverage cannot be asked about in the same 270 (send another request)",
+                   f"insurance[{index}]")
+    patient = g.resolver.resolve(request.get("patient"), f"{CER}.patient", ("Patient",), "2100C NM1")
+    if request.get("patient") is None:
+        g.problems.append(Problem(f"{CER}.patient", "patient is required", x12="2100C NM1"))
+    coverage = coverage or {}
+    subscriber = g.resolver.resolve(coverage.get("subscriber"), "Coverage.subscriber", ("Patient", "RelatedPerson"),
+                                    "2100C NM1", owner=coverage if coverage.get("contained") else None) \
+        if coverage.get("subscriber") else None
+
+    member_id = coverage.get("subscriberId") or ""
+    patient_own_id = ""
+    for ident in coverage.get("identifier") or []:
+        if _has_type(ident, g.systems["member_id_type"]["system"], g.systems["member_id_type"]["code"]):
+            if not member_id:
+                member_id = ident.get("value") or ""
+            elif ident.get("value") and ident.get("value") != member_id:
+                patient_own_id = ident["value"]
+    for ident in (patient or {}).get("identifier") or []:
+        if _has_type(ident, g.systems["member_id_type"]["system"], g.systems["member_id_type"]["code"]):
+            if ident.get("value") and ident.get("value") != member_id:
+                patient_own_id = patient_own_id or ident["value"]
+
+    relationship = None
+    for coding in _codings(coverage.get("relationship")):
+        if coding.get("system") in g.systems["relationship_accept"] or coding.get("system") is None:
+            relationship = coding.get("code")
+    subscriber_codes = g.tables.t["relationship"]["subscriber"]
+    dependent = bool(relationship and relationship not in subscriber_codes and not patient_own_id)
+    if relationship and relationship not in subscriber_codes and patient_own_id:
+        g.lost(f"the patient ({relationship}) has a member id of their own, so is sent as the subscriber "
+               "(2100C), as the implementation guide says", "insurance.coverage")
+        member_id = patient_own_id
+    if dependent and subscriber is None and coverage.get("subscriber") is None:
+        g.missing("subscriber_last_name", "the patient is a dependent but Coverage.subscriber is missing")
+
+    person = _name(patient)
+    sub_person = _name(subscriber) if dependent else person
+    if patient is not None:
+        if not person.family:
+            g.missing("patient_last_name")
+        if discovery and not person.given:
+            g.missing("patient_first_name", "a search without member id needs the first name")
+        if person.birth_date and not _FULL_DATE.match(person.birth_date):
+            g.problems.append(Problem("Patient.birthDate", f"birth date {person.birth_date!r} is not a full date "
+                                      "(YYYY-MM-DD)", code="value", x12="DMG02"))
+        elif discovery and not person.birth_date:
+            g.missing("patient_birth_date", "a search without member id needs the birth date")
+    if dependent and subscriber is not None and not sub_person.family:
+        g.missing("subscriber_last_name")
+    if not member_id and not discovery and coverage:
+        g.missing("member_id", "the member id is missing: Coverage.subscriberId or a Coverage.identifier typed MB "
+                               "(only a discovery request may leave it out)")
+
+    # payer
+    insurer_ref = request.get("insurer") or {}
+    insurer = g.resolver.resolve(insurer_ref, f"{CER}.insurer", ("Organization",), "2100A") if insurer_ref else None
+    payer_id, payer_name = _payer(g, insurer, insurer_ref)
+    if not payer_id:
+        for index, payor_ref in enumerate(coverage.get("payor") or []):
+            payor = g.resolver.resolve(payor_ref, f"Coverage.payor[{index}]", ("Organization",), "2100A",
+                                       owner=coverage if coverage.get("contained") else None)
+            payer_id, name = _payer(g, payor, payor_ref)
+            payer_name = payer_name or name
+            if payer_id:
+                break
+    if not payer_id:
+        g.missing("payer_id", "no payer id: the insurer Organization (or Coverage.payor) needs an identifier "
+                              "(typed payerid when it has several)")
+    if not payer_name:
+        payer_name = payer_id
+
+    # provider
+    provider = g.resolver.resolve(request.get("provider"), f"{CER}.provider",
+                                  ("Practitioner", "PractitionerRole", "Organization"), "2100B") \
+        if request.get("provider") else None
+    npi, provider_person, provider_is_person, taxonomy, facility = _provider(g, provider, request.get("provider"))
+    if not npi:
+        g.missing("provider_npi", "no provider NPI: CoverageEligibilityRequest.provider needs an identifier with "
+                                  "system http://hl7.org/fhir/sid/us-npi")
+    if not provider_person.family:
+        g.missing("provider_name")
+
+    # what is asked
+    inquiries, diagnoses = _inquiries(g, request, purposes)
+    served = _service_dates(g, request)
+
+    for name in ("priority", "enterer", "facility", "supportingInfo"):
+        if request.get(name):
+            g.lost(f"{name} has no place in a 270", name)
+    if coverage.get("dependent"):
+        g.lost("Coverage.dependent (a dependent sequence) has no place in a 270", "Coverage.dependent")
+
+    g.problems.extend(g.resolver.problems)
+    if g.problems:
+        status_code = 400 if any(p.code in ("structure", "code-invalid") for p in g.problems) else 422
+        raise TranslationError(f"the request cannot be sent as a 270: {len(g.problems)} problem(s)",
+                               _unique(g.problems), status=status_code)
+
+    trace = trace or next((i.get("value") for i in request.get("identifier") or [] if i.get("value")), None) \
+        or f"{envelope.interchange_control:09d}"
+    return _write(g, envelope, delimiters, limits, constants, trace=trace, originator=originator,
+                  payer=(payer_name, payer_id), provider=(provider_person, provider_is_person, npi, taxonomy,
+                                                          facility),
+                  subscriber=sub_person, patient=person, dependent=dependent, member_id=member_id,
+                  relationship=relationship, coverage=coverage, inquiries=inquiries, diagnoses=diagnoses,
+                  served=served)
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    seen, out = set(), []
+    for p in problems:
+        key = (p.fhir_path, p.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def _payer(g: _Gather, org: dict[str, Any] | None, ref: dict[str, Any]) -> tuple[str, str]:
+    identifiers = list((org or {}).get("identifier") or [])
+    if ref.get("identifier"):
+        identifiers.append(ref["identifier"])
+    typed = g.systems["payer_id_type"]
+    chosen = next((i for i in identifiers if _has_type(i, typed["system"], typed["code"])), None)
+    if chosen is None and len(identifiers) == 1:
+        chosen = identifiers[0]
+    elif chosen is None and len(identifiers) > 1:
+        g.lost("the payer Organization has several identifiers and none is typed payerid; the first is used",
+               "insurer")
+        chosen = identifiers[0]
+    name = (org or {}).get("name") or ref.get("display") or ""
+    return (chosen or {}).get("value") or "", name
+
+
+def _provider(g: _Gather, provider: dict[str, Any] | None, ref: Any) -> tuple[str, _Person, bool, str, bool]:
+    npi_system = g.systems["npi"]
+    person, is_person, taxonomy, facility = _Person(), False, "", False
+    resource = provider
+    if provider and provider.get("resourceType") == "PractitionerRole":
+        for coding in [c for s in provider.get("specialty") or [] for c in _codings(s)]:
+            if coding.get("system") == g.systems["taxonomy"]:
+                taxonomy = coding.get("code") or ""
+        inner = g.resolver.resolve(provider.get("practitioner"), "PractitionerRole.practitioner", ("Practitioner",),
+                                   "2100B") or g.resolver.resolve(provider.get("organization"),
+                                                                  "PractitionerRole.organization",
+                                                                  ("Organization",), "2100B")
+        identifiers = list(provider.get("identifier") or [])
+        resource = inner or {}
+        identifiers += resource.get("identifier") or []
+    else:
+        identifiers = list((provider or {}).get("identifier") or [])
+    if isinstance(ref, dict) and ref.get("identifier"):
+        identifiers.append(ref["identifier"])
+    npi = next((i.get("value") for i in identifiers if i.get("system") == npi_system and i.get("value")), "")
+    if resource:
+        is_person = resource.get("resourceType") == "Practitioner"
+        if is_person:
+            person = _name(resource)
+            for q in resource.get("qualification") or []:
+                for coding in _codings(q.get("code")):
+                    if coding.get("system") == g.systems["taxonomy"]:
+                        taxonomy = taxonomy or coding.get("code") or ""
+        else:
+            person.family = resource.get("name") or ""
+            types = [c.get("code") for t in resource.get("type") or [] for c in _codings(t)]
+            facility = any(t in g.spec["constants"]["facility_types"] for t in types)
+    elif isinstance(ref, dict) and ref.get("display"):
+        person.family = ref["display"]
+    return npi, person, is_person, taxonomy, facility
+
+
+def _service_type(g: _Gather, concept: dict[str, Any], path: str) -> str | None:
+    service = g.systems["service_type"]
+    for coding in _codings(concept):
+        code = coding.get("code")
+        if coding.get("system") in service["accept"] and code:
+            if code in service["remap"]:
+                g.lost(f"benefit category {code} is not an X12 service type; sent as {service['remap'][code]}", path)
+                return str(service["remap"][code])
+            if g.tables.code("service_type", code) is None:
+                g.problems.append(Problem(path, f"service type {code!r} is not in 005010X279A1", code="not-supported",
+                                          x12="2110C EQ01"))
+                return None
+            return code
+    if _codings(concept):
+        g.problems.append(Problem(path, "the category has no coding in an X12 service type system "
+                                  f"({', '.join(service['accept'])})", code="not-supported", x12="2110C EQ01"))
+    return None
+
+
+def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tuple[list[list[Value]], list[tuple]]:
+    """EQ elements per inquiry, and the HI diagnosis composites."""
+    generic = g.spec["constants"]["generic_service_type"]
+    asks_items = any(p in ("benefits", "auth-requirements") for p in purposes)
+    items = request.get("item") or []
+    inquiries: list[list[Value]] = []
+    diagnoses: list[tuple] = []
+    procedure_systems = g.tables.t["procedures"]["to_x12"]
+    for index, item in enumerate(items):
+        path = f"{CER}.item[{index}]"
+        if not asks_items:
+            g.lost("items are not asked about for a validation or discovery request (EQ*30 is sent)", path)
+            break
+        category = _service_type(g, item.get("category"), f"{path}.category") if item.get("category") else None
+        procedure: Value = None
+        if item.get("productOrService"):
+            coding = next(iter(_codings(item["productOrService"])), {})
+            qualifier = procedure_systems.get(coding.get("system"))
+            if not qualifier:
+                g.problems.append(Problem(f"{path}.productOrService", f"procedure code system {coding.get('system')!r} "
+                                          "has no X12 qualifier (CPT, HCPCS, CDT, NDC ...)", code="not-supported",
+                                          x12="2110C EQ02-1"))
+            else:
+                modifiers = [c.get("code") for m in item.get("modifier") or [] for c in _codings(m)][:4]
+                if len(item.get("modifier") or []) > g.tables.t["procedures"]["max_modifiers"]:
+                    g.lost("more than 4 procedure modifiers: the rest are not sent", f"{path}.modifier")
+                procedure = (qualifier, coding.get("code") or "", *modifiers)
+        pointers = []
+        for d_index, diagnosis in enumerate(item.get("diagnosis") or []):
+            concept = diagnosis.get("diagnosisCodeableConcept")
+            if not concept:
+                g.lost("a diagnosis given as a Reference(Condition) is not resolved into HI", f"{path}.diagnosis")
+                continue
+            coding = next((c for c in _codings(concept) if c.get("system") in (g.systems["icd10"],
+                                                                                g.systems["icd9"])), None)
+            if coding is None:
+                g.lost("a diagnosis without an ICD-10-CM or ICD-9-CM coding cannot be sent",
+                       f"{path}.diagnosis[{d_index}]")
+                continue
+            code = (coding.get("code") or "").replace(".", "")
+            icd10 = coding.get("system") == g.systems["icd10"]
+            existing = [d[1] for d in diagnoses]
+            if code not in existing:
+                if len(diagnoses) >= 8:
+                    g.lost("more than 8 diagnoses: the rest are not sent", f"{path}.diagnosis")
+                    continue
+                qualifier = ("ABK" if icd10 else "BK") if not diagnoses else ("ABF" if icd10 else "BF")
+                diagnoses.append((qualifier, code))
+                existing.append(code)
+            pointers.append(str(existing.index(code) + 1))
+        for name in ("quantity", "unitPrice", "facility", "detail", "supportingInfoSequence", "provider"):
+            if item.get(name):
+                g.lost(f"item.{name} has no place in a 270", f"{path}.{name}")
+        if category is None and procedure is None:
+            if not item.get("category") and not item.get("productOrService"):
+                g.problems.append(Problem(path, "an item needs a category or a productOrService", code="required",
+                                          x12="2110C EQ01/EQ02"))
+            continue
+        inquiries.append([category or "", procedure, "", "", tuple(pointers[:4]) if pointers else None])
+    if not inquiries:
+        inquiries.append([generic])
+    return inquiries, diagnoses
+
+
+def _service_dates(g: _Gather, request: dict[str, Any]) -> list[Value] | None:
+    if request.get("servicedDate"):
+        value = request["servicedDate"]
+        if not _FULL_DATE.match(value):
+            g.problems.append(Problem(f"{CER}.servicedDate", f"{value!r} is not a full date", code="value",
+                                      x12="DTP03"))
+            return None
+        return ["291", "D8", value.replace("-", "")]
+    period = request.get("servicedPeriod")
+    if period:
+        start, end = (period.get("start") or "")[:10], (period.get("end") or "")[:10]
+        if not _FULL_DATE.match(start):
+            g.problems.append(Problem(f"{CER}.servicedPeriod.start", "the period needs a start date", code="value",
+                                      x12="DTP03"))
+            return None
+        if not end or end == start:
+            if not end:
+                g.lost("the service period has no end: sent as a single date", "servicedPeriod")
+            return ["291", "D8", start.replace("-", "")]
+        return ["291", "RD8", f"{start.replace('-', '')}-{end.replace('-', '')}"]
+    return None
+
+
+def _write(g: _Gather, envelope: Envelope, delimiters: Delimiters, limits: dict[str, tuple[int, int]] | None,
+           c: dict[str, Any], *, trace: str, originator: str | None, payer: tuple[str, str],
+           provider: tuple, subscriber: _Person, patient: _Person, dependent: bool, member_id: str,
+           relationship: str | None, coverage: dict[str, Any], inquiries: list[list[Value]],
+           diagnoses: list[tuple], served: list[Value] | None) -> Request270:
+    tables = g.tables
+    if not envelope.receiver_id:  # no trading-partner id configured: the payer id names the receiver
+        envelope = dataclasses.replace(envelope, receiver_id=payer[1])
+    provider_person, provider_is_person, npi, taxonomy, facility = provider
+    gender_map = tables.t["gender"]
+    origin = (originator or envelope.sender_id or "GATEWAY").upper()
+    trn = ["1", trace, (c["trn_originator_prefix"] + origin)[:10].ljust(10, "0")]
+    now = envelope.now
+    body: list[tuple[str, list[Value]]] = [
+        ("BHT", [c["BHT01"], c["BHT02"], trace, now.strftime("%Y%m%d"), now.strftime("%H%M")]),
+        ("HL", ["1", "", "20", "1"]),
+        ("NM1", [c["payer_entity"], "2", payer[0], "", "", "", "", c["payer_id_qualifier"], payer[1]]),
+        ("HL", ["2", "1", "21", "1"]),
+    ]
+    if provider_is_person:
+        body.append(("NM1", [c["person_provider_entity"], "1", provider_person.family,
+                             provider_person.given[0] if provider_person.given else "",
+                             " ".join(provider_person.given[1:2]), "", provider_person.suffix,
+                             c["provider_id_qualifier"], npi]))
+    else:
+        body.append(("NM1", ["FA" if facility else c["organization_provider_entity"], "2", provider_person.family,
+                             "", "", "", "", c["provider_id_qualifier"], npi]))
+    if taxonomy:
+        body.append(("PRV", [c["provider_role"], c["provider_taxonomy_qualifier"], taxonomy]))
+    body.append(("HL", ["3", "2", "22", "1" if dependent else "0"]))
+    if not dependent:
+        body.append(("TRN", trn))
+
+    def demographics(person: _Person, loop: str) -> list[tuple[str, list[Value]]]:
+        segs: list[tuple[str, list[Value]]] = []
+        if person.birth_date or person.gender:
+            gender = gender_map["to_x12"].get(person.gender, "") if person.gender else ""
+            if gender and gender not in gender_map["request_allowed"]:
+                g.lost(f"gender {person.gender!r} has no 270 code (DMG03 allows F and M): left out", f"{loop}.gender")
+                gender = ""
+            if person.birth_date:
+                segs.append(("DMG", ["D8", person.birth_date.replace("-", ""), gender]))
+            elif gender:
+                g.lost("gender without a birth date cannot be sent (DMG needs both)", f"{loop}.gender")
+        return segs
+
+    classes = []
+    for cls in coverage.get("class") or []:
+        kinds = [co.get("code") for co in _codings(cls.get("type"))]
+        if "group" in kinds:
+            classes.append(("REF", ["6P", cls.get("value", "")]))
+        elif "plan" in kinds:
+            classes.append(("REF", ["18", cls.get("value", "")]))
+        else:
+            g.lost(f"coverage class {'/'.join(k for k in kinds if k)} has no place in a 270", "Coverage.class")
+
+    sub_given = subscriber.given
+    body.append(("NM1", [c["subscriber_entity"], "1", subscriber.family, sub_given[0] if sub_given else "",
+                         " ".join(sub_given[1:2]), "", subscriber.suffix,
+                         c["member_id_qualifier"] if member_id else "", member_id]))
+    body.extend(classes)
+    if not dependent:
+        if patient.address and (patient.address.get("line") or patient.address.get("city")):
+            _address(body, patient.address)
+        body.extend(demographics(patient, "Patient"))
+        if diagnoses:
+            body.append(("HI", [tuple(d) for d in diagnoses]))
+        if served:
+            body.append(("DTP", served))
+        body.extend(("EQ", list(eq)) for eq in inquiries)
+        loop_name = "2100C"
+    else:
+        body.extend(demographics(subscriber, "Coverage.subscriber"))
+        body.append(("HL", ["4", "3", "23", "0"]))
+        body.append(("TRN", trn))
+        body.append(("NM1", [c["dependent_entity"], "1", patient.family, patient.given[0] if patient.given else "",
+                             " ".join(patient.given[1:2]), "", patient.suffix]))
+        body.extend(demographics(patient, "Patient"))
+        if diagnoses:
+            body.append(("HI", [tuple(d) for d in diagnoses]))
+        if served:
+            body.append(("DTP", served))
+        body.extend(("EQ", list(eq)) for eq in inquiries)
+        loop_name = "2100D"
+        if relationship:
+            g.lost(f"relationship {relationship} is implied by the dependent loop (2100D INS is sent only for "
+                   "alternate searches)", "Coverage.relationship")
+    if len(patient.given) > 2 or len(subscriber.given) > 2:
+        g.lost("more than two given names: the rest are not sent", "Patient.name.given")
+    writer = X12Writer(delimiters, limits)
+    result = writer.interchange(envelope, "HS", "270", "005010X279A1", [body])
+    return Request270(result.text, trace, g.notes, result.notes, loop_name)
+
+
+def _address(body: list[tuple[str, list[Value]]], address: dict[str, Any]) -> None:
+    lines = address.get("line") or []
+    if lines:
+        body.append(("N3", lines[:2]))
+    if address.get("city"):
+        body.append(("N4", [address.get("city", ""), address.get("state", ""), address.get("postalCode", "")]))

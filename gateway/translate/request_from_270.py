@@ -1,0 +1,275 @@
+"""X12 270 -> a Bundle with each CoverageEligibilityRequest and the resources it implies.
+
+For people translating sample files and for the payer simulator. Each patient asked about (a 2000C
+without dependents, or each 2000D) becomes one request with its Patient, Coverage, payer
+Organization and provider Practitioner/Organization; segments with no FHIR home become notes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from gateway.translate.notes import Note, process_note_extensions
+from gateway.translate.response_271 import date_range
+from gateway.translate.tables import Tables
+from gateway.x12.model import Loop, Segment, Transaction
+
+_NAMESPACE = uuid.UUID("6f1c1f64-3c39-4e59-8d1a-8a3f2b6a9e10")
+
+
+def _urn(*parts: str) -> str:
+    return f"urn:uuid:{uuid.uuid5(_NAMESPACE, '/'.join(parts))}"
+
+
+def translate_270(txn: Transaction, tables: Tables, *, now: str) -> tuple[dict[str, Any], list[Note]]:
+    """One Bundle (type collection) for a 270 transaction set, and the notes of what was not carried."""
+    systems = tables.systems
+    notes: list[Note] = []
+    entries: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
+
+    def note(text: str, loop: Loop, seg: Segment) -> None:
+        notes.append(Note(text, f"270 ST {txn.control_number} {loop.id} {seg.id}@{seg.position}", seg.to_x12()))
+
+    def add(resource: dict[str, Any], key: str) -> str:
+        if key in seen:
+            return seen[key]
+        url = _urn(txn.control_number, key)
+        ordered = {"resourceType": resource.pop("resourceType"), "id": url.rsplit(":", 1)[-1], **resource}
+        entries.append({"fullUrl": url, "resource": ordered})
+        seen[key] = url
+        return url
+
+    bht = txn.root.segment("BHT")
+    for source in txn.root.loops_of("2000A"):
+        payer_loop = source.loop("2100A")
+        payer_url = _payer(tables, payer_loop, add, note)
+        for receiver in source.loops_of("2000B"):
+            provider_url = _provider(tables, receiver.loop("2100B"), add, note)
+            for subscriber in receiver.loops_of("2000C"):
+                sub_name = subscriber.loop("2100C")
+                dependents = subscriber.loops_of("2000D")
+                patients = dependents or [subscriber]
+                for patient in patients:
+                    name = patient.loop("2100D") if patient is not subscriber else sub_name
+                    request_notes: list[Note] = []
+                    request = _request(tables, txn, now, bht, subscriber, sub_name, patient, name,
+                                       payer_url, provider_url, add, request_notes)
+                    if request_notes:
+                        request["extension"] = process_note_extensions(
+                            request_notes, systems["process_note_extension"], systems["note_type"])
+                    notes.extend(request_notes)
+                    add(request, f"request/{patient.segment('HL').get(1) if patient.segment('HL') else ''}")
+    for seg in txn.root.segments:
+        if seg.id not in ("ST", "BHT", "SE"):
+            note(f"segment {seg.id} outside the loops of a 270", txn.root, seg)
+    bundle = {"resourceType": "Bundle", "id": _urn(txn.control_number, "bundle").rsplit(":", 1)[-1],
+              "type": "collection", "timestamp": now, "entry": entries}
+    if notes:
+        bundle["meta"] = {"tag": [{"system": systems["canonical_base"], "code": "translated-from-x12-270"}]}
+    return bundle, notes
+
+
+def _person(seg: Segment) -> dict[str, Any]:
+    name = {k: v for k, v in (("family", seg.get(3)), ("given", [g for g in (seg.get(4), seg.get(5)) if g]),
+                              ("suffix", [seg.get(7)] if seg.get(7) else None)) if v}
+    return {"name": [name]} if name else {}
+
+
+def _payer(tables: Tables, loop: Loop | None, add, note) -> str:
+    systems = tables.systems
+    org: dict[str, Any] = {"resourceType": "Organization", "name": "Payer"}
+    if loop is not None:
+        for seg in loop.segments:
+            if seg.id == "NM1":
+                org["name"] = seg.get(3) or "Payer"
+                if seg.get(9):
+                    org["identifier"] = [{"type": {"coding": [dict(systems["payer_id_type"])]},
+                                          "system": systems["payer_id_system"], "value": seg.get(9)}]
+            else:
+                note(f"segment {seg.id} of the payer loop has no FHIR home", loop, seg)
+    return add(org, f"payer/{org.get('identifier', [{}])[0].get('value', org['name'])}")
+
+
+def _provider(tables: Tables, loop: Loop | None, add, note) -> str | None:
+    if loop is None:
+        return None
+    systems = tables.systems
+    nm1 = loop.segment("NM1")
+    resource: dict[str, Any]
+    if nm1 is not None and nm1.get(2) == "1":
+        resource = {"resourceType": "Practitioner", **_person(nm1)}
+    else:
+        resource = {"resourceType": "Organization", "name": nm1.get(3) if nm1 is not None else "Provider"}
+    if nm1 is not None and nm1.get(8) == "XX" and nm1.get(9):
+        resource["identifier"] = [{"system": systems["npi"], "value": nm1.get(9)}]
+    for seg in loop.segments:
+        if seg.id == "NM1":
+            continue
+        if seg.id == "PRV" and seg.get(2) == "PXC" and resource["resourceType"] == "Practitioner":
+            resource["qualification"] = [{"code": {"coding": [{"system": systems["taxonomy"], "code": seg.get(3)}]}}]
+        elif seg.id == "N3":
+            resource.setdefault("address", [{}])[0]["line"] = [v for v in (seg.get(1), seg.get(2)) if v]
+        elif seg.id == "N4":
+            resource.setdefault("address", [{}])[0].update(
+                {k: v for k, v in (("city", seg.get(1)), ("state", seg.get(2)), ("postalCode", seg.get(3))) if v})
+        else:
+            note(f"provider segment {seg.id} {' '.join(seg.elements)} has no FHIR home", loop, seg)
+    key = resource.get("identifier", [{}])[0].get("value") or (nm1.get(3) if nm1 is not None else "provider")
+    return add(resource, f"provider/{key}")
+
+
+def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, subscriber: Loop,
+             sub_name: Loop | None, patient: Loop, name: Loop | None, payer_url: str,
+             provider_url: str | None, add, notes: list[Note]) -> dict[str, Any]:
+    systems = tables.systems
+    dependent = patient is not subscriber
+
+    def note(text: str, loop: Loop, seg: Segment) -> None:
+        notes.append(Note(text, f"270 ST {txn.control_number} {loop.id} {seg.id}@{seg.position}", seg.to_x12()))
+
+    def person_from(loop: Loop | None, key: str) -> tuple[dict[str, Any], str]:
+        resource: dict[str, Any] = {"resourceType": "Patient"}
+        member = ""
+        if loop is None:
+            return resource, member
+        for seg in loop.segments:
+            if seg.id == "NM1":
+                resource.update(_person(seg))
+                member = seg.get(9)
+                if member:
+                    resource["identifier"] = [{"type": {"coding": [dict(systems["member_id_type"])]},
+                                               "system": systems["member_id_system"], "value": member}]
+            elif seg.id == "DMG":
+                birth = date_range("D8", seg.get(2)) if seg.get(1) == "D8" else None
+                if birth:
+                    resource["birthDate"] = birth[0]
+                gender = tables.t["gender"]["from_x12"].get(seg.get(3))
+                if gender:
+                    resource["gender"] = gender
+            elif seg.id == "N3":
+                resource.setdefault("address", [{}])[0]["line"] = [v for v in (seg.get(1), seg.get(2)) if v]
+            elif seg.id == "N4":
+                resource.setdefault("address", [{}])[0].update(
+                    {k: v for k, v in (("city", seg.get(1)), ("state", seg.get(2)), ("postalCode", seg.get(3)))
+                     if v})
+        return resource, member
+
+    sub_resource, member_id = person_from(sub_name, "subscriber")
+    if dependent:
+        pat_resource, _ = person_from(name, "patient")
+        subscriber_url = add(sub_resource, f"subscriber/{member_id or subscriber.segment('HL').get(1)}")
+        patient_url = add(pat_resource, f"patient/{patient.segment('HL').get(1)}")
+    else:
+        patient_url = add(sub_resource, f"patient/{patient.segment('HL').get(1)}")
+        subscriber_url = patient_url
+
+    coverage: dict[str, Any] = {"resourceType": "Coverage", "status": "active",
+                                "beneficiary": {"reference": patient_url}, "payor": [{"reference": payer_url}],
+                                "subscriber": {"reference": subscriber_url}}
+    if member_id:
+        coverage["subscriberId"] = member_id
+    relationship = "self"
+    request: dict[str, Any] = {"resourceType": "CoverageEligibilityRequest", "status": "active",
+                               "purpose": [], "patient": {"reference": patient_url}, "created": now}
+    items: list[dict[str, Any]] = []
+    diagnoses: list[str] = []
+    purposes: set[str] = set()
+    for level in (subscriber, patient) if dependent else (subscriber,):
+        for seg in level.segments:
+            if seg.id == "TRN":
+                if seg is not None and seg.get(2):
+                    request.setdefault("identifier", []).append(
+                        {"system": systems["trace_system"] + (f"/{seg.get(3)}" if seg.get(3) else ""),
+                         "value": seg.get(2)})
+    for loop in [lp for lp in (sub_name, name if dependent else None) if lp is not None]:
+        for seg in loop.segments:
+            sid = seg.id
+            if sid in ("NM1", "DMG", "N3", "N4"):
+                continue
+            if sid == "REF" and seg.get(1) in ("6P", "1L", "18"):
+                kind = "plan" if seg.get(1) == "18" else "group"
+                coverage.setdefault("class", []).append(
+                    {"type": {"coding": [{"system": systems["coverage_class"], "code": kind}]}, "value": seg.get(2)})
+            elif sid == "DTP" and seg.get(1) == "291":
+                span = date_range(seg.get(2), seg.get(3))
+                if span and span[0] == span[1]:
+                    request["servicedDate"] = span[0]
+                elif span:
+                    request["servicedPeriod"] = {"start": span[0], "end": span[1]}
+                else:
+                    note(f"service date {seg.get(3)!r} could not be read", loop, seg)
+            elif sid == "INS":
+                relationship = tables.t["relationship"]["from_ins02"].get(seg.get(2), "other")
+            elif sid == "HI":
+                for comp in seg.elements:
+                    parts = comp.split(seg.delimiters.component)
+                    if len(parts) > 1 and parts[1]:
+                        diagnoses.append(parts[1])
+            else:
+                note(f"segment {sid} {' '.join(seg.elements)} has no FHIR home", loop, seg)
+        for inquiry in loop.loops:
+            if not inquiry.id.startswith("2110"):
+                continue
+            for seg in inquiry.segments:
+                if seg.id == "EQ":
+                    items.extend(_items(tables, seg, diagnoses, purposes))
+                else:
+                    note(f"inquiry segment {seg.id} {' '.join(seg.elements)} has no FHIR home", inquiry, seg)
+    if dependent:
+        relationship = relationship if relationship != "self" else "other"
+        if name is not None and name.segment("INS") is None:
+            relationship = "other"
+            notes.append(Note("the 270 names a dependent without INS: relationship recorded as 'other'",
+                              f"270 ST {txn.control_number} 2100D"))
+    coverage["relationship"] = {"coding": [{"system": systems["relationship"], "code": relationship}]}
+    coverage_url = add(coverage, f"coverage/{patient.segment('HL').get(1)}")
+    request["purpose"] = sorted(purposes or {"validation"})
+    request["insurer"] = {"reference": payer_url}
+    if provider_url:
+        request["provider"] = {"reference": provider_url}
+    request["insurance"] = [{"focal": True, "coverage": {"reference": coverage_url}}]
+    if items:
+        request["item"] = items
+    if bht is not None and bht.get(3) and "identifier" not in request:
+        request["identifier"] = [{"system": f"{systems['canonical_base']}/sid/bht03", "value": bht.get(3)}]
+    ordered = {k: request[k] for k in ("resourceType", "identifier", "status", "purpose", "patient",
+                                        "servicedDate", "servicedPeriod", "created", "insurer", "provider",
+                                        "insurance", "item") if k in request}
+    return ordered
+
+
+def _items(tables: Tables, seg: Segment, diagnoses: list[str], purposes: set[str]) -> list[dict[str, Any]]:
+    systems = tables.systems
+    items: list[dict[str, Any]] = []
+    pointers = seg.components(5) if seg.get(5) else []
+    diagnosis = [{"diagnosisCodeableConcept": {"coding": [{"system": systems["icd10"], "code": diagnoses[int(p) - 1]}]}}
+                 for p in pointers if p.isdigit() and 0 < int(p) <= len(diagnoses)]
+    if seg.get(2):
+        comps = seg.components(2)
+        qualifier, code = comps[0], comps[1] if len(comps) > 1 else ""
+        system = tables.t["procedures"]["from_x12"].get(qualifier, tables.x12_system(f"235/{qualifier}"))
+        item: dict[str, Any] = {"productOrService": {"coding": [{"system": system, "code": code}]}}
+        modifiers = [m for m in comps[2:6] if m]
+        if modifiers:
+            item["modifier"] = [{"coding": [{"system": system, "code": m}]} for m in modifiers]
+        if diagnosis:
+            item["diagnosis"] = diagnosis
+        items.append(item)
+        purposes.add("auth-requirements")
+    for stc in seg.repetitions(1):
+        if stc == tables.t["request_270"]["constants"]["generic_service_type"] and not seg.get(2) and len(
+                seg.repetitions(1)) == 1:
+            purposes.add("validation")
+            purposes.add("benefits")
+            continue
+        info = tables.code("service_type", stc)
+        coding = {"system": systems["service_type"]["emit"], "code": stc, **({"display": info["display"]}
+                                                                              if info else {})}
+        item = {"category": {"coding": [coding]}}
+        if diagnosis:
+            item["diagnosis"] = diagnosis
+        items.append(item)
+        purposes.add("benefits")
+    return items

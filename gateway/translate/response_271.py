@@ -1,0 +1,1054 @@
+"""271 -> CoverageEligibilityResponse: one response per answered patient, every segment accounted for.
+
+Each segment of the patient's loops (and of the payer and provider loops above them) is either
+mapped into the response or recorded in a processNote with its location and raw text; anything
+no handler claims is noted at the end, so nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from gateway.translate.notes import Note, process_note_extensions
+from gateway.translate.tables import Tables
+from gateway.x12.model import Loop, Segment, Transaction
+
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9\-.]")
+TOTAL, REMAINING, MET = "total", "remaining", "met"
+
+
+@dataclass
+class ResponseContext:
+    """What the request said, for the gateway case; without it the response stands on its own."""
+
+    patient: dict[str, Any] | None = None
+    insurer: dict[str, Any] | None = None
+    coverage: dict[str, Any] | None = None
+    provider: dict[str, Any] | None = None
+    purpose: list[str] | None = None
+    request: dict[str, Any] | None = None
+    serviced: dict[str, Any] = field(default_factory=dict)
+    contained: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class ResponseTranslation:
+    """One CoverageEligibilityResponse (as a dict) with its notes and the segments it accounts for."""
+
+    resource: dict[str, Any]
+    notes: list[Note]
+    mapped: set[int]
+    noted: set[int]
+    traces: list[str]
+    scope: set[int] = field(default_factory=set)
+
+
+def x12_date(value: str) -> str | None:
+    """CCYYMMDD -> YYYY-MM-DD (None when it is not a calendar date)."""
+    if len(value) != 8 or not value.isdigit():
+        return None
+    month, day = int(value[4:6]), int(value[6:])
+    if not (1 <= month <= 12 and 1 <= day <= 31):
+        return None
+    return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+
+
+def date_range(fmt: str, value: str) -> tuple[str | None, str | None] | None:
+    """DTP02/03 -> (start, end); None when unreadable."""
+    if fmt == "D8":
+        d = x12_date(value)
+        return (d, d) if d else None
+    if fmt == "RD8" and "-" in value:
+        start, end = value.split("-", 1)
+        s, e = x12_date(start), x12_date(end)
+        return (s, e) if s and e else None
+    return None
+
+
+def _number(text: str) -> Decimal | None:
+    try:
+        return Decimal(text)
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def _json_number(value: Decimal) -> int | float:
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+class _Response:
+    """Builds one response; tracks which segments are mapped and which are noted."""
+
+    def __init__(self, tables: Tables, txn: Transaction, now: str, context: ResponseContext | None,
+                 response_id: str) -> None:
+        self.tables = tables
+        self.txn = txn
+        self.now = now
+        self.context = context
+        self.id = response_id
+        self.notes: list[Note] = []
+        self.mapped: set[int] = set()
+        self.noted: set[int] = set()
+        self.items: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
+        self.request_level_errors: list[str] = []
+        self.benefit_level_errors: list[str] = []
+        self.contained: dict[str, dict[str, Any]] = {}
+        self.extra_insurance: list[dict[str, Any]] = []
+        self.inforce: bool | None = None
+        self.benefit_period: dict[str, str] = {}
+        self.pre_auth: str | None = None
+        self.traces: list[str] = []
+        self.identifiers: list[dict[str, Any]] = []
+        self.has_benefits = False
+
+    # -- accounting ---------------------------------------------------------------------------
+    def where(self, loop: Loop, seg: Segment) -> str:
+        loop_id = loop.id if loop.parent is not None else "header"
+        return f"271 ST {self.txn.control_number} {loop_id} {seg.id}@{seg.position}"
+
+    def note(self, text: str, loop: Loop, seg: Segment) -> None:
+        self.notes.append(Note(text=text, source=self.where(loop, seg), raw=seg.to_x12()))
+        self.noted.add(seg.position)
+
+    def map(self, *segs: Segment) -> None:
+        for seg in segs:
+            self.mapped.add(seg.position)
+
+    # -- codings ------------------------------------------------------------------------------
+    def coding(self, table: str, element: str, code: str) -> dict[str, Any]:
+        return self.tables.x12_coding(table, element, code)
+
+    def service_type(self, code: str) -> dict[str, Any]:
+        systems = self.tables.systems
+        coding = {"system": systems["service_type"]["emit"], "code": code}
+        info = self.tables.code("service_type", code)
+        if info:
+            coding["display"] = info["display"]
+        return {"coding": [coding], **({"text": info["display"]} if info else {})}
+
+
+def translate_271(txn: Transaction, tables: Tables, *, now: str,
+                  context_for: Callable[[list[str]], ResponseContext | None] | None = None
+                  ) -> list[ResponseTranslation]:
+    """Every answered patient in one 271 transaction set, as CoverageEligibilityResponse dicts.
+
+    ``now`` is the response's ``created``; ``context_for`` maps a patient's trace numbers (TRN02 of
+    the echoed TRN*2) to what the request said, so responses are matched by trace, never position.
+    """
+    root = txn.root
+    header = [s for s in root.segments]
+    results: list[ResponseTranslation] = []
+    for source in root.loops_of("2000A") or [root]:
+        payer_loop = source.loop("2100A")
+        receivers = source.loops_of("2000B")
+        patients: list[tuple[Loop | None, Loop | None, Loop]] = []  # (receiver, subscriber 2000C, patient HL loop)
+        for receiver in receivers:
+            for subscriber in receiver.loops_of("2000C"):
+                dependents = subscriber.loops_of("2000D")
+                sub_name = subscriber.loop("2100C")
+                answered_itself = sub_name is not None and bool(sub_name.loops_of("2110C"))
+                if answered_itself or not dependents:
+                    patients.append((receiver, None, subscriber))
+                for dependent in dependents:
+                    patients.append((receiver, subscriber, dependent))
+        if not patients:
+            # a rejection above the patient level: one response for the transaction
+            receiver = receivers[0] if receivers else None
+            results.append(_translate_patient(tables, txn, now, context_for, header, source, payer_loop,
+                                              receiver, None, None))
+            continue
+        for receiver, subscriber, patient in patients:
+            results.append(_translate_patient(tables, txn, now, context_for, header, source, payer_loop,
+                                              receiver, subscriber, patient))
+    return results
+
+
+def _translate_patient(tables: Tables, txn: Transaction, now: str,
+                       context_for: Callable[[list[str]], ResponseContext | None] | None, header: list[Segment],
+                       source: Loop, payer_loop: Loop | None, receiver: Loop | None, subscriber: Loop | None,
+                       patient: Loop | None) -> ResponseTranslation:
+    hl = patient.segment("HL") if patient is not None else None
+    response_id = _ID_UNSAFE.sub("-", f"{txn.control_number}-{hl.get(1) if hl else '0'}")[:64]
+    traces = []
+    for loop in (subscriber, patient):
+        if loop is not None:
+            traces.extend(s.get(2) for s in loop.segments_of("TRN") if s.get(1) == "2")
+    context = context_for(traces) if context_for else None
+    r = _Response(tables, txn, now, context, response_id)
+    r.traces = traces
+
+    for seg in header:
+        if seg.id in ("ST", "SE"):
+            r.map(seg)
+        elif seg.id == "BHT":
+            r.map(seg)
+            if seg.get(3):
+                r.identifiers.append({"system": f"{tables.systems['canonical_base']}/sid/bht03",
+                                      "value": seg.get(3)})
+        else:
+            r.note(f"segment {seg.id} outside the loops of a 271", txn.root, seg)
+
+    _source_loops(r, source, payer_loop)
+    if receiver is not None:
+        _receiver_loops(r, receiver)
+    name_loop = None
+    sub_name_loop = subscriber.loop("2100C") if subscriber is not None else None
+    if subscriber is not None:
+        _hl_level(r, subscriber, own=False)
+        _name_loop(r, sub_name_loop, role="subscriber")
+    if patient is not None:
+        _hl_level(r, patient, own=True)
+        name_loop = patient.loop("2100D") or patient.loop("2100C")
+        _name_loop(r, name_loop, role="patient")
+        if name_loop is not None:
+            for benefit_loop in name_loop.loops:
+                if benefit_loop.id in ("2110C", "2110D"):
+                    continue
+                _unclaimed(r, benefit_loop)
+            _benefits(r, [lp for lp in name_loop.loops if lp.id in ("2110C", "2110D")])
+    resource = _assemble(r, payer_loop, receiver, name_loop, sub_name_loop, patient is not None)
+    # anything no handler claimed (unknown or misplaced segments) is still accounted for
+    for loop in [lp for lp in (source, receiver, subscriber, patient) if lp is not None]:
+        for owner, seg in _own_segments(loop, subscriber, patient):
+            if seg.position not in r.mapped and seg.position not in r.noted:
+                r.note(f"segment {seg.id} has no place in a CoverageEligibilityResponse", owner, seg)
+    scope = {seg.position for seg in header}
+    for loop in [lp for lp in (source, receiver, subscriber, patient) if lp is not None]:
+        scope.update(seg.position for _, seg in _own_segments(loop, subscriber, patient))
+    resource = _with_notes(r, resource)
+    return ResponseTranslation(resource, r.notes, r.mapped, r.noted, traces, scope)
+
+
+def _own_segments(loop: Loop, subscriber: Loop | None, patient: Loop | None):
+    """Segments of ``loop`` that belong to this response (not other patients' loops)."""
+    for item in loop.body:
+        if isinstance(item, Segment):
+            yield loop, item
+        elif item.id in ("2000B", "2000C", "2000D"):
+            continue  # reached through their own entries
+        else:
+            yield from _own_segments(item, subscriber, patient)
+
+
+def _unclaimed(r: _Response, loop: Loop) -> None:
+    for owner, seg in loop.walk():
+        r.note(f"segment {seg.id} in loop {owner.id} has no place in a CoverageEligibilityResponse", owner, seg)
+
+
+# -- loops above the patient ------------------------------------------------------------------
+
+def _aaa(r: _Response, loop: Loop, seg: Segment) -> None:
+    """AAA at any level -> error[] (reject reason and follow-up), level and AAA01 in a note."""
+    tables = r.tables
+    level = loop.id
+    reason, follow_up, valid = seg.get(3), seg.get(4), seg.get(1)
+    reason_info = tables.code("reject_reason", reason)
+    display = reason_info["display"] if reason_info else f"reject reason {reason}"
+    follow = tables.code("follow_up_action", follow_up)
+    text = f"{level}: {display}"
+    if follow_up:
+        text += f"; follow-up {follow_up}: {follow['display'] if follow else 'unknown follow-up action'}"
+    error: dict[str, Any] = {"code": {"coding": [r.coding("reject_reason", "901", reason)], "text": text}}
+    expression = tables.t["errors"]["expression"].get(level)
+    if expression:
+        error["extension"] = [{"url": tables.t["errors"]["expression_extension"], "valueString": expression}]
+    r.errors.append(error)
+    (r.request_level_errors if level in tables.t["errors"]["request_level"] else r.benefit_level_errors).append(text)
+    r.map(seg)
+    meaning = tables.t["errors"]["AAA01"].get(valid, f"AAA01 {valid!r}")
+    extra = f"AAA at {level}: {meaning}; reject reason {reason} ({display})"
+    if follow_up:
+        extra += f", follow-up {follow_up} ({follow['display'] if follow else 'not a known code'})"
+    if reason_info is None:
+        extra += "; the reject reason is not an X279A1 code and is passed through"
+    elif level not in (reason_info.get("loops") or []):
+        extra += f"; X279A1 does not allow reason {reason} at {level}"
+    r.note(extra, loop, seg)
+
+
+def _source_loops(r: _Response, source: Loop, payer_loop: Loop | None) -> None:
+    for seg in source.segments:
+        if seg.id == "HL":
+            r.map(seg)
+        elif seg.id == "AAA":
+            _aaa(r, source, seg)
+    if payer_loop is None:
+        return
+    for seg in payer_loop.segments:
+        if seg.id == "NM1":
+            r.map(seg)
+        elif seg.id == "AAA":
+            _aaa(r, payer_loop, seg)
+        elif seg.id == "PER":
+            r.note(f"payer contact: {_contact_text(seg)}", payer_loop, seg)
+
+
+def _receiver_loops(r: _Response, receiver: Loop) -> None:
+    for seg in receiver.segments:
+        if seg.id == "HL":
+            r.map(seg)
+    name = receiver.loop("2100B")
+    if name is None:
+        return
+    for seg in name.segments:
+        if seg.id == "NM1":
+            r.map(seg)
+        elif seg.id == "AAA":
+            _aaa(r, name, seg)
+        elif seg.id == "REF":
+            r.note(f"provider identifier {seg.get(1)} {seg.get(2)} returned by the payer", name, seg)
+        elif seg.id in ("N3", "N4"):
+            r.note("provider address returned by the payer", name, seg)
+        elif seg.id == "PRV":
+            r.note(f"provider information {seg.get(1)} {seg.get(3)}", name, seg)
+
+
+def _hl_level(r: _Response, level: Loop, *, own: bool) -> None:
+    for seg in level.segments:
+        if seg.id == "HL":
+            r.map(seg)
+        elif seg.id == "TRN":
+            r.map(seg)
+            if seg.get(1) == "1":  # the payer's or a clearinghouse's own trace
+                originator = seg.get(3)
+                system = r.tables.systems["trace_system"] + (f"/{originator}" if originator else "")
+                r.identifiers.append({"system": system, "value": seg.get(2)})
+
+
+# -- 2100C / 2100D ----------------------------------------------------------------------------
+
+@dataclass
+class _Person:
+    family: str = ""
+    given: list[str] = field(default_factory=list)
+    suffix: str = ""
+    member_id: str = ""
+    birth_date: str | None = None
+    gender: str | None = None
+    address: dict[str, Any] | None = None
+    relationship: str | None = None
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    period: dict[str, str] = field(default_factory=dict)
+
+
+def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
+    if loop is None:
+        return
+    person = _Person()
+    tables = r.tables
+    for seg in loop.segments:
+        sid = seg.id
+        if sid == "NM1":
+            r.map(seg)
+            person.family, person.suffix = seg.get(3), seg.get(7)
+            person.given = [v for v in (seg.get(4), seg.get(5)) if v]
+            if seg.get(9):
+                person.member_id = seg.get(9)
+        elif sid == "DMG":
+            r.map(seg)
+            if seg.get(1) == "D8":
+                person.birth_date = x12_date(seg.get(2))
+                if seg.get(2) and person.birth_date is None:
+                    r.note(f"birth date {seg.get(2)!r} is not a date", loop, seg)
+            gender = tables.t["gender"]["from_x12"].get(seg.get(3))
+            person.gender = gender
+            if seg.get(3) and gender is None:
+                r.note(f"gender code {seg.get(3)!r} is not known", loop, seg)
+        elif sid in ("N3", "N4"):
+            r.map(seg)
+            address = person.address or {}
+            if sid == "N3":
+                address["line"] = [v for v in (seg.get(1), seg.get(2)) if v]
+            else:
+                address.update({k: v for k, v in (("city", seg.get(1)), ("state", seg.get(2)),
+                                                  ("postalCode", seg.get(3)), ("country", seg.get(4))) if v})
+            person.address = address
+        elif sid == "INS":
+            r.map(seg)
+            person.relationship = tables.t["relationship"]["from_ins02"].get(seg.get(2))
+            if seg.get(2) and person.relationship is None:
+                r.note(f"relationship code {seg.get(2)!r} is not known", loop, seg)
+            if seg.get(3) == "001" and seg.get(4) == "25":
+                r.note(f"the payer changed identifying data of the {role} (INS03 001, INS04 25): check the "
+                       "returned name, birth date and member id", loop, seg)
+            if seg.get(17):
+                r.note(f"birth sequence number {seg.get(17)}", loop, seg)
+        elif sid == "REF":
+            kind = tables.t["references"]["patient_level"].get(seg.get(1))
+            name = tables.t["references"]["names"].get(seg.get(1), seg.get(1))
+            if kind in ("group", "plan"):
+                r.map(seg)
+                person.groups.append({"type": kind, "value": seg.get(2), "name": seg.get(3)})
+            else:
+                r.note(f"{name} {seg.get(2)}" + (f" ({seg.get(3)})" if seg.get(3) else ""), loop, seg)
+        elif sid == "DTP":
+            _patient_date(r, loop, seg, person)
+        elif sid == "AAA":
+            _aaa(r, loop, seg)
+        elif sid == "PRV":
+            r.note(f"provider information {seg.get(1)} {seg.get(3)}", loop, seg)
+        elif sid == "HI":
+            r.note("diagnosis codes echoed by the payer", loop, seg)
+        elif sid == "MPI":
+            r.note("military personnel information", loop, seg)
+    setattr(r, f"_{role}", person)
+
+
+def _patient_date(r: _Response, loop: Loop, seg: Segment, person: _Person) -> None:
+    dates = r.tables.t["dates"]
+    qualifier = seg.get(1)
+    kind = dates["patient_level"].get(qualifier)
+    name = dates["names"].get(qualifier, f"date qualifier {qualifier}")
+    span = date_range(seg.get(2), seg.get(3))
+    if span is None:
+        r.note(f"{name} date {seg.get(3)!r} could not be read", loop, seg)
+        return
+    start, end = span
+    if kind == "plan-begin":
+        r.benefit_period["start"] = start
+    elif kind == "plan-end":
+        r.benefit_period["end"] = end
+    elif kind == "plan":
+        r.benefit_period.update({"start": start} if start == end else {"start": start, "end": end})
+    elif kind in ("eligibility-begin", "eligibility-end", "eligibility"):
+        if kind != "eligibility-end":
+            person.period["start"] = start
+        if kind != "eligibility-begin" and (kind == "eligibility-end" or start != end):
+            person.period["end"] = end
+        r.note(f"{name}: {start if start == end else f'{start} to {end}'} (CoverageEligibilityResponse has no "
+               "eligibility dates; kept on the contained Coverage.period when there is one)", loop, seg)
+        return
+    else:
+        r.note(f"{name}: {start if start == end else f'{start} to {end}'}", loop, seg)
+        return
+    r.map(seg)
+
+
+# -- 2110: benefits ---------------------------------------------------------------------------
+
+@dataclass
+class _Fact:
+    """One amount of one EB for one service type, before totals and remainders are matched."""
+
+    key: tuple
+    kind: str           # total | remaining | met
+    family: str         # lifetime or period
+    seg: Segment
+    item: dict[str, Any]
+    benefit: dict[str, Any]
+    money: Decimal | None
+
+
+def _benefits(r: _Response, loops: list[Loop]) -> None:
+    facts: list[_Fact] = []
+    for loop in loops:
+        eb = loop.segment("EB")
+        if eb is None:
+            _unclaimed(r, loop)
+            continue
+        facts.extend(_benefit_loop(r, loop, eb))
+    _match_amounts(r, facts)
+
+
+def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
+    tables = r.tables
+    eb01 = eb.get(1)
+    info = tables.code("eligibility_benefit", eb01)
+    maps_to = info.get("maps_to", "note") if info else "unknown"
+    display = info["display"] if info else f"EB01 {eb01}"
+    stcs = eb.repetitions(3)
+    procedure = eb.components(13) if eb.get(13) else []
+    description: list[str] = []
+    entities = _entities(r, loop)
+    r.map(eb)
+
+    # companions: descriptions, pre-authorisation numbers, dates, AAA
+    for seg in loop.segments:
+        sid = seg.id
+        if sid in ("EB", "LS", "LE"):
+            r.map(seg)
+        elif sid == "MSG":
+            r.map(seg)
+            description.append(seg.get(1))
+        elif sid == "HSD":
+            r.map(seg)
+            description.append(_hsd_text(r, seg))
+        elif sid == "REF":
+            kind = tables.t["references"]["benefit_level"].get(seg.get(1))
+            name = tables.t["references"]["names"].get(seg.get(1), seg.get(1))
+            if kind == "pre-auth" and r.pre_auth is None:
+                r.pre_auth = seg.get(2)
+                r.map(seg)
+            else:
+                r.note(f"{name} {seg.get(2)} for EB {eb01}" + (f" ({seg.get(3)})" if seg.get(3) else ""), loop, seg)
+        elif sid == "DTP":
+            dates = tables.t["dates"]
+            name = dates["names"].get(seg.get(1), f"date qualifier {seg.get(1)}")
+            span = date_range(seg.get(2), seg.get(3))
+            shown = (span[0] if span[0] == span[1] else f"{span[0]} to {span[1]}") if span else repr(seg.get(3))
+            r.note(f"{name} {shown} for EB {eb01} {','.join(stcs)} (no item-level dates in FHIR R4)", loop, seg)
+        elif sid == "AAA":
+            _aaa(r, loop, seg)
+    for sub in loop.loops:
+        if sub.id.startswith("2115"):
+            for seg in sub.segments:
+                if seg.id == "III":
+                    r.map(seg)
+                    description.append(_iii_text(seg))
+        elif not sub.id.startswith("2120"):
+            _unclaimed(r, sub)
+
+    if info is None:
+        r.note(f"EB01 {eb01!r} is not an X279A1 code; passed through without a FHIR meaning", loop, eb)
+    if eb.get(4):
+        insurance = tables.code("insurance_type", eb.get(4))
+        r.note(f"insurance type {eb.get(4)} ({insurance['display'] if insurance else 'not an X279A1 code'}) "
+               f"for EB {eb01}", loop, eb)
+    if eb.get(14):
+        r.note(f"diagnosis code pointers {eb.get(14)} for EB {eb01}", loop, eb)
+    if eb.get(11) == "U":
+        r.note(f"authorization requirement unknown (EB11 U) for EB {eb01}", loop, eb)
+
+    # the items this EB becomes: one per service type, or one for the procedure (ces-1)
+    base = _item_base(r, loop, eb, entities)
+    if description:
+        base["description"] = "; ".join(d for d in description if d)
+    targets: list[dict[str, Any]] = []
+    if procedure:
+        item = dict(base)
+        item["productOrService"] = _procedure(r, procedure)
+        modifiers = [m for m in procedure[2:6] if m]
+        if modifiers:
+            item["modifier"] = [{"coding": [{"system": item["productOrService"]["coding"][0]["system"],
+                                             "code": m}]} for m in modifiers]
+        targets.append(item)
+        if stcs:
+            r.note(f"service type(s) {', '.join(stcs)} of the procedure row kept out of the item "
+                   "(an item has a category or a procedure, not both: ces-1)", loop, eb)
+    else:
+        for stc in stcs or ["30"]:
+            item = dict(base)
+            item["category"] = r.service_type(stc)
+            if r.tables.code("service_type", stc) is None:
+                r.note(f"service type {stc!r} is not an X279A1 code; passed through", loop, eb)
+            targets.append(item)
+        if not stcs:
+            base_note = "no service type (EB03): applies to the plan as a whole (30)"
+            if maps_to not in ("coverage",):
+                r.note(f"EB {eb01} has {base_note}", loop, eb)
+
+    facts: list[_Fact] = []
+    if maps_to == "coverage":
+        r.inforce = bool(info.get("inforce")) or bool(r.inforce)
+        if info.get("inforce"):
+            for item in targets:
+                item["excluded"] = False
+        r.items.extend(targets)
+        if eb01 not in ("1", "6"):
+            r.note(f"coverage status {eb01}: {display}", loop, eb)
+    elif maps_to == "benefit":
+        r.has_benefits = True
+        for item in targets:
+            fact = _amount(r, loop, eb, info, item)
+            if fact is not None:
+                facts.append(fact)
+            else:
+                r.items.append(item)
+    elif maps_to == "excluded":
+        r.has_benefits = True
+        for item in targets:
+            item["excluded"] = True
+            item.setdefault("description", display)
+        r.items.extend(targets)
+    elif maps_to == "description":
+        for item in targets:
+            item["description"] = "; ".join([display, *(d for d in description if d)])
+        r.items.extend(targets)
+    elif maps_to == "provider":
+        r.items.extend(targets)
+    elif maps_to == "other-payer":
+        _other_payer(r, loop, eb, entities)
+    elif maps_to == "cannot-process":
+        for stc in stcs or ["30"]:
+            shown = r.tables.display("service_type", stc)
+            text = f"{loop.id}: the payer cannot process service type {stc} ({shown})"
+            r.errors.append({"code": {"coding": [r.coding("eligibility_benefit", "1390", "V")], "text": text}})
+            r.benefit_level_errors.append(text)
+    elif maps_to == "contact":
+        r.items.extend(targets)
+        r.note(f"{display} for {', '.join(stcs) or 'the plan'}: "
+               + "; ".join(_entity_text(e) for e in entities) if entities else display, loop, eb)
+    else:  # note, or a code X279A1 does not define
+        r.note(f"{display} for {', '.join(stcs) or 'the plan'}" + (f" ({base['description']})"
+                                                                    if base.get("description") else ""), loop, eb)
+    _entity_notes(r, loop, eb01, entities, maps_to)
+    return facts
+
+
+def _item_base(r: _Response, loop: Loop, eb: Segment, entities: list[dict[str, Any]]) -> dict[str, Any]:
+    tables = r.tables
+    item: dict[str, Any] = {}
+    if eb.get(5):
+        item["name"] = eb.get(5)
+    level = eb.get(2)
+    if level:
+        info = tables.code("coverage_level", level)
+        codings = [r.coding("coverage_level", "1207", level)]
+        if info and info.get("fhir_unit"):
+            codings.insert(0, {"system": tables.systems["benefit_unit"], "code": info["fhir_unit"]})
+        item["unit"] = {"coding": codings}
+        if info is None:
+            r.note(f"coverage level {level!r} is not an X279A1 code", loop, eb)
+    network = eb.get(12)
+    if network:
+        info = tables.t["network"]["codes"].get(network)
+        codings = [{"system": tables.x12_system("1073"), "code": network}]
+        if info and info["fhir"] not in ("none",):
+            codings.insert(0, {"system": tables.systems["benefit_network"], "code": info["fhir"]})
+        item["network"] = {"coding": codings}
+        if info is None:
+            r.note(f"network indicator {network!r} is not an X279A1 code", loop, eb)
+    period = eb.get(6)
+    if period:
+        info = tables.code("time_period", period)
+        codings = [r.coding("time_period", "615", period)]
+        if info and info.get("fhir_term"):
+            codings.insert(0, {"system": tables.systems["benefit_term"], "code": info["fhir_term"]})
+        item["term"] = {"coding": codings}
+        if info is None:
+            r.note(f"time period {period!r} is not an X279A1 code", loop, eb)
+    if eb.get(11) in ("Y", "N"):
+        item["authorizationRequired"] = eb.get(11) == "Y"
+    for entity in entities:
+        if entity["role"] == "utilization-management" and entity["url"]:
+            item["authorizationUrl"] = entity["url"]
+            entity["mapped"] = True
+        elif entity["role"] == "provider" and entity["person"]:
+            item["provider"] = {"reference": f"#{entity['id']}"}
+            r.contained[entity["id"]] = entity["resource"]
+            entity["mapped"] = True
+    if "authorizationUrl" not in item and eb.get(11) == "Y":
+        urls = [e["url"] for e in entities if e["url"]]
+        if urls:
+            item["authorizationUrl"] = urls[0]
+    return item
+
+
+def _procedure(r: _Response, comps: list[str]) -> dict[str, Any]:
+    qualifier, code = comps[0], comps[1] if len(comps) > 1 else ""
+    system = r.tables.t["procedures"]["from_x12"].get(qualifier, r.tables.x12_system(f"235/{qualifier}"))
+    return {"coding": [{"system": system, "code": code}]}
+
+
+def _amount(r: _Response, loop: Loop, eb: Segment, info: dict[str, Any], item: dict[str, Any]) -> _Fact | None:
+    """Fill item.benefit from EB06-EB10; returns a fact when it is a total, remainder or met amount."""
+    tables = r.tables
+    eb01 = eb.get(1)
+    coding = [r.coding("eligibility_benefit", "1390", eb01)]
+    benefit_type = info.get("benefit_type")
+    by_quantity = (info.get("benefit_type_by_quantity") or {}).get(eb.get(9))
+    if by_quantity or benefit_type:
+        coding.insert(0, {"system": tables.systems["benefit_type"], "code": by_quantity or benefit_type})
+    benefit: dict[str, Any] = {"type": {"coding": coding, "text": info["display"]}}
+    period = eb.get(6)
+    amount_kind = (tables.code("time_period", period) or {}).get("amount", "other") if period else "other"
+    money = _number(eb.get(7)) if eb.get(7) else None
+    placeholder = eb.get(7) in tables.t["quirks"]["placeholder_amounts"]
+    if info.get("allowed_string"):
+        benefit["allowedString"] = info["allowed_string"]
+    if placeholder:
+        benefit["allowedString"] = "unlimited"
+        r.note(f"amount {eb.get(7)} is a 'no maximum' placeholder, read as unlimited", loop, eb)
+        money = None
+    elif eb.get(7) and money is None:
+        r.note(f"amount {eb.get(7)!r} is not a number", loop, eb)
+    elif money is not None:
+        slot = "usedMoney" if amount_kind == MET else "allowedMoney"
+        if amount_kind != REMAINING:
+            benefit[slot] = {"value": _json_number(money), "currency": tables.systems["currency"]}
+    if eb.get(8):
+        percent = _number(eb.get(8))
+        if percent is None:
+            r.note(f"percent {eb.get(8)!r} is not a number", loop, eb)
+        else:
+            if percent > 1 and tables.t["quirks"]["percent_over_one_is_whole_percent"]:
+                r.note(f"percent {eb.get(8)} sent as a whole number, not a fraction; read as {percent}%", loop, eb)
+                whole = percent
+            else:
+                whole = percent * 100
+            if whole == whole.to_integral_value():
+                benefit["allowedUnsignedInt"] = int(whole)
+            else:
+                benefit["allowedString"] = f"{whole.normalize():f}%"
+    if eb.get(9) or eb.get(10):
+        qualifier = eb.get(9)
+        q_info = tables.code("quantity_qualifier", qualifier) or {}
+        slot = q_info.get("slot", "note")
+        quantity = _number(eb.get(10))
+        label = q_info.get("display", f"quantity qualifier {qualifier}")
+        if slot == "note" or quantity is None:
+            text = f"{label}: {eb.get(10)}"
+            item["description"] = "; ".join(filter(None, [item.get("description"), text]))
+            if slot == "note":
+                r.note(f"{label} {eb.get(10)} has no FHIR benefit slot (kept in the item description)", loop, eb)
+        elif amount_kind != REMAINING:
+            field_name = "used" if (slot == "used" or amount_kind == MET) else "allowed"
+            if quantity == quantity.to_integral_value() and quantity >= 0:
+                benefit[f"{field_name}UnsignedInt"] = int(quantity)
+            else:
+                benefit[f"{field_name}String"] = f"{quantity.normalize():f}"
+    item["benefit"] = [benefit]
+    if amount_kind in (TOTAL, REMAINING, MET) and (money is not None or eb.get(10)):
+        key = (eb01, eb.get(2), item.get("category", {}).get("coding", [{}])[0].get("code"), eb.get(4), eb.get(12),
+               eb.get(13), eb.get(9))
+        family = "lifetime" if period in ("32", "33") else "period"
+        quantity_value = _number(eb.get(10)) if eb.get(10) else None
+        return _Fact(key, amount_kind, family, eb, item, benefit, money if money is not None else quantity_value)
+    return None
+
+
+def _match_amounts(r: _Response, facts: list[_Fact]) -> None:
+    """Totals become items; a remaining or met amount fills ``used`` of its matching total."""
+    totals = {}
+    for fact in facts:
+        if fact.kind == TOTAL:
+            totals.setdefault((fact.key, fact.family), fact)
+    for fact in facts:
+        if fact.kind == TOTAL:
+            r.items.append(fact.item)
+            continue
+        total = totals.get((fact.key, fact.family))
+        kind_word = "remaining" if fact.kind == REMAINING else "met so far"
+        if total is None or fact.money is None or total.money is None:
+            shown = f"{fact.money:f}" if fact.money is not None else "?"
+            if fact.kind == MET:
+                r.items.append(fact.item)  # usedMoney/usedUnsignedInt already set
+            else:
+                fact.item["description"] = "; ".join(filter(None, [fact.item.get("description"),
+                                                                    f"Remaining: {shown}"]))
+                r.items.append(fact.item)
+                r.note(f"{kind_word} amount {shown} without a matching total: FHIR has no 'remaining' slot "
+                       "(kept in the item description)", _owner_loop(r, fact.seg), fact.seg)
+            continue
+        used = total.money - fact.money if fact.kind == REMAINING else fact.money
+        is_money = any(k.endswith("Money") for k in total.benefit)
+        if is_money:
+            total.benefit["usedMoney"] = {"value": _json_number(used), "currency": r.tables.systems["currency"]}
+        elif used == used.to_integral_value() and used >= 0:
+            total.benefit["usedUnsignedInt"] = int(used)
+        else:
+            total.benefit["usedString"] = f"{used:f}"
+        r.map(fact.seg)
+        if fact.kind == REMAINING:
+            r.notes.append(Note(text=f"used {used:f} derived as total {total.money:f} minus remaining "
+                                     f"{fact.money:f}", source=r.where(_owner_loop(r, fact.seg), fact.seg),
+                                raw=fact.seg.to_x12(), kind="display"))
+            r.noted.add(fact.seg.position)
+
+
+def _owner_loop(r: _Response, seg: Segment) -> Loop:
+    for owner, s in r.txn.root.walk():
+        if s is seg:
+            return owner
+    return r.txn.root
+
+
+def _hsd_text(r: _Response, seg: Segment) -> str:
+    parts = []
+    if seg.get(1) or seg.get(2):
+        parts.append(f"{seg.get(2)} {(r.tables.code('quantity_qualifier', seg.get(1)) or {}).get('display', seg.get(1))}")
+    if seg.get(3) or seg.get(4):
+        parts.append(f"per {seg.get(4) or 1} {seg.get(3)}")
+    if seg.get(5) or seg.get(6):
+        period = r.tables.display("time_period", seg.get(5)) if seg.get(5) else ""
+        parts.append(f"{seg.get(6)} {period}".strip())
+    if seg.get(7):
+        parts.append(f"delivery frequency {seg.get(7)}")
+    if seg.get(8):
+        parts.append(f"delivery time {seg.get(8)}")
+    return "Delivery: " + ", ".join(p for p in parts if p.strip())
+
+
+def _iii_text(seg: Segment) -> str:
+    if seg.get(1) == "ZZ":
+        return f"Place of service {seg.get(2)}"
+    if seg.get(1):
+        return f"Additional information {seg.get(1)} {seg.get(2)}"
+    return f"Information {seg.get(3)} {seg.get(4)}".strip()
+
+
+# -- 2120 entities ----------------------------------------------------------------------------
+
+def _contact_text(seg: Segment) -> str:
+    parts = [seg.get(2)] if seg.get(2) else []
+    for q, v in ((seg.get(3), seg.get(4)), (seg.get(5), seg.get(6)), (seg.get(7), seg.get(8))):
+        if q and v:
+            parts.append(f"{q} {v}")
+    return ", ".join(parts)
+
+
+def _entities(r: _Response, loop: Loop) -> list[dict[str, Any]]:
+    """Each 2120 loop of an EB, with its role from the entity table."""
+    table = r.tables.t["entities"]
+    out = []
+    for sub in [lp for lp in loop.loops if lp.id.startswith("2120")]:
+        nm1 = sub.segment("NM1")
+        if nm1 is None:
+            _unclaimed(r, sub)
+            continue
+        info = table["codes"].get(nm1.get(1), {"role": "note", "display": f"entity {nm1.get(1)}"})
+        url = None
+        contacts = []
+        for per in sub.segments_of("PER"):
+            contacts.append(_contact_text(per))
+            for q, v in ((per.get(3), per.get(4)), (per.get(5), per.get(6)), (per.get(7), per.get(8))):
+                if q in table["url_qualifiers"] and v and url is None:
+                    # an all-capital URL lost its case to the X12 basic character set: lower-case it
+                    url = v.lower() if v.isupper() else v
+                    if "://" not in url:
+                        # no scheme, or a scheme whose colon was a delimiter (HTTPS//...)
+                        url = "https://" + re.sub(r"^https?//", "", url, flags=re.IGNORECASE)
+        person = nm1.get(2) == "1"
+        entity_id = _ID_UNSAFE.sub("-", f"{info['role']}-{loop.parent.id if loop.parent else ''}-{nm1.position}")
+        resource: dict[str, Any] = {}
+        name = " ".join(v for v in (nm1.get(4), nm1.get(3)) if v) if person else nm1.get(3)
+        if info["role"] == "provider" and person:
+            resource = {"resourceType": "Practitioner", "id": entity_id,
+                        "name": [{"family": nm1.get(3), **({"given": [nm1.get(4)]} if nm1.get(4) else {})}]}
+            if nm1.get(8) == "XX" and nm1.get(9):
+                resource["identifier"] = [{"system": r.tables.systems["npi"], "value": nm1.get(9)}]
+            prv = sub.segment("PRV")
+            if prv is not None and prv.get(3):
+                resource["qualification"] = [{"code": {"coding": [{"system": r.tables.systems["taxonomy"],
+                                                                   "code": prv.get(3)}]}}]
+        out.append({"role": info["role"], "display": info["display"], "loop": sub, "nm1": nm1, "url": url,
+                    "contacts": contacts, "person": person, "id": entity_id, "resource": resource,
+                    "name": name, "ident": (nm1.get(8), nm1.get(9)), "order": info.get("order"),
+                    "mapped": False})
+    return out
+
+
+def _entity_text(e: dict[str, Any]) -> str:
+    ident = f" {e['ident'][0]} {e['ident'][1]}" if e["ident"][1] else ""
+    contacts = f" ({'; '.join(e['contacts'])})" if e["contacts"] else ""
+    return f"{e['display']}: {e['name']}{ident}{contacts}"
+
+
+def _entity_notes(r: _Response, loop: Loop, eb01: str, entities: list[dict[str, Any]], maps_to: str) -> None:
+    """Map what the entity became, note the rest (addresses, phone numbers, organisations)."""
+    for e in entities:
+        sub = e["loop"]
+        for seg in sub.segments:
+            if seg.id == "NM1":
+                if e["mapped"] or (maps_to == "other-payer" and e["role"] == "other-payer"):
+                    r.map(seg)
+                else:
+                    r.note(f"EB {eb01}: {_entity_text(e)}", sub, seg)
+            elif seg.id == "PRV" and e["resource"].get("qualification"):
+                r.map(seg)
+            elif seg.id == "PER" and e["url"] and e["mapped"] and e["role"] == "utilization-management":
+                r.map(seg)
+                others = [c for c in e["contacts"] if e["url"].split("://")[-1].upper() not in c.upper()]
+                if others:
+                    r.note(f"contact of {e['display']}: {'; '.join(others)}", sub, seg)
+            else:
+                r.note(f"{e['display']} {e['name']}: {seg.id} {' '.join(seg.elements)}", sub, seg)
+
+
+def _other_payer(r: _Response, loop: Loop, eb: Segment, entities: list[dict[str, Any]]) -> None:
+    """EB*R: another coverage the patient has -> an extra insurance entry with a contained Coverage."""
+    n = len(r.extra_insurance) + 1
+    coverage_id, payer_id = f"other-coverage-{n}", f"other-payer-{n}"
+    payer = next((e for e in entities if e["role"] == "other-payer"), None)
+    organization: dict[str, Any] = {"resourceType": "Organization", "id": payer_id,
+                                    "name": payer["name"] if payer else "Other payer (not named by the payer)"}
+    if payer and payer["ident"][1]:
+        organization["identifier"] = [{"system": r.tables.systems["payer_id_system"], "value": payer["ident"][1]}]
+    coverage: dict[str, Any] = {"resourceType": "Coverage", "id": coverage_id, "status": "active",
+                                "beneficiary": {"reference": "#patient"}, "payor": [{"reference": f"#{payer_id}"}]}
+    if payer and payer.get("order"):
+        coverage["order"] = payer["order"]
+    if eb.get(4):
+        coverage["type"] = {"coding": [r.coding("insurance_type", "1336", eb.get(4))]}
+    for ref in loop.segments_of("REF"):
+        if ref.get(1) in ("IG", "18", "6P", "1L"):
+            coverage.setdefault("identifier", []).append(
+                {"type": {"text": r.tables.t["references"]["names"].get(ref.get(1), ref.get(1))}, "value": ref.get(2)})
+            r.noted.discard(ref.position)
+            r.notes[:] = [n_ for n_ in r.notes if not n_.source.endswith(f"REF@{ref.position}")]
+            r.map(ref)
+    r.contained[coverage_id] = coverage
+    r.contained[payer_id] = organization
+    r.extra_insurance.append({"coverage": {"reference": f"#{coverage_id}"}, "inforce": True})
+
+
+# -- assembling the resource -------------------------------------------------------------------
+
+def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name_loop: Loop | None,
+              sub_name_loop: Loop | None, has_patient: bool) -> dict[str, Any]:
+    tables, ctx = r.tables, r.context
+    systems = tables.systems
+    patient_person: _Person = getattr(r, "_patient", _Person())
+    subscriber_person: _Person | None = getattr(r, "_subscriber", None)
+    contained: list[dict[str, Any]] = []
+
+    # who the response is about
+    if ctx and ctx.patient:
+        patient_ref = ctx.patient
+    else:
+        patient = {"resourceType": "Patient", "id": "patient"}
+        if patient_person.family or patient_person.given:
+            patient["name"] = [{k: v for k, v in (("family", patient_person.family),
+                                                   ("given", patient_person.given),
+                                                   ("suffix", [patient_person.suffix] if patient_person.suffix
+                                                    else None)) if v}]
+        if patient_person.member_id:
+            patient["identifier"] = [{"type": {"coding": [dict(systems["member_id_type"])]},
+                                      "system": systems["member_id_system"], "value": patient_person.member_id}]
+        if patient_person.birth_date:
+            patient["birthDate"] = patient_person.birth_date
+        if patient_person.gender:
+            patient["gender"] = patient_person.gender
+        if patient_person.address:
+            patient["address"] = [patient_person.address]
+        contained.append(patient)
+        patient_ref = {"reference": "#patient"}
+
+    # the payer
+    payer_nm1 = payer_loop.segment("NM1") if payer_loop is not None else None
+    if ctx and ctx.insurer:
+        insurer_ref = ctx.insurer
+    else:
+        organization: dict[str, Any] = {"resourceType": "Organization", "id": "payer",
+                                        "name": payer_nm1.get(3) if payer_nm1 and payer_nm1.get(3) else "Payer"}
+        if payer_nm1 is not None and payer_nm1.get(9):
+            organization["identifier"] = [{"type": {"coding": [dict(systems["payer_id_type"])]},
+                                           "system": systems["payer_id_system"], "value": payer_nm1.get(9)}]
+        contained.append(organization)
+        insurer_ref = {"reference": "#payer"}
+
+    # the coverage asked about (only when there is an insurance entry to hold it)
+    coverage_ref: dict[str, Any] = {}
+    if ctx and ctx.coverage:
+        coverage_ref = ctx.coverage
+    elif has_patient or r.items:
+        holder = subscriber_person or patient_person
+        coverage: dict[str, Any] = {"resourceType": "Coverage", "id": "coverage", "status": "active",
+                                    "beneficiary": {"reference": "#patient"}, "payor": [insurer_ref]}
+        if holder.member_id:
+            coverage["subscriberId"] = holder.member_id
+        relationship = patient_person.relationship or ("self" if subscriber_person is None else None)
+        if relationship:
+            coverage["relationship"] = {"coding": [{"system": systems["relationship"], "code": relationship}]}
+        if subscriber_person is not None:
+            subscriber = {"resourceType": "Patient", "id": "subscriber",
+                          "name": [{k: v for k, v in (("family", subscriber_person.family),
+                                                       ("given", subscriber_person.given)) if v}]}
+            if subscriber_person.birth_date:
+                subscriber["birthDate"] = subscriber_person.birth_date
+            if subscriber_person.gender:
+                subscriber["gender"] = subscriber_person.gender
+            contained.append(subscriber)
+            coverage["subscriber"] = {"reference": "#subscriber"}
+        classes = (subscriber_person.groups if subscriber_person else []) + patient_person.groups
+        if classes:
+            coverage["class"] = [{"type": {"coding": [{"system": systems["coverage_class"], "code": c["type"]}]},
+                                  "value": c["value"], **({"name": c["name"]} if c["name"] else {})}
+                                 for c in classes]
+        period = patient_person.period or (subscriber_person.period if subscriber_person else {})
+        if period:
+            coverage["period"] = period
+        contained.append(coverage)
+        coverage_ref = {"reference": "#coverage"}
+
+    if ctx and ctx.contained:
+        contained = [*ctx.contained, *[c for c in contained if c["id"] not in {x.get("id") for x in ctx.contained}]]
+    for resource in r.contained.values():
+        if resource:
+            contained.append(resource)
+
+    insurance: list[dict[str, Any]] = []
+    if has_patient or r.items:
+        entry: dict[str, Any] = {"coverage": coverage_ref}
+        if r.inforce is not None:
+            entry["inforce"] = r.inforce
+        if r.benefit_period:
+            entry["benefitPeriod"] = r.benefit_period
+        if r.items:
+            entry["item"] = r.items
+        insurance.append(entry)
+        insurance.extend(r.extra_insurance)
+
+    request_ref = ctx.request if ctx and ctx.request else (
+        {"identifier": {"system": systems["trace_system"], "value": r.traces[0]}} if r.traces else
+        {"identifier": {"system": f"{systems['canonical_base']}/sid/bht03",
+                        "value": next((i["value"] for i in r.identifiers if i["system"].endswith("bht03")),
+                                      r.txn.control_number)}})
+    outcome = "complete"
+    if r.request_level_errors:
+        outcome = "error"
+    elif r.benefit_level_errors:
+        outcome = "partial" if r.items else "error"
+    resource: dict[str, Any] = {"resourceType": "CoverageEligibilityResponse", "id": r.id}
+    if contained:
+        resource["contained"] = contained
+    if r.identifiers:
+        resource["identifier"] = r.identifiers
+    resource["status"] = "active"
+    resource["purpose"] = (ctx.purpose if ctx and ctx.purpose
+                           else ["benefits"] if r.has_benefits else ["validation"])
+    resource["patient"] = patient_ref
+    if ctx and ctx.serviced:
+        resource.update(ctx.serviced)
+    resource["created"] = r.now
+    if ctx and ctx.provider:
+        resource["requestor"] = ctx.provider
+    elif receiver is not None:
+        nm1 = receiver.loop("2100B").segment("NM1") if receiver.loop("2100B") else None
+        if nm1 is not None and nm1.get(8) == "XX" and nm1.get(9):
+            resource["requestor"] = {"identifier": {"system": systems["npi"], "value": nm1.get(9)},
+                                     **({"display": nm1.get(3)} if nm1.get(3) else {})}
+    resource["request"] = request_ref
+    resource["outcome"] = outcome
+    resource["disposition"] = _disposition(r, outcome)
+    resource["insurer"] = insurer_ref
+    if insurance:
+        resource["insurance"] = insurance
+    if r.pre_auth:
+        resource["preAuthRef"] = r.pre_auth
+    if r.errors:
+        resource["error"] = r.errors
+    return resource
+
+
+def _disposition(r: _Response, outcome: str) -> str:
+    if outcome == "error":
+        reasons = r.request_level_errors or r.benefit_level_errors
+        return "Rejected by the payer: " + "; ".join(reasons)
+    status = {True: "Coverage active", False: "Coverage not active", None: "Coverage status not stated"}[r.inforce]
+    parts = [status, f"{len(r.items)} benefit item(s)"]
+    if outcome == "partial":
+        parts.append("not answered: " + "; ".join(r.benefit_level_errors))
+    return "; ".join(parts)
+
+
+def _with_notes(r: _Response, resource: dict[str, Any]) -> dict[str, Any]:
+    if not r.notes:
+        return resource
+    systems = r.tables.systems
+    extensions = process_note_extensions(r.notes, systems["process_note_extension"], systems["note_type"])
+    ordered: dict[str, Any] = {"resourceType": resource.pop("resourceType"), "id": resource.pop("id")}
+    if "contained" in resource:
+        ordered["contained"] = resource.pop("contained")
+    ordered["extension"] = extensions
+    ordered.update(resource)
+    resource.clear()
+    resource.update(ordered)
+    text = resource.get("disposition", "")
+    resource["disposition"] = f"{text}; {len(r.notes)} note(s) on what X12 could not carry" if text else text
+    return resource

@@ -1,0 +1,51 @@
+"""The mapping tables the translators read, loaded once from ``mappings/`` (the I/O is here only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from gateway.mappings import code_table, load_yaml
+
+CODE_TABLES = ("service_type", "eligibility_benefit", "insurance_type", "time_period", "quantity_qualifier",
+               "coverage_level", "reject_reason", "follow_up_action")
+TRANSLATE_TABLES = ("systems", "gender", "relationship", "network", "dates", "entities", "references",
+                    "procedures", "request_270", "quirks", "errors")
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Code tables (``codes[name][code] -> info``) and translation tables (``t[name]``)."""
+
+    codes: dict[str, dict[str, dict[str, Any]]]
+    t: dict[str, dict[str, Any]]
+
+    def code(self, table: str, code: str) -> dict[str, Any] | None:
+        return self.codes[table].get(code)
+
+    def display(self, table: str, code: str) -> str:
+        info = self.codes[table].get(code)
+        return info["display"] if info else code
+
+    def x12_system(self, element: str) -> str:
+        return self.t["systems"]["x12_element"].format(element=element)
+
+    def x12_coding(self, table: str, element: str, code: str) -> dict[str, str]:
+        coding = {"system": self.x12_system(element), "code": code}
+        info = self.codes[table].get(code) if table else None
+        if info:
+            coding["display"] = info["display"]
+        return coding
+
+    @property
+    def systems(self) -> dict[str, Any]:
+        return self.t["systems"]
+
+
+@lru_cache(maxsize=4)
+def load_tables(base: str | None = None) -> Tables:
+    """Every table, parsed once per process and mappings folder."""
+    codes = {name: {str(k): (v or {}) for k, v in code_table(name, base)["codes"].items()} for name in CODE_TABLES}
+    t = {name: load_yaml(f"translate/{name}.yaml", base) for name in TRANSLATE_TABLES}
+    return Tables(codes=codes, t=t)

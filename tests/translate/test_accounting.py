@@ -1,0 +1,57 @@
+"""Nothing dropped silently: every EB and MSG of every 271 (fixtures and public samples) is mapped
+into its response or recorded in a processNote with its raw segment; every response passes the R4B
+models and the project's own rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.fhir.models import validate_structure
+from gateway.fhir.rules import check_response
+from gateway.translate import load_tables
+from gateway.translate.response_271 import translate_271
+from gateway.x12.reader import read_x12
+from tests.conftest import CORPUS, FIXTURES, corpus_index
+
+NOW = "2025-01-15T09:30:00Z"
+FILES = sorted((FIXTURES / "x12" / "271").glob("*.271")) + sorted(
+    (FIXTURES / "x12" / "271-nonconforming").glob("*.271"))
+CORPUS_271 = [CORPUS / row["file"] for row in corpus_index() if row["transaction"] == "271"]
+
+
+def account(path: Path) -> int:
+    responses = 0
+    tables = load_tables()
+    for txn in read_x12(path.read_bytes()).transactions:
+        for result in translate_271(txn, tables, now=NOW):
+            responses += 1
+            resource = result.resource
+            validate_structure(resource)
+            assert check_response(resource) == [], resource["id"]
+            segments = {s.position: s for s in txn.segments()}
+            raw_in_notes = {n.raw for n in result.notes}
+            for position in result.scope:
+                seg = segments[position]
+                if seg.id not in ("EB", "MSG"):
+                    continue
+                mapped = position in result.mapped
+                noted = position in result.noted and seg.to_x12() in raw_in_notes
+                assert mapped or noted, f"{path.name}: {seg.to_x12()} at {position} is neither mapped nor noted"
+            # the notes travel in the resource itself
+            notes = [e for e in resource.get("extension", []) if e["url"].endswith("/StructureDefinition/processNote")]
+            assert len(notes) == len(result.notes)
+    return responses
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_fixture_271_is_fully_accounted_for(path: Path):
+    assert account(path) >= 1
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("path", CORPUS_271 or [pytest.param(None, marks=pytest.mark.skip(
+    reason="../shared/corpus is not present"))], ids=lambda p: p.name[-50:] if p else "none")
+def test_corpus_271_is_fully_accounted_for(path: Path):
+    assert account(path) >= 1

@@ -1,0 +1,179 @@
+"""FHIR CoverageEligibilityRequest -> 270 rules, on small requests built here."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+
+import pytest
+
+from gateway.translate import TranslationError, load_tables
+from gateway.translate.request_270 import build_270
+from gateway.x12.reader import read_x12
+from gateway.x12.structure import element_limits
+from gateway.x12.validate import validate_x12
+from gateway.x12.writer import Envelope
+
+ENV = Envelope(sender_id="GATEWAY01", receiver_id="PAYERX", interchange_control=5, now=datetime(2025, 3, 10, 9, 15))
+RELATIONSHIP = "http://terminology.hl7.org/CodeSystem/subscriber-relationship"
+PAYERID = {"system": "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBIdentifierType", "code": "payerid"}
+
+
+def bundle(**changes):
+    request = {"resourceType": "CoverageEligibilityRequest", "identifier": [{"value": "REQ-9"}], "status": "active",
+               "purpose": ["benefits"], "patient": {"reference": "Patient/p"}, "created": "2025-03-10T09:15:00Z",
+               "insurer": {"reference": "Organization/payer"}, "provider": {"reference": "Organization/clinic"},
+               "insurance": [{"coverage": {"reference": "Coverage/c"}}]}
+    patient = {"resourceType": "Patient", "id": "p", "name": [{"family": "Roe", "given": ["Anna"]}],
+               "birthDate": "2012-03-04", "gender": "female"}
+    parent = {"resourceType": "Patient", "id": "parent", "name": [{"family": "Roe", "given": ["Richard"]}],
+              "birthDate": "1980-02-10", "gender": "male"}
+    coverage = {"resourceType": "Coverage", "id": "c", "status": "active", "subscriberId": "W123456789",
+                "beneficiary": {"reference": "Patient/p"}, "payor": [{"reference": "Organization/payer"}],
+                "relationship": {"coding": [{"system": RELATIONSHIP, "code": "self"}]}}
+    payer = {"resourceType": "Organization", "id": "payer", "name": "Example Health Plan",
+             "identifier": [{"type": {"coding": [PAYERID]}, "value": "99999"}]}
+    clinic = {"resourceType": "Organization", "id": "clinic", "name": "Sample Clinic",
+              "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893"}]}
+    resources = {"request": request, "patient": patient, "parent": parent, "coverage": coverage, "payer": payer,
+                 "clinic": clinic}
+    for path, value in changes.items():
+        name, _, field = path.partition("__")
+        if value is None:
+            resources[name].pop(field, None)
+        else:
+            resources[name][field] = value
+    return {"resourceType": "Bundle", "type": "collection",
+            "entry": [{"fullUrl": f"{r['resourceType']}/{r.get('id', 'r')}", "resource": r} for r in resources.values()]}
+
+
+def build(payload):
+    return build_270(payload, load_tables(), envelope=ENV, limits=element_limits())
+
+
+def segs(text):
+    return [s.parts for s in read_x12(text).transactions[0].segments()]
+
+
+def test_subscriber_270_validates_and_carries_the_request():
+    result = build(bundle(request__servicedDate="2025-03-10"))
+    assert validate_x12(result.text).valid
+    parts = segs(result.text)
+    assert ["NM1", "PR", "2", "EXAMPLE HEALTH PLAN", "", "", "", "", "PI", "99999"] in parts
+    assert ["NM1", "IL", "1", "ROE", "ANNA", "", "", "", "MI", "W123456789"] in parts
+    assert ["DMG", "D8", "20120304", "F"] in parts and ["DTP", "291", "D8", "20250310"] in parts
+    assert ["EQ", "30"] in parts and ["TRN", "1", "REQ-9", "9GATEWAY01"] in parts
+
+
+def test_dependent_goes_to_2000d_with_the_subscriber_in_2100c():
+    result = build(bundle(coverage__relationship={"coding": [{"code": "child"}]},
+                          coverage__subscriber={"reference": "Patient/parent"}))
+    parts = segs(result.text)
+    ids = [p[0] for p in parts]
+    assert ["HL", "4", "3", "23", "0"] in parts and ["NM1", "03", "1", "ROE", "ANNA"] in parts
+    assert ["NM1", "IL", "1", "ROE", "RICHARD", "", "", "", "MI", "W123456789"] in parts
+    assert ids.index("EQ") > ids.index("NM1") and result.patient_loop == "2100D"
+    assert validate_x12(result.text).valid
+
+
+def test_dependent_with_an_own_member_id_is_sent_as_subscriber():
+    own = [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MB"}]},
+            "value": "W123456789-02"}]
+    result = build(bundle(coverage__relationship={"coding": [{"code": "spouse"}]},
+                          coverage__subscriber={"reference": "Patient/parent"}, coverage__identifier=own))
+    assert result.patient_loop == "2100C"
+    assert ["NM1", "IL", "1", "ROE", "ANNA", "", "", "", "MI", "W123456789-02"] in segs(result.text)
+
+
+def test_insurer_empty_takes_the_payer_from_coverage_payor():
+    result = build(bundle(request__insurer={}))
+    assert ["NM1", "PR", "2", "EXAMPLE HEALTH PLAN", "", "", "", "", "PI", "99999"] in segs(result.text)
+
+
+def test_payer_id_typed_payerid_wins_over_other_identifiers():
+    ids = [{"system": "urn:other", "value": "NOPE"}, {"type": {"coding": [PAYERID]}, "value": "12345"}]
+    assert "PI*12345" in build(bundle(payer__identifier=ids)).text
+
+
+def test_items_become_eq_loops_with_procedures_and_diagnoses():
+    items = [{"category": {"coding": [{"system": "https://codesystem.x12.org/005010/1365", "code": "98"}]}},
+             {"productOrService": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "99213"}]},
+              "modifier": [{"coding": [{"code": "25"}]}],
+              "diagnosis": [{"diagnosisCodeableConcept": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm",
+                                                                       "code": "E11.9"}]}}]},
+             {"category": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/ex-benefitcategory",
+                                       "code": "F6"}]}}]
+    result = build(bundle(request__item=items, request__purpose=["auth-requirements", "benefits"]))
+    parts = segs(result.text)
+    assert ["EQ", "98"] in parts and ["EQ", "", "HC:99213:25", "", "", "1"] in parts and ["EQ", "AL"] in parts
+    assert ["HI", "ABK:E119"] in parts
+    assert any("F6" in n.text for n in result.notes)
+    assert validate_x12(result.text).valid
+
+
+def test_validation_purpose_asks_the_generic_question():
+    items = [{"category": {"coding": [{"system": "https://x12.org/codes/service-type-codes", "code": "98"}]}}]
+    result = build(bundle(request__item=items, request__purpose=["validation"]))
+    assert ["EQ", "30"] in segs(result.text)
+
+
+def test_discovery_needs_no_member_id():
+    result = build(bundle(coverage__subscriberId=None, request__purpose=["discovery"]))
+    assert ["NM1", "IL", "1", "ROE", "ANNA"] in segs(result.text)
+    assert validate_x12(result.text).valid
+
+
+def test_every_missing_item_is_listed_with_its_fhir_path_and_x12_target():
+    payload = bundle(coverage__subscriberId=None, patient__name=None, payer__identifier=[], clinic__identifier=[])
+    with pytest.raises(TranslationError) as info:
+        build(payload)
+    error = info.value
+    assert error.status == 422
+    targets = {p.x12 for p in error.problems}
+    assert {"2100C NM109", "2100A NM109", "2100B NM109", "2100C NM103 | 2100D NM103"} <= targets
+    outcome = error.to_operation_outcome()
+    assert outcome["resourceType"] == "OperationOutcome" and len(outcome["issue"]) == len(error.problems)
+
+
+def test_unresolvable_references_are_listed_one_by_one():
+    payload = bundle(request__patient={"reference": "Patient/missing"},
+                     request__provider={"reference": "Practitioner/nowhere"})
+    with pytest.raises(TranslationError) as info:
+        build(payload)
+    not_found = [p for p in info.value.problems if p.code == "not-found"]
+    assert {p.fhir_path for p in not_found} == {"CoverageEligibilityRequest.patient",
+                                                "CoverageEligibilityRequest.provider"}
+
+
+@pytest.mark.parametrize("change, code, status", [
+    ({"patient__birthDate": "1980-05"}, "value", 422),
+    ({"request__status": "bogus"}, "code-invalid", 400),
+    ({"request__status": "draft"}, "business-rule", 422),
+    ({"request__purpose": ["gossip"]}, "code-invalid", 400),
+])
+def test_bad_values(change, code, status):
+    with pytest.raises(TranslationError) as info:
+        build(bundle(**change))
+    assert code in {p.code for p in info.value.problems} and info.value.status == status
+
+
+def test_wrong_resource_type_is_a_structure_error():
+    with pytest.raises(TranslationError) as info:
+        build({"resourceType": "Patient"})
+    assert info.value.status == 400 and info.value.problems[0].code == "structure"
+
+
+def test_contained_resources_resolve():
+    payload = bundle()
+    entries = {e["resource"]["resourceType"] + "/" + e["resource"].get("id", ""): e["resource"]
+               for e in payload["entry"]}
+    request = copy.deepcopy(entries["CoverageEligibilityRequest/"])
+    request["contained"] = [entries["Patient/p"], entries["Coverage/c"], entries["Organization/payer"],
+                            entries["Organization/clinic"]]
+    request["patient"] = {"reference": "#p"}
+    request["insurer"] = {"reference": "#payer"}
+    request["provider"] = {"reference": "#clinic"}
+    request["insurance"] = [{"coverage": {"reference": "#c"}}]
+    request["contained"][1] = dict(request["contained"][1], beneficiary={"reference": "#p"},
+                                   payor=[{"reference": "#payer"}])
+    assert validate_x12(build(request).text).valid

@@ -1,0 +1,196 @@
+"""271 -> CoverageEligibilityResponse rules, one at a time, on small hand-made 271s."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from gateway.translate import load_tables
+from gateway.translate.response_271 import ResponseContext, translate_271
+from gateway.x12.reader import read_x12
+from gateway.x12.writer import Envelope, X12Writer
+
+NOW = "2025-01-15T09:30:00Z"
+ENV = Envelope(sender_id="PAYERX", receiver_id="GATEWAY01", interchange_control=9, now=datetime(2025, 1, 15, 9, 30))
+HEAD = [("BHT", ["0022", "11", "REQ1", "20250115", "0930"]), ("HL", ["1", "", "20", "1"]),
+        ("NM1", ["PR", "2", "EXAMPLE HEALTH PLAN", "", "", "", "", "PI", "99999"]), ("HL", ["2", "1", "21", "1"]),
+        ("NM1", ["1P", "2", "SAMPLE CLINIC", "", "", "", "", "XX", "1234567893"])]
+SUBSCRIBER = [("HL", ["3", "2", "22", "0"]), ("TRN", ["2", "REQ1-1", "9GATEWAY01"]),
+              ("NM1", ["IL", "1", "ROE", "RICHARD", "", "", "", "MI", "W123"]), ("DMG", ["D8", "19800210", "M"])]
+
+
+def responses(*benefits, head=HEAD, patient=SUBSCRIBER, context_for=None):
+    text = X12Writer().interchange(ENV, "HB", "271", "005010X279A1", [[*head, *patient, *benefits]]).text
+    txn = read_x12(text).transactions[0]
+    return translate_271(txn, load_tables(), now=NOW, context_for=context_for)
+
+
+def only(*benefits, **kw):
+    result, = responses(*benefits, **kw)
+    return result
+
+
+def items(result):
+    return result.resource["insurance"][0].get("item", [])
+
+
+def notes(result):
+    return [n.text for n in result.notes]
+
+
+def test_remaining_minus_total_gives_used():
+    r = only(("EB", ["C", "IND", "30", "", "", "23", "2000", "", "", "", "", "Y"]),
+             ("EB", ["C", "IND", "30", "", "", "29", "1450.75", "", "", "", "", "Y"]))
+    item, = items(r)
+    benefit, = item["benefit"]
+    assert benefit["allowedMoney"] == {"value": 2000, "currency": "USD"}
+    assert benefit["usedMoney"] == {"value": 549.25, "currency": "USD"}
+    assert any("derived" in n for n in notes(r))
+    assert item["network"]["coding"][0]["code"] == "in"
+    assert item["term"]["coding"][0]["code"] == "annual"
+
+
+def test_remaining_without_total_is_not_turned_into_used():
+    r = only(("EB", ["C", "IND", "30", "", "", "29", "450", "", "", "", "", "Y"]))
+    item, = items(r)
+    assert "usedMoney" not in item["benefit"][0] and "allowedMoney" not in item["benefit"][0]
+    assert "Remaining: 450" in item["description"]
+    assert any("without a matching total" in n for n in notes(r))
+
+
+def test_remaining_does_not_match_a_total_of_another_network():
+    r = only(("EB", ["C", "IND", "30", "", "", "23", "2000", "", "", "", "", "Y"]),
+             ("EB", ["C", "IND", "30", "", "", "29", "1000", "", "", "", "", "N"]))
+    assert "usedMoney" not in items(r)[0]["benefit"][0]
+    assert any("without a matching total" in n for n in notes(r))
+
+
+def test_year_to_date_is_used():
+    r = only(("EB", ["C", "FAM", "30", "", "", "23", "4000"]), ("EB", ["C", "FAM", "30", "", "", "24", "550"]))
+    benefit = items(r)[0]["benefit"][0]
+    assert benefit["usedMoney"]["value"] == 550 and benefit["allowedMoney"]["value"] == 4000
+    assert items(r)[0]["unit"]["coding"][0]["code"] == "family"
+
+
+def test_percent_is_a_fraction_and_whole_numbers_are_normalised():
+    r = only(("EB", ["A", "IND", "30", "", "", "", "", ".2"]), ("EB", ["A", "IND", "30", "", "", "", "", "20"]),
+             ("EB", ["A", "IND", "30", "", "", "", "", ".125"]))
+    values = [i["benefit"][0].get("allowedUnsignedInt", i["benefit"][0].get("allowedString")) for i in items(r)]
+    assert values == [20, 20, "12.5%"]
+    assert any("whole number" in n for n in notes(r))
+
+
+def test_placeholder_amount_reads_as_unlimited():
+    r = only(("EB", ["G", "FAM", "30", "", "", "23", "99999.99"]))
+    assert items(r)[0]["benefit"][0]["allowedString"] == "unlimited"
+    assert any("placeholder" in n for n in notes(r))
+
+
+def test_one_item_per_service_type_of_an_eb03_repetition():
+    r = only(("EB", ["1", "", ["1", "33", "35", "AL"]]))
+    assert [i["category"]["coding"][0]["code"] for i in items(r)] == ["1", "33", "35", "AL"]
+    assert r.resource["insurance"][0]["inforce"] is True
+    assert all(i["excluded"] is False for i in items(r))
+
+
+def test_procedure_rows_respect_ces1():
+    r = only(("EB", ["B", "IND", "98", "", "", "27", "25", "", "", "", "", "Y", ("HC", "99213", "25")]))
+    item, = items(r)
+    assert "category" not in item
+    assert item["productOrService"]["coding"][0]["code"] == "99213"
+    assert item["modifier"][0]["coding"][0]["code"] == "25"
+    assert any("ces-1" in n for n in notes(r))
+
+
+def test_limitations_in_visits():
+    r = only(("EB", ["F", "IND", "33", "", "", "23", "", "", "VS", "20"]),
+             ("EB", ["F", "IND", "33", "", "", "29", "", "", "VS", "14"]))
+    benefit = items(r)[0]["benefit"][0]
+    assert benefit["type"]["coding"][0]["code"] == "visit"
+    assert (benefit["allowedUnsignedInt"], benefit["usedUnsignedInt"]) == (20, 6)
+
+
+def test_exclusions_and_non_covered():
+    r = only(("EB", ["E", "", "35"]), ("EB", ["I", "", "AL"]))
+    assert [i["excluded"] for i in items(r)] == [True, True]
+
+
+def test_msg_goes_to_the_item_description():
+    r = only(("EB", ["B", "IND", "UC", "", "", "27", "50", "", "", "", "", "W"]), ("MSG", ["COPAY WAIVED IF ADMITTED"]))
+    item, = items(r)
+    assert item["description"] == "COPAY WAIVED IF ADMITTED"
+    assert item["network"]["coding"] == [{"system": "https://codesystem.x12.org/005010/1073", "code": "W"}]
+
+
+def test_pcp_and_utilization_management_url():
+    r = only(("EB", ["L"]), ("LS", ["2120"]), ("NM1", ["P3", "1", "SMITH", "PAT", "", "", "", "XX", "1992999998"]),
+             ("PRV", ["PC", "PXC", "207Q00000X"]), ("LE", ["2120"]),
+             ("EB", ["1", "IND", "62", "", "", "", "", "", "", "", "Y"]), ("LS", ["2120"]),
+             ("NM1", ["X3", "2", "ACME UM"]), ("PER", ["IC", "", "UR", "https://um.example/auth"]), ("LE", ["2120"]))
+    pcp, mri = items(r)
+    practitioner = next(c for c in r.resource["contained"] if c["id"] == pcp["provider"]["reference"][1:])
+    assert practitioner["identifier"][0]["value"] == "1992999998"
+    assert mri["authorizationRequired"] is True and mri["authorizationUrl"] == "https://um.example/auth"
+
+
+def test_other_payer_becomes_a_second_insurance():
+    r = only(("EB", ["R", "", "30", "C1"]), ("REF", ["IG", "POL556677"]), ("DTP", ["290", "D8", "20240601"]),
+             ("LS", ["2120"]), ("NM1", ["PRP", "2", "OTHER INSURANCE CO", "", "", "", "", "PI", "OIC01"]),
+             ("LE", ["2120"]))
+    other = r.resource["insurance"][1]
+    coverage = next(c for c in r.resource["contained"] if c["id"] == other["coverage"]["reference"][1:])
+    payer = next(c for c in r.resource["contained"] if c["id"] == coverage["payor"][0]["reference"][1:])
+    assert payer["name"] == "OTHER INSURANCE CO" and coverage["order"] == 1
+    assert coverage["identifier"][0]["value"] == "POL556677"
+    assert any("Coordination of Benefits 2024-06-01" in n for n in notes(r))
+
+
+def test_aaa_above_the_patient_gives_one_error_response():
+    head = [*HEAD[:3], ("AAA", ["Y", "", "42", "R"])]
+    result, = responses(head=head, patient=[])
+    resource = result.resource
+    assert resource["outcome"] == "error" and "insurance" not in resource
+    assert resource["error"][0]["code"]["coding"][0]["code"] == "42"
+    assert "2100A" in resource["error"][0]["code"]["text"]
+
+
+def test_aaa_in_a_benefit_loop_gives_partial():
+    r = only(("EB", ["1", "", "30"]), ("EB", ["V", "", "AL"]), ("AAA", ["N", "", "53", "N"]))
+    assert r.resource["outcome"] == "partial"
+    assert {e["code"]["coding"][0]["code"] for e in r.resource["error"]} == {"V", "53"}
+
+
+def test_unknown_codes_pass_through_with_a_note():
+    r = only(("EB", ["ZZ", "XYZ", "E1", "Q9", "", "77", "10"]))
+    assert any("EB01 'ZZ'" in n for n in notes(r))
+    assert all(n for n in notes(r))
+
+
+def test_dependent_response_and_subscriber_context():
+    patient = [("HL", ["3", "2", "22", "1"]), ("NM1", ["IL", "1", "ROE", "RICHARD", "", "", "", "MI", "W123"]),
+               ("HL", ["4", "3", "23", "0"]), ("TRN", ["2", "REQ7", "9GATEWAY01"]),
+               ("NM1", ["03", "1", "ROE", "ANNA"]), ("DMG", ["D8", "20120304", "F"]), ("INS", ["N", "19"]),
+               ("EB", ["1", "FAM", "30"])]
+    r = only(patient=patient)
+    contained = {c["id"]: c for c in r.resource["contained"]}
+    assert contained["patient"]["name"][0]["given"] == ["ANNA"]
+    assert contained["coverage"]["subscriberId"] == "W123"
+    assert contained["coverage"]["relationship"]["coding"][0]["code"] == "child"
+    assert contained["subscriber"]["name"][0]["family"] == "ROE"
+
+
+def test_responses_are_matched_to_requests_by_trace():
+    seen = []
+
+    def context_for(traces):
+        seen.append(traces)
+        if traces != ["REQ1-1"]:
+            return None
+        return ResponseContext(patient={"reference": "Patient/9"}, insurer={"reference": "Organization/p"},
+                               coverage={"reference": "Coverage/c"},
+                               request={"reference": "CoverageEligibilityRequest/r"}, purpose=["benefits"])
+
+    r = only(("EB", ["1", "", "30"]), context_for=context_for)
+    assert seen == [["REQ1-1"]]
+    assert r.resource["patient"] == {"reference": "Patient/9"}
+    assert r.resource["request"] == {"reference": "CoverageEligibilityRequest/r"}
+    assert "contained" not in r.resource or all(c["id"] != "patient" for c in r.resource["contained"])
