@@ -65,3 +65,28 @@ def typical_271() -> str:
     """A one-patient 271 of 41 segments including the envelope, like a real-time answer."""
     text = generate_271(1)
     return text
+
+
+def typical_request() -> dict:
+    """A CoverageEligibilityRequest Bundle as an EHR sends it: patient, coverage, payer, provider."""
+    payer_type = {"system": "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBIdentifierType", "code": "payerid"}
+    entries = [
+        {"resourceType": "CoverageEligibilityRequest", "id": "req", "identifier": [{"value": "REQ-1"}],
+         "status": "active", "purpose": ["benefits"], "patient": {"reference": "Patient/pat"},
+         "created": "2026-01-15T09:30:00Z", "insurer": {"reference": "Organization/payer"},
+         "provider": {"reference": "Organization/clinic"}, "servicedDate": "2026-01-15",
+         "insurance": [{"focal": True, "coverage": {"reference": "Coverage/cov"}}],
+         "item": [{"category": {"coding": [{"system": "https://x12.org/codes/service-type-codes", "code": "98"}]}}]},
+        {"resourceType": "Patient", "id": "pat", "name": [{"family": "Roe", "given": ["Richard"]}],
+         "birthDate": "1980-02-10", "gender": "male"},
+        {"resourceType": "Coverage", "id": "cov", "status": "active", "subscriberId": "W123456789",
+         "beneficiary": {"reference": "Patient/pat"}, "payor": [{"reference": "Organization/payer"}],
+         "relationship": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/subscriber-relationship",
+                                      "code": "self"}]}},
+        {"resourceType": "Organization", "id": "payer", "name": "Example Health Plan",
+         "identifier": [{"type": {"coding": [payer_type]}, "value": "99999"}]},
+        {"resourceType": "Organization", "id": "clinic", "name": "Sample Clinic",
+         "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893"}]},
+    ]
+    return {"resourceType": "Bundle", "type": "collection",
+            "entry": [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r} for r in entries]}

@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 import click
+import orjson
 
 from gateway.errors import GatewayError, X12SyntaxError
 from gateway.x12.model import Finding
@@ -154,7 +155,8 @@ def translate(file: str, output: str | None, control_number: int, date: str | No
     except GatewayError as exc:
         _fail(f"{file}: {exc}", EXIT_INVALID)
         return
-    text = result.output if isinstance(result.output, str) else json.dumps(result.output, indent=2) + "\n"
+    text = result.output if isinstance(result.output, str) else orjson.dumps(
+        result.output, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE).decode()
     if output:
         try:
             Path(output).write_text(text, encoding="utf-8")

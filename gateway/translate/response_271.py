@@ -124,12 +124,9 @@ class _Response:
         return self.tables.x12_coding(table, element, code)
 
     def service_type(self, code: str) -> dict[str, Any]:
-        systems = self.tables.systems
-        coding = {"system": systems["service_type"]["emit"], "code": code}
-        info = self.tables.code("service_type", code)
-        if info:
-            coding["display"] = info["display"]
-        return {"coding": [coding], **({"text": info["display"]} if info else {})}
+        coding = self.tables.x12_coding("service_type", "1365", code)
+        coding["system"] = self.tables.systems["service_type"]["emit"]
+        return {"coding": [coding], **({"text": coding["display"]} if "display" in coding else {})}
 
 
 def translate_271(txn: Transaction, tables: Tables, *, now: str,
@@ -165,6 +162,28 @@ def translate_271(txn: Transaction, tables: Tables, *, now: str,
         for receiver, subscriber, patient in patients:
             results.append(_translate_patient(tables, txn, now, context_for, header, source, payer_loop,
                                               receiver, subscriber, patient))
+    return results
+
+
+def translate_271_loop(txn: Transaction, subscriber: Loop, tables: Tables, *, now: str,
+                       context_for: Callable[[list[str]], ResponseContext | None] | None = None
+                       ) -> list[ResponseTranslation]:
+    """The responses for one streamed 2000C loop (``stream_loops``): large files in bounded memory."""
+    receiver = subscriber.parent
+    source = receiver.parent if receiver is not None else None
+    if receiver is None or source is None:
+        return []
+    header = list(txn.build_until(0).segments) if txn.build_until(0) is not None else []
+    payer_loop = source.loop("2100A")
+    sub_name = subscriber.loop("2100C")
+    dependents = subscriber.loops_of("2000D")
+    results = []
+    if (sub_name is not None and sub_name.loops_of("2110C")) or not dependents:
+        results.append(_translate_patient(tables, txn, now, context_for, header, source, payer_loop, receiver, None,
+                                          subscriber))
+    for dependent in dependents:
+        results.append(_translate_patient(tables, txn, now, context_for, header, source, payer_loop, receiver,
+                                          subscriber, dependent))
     return results
 
 
@@ -213,13 +232,12 @@ def _translate_patient(tables: Tables, txn: Transaction, now: str,
             _benefits(r, [lp for lp in name_loop.loops if lp.id in ("2110C", "2110D")])
     resource = _assemble(r, payer_loop, receiver, name_loop, sub_name_loop, patient is not None)
     # anything no handler claimed (unknown or misplaced segments) is still accounted for
-    for loop in [lp for lp in (source, receiver, subscriber, patient) if lp is not None]:
-        for owner, seg in _own_segments(loop, subscriber, patient):
-            if seg.position not in r.mapped and seg.position not in r.noted:
-                r.note(f"segment {seg.id} has no place in a CoverageEligibilityResponse", owner, seg)
     scope = {seg.position for seg in header}
     for loop in [lp for lp in (source, receiver, subscriber, patient) if lp is not None]:
-        scope.update(seg.position for _, seg in _own_segments(loop, subscriber, patient))
+        for owner, seg in _own_segments(loop, subscriber, patient):
+            scope.add(seg.position)
+            if seg.position not in r.mapped and seg.position not in r.noted:
+                r.note(f"segment {seg.id} has no place in a CoverageEligibilityResponse", owner, seg)
     resource = _with_notes(r, resource)
     return ResponseTranslation(resource, r.notes, r.mapped, r.noted, traces, scope)
 
@@ -438,6 +456,7 @@ class _Fact:
     key: tuple
     kind: str           # total | remaining | met
     family: str         # lifetime or period
+    loop: Loop
     seg: Segment
     item: dict[str, Any]
     benefit: dict[str, Any]
@@ -457,18 +476,21 @@ def _benefits(r: _Response, loops: list[Loop]) -> None:
 
 def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
     tables = r.tables
-    eb01 = eb.get(1)
+    v = eb.values(15)
+    eb01 = v[1]
     info = tables.code("eligibility_benefit", eb01)
     maps_to = info.get("maps_to", "note") if info else "unknown"
     display = info["display"] if info else f"EB01 {eb01}"
     stcs = eb.repetitions(3)
-    procedure = eb.components(13) if eb.get(13) else []
+    procedure = eb.components(13) if v[13] else []
     description: list[str] = []
     entities = _entities(r, loop)
     r.map(eb)
 
     # companions: descriptions, pre-authorisation numbers, dates, AAA
-    for seg in loop.segments:
+    for seg in loop.body:
+        if seg.__class__ is not Segment:
+            continue
         sid = seg.id
         if sid in ("EB", "LS", "LE"):
             r.map(seg)
@@ -494,7 +516,7 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
             r.note(f"{name} {shown} for EB {eb01} {','.join(stcs)} (no item-level dates in FHIR R4)", loop, seg)
         elif sid == "AAA":
             _aaa(r, loop, seg)
-    for sub in loop.loops:
+    for sub in (loop.loops if len(loop.body) > 1 else ()):
         if sub.id.startswith("2115"):
             for seg in sub.segments:
                 if seg.id == "III":
@@ -505,13 +527,13 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
 
     if info is None:
         r.note(f"EB01 {eb01!r} is not an X279A1 code; passed through without a FHIR meaning", loop, eb)
-    if eb.get(4):
-        insurance = tables.code("insurance_type", eb.get(4))
-        r.note(f"insurance type {eb.get(4)} ({insurance['display'] if insurance else 'not an X279A1 code'}) "
+    if v[4]:
+        insurance = tables.code("insurance_type", v[4])
+        r.note(f"insurance type {v[4]} ({insurance['display'] if insurance else 'not an X279A1 code'}) "
                f"for EB {eb01}", loop, eb)
-    if eb.get(14):
-        r.note(f"diagnosis code pointers {eb.get(14)} for EB {eb01}", loop, eb)
-    if eb.get(11) == "U":
+    if v[14]:
+        r.note(f"diagnosis code pointers {v[14]} for EB {eb01}", loop, eb)
+    if v[11] == "U":
         r.note(f"authorization requirement unknown (EB11 U) for EB {eb01}", loop, eb)
 
     # the items this EB becomes: one per service type, or one for the procedure (ces-1)
@@ -590,40 +612,47 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
     return facts
 
 
+def _concept(tables: Tables, kind: str, code: str) -> tuple[dict[str, Any], bool]:
+    """item.unit / network / term: the FHIR code where one exists, always the X12 coding; known?"""
+    cache = tables.concepts
+    key = (kind, code)
+    if key not in cache:
+        if kind == "unit":
+            info = tables.code("coverage_level", code)
+            codings = [tables.x12_coding("coverage_level", "1207", code)]
+            fhir = (info or {}).get("fhir_unit")
+            system = tables.systems["benefit_unit"]
+        elif kind == "network":
+            info = tables.t["network"]["codes"].get(code)
+            codings = [{"system": tables.x12_system("1073"), "code": code}]
+            fhir = info["fhir"] if info and info["fhir"] != "none" else None
+            system = tables.systems["benefit_network"]
+        else:
+            info = tables.code("time_period", code)
+            codings = [tables.x12_coding("time_period", "615", code)]
+            fhir = (info or {}).get("fhir_term")
+            system = tables.systems["benefit_term"]
+        if fhir:
+            codings.insert(0, {"system": system, "code": fhir})
+        cache[key] = (codings, info is not None)
+    codings, known = cache[key]
+    return {"coding": [dict(c) for c in codings]}, known
+
+
 def _item_base(r: _Response, loop: Loop, eb: Segment, entities: list[dict[str, Any]]) -> dict[str, Any]:
     tables = r.tables
+    v = eb.values(15)
     item: dict[str, Any] = {}
-    if eb.get(5):
-        item["name"] = eb.get(5)
-    level = eb.get(2)
-    if level:
-        info = tables.code("coverage_level", level)
-        codings = [r.coding("coverage_level", "1207", level)]
-        if info and info.get("fhir_unit"):
-            codings.insert(0, {"system": tables.systems["benefit_unit"], "code": info["fhir_unit"]})
-        item["unit"] = {"coding": codings}
-        if info is None:
-            r.note(f"coverage level {level!r} is not an X279A1 code", loop, eb)
-    network = eb.get(12)
-    if network:
-        info = tables.t["network"]["codes"].get(network)
-        codings = [{"system": tables.x12_system("1073"), "code": network}]
-        if info and info["fhir"] not in ("none",):
-            codings.insert(0, {"system": tables.systems["benefit_network"], "code": info["fhir"]})
-        item["network"] = {"coding": codings}
-        if info is None:
-            r.note(f"network indicator {network!r} is not an X279A1 code", loop, eb)
-    period = eb.get(6)
-    if period:
-        info = tables.code("time_period", period)
-        codings = [r.coding("time_period", "615", period)]
-        if info and info.get("fhir_term"):
-            codings.insert(0, {"system": tables.systems["benefit_term"], "code": info["fhir_term"]})
-        item["term"] = {"coding": codings}
-        if info is None:
-            r.note(f"time period {period!r} is not an X279A1 code", loop, eb)
-    if eb.get(11) in ("Y", "N"):
-        item["authorizationRequired"] = eb.get(11) == "Y"
+    if v[5]:
+        item["name"] = v[5]
+    for kind, code, label in (("unit", v[2], "coverage level"), ("network", v[12], "network indicator"),
+                              ("term", v[6], "time period")):
+        if code:
+            item[kind], known = _concept(tables, kind, code)
+            if not known:
+                r.note(f"{label} {code!r} is not an X279A1 code", loop, eb)
+    if v[11] in ("Y", "N"):
+        item["authorizationRequired"] = v[11] == "Y"
     for entity in entities:
         if entity["role"] == "utilization-management" and entity["url"]:
             item["authorizationUrl"] = entity["url"]
@@ -632,7 +661,7 @@ def _item_base(r: _Response, loop: Loop, eb: Segment, entities: list[dict[str, A
             item["provider"] = {"reference": f"#{entity['id']}"}
             r.contained[entity["id"]] = entity["resource"]
             entity["mapped"] = True
-    if "authorizationUrl" not in item and eb.get(11) == "Y":
+    if "authorizationUrl" not in item and v[11] == "Y":
         urls = [e["url"] for e in entities if e["url"]]
         if urls:
             item["authorizationUrl"] = urls[0]
@@ -648,36 +677,37 @@ def _procedure(r: _Response, comps: list[str]) -> dict[str, Any]:
 def _amount(r: _Response, loop: Loop, eb: Segment, info: dict[str, Any], item: dict[str, Any]) -> _Fact | None:
     """Fill item.benefit from EB06-EB10; returns a fact when it is a total, remainder or met amount."""
     tables = r.tables
-    eb01 = eb.get(1)
+    v = eb.values(15)
+    eb01 = v[1]
     coding = [r.coding("eligibility_benefit", "1390", eb01)]
     benefit_type = info.get("benefit_type")
-    by_quantity = (info.get("benefit_type_by_quantity") or {}).get(eb.get(9))
+    by_quantity = (info.get("benefit_type_by_quantity") or {}).get(v[9])
     if by_quantity or benefit_type:
         coding.insert(0, {"system": tables.systems["benefit_type"], "code": by_quantity or benefit_type})
     benefit: dict[str, Any] = {"type": {"coding": coding, "text": info["display"]}}
-    period = eb.get(6)
+    period = v[6]
     amount_kind = (tables.code("time_period", period) or {}).get("amount", "other") if period else "other"
-    money = _number(eb.get(7)) if eb.get(7) else None
-    placeholder = eb.get(7) in tables.t["quirks"]["placeholder_amounts"]
+    money = _number(v[7]) if v[7] else None
+    placeholder = v[7] in tables.t["quirks"]["placeholder_amounts"]
     if info.get("allowed_string"):
         benefit["allowedString"] = info["allowed_string"]
     if placeholder:
         benefit["allowedString"] = "unlimited"
-        r.note(f"amount {eb.get(7)} is a 'no maximum' placeholder, read as unlimited", loop, eb)
+        r.note(f"amount {v[7]} is a 'no maximum' placeholder, read as unlimited", loop, eb)
         money = None
-    elif eb.get(7) and money is None:
-        r.note(f"amount {eb.get(7)!r} is not a number", loop, eb)
+    elif v[7] and money is None:
+        r.note(f"amount {v[7]!r} is not a number", loop, eb)
     elif money is not None:
         slot = "usedMoney" if amount_kind == MET else "allowedMoney"
         if amount_kind != REMAINING:
             benefit[slot] = {"value": _json_number(money), "currency": tables.systems["currency"]}
-    if eb.get(8):
-        percent = _number(eb.get(8))
+    if v[8]:
+        percent = _number(v[8])
         if percent is None:
-            r.note(f"percent {eb.get(8)!r} is not a number", loop, eb)
+            r.note(f"percent {v[8]!r} is not a number", loop, eb)
         else:
             if percent > 1 and tables.t["quirks"]["percent_over_one_is_whole_percent"]:
-                r.note(f"percent {eb.get(8)} sent as a whole number, not a fraction; read as {percent}%", loop, eb)
+                r.note(f"percent {v[8]} sent as a whole number, not a fraction; read as {percent}%", loop, eb)
                 whole = percent
             else:
                 whole = percent * 100
@@ -685,17 +715,17 @@ def _amount(r: _Response, loop: Loop, eb: Segment, info: dict[str, Any], item: d
                 benefit["allowedUnsignedInt"] = int(whole)
             else:
                 benefit["allowedString"] = f"{whole.normalize():f}%"
-    if eb.get(9) or eb.get(10):
-        qualifier = eb.get(9)
+    if v[9] or v[10]:
+        qualifier = v[9]
         q_info = tables.code("quantity_qualifier", qualifier) or {}
         slot = q_info.get("slot", "note")
-        quantity = _number(eb.get(10))
+        quantity = _number(v[10])
         label = q_info.get("display", f"quantity qualifier {qualifier}")
         if slot == "note" or quantity is None:
-            text = f"{label}: {eb.get(10)}"
+            text = f"{label}: {v[10]}"
             item["description"] = "; ".join(filter(None, [item.get("description"), text]))
             if slot == "note":
-                r.note(f"{label} {eb.get(10)} has no FHIR benefit slot (kept in the item description)", loop, eb)
+                r.note(f"{label} {v[10]} has no FHIR benefit slot (kept in the item description)", loop, eb)
         elif amount_kind != REMAINING:
             field_name = "used" if (slot == "used" or amount_kind == MET) else "allowed"
             if quantity == quantity.to_integral_value() and quantity >= 0:
@@ -703,12 +733,13 @@ def _amount(r: _Response, loop: Loop, eb: Segment, info: dict[str, Any], item: d
             else:
                 benefit[f"{field_name}String"] = f"{quantity.normalize():f}"
     item["benefit"] = [benefit]
-    if amount_kind in (TOTAL, REMAINING, MET) and (money is not None or eb.get(10)):
-        key = (eb01, eb.get(2), item.get("category", {}).get("coding", [{}])[0].get("code"), eb.get(4), eb.get(12),
-               eb.get(13), eb.get(9))
+    if amount_kind in (TOTAL, REMAINING, MET) and (money is not None or v[10]):
+        key = (eb01, v[2], item.get("category", {}).get("coding", [{}])[0].get("code"), v[4], v[12],
+               v[13], v[9])
         family = "lifetime" if period in ("32", "33") else "period"
-        quantity_value = _number(eb.get(10)) if eb.get(10) else None
-        return _Fact(key, amount_kind, family, eb, item, benefit, money if money is not None else quantity_value)
+        quantity_value = _number(v[10]) if v[10] else None
+        return _Fact(key, amount_kind, family, loop, eb, item, benefit,
+                     money if money is not None else quantity_value)
     return None
 
 
@@ -733,7 +764,7 @@ def _match_amounts(r: _Response, facts: list[_Fact]) -> None:
                                                                     f"Remaining: {shown}"]))
                 r.items.append(fact.item)
                 r.note(f"{kind_word} amount {shown} without a matching total: FHIR has no 'remaining' slot "
-                       "(kept in the item description)", _owner_loop(r, fact.seg), fact.seg)
+                       "(kept in the item description)", fact.loop, fact.seg)
             continue
         used = total.money - fact.money if fact.kind == REMAINING else fact.money
         is_money = any(k.endswith("Money") for k in total.benefit)
@@ -746,22 +777,16 @@ def _match_amounts(r: _Response, facts: list[_Fact]) -> None:
         r.map(fact.seg)
         if fact.kind == REMAINING:
             r.notes.append(Note(text=f"used {used:f} derived as total {total.money:f} minus remaining "
-                                     f"{fact.money:f}", source=r.where(_owner_loop(r, fact.seg), fact.seg),
+                                     f"{fact.money:f}", source=r.where(fact.loop, fact.seg),
                                 raw=fact.seg.to_x12(), kind="display"))
             r.noted.add(fact.seg.position)
-
-
-def _owner_loop(r: _Response, seg: Segment) -> Loop:
-    for owner, s in r.txn.root.walk():
-        if s is seg:
-            return owner
-    return r.txn.root
 
 
 def _hsd_text(r: _Response, seg: Segment) -> str:
     parts = []
     if seg.get(1) or seg.get(2):
-        parts.append(f"{seg.get(2)} {(r.tables.code('quantity_qualifier', seg.get(1)) or {}).get('display', seg.get(1))}")
+        unit = (r.tables.code("quantity_qualifier", seg.get(1)) or {}).get("display", seg.get(1))
+        parts.append(f"{seg.get(2)} {unit}")
     if seg.get(3) or seg.get(4):
         parts.append(f"per {seg.get(4) or 1} {seg.get(3)}")
     if seg.get(5) or seg.get(6):
@@ -794,9 +819,12 @@ def _contact_text(seg: Segment) -> str:
 
 def _entities(r: _Response, loop: Loop) -> list[dict[str, Any]]:
     """Each 2120 loop of an EB, with its role from the entity table."""
+    subs = [item for item in loop.body if item.__class__ is Loop and item.id.startswith("2120")]
+    if not subs:
+        return []
     table = r.tables.t["entities"]
     out = []
-    for sub in [lp for lp in loop.loops if lp.id.startswith("2120")]:
+    for sub in subs:
         nm1 = sub.segment("NM1")
         if nm1 is None:
             _unclaimed(r, sub)
@@ -841,6 +869,8 @@ def _entity_text(e: dict[str, Any]) -> str:
 
 def _entity_notes(r: _Response, loop: Loop, eb01: str, entities: list[dict[str, Any]], maps_to: str) -> None:
     """Map what the entity became, note the rest (addresses, phone numbers, organisations)."""
+    if not entities:
+        return
     for e in entities:
         sub = e["loop"]
         for seg in sub.segments:

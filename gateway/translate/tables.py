@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -20,6 +20,8 @@ class Tables:
 
     codes: dict[str, dict[str, dict[str, Any]]]
     t: dict[str, dict[str, Any]]
+    _codings: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict, compare=False)
+    concepts: dict[tuple[str, str], Any] = field(default_factory=dict, compare=False)  # translators' cache
 
     def code(self, table: str, code: str) -> dict[str, Any] | None:
         return self.codes[table].get(code)
@@ -32,11 +34,16 @@ class Tables:
         return self.t["systems"]["x12_element"].format(element=element)
 
     def x12_coding(self, table: str, element: str, code: str) -> dict[str, str]:
-        coding = {"system": self.x12_system(element), "code": code}
-        info = self.codes[table].get(code) if table else None
-        if info:
-            coding["display"] = info["display"]
-        return coding
+        """A Coding in the X12 element's code system (a fresh dict; the template is cached)."""
+        key = (table, element, code)
+        template = self._codings.get(key)
+        if template is None:
+            template = {"system": self.x12_system(element), "code": code}
+            info = self.codes[table].get(code) if table else None
+            if info:
+                template["display"] = info["display"]
+            self._codings[key] = template
+        return dict(template)
 
     @property
     def systems(self) -> dict[str, Any]:

@@ -31,13 +31,14 @@ class Segment:
     ordinal in the file instead.
     """
 
-    __slots__ = ("id", "parts", "position", "delimiters")
+    __slots__ = ("id", "parts", "position", "delimiters", "_values")
 
     def __init__(self, parts: list[str], position: int, delimiters: Delimiters) -> None:
         self.id = parts[0]
         self.parts = parts
         self.position = position
         self.delimiters = delimiters
+        self._values: list[str] | None = None
 
     @classmethod
     def of(cls, seg_id: str, *elements: str, position: int = 0, delimiters: Delimiters | None = None) -> Segment:
@@ -49,11 +50,19 @@ class Segment:
 
     def get(self, index: int, default: str = "") -> str:
         """Element ``index`` (1-based) with surrounding spaces removed, or ``default``."""
-        parts = self.parts
-        if 0 < index < len(parts):
-            value = parts[index].strip()
-            return value if value else default
+        values = self._values
+        if values is None:  # translators read the same elements many times: strip once
+            values = self._values = [p.strip() for p in self.parts]
+        if 0 < index < len(values):
+            return values[index] or default
         return default
+
+    def values(self, width: int) -> list[str]:
+        """All elements stripped, padded with "" so that ``values(n)[i]`` is element i for i < n."""
+        values = self._values
+        if values is None:
+            values = self._values = [p.strip() for p in self.parts]
+        return values + [""] * (width - len(values)) if len(values) < width else values
 
     def repetitions(self, index: int) -> list[str]:
         """Element ``index`` split on the interchange's repetition separator (ISA11)."""
@@ -219,7 +228,7 @@ class LoopTable:
     """
 
     __slots__ = ("segments", "loops", "returns", "delimiters", "_objects", "_attached", "_owner",
-                 "_next_loop", "_next_return", "_current")
+                 "_next_loop", "_next_return", "_current", "_released")
 
     def __init__(self, delimiters: Delimiters) -> None:
         self.segments: list[str | None] = []
@@ -230,6 +239,7 @@ class LoopTable:
         self._attached = 0  # loops[:_attached] have objects in the tree
         self._owner: list[int] = []
         self._next_loop = self._next_return = self._current = 0
+        self._released: dict[int, int] = {}  # first loop index -> last, of loops handed over
 
     @property
     def owner(self) -> list[int]:
@@ -249,18 +259,27 @@ class LoopTable:
 
     def _loop(self, index: int) -> Loop:
         """The object for loop ``index``, attaching it (and the loops opened before it) if needed."""
-        objects, loops = self._objects, self.loops
         while self._attached <= index:
-            loop_id, parent, _ = loops[self._attached]
-            if parent < 0:
-                loop = Loop(loop_id)
-            else:
-                owner = objects[parent]
-                loop = Loop(loop_id, owner)
-                owner.body.append(loop)
-            objects.append(loop)
-            self._attached += 1
-        return objects[index]
+            self._attach_next()
+        return self._objects[index]  # type: ignore[return-value]
+
+    def _attach_next(self) -> None:
+        """Make the object of the next loop (or skip a handed-over loop and everything in it)."""
+        objects, attached = self._objects, self._attached
+        last = self._released.get(attached)
+        if last is not None:
+            objects.extend([None] * (last - attached + 1))  # type: ignore[list-item]
+            self._attached = last + 1
+            return
+        loop_id, parent, _ = self.loops[attached]
+        if parent < 0:
+            loop = Loop(loop_id)
+        else:
+            owner = objects[parent]
+            loop = Loop(loop_id, owner)
+            owner.body.append(loop)
+        objects.append(loop)
+        self._attached = attached + 1
 
     def build(self, start: int = 1, end: int | None = None) -> Loop:
         """Objects for positions ``start``..``end`` (inclusive), attached to the tree; the root.
@@ -274,20 +293,14 @@ class LoopTable:
         owner = self.owner
         last = len(segments) if end is None else end
         self._loop(0)
-        attached, count = self._attached, len(loops)
+        count = len(loops)
         for pos in range(start, last + 1):
-            while attached < count and loops[attached][2] <= pos:
-                loop_id, parent, _ = loops[attached]
-                holder = objects[parent]
-                made = Loop(loop_id, holder)
-                holder.body.append(made)
-                objects.append(made)
-                attached += 1
+            while self._attached < count and loops[self._attached][2] <= pos:
+                self._attach_next()
             raw = segments[pos - 1]
             if raw is not None:
                 objects[owner[pos - 1]].body.append(Segment(raw.split(sep), pos, d))
-        self._attached = attached
-        return objects[0]
+        return objects[0]  # type: ignore[return-value]
 
     def subtree(self, index: int, start: int, end: int) -> Loop:
         """Objects for a completed loop (positions ``start``..``end``), not attached to its parent."""
@@ -321,9 +334,15 @@ class LoopTable:
         raw = self.segments[position - 1] if 0 < position <= len(self.segments) else None
         return raw.split(self.delimiters.element) if raw is not None else None
 
-    def release(self, start: int, end: int) -> None:
-        """Forget positions ``start``..``end`` (a loop already handed over)."""
+    def release(self, start: int, end: int, index: int | None = None) -> None:
+        """Forget positions ``start``..``end`` (a loop already handed over, with its loops)."""
         self.segments[start - 1:end] = [None] * (end - start + 1)
+        if index is not None:
+            last = index
+            while last + 1 < len(self.loops) and self.loops[last + 1][2] <= end:
+                last += 1
+            if index >= self._attached:
+                self._released[index] = last
 
 
 @dataclass(slots=True, eq=False)
@@ -352,6 +371,13 @@ class Transaction:
             self._root = self.table.build(self._built + 1)
             self._built = len(self.table.segments)
         return self._root
+
+    def build_until(self, position: int) -> Loop:
+        """Objects for the segments up to ``position`` (the loops enclosing a streamed loop)."""
+        if position > self._built:
+            self._root = self.table.build(self._built + 1, position)
+            self._built = position
+        return self._root if self._root is not None else self.table.build(1, 0)
 
     @property
     def errors(self) -> list[Finding]:

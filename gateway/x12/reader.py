@@ -43,7 +43,9 @@ class LoopEvent:
 
     @property
     def loop(self) -> Loop:
+        """The completed loop, attached (through ``parent``) to the transaction's enclosing loops."""
         if self._loop is None:
+            self.transaction.build_until(self.start - 1)
             self._loop = self.transaction.table.subtree(self.index, self.start, self.end)
         return self._loop
 
@@ -405,7 +407,7 @@ class X12Reader:
         while builder.emitted:
             event = builder.emitted.pop(0)
             yield event
-            builder.table.release(event.start, event.end)
+            builder.table.release(event.start, event.end, event.index)
 
     def _add(self, txn: Transaction, code: str, message: str, level: str, ack: str, *, severity: str = "error",
              segment: str = "", position: int = 0, element: str = "", value: str = "") -> None:

@@ -44,7 +44,8 @@ def bundle(**changes):
         else:
             resources[name][field] = value
     return {"resourceType": "Bundle", "type": "collection",
-            "entry": [{"fullUrl": f"{r['resourceType']}/{r.get('id', 'r')}", "resource": r} for r in resources.values()]}
+            "entry": [{"fullUrl": f"{r['resourceType']}/{r.get('id', 'r')}", "resource": r}
+                      for r in resources.values()]}
 
 
 def build(payload):
