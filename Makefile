@@ -36,6 +36,10 @@ lint: $(STAMP)  ## ruff
 test: lint  ## lint, then the whole test suite
 	$(BIN)/pytest
 
+.PHONY: golden
+golden: $(STAMP)  ## rewrite fixtures/golden from the current translation (then review the diff)
+	$(BIN)/pytest tests/translate/test_golden.py --update-golden -q
+
 .PHONY: bench
 bench: $(STAMP)  ## speed and memory benchmarks (results: BENCHMARKS.md)
 	$(BIN)/python -m bench

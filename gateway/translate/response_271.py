@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from gateway.translate.errors import Problem, TranslationError
 from gateway.translate.notes import Note, process_note_extensions
 from gateway.translate.tables import Tables
 from gateway.x12.model import Loop, Segment, Transaction
@@ -513,7 +514,8 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
             name = dates["names"].get(seg.get(1), f"date qualifier {seg.get(1)}")
             span = date_range(seg.get(2), seg.get(3))
             shown = (span[0] if span[0] == span[1] else f"{span[0]} to {span[1]}") if span else repr(seg.get(3))
-            r.note(f"{name} {shown} for EB {eb01} {','.join(stcs)} (no item-level dates in FHIR R4)", loop, seg)
+            what = f"EB {eb01} {','.join(stcs)}".strip()
+            r.note(f"{name} {shown} for {what} (no item-level dates in FHIR R4)", loop, seg)
         elif sid == "AAA":
             _aaa(r, loop, seg)
     for sub in (loop.loops if len(loop.body) > 1 else ()):
@@ -526,6 +528,7 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
             _unclaimed(r, sub)
 
     if info is None:
+        _refuse_if_required(r, "eligibility_benefit", eb01, loop, eb)
         r.note(f"EB01 {eb01!r} is not an X279A1 code; passed through without a FHIR meaning", loop, eb)
     if v[4]:
         insurance = tables.code("insurance_type", v[4])
@@ -557,6 +560,7 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
             item = dict(base)
             item["category"] = r.service_type(stc)
             if r.tables.code("service_type", stc) is None:
+                _refuse_if_required(r, "service_type", stc, loop, eb)
                 r.note(f"service type {stc!r} is not an X279A1 code; passed through", loop, eb)
             targets.append(item)
         if not stcs:
@@ -602,9 +606,9 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
             r.errors.append({"code": {"coding": [r.coding("eligibility_benefit", "1390", "V")], "text": text}})
             r.benefit_level_errors.append(text)
     elif maps_to == "contact":
-        r.items.extend(targets)
-        r.note(f"{display} for {', '.join(stcs) or 'the plan'}: "
-               + "; ".join(_entity_text(e) for e in entities) if entities else display, loop, eb)
+        r.items.extend(targets)  # who to contact is noted with the 2120 entity itself
+        if not entities:
+            r.note(f"{display} for {', '.join(stcs) or 'the plan'}, without naming the entity", loop, eb)
     else:  # note, or a code X279A1 does not define
         r.note(f"{display} for {', '.join(stcs) or 'the plan'}" + (f" ({base['description']})"
                                                                     if base.get("description") else ""), loop, eb)
@@ -637,6 +641,14 @@ def _concept(tables: Tables, kind: str, code: str) -> tuple[dict[str, Any], bool
         cache[key] = (codings, info is not None)
     codings, known = cache[key]
     return {"coding": [dict(c) for c in codings]}, known
+
+
+def _refuse_if_required(r: _Response, table: str, code: str, loop: Loop, seg: Segment) -> None:
+    """A table whose on_missing is ``error`` refuses a code it does not list."""
+    if r.tables.refuses_unknown(table):
+        where = r.where(loop, seg)
+        raise TranslationError(f"{where}: code {code!r} is not in mappings/codes/{table}.yaml (on_missing: error)",
+                               [Problem(where, f"unknown code {code!r}", code="code-invalid", x12=seg.id)])
 
 
 def _item_base(r: _Response, loop: Loop, eb: Segment, entities: list[dict[str, Any]]) -> dict[str, Any]:
@@ -877,6 +889,8 @@ def _entity_notes(r: _Response, loop: Loop, eb01: str, entities: list[dict[str, 
             if seg.id == "NM1":
                 if e["mapped"] or (maps_to == "other-payer" and e["role"] == "other-payer"):
                     r.map(seg)
+                elif maps_to == "contact":
+                    r.note(f"EB {eb01}: for these benefits contact {_entity_text(e)}", sub, seg)
                 else:
                     r.note(f"EB {eb01}: {_entity_text(e)}", sub, seg)
             elif seg.id == "PRV" and e["resource"].get("qualification"):

@@ -22,6 +22,11 @@ class Tables:
     t: dict[str, dict[str, Any]]
     _codings: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict, compare=False)
     concepts: dict[tuple[str, str], Any] = field(default_factory=dict, compare=False)  # translators' cache
+    policies: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def refuses_unknown(self, table: str) -> bool:
+        """True when the table says a code it does not list stops the translation (on_missing: error)."""
+        return self.policies.get(table) == "error"
 
     def code(self, table: str, code: str) -> dict[str, Any] | None:
         return self.codes[table].get(code)
@@ -53,6 +58,10 @@ class Tables:
 @lru_cache(maxsize=4)
 def load_tables(base: str | None = None) -> Tables:
     """Every table, parsed once per process and mappings folder."""
-    codes = {name: {str(k): (v or {}) for k, v in code_table(name, base)["codes"].items()} for name in CODE_TABLES}
+    raw = {name: code_table(name, base) for name in CODE_TABLES}
+    codes = {name: {str(k): (v or {}) for k, v in table["codes"].items()} for name, table in raw.items()}
     t = {name: load_yaml(f"translate/{name}.yaml", base) for name in TRANSLATE_TABLES}
-    return Tables(codes=codes, t=t)
+    policies = {name: str(table.get("on_missing", "passthrough")) for name, table in raw.items()}
+    policies.update({name: str(table.get("on_missing", "passthrough")) for name, table in t.items()
+                     if isinstance(table, dict)})
+    return Tables(codes=codes, t=t, policies=policies)

@@ -194,3 +194,18 @@ def test_responses_are_matched_to_requests_by_trace():
     assert r.resource["patient"] == {"reference": "Patient/9"}
     assert r.resource["request"] == {"reference": "CoverageEligibilityRequest/r"}
     assert "contained" not in r.resource or all(c["id"] != "patient" for c in r.resource["contained"])
+
+
+def test_a_table_can_refuse_unknown_codes():
+    tables = load_tables()
+    from dataclasses import replace
+
+    import pytest
+
+    from gateway.translate import TranslationError
+
+    strict = replace(tables, policies={**tables.policies, "eligibility_benefit": "error"}, concepts={})
+    text = X12Writer().interchange(ENV, "HB", "271", "005010X279A1", [[*HEAD, *SUBSCRIBER, ("EB", ["ZZ"])]]).text
+    with pytest.raises(TranslationError) as info:
+        translate_271(read_x12(text).transactions[0], strict, now=NOW)
+    assert "ZZ" in str(info.value) and "on_missing: error" in str(info.value)
