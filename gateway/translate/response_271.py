@@ -740,7 +740,12 @@ def _amount(r: _Response, loop: Loop, eb: Segment, info: dict[str, Any], item: d
                 r.note(f"{label} {v[10]} has no FHIR benefit slot (kept in the item description)", loop, eb)
         elif amount_kind != REMAINING:
             field_name = "used" if (slot == "used" or amount_kind == MET) else "allowed"
-            if quantity == quantity.to_integral_value() and quantity >= 0:
+            if any(k.startswith(field_name) for k in benefit):
+                # one benefit holds one allowed (and one used) value: an amount was already given
+                text = f"{label}: {v[10]}"
+                item["description"] = "; ".join(filter(None, [item.get("description"), text]))
+                r.note(f"{label} {v[10]} given together with an amount; kept in the item description", loop, eb)
+            elif quantity == quantity.to_integral_value() and quantity >= 0:
                 benefit[f"{field_name}UnsignedInt"] = int(quantity)
             else:
                 benefit[f"{field_name}String"] = f"{quantity.normalize():f}"
