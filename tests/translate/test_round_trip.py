@@ -11,8 +11,8 @@ import pytest
 from gateway.mappings import load_yaml, mappings_dir
 from gateway.translate import load_tables
 from gateway.translate.document import translate_document
-from gateway.translate.request_270 import find_request
 from gateway.translate.references import Resolver
+from gateway.translate.request_270 import find_request
 from gateway.x12.validate import validate_x12
 from tests.conftest import FIXTURES
 from tests.translate.test_request_rules import bundle
@@ -36,7 +36,8 @@ def essentials(payload: dict) -> dict:
         provider = resolve(provider.get("practitioner") or provider.get("organization"), "x", ()) or {}
     npi = next((i["value"] for i in provider.get("identifier", []) if i.get("system", "").endswith("us-npi")), None)
     name = (patient.get("name") or [{}])[0]
-    categories = sorted(c["code"] for item in request.get("item", []) for c in item.get("category", {}).get("coding", []))
+    categories = sorted(c["code"] for item in request.get("item", [])
+                        for c in item.get("category", {}).get("coding", []))
     procedures = sorted(c["code"] for item in request.get("item", [])
                         for c in item.get("productOrService", {}).get("coding", []))
     return {"family": (name.get("family") or "").upper(), "given": (name.get("given") or [""])[0].upper(),
