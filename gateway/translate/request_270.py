@@ -112,11 +112,17 @@ class _Gather:
         self.resolver = Resolver(request, bundle)
         self.problems: list[Problem] = []
         self.notes: list[Note] = []
+        self.patient_loop = "2100C"
 
     def missing(self, item: str, message: str | None = None, code: str = "required") -> None:
         info = self.spec["items"][item]
         self.problems.append(Problem(info["fhir"], message or f"{item.replace('_', ' ')} is missing", code=code,
-                                     x12=info["x12"]))
+                                     x12=self.target(info["x12"])))
+
+    def target(self, x12: str) -> str:
+        """Of alternatives like ``2100C NM103 | 2100D NM103``, the one for the patient's loop."""
+        choices = [c.strip() for c in x12.split("|")]
+        return next((c for c in choices if c.startswith(self.patient_loop)), x12)
 
     def lost(self, text: str, path: str) -> None:
         self.notes.append(Note(text=text, source=f"{CER}.{path}" if not path.startswith(CER) else path))
@@ -185,6 +191,7 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope, delimiters: D
             relationship = coding.get("code")
     subscriber_codes = g.tables.t["relationship"]["subscriber"]
     dependent = bool(relationship and relationship not in subscriber_codes and not patient_own_id)
+    g.patient_loop = "2100D" if dependent else "2100C"
     if relationship and relationship not in subscriber_codes and patient_own_id:
         g.lost(f"the patient ({relationship}) has a member id of their own, so is sent as the subscriber "
                "(2100C), as the implementation guide says", "insurance.coverage")
@@ -201,7 +208,7 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope, delimiters: D
             g.missing("patient_first_name", "a search without member id needs the first name")
         if person.birth_date and not _FULL_DATE.match(person.birth_date):
             g.problems.append(Problem("Patient.birthDate", f"birth date {person.birth_date!r} is not a full date "
-                                      "(YYYY-MM-DD)", code="value", x12="DMG02"))
+                                      "(YYYY-MM-DD)", code="value", x12=f"{g.patient_loop} DMG02"))
         elif discovery and not person.birth_date:
             g.missing("patient_birth_date", "a search without member id needs the birth date")
     if dependent and subscriber is not None and not sub_person.family:

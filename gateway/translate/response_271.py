@@ -106,6 +106,7 @@ class _Response:
         self.traces: list[str] = []
         self.identifiers: list[dict[str, Any]] = []
         self.has_benefits = False
+        self.persons: dict[str, _Person] = {}   # "patient", "subscriber": who 2100C/2100D describe
 
     # -- accounting ---------------------------------------------------------------------------
     def where(self, loop: Loop, seg: Segment) -> str:
@@ -415,7 +416,7 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
             r.note("diagnosis codes echoed by the payer", loop, seg)
         elif sid == "MPI":
             r.note("military personnel information", loop, seg)
-    setattr(r, f"_{role}", person)
+    r.persons[role] = person
 
 
 def _patient_date(r: _Response, loop: Loop, seg: Segment, person: _Person) -> None:
@@ -942,8 +943,8 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
               sub_name_loop: Loop | None, has_patient: bool) -> dict[str, Any]:
     tables, ctx = r.tables, r.context
     systems = tables.systems
-    patient_person: _Person = getattr(r, "_patient", _Person())
-    subscriber_person: _Person | None = getattr(r, "_subscriber", None)
+    patient_person: _Person = r.persons.get("patient") or _Person()
+    subscriber_person: _Person | None = r.persons.get("subscriber")
     contained: list[dict[str, Any]] = []
 
     # who the response is about

@@ -14,6 +14,7 @@ from gateway.translate.document import translate_document
 from gateway.translate.references import Resolver
 from gateway.translate.request_270 import find_request
 from gateway.x12.validate import validate_x12
+from gateway.x12.writer import transliterate
 from tests.conftest import FIXTURES
 from tests.translate.test_request_rules import bundle
 
@@ -27,8 +28,10 @@ def essentials(payload: dict) -> dict:
     resolve = Resolver(request, bundle_).resolve
     patient = resolve(request["patient"], "p", ()) or {}
     coverage = resolve(request["insurance"][0]["coverage"], "c", ()) or {}
-    member = coverage.get("subscriberId") or next(
-        (i["value"] for i in coverage.get("identifier", []) if "MB" in json.dumps(i.get("type", {}))), None)
+    # the 270 carries the subscriber id, or the patient's own member id (the IG's rule)
+    member = {coverage.get("subscriberId")} | {i["value"] for i in coverage.get("identifier", []) + patient.get(
+        "identifier", []) if "MB" in json.dumps(i.get("type", {}))}
+    member.discard(None)
     payer = resolve(request.get("insurer") or {}, "i", ()) or resolve((coverage.get("payor") or [{}])[0], "p", ()) or {}
     payer_ids = {i["value"] for i in payer.get("identifier", [])}
     provider = resolve(request.get("provider") or {}, "pr", ()) or {}
@@ -40,7 +43,8 @@ def essentials(payload: dict) -> dict:
                         for c in item.get("category", {}).get("coding", []))
     procedures = sorted(c["code"] for item in request.get("item", [])
                         for c in item.get("productOrService", {}).get("coding", []))
-    return {"family": (name.get("family") or "").upper(), "given": (name.get("given") or [""])[0].upper(),
+    return {"family": transliterate(name.get("family") or "").upper(),
+            "given": transliterate((name.get("given") or [""])[0]).upper(),
             "birthDate": patient.get("birthDate"), "member": member, "payer": payer_ids, "npi": npi,
             "categories": categories, "procedures": procedures,
             "served": request.get("servicedDate") or request.get("servicedPeriod")}
@@ -60,8 +64,9 @@ def check(payload: dict) -> None:
     requests = [e["resource"] for e in back["entry"] if e["resource"]["resourceType"] == "CoverageEligibilityRequest"]
     assert len(requests) == 1
     after = essentials({"resourceType": "Bundle", "entry": back["entry"]})
-    for key in ("family", "birthDate", "member", "npi", "served", "procedures"):
+    for key in ("family", "birthDate", "npi", "served", "procedures"):
         assert after[key] == before[key], key
+    assert after["member"] <= before["member"] and (after["member"] or not before["member"])
     assert before["given"].startswith(after["given"]) or after["given"] == before["given"]
     assert before["payer"] & after["payer"]
     remap = load_yaml("translate/systems.yaml")["service_type"]["remap"]
