@@ -502,15 +502,19 @@ def _write(g: _Gather, envelope: Envelope, delimiters: Delimiters, limits: dict[
                          " ".join(sub_given[1:2]), "", subscriber.suffix,
                          c["member_id_qualifier"] if member_id else "", member_id]))
     body.extend(classes)
-    if not dependent:
-        if patient.address and (patient.address.get("line") or patient.address.get("city")):
-            _address(body, patient.address)
+    def the_patient() -> None:
+        """DMG, HI, DTP*291 and the EQ loops: they belong to the patient's loop, 2100C or 2100D."""
         body.extend(demographics(patient, "Patient"))
         if diagnoses:
             body.append(("HI", [tuple(d) for d in diagnoses]))
         if served:
             body.append(("DTP", served))
         body.extend(("EQ", list(eq)) for eq in inquiries)
+
+    if not dependent:
+        if patient.address and (patient.address.get("line") or patient.address.get("city")):
+            _address(body, patient.address)
+        the_patient()
         loop_name = "2100C"
     else:
         body.extend(demographics(subscriber, "Coverage.subscriber"))
@@ -518,12 +522,7 @@ def _write(g: _Gather, envelope: Envelope, delimiters: Delimiters, limits: dict[
         body.append(("TRN", trn))
         body.append(("NM1", [c["dependent_entity"], "1", patient.family, patient.given[0] if patient.given else "",
                              " ".join(patient.given[1:2]), "", patient.suffix]))
-        body.extend(demographics(patient, "Patient"))
-        if diagnoses:
-            body.append(("HI", [tuple(d) for d in diagnoses]))
-        if served:
-            body.append(("DTP", served))
-        body.extend(("EQ", list(eq)) for eq in inquiries)
+        the_patient()
         loop_name = "2100D"
         if relationship:
             g.lost(f"relationship {relationship} is implied by the dependent loop (2100D INS is sent only for "
