@@ -43,6 +43,12 @@ def iso(now: datetime) -> str:
     return aware.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _full_url(resource: dict[str, Any]) -> str:
+    """A urn:uuid that is the same for the same answer and differs between interchanges and patients."""
+    seed = json.dumps([resource.get("identifier"), resource.get("request"), resource["id"]], sort_keys=True)
+    return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, 'fhir-x12-gateway:' + seed)}"
+
+
 def looks_like_json(data: bytes) -> bool:
     return data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"[")
 
@@ -93,6 +99,5 @@ def translate_document(data: bytes, tables: Tables, *, now: datetime, control_nu
     if len(responses) == 1:
         return Translated("fhir-response", responses[0].resource, notes, findings=findings, responses=responses)
     bundle_out = {"resourceType": "Bundle", "type": "collection", "timestamp": stamp,
-                  "entry": [{"fullUrl": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, 'x12:' + r.resource['id'])}",
-                             "resource": r.resource} for r in responses]}
+                  "entry": [{"fullUrl": _full_url(r.resource), "resource": r.resource} for r in responses]}
     return Translated("fhir-responses", bundle_out, notes, findings=findings, responses=responses)

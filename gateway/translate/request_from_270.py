@@ -22,6 +22,14 @@ def _urn(*parts: str) -> str:
     return f"urn:uuid:{uuid.uuid5(_NAMESPACE, '/'.join(parts))}"
 
 
+def _seed(txn: Transaction) -> str:
+    """What makes this transaction's resources unique: interchange, group, set and BHT03."""
+    bht = txn.root.segment("BHT")
+    isa = txn.interchange.control_number if txn.interchange else ""
+    gs = txn.group.control_number if txn.group else ""
+    return f"{isa}/{gs}/{txn.control_number}/{bht.get(3) if bht else ''}"
+
+
 def translate_270(txn: Transaction, tables: Tables, *, now: str) -> tuple[dict[str, Any], list[Note]]:
     """One Bundle (type collection) for a 270 transaction set, and the notes of what was not carried."""
     systems = tables.systems
@@ -35,7 +43,7 @@ def translate_270(txn: Transaction, tables: Tables, *, now: str) -> tuple[dict[s
     def add(resource: dict[str, Any], key: str) -> str:
         if key in seen:
             return seen[key]
-        url = _urn(txn.control_number, key)
+        url = _urn(_seed(txn), key)
         ordered = {"resourceType": resource.pop("resourceType"), "id": url.rsplit(":", 1)[-1], **resource}
         entries.append({"fullUrl": url, "resource": ordered})
         seen[key] = url
@@ -44,27 +52,29 @@ def translate_270(txn: Transaction, tables: Tables, *, now: str) -> tuple[dict[s
     bht = txn.root.segment("BHT")
     for source in txn.root.loops_of("2000A"):
         payer_loop = source.loop("2100A")
+        start = len(notes)
         payer_url = _payer(tables, payer_loop, add, note)
         for receiver in source.loops_of("2000B"):
             provider_url = _provider(tables, receiver.loop("2100B"), add, note)
+            shared = notes[start:]
             for subscriber in receiver.loops_of("2000C"):
                 sub_name = subscriber.loop("2100C")
                 dependents = subscriber.loops_of("2000D")
                 patients = dependents or [subscriber]
                 for patient in patients:
                     name = patient.loop("2100D") if patient is not subscriber else sub_name
-                    request_notes: list[Note] = []
+                    request_notes: list[Note] = list(shared)
                     request = _request(tables, txn, now, bht, subscriber, sub_name, patient, name,
                                        payer_url, provider_url, add, request_notes)
                     if request_notes:
                         request["extension"] = process_note_extensions(
                             request_notes, systems["process_note_extension"], systems["note_type"])
-                    notes.extend(request_notes)
+                    notes.extend(request_notes[len(shared):])
                     add(request, f"request/{patient.segment('HL').get(1) if patient.segment('HL') else ''}")
     for seg in txn.root.segments:
         if seg.id not in ("ST", "BHT", "SE"):
             note(f"segment {seg.id} outside the loops of a 270", txn.root, seg)
-    bundle = {"resourceType": "Bundle", "id": _urn(txn.control_number, "bundle").rsplit(":", 1)[-1],
+    bundle = {"resourceType": "Bundle", "id": _urn(_seed(txn), "bundle").rsplit(":", 1)[-1],
               "type": "collection", "timestamp": now, "entry": entries}
     if notes:
         bundle["meta"] = {"tag": [{"system": systems["canonical_base"], "code": "translated-from-x12-270"}]}
@@ -183,6 +193,8 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                     request.setdefault("identifier", []).append(
                         {"system": systems["trace_system"] + (f"/{seg.get(3)}" if seg.get(3) else ""),
                          "value": seg.get(2)})
+    eq_count = sum(1 for lp in (sub_name, name if dependent else None) if lp is not None
+                   for inquiry in lp.loops if inquiry.id.startswith("2110") for _ in inquiry.segments_of("EQ"))
     for loop in [lp for lp in (sub_name, name if dependent else None) if lp is not None]:
         for seg in loop.segments:
             sid = seg.id
@@ -214,16 +226,24 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                 continue
             for seg in inquiry.segments:
                 if seg.id == "EQ":
-                    items.extend(_items(tables, seg, diagnoses, purposes))
+                    items.extend(_items(tables, seg, diagnoses, purposes, several=eq_count > 1))
+                elif seg.id == "DTP" and seg.get(1) == "291" and "servicedDate" not in request \
+                        and "servicedPeriod" not in request:
+                    span = date_range(seg.get(2), seg.get(3))
+                    if span and span[0] == span[1]:
+                        request["servicedDate"] = span[0]
+                    elif span:
+                        request["servicedPeriod"] = {"start": span[0], "end": span[1]}
+                    else:
+                        note(f"service date {seg.get(3)!r} could not be read", inquiry, seg)
                 else:
-                    note(f"inquiry segment {seg.id} {' '.join(seg.elements)} has no FHIR home", inquiry, seg)
-    if dependent:
-        relationship = relationship if relationship != "self" else "other"
-        if name is not None and name.segment("INS") is None:
-            relationship = "other"
-            notes.append(Note("the 270 names a dependent without INS: relationship recorded as 'other'",
-                              f"270 ST {txn.control_number} 2100D"))
-    coverage["relationship"] = {"coding": [{"system": systems["relationship"], "code": relationship}]}
+                    note(f"inquiry segment {seg.id} {' '.join(x for x in seg.elements if x)} has no FHIR home",
+                         inquiry, seg)
+    if dependent and name is not None and name.segment("INS") is None:
+        notes.append(Note("the 270 names a dependent without INS02: the relationship to the subscriber is not "
+                          "known (Coverage.relationship left out)", f"270 ST {txn.control_number} 2100D"))
+    else:
+        coverage["relationship"] = {"coding": [{"system": systems["relationship"], "code": relationship}]}
     coverage_url = add(coverage, f"coverage/{patient.segment('HL').get(1)}")
     request["purpose"] = sorted(purposes or {"validation"})
     request["insurer"] = {"reference": payer_url}
@@ -232,15 +252,17 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
     request["insurance"] = [{"focal": True, "coverage": {"reference": coverage_url}}]
     if items:
         request["item"] = items
-    if bht is not None and bht.get(3) and "identifier" not in request:
-        request["identifier"] = [{"system": f"{systems['canonical_base']}/sid/bht03", "value": bht.get(3)}]
+    if bht is not None and bht.get(3):
+        request.setdefault("identifier", []).append({"system": f"{systems['canonical_base']}/sid/bht03",
+                                                     "value": bht.get(3)})
     ordered = {k: request[k] for k in ("resourceType", "identifier", "status", "purpose", "patient",
                                         "servicedDate", "servicedPeriod", "created", "insurer", "provider",
                                         "insurance", "item") if k in request}
     return ordered
 
 
-def _items(tables: Tables, seg: Segment, diagnoses: list[str], purposes: set[str]) -> list[dict[str, Any]]:
+def _items(tables: Tables, seg: Segment, diagnoses: list[str], purposes: set[str], *,
+           several: bool = False) -> list[dict[str, Any]]:
     systems = tables.systems
     items: list[dict[str, Any]] = []
     pointers = seg.components(5) if seg.get(5) else []
@@ -257,10 +279,10 @@ def _items(tables: Tables, seg: Segment, diagnoses: list[str], purposes: set[str
         if diagnosis:
             item["diagnosis"] = diagnosis
         items.append(item)
-        purposes.add("auth-requirements")
+        purposes.update(("benefits", "auth-requirements"))  # a procedure inquiry asks both
     for stc in seg.repetitions(1):
         if stc == tables.t["request_270"]["constants"]["generic_service_type"] and not seg.get(2) and len(
-                seg.repetitions(1)) == 1:
+                seg.repetitions(1)) == 1 and not several:
             purposes.add("validation")
             purposes.add("benefits")
             continue

@@ -104,6 +104,7 @@ class _Response:
         self.benefit_period: dict[str, str] = {}
         self.pre_auth: str | None = None
         self.traces: list[str] = []
+        self.trace_systems: list[str] = []
         self.identifiers: list[dict[str, Any]] = []
         self.has_benefits = False
         self.persons: dict[str, _Person] = {}   # "patient", "subscriber": who 2100C/2100D describe
@@ -195,13 +196,17 @@ def _translate_patient(tables: Tables, txn: Transaction, now: str,
                        patient: Loop | None) -> ResponseTranslation:
     hl = patient.segment("HL") if patient is not None else None
     response_id = _ID_UNSAFE.sub("-", f"{txn.control_number}-{hl.get(1) if hl else '0'}")[:64]
-    traces = []
+    traces, trace_systems = [], []
     for loop in (subscriber, patient):
         if loop is not None:
-            traces.extend(s.get(2) for s in loop.segments_of("TRN") if s.get(1) == "2")
+            for trn in loop.segments_of("TRN"):
+                if trn.get(1) == "2":
+                    traces.append(trn.get(2))
+                    trace_systems.append(tables.systems["trace_system"] + (f"/{trn.get(3)}" if trn.get(3) else ""))
     context = context_for(traces) if context_for else None
     r = _Response(tables, txn, now, context, response_id)
     r.traces = traces
+    r.trace_systems = trace_systems
 
     for seg in header:
         if seg.id in ("ST", "SE"):
@@ -486,6 +491,7 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
     stcs = eb.repetitions(3)
     procedure = eb.components(13) if v[13] else []
     description: list[str] = []
+    described: list[Segment] = []   # MSG/HSD/III: mapped when their text lands in an item
     entities = _entities(r, loop)
     r.map(eb)
 
@@ -497,10 +503,10 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
         if sid in ("EB", "LS", "LE"):
             r.map(seg)
         elif sid == "MSG":
-            r.map(seg)
+            described.append(seg)
             description.append(seg.get(1))
         elif sid == "HSD":
-            r.map(seg)
+            described.append(seg)
             description.append(_hsd_text(r, seg))
         elif sid == "REF":
             kind = tables.t["references"]["benefit_level"].get(seg.get(1))
@@ -523,7 +529,7 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
         if sub.id.startswith("2115"):
             for seg in sub.segments:
                 if seg.id == "III":
-                    r.map(seg)
+                    described.append(seg)
                     description.append(_iii_text(seg))
         elif not sub.id.startswith("2120"):
             _unclaimed(r, sub)
@@ -614,6 +620,15 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
         r.note(f"{display} for {', '.join(stcs) or 'the plan'}" + (f" ({base['description']})"
                                                                     if base.get("description") else ""), loop, eb)
     _entity_notes(r, loop, eb01, entities, maps_to)
+    carried = any(item in r.items for item in targets) or any(f.item in targets for f in facts)
+    for seg in described:
+        if carried and maps_to not in ("note", "unknown", "other-payer", "cannot-process"):
+            r.map(seg)
+        elif maps_to == "cannot-process":
+            r.errors[-1]["code"]["text"] += f"; {seg.get(1) if seg.id == 'MSG' else seg.id}"
+            r.map(seg)
+        elif seg.position not in r.noted:
+            r.note(f"{seg.id} for EB {eb01}: {description[described.index(seg)]}", loop, seg)
     return facts
 
 
@@ -705,8 +720,11 @@ def _amount(r: _Response, loop: Loop, eb: Segment, info: dict[str, Any], item: d
     if info.get("allowed_string"):
         benefit["allowedString"] = info["allowed_string"]
     if placeholder:
-        benefit["allowedString"] = "unlimited"
-        r.note(f"amount {v[7]} is a 'no maximum' placeholder, read as unlimited", loop, eb)
+        if eb01 in ("F", "H"):
+            benefit["allowedString"] = "unlimited"
+            r.note(f"amount {v[7]} is a 'no maximum' placeholder, read as unlimited", loop, eb)
+        else:
+            r.note(f"amount {v[7]} is a 'no maximum' placeholder: no amount applies (left out)", loop, eb)
         money = None
     elif v[7] and money is None:
         r.note(f"amount {v[7]!r} is not a number", loop, eb)
@@ -720,7 +738,8 @@ def _amount(r: _Response, loop: Loop, eb: Segment, info: dict[str, Any], item: d
             r.note(f"percent {v[8]!r} is not a number", loop, eb)
         else:
             if percent > 1 and tables.t["quirks"]["percent_over_one_is_whole_percent"]:
-                r.note(f"percent {v[8]} sent as a whole number, not a fraction; read as {percent}%", loop, eb)
+                r.note(f"percent {v[8]} sent as a percentage, not a fraction (.2 = 20 %); read as {percent}%",
+                       loop, eb)
                 whole = percent
             else:
                 whole = percent * 100
@@ -784,6 +803,9 @@ def _match_amounts(r: _Response, facts: list[_Fact]) -> None:
                 r.note(f"{kind_word} amount {shown} without a matching total: FHIR has no 'remaining' slot "
                        "(kept in the item description)", fact.loop, fact.seg)
             continue
+        extra = fact.item.get("description")
+        if extra and extra not in (total.item.get("description") or ""):
+            total.item["description"] = "; ".join(filter(None, [total.item.get("description"), extra]))
         used = total.money - fact.money if fact.kind == REMAINING else fact.money
         is_money = any(k.endswith("Money") for k in total.benefit)
         if is_money:
@@ -854,11 +876,11 @@ def _entities(r: _Response, loop: Loop) -> list[dict[str, Any]]:
             contacts.append(_contact_text(per))
             for q, v in ((per.get(3), per.get(4)), (per.get(5), per.get(6)), (per.get(7), per.get(8))):
                 if q in table["url_qualifiers"] and v and url is None:
-                    # an all-capital URL lost its case to the X12 basic character set: lower-case it
-                    url = v.lower() if v.isupper() else v
+                    url = v
                     if "://" not in url:
                         # no scheme, or a scheme whose colon was a delimiter (HTTPS//...)
                         url = "https://" + re.sub(r"^https?//", "", url, flags=re.IGNORECASE)
+                        r.note(f"URL {v} has no scheme; https:// added", sub, per)
         person = nm1.get(2) == "1"
         entity_id = _ID_UNSAFE.sub("-", f"{info['role']}-{loop.parent.id if loop.parent else ''}-{nm1.position}")
         resource: dict[str, Any] = {}
@@ -893,7 +915,10 @@ def _entity_notes(r: _Response, loop: Loop, eb01: str, entities: list[dict[str, 
         sub = e["loop"]
         for seg in sub.segments:
             if seg.id == "NM1":
-                if e["mapped"] or (maps_to == "other-payer" and e["role"] == "other-payer"):
+                if e["role"] == "utilization-management" and e["mapped"]:
+                    r.note(f"EB {eb01}: authorization through {_entity_text(e)} (its URL is the item's "
+                           "authorizationUrl)", sub, seg)
+                elif e["mapped"] or (maps_to == "other-payer" and e["role"] == "other-payer"):
                     r.map(seg)
                 elif maps_to == "contact":
                     r.note(f"EB {eb01}: for these benefits contact {_entity_text(e)}", sub, seg)
@@ -902,12 +927,9 @@ def _entity_notes(r: _Response, loop: Loop, eb01: str, entities: list[dict[str, 
             elif seg.id == "PRV" and e["resource"].get("qualification"):
                 r.map(seg)
             elif seg.id == "PER" and e["url"] and e["mapped"] and e["role"] == "utilization-management":
-                r.map(seg)
-                others = [c for c in e["contacts"] if e["url"].split("://")[-1].upper() not in c.upper()]
-                if others:
-                    r.note(f"contact of {e['display']}: {'; '.join(others)}", sub, seg)
+                r.map(seg)  # its URL is authorizationUrl; its other contacts are in the NM1 note
             else:
-                r.note(f"{e['display']} {e['name']}: {seg.id} {' '.join(seg.elements)}", sub, seg)
+                r.note(f"{e['display']} {e['name']}: {seg.id} {' '.join(x for x in seg.elements if x)}", sub, seg)
 
 
 def _other_payer(r: _Response, loop: Loop, eb: Segment, entities: list[dict[str, Any]]) -> None:
@@ -918,23 +940,40 @@ def _other_payer(r: _Response, loop: Loop, eb: Segment, entities: list[dict[str,
     organization: dict[str, Any] = {"resourceType": "Organization", "id": payer_id,
                                     "name": payer["name"] if payer else "Other payer (not named by the payer)"}
     if payer and payer["ident"][1]:
-        organization["identifier"] = [{"system": r.tables.systems["payer_id_system"], "value": payer["ident"][1]}]
+        organization["identifier"] = [{"type": {"coding": [dict(r.tables.systems["payer_id_type"])]},
+                                       "system": r.tables.systems["payer_id_system"], "value": payer["ident"][1]}]
     coverage: dict[str, Any] = {"resourceType": "Coverage", "id": coverage_id, "status": "active",
                                 "beneficiary": {"reference": "#patient"}, "payor": [{"reference": f"#{payer_id}"}]}
     if payer and payer.get("order"):
         coverage["order"] = payer["order"]
     if eb.get(4):
         coverage["type"] = {"coding": [r.coding("insurance_type", "1336", eb.get(4))]}
+    classes = r.tables.t["references"]["patient_level"]
     for ref in loop.segments_of("REF"):
-        if ref.get(1) in ("IG", "18", "6P", "1L"):
-            coverage.setdefault("identifier", []).append(
-                {"type": {"text": r.tables.t["references"]["names"].get(ref.get(1), ref.get(1))}, "value": ref.get(2)})
+        kind = classes.get(ref.get(1))
+        if kind in ("group", "plan") or ref.get(1) == "IG":
+            if kind:
+                coverage.setdefault("class", []).append(
+                    {"type": {"coding": [{"system": r.tables.systems["coverage_class"], "code": kind}]},
+                     "value": ref.get(2), **({"name": ref.get(3)} if ref.get(3) else {})})
+            else:
+                coverage.setdefault("identifier", []).append(
+                    {"type": {"text": r.tables.t["references"]["names"].get(ref.get(1), ref.get(1))},
+                     "value": ref.get(2)})
             r.noted.discard(ref.position)
             r.notes[:] = [n_ for n_ in r.notes if not n_.source.endswith(f"REF@{ref.position}")]
             r.map(ref)
+    if eb.get(5):
+        plans = [c for c in coverage.get("class", []) if c["type"]["coding"][0]["code"] == "plan"]
+        if plans:
+            plans[0].setdefault("name", eb.get(5))
+        else:
+            coverage.setdefault("class", []).append(
+                {"type": {"coding": [{"system": r.tables.systems["coverage_class"], "code": "plan"}]},
+                 "value": eb.get(5), "name": eb.get(5)})
     r.contained[coverage_id] = coverage
     r.contained[payer_id] = organization
-    r.extra_insurance.append({"coverage": {"reference": f"#{coverage_id}"}, "inforce": True})
+    r.extra_insurance.append({"coverage": {"reference": f"#{coverage_id}"}})
 
 
 # -- assembling the resource -------------------------------------------------------------------
@@ -1003,6 +1042,12 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
                 subscriber["birthDate"] = subscriber_person.birth_date
             if subscriber_person.gender:
                 subscriber["gender"] = subscriber_person.gender
+            if subscriber_person.address:
+                subscriber["address"] = [subscriber_person.address]
+            if subscriber_person.member_id:
+                subscriber["identifier"] = [{"type": {"coding": [dict(systems["member_id_type"])]},
+                                             "system": systems["member_id_system"],
+                                             "value": subscriber_person.member_id}]
             contained.append(subscriber)
             coverage["subscriber"] = {"reference": "#subscriber"}
         classes = (subscriber_person.groups if subscriber_person else []) + patient_person.groups
@@ -1035,7 +1080,7 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
         insurance.extend(r.extra_insurance)
 
     request_ref = ctx.request if ctx and ctx.request else (
-        {"identifier": {"system": systems["trace_system"], "value": r.traces[0]}} if r.traces else
+        {"identifier": {"system": r.trace_systems[0], "value": r.traces[0]}} if r.traces else
         {"identifier": {"system": f"{systems['canonical_base']}/sid/bht03",
                         "value": next((i["value"] for i in r.identifiers if i["system"].endswith("bht03")),
                                       r.txn.control_number)}})
@@ -1061,8 +1106,9 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
     elif receiver is not None:
         nm1 = receiver.loop("2100B").segment("NM1") if receiver.loop("2100B") else None
         if nm1 is not None and nm1.get(8) == "XX" and nm1.get(9):
+            shown = " ".join(v for v in (nm1.get(4), nm1.get(5), nm1.get(3)) if v) if nm1.get(2) == "1" else nm1.get(3)
             resource["requestor"] = {"identifier": {"system": systems["npi"], "value": nm1.get(9)},
-                                     **({"display": nm1.get(3)} if nm1.get(3) else {})}
+                                     **({"display": shown} if shown else {})}
     resource["request"] = request_ref
     resource["outcome"] = outcome
     resource["disposition"] = _disposition(r, outcome)

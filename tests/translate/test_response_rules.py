@@ -76,13 +76,15 @@ def test_percent_is_a_fraction_and_whole_numbers_are_normalised():
              ("EB", ["A", "IND", "30", "", "", "", "", ".125"]))
     values = [i["benefit"][0].get("allowedUnsignedInt", i["benefit"][0].get("allowedString")) for i in items(r)]
     assert values == [20, 20, "12.5%"]
-    assert any("whole number" in n for n in notes(r))
+    assert any("as a percentage, not a fraction" in n for n in notes(r))
 
 
-def test_placeholder_amount_reads_as_unlimited():
-    r = only(("EB", ["G", "FAM", "30", "", "", "23", "99999.99"]))
-    assert items(r)[0]["benefit"][0]["allowedString"] == "unlimited"
-    assert any("placeholder" in n for n in notes(r))
+def test_placeholder_amounts():
+    r = only(("EB", ["G", "FAM", "30", "", "", "23", "99999.99"]), ("EB", ["F", "IND", "30", "", "", "32", "999999"]))
+    out_of_pocket, limit = items(r)
+    assert "allowedMoney" not in out_of_pocket["benefit"][0] and "allowedString" not in out_of_pocket["benefit"][0]
+    assert limit["benefit"][0]["allowedString"] == "unlimited"
+    assert any("no amount applies" in n for n in notes(r)) and any("read as unlimited" in n for n in notes(r))
 
 
 def test_one_item_per_service_type_of_an_eb03_repetition():
