@@ -1,0 +1,395 @@
+"""Member data -> 271: answer a 270 the way a payer does (pure, table-driven).
+
+Finds the member (and dependent) by member id, last name (CAQH CORE 258 normalisation), first name
+and birth date; returns one AAA per element that failed (CORE 259); answers only the patient asked
+about: plan and eligibility dates, EB*1/EB*6 per coverage, deductible and out-of-pocket
+accumulators as totals for their period plus the remaining amount, visit limits, copays and
+coinsurance, and prior-authorisation rules with a 2120 utilization-management entity and its URL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from gateway.x12.model import Delimiters, Loop, Segment, Transaction
+from gateway.x12.writer import Envelope, Value, X12Writer, format_amount
+
+# URLs carry ':' so the simulator's component separator is '>' (a common set: * ^ > ~)
+PAYER_DELIMITERS = Delimiters("*", "^", ">", "~")
+
+
+@dataclass
+class Inquiry:
+    """What one patient request (a 2000C, or a 2000D under it) asks."""
+
+    subscriber: dict[str, str]
+    dependent: dict[str, str] | None
+    traces: list[list[str]]
+    service_date: date
+    service_types: list[str]
+    procedures: list[tuple[str, str]]
+    provider: list[str]
+    payer: list[str]
+    eq_count: int = 0
+
+
+@dataclass
+class Answer:
+    """The 271 body segments for one inquiry, and the reject codes (empty when the member was found)."""
+
+    segments: list[tuple[str, list[Value]]] = field(default_factory=list)
+    rejects: list[str] = field(default_factory=list)
+
+
+def normalise_last_name(name: str, config: dict[str, Any]) -> str:
+    """CAQH CORE 258: drop suffixes/prefixes separated from the name, then punctuation and spaces."""
+    words = name.upper().replace(",", " ").replace(".", " ").split()
+    while len(words) > 1 and words[-1] in config["name_suffixes"]:
+        words.pop()
+    joined = " ".join(words)
+    for ch in config["name_strip_characters"]:
+        joined = joined.replace(ch, "")
+    return joined
+
+
+def _name_of(seg: Segment | None) -> dict[str, str]:
+    if seg is None:
+        return {}
+    return {"last": seg.get(3), "first": seg.get(4), "id": seg.get(9), "qualifier": seg.get(8)}
+
+
+def inquiries(txn: Transaction, today: date) -> list[Inquiry]:
+    """One Inquiry per patient the 270 asks about."""
+    found = []
+    for source in txn.root.loops_of("2000A"):
+        payer = source.loop("2100A").segment("NM1") if source.loop("2100A") else None
+        for receiver in source.loops_of("2000B"):
+            provider = receiver.loop("2100B").segment("NM1") if receiver.loop("2100B") else None
+            for subscriber in receiver.loops_of("2000C"):
+                dependents = subscriber.loops_of("2000D") or [None]
+                for dependent in dependents:
+                    found.append(_inquiry(subscriber, dependent, payer, provider, today))
+    return found
+
+
+def _inquiry(subscriber: Loop, dependent: Loop | None, payer: Segment | None, provider: Segment | None,
+             today: date) -> Inquiry:
+    sub_name = subscriber.loop("2100C")
+    patient_name = dependent.loop("2100D") if dependent is not None else sub_name
+    sub = _name_of(sub_name.segment("NM1") if sub_name else None)
+    if sub_name is not None and sub_name.segment("DMG") is not None:
+        sub["dob"] = sub_name.segment("DMG").get(2)
+    dep = None
+    if dependent is not None and patient_name is not None:
+        dep = _name_of(patient_name.segment("NM1"))
+        if patient_name.segment("DMG") is not None:
+            dep["dob"] = patient_name.segment("DMG").get(2)
+    traces = [s.parts[1:] for lp in (subscriber, dependent) if lp is not None for s in lp.segments_of("TRN")]
+    service_date = today
+    service_types: list[str] = []
+    procedures: list[tuple[str, str]] = []
+    eq_count = 0
+    for loop in [lp for lp in (patient_name,) if lp is not None]:
+        dtp = loop.segment("DTP")
+        if dtp is not None and dtp.get(1) == "291" and len(dtp.get(3)) >= 8 and dtp.get(3)[:8].isdigit():
+            d = dtp.get(3)[:8]
+            service_date = date(int(d[:4]), int(d[4:6]), int(d[6:]))
+        for inquiry in loop.loops:
+            for eq in inquiry.segments_of("EQ"):
+                eq_count += 1
+                service_types.extend(eq.repetitions(1))
+                if eq.get(2):
+                    comps = eq.components(2)
+                    procedures.append((comps[0], comps[1] if len(comps) > 1 else ""))
+    return Inquiry(sub, dep, traces, service_date, service_types, procedures,
+                   provider.parts if provider is not None else [], payer.parts if payer is not None else [],
+                   eq_count)
+
+
+def _parse_date(value: str | None) -> date | None:
+    if not value:
+        return None
+    digits = value.replace("-", "")
+    try:
+        return date(int(digits[:4]), int(digits[4:6]), int(digits[6:8]))
+    except ValueError:
+        return None
+
+
+def _x12_date(value: date) -> str:
+    return value.strftime("%Y%m%d")
+
+
+def find_member(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[str, Any]
+                ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[str]]:
+    """(subscriber record, dependent record or None, reject keys): one reject per failed element."""
+    sub = inquiry.subscriber
+    record = members.get(sub.get("id", "")) if sub.get("id") else None
+    dependent_by_id = None
+    if record is None and sub.get("id"):
+        # a dependent with a member id of their own is sent as the subscriber
+        for candidate in members.values():
+            for dep in candidate.get("dependents") or []:
+                if dep.get("depmemberid") and dep["depmemberid"] == sub["id"]:
+                    record, dependent_by_id = candidate, dep
+    rejects: list[str] = []
+    if record is None:
+        if sub.get("id"):
+            return None, None, ["subscriber_id"]
+        matches = [m for m in members.values()
+                   if normalise_last_name(m.get("lastname", ""), config) == normalise_last_name(sub.get("last", ""),
+                                                                                                config)
+                   and (m.get("firstname", "").upper() == sub.get("first", "").upper())
+                   and (m.get("dob", "").replace("-", "") == sub.get("dob", ""))]
+        if len(matches) != 1:
+            return None, None, ["subscriber_not_found"]
+        record = matches[0]
+    person = dependent_by_id or record
+    if sub.get("last") and normalise_last_name(person.get("lastname", ""), config) != normalise_last_name(
+            sub["last"], config):
+        rejects.append("subscriber_name")
+    if sub.get("first") and person.get("firstname", "").upper() != sub["first"].upper():
+        rejects.append("subscriber_name")
+    if sub.get("dob") and person.get("dob", "").replace("-", "") != sub["dob"]:
+        rejects.append("birth_date")
+    if rejects:
+        return record, None, list(dict.fromkeys(rejects))
+    if dependent_by_id is not None:
+        return record, dependent_by_id, []
+    if inquiry.dependent is None:
+        return record, None, []
+    want = inquiry.dependent
+    candidates = [d for d in record.get("dependents") or []
+                  if d.get("firstname", "").upper() == want.get("first", "").upper()]
+    if not candidates:
+        return record, None, ["dependent_not_found"]
+    exact = [d for d in candidates if not want.get("dob") or d.get("dob", "").replace("-", "") == want["dob"]]
+    if not exact:
+        return record, None, ["dependent_birth_date"]
+    return record, exact[0], []
+
+
+def _coverage_rows(coverage: dict[str, Any], asked: list[str], config: dict[str, Any], served: date,
+                   generic: bool) -> list[tuple[str, list[Value]]]:
+    category = config["categories"].get(str(coverage.get("covtypename", "")).upper())
+    primary = category["primary"] if category else "30"
+    types = category["service_types"] if category else ["30"]
+    effective = _parse_date(coverage.get("coveffdate"))
+    terminated = _parse_date(coverage.get("covtermdate"))
+    active = (effective is None or effective <= served) and (terminated is None or served <= terminated)
+    status = "1" if active else "6"
+    if generic:
+        answered = [t for t in config["generic_service_types"] if t in types]
+    else:
+        answered = [t for t in asked if t in types]
+    rows: list[tuple[str, list[Value]]] = [("EB", [status, "", primary, "", coverage.get("covtypedesc", "")])]
+    if not active and terminated is not None:
+        rows.append(("DTP", ["357", "D8", _x12_date(terminated)]))
+    others = [t for t in answered if t != primary]
+    if others and active:
+        rows.append(("EB", [status, "", others]))
+    return rows
+
+
+def _period_code(daterange: str, coverage: dict[str, Any] | None) -> str:
+    start, _, end = daterange.replace("/", " ").partition(" ") if "/" in daterange else (daterange, "", "")
+    start_d, end_d = _parse_date(start), _parse_date(end.strip())
+    if start_d and end_d and start_d.month == 1 and start_d.day == 1 and end_d.month == 12 and end_d.day == 31 \
+            and start_d.year == end_d.year:
+        return "23"  # calendar year
+    if coverage and start_d == _parse_date(coverage.get("coveffdate")) and end_d == _parse_date(
+            coverage.get("covtermdate")):
+        return "25"  # contract
+    return "22"      # service (plan) year
+
+
+def _amount(value: Any) -> str:
+    return format_amount(value)
+
+
+def _accumulator_rows(accumulators: list[dict[str, Any]], coverages: list[dict[str, Any]],
+                      config: dict[str, Any]) -> list[tuple[str, list[Value]]]:
+    rows: list[tuple[str, list[Value]]] = []
+    by_category = {str(c.get("covtypename", "")).upper(): c for c in coverages}
+    for acc in accumulators:
+        kind = str(acc.get("specifictype", "")).lower()
+        eb01 = config["accumulators"].get(kind)
+        if eb01 is None:
+            continue
+        category = str(acc.get("coveragetype", "")).upper()
+        stc = config["categories"].get(category, {}).get("primary", "30")
+        level = "IND" if str(acc.get("individualaccum", "Y")).upper() == "Y" else "FAM"
+        network = "Y" if str(acc.get("innetwork", "Y")).upper() == "Y" else "N"
+        period = _period_code(str(acc.get("daterange", "")), by_category.get(category))
+        maximum = float(acc.get("maximumamount") or 0)
+        remaining = max(maximum - float(acc.get("currentamount") or 0), 0)
+        if kind == "visit-limit":
+            rows.append(("EB", [eb01, level, stc, "", "", period, "", "", "VS", _amount(maximum), "", network]))
+            rows.append(("EB", [eb01, level, stc, "", "", "29", "", "", "VS", _amount(remaining), "", network]))
+        else:
+            rows.append(("EB", [eb01, level, stc, "", "", period, _amount(maximum), "", "", "", "", network]))
+            rows.append(("EB", [eb01, level, stc, "", "", "29", _amount(remaining), "", "", "", "", network]))
+    return rows
+
+
+def _benefit_rows(benefits: list[dict[str, Any]], asked: list[str], generic: bool,
+                  config: dict[str, Any]) -> list[tuple[str, list[Value]]]:
+    rows: list[tuple[str, list[Value]]] = []
+    for benefit in benefits:
+        eb01 = config["benefit_types"].get(str(benefit.get("benefittype", "")).lower())
+        stc = str(benefit.get("servicetype", "30"))
+        stc = config["categories"].get(stc.upper(), {}).get("primary", stc)
+        if eb01 is None or (not generic and stc not in asked and "30" not in asked):
+            continue
+        network = str(benefit.get("innetwork", "Y")).upper()
+        period = config["time_periods"].get(str(benefit.get("timeperiod", "")).lower(), "")
+        if eb01 == "A":
+            percent = float(benefit.get("percent") or 0) / 100
+            rows.append(("EB", [eb01, "IND", stc, "", "", period, "", _amount(percent), "", "", "", network]))
+        else:
+            rows.append(("EB", [eb01, "IND", stc, "", "", period, _amount(benefit.get("amount") or 0), "", "", "", "",
+                                network]))
+    return rows
+
+
+def _prior_auth_rows(rules: list[dict[str, Any]], procedures: list[tuple[str, str]], payer_name: str,
+                     config: dict[str, Any]) -> list[tuple[str, list[Value]]]:
+    asked = {code for _, code in procedures}
+    rows: list[tuple[str, list[Value]]] = []
+    for rule in rules:
+        if asked and rule.get("procedure") not in asked:
+            continue
+        qualifier = config["procedure_qualifiers"].get(str(rule.get("codesystem", "CPT")).upper(), "HC")
+        rows.append(("EB", ["1", "IND", "", "", "", "", "", "", "", "", "Y", "Y",
+                            (qualifier, str(rule.get("procedure", "")))]))
+        if rule.get("url"):
+            rows.append(("LS", ["2120"]))
+            rows.append(("NM1", ["X3", "2", f"{payer_name} UTILIZATION MANAGEMENT"]))
+            rows.append(("PER", ["IC", "", "UR", str(rule["url"])]))
+            rows.append(("LE", ["2120"]))
+    return rows
+
+
+def answer(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[str, Any], *, payer_id: str | None,
+           first_hl: int, echo_trace_originator: str = "") -> Answer:
+    """The 271 segments (from the 2000A HL on) for one inquiry."""
+    payer_parts = inquiry.payer or ["NM1", "PR", "2", "PAYER", "", "", "", "", "PI", payer_id or ""]
+    payer_name = payer_parts[3] if len(payer_parts) > 3 else "PAYER"
+    out = Answer()
+    hl = first_hl
+    seg = out.segments.append
+    seg(("HL", [str(hl), "", "20", "1"]))
+    seg(("NM1", payer_parts[1:]))
+    reject = config["reject"]
+    if payer_id and len(payer_parts) > 9 and payer_parts[9] != payer_id:
+        r = reject["payer"]
+        seg(("AAA", ["N", "", r["code"], r["follow_up"]]))
+        out.segments[0] = ("HL", [str(hl), "", "20", "0"])
+        out.rejects.append("payer")
+        return out
+    seg(("HL", [str(hl + 1), str(hl), "21", "1"]))
+    seg(("NM1", inquiry.provider[1:] or ["1P", "2", "PROVIDER"]))
+    if len(inquiry.provider) < 10 or not inquiry.provider[9]:
+        r = reject["provider_id"]
+        seg(("AAA", ["N", "", r["code"], r["follow_up"]]))
+        out.segments[2] = ("HL", [str(hl + 1), str(hl), "21", "0"])
+        out.rejects.append("provider_id")
+        return out
+    record, dependent, rejects = find_member(inquiry, members, config)
+    out.rejects = rejects
+    patient_is_dependent = inquiry.dependent is not None and dependent is not None and not rejects and \
+        (inquiry.subscriber.get("id") != dependent.get("depmemberid"))
+    sub_hl = hl + 2
+    seg(("HL", [str(sub_hl), str(hl + 1), "22", "1" if inquiry.dependent is not None else "0"]))
+    traces = [["2", *t[1:]] for t in inquiry.traces if t and t[0] == "1"]
+    sub = inquiry.subscriber
+    if inquiry.dependent is None or not patient_is_dependent:
+        for t in traces:
+            seg(("TRN", t))
+    person = dependent if (dependent is not None and not patient_is_dependent) else record
+    if person is not None and not rejects:
+        seg(("NM1", ["IL", "1", person.get("lastname", "").upper(), person.get("firstname", "").upper(), "", "", "",
+                     "MI", person.get("depmemberid") or person.get("memberid", "")]))
+    else:
+        seg(("NM1", ["IL", "1", sub.get("last", ""), sub.get("first", ""), "", "", "",
+                     "MI" if sub.get("id") else "", sub.get("id", "")]))
+    subscriber_rejects = [k for k in rejects if reject[k]["loop"] == "2100C"]
+    for key in subscriber_rejects:
+        seg(("AAA", ["N", "", reject[key]["code"], reject[key]["follow_up"]]))
+    if person is not None and person.get("dob") and not subscriber_rejects:
+        seg(("DMG", ["D8", person["dob"].replace("-", ""), person.get("gender", "")]))
+    if subscriber_rejects:
+        if inquiry.dependent is not None:  # the dependent level is not answered: HL04 says so
+            idx = next(i for i, s in enumerate(out.segments) if s[0] == "HL" and s[1][2] == "22")
+            out.segments[idx] = ("HL", [str(sub_hl), str(hl + 1), "22", "0"])
+        return out
+    if inquiry.dependent is not None and not patient_is_dependent and dependent is None:
+        # the dependent was not found: 2000D with its AAA
+        seg(("HL", [str(sub_hl + 1), str(sub_hl), "23", "0"]))
+        for t in traces:
+            seg(("TRN", t))
+        dep = inquiry.dependent
+        seg(("NM1", ["03", "1", dep.get("last", ""), dep.get("first", "")]))
+        for key in rejects:
+            seg(("AAA", ["N", "", reject[key]["code"], reject[key]["follow_up"]]))
+        return out
+    if patient_is_dependent:
+        seg(("HL", [str(sub_hl + 1), str(sub_hl), "23", "0"]))
+        for t in traces:
+            seg(("TRN", t))
+        seg(("NM1", ["03", "1", dependent.get("lastname", "").upper(), dependent.get("firstname", "").upper()]))
+        if dependent.get("dob"):
+            seg(("DMG", ["D8", dependent["dob"].replace("-", ""), dependent.get("gender", "")]))
+        seg(("INS", ["N", config["relationships"].get(str(dependent.get("relationship", "other")).lower(), "34")]))
+        patient = dependent
+    elif dependent is not None:  # a dependent found by a member id of their own: answered as the subscriber
+        patient = dependent
+    else:
+        patient = record
+    assert record is not None
+    coverages = patient.get("coverages") or record.get("coverages") or []
+    benefits = patient.get("benefits") or record.get("benefits") or []
+    accumulators = list(patient.get("accumulators") or [])
+    if patient is not record:
+        accumulators += [a for a in record.get("accumulators") or []
+                         if str(a.get("individualaccum", "Y")).upper() == "N"]
+    else:
+        accumulators = list(record.get("accumulators") or [])
+    rules = (patient.get("priorauth") or []) + ([] if patient is record else record.get("priorauth") or [])
+    starts = [d for d in (_parse_date(c.get("coveffdate")) for c in coverages) if d]
+    ends = [d for d in (_parse_date(c.get("covtermdate")) for c in coverages) if d]
+    if starts:
+        seg(("DTP", ["346", "D8", _x12_date(min(starts))]))
+    if ends and len(ends) == len(coverages):
+        seg(("DTP", ["347", "D8", _x12_date(max(ends))]))
+    asked = inquiry.service_types or ["30"]
+    generic = asked == ["30"] and not inquiry.procedures
+    for coverage in coverages:
+        out.segments.extend(_coverage_rows(coverage, asked, config, inquiry.service_date, generic))
+    active = any(r[1][0] == "1" for r in out.segments if r[0] == "EB")
+    if active:
+        out.segments.extend(_accumulator_rows(accumulators, coverages, config))
+        out.segments.extend(_benefit_rows(benefits, asked, generic, config))
+        out.segments.extend(_prior_auth_rows(rules, inquiry.procedures, payer_name, config))
+    return out
+
+
+def answer_270(txn: Transaction, members: dict[str, dict[str, Any]], config: dict[str, Any], *, now: datetime,
+               control_number: int, payer_id: str | None = None) -> str:
+    """A 271 interchange answering every patient of one 270 transaction set."""
+    isa = txn.interchange
+    bht = txn.root.segment("BHT")
+    body: list[tuple[str, list[Value]]] = [
+        ("BHT", ["0022", "11", bht.get(3) if bht else "", now.strftime("%Y%m%d"), now.strftime("%H%M%S")])]
+    hl = 1
+    for inquiry in inquiries(txn, now.date()):
+        result = answer(inquiry, members, config, payer_id=payer_id, first_hl=hl)
+        body.extend(result.segments)
+        hl = max(int(s[1][0]) for s in result.segments if s[0] == "HL") + 1
+    env = Envelope(sender_id=isa.receiver_id if isa else "PAYER", receiver_id=isa.sender_id if isa else "GATEWAY",
+                   sender_qualifier=isa.receiver_qualifier if isa else "ZZ",
+                   receiver_qualifier=isa.sender_qualifier if isa else "ZZ", interchange_control=control_number,
+                   now=now, usage=isa.usage if isa and isa.usage in ("P", "T") else "P")
+    return X12Writer(PAYER_DELIMITERS).interchange(env, "HB", "271", "005010X279A1", [body]).text

@@ -1,0 +1,112 @@
+"""Member data -> 271: matching with CORE name normalisation, one AAA per failed element, benefits."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from gateway.mappings import load_yaml
+from gateway.payer.answer import answer_270, normalise_last_name
+from gateway.translate import load_tables
+from gateway.translate.response_271 import translate_271
+from gateway.x12.reader import read_x12
+from gateway.x12.validate import validate_x12
+from tests.conftest import FIXTURES
+
+NOW = datetime(2025, 3, 10, 9, 30)
+CONFIG = load_yaml("payer/answers.yaml")
+DELGADO = {
+    "memberid": "ACM482193057", "groupnumber": "G100", "groupname": "NORTHGATE", "firstname": "MARIA",
+    "lastname": "DELGADO", "dob": "1978-05-14", "gender": "F",
+    "coverages": [{"covtypename": "MEDICAL", "covtypedesc": "ACME PPO GOLD", "coveffdate": "2025-01-01",
+                   "covtermdate": "2025-12-31", "covvolume": 1}],
+    "accumulators": [
+        {"accum_name": "DED", "coveragetype": "MEDICAL", "specifictype": "deductible", "currentamount": 750,
+         "maximumamount": 1500, "innetwork": "Y", "individualaccum": "Y", "daterange": "2025-01-01/2025-12-31"},
+        {"accum_name": "CHIRO", "coveragetype": "CHIROPRACTIC", "specifictype": "visit-limit", "currentamount": 6,
+         "maximumamount": 20, "innetwork": "Y", "individualaccum": "Y", "daterange": "2025-01-01/2025-12-31"}],
+    "benefits": [{"servicetype": "98", "benefittype": "copay", "amount": 30, "innetwork": "Y", "timeperiod": "visit"},
+                 {"servicetype": "30", "benefittype": "coinsurance", "percent": 20, "innetwork": "Y"}],
+    "priorauth": [{"procedure": "70551", "codesystem": "CPT", "url": "https://auth.acme.example/mri"}],
+    "dependents": [],
+}
+
+
+def answer_for(path: str, members=None) -> str:
+    txn = read_x12((FIXTURES / "x12" / "270" / path).read_bytes()).transactions[0]
+    return answer_270(txn, members or {DELGADO["memberid"]: DELGADO}, CONFIG, now=NOW, control_number=5)
+
+
+def test_core_last_name_normalisation():
+    assert normalise_last_name("O'Hara-Lee", CONFIG) == "OHARALEE"
+    assert normalise_last_name("Smith Jr.", CONFIG) == normalise_last_name("SMITH", CONFIG)
+    assert normalise_last_name("De La Cruz", CONFIG) == "DELACRUZ"
+
+
+def test_found_member_gets_a_valid_271_whose_translation_reports_used_750():
+    text = answer_for("subscriber-generic.270")
+    report = validate_x12(text)
+    assert report.valid, [f.to_dict() for f in report.errors]
+    segments = [s.parts for s in read_x12(text).transactions[0].segments()]
+    assert ["EB", "C", "IND", "30", "", "", "23", "1500", "", "", "", "", "Y"] in segments
+    assert ["EB", "C", "IND", "30", "", "", "29", "750", "", "", "", "", "Y"] in segments
+    assert any(p[:2] == ["TRN", "2"] for p in segments)
+    response, = translate_271(read_x12(text).transactions[0], load_tables(), now="2025-03-10T09:30:00Z")
+    deductible = next(i for i in response.resource["insurance"][0]["item"]
+                      if i.get("benefit") and i["benefit"][0]["type"]["coding"][0]["code"] == "deductible")
+    assert deductible["benefit"][0]["allowedMoney"]["value"] == 1500
+    assert deductible["benefit"][0]["usedMoney"]["value"] == 750
+
+
+@pytest.mark.parametrize("change, code", [
+    ({"memberid": "OTHER"}, "72"),
+    ({"lastname": "SOMEONE"}, "73"),
+    ({"dob": "1978-05-15"}, "71"),
+])
+def test_one_aaa_per_failed_element(change, code):
+    member = {**DELGADO, **change}
+    text = answer_for("subscriber-generic.270", {member["memberid"]: member})
+    assert validate_x12(text).valid
+    aaa = [s.parts for s in read_x12(text).transactions[0].segments() if s.id == "AAA"]
+    assert aaa == [["AAA", "N", "", code, "C"]]
+    assert not [s for s in read_x12(text).transactions[0].segments() if s.id == "EB"]
+
+
+def test_terminated_coverage_is_inactive():
+    member = {**DELGADO, "coverages": [{**DELGADO["coverages"][0], "covtermdate": "2024-12-31",
+                                        "coveffdate": "2024-01-01"}]}
+    text = answer_for("subscriber-generic.270", {member["memberid"]: member})
+    ebs = [s.parts for s in read_x12(text).transactions[0].segments() if s.id == "EB"]
+    assert ebs[0][:4] == ["EB", "6", "", "30"]
+    assert validate_x12(text).valid
+
+
+OKAFOR = {
+    "memberid": "ACM305118842", "groupnumber": "G204417", "firstname": "CHINEDU", "lastname": "OKAFOR",
+    "dob": "1981-09-30", "gender": "M",
+    "coverages": [{"covtypename": "MEDICAL", "covtypedesc": "ACME PPO SELECT", "coveffdate": "2025-01-01"}],
+    "accumulators": [{"accum_name": "FAMDED", "coveragetype": "MEDICAL", "specifictype": "deductible",
+                      "currentamount": 675, "maximumamount": 2000, "innetwork": "Y", "individualaccum": "N",
+                      "daterange": "2025-01-01/2025-12-31"}],
+    "benefits": [], "priorauth": [],
+    "dependents": [{"depmemberid": "", "firstname": "ADAEZE", "lastname": "OKAFOR", "dob": "2014-08-22",
+                    "gender": "F", "relationship": "child", "coverages": [], "accumulators": [], "benefits": []}],
+}
+
+
+def test_dependent_is_answered_in_2000d_with_family_accumulators():
+    text = answer_for("dependent-generic.270", {OKAFOR["memberid"]: OKAFOR})
+    assert validate_x12(text).valid
+    segments = [s.parts for s in read_x12(text).transactions[0].segments()]
+    assert ["NM1", "03", "1", "OKAFOR", "ADAEZE"] in segments and ["INS", "N", "19"] in segments
+    assert ["EB", "C", "FAM", "30", "", "", "23", "2000", "", "", "", "", "Y"] in segments
+
+
+def test_subscriber_found_patient_not_found_is_77_in_2100d():
+    member = {**OKAFOR, "dependents": []}
+    text = answer_for("dependent-generic.270", {member["memberid"]: member})
+    assert validate_x12(text).valid
+    txn = read_x12(text).transactions[0]
+    aaa = [(loop.id, s.parts) for loop, s in txn.root.walk() if s.id == "AAA"]
+    assert aaa == [("2100D", ["AAA", "N", "", "77", "C"])]
