@@ -175,5 +175,62 @@ def translate(file: str, output: str | None, control_number: int, date: str | No
             click.echo(f"fhir-x12: not carried{where}: {note.text}", err=True)
 
 
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+def serve_gateway(host: str, port: int) -> None:
+    """Run the gateway (configuration from FHIR_X12_* environment variables) under gunicorn."""
+    from gateway.app import create_app
+    from gateway.serving import serve
+
+    serve(create_app(), host, port)
+
+
+@main.group()
+def payer() -> None:
+    """The payer simulator: a member database that answers 270s."""
+
+
+@payer.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8090, show_default=True, type=int)
+@click.option("--database", "database", default="sqlite:///payer-simulator.db", show_default=True,
+              help="SQLAlchemy URL of the member database (SQLite file or postgresql+psycopg://...).")
+@click.option("--seed", "seed", type=click.Path(exists=True, file_okay=False),
+              help="Load every member record (*.json) in this folder first (existing ones are kept).")
+@click.option("--payer-id", "payer_id", help="Answer only 270s addressed to this payer id (2100A NM109).")
+def payer_serve(host: str, port: int, database: str, seed: str | None, payer_id: str | None) -> None:
+    """Run the payer simulator under gunicorn."""
+    from gateway.payer.app import create_payer_app
+    from gateway.serving import serve
+
+    app = create_payer_app({"PAYER_DATABASE_URL": database, "PAYER_ID": payer_id})
+    if seed:
+        loaded = seed_members(app, Path(seed))
+        click.echo(f"fhir-x12: {loaded} member record(s) from {seed}", err=True)
+    serve(app, host, port)
+
+
+def seed_members(app, folder: Path) -> int:  # type: ignore[no-untyped-def]
+    """Queue every record of ``folder`` that is not stored yet and apply them; how many were new."""
+    from gateway.payer.records import validate_record
+
+    store = app.extensions["payer_store"]
+    count = 0
+    for path in sorted(folder.glob("*.json")):
+        try:
+            record, problems = validate_record(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as exc:
+            _fail(f"{path}: cannot read: {exc}")
+            return count
+        if problems:
+            _fail(f"{path}: " + "; ".join(f"{p['path']}: {p['message']}" for p in problems), EXIT_INVALID)
+        if store.get(record["memberid"], record["groupnumber"]) is None:
+            store.submit("create", record["memberid"], record["groupnumber"], record)
+            count += 1
+    store.process_pending()
+    return count
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

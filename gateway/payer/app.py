@@ -1,0 +1,156 @@
+"""The payer simulator as a Flask app: the eligibility API and 270 endpoints (its own process).
+
+Thin: requests are validated by ``records``, stored by ``store``, and 270s are answered by the pure
+``answer`` module from the stored members.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+
+from gateway.errors import X12SyntaxError
+from gateway.mappings import load_yaml
+from gateway.payer.answer import answer_270
+from gateway.payer.records import validate_patch, validate_record
+from gateway.payer.store import MemberStore
+
+payer_api = Blueprint("payer", __name__)
+_control = itertools.count(1)
+
+
+def create_payer_app(config: dict[str, Any] | None = None) -> Flask:
+    """The simulator: ``PAYER_DATABASE_URL`` (default a SQLite file), ``PAYER_ID`` (None answers any payer)."""
+    app = Flask(__name__)
+    app.config.from_mapping(PAYER_DATABASE_URL=os.environ.get("FHIR_X12_PAYER_DATABASE_URL",
+                                                              "sqlite:///payer-simulator.db"),
+                            PAYER_ID=None, PAYER_WORKER=True, MAX_CONTENT_LENGTH=5 * 1024 * 1024)
+    if config:
+        app.config.update(config)
+    store = MemberStore(app.config["PAYER_DATABASE_URL"])
+    app.extensions["payer_store"] = store
+    app.extensions["payer_config"] = load_yaml("payer/answers.yaml")
+    app.register_blueprint(payer_api)
+    if app.config["PAYER_WORKER"]:
+        store.start_worker()
+    return app
+
+
+def _store() -> MemberStore:
+    return current_app.extensions["payer_store"]
+
+
+def _keys() -> tuple[str, str, list[dict[str, str]]]:
+    memberid, groupnumber = request.args.get("memberid", ""), request.args.get("groupnumber", "")
+    problems = [{"path": f"?{k}", "message": f"query parameter {k} is required"}
+                for k, v in (("memberid", memberid), ("groupnumber", groupnumber)) if not v]
+    return memberid, groupnumber, problems
+
+
+def _json_body() -> tuple[Any, list[dict[str, str]]]:
+    data = request.get_json(silent=True)
+    if data is None:
+        return None, [{"path": "$", "message": "the body must be JSON (Content-Type: application/json)"}]
+    return data, []
+
+
+def _accepted(op_id: str) -> Response:
+    response = jsonify(id=op_id, status="notStarted")
+    response.status_code = 202
+    response.headers["Operation-Location"] = f"{request.host_url.rstrip('/')}/operation/{op_id}"
+    return response
+
+
+def _bad(problems: list[dict[str, str]]) -> tuple[Response, int]:
+    return jsonify(error="invalid request", problems=problems), 400
+
+
+@payer_api.post("/eligibility")
+def create_member():  # type: ignore[no-untyped-def]
+    data, problems = _json_body()
+    if problems:
+        return _bad(problems)
+    record, problems = validate_record(data)
+    if problems:
+        return _bad(problems)
+    return _accepted(_store().submit("create", record["memberid"], record["groupnumber"], record))
+
+
+@payer_api.patch("/eligibility")
+def patch_member():  # type: ignore[no-untyped-def]
+    memberid, groupnumber, problems = _keys()
+    data, body_problems = _json_body()
+    problems += body_problems
+    if problems:
+        return _bad(problems)
+    patch, problems = validate_patch(data)
+    if problems:
+        return _bad(problems)
+    return _accepted(_store().submit("patch", memberid, groupnumber, patch))
+
+
+@payer_api.delete("/eligibility")
+def delete_member():  # type: ignore[no-untyped-def]
+    memberid, groupnumber, problems = _keys()
+    if problems:
+        return _bad(problems)
+    return _accepted(_store().submit("delete", memberid, groupnumber, {}))
+
+
+@payer_api.get("/eligibility")
+def read_member():  # type: ignore[no-untyped-def]
+    memberid, groupnumber, problems = _keys()
+    if problems:
+        return _bad(problems)
+    record = _store().get(memberid, groupnumber)
+    if record is None:
+        return jsonify(error=f"no record with memberid {memberid!r} and groupnumber {groupnumber!r}"), 404
+    return jsonify(record)
+
+
+@payer_api.get("/operation/<op_id>")
+def read_operation(op_id: str):  # type: ignore[no-untyped-def]
+    op = _store().operation(op_id)
+    if op is None:
+        return jsonify(error=f"no operation {op_id!r}"), 404
+    body: dict[str, Any] = {"id": op.id, "kind": op.kind, "status": op.status, "errors": op.errors,
+                            "created": op.created.isoformat(), "lastUpdated": op.updated.isoformat()}
+    if op.status == "succeeded" and op.kind != "delete":
+        body["resourceLocation"] = (f"{request.host_url.rstrip('/')}/eligibility?memberid={op.memberid}"
+                                    f"&groupnumber={op.groupnumber}")
+    return jsonify(body)
+
+
+@payer_api.post("/x12")
+def raw_x12():  # type: ignore[no-untyped-def]
+    """A 270 in, its 271 out (application/edi-x12); a 999 when the 270 is not valid."""
+    text, status = answer_x12(request.get_data())
+    return Response(text, status=status, mimetype="application/edi-x12")
+
+
+def answer_x12(data: bytes) -> tuple[str, int]:
+    """The 271 (or a 999 / TA1 for a 270 that fails validation) for one X12 payload."""
+    from gateway.x12.ack import build_999, build_ta1
+    from gateway.x12.validate import validate_x12
+
+    now = datetime.now().replace(microsecond=0)
+    try:
+        report = validate_x12(data)
+    except X12SyntaxError as exc:
+        return f"not readable as X12: {exc}", 400
+    control = next(_control) % 999_999_999 or 1
+    if any(f.level == "interchange" and f.severity == "error" for f in report.findings):
+        isa = report.interchanges[0] if report.interchanges else None
+        return build_ta1(isa, report.findings, control_number=control, now=now), 200
+    if not report.valid or not report.transactions or any(t.set_id != "270" for t in report.transactions):
+        return build_999(report.transactions, report.findings, control_number=control, now=now), 200
+    members = _store().by_member_id()
+    config = current_app.extensions["payer_config"]
+    texts = [answer_270(txn, members, config, now=now, control_number=control,
+                        payer_id=current_app.config.get("PAYER_ID"))
+             for txn in report.transactions]
+    return "".join(texts), 200

@@ -1,0 +1,229 @@
+"""Member records of the eligibility API: validation (every problem with its JSON path) and sparse patches.
+
+Pure: dicts in, dicts and problems out. Field names are the payer API's own and must be lowercase.
+"""
+
+from __future__ import annotations
+
+import re
+from copy import deepcopy
+from typing import Any
+
+CHILD_KEYS: dict[str, tuple[str, ...]] = {
+    "coverages": ("covtypename",),
+    "accumulators": ("accum_name", "coveragetype", "innetwork", "individualaccum"),
+    "benefits": ("servicetype", "benefittype", "innetwork"),
+    "priorauth": ("procedure",),
+    "dependents": ("depmemberid",),
+}
+ACTIONS = {"n", "m", "d"}
+SPECIFIC_TYPES = {"deductible", "out-of-pocket", "visit-limit", "benefit-maximum"}
+_DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
+_RANGE = re.compile(r"^(\d{4}-\d{2}-\d{2})/(\d{4}-\d{2}-\d{2})$|^(\d{8})-(\d{8})$")
+
+# field -> kind, per level
+MEMBER_FIELDS = {"memberid": "id", "groupnumber": "id", "groupname": "text", "seqnumber": "text",
+                 "salary": "amount", "firstname": "text", "lastname": "text", "dob": "date", "gender": "gender",
+                 "coverages": "list", "accumulators": "list", "benefits": "list", "priorauth": "list",
+                 "dependents": "list", "record_action": "action"}
+DEPENDENT_FIELDS = {**{k: v for k, v in MEMBER_FIELDS.items() if k not in ("memberid", "groupnumber", "dependents")},
+                    "depmemberid": "id", "relationship": "relationship"}
+CHILD_FIELDS = {
+    "coverages": {"covtypename": "text", "covtypedesc": "text", "coveffdate": "date", "covtermdate": "date",
+                  "covvolume": "amount", "record_action": "action"},
+    "accumulators": {"accum_name": "text", "accum_desc": "text", "coveragetype": "text", "specifictype": "specific",
+                     "currentamount": "amount", "maximumamount": "amount", "innetwork": "yn",
+                     "individualaccum": "yn", "daterange": "range", "record_action": "action"},
+    "benefits": {"servicetype": "text", "benefittype": "benefittype", "amount": "amount", "percent": "amount",
+                 "innetwork": "ynw", "timeperiod": "text", "record_action": "action"},
+    "priorauth": {"procedure": "text", "codesystem": "text", "url": "url", "record_action": "action"},
+}
+
+
+def _normal_date(value: Any) -> str | None:
+    match = _DATE.match(str(value)) if isinstance(value, str) else None
+    if not match:
+        return None
+    y, m, d = (int(g) for g in match.groups())
+    if not (1 <= m <= 12 and 1 <= d <= 31):
+        return None
+    return f"{y:04d}-{m:02d}-{d:02d}"
+
+
+def _value(kind: str, value: Any, path: str, problems: list[dict[str, str]]) -> Any:
+    def bad(message: str) -> None:
+        problems.append({"path": path, "message": message})
+
+    if kind in ("id", "text"):
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            bad("must be a string")
+            return value
+        return str(value)
+    if kind == "amount":
+        if isinstance(value, bool):
+            bad("must be a number or a numeric string")
+            return value
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            bad(f"{value!r} is not a number")
+            return value
+    if kind == "date":
+        normal = _normal_date(value)
+        if normal is None:
+            bad(f"{value!r} is not a date (YYYY-MM-DD or CCYYMMDD)")
+        return normal or value
+    if kind == "range":
+        match = _RANGE.match(str(value)) if isinstance(value, str) else None
+        if not match:
+            bad(f"{value!r} is not a date range (YYYY-MM-DD/YYYY-MM-DD or CCYYMMDD-CCYYMMDD)")
+            return value
+        start, end = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
+        s, e = _normal_date(start), _normal_date(end)
+        if not s or not e:
+            bad(f"{value!r} holds an impossible date")
+            return value
+        return f"{s}/{e}"
+    if kind in ("yn", "ynw"):
+        allowed = {"Y", "N", "W"} if kind == "ynw" else {"Y", "N"}
+        if not isinstance(value, str) or value.upper() not in allowed:
+            bad(f"must be one of {sorted(allowed)}")
+            return value
+        return value.upper()
+    if kind == "gender":
+        if not isinstance(value, str) or value.upper() not in ("M", "F", "U"):
+            bad("must be M, F or U")
+            return value
+        return value.upper()
+    if kind == "relationship":
+        if not isinstance(value, str) or value.lower() not in ("spouse", "child", "other"):
+            bad("must be spouse, child or other")
+            return value
+        return value.lower()
+    if kind == "specific":
+        if not isinstance(value, str) or value.lower() not in SPECIFIC_TYPES:
+            bad(f"must be one of {sorted(SPECIFIC_TYPES)}")
+            return value
+        return value.lower()
+    if kind == "benefittype":
+        if not isinstance(value, str) or value.lower() not in ("copay", "coinsurance"):
+            bad("must be copay or coinsurance")
+            return value
+        return value.lower()
+    if kind == "url":
+        if not isinstance(value, str) or not value.startswith(("https://", "http://")):
+            bad("must be an http(s) URL")
+        return value
+    if kind == "action":
+        if value not in ACTIONS:
+            bad(f"record_action {value!r} is not n (new), m (modify) or d (delete)")
+        return value
+    return value
+
+
+def _check_object(obj: Any, fields: dict[str, str], path: str, problems: list[dict[str, str]], *,
+                  patch: bool) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        problems.append({"path": path or "$", "message": "must be a JSON object"})
+        return {}
+    clean: dict[str, Any] = {}
+    for key, value in obj.items():
+        where = f"{path}.{key}" if path else key
+        if key != key.lower():
+            problems.append({"path": where, "message": f"field names must be lowercase ({key!r})"})
+            continue
+        kind = fields.get(key)
+        if kind is None:
+            problems.append({"path": where, "message": f"unknown field {key!r}"})
+            continue
+        if kind == "action" and not patch:
+            problems.append({"path": where, "message": "record_action is only used in a PATCH"})
+            continue
+        if kind == "list":
+            if not isinstance(value, list):
+                problems.append({"path": where, "message": "must be a list"})
+                continue
+            child_fields = DEPENDENT_FIELDS if key == "dependents" else CHILD_FIELDS[key]
+            items = []
+            for i, item in enumerate(value):
+                item_path = f"{where}[{i}]"
+                checked = _check_object(item, child_fields, item_path, problems, patch=patch)
+                if patch and "record_action" not in checked and isinstance(item, dict):
+                    problems.append({"path": f"{item_path}.record_action", "message": "each child record of a "
+                                     "PATCH needs record_action n, m or d"})
+                for name in CHILD_KEYS[key]:
+                    if isinstance(item, dict) and name not in item:
+                        problems.append({"path": f"{item_path}.{name}", "message": f"{name} is required (a key of "
+                                         f"{key})"})
+                items.append(checked)
+            clean[key] = items
+            continue
+        clean[key] = _value(kind, value, where, problems)
+    return clean
+
+
+def validate_record(data: Any) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """A new member record: the normalised record and every problem (empty when it can be saved)."""
+    problems: list[dict[str, str]] = []
+    record = _check_object(data, MEMBER_FIELDS, "", problems, patch=False)
+    for key in ("memberid", "groupnumber"):
+        if isinstance(data, dict) and not data.get(key):
+            problems.append({"path": key, "message": f"{key} is required"})
+    return record, problems
+
+
+def validate_patch(data: Any) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """A sparse update: top-level fields replace, child records carry record_action and their keys."""
+    problems: list[dict[str, str]] = []
+    patch = _check_object(data, MEMBER_FIELDS, "", problems, patch=True)
+    for key in ("memberid", "groupnumber"):
+        if key in patch:
+            problems.append({"path": key, "message": f"{key} is a key: it comes from the query, not the body"})
+    return patch, problems
+
+
+def _key(item: dict[str, Any], names: tuple[str, ...]) -> tuple:
+    return tuple(str(item.get(n, "")).upper() for n in names)
+
+
+def apply_patch(record: dict[str, Any], patch: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The record after a validated patch, or the reasons it cannot apply (nothing partial)."""
+    result = deepcopy(record)
+    errors: list[str] = []
+    for key, value in patch.items():
+        if key not in CHILD_KEYS:
+            result[key] = value
+            continue
+        _patch_children(result, key, value, errors, key)
+    return result, errors
+
+
+def _patch_children(target: dict[str, Any], key: str, changes: list[dict[str, Any]], errors: list[str],
+                    path: str) -> None:
+    names = CHILD_KEYS[key]
+    children = target.setdefault(key, [])
+    for i, change in enumerate(changes):
+        action = change.get("record_action")
+        body = {k: v for k, v in change.items() if k != "record_action"}
+        wanted = _key(body, names)
+        index = next((j for j, c in enumerate(children) if _key(c, names) == wanted), None)
+        where = f"{path}[{i}]"
+        if action == "n":
+            if index is not None:
+                errors.append(f"{where}: a {key} record with {dict(zip(names, wanted, strict=True))} already exists")
+                continue
+            children.append({k: v for k, v in body.items() if k not in CHILD_KEYS} | {
+                k: [{kk: vv for kk, vv in c.items() if kk != "record_action"} for c in v]
+                for k, v in body.items() if k in CHILD_KEYS})
+        elif index is None:
+            errors.append(f"{where}: no {key} record with {dict(zip(names, wanted, strict=True))} to "
+                          f"{'modify' if action == 'm' else 'delete'}")
+        elif action == "d":
+            children.pop(index)
+        else:
+            existing = children[index]
+            for field, value in body.items():
+                if field in CHILD_KEYS:
+                    _patch_children(existing, field, value, errors, f"{where}.{field}")
+                else:
+                    existing[field] = value

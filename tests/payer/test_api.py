@@ -1,0 +1,160 @@
+"""The eligibility API on a real server on loopback: create, patch, delete, operations, bad input."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from gateway.payer.app import create_payer_app
+from tests.conftest import FIXTURES
+from tests.payer.test_answer import DELGADO
+
+
+@pytest.fixture
+def server(tmp_path):
+    app = create_payer_app({"PAYER_DATABASE_URL": f"sqlite:///{tmp_path / 'payer.db'}"})
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}", app
+    httpd.shutdown()
+    app.extensions["payer_store"].close()
+
+
+def wait(url: str) -> dict:
+    for _ in range(100):
+        body = requests.get(url, timeout=5).json()
+        if body["status"] in ("succeeded", "failed"):
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"operation {url} did not finish")
+
+
+def create(base: str, record: dict) -> dict:
+    response = requests.post(f"{base}/eligibility", json=record, timeout=5)
+    assert response.status_code == 202, response.text
+    return wait(response.headers["Operation-Location"])
+
+
+def test_create_read_patch_delete(server):
+    base, _ = server
+    assert create(base, DELGADO)["status"] == "succeeded"
+    keys = {"memberid": DELGADO["memberid"], "groupnumber": DELGADO["groupnumber"]}
+    assert requests.get(f"{base}/eligibility", params=keys, timeout=5).json()["lastname"] == "DELGADO"
+    again = create(base, DELGADO)
+    assert again["status"] == "failed" and "already exists" in again["errors"][0]
+    patch = {"accumulators": [{"record_action": "m", "accum_name": "DED", "coveragetype": "MEDICAL",
+                               "innetwork": "Y", "individualaccum": "Y", "currentamount": 900}],
+             "coverages": [{"record_action": "n", "covtypename": "DENTAL", "covtypedesc": "ACME DENTAL",
+                            "coveffdate": "20250101"}],
+             "benefits": [{"record_action": "d", "servicetype": "98", "benefittype": "copay", "innetwork": "Y"}]}
+    response = requests.patch(f"{base}/eligibility", params=keys, json=patch, timeout=5)
+    assert response.status_code == 202
+    assert wait(response.headers["Operation-Location"])["status"] == "succeeded"
+    record = requests.get(f"{base}/eligibility", params=keys, timeout=5).json()
+    assert record["accumulators"][0]["currentamount"] == 900
+    assert record["coverages"][1]["coveffdate"] == "2025-01-01"
+    assert [b["servicetype"] for b in record["benefits"]] == ["30"]
+    bad_patch = {"coverages": [{"record_action": "m", "covtypename": "VISION", "covtypedesc": "X"}]}
+    response = requests.patch(f"{base}/eligibility", params=keys, json=bad_patch, timeout=5)
+    failed = wait(response.headers["Operation-Location"])
+    assert failed["status"] == "failed" and "no coverages record" in failed["errors"][0]
+    response = requests.delete(f"{base}/eligibility", params=keys, timeout=5)
+    assert wait(response.headers["Operation-Location"])["status"] == "succeeded"
+    assert requests.get(f"{base}/eligibility", params=keys, timeout=5).status_code == 404
+
+
+@pytest.mark.parametrize("record, path", [
+    ({**DELGADO, "MemberID": "x"}, "MemberID"),
+    ({k: v for k, v in DELGADO.items() if k != "memberid"}, "memberid"),
+    ({**DELGADO, "salary": "lots"}, "salary"),
+    ({**DELGADO, "dob": "1978-13-40"}, "dob"),
+    ({**DELGADO, "accumulators": [{**DELGADO["accumulators"][0], "daterange": "2025"}]}, "accumulators[0].daterange"),
+    ({**DELGADO, "accumulators": [{**DELGADO["accumulators"][0], "innetwork": "maybe"}]},
+     "accumulators[0].innetwork"),
+    ({**DELGADO, "coverages": [{"covtypename": "MEDICAL", "record_action": "n"}]}, "coverages[0].record_action"),
+])
+def test_bad_input_is_400_with_every_problem_and_its_path(server, record, path):
+    base, app = server
+    response = requests.post(f"{base}/eligibility", json=record, timeout=5)
+    assert response.status_code == 400
+    assert path in [p["path"] for p in response.json()["problems"]]
+    assert app.extensions["payer_store"].by_member_id() == {}
+
+
+def test_unknown_record_action_in_a_patch(server):
+    base, _ = server
+    response = requests.patch(f"{base}/eligibility", params={"memberid": "A", "groupnumber": "B"},
+                              json={"coverages": [{"record_action": "x", "covtypename": "MEDICAL"}]}, timeout=5)
+    assert response.status_code == 400 and "record_action" in response.text
+
+
+def test_raw_x12_answers_a_270_for_a_loaded_member(server):
+    base, _ = server
+    create(base, DELGADO)
+    response = requests.post(f"{base}/x12", data=(FIXTURES / "x12" / "270" / "subscriber-generic.270").read_bytes(),
+                             headers={"Content-Type": "application/edi-x12"}, timeout=10)
+    assert response.status_code == 200 and "ST*271" in response.text
+    assert "EB*C*IND*30***23*1500" in response.text
+
+
+def test_an_invalid_270_gets_a_999(server):
+    base, _ = server
+    data = (FIXTURES / "x12" / "invalid" / "eq01-invalid-code.x12").read_bytes()
+    response = requests.post(f"{base}/x12", data=data, timeout=10)
+    assert "ST*999" in response.text and "IK5*R" in response.text
+
+
+def test_an_accepted_operation_survives_a_restart(tmp_path):
+    url = f"sqlite:///{tmp_path / 'restart.db'}"
+    first = create_payer_app({"PAYER_DATABASE_URL": url, "PAYER_WORKER": False})
+    op_id = first.extensions["payer_store"].submit("create", DELGADO["memberid"], DELGADO["groupnumber"], DELGADO)
+    first.extensions["payer_store"].engine.dispose()   # the process dies before the worker ran
+    second = create_payer_app({"PAYER_DATABASE_URL": url})
+    store = second.extensions["payer_store"]
+    for _ in range(100):
+        if store.operation(op_id).status == "succeeded":
+            break
+        time.sleep(0.05)
+    assert store.operation(op_id).status == "succeeded"
+    assert store.get(DELGADO["memberid"], DELGADO["groupnumber"])["lastname"] == "DELGADO"
+    store.close()
+
+
+def _postgres_url() -> str | None:
+    url = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    try:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(url)
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("select 1"))
+        finally:
+            engine.dispose()
+        return url
+    except Exception:  # noqa: BLE001 - any failure means no server to test against
+        return None
+
+
+def test_postgresql_store_when_the_server_is_there():
+    url = _postgres_url()
+    if url is None:
+        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+    from sqlalchemy import text
+
+    app = create_payer_app({"PAYER_DATABASE_URL": url, "PAYER_WORKER": False})
+    store = app.extensions["payer_store"]
+    with store.engine.begin() as connection:
+        connection.execute(text("delete from payer_members where memberid = :m"), {"m": DELGADO["memberid"]})
+    op_id = store.submit("create", DELGADO["memberid"], DELGADO["groupnumber"], DELGADO)
+    store.process_pending()
+    assert store.operation(op_id).status == "succeeded"
+    assert store.by_member_id()[DELGADO["memberid"]]["dob"] == "1978-05-14"
+    with store.engine.begin() as connection:
+        connection.execute(text("delete from payer_members where memberid = :m"), {"m": DELGADO["memberid"]})
+    store.close()
