@@ -273,16 +273,21 @@ def _prior_auth_rows(rules: list[dict[str, Any]], procedures: list[tuple[str, st
 
 
 def answer(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[str, Any], *, payer_id: str | None,
-           first_hl: int, echo_trace_originator: str = "") -> Answer:
+           first_hl: int, unable_to_respond: bool = False) -> Answer:
     """The 271 segments (from the 2000A HL on) for one inquiry."""
     payer_parts = inquiry.payer or ["NM1", "PR", "2", "PAYER", "", "", "", "", "PI", payer_id or ""]
     payer_name = payer_parts[3] if len(payer_parts) > 3 else "PAYER"
     out = Answer()
     hl = first_hl
     seg = out.segments.append
-    seg(("HL", [str(hl), "", "20", "1"]))
+    seg(("HL", [str(hl), "", "20", "0" if unable_to_respond else "1"]))
     seg(("NM1", payer_parts[1:]))
     reject = config["reject"]
+    if unable_to_respond:
+        r = reject["unable_to_respond"]
+        seg(("AAA", ["Y", "", r["code"], r["follow_up"]]))
+        out.rejects.append("unable_to_respond")
+        return out
     if payer_id and len(payer_parts) > 9 and payer_parts[9] != payer_id:
         r = reject["payer"]
         seg(("AAA", ["N", "", r["code"], r["follow_up"]]))
@@ -376,8 +381,13 @@ def answer(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[st
     return out
 
 
+def asked_member_ids(txn: Transaction) -> list[str]:
+    """The member ids a 270 asks about (2100C NM109), for scenario rules."""
+    return [s.get(9) for loop, s in txn.root.walk() if loop.id == "2100C" and s.id == "NM1" and s.get(9)]
+
+
 def answer_270(txn: Transaction, members: dict[str, dict[str, Any]], config: dict[str, Any], *, now: datetime,
-               control_number: int, payer_id: str | None = None) -> str:
+               control_number: int, payer_id: str | None = None, unable_to_respond: bool = False) -> str:
     """A 271 interchange answering every patient of one 270 transaction set."""
     isa = txn.interchange
     bht = txn.root.segment("BHT")
@@ -385,7 +395,7 @@ def answer_270(txn: Transaction, members: dict[str, dict[str, Any]], config: dic
         ("BHT", ["0022", "11", bht.get(3) if bht else "", now.strftime("%Y%m%d"), now.strftime("%H%M%S")])]
     hl = 1
     for inquiry in inquiries(txn, now.date()):
-        result = answer(inquiry, members, config, payer_id=payer_id, first_hl=hl)
+        result = answer(inquiry, members, config, payer_id=payer_id, first_hl=hl, unable_to_respond=unable_to_respond)
         body.extend(result.segments)
         hl = max(int(s[1][0]) for s in result.segments if s[0] == "HL") + 1
     env = Envelope(sender_id=isa.receiver_id if isa else "PAYER", receiver_id=isa.sender_id if isa else "GATEWAY",

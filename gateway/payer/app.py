@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
+import time
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +19,7 @@ from gateway.errors import X12SyntaxError
 from gateway.mappings import load_yaml
 from gateway.payer.answer import answer_270
 from gateway.payer.records import validate_patch, validate_record
+from gateway.payer.scenarios import ScenarioBook
 from gateway.payer.store import MemberStore
 
 payer_api = Blueprint("payer", __name__)
@@ -34,6 +37,8 @@ def create_payer_app(config: dict[str, Any] | None = None) -> Flask:
     store = MemberStore(app.config["PAYER_DATABASE_URL"])
     app.extensions["payer_store"] = store
     app.extensions["payer_config"] = load_yaml("payer/answers.yaml")
+    app.extensions["payer_scenarios"] = ScenarioBook()
+    app.extensions["payer_gate"] = threading.Semaphore(1)
     app.register_blueprint(payer_api)
     if app.config["PAYER_WORKER"]:
         store.start_worker()
@@ -132,9 +137,48 @@ def raw_x12():  # type: ignore[no-untyped-def]
     return Response(text, status=status, mimetype="application/edi-x12")
 
 
+@payer_api.get("/scenarios")
+def list_scenarios():  # type: ignore[no-untyped-def]
+    from gateway.payer.scenarios import MAGIC_IDS
+
+    book = current_app.extensions["payer_scenarios"]
+    return jsonify(rules=[r.to_dict() for r in book.rules], magic_member_ids=MAGIC_IDS)
+
+
+@payer_api.post("/scenarios")
+def add_scenario():  # type: ignore[no-untyped-def]
+    from gateway.payer.scenarios import parse_rule
+
+    rule, problems = parse_rule(request.get_json(silent=True))
+    if rule is None:
+        return _bad(problems)
+    current_app.extensions["payer_scenarios"].add(rule)
+    return jsonify(rule.to_dict()), 201
+
+
+@payer_api.delete("/scenarios")
+def clear_scenarios():  # type: ignore[no-untyped-def]
+    current_app.extensions["payer_scenarios"].clear()
+    return Response(status=204)
+
+
 def answer_x12(data: bytes) -> tuple[str, int]:
-    """The 271 (or a 999 / TA1 for a 270 that fails validation) for one X12 payload."""
+    """The 271 (or a 999 / TA1, or a scripted fault) for one X12 payload."""
+    if not current_app.extensions["payer_scenarios"].serial():
+        return _answer_x12(data)
+    gate: threading.Semaphore = current_app.extensions["payer_gate"]
+    if not gate.acquire(blocking=False):  # as CMS HETS: one request at a time
+        return "the payer handles one request at a time; retry later", 503
+    try:
+        return _answer_x12(data)
+    finally:
+        gate.release()
+
+
+def _answer_x12(data: bytes) -> tuple[str, int]:
+    from gateway.payer.answer import asked_member_ids
     from gateway.x12.ack import build_999, build_ta1
+    from gateway.x12.model import Finding
     from gateway.x12.validate import validate_x12
 
     now = datetime.now().replace(microsecond=0)
@@ -143,14 +187,38 @@ def answer_x12(data: bytes) -> tuple[str, int]:
     except X12SyntaxError as exc:
         return f"not readable as X12: {exc}", 400
     control = next(_control) % 999_999_999 or 1
-    if any(f.level == "interchange" and f.severity == "error" for f in report.findings):
-        isa = report.interchanges[0] if report.interchanges else None
-        return build_ta1(isa, report.findings, control_number=control, now=now), 200
-    if not report.valid or not report.transactions or any(t.set_id != "270" for t in report.transactions):
-        return build_999(report.transactions, report.findings, control_number=control, now=now), 200
+    book = current_app.extensions["payer_scenarios"]
+    ids = [i for txn in report.transactions if txn.structure for i in asked_member_ids(txn)]
+    rule = book.pick(ids)
+    fault = rule.fault if rule else ""
+    if fault in ("latency", "timeout"):
+        time.sleep(book.delay(rule))
+    if fault == "one-at-a-time":
+        time.sleep(book.delay(rule))  # a slow answer makes concurrent requests visible
+    if fault in ("http-500", "http-503"):
+        return f"scripted fault {fault}", int(fault[-3:])
+    if fault == "malformed":
+        return "ISA*THIS IS NOT*AN X12 INTERCHANGE~", 200
+    isa = report.interchanges[0] if report.interchanges else None
+    if fault == "ta1" or any(f.level == "interchange" and f.severity == "error" for f in report.findings):
+        findings = list(report.findings)
+        if fault == "ta1":
+            findings.append(Finding("SIM-TA1", "scripted interchange rejection", level="interchange", ack_code="024",
+                                    interchange=isa.control_number if isa else ""))
+        return build_ta1(isa, findings, control_number=control, now=now), 200
+    if fault == "reject-999" or not report.valid or not report.transactions or any(
+            t.set_id != "270" for t in report.transactions):
+        findings = list(report.findings)
+        if fault == "reject-999":
+            findings += [Finding("SIM-999", "scripted rejection", level="transaction", ack_code="5",
+                                 transaction=t.control_number, transaction_set=t.set_id) for t in report.transactions]
+        return build_999(report.transactions, findings, control_number=control, now=now), 200
     members = _store().by_member_id()
     config = current_app.extensions["payer_config"]
     texts = [answer_270(txn, members, config, now=now, control_number=control,
-                        payer_id=current_app.config.get("PAYER_ID"))
+                        payer_id=current_app.config.get("PAYER_ID"), unable_to_respond=fault == "aaa-42")
              for txn in report.transactions]
-    return "".join(texts), 200
+    text = "".join(texts)
+    if fault == "wrong-trace":
+        text = text.replace("TRN*2*", "TRN*2*X")
+    return text, 200
