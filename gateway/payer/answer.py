@@ -178,6 +178,8 @@ def _coverage_rows(coverage: dict[str, Any], asked: list[str], config: dict[str,
     types = category["service_types"] if category else ["30"]
     effective = _parse_date(coverage.get("coveffdate"))
     terminated = _parse_date(coverage.get("covtermdate"))
+    if terminated is not None and terminated.year >= 9999:  # an open-ended coverage
+        terminated = None
     active = (effective is None or effective <= served) and (terminated is None or served <= terminated)
     status = "1" if active else "6"
     if generic:
@@ -364,7 +366,7 @@ def answer(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[st
         accumulators = list(record.get("accumulators") or [])
     rules = (patient.get("priorauth") or []) + ([] if patient is record else record.get("priorauth") or [])
     starts = [d for d in (_parse_date(c.get("coveffdate")) for c in coverages) if d]
-    ends = [d for d in (_parse_date(c.get("covtermdate")) for c in coverages) if d]
+    ends = [d for d in (_parse_date(c.get("covtermdate")) for c in coverages) if d and d.year < 9999]
     if starts:
         seg(("DTP", ["346", "D8", _x12_date(min(starts))]))
     if ends and len(ends) == len(coverages):

@@ -26,7 +26,7 @@ MEMBER_FIELDS = {"memberid": "id", "groupnumber": "id", "groupname": "text", "se
                  "salary": "amount", "firstname": "text", "lastname": "text", "dob": "date", "gender": "gender",
                  "coverages": "list", "accumulators": "list", "benefits": "list", "priorauth": "list",
                  "dependents": "list", "record_action": "action"}
-DEPENDENT_FIELDS = {**{k: v for k, v in MEMBER_FIELDS.items() if k not in ("memberid", "groupnumber", "dependents")},
+DEPENDENT_FIELDS = {**{k: v for k, v in MEMBER_FIELDS.items() if k not in ("memberid", "dependents")},
                     "depmemberid": "id", "relationship": "relationship"}
 CHILD_FIELDS = {
     "coverages": {"covtypename": "text", "covtypedesc": "text", "coveffdate": "date", "covtermdate": "date",
