@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from gateway.errors import X12SyntaxError
+from gateway.errors import GatewayError, X12SyntaxError
 from gateway.mappings import load_yaml
 from gateway.payer.answer import answer_270
 from gateway.payer.records import validate_patch, validate_record
@@ -222,3 +222,81 @@ def _answer_x12(data: bytes) -> tuple[str, int]:
     if fault == "wrong-trace":
         text = text.replace("TRN*2*", "TRN*2*X")
     return text, 200
+
+
+def _core_reply(env: Any, text: str, status: int) -> tuple[Any, int]:
+    """The response envelope for an answered payload (271, 999 or TA1), or the HTTP status of a fault."""
+    from gateway.transport import core
+
+    if status != 200:
+        return None, status
+    payload_type = {"999": core.PAYLOAD_999, "TA1": core.PAYLOAD_TA1}.get(_answer_kind(text), core.PAYLOAD_271)
+    reply = core.CoreEnvelope.create(payload_type, text, sender_id=env.receiver_id, receiver_id=env.sender_id,
+                                     payload_id=env.payload_id)
+    reply.error_code, reply.error_message = core.SUCCESS, core.SUCCESS_MESSAGE
+    return reply, 200
+
+
+def _answer_kind(text: str) -> str:
+    """"TA1", "999" or "271": what an answer is, read from its first TA1 or ST segment."""
+    from gateway.x12.tokenizer import tokenize
+
+    try:
+        for batch in tokenize(text):
+            for parts in batch.split():
+                if parts[0] == "TA1":
+                    return "TA1"
+                if parts[0] == "ST":
+                    return parts[1] if len(parts) > 1 else ""
+    except GatewayError:
+        return ""
+    return ""
+
+
+def _core_error(env: Any, code: str, message: str) -> Any:
+    from gateway.transport import core
+
+    reply = core.CoreEnvelope.create(getattr(env, "payload_type", "") or core.PAYLOAD_271, None,
+                                     sender_id=getattr(env, "receiver_id", "") or "PAYER",
+                                     receiver_id=getattr(env, "sender_id", "") or "UNKNOWN",
+                                     payload_id=getattr(env, "payload_id", "") or None)
+    reply.error_code, reply.error_message = code, message
+    return reply
+
+
+@payer_api.post("/core/soap")
+def core_soap():  # type: ignore[no-untyped-def]
+    """CAQH CORE vC2.2.0 SOAP 1.2 real-time: COREEnvelopeRealTimeRequest in, ...Response out."""
+    from gateway.transport import core
+
+    try:
+        env = core.parse_soap_request(request.get_data())
+    except core.CoreEnvelopeError as exc:
+        if exc.error_code == core.ENVELOPE_PARSING_ERROR or exc.envelope is None:
+            return Response(core.soap_fault(exc.error_code, exc.message), status=400,
+                            content_type=core.SOAP_CONTENT_TYPE)
+        return Response(core.build_soap_response(_core_error(exc.envelope, exc.error_code, exc.message)),
+                        status=200, content_type=core.SOAP_CONTENT_TYPE)
+    text, status = answer_x12((env.payload or "").encode())
+    reply, status = _core_reply(env, text, status)
+    if reply is None:
+        return Response(text, status=status, mimetype="text/plain")
+    return Response(core.build_soap_response(reply), status=200, content_type=core.SOAP_CONTENT_TYPE)
+
+
+@payer_api.post("/core/mime")
+def core_mime():  # type: ignore[no-untyped-def]
+    """CAQH CORE vC2.2.0 HTTP MIME multipart (multipart/form-data) real-time."""
+    from gateway.transport import core
+
+    try:
+        env = core.parse_mime_request(request.get_data(), request.headers.get("Content-Type", ""))
+    except core.CoreEnvelopeError as exc:
+        body, content_type = core.build_mime_response(_core_error(exc.envelope, exc.error_code, exc.message))
+        return Response(body, status=400 if exc.envelope is None else 200, content_type=content_type)
+    text, status = answer_x12((env.payload or "").encode())
+    reply, status = _core_reply(env, text, status)
+    if reply is None:
+        return Response(text, status=status, mimetype="text/plain")
+    body, content_type = core.build_mime_response(reply)
+    return Response(body, status=200, content_type=content_type)

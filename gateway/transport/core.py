@@ -221,9 +221,9 @@ def _blank(value: str | None) -> bool:
     return value is None or not value.strip()
 
 
-def _check_required(values: Mapping[str, str | None], env: CoreEnvelope, *, payload_required: bool) -> None:
-    names = [name for name, _ in _METADATA] + (["Payload"] if payload_required else [])
-    for name in names:
+def _check_required(values: Mapping[str, str | None], env: CoreEnvelope) -> None:
+    """The seven metadata fields then Payload, in XSD order; the first one missing or blank is reported."""
+    for name in [name for name, _ in _METADATA] + ["Payload"]:
         if _blank(values.get(name)):
             raise CoreEnvelopeError(f"{name}Required", f"{name} is missing or empty", envelope=env)
 
@@ -252,10 +252,9 @@ def _request_from_fields(values: Mapping[str, str | None], username: str | None,
     except CoreEnvelopeError as exc:
         exc.envelope = partial
         raise
-    _check_required(values, partial, payload_required=True)
-    env = CoreEnvelope(**{**partial.__dict__, "username": username, "password": password})
-    _check_values(env, payload_types)
-    return env
+    _check_required(values, partial)
+    _check_values(partial, payload_types)
+    return CoreEnvelope(**{**partial.__dict__, "username": username, "password": password})
 
 
 def _response_from_fields(values: Mapping[str, str | None], payload_types: Collection[str]) -> CoreEnvelope:
@@ -271,7 +270,7 @@ def _response_from_fields(values: Mapping[str, str | None], payload_types: Colle
     partial.error_code = error_code
     if error_code != SUCCESS:
         return partial
-    _check_required(values, partial, payload_required=True)
+    _check_required(values, partial)
     _check_values(partial, payload_types)
     return partial
 

@@ -339,6 +339,12 @@ def test_success_response_values(change: dict[str, str], code: str) -> None:
     assert code_of(excinfo) == code
 
 
+def test_value_errors_never_carry_the_password() -> None:
+    with pytest.raises(CoreEnvelopeError) as excinfo:
+        parse_soap_request(build_soap_request(request(processing_mode="Batch", username="u", password="s3cret")))
+    assert excinfo.value.envelope.username == "u" and excinfo.value.envelope.password is None
+
+
 def test_version_is_checked_before_mode() -> None:
     with pytest.raises(CoreEnvelopeError) as excinfo:
         parse_soap_request(build_soap_request(request(core_rule_version="2.1.0", processing_mode="Batch")))
