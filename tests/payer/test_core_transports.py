@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import requests
 
-from gateway.transport import core
 from gateway.translate import load_tables
 from gateway.translate.response_271 import translate_271
+from gateway.transport import core
 from gateway.x12.reader import read_x12
 from tests.conftest import FIXTURES
-from tests.payer.test_api import create, server  # noqa: F401 - the fixture
 from tests.payer.test_answer import DELGADO
+from tests.payer.test_api import create, server  # noqa: F401 - the fixture
 
 REQUEST = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
 
