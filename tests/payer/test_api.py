@@ -158,3 +158,42 @@ def test_postgresql_store_when_the_server_is_there():
     with store.engine.begin() as connection:
         connection.execute(text("delete from payer_members where memberid = :m"), {"m": DELGADO["memberid"]})
     store.close()
+
+
+def test_a_killed_process_leaves_its_accepted_create_for_the_next_one(tmp_path):
+    """A real process accepts a create and dies (os._exit) before any worker runs; the next one applies it."""
+    import json
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'killed.db'}"
+    script = (
+        "import json, os, sys\n"
+        "from gateway.payer.app import create_payer_app\n"
+        f"app = create_payer_app({{'PAYER_DATABASE_URL': {url!r}, 'PAYER_WORKER': False}})\n"
+        "record = json.loads(sys.stdin.read())\n"
+        "print(app.extensions['payer_store'].submit('create', record['memberid'], record['groupnumber'], record))\n"
+        "sys.stdout.flush()\n"
+        "os._exit(137)\n")
+    done = subprocess.run([sys.executable, "-c", script], input=json.dumps(DELGADO), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 137, done.stderr
+    op_id = done.stdout.strip()
+    app = create_payer_app({"PAYER_DATABASE_URL": url})
+    store = app.extensions["payer_store"]
+    for _ in range(100):
+        if store.operation(op_id).status == "succeeded":
+            break
+        time.sleep(0.05)
+    assert store.operation(op_id).status == "succeeded"
+    store.close()
+
+
+def test_seed_loads_the_demo_members_once(tmp_path):
+    from gateway.cli import seed_members
+
+    app = create_payer_app({"PAYER_DATABASE_URL": f"sqlite:///{tmp_path / 'seed.db'}", "PAYER_WORKER": False})
+    first = seed_members(app, FIXTURES / "members")
+    assert first >= 12 and seed_members(app, FIXTURES / "members") == 0
+    assert len(app.extensions["payer_store"].by_member_id()) == first
+    app.extensions["payer_store"].close()

@@ -81,3 +81,13 @@ def test_bad_scenarios_are_400(server):  # noqa: F811
     assert {p["path"] for p in response.json()["problems"]} == {"fault", "seconds"}
     listed = requests.get(f"{base}/scenarios", timeout=5).json()
     assert set(listed["magic_member_ids"]) == set(MAGIC_IDS)
+
+
+def test_jittered_latency_is_deterministic():
+    from gateway.payer.scenarios import Rule, ScenarioBook
+
+    rule = Rule("*", "latency", seconds=1.0, jitter=0.5)
+    first, second = ScenarioBook(), ScenarioBook()
+    delays = [first.delay(rule) for _ in range(5)]
+    assert delays == [second.delay(rule) for _ in range(5)]
+    assert all(0.5 <= d <= 1.5 for d in delays) and len(set(delays)) > 1
