@@ -152,7 +152,9 @@ def find_member(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: di
         rejects.append("subscriber_name")
     if sub.get("first") and person.get("firstname", "").upper() != sub["first"].upper():
         rejects.append("subscriber_name")
-    if sub.get("dob") and person.get("dob", "").replace("-", "") != sub["dob"]:
+    if sub.get("dob") and _parse_date(sub["dob"]) is None:
+        rejects.append("invalid_birth_date")
+    elif sub.get("dob") and person.get("dob", "").replace("-", "") != sub["dob"]:
         rejects.append("birth_date")
     if rejects:
         return record, None, list(dict.fromkeys(rejects))
@@ -275,7 +277,7 @@ def _prior_auth_rows(rules: list[dict[str, Any]], procedures: list[tuple[str, st
 
 
 def answer(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[str, Any], *, payer_id: str | None,
-           first_hl: int, unable_to_respond: bool = False) -> Answer:
+           first_hl: int, unable_to_respond: bool = False, providers: frozenset[str] | None = None) -> Answer:
     """The 271 segments (from the 2000A HL on) for one inquiry."""
     payer_parts = inquiry.payer or ["NM1", "PR", "2", "PAYER", "", "", "", "", "PI", payer_id or ""]
     payer_name = payer_parts[3] if len(payer_parts) > 3 else "PAYER"
@@ -298,11 +300,14 @@ def answer(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[st
         return out
     seg(("HL", [str(hl + 1), str(hl), "21", "1"]))
     seg(("NM1", inquiry.provider[1:] or ["1P", "2", "PROVIDER"]))
-    if len(inquiry.provider) < 10 or not inquiry.provider[9]:
-        r = reject["provider_id"]
+    npi = inquiry.provider[9].strip() if len(inquiry.provider) > 9 else ""
+    problem = "provider_id" if not npi else "provider_not_on_file" if providers is not None and npi not in providers \
+        else None
+    if problem:
+        r = reject[problem]
         seg(("AAA", ["N", "", r["code"], r["follow_up"]]))
         out.segments[2] = ("HL", [str(hl + 1), str(hl), "21", "0"])
-        out.rejects.append("provider_id")
+        out.rejects.append(problem)
         return out
     record, dependent, rejects = find_member(inquiry, members, config)
     out.rejects = rejects
@@ -389,7 +394,8 @@ def asked_member_ids(txn: Transaction) -> list[str]:
 
 
 def answer_270(txn: Transaction, members: dict[str, dict[str, Any]], config: dict[str, Any], *, now: datetime,
-               control_number: int, payer_id: str | None = None, unable_to_respond: bool = False) -> str:
+               control_number: int, payer_id: str | None = None, unable_to_respond: bool = False,
+               providers: frozenset[str] | None = None) -> str:
     """A 271 interchange answering every patient of one 270 transaction set."""
     isa = txn.interchange
     bht = txn.root.segment("BHT")
@@ -397,7 +403,8 @@ def answer_270(txn: Transaction, members: dict[str, dict[str, Any]], config: dic
         ("BHT", ["0022", "11", bht.get(3) if bht else "", now.strftime("%Y%m%d"), now.strftime("%H%M%S")])]
     hl = 1
     for inquiry in inquiries(txn, now.date()):
-        result = answer(inquiry, members, config, payer_id=payer_id, first_hl=hl, unable_to_respond=unable_to_respond)
+        result = answer(inquiry, members, config, payer_id=payer_id, first_hl=hl, unable_to_respond=unable_to_respond,
+                        providers=providers)
         body.extend(result.segments)
         hl = max(int(s[1][0]) for s in result.segments if s[0] == "HL") + 1
     env = Envelope(sender_id=isa.receiver_id if isa else "PAYER", receiver_id=isa.sender_id if isa else "GATEWAY",

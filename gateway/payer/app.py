@@ -31,7 +31,8 @@ def create_payer_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(PAYER_DATABASE_URL=os.environ.get("FHIR_X12_PAYER_DATABASE_URL",
                                                               "sqlite:///payer-simulator.db"),
-                            PAYER_ID=None, PAYER_WORKER=True, MAX_CONTENT_LENGTH=5 * 1024 * 1024)
+                            PAYER_ID=None, PAYER_WORKER=True, MAX_CONTENT_LENGTH=5 * 1024 * 1024,
+                            PAYER_PROVIDERS=None)  # NPIs on file; None accepts any provider
     if config:
         app.config.update(config)
     store = MemberStore(app.config["PAYER_DATABASE_URL"])
@@ -216,7 +217,9 @@ def _answer_x12(data: bytes) -> tuple[str, int]:
     members = _store().by_member_id()
     config = current_app.extensions["payer_config"]
     texts = [answer_270(txn, members, config, now=now, control_number=control,
-                        payer_id=current_app.config.get("PAYER_ID"), unable_to_respond=fault == "aaa-42")
+                        payer_id=current_app.config.get("PAYER_ID"), unable_to_respond=fault == "aaa-42",
+                        providers=frozenset(current_app.config["PAYER_PROVIDERS"])
+                        if current_app.config.get("PAYER_PROVIDERS") is not None else None)
              for txn in report.transactions]
     text = "".join(texts)
     if fault == "wrong-trace":

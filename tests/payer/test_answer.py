@@ -110,3 +110,16 @@ def test_subscriber_found_patient_not_found_is_77_in_2100d():
     txn = read_x12(text).transactions[0]
     aaa = [(loop.id, s.parts) for loop, s in txn.root.walk() if s.id == "AAA"]
     assert aaa == [("2100D", ["AAA", "N", "", "77", "C"])]
+
+
+def test_provider_not_on_file_and_invalid_birth_date():
+    txn = read_x12((FIXTURES / "x12" / "270" / "subscriber-generic.270").read_bytes()).transactions[0]
+    text = answer_270(txn, {DELGADO["memberid"]: DELGADO}, CONFIG, now=NOW, control_number=5,
+                      providers=frozenset({"1999999999"}))
+    assert [s.parts for s in read_x12(text).transactions[0].segments() if s.id == "AAA"] == [
+        ["AAA", "N", "", "51", "C"]]
+    bad_dob = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text().replace("19780514", "19781399")
+    text = answer_270(read_x12(bad_dob).transactions[0], {DELGADO["memberid"]: DELGADO}, CONFIG, now=NOW,
+                      control_number=5)
+    assert [s.parts for s in read_x12(text).transactions[0].segments() if s.id == "AAA"] == [
+        ["AAA", "N", "", "58", "C"]]
