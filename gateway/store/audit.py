@@ -1,0 +1,226 @@
+"""The audit store: every eligibility transaction, written step by step, and FHIR search over it.
+
+The gateway calls ``record_request`` before it contacts the payer (so a crash or a timeout loses
+nothing), ``record_sent`` once the 270 has gone out and ``record_answer`` with whatever came back.
+Nothing here logs: the rows hold protected health information.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import create_engine, delete, event, func, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from gateway.store.errors import DuplicateRecordError, SearchError, StoreError, UnknownRecordError
+from gateway.store.migrate import ensure_sqlite_folder, is_memory_sqlite, normalize_url, upgrade, upgrade_engine
+from gateway.store.models import EligibilityRecord, RecordIdentifier
+from gateway.store.search import REQUEST_PARAMS, RESPONSE_PARAMS, build, parse_fhir_datetime
+
+RESPONSE_TYPE = "CoverageEligibilityResponse"
+
+
+class AuditStore:
+    """Eligibility transactions in a SQLite file or PostgreSQL (``postgresql+psycopg://``), migrated on open."""
+
+    def __init__(self, url: str) -> None:
+        url = normalize_url(url)
+        backend = make_url(url).get_backend_name()
+        kwargs: dict[str, Any] = {}
+        memory = is_memory_sqlite(url)
+        if backend == "sqlite":
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            if memory:
+                kwargs["poolclass"] = StaticPool  # one shared connection, or every thread sees its own database
+            else:
+                ensure_sqlite_folder(url)
+        else:
+            kwargs["pool_pre_ping"] = True
+        if not memory:
+            upgrade(url)
+        self.engine: Engine = create_engine(url, **kwargs)
+        if backend == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas(memory))
+        if memory:
+            upgrade_engine(self.engine)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> AuditStore:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- writing --------------------------------------------------------------------------------------
+    def record_request(self, id: str, request: dict[str, Any], resolved: dict[str, Any] | None, payer_id: str,
+                       trace: str, received_at: datetime) -> None:
+        """Store an accepted CoverageEligibilityRequest (status ``received``) before the payer is called."""
+        identifiers = _identifiers(request.get("identifier"))
+        record = EligibilityRecord(
+            id=id, status="received", request=request, resolved=resolved, payer_id=payer_id, trace=trace,
+            aaa_codes=[], patient_ref=_reference(request.get("patient")),
+            insurer_ref=_reference(request.get("insurer")), provider_ref=_reference(request.get("provider")),
+            request_status=_string(request.get("status")), request_identifiers=[_joined(i) for i in identifiers],
+            response_identifiers=[], created=parse_fhir_datetime(request.get("created")), received_at=received_at,
+            identifiers=[RecordIdentifier(kind="request", system=s, value=v) for s, v in identifiers],
+        )
+        try:
+            with self.sessions.begin() as session:
+                session.add(record)
+        except IntegrityError:
+            with self.sessions() as session:
+                if session.get(EligibilityRecord, id) is None:
+                    raise  # not the id: a required value is missing
+            raise DuplicateRecordError(id) from None
+
+    def record_sent(self, id: str, x12_request: str, sent_at: datetime) -> None:
+        """The 270 went to the payer."""
+        with self.sessions.begin() as session:
+            record = self._get(session, id)
+            record.x12_request = x12_request
+            record.sent_at = sent_at
+            record.status = "sent"
+
+    def record_answer(self, id: str, *, x12_response: str | None, response: dict[str, Any] | None,
+                      outcome: str | None, aaa_codes: list[str], http_status: int, answered_at: datetime,
+                      error: dict[str, Any] | None = None) -> None:
+        """What came back (271, 999 or TA1) and what the gateway answered; ``failed`` when ``error`` is given."""
+        is_response = isinstance(response, dict) and response.get("resourceType") == RESPONSE_TYPE
+        identifiers = _identifiers(response.get("identifier")) if is_response else []
+        try:
+            with self.sessions.begin() as session:
+                record = self._get(session, id)
+                session.execute(delete(RecordIdentifier).where(RecordIdentifier.transaction_id == id,
+                                                               RecordIdentifier.kind == "response"))
+                record.x12_response = x12_response
+                record.response = response
+                record.outcome = outcome if outcome is not None else (
+                    _string(response.get("outcome")) if is_response else None)
+                record.aaa_codes = list(aaa_codes)
+                record.http_status = http_status
+                record.answered_at = answered_at
+                record.error = error
+                record.status = "failed" if error is not None else "answered"
+                record.response_id = _string(response.get("id")) if is_response else None
+                record.response_identifiers = [_joined(i) for i in identifiers]
+                record.response_created = ((parse_fhir_datetime(response.get("created")) or answered_at)
+                                           if is_response else None)
+                record.duration_ms = _milliseconds(record.received_at, answered_at)
+                session.add_all(RecordIdentifier(transaction_id=id, kind="response", system=s, value=v)
+                                for s, v in identifiers)
+        except IntegrityError:
+            raise StoreError(f"transaction {id!r}: the response id is already stored for another transaction") \
+                from None
+
+    # -- reading --------------------------------------------------------------------------------------
+    def record(self, id: str) -> EligibilityRecord | None:
+        """The whole row (detached), identifiers included."""
+        with self.sessions() as session:
+            return session.scalars(select(EligibilityRecord).where(EligibilityRecord.id == id)
+                                   .options(selectinload(EligibilityRecord.identifiers))).first()
+
+    def get_request(self, id: str) -> dict[str, Any] | None:
+        """The CoverageEligibilityRequest as received, with the id the gateway gave it."""
+        with self.sessions() as session:
+            row = session.execute(select(EligibilityRecord.request).where(EligibilityRecord.id == id)).first()
+        return None if row is None else {**row.request, "id": id}
+
+    def get_response(self, response_id: str) -> dict[str, Any] | None:
+        with self.sessions() as session:
+            row = session.execute(select(EligibilityRecord.response)
+                                  .where(EligibilityRecord.response_id == response_id)).first()
+        return None if row is None else row.response
+
+    def search_requests(self, params: Mapping[str, Iterable[str]], count: int, offset: int) -> tuple[list[dict], int]:
+        """CoverageEligibilityRequests matching ``params`` (FHIR query values): one page and the total."""
+        conditions, order = build(params, REQUEST_PARAMS, EligibilityRecord.created, EligibilityRecord.id)
+        rows, total = self._page(select(EligibilityRecord.id, EligibilityRecord.request), conditions, order,
+                                 count, offset)
+        return [{**row.request, "id": row.id} for row in rows], total
+
+    def search_responses(self, params: Mapping[str, Iterable[str]], count: int,
+                         offset: int) -> tuple[list[dict], int]:
+        """CoverageEligibilityResponses matching ``params``: one page and the total."""
+        conditions, order = build(params, RESPONSE_PARAMS, EligibilityRecord.response_created,
+                                  EligibilityRecord.response_id)
+        conditions.insert(0, EligibilityRecord.response_id.is_not(None))
+        rows, total = self._page(select(EligibilityRecord.response), conditions, order, count, offset)
+        return [row.response for row in rows], total
+
+    # -- helpers --------------------------------------------------------------------------------------
+    def _page(self, query: Any, conditions: list, order: list, count: int, offset: int) -> tuple[list, int]:
+        if count < 0:
+            raise SearchError("_count", "must not be negative")
+        if offset < 0:
+            raise SearchError("_offset", "must not be negative")
+        with self.sessions() as session:
+            total = session.scalar(select(func.count()).select_from(EligibilityRecord).where(*conditions)) or 0
+            rows = [] if count == 0 else session.execute(
+                query.where(*conditions).order_by(*order).offset(offset).limit(count)).all()
+        return rows, total
+
+    @staticmethod
+    def _get(session: Session, id: str) -> EligibilityRecord:
+        record = session.get(EligibilityRecord, id)
+        if record is None:
+            raise UnknownRecordError(id)
+        return record
+
+
+def _sqlite_pragmas(memory: bool) -> Any:
+    def connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA foreign_keys=ON")
+            if not memory:
+                cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+        finally:
+            cursor.close()
+
+    return connect
+
+
+def _string(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _reference(value: Any) -> str | None:
+    """``reference``, else ``system|value`` of an identifier-only reference (``|value`` without a system)."""
+    if not isinstance(value, dict):
+        return None
+    reference = _string(value.get("reference"))
+    if reference:
+        return reference
+    identifier = value.get("identifier")
+    if isinstance(identifier, dict) and _string(identifier.get("value")):
+        return f"{_string(identifier.get('system')) or ''}|{identifier['value']}"
+    return None
+
+
+def _identifiers(value: Any) -> list[tuple[str, str]]:
+    if not isinstance(value, list):
+        return []
+    return [(_string(i.get("system")) or "", i["value"]) for i in value
+            if isinstance(i, dict) and _string(i.get("value"))]
+
+
+def _joined(identifier: tuple[str, str]) -> str:
+    return f"{identifier[0]}|{identifier[1]}"
+
+
+def _milliseconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return (_aware(end) - _aware(start)).total_seconds() * 1000.0
+
+
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value  # naive means UTC, as in the columns

@@ -1,0 +1,38 @@
+"""Errors the audit store raises on purpose (all derive from :class:`gateway.errors.GatewayError`)."""
+
+from __future__ import annotations
+
+from gateway.errors import GatewayError
+
+
+class StoreError(GatewayError):
+    """Base class of the audit store's own errors."""
+
+
+class SearchError(StoreError):
+    """A search the store cannot run: unknown parameter or modifier, malformed value.
+
+    ``param`` names the query parameter (as the client wrote it); the message never repeats the
+    value, which may be protected health information. The API answers 400 with an OperationOutcome.
+    """
+
+    def __init__(self, param: str, message: str) -> None:
+        self.param = param
+        self.message = message
+        super().__init__(f"search parameter {param!r}: {message}")
+
+
+class UnknownRecordError(StoreError, LookupError):
+    """``record_sent`` or ``record_answer`` for an id that was never recorded."""
+
+    def __init__(self, record_id: str) -> None:
+        self.record_id = record_id
+        super().__init__(f"no eligibility transaction with id {record_id!r}")
+
+
+class DuplicateRecordError(StoreError):
+    """``record_request`` for an id that is already stored."""
+
+    def __init__(self, record_id: str) -> None:
+        self.record_id = record_id
+        super().__init__(f"an eligibility transaction with id {record_id!r} is already stored")

@@ -1,0 +1,104 @@
+"""Schema migrations of the audit store: ``alembic upgrade head`` without an alembic.ini.
+
+``upgrade(url)`` works for SQLite files and ``postgresql+psycopg://`` URLs and is safe to run from
+several processes at once (PostgreSQL: an advisory lock; SQLite: ``BEGIN IMMEDIATE``). From a shell::
+
+    python -m gateway.store [URL]     # default: $FHIR_X12_DATABASE_URL, else the SQLite file
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Engine, make_url
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+DEFAULT_URL = "sqlite:///fhir-x12-gateway.db"
+ENV_VAR = "FHIR_X12_DATABASE_URL"
+_ALEMBIC = threading.Lock()  # alembic's ``context`` and ``op`` are module globals: one run per process at a time
+
+
+def database_url(environ: Mapping[str, str] | None = None) -> str:
+    """The configured database: ``FHIR_X12_DATABASE_URL``, else a SQLite file in the working directory."""
+    environ = os.environ if environ is None else environ
+    return normalize_url(environ.get(ENV_VAR) or DEFAULT_URL)
+
+
+def normalize_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` mean the psycopg 3 driver (the one the project installs)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def is_memory_sqlite(url: str | URL) -> bool:
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+
+
+def ensure_sqlite_folder(url: str | URL) -> None:
+    """SQLite creates the file but not its folder."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not is_memory_sqlite(parsed):
+        database = parsed.database or ""
+        if not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def alembic_config(url: str) -> Config:
+    """An Alembic configuration for the audit store's migrations (no file needed)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # ConfigParser interpolation
+    return config
+
+
+def upgrade(url: str) -> None:
+    """Bring the database at ``url`` to the newest schema (a no-op when it is there already)."""
+    url = normalize_url(url)
+    ensure_sqlite_folder(url)
+    kwargs: dict[str, Any] = {}
+    if make_url(url).get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"check_same_thread": False}
+    engine = create_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+        _begin_immediate(engine)
+    try:
+        upgrade_engine(engine, url)
+    finally:
+        engine.dispose()
+
+
+def upgrade_engine(engine: Engine, url: str | None = None) -> None:
+    """Run the migrations over a connection of ``engine`` (used for in-memory SQLite, whose data is per engine)."""
+    config = alembic_config(url or engine.url.render_as_string(hide_password=False))
+    with _ALEMBIC, engine.connect() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+        connection.commit()
+
+
+def _begin_immediate(engine: Engine) -> None:
+    # pysqlite's own transaction handling defers BEGIN to the first DML; take the write lock up front
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    upgrade(normalize_url(args[0]) if args else database_url())
+    return 0

@@ -1,0 +1,111 @@
+"""The audit store's tables: one row per eligibility transaction, plus its identifiers for search.
+
+The schema is created and changed only by the Alembic migrations in ``migrations/`` (written by hand);
+``tests/store`` checks that the migrated schema and these models agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+TRANSACTION_STATUSES = ("received", "sent", "answered", "failed")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware datetime stored in UTC and always read back aware (SQLite keeps no offset).
+
+    A naive value is taken to be UTC already.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class EligibilityRecord(Base):
+    """One eligibility transaction: what came in, what went to the payer, what came back, and when."""
+
+    __tablename__ = "eligibility_transactions"
+    __table_args__ = (
+        Index("ix_eligibility_transactions_created", "created"),
+        Index("ix_eligibility_transactions_patient_ref", "patient_ref"),
+        Index("ix_eligibility_transactions_insurer_ref", "insurer_ref"),
+        Index("ix_eligibility_transactions_response_id", "response_id", unique=True),
+        Index("ix_eligibility_transactions_response_created", "response_created"),
+        Index("ix_eligibility_transactions_trace", "trace"),
+    )
+
+    # the CoverageEligibilityRequest id the gateway assigns
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))  # received | sent | answered | failed
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)  # the CER as received
+    resolved: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # e.g. a Bundle
+    x12_request: Mapped[str | None] = mapped_column(Text, nullable=True)  # the 270
+    x12_response: Mapped[str | None] = mapped_column(Text, nullable=True)  # the 271, 999 or TA1
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # CERsp or OperationOutcome
+    response_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    payer_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)  # complete|partial|error|queued
+    aaa_codes: Mapped[list[str]] = mapped_column(JSON)
+    http_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # OperationOutcome
+    trace: Mapped[str | None] = mapped_column(String(80), nullable=True)  # TRN02
+
+    # search columns, extracted when the request (and the answer) is saved
+    patient_ref: Mapped[str | None] = mapped_column(String, nullable=True)
+    insurer_ref: Mapped[str | None] = mapped_column(String, nullable=True)
+    provider_ref: Mapped[str | None] = mapped_column(String, nullable=True)
+    request_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    request_identifiers: Mapped[list[str]] = mapped_column(JSON)  # "system|value"
+    response_identifiers: Mapped[list[str]] = mapped_column(JSON)
+    created: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # CER.created
+    response_created: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # CERsp.created
+
+    # timings
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    identifiers: Mapped[list[RecordIdentifier]] = relationship(
+        back_populates="record", cascade="all, delete-orphan", passive_deletes=True)
+
+
+class RecordIdentifier(Base):
+    """One identifier of a transaction's request or response, kept apart so ``identifier`` searches are exact."""
+
+    __tablename__ = "eligibility_identifiers"
+    __table_args__ = (
+        Index("ix_eligibility_identifiers_kind_value", "kind", "value"),
+        Index("ix_eligibility_identifiers_transaction_id", "transaction_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transaction_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("eligibility_transactions.id", ondelete="CASCADE",
+                               name="fk_eligibility_identifiers_transaction_id"))
+    kind: Mapped[str] = mapped_column(String(8))  # request | response
+    system: Mapped[str] = mapped_column(String)  # "" when the identifier has no system
+    value: Mapped[str] = mapped_column(String)
+
+    record: Mapped[EligibilityRecord] = relationship(back_populates="identifiers")

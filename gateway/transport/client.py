@@ -1,0 +1,646 @@
+"""The payer client: one 270 out to a payer, its 271 back, or an error that says exactly what went wrong.
+
+``PayerClient.send`` picks the payer's route (``routing.py``), wraps the 270 for its transport (CAQH CORE
+SOAP, CORE MIME, or bare X12), and classifies what comes back. Every failure is a :class:`PayerError` with the
+HTTP status and FHIR issue-type code the API answers with, and ``to_operation_outcome()``.
+
+Rules worth knowing before changing this file:
+
+* **Retries only where the payer cannot have acted on the 270**: the TCP connection could not be opened
+  (refused, unreachable, DNS, connect timeout), or the 271 says ``AAA*...*42*R`` (unable to respond now,
+  resubmission allowed). A read timeout, an HTTP 5xx, a broken connection after sending, a 999, a TA1, a
+  mismatched trace and any other AAA (72 invalid member id ...) are never retried. Retry ``n`` waits
+  ``backoff * 2**(n-1)`` seconds first.
+* **The CORE 20-second budget.** The whole call (queueing, attempts, pauses) gets ``route.budget`` seconds
+  (at most 20). Each attempt's connect/read timeouts are cut to what is left, the body is read against the
+  deadline (``requests`` read timeouts are per socket read, so a payer trickling bytes could otherwise hold
+  us forever), and no retry starts unless a pause plus a useful attempt still fit.
+* **Trace check.** A 271 that carries patient loops (2000C) must echo our trace number in a ``TRN*2`` of each
+  of them; otherwise it is refused (:class:`TraceMismatch`, 502): one patient's 271 must never answer
+  another patient's request. A 271 without patient loops (the payer refused at 2000A/2100A/2100B, e.g. AAA 42)
+  carries no patient data and is accepted without a TRN.
+* **Circuit breaker, per payer.** ``breaker_failures`` consecutive failed calls (timeout or
+  :class:`PayerUnavailable`) open it: calls are refused at once with :class:`CircuitOpen` (503, with
+  ``retry_after``). After ``breaker_reset`` seconds one trial call is let through: success closes the breaker,
+  failure opens it again. Any answer from the payer (271, 999, TA1, even a wrong trace) shows the payer is up
+  and counts as success; :class:`PayerBusy` and :class:`CircuitOpen` never reach the payer and count as nothing.
+* **Concurrency, per payer.** At most ``route.concurrency`` calls in flight; a further call waits up to
+  ``route.queue_wait`` seconds (never beyond the budget) for a slot, then gets :class:`PayerBusy` (503,
+  throttled). Queueing longer would only spend the caller's CORE budget on a payer that is already slow.
+  Payers routed only by ``FHIR_X12_PAYER_URL`` (not listed in the table) share one breaker and one set of
+  slots: they all go to the same endpoint.
+* **PayloadID.** A given ``payload_id`` is used for the first attempt; every retry is a new CORE message with
+  a fresh PayloadID (payers may refuse a repeated one as a duplicate).
+* **No PHI in logs.** Log lines carry the payer id, attempt, outcome and timing, never the payload, an IK404
+  value or a foreign trace number.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import requests
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+
+from gateway.errors import GatewayError, X12SyntaxError
+from gateway.transport import core
+from gateway.x12.model import Loop, Segment, Transaction
+from gateway.x12.reader import read_x12
+from gateway.x12.tokenizer import tokenize
+
+if TYPE_CHECKING:
+    from gateway.transport.routing import Route, RoutingTable
+
+log = logging.getLogger(__name__)
+
+X12_CONTENT_TYPE = "application/edi-x12"
+MAX_ANSWER_BYTES = 5 * 1024 * 1024        # a real-time 271 is a few kB; anything near this is not one
+MIN_ATTEMPT_SECONDS = 0.5                 # no retry is started with less budget left than this
+USER_AGENT = "fhir-x12-gateway"
+_REJECTING = frozenset({"R", "M", "W", "X"})   # IK501/AK901 values that refuse the transaction or group
+_STATUS_TEXT = {"A": "accepted", "E": "accepted with errors", "R": "rejected", "P": "partially accepted",
+                "M": "rejected (message authentication failed)", "W": "rejected (assurance failed)",
+                "X": "rejected (content could not be analysed)"}
+
+
+# ------------------------------------------------------------------------------------------------------ errors
+
+
+class PayerError(GatewayError):
+    """A payer call that produced no usable 271. ``http_status`` and ``issue_code`` (FHIR issue-type) are what
+    the API answers with; ``diagnostics`` says why in words; ``attempts`` and ``elapsed`` how hard we tried."""
+
+    http_status = 502
+    issue_code = "exception"
+    summary = "the payer could not be asked"
+
+    def __init__(self, diagnostics: str, *, payer_id: str | None = None, retry_after: float | None = None,
+                 attempts: int = 0) -> None:
+        self.diagnostics = diagnostics
+        self.payer_id = payer_id
+        self.retry_after = retry_after     # seconds; the API may send it as Retry-After
+        self.attempts = attempts
+        self.elapsed: float | None = None
+        self.url: str | None = None
+        super().__init__(diagnostics)
+
+    def issues(self) -> list[dict[str, Any]]:
+        return [{"severity": "error", "code": self.issue_code, "details": {"text": self.summary},
+                 "diagnostics": self.diagnostics}]
+
+    def to_operation_outcome(self) -> dict[str, Any]:
+        return {"resourceType": "OperationOutcome", "issue": self.issues()}
+
+
+class UnknownPayer(PayerError):
+    """No route for this payer id (and no ``FHIR_X12_PAYER_URL``)."""
+
+    http_status = 422
+    issue_code = "not-supported"
+    summary = "the gateway has no route to this payer"
+
+    def __init__(self, payer_id: str) -> None:
+        super().__init__(f"no route for payer id {str(payer_id)[:80]!r} in the routing table", payer_id=payer_id)
+
+
+class PayerTimeout(PayerError):
+    """The payer did not answer within the route's timeout or the CORE budget (never retried)."""
+
+    http_status = 504
+    issue_code = "timeout"
+    summary = "the payer did not answer in time"
+
+
+class PayerUnavailable(PayerError):
+    """Connection failed (after retries), HTTP error status, broken CORE envelope, or an answer that is not X12.
+
+    ``core_error_code`` holds the CORE ErrorCode or SOAP Fault code when the payer sent one, ``status`` the
+    HTTP status when that was the problem.
+    """
+
+    http_status = 502
+    issue_code = "transient"
+    summary = "the payer could not be reached or did not answer properly"
+
+    def __init__(self, diagnostics: str, *, core_error_code: str | None = None, status: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(diagnostics, **kwargs)
+        self.core_error_code = core_error_code
+        self.status = status
+
+
+class PayerRejected(PayerError):
+    """The payer answered with a 999 or TA1 instead of a 271: it refused our 270 (never retried).
+
+    ``kind`` is ``"999"``/``"997"``/``"TA1"``, ``ack`` the acknowledgment as received, ``findings`` one dict per
+    IK3/IK4/IK5 (AK3/AK4/AK5 in a 997), AK9 with codes, and TA1: ``level``, ``segment``, codes, ``message``.
+    """
+
+    http_status = 502
+    issue_code = "processing"
+    summary = "the payer rejected the eligibility request"
+
+    def __init__(self, kind: str, ack: str, findings: list[dict[str, Any]], **kwargs: Any) -> None:
+        what = "; ".join(f["message"] for f in findings[:3]) or "no details"
+        super().__init__(f"the payer answered with a {kind} instead of a 271: {what}", **kwargs)
+        self.kind = kind
+        self.ack = ack
+        self.findings = findings
+
+    def issues(self) -> list[dict[str, Any]]:
+        first = {"severity": "error", "code": self.issue_code,
+                 "details": {"text": f"{self.summary} ({self.kind} acknowledgment)"}}
+        return [first] + [{"severity": _severity(f), "code": self.issue_code, "details": {"text": f["message"]},
+                           "diagnostics": f"{self.kind} {f['segment']}"} for f in self.findings]
+
+
+class TraceMismatch(PayerError):
+    """The 271 does not echo our TRN: it may answer another request, so it is refused (never retried)."""
+
+    http_status = 502
+    issue_code = "processing"
+    summary = "the payer's answer does not belong to this request"
+
+
+class CircuitOpen(PayerError):
+    """The payer's circuit breaker is open: recent calls failed, so this one is refused without trying."""
+
+    http_status = 503
+    issue_code = "transient"
+    summary = "the payer is not being called for now after repeated failures"
+
+
+class PayerBusy(PayerError):
+    """All of this payer's concurrency slots stayed taken for ``queue_wait`` seconds (issue code ``throttled``:
+    the gateway's own load management refused it)."""
+
+    http_status = 503
+    issue_code = "throttled"
+    summary = "too many requests to this payer are in progress"
+
+
+def _severity(finding: dict[str, Any]) -> str:
+    status = finding.get("status")
+    if status == "A":
+        return "information"
+    if status == "E":
+        return "warning"
+    return "error"
+
+
+# ------------------------------------------------------------------------------------------------------ answer
+
+
+@dataclass
+class PayerAnswer:
+    """A 271 that echoes our trace (it may still carry AAA segments: the translation reports them)."""
+
+    x12: str
+    kind: str
+    elapsed: float
+    attempts: int
+    payer_id: str
+    url: str
+    payload_id: str | None = None    # the CORE PayloadID of the answered attempt (None for raw X12)
+
+
+# ----------------------------------------------------------------------------------------------------- breaker
+
+
+@dataclass
+class CircuitBreaker:
+    """closed -> open after ``failures`` consecutive failures; open -> half-open after ``reset_seconds``;
+    half-open lets one trial through: success closes, failure reopens. Thread-safe."""
+
+    failures: int
+    reset_seconds: float
+    clock: Callable[[], float] = time.monotonic
+    state: str = "closed"
+    consecutive: int = 0
+    opened_at: float = 0.0
+    _trial: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def admit(self) -> float | None:
+        """None when a call may go ahead; otherwise seconds until one may (for Retry-After)."""
+        with self._lock:
+            if self.state == "open":
+                wait = self.opened_at + self.reset_seconds - self.clock()
+                if wait > 0:
+                    return wait
+                self.state, self._trial = "half-open", False
+            if self.state == "half-open":
+                if self._trial:
+                    return 1.0   # a trial call is under way; its outcome decides
+                self._trial = True
+            return None
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self.state, self.consecutive, self._trial = "closed", 0, False
+
+    def failed(self) -> None:
+        with self._lock:
+            self.consecutive += 1
+            if self.state == "half-open" or self.consecutive >= self.failures:
+                if self.state != "open":
+                    log.warning("circuit breaker opened after %d consecutive failures", self.consecutive)
+                self.state, self.opened_at, self._trial = "open", self.clock(), False
+
+    def released(self) -> None:
+        """The call ended without saying anything about the payer (it never reached it)."""
+        with self._lock:
+            self._trial = False
+
+
+# ------------------------------------------------------------------------------------------------------ client
+
+
+class _Retry(Exception):
+    """Internal: this attempt failed in a way that is safe to retry; ``final`` is what to raise if not."""
+
+    def __init__(self, final: PayerError) -> None:
+        super().__init__(final.diagnostics)
+        self.final = final
+
+
+@dataclass
+class _Call:
+    route: Route
+    start: float
+    deadline: float
+    attempts: int = 0
+    payload_id: str | None = None
+
+
+class PayerClient:
+    """Sends 270s to payers by route; thread-safe (one instance per process, shared by requests)."""
+
+    def __init__(self, routes: RoutingTable, *, session: requests.Session | None = None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.routes = routes
+        self.session = session if session is not None else _session(routes.max_concurrency)
+        self.clock = clock
+        self.sleep = sleep
+        self._lock = threading.Lock()
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+
+    # -- public ---------------------------------------------------------------------------------------------
+    def send(self, payer_id: str, x12: str, *, trace: str, payload_id: str | None = None) -> PayerAnswer:
+        """Send the 270 ``x12`` to ``payer_id``'s endpoint and return its 271.
+
+        ``trace`` is the TRN02 of our 2000C ``TRN*1`` (the 271 must echo it in ``TRN*2``). Raises a
+        :class:`PayerError` subclass for every failure.
+        """
+        if not trace or trace not in x12:
+            raise ValueError("trace must be the TRN02 value carried by this 270")
+        route = self.routes.route(payer_id)
+        start = self.clock()
+        call = _Call(route, start, start + route.budget)
+        breaker = self.breaker(route)
+        wait = breaker.admit()
+        if wait is not None:
+            raise self._finish(CircuitOpen(f"circuit breaker open for payer {route.payer_id}; next trial in "
+                                           f"{wait:.1f} s", retry_after=wait), call)
+        outcome = None
+        try:
+            with self._slot(route, call):
+                answer = self._attempts(call, x12, trace, payload_id)
+            outcome = True
+            log.info("payer %s answered in %.3f s after %d attempt(s)", route.payer_id, answer.elapsed,
+                     answer.attempts)
+            return answer
+        except (PayerTimeout, PayerUnavailable) as exc:
+            outcome = False
+            self._finish(exc, call)
+            raise
+        except (PayerRejected, TraceMismatch) as exc:
+            outcome = True   # the payer is up and answering
+            self._finish(exc, call)
+            raise
+        except PayerError as exc:   # PayerBusy: the payer was never called
+            self._finish(exc, call)
+            raise
+        finally:
+            if outcome is True:
+                breaker.succeeded()
+            elif outcome is False:
+                breaker.failed()
+            else:
+                breaker.released()
+
+    def breaker(self, route: Route) -> CircuitBreaker:
+        """The payer's breaker (created on first use; ``.state`` is closed, open or half-open)."""
+        with self._lock:
+            breaker = self._breakers.get(_key(route))
+            if breaker is None:
+                breaker = CircuitBreaker(route.breaker_failures, route.breaker_reset, self.clock)
+                self._breakers[_key(route)] = breaker
+            return breaker
+
+    # -- one call ---------------------------------------------------------------------------------------------
+    def _finish(self, exc: PayerError, call: _Call) -> PayerError:
+        exc.payer_id = call.route.payer_id
+        exc.url = call.route.url
+        exc.attempts = call.attempts
+        exc.elapsed = self.clock() - call.start
+        log.warning("payer %s: %s after %d attempt(s) in %.3f s (%s)", call.route.payer_id, type(exc).__name__,
+                    call.attempts, exc.elapsed, exc.http_status)
+        return exc
+
+    @contextmanager
+    def _slot(self, route: Route, call: _Call) -> Iterator[None]:
+        with self._lock:
+            slots = self._slots.get(_key(route))
+            if slots is None:
+                slots = self._slots[_key(route)] = threading.BoundedSemaphore(route.concurrency)
+        wait = max(0.0, min(route.queue_wait, call.deadline - self.clock()))
+        if not slots.acquire(timeout=wait):
+            raise PayerBusy(f"{route.concurrency} request(s) to payer {route.payer_id} already in progress; "
+                            f"none finished within {wait:.1f} s", retry_after=1.0)
+        try:
+            yield
+        finally:
+            slots.release()
+
+    def _attempts(self, call: _Call, x12: str, trace: str, payload_id: str | None) -> PayerAnswer:
+        route = call.route
+        while True:
+            if call.deadline - self.clock() <= 0:
+                raise PayerTimeout(f"the {route.budget:g} s budget ran out before attempt {call.attempts + 1}")
+            call.attempts += 1
+            call.payload_id = payload_id if call.attempts == 1 and payload_id else None
+            try:
+                text = self._exchange(call, x12)
+            except _Retry as retry:
+                if not self._pause(call):
+                    raise retry.final from None
+                log.info("payer %s: attempt %d could not connect; retrying", route.payer_id, call.attempts)
+                continue
+            txns = _answer_271(text)
+            _check_trace(txns, trace)
+            if _unable_to_respond(txns) and self._pause(call):
+                log.info("payer %s: attempt %d answered AAA 42 (resubmission allowed); retrying", route.payer_id,
+                         call.attempts)
+                continue
+            return PayerAnswer(x12=text, kind="271", elapsed=self.clock() - call.start, attempts=call.attempts,
+                               payer_id=route.payer_id, url=route.url, payload_id=call.payload_id)
+
+    def _pause(self, call: _Call) -> bool:
+        """Wait before the next attempt, if retries are left and a pause plus an attempt fit in the budget."""
+        if call.attempts > call.route.retries:
+            return False
+        delay = call.route.backoff * 2 ** (call.attempts - 1)
+        if self.clock() + delay + MIN_ATTEMPT_SECONDS > call.deadline:
+            return False
+        if delay > 0:
+            self.sleep(delay)
+        return True
+
+    def _exchange(self, call: _Call, x12: str) -> str:
+        """One POST; the X12 text of the payer's answer, or a PayerError / _Retry."""
+        route = call.route
+        headers = {"User-Agent": USER_AGENT}
+        if route.transport == "x12":
+            call.payload_id = None   # bare X12 has no envelope to carry one
+            body = x12.encode("utf-8")
+            headers["Content-Type"] = X12_CONTENT_TYPE
+        else:
+            env = core.CoreEnvelope.create(core.PAYLOAD_270, x12, sender_id=route.sender_id,
+                                           receiver_id=route.receiver_id, payload_id=call.payload_id)
+            call.payload_id = env.payload_id
+            if route.transport == "mime":
+                body, headers["Content-Type"] = core.build_mime_request(env)
+            else:
+                body, headers["Content-Type"] = core.build_soap_request(env), core.SOAP_CONTENT_TYPE
+        remaining = call.deadline - self.clock()
+        timeout = (min(route.connect_timeout, remaining), min(route.timeout, remaining))
+        try:
+            with self.session.post(route.url, data=body, headers=headers, timeout=timeout, stream=True,
+                                   allow_redirects=False) as response:
+                status = response.status_code
+                content_type = response.headers.get("Content-Type", "")
+                content = self._read(response, call)
+        except requests.RequestException as exc:
+            raise _request_failure(exc, route, timeout) from None
+        return _payload(route, status, content_type, content)
+
+    def _read(self, response: requests.Response, call: _Call) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_content(64 * 1024):
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise PayerUnavailable(f"the answer is larger than {MAX_ANSWER_BYTES} bytes; not a real-time 271")
+            chunks.append(chunk)
+            if self.clock() > call.deadline:
+                raise PayerTimeout(f"the answer was still arriving when the {call.route.budget:g} s budget ran out")
+        return b"".join(chunks)
+
+
+def _key(route: Route) -> str:
+    """Whose breaker and slots: the payer's; payers routed only by the override URL share one set (the same
+    endpoint, and request data cannot make the client keep state for ever more payer ids)."""
+    return route.payer_id if route.listed else "*"
+
+
+def _session(pool_size: int) -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=16, pool_maxsize=max(pool_size, 10), max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+# ------------------------------------------------------------------------------------------ classifying answers
+
+
+def _request_failure(exc: requests.RequestException, route: Route, timeout: tuple[float, float]) -> Exception:
+    """What a requests exception means: _Retry when the 270 cannot have reached the payer, else a PayerError."""
+    reason: Any = exc.args[0] if exc.args else None
+    if isinstance(reason, urllib3.exceptions.MaxRetryError):
+        reason = reason.reason
+    if isinstance(exc, requests.ConnectTimeout):
+        return _Retry(PayerTimeout(f"could not connect to {route.url} within {timeout[0]:g} s"))
+    if isinstance(exc, requests.Timeout) or isinstance(reason, urllib3.exceptions.ReadTimeoutError):
+        return PayerTimeout(f"no answer from {route.url} within {timeout[1]:g} s")
+    if isinstance(exc, requests.exceptions.SSLError):
+        return PayerUnavailable(f"TLS with {route.url} failed: {_short(reason or exc)}")
+    if isinstance(exc, requests.ConnectionError) and isinstance(reason, urllib3.exceptions.NewConnectionError):
+        return _Retry(PayerUnavailable(f"could not connect to {route.url}: {_short(reason)}"))
+    return PayerUnavailable(f"the connection to {route.url} failed: {_short(reason or exc)}")
+
+
+def _short(value: object, limit: int = 200) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _payload(route: Route, status: int, content_type: str, content: bytes) -> str:
+    """The X12 text inside a response, or PayerUnavailable for HTTP errors and broken envelopes."""
+    if 300 <= status < 400:
+        raise PayerUnavailable(f"the payer answered HTTP {status} (a redirect; not followed)", status=status)
+    if route.transport == "x12":
+        if status != 200:
+            raise PayerUnavailable(f"the payer answered HTTP {status}", status=status)
+        return _decode(content)
+    try:
+        if route.transport == "mime":
+            env = core.parse_mime_response(content, content_type)
+        else:
+            env = core.parse_soap_response(content)
+    except core.CoreEnvelopeError as exc:
+        if status != 200 and exc.error_code == core.ENVELOPE_PARSING_ERROR and not exc.message.startswith("SOAP"):
+            raise PayerUnavailable(f"the payer answered HTTP {status}", status=status) from None  # no envelope
+        what = f"HTTP {status} with" if status != 200 else "with a CORE envelope that cannot be used:"
+        raise PayerUnavailable(f"the payer answered {what} {exc.error_code}: {_short(exc.message)}",
+                               core_error_code=exc.error_code, status=status) from None
+    if not env.succeeded:
+        raise PayerUnavailable(f"the payer's CORE envelope reports {env.error_code}: "
+                               f"{_short(env.error_message or '')}", core_error_code=env.error_code, status=status)
+    if status != 200:
+        raise PayerUnavailable(f"the payer answered HTTP {status}", status=status)
+    return env.payload or ""
+
+
+def _decode(content: bytes) -> str:
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError:
+        return content.decode("cp1252", errors="replace")
+
+
+def _answer_271(text: str) -> list[Transaction]:
+    """The 271 transactions of an answer; PayerRejected for a 999/997/TA1, PayerUnavailable for anything else."""
+    try:
+        batches = [(batch.delimiters, list(batch.split())) for batch in tokenize(text)]
+    except X12SyntaxError as exc:
+        raise PayerUnavailable(f"the answer is not X12: {_short(exc)}") from None
+    segments = [(delims, parts) for delims, parts_list in batches for parts in parts_list]
+    set_ids = {_el(parts, 1) for _, parts in segments if parts[0] == "ST"}
+    # an acknowledgment that accepts (A, E; P for a group) may come with the 271; one that rejects may not
+    ta1_rejects = [parts for _, parts in segments if parts[0] == "TA1" and _el(parts, 4) == "R"]
+    ack_rejects = [parts for _, parts in segments if parts[0] in ("IK5", "AK5", "AK9")
+                   and _el(parts, 1) in _REJECTING]
+    kind = "TA1" if any(p[0] == "TA1" for _, p in segments) else next((k for k in ("999", "997") if k in set_ids), "")
+    if "271" in set_ids and not ta1_rejects and not ack_rejects:
+        try:
+            result = read_x12(text)
+        except X12SyntaxError as exc:
+            raise PayerUnavailable(f"the 271 cannot be read: {_short(exc)}") from None
+        txns = [t for t in result.transactions if t.set_id == "271"]
+        if txns:
+            return txns
+    if kind:
+        raise PayerRejected(kind, text, ack_findings(segments))
+    found = ", ".join(sorted(set_ids)) or "no transaction set"
+    raise PayerUnavailable(f"the answer holds {found}, not a 271, 999 or TA1")
+
+
+def _el(parts: list[str], index: int) -> str:
+    return parts[index].strip() if index < len(parts) else ""
+
+
+def ack_findings(segments: list[tuple[Any, list[str]]]) -> list[dict[str, Any]]:
+    """One dict per finding of a TA1, 999 or 997 (given as (delimiters, parts) pairs), with a ``message``."""
+    findings: list[dict[str, Any]] = []
+    txn: dict[str, str] = {}
+    segment_id = ""
+    for delims, parts in segments:
+        sid = parts[0]
+        if sid == "TA1":
+            status, code = _el(parts, 4), _el(parts, 5)
+            findings.append({"level": "interchange", "segment": "TA1", "control_number": _el(parts, 1),
+                             "status": status, "code": code,
+                             "message": f"interchange {_el(parts, 1)} {_STATUS_TEXT.get(status, status)} "
+                                        f"(TA1 note code {code})"})
+        elif sid == "AK2":
+            txn = {"set_id": _el(parts, 1), "transaction": _el(parts, 2)}
+        elif sid in ("IK3", "AK3"):
+            segment_id = _el(parts, 1)
+            loop = _el(parts, 3)
+            in_loop = f" (loop {loop})" if loop else ""
+            findings.append({"level": "segment", "segment": sid, **txn, "segment_id": segment_id,
+                             "position": _el(parts, 2), "loop": loop, "code": _el(parts, 4),
+                             "message": f"segment {segment_id} at position {_el(parts, 2)}{in_loop} has an error "
+                                        f"({sid}04 code {_el(parts, 4)})"})
+        elif sid in ("IK4", "AK4"):
+            position = _el(parts, 1).split(delims.component)
+            element = f"{segment_id}{int(position[0]):02d}" if position[0].isdigit() else segment_id
+            if len(position) > 1 and position[1].isdigit() and int(position[1]) > 0:
+                element += f"-{int(position[1]):02d}"
+            value = _el(parts, 4)
+            quoted = f": {value!r}" if value else ""
+            findings.append({"level": "element", "segment": sid, **txn, "segment_id": segment_id,
+                             "element": element, "data_element": _el(parts, 2), "code": _el(parts, 3),
+                             "value": value,
+                             "message": f"element {element} (data element {_el(parts, 2)}) has an error ({sid}03 "
+                                        f"code {_el(parts, 3)}){quoted}"})
+        elif sid in ("IK5", "AK5"):
+            status, codes = _el(parts, 1), [c for c in (_el(parts, i) for i in range(2, 7)) if c]
+            listed = f" ({sid} codes {' '.join(codes)})" if codes else ""
+            findings.append({"level": "transaction", "segment": sid, **txn, "status": status, "codes": codes,
+                             "message": f"transaction set {txn.get('set_id', '')} {txn.get('transaction', '')} "
+                                        f"{_STATUS_TEXT.get(status, status)}{listed}"})
+            segment_id = ""
+        elif sid == "AK9":
+            status, codes = _el(parts, 1), [c for c in (_el(parts, i) for i in range(5, 10)) if c]
+            if codes:
+                findings.append({"level": "group", "segment": "AK9", "status": status, "codes": codes,
+                                 "message": f"functional group {_STATUS_TEXT.get(status, status)} "
+                                            f"(AK9 codes {' '.join(codes)})"})
+    return findings
+
+
+# --------------------------------------------------------------------------------------------- checking a 271
+
+
+def _loops(loop: Loop, loop_id: str) -> Iterator[Loop]:
+    for item in loop.loops:
+        if item.id == loop_id:
+            yield item
+        else:
+            yield from _loops(item, loop_id)
+
+
+def _traces(loop: Loop) -> list[Segment]:
+    return [s for _, s in loop.walk() if s.id == "TRN" and s.get(1) == "2"]
+
+
+def _check_trace(txns: list[Transaction], trace: str) -> None:
+    """Every patient loop (2000C, with its 2000D) must echo our trace in a TRN*2; else TraceMismatch."""
+    for txn in txns:
+        root = txn.root
+        patients = list(_loops(root, "2000C"))
+        if patients:
+            # each subscriber loop must echo us somewhere (2000C, or 2000D when the dependent is the patient),
+            # and a dependent loop that carries traces must carry ours
+            groups = [_traces(p) for p in patients]
+            groups += [t for p in patients for d in _loops(p, "2000D") if (t := _traces(d))]
+        elif any(s.id == "NM1" and s.get(1) in ("IL", "03") for _, s in root.walk()):
+            # no loop tree (an unreadable structure) but patient data: the whole transaction must echo us
+            groups = [_traces(root)]
+        else:
+            continue   # refused before any patient (2000A/2100A/2100B): nothing to mix up
+        for trns in groups:
+            if not any(s.get(2) == trace for s in trns):
+                raise TraceMismatch(f"the 271 (transaction {txn.control_number}) does not echo this request's trace "
+                                    f"number in TRN*2 ({len(trns)} other TRN*2 found); it was refused so that no "
+                                    f"other request's answer is returned")
+
+
+def _unable_to_respond(txns: list[Transaction]) -> bool:
+    """True when the 271 says AAA 42 (unable to respond at this time) with follow-up R (resubmission allowed)."""
+    return any(s.id == "AAA" and s.get(3) == "42" and s.get(4) == "R" for txn in txns for _, s in txn.root.walk())
+
+
+__all__ = ["CircuitBreaker", "CircuitOpen", "PayerAnswer", "PayerBusy", "PayerClient", "PayerError",
+           "PayerRejected", "PayerTimeout", "PayerUnavailable", "TraceMismatch", "UnknownPayer", "ack_findings"]

@@ -1,0 +1,276 @@
+"""Payer routing: payer id -> where and how to send its 270s (``mappings/routing.yaml``).
+
+``load_routes`` checks the whole table once, at start-up, and names every problem with its path, so a typo
+in the routing table stops the gateway instead of surfacing as a failed request later. ``FHIR_X12_PAYER_URL``
+(the ``override_url`` argument) sends every payer id, listed or not, to one CAQH CORE SOAP endpoint: the
+payer simulator in demos and tests, or a clearinghouse that routes on its own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.errors import MappingError
+from gateway.mappings import load_yaml
+from gateway.transport.client import UnknownPayer
+from gateway.x12.writer import Envelope
+
+TRANSPORTS = ("soap", "mime", "x12")
+CORE_BUDGET_SECONDS = 20.0   # CAQH CORE: a real-time 271 within 20 seconds
+OVERRIDE_ENV = "FHIR_X12_PAYER_URL"
+_X12_DELIMITERS = set("*~^:|>\r\n")
+_DOC_KEYS = {"name"}
+
+
+@dataclass(frozen=True)
+class Route:
+    """Everything the client needs to send one payer's 270: endpoint, envelope ids and patience."""
+
+    payer_id: str
+    url: str
+    transport: str                  # "soap" | "mime" | "x12"
+    sender_id: str
+    receiver_id: str
+    sender_qualifier: str = "ZZ"
+    receiver_qualifier: str = "ZZ"
+    usage: str = "P"                # ISA15
+    timeout: float = 15.0           # read timeout of one attempt, seconds
+    connect_timeout: float = 3.0
+    budget: float = 18.0            # the whole send(), retries and queueing included
+    concurrency: int = 20
+    queue_wait: float = 1.0         # how long to wait for a free concurrency slot
+    retries: int = 2
+    backoff: float = 0.2
+    breaker_failures: int = 5
+    breaker_reset: float = 30.0
+    listed: bool = True             # False: routed only because of the override URL
+
+    def envelope(self, interchange_control: int, now: datetime, **extra: Any) -> Envelope:
+        """ISA/GS values for a 270 to this payer (for ``gateway.x12.writer``)."""
+        return Envelope(sender_id=self.sender_id, receiver_id=self.receiver_id,
+                        sender_qualifier=self.sender_qualifier, receiver_qualifier=self.receiver_qualifier,
+                        usage=self.usage, interchange_control=interchange_control, now=now, **extra)
+
+
+class RoutingTable:
+    """The checked routes; ``route(payer_id)`` or :class:`UnknownPayer`."""
+
+    def __init__(self, routes: Mapping[str, Route], *, override: Route | None = None) -> None:
+        self.routes = dict(routes)
+        self.override = override    # the template every payer id gets when FHIR_X12_PAYER_URL is set
+
+    def route(self, payer_id: str) -> Route:
+        key = normalise_payer_id(payer_id)
+        known = self.routes.get(key) if key else None
+        if self.override is not None and key:
+            if known is not None:
+                return replace(known, url=self.override.url, transport=self.override.transport)
+            return replace(self.override, payer_id=key, receiver_id=_receiver_for(key, self.override), listed=False)
+        if known is None:
+            raise UnknownPayer(payer_id)
+        return known
+
+    def __contains__(self, payer_id: object) -> bool:
+        return isinstance(payer_id, str) and normalise_payer_id(payer_id) in self.routes
+
+    @property
+    def max_concurrency(self) -> int:
+        """The largest per-payer concurrency (sizes the HTTP connection pool)."""
+        sizes = [r.concurrency for r in self.routes.values()]
+        if self.override is not None:
+            sizes.append(self.override.concurrency)
+        return max(sizes, default=1)
+
+
+def normalise_payer_id(payer_id: object) -> str:
+    return str(payer_id).strip().upper() if payer_id is not None else ""
+
+
+def _receiver_for(payer_id: str, template: Route) -> str:
+    """The receiver id for a payer routed only by the override: its own id when that fits ISA08."""
+    return payer_id if _valid_id(payer_id) else template.receiver_id
+
+
+def _valid_id(value: str) -> bool:
+    return 1 <= len(value) <= 15 and value.isascii() and value.isprintable() and not _X12_DELIMITERS & set(value)
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+_FIELDS: dict[str, str] = {   # YAML key -> Route attribute
+    "url": "url", "transport": "transport", "sender_id": "sender_id", "receiver_id": "receiver_id",
+    "sender_qualifier": "sender_qualifier", "receiver_qualifier": "receiver_qualifier", "usage": "usage",
+    "timeout_seconds": "timeout", "connect_timeout_seconds": "connect_timeout", "budget_seconds": "budget",
+    "concurrency": "concurrency", "queue_seconds": "queue_wait", "retries": "retries",
+    "backoff_seconds": "backoff",
+}
+_BREAKER_FIELDS = {"failures": "breaker_failures", "reset_seconds": "breaker_reset"}
+# attribute, label, minimum (an int: whole numbers, inclusive; a float: seconds, exclusive), maximum
+_NUMBERS = (("timeout", "timeout_seconds", 0.0, CORE_BUDGET_SECONDS),
+            ("connect_timeout", "connect_timeout_seconds", 0.0, CORE_BUDGET_SECONDS),
+            ("budget", "budget_seconds", 0.0, CORE_BUDGET_SECONDS),
+            ("queue_wait", "queue_seconds", 0.0, 5.0),
+            ("backoff", "backoff_seconds", 0.0, 10.0),
+            ("breaker_reset", "breaker.reset_seconds", 0.0, 3600.0),
+            ("concurrency", "concurrency", 1, 1000),
+            ("retries", "retries", 0, 10),
+            ("breaker_failures", "breaker.failures", 1, 1000))
+_ZERO_OK = frozenset({"queue_wait", "backoff"})
+
+
+def load_routes(table: Mapping[str, Any] | None = None, override_url: str | None = None, *,
+                base: str | os.PathLike[str] | None = None) -> RoutingTable:
+    """Check ``table`` (by default ``mappings/routing.yaml``) and build the routing table.
+
+    ``override_url`` (``FHIR_X12_PAYER_URL``) routes every payer id to that CORE SOAP endpoint. Every problem
+    in the table is reported at once in one :class:`MappingError`.
+    """
+    if table is None:
+        table = load_yaml("routing.yaml", base)
+    problems: list[str] = []
+    if not isinstance(table, Mapping):
+        raise MappingError("routing table: must be a mapping with 'defaults' and 'payers'")
+    for key in sorted(set(table) - {"defaults", "payers"}, key=str):
+        problems.append(f"routing table: unknown key {key!r} (expected 'defaults' and 'payers')")
+    defaults = table.get("defaults") or {}
+    payers = table.get("payers") or {}
+    if not isinstance(defaults, Mapping):
+        problems.append("defaults: must be a mapping")
+        defaults = {}
+    if not isinstance(payers, Mapping):
+        problems.append("payers: must be a mapping of payer id -> settings")
+        payers = {}
+    base_values = _values(defaults, "defaults", problems)
+    defaults_ok = _check_values(base_values, "defaults", problems)
+    routes: dict[str, Route] = {}
+    seen: set[str] = set()
+    for raw_id, entry in payers.items():
+        payer_id = normalise_payer_id(raw_id)
+        where = f"payers.{raw_id}"
+        if not payer_id:
+            problems.append(f"{where}: empty payer id")
+            continue
+        if payer_id in seen:
+            problems.append(f"{where}: payer id listed twice (ids are compared trimmed and case-insensitively)")
+            continue
+        seen.add(payer_id)
+        if not isinstance(entry, Mapping):
+            problems.append(f"{where}: must be a mapping with at least 'url'")
+            continue
+        own = _values(entry, where, problems)
+        if "receiver_id" not in own and "receiver_id" not in base_values:
+            own["receiver_id"] = payer_id
+        own_ok = _check_values(own, where, problems)
+        route = _route(payer_id, {**base_values, **own}, where, problems, build=own_ok and defaults_ok)
+        if route is not None:
+            routes[payer_id] = route
+    override = None
+    if override_url:
+        own = {"url": override_url, "transport": "soap"}
+        own_ok = _check_values(own, OVERRIDE_ENV, problems)
+        override = _route("*", {"receiver_id": "PAYER", **base_values, **own}, OVERRIDE_ENV, problems,
+                          build=own_ok and defaults_ok)
+    if problems:
+        raise MappingError("routing table is not usable:\n  - " + "\n  - ".join(problems))
+    return RoutingTable(routes, override=override)
+
+
+def routes_from_config(config: Mapping[str, Any] | None = None) -> RoutingTable:
+    """The routing table for an app: ``FHIR_X12_PAYER_URL`` and ``FHIR_X12_MAPPINGS`` from ``config``, else
+    from the environment."""
+    config = config or {}
+    override = config.get(OVERRIDE_ENV) or os.environ.get(OVERRIDE_ENV) or None
+    return load_routes(None, override, base=config.get("FHIR_X12_MAPPINGS"))
+
+
+def _values(entry: Mapping[str, Any], where: str, problems: list[str]) -> dict[str, Any]:
+    """The Route attributes one YAML mapping sets (type-checked; ranges are checked on the whole route)."""
+    values: dict[str, Any] = {}
+    for key, value in entry.items():
+        path = f"{where}.{key}"
+        if key in _DOC_KEYS:
+            continue
+        if key == "breaker":
+            if not isinstance(value, Mapping):
+                problems.append(f"{path}: must be a mapping with failures and reset_seconds")
+                continue
+            for sub, sub_value in value.items():
+                if sub not in _BREAKER_FIELDS:
+                    problems.append(f"{path}.{sub}: unknown key (expected failures, reset_seconds)")
+                else:
+                    values[_BREAKER_FIELDS[sub]] = sub_value
+            continue
+        if key not in _FIELDS:
+            problems.append(f"{path}: unknown key (expected one of {', '.join(sorted({*_FIELDS, 'breaker'}))})")
+            continue
+        values[_FIELDS[key]] = value
+    return values
+
+
+def _check_values(values: dict[str, Any], where: str, problems: list[str]) -> bool:
+    """Check each value that is present (Route attribute names); False when any is wrong."""
+    before = len(problems)
+    if "url" in values:
+        _check_url(values["url"], f"{where}.url", problems)
+    if "transport" in values and values["transport"] not in TRANSPORTS:
+        problems.append(f"{where}.transport: must be one of {', '.join(TRANSPORTS)}, not {values['transport']!r}")
+    for key in ("sender_id", "receiver_id"):
+        if key in values and (not isinstance(values[key], str) or not _valid_id(values[key])):
+            problems.append(f"{where}.{key}: 1-15 printable ASCII characters without X12 delimiters")
+    for key in ("sender_qualifier", "receiver_qualifier"):
+        value = values.get(key, "ZZ")
+        if not isinstance(value, str) or len(value) != 2 or not value.isalnum():
+            problems.append(f"{where}.{key}: an ISA qualifier is 2 letters or digits (quote numbers: \"30\")")
+    if values.get("usage", "P") not in ("P", "T"):
+        problems.append(f"{where}.usage: P (production) or T (test)")
+    for attr, label, low, high in _NUMBERS:
+        if attr in values and not _number_ok(values[attr], low, high, zero_ok=attr in _ZERO_OK):
+            if isinstance(low, int):
+                problems.append(f"{where}.{label}: must be a whole number from {low} to {high}")
+            else:
+                floor = "0 or more" if attr in _ZERO_OK else "above 0"
+                problems.append(f"{where}.{label}: must be a number of seconds, {floor} and at most {high:g}")
+    return len(problems) == before
+
+
+def _route(payer_id: str, values: dict[str, Any], where: str, problems: list[str], *, build: bool) -> Route | None:
+    """A Route from checked values (``build``: they all passed), once the required keys are there and the
+    timeouts fit in the budget."""
+    missing = [key for key in ("url", "sender_id", "receiver_id") if key not in values]
+    for key in missing:
+        problems.append(f"{where}.{key}: required (here or in defaults)")
+    if missing or not build:
+        return None
+    route = Route(payer_id=payer_id, **values)
+    if route.timeout > route.budget or route.connect_timeout > route.budget:
+        problems.append(f"{where}: timeout_seconds and connect_timeout_seconds must fit in budget_seconds "
+                        f"({route.budget:g})")
+        return None
+    return replace(route, timeout=float(route.timeout), connect_timeout=float(route.connect_timeout),
+                   budget=float(route.budget), queue_wait=float(route.queue_wait), backoff=float(route.backoff),
+                   breaker_reset=float(route.breaker_reset))
+
+
+def _number_ok(value: Any, low: float, high: float, *, zero_ok: bool) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(low, int):
+        return isinstance(value, int) and low <= value <= high
+    return isinstance(value, int | float) and (low < value or (zero_ok and value == 0)) and value <= high
+
+
+def _check_url(url: Any, where: str, problems: list[str]) -> None:
+    if not isinstance(url, str):
+        problems.append(f"{where}: must be an http or https URL")
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.username or parts.password:
+        problems.append(f"{where}: must be an http or https URL with a host and no credentials, not {url!r}")
+
+
+__all__ = ["Route", "RoutingTable", "UnknownPayer", "load_routes", "routes_from_config", "normalise_payer_id"]

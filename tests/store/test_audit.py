@@ -1,0 +1,509 @@
+"""The audit store: migrations, the received -> sent -> answered life of a transaction, crash safety, search.
+
+Every test runs on a fresh SQLite file and, when it is running, on PostgreSQL (own schema per test).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+
+from gateway.errors import GatewayError
+from gateway.store import (
+    AuditStore,
+    Base,
+    DuplicateRecordError,
+    SearchError,
+    UnknownRecordError,
+    database_url,
+    upgrade,
+)
+from gateway.store.search import parse_datetime_range
+
+ROOT = Path(__file__).resolve().parents[2]
+SYS_A = "urn:example:ehr:eligibility"
+SYS_B = "urn:example:ehr:batch"
+SYS_R = "urn:example:gateway:response"
+TABLES = {"alembic_version", "eligibility_transactions", "eligibility_identifiers"}
+
+
+def _tables(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _cer(*, patient: Any, insurer: Any, provider: Any | None = None, status: str = "active",
+         created: str | None = None, identifiers: list[tuple[str | None, str]] = (), client_id: str = "client-id"
+         ) -> dict[str, Any]:
+    resource: dict[str, Any] = {"resourceType": "CoverageEligibilityRequest", "id": client_id}
+    if identifiers:
+        resource["identifier"] = [{"system": s, "value": v} if s else {"value": v} for s, v in identifiers]
+    resource.update({"status": status, "purpose": ["validation"], "patient": patient})
+    if created is not None:
+        resource["created"] = created
+    resource["insurer"] = insurer
+    if provider is not None:
+        resource["provider"] = provider
+    resource["insurance"] = [{"focal": True, "coverage": {"reference": "Coverage/cov-1"}}]
+    return resource
+
+
+def _response(response_id: str, request_id: str, outcome: str, *, created: str | None = None,
+              identifiers: list[tuple[str, str]] = ()) -> dict[str, Any]:
+    resource: dict[str, Any] = {"resourceType": "CoverageEligibilityResponse", "id": response_id}
+    if identifiers:
+        resource["identifier"] = [{"system": s, "value": v} for s, v in identifiers]
+    resource.update({"status": "active", "purpose": ["validation"], "patient": {"reference": "#patient"},
+                     "request": {"reference": f"CoverageEligibilityRequest/{request_id}"}, "outcome": outcome,
+                     "insurer": {"reference": "#payer"}})
+    if created is not None:
+        resource["created"] = created
+    return resource
+
+
+def _ref(reference: str) -> dict[str, str]:
+    return {"reference": reference}
+
+
+def _at(text_value: str) -> datetime:
+    return datetime.fromisoformat(text_value.replace("Z", "+00:00"))
+
+
+OPERATION_OUTCOME = {"resourceType": "OperationOutcome", "id": "oo-6",
+                     "issue": [{"severity": "error", "code": "transient", "diagnostics": "payer rejected (TA1 022)"}]}
+
+# seven transactions: different patients, insurers, providers, statuses, days, outcomes and end states
+SEED: list[dict[str, Any]] = [
+    {"id": "req-1", "request": _cer(patient=_ref("Patient/p1"), insurer=_ref("Organization/acme"),
+                                    provider=_ref("Organization/clinic"), created="2025-03-10T09:15:00-05:00",
+                                    identifiers=[(SYS_A, "A-1")]),
+     "received": "2025-03-10T14:15:00Z",
+     "answer": dict(outcome="complete", response=_response("resp-1", "req-1", "complete",
+                                                             created="2025-03-10T14:15:02Z",
+                                                             identifiers=[(SYS_R, "R-1")]))},
+    {"id": "req-2", "request": _cer(patient=_ref("Patient/p2"), insurer=_ref("Organization/acme"),
+                                    provider=_ref("Practitioner/dr-lee"), created="2025-03-10T23:30:00Z",
+                                    identifiers=[(SYS_A, "A-2"), (SYS_B, "shared")]),
+     "received": "2025-03-10T23:30:00Z",
+     "answer": dict(outcome="error", aaa_codes=["72"],
+                    response=_response("resp-2", "req-2", "error", created="2025-03-10T23:30:03Z"))},
+    {"id": "req-3", "request": _cer(patient=_ref("Patient/p1"), insurer=_ref("Organization/bluecross"),
+                                    provider=_ref("Organization/clinic"), status="cancelled", created="2025-03-11",
+                                    identifiers=[(None, "NOSYS-3")]),
+     "received": "2025-03-11T00:00:01Z",
+     "answer": dict(outcome="partial", aaa_codes=["75"],
+                    response=_response("resp-3", "req-3", "partial", created="2025-03-11T00:00:04Z",
+                                       identifiers=[(SYS_R, "R-3")]))},
+    {"id": "req-4", "request": _cer(patient={"identifier": {"system": "urn:mrn", "value": "MRN-4"}},
+                                    insurer={"identifier": {"system": "http://x12.org/payer-id", "value": "60054"}},
+                                    provider=_ref("https://ehr.example/fhir/Practitioner/dr-kim"), status="draft",
+                                    created="2025-03-12T08:00:00Z", identifiers=[(SYS_B, "shared")]),
+     "received": "2025-03-12T08:00:00Z", "sent": True},  # sent, never answered
+    {"id": "req-5", "request": _cer(patient=_ref("Patient/p3"), insurer=_ref("Organization/bluecross"),
+                                    provider=_ref("Practitioner/dr-lee"), created="2025-02-28T12:00:00+00:00",
+                                    identifiers=[(SYS_A, "A-5")]),
+     "received": "2025-02-28T12:00:00Z"},  # received only (the process died)
+    {"id": "req-6", "request": _cer(patient=_ref("Patient/p2"), insurer=_ref("Organization/acme"),
+                                    created="2025-03-12T20:00:00-05:00"),  # no provider; 2025-03-13T01:00Z
+     "received": "2025-03-13T01:00:00Z",
+     "answer": dict(outcome="error", response=OPERATION_OUTCOME, error=OPERATION_OUTCOME, http_status=502,
+                    x12_response="TA1*000000001*250313*0100*R*022~")},
+    {"id": "req-7", "request": _cer(patient=_ref("Patient/p3"), insurer=_ref("Organization/acme"),
+                                    provider=_ref("Organization/clinic"), created="2025-03-13T10:00:00Z"),
+     "received": "2025-03-13T10:00:00Z",
+     "answer": dict(outcome="queued", response=_response("resp-7", "req-7", "queued"))},  # no created
+]
+
+
+def _seed(store: AuditStore) -> None:
+    for item in SEED:
+        received = _at(item["received"])
+        store.record_request(item["id"], item["request"], None, "60054", f"TRN-{item['id']}", received)
+        if item.get("sent") or item.get("answer"):
+            store.record_sent(item["id"], f"ISA*...{item['id']}~", received + timedelta(milliseconds=100))
+        if item.get("answer"):
+            answer = {"x12_response": "ISA*...271~", "aaa_codes": [], "http_status": 200, **item["answer"]}
+            store.record_answer(item["id"], answered_at=received + timedelta(seconds=5), **answer)
+
+
+@pytest.fixture
+def store(database_url: str):
+    with AuditStore(database_url) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def seeded(module_database_url: str):
+    with AuditStore(module_database_url) as opened:
+        _seed(opened)
+        yield opened
+
+
+# -- migrations ---------------------------------------------------------------------------------------
+
+def test_migrations_create_the_schema_and_are_idempotent(database_url: str):
+    assert not TABLES & _tables(database_url)
+    upgrade(database_url)
+    upgrade(database_url)  # a second run changes nothing
+    assert TABLES <= _tables(database_url)
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(text("select version_num from alembic_version")).scalars().all() == ["0001"]
+            # the hand-written migration builds exactly what the models describe
+            diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}),
+                                    Base.metadata)
+            assert diff == []
+    finally:
+        engine.dispose()
+    with AuditStore(database_url) as first, AuditStore(database_url) as second:  # opening migrates again: fine
+        assert first.search_requests({}, 10, 0) == ([], 0)
+        assert second.search_responses({}, 10, 0) == ([], 0)
+
+
+def test_concurrent_upgrades_of_a_fresh_database_do_not_collide(database_url: str):
+    """Server processes that start together all migrate the same fresh database; none of them fails.
+
+    (Without the advisory lock / BEGIN IMMEDIATE this fails most runs with "table already exists".)
+    """
+    script = "import sys\nfrom gateway.store import upgrade\nupgrade(sys.argv[1])\n"
+    processes = [subprocess.Popen([sys.executable, "-c", script, database_url], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    results = [process.communicate(timeout=120) for process in processes]
+    assert [process.returncode for process in processes] == [0] * 6, [err for _, err in results]
+    assert TABLES <= _tables(database_url)
+
+
+def test_threads_of_one_process_can_upgrade_at_once(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'threads.db'}"
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            upgrade(url)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert TABLES <= _tables(url)
+
+
+def test_a_sqlite_file_in_a_missing_folder_is_created(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'deep' / 'er' / 'audit.db'}"
+    with AuditStore(url) as store:
+        assert store.search_requests({}, 1, 0) == ([], 0)
+    assert (tmp_path / "deep" / "er" / "audit.db").exists()
+
+
+def test_in_memory_sqlite_works_across_threads():
+    with AuditStore("sqlite://") as store:
+        worker = threading.Thread(target=store.record_request, args=(
+            "mem-1", SEED[0]["request"], None, "60054", "T1", datetime.now(UTC)))
+        worker.start()
+        worker.join()
+        assert store.get_request("mem-1")["id"] == "mem-1"
+
+
+def test_database_url_comes_from_the_environment():
+    assert database_url({}) == "sqlite:///fhir-x12-gateway.db"
+    assert database_url({"FHIR_X12_DATABASE_URL": "postgresql://u@h/db"}) == "postgresql+psycopg://u@h/db"
+
+
+# -- life of a transaction --------------------------------------------------------------------------------
+
+def test_a_transaction_goes_received_sent_answered_and_reads_back(store: AuditStore):
+    request = SEED[0]["request"]
+    resolved = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": request}]}
+    received = datetime(2025, 3, 10, 9, 15, 0, 250000, tzinfo=timezone(timedelta(hours=-5)))
+    store.record_request("gw-1", request, resolved, "60054", "TRN0001", received)
+
+    record = store.record("gw-1")
+    assert record.status == "received"
+    assert record.received_at == received and record.received_at.tzinfo == UTC
+    assert (record.patient_ref, record.insurer_ref, record.provider_ref) == (
+        "Patient/p1", "Organization/acme", "Organization/clinic")
+    assert record.request_status == "active"
+    assert record.request_identifiers == [f"{SYS_A}|A-1"]
+    assert record.created == datetime(2025, 3, 10, 14, 15, tzinfo=UTC)
+    assert (record.payer_id, record.trace, record.resolved) == ("60054", "TRN0001", resolved)
+    assert record.sent_at is None and record.answered_at is None and record.response_id is None
+    # the stored request is what came in; reading it gives the gateway's id
+    assert record.request == request
+    assert store.get_request("gw-1") == {**request, "id": "gw-1"}
+
+    store.record_sent("gw-1", "ISA*00*...~", received + timedelta(milliseconds=40))
+    record = store.record("gw-1")
+    assert (record.status, record.x12_request) == ("sent", "ISA*00*...~")
+    assert record.sent_at == received + timedelta(milliseconds=40)
+
+    response = _response("resp-gw-1", "gw-1", "partial", created="2025-03-10T14:15:01Z", identifiers=[(SYS_R, "X")])
+    store.record_answer("gw-1", x12_response="ISA*...271~", response=response, outcome="partial",
+                        aaa_codes=["72", "75"], http_status=200, answered_at=received + timedelta(seconds=1.5))
+    record = store.record("gw-1")
+    assert record.status == "answered"
+    assert (record.x12_response, record.response, record.response_id) == ("ISA*...271~", response, "resp-gw-1")
+    assert (record.outcome, record.aaa_codes, record.http_status, record.error) == ("partial", ["72", "75"], 200, None)
+    assert record.response_identifiers == [f"{SYS_R}|X"]
+    assert record.duration_ms == pytest.approx(1500.0)
+    assert record.answered_at == received + timedelta(seconds=1.5)
+    assert {(i.kind, i.system, i.value) for i in record.identifiers} == {("request", SYS_A, "A-1"),
+                                                                         ("response", SYS_R, "X")}
+    assert store.get_response("resp-gw-1") == response
+    assert store.get_response("nope") is None and store.get_request("nope") is None and store.record("nope") is None
+
+
+def test_a_failure_is_stored_with_its_operation_outcome(store: AuditStore):
+    store.record_request("gw-2", SEED[1]["request"], None, "60054", "TRN2", datetime(2025, 3, 10, tzinfo=UTC))
+    store.record_answer("gw-2", x12_response=None, response=OPERATION_OUTCOME, outcome=None, aaa_codes=[],
+                        http_status=504, answered_at=datetime(2025, 3, 10, 0, 0, 20, tzinfo=UTC),
+                        error=OPERATION_OUTCOME)
+    record = store.record("gw-2")
+    assert (record.status, record.http_status, record.error, record.response) == (
+        "failed", 504, OPERATION_OUTCOME, OPERATION_OUTCOME)
+    assert record.response_id is None and record.outcome is None and record.duration_ms == 20000.0
+    assert store.get_response("oo-6") is None  # an OperationOutcome is not a CoverageEligibilityResponse
+    assert store.search_responses({}, 10, 0) == ([], 0)
+
+
+def test_unknown_and_duplicate_ids_are_refused(store: AuditStore):
+    now = datetime.now(UTC)
+    store.record_request("gw-3", SEED[0]["request"], None, "60054", "T", now)
+    with pytest.raises(DuplicateRecordError):
+        store.record_request("gw-3", SEED[0]["request"], None, "60054", "T", now)
+    with pytest.raises(UnknownRecordError) as caught:
+        store.record_sent("missing", "ISA~", now)
+    assert isinstance(caught.value, GatewayError) and isinstance(caught.value, LookupError)
+    with pytest.raises(UnknownRecordError):
+        store.record_answer("missing", x12_response=None, response=None, outcome=None, aaa_codes=[],
+                            http_status=504, answered_at=now)
+    assert store.record("gw-3").status == "received"
+
+
+CRASH = """
+import os, sys
+from datetime import UTC, datetime
+from gateway.store import AuditStore
+store = AuditStore(sys.argv[1])
+request = {"resourceType": "CoverageEligibilityRequest", "status": "active", "purpose": ["validation"],
+           "patient": {"reference": "Patient/p9"}, "created": "2025-03-14T10:00:00Z",
+           "insurer": {"reference": "Organization/acme"}}
+store.record_request("crash-1", request, None, "60054", "TRN-CRASH", datetime.now(UTC))
+os._exit(3)  # dies before the payer answers: no close, no clean-up
+"""
+
+
+def test_a_request_survives_a_crash_before_the_payer_answers(database_url: str):
+    result = subprocess.run([sys.executable, "-c", CRASH, database_url], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 3, result.stderr
+    with AuditStore(database_url) as store:
+        record = store.record("crash-1")
+        assert record is not None and record.status == "received" and record.trace == "TRN-CRASH"
+        assert store.get_request("crash-1")["patient"] == {"reference": "Patient/p9"}
+        assert store.search_requests({"patient": ["Patient/p9"]}, 10, 0)[1] == 1
+
+
+# -- search -------------------------------------------------------------------------------------------------
+
+ALL_REQUESTS = {f"req-{n}" for n in range(1, 8)}
+
+REQUEST_CASES: list[tuple[dict[str, list[str]], set[str]]] = [
+    ({}, ALL_REQUESTS),
+    ({"_count": ["50"], "_format": ["json"]}, ALL_REQUESTS),  # accepted, no effect on matching
+    ({"_id": ["req-3"]}, {"req-3"}),
+    ({"patient": ["Patient/p1"]}, {"req-1", "req-3"}),
+    ({"patient": ["p1"]}, {"req-1", "req-3"}),
+    ({"patient:Patient": ["p1"]}, {"req-1", "req-3"}),
+    ({"patient": ["https://gw.example/fhir/Patient/p1"]}, {"req-1", "req-3"}),
+    ({"patient": ["p2"]}, {"req-2", "req-6"}),
+    ({"patient": ["Patient/p1,Patient/p3"]}, {"req-1", "req-3", "req-5", "req-7"}),
+    ({"patient": ["Patient/P1"]}, set()),  # ids are case-sensitive
+    ({"patient": ["urn:mrn|MRN-4"]}, {"req-4"}),
+    ({"patient:identifier": ["urn:mrn|MRN-4"]}, {"req-4"}),
+    ({"patient:identifier": ["MRN-4"]}, {"req-4"}),
+    ({"patient:identifier": ["urn:mrn|"]}, {"req-4"}),
+    ({"patient:identifier": ["urn:other|MRN-4"]}, set()),
+    ({"status": ["active"]}, {"req-1", "req-2", "req-5", "req-6", "req-7"}),
+    ({"status": ["cancelled"]}, {"req-3"}),
+    ({"status": ["cancelled,draft"]}, {"req-3", "req-4"}),
+    ({"status": ["http://hl7.org/fhir/fm-status|draft"]}, {"req-4"}),
+    ({"status": ["urn:other|draft"]}, set()),
+    ({"insurer": ["Organization/acme"]}, {"req-1", "req-2", "req-6", "req-7"}),
+    ({"insurer": ["bluecross"]}, {"req-3", "req-5"}),
+    ({"insurer:identifier": ["http://x12.org/payer-id|60054"]}, {"req-4"}),
+    ({"provider": ["Practitioner/dr-lee"]}, {"req-2", "req-5"}),
+    ({"provider": ["clinic"]}, {"req-1", "req-3", "req-7"}),
+    ({"provider": ["dr-kim"]}, {"req-4"}),  # bare id matches the absolute reference
+    ({"provider": ["Practitioner/dr-kim"]}, {"req-4"}),
+    ({"provider": ["https://ehr.example/fhir/Practitioner/dr-kim"]}, {"req-4"}),
+    ({"provider:missing": ["true"]}, {"req-6"}),
+    ({"provider:missing": ["false"]}, ALL_REQUESTS - {"req-6"}),
+    ({"identifier": [f"{SYS_A}|A-1"]}, {"req-1"}),
+    ({"identifier": ["A-2"]}, {"req-2"}),
+    ({"identifier": ["a-2"]}, set()),
+    ({"identifier": ["shared"]}, {"req-2", "req-4"}),
+    ({"identifier": [f"{SYS_B}|shared"]}, {"req-2", "req-4"}),
+    ({"identifier": [f"{SYS_A}|shared"]}, set()),
+    ({"identifier": ["|NOSYS-3"]}, {"req-3"}),
+    ({"identifier": ["NOSYS-3"]}, {"req-3"}),
+    ({"identifier": [f"{SYS_A}|"]}, {"req-1", "req-2", "req-5"}),
+    ({"identifier": [f"{SYS_A}|A-1,{SYS_A}|A-5"]}, {"req-1", "req-5"}),
+    # created: the CER's created; a plain date is the whole day (UTC), an instant has second precision
+    ({"created": ["2025-03-10"]}, {"req-1", "req-2"}),
+    ({"created": ["eq2025-03-10"]}, {"req-1", "req-2"}),
+    ({"created": ["2025-03-12"]}, {"req-4"}),  # req-6 is 2025-03-12 in -05:00 but 2025-03-13 in UTC
+    ({"created": ["2025-03-10T09:15:00-05:00"]}, {"req-1"}),
+    ({"created": ["2025-03-10T14:15:00Z"]}, {"req-1"}),
+    ({"created": ["2025-03-10T14:15Z"]}, {"req-1"}),  # minute precision
+    ({"created": ["eq2025-03-11T05:30:00 05:30"]}, {"req-3"}),  # "+" arriving as a space
+    ({"created": ["ne2025-03-10"]}, {"req-3", "req-4", "req-5", "req-6", "req-7"}),
+    ({"created": ["ge2025-03-11"]}, {"req-3", "req-4", "req-6", "req-7"}),
+    ({"created": ["gt2025-03-11"]}, {"req-4", "req-6", "req-7"}),
+    ({"created": ["le2025-03-11"]}, {"req-1", "req-2", "req-3", "req-5"}),
+    ({"created": ["lt2025-03-11"]}, {"req-1", "req-2", "req-5"}),
+    ({"created": ["ge2025-03-10T23:30:00Z"]}, {"req-2", "req-3", "req-4", "req-6", "req-7"}),
+    ({"created": ["gt2025-03-10T23:30:00Z"]}, {"req-3", "req-4", "req-6", "req-7"}),
+    ({"created": ["le2025-03-10T23:30:00Z"]}, {"req-1", "req-2", "req-5"}),
+    ({"created": ["lt2025-03-10T23:30:00Z"]}, {"req-1", "req-5"}),
+    ({"created": ["2025-03"]}, ALL_REQUESTS - {"req-5"}),
+    ({"created": ["2025"]}, ALL_REQUESTS),
+    ({"created": ["ge2025-03-10", "lt2025-03-12"]}, {"req-1", "req-2", "req-3"}),  # repeated: AND
+    ({"created": ["2025-02-28,2025-03-12"]}, {"req-4", "req-5"}),  # comma: OR
+    ({"patient": ["Patient/p1"], "status": ["active"]}, {"req-1"}),
+    ({"patient": ["p2"], "created": ["ge2025-03-11"], "insurer": ["acme"]}, {"req-6"}),
+]
+
+
+@pytest.mark.parametrize(("params", "expected"), REQUEST_CASES, ids=lambda v: repr(v) if isinstance(v, dict) else "")
+def test_search_requests(seeded: AuditStore, params: dict[str, list[str]], expected: set[str]):
+    resources, total = seeded.search_requests(params, 100, 0)
+    assert {r["id"] for r in resources} == expected
+    assert total == len(expected) == len(resources)
+    assert all(r["resourceType"] == "CoverageEligibilityRequest" for r in resources)
+
+
+RESPONSE_CASES: list[tuple[dict[str, list[str]], set[str]]] = [
+    ({}, {"resp-1", "resp-2", "resp-3", "resp-7"}),  # req-6 failed (OperationOutcome), req-4/5 unanswered
+    ({"_id": ["resp-3"]}, {"resp-3"}),
+    ({"request": ["CoverageEligibilityRequest/req-2"]}, {"resp-2"}),
+    ({"request": ["req-2"]}, {"resp-2"}),
+    ({"request": ["https://gw.example/fhir/CoverageEligibilityRequest/req-3"]}, {"resp-3"}),
+    ({"request": ["Patient/req-2"]}, set()),
+    ({"request": ["req-6"]}, set()),
+    ({"request": ["req-4"]}, set()),
+    ({"request": ["req-1,req-7"]}, {"resp-1", "resp-7"}),
+    ({"patient": ["Patient/p1"]}, {"resp-1", "resp-3"}),
+    ({"patient": ["p3"]}, {"resp-7"}),
+    ({"outcome": ["complete"]}, {"resp-1"}),
+    ({"outcome": ["error"]}, {"resp-2"}),
+    ({"outcome": ["partial"]}, {"resp-3"}),
+    ({"outcome": ["queued"]}, {"resp-7"}),
+    ({"outcome": ["complete,partial"]}, {"resp-1", "resp-3"}),
+    ({"outcome": ["http://hl7.org/fhir/remittance-outcome|error"]}, {"resp-2"}),
+    ({"insurer": ["Organization/acme"]}, {"resp-1", "resp-2", "resp-7"}),
+    ({"insurer": ["bluecross"]}, {"resp-3"}),
+    ({"identifier": [f"{SYS_R}|R-1"]}, {"resp-1"}),
+    ({"identifier": ["R-3"]}, {"resp-3"}),
+    ({"identifier": [f"{SYS_A}|A-1"]}, set()),  # a request identifier, not a response one
+    # created: the response's own created (else when it was answered)
+    ({"created": ["2025-03-10"]}, {"resp-1", "resp-2"}),
+    ({"created": ["ge2025-03-11"]}, {"resp-3", "resp-7"}),
+    ({"created": ["2025-03-13"]}, {"resp-7"}),
+    ({"created": ["lt2025-03-10T23:30:03Z"]}, {"resp-1"}),
+    ({"created": ["le2025-03-10T23:30:03Z"]}, {"resp-1", "resp-2"}),
+    ({"created": ["eq2025-03-10T23:30:03Z"]}, {"resp-2"}),
+    ({"created": ["gt2025-03-10T23:30:03Z"]}, {"resp-3", "resp-7"}),
+    ({"patient": ["Patient/p1"], "outcome": ["partial"], "created": ["2025-03-11"]}, {"resp-3"}),
+]
+
+
+@pytest.mark.parametrize(("params", "expected"), RESPONSE_CASES, ids=lambda v: repr(v) if isinstance(v, dict) else "")
+def test_search_responses(seeded: AuditStore, params: dict[str, list[str]], expected: set[str]):
+    resources, total = seeded.search_responses(params, 100, 0)
+    assert {r["id"] for r in resources} == expected
+    assert total == len(expected) == len(resources)
+    assert all(r["resourceType"] == "CoverageEligibilityResponse" for r in resources)
+
+
+def test_paging_with_count_and_offset(seeded: AuditStore):
+    newest_first = ["req-7", "req-6", "req-4", "req-3", "req-2", "req-1", "req-5"]
+    pages = [seeded.search_requests({}, 3, offset) for offset in (0, 3, 6, 9)]
+    assert [[r["id"] for r in page] for page, _ in pages] == [newest_first[:3], newest_first[3:6], newest_first[6:], []]
+    assert {total for _, total in pages} == {7}
+    assert seeded.search_requests({}, 0, 0) == ([], 7)  # _count=0: the total only
+    assert [r["id"] for r in seeded.search_requests({"_sort": ["created"]}, 2, 0)[0]] == ["req-5", "req-1"]
+    assert [r["id"] for r in seeded.search_requests({"_sort": ["-created"]}, 2, 0)[0]] == ["req-7", "req-6"]
+    page, total = seeded.search_requests({"status": ["active"]}, 2, 2)
+    assert ([r["id"] for r in page], total) == (["req-2", "req-1"], 5)
+    page, total = seeded.search_responses({}, 2, 2)
+    assert ([r["id"] for r in page], total) == (["resp-2", "resp-1"], 4)
+
+
+@pytest.mark.parametrize(("kind", "params", "param"), [
+    ("requests", {"foo": ["1"]}, "foo"),
+    ("requests", {"request": ["req-1"]}, "request"),
+    ("requests", {"outcome": ["complete"]}, "outcome"),
+    ("responses", {"provider": ["clinic"]}, "provider"),
+    ("responses", {"status": ["active"]}, "status"),
+    ("requests", {"patient.name": ["x"]}, "patient.name"),
+    ("requests", {"patient:exact": ["p1"]}, "patient:exact"),
+    ("requests", {"status:not": ["active"]}, "status:not"),
+    ("requests", {"provider:missing": ["maybe"]}, "provider:missing"),
+    ("requests", {"_sort": ["patient"]}, "_sort"),
+    ("requests", {"created": ["yesterday"]}, "created"),
+    ("requests", {"created": ["2025-13-01"]}, "created"),
+    ("requests", {"created": ["2025-02-30"]}, "created"),
+    ("requests", {"created": ["2025-03-10T25:00:00Z"]}, "created"),
+    ("requests", {"created": ["2025-03-10T10:00:00+15:00"]}, "created"),
+    ("requests", {"created": ["sa2025-03-10"]}, "created"),
+    ("requests", {"created": ["ge"]}, "created"),
+    ("responses", {"created": ["lt2025-3-1"]}, "created"),
+])
+def test_unsupported_searches_raise_search_error(seeded: AuditStore, kind: str, params: dict, param: str):
+    search = seeded.search_requests if kind == "requests" else seeded.search_responses
+    with pytest.raises(SearchError) as caught:
+        search(params, 10, 0)
+    assert caught.value.param == param
+    assert isinstance(caught.value, GatewayError)
+    for value in params.values():  # the message never repeats the value (it may be PHI)
+        assert value[0] not in caught.value.message or len(value[0]) < 3
+
+
+def test_negative_paging_is_a_search_error(seeded: AuditStore):
+    with pytest.raises(SearchError):
+        seeded.search_requests({}, -1, 0)
+    with pytest.raises(SearchError):
+        seeded.search_responses({}, 10, -5)
+
+
+def test_empty_values_are_ignored(seeded: AuditStore):
+    assert seeded.search_requests({"patient": [""]}, 100, 0)[1] == 7
+
+
+@pytest.mark.parametrize(("value", "start", "end"), [
+    ("2025", "2025-01-01T00:00:00+00:00", "2026-01-01T00:00:00+00:00"),
+    ("2025-12", "2025-12-01T00:00:00+00:00", "2026-01-01T00:00:00+00:00"),
+    ("2024-02-29", "2024-02-29T00:00:00+00:00", "2024-03-01T00:00:00+00:00"),
+    ("2025-03-10T09:15-05:00", "2025-03-10T14:15:00+00:00", "2025-03-10T14:16:00+00:00"),
+    ("2025-03-10T09:15:07.25Z", "2025-03-10T09:15:07.250000+00:00", "2025-03-10T09:15:07.260000+00:00"),
+])
+def test_date_precision_gives_the_range(value: str, start: str, end: str):
+    low, high = parse_datetime_range(value)
+    assert (low, high) == (datetime.fromisoformat(start), datetime.fromisoformat(end))
