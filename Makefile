@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SAMPLE ?= fixtures/x12/271/subscriber-benefits.271
 
 .DEFAULT_GOAL := help
 
@@ -21,12 +20,8 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)  ## create .venv and install the project with its dev tools
 
 .PHONY: run
-run: $(STAMP)  ## validate a sample 271 and print its 999, then serve on 127.0.0.1:8080
-	$(BIN)/fhir-x12 validate $(SAMPLE)
-	$(BIN)/fhir-x12 validate $(SAMPLE) --ack 999 2>/dev/null; echo
-	@echo "Serving on http://127.0.0.1:8080 - try:"
-	@echo "  curl -s -X POST --data-binary @$(SAMPLE) 'http://127.0.0.1:8080/x12/\$$validate'"
-	$(BIN)/flask --app wsgi:app run --host 127.0.0.1 --port 8080
+run: $(STAMP)  ## payer simulator (demo members) + gateway on 127.0.0.1:8080; prints a curl to try
+	$(BIN)/fhir-x12 demo --port 8080 --payer-port 8090
 
 .PHONY: lint
 lint: $(STAMP)  ## ruff

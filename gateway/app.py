@@ -1,24 +1,31 @@
-"""Flask application factory.
+"""Flask application factory: the FHIR gateway with its store, payer client, auth, logs and metrics.
 
-Until the FHIR endpoints land this serves health checks and X12 validation over HTTP; the X12
-work itself lives in ``gateway.x12`` and never imports Flask.
+Configuration: ``DEFAULTS``, then ``FHIR_X12_*`` environment variables, then ``config``. Every
+setting is documented in the README (Configuration). The X12 and translation work never imports Flask.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from flask import Flask
 
+from gateway.errors import ConfigError
+
 DEFAULTS: dict[str, Any] = {
-    "MAX_CONTENT_LENGTH": 5 * 1024 * 1024,
+    "FHIR_X12_MAX_BODY_BYTES": 2 * 1024 * 1024,
     "FHIR_X12_MAPPINGS": None,
+    "FHIR_X12_ASYNC_WORKERS": 8,
+    "FHIR_X12_BATCH_WORKERS": 8,
 }
+_INTEGERS = ("FHIR_X12_MAX_BODY_BYTES", "FHIR_X12_ASYNC_WORKERS", "FHIR_X12_BATCH_WORKERS")
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    """Build the app: defaults, then ``FHIR_X12_*`` environment variables, then ``config``."""
+    """Build the gateway; ``config`` overrides the environment (tests pass the database URL here)."""
     app = Flask(__name__)
     app.config.from_mapping(DEFAULTS)
     for key, value in os.environ.items():
@@ -26,6 +33,31 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             app.config[key] = value
     if config:
         app.config.update(config)
+    for key in _INTEGERS:
+        app.config[key] = _positive_int(app.config[key], key)
+    app.config["MAX_CONTENT_LENGTH"] = app.config["FHIR_X12_MAX_BODY_BYTES"]
+    app.json.sort_keys = False   # type: ignore[attr-defined]
+
+    from gateway.api.auth import init_auth
+    from gateway.metrics import init_metrics
+    from gateway.observability import init_logging
+
+    init_logging(app)
+    init_auth(app)
+    routes, service = _service(app)
+    metrics = init_metrics(app, known_payers=set(routes.routes))
+    service.metrics = metrics
+    async_pool = ThreadPoolExecutor(app.config["FHIR_X12_ASYNC_WORKERS"], thread_name_prefix="fhir-x12-async")
+    batch_pool = ThreadPoolExecutor(app.config["FHIR_X12_BATCH_WORKERS"], thread_name_prefix="fhir-x12-batch")
+
+    def close() -> None:
+        async_pool.shutdown(wait=True)
+        batch_pool.shutdown(wait=True)
+        service.store.close()
+
+    app.extensions["fhir_x12"] = {"service": service, "executor": async_pool, "batch_executor": batch_pool,
+                                  "close": close}
+    atexit.register(close)
     register_blueprints(app)
     if not app.config.get("TESTING"):
         from gateway.runtime import warm_up
@@ -34,9 +66,45 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
+def _service(app: Flask) -> tuple[Any, Any]:
+    from gateway.service import EligibilityService
+    from gateway.store import AuditStore, database_url
+    from gateway.translate import load_tables
+    from gateway.transport.client import PayerClient
+    from gateway.transport.routing import routes_from_config
+    from gateway.upstream import UpstreamConfig, resolve_references
+
+    mappings = app.config.get("FHIR_X12_MAPPINGS")
+    url = app.config.get("FHIR_X12_DATABASE_URL") or database_url({})
+    routes = routes_from_config(app.config)
+    upstream = UpstreamConfig.from_config(app.config)
+    client = PayerClient(routes)
+
+    def resolve(payload: dict[str, Any]) -> dict[str, Any]:
+        return resolve_references(payload, upstream, session=client.session)
+
+    store = AuditStore(url)
+    service = EligibilityService(store=store, client=client, routes=routes, tables=load_tables(mappings),
+                                 resolve=resolve, mappings=mappings)
+    return routes, service
+
+
+def _positive_int(value: Any, key: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a whole number, not {str(value)[:40]!r}") from None
+    if number <= 0:
+        raise ConfigError(f"{key} must be positive")
+    return number
+
+
 def register_blueprints(app: Flask) -> None:
+    from gateway.api.fhir import fhir, register_error_handlers
     from gateway.api.health import health
     from gateway.api.x12 import x12
 
     app.register_blueprint(health)
     app.register_blueprint(x12)
+    app.register_blueprint(fhir)
+    register_error_handlers(app)

@@ -178,12 +178,91 @@ def translate(file: str, output: str | None, control_number: int, date: str | No
 @main.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
-def serve_gateway(host: str, port: int) -> None:
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="gunicorn worker processes (each with its own app, store connections and payer pools).")
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="threads per worker (requests waiting on a payer hold one each).")
+def serve_gateway(host: str, port: int, workers: int, threads: int) -> None:
     """Run the gateway (configuration from FHIR_X12_* environment variables) under gunicorn."""
     from gateway.app import create_app
     from gateway.serving import serve
 
-    serve(create_app(), host, port)
+    if workers == 1:
+        serve(_app_or_fail(create_app), host, port, threads=threads)
+    else:
+        _app_or_fail(create_app).extensions["fhir_x12"]["close"]()   # check the configuration, migrate once
+        serve(create_app, host, port, threads=threads, workers=workers)
+
+
+def _app_or_fail(factory):  # type: ignore[no-untyped-def]
+    """The app, or a one-line message naming the bad setting (exit 2) instead of a traceback."""
+    try:
+        return factory()
+    except GatewayError as exc:
+        _fail(f"configuration: {exc}")
+    except Exception as exc:   # a database that cannot be reached, say
+        _fail(f"cannot start: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+
+
+@main.command("demo")
+@click.option("--port", default=8080, show_default=True, type=int, help="the gateway's port")
+@click.option("--payer-port", default=8090, show_default=True, type=int, help="the payer simulator's port")
+@click.option("--members", default="fixtures/members", show_default=True,
+              type=click.Path(exists=True, file_okay=False), help="member records for the simulator")
+@click.option("--workdir", default=".demo", show_default=True, help="where the demo keeps its databases")
+def demo(port: int, payer_port: int, members: str, workdir: str) -> None:
+    """The payer simulator with the demo members, and the gateway routed to it over CORE SOAP."""
+    import os
+    import secrets
+    import subprocess
+    import time
+
+    import requests
+
+    from gateway.app import create_app
+    from gateway.serving import serve
+
+    folder = Path(workdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    payer_url = f"http://127.0.0.1:{payer_port}"
+    simulator = subprocess.Popen([sys.executable, "-m", "gateway.cli", "payer", "serve", "--port", str(payer_port),
+                                  "--seed", members, "--database", f"sqlite:///{folder / 'payer.db'}"])
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"{payer_url}/scenarios", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if simulator.poll() is not None or time.monotonic() > deadline:
+                _fail(f"the payer simulator did not start on port {payer_port}")
+            time.sleep(0.2)
+        token = (os.environ.get("FHIR_X12_TOKENS") or "").split(",")[0].split(":")[0] or secrets.token_urlsafe(24)
+        os.environ.setdefault("FHIR_X12_TOKENS", token)
+        os.environ["FHIR_X12_PAYER_URL"] = f"{payer_url}/core/soap"
+        os.environ.setdefault("FHIR_X12_DATABASE_URL", f"sqlite:///{folder / 'gateway.db'}")
+        app = _app_or_fail(create_app)
+        sample = Path(members).parent / "fhir" / "requests" / "subscriber-generic.json"
+        click.echo(f"""
+fhir-x12 demo: payer simulator on {payer_url}, gateway on http://127.0.0.1:{port}
+Bearer token: {token}
+
+Ask the simulated payer about MARIA DELGADO (a real CoverageEligibilityResponse comes back):
+
+  curl -s -X POST 'http://127.0.0.1:{port}/CoverageEligibilityRequest/$submit' \\
+       -H 'Authorization: Bearer {token}' -H 'Content-Type: application/fhir+json' \\
+       --data-binary @{sample}
+
+Press Ctrl+C to stop both.
+""", err=True)
+        serve(app, "127.0.0.1", port)
+    finally:
+        simulator.terminate()
+        try:
+            simulator.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            simulator.kill()
 
 
 @main.group()

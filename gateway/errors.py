@@ -32,3 +32,7 @@ class X12SyntaxError(GatewayError):
 
 class MappingError(GatewayError):
     """A structure description or code table in mappings/ is inconsistent."""
+
+
+class ConfigError(GatewayError):
+    """A configuration value (environment variable or app config key) is missing or invalid; names the key."""

@@ -9,8 +9,10 @@ from tests.conftest import FIXTURES
 
 
 @pytest.fixture
-def client():
-    return create_app({"TESTING": True}).test_client()
+def client(tmp_path):
+    app = create_app({"TESTING": True, "FHIR_X12_DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.db'}"})
+    yield app.test_client()
+    app.extensions["fhir_x12"]["close"]()
 
 
 def test_health(client):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, current_app, jsonify
+from sqlalchemy import text
 
 health = Blueprint("health", __name__)
 
@@ -14,11 +15,18 @@ def healthz():  # type: ignore[no-untyped-def]
 
 @health.get("/readyz")
 def readyz():  # type: ignore[no-untyped-def]
-    """Ready once the X279A1 structure and validation maps load."""
+    """Ready once the X279A1 structure and validation maps load and the audit store answers."""
     from gateway.x12.pyx12_maps import map_set_dir
     from gateway.x12.structure import load_transaction
 
     for set_id in ("270", "271"):
         load_transaction(set_id)
     map_set_dir()
+    gateway = current_app.extensions.get("fhir_x12")
+    if gateway is not None:
+        try:
+            with gateway["service"].store.engine.connect() as connection:
+                connection.execute(text("select 1"))
+        except Exception as exc:   # not ready: say which dependency, not the connection string
+            return jsonify(status="not ready", store=type(exc).__name__), 503
     return jsonify(status="ready")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ class Request270:
     notes: list[Note] = field(default_factory=list)
     write_notes: list[WriteNote] = field(default_factory=list)
     patient_loop: str = "2100C"
+    payer_id: str = ""
 
 
 @dataclass
@@ -128,10 +130,15 @@ class _Gather:
         self.notes.append(Note(text=text, source=f"{CER}.{path}" if not path.startswith(CER) else path))
 
 
-def build_270(payload: Any, tables: Tables, *, envelope: Envelope, delimiters: Delimiters = DEFAULT_DELIMITERS,
+def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[str], Envelope],
+              delimiters: Delimiters = DEFAULT_DELIMITERS,
               limits: dict[str, tuple[int, int]] | None = None, trace: str | None = None,
               originator: str | None = None) -> Request270:
-    """Translate one request into a 270 interchange; raises TranslationError listing every problem."""
+    """Translate one request into a 270 interchange; raises TranslationError listing every problem.
+
+    ``envelope`` may be a function of the payer id (the gateway's routing table decides sender and
+    receiver ids only once the payer is known); it is called after the request has been checked.
+    """
     request, bundle = find_request(payload)
     g = _Gather(tables, request, bundle)
     constants = g.spec["constants"]
@@ -262,6 +269,8 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope, delimiters: D
         raise TranslationError(f"the request cannot be sent as a 270: {len(g.problems)} problem(s)",
                                _unique(g.problems), status=status_code)
 
+    if callable(envelope):
+        envelope = envelope(payer_id)
     trace = trace or next((i.get("value") for i in request.get("identifier") or [] if i.get("value")), None) \
         or f"{envelope.interchange_control:09d}"
     return _write(g, envelope, delimiters, limits, constants, trace=trace, originator=originator,
@@ -531,7 +540,7 @@ def _write(g: _Gather, envelope: Envelope, delimiters: Delimiters, limits: dict[
         g.lost("more than two given names: the rest are not sent", "Patient.name.given")
     writer = X12Writer(delimiters, limits)
     result = writer.interchange(envelope, "HS", "270", "005010X279A1", [body])
-    return Request270(result.text, trace, g.notes, result.notes, loop_name)
+    return Request270(result.text, trace, g.notes, result.notes, loop_name, payer_id=payer[1])
 
 
 def _address(body: list[tuple[str, list[Value]]], address: dict[str, Any]) -> None:

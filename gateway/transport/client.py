@@ -209,6 +209,7 @@ class PayerAnswer:
     payer_id: str
     url: str
     payload_id: str | None = None    # the CORE PayloadID of the answered attempt (None for raw X12)
+    transactions: list[Transaction] = field(default_factory=list, repr=False)   # the 271s, already read
 
 
 # ----------------------------------------------------------------------------------------------------- breaker
@@ -392,7 +393,8 @@ class PayerClient:
                          call.attempts)
                 continue
             return PayerAnswer(x12=text, kind="271", elapsed=self.clock() - call.start, attempts=call.attempts,
-                               payer_id=route.payer_id, url=route.url, payload_id=call.payload_id)
+                               payer_id=route.payer_id, url=route.url, payload_id=call.payload_id,
+                               transactions=txns)
 
     def _pause(self, call: _Call) -> bool:
         """Wait before the next attempt, if retries are left and a pause plus an attempt fit in the budget."""

@@ -12,8 +12,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+import yaml
 
 from gateway.errors import MappingError
 from gateway.mappings import load_yaml
@@ -23,6 +26,7 @@ from gateway.x12.writer import Envelope
 TRANSPORTS = ("soap", "mime", "x12")
 CORE_BUDGET_SECONDS = 20.0   # CAQH CORE: a real-time 271 within 20 seconds
 OVERRIDE_ENV = "FHIR_X12_PAYER_URL"
+ROUTING_ENV = "FHIR_X12_ROUTING"
 _X12_DELIMITERS = set("*~^:|>\r\n")
 _DOC_KEYS = {"name"}
 
@@ -181,11 +185,18 @@ def load_routes(table: Mapping[str, Any] | None = None, override_url: str | None
 
 
 def routes_from_config(config: Mapping[str, Any] | None = None) -> RoutingTable:
-    """The routing table for an app: ``FHIR_X12_PAYER_URL`` and ``FHIR_X12_MAPPINGS`` from ``config``, else
-    from the environment."""
+    """The routing table for an app: ``FHIR_X12_PAYER_URL``, ``FHIR_X12_ROUTING`` (a routing table file of
+    the deployment's own) and ``FHIR_X12_MAPPINGS`` from ``config``, else from the environment."""
     config = config or {}
     override = config.get(OVERRIDE_ENV) or os.environ.get(OVERRIDE_ENV) or None
-    return load_routes(None, override, base=config.get("FHIR_X12_MAPPINGS"))
+    path = config.get(ROUTING_ENV) or os.environ.get(ROUTING_ENV) or None
+    table = None
+    if path:
+        try:
+            table = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise MappingError(f"{ROUTING_ENV}: cannot read the routing table {path}: {exc}") from None
+    return load_routes(table, override, base=config.get("FHIR_X12_MAPPINGS"))
 
 
 def _values(entry: Mapping[str, Any], where: str, problems: list[str]) -> dict[str, Any]:

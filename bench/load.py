@@ -1,0 +1,207 @@
+"""End-to-end load: locust -> gateway (gunicorn) -> CORE SOAP -> payer simulator (zero latency).
+
+``python -m bench.load [--seconds N] [--rate R]``; ``make bench`` runs it after the unit benchmarks.
+Reports achieved round trips per second, the gateway's overhead (round trip minus the payer's time
+from ``Server-Timing``) at p50/p95/p99, errors, and the gateway's memory (RSS of all its processes)
+sampled through the run, against the target: 300 round trips/s, p99 overhead under 20 ms, no errors,
+flat memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUEST = ROOT / "fixtures" / "fhir" / "requests" / "subscriber-generic.json"
+TARGET_RPS = 300
+TARGET_P99_MS = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"bench.load: {url} exited with {process.returncode}")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"bench.load: {url} not ready after {seconds} s")
+
+
+def rss_kb(root_pid: int) -> int:
+    """Resident memory of a process and its children (gunicorn master + workers), in kB."""
+    total = 0
+    pids = [root_pid]
+    try:
+        children = Path(f"/proc/{root_pid}/task/{root_pid}/children").read_text().split()
+        pids += [int(p) for p in children]
+    except OSError:
+        pass
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def run(seconds: int, rate: int, users: int, workers: int, threads: int) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="fhir-x12-load-"))
+    token = secrets.token_urlsafe(24)
+    payer_port, gateway_port = free_port(), free_port()
+    env = {**os.environ, "FHIR_X12_LOG_LEVEL": "WARNING"}
+    cli = [sys.executable, "-m", "gateway.cli"]
+    payer = subprocess.Popen([*cli, "payer", "serve", "--port", str(payer_port), "--seed",
+                              str(ROOT / "fixtures" / "members"), "--database", f"sqlite:///{work / 'payer.db'}"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gateway_env = {**env, "FHIR_X12_TOKENS": token, "FHIR_X12_PAYER_URL": f"http://127.0.0.1:{payer_port}/core/soap",
+                   "FHIR_X12_DATABASE_URL": f"sqlite:///{work / 'gateway.db'}"}
+    gateway = subprocess.Popen([*cli, "serve", "--port", str(gateway_port), "--workers", str(workers),
+                                "--threads", str(threads)], env=gateway_env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    samples_file = work / "samples.json"
+    memory: list[tuple[float, int]] = []
+    try:
+        wait_ready(f"http://127.0.0.1:{payer_port}/scenarios", payer)
+        wait_ready(f"http://127.0.0.1:{gateway_port}/readyz", gateway)
+        warm = requests.post(f"http://127.0.0.1:{gateway_port}/CoverageEligibilityRequest/$submit",
+                             data=REQUEST.read_bytes(), timeout=30,
+                             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"})
+        if warm.status_code != 200:
+            raise SystemExit(f"bench.load: warm-up request failed: {warm.status_code} {warm.text[:300]}")
+        locust = subprocess.Popen(
+            [sys.executable, "-m", "locust", "-f", str(ROOT / "bench" / "locustfile.py"), "--headless",
+             "--host", f"http://127.0.0.1:{gateway_port}", "-u", str(users), "-r", str(users),
+             "--run-time", f"{seconds}s", "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "5"],
+            env={**env, "BENCH_REQUEST": str(REQUEST), "BENCH_TOKEN": token, "BENCH_SAMPLES": str(samples_file),
+                 "BENCH_USER_RPS": str(rate / users)},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        started = time.time()
+        while locust.poll() is None:
+            memory.append((time.time() - started, rss_kb(gateway.pid)))
+            time.sleep(5)
+        summary = locust.stdout.read() if locust.stdout else ""
+        samples = json.loads(samples_file.read_text()) if samples_file.exists() else []
+    finally:
+        for process in (gateway, payer):
+            process.send_signal(signal.SIGTERM)
+        for process in (gateway, payer):
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    failures = _failures(summary)
+    # steady state: leave out the first 10 % (ramp-up, first connections)
+    t0 = min((s[0] for s in samples), default=0.0)
+    t1 = max((s[0] for s in samples), default=0.0)
+    steady = [s for s in samples if s[0] >= t0 + 0.1 * (t1 - t0)]
+    span = (t1 - (t0 + 0.1 * (t1 - t0))) or 1.0
+    overhead = [max(0.0, total - payer_ms) for _, total, payer_ms in steady]
+    total = [total for _, total, _ in steady]
+    payer_ms = [p for _, _, p in steady]
+    first = [kb for t, kb in memory if t <= 60] or [0]
+    last = [kb for t, kb in memory if t >= memory[-1][0] - 60] if memory else [0]
+    return {"seconds": seconds, "target_rps": rate, "users": users, "workers": workers, "threads": threads,
+            "requests": len(samples), "rps": len(steady) / span, "failures": failures,
+            "overhead_ms": {q: percentile(overhead, q) for q in (50, 95, 99)},
+            "round_trip_ms": {q: percentile(total, q) for q in (50, 95, 99)},
+            "payer_ms": {q: percentile(payer_ms, q) for q in (50, 99)},
+            "memory_mb": {"first_minute": statistics.median(first) / 1024,
+                          "last_minute": statistics.median(last) / 1024,
+                          "max": max(kb for _, kb in memory) / 1024 if memory else 0.0},
+            "locust": summary[-3000:]}
+
+
+def _failures(summary: str) -> int:
+    """The failure count from locust's aggregated summary line."""
+    for line in summary.splitlines():
+        parts = line.split()
+        if parts[:1] == ["Aggregated"] and len(parts) > 2:
+            try:
+                return int(parts[2].split("(")[0])
+            except ValueError:
+                return -1
+    return -1
+
+
+def report(result: dict) -> str:
+    o, r, m = result["overhead_ms"], result["round_trip_ms"], result["memory_mb"]
+    growth = m["last_minute"] / m["first_minute"] if m["first_minute"] else float("nan")
+    ok = (result["rps"] >= TARGET_RPS and o[99] < TARGET_P99_MS and result["failures"] == 0 and growth < 1.10)
+    cpu = platform.processor() or platform.machine()
+    return f"""
+#### End-to-end load ({cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()})
+
+locust ({result['users']} users, paced to {result['target_rps']} requests/s in all) -> gateway under gunicorn
+({result['workers']} workers x {result['threads']} threads, SQLite audit store) -> CORE SOAP -> payer simulator
+(gunicorn, zero latency), all on this machine for {result['seconds']} s. Overhead = round trip seen by the client minus
+the payer's time (the gateway's `Server-Timing: payer;dur=`); the first 10 % of the run is left out.
+
+| measure | value |
+|---|---|
+| round trips | {result['requests']:,} ({result['rps']:.0f}/s steady; target >= {TARGET_RPS}) |
+| failures | {result['failures']} |
+| gateway overhead p50 / p95 / p99 | {o[50]:.1f} / {o[95]:.1f} / {o[99]:.1f} ms (target p99 < {TARGET_P99_MS:.0f} ms) |
+| round trip p50 / p95 / p99 | {r[50]:.1f} / {r[95]:.1f} / {r[99]:.1f} ms |
+| payer (simulator) p50 / p99 | {result['payer_ms'][50]:.1f} / {result['payer_ms'][99]:.1f} ms |
+| gateway RSS first minute / last minute / max | {m['first_minute']:.0f} / {m['last_minute']:.0f} / \
+{m['max']:.0f} MB ({growth:.2f}x) |
+
+Targets {'met' if ok else 'NOT met'}.
+"""
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m bench.load")
+    parser.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_LOAD_SECONDS", "300")))
+    parser.add_argument("--rate", type=int, default=TARGET_RPS + 20, help="requests/s offered in all")
+    parser.add_argument("--users", type=int, default=40)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--no-record", action="store_true", help="print only; do not append to BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    result = run(args.seconds, args.rate, args.users, args.workers, args.threads)
+    text = report(result)
+    print(text)
+    if not args.no_record:
+        with (ROOT / "BENCHMARKS.md").open("a", encoding="utf-8") as handle:
+            handle.write(f"\n### {datetime.now().date().isoformat()}: end-to-end load\n{text}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Locust user for the end-to-end load run (``bench/load.py`` starts it; see BENCHMARKS.md).
+
+Each simulated provider system POSTs one CoverageEligibilityRequest to ``$submit`` at a fixed pace
+and records the round trip and the payer's share of it (the gateway's ``Server-Timing`` header), so
+the gateway's own overhead is the difference, measured from outside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+from locust import FastHttpUser, constant_throughput, events, task
+
+BODY = Path(os.environ["BENCH_REQUEST"]).read_bytes()
+HEADERS = {"Authorization": f"Bearer {os.environ['BENCH_TOKEN']}", "Content-Type": "application/fhir+json"}
+PAYER = re.compile(r"payer;dur=([0-9.]+)")
+SAMPLES: list[tuple[float, float, float]] = []   # (wall clock, round trip ms, payer ms)
+
+
+class ProviderSystem(FastHttpUser):
+    wait_time = constant_throughput(float(os.environ.get("BENCH_USER_RPS", "5")))
+
+    @task
+    def submit(self) -> None:
+        start = time.perf_counter()
+        with self.client.post("/CoverageEligibilityRequest/$submit", data=BODY, headers=HEADERS,
+                              catch_response=True) as response:
+            elapsed = (time.perf_counter() - start) * 1000
+            timing = PAYER.search(response.headers.get("Server-Timing") or "")
+            if response.status_code != 200 or b'"CoverageEligibilityResponse"' not in (response.content or b""):
+                response.failure(f"status {response.status_code}")
+            elif timing is None:
+                response.failure("no Server-Timing header")
+            else:
+                SAMPLES.append((time.time(), elapsed, float(timing.group(1))))
+
+
+@events.quitting.add_listener
+def _dump(environment, **_kwargs) -> None:  # type: ignore[no-untyped-def]
+    Path(os.environ["BENCH_SAMPLES"]).write_text(json.dumps(SAMPLES))

@@ -1,0 +1,260 @@
+"""One eligibility transaction end to end: check, resolve, 270, store, payer, 271, store.
+
+The translation stays pure; this layer owns the clock, the ids, the audit store and the payer call,
+and turns every failure into an HTTP status with an OperationOutcome. The request is stored before
+the payer is called, and whatever comes back (271, 999, TA1) is stored before the caller hears of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.errors import GatewayError
+from gateway.fhir.structure import structure_problems
+from gateway.store import AuditStore
+from gateway.translate.document import iso
+from gateway.translate.errors import TranslationError
+from gateway.translate.references import Resolver
+from gateway.translate.request_270 import CER, Request270, build_270, find_request
+from gateway.translate.response_271 import ResponseContext, ResponseTranslation, translate_271
+from gateway.translate.tables import Tables
+from gateway.transport.client import PayerAnswer, PayerBusy, PayerClient, PayerError, PayerRejected
+from gateway.transport.routing import RoutingTable
+from gateway.x12.structure import element_limits
+
+log = logging.getLogger(__name__)
+
+RESPONSE = "CoverageEligibilityResponse"
+
+# failure kinds for metrics and the audit record's outcome
+_KINDS = {"PayerTimeout": "timeout", "PayerUnavailable": "unavailable", "PayerRejected": "rejected",
+          "TraceMismatch": "trace-mismatch", "CircuitOpen": "circuit-open", "PayerBusy": "busy",
+          "UnknownPayer": "unknown-payer"}
+
+
+def operation_outcome(code: str, text: str, *, severity: str = "error", diagnostics: str | None = None,
+                      expression: str | None = None) -> dict[str, Any]:
+    issue: dict[str, Any] = {"severity": severity, "code": code, "details": {"text": text}}
+    if diagnostics:
+        issue["diagnostics"] = diagnostics
+    if expression:
+        issue["expression"] = [expression]
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+@dataclass
+class Result:
+    """What the web layer answers: HTTP status, body (CoverageEligibilityResponse or OperationOutcome)."""
+
+    status: int
+    body: dict[str, Any]
+    request_id: str | None = None          # the stored CoverageEligibilityRequest's id
+    response_id: str | None = None
+    payer_id: str | None = None
+    outcome: str | None = None             # FHIR outcome, or the failure kind
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status < 400
+
+
+@dataclass
+class Prepared:
+    """A checked request, stored and translated, ready to go to its payer."""
+
+    id: str
+    request: dict[str, Any]                # as stored (server id, meta)
+    original: dict[str, Any]               # as received (for references)
+    bundle: dict[str, Any] | None          # the Bundle the references resolve in (received or fetched)
+    built: Request270
+    received: float                        # monotonic, for the gateway's own overhead
+
+
+class EligibilityService:
+    """Thread-safe; one per process, shared by every request."""
+
+    def __init__(self, *, store: AuditStore, client: PayerClient, routes: RoutingTable, tables: Tables,
+                 resolve: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 mappings: str | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 monotonic: Callable[[], float] | None = None, metrics: Any = None) -> None:
+        import time
+
+        self.store = store
+        self.client = client
+        self.routes = routes
+        self.tables = tables
+        self.resolve = resolve
+        self.limits = element_limits(mappings)
+        self.clock = clock
+        self.monotonic = monotonic or time.perf_counter
+        self.metrics = metrics
+
+    # -- the whole exchange ---------------------------------------------------------------------------
+    def submit(self, payload: Any) -> Result:
+        """``$submit`` and create: the request is checked, stored, sent and answered."""
+        prepared = self.prepare(payload)
+        if isinstance(prepared, Result):
+            return prepared
+        return self.exchange(prepared)
+
+    def prepare(self, payload: Any) -> Prepared | Result:
+        """Check, resolve, translate and store the request; a Result is a refusal (nothing was sent)."""
+        start = self.monotonic()
+        try:
+            request, bundle = find_request(payload)
+            problems = structure_problems(request)
+            for index, entry in enumerate((bundle or {}).get("entry") or []):
+                resource = entry.get("resource") if isinstance(entry, dict) else None
+                if isinstance(resource, dict) and resource is not request:
+                    problems.extend(structure_problems(resource, f"Bundle.entry[{index}].resource"))
+            if problems:
+                raise TranslationError(f"the {CER} is not valid FHIR R4: {len(problems)} problem(s)", problems,
+                                       status=400)
+            resolved = self.resolve(payload) if self.resolve is not None else payload
+            id = str(uuid.uuid4())
+            now = self.clock()
+            control = secrets.randbelow(999_999_999) + 1
+            naive = now.astimezone(UTC).replace(tzinfo=None)
+            built = build_270(resolved, self.tables, limits=self.limits, trace=id.replace("-", "").upper(),
+                              envelope=lambda payer: self.routes.route(payer).envelope(control, naive))
+        except TranslationError as exc:
+            return self._refused(exc.status, exc.to_operation_outcome(), "invalid-request")
+        except PayerError as exc:   # unknown payer: the routing table has no entry
+            return self._refused(exc.http_status, exc.to_operation_outcome(), _KINDS.get(type(exc).__name__, "error"),
+                                 payer_id=exc.payer_id)
+        stored = {**request, "id": id, "meta": {**(request.get("meta") or {}), "lastUpdated": iso(now)}}
+        _, resolved_bundle = find_request(resolved)
+        try:
+            self.store.record_request(id, stored, resolved if resolved is not payload else None, built.payer_id,
+                                      built.trace, now, x12_request=built.text, sent_at=now)
+        except (SQLAlchemyError, GatewayError):
+            log.exception("the audit store refused a new request; it was not sent")
+            return self._refused(503, operation_outcome("transient", "the audit store is unavailable; the request "
+                                                        "was not sent to the payer"), "store-unavailable")
+        return Prepared(id, stored, request, resolved_bundle, built, start)
+
+    def exchange(self, prepared: Prepared) -> Result:
+        """Send a prepared request, translate the answer, store everything; never raises."""
+        built, id = prepared.built, prepared.id
+        try:
+            answer = self.client.send(built.payer_id, built.text, trace=built.trace)
+        except PayerError as exc:
+            return self._failed(prepared, exc)
+        try:
+            resource, notes = self._response(prepared, answer)
+        except Exception as exc:   # a translation bug must not lose the 271: it is stored with the error
+            log.exception("the payer's 271 could not be translated")
+            body = operation_outcome("exception", "the payer's answer could not be translated",
+                                     diagnostics=type(exc).__name__)
+            self._answer(id, answer.x12, None, "exception", [], 500, body)
+            return Result(500, body, id, payer_id=built.payer_id, outcome="exception")
+        codes = [c.get("code") for e in resource.get("error") or [] for c in e.get("code", {}).get("coding", [])
+                 if c.get("code")]
+        stored = self._answer(id, answer.x12, resource, None, codes, 200, None)
+        outcome = resource.get("outcome") or "complete"
+        total = self.monotonic() - prepared.received
+        if self.metrics is not None:
+            route = self.routes.route(built.payer_id)
+            self.metrics.observe_payer(route.payer_id, route.transport, answer.elapsed)
+            self.metrics.observe_eligibility(route.payer_id, outcome, aaa_codes=codes, notes=notes,
+                                             overhead=max(total - answer.elapsed, 0.0))
+        # W3C Server-Timing: how long the payer took and how long the gateway itself worked
+        timing = {"Server-Timing": f"payer;dur={answer.elapsed * 1000:.2f}, "
+                                   f"gateway;dur={max(total - answer.elapsed, 0.0) * 1000:.2f}"}
+        if not stored:
+            return Result(503, operation_outcome("transient", "the payer answered but the audit store could not keep "
+                                                 "the answer"), id, payer_id=built.payer_id,
+                          outcome="store-unavailable")
+        return Result(200, resource, id, resource["id"], payer_id=built.payer_id, outcome=outcome, headers=timing)
+
+    # -- pieces ---------------------------------------------------------------------------------------
+    def _response(self, prepared: Prepared, answer: PayerAnswer) -> tuple[dict[str, Any], int]:
+        """The CoverageEligibilityResponse for our trace, linked to the stored request."""
+        context = self._context(prepared)
+        trace = prepared.built.trace
+        stamp = iso(self.clock())
+        found: list[ResponseTranslation] = []
+        for txn in answer.transactions:
+            found.extend(translate_271(txn, self.tables, now=stamp,
+                                       context_for=lambda traces: context if trace in traces else None))
+        ours = [r for r in found if trace in r.traces] or [r for r in found if not r.traces]
+        if not ours:
+            raise GatewayError("no response in the 271 for this trace")
+        response = ours[0].resource
+        response["id"] = str(uuid.uuid4())
+        if not any(trace in r.traces for r in ours):
+            # a rejection above the patient level carries no trace: link it to the request all the same
+            response["request"] = {"reference": f"{CER}/{prepared.id}"}
+        return response, len(ours[0].notes)
+
+    def _context(self, prepared: Prepared) -> ResponseContext:
+        request = prepared.original
+        resolver = Resolver(request, prepared.bundle)
+        contained: list[dict[str, Any]] = []
+
+        def portable(ref: Any, path: str) -> dict[str, Any] | None:
+            """A reference that still resolves inside the response (contained or Bundle-local ones are copied)."""
+            if not isinstance(ref, dict) or not (ref.get("reference") or ref.get("identifier")):
+                return None
+            target = ref.get("reference") or ""
+            if target.startswith("#") or target.startswith("urn:"):
+                resource = resolver.resolve(ref, path, ())
+                if resource is None:
+                    return {k: v for k, v in ref.items() if k != "reference"} or None
+                local = str(resource.get("id") or f"r{len(contained) + 1}")
+                if all(c.get("id") != local for c in contained):
+                    contained.append({**resource, "id": local})
+                return {**ref, "reference": f"#{local}"}
+            return ref
+
+        insurances = request.get("insurance") or []
+        focal = next((i for i in insurances if i.get("focal")), insurances[0] if insurances else {})
+        serviced = {k: request[k] for k in ("servicedDate", "servicedPeriod") if k in request}
+        context = ResponseContext(
+            patient=portable(request.get("patient"), f"{CER}.patient"),
+            insurer=portable(request.get("insurer"), f"{CER}.insurer"),
+            coverage=portable(focal.get("coverage"), f"{CER}.insurance.coverage"),
+            provider=portable(request.get("provider"), f"{CER}.provider"),
+            purpose=request.get("purpose"), request={"reference": f"{CER}/{prepared.id}"}, serviced=serviced)
+        context.contained = [_strip_local_references(c) for c in contained]
+        return context
+
+    def _failed(self, prepared: Prepared, exc: PayerError) -> Result:
+        kind = _KINDS.get(type(exc).__name__, "error")
+        status = 429 if isinstance(exc, PayerBusy) else exc.http_status
+        body = exc.to_operation_outcome()
+        ack = exc.ack if isinstance(exc, PayerRejected) else None
+        self._answer(prepared.id, ack, None, kind, [], status, body)
+        if self.metrics is not None:
+            self.metrics.observe_eligibility(prepared.built.payer_id, kind)
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else {}
+        return Result(status, body, prepared.id, payer_id=prepared.built.payer_id, outcome=kind, headers=headers)
+
+    def _answer(self, id: str, x12: str | None, response: dict[str, Any] | None, outcome: str | None,
+                codes: list[str], status: int, error: dict[str, Any] | None) -> bool:
+        try:
+            self.store.record_answer(id, x12_response=x12, response=response, outcome=outcome, aaa_codes=codes,
+                                     http_status=status, answered_at=self.clock(), error=error)
+            return True
+        except (SQLAlchemyError, GatewayError):
+            log.exception("the audit store could not keep an answer")
+            return False
+
+    def _refused(self, status: int, body: dict[str, Any], kind: str, payer_id: str | None = None) -> Result:
+        if self.metrics is not None:
+            self.metrics.observe_eligibility(payer_id or "none", kind)
+        return Result(status, body, payer_id=payer_id, outcome=kind)
+
+
+def _strip_local_references(resource: dict[str, Any]) -> dict[str, Any]:
+    """Contained resources cannot contain others (dom-2)."""
+    return {k: v for k, v in resource.items() if k != "contained"}

@@ -1,0 +1,426 @@
+"""End to end on loopback: FHIR in, CORE SOAP to the simulator, FHIR out; every fault and every refusal.
+
+Each test runs twice, with the audit store in SQLite and in PostgreSQL (skipped when it is absent).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import requests
+
+from tests.gateway.conftest import READ_TOKEN, Gateway, fhir_request, member, with_member_id
+
+CER = "CoverageEligibilityRequest"
+RESPONSE = "CoverageEligibilityResponse"
+FHIR_JSON = "application/fhir+json"
+ISSUE_TYPES = {"invalid", "structure", "required", "value", "invariant", "security", "login", "unknown", "expired",
+               "forbidden", "suppressed", "processing", "not-supported", "duplicate", "multiple-matches",
+               "not-found", "deleted", "too-long", "code-invalid", "extension", "too-costly", "business-rule",
+               "conflict", "transient", "lock-error", "no-store", "exception", "timeout", "incomplete", "throttled",
+               "informational"}
+
+
+def codes(item_part: dict[str, Any] | None) -> set[str]:
+    return {c.get("code") for c in (item_part or {}).get("coding", [])}
+
+
+def items(response: dict[str, Any]) -> list[dict[str, Any]]:
+    return [item for insurance in response.get("insurance", []) for item in insurance.get("item", [])]
+
+
+def benefit(response: dict[str, Any], service_type: str, network: str, kind: str, term: str | None = None
+            ) -> dict[str, Any]:
+    """The one benefit of ``kind`` (benefit-type code) for a service type and network (X12 1073 Y/N/W)."""
+    found = [b for item in items(response)
+             if service_type in codes(item.get("category")) and network in codes(item.get("network"))
+             and (term is None or term in codes(item.get("term")))
+             for b in item.get("benefit", []) if kind in codes(b.get("type"))]
+    assert len(found) == 1, (service_type, network, kind, found)
+    return found[0]
+
+
+def outcome_issue(response: requests.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text[:2000]
+    assert response.headers["Content-Type"].startswith(FHIR_JSON)
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome"
+    assert all(issue["code"] in ISSUE_TYPES for issue in body["issue"])
+    matching = [issue for issue in body["issue"] if issue["code"] == code]
+    assert matching, body
+    return matching[0]
+
+
+# ------------------------------------------------------------------------------------------ answers from member data
+
+
+def test_submit_answers_with_the_members_plan(gateway: Gateway):
+    response = gateway.post(f"/{CER}/$submit", fhir_request("subscriber-generic"))
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith(FHIR_JSON)
+    body = response.json()
+    assert body["resourceType"] == RESPONSE and body["outcome"] == "complete"
+    assert body["insurance"][0]["inforce"] is True
+    assert body["patient"] == {"reference": "Patient/pat-delgado-maria"}
+    assert body["request"]["reference"].startswith(f"{CER}/")
+    # every accumulator and benefit of the member record, as the 271 carried it
+    record = member("delgado-maria")
+    for accumulator in record["accumulators"]:
+        if accumulator["specifictype"] != "deductible" or accumulator["individualaccum"] != "Y":
+            continue
+        deductible = benefit(body, "30", accumulator["innetwork"], "deductible", "23")
+        assert Decimal(str(deductible["allowedMoney"]["value"])) == Decimal(str(accumulator["maximumamount"]))
+        assert Decimal(str(deductible["usedMoney"]["value"])) == Decimal(str(accumulator["currentamount"]))
+        assert deductible["allowedMoney"]["currency"] == "USD"
+    for rule in record["benefits"]:
+        if rule["benefittype"] == "copay":
+            copay = benefit(body, rule["servicetype"], rule["innetwork"], "copay")
+            assert Decimal(str(copay["allowedMoney"]["value"])) == Decimal(str(rule["amount"]))
+        elif rule["benefittype"] == "coinsurance":
+            share = benefit(body, rule["servicetype"], rule["innetwork"], "copay-percent")
+            assert Decimal(str(share["allowedUnsignedInt"] if "allowedUnsignedInt" in share
+                               else share["allowedString"])) == Decimal(str(rule["percent"]))
+
+
+def test_prior_authorization_comes_back(gateway: Gateway):
+    """Each procedure the member's plan authorises in advance: authorizationRequired and its URL."""
+    for rule in member("washington-darnell")["priorauth"]:
+        payload = copy.deepcopy(fhir_request("auth-required"))
+        request = next(e["resource"] for e in payload["entry"] if e["resource"]["resourceType"] == CER)
+        system = {"CPT": "http://www.ama-assn.org/go/cpt",
+                  "HCPCS": "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"}[rule["codesystem"]]
+        request["item"] = [{"productOrService": {"coding": [{"system": system, "code": rule["procedure"]}]}}]
+        body = gateway.post(f"/{CER}/$submit", payload).json()
+        assert body["resourceType"] == RESPONSE, body
+        asked = [item for item in items(body) if rule["procedure"] in codes(item.get("productOrService"))]
+        assert asked and all(item["authorizationRequired"] is True for item in asked), (rule, asked)
+        assert {item.get("authorizationUrl") for item in asked} == {rule["url"]}
+
+
+def test_terminated_coverage_is_not_in_force(gateway: Gateway):
+    payload = copy.deepcopy(fhir_request("subscriber-generic"))
+    record = member("nakamura-yuki")
+    for entry in payload["entry"]:
+        resource = entry["resource"]
+        if resource["resourceType"] == "Coverage":
+            resource["subscriberId"] = record["memberid"]
+        if resource["resourceType"] == "Patient":
+            resource["name"] = [{"family": record["lastname"].title(), "given": [record["firstname"].title()]}]
+            resource["birthDate"] = record["dob"]
+    body = gateway.post(f"/{CER}/$submit", payload).json()
+    assert body["resourceType"] == RESPONSE
+    assert body["insurance"][0]["inforce"] is False
+
+
+def test_member_not_on_file_is_an_aaa_error(gateway: Gateway):
+    body = gateway.post(f"/{CER}/$submit", with_member_id("subscriber-generic", "ACM999999999")).json()
+    assert body["resourceType"] == RESPONSE
+    assert body["outcome"] == "error"
+    reasons = {c["code"] for error in body["error"] for c in error["code"]["coding"]}
+    assert "75" in reasons or "72" in reasons
+
+
+def test_dependent_and_bundle_local_references(gateway: Gateway):
+    for name in ("dependent-generic", "urn-uuid-bundle", "discovery"):
+        response = gateway.post(f"/{CER}/$submit", fhir_request(name))
+        assert response.status_code == 200, (name, response.text[:500])
+        body = response.json()
+        assert body["outcome"] == "complete", name
+        # references that only meant something inside the request are carried as contained resources
+        local = [body[k]["reference"] for k in ("patient",) if body[k].get("reference", "").startswith("#")]
+        contained = {c["id"] for c in body.get("contained", [])}
+        assert all(ref[1:] in contained for ref in local), name
+
+
+# ------------------------------------------------------------------------------------------------- create and read
+
+
+def test_create_stores_and_links_the_response(gateway: Gateway):
+    response = gateway.post(f"/{CER}", fhir_request("subscriber-generic"))
+    assert response.status_code == 201, response.text
+    location = response.headers["Location"]
+    assert location.startswith(f"{gateway.url}/{CER}/")
+    created = response.json()
+    assert created["resourceType"] == CER and location.endswith(created["id"])
+    read = gateway.get(location)
+    assert read.status_code == 200 and read.json() == created
+    request_id = created["id"]
+    found = gateway.get(f"/{RESPONSE}", params={"request": f"{CER}/{request_id}"}).json()
+    assert found["resourceType"] == "Bundle" and found["type"] == "searchset" and found["total"] == 1
+    answer = found["entry"][0]["resource"]
+    assert answer["request"] == {"reference": f"{CER}/{request_id}"}
+    assert found["entry"][0]["fullUrl"] == f"{gateway.url}/{RESPONSE}/{answer['id']}"
+    assert gateway.get(f"/{RESPONSE}/{answer['id']}").json() == answer
+
+
+def test_prefer_return(gateway: Gateway):
+    minimal = gateway.post(f"/{CER}", fhir_request("subscriber-generic"), headers={"Prefer": "return=minimal"})
+    assert minimal.status_code == 201 and minimal.content == b"" and minimal.headers["Location"]
+    outcome = gateway.post(f"/{CER}", fhir_request("subscriber-generic"),
+                           headers={"Prefer": "return=OperationOutcome"})
+    assert outcome.status_code == 201
+    issue = outcome.json()["issue"][0]
+    assert issue["severity"] == "information" and RESPONSE in issue["details"]["text"]
+
+
+def _poll(gateway: Gateway, status_url: str) -> requests.Response:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        done = gateway.get(status_url)
+        if done.status_code != 202:
+            return done
+        assert done.headers["X-Progress"] in ("received", "sent")
+        time.sleep(0.05)
+    raise AssertionError("the asynchronous request did not finish")
+
+
+def test_respond_async(gateway: Gateway, simulator):
+    requests.post(f"{simulator.url}/scenarios", json={"memberid": "*", "fault": "latency", "seconds": 0.5},
+                  timeout=5)
+    response = gateway.post(f"/{CER}", fhir_request("subscriber-generic"), headers={"Prefer": "respond-async"})
+    assert response.status_code == 202, response.text
+    status_url = response.headers["Content-Location"]
+    assert gateway.get(status_url).status_code == 202   # the payer takes 0.5 s
+    done = _poll(gateway, status_url)
+    assert done.status_code == 200
+    bundle = done.json()
+    assert bundle["type"] == "batch-response"
+    entry = bundle["entry"][0]
+    assert entry["response"]["status"].startswith("200") and entry["resource"]["resourceType"] == RESPONSE
+    assert entry["response"]["location"] == f"{CER}/{status_url.rsplit('/', 1)[1]}"
+    # a failure is reported the same way, with its OperationOutcome
+    failing = gateway.post(f"/{CER}", with_member_id("subscriber-generic", "SIMTIMEOUT01"),
+                           headers={"Prefer": "respond-async"})
+    entry = _poll(gateway, failing.headers["Content-Location"]).json()["entry"][0]
+    assert entry["response"]["status"].startswith("504") and entry["response"]["outcome"]["issue"]
+    assert gateway.get(f"{gateway.url}/_async/unknown-id").status_code == 404
+
+
+def test_async_refusals_are_immediate(gateway: Gateway):
+    payload = copy.deepcopy(fhir_request("subscriber-generic"))
+    payload["entry"][0]["resource"]["status"] = "draft"
+    response = gateway.post(f"/{CER}", payload, headers={"Prefer": "respond-async"})
+    outcome_issue(response, 422, "business-rule")
+
+
+def test_canvas_style_request_resolved_upstream(gateway: Gateway, upstream):
+    """Bare references, insurer {} (the payer comes from Coverage.payor): resolved on the EHR's server."""
+    calls = upstream.app.config["calls"]
+    calls.clear()
+    request = {"resourceType": CER, "status": "active", "purpose": ["benefits"],
+               "patient": {"reference": "Patient/pat-delgado-maria"}, "created": "2025-03-10T09:15:00-05:00",
+               "insurer": {}, "provider": {"reference": "Organization/org-riverbend"},
+               "insurance": [{"coverage": {"reference": "Coverage/cov-delgado-maria"}}]}
+    response = gateway.post(f"/{CER}", request)
+    assert response.status_code == 201, response.text
+    assert {"Patient/pat-delgado-maria", "Coverage/cov-delgado-maria", "Organization/org-acme",
+            "Organization/org-riverbend"} <= set(calls)
+    answer = gateway.get(f"/{RESPONSE}", params={"request": f"{CER}/{response.json()['id']}"}).json()
+    assert answer["total"] == 1 and answer["entry"][0]["resource"]["outcome"] == "complete"
+
+
+def test_parameters_wrapper_is_accepted(gateway: Gateway):
+    wrapped = {"resourceType": "Parameters",
+               "parameter": [{"name": "resource", "resource": fhir_request("subscriber-generic")}]}
+    assert gateway.post(f"/{CER}/$submit", wrapped).json()["resourceType"] == RESPONSE
+
+
+# ------------------------------------------------------------------------------------------------ payer faults
+
+
+@pytest.mark.parametrize(("member_id", "status", "code", "words"), [
+    ("SIMTIMEOUT01", 504, "timeout", "in time"),
+    ("SIMHTTP50003", 502, "transient", "500"),
+    ("SIMHTTP50304", 502, "transient", "503"),
+    ("SIMBAD271006", 502, "transient", "not X12"),
+    ("SIMREJ999007", 502, "processing", "999"),
+    ("SIMTA1000008", 502, "processing", "TA1"),
+    ("SIMTRACE0009", 502, "processing", "does not belong"),
+])
+def test_payer_faults(gateway: Gateway, member_id: str, status: int, code: str, words: str):
+    response = gateway.post(f"/{CER}/$submit", with_member_id("subscriber-generic", member_id))
+    issue = outcome_issue(response, status, code)
+    assert words in json.dumps(response.json())
+    assert issue["severity"] in ("error", "fatal")
+    # the failure is on record with what was sent (and the acknowledgment, when there was one)
+    store = gateway.app.extensions["fhir_x12"]["service"].store
+    records, total = store.search_requests({}, 5, 0)
+    record = store.record(records[0]["id"])
+    assert record.status == "failed" and record.http_status == status and record.x12_request.startswith("ISA")
+    if member_id in ("SIMREJ999007", "SIMTA1000008"):
+        assert record.x12_response and ("IK5" in record.x12_response or "TA1" in record.x12_response)
+
+
+def test_slow_payer_within_timeout(make_gateway):
+    gateway = make_gateway(FHIR_X12_ROUTING=None)   # the shipped routing table: 15 s read timeout
+    response = gateway.post(f"/{CER}/$submit", with_member_id("subscriber-generic", "SIMSLOW00002"))
+    assert response.status_code == 200, response.text
+
+
+def test_aaa_42_is_retried_then_reported(gateway: Gateway, simulator):
+    response = gateway.post(f"/{CER}/$submit", with_member_id("subscriber-generic", "SIMAAA420005"))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["outcome"] == "error"
+    assert "42" in {c["code"] for error in body["error"] for c in error["code"]["coding"]}
+
+
+def test_data_errors_are_not_retried(gateway: Gateway, simulator):
+    before = _payer_calls(simulator)
+    body = gateway.post(f"/{CER}/$submit", with_member_id("subscriber-generic", "ACM000000072")).json()
+    assert body["outcome"] == "error"
+    assert _payer_calls(simulator) - before == 1
+
+
+def _payer_calls(simulator) -> int:
+    return simulator.calls["/core/soap"]
+
+
+def test_breaker_opens_and_closes(gateway: Gateway, simulator):
+    requests.post(f"{simulator.url}/scenarios", json={"memberid": "*", "fault": "http-500", "times": 3}, timeout=5)
+    for _ in range(3):
+        assert gateway.post(f"/{CER}/$submit", fhir_request("subscriber-generic")).status_code == 502
+    refused = gateway.post(f"/{CER}/$submit", fhir_request("subscriber-generic"))
+    outcome_issue(refused, 503, "transient")
+    assert int(refused.headers["Retry-After"]) >= 1
+    time.sleep(0.6)   # reset_seconds 0.5: one trial goes through and, answered, closes the breaker
+    assert gateway.post(f"/{CER}/$submit", fhir_request("subscriber-generic")).status_code == 200
+    assert gateway.post(f"/{CER}/$submit", fhir_request("subscriber-generic")).status_code == 200
+
+
+# -------------------------------------------------------------------------------------------------- refusals (4xx)
+
+
+def test_unresolvable_references_are_named(gateway: Gateway):
+    request = {"resourceType": CER, "status": "active", "purpose": ["benefits"],
+               "patient": {"reference": "Patient/nobody"}, "created": "2025-03-10", "insurer": {},
+               "provider": {"reference": "Organization/org-riverbend"},
+               "insurance": [{"coverage": {"reference": "Coverage/none-such"}}]}
+    response = gateway.post(f"/{CER}/$submit", request)
+    assert response.status_code == 422, response.text
+    text = json.dumps(response.json())
+    assert "Patient/nobody" in text and "Coverage/none-such" in text
+    assert {i["code"] for i in response.json()["issue"]} <= ISSUE_TYPES
+
+
+def test_missing_member_id(gateway: Gateway):
+    payload = copy.deepcopy(fhir_request("subscriber-generic"))
+    for entry in payload["entry"]:
+        if entry["resource"]["resourceType"] == "Coverage":
+            del entry["resource"]["subscriberId"]
+    response = gateway.post(f"/{CER}/$submit", payload)
+    assert response.status_code == 422
+    assert "member id" in json.dumps(response.json())
+
+
+def test_wrong_resource_type(gateway: Gateway):
+    outcome_issue(gateway.post(f"/{CER}/$submit", {"resourceType": "Patient", "id": "x"}), 400, "structure")
+
+
+def test_structurally_invalid_request(gateway: Gateway):
+    payload = copy.deepcopy(fhir_request("subscriber-generic"))
+    payload["entry"][0]["resource"]["created"] = "yesterday"
+    issue = outcome_issue(gateway.post(f"/{CER}/$submit", payload), 400, "value")
+    assert issue["expression"] == [f"{CER}.created"]
+
+
+def test_malformed_json(gateway: Gateway):
+    issue = outcome_issue(gateway.post(f"/{CER}/$submit", data=b'{"resourceType": '), 400, "structure")
+    assert issue["severity"] == "fatal"
+
+
+def test_oversized_body(make_gateway):
+    gateway = make_gateway(FHIR_X12_MAX_BODY_BYTES=2048)
+    payload = fhir_request("subscriber-generic")
+    payload["entry"][0]["resource"]["text"] = {"status": "generated", "div": "<div>" + "x" * 4000 + "</div>"}
+    outcome_issue(gateway.post(f"/{CER}/$submit", payload), 413, "too-costly")
+
+
+def test_tokens(gateway: Gateway):
+    url = f"{gateway.url}/{CER}/$submit"
+    body = json.dumps(fhir_request("subscriber-generic"))
+    missing = requests.post(url, data=body, headers={"Content-Type": FHIR_JSON}, timeout=10)
+    outcome_issue(missing, 401, "login")
+    assert missing.headers["WWW-Authenticate"].startswith("Bearer")
+    wrong = requests.post(url, data=body, headers={"Content-Type": FHIR_JSON, "Authorization": "Bearer nope"},
+                          timeout=10)
+    outcome_issue(wrong, 401, "login")
+    read_only = requests.post(url, data=body, timeout=10,
+                              headers={"Content-Type": FHIR_JSON, "Authorization": f"Bearer {READ_TOKEN}"})
+    outcome_issue(read_only, 403, "forbidden")
+    searched = requests.get(f"{gateway.url}/{CER}", headers={"Authorization": f"Bearer {READ_TOKEN}"}, timeout=10)
+    assert searched.status_code == 200
+    assert requests.get(f"{gateway.url}/metadata", timeout=10).status_code == 200
+    assert requests.get(f"{gateway.url}/healthz", timeout=10).status_code == 200
+
+
+def test_wrong_content_type_and_method(gateway: Gateway):
+    outcome_issue(gateway.post(f"/{CER}/$submit", data=b"<xml/>", headers={"Content-Type": "application/xml"}),
+                  415, "not-supported")
+    outcome_issue(gateway.session.delete(f"{gateway.url}/{CER}/x", timeout=10), 405, "not-supported")
+    outcome_issue(gateway.get("/Patient/1"), 404, "not-found")
+    outcome_issue(gateway.get(f"/{CER}/does-not-exist"), 404, "not-found")
+
+
+def test_unknown_payer_is_422(make_gateway):
+    gateway = make_gateway(FHIR_X12_PAYER_URL=None)   # only the routing table's payers
+    payload = copy.deepcopy(fhir_request("subscriber-generic"))
+    for entry in payload["entry"]:
+        if entry["resource"]["resourceType"] == "Organization" and entry["resource"]["id"] == "org-acme":
+            for identifier in entry["resource"]["identifier"]:
+                if identifier.get("type"):
+                    identifier["value"] = "NOSUCHPAYER"
+    outcome_issue(gateway.post(f"/{CER}/$submit", payload), 422, "not-supported")
+
+
+# ------------------------------------------------------------------------------------------------ batch, metadata
+
+
+def test_batch(gateway: Gateway):
+    bad = {"resourceType": CER, "status": "active"}
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "POST", "url": f"{CER}/$submit"}, "resource": fhir_request("subscriber-generic")},
+        {"request": {"method": "POST", "url": CER}, "resource": fhir_request("auth-required")},
+        {"request": {"method": "POST", "url": f"{CER}/$submit"}, "resource": bad},
+        {"request": {"method": "DELETE", "url": f"{CER}/1"}},
+    ]}
+    response = gateway.post("/", bundle)
+    assert response.status_code == 200, response.text
+    entries = response.json()["entry"]
+    assert response.json()["type"] == "batch-response" and len(entries) == 4
+    assert entries[0]["response"]["status"].startswith("200") and entries[0]["resource"]["resourceType"] == RESPONSE
+    assert entries[1]["response"]["status"].startswith("201") and entries[1]["response"]["location"]
+    assert entries[2]["response"]["status"].startswith("400")
+    assert entries[2]["response"]["outcome"]["resourceType"] == "OperationOutcome"
+    assert entries[3]["response"]["status"].startswith("422")
+    outcome_issue(gateway.post("/", {"resourceType": "Bundle", "type": "transaction"}), 422, "not-supported")
+
+
+def test_capability_statement(gateway: Gateway):
+    statement = requests.get(f"{gateway.url}/metadata", timeout=10).json()
+    assert statement["resourceType"] == "CapabilityStatement" and statement["fhirVersion"] == "4.0.1"
+    resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
+    request_params = {p["name"]: p for p in resources[CER]["searchParam"]}
+    assert set(request_params) >= {"patient", "status", "created", "insurer", "provider", "identifier"}
+    assert {p["name"] for p in resources[RESPONSE]["searchParam"]} >= {"request", "patient", "outcome", "created",
+                                                                         "insurer", "identifier"}
+    insurer = gateway.get(f"/SearchParameter/{CER}-insurer").json()
+    assert insurer["url"] == request_params["insurer"]["definition"] and insurer["base"] == [CER]
+    note = gateway.get("/StructureDefinition/processNote").json()
+    assert note["url"] in json.dumps(statement)
+    assert any(op["name"] == "submit" for op in resources[CER]["operation"])
+
+
+def test_metrics_after_traffic(gateway: Gateway):
+    gateway.post(f"/{CER}/$submit", fhir_request("subscriber-generic"))
+    gateway.post(f"/{CER}/$submit", with_member_id("subscriber-generic", "ACM999999999"))
+    text = requests.get(f"{gateway.url}/metrics", timeout=10).text
+    assert 'fhir_x12_payer_seconds_bucket{le="20.0",payer="ACME01"' in text or \
+        'fhir_x12_payer_seconds_bucket{le="20.0",payer="other"' in text or "fhir_x12_payer_seconds_bucket" in text
+    assert "fhir_x12_eligibility_total" in text and 'outcome="complete"' in text
+    assert "fhir_x12_aaa_total" in text
