@@ -71,6 +71,24 @@ def rss_kb(root_pid: int) -> int:
     return total
 
 
+def cpu_seconds(root_pid: int) -> float:
+    """User + system CPU time of a process and its children so far (clock ticks from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    pids = [root_pid]
+    try:
+        pids += [int(p) for p in Path(f"/proc/{root_pid}/task/{root_pid}/children").read_text().split()]
+    except OSError:
+        pass
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])   # utime, stime
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / ticks
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -86,7 +104,8 @@ def run(seconds: int, rate: int, users: int, workers: int, threads: int) -> dict
     env = {**os.environ, "FHIR_X12_LOG_LEVEL": "WARNING"}
     cli = [sys.executable, "-m", "gateway.cli"]
     payer = subprocess.Popen([*cli, "payer", "serve", "--port", str(payer_port), "--seed",
-                              str(ROOT / "fixtures" / "members"), "--database", f"sqlite:///{work / 'payer.db'}"],
+                              str(ROOT / "fixtures" / "members"), "--database", f"sqlite:///{work / 'payer.db'}",
+                              "--validation", "structure"],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     gateway_env = {**env, "FHIR_X12_TOKENS": token, "FHIR_X12_PAYER_URL": f"http://127.0.0.1:{payer_port}/core/soap",
                    "FHIR_X12_DATABASE_URL": f"sqlite:///{work / 'gateway.db'}"}
@@ -111,9 +130,14 @@ def run(seconds: int, rate: int, users: int, workers: int, threads: int) -> dict
                  "BENCH_USER_RPS": str(rate / users)},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         started = time.time()
+        cpu_before = {name: cpu_seconds(p.pid) for name, p in (("gateway", gateway), ("payer", payer))}
+        cpu = dict.fromkeys(("gateway", "payer", "locust"), 0.0)
         while locust.poll() is None:
             memory.append((time.time() - started, rss_kb(gateway.pid)))
-            time.sleep(5)
+            cpu["locust"] = max(cpu["locust"], cpu_seconds(locust.pid))
+            time.sleep(1 if seconds < 30 else 5)
+        for name, process in (("gateway", gateway), ("payer", payer)):
+            cpu[name] = cpu_seconds(process.pid) - cpu_before[name]
         summary = locust.stdout.read() if locust.stdout else ""
         samples = json.loads(samples_file.read_text()) if samples_file.exists() else []
     finally:
@@ -143,6 +167,7 @@ def run(seconds: int, rate: int, users: int, workers: int, threads: int) -> dict
             "memory_mb": {"first_minute": statistics.median(first) / 1024,
                           "last_minute": statistics.median(last) / 1024,
                           "max": max(kb for _, kb in memory) / 1024 if memory else 0.0},
+            "cpu_ms_per_request": {k: 1000 * v / max(len(samples), 1) for k, v in cpu.items()},
             "locust": summary[-3000:]}
 
 
@@ -160,6 +185,7 @@ def _failures(summary: str) -> int:
 
 def report(result: dict) -> str:
     o, r, m = result["overhead_ms"], result["round_trip_ms"], result["memory_mb"]
+    c = result["cpu_ms_per_request"]
     growth = m["last_minute"] / m["first_minute"] if m["first_minute"] else float("nan")
     ok = (result["rps"] >= TARGET_RPS and o[99] < TARGET_P99_MS and result["failures"] == 0 and growth < 1.10)
     cpu = platform.processor() or platform.machine()
@@ -178,6 +204,7 @@ the payer's time (the gateway's `Server-Timing: payer;dur=`); the first 10 % of 
 | gateway overhead p50 / p95 / p99 | {o[50]:.1f} / {o[95]:.1f} / {o[99]:.1f} ms (target p99 < {TARGET_P99_MS:.0f} ms) |
 | round trip p50 / p95 / p99 | {r[50]:.1f} / {r[95]:.1f} / {r[99]:.1f} ms |
 | payer (simulator) p50 / p99 | {result['payer_ms'][50]:.1f} / {result['payer_ms'][99]:.1f} ms |
+| CPU per round trip: gateway / simulator / locust | {c['gateway']:.1f} / {c['payer']:.1f} / {c['locust']:.1f} ms |
 | gateway RSS first minute / last minute / max | {m['first_minute']:.0f} / {m['last_minute']:.0f} / \
 {m['max']:.0f} MB ({growth:.2f}x) |
 

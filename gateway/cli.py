@@ -278,12 +278,16 @@ def payer() -> None:
 @click.option("--seed", "seed", type=click.Path(exists=True, file_okay=False),
               help="Load every member record (*.json) in this folder first (existing ones are kept).")
 @click.option("--payer-id", "payer_id", help="Answer only 270s addressed to this payer id (2100A NM109).")
-def payer_serve(host: str, port: int, database: str, seed: str | None, payer_id: str | None) -> None:
+@click.option("--validation", type=click.Choice(["full", "structure"]), default="full", show_default=True,
+              help="full: implementation-guide validation of every 270 (pyx12), as a payer does; structure: "
+                   "envelope, loops and counts only (load tests, where the simulator must not be the bottleneck).")
+def payer_serve(host: str, port: int, database: str, seed: str | None, payer_id: str | None,
+                validation: str) -> None:
     """Run the payer simulator under gunicorn."""
     from gateway.payer.app import create_payer_app
     from gateway.serving import serve
 
-    app = create_payer_app({"PAYER_DATABASE_URL": database, "PAYER_ID": payer_id})
+    app = create_payer_app({"PAYER_DATABASE_URL": database, "PAYER_ID": payer_id, "PAYER_VALIDATION": validation})
     if seed:
         loaded = seed_members(app, Path(seed))
         click.echo(f"fhir-x12: {loaded} member record(s) from {seed}", err=True)

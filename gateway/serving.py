@@ -22,6 +22,8 @@ class _Server(BaseApplication):  # type: ignore[misc]
     def load_config(self) -> None:
         for key, value in self.options.items():
             self.cfg.set(key, value)
+        if "control_socket_disable" in self.cfg.settings:   # gunicorn 27+: the gateway and simulator would
+            self.cfg.set("control_socket_disable", True)    # share one default socket path; nothing uses it
 
     def load(self) -> Any:
         return self._load()

@@ -184,7 +184,7 @@ def _answer_x12(data: bytes) -> tuple[str, int]:
 
     now = datetime.now().replace(microsecond=0)
     try:
-        report = validate_x12(data)
+        report = validate_x12(data, elements=current_app.config.get("PAYER_VALIDATION", "full") != "structure")
     except X12SyntaxError as exc:
         return f"not readable as X12: {exc}", 400
     control = next(_control) % 999_999_999 or 1

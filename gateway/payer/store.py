@@ -67,6 +67,8 @@ class MemberStore:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
+        self._generation = 0   # bumped by every applied operation; the member cache follows it
+        self._cache: tuple[int, dict[str, dict[str, Any]]] | None = None
 
     # -- operations -----------------------------------------------------------------------------
     def submit(self, kind: str, memberid: str, groupnumber: str, payload: dict[str, Any]) -> str:
@@ -106,6 +108,7 @@ class MemberStore:
             op.status = "failed" if errors else "succeeded"
             op.errors = errors
             op.updated = _now()
+        self._generation += 1   # after the commit: a reader never caches what is about to change
 
     def _apply(self, session: Session, op: Operation) -> list[str]:
         member = self._member(session, op.memberid, op.groupnumber)
@@ -136,9 +139,19 @@ class MemberStore:
             return dict(member.record) if member else None
 
     def by_member_id(self) -> dict[str, dict[str, Any]]:
-        """Every record keyed by member id (what answering a 270 reads)."""
+        """Every record keyed by member id (what answering a 270 reads; treat it as read-only).
+
+        Cached until the next applied operation: every change goes through this store's operations, so
+        the simulator does not read and parse the whole member table for each 270.
+        """
+        generation = self._generation
+        cached = self._cache
+        if cached is not None and cached[0] == generation:
+            return cached[1]
         with self.sessions() as session:
-            return {m.memberid: m.record for m in session.scalars(select(Member))}
+            members = {m.memberid: m.record for m in session.scalars(select(Member))}
+        self._cache = (generation, members)
+        return members
 
     # -- the worker ---------------------------------------------------------------------------------
     def start_worker(self) -> None:

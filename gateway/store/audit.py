@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import create_engine, delete, event, func, insert, select, update
+from sqlalchemy import bindparam, create_engine, delete, event, func, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -24,6 +24,17 @@ from gateway.store.models import EligibilityRecord, RecordIdentifier
 from gateway.store.search import REQUEST_PARAMS, RESPONSE_PARAMS, build, parse_fhir_datetime
 
 RESPONSE_TYPE = "CoverageEligibilityResponse"
+_RECORDS = EligibilityRecord.__table__
+_IDENTIFIERS = RecordIdentifier.__table__
+# built once: statement construction, not SQLite, was most of an answer's write
+_ANSWER_COLUMNS = ("x12_response", "response", "outcome", "aaa_codes", "http_status", "answered_at", "error", "status",
+                   "response_id", "response_identifiers", "response_created", "duration_ms")
+_ANSWER_LOOKUP = select(_RECORDS.c.received_at, _RECORDS.c.response_identifiers).where(
+    _RECORDS.c.id == bindparam("rid"))
+_FORGET_RESPONSE_IDENTIFIERS = delete(_IDENTIFIERS).where(_IDENTIFIERS.c.transaction_id == bindparam("rid"),
+                                                          _IDENTIFIERS.c.kind == "response")
+_ANSWER_UPDATE = _RECORDS.update().where(_RECORDS.c.id == bindparam("rid")).values(
+    {name: bindparam(name, type_=_RECORDS.c[name].type) for name in _ANSWER_COLUMNS})
 
 
 class AuditStore:
@@ -80,10 +91,10 @@ class AuditStore:
             x12_request=x12_request, sent_at=sent_at if x12_request is not None else None,
         )
         try:
-            with self.sessions.begin() as session:
-                session.execute(insert(EligibilityRecord), [row])
+            with self.engine.begin() as connection:   # Core, not the ORM unit of work: a third of the time
+                connection.execute(_RECORDS.insert(), row)
                 if identifiers:
-                    session.execute(insert(RecordIdentifier), [
+                    connection.execute(_IDENTIFIERS.insert(), [
                         {"transaction_id": id, "kind": "request", "system": s, "value": v} for s, v in identifiers])
         except IntegrityError:
             with self.sessions() as session:
@@ -93,8 +104,8 @@ class AuditStore:
 
     def record_sent(self, id: str, x12_request: str, sent_at: datetime) -> None:
         """The 270 went to the payer."""
-        with self.sessions.begin() as session:
-            done = session.execute(update(EligibilityRecord).where(EligibilityRecord.id == id).values(
+        with self.engine.begin() as connection:
+            done = connection.execute(_RECORDS.update().where(_RECORDS.c.id == id).values(
                 x12_request=x12_request, sent_at=sent_at, status="sent"))
             if done.rowcount == 0:
                 raise UnknownRecordError(id)
@@ -106,26 +117,25 @@ class AuditStore:
         is_response = isinstance(response, dict) and response.get("resourceType") == RESPONSE_TYPE
         identifiers = _identifiers(response.get("identifier")) if is_response else []
         try:
-            with self.sessions.begin() as session:
-                received_at = session.execute(select(EligibilityRecord.received_at)
-                                              .where(EligibilityRecord.id == id)).scalar_one_or_none()
-                if received_at is None:
+            with self.engine.begin() as connection:
+                found = connection.execute(_ANSWER_LOOKUP, {"rid": id}).first()
+                if found is None:
                     raise UnknownRecordError(id)
-                session.execute(delete(RecordIdentifier).where(RecordIdentifier.transaction_id == id,
-                                                               RecordIdentifier.kind == "response"))
-                session.execute(update(EligibilityRecord).where(EligibilityRecord.id == id).values(
-                    x12_response=x12_response, response=response,
-                    outcome=outcome if outcome is not None else (
+                if found.response_identifiers:   # answered before: its identifiers are replaced
+                    connection.execute(_FORGET_RESPONSE_IDENTIFIERS, {"rid": id})
+                connection.execute(_ANSWER_UPDATE, {
+                    "rid": id, "x12_response": x12_response, "response": response,
+                    "outcome": outcome if outcome is not None else (
                         _string(response.get("outcome")) if is_response else None),
-                    aaa_codes=list(aaa_codes), http_status=http_status, answered_at=answered_at, error=error,
-                    status="failed" if error is not None else "answered",
-                    response_id=_string(response.get("id")) if is_response else None,
-                    response_identifiers=[_joined(i) for i in identifiers],
-                    response_created=((parse_fhir_datetime(response.get("created")) or answered_at)
-                                      if is_response else None),
-                    duration_ms=_milliseconds(received_at, answered_at)))
+                    "aaa_codes": list(aaa_codes), "http_status": http_status, "answered_at": answered_at,
+                    "error": error, "status": "failed" if error is not None else "answered",
+                    "response_id": _string(response.get("id")) if is_response else None,
+                    "response_identifiers": [_joined(i) for i in identifiers],
+                    "response_created": ((parse_fhir_datetime(response.get("created")) or answered_at)
+                                         if is_response else None),
+                    "duration_ms": _milliseconds(found.received_at, answered_at)})
                 if identifiers:
-                    session.execute(insert(RecordIdentifier), [
+                    connection.execute(_IDENTIFIERS.insert(), [
                         {"transaction_id": id, "kind": "response", "system": s, "value": v} for s, v in identifiers])
         except IntegrityError:
             raise StoreError(f"transaction {id!r}: the response id is already stored for another transaction") \

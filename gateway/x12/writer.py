@@ -7,6 +7,7 @@ length. Every change is reported as a WriteNote; nothing is changed silently.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -97,10 +98,19 @@ class X12Writer:
         self.line_breaks = line_breaks
         self.notes: list[WriteNote] = []
         self._forbidden = set(chars)
+        # values already in the basic character set (upper case, no delimiters, single inner spaces)
+        # need no work: most of what a 270 or 271 carries
+        basic = sorted(set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") | (BASIC_PUNCTUATION - self._forbidden - {" "}))
+        word = "[" + re.escape("".join(basic)) + "]+"
+        self._already_clean = re.compile(f"(?:{word}(?: {word})*)?").fullmatch
 
     # -- values ------------------------------------------------------------------------------
     def clean(self, value: str, seg_id: str, ref: str) -> str:
         """The value as it may be sent: basic character set, no delimiters, within length."""
+        if self._already_clean(value):
+            limit = self.limits.get(ref)
+            if not limit or len(value) <= limit[1]:
+                return value
         original = value
         reasons = []
         extended = ref in EXTENDED_ELEMENTS or ref.split("-")[0] in EXTENDED_ELEMENTS

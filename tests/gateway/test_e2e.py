@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
 from decimal import Decimal
 from typing import Any
@@ -242,8 +243,10 @@ def test_parameters_wrapper_is_accepted(gateway: Gateway):
     ("SIMTA1000008", 502, "processing", "TA1"),
     ("SIMTRACE0009", 502, "processing", "does not belong"),
 ])
-def test_payer_faults(gateway: Gateway, member_id: str, status: int, code: str, words: str):
+def test_payer_faults(gateway: Gateway, simulator, member_id: str, status: int, code: str, words: str):
+    before = _payer_calls(simulator)
     response = gateway.post(f"/{CER}/$submit", with_member_id("subscriber-generic", member_id))
+    assert _payer_calls(simulator) - before == 1   # none of these is retried: the payer may have acted on it
     issue = outcome_issue(response, status, code)
     assert words in json.dumps(response.json())
     assert issue["severity"] in ("error", "fatal")
@@ -416,11 +419,46 @@ def test_capability_statement(gateway: Gateway):
     assert any(op["name"] == "submit" for op in resources[CER]["operation"])
 
 
+def test_logs_carry_no_protected_health_information(make_gateway):
+    import io
+
+    from gateway.observability import JsonLogHandler
+
+    gateway = make_gateway()
+    handler = next(h for h in logging.getLogger("gateway").handlers if isinstance(h, JsonLogHandler))
+    stream = io.StringIO()
+    handler.use_stream(stream)
+    try:
+        gateway.post(f"/{CER}/$submit", fhir_request("subscriber-generic"), headers={"X-Request-ID": "trace-me-1"})
+        gateway.post(f"/{CER}/$submit", with_member_id("subscriber-generic", "SIMREJ999007"))
+        gateway.get(f"/{CER}", params={"patient": "Patient/pat-delgado-maria", "identifier": "GW-SG-0001-1"})
+    finally:
+        handler.use_stream(None)
+    text = stream.getvalue()
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    access = [line for line in lines if line.get("logger") == "gateway.access"]
+    assert len(access) == 3 and all(line["request_id"] for line in access)
+    assert access[0]["request_id"] == "trace-me-1" and access[0]["payer"] == "ACME01"
+    for secret in ("DELGADO", "Delgado", "MARIA", "ACM482193057", "1978-05-14", "19780514", "SIMREJ999007",
+                   "ISA*", "NM1*", "pat-delgado-maria", "GW-SG-0001-1"):
+        assert secret not in text, secret
+
+
 def test_metrics_after_traffic(gateway: Gateway):
     gateway.post(f"/{CER}/$submit", fhir_request("subscriber-generic"))
     gateway.post(f"/{CER}/$submit", with_member_id("subscriber-generic", "ACM999999999"))
+    gateway.post(f"/{CER}/$submit", with_member_id("subscriber-generic", "SIMHTTP50003"))
     text = requests.get(f"{gateway.url}/metrics", timeout=10).text
-    assert 'fhir_x12_payer_seconds_bucket{le="20.0",payer="ACME01"' in text or \
-        'fhir_x12_payer_seconds_bucket{le="20.0",payer="other"' in text or "fhir_x12_payer_seconds_bucket" in text
-    assert "fhir_x12_eligibility_total" in text and 'outcome="complete"' in text
-    assert "fhir_x12_aaa_total" in text
+
+    def value(line_start: str) -> float:
+        found = [line for line in text.splitlines() if line.startswith(line_start)]
+        assert len(found) == 1, (line_start, found)
+        return float(found[0].rsplit(" ", 1)[1])
+
+    assert value('fhir_x12_payer_seconds_bucket{le="20.0",payer="ACME01",transport="soap"}') == 2
+    assert value('fhir_x12_eligibility_total{outcome="complete",payer="ACME01"}') == 1
+    assert value('fhir_x12_eligibility_total{outcome="error",payer="ACME01"}') == 1
+    assert value('fhir_x12_eligibility_total{outcome="unavailable",payer="ACME01"}') == 1
+    assert any(line.startswith("fhir_x12_aaa_total{code=") for line in text.splitlines())
+    assert value("fhir_x12_process_notes_count{") == 2
+    assert value("fhir_x12_gateway_overhead_seconds_count ") == 2
