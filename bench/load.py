@@ -97,7 +97,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def run(seconds: int, rate: int, users: int, workers: int, threads: int) -> dict:
+def run(seconds: int, rate: int, users: int, workers: int, threads: int, worker_class: str,
+        database: str | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="fhir-x12-load-"))
     token = secrets.token_urlsafe(24)
     payer_port, gateway_port = free_port(), free_port()
@@ -105,13 +106,13 @@ def run(seconds: int, rate: int, users: int, workers: int, threads: int) -> dict
     cli = [sys.executable, "-m", "gateway.cli"]
     payer = subprocess.Popen([*cli, "payer", "serve", "--port", str(payer_port), "--seed",
                               str(ROOT / "fixtures" / "members"), "--database", f"sqlite:///{work / 'payer.db'}",
-                              "--validation", "structure"],
+                              "--validation", "structure", "--worker-class", "gevent"],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     gateway_env = {**env, "FHIR_X12_TOKENS": token, "FHIR_X12_PAYER_URL": f"http://127.0.0.1:{payer_port}/core/soap",
-                   "FHIR_X12_DATABASE_URL": f"sqlite:///{work / 'gateway.db'}"}
+                   "FHIR_X12_DATABASE_URL": database or f"sqlite:///{work / 'gateway.db'}"}
     gateway = subprocess.Popen([*cli, "serve", "--port", str(gateway_port), "--workers", str(workers),
-                                "--threads", str(threads)], env=gateway_env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                                "--threads", str(threads), "--worker-class", worker_class], env=gateway_env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     samples_file = work / "samples.json"
     memory: list[tuple[float, int]] = []
     try:
@@ -160,6 +161,7 @@ def run(seconds: int, rate: int, users: int, workers: int, threads: int) -> dict
     first = [kb for t, kb in memory if t <= 60] or [0]
     last = [kb for t, kb in memory if t >= memory[-1][0] - 60] if memory else [0]
     return {"seconds": seconds, "target_rps": rate, "users": users, "workers": workers, "threads": threads,
+            "worker_class": worker_class, "store": "PostgreSQL" if database else "SQLite",
             "requests": len(samples), "rps": len(steady) / span, "failures": failures,
             "overhead_ms": {q: percentile(overhead, q) for q in (50, 95, 99)},
             "round_trip_ms": {q: percentile(total, q) for q in (50, 95, 99)},
@@ -189,13 +191,15 @@ def report(result: dict) -> str:
     growth = m["last_minute"] / m["first_minute"] if m["first_minute"] else float("nan")
     ok = (result["rps"] >= TARGET_RPS and o[99] < TARGET_P99_MS and result["failures"] == 0 and growth < 1.10)
     cpu = platform.processor() or platform.machine()
+    threads = f" x {result['threads']} threads" if result["worker_class"] == "gthread" else ""
     return f"""
 #### End-to-end load ({cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()})
 
 locust ({result['users']} users, paced to {result['target_rps']} requests/s in all) -> gateway under gunicorn
-({result['workers']} workers x {result['threads']} threads, SQLite audit store) -> CORE SOAP -> payer simulator
-(gunicorn, zero latency), all on this machine for {result['seconds']} s. Overhead = round trip seen by the client minus
-the payer's time (the gateway's `Server-Timing: payer;dur=`); the first 10 % of the run is left out.
+({result['workers']} {result['worker_class']} workers{threads}, {result['store']} audit store) -> CORE SOAP ->
+payer simulator (gunicorn, zero latency), all on this machine for {result['seconds']} s. Overhead = round trip
+seen by the client minus the payer's time (the gateway's `Server-Timing: payer;dur=`); the first 10 % of the
+run is left out.
 
 | measure | value |
 |---|---|
@@ -219,9 +223,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--users", type=int, default=40)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--worker-class", default="gevent", choices=["gthread", "gevent"])
+    parser.add_argument("--database", help="audit store URL (default: a fresh SQLite file)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to BENCHMARKS.md")
     args = parser.parse_args(argv)
-    result = run(args.seconds, args.rate, args.users, args.workers, args.threads)
+    result = run(args.seconds, args.rate, args.users, args.workers, args.threads, args.worker_class,
+                 args.database)
     text = report(result)
     print(text)
     if not args.no_record:

@@ -43,7 +43,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from gateway.observability import init_logging
 
     init_logging(app)
-    init_auth(app)
+    init_auth(app, open_paths=("/metadata", "/healthz", "/readyz"))   # /metrics wants a token too
     routes, service = _service(app)
     metrics = init_metrics(app, known_payers=set(routes.routes))
     service.metrics = metrics
@@ -56,13 +56,15 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         service.store.close()
 
     app.extensions["fhir_x12"] = {"service": service, "executor": async_pool, "batch_executor": batch_pool,
-                                  "close": close}
+                                  "close": close, "pending": set(),
+                                  "max_pending": 50 * app.config["FHIR_X12_ASYNC_WORKERS"]}
     atexit.register(close)
     register_blueprints(app)
     if not app.config.get("TESTING"):
-        from gateway.runtime import warm_up
+        from gateway.runtime import warm_up, warm_up_fhir
 
-        warm_up(app.config.get("FHIR_X12_MAPPINGS"))
+        warm_up_fhir()
+        warm_up(app.config.get("FHIR_X12_MAPPINGS"), validation=False)
     return app
 
 

@@ -181,17 +181,20 @@ def translate(file: str, output: str | None, control_number: int, date: str | No
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="gunicorn worker processes (each with its own app, store connections and payer pools).")
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
-              help="threads per worker (requests waiting on a payer hold one each).")
-def serve_gateway(host: str, port: int, workers: int, threads: int) -> None:
+              help="threads per gthread worker (requests waiting on a payer hold one each).")
+@click.option("--worker-class", "worker_class", type=click.Choice(["gthread", "gevent"]), default="gthread",
+              show_default=True, help="gevent: cooperative workers (monkey-patched), cheaper per request under load.")
+def serve_gateway(host: str, port: int, workers: int, threads: int, worker_class: str) -> None:
     """Run the gateway (configuration from FHIR_X12_* environment variables) under gunicorn."""
+    if worker_class == "gevent":
+        from gevent import monkey
+
+        monkey.patch_all()   # before the app's modules (ssl, sockets, threads) are imported
     from gateway.app import create_app
     from gateway.serving import serve
 
-    if workers == 1:
-        serve(_app_or_fail(create_app), host, port, threads=threads)
-    else:
-        _app_or_fail(create_app).extensions["fhir_x12"]["close"]()   # check the configuration, migrate once
-        serve(create_app, host, port, threads=threads, workers=workers)
+    _app_or_fail(create_app).extensions["fhir_x12"]["close"]()   # check the configuration, migrate once
+    serve(create_app, host, port, threads=threads, workers=workers, worker_class=worker_class)
 
 
 def _app_or_fail(factory):  # type: ignore[no-untyped-def]
@@ -238,11 +241,14 @@ def demo(port: int, payer_port: int, members: str, workdir: str) -> None:
             if simulator.poll() is not None or time.monotonic() > deadline:
                 _fail(f"the payer simulator did not start on port {payer_port}")
             time.sleep(0.2)
-        token = (os.environ.get("FHIR_X12_TOKENS") or "").split(",")[0].split(":")[0] or secrets.token_urlsafe(24)
-        os.environ.setdefault("FHIR_X12_TOKENS", token)
+        writers = [t.strip() for t in (os.environ.get("FHIR_X12_TOKENS") or "").split(",")
+                   if t.strip() and not t.strip().endswith(":read")]
+        token = writers[0] if writers else secrets.token_urlsafe(24)
+        if not writers:   # none configured (or only read-only ones): the demo's own, which may write
+            os.environ["FHIR_X12_TOKENS"] = ",".join(filter(None, [os.environ.get("FHIR_X12_TOKENS", ""), token]))
         os.environ["FHIR_X12_PAYER_URL"] = f"{payer_url}/core/soap"
         os.environ.setdefault("FHIR_X12_DATABASE_URL", f"sqlite:///{folder / 'gateway.db'}")
-        app = _app_or_fail(create_app)
+        _app_or_fail(create_app).extensions["fhir_x12"]["close"]()   # check the configuration, migrate once
         sample = Path(members).parent / "fhir" / "requests" / "subscriber-generic.json"
         click.echo(f"""
 fhir-x12 demo: payer simulator on {payer_url}, gateway on http://127.0.0.1:{port}
@@ -256,7 +262,7 @@ Ask the simulated payer about MARIA DELGADO (a real CoverageEligibilityResponse 
 
 Press Ctrl+C to stop both.
 """, err=True)
-        serve(app, "127.0.0.1", port)
+        serve(create_app, "127.0.0.1", port)
     finally:
         simulator.terminate()
         try:
@@ -281,17 +287,30 @@ def payer() -> None:
 @click.option("--validation", type=click.Choice(["full", "structure"]), default="full", show_default=True,
               help="full: implementation-guide validation of every 270 (pyx12), as a payer does; structure: "
                    "envelope, loops and counts only (load tests, where the simulator must not be the bottleneck).")
+@click.option("--worker-class", "worker_class", type=click.Choice(["gthread", "gevent"]), default="gthread",
+              show_default=True, help="gevent: one cooperative (monkey-patched) worker, cheaper per request.")
 def payer_serve(host: str, port: int, database: str, seed: str | None, payer_id: str | None,
-                validation: str) -> None:
-    """Run the payer simulator under gunicorn."""
+                validation: str, worker_class: str) -> None:
+    """Run the payer simulator under gunicorn (one process: the scenarios live in memory)."""
+    if worker_class == "gevent":
+        from gevent import monkey
+
+        monkey.patch_all()   # before the app's modules (sockets, threads) are imported
     from gateway.payer.app import create_payer_app
     from gateway.serving import serve
 
-    app = create_payer_app({"PAYER_DATABASE_URL": database, "PAYER_ID": payer_id, "PAYER_VALIDATION": validation})
-    if seed:
-        loaded = seed_members(app, Path(seed))
-        click.echo(f"fhir-x12: {loaded} member record(s) from {seed}", err=True)
-    serve(app, host, port)
+    config = {"PAYER_DATABASE_URL": database, "PAYER_ID": payer_id, "PAYER_VALIDATION": validation}
+    # seed (and finish what a previous run left queued) here; the served app, with its operations worker
+    # thread, is built in the gunicorn worker process: a thread started before the fork would not exist there
+    setup = create_payer_app({**config, "PAYER_WORKER": False})
+    try:
+        if seed:
+            loaded = seed_members(setup, Path(seed))
+            click.echo(f"fhir-x12: {loaded} member record(s) from {seed}", err=True)
+        setup.extensions["payer_store"].process_pending()
+    finally:
+        setup.extensions["payer_store"].close()
+    serve(lambda: create_payer_app(config), host, port, worker_class=worker_class)
 
 
 def seed_members(app, folder: Path) -> int:  # type: ignore[no-untyped-def]

@@ -28,3 +28,15 @@ def warm_up(mappings: str | None = None, *, validation: bool = True) -> None:
             engine.load(filename)
     gc.collect()
     gc.freeze()
+
+
+@lru_cache(maxsize=1)
+def warm_up_fhir() -> None:
+    """Build the FHIR models' validators now (they are built lazily, on the first request otherwise),
+    so that the freeze in ``warm_up`` covers them too."""
+    from gateway.fhir.structure import structure_problems
+
+    for resource_type in ("CoverageEligibilityRequest", "CoverageEligibilityResponse", "Patient", "Coverage",
+                          "Organization", "Practitioner", "PractitionerRole", "RelatedPerson", "Bundle"):
+        structure_problems({"resourceType": resource_type})
+

@@ -15,18 +15,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from gateway.errors import GatewayError
 from gateway.fhir.structure import structure_problems
 from gateway.store import AuditStore
 from gateway.translate.document import iso
-from gateway.translate.errors import TranslationError
+from gateway.translate.errors import Problem, TranslationError
 from gateway.translate.references import Resolver
 from gateway.translate.request_270 import CER, Request270, build_270, find_request
 from gateway.translate.response_271 import ResponseContext, ResponseTranslation, translate_271
 from gateway.translate.tables import Tables
-from gateway.transport.client import PayerAnswer, PayerBusy, PayerClient, PayerError, PayerRejected
+from gateway.transport.client import CircuitOpen, PayerAnswer, PayerBusy, PayerClient, PayerError, PayerRejected
 from gateway.transport.routing import RoutingTable
 from gateway.x12.structure import element_limits
 
@@ -77,6 +77,7 @@ class Prepared:
     bundle: dict[str, Any] | None          # the Bundle the references resolve in (received or fetched)
     built: Request270
     received: float                        # monotonic, for the gateway's own overhead
+    sent: bool = True                      # stored as sent (False: queued, exchange records the sending)
 
 
 class EligibilityService:
@@ -106,14 +107,22 @@ class EligibilityService:
             return prepared
         return self.exchange(prepared)
 
-    def prepare(self, payload: Any) -> Prepared | Result:
-        """Check, resolve, translate and store the request; a Result is a refusal (nothing was sent)."""
+    def prepare(self, payload: Any, *, sending: bool = True) -> Prepared | Result:
+        """Check, resolve, translate and store the request; a Result is a refusal (nothing was sent).
+
+        ``sending``: the 270 goes out right away, so the row is stored as ``sent`` in the same commit;
+        otherwise (queued for ``respond-async``) it stays ``received`` until ``exchange`` sends it.
+        """
         start = self.monotonic()
         try:
             request, bundle = find_request(payload)
             problems = structure_problems(request)
             for index, entry in enumerate((bundle or {}).get("entry") or []):
-                resource = entry.get("resource") if isinstance(entry, dict) else None
+                if not isinstance(entry, dict) or not isinstance(entry.get("fullUrl", ""), str):
+                    problems.append(Problem(f"Bundle.entry[{index}]", "an entry is an object whose fullUrl is a "
+                                            "string", code="structure"))
+                    continue
+                resource = entry.get("resource")
                 if isinstance(resource, dict) and resource is not request:
                     problems.extend(structure_problems(resource, f"Bundle.entry[{index}].resource"))
             if problems:
@@ -131,20 +140,43 @@ class EligibilityService:
         except PayerError as exc:   # unknown payer: the routing table has no entry
             return self._refused(exc.http_status, exc.to_operation_outcome(), _KINDS.get(type(exc).__name__, "error"),
                                  payer_id=exc.payer_id)
-        stored = {**request, "id": id, "meta": {**(request.get("meta") or {}), "lastUpdated": iso(now)}}
         _, resolved_bundle = find_request(resolved)
+        stored = {**request, "id": id, "meta": {**(request.get("meta") or {}), "lastUpdated": iso(now)}}
+        if not _has_reference(stored.get("insurer")):
+            # "insurer": {} (as some EHRs send) is not valid FHIR to store: name the payer the 270 went to
+            payer = _payer_reference(request, resolved_bundle)
+            if payer is not None:
+                stored["insurer"] = payer
+            else:
+                stored.pop("insurer", None)
         try:
             self.store.record_request(id, stored, resolved if resolved is not payload else None, built.payer_id,
-                                      built.trace, now, x12_request=built.text, sent_at=now)
-        except (SQLAlchemyError, GatewayError):
-            log.exception("the audit store refused a new request; it was not sent")
+                                      built.trace, now, x12_request=built.text if sending else None,
+                                      sent_at=now if sending else None)
+        except DataError:
+            return self._refused(400, operation_outcome("value", "the request holds characters or values the audit "
+                                                        "store cannot keep (a NUL character, say)"), "invalid-request")
+        except (SQLAlchemyError, GatewayError) as exc:
+            log.error("the audit store refused a new request (%s); it was not sent", type(exc).__name__)
             return self._refused(503, operation_outcome("transient", "the audit store is unavailable; the request "
                                                         "was not sent to the payer"), "store-unavailable")
-        return Prepared(id, stored, request, resolved_bundle, built, start)
+        return Prepared(id, stored, request, resolved_bundle, built, start, sent=sending)
 
     def exchange(self, prepared: Prepared) -> Result:
         """Send a prepared request, translate the answer, store everything; never raises."""
+        try:
+            return self._exchange(prepared)
+        except Exception as exc:   # a bug must not leave the row "sent" for ever, nor escape a worker thread
+            log.error("eligibility exchange failed: %s", type(exc).__name__, exc_info=frames_only(exc))
+            body = operation_outcome("exception", "the request could not be completed",
+                                     diagnostics=type(exc).__name__)
+            self._answer(prepared.id, None, None, "exception", [], 500, body)
+            return Result(500, body, prepared.id, payer_id=prepared.built.payer_id, outcome="exception")
+
+    def _exchange(self, prepared: Prepared) -> Result:
         built, id = prepared.built, prepared.id
+        if not prepared.sent:
+            self.store.record_sent(id, built.text, self.clock())
         try:
             answer = self.client.send(built.payer_id, built.text, trace=built.trace)
         except PayerError as exc:
@@ -152,7 +184,7 @@ class EligibilityService:
         try:
             resource, notes = self._response(prepared, answer)
         except Exception as exc:   # a translation bug must not lose the 271: it is stored with the error
-            log.exception("the payer's 271 could not be translated")
+            log.error("the payer's 271 could not be translated: %s", type(exc).__name__, exc_info=frames_only(exc))
             body = operation_outcome("exception", "the payer's answer could not be translated",
                                      diagnostics=type(exc).__name__)
             self._answer(id, answer.x12, None, "exception", [], 500, body)
@@ -168,13 +200,11 @@ class EligibilityService:
             self.metrics.observe_eligibility(route.payer_id, outcome, aaa_codes=codes, notes=notes,
                                              overhead=max(total - answer.elapsed, 0.0))
         # W3C Server-Timing: how long the payer took and how long the gateway itself worked
-        timing = {"Server-Timing": f"payer;dur={answer.elapsed * 1000:.2f}, "
-                                   f"gateway;dur={max(total - answer.elapsed, 0.0) * 1000:.2f}"}
-        if not stored:
-            return Result(503, operation_outcome("transient", "the payer answered but the audit store could not keep "
-                                                 "the answer"), id, payer_id=built.payer_id,
-                          outcome="store-unavailable")
-        return Result(200, resource, id, resource["id"], payer_id=built.payer_id, outcome=outcome, headers=timing)
+        headers = {"Server-Timing": f"payer;dur={answer.elapsed * 1000:.2f}, "
+                                    f"gateway;dur={max(total - answer.elapsed, 0.0) * 1000:.2f}"}
+        if not stored:   # the caller still gets the answer the payer gave; the audit gap is in the logs
+            headers["Warning"] = '199 fhir-x12-gateway "the audit store could not keep this answer"'
+        return Result(200, resource, id, resource["id"], payer_id=built.payer_id, outcome=outcome, headers=headers)
 
     # -- pieces ---------------------------------------------------------------------------------------
     def _response(self, prepared: Prepared, answer: PayerAnswer) -> tuple[dict[str, Any], int]:
@@ -201,8 +231,11 @@ class EligibilityService:
         resolver = Resolver(request, prepared.bundle)
         contained: list[dict[str, Any]] = []
 
+        local_ids: dict[int, str] = {}
+
         def portable(ref: Any, path: str) -> dict[str, Any] | None:
-            """A reference that still resolves inside the response (contained or Bundle-local ones are copied)."""
+            """A reference that still resolves inside the response (contained or Bundle-local ones are copied,
+            under ids of our own: resource ids are unique per type only)."""
             if not isinstance(ref, dict) or not (ref.get("reference") or ref.get("identifier")):
                 return None
             target = ref.get("reference") or ""
@@ -210,8 +243,9 @@ class EligibilityService:
                 resource = resolver.resolve(ref, path, ())
                 if resource is None:
                     return {k: v for k, v in ref.items() if k != "reference"} or None
-                local = str(resource.get("id") or f"r{len(contained) + 1}")
-                if all(c.get("id") != local for c in contained):
+                local = local_ids.get(id(resource))
+                if local is None:
+                    local = local_ids[id(resource)] = f"r{len(local_ids) + 1}"
                     contained.append({**resource, "id": local})
                 return {**ref, "reference": f"#{local}"}
             return ref
@@ -232,21 +266,23 @@ class EligibilityService:
         kind = _KINDS.get(type(exc).__name__, "error")
         status = 429 if isinstance(exc, PayerBusy) else exc.http_status
         body = exc.to_operation_outcome()
-        ack = exc.ack if isinstance(exc, PayerRejected) else None
-        self._answer(prepared.id, ack, None, kind, [], status, body)
+        # what the payer sent back (an acknowledgment, a 271 for someone else, bytes that are not X12) is kept
+        payload = exc.ack if isinstance(exc, PayerRejected) else getattr(exc, "payload", None)
+        never_sent = isinstance(exc, (PayerBusy, CircuitOpen))
+        self._answer(prepared.id, payload, None, kind, [], status, body, sent=not never_sent)
         if self.metrics is not None:
             self.metrics.observe_eligibility(prepared.built.payer_id, kind)
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else {}
         return Result(status, body, prepared.id, payer_id=prepared.built.payer_id, outcome=kind, headers=headers)
 
     def _answer(self, id: str, x12: str | None, response: dict[str, Any] | None, outcome: str | None,
-                codes: list[str], status: int, error: dict[str, Any] | None) -> bool:
+                codes: list[str], status: int, error: dict[str, Any] | None, *, sent: bool = True) -> bool:
         try:
             self.store.record_answer(id, x12_response=x12, response=response, outcome=outcome, aaa_codes=codes,
-                                     http_status=status, answered_at=self.clock(), error=error)
+                                     http_status=status, answered_at=self.clock(), error=error, sent=sent)
             return True
-        except (SQLAlchemyError, GatewayError):
-            log.exception("the audit store could not keep an answer")
+        except (SQLAlchemyError, GatewayError) as exc:
+            log.error("the audit store could not keep an answer (%s)", type(exc).__name__)
             return False
 
     def _refused(self, status: int, body: dict[str, Any], kind: str, payer_id: str | None = None) -> Result:
@@ -258,3 +294,35 @@ class EligibilityService:
 def _strip_local_references(resource: dict[str, Any]) -> dict[str, Any]:
     """Contained resources cannot contain others (dom-2)."""
     return {k: v for k, v in resource.items() if k != "contained"}
+
+
+def _has_reference(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value.get("reference") or value.get("identifier"))
+
+
+def _payer_reference(request: dict[str, Any], bundle: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The focal Coverage's first payor, when the request left ``insurer`` empty (the 270 went to it)."""
+    insurances = request.get("insurance") or []
+    focal = next((i for i in insurances if isinstance(i, dict) and i.get("focal")),
+                 insurances[0] if insurances else None)
+    if not isinstance(focal, dict):
+        return None
+    coverage = Resolver(request, bundle).resolve(focal.get("coverage"), "coverage", ("Coverage",))
+    payors = (coverage or {}).get("payor") or []
+    payor = payors[0] if payors and isinstance(payors[0], dict) else None
+    if payor is None or not _has_reference(payor):
+        return None
+    if str(payor.get("reference") or "").startswith(("#", "urn:")):
+        # local to the request: keep what identifies the payer, not a reference that resolves nowhere
+        return {k: v for k, v in payor.items() if k in ("identifier", "display")} or None
+    return dict(payor)
+
+
+def frames_only(exc: BaseException) -> tuple[type[BaseException], BaseException, Any]:
+    """exc_info whose message is dropped: exception text may quote request data (names, member ids)."""
+    try:
+        bare = type(exc).__new__(type(exc))
+        bare.args = ()
+    except Exception:   # an exception type that cannot be built bare: a plain stand-in with its name
+        bare = RuntimeError(type(exc).__name__)
+    return type(bare), bare, exc.__traceback__

@@ -29,8 +29,13 @@ class _Server(BaseApplication):  # type: ignore[misc]
         return self._load()
 
 
-def serve(app: Any, host: str, port: int, threads: int = 8, workers: int = 1) -> None:
-    """Serve ``app`` (or, with several workers, a zero-argument factory called in each worker) until interrupted."""
-    load = app if workers > 1 and callable(app) and not hasattr(app, "wsgi_app") else (lambda: app)
-    _Server(load, {"bind": f"{host}:{port}", "workers": workers, "worker_class": "gthread", "threads": threads,
-                   "accesslog": None, "timeout": 60, "keepalive": 30, "graceful_timeout": 25}).run()
+def serve(app: Any, host: str, port: int, threads: int = 8, workers: int = 1, worker_class: str = "gthread") -> None:
+    """Serve ``app`` until interrupted.
+
+    ``app`` is a WSGI app, or a zero-argument factory that each worker calls after the fork (needed for
+    several workers, and for gevent workers, whose app must be built after monkey-patching).
+    """
+    load = app if callable(app) and not hasattr(app, "wsgi_app") else (lambda: app)
+    _Server(load, {"bind": f"{host}:{port}", "workers": workers, "worker_class": worker_class, "threads": threads,
+                   "worker_connections": 200, "accesslog": None, "timeout": 60, "keepalive": 30,
+                   "graceful_timeout": 25}).run()

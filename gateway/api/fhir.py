@@ -7,17 +7,21 @@ Thin: every eligibility exchange is ``EligibilityService``'s job; this module sp
 from __future__ import annotations
 
 import json
+import logging
+import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, copy_current_request_context, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from gateway.mappings import mappings_dir
-from gateway.service import CER, RESPONSE, EligibilityService, Result, operation_outcome
+from gateway.service import CER, RESPONSE, EligibilityService, Result, frames_only, operation_outcome
 from gateway.store import SearchError
 
 fhir = Blueprint("fhir", __name__)
@@ -27,7 +31,12 @@ ACCEPTED_TYPES = {"application/fhir+json", "application/json", "application/json
 DEFAULT_COUNT = 20
 MAX_COUNT = 100
 MAX_BATCH_ENTRIES = 100
+MAX_DEPTH = 48          # FHIR resources nest a dozen levels; deeper input is refused before validation
+MAX_OFFSET = 1_000_000
+ASYNC_ABANDONED_SECONDS = 120   # well past the 20 s CORE budget
 _RESOURCES = {CER: "search_requests", RESPONSE: "search_responses"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+log = logging.getLogger(__name__)
 
 
 def _ext() -> dict[str, Any]:
@@ -40,8 +49,12 @@ def _service() -> EligibilityService:
 
 # -- responses ------------------------------------------------------------------------------------------
 def fhir_response(body: dict[str, Any] | None, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    data = b"" if body is None else orjson.dumps(body, option=orjson.OPT_INDENT_2 if _pretty() else 0)
-    return Response(data, status=status, headers=headers, content_type=FHIR_JSON if body is not None else None)
+    if body is None:   # 201 return=minimal, 202: no body, so no content type either
+        response = Response(b"", status=status, headers=headers)
+        del response.headers["Content-Type"]
+        return response
+    data = orjson.dumps(body, option=orjson.OPT_INDENT_2 if _pretty() else 0)
+    return Response(data, status=status, headers=headers, content_type=FHIR_JSON)
 
 
 def _pretty() -> bool:
@@ -82,17 +95,38 @@ def _json_body() -> Any:
     if not data.strip():
         raise BadBody(fhir_response(operation_outcome("structure", "the request body is empty; expected a FHIR "
                                                       "resource in JSON", severity="fatal"), 400))
+    if b"\\u0000" in data or b"\x00" in data:
+        raise BadBody(fhir_response(operation_outcome("value", "the request body holds a NUL character, which no "
+                                                      "FHIR string may contain"), 400))
     try:
-        return orjson.loads(data)
+        payload = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise BadBody(fhir_response(operation_outcome("structure", "the request body is not valid JSON",
                                                       severity="fatal", diagnostics=str(exc)), 400)) from None
+    if _too_deep(payload, MAX_DEPTH):
+        raise BadBody(fhir_response(operation_outcome("too-costly", f"the request body nests deeper than {MAX_DEPTH} "
+                                                      "levels"), 400))
+    return payload
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Iterative (a recursive check would fail on exactly the input it guards against)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
+    return False
 
 
 def _prefer() -> dict[str, str]:
     prefs: dict[str, str] = {}
     for header in request.headers.getlist("Prefer"):
-        for part in header.split(","):
+        for part in header.replace(";", ",").split(","):
             key, _, value = part.strip().partition("=")
             if key:
                 prefs[key.strip().lower()] = value.strip().strip('"')
@@ -123,14 +157,7 @@ def create():  # type: ignore[no-untyped-def]
     service = _service()
     prefer = _prefer()
     if "respond-async" in prefer:
-        prepared = service.prepare(payload)
-        if isinstance(prepared, Result):
-            return _result_response(prepared)
-        _ext()["executor"].submit(service.exchange, prepared)
-        g.payer_id, g.outcome = prepared.built.payer_id, "accepted"
-        return fhir_response(operation_outcome("informational", "accepted: the request is stored and on its way to "
-                                               "the payer; poll the Content-Location", severity="information"),
-                             202, {"Content-Location": f"{base_url()}_async/{prepared.id}"})
+        return _accept_async(service, payload)
     result = service.submit(payload)
     if result.request_id is None:
         return _result_response(result)
@@ -140,8 +167,31 @@ def create():  # type: ignore[no-untyped-def]
     return _created(result, location, prefer.get("return", "representation").lower())
 
 
+def _accept_async(service: EligibilityService, payload: Any) -> Response:
+    """Checked and stored now (refusals are immediate); the payer is asked on a worker thread."""
+    pending: set[str] = _ext()["pending"]
+    if len(pending) >= _ext()["max_pending"]:
+        return outcome_response(429, "throttled", "too many asynchronous requests are waiting; retry later")
+    prepared = service.prepare(payload, sending=False)
+    if isinstance(prepared, Result):
+        return _result_response(prepared)
+    pending.add(prepared.id)
+
+    def run() -> None:
+        try:
+            service.exchange(prepared)   # never raises; records any failure itself
+        finally:
+            pending.discard(prepared.id)
+
+    _ext()["executor"].submit(copy_current_request_context(run))   # logs keep this request's id
+    g.payer_id, g.outcome = prepared.built.payer_id, "accepted"
+    return fhir_response(operation_outcome("informational", "accepted: the request is stored and on its way to "
+                                           "the payer; poll the Content-Location", severity="information"),
+                         202, {"Content-Location": f"{base_url()}_async/{prepared.id}"})
+
+
 def _created(result: Result, location: str, wanted: str) -> Response:
-    headers = {"Location": location, "ETag": 'W/"1"'}
+    headers = {"Location": location}
     if wanted == "minimal":
         return _result_response(result, status=201, body=None, headers=headers)
     if wanted == "operationoutcome":
@@ -154,16 +204,26 @@ def _created(result: Result, location: str, wanted: str) -> Response:
 
 @fhir.get("/_async/<id>")
 def async_status(id: str):  # type: ignore[no-untyped-def]
-    """202 while the payer is being asked; then a batch-response Bundle with the outcome (FHIR async pattern)."""
+    """202 while the payer is being asked; then a batch-response Bundle with what the create would have answered
+    (201 + the created request, the response found by ``request=``; or the failure's OperationOutcome)."""
     record = _service().store.record(id)
     if record is None:
         return outcome_response(404, "not-found", "no asynchronous request with this id")
     if record.status in ("received", "sent"):
-        return fhir_response(None, 202, {"X-Progress": f"{record.status}", "Retry-After": "1"})
-    entry: dict[str, Any] = {"response": {"status": _status_line(record.http_status or 500),
-                                          "location": f"{CER}/{record.id}"}}
-    if record.response is not None and record.status == "answered":
-        entry["resource"] = record.response
+        received = record.received_at
+        waited = (datetime.now(UTC) - received).total_seconds() if received is not None else 0.0
+        if waited <= ASYNC_ABANDONED_SECONDS:
+            return fhir_response(None, 202, {"X-Progress": record.status, "Retry-After": "1"})
+        # far past any payer budget: the process that held it stopped (a restart); it will not finish
+        entry: dict[str, Any] = {"response": {"status": _status_line(500), "location": f"{CER}/{record.id}",
+                                              "outcome": operation_outcome(
+                                                  "incomplete", "the request was accepted but never completed (the "
+                                                  "gateway stopped while it was under way); submit it again")}}
+        return fhir_response({"resourceType": "Bundle", "type": "batch-response", "entry": [entry]}, 200)
+    entry = {"response": {"status": _status_line(201 if record.status == "answered" else record.http_status or 500),
+                          "location": f"{CER}/{record.id}"}}
+    if record.status == "answered":
+        entry["resource"] = {**record.request, "id": record.id}
     elif record.error is not None:
         entry["response"]["outcome"] = record.error
     return fhir_response({"resourceType": "Bundle", "type": "batch-response", "entry": [entry]}, 200)
@@ -184,7 +244,7 @@ def read_request(id: str):  # type: ignore[no-untyped-def]
     resource = _service().store.get_request(id)
     if resource is None:
         return outcome_response(404, "not-found", f"{CER}/{id[:64]} is not known")
-    return fhir_response(resource, 200, {"ETag": 'W/"1"'})
+    return fhir_response(resource, 200)
 
 
 @fhir.get(f"/{RESPONSE}/<id>")
@@ -192,7 +252,7 @@ def read_response(id: str):  # type: ignore[no-untyped-def]
     resource = _service().store.get_response(id)
     if resource is None:
         return outcome_response(404, "not-found", f"{RESPONSE}/{id[:64]} is not known")
-    return fhir_response(resource, 200, {"ETag": 'W/"1"'})
+    return fhir_response(resource, 200)
 
 
 @fhir.get(f"/{CER}")
@@ -208,8 +268,13 @@ def search_responses():  # type: ignore[no-untyped-def]
 def _search(resource_type: str) -> Response:
     params = {key: request.args.getlist(key) for key in request.args}
     try:
+        for key, values in params.items():
+            if any(_CONTROL.search(v) for v in [key, *values]):
+                raise SearchError(key, "holds control characters")
         count = _integer(params, "_count", DEFAULT_COUNT)
         offset = _integer(params, "_offset", 0)
+        if offset > MAX_OFFSET:
+            raise SearchError("_offset", f"must be at most {MAX_OFFSET:,}; narrow the search instead")
         count = min(count, MAX_COUNT)
         search = getattr(_service().store, _RESOURCES[resource_type])
         resources, total = search(params, count, offset)
@@ -230,9 +295,10 @@ def _search(resource_type: str) -> Response:
         links.append(link("previous", max(offset - count, 0)))
     if count and total:
         links.append(link("last", ((total - 1) // count) * count))
-    bundle = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links,
-              "entry": [{"fullUrl": f"{base}{resource_type}/{r.get('id')}", "resource": r,
-                         "search": {"mode": "match"}} for r in resources]}
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links}
+    if resources:   # FHIR JSON has no empty arrays
+        bundle["entry"] = [{"fullUrl": f"{base}{resource_type}/{r.get('id')}", "resource": r,
+                            "search": {"mode": "match"}} for r in resources]
     return fhir_response(bundle)
 
 
@@ -301,11 +367,29 @@ def batch():  # type: ignore[no-untyped-def]
                                 f"{len(entries)}", expression="Bundle.entry")
     service, base = _service(), base_url()
     pool: ThreadPoolExecutor = _ext()["batch_executor"]
-    answers = list(pool.map(lambda pair: _batch_entry(service, base, *pair), enumerate(entries)))
-    return fhir_response({"resourceType": "Bundle", "type": "batch-response", "entry": answers})
+    asked = [_batch_request(base, index, entry) for index, entry in enumerate(entries)]
+    # first every entry is checked and stored (concurrently), then the payers are asked: each payer's entries
+    # wait for one another within its concurrency limit instead of failing on a limit the batch itself filled
+    steps = [pool.submit(copy_current_request_context(_batch_prepare), service, item) for item in asked]
+    prepared = [step.result() for step in steps]
+    lanes: dict[str, threading.BoundedSemaphore] = {}
+    for item in prepared:
+        if isinstance(item, tuple):
+            payer = item[1].built.payer_id
+            if payer not in lanes:
+                lanes[payer] = threading.BoundedSemaphore(service.routes.route(payer).concurrency)
+    calls = [pool.submit(copy_current_request_context(_batch_exchange), service, item, lanes)
+             for item in _interleaved(prepared)]
+    done = {id(item): call.result() for item, call in zip(_interleaved(prepared), calls, strict=True)}
+    answers = [done[id(item)] for item in prepared]
+    reply: dict[str, Any] = {"resourceType": "Bundle", "type": "batch-response"}
+    if answers:
+        reply["entry"] = answers
+    return fhir_response(reply)
 
 
-def _batch_entry(service: EligibilityService, base: str, index: int, entry: Any) -> dict[str, Any]:
+def _batch_request(base: str, index: int, entry: Any) -> tuple[str, dict[str, Any], str] | dict[str, Any]:
+    """(interaction, resource, where) for a supported entry; otherwise its error entry."""
     where = f"Bundle.entry[{index}]"
     if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
         return _entry_error(400, "structure", "each batch entry needs request.method and request.url",
@@ -319,21 +403,57 @@ def _batch_entry(service: EligibilityService, base: str, index: int, entry: Any)
                             f"use POST {CER} or POST {CER}/$submit", f"{where}.request")
     if not isinstance(entry.get("resource"), dict):
         return _entry_error(400, "required", "the entry has no resource", f"{where}.resource")
+    return ("submit" if url.endswith("$submit") else "create", _unwrap_parameters(entry["resource"]), where)
+
+
+def _batch_prepare(service: EligibilityService, item: Any) -> Any:
+    if not isinstance(item, tuple):
+        return item
+    kind, resource, where = item
     try:
-        result = service.submit(entry["resource"])
-    except Exception:   # one entry's bug must not sink the others
-        current_app.logger.exception("batch entry failed")
+        prepared = service.prepare(resource)
+    except Exception as exc:   # one entry's bug must not sink the others
+        log.error("batch entry could not be prepared: %s", type(exc).__name__)
         return _entry_error(500, "exception", "the entry could not be processed", where)
-    response: dict[str, Any] = {"status": _status_line(result.status if url.endswith("$submit") or not result.ok
-                                                        else 201)}
-    if result.request_id:
-        response["location"] = f"{CER}/{result.request_id}"
-    out: dict[str, Any] = {"response": response}
-    if result.ok:
-        out["resource"] = result.body
-    else:
-        response["outcome"] = result.body
+    return (kind, prepared, where) if not isinstance(prepared, Result) else _entry_result(kind, prepared)
+
+
+def _batch_exchange(service: EligibilityService, item: Any, lanes: dict[str, threading.BoundedSemaphore]) -> Any:
+    if not isinstance(item, tuple):
+        return item
+    kind, prepared, _where = item
+    with lanes[prepared.built.payer_id]:
+        return _entry_result(kind, service.exchange(prepared))   # exchange never raises
+
+
+def _interleaved(items: list[Any]) -> list[Any]:
+    """Round-robin over payers, so one payer's queue does not hold every worker thread."""
+    by_payer: dict[str, list[Any]] = {}
+    for item in items:
+        key = item[1].built.payer_id if isinstance(item, tuple) else ""
+        by_payer.setdefault(key, []).append(item)
+    out: list[Any] = []
+    queues = list(by_payer.values())
+    while any(queues):
+        for queue in queues:
+            if queue:
+                out.append(queue.pop(0))
     return out
+
+
+def _entry_result(kind: str, result: Result) -> dict[str, Any]:
+    """What the interaction would have answered alone: $submit the response, create the created request."""
+    if not result.ok:
+        response: dict[str, Any] = {"status": _status_line(result.status), "outcome": result.body}
+        if result.request_id:
+            response["location"] = f"{CER}/{result.request_id}"
+        return {"response": response}
+    if kind == "submit":
+        return {"response": {"status": _status_line(200), "location": f"{RESPONSE}/{result.response_id}"},
+                "resource": result.body}
+    created = _service().store.get_request(result.request_id or "")
+    return {"response": {"status": _status_line(201), "location": f"{CER}/{result.request_id}"},
+            **({"resource": created} if created else {})}
 
 
 def _entry_error(status: int, code: str, text: str, expression: str) -> dict[str, Any]:
@@ -369,6 +489,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):  # type: ignore[no-untyped-def]
-        app.logger.exception("unhandled error")
+        # the type and the stack, not the message: exception text may quote request data
+        log.error("unhandled error: %s", type(exc).__name__, exc_info=frames_only(exc))
         return outcome_response(500, "exception", "internal error; the request id in X-Request-ID finds it in the "
                                 "logs")

@@ -15,7 +15,7 @@ def healthz():  # type: ignore[no-untyped-def]
 
 @health.get("/readyz")
 def readyz():  # type: ignore[no-untyped-def]
-    """Ready once the X279A1 structure and validation maps load and the audit store answers."""
+    """Ready once the X279A1 structures load, the pyx12 maps are generated and the audit store answers."""
     from gateway.x12.pyx12_maps import map_set_dir
     from gateway.x12.structure import load_transaction
 

@@ -23,6 +23,8 @@ def structure_problems(resource: dict[str, Any], path: str | None = None) -> lis
         return [Problem(_path(root, error.get("loc") or ()), _message(error),
                         code=_CODES.get(error.get("type", ""), "value"))
                 for error in exc.errors(include_url=False, include_input=False)]
+    except RecursionError:
+        return [Problem(root, "the resource nests too deeply to check", code="too-costly")]
     except (KeyError, LookupError, TypeError, ValueError) as exc:
         return [Problem(root, f"not a FHIR resource this server knows: {exc}", code="structure")]
     return []

@@ -33,6 +33,7 @@ _ANSWER_LOOKUP = select(_RECORDS.c.received_at, _RECORDS.c.response_identifiers)
     _RECORDS.c.id == bindparam("rid"))
 _FORGET_RESPONSE_IDENTIFIERS = delete(_IDENTIFIERS).where(_IDENTIFIERS.c.transaction_id == bindparam("rid"),
                                                           _IDENTIFIERS.c.kind == "response")
+_NOT_SENT = _RECORDS.update().where(_RECORDS.c.id == bindparam("rid")).values(sent_at=None)
 _ANSWER_UPDATE = _RECORDS.update().where(_RECORDS.c.id == bindparam("rid")).values(
     {name: bindparam(name, type_=_RECORDS.c[name].type) for name in _ANSWER_COLUMNS})
 
@@ -56,8 +57,9 @@ class AuditStore:
         if not memory:
             upgrade(url)
         # orjson: the rows carry whole FHIR resources, and the stdlib encoder was a third of a write
+        # hide_parameters: bound values (member ids, names) never appear in exception text or logs
         self.engine: Engine = create_engine(url, json_serializer=_json_dumps, json_deserializer=orjson.loads,
-                                            **kwargs)
+                                            hide_parameters=True, **kwargs)
         if backend == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas(memory))
         if memory:
@@ -112,8 +114,11 @@ class AuditStore:
 
     def record_answer(self, id: str, *, x12_response: str | None, response: dict[str, Any] | None,
                       outcome: str | None, aaa_codes: list[str], http_status: int, answered_at: datetime,
-                      error: dict[str, Any] | None = None) -> None:
-        """What came back (271, 999 or TA1) and what the gateway answered; ``failed`` when ``error`` is given."""
+                      error: dict[str, Any] | None = None, sent: bool = True) -> None:
+        """What came back (271, 999 or TA1) and what the gateway answered; ``failed`` when ``error`` is given.
+
+        ``sent=False``: the 270 never left (circuit open, no free slot): its ``sent_at`` is cleared.
+        """
         is_response = isinstance(response, dict) and response.get("resourceType") == RESPONSE_TYPE
         identifiers = _identifiers(response.get("identifier")) if is_response else []
         try:
@@ -134,6 +139,8 @@ class AuditStore:
                     "response_created": ((parse_fhir_datetime(response.get("created")) or answered_at)
                                          if is_response else None),
                     "duration_ms": _milliseconds(found.received_at, answered_at)})
+                if not sent:
+                    connection.execute(_NOT_SENT, {"rid": id})
                 if identifiers:
                     connection.execute(_IDENTIFIERS.insert(), [
                         {"transaction_id": id, "kind": "response", "system": s, "value": v} for s, v in identifiers])

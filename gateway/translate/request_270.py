@@ -57,6 +57,9 @@ def find_request(payload: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
     if kind == CER:
         return payload, None
     if kind == "Bundle":
+        if not isinstance(payload.get("entry") or [], list):
+            raise TranslationError("Bundle.entry must be a list of entries",
+                                   [Problem("Bundle.entry", "expected a JSON array", code="structure")], status=400)
         requests = [e.get("resource") for e in payload.get("entry") or []
                     if isinstance(e, dict) and isinstance(e.get("resource"), dict)
                     and e["resource"].get("resourceType") == CER]

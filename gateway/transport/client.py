@@ -90,6 +90,7 @@ class PayerError(GatewayError):
         self.attempts = attempts
         self.elapsed: float | None = None
         self.url: str | None = None
+        self.payload: str | None = None    # the payer's answer, when there was one (for the audit store)
         super().__init__(diagnostics)
 
     def issues(self) -> list[dict[str, Any]]:
@@ -387,8 +388,12 @@ class PayerClient:
                     raise retry.final from None
                 log.info("payer %s: attempt %d could not connect; retrying", route.payer_id, call.attempts)
                 continue
-            txns = _answer_271(text)
-            _check_trace(txns, trace)
+            try:
+                txns = _answer_271(text)
+                _check_trace(txns, trace)
+            except PayerError as exc:
+                exc.payload = text   # what the payer sent is kept for the audit record
+                raise
             if _unable_to_respond(txns) and self._pause(call):
                 log.info("payer %s: attempt %d answered AAA 42 (resubmission allowed); retrying", route.payer_id,
                          call.attempts)

@@ -191,9 +191,12 @@ def test_respond_async(gateway: Gateway, simulator):
     assert done.status_code == 200
     bundle = done.json()
     assert bundle["type"] == "batch-response"
-    entry = bundle["entry"][0]
-    assert entry["response"]["status"].startswith("200") and entry["resource"]["resourceType"] == RESPONSE
-    assert entry["response"]["location"] == f"{CER}/{status_url.rsplit('/', 1)[1]}"
+    entry = bundle["entry"][0]   # what the create would have answered: 201, the created request
+    request_id = status_url.rsplit("/", 1)[1]
+    assert entry["response"]["status"].startswith("201") and entry["response"]["location"] == f"{CER}/{request_id}"
+    assert entry["resource"]["resourceType"] == CER and entry["resource"]["id"] == request_id
+    found = gateway.get(f"/{RESPONSE}", params={"request": f"{CER}/{request_id}"}).json()
+    assert found["total"] == 1 and found["entry"][0]["resource"]["outcome"] == "complete"
     # a failure is reported the same way, with its OperationOutcome
     failing = gateway.post(f"/{CER}", with_member_id("subscriber-generic", "SIMTIMEOUT01"),
                            headers={"Prefer": "respond-async"})
@@ -360,6 +363,7 @@ def test_tokens(gateway: Gateway):
     assert searched.status_code == 200
     assert requests.get(f"{gateway.url}/metadata", timeout=10).status_code == 200
     assert requests.get(f"{gateway.url}/healthz", timeout=10).status_code == 200
+    assert requests.get(f"{gateway.url}/readyz", timeout=10).status_code == 200
 
 
 def test_wrong_content_type_and_method(gateway: Gateway):
@@ -397,7 +401,9 @@ def test_batch(gateway: Gateway):
     entries = response.json()["entry"]
     assert response.json()["type"] == "batch-response" and len(entries) == 4
     assert entries[0]["response"]["status"].startswith("200") and entries[0]["resource"]["resourceType"] == RESPONSE
-    assert entries[1]["response"]["status"].startswith("201") and entries[1]["response"]["location"]
+    assert entries[0]["response"]["location"] == f"{RESPONSE}/{entries[0]['resource']['id']}"
+    assert entries[1]["response"]["status"].startswith("201") and entries[1]["resource"]["resourceType"] == CER
+    assert entries[1]["response"]["location"] == f"{CER}/{entries[1]['resource']['id']}"
     assert entries[2]["response"]["status"].startswith("400")
     assert entries[2]["response"]["outcome"]["resourceType"] == "OperationOutcome"
     assert entries[3]["response"]["status"].startswith("422")
@@ -448,7 +454,8 @@ def test_metrics_after_traffic(gateway: Gateway):
     gateway.post(f"/{CER}/$submit", fhir_request("subscriber-generic"))
     gateway.post(f"/{CER}/$submit", with_member_id("subscriber-generic", "ACM999999999"))
     gateway.post(f"/{CER}/$submit", with_member_id("subscriber-generic", "SIMHTTP50003"))
-    text = requests.get(f"{gateway.url}/metrics", timeout=10).text
+    assert requests.get(f"{gateway.url}/metrics", timeout=10).status_code == 401   # a token, as for the API
+    text = gateway.get("/metrics").text
 
     def value(line_start: str) -> float:
         found = [line for line in text.splitlines() if line.startswith(line_start)]
@@ -462,3 +469,125 @@ def test_metrics_after_traffic(gateway: Gateway):
     assert any(line.startswith("fhir_x12_aaa_total{code=") for line in text.splitlines())
     assert value("fhir_x12_process_notes_count{") == 2
     assert value("fhir_x12_gateway_overhead_seconds_count ") == 2
+
+
+# ----------------------------------------------------------------------------------------- odd input, edge paths
+
+
+def test_odd_bodies_get_specific_400s(gateway: Gateway):
+    outcome_issue(gateway.post(f"/{CER}/$submit", {"resourceType": "Bundle", "type": "collection", "entry": 5}),
+                  400, "structure")
+    outcome_issue(gateway.post(f"/{CER}/$submit", {"resourceType": "Bundle", "entry": [{"fullUrl": 7}]}), 400,
+                  "structure")
+    deep: dict[str, Any] = {"url": "http://example.org/x", "valueString": "x"}
+    for _ in range(300):
+        deep = {"url": "http://example.org/x", "extension": [deep]}
+    payload = fhir_request("subscriber-generic")
+    payload["entry"][0]["resource"]["extension"] = [deep]
+    outcome_issue(gateway.post(f"/{CER}/$submit", payload), 400, "too-costly")
+    nul = json.dumps(with_member_id("subscriber-generic", "ACM482193057\u0000")).encode()
+    outcome_issue(gateway.post(f"/{CER}/$submit", data=nul), 400, "value")
+    outcome_issue(gateway.get(f"/{CER}", params={"identifier": "ACM482193057\x00"}), 400, "invalid")
+    outcome_issue(gateway.get(f"/{CER}", params={"_offset": "99999999999999999999"}), 400, "invalid")
+    empty = gateway.get(f"/{CER}", params={"identifier": "nothing-like-this"}).json()
+    assert empty["total"] == 0 and "entry" not in empty
+
+
+def test_batch_entries_that_break_do_not_sink_the_batch(gateway: Gateway):
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "POST", "url": f"{CER}/$submit"},
+         "resource": {"resourceType": "Bundle", "type": "collection", "entry": 5}},
+        {"request": {"method": "POST", "url": f"{CER}/$submit"}, "resource": fhir_request("subscriber-generic")},
+    ]}
+    entries = gateway.post("/", bundle).json()["entry"]
+    assert entries[0]["response"]["status"].startswith("400")
+    assert entries[1]["response"]["status"].startswith("200")
+
+
+def test_batch_waits_within_a_payers_concurrency_limit(make_gateway, simulator, tmp_path):
+    from tests.gateway.conftest import routing_table
+
+    gateway = make_gateway(FHIR_X12_ROUTING=routing_table(tmp_path, concurrency=1, queue_seconds=0.2,
+                                                          timeout_seconds=2.0, budget_seconds=8))
+    requests.post(f"{simulator.url}/scenarios", json={"memberid": "*", "fault": "latency", "seconds": 0.4},
+                  timeout=5)
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "POST", "url": f"{CER}/$submit"}, "resource": fhir_request("subscriber-generic")}
+        for _ in range(3)]}
+    entries = gateway.post("/", bundle).json()["entry"]
+    assert [e["response"]["status"][:3] for e in entries] == ["200"] * 3
+
+
+def test_local_ids_in_the_response_never_collide(gateway: Gateway):
+    payload = copy.deepcopy(fhir_request("urn-uuid-bundle"))
+    for entry in payload["entry"]:
+        if entry["resource"]["resourceType"] != CER:
+            entry["resource"]["id"] = "1"   # ids are unique per type only
+    body = gateway.post(f"/{CER}/$submit", payload).json()
+    assert body["resourceType"] == RESPONSE, body
+    contained = {c["id"]: c for c in body.get("contained", [])}
+    assert len(contained) == len(body.get("contained", []))
+    assert contained[body["patient"]["reference"][1:]]["resourceType"] == "Patient"
+    if body.get("insurer", {}).get("reference", "").startswith("#"):
+        assert contained[body["insurer"]["reference"][1:]]["resourceType"] == "Organization"
+
+
+def test_audit_trail_of_failures(gateway: Gateway, simulator):
+    store = gateway.app.extensions["fhir_x12"]["service"].store
+
+    def record_of(response: requests.Response):  # type: ignore[no-untyped-def]
+        return store.record(response.headers["Content-Location"].rsplit("/", 1)[1])
+
+    mismatch = gateway.post(f"/{CER}", with_member_id("subscriber-generic", "SIMTRACE0009"))
+    record = record_of(mismatch)
+    assert mismatch.status_code == 502 and record.status == "failed"
+    assert record.x12_response and "TRN*2*X" in record.x12_response and record.sent_at is not None
+    requests.post(f"{simulator.url}/scenarios", json={"memberid": "*", "fault": "http-500", "times": 3}, timeout=5)
+    for _ in range(3):
+        gateway.post(f"/{CER}/$submit", fhir_request("subscriber-generic"))
+    refused = gateway.post(f"/{CER}", fhir_request("subscriber-generic"))
+    record = record_of(refused)
+    assert refused.status_code == 503 and record.status == "failed" and record.http_status == 503
+    assert record.sent_at is None and record.x12_request.startswith("ISA")   # built, stored, never sent
+
+
+def test_empty_insurer_is_stored_as_the_payer_asked(gateway: Gateway):
+    request = {"resourceType": CER, "status": "active", "purpose": ["benefits"],
+               "patient": {"reference": "Patient/pat-delgado-maria"}, "created": "2025-03-10T09:15:00-05:00",
+               "insurer": {}, "provider": {"reference": "Organization/org-riverbend"},
+               "insurance": [{"coverage": {"reference": "Coverage/cov-delgado-maria"}}]}
+    created = gateway.post(f"/{CER}", request).json()
+    assert created["insurer"] == {"reference": "Organization/org-acme"}
+    found = gateway.get(f"/{CER}", params={"insurer": "Organization/org-acme"}).json()
+    assert created["id"] in {e["resource"]["id"] for e in found["entry"]}
+
+
+def test_abandoned_async_request_is_reported(gateway: Gateway):
+    from datetime import UTC, datetime, timedelta
+
+    service = gateway.app.extensions["fhir_x12"]["service"]
+    prepared = service.prepare(fhir_request("subscriber-generic"), sending=False)   # queued, never run
+    from sqlalchemy import update
+
+    from gateway.store.models import EligibilityRecord
+
+    with service.store.engine.begin() as connection:
+        connection.execute(update(EligibilityRecord).where(EligibilityRecord.id == prepared.id)
+                           .values(received_at=datetime.now(UTC) - timedelta(minutes=10)))
+    entry = gateway.get(f"/_async/{prepared.id}").json()["entry"][0]
+    assert entry["response"]["status"].startswith("500")
+    assert entry["response"]["outcome"]["issue"][0]["code"] == "incomplete"
+
+
+def test_headers(gateway: Gateway):
+    response = gateway.post(f"/{CER}/$submit", fhir_request("subscriber-generic"),
+                            headers={"X-Request-ID": "abc-123"})
+    assert response.headers["X-Request-ID"] == "abc-123"
+    assert response.headers["Content-Location"] == f"{gateway.url}/{RESPONSE}/{response.json()['id']}"
+    assert "payer;dur=" in response.headers["Server-Timing"] and "gateway;dur=" in response.headers["Server-Timing"]
+    assert len(gateway.get("/metadata").headers["X-Request-ID"]) >= 16
+    minimal = gateway.post(f"/{CER}", fhir_request("subscriber-generic"), headers={"Prefer": "return=minimal"})
+    assert "Content-Type" not in minimal.headers
+    representation = gateway.post(f"/{CER}", fhir_request("subscriber-generic"),
+                                  headers={"Prefer": "return=representation"})
+    assert representation.status_code == 201 and representation.json()["resourceType"] == CER
