@@ -324,6 +324,11 @@ def main() -> None:
     bench_file = ROOT / "BENCHMARKS.md"
     existing = bench_file.read_text() if bench_file.exists() else "# Benchmarks\n\nRun with `make bench`.\n\n"
     bench_file.write_text(existing.rstrip("\n") + "\n\n" + report)
+    # end to end: locust -> gateway -> simulator (BENCH_LOAD_SECONDS, default 300; 0 skips it)
+    if int(os.environ.get("BENCH_LOAD_SECONDS", "300")) > 0:
+        from bench import load
+
+        load.main([])
 
 
 if __name__ == "__main__":

@@ -9,20 +9,34 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import time
 from pathlib import Path
 
-from locust import FastHttpUser, constant_throughput, events, task
+from locust import FastHttpUser, events, task
 
 BODY = Path(os.environ["BENCH_REQUEST"]).read_bytes()
 HEADERS = {"Authorization": f"Bearer {os.environ['BENCH_TOKEN']}", "Content-Type": "application/fhir+json"}
 PAYER = re.compile(r"payer;dur=([0-9.]+)")
-SAMPLES: list[tuple[float, float, float]] = []   # (wall clock, round trip ms, payer ms)
+GATEWAY = re.compile(r"gateway;dur=([0-9.]+)")
+SAMPLES: list[tuple[float, float, float, float]] = []   # (wall clock, round trip ms, payer ms, gateway-measured ms)
+
+
+RATE = float(os.environ.get("BENCH_USER_RPS", "5"))
 
 
 class ProviderSystem(FastHttpUser):
-    wait_time = constant_throughput(float(os.environ.get("BENCH_USER_RPS", "5")))
+    """Requests arrive as a Poisson process (random, independent gaps at the user's mean rate, kept on
+    schedule whatever the response time). Users paced at a fixed interval and started together would
+    stay in step and arrive in bursts of all users at once, which measures the load generator."""
+
+    def on_start(self) -> None:
+        self._next = time.monotonic() + random.expovariate(RATE)
+
+    def wait_time(self) -> float:
+        self._next += random.expovariate(RATE)
+        return max(0.0, self._next - time.monotonic())
 
     @task
     def submit(self) -> None:
@@ -30,13 +44,14 @@ class ProviderSystem(FastHttpUser):
         with self.client.post("/CoverageEligibilityRequest/$submit", data=BODY, headers=HEADERS,
                               catch_response=True) as response:
             elapsed = (time.perf_counter() - start) * 1000
-            timing = PAYER.search(response.headers.get("Server-Timing") or "")
+            header = response.headers.get("Server-Timing") or ""
+            timing, own = PAYER.search(header), GATEWAY.search(header)
             if response.status_code != 200 or b'"CoverageEligibilityResponse"' not in (response.content or b""):
                 response.failure(f"status {response.status_code}")
-            elif timing is None:
+            elif timing is None or own is None:
                 response.failure("no Server-Timing header")
             else:
-                SAMPLES.append((time.time(), elapsed, float(timing.group(1))))
+                SAMPLES.append((time.time(), elapsed, float(timing.group(1)), float(own.group(1))))
 
 
 @events.quitting.add_listener
