@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -149,6 +150,7 @@ def run(seconds: int, rate: int, users: int, workers: int, threads: int, worker_
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+        shutil.rmtree(work, ignore_errors=True)
     failures = _failures(summary)
     # steady state: leave out the first 10 % (ramp-up, first connections)
     t0 = min((s[0] for s in samples), default=0.0)

@@ -7,6 +7,7 @@ the payer is called, and whatever comes back (271, 999, TA1) is stored before th
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import uuid
@@ -98,6 +99,9 @@ class EligibilityService:
         self.clock = clock
         self.monotonic = monotonic or time.perf_counter
         self.metrics = metrics
+        # ISA13: counting up from a random start, so a process never repeats one (payers reject a repeated
+        # control number with TA1 025) and two processes rarely meet
+        self._controls = itertools.count(secrets.randbelow(999_999_999))
 
     # -- the whole exchange ---------------------------------------------------------------------------
     def submit(self, payload: Any) -> Result:
@@ -131,7 +135,7 @@ class EligibilityService:
             resolved = self.resolve(payload) if self.resolve is not None else payload
             id = str(uuid.uuid4())
             now = self.clock()
-            control = secrets.randbelow(999_999_999) + 1
+            control = next(self._controls) % 999_999_999 + 1
             naive = now.astimezone(UTC).replace(tzinfo=None)
             built = build_270(resolved, self.tables, limits=self.limits, trace=id.replace("-", "").upper(),
                               envelope=lambda payer: self.routes.route(payer).envelope(control, naive))

@@ -173,7 +173,7 @@ def routing_table(tmp_path: Path, **defaults: Any) -> str:
     for payer in table["payers"].values():   # the test's settings win over each payer's own
         for key in defaults:
             payer.pop(key, None)
-    path = tmp_path / "routing.yaml"
+    path = tmp_path / f"routing-{uuid.uuid4().hex[:8]}.yaml"   # each call its own file
     path.write_text(yaml.safe_dump(table))
     return str(path)
 

@@ -1,0 +1,91 @@
+"""Configuration from the environment, and the service's own refusals: 429, 503, readiness."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import requests
+from sqlalchemy.exc import OperationalError
+
+from gateway.app import create_app
+from gateway.errors import ConfigError
+from tests.gateway.conftest import TOKEN, Gateway, fhir_request, routing_table
+
+CER = "CoverageEligibilityRequest"
+
+
+def test_settings_come_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("FHIR_X12_DATABASE_URL", f"sqlite:///{tmp_path / 'env.db'}")
+    monkeypatch.setenv("FHIR_X12_TOKENS", TOKEN)
+    monkeypatch.setenv("FHIR_X12_MAX_BODY_BYTES", "4096")
+    monkeypatch.setenv("FHIR_X12_PAYER_URL", "http://127.0.0.1:9/core/soap")
+    app = create_app({"TESTING": True})
+    try:
+        assert app.config["MAX_CONTENT_LENGTH"] == 4096
+        assert (tmp_path / "env.db").exists()
+        client = app.test_client()
+        assert client.get(f"/{CER}").status_code == 401
+        assert client.get(f"/{CER}", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        assert app.extensions["fhir_x12"]["service"].routes.route("ANYPAYER").url == "http://127.0.0.1:9/core/soap"
+    finally:
+        app.extensions["fhir_x12"]["close"]()
+
+
+@pytest.mark.parametrize(("key", "value", "words"), [
+    ("FHIR_X12_MAX_BODY_BYTES", "lots", "whole number"),
+    ("FHIR_X12_ASYNC_WORKERS", "0", "positive"),
+    ("FHIR_X12_TOKENS", "tiny-tok", "16"),
+    ("FHIR_X12_FHIR_BASE", "ftp://ehr.example/fhir", "FHIR_X12_FHIR_BASE"),
+])
+def test_bad_settings_name_the_key(monkeypatch, tmp_path, key: str, value: str, words: str):
+    monkeypatch.setenv("FHIR_X12_DATABASE_URL", f"sqlite:///{tmp_path / 'bad.db'}")
+    monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError) as caught:
+        create_app({"TESTING": True})
+    assert words in str(caught.value)
+    if key == "FHIR_X12_TOKENS":
+        assert value not in str(caught.value)   # a token is never echoed
+
+
+def test_payer_concurrency_full_is_429(make_gateway, simulator, tmp_path):
+    gateway = make_gateway(FHIR_X12_ROUTING=routing_table(tmp_path, concurrency=1, queue_seconds=0,
+                                                          timeout_seconds=3.0, budget_seconds=8))
+    requests.post(f"{simulator.url}/scenarios", json={"memberid": "*", "fault": "latency", "seconds": 1.0},
+                  timeout=5)
+    first: list[int] = []
+    holder = threading.Thread(target=lambda: first.append(
+        gateway.post(f"/{CER}/$submit", fhir_request("subscriber-generic")).status_code))
+    holder.start()
+    deadline = threading.Event()
+    deadline.wait(0.4)   # the first request now holds the payer's only slot
+    busy = gateway.post(f"/{CER}/$submit", fhir_request("subscriber-generic"))
+    holder.join()
+    assert busy.status_code == 429, busy.text
+    assert busy.json()["issue"][0]["code"] == "throttled"
+    assert first == [200]
+
+
+def test_store_down_is_503_and_nothing_is_sent(gateway: Gateway, simulator, monkeypatch):
+    service = gateway.app.extensions["fhir_x12"]["service"]
+    calls = simulator.calls["/core/soap"]
+
+    def down(*_args, **_kwargs):
+        raise OperationalError("INSERT ...", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(service.store, "record_request", down)
+    response = gateway.post(f"/{CER}/$submit", fhir_request("subscriber-generic"))
+    assert response.status_code == 503 and response.json()["issue"][0]["code"] == "transient"
+    assert simulator.calls["/core/soap"] == calls
+
+
+def test_readiness_follows_the_store(gateway: Gateway, monkeypatch):
+    assert requests.get(f"{gateway.url}/readyz", timeout=10).status_code == 200
+    engine = gateway.app.extensions["fhir_x12"]["service"].store.engine
+
+    def refuse(*_args, **_kwargs):
+        raise OperationalError("select 1", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(engine, "connect", refuse)
+    not_ready = requests.get(f"{gateway.url}/readyz", timeout=10)
+    assert not_ready.status_code == 503 and not_ready.json()["store"] == "OperationalError"
