@@ -10,6 +10,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 CORPUS = ROOT.parent / "shared" / "corpus"
+# https://hl7.org/fhir/R4/valueset-issue-type.html: every OperationOutcome issue code must be one of these
+ISSUE_TYPES = {"invalid", "structure", "required", "value", "invariant", "security", "login", "unknown", "expired",
+               "forbidden", "suppressed", "processing", "not-supported", "duplicate", "multiple-matches",
+               "not-found", "deleted", "too-long", "code-invalid", "extension", "too-costly", "business-rule",
+               "conflict", "transient", "lock-error", "no-store", "exception", "timeout", "incomplete", "throttled",
+               "informational"}
 
 
 def corpus_index() -> list[dict[str, str]]:

@@ -241,17 +241,17 @@ def _unwrap_parameters(payload: Any) -> Any:
 # -- read and search ------------------------------------------------------------------------------------
 @fhir.get(f"/{CER}/<id>")
 def read_request(id: str):  # type: ignore[no-untyped-def]
-    resource = _service().store.get_request(id)
-    if resource is None:
-        return outcome_response(404, "not-found", f"{CER}/{id[:64]} is not known")
-    return fhir_response(resource, 200)
+    return _read(CER, _service().store.get_request(id), id)
 
 
 @fhir.get(f"/{RESPONSE}/<id>")
 def read_response(id: str):  # type: ignore[no-untyped-def]
-    resource = _service().store.get_response(id)
+    return _read(RESPONSE, _service().store.get_response(id), id)
+
+
+def _read(resource_type: str, resource: dict[str, Any] | None, id: str) -> Response:
     if resource is None:
-        return outcome_response(404, "not-found", f"{RESPONSE}/{id[:64]} is not known")
+        return outcome_response(404, "not-found", f"{resource_type}/{id[:64]} is not known")
     return fhir_response(resource, 200)
 
 

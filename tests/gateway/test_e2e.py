@@ -15,16 +15,12 @@ from typing import Any
 import pytest
 import requests
 
+from tests.conftest import ISSUE_TYPES
 from tests.gateway.conftest import READ_TOKEN, Gateway, fhir_request, member, with_member_id
 
 CER = "CoverageEligibilityRequest"
 RESPONSE = "CoverageEligibilityResponse"
 FHIR_JSON = "application/fhir+json"
-ISSUE_TYPES = {"invalid", "structure", "required", "value", "invariant", "security", "login", "unknown", "expired",
-               "forbidden", "suppressed", "processing", "not-supported", "duplicate", "multiple-matches",
-               "not-found", "deleted", "too-long", "code-invalid", "extension", "too-costly", "business-rule",
-               "conflict", "transient", "lock-error", "no-store", "exception", "timeout", "incomplete", "throttled",
-               "informational"}
 
 
 def codes(item_part: dict[str, Any] | None) -> set[str]:

@@ -33,18 +33,12 @@ from gateway.transport.client import (
 )
 from gateway.transport.routing import Route, load_routes, routes_from_config
 from gateway.x12.reader import read_x12
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, ISSUE_TYPES
 from tests.payer.test_answer import DELGADO, answer_for
 
 REQUEST = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
 TRACE = "GW-SG-0001-1"
 GOOD_EB = "EB*C*IND*30***23*1500"
-# https://hl7.org/fhir/R4/valueset-issue-type.html
-ISSUE_TYPES = {"invalid", "structure", "required", "value", "invariant", "security", "login", "unknown", "expired",
-               "forbidden", "suppressed", "processing", "not-supported", "duplicate", "multiple-matches",
-               "not-found", "deleted", "too-long", "code-invalid", "extension", "too-costly", "business-rule",
-               "conflict", "transient", "lock-error", "no-store", "exception", "timeout", "incomplete", "throttled",
-               "informational"}
 
 
 def member(member_id: str) -> str:
