@@ -587,3 +587,11 @@ def test_headers(gateway: Gateway):
     representation = gateway.post(f"/{CER}", fhir_request("subscriber-generic"),
                                   headers={"Prefer": "return=representation"})
     assert representation.status_code == 201 and representation.json()["resourceType"] == CER
+
+
+def test_batch_size_is_capped(gateway: Gateway):
+    entry = {"request": {"method": "POST", "url": f"{CER}/$submit"}, "resource": {"resourceType": CER}}
+    too_many = {"resourceType": "Bundle", "type": "batch", "entry": [entry] * 101}
+    outcome_issue(gateway.post("/", too_many), 422, "too-costly")
+    empty = gateway.post("/", {"resourceType": "Bundle", "type": "batch"}).json()
+    assert empty == {"resourceType": "Bundle", "type": "batch-response"}
