@@ -27,6 +27,8 @@ from pathlib import Path
 
 import requests
 
+from gateway import serving
+
 ROOT = Path(__file__).resolve().parent.parent
 REQUEST = ROOT / "fixtures" / "fhir" / "requests" / "subscriber-generic.json"
 TARGET_RPS = 300
@@ -40,17 +42,9 @@ def free_port() -> int:
 
 
 def wait_ready(url: str, process: subprocess.Popen, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"bench.load: {url} exited with {process.returncode}")
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"bench.load: {url} not ready after {seconds} s")
+    problem = serving.wait_ready(url, process, seconds)
+    if problem:
+        raise SystemExit(f"bench.load: {problem}")
 
 
 def rss_kb(root_pid: int) -> int:

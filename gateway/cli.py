@@ -218,12 +218,9 @@ def demo(port: int, payer_port: int, members: str, workdir: str) -> None:
     import os
     import secrets
     import subprocess
-    import time
-
-    import requests
 
     from gateway.app import create_app
-    from gateway.serving import serve
+    from gateway.serving import serve, wait_ready
 
     folder = Path(workdir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -231,16 +228,9 @@ def demo(port: int, payer_port: int, members: str, workdir: str) -> None:
     simulator = subprocess.Popen([sys.executable, "-m", "gateway.cli", "payer", "serve", "--port", str(payer_port),
                                   "--seed", members, "--database", f"sqlite:///{folder / 'payer.db'}"])
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{payer_url}/scenarios", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if simulator.poll() is not None or time.monotonic() > deadline:
-                _fail(f"the payer simulator did not start on port {payer_port}")
-            time.sleep(0.2)
+        problem = wait_ready(f"{payer_url}/scenarios", simulator, 30)
+        if problem:
+            _fail(f"the payer simulator did not start on port {payer_port}: {problem}")
         writers = [t.strip() for t in (os.environ.get("FHIR_X12_TOKENS") or "").split(",")
                    if t.strip() and not t.strip().endswith(":read")]
         token = writers[0] if writers else secrets.token_urlsafe(24)

@@ -39,3 +39,25 @@ def serve(app: Any, host: str, port: int, threads: int = 8, workers: int = 1, wo
     _Server(load, {"bind": f"{host}:{port}", "workers": workers, "worker_class": worker_class, "threads": threads,
                    "worker_connections": 200, "accesslog": None, "timeout": 60, "keepalive": 30,
                    "graceful_timeout": 25}).run()
+
+
+def wait_ready(url: str, process: Any = None, seconds: float = 60.0) -> str | None:
+    """Poll ``url`` until it answers 200; None when ready, else why not (the process exited, or time ran out).
+
+    For the demo, the load benchmark and the tests, which all start a server process and then use it.
+    """
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return f"{url}: the server exited with status {process.returncode}"
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return None
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    return f"{url}: not ready after {seconds:g} s"

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from gateway.serving import wait_ready
 from tests.conftest import FIXTURES, ROOT
 from tests.gateway.conftest import TOKEN, fhir_request, member
 
@@ -39,17 +40,8 @@ def running(args: list[str], ready: str, env: dict[str, str], log: Path) -> Iter
         process = subprocess.Popen([*CLI, *args], cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                                    stderr=stderr)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                if process.poll() is not None:
-                    raise AssertionError(f"{args[:2]} exited: {log.read_text()[-2000:]}")
-                try:
-                    if requests.get(ready, timeout=1).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                assert time.monotonic() < deadline, f"{ready} never became ready"
-                time.sleep(0.2)
+            problem = wait_ready(ready, process, 60)
+            assert problem is None, f"{args[:2]}: {problem}: {log.read_text()[-2000:]}"
             yield process
         finally:
             process.terminate()
