@@ -110,6 +110,7 @@ def run(seconds: int, rate: int, users: int, workers: int, threads: int, worker_
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     samples_file = work / "samples.json"
     memory: list[tuple[float, int]] = []
+    cpu_track: list[tuple[float, float, float]] = []   # (wall clock, gateway CPU s, simulator CPU s) so far
     try:
         wait_ready(f"http://127.0.0.1:{payer_port}/scenarios", payer)
         wait_ready(f"http://127.0.0.1:{gateway_port}/readyz", gateway)
@@ -118,6 +119,7 @@ def run(seconds: int, rate: int, users: int, workers: int, threads: int, worker_
                              headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"})
         if warm.status_code != 200:
             raise SystemExit(f"bench.load: warm-up request failed: {warm.status_code} {warm.text[:300]}")
+        probe_before = _probe(f"http://127.0.0.1:{gateway_port}", token, gateway.pid, payer.pid)
         locust = subprocess.Popen(
             [sys.executable, "-m", "locust", "-f", str(ROOT / "bench" / "locustfile.py"), "--headless",
              "--host", f"http://127.0.0.1:{gateway_port}", "-u", str(users), "-r", str(users),
@@ -130,11 +132,13 @@ def run(seconds: int, rate: int, users: int, workers: int, threads: int, worker_
         cpu = dict.fromkeys(("gateway", "payer", "locust"), 0.0)
         while locust.poll() is None:
             memory.append((time.time() - started, rss_kb(gateway.pid)))
+            cpu_track.append((time.time(), cpu_seconds(gateway.pid), cpu_seconds(payer.pid)))
             cpu["locust"] = max(cpu["locust"], cpu_seconds(locust.pid))
             time.sleep(1 if seconds < 30 else 5)
         for name, process in (("gateway", gateway), ("payer", payer)):
             cpu[name] = cpu_seconds(process.pid) - cpu_before[name]
         summary = locust.stdout.read() if locust.stdout else ""
+        probe_after = _probe(f"http://127.0.0.1:{gateway_port}", token, gateway.pid, payer.pid)
         samples = json.loads(samples_file.read_text()) if samples_file.exists() else []
     finally:
         for process in (gateway, payer):
@@ -168,7 +172,49 @@ def run(seconds: int, rate: int, users: int, workers: int, threads: int, worker_
                           "last_minute": statistics.median(last) / 1024,
                           "max": max(kb for _, kb in memory) / 1024 if memory else 0.0},
             "cpu_ms_per_request": {k: 1000 * v / max(len(samples), 1) for k, v in cpu.items()},
+            "minutes": _per_minute(samples, cpu_track),
+            "probe": {"before": probe_before, "after": probe_after},
             "locust": summary[-3000:]}
+
+
+def _probe(base: str, token: str, gateway_pid: int, payer_pid: int, count: int = 200) -> dict[str, float]:
+    """The machine's speed now: CPU per round trip of one client sending requests one after another (no load,
+    no queues). Taken before and after the run, it shows how much the machine itself drifted."""
+    session = requests.Session()
+    session.headers.update({"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"})
+    body = REQUEST.read_bytes()
+    session.post(f"{base}/CoverageEligibilityRequest/$submit", data=body, timeout=30)
+    gateway, payer, start = cpu_seconds(gateway_pid), cpu_seconds(payer_pid), time.perf_counter()
+    for _ in range(count):
+        session.post(f"{base}/CoverageEligibilityRequest/$submit", data=body, timeout=30)
+    wall = time.perf_counter() - start
+    session.close()
+    return {"gateway": 1000 * (cpu_seconds(gateway_pid) - gateway) / count,
+            "payer": 1000 * (cpu_seconds(payer_pid) - payer) / count, "wall": 1000 * wall / count}
+
+
+def _per_minute(samples: list, cpu_track: list) -> list[dict]:
+    """Each minute of the run: round trips/s, client-side overhead p50/p99, CPU ms per round trip."""
+    if not samples:
+        return []
+    start = samples[0][0]
+    rows = []
+    for minute in range(int((samples[-1][0] - start) // 60) + 1):
+        lo, hi = start + 60 * minute, start + 60 * (minute + 1)
+        window = [s for s in samples if lo <= s[0] < hi]
+        marks = [c for c in cpu_track if lo <= c[0] < hi]
+        if len(window) < 10:
+            continue
+        span = (window[-1][0] - window[0][0]) or 1.0
+        overhead = [max(0.0, total - payer) for _, total, payer, _ in window]
+        cpu = {"gateway": 0.0, "payer": 0.0}
+        if len(marks) >= 2:
+            done = len([s for s in samples if marks[0][0] <= s[0] < marks[-1][0]]) or 1
+            cpu = {"gateway": 1000 * (marks[-1][1] - marks[0][1]) / done,
+                   "payer": 1000 * (marks[-1][2] - marks[0][2]) / done}
+        rows.append({"minute": minute + 1, "rps": len(window) / span, "p50": percentile(overhead, 50),
+                     "p99": percentile(overhead, 99), **cpu})
+    return rows
 
 
 def _failures(summary: str) -> int:
@@ -187,6 +233,13 @@ def report(result: dict) -> str:
     o, r, m = result["overhead_ms"], result["round_trip_ms"], result["memory_mb"]
     c = result["cpu_ms_per_request"]
     i = result["inside_ms"]
+    pb, pa = result["probe"]["before"], result["probe"]["after"]
+    minutes = ""
+    if len(result.get("minutes", [])) > 1:
+        minutes = "\nMinute by minute (client-side overhead; CPU per round trip):\n\n" + \
+            "| minute | round trips/s | overhead p50 / p99 ms | CPU gateway / simulator ms |\n|---|---|---|---|\n" + \
+            "".join(f"| {m['minute']} | {m['rps']:.0f} | {m['p50']:.1f} / {m['p99']:.1f} | "
+                    f"{m['gateway']:.1f} / {m['payer']:.1f} |\n" for m in result["minutes"])
     growth = m["last_minute"] / m["first_minute"] if m["first_minute"] else float("nan")
     ok = (result["rps"] >= TARGET_RPS and o[99] < TARGET_P99_MS and result["failures"] == 0 and growth < 1.10)
     cpu = platform.processor() or platform.machine()
@@ -211,9 +264,12 @@ run is left out.
 | round trip p50 / p95 / p99 | {r[50]:.1f} / {r[95]:.1f} / {r[99]:.1f} ms |
 | payer (simulator) p50 / p99 | {result['payer_ms'][50]:.1f} / {result['payer_ms'][99]:.1f} ms |
 | CPU per round trip: gateway / simulator / locust | {c['gateway']:.1f} / {c['payer']:.1f} / {c['locust']:.1f} ms |
+| one client alone, before / after the run: gateway CPU per round trip | {pb['gateway']:.1f} / {pa['gateway']:.1f} ms \
+(simulator {pb['payer']:.1f} / {pa['payer']:.1f} ms) |
 | gateway RSS first minute / last minute / max | {m['first_minute']:.0f} / {m['last_minute']:.0f} / \
 {m['max']:.0f} MB ({growth:.2f}x) |
 
+{minutes}
 Targets {'met' if ok else 'NOT met'}.
 """
 
