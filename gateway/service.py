@@ -180,7 +180,14 @@ class EligibilityService:
     def _exchange(self, prepared: Prepared) -> Result:
         built, id = prepared.built, prepared.id
         if not prepared.sent:
-            self.store.record_sent(id, built.text, self.clock())
+            try:
+                self.store.record_sent(id, built.text, self.clock())
+            except (SQLAlchemyError, GatewayError) as exc:
+                log.error("the audit store failed before the payer call (%s); nothing was sent", type(exc).__name__)
+                body = operation_outcome("transient", "the audit store is unavailable; the request was not sent to "
+                                         "the payer")
+                self._answer(id, None, None, "store-unavailable", [], 503, body, sent=False)
+                return Result(503, body, id, payer_id=built.payer_id, outcome="store-unavailable")
         try:
             answer = self.client.send(built.payer_id, built.text, trace=built.trace)
         except PayerError as exc:

@@ -89,3 +89,17 @@ def test_readiness_follows_the_store(gateway: Gateway, monkeypatch):
     monkeypatch.setattr(engine, "connect", refuse)
     not_ready = requests.get(f"{gateway.url}/readyz", timeout=10)
     assert not_ready.status_code == 503 and not_ready.json()["store"] == "OperationalError"
+
+
+def test_store_failing_before_an_async_send_is_503(gateway: Gateway, simulator, monkeypatch):
+    service = gateway.app.extensions["fhir_x12"]["service"]
+    prepared = service.prepare(fhir_request("subscriber-generic"), sending=False)
+    calls = simulator.calls["/core/soap"]
+
+    def down(*_args, **_kwargs):
+        raise OperationalError("UPDATE ...", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(service.store, "record_sent", down)
+    result = service.exchange(prepared)
+    assert result.status == 503 and result.outcome == "store-unavailable"
+    assert simulator.calls["/core/soap"] == calls
