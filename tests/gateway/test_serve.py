@@ -53,13 +53,13 @@ def running(args: list[str], ready: str, env: dict[str, str], log: Path) -> Iter
 
 
 @pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
-def test_served_gateway_and_simulator(tmp_path: Path, worker_class: str):
+def test_served_gateway_and_simulator(tmp_path: Path, database_url: str, worker_class: str):
     payer_port, gateway_port = free_port(), free_port()
     payer_url, gateway_url = f"http://127.0.0.1:{payer_port}", f"http://127.0.0.1:{gateway_port}"
     payer_args = ["payer", "serve", "--port", str(payer_port), "--seed", str(FIXTURES / "members"),
                   "--database", f"sqlite:///{tmp_path / 'payer.db'}", "--worker-class", worker_class]
     gateway_env = {"FHIR_X12_TOKENS": TOKEN, "FHIR_X12_PAYER_URL": f"{payer_url}/core/soap",
-                   "FHIR_X12_DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.db'}", "FHIR_X12_LOG_LEVEL": "WARNING"}
+                   "FHIR_X12_DATABASE_URL": database_url, "FHIR_X12_LOG_LEVEL": "WARNING"}
     gateway_args = ["serve", "--port", str(gateway_port), "--workers", "2", "--worker-class", worker_class]
     with running(payer_args, f"{payer_url}/scenarios", {}, tmp_path / "payer.log"), \
             running(gateway_args, f"{gateway_url}/readyz", gateway_env, tmp_path / "gateway.log"):
