@@ -8,6 +8,7 @@ Organization and provider Practitioner/Organization; segments with no FHIR home 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from gateway.translate.notes import Note, process_note_extensions
@@ -205,13 +206,7 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                 coverage.setdefault("class", []).append(
                     {"type": {"coding": [{"system": systems["coverage_class"], "code": kind}]}, "value": seg.get(2)})
             elif sid == "DTP" and seg.get(1) == "291":
-                span = date_range(seg.get(2), seg.get(3))
-                if span and span[0] == span[1]:
-                    request["servicedDate"] = span[0]
-                elif span:
-                    request["servicedPeriod"] = {"start": span[0], "end": span[1]}
-                else:
-                    note(f"service date {seg.get(3)!r} could not be read", loop, seg)
+                _service_date(request, seg, loop, note)
             elif sid == "INS":
                 relationship = tables.t["relationship"]["from_ins02"].get(seg.get(2), "other")
             elif sid == "HI":
@@ -229,13 +224,7 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                     items.extend(_items(tables, seg, diagnoses, purposes, several=eq_count > 1))
                 elif seg.id == "DTP" and seg.get(1) == "291" and "servicedDate" not in request \
                         and "servicedPeriod" not in request:
-                    span = date_range(seg.get(2), seg.get(3))
-                    if span and span[0] == span[1]:
-                        request["servicedDate"] = span[0]
-                    elif span:
-                        request["servicedPeriod"] = {"start": span[0], "end": span[1]}
-                    else:
-                        note(f"service date {seg.get(3)!r} could not be read", inquiry, seg)
+                    _service_date(request, seg, inquiry, note)
                 else:
                     note(f"inquiry segment {seg.id} {' '.join(x for x in seg.elements if x)} has no FHIR home",
                          inquiry, seg)
@@ -295,3 +284,15 @@ def _items(tables: Tables, seg: Segment, diagnoses: list[str], purposes: set[str
         items.append(item)
         purposes.add("benefits")
     return items
+
+
+def _service_date(request: dict[str, Any], seg: Segment, loop: Loop,
+                  note: Callable[[str, Loop, Segment], None]) -> None:
+    """A DTP*291 as servicedDate (one day) or servicedPeriod; a note when it cannot be read."""
+    span = date_range(seg.get(2), seg.get(3))
+    if span and span[0] == span[1]:
+        request["servicedDate"] = span[0]
+    elif span:
+        request["servicedPeriod"] = {"start": span[0], "end": span[1]}
+    else:
+        note(f"service date {seg.get(3)!r} could not be read", loop, seg)
