@@ -15,7 +15,6 @@ import os
 import platform
 import secrets
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -142,12 +141,7 @@ def run(seconds: int, rate: int, users: int, workers: int, threads: int, worker_
         samples = json.loads(samples_file.read_text()) if samples_file.exists() else []
     finally:
         for process in (gateway, payer):
-            process.send_signal(signal.SIGTERM)
-        for process in (gateway, payer):
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            serving.stop(process)
         shutil.rmtree(work, ignore_errors=True)
     failures = _failures(summary)
     # steady state: leave out the first 10 % (ramp-up, first connections)

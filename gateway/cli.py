@@ -220,7 +220,7 @@ def demo(port: int, payer_port: int, members: str, workdir: str) -> None:
     import subprocess
 
     from gateway.app import create_app
-    from gateway.serving import serve, wait_ready
+    from gateway.serving import serve, stop, wait_ready
 
     folder = Path(workdir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -254,11 +254,7 @@ Press Ctrl+C to stop both.
 """, err=True)
         serve(create_app, "127.0.0.1", port)
     finally:
-        simulator.terminate()
-        try:
-            simulator.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            simulator.kill()
+        stop(simulator, 10)
 
 
 @main.group()

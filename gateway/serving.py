@@ -61,3 +61,15 @@ def wait_ready(url: str, process: Any = None, seconds: float = 60.0) -> str | No
             pass
         time.sleep(0.2)
     return f"{url}: not ready after {seconds:g} s"
+
+
+def stop(process: Any, seconds: float = 30.0) -> None:
+    """Ask a server process to stop (SIGTERM: gunicorn finishes what it is doing), then kill it if it lingers."""
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

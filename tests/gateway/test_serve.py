@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from gateway.serving import wait_ready
+from gateway.serving import stop, wait_ready
 from tests.conftest import FIXTURES, ROOT
 from tests.gateway.conftest import TOKEN, fhir_request, member
 
@@ -44,12 +44,7 @@ def running(args: list[str], ready: str, env: dict[str, str], log: Path) -> Iter
             assert problem is None, f"{args[:2]}: {problem}: {log.read_text()[-2000:]}"
             yield process
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
 
 
 @pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
