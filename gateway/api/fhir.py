@@ -378,9 +378,9 @@ def batch():  # type: ignore[no-untyped-def]
             payer = item[1].built.payer_id
             if payer not in lanes:
                 lanes[payer] = threading.BoundedSemaphore(service.routes.route(payer).concurrency)
-    calls = [pool.submit(copy_current_request_context(_batch_exchange), service, item, lanes)
-             for item in _interleaved(prepared)]
-    done = {id(item): call.result() for item, call in zip(_interleaved(prepared), calls, strict=True)}
+    order = _interleaved(prepared)
+    calls = [pool.submit(copy_current_request_context(_batch_exchange), service, item, lanes) for item in order]
+    done = {id(item): call.result() for item, call in zip(order, calls, strict=True)}
     answers = [done[id(item)] for item in prepared]
     reply: dict[str, Any] = {"resourceType": "Bundle", "type": "batch-response"}
     if answers:

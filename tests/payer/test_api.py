@@ -109,6 +109,15 @@ def test_an_invalid_270_gets_a_999(server):
     assert "ST*999" in response.text and "IK5*R" in response.text
 
 
+def applied(store, op_id: str) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the store's worker applies the operation within 5 s."""
+    for _ in range(100):
+        if store.operation(op_id).status == "succeeded":
+            return True
+        time.sleep(0.05)
+    return store.operation(op_id).status == "succeeded"
+
+
 def test_an_accepted_operation_survives_a_restart(tmp_path):
     url = f"sqlite:///{tmp_path / 'restart.db'}"
     first = create_payer_app({"PAYER_DATABASE_URL": url, "PAYER_WORKER": False})
@@ -116,11 +125,7 @@ def test_an_accepted_operation_survives_a_restart(tmp_path):
     first.extensions["payer_store"].engine.dispose()   # the process dies before the worker ran
     second = create_payer_app({"PAYER_DATABASE_URL": url})
     store = second.extensions["payer_store"]
-    for _ in range(100):
-        if store.operation(op_id).status == "succeeded":
-            break
-        time.sleep(0.05)
-    assert store.operation(op_id).status == "succeeded"
+    assert applied(store, op_id)
     assert store.get(DELGADO["memberid"], DELGADO["groupnumber"])["lastname"] == "DELGADO"
     store.close()
 
@@ -181,11 +186,7 @@ def test_a_killed_process_leaves_its_accepted_create_for_the_next_one(tmp_path):
     op_id = done.stdout.strip()
     app = create_payer_app({"PAYER_DATABASE_URL": url})
     store = app.extensions["payer_store"]
-    for _ in range(100):
-        if store.operation(op_id).status == "succeeded":
-            break
-        time.sleep(0.05)
-    assert store.operation(op_id).status == "succeeded"
+    assert applied(store, op_id)
     store.close()
 
 
