@@ -185,6 +185,8 @@ def _finish(response: Response) -> Response:
     if "request_id" not in g:   # a hook registered ahead of ours answered first
         g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
     response.headers[REQUEST_ID_HEADER] = g.request_id
+    if not access_log.isEnabledFor(logging.INFO):   # access lines off (FHIR_X12_LOG_LEVEL): nothing to build
+        return response
     started = g.get("request_started")
     duration = round((time.perf_counter() - started) * 1000, 3) if started is not None else None
     path = log_path(request.path)
