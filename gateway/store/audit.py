@@ -7,6 +7,7 @@ Nothing here logs: the rows hold protected health information.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from gateway.store.checkpoint import SAFETY_FRAMES, Checkpointer
 from gateway.store.errors import DuplicateRecordError, SearchError, StoreError, UnknownRecordError
 from gateway.store.migrate import ensure_sqlite_folder, is_memory_sqlite, normalize_url, upgrade, upgrade_engine
 from gateway.store.models import EligibilityRecord, RecordIdentifier
@@ -41,7 +43,9 @@ _ANSWER_UPDATE = _RECORDS.update().where(_RECORDS.c.id == bindparam("rid")).valu
 class AuditStore:
     """Eligibility transactions in a SQLite file or PostgreSQL (``postgresql+psycopg://``), migrated on open."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, background_checkpoints: bool = True) -> None:
+        """``background_checkpoints``: a SQLite file's WAL is checkpointed by a thread of its own (see
+        :mod:`gateway.store.checkpoint`); ``False`` leaves it to the committing writer, as SQLite does."""
         url = normalize_url(url)
         backend = make_url(url).get_backend_name()
         kwargs: dict[str, Any] = {}
@@ -60,13 +64,21 @@ class AuditStore:
         # hide_parameters: bound values (member ids, names) never appear in exception text or logs
         self.engine: Engine = create_engine(url, json_serializer=_json_dumps, json_deserializer=orjson.loads,
                                             hide_parameters=True, **kwargs)
+        self.checkpointer: Checkpointer | None = None
         if backend == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas(memory))
+            background = background_checkpoints and not memory
+            event.listen(self.engine, "connect", _sqlite_pragmas(memory, SAFETY_FRAMES if background else None))
+            if background:
+                args, options = self.engine.dialect.create_connect_args(self.engine.url)
+                options = {**options, "check_same_thread": False, "isolation_level": None}
+                self.checkpointer = Checkpointer(lambda: sqlite3.connect(*args, **options))
         if memory:
             upgrade_engine(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.engine.dispose()
 
     def __enter__(self) -> AuditStore:
@@ -203,7 +215,7 @@ class AuditStore:
         return record
 
 
-def _sqlite_pragmas(memory: bool) -> Any:
+def _sqlite_pragmas(memory: bool, autocheckpoint: int | None) -> Any:
     def connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
@@ -214,6 +226,8 @@ def _sqlite_pragmas(memory: bool) -> Any:
                 # request stored before the payer call stays stored); only a power cut may lose the
                 # last commits, and it saves an fsync per commit (three per transaction)
                 cursor.execute("PRAGMA synchronous=NORMAL")
+                if autocheckpoint is not None:   # the background checkpointer does it; this is the safety net
+                    cursor.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
         finally:
             cursor.close()
 
