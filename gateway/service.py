@@ -38,7 +38,7 @@ RESPONSE = "CoverageEligibilityResponse"
 # failure kinds for metrics and the audit record's outcome
 _KINDS = {"PayerTimeout": "timeout", "PayerUnavailable": "unavailable", "PayerRejected": "rejected",
           "TraceMismatch": "trace-mismatch", "CircuitOpen": "circuit-open", "PayerBusy": "busy",
-          "UnknownPayer": "unknown-payer"}
+          "UnknownPayer": "unknown-payer", "PayerUnauthorized": "unauthorized"}
 
 
 def operation_outcome(code: str, text: str, *, severity: str = "error", diagnostics: str | None = None,

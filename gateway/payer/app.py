@@ -2,6 +2,10 @@
 
 Thin: requests are validated by ``records``, stored by ``store``, and 270s are answered by the pure
 ``answer`` module from the stored members.
+
+With ``PAYER_ACCOUNTS`` (user -> password) the 270 endpoints require credentials, as a real payer does: the CORE
+endpoints check the envelope's UsernameToken / UserName+Password (``core.authorize``) and answer ``UnAuthorized``
+in a CORE error envelope; ``/x12`` checks HTTP Basic and answers 401. Without it they are open (tests, the demo).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -27,14 +32,19 @@ _control = itertools.count(1)
 
 
 def create_payer_app(config: dict[str, Any] | None = None) -> Flask:
-    """The simulator: ``PAYER_DATABASE_URL`` (default a SQLite file), ``PAYER_ID`` (None answers any payer)."""
+    """The simulator: ``PAYER_DATABASE_URL`` (default a SQLite file), ``PAYER_ID`` (None answers any payer),
+    ``PAYER_ACCOUNTS`` (user -> password the 270 endpoints require; None leaves them open)."""
     app = Flask(__name__)
     app.config.from_mapping(PAYER_DATABASE_URL=os.environ.get("FHIR_X12_PAYER_DATABASE_URL",
                                                               "sqlite:///payer-simulator.db"),
                             PAYER_ID=None, PAYER_WORKER=True, MAX_CONTENT_LENGTH=5 * 1024 * 1024,
-                            PAYER_PROVIDERS=None)  # NPIs on file; None accepts any provider
+                            PAYER_PROVIDERS=None,  # NPIs on file; None accepts any provider
+                            PAYER_ACCOUNTS=None)
     if config:
         app.config.update(config)
+    accounts = app.config["PAYER_ACCOUNTS"]
+    if accounts is not None and (not isinstance(accounts, Mapping) or not accounts):
+        raise ValueError("PAYER_ACCOUNTS must be a non-empty mapping of user name -> password, or None")
     store = MemberStore(app.config["PAYER_DATABASE_URL"])
     app.extensions["payer_store"] = store
     app.extensions["payer_config"] = load_yaml("payer/answers.yaml")
@@ -48,6 +58,39 @@ def create_payer_app(config: dict[str, Any] | None = None) -> Flask:
 
 def _store() -> MemberStore:
     return current_app.extensions["payer_store"]
+
+
+def parse_accounts(text: str) -> dict[str, str]:
+    """``user:password[,user:password...]`` -> {user: password}; a ValueError names the bad entry by position,
+    never by content (it holds a password). Passwords may contain ':' but not ','."""
+    accounts: dict[str, str] = {}
+    for number, entry in enumerate(text.split(","), 1):
+        user, colon, password = entry.strip().partition(":")
+        if not colon or not user or not password:
+            raise ValueError(f"entry {number} is not user:password (both non-empty)")
+        if user in accounts:
+            raise ValueError(f"entry {number} repeats a user name")
+        accounts[user] = password
+    return accounts
+
+
+def _accounts() -> Mapping[str, str] | None:
+    return current_app.config.get("PAYER_ACCOUNTS")
+
+
+def _basic_refusal() -> Response | None:
+    """None when ``/x12`` may answer: no accounts configured, or HTTP Basic credentials that match one."""
+    from gateway.transport import core
+
+    accounts = _accounts()
+    if accounts is None:
+        return None
+    auth = request.authorization
+    if auth is not None and auth.type == "basic" and core.credentials_ok(auth.username, auth.password, accounts):
+        return None
+    response = Response("user name or password not accepted", status=401, mimetype="text/plain")
+    response.headers["WWW-Authenticate"] = 'Basic realm="payer-simulator", charset="UTF-8"'
+    return response
 
 
 def _keys() -> tuple[str, str, list[dict[str, str]]]:
@@ -134,6 +177,9 @@ def read_operation(op_id: str):  # type: ignore[no-untyped-def]
 @payer_api.post("/x12")
 def raw_x12():  # type: ignore[no-untyped-def]
     """A 270 in, its 271 out (application/edi-x12); a 999 when the 270 is not valid."""
+    refusal = _basic_refusal()
+    if refusal is not None:
+        return refusal
     text, status = answer_x12(request.get_data())
     return Response(text, status=status, mimetype="application/edi-x12")
 
@@ -267,6 +313,16 @@ def _core_error(env: Any, code: str, message: str) -> Any:
     return reply
 
 
+def _authorize(env: Any) -> None:
+    """``core.authorize`` when accounts are configured: raises the ``UnAuthorized`` CoreEnvelopeError, which the
+    CORE endpoints answer like any other envelope error (a response envelope echoing the request's fields)."""
+    from gateway.transport import core
+
+    accounts = _accounts()
+    if accounts is not None:
+        core.authorize(env, accounts)
+
+
 @payer_api.post("/core/soap")
 def core_soap():  # type: ignore[no-untyped-def]
     """CAQH CORE vC2.2.0 SOAP 1.2 real-time: COREEnvelopeRealTimeRequest in, ...Response out."""
@@ -274,6 +330,7 @@ def core_soap():  # type: ignore[no-untyped-def]
 
     try:
         env = core.parse_soap_request(request.get_data())
+        _authorize(env)
     except core.CoreEnvelopeError as exc:
         if exc.error_code == core.ENVELOPE_PARSING_ERROR or exc.envelope is None:
             return Response(core.soap_fault(exc.error_code, exc.message), status=400,
@@ -294,6 +351,7 @@ def core_mime():  # type: ignore[no-untyped-def]
 
     try:
         env = core.parse_mime_request(request.get_data(), request.headers.get("Content-Type", ""))
+        _authorize(env)
     except core.CoreEnvelopeError as exc:
         body, content_type = core.build_mime_response(_core_error(exc.envelope, exc.error_code, exc.message))
         return Response(body, status=400 if exc.envelope is None else 200, content_type=content_type)

@@ -22,8 +22,9 @@ Rules worth knowing before changing this file:
 * **Circuit breaker, per payer.** ``breaker_failures`` consecutive failed calls (timeout or
   :class:`PayerUnavailable`) open it: calls are refused at once with :class:`CircuitOpen` (503, with
   ``retry_after``). After ``breaker_reset`` seconds one trial call is let through: success closes the breaker,
-  failure opens it again. Any answer from the payer (271, 999, TA1, even a wrong trace) shows the payer is up
-  and counts as success; :class:`PayerBusy` and :class:`CircuitOpen` never reach the payer and count as nothing.
+  failure opens it again. Any answer from the payer (271, 999, TA1, even a wrong trace or a refusal of our
+  credentials) shows the payer is up and counts as success; :class:`PayerBusy` and :class:`CircuitOpen` never
+  reach the payer and count as nothing.
 * **Concurrency, per payer.** At most ``route.concurrency`` calls in flight; a further call waits up to
   ``route.queue_wait`` seconds (never beyond the budget) for a slot, then gets :class:`PayerBusy` (503,
   throttled). Queueing longer would only spend the caller's CORE budget on a payer that is already slow.
@@ -33,10 +34,17 @@ Rules worth knowing before changing this file:
   a fresh PayloadID (payers may refuse a repeated one as a duplicate).
 * **No PHI in logs.** Log lines carry the payer id, attempt, outcome and timing, never the payload, an IK404
   value or a foreign trace number.
+* **Credentials.** The route's user name and password go in the CORE envelope (WS-Security UsernameToken for
+  SOAP, UserName/Password fields for MIME) or, for raw X12, in HTTP Basic (UTF-8); its client certificate and
+  CA bundle go to each ``requests`` call (``cert=``, ``verify=``). A refusal (CORE ``UnAuthorized``, a
+  WS-Security fault, HTTP 401/403, a TLS alert rejecting our certificate) is :class:`PayerUnauthorized`
+  (502, ``security``): never retried, and never counted against the breaker (see ``send``). No credential
+  appears in a log line or an error message.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import threading
@@ -134,6 +142,23 @@ class PayerUnavailable(PayerError):
     def __init__(self, diagnostics: str, *, core_error_code: str | None = None, status: int | None = None,
                  **kwargs: Any) -> None:
         super().__init__(diagnostics, **kwargs)
+        self.core_error_code = core_error_code
+        self.status = status
+
+
+class PayerUnauthorized(PayerError):
+    """The payer refused the gateway's credentials (user name/password or client certificate): a configuration
+    fault on our side, so never retried. ``core_error_code`` and ``status`` say how the payer refused."""
+
+    http_status = 502
+    issue_code = "security"
+    summary = "the payer refused the gateway's credentials"
+
+    def __init__(self, how: str, *, core_error_code: str | None = None, status: int | None = None,
+                 **kwargs: Any) -> None:
+        # the payer's own message is not quoted: it may echo the user name it refused
+        super().__init__(f"the payer refused the gateway's credentials ({how}); check the user name, password and "
+                         f"client certificate configured for this payer", **kwargs)
         self.core_error_code = core_error_code
         self.status = status
 
@@ -329,6 +354,15 @@ class PayerClient:
             outcome = True   # the payer is up and answering
             self._finish(exc, call)
             raise
+        except PayerUnauthorized as exc:
+            # Refused credentials are our configuration fault and the payer answered, so it counts as up: opening
+            # the breaker would turn every request into "payer down" (503) and hide the real cause. The cost is
+            # that each request still reaches the payer with the bad credentials (payers may lock an account
+            # after repeated failures), hence the error log naming the payer.
+            outcome = True
+            log.error("payer %s refused the gateway's credentials; check its routing entry", route.payer_id)
+            self._finish(exc, call)
+            raise
         except PayerError as exc:   # PayerBusy: the payer was never called
             self._finish(exc, call)
             raise
@@ -421,9 +455,12 @@ class PayerClient:
             call.payload_id = None   # bare X12 has no envelope to carry one
             body = x12.encode("utf-8")
             headers["Content-Type"] = X12_CONTENT_TYPE
+            if route.username is not None:
+                headers["Authorization"] = _basic(route.username, route.password or "")
         else:
             env = core.CoreEnvelope.create(core.PAYLOAD_270, x12, sender_id=route.sender_id,
-                                           receiver_id=route.receiver_id, payload_id=call.payload_id)
+                                           receiver_id=route.receiver_id, payload_id=call.payload_id,
+                                           username=route.username, password=route.password)
             call.payload_id = env.payload_id
             if route.transport == "mime":
                 body, headers["Content-Type"] = core.build_mime_request(env)
@@ -433,7 +470,7 @@ class PayerClient:
         timeout = (min(route.connect_timeout, remaining), min(route.timeout, remaining))
         try:
             with self.session.post(route.url, data=body, headers=headers, timeout=timeout, stream=True,
-                                   allow_redirects=False) as response:
+                                   allow_redirects=False, cert=route.tls_cert, verify=route.tls_verify) as response:
                 status = response.status_code
                 content_type = response.headers.get("Content-Type", "")
                 content = self._read(response, call)
@@ -452,6 +489,11 @@ class PayerClient:
             if self.clock() > call.deadline:
                 raise PayerTimeout(f"the answer was still arriving when the {call.route.budget:g} s budget ran out")
         return b"".join(chunks)
+
+
+def _basic(username: str, password: str) -> str:
+    """An HTTP Basic Authorization value, UTF-8 encoded (RFC 7617); requests' own ``auth=`` would use latin-1."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
 
 
 def _key(route: Route) -> str:
@@ -484,11 +526,26 @@ def _request_failure(exc: requests.RequestException, route: Route, timeout: tupl
         return _Retry(PayerTimeout(f"could not connect to {route.url} within {timeout[0]:g} s"))
     if isinstance(exc, requests.Timeout) or isinstance(reason, urllib3.exceptions.ReadTimeoutError):
         return PayerTimeout(f"no answer from {route.url} within {timeout[1]:g} s")
+    if _refused_certificate(exc):
+        return PayerUnauthorized("its TLS server refused the client certificate")
     if isinstance(exc, requests.exceptions.SSLError):
         return PayerUnavailable(f"TLS with {route.url} failed: {_short(reason or exc)}")
     if isinstance(exc, requests.ConnectionError) and isinstance(reason, urllib3.exceptions.NewConnectionError):
         return _Retry(PayerUnavailable(f"could not connect to {route.url}: {_short(reason)}"))
     return PayerUnavailable(f"the connection to {route.url} failed: {_short(reason or exc)}")
+
+
+# TLS alerts a server sends when it does not accept the client's certificate (OpenSSL's wording, lower case)
+_CERTIFICATE_ALERTS = ("alert bad certificate", "alert certificate required", "alert unknown ca",
+                       "alert certificate unknown", "alert certificate revoked", "alert certificate expired",
+                       "alert unsupported certificate", "alert access denied")
+
+
+def _refused_certificate(exc: BaseException) -> bool:
+    """True when the TLS failure is the server's alert refusing our client certificate (with TLS 1.3 it may
+    surface while the answer is read, as a connection error wrapping the SSL error)."""
+    text = str(exc).lower()
+    return "alert" in text and any(alert in text for alert in _CERTIFICATE_ALERTS)
 
 
 def _short(value: object, limit: int = 200) -> str:
@@ -500,6 +557,10 @@ def _payload(route: Route, status: int, content_type: str, content: bytes) -> st
     """The X12 text inside a response, or PayerUnavailable for HTTP errors and broken envelopes."""
     if 300 <= status < 400:
         raise PayerUnavailable(f"the payer answered HTTP {status} (a redirect; not followed)", status=status)
+    if status in (401, 403):
+        code = _core_error_code(route, content, content_type)
+        raise PayerUnauthorized(f"HTTP {status}" + (f", CORE {code}" if code else ""), core_error_code=code,
+                                status=status)
     if route.transport == "x12":
         if status != 200:
             raise PayerUnavailable(f"the payer answered HTTP {status}", status=status)
@@ -510,17 +571,39 @@ def _payload(route: Route, status: int, content_type: str, content: bytes) -> st
         else:
             env = core.parse_soap_response(content)
     except core.CoreEnvelopeError as exc:
+        if exc.error_code in _REFUSED_CREDENTIALS:   # a SOAP Fault for the credentials
+            raise PayerUnauthorized(f"SOAP Fault {exc.error_code}", core_error_code=exc.error_code,
+                                    status=status) from None
         if status != 200 and exc.error_code == core.ENVELOPE_PARSING_ERROR and not exc.message.startswith("SOAP"):
             raise PayerUnavailable(f"the payer answered HTTP {status}", status=status) from None  # no envelope
         what = f"HTTP {status} with" if status != 200 else "with a CORE envelope that cannot be used:"
         raise PayerUnavailable(f"the payer answered {what} {exc.error_code}: {_short(exc.message)}",
                                core_error_code=exc.error_code, status=status) from None
+    if env.error_code in _REFUSED_CREDENTIALS:
+        raise PayerUnauthorized(f"CORE ErrorCode {env.error_code}", core_error_code=env.error_code, status=status)
     if not env.succeeded:
         raise PayerUnavailable(f"the payer's CORE envelope reports {env.error_code}: "
                                f"{_short(env.error_message or '')}", core_error_code=env.error_code, status=status)
     if status != 200:
         raise PayerUnavailable(f"the payer answered HTTP {status}", status=status)
     return env.payload or ""
+
+
+# CORE's code, and the WS-Security fault codes (OASIS WSS 1.1 SOAP Message Security, section 12) about tokens
+_REFUSED_CREDENTIALS = frozenset({core.UNAUTHORIZED, "FailedAuthentication", "InvalidSecurityToken",
+                                  "InvalidSecurity", "SecurityTokenUnavailable"})
+
+
+def _core_error_code(route: Route, content: bytes, content_type: str) -> str | None:
+    """The CORE ErrorCode or SOAP Fault code in a refusal's body, when it holds an envelope at all."""
+    if route.transport == "x12" or not content:
+        return None
+    try:
+        env = (core.parse_mime_response(content, content_type) if route.transport == "mime"
+               else core.parse_soap_response(content))
+    except core.CoreEnvelopeError as exc:
+        return exc.error_code if exc.error_code != core.ENVELOPE_PARSING_ERROR else None
+    return env.error_code if not env.succeeded else None
 
 
 def _decode(content: bytes) -> str:
@@ -655,4 +738,5 @@ def _unable_to_respond(txns: list[Transaction]) -> bool:
 
 
 __all__ = ["CircuitBreaker", "CircuitOpen", "PayerAnswer", "PayerBusy", "PayerClient", "PayerError",
-           "PayerRejected", "PayerTimeout", "PayerUnavailable", "TraceMismatch", "UnknownPayer", "ack_findings"]
+           "PayerRejected", "PayerTimeout", "PayerUnauthorized", "PayerUnavailable", "TraceMismatch", "UnknownPayer",
+           "ack_findings"]

@@ -183,12 +183,16 @@ def authorize(env: CoreEnvelope, accounts: Mapping[str, str]) -> None:
     Comparisons are constant-time, and an unknown user costs the same as a wrong password, so response timing
     does not reveal which user names exist.
     """
-    user = env.username or ""
-    expected = accounts.get(user)
-    given = (env.password or "").encode("utf-8")
-    ok = hmac.compare_digest(given, (expected if expected is not None else secrets.token_hex(16)).encode("utf-8"))
-    if not (ok and expected is not None and env.username):
+    if not credentials_ok(env.username, env.password, accounts):
         raise CoreEnvelopeError(UNAUTHORIZED, "user name or password not accepted", envelope=_without_password(env))
+
+
+def credentials_ok(username: str | None, password: str | None, accounts: Mapping[str, str]) -> bool:
+    """The check behind :func:`authorize`, shared with HTTP Basic (raw X12) so both cost the same per attempt."""
+    expected = accounts.get(username or "")
+    given = (password or "").encode("utf-8")
+    ok = hmac.compare_digest(given, (expected if expected is not None else secrets.token_hex(16)).encode("utf-8"))
+    return ok and expected is not None and bool(username)
 
 
 def _without_password(env: CoreEnvelope) -> CoreEnvelope:

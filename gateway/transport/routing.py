@@ -4,13 +4,20 @@
 in the routing table stops the gateway instead of surfacing as a failed request later. ``FHIR_X12_PAYER_URL``
 (the ``override_url`` argument) sends every payer id, listed or not, to one CAQH CORE SOAP endpoint: the
 payer simulator in demos and tests, or a clearinghouse that routes on its own.
+
+Credentials: a route may carry a CORE user name with a password read from the environment variable its
+``password_env`` names (secrets never live in the YAML), and a TLS client certificate, key and CA bundle. All of
+them are checked here, at load time: a missing variable or an unreadable certificate is a start-up error naming
+the setting, never a failed request later. The password is kept out of ``repr`` and out of every message.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+import re
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +26,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.errors import MappingError
-from gateway.mappings import load_yaml
+from gateway.mappings import load_yaml, mappings_dir
 from gateway.transport.client import UnknownPayer
 from gateway.x12.writer import Envelope
 
@@ -29,6 +36,8 @@ OVERRIDE_ENV = "FHIR_X12_PAYER_URL"
 ROUTING_ENV = "FHIR_X12_ROUTING"
 _X12_DELIMITERS = set("*~^:|>\r\n")
 _DOC_KEYS = {"name"}
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MAX_CREDENTIAL = 256
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,24 @@ class Route:
     breaker_failures: int = 5
     breaker_reset: float = 30.0
     listed: bool = True             # False: routed only because of the override URL
+    username: str | None = None     # CORE UserName / UsernameToken; HTTP Basic for raw X12
+    password: str | None = field(default=None, repr=False)   # read from the environment at load time
+    password_env: str | None = None  # the variable it came from (for people; never the value)
+    client_cert: str | None = None  # absolute paths, checked readable at load time
+    client_key: str | None = None   # None: the key is in client_cert's file
+    ca_bundle: str | None = None    # None: requests' default trust store
+
+    @property
+    def tls_cert(self) -> str | tuple[str, str] | None:
+        """``cert=`` for requests: the client certificate (and key), or None."""
+        if self.client_cert is None:
+            return None
+        return (self.client_cert, self.client_key) if self.client_key else self.client_cert
+
+    @property
+    def tls_verify(self) -> bool | str:
+        """``verify=`` for requests: the CA bundle, or True (the default trust store)."""
+        return self.ca_bundle or True
 
     def envelope(self, interchange_control: int, now: datetime, **extra: Any) -> Envelope:
         """ISA/GS values for a 270 to this payer (for ``gateway.x12.writer``)."""
@@ -111,7 +138,8 @@ _FIELDS: dict[str, str] = {   # YAML key -> Route attribute
     "sender_qualifier": "sender_qualifier", "receiver_qualifier": "receiver_qualifier", "usage": "usage",
     "timeout_seconds": "timeout", "connect_timeout_seconds": "connect_timeout", "budget_seconds": "budget",
     "concurrency": "concurrency", "queue_seconds": "queue_wait", "retries": "retries",
-    "backoff_seconds": "backoff",
+    "backoff_seconds": "backoff", "username": "username", "password_env": "password_env",
+    "client_cert": "client_cert", "client_key": "client_key", "ca_bundle": "ca_bundle",
 }
 _BREAKER_FIELDS = {"failures": "breaker_failures", "reset_seconds": "breaker_reset"}
 # attribute, label, minimum (an int: whole numbers, inclusive; a float: seconds, exclusive), maximum
@@ -128,14 +156,20 @@ _ZERO_OK = frozenset({"queue_wait", "backoff"})
 
 
 def load_routes(table: Mapping[str, Any] | None = None, override_url: str | None = None, *,
-                base: str | os.PathLike[str] | None = None) -> RoutingTable:
+                base: str | os.PathLike[str] | None = None, folder: str | os.PathLike[str] | None = None,
+                environ: Mapping[str, str] | None = None) -> RoutingTable:
     """Check ``table`` (by default ``mappings/routing.yaml``) and build the routing table.
 
     ``override_url`` (``FHIR_X12_PAYER_URL``) routes every payer id to that CORE SOAP endpoint. Every problem
-    in the table is reported at once in one :class:`MappingError`.
+    in the table is reported at once in one :class:`MappingError`. Relative certificate paths are resolved
+    against ``folder`` (the routing file's folder; by default the mappings folder when the table is read from
+    there, else the current directory); passwords are read from ``environ`` (default ``os.environ``).
     """
     if table is None:
         table = load_yaml("routing.yaml", base)
+        folder = folder if folder is not None else mappings_dir(base)
+    context = _Context(Path(folder) if folder is not None else Path.cwd(),
+                       environ if environ is not None else os.environ)
     problems: list[str] = []
     if not isinstance(table, Mapping):
         raise MappingError("routing table: must be a mapping with 'defaults' and 'payers'")
@@ -151,6 +185,7 @@ def load_routes(table: Mapping[str, Any] | None = None, override_url: str | None
         payers = {}
     base_values = _values(defaults, "defaults", problems)
     defaults_ok = _check_values(base_values, "defaults", problems)
+    defaults_ok = _resolve_credentials(base_values, "defaults", context, problems) and defaults_ok
     routes: dict[str, Route] = {}
     seen: set[str] = set()
     for raw_id, entry in payers.items():
@@ -170,7 +205,10 @@ def load_routes(table: Mapping[str, Any] | None = None, override_url: str | None
         if "receiver_id" not in own and "receiver_id" not in base_values:
             own["receiver_id"] = payer_id
         own_ok = _check_values(own, where, problems)
-        route = _route(payer_id, {**base_values, **own}, where, problems, build=own_ok and defaults_ok)
+        own_ok = _resolve_credentials(own, where, context, problems) and own_ok
+        merged = {**base_values, **own}
+        own_ok = _check_merged_credentials(merged, own, where, problems) and own_ok
+        route = _route(payer_id, merged, where, problems, build=own_ok and defaults_ok)
         if route is not None:
             routes[payer_id] = route
     override = None
@@ -191,12 +229,14 @@ def routes_from_config(config: Mapping[str, Any] | None = None) -> RoutingTable:
     override = config.get(OVERRIDE_ENV) or os.environ.get(OVERRIDE_ENV) or None
     path = config.get(ROUTING_ENV) or os.environ.get(ROUTING_ENV) or None
     table = None
+    folder = None
     if path:
         try:
             table = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as exc:
             raise MappingError(f"{ROUTING_ENV}: cannot read the routing table {path}: {exc}") from None
-    return load_routes(table, override, base=config.get("FHIR_X12_MAPPINGS"))
+        folder = Path(path).resolve().parent
+    return load_routes(table, override, base=config.get("FHIR_X12_MAPPINGS"), folder=folder)
 
 
 def _values(entry: Mapping[str, Any], where: str, problems: list[str]) -> dict[str, Any]:
@@ -252,7 +292,7 @@ def _check_values(values: dict[str, Any], where: str, problems: list[str]) -> bo
 def _route(payer_id: str, values: dict[str, Any], where: str, problems: list[str], *, build: bool) -> Route | None:
     """A Route from checked values (``build``: they all passed), once the required keys are there and the
     timeouts fit in the budget."""
-    missing = [key for key in ("url", "sender_id", "receiver_id") if key not in values]
+    missing = [key for key in ("url", "transport", "sender_id", "receiver_id") if key not in values]
     for key in missing:
         problems.append(f"{where}.{key}: required (here or in defaults)")
     if missing or not build:
@@ -265,6 +305,113 @@ def _route(payer_id: str, values: dict[str, Any], where: str, problems: list[str
     return replace(route, timeout=float(route.timeout), connect_timeout=float(route.connect_timeout),
                    budget=float(route.budget), queue_wait=float(route.queue_wait), backoff=float(route.backoff),
                    breaker_reset=float(route.breaker_reset))
+
+
+@dataclass(frozen=True)
+class _Context:
+    folder: Path                    # relative certificate paths start here
+    environ: Mapping[str, str]      # where password_env is looked up
+
+
+def _resolve_credentials(values: dict[str, Any], where: str, context: _Context, problems: list[str]) -> bool:
+    """Check the credential keys one mapping sets, in place: read the password its ``password_env`` names and
+    make certificate paths absolute (each checked readable and loadable). False when any is wrong.
+
+    Pairs are checked per mapping, so a payer never mixes its own user name with the defaults' password or its
+    own certificate with the defaults' key.
+    """
+    before = len(problems)
+    if ("username" in values) != ("password_env" in values):
+        given, missing = ("username", "password_env") if "username" in values else ("password_env", "username")
+        problems.append(f"{where}.{given}: needs {missing} beside it (set both or neither)")
+    if "username" in values:
+        user = values["username"]
+        if not isinstance(user, str) or not 1 <= len(user) <= _MAX_CREDENTIAL or not user.isprintable():
+            problems.append(f"{where}.username: 1-{_MAX_CREDENTIAL} printable characters")
+    if "password_env" in values:
+        name = values["password_env"]
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+            # the value is not quoted: someone may have pasted the password itself here
+            problems.append(f"{where}.password_env: must be the NAME of an environment variable (letters, digits "
+                            f"and _), not the password itself")
+        else:
+            password = context.environ.get(name)
+            if not password:
+                problems.append(f"{where}.password_env: environment variable {name} is not set or is empty")
+            elif len(password) > _MAX_CREDENTIAL or not password.isprintable():
+                problems.append(f"{where}.password_env: the password in environment variable {name} must be at most "
+                                f"{_MAX_CREDENTIAL} printable characters (no line breaks or control characters)")
+            else:
+                values["password"] = password
+    if "client_key" in values and "client_cert" not in values:
+        problems.append(f"{where}.client_key: needs client_cert beside it")
+    elif "client_cert" in values:
+        values.setdefault("client_key", None)   # not inherited: a key belongs to its own certificate
+    for key in ("client_cert", "client_key", "ca_bundle"):
+        if values.get(key) is not None:
+            values[key] = _readable(values[key], f"{where}.{key}", context.folder, problems,
+                                    directory_ok=key == "ca_bundle")
+    if len(problems) > before:
+        return False
+    if values.get("client_cert"):
+        _load_tls(f"{where}.client_cert", problems,
+                  lambda ctx: ctx.load_cert_chain(values["client_cert"], values["client_key"], password=_no_password),
+                  "not a PEM certificate with its unencrypted PEM private key (in client_key or the same file), "
+                  "or the two do not match")
+    if values.get("ca_bundle"):
+        bundle = values["ca_bundle"]
+        if not Path(bundle).is_dir():
+            _load_tls(f"{where}.ca_bundle", problems, lambda ctx: ctx.load_verify_locations(cafile=bundle),
+                      "holds no PEM CA certificate")
+    return len(problems) == before
+
+
+def _check_merged_credentials(merged: Mapping[str, Any], own: Mapping[str, Any], where: str,
+                              problems: list[str]) -> bool:
+    """What only the whole route can tell: a certificate needs https; HTTP Basic cannot carry ':' in a user."""
+    before = len(problems)
+    url = merged.get("url")
+    if merged.get("client_cert") and isinstance(url, str) and urlsplit(url).scheme == "http":
+        origin = "" if "client_cert" in own else " (set in defaults)"
+        problems.append(f"{where}.client_cert: a client certificate needs an https url, not {url!r}{origin}")
+    user = merged.get("username")
+    if merged.get("transport") == "x12" and isinstance(user, str) and ":" in user:
+        problems.append(f"{where}.username: HTTP Basic authentication (transport x12) cannot carry ':' in a user name")
+    return len(problems) == before
+
+
+def _readable(value: Any, where: str, folder: Path, problems: list[str], *, directory_ok: bool) -> str | None:
+    """The absolute path of a readable file (or folder, where allowed), relative ones taken from ``folder``."""
+    if not isinstance(value, str) or not value.strip():
+        problems.append(f"{where}: must be a file path")
+        return None
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else folder / path
+    try:
+        if directory_ok and path.is_dir():
+            os.listdir(path)
+        else:
+            with open(path, "rb") as handle:
+                handle.read(1)
+    except OSError as exc:
+        problems.append(f"{where}: cannot read {path}: {exc.strerror or type(exc).__name__}")
+        return None
+    return str(path)
+
+
+def _no_password() -> bytes:
+    """An encrypted key fails to load instead of OpenSSL prompting on a terminal (requests cannot use one)."""
+    return b""
+
+
+def _load_tls(where: str, problems: list[str], load: Callable[[ssl.SSLContext], Any], meaning: str) -> None:
+    """Load the files the way the TLS handshake will, so a wrong file is found at start-up."""
+    try:
+        load(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+    except ssl.SSLError as exc:
+        problems.append(f"{where}: {meaning} (OpenSSL: {exc.reason or 'no reason given'})")
+    except OSError as exc:
+        problems.append(f"{where}: {meaning} ({exc.strerror or type(exc).__name__})")
 
 
 def _number_ok(value: Any, low: float, high: float, *, zero_ok: bool) -> bool:

@@ -309,17 +309,20 @@ class CannedSession(requests.Session):
         return response
 
 
-def core_error_envelope() -> bytes:
+def core_error_envelope(code: str = core.CORE_RULE_VERSION_NOT_SUPPORTED,
+                        message: str = "CORERuleVersion '9.9' is not supported") -> bytes:
     env = core.CoreEnvelope.create(core.PAYLOAD_271, None, sender_id="ACMEHLTH", receiver_id="FHIRX12GW")
-    env.error_code, env.error_message = core.UNAUTHORIZED, "user name or password not accepted"
+    env.error_code, env.error_message = code, message
     return core.build_soap_response(env)
 
 
 def test_a_core_error_code_is_unavailable_with_the_code():
+    # (UnAuthorized is not "unavailable": see tests/transport/test_credentials.py)
     session = CannedSession(200, core_error_envelope(), core.SOAP_CONTENT_TYPE)
     with pytest.raises(PayerUnavailable) as caught:
         client_for("http://payer.example/core", "soap", session=session).send("P", REQUEST, trace=TRACE)
-    assert caught.value.core_error_code == "UnAuthorized" and "UnAuthorized" in caught.value.diagnostics
+    assert caught.value.core_error_code == "CORERuleVersionNotSupported"
+    assert "CORERuleVersionNotSupported" in caught.value.diagnostics
     assert session.calls == 1
 
 
