@@ -185,16 +185,27 @@ def translate(file: str, output: str | None, control_number: int, date: str | No
 @click.option("--worker-class", "worker_class", type=click.Choice(["gthread", "gevent"]), default="gthread",
               show_default=True, help="gevent: cooperative workers (monkey-patched), cheaper per request under load.")
 def serve_gateway(host: str, port: int, workers: int, threads: int, worker_class: str) -> None:
-    """Run the gateway (configuration from FHIR_X12_* environment variables) under gunicorn."""
+    """Run the gateway (configuration from FHIR_X12_* environment variables) under gunicorn.
+
+    Metrics are shared across the workers (prometheus_client multiprocess mode, PROMETHEUS_MULTIPROC_DIR).
+    """
     if worker_class == "gevent":
         from gevent import monkey
 
         monkey.patch_all()   # before the app's modules (ssl, sockets, threads) are imported
-    from gateway.app import create_app
-    from gateway.serving import serve
+    from gateway.errors import ConfigError
+    from gateway.serving import multiprocess_metrics, serve
 
-    _app_or_fail(create_app).extensions["fhir_x12"]["close"]()   # check the configuration, migrate once
-    serve(create_app, host, port, threads=threads, workers=workers, worker_class=worker_class)
+    try:
+        # entered before the app (and prometheus_client) is imported: see multiprocess_metrics
+        with multiprocess_metrics() as metrics_dir:
+            from gateway.app import create_app
+
+            _app_or_fail(create_app).extensions["fhir_x12"]["close"]()   # check the configuration, migrate once
+            serve(create_app, host, port, threads=threads, workers=workers, worker_class=worker_class,
+                  multiprocess_dir=metrics_dir)
+    except ConfigError as exc:
+        _fail(f"configuration: {exc}")
 
 
 def _app_or_fail(factory):  # type: ignore[no-untyped-def]
@@ -275,17 +286,39 @@ def payer() -> None:
                    "envelope, loops and counts only (load tests, where the simulator must not be the bottleneck).")
 @click.option("--worker-class", "worker_class", type=click.Choice(["gthread", "gevent"]), default="gthread",
               show_default=True, help="gevent: one cooperative (monkey-patched) worker, cheaper per request.")
+@click.option("--accounts-env", "accounts_env", metavar="NAME",
+              help="Require credentials on the 270 endpoints: NAME is an environment variable holding "
+                   "user:password[,user:password...] (CORE UsernameToken / UserName+Password; HTTP Basic on /x12). "
+                   "Without it the endpoints are open.")
 def payer_serve(host: str, port: int, database: str, seed: str | None, payer_id: str | None,
-                validation: str, worker_class: str) -> None:
+                validation: str, worker_class: str, accounts_env: str | None) -> None:
     """Run the payer simulator under gunicorn (one process: the scenarios live in memory)."""
+    import os
+
+    # read before anything starts, so a wrong variable is a usage error (exit 2) rather than a server refusing
+    # everyone; messages name the variable, never its value (secrets stay off the command line and out of logs)
+    accounts_text = os.environ.get(accounts_env, "") if accounts_env else None
+    if accounts_text is not None and not accounts_text.strip():
+        _fail(f"--accounts-env {accounts_env}: the environment variable is not set or is empty")
     if worker_class == "gevent":
         from gevent import monkey
 
         monkey.patch_all()   # before the app's modules (sockets, threads) are imported
-    from gateway.payer.app import create_payer_app
+    from gateway.payer.app import create_payer_app, parse_accounts
     from gateway.serving import serve
 
-    config = {"PAYER_DATABASE_URL": database, "PAYER_ID": payer_id, "PAYER_VALIDATION": validation}
+    accounts = None
+    if accounts_text is not None:
+        try:
+            accounts = parse_accounts(accounts_text)
+        except ValueError as exc:
+            _fail(f"--accounts-env {accounts_env}: {exc}")
+
+    config = {"PAYER_DATABASE_URL": database, "PAYER_ID": payer_id, "PAYER_VALIDATION": validation,
+              "PAYER_ACCOUNTS": accounts}
+    if accounts is not None:
+        click.echo(f"fhir-x12: the 270 endpoints require credentials ({len(accounts)} account(s) from "
+                   f"{accounts_env})", err=True)
     # seed (and finish what a previous run left queued) here; the served app, with its operations worker
     # thread, is built in the gunicorn worker process: a thread started before the fork would not exist there
     setup = create_payer_app({**config, "PAYER_WORKER": False})

@@ -1,21 +1,28 @@
 """Prometheus metrics: payer latency, gateway overhead, outcomes, AAA rejects, notes and HTTP requests.
 
 Each :class:`GatewayMetrics` owns its own ``CollectorRegistry`` (one per app, so tests can build many apps).
+Under several gunicorn workers (``PROMETHEUS_MULTIPROC_DIR`` set when the app is built: ``fhir-x12 serve``
+does it) prometheus_client's multiprocess mode is used instead: every process writes its values to files
+in that directory and ``/metrics`` sums them all, whichever worker answers the scrape.
 Label values that come from request data are bounded: payer ids outside ``known_payers`` (or beyond the
-first 100 when no list is given) count as ``other``, so a client cannot create unbounded series.
+first 100 when no list is given) count as ``other``, so a client cannot create unbounded series. The
+bounds are kept per process, so with N workers a label may have up to N times as many distinct values.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Iterable
 from typing import Any
 
 from flask import Flask, Response, current_app, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector
 
 EXTENSION_KEY = "fhir_x12_metrics"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 OTHER = "other"
 NONE = "none"
 MAX_PAYERS = 100
@@ -62,15 +69,35 @@ class BoundedLabel:
         return OTHER
 
 
+def multiprocess_dir() -> str | None:
+    """``PROMETHEUS_MULTIPROC_DIR`` when set: the metrics of every worker process are shared there."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def _use_multiprocess_values() -> None:
+    """Make new metrics write to the multiprocess files.
+
+    prometheus_client picks its value class when it is first imported; when the variable was set later in
+    this process, switch now (only from the in-memory class: two file-backed ones would share files).
+    """
+    if getattr(values.ValueClass, "_multiprocess", None) is False:
+        values.ValueClass = values.MultiProcessValue()
+
+
 class GatewayMetrics:
     """The gateway's metric families in a registry of their own.
 
     ``known_payers``: the configured payer ids; any other payer id is counted as ``other``. ``None`` accepts
     the first ``max_payers`` distinct ids and counts the rest as ``other``. A missing payer id is ``none``.
+    With ``PROMETHEUS_MULTIPROC_DIR`` set at creation, values go to files there and :meth:`exposition`
+    reports the sum over every process writing to it (the registry is then only where the families live).
     """
 
     def __init__(self, known_payers: Iterable[str] | None = None, *, max_payers: int = MAX_PAYERS,
                  registry: CollectorRegistry | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir()
+        if self.multiprocess_dir is not None:
+            _use_multiprocess_values()
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         if known_payers is not None:
             self._payer = BoundedLabel(known_payers, limit=0)
@@ -122,7 +149,12 @@ class GatewayMetrics:
         self.http_requests.labels(method, route_label, status_text).inc()
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        """The text format; in multiprocess mode from a fresh registry reading every process's files."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return generate_latest(registry)
 
 
 def get_metrics(app: Flask | None = None) -> GatewayMetrics | None:

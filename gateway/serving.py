@@ -2,15 +2,25 @@
 
 The simulator keeps in-process state, so it runs as one process with threads. The gateway keeps its
 state in the audit store, so it may run several worker processes: each builds its own app after the
-fork (database connections and HTTP pools are never shared across processes).
+fork (database connections and HTTP pools are never shared across processes). Its metrics then use
+prometheus_client's multiprocess mode (:func:`multiprocess_metrics`), so any worker's ``/metrics`` reports
+the whole server.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+
+from gateway.errors import ConfigError
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class _Server(BaseApplication):  # type: ignore[misc]
@@ -29,16 +39,66 @@ class _Server(BaseApplication):  # type: ignore[misc]
         return self._load()
 
 
-def serve(app: Any, host: str, port: int, threads: int = 8, workers: int = 1, worker_class: str = "gthread") -> None:
+def serve(app: Any, host: str, port: int, threads: int = 8, workers: int = 1, worker_class: str = "gthread",
+          multiprocess_dir: str | None = None) -> None:
     """Serve ``app`` until interrupted.
 
     ``app`` is a WSGI app, or a zero-argument factory that each worker calls after the fork (needed for
     several workers, and for gevent workers, whose app must be built after monkey-patching).
+    ``multiprocess_dir``: the workers share their metrics there (see :func:`multiprocess_metrics`); the
+    master marks each worker that exits as dead, as prometheus_client asks.
     """
     load = app if callable(app) and not hasattr(app, "wsgi_app") else (lambda: app)
-    _Server(load, {"bind": f"{host}:{port}", "workers": workers, "worker_class": worker_class, "threads": threads,
-                   "worker_connections": 200, "accesslog": None, "timeout": 60, "keepalive": 30,
-                   "graceful_timeout": 25}).run()
+    options: dict[str, Any] = {"bind": f"{host}:{port}", "workers": workers, "worker_class": worker_class,
+                               "threads": threads, "worker_connections": 200, "accesslog": None, "timeout": 60,
+                               "keepalive": 30, "graceful_timeout": 25}
+    if multiprocess_dir is not None:
+        os.environ[MULTIPROC_ENV] = multiprocess_dir   # the workers inherit it at the fork
+        options["child_exit"] = _mark_dead(multiprocess_dir)
+    _Server(load, options).run()
+
+
+def _mark_dead(path: str) -> Callable[[Any, Any], None]:
+    """gunicorn's ``child_exit`` hook (in the master): drop the exited worker's live-gauge files.
+
+    Its counter and histogram files stay, so totals survive a worker restart.
+    """
+    from prometheus_client import multiprocess
+
+    def child_exit(server: Any, worker: Any) -> None:
+        multiprocess.mark_process_dead(worker.pid, path)
+
+    return child_exit
+
+
+@contextmanager
+def multiprocess_metrics() -> Iterator[str]:
+    """The directory where every worker writes its metrics, set as ``PROMETHEUS_MULTIPROC_DIR`` meanwhile.
+
+    The operator's ``PROMETHEUS_MULTIPROC_DIR`` when set (it must be a writable directory; it is left as it
+    is), else a fresh private directory, removed on the way out: files left from another run would be
+    counted again. Enter it before prometheus_client is imported, which picks its file-backed values then.
+    Raises :class:`ConfigError` for an unusable directory.
+    """
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        if not os.path.isdir(given):
+            raise ConfigError(f"{MULTIPROC_ENV} {given!r} is not a directory")
+        if not os.access(given, os.W_OK | os.X_OK):
+            raise ConfigError(f"{MULTIPROC_ENV} {given!r} is not writable")
+        yield given
+        return
+    path = tempfile.mkdtemp(prefix="fhir-x12-metrics-")   # mode 0700
+    owner = os.getpid()
+    os.environ[MULTIPROC_ENV] = path
+    try:
+        yield path
+    finally:
+        # gunicorn workers are forks of this process and leave through this frame too (SystemExit):
+        # only the master, which created the directory, removes it
+        if os.getpid() == owner:
+            os.environ.pop(MULTIPROC_ENV, None)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def wait_ready(url: str, process: Any = None, seconds: float = 60.0) -> str | None:

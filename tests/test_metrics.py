@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
 import pytest
 from flask import Flask, abort, jsonify
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, values
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.metrics import GatewayMetrics, get_metrics, init_metrics
+from gateway.metrics import MULTIPROC_ENV, GatewayMetrics, get_metrics, init_metrics
 
 FAMILIES = ("fhir_x12_payer_seconds", "fhir_x12_gateway_overhead_seconds", "fhir_x12_eligibility",
             "fhir_x12_aaa", "fhir_x12_process_notes", "fhir_x12_http_requests")
@@ -174,3 +178,77 @@ def test_negative_durations_are_clamped(seconds: float) -> None:
     found = samples(metrics.exposition().decode())
     assert found[("fhir_x12_payer_seconds_sum", (("payer", "ACME"), ("transport", "soap")))] == 0
     assert found[("fhir_x12_gateway_overhead_seconds_sum", ())] == 0
+
+
+@pytest.fixture
+def worker_pid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], None]]:
+    """Multiprocess mode in ``tmp_path`` with a process id the test chooses: two gunicorn workers, simulated.
+
+    prometheus_client keys its files by the process id it is given, as its own tests do.
+    """
+    pid = {"value": 1}
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue(lambda: pid["value"]))
+    yield lambda value: pid.update(value=value)
+    values.close_all_multiprocess_files()
+
+
+def test_multiprocess_scrape_sums_every_worker(worker_pid: Callable[[int], None], tmp_path: Path) -> None:
+    worker_pid(101)
+    first = make_app({"ACME"})
+    get_metrics(first).observe_eligibility("ACME", "complete", aaa_codes=["72"], notes=1, overhead=0.002)
+    get_metrics(first).observe_payer("ACME", "soap", 0.3)
+    assert first.test_client().post("/CoverageEligibilityRequest/$submit").status_code == 200
+    worker_pid(202)
+    second = make_app({"ACME"})
+    get_metrics(second).observe_eligibility("ACME", "complete", notes=3, overhead=0.02)
+    get_metrics(second).observe_eligibility("ACME", "timeout")
+    get_metrics(second).observe_payer("ACME", "soap", 4)
+    for _ in range(2):
+        assert second.test_client().post("/CoverageEligibilityRequest/$submit").status_code == 200
+    assert {path.name for path in tmp_path.glob("*.db")} == {"counter_101.db", "counter_202.db",
+                                                              "histogram_101.db", "histogram_202.db"}
+    assert get_metrics(first).multiprocess_dir == str(tmp_path)
+    for pid, app in ((101, first), (202, second)):   # whichever worker answers the scrape
+        worker_pid(pid)
+        text = scrape(app)
+        for family in FAMILIES:   # a family shows once some process has written a value of it
+            assert f"# TYPE {family}" in text
+        assert 'fhir_x12_payer_seconds_bucket{le="0.5",payer="ACME",transport="soap"} 1.0' in text
+        assert 'fhir_x12_payer_seconds_bucket{le="5.0",payer="ACME",transport="soap"} 2.0' in text
+        assert "pid=" not in text
+        found = samples(text)
+        assert found[("fhir_x12_eligibility_total", (("outcome", "complete"), ("payer", "ACME")))] == 2
+        assert found[("fhir_x12_eligibility_total", (("outcome", "timeout"), ("payer", "ACME")))] == 1
+        assert found[("fhir_x12_payer_seconds_count", (("payer", "ACME"), ("transport", "soap")))] == 2
+        assert found[("fhir_x12_payer_seconds_sum", (("payer", "ACME"), ("transport", "soap")))] == pytest.approx(4.3)
+        assert found[("fhir_x12_process_notes_bucket", (("le", "1.0"), ("payer", "ACME")))] == 1
+        assert found[("fhir_x12_process_notes_bucket", (("le", "5.0"), ("payer", "ACME")))] == 2
+        assert found[("fhir_x12_gateway_overhead_seconds_bucket", (("le", "0.0025"),))] == 1
+        assert found[("fhir_x12_gateway_overhead_seconds_count", ())] == 2
+        assert found[("fhir_x12_aaa_total", (("code", "72"), ("payer", "ACME")))] == 1
+        submits = (("method", "POST"), ("route", "/CoverageEligibilityRequest/$submit"), ("status", "200"))
+        assert found[("fhir_x12_http_requests_total", submits)] == 3
+
+
+def test_multiprocess_after_prometheus_client_was_imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variable set after prometheus_client chose its in-memory values (at import): metrics still go to files."""
+    monkeypatch.setattr(values, "ValueClass", values.MutexValue)
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+    try:
+        metrics = GatewayMetrics({"ACME"})
+        assert values.ValueClass._multiprocess
+        metrics.observe_eligibility("ACME", "complete")
+        assert (tmp_path / f"counter_{os.getpid()}.db").is_file()
+        found = samples(metrics.exposition().decode())
+        assert found[("fhir_x12_eligibility_total", (("outcome", "complete"), ("payer", "ACME")))] == 1
+    finally:
+        values.close_all_multiprocess_files()
+
+
+def test_without_multiprocess_dir_the_app_registry_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    metrics = GatewayMetrics({"ACME"})
+    assert metrics.multiprocess_dir is None
+    metrics.observe_eligibility("ACME", "complete")
+    assert metrics.exposition() == generate_latest(metrics.registry)
