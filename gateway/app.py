@@ -72,6 +72,7 @@ def _service(app: Flask) -> tuple[Any, Any]:
     from gateway.service import EligibilityService
     from gateway.store import AuditStore, database_url
     from gateway.translate import load_tables
+    from gateway.transport.acks import load_ack_codes
     from gateway.transport.client import PayerClient
     from gateway.transport.routing import routes_from_config
     from gateway.upstream import UpstreamConfig, resolve_references
@@ -80,7 +81,7 @@ def _service(app: Flask) -> tuple[Any, Any]:
     url = app.config.get("FHIR_X12_DATABASE_URL") or database_url({})
     routes = routes_from_config(app.config)
     upstream = UpstreamConfig.from_config(app.config)
-    client = PayerClient(routes)
+    client = PayerClient(routes, ack_codes=load_ack_codes(mappings))
 
     def resolve(payload: dict[str, Any]) -> dict[str, Any]:
         return resolve_references(payload, upstream, session=client.session)

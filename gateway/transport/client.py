@@ -60,6 +60,7 @@ from requests.adapters import HTTPAdapter
 
 from gateway.errors import GatewayError, X12SyntaxError
 from gateway.transport import core
+from gateway.transport.acks import AckCodes, ack_findings, load_ack_codes
 from gateway.x12.model import Loop, Segment, Transaction
 from gateway.x12.reader import read_x12
 from gateway.x12.tokenizer import tokenize
@@ -73,10 +74,6 @@ X12_CONTENT_TYPE = "application/edi-x12"
 MAX_ANSWER_BYTES = 5 * 1024 * 1024        # a real-time 271 is a few kB; anything near this is not one
 MIN_ATTEMPT_SECONDS = 0.5                 # no retry is started with less budget left than this
 USER_AGENT = "fhir-x12-gateway"
-_REJECTING = frozenset({"R", "M", "W", "X"})   # IK501/AK901 values that refuse the transaction or group
-_STATUS_TEXT = {"A": "accepted", "E": "accepted with errors", "R": "rejected", "P": "partially accepted",
-                "M": "rejected (message authentication failed)", "W": "rejected (assurance failed)",
-                "X": "rejected (content could not be analysed)"}
 
 
 # ------------------------------------------------------------------------------------------------------ errors
@@ -312,8 +309,11 @@ class PayerClient:
     """Sends 270s to payers by route; thread-safe (one instance per process, shared by requests)."""
 
     def __init__(self, routes: RoutingTable, *, session: requests.Session | None = None,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 ack_codes: AckCodes | None = None) -> None:
+        """``ack_codes``: the meanings of 999/TA1 codes (default: ``mappings/codes/``)."""
         self.routes = routes
+        self.ack_codes = ack_codes if ack_codes is not None else load_ack_codes()
         self.session = session if session is not None else _session(routes.max_concurrency)
         self.clock = clock
         self.sleep = sleep
@@ -423,7 +423,7 @@ class PayerClient:
                 log.info("payer %s: attempt %d could not connect; retrying", route.payer_id, call.attempts)
                 continue
             try:
-                txns = _answer_271(text)
+                txns = _answer_271(text, self.ack_codes)
                 _check_trace(txns, trace)
             except PayerError as exc:
                 exc.payload = text   # what the payer sent is kept for the audit record
@@ -613,7 +613,7 @@ def _decode(content: bytes) -> str:
         return content.decode("cp1252", errors="replace")
 
 
-def _answer_271(text: str) -> list[Transaction]:
+def _answer_271(text: str, codes: AckCodes) -> list[Transaction]:
     """The 271 transactions of an answer; PayerRejected for a 999/997/TA1, PayerUnavailable for anything else."""
     try:
         batches = [(batch.delimiters, list(batch.split())) for batch in tokenize(text)]
@@ -624,7 +624,7 @@ def _answer_271(text: str) -> list[Transaction]:
     # an acknowledgment that accepts (A, E; P for a group) may come with the 271; one that rejects may not
     ta1_rejects = [parts for _, parts in segments if parts[0] == "TA1" and _el(parts, 4) == "R"]
     ack_rejects = [parts for _, parts in segments if parts[0] in ("IK5", "AK5", "AK9")
-                   and _el(parts, 1) in _REJECTING]
+                   and _el(parts, 1) in codes.rejecting]
     kind = "TA1" if any(p[0] == "TA1" for _, p in segments) else next((k for k in ("999", "997") if k in set_ids), "")
     if "271" in set_ids and not ta1_rejects and not ack_rejects:
         try:
@@ -635,64 +635,13 @@ def _answer_271(text: str) -> list[Transaction]:
         if txns:
             return txns
     if kind:
-        raise PayerRejected(kind, text, ack_findings(segments))
+        raise PayerRejected(kind, text, ack_findings(segments, codes))
     found = ", ".join(sorted(set_ids)) or "no transaction set"
     raise PayerUnavailable(f"the answer holds {found}, not a 271, 999 or TA1")
 
 
 def _el(parts: list[str], index: int) -> str:
     return parts[index].strip() if index < len(parts) else ""
-
-
-def ack_findings(segments: list[tuple[Any, list[str]]]) -> list[dict[str, Any]]:
-    """One dict per finding of a TA1, 999 or 997 (given as (delimiters, parts) pairs), with a ``message``."""
-    findings: list[dict[str, Any]] = []
-    txn: dict[str, str] = {}
-    segment_id = ""
-    for delims, parts in segments:
-        sid = parts[0]
-        if sid == "TA1":
-            status, code = _el(parts, 4), _el(parts, 5)
-            findings.append({"level": "interchange", "segment": "TA1", "control_number": _el(parts, 1),
-                             "status": status, "code": code,
-                             "message": f"interchange {_el(parts, 1)} {_STATUS_TEXT.get(status, status)} "
-                                        f"(TA1 note code {code})"})
-        elif sid == "AK2":
-            txn = {"set_id": _el(parts, 1), "transaction": _el(parts, 2)}
-        elif sid in ("IK3", "AK3"):
-            segment_id = _el(parts, 1)
-            loop = _el(parts, 3)
-            in_loop = f" (loop {loop})" if loop else ""
-            findings.append({"level": "segment", "segment": sid, **txn, "segment_id": segment_id,
-                             "position": _el(parts, 2), "loop": loop, "code": _el(parts, 4),
-                             "message": f"segment {segment_id} at position {_el(parts, 2)}{in_loop} has an error "
-                                        f"({sid}04 code {_el(parts, 4)})"})
-        elif sid in ("IK4", "AK4"):
-            position = _el(parts, 1).split(delims.component)
-            element = f"{segment_id}{int(position[0]):02d}" if position[0].isdigit() else segment_id
-            if len(position) > 1 and position[1].isdigit() and int(position[1]) > 0:
-                element += f"-{int(position[1]):02d}"
-            value = _el(parts, 4)
-            quoted = f": {value!r}" if value else ""
-            findings.append({"level": "element", "segment": sid, **txn, "segment_id": segment_id,
-                             "element": element, "data_element": _el(parts, 2), "code": _el(parts, 3),
-                             "value": value,
-                             "message": f"element {element} (data element {_el(parts, 2)}) has an error ({sid}03 "
-                                        f"code {_el(parts, 3)}){quoted}"})
-        elif sid in ("IK5", "AK5"):
-            status, codes = _el(parts, 1), [c for c in (_el(parts, i) for i in range(2, 7)) if c]
-            listed = f" ({sid} codes {' '.join(codes)})" if codes else ""
-            findings.append({"level": "transaction", "segment": sid, **txn, "status": status, "codes": codes,
-                             "message": f"transaction set {txn.get('set_id', '')} {txn.get('transaction', '')} "
-                                        f"{_STATUS_TEXT.get(status, status)}{listed}"})
-            segment_id = ""
-        elif sid == "AK9":
-            status, codes = _el(parts, 1), [c for c in (_el(parts, i) for i in range(5, 10)) if c]
-            if codes:
-                findings.append({"level": "group", "segment": "AK9", "status": status, "codes": codes,
-                                 "message": f"functional group {_STATUS_TEXT.get(status, status)} "
-                                            f"(AK9 codes {' '.join(codes)})"})
-    return findings
 
 
 # --------------------------------------------------------------------------------------------- checking a 271

@@ -11,7 +11,8 @@ from gateway.x12.writer import Envelope, X12Writer
 ACK_IMPLEMENTATION = "005010X231A1"
 SEGMENT_CODES = frozenset("1 2 3 4 5 6 7 8 I4 I6 I7 I8 I9".split())
 ELEMENT_CODES = frozenset("1 2 3 4 5 6 7 8 9 10 12 13 I6 I9 I10 I11 I12 I13".split())
-TRANSACTION_CODES = frozenset("1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 23 24 25 26 27 I5 I6".split())
+# 618 has no 14
+TRANSACTION_CODES = frozenset("1 2 3 4 5 6 7 8 9 10 11 12 13 15 16 17 18 19 23 24 25 26 27 I5 I6".split())
 GROUP_CODES = frozenset("1 2 3 4 5 6 10 11 12 13 14 15 16 17 18 19 23 24 25 26".split())
 TA1_CODES = frozenset(f"{i:03d}" for i in range(1, 32))
 

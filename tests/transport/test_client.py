@@ -198,12 +198,14 @@ def test_a_999_is_rejected_with_its_findings_and_never_retried(payer, transport)
     assert error.kind == "999" and "ST*999" in error.ack
     assert error.http_status == 502 and error.issue_code == "processing"
     assert {"level": "transaction", "segment": "IK5", "set_id": "270", "transaction": "0001", "status": "R",
-            "codes": ["5"], "message": "transaction set 270 0001 rejected (IK5 codes 5)"} in error.findings
+            "codes": ["5"], "descriptions": ["One or more segments in error"],
+            "message": "transaction set 270 0001 rejected: One or more segments in error (IK5 code 5)",
+            } in error.findings
     assert error.attempts == 1 and session.calls == 1
     outcome = error.to_operation_outcome()
     assert outcome["resourceType"] == "OperationOutcome"
     assert {i["code"] for i in outcome["issue"]} == {"processing"}
-    assert any("IK5 codes 5" in i["details"]["text"] for i in outcome["issue"])
+    assert any("One or more segments in error (IK5 code 5)" in i["details"]["text"] for i in outcome["issue"])
     assert client.breaker(client.routes.route("P")).state == "closed"   # the payer answered: it is up
 
 
@@ -216,7 +218,9 @@ def test_a_ta1_is_rejected_with_its_note_code(payer):
     assert error.kind == "TA1" and session.calls == 1 and error.attempts == 1
     finding, = error.findings
     assert finding["segment"] == "TA1" and finding["status"] == "R" and finding["code"] == "024"
-    assert "TA1 note code 024" in error.to_operation_outcome()["issue"][1]["details"]["text"]
+    assert finding["description"] == "Invalid interchange content (a bad GS segment, say)"
+    assert error.to_operation_outcome()["issue"][1]["details"]["text"] == (
+        "interchange 000001001 rejected: Invalid interchange content (a bad GS segment, say) (TA105 code 024)")
 
 
 def test_a_271_with_someone_elses_trace_is_refused(payer):
@@ -357,10 +361,12 @@ def test_999_findings_from_ik3_ik4_ik5():
                    ).send("P", REQUEST, trace=TRACE)
     ik3, ik4, ik5 = caught.value.findings
     assert ik3 == {"level": "segment", "segment": "IK3", "set_id": "270", "transaction": "0001", "segment_id": "NM1",
-                   "position": "8", "loop": "2100C", "code": "8",
-                   "message": "segment NM1 at position 8 (loop 2100C) has an error (IK304 code 8)"}
+                   "position": "8", "loop": "2100C", "code": "8", "description": "Segment has data element errors",
+                   "message": "segment NM1 at position 8 (loop 2100C): Segment has data element errors (IK304 code 8)"}
     assert ik4["element"] == "NM109" and ik4["code"] == "6" and ik4["data_element"] == "67"
     assert ik4["value"] == "ACM#482"
+    assert ik4["message"] == ("element NM109 (data element 67): Invalid character in data element (IK403 code 6): "
+                              "'ACM#482'")
     assert ik5["status"] == "R" and ik5["codes"] == ["5"]
     severities = [i["severity"] for i in caught.value.to_operation_outcome()["issue"]]
     assert severities == ["error"] * 4
