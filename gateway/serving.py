@@ -10,6 +10,7 @@ the whole server.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,6 +22,8 @@ from gunicorn.app.base import BaseApplication
 from gateway.errors import ConfigError
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# the files prometheus_client's multiprocess mode writes: <type>_<pid>.db (gauges: gauge_<mode>_<pid>.db)
+_METRIC_FILE = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_\d+\.db")
 
 
 class _Server(BaseApplication):  # type: ignore[misc]
@@ -49,9 +52,12 @@ def serve(app: Any, host: str, port: int, threads: int = 8, workers: int = 1, wo
     master marks each worker that exits as dead, as prometheus_client asks.
     """
     load = app if callable(app) and not hasattr(app, "wsgi_app") else (lambda: app)
+    # keepalive: an idle kept-alive connection holds a stopping gevent worker until it times out (gunicorn
+    # counts it as a request in progress), so 5 s, not 30: a stop or restart takes about 6 s instead of the
+    # whole 25 s graceful timeout. graceful_timeout: room for a payer call within its 20 s CORE budget.
     options: dict[str, Any] = {"bind": f"{host}:{port}", "workers": workers, "worker_class": worker_class,
                                "threads": threads, "worker_connections": 200, "accesslog": None, "timeout": 60,
-                               "keepalive": 30, "graceful_timeout": 25}
+                               "keepalive": 5, "graceful_timeout": 25}
     if multiprocess_dir is not None:
         os.environ[MULTIPROC_ENV] = multiprocess_dir   # the workers inherit it at the fork
         options["child_exit"] = _mark_dead(multiprocess_dir)
@@ -75,10 +81,11 @@ def _mark_dead(path: str) -> Callable[[Any, Any], None]:
 def multiprocess_metrics() -> Iterator[str]:
     """The directory where every worker writes its metrics, set as ``PROMETHEUS_MULTIPROC_DIR`` meanwhile.
 
-    The operator's ``PROMETHEUS_MULTIPROC_DIR`` when set (it must be a writable directory; it is left as it
-    is), else a fresh private directory, removed on the way out: files left from another run would be
-    counted again. Enter it before prometheus_client is imported, which picks its file-backed values then.
-    Raises :class:`ConfigError` for an unusable directory.
+    The operator's ``PROMETHEUS_MULTIPROC_DIR`` when set (it must be a writable directory; the metric files a
+    previous run left there are removed first, as prometheus_client asks, and nothing else is touched), else a
+    fresh private directory, removed on the way out: files left from another run would be counted again.
+    Enter it before prometheus_client is imported, which picks its file-backed values then. Raises
+    :class:`ConfigError` for an unusable directory.
     """
     given = os.environ.get(MULTIPROC_ENV)
     if given:
@@ -86,6 +93,9 @@ def multiprocess_metrics() -> Iterator[str]:
             raise ConfigError(f"{MULTIPROC_ENV} {given!r} is not a directory")
         if not os.access(given, os.W_OK | os.X_OK):
             raise ConfigError(f"{MULTIPROC_ENV} {given!r} is not writable")
+        for name in os.listdir(given):
+            if _METRIC_FILE.fullmatch(name):
+                os.remove(os.path.join(given, name))
         yield given
         return
     path = tempfile.mkdtemp(prefix="fhir-x12-metrics-")   # mode 0700

@@ -163,9 +163,15 @@ def test_multiprocess_metrics_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert not Path(made).exists() and MULTIPROC_ENV not in os.environ
     given = tmp_path / "given"
     given.mkdir()
+    stale = ["counter_7.db", "histogram_7.db", "gauge_livesum_7.db", "summary_12.db"]
+    kept = ["notes.txt", "counter_x.db", "counter_7.db.bak"]
+    for name in stale + kept:
+        (given / name).write_bytes(b"")
     monkeypatch.setenv(MULTIPROC_ENV, str(given))
     with multiprocess_metrics() as used:
         assert used == str(given)
+        # a previous run's metric files would be added in: they go, and nothing else in the folder does
+        assert sorted(p.name for p in given.iterdir()) == sorted(kept)
     assert given.is_dir() and os.environ[MULTIPROC_ENV] == str(given)
     monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match=MULTIPROC_ENV), multiprocess_metrics():
