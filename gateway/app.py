@@ -7,6 +7,7 @@ setting is documented in the README (Configuration). The X12 and translation wor
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,8 +21,9 @@ DEFAULTS: dict[str, Any] = {
     "FHIR_X12_MAPPINGS": None,
     "FHIR_X12_ASYNC_WORKERS": 8,
     "FHIR_X12_BATCH_WORKERS": 8,
+    "FHIR_X12_PROCESSES": 1,     # gateway processes sharing each payer's concurrency limit (serve sets it)
 }
-_INTEGERS = ("FHIR_X12_MAX_BODY_BYTES", "FHIR_X12_ASYNC_WORKERS", "FHIR_X12_BATCH_WORKERS")
+_INTEGERS = ("FHIR_X12_MAX_BODY_BYTES", "FHIR_X12_ASYNC_WORKERS", "FHIR_X12_BATCH_WORKERS", "FHIR_X12_PROCESSES")
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -81,7 +83,12 @@ def _service(app: Flask) -> tuple[Any, Any]:
     url = app.config.get("FHIR_X12_DATABASE_URL") or database_url({})
     routes = routes_from_config(app.config)
     upstream = UpstreamConfig.from_config(app.config)
-    client = PayerClient(routes, ack_codes=load_ack_codes(mappings))
+    client = PayerClient(routes, ack_codes=load_ack_codes(mappings), processes=app.config["FHIR_X12_PROCESSES"])
+    over = client.oversubscribed()
+    if over:
+        logging.getLogger(__name__).warning(
+            "%d gateway processes share payer concurrency limits smaller than that (payers %s): each process still "
+            "allows one call, so together they may exceed the limit", client.processes, ", ".join(over))
 
     def resolve(payload: dict[str, Any]) -> dict[str, Any]:
         return resolve_references(payload, upstream, session=client.session)

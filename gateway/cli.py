@@ -193,8 +193,13 @@ def serve_gateway(host: str, port: int, workers: int, threads: int, worker_class
         from gevent import monkey
 
         monkey.patch_all()   # before the app's modules (ssl, sockets, threads) are imported
+    import os
+
     from gateway.errors import ConfigError
     from gateway.serving import multiprocess_metrics, serve
+
+    # the workers share each payer's concurrency limit (unless the operator counts processes on other hosts too)
+    os.environ.setdefault("FHIR_X12_PROCESSES", str(workers))
 
     try:
         # entered before the app (and prometheus_client) is imported: see multiprocess_metrics

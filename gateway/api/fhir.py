@@ -377,7 +377,7 @@ def batch():  # type: ignore[no-untyped-def]
         if isinstance(item, tuple):
             payer = item[1].built.payer_id
             if payer not in lanes:
-                lanes[payer] = threading.BoundedSemaphore(service.routes.route(payer).concurrency)
+                lanes[payer] = threading.BoundedSemaphore(service.client.limit(service.routes.route(payer)))
     order = _interleaved(prepared)
     calls = [pool.submit(copy_current_request_context(_batch_exchange), service, item, lanes) for item in order]
     done = {id(item): call.result() for item, call in zip(order, calls, strict=True)}

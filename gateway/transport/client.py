@@ -25,7 +25,8 @@ Rules worth knowing before changing this file:
   failure opens it again. Any answer from the payer (271, 999, TA1, even a wrong trace or a refusal of our
   credentials) shows the payer is up and counts as success; :class:`PayerBusy` and :class:`CircuitOpen` never
   reach the payer and count as nothing.
-* **Concurrency, per payer.** At most ``route.concurrency`` calls in flight; a further call waits up to
+* **Concurrency, per payer.** At most ``route.concurrency`` calls in flight across the ``processes`` that share
+  the limit (each gets ``limit(route)``, its share); a further call waits up to
   ``route.queue_wait`` seconds (never beyond the budget) for a slot, then gets :class:`PayerBusy` (503,
   throttled). Queueing longer would only spend the caller's CORE budget on a payer that is already slow.
   Payers routed only by ``FHIR_X12_PAYER_URL`` (not listed in the table) share one breaker and one set of
@@ -234,6 +235,12 @@ class PayerAnswer:
     url: str
     payload_id: str | None = None    # the CORE PayloadID of the answered attempt (None for raw X12)
     transactions: list[Transaction] = field(default_factory=list, repr=False)   # the 271s, already read
+    queued: float = 0.0              # of ``elapsed``, the wait for a free concurrency slot (the gateway's own)
+
+    @property
+    def payer_time(self) -> float:
+        """The payer's share of ``elapsed``: from the first attempt on (retry pauses included)."""
+        return max(self.elapsed - self.queued, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------------- breaker
@@ -303,6 +310,7 @@ class _Call:
     deadline: float
     attempts: int = 0
     payload_id: str | None = None
+    queued: float = 0.0      # seconds spent waiting for a concurrency slot
 
 
 class PayerClient:
@@ -310,9 +318,13 @@ class PayerClient:
 
     def __init__(self, routes: RoutingTable, *, session: requests.Session | None = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 ack_codes: AckCodes | None = None) -> None:
-        """``ack_codes``: the meanings of 999/TA1 codes (default: ``mappings/codes/``)."""
+                 ack_codes: AckCodes | None = None, processes: int = 1) -> None:
+        """``ack_codes``: the meanings of 999/TA1 codes (default: ``mappings/codes/``). ``processes``: how many
+        gateway processes (gunicorn workers) share each payer's concurrency limit."""
+        if processes < 1:
+            raise ValueError("processes must be at least 1")
         self.routes = routes
+        self.processes = processes
         self.ack_codes = ack_codes if ack_codes is not None else load_ack_codes()
         self.session = session if session is not None else _session(routes.max_concurrency)
         self.clock = clock
@@ -374,6 +386,16 @@ class PayerClient:
             else:
                 breaker.released()
 
+    def limit(self, route: Route) -> int:
+        """This process's share of the payer's concurrency limit (at least 1, so a limit smaller than the number
+        of processes can be exceeded: :meth:`oversubscribed` names those payers)."""
+        return max(1, route.concurrency // self.processes)
+
+    def oversubscribed(self) -> list[str]:
+        """Payers whose limit is below the number of processes: together the processes may exceed it."""
+        routes = [*self.routes.routes.values(), *([self.routes.override] if self.routes.override else [])]
+        return sorted({r.payer_id if r.listed else "*" for r in routes if r.concurrency < self.processes})
+
     def breaker(self, route: Route) -> CircuitBreaker:
         """The payer's breaker (created on first use; ``.state`` is closed, open or half-open)."""
         with self._lock:
@@ -398,11 +420,13 @@ class PayerClient:
         with self._lock:
             slots = self._slots.get(_key(route))
             if slots is None:
-                slots = self._slots[_key(route)] = threading.BoundedSemaphore(route.concurrency)
+                slots = self._slots[_key(route)] = threading.BoundedSemaphore(self.limit(route))
         wait = max(0.0, min(route.queue_wait, call.deadline - self.clock()))
         if not slots.acquire(timeout=wait):
-            raise PayerBusy(f"{route.concurrency} request(s) to payer {route.payer_id} already in progress; "
+            share = f" (this process's share of {route.concurrency})" if self.processes > 1 else ""
+            raise PayerBusy(f"{self.limit(route)} request(s){share} to payer {route.payer_id} already in progress; "
                             f"none finished within {wait:.1f} s", retry_after=1.0)
+        call.queued = self.clock() - call.start
         try:
             yield
         finally:
@@ -434,7 +458,7 @@ class PayerClient:
                 continue
             return PayerAnswer(x12=text, kind="271", elapsed=self.clock() - call.start, attempts=call.attempts,
                                payer_id=route.payer_id, url=route.url, payload_id=call.payload_id,
-                               transactions=txns)
+                               transactions=txns, queued=call.queued)
 
     def _pause(self, call: _Call) -> bool:
         """Wait before the next attempt, if retries are left and a pause plus an attempt fit in the budget."""

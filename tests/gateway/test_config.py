@@ -32,8 +32,46 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path):
         app.extensions["fhir_x12"]["close"]()
 
 
+def test_processes_share_payer_limits_and_small_limits_are_named(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("FHIR_X12_DATABASE_URL", f"sqlite:///{tmp_path / 'p.db'}")
+    monkeypatch.setenv("FHIR_X12_PROCESSES", "2")
+    with caplog.at_level("WARNING", logger="gateway.app"):
+        app = create_app({"TESTING": True})
+    try:
+        client = app.extensions["fhir_x12"]["service"].client
+        assert client.processes == 2
+        assert client.limit(client.routes.route("ACME01")) == client.routes.route("ACME01").concurrency // 2
+        # the shipped table's LHA77 allows one call at a time: two processes cannot split that
+        assert client.oversubscribed() == ["LHA77"]
+        assert any("LHA77" in r.getMessage() and "exceed" in r.getMessage() for r in caplog.records)
+    finally:
+        app.extensions["fhir_x12"]["close"]()
+
+
+def test_serve_tells_the_workers_how_many_share_the_limits(monkeypatch, tmp_path):
+    import os
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from gateway import app as app_module
+    from gateway import cli, serving
+
+    seen: dict[str, str | None] = {}
+    monkeypatch.delenv("FHIR_X12_PROCESSES", raising=False)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    # no real app: building one here would switch prometheus_client to multiprocess mode for the whole test run
+    monkeypatch.setattr(app_module, "create_app", lambda: SimpleNamespace(extensions={"fhir_x12": {
+        "close": lambda: None}}))
+    monkeypatch.setattr(serving, "serve", lambda *a, **k: seen.update(processes=os.environ.get("FHIR_X12_PROCESSES")))
+    result = CliRunner().invoke(cli.main, ["serve", "--workers", "3"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"processes": "3"}
+
+
 @pytest.mark.parametrize(("key", "value", "words"), [
     ("FHIR_X12_MAX_BODY_BYTES", "lots", "whole number"),
+    ("FHIR_X12_PROCESSES", "0", "positive"),
     ("FHIR_X12_ASYNC_WORKERS", "0", "positive"),
     ("FHIR_X12_TOKENS", "tiny-tok", "16"),
     ("FHIR_X12_FHIR_BASE", "ftp://ehr.example/fhir", "FHIR_X12_FHIR_BASE"),

@@ -113,13 +113,14 @@ def table(payers: dict, **defaults) -> dict:
     return {"defaults": {"sender_id": "FHIRX12GW", **defaults}, "payers": payers}
 
 
-def client_for(url: str, transport: str = "x12", *, session=None, clock=None, sleeps=None, **settings):
+def client_for(url: str, transport: str = "x12", *, session=None, clock=None, sleeps=None, processes: int = 1,
+               **settings):
     """A client with one payer P; sleeps are recorded instead of slept unless a fake clock is given."""
     routes = load_routes(table({"P": {"url": url, "transport": transport, **settings}}))
     if clock is not None:
-        return PayerClient(routes, session=session, clock=clock, sleep=clock.sleep)
+        return PayerClient(routes, session=session, clock=clock, sleep=clock.sleep, processes=processes)
     recorded = sleeps if sleeps is not None else []
-    return PayerClient(routes, session=session, sleep=recorded.append)
+    return PayerClient(routes, session=session, sleep=recorded.append, processes=processes)
 
 
 ENDPOINTS = {"soap": "/core/soap", "mime": "/core/mime", "x12": "/x12"}
@@ -470,6 +471,50 @@ def test_a_full_payer_answers_busy(payer):
     first.join(5)
     assert results and results[0].attempts == 1 and session.calls == 1
     assert client.breaker(client.routes.route("P")).state == "closed"
+
+
+def test_processes_share_a_payers_limit(payer):
+    """Two gateway processes and a limit of 2: each may have one call in flight, so the payer never sees three."""
+    base, _ = payer
+    scenario(base, fault="latency", seconds=0.8, times=1)
+    session = CountingSession()
+    client = client_for(base + "/x12", session=session, concurrency=2, queue_seconds=0.1, processes=2)
+    route = client.routes.route("P")
+    assert client.limit(route) == 1 and client.oversubscribed() == []
+    first = threading.Thread(target=lambda: client.send("P", REQUEST, trace=TRACE))
+    first.start()
+    assert session.sent.wait(5)
+    with pytest.raises(PayerBusy, match=r"1 request\(s\) \(this process's share of 2\) to payer P"):
+        client.send("P", REQUEST, trace=TRACE)
+    first.join(5)
+    assert session.calls == 1
+
+
+def test_a_wait_for_a_slot_is_queued_time_not_payer_time(payer):
+    base, _ = payer
+    scenario(base, fault="latency", seconds=0.6, times=1)
+    session = CountingSession()
+    client = client_for(base + "/x12", session=session, concurrency=1, queue_seconds=3)
+    first = threading.Thread(target=lambda: client.send("P", REQUEST, trace=TRACE))
+    first.start()
+    assert session.sent.wait(5)
+    answer = client.send("P", REQUEST, trace=TRACE)   # waits for the first call's slot, then is answered at once
+    first.join(5)
+    assert answer.queued > 0.3
+    assert answer.payer_time < answer.elapsed - 0.3 and answer.payer_time == answer.elapsed - answer.queued
+
+
+@pytest.mark.parametrize(("concurrency", "processes", "share", "over"), [
+    (20, 1, 20, []), (20, 2, 10, []), (20, 3, 6, []), (2, 2, 1, []), (1, 2, 1, ["P"]), (3, 4, 1, ["P"])])
+def test_each_process_gets_its_share_of_the_limit(concurrency, processes, share, over):
+    client = client_for("http://127.0.0.1:9/x12", concurrency=concurrency, processes=processes)
+    assert client.limit(client.routes.route("P")) == share
+    assert client.oversubscribed() == over
+
+
+def test_processes_must_be_positive():
+    with pytest.raises(ValueError, match="processes"):
+        client_for("http://127.0.0.1:9/x12", processes=0)
 
 
 # --------------------------------------------------------------------------------------------------- routing
