@@ -6,6 +6,7 @@ Exit codes (DESIGN §3): 0 success, 1 input understood but invalid, 2 unreadable
 from __future__ import annotations
 
 import json
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -271,6 +272,81 @@ Press Ctrl+C to stop both.
         serve(create_app, "127.0.0.1", port)
     finally:
         stop(simulator, 10)
+
+
+@main.group()
+def store() -> None:
+    """The gateway's audit store: migrations and retention."""
+
+
+_DATABASE_HELP = "the audit store (default: $FHIR_X12_DATABASE_URL, else the SQLite file fhir-x12-gateway.db)"
+_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MIN_RETENTION_SECONDS = 3600   # requests in flight (and queued async ones) are never purged
+
+
+def _retention(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``2w`` -> seconds."""
+    match = re.fullmatch(r"\s*(\d{1,6})\s*([mhdw])\s*", text.lower())
+    if match is None:
+        raise click.BadParameter(f"{text!r} is not a duration like 30d, 12h, 90m or 2w")
+    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if seconds < MIN_RETENTION_SECONDS:
+        raise click.BadParameter("must be at least 1h: transactions still in flight are never purged")
+    return seconds
+
+
+def _open_store(database: str | None):  # type: ignore[no-untyped-def]
+    """The audit store (migrated), or exit 1 naming the problem (never the URL's password)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.store import AuditStore, database_url
+
+    url = database or database_url()
+    try:
+        return AuditStore(url)
+    except (SQLAlchemyError, GatewayError, OSError) as exc:
+        _fail(f"store: cannot open the audit store ({type(exc).__name__}); check --database or "
+              "FHIR_X12_DATABASE_URL", EXIT_INVALID)
+
+
+@store.command("migrate")
+@click.option("--database", "database", metavar="URL", help=_DATABASE_HELP)
+def store_migrate(database: str | None) -> None:
+    """Create or upgrade the audit store's tables (the gateway also does it when it starts)."""
+    _open_store(database).close()
+    click.echo("fhir-x12: the audit store is up to date", err=True)
+
+
+@store.command("purge")
+@click.option("--older-than", "older_than", required=True, metavar="AGE",
+              help="delete transactions received longer ago than AGE: 30d, 12h, 2w ... (at least 1h)")
+@click.option("--database", "database", metavar="URL", help=_DATABASE_HELP)
+@click.option("--dry-run", is_flag=True, help="only count what would be deleted")
+def store_purge(older_than: str, database: str | None, dry_run: bool) -> None:
+    """Delete old eligibility transactions (request, 270, 271, response and their identifiers).
+
+    Deletes in small batches, so a gateway using the same store keeps working meanwhile. SQLite reuses the
+    freed pages; the file itself only shrinks with VACUUM.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        seconds = _retention(older_than)
+    except click.BadParameter as exc:
+        _fail(f"--older-than: {exc.message}")
+    before = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=seconds)
+    audit = _open_store(database)
+    try:
+        count = audit.purge(before, dry_run=dry_run)
+    except SQLAlchemyError as exc:
+        _fail(f"store: the purge failed ({type(exc).__name__}); batches already deleted stay deleted", EXIT_INVALID)
+    finally:
+        audit.close()
+    stamp = before.isoformat().replace("+00:00", "Z")
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {count} transaction(s) received before {stamp}")
 
 
 @main.group()

@@ -26,6 +26,7 @@ from gateway.store.models import EligibilityRecord, RecordIdentifier
 from gateway.store.search import REQUEST_PARAMS, RESPONSE_PARAMS, build, parse_fhir_datetime
 
 RESPONSE_TYPE = "CoverageEligibilityResponse"
+PURGE_BATCH = 500
 _RECORDS = EligibilityRecord.__table__
 _IDENTIFIERS = RecordIdentifier.__table__
 # built once: statement construction, not SQLite, was most of an answer's write
@@ -159,6 +160,33 @@ class AuditStore:
         except IntegrityError:
             raise StoreError(f"transaction {id!r}: the response id is already stored for another transaction") \
                 from None
+
+    # -- retention ------------------------------------------------------------------------------------
+    def purge(self, before: datetime, *, batch: int = PURGE_BATCH, dry_run: bool = False) -> int:
+        """Delete the transactions received before ``before`` (with their identifiers); how many there were.
+
+        In batches of ``batch``, one commit each, oldest first: a live gateway writing to the same store waits
+        for one short batch at a time, never for the whole purge. ``dry_run`` only counts them.
+        """
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        before = _aware(before)
+        old = _RECORDS.c.received_at < before
+        if dry_run:
+            with self.engine.connect() as connection:
+                return connection.execute(select(func.count()).select_from(_RECORDS).where(old)).scalar_one()
+        purged = 0
+        while True:
+            with self.engine.begin() as connection:
+                ids = list(connection.execute(select(_RECORDS.c.id).where(old).order_by(_RECORDS.c.received_at)
+                                              .limit(batch)).scalars())
+                if not ids:
+                    return purged
+                connection.execute(delete(_IDENTIFIERS).where(_IDENTIFIERS.c.transaction_id.in_(ids)))
+                connection.execute(delete(_RECORDS).where(_RECORDS.c.id.in_(ids)))
+            purged += len(ids)
+            if len(ids) < batch:
+                return purged
 
     # -- reading --------------------------------------------------------------------------------------
     def record(self, id: str) -> EligibilityRecord | None:

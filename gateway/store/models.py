@@ -53,6 +53,7 @@ class EligibilityRecord(Base):
         Index("ix_eligibility_transactions_response_id", "response_id", unique=True),
         Index("ix_eligibility_transactions_response_created", "response_created"),
         Index("ix_eligibility_transactions_trace", "trace"),
+        Index("ix_eligibility_transactions_received_at", "received_at"),   # retention: purge by age (0002)
     )
 
     # the CoverageEligibilityRequest id the gateway assigns

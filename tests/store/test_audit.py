@@ -161,7 +161,7 @@ def test_migrations_create_the_schema_and_are_idempotent(database_url: str):
     engine = create_engine(database_url)
     try:
         with engine.connect() as connection:
-            assert connection.execute(text("select version_num from alembic_version")).scalars().all() == ["0001"]
+            assert connection.execute(text("select version_num from alembic_version")).scalars().all() == ["0002"]
             # the hand-written migration builds exactly what the models describe
             diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}),
                                     Base.metadata)
