@@ -185,7 +185,10 @@ def translate(file: str, output: str | None, control_number: int, date: str | No
               help="threads per gthread worker (requests waiting on a payer hold one each).")
 @click.option("--worker-class", "worker_class", type=click.Choice(["gthread", "gevent"]), default="gthread",
               show_default=True, help="gevent: cooperative workers (monkey-patched), cheaper per request under load.")
-def serve_gateway(host: str, port: int, workers: int, threads: int, worker_class: str) -> None:
+@click.option("--keepalive", default=5, show_default=True, type=click.IntRange(0, 3600), metavar="SECONDS",
+              help="how long an idle client connection is kept open; behind a load balancer, more than its idle "
+                   "timeout (a stop then waits up to 25 s for idle connections).")
+def serve_gateway(host: str, port: int, workers: int, threads: int, worker_class: str, keepalive: int) -> None:
     """Run the gateway (configuration from FHIR_X12_* environment variables) under gunicorn.
 
     Metrics are shared across the workers (prometheus_client multiprocess mode, PROMETHEUS_MULTIPROC_DIR).
@@ -209,7 +212,7 @@ def serve_gateway(host: str, port: int, workers: int, threads: int, worker_class
 
             _app_or_fail(create_app).extensions["fhir_x12"]["close"]()   # check the configuration, migrate once
             serve(create_app, host, port, threads=threads, workers=workers, worker_class=worker_class,
-                  multiprocess_dir=metrics_dir)
+                  multiprocess_dir=metrics_dir, keepalive=keepalive)
     except ConfigError as exc:
         _fail(f"configuration: {exc}")
 
@@ -282,6 +285,7 @@ def store() -> None:
 _DATABASE_HELP = "the audit store (default: $FHIR_X12_DATABASE_URL, else the SQLite file fhir-x12-gateway.db)"
 _UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MIN_RETENTION_SECONDS = 3600   # requests in flight (and queued async ones) are never purged
+MAX_RETENTION_SECONDS = 100 * 365 * 86400
 
 
 def _retention(text: str) -> float:
@@ -292,11 +296,14 @@ def _retention(text: str) -> float:
     seconds = int(match.group(1)) * _UNITS[match.group(2)]
     if seconds < MIN_RETENTION_SECONDS:
         raise click.BadParameter("must be at least 1h: transactions still in flight are never purged")
+    if seconds > MAX_RETENTION_SECONDS:
+        raise click.BadParameter("must be at most 100 years")
     return seconds
 
 
 def _open_store(database: str | None):  # type: ignore[no-untyped-def]
     """The audit store (migrated), or exit 1 naming the problem (never the URL's password)."""
+    from alembic.util.exc import CommandError as AlembicError
     from sqlalchemy.exc import SQLAlchemyError
 
     from gateway.store import AuditStore, database_url
@@ -304,7 +311,7 @@ def _open_store(database: str | None):  # type: ignore[no-untyped-def]
     url = database or database_url()
     try:
         return AuditStore(url)
-    except (SQLAlchemyError, GatewayError, OSError) as exc:
+    except (SQLAlchemyError, GatewayError, OSError, ImportError, AlembicError) as exc:
         _fail(f"store: cannot open the audit store ({type(exc).__name__}); check --database or "
               "FHIR_X12_DATABASE_URL", EXIT_INVALID)
 

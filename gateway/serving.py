@@ -43,7 +43,7 @@ class _Server(BaseApplication):  # type: ignore[misc]
 
 
 def serve(app: Any, host: str, port: int, threads: int = 8, workers: int = 1, worker_class: str = "gthread",
-          multiprocess_dir: str | None = None) -> None:
+          multiprocess_dir: str | None = None, keepalive: int = 5) -> None:
     """Serve ``app`` until interrupted.
 
     ``app`` is a WSGI app, or a zero-argument factory that each worker calls after the fork (needed for
@@ -53,11 +53,13 @@ def serve(app: Any, host: str, port: int, threads: int = 8, workers: int = 1, wo
     """
     load = app if callable(app) and not hasattr(app, "wsgi_app") else (lambda: app)
     # keepalive: an idle kept-alive connection holds a stopping gevent worker until it times out (gunicorn
-    # counts it as a request in progress), so 5 s, not 30: a stop or restart takes about 6 s instead of the
-    # whole 25 s graceful timeout. graceful_timeout: room for a payer call within its 20 s CORE budget.
+    # counts it as a request in progress), so 5 s by default, not 30: a stop or restart takes about 6 s instead
+    # of the whole 25 s graceful timeout. Behind a load balancer it must outlast the balancer's idle timeout
+    # (or the balancer reuses connections gunicorn closed: 502s), hence the option.
+    # graceful_timeout: room for a payer call within its 20 s CORE budget.
     options: dict[str, Any] = {"bind": f"{host}:{port}", "workers": workers, "worker_class": worker_class,
                                "threads": threads, "worker_connections": 200, "accesslog": None, "timeout": 60,
-                               "keepalive": 5, "graceful_timeout": 25}
+                               "keepalive": keepalive, "graceful_timeout": 25}
     if multiprocess_dir is not None:
         os.environ[MULTIPROC_ENV] = multiprocess_dir   # the workers inherit it at the fork
         options["child_exit"] = _mark_dead(multiprocess_dir)

@@ -8,8 +8,10 @@ gevent has patched ``threading``) checkpoints every ``interval`` seconds: sqlite
 it copies, so requests go on.
 
 A passive checkpoint never blocks a writer, but under a steady stream of commits the log would never
-be restarted and would grow for ever; once it holds ``restart_frames`` pages a RESTART checkpoint
-(which briefly holds new writers back) makes the next writer start the log from the beginning.
+be restarted and would grow for ever; once it holds ``restart_frames`` pages, all copied back, a RESTART
+checkpoint makes the next writer start the log from the beginning. RESTART holds new writers back while
+it waits (at most ``BUSY_MS``) for readers still on the log, so it is tried once per log and, when a long
+reader (a backup, an operator's shell) keeps it busy, again only after a pause that doubles up to 16 s.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ INTERVAL_SECONDS = 0.05
 RESTART_FRAMES = 2048        # 8 MB of 4 kB pages
 SAFETY_FRAMES = 16384        # the writers' own auto-checkpoint, should this thread fall behind or stop
 BUSY_MS = 20                 # how long a RESTART may wait for readers (writers are held back meanwhile)
+BACKOFF_INTERVALS = 20       # after a busy RESTART: 1 s of intervals before the next try, doubling ...
+MAX_BACKOFF_INTERVALS = 320  # ... up to 16 s
 
 
 def _native(module: str, name: str) -> Any:
@@ -46,7 +50,7 @@ class Checkpointer:
         self._stopping.acquire()          # released by stop(): the thread's sleep ends at once
         self._stopped = allocate_lock()
         self._stopped.acquire()           # released by the thread on its way out: stop() waits for it
-        self.stats = {"checkpoints": 0, "restarts": 0, "failures": 0}
+        self.stats = {"checkpoints": 0, "restarts": 0, "busy": 0, "failures": 0}
         _native("_thread", "start_new_thread")(
             _run, (connect, self._stopping, self._stopped, self.stats, interval, restart_frames))
         self._finalizer = weakref.finalize(self, _stop, self._stopping, self._stopped)
@@ -71,16 +75,29 @@ def _stop(stopping: Any, stopped: Any, timeout: float = 5.0) -> None:
 def _run(connect: Callable[[], sqlite3.Connection], stopping: Any, stopped: Any, stats: dict[str, int],
          interval: float, restart_frames: int) -> None:
     connection = None
+    restarted_at = -1      # the log's size at the last RESTART: it stays until a writer starts the log over
+    backoff = skip = 0     # after a busy RESTART (a reader still on the log), wait 1, 2, 4 ... 16 s to retry
     try:
         connection = connect()
         connection.execute(f"PRAGMA busy_timeout={BUSY_MS}")
         while not stopping.acquire(timeout=interval):
             try:
-                _busy, frames, _done = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                _busy, frames, done = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 stats["checkpoints"] += 1
-                if frames >= restart_frames:
+                if skip:
+                    skip -= 1
+                    continue
+                # RESTART holds new writers back while it waits for readers: only try it once everything is
+                # copied (it then only waits for readers), once per log, and not again soon after a busy one
+                if frames >= restart_frames and done == frames and frames != restarted_at:
                     busy, _, _ = connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-                    stats["restarts"] += 0 if busy else 1
+                    if busy:
+                        stats["busy"] += 1
+                        backoff = min(max(backoff * 2, 1), MAX_BACKOFF_INTERVALS // BACKOFF_INTERVALS)
+                        skip = backoff * BACKOFF_INTERVALS
+                    else:
+                        stats["restarts"] += 1
+                        restarted_at, backoff = frames, 0
             except sqlite3.Error:   # locked, or the file went away: the writers' safety net still holds
                 stats["failures"] += 1
     except sqlite3.Error:

@@ -13,6 +13,7 @@ the setting, never a failed request later. The password is kept out of ``repr`` 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
@@ -100,7 +101,12 @@ class RoutingTable:
         known = self.routes.get(key) if key else None
         if self.override is not None and key:
             if known is not None:
-                return replace(known, url=self.override.url, transport=self.override.transport)
+                # the override is another endpoint: it gets the override's own (the defaults') credentials and
+                # TLS settings, never the ones a listed payer keeps for its own host
+                o = self.override
+                return replace(known, url=o.url, transport=o.transport, username=o.username, password=o.password,
+                               password_env=o.password_env, client_cert=o.client_cert, client_key=o.client_key,
+                               ca_bundle=o.ca_bundle)
             return replace(self.override, payer_id=key, receiver_id=_receiver_for(key, self.override), listed=False)
         if known is None:
             raise UnknownPayer(payer_id)
@@ -215,6 +221,7 @@ def load_routes(table: Mapping[str, Any] | None = None, override_url: str | None
     if override_url:
         own = {"url": override_url, "transport": "soap"}
         own_ok = _check_values(own, OVERRIDE_ENV, problems)
+        own_ok = _check_merged_credentials({**base_values, **own}, own, OVERRIDE_ENV, problems) and own_ok
         override = _route("*", {"receiver_id": "PAYER", **base_values, **own}, OVERRIDE_ENV, problems,
                           build=own_ok and defaults_ok)
     if problems:
@@ -368,16 +375,31 @@ def _resolve_credentials(values: dict[str, Any], where: str, context: _Context, 
 
 def _check_merged_credentials(merged: Mapping[str, Any], own: Mapping[str, Any], where: str,
                               problems: list[str]) -> bool:
-    """What only the whole route can tell: a certificate needs https; HTTP Basic cannot carry ':' in a user."""
+    """What only the whole route can tell: a certificate needs https, a password https or a loopback host (the
+    simulator); HTTP Basic cannot carry ':' in a user name."""
     before = len(problems)
     url = merged.get("url")
     if merged.get("client_cert") and isinstance(url, str) and urlsplit(url).scheme == "http":
         origin = "" if "client_cert" in own else " (set in defaults)"
         problems.append(f"{where}.client_cert: a client certificate needs an https url, not {url!r}{origin}")
     user = merged.get("username")
+    if user and isinstance(url, str) and urlsplit(url).scheme == "http" and not _loopback(url):
+        origin = "" if "username" in own else " (set in defaults)"
+        problems.append(f"{where}.username: a password only travels over https (or to a loopback address), "
+                        f"not to {url!r}{origin}")
     if merged.get("transport") == "x12" and isinstance(user, str) and ":" in user:
         problems.append(f"{where}.username: HTTP Basic authentication (transport x12) cannot carry ':' in a user name")
     return len(problems) == before
+
+
+def _loopback(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _readable(value: Any, where: str, folder: Path, problems: list[str], *, directory_ok: bool) -> str | None:

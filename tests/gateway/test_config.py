@@ -58,15 +58,22 @@ def test_serve_tells_the_workers_how_many_share_the_limits(monkeypatch, tmp_path
     from gateway import cli, serving
 
     seen: dict[str, str | None] = {}
-    monkeypatch.delenv("FHIR_X12_PROCESSES", raising=False)
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    # set, then removed: monkeypatch then restores the variable's absence after the CLI has set it
+    monkeypatch.setenv("FHIR_X12_PROCESSES", "unset")
+    monkeypatch.delenv("FHIR_X12_PROCESSES")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "unset")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     # no real app: building one here would switch prometheus_client to multiprocess mode for the whole test run
     monkeypatch.setattr(app_module, "create_app", lambda: SimpleNamespace(extensions={"fhir_x12": {
         "close": lambda: None}}))
-    monkeypatch.setattr(serving, "serve", lambda *a, **k: seen.update(processes=os.environ.get("FHIR_X12_PROCESSES")))
+    monkeypatch.setattr(serving, "serve", lambda *a, **k: seen.update(processes=os.environ.get("FHIR_X12_PROCESSES"),
+                                                                       keepalive=k["keepalive"]))
     result = CliRunner().invoke(cli.main, ["serve", "--workers", "3"])
     assert result.exit_code == 0, result.output
-    assert seen == {"processes": "3"}
+    assert seen == {"processes": "3", "keepalive": 5}
+    result = CliRunner().invoke(cli.main, ["serve", "--keepalive", "75"])   # behind a balancer idling 60 s
+    assert result.exit_code == 0, result.output
+    assert seen["keepalive"] == 75
 
 
 @pytest.mark.parametrize(("key", "value", "words"), [

@@ -136,3 +136,64 @@ def test_under_gevent_the_checkpointer_is_a_native_thread(tmp_path: Path):
     before, after, running = done.stdout.split()
     assert int(after) > int(before)
     assert running == "False"
+
+
+def test_a_long_reader_never_gets_writers_held_back(tmp_path: Path, monkeypatch):
+    """A reader on an old snapshot keeps frames from being copied back: RESTART (which would hold writers
+    back while it waits for that reader) is not even tried until everything is copied."""
+    monkeypatch.setattr(checkpoint, "RESTART_FRAMES", 50)
+    path = tmp_path / "audit.db"
+    store = AuditStore(f"sqlite:///{path}")
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        write(store, 30)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM eligibility_transactions").fetchone()   # an old snapshot, held
+        stalls = []
+        for n in range(30, 90):
+            start = time.perf_counter()
+            write(store, 1, first=n)
+            stalls.append(time.perf_counter() - start)
+            time.sleep(0.005)
+        assert max(stalls) < 0.015 or sorted(stalls)[-2] < 0.015   # no 20 ms RESTART waits (one hiccup allowed)
+        assert store.checkpointer.stats["busy"] == 0 and store.checkpointer.stats["restarts"] == 0
+        reader.execute("COMMIT")   # the reader goes: the log is copied back and restarted
+        write(store, 10, first=90)
+        assert wait_for(lambda: store.checkpointer.stats["restarts"] >= 1, seconds=10)
+        restarts = store.checkpointer.stats["restarts"]
+        time.sleep(0.5)   # idle: the log keeps its size until a writer starts it over; no RESTART again meanwhile
+        assert store.checkpointer.stats["restarts"] == restarts
+    finally:
+        reader.close()
+        store.close()
+
+
+class ScriptedConnection:
+    """Stands in for sqlite3: every PASSIVE finds 100 frames all copied, every RESTART finds a reader."""
+
+    def __init__(self) -> None:
+        self.restarts = 0
+
+    def execute(self, sql: str):  # type: ignore[no-untyped-def]
+        if "RESTART" in sql:
+            self.restarts += 1
+            return self
+        return self
+
+    def fetchone(self) -> tuple[int, int, int]:
+        return (1, 100, 100) if self.restarts else (0, 100, 100)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_busy_restart_is_retried_after_a_growing_pause():
+    connection = ScriptedConnection()
+    scripted = Checkpointer(lambda: connection, interval=0.005, restart_frames=50)
+    try:
+        time.sleep(1.0)   # 200 intervals: without the pause it would try every one of them
+    finally:
+        scripted.stop()
+    assert scripted.stats["busy"] == connection.restarts
+    assert 2 <= connection.restarts <= 4   # at 0, then after 20 and 40 more intervals (and maybe 80)
+    assert scripted.stats["checkpoints"] > 100

@@ -81,7 +81,8 @@ def test_the_cli_purges_by_age_and_dry_run_only_counts(database_url: str):
 
 
 @pytest.mark.parametrize(("age", "words"), [("30x", "not a duration like 30d"), ("", "not a duration"),
-                                             ("59m", "at least 1h"), ("0d", "at least 1h")])
+                                             ("59m", "at least 1h"), ("0d", "at least 1h"),
+                                             ("999999w", "at most 100 years")])
 def test_the_cli_refuses_bad_ages_in_one_line(tmp_path, age: str, words: str):
     result = CliRunner().invoke(main, ["store", "purge", "--older-than", age, "--database",
                                        f"sqlite:///{tmp_path / 'a.db'}"])
@@ -96,14 +97,30 @@ def test_the_cli_names_an_unreachable_store_without_its_password():
     assert "s3cret" not in result.output and "Traceback" not in result.output
 
 
+def test_the_cli_names_a_store_newer_than_the_code(tmp_path):
+    from sqlalchemy import create_engine, text
+
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    with AuditStore(url):
+        pass
+    engine = create_engine(url)
+    with engine.begin() as connection:   # as a later version of the gateway would leave it
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    result = CliRunner().invoke(main, ["store", "purge", "--older-than", "30d", "--database", url])
+    assert result.exit_code == 1 and "cannot open the audit store (CommandError)" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_the_cli_migrates(tmp_path):
     result = CliRunner().invoke(main, ["store", "migrate", "--database", f"sqlite:///{tmp_path / 'm.db'}"])
     assert result.exit_code == 0 and "up to date" in result.output and (tmp_path / "m.db").exists()
 
 
-def test_a_store_made_before_the_index_is_upgraded_when_opened(database_url: str):
+@pytest.mark.parametrize("made_by_hand", [False, True])
+def test_a_store_made_before_the_index_is_upgraded_when_opened(database_url: str, made_by_hand: bool):
     from alembic import command
-    from sqlalchemy import create_engine, inspect
+    from sqlalchemy import create_engine, inspect, text
 
     from gateway.store.migrate import alembic_config
 
@@ -113,6 +130,9 @@ def test_a_store_made_before_the_index_is_upgraded_when_opened(database_url: str
         with engine.begin() as connection:
             assert "ix_eligibility_transactions_received_at" not in {
                 i["name"] for i in inspect(connection).get_indexes("eligibility_transactions")}
+            if made_by_hand:   # as an operator would, without locking (CONCURRENTLY on PostgreSQL), beforehand
+                connection.execute(text("CREATE INDEX ix_eligibility_transactions_received_at "
+                                        "ON eligibility_transactions (received_at)"))
     finally:
         engine.dispose()
     with AuditStore(database_url) as opened:   # migrates to head on open

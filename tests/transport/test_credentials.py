@@ -330,15 +330,40 @@ def test_refused_credentials_are_a_security_error_sent_once_and_the_breaker_stay
     assert USER not in error.diagnostics
 
 
-def test_the_override_keeps_listed_payers_credentials(guarded):
-    table_routes = routes({"LISTED": {"url": "https://listed.example/x12", "transport": "x12", **login()}},
-                          override=guarded + "/core/soap")
+def test_the_override_sends_its_own_credentials_never_a_listed_payers(guarded):
+    """FHIR_X12_PAYER_URL is another endpoint: a listed payer's password (kept for its own host) never goes
+    there; every payer id gets the defaults' credentials, which belong to the override."""
+    other = {"GW_PAYER_PASSWORD": PASSWORD, "GW_LISTED_PASSWORD": "listed-payers-own-secret"}
+    listed = {"LISTED": {"url": "https://listed.example/x12", "transport": "x12", "username": "listeduser",
+                         "password_env": "GW_LISTED_PASSWORD"}}
+    table_routes = routes(listed, override=guarded + "/core/soap", environ=other, **login())
+    route = table_routes.route("LISTED")
+    assert (route.url, route.username, route.password) == (guarded + "/core/soap", USER, PASSWORD)
     client = PayerClient(table_routes)
     assert GOOD_EB in client.send("LISTED", REQUEST, trace=TRACE).x12
-    with pytest.raises(PayerUnauthorized):   # unlisted payers get the defaults, which have no credentials
-        client.send("ANYONE", REQUEST, trace=TRACE)
-    with_defaults = PayerClient(routes({}, override=guarded + "/core/soap", **login()))
-    assert GOOD_EB in with_defaults.send("ANYONE", REQUEST, trace=TRACE).x12
+    assert GOOD_EB in client.send("ANYONE", REQUEST, trace=TRACE).x12
+    without_defaults = PayerClient(routes(listed, override=guarded + "/core/soap", environ=other))
+    assert without_defaults.routes.route("LISTED").password is None
+    with pytest.raises(PayerUnauthorized):   # no credentials of the override's own: none are sent
+        without_defaults.send("LISTED", REQUEST, trace=TRACE)
+
+
+@pytest.mark.parametrize(("url", "ok"), [
+    ("http://payer.example/core", False), ("https://payer.example/core", True), ("http://127.0.0.1:8090/core", True),
+    ("http://localhost:8090/core", True), ("http://[::1]:8090/core", True), ("http://10.0.0.5/core", False)])
+def test_a_password_only_travels_over_https_or_to_loopback(url: str, ok: bool):
+    payers = {"P": {"url": url, **login()}}
+    if ok:
+        assert routes(payers).route("P").password == PASSWORD
+    else:
+        with pytest.raises(MappingError, match=r"payers\.P\.username: a password only travels over https"):
+            routes(payers)
+
+
+def test_an_http_override_with_the_defaults_credentials_is_refused():
+    with pytest.raises(MappingError, match=r"FHIR_X12_PAYER_URL\.username: .*\(set in defaults\)"):
+        routes({}, override="http://clearinghouse.example/core/soap", **login())
+    assert routes({}, override="http://127.0.0.1:8090/core/soap", **login()).route("X").password == PASSWORD
 
 
 @pytest.mark.parametrize(("transport", "status", "body", "content_type"), [
