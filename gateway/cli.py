@@ -288,7 +288,7 @@ MIN_RETENTION_SECONDS = 3600   # requests in flight (and queued async ones) are 
 MAX_RETENTION_SECONDS = 100 * 365 * 86400
 
 
-def _retention(text: str) -> float:
+def _retention(text: str) -> int:
     """``30d``, ``12h``, ``90m``, ``2w`` -> seconds."""
     match = re.fullmatch(r"\s*(\d{1,6})\s*([mhdw])\s*", text.lower())
     if match is None:
