@@ -86,6 +86,12 @@ class BadBody(Exception):
         self.response = response
 
 
+@fhir.errorhandler(BadBody)
+def _bad_body(bad: BadBody) -> Response:
+    """Every endpoint that reads a body answers a bad one the same way: the OperationOutcome it was refused with."""
+    return bad.response
+
+
 def _json_body() -> Any:
     mimetype = request.mimetype or ""
     if mimetype and mimetype not in ACCEPTED_TYPES:
@@ -137,10 +143,7 @@ def _prefer() -> dict[str, str]:
 @fhir.post(f"/{CER}/$submit")
 def submit():  # type: ignore[no-untyped-def]
     """The CoverageEligibilityResponse, straight away (FHIR's $submit without a Parameters wrapper)."""
-    try:
-        payload = _json_body()
-    except BadBody as bad:
-        return bad.response
+    payload = _json_body()
     payload = _unwrap_parameters(payload)
     result = _service().submit(payload)
     headers = {"Content-Location": f"{base_url()}{RESPONSE}/{result.response_id}"} if result.response_id else {}
@@ -150,10 +153,7 @@ def submit():  # type: ignore[no-untyped-def]
 @fhir.post(f"/{CER}")
 def create():  # type: ignore[no-untyped-def]
     """201 + Location once the payer's answer is stored; 202 + status URL with ``Prefer: respond-async``."""
-    try:
-        payload = _json_body()
-    except BadBody as bad:
-        return bad.response
+    payload = _json_body()
     service = _service()
     prefer = _prefer()
     if "respond-async" in prefer:
@@ -350,10 +350,7 @@ def conformance_resource(id: str):  # type: ignore[no-untyped-def]
 @fhir.post("/")
 def batch():  # type: ignore[no-untyped-def]
     """A batch Bundle of eligibility requests; each entry answered on its own, payers asked concurrently."""
-    try:
-        bundle = _json_body()
-    except BadBody as bad:
-        return bad.response
+    bundle = _json_body()
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         return outcome_response(400, "structure", "POST / takes a Bundle of type batch", expression="Bundle")
     if bundle.get("type") != "batch":

@@ -177,7 +177,6 @@ class ScriptedConnection:
     def execute(self, sql: str):  # type: ignore[no-untyped-def]
         if "RESTART" in sql:
             self.restarts += 1
-            return self
         return self
 
     def fetchone(self) -> tuple[int, int, int]:
