@@ -149,14 +149,12 @@ def test_a_long_reader_never_gets_writers_held_back(tmp_path: Path, monkeypatch)
         write(store, 30)
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM eligibility_transactions").fetchone()   # an old snapshot, held
-        stalls = []
         for n in range(30, 90):
-            start = time.perf_counter()
             write(store, 1, first=n)
-            stalls.append(time.perf_counter() - start)
             time.sleep(0.005)
-        assert max(stalls) < 0.015 or sorted(stalls)[-2] < 0.015   # no 20 ms RESTART waits (one hiccup allowed)
+        # RESTART (whose waits would hold writers back) was never tried: not a busy one, not a done one
         assert store.checkpointer.stats["busy"] == 0 and store.checkpointer.stats["restarts"] == 0
+        assert store.checkpointer.stats["checkpoints"] > 0
         reader.execute("COMMIT")   # the reader goes: the log is copied back and restarted
         assert wait_for(lambda: store.checkpointer.stats["restarts"] == 1, seconds=10)
         # idle: the log keeps its size until a writer starts it over, and is not restarted again meanwhile;
