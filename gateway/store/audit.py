@@ -23,7 +23,7 @@ from gateway.store.checkpoint import SAFETY_FRAMES, Checkpointer
 from gateway.store.errors import DuplicateRecordError, SearchError, StoreError, UnknownRecordError
 from gateway.store.migrate import ensure_sqlite_folder, is_memory_sqlite, normalize_url, upgrade, upgrade_engine
 from gateway.store.models import EligibilityRecord, RecordIdentifier
-from gateway.store.search import REQUEST_PARAMS, RESPONSE_PARAMS, build, parse_fhir_datetime
+from gateway.store.search import REQUEST_PARAMS, RESPONSE_PARAMS, build, fhir_datetime_bounds
 
 RESPONSE_TYPE = "CoverageEligibilityResponse"
 PURGE_BATCH = 500
@@ -31,7 +31,8 @@ _RECORDS = EligibilityRecord.__table__
 _IDENTIFIERS = RecordIdentifier.__table__
 # built once: statement construction, not SQLite, was most of an answer's write
 _ANSWER_COLUMNS = ("x12_response", "response", "outcome", "aaa_codes", "http_status", "answered_at", "error", "status",
-                   "response_id", "response_identifiers", "response_created", "duration_ms")
+                   "response_id", "response_identifiers", "response_created", "response_created_end",
+                   "duration_ms")
 _ANSWER_LOOKUP = select(_RECORDS.c.received_at, _RECORDS.c.response_identifiers).where(
     _RECORDS.c.id == bindparam("rid"))
 _FORGET_RESPONSE_IDENTIFIERS = delete(_IDENTIFIERS).where(_IDENTIFIERS.c.transaction_id == bindparam("rid"),
@@ -66,6 +67,8 @@ class AuditStore:
         self.engine: Engine = create_engine(url, json_serializer=_json_dumps, json_deserializer=orjson.loads,
                                             hide_parameters=True, **kwargs)
         self.checkpointer: Checkpointer | None = None
+        if backend == "postgresql":
+            event.listen(self.engine, "connect", _postgres_utc)
         if backend == "sqlite":
             background = background_checkpoints and not memory
             event.listen(self.engine, "connect", _sqlite_pragmas(memory, SAFETY_FRAMES if background else None))
@@ -97,12 +100,13 @@ class AuditStore:
         Status ``received``; or ``sent`` when the 270 about to go out is given too (one commit instead of two).
         """
         identifiers = _identifiers(request.get("identifier"))
+        created, created_end = fhir_datetime_bounds(request.get("created")) or (None, None)
         row = dict(
             id=id, status="sent" if x12_request is not None else "received", request=request, resolved=resolved,
             payer_id=payer_id, trace=trace, aaa_codes=[], patient_ref=_reference(request.get("patient")),
             insurer_ref=_reference(request.get("insurer")), provider_ref=_reference(request.get("provider")),
             request_status=_string(request.get("status")), request_identifiers=[_joined(i) for i in identifiers],
-            response_identifiers=[], created=parse_fhir_datetime(request.get("created")), received_at=received_at,
+            response_identifiers=[], created=created, created_end=created_end, received_at=received_at,
             x12_request=x12_request, sent_at=sent_at if x12_request is not None else None,
         )
         try:
@@ -134,6 +138,9 @@ class AuditStore:
         """
         is_response = isinstance(response, dict) and response.get("resourceType") == RESPONSE_TYPE
         identifiers = _identifiers(response.get("identifier")) if is_response else []
+        created: tuple[datetime | None, datetime | None] = (None, None)
+        if is_response:   # without a created of its own: when it came, an instant
+            created = fhir_datetime_bounds(response.get("created")) or (answered_at, answered_at)
         try:
             with self.engine.begin() as connection:
                 found = connection.execute(_ANSWER_LOOKUP, {"rid": id}).first()
@@ -149,8 +156,7 @@ class AuditStore:
                     "error": error, "status": "failed" if error is not None else "answered",
                     "response_id": _string(response.get("id")) if is_response else None,
                     "response_identifiers": [_joined(i) for i in identifiers],
-                    "response_created": ((parse_fhir_datetime(response.get("created")) or answered_at)
-                                         if is_response else None),
+                    "response_created": created[0], "response_created_end": created[1],
                     "duration_ms": _milliseconds(found.received_at, answered_at)})
                 if not sent:
                     connection.execute(_NOT_SENT, {"rid": id})
@@ -260,6 +266,17 @@ def _sqlite_pragmas(memory: bool, autocheckpoint: int | None) -> Any:
             cursor.close()
 
     return connect
+
+
+def _postgres_utc(dbapi_connection: Any, _record: Any) -> None:
+    """Sessions in UTC: psycopg reads a timestamptz in the session's zone, where the stored extremes
+    (0001-01-01T00:00:00Z, 9999-12-31T23:59:59.999999Z: see ``models.to_utc``) fall outside years 1-9999."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SET TIME ZONE 'UTC'")
+    finally:
+        cursor.close()
+    dbapi_connection.commit()   # a SET inside a transaction that is rolled back would be undone
 
 
 def _json_dumps(value: Any) -> str:

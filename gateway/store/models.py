@@ -6,7 +6,7 @@ The schema is created and changed only by the Alembic migrations in ``migrations
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
@@ -15,12 +15,29 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 TRANSACTION_STATUSES = ("received", "sent", "answered", "failed")
+UTC_MIN = datetime.min.replace(tzinfo=UTC)  # the earliest and the latest instant a column (and Python) holds
+UTC_MAX = datetime.max.replace(tzinfo=UTC)
+
+
+def to_utc(value: datetime) -> datetime:
+    """``value`` in UTC (naive means UTC already), cut to ``[UTC_MIN, UTC_MAX]`` where it would overflow.
+
+    ``0001-01-01T00:00:00+01:00`` is before the first representable UTC instant, and
+    ``9999-12-31T23:59:59-05:00`` after the last: they become UTC_MIN and UTC_MAX.
+    """
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:   # only the offset can carry it out of range: east of UTC early, west late
+        return UTC_MIN if (value.utcoffset() or timedelta(0)) > timedelta(0) else UTC_MAX
 
 
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware datetime stored in UTC and always read back aware (SQLite keeps no offset).
 
-    A naive value is taken to be UTC already.
+    A naive value is taken to be UTC already; an aware one too early or too late for UTC is cut to
+    UTC_MIN / UTC_MAX (see :func:`to_utc`) rather than failing the write.
     """
 
     impl = DateTime(timezone=True)
@@ -29,7 +46,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        value = to_utc(value)
         return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
@@ -52,6 +69,8 @@ class EligibilityRecord(Base):
         Index("ix_eligibility_transactions_insurer_ref", "insurer_ref"),
         Index("ix_eligibility_transactions_response_id", "response_id", unique=True),
         Index("ix_eligibility_transactions_response_created", "response_created"),
+        Index("ix_eligibility_transactions_created_end", "created_end"),   # date search by range (0003)
+        Index("ix_eligibility_transactions_response_created_end", "response_created_end"),
         Index("ix_eligibility_transactions_trace", "trace"),
         Index("ix_eligibility_transactions_received_at", "received_at"),   # retention: purge by age (0002)
     )
@@ -79,8 +98,13 @@ class EligibilityRecord(Base):
     request_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
     request_identifiers: Mapped[list[str]] = mapped_column(JSON)  # "system|value"
     response_identifiers: Mapped[list[str]] = mapped_column(JSON)
+    # a created is the range its precision gives (2025-03-10 is the whole day): its first instant, by
+    # which results are sorted, and its last (included); UTC, cut to what a column holds (0003)
     created: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # CER.created
-    response_created: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # CERsp.created
+    created_end: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # CERsp.created; without one, when the answer came (an instant: end == start)
+    response_created: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    response_created_end: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     # timings
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -6,10 +6,14 @@ What is supported (anything else raises :class:`SearchError`, so the API can ans
   CoverageEligibilityResponse: ``_id request patient outcome created insurer identifier``
   (``patient`` and ``insurer`` of a response are those of the request it answers).
 - A value list separated by commas is an OR; a repeated parameter is an AND (FHIR search rules).
-- Dates (``created``): prefixes ``eq ne gt ge lt le``; a value is the range its precision implies (a
-  plain date is the whole day, ``2024-03`` the month; no offset means UTC); the stored ``created`` is
-  an instant: ``eq`` = inside the range, ``ge`` = at or after its start, ``gt`` = at or after its
-  end, ``le`` = before its end, ``lt`` = before its start.
+- Dates (``created``): prefixes ``eq ne gt ge lt le``. As FHIR R4 says, both the search value and the
+  stored value are ranges given by their precision (``2024`` the year, ``2024-03`` the month, a plain date
+  the whole day, ``...T10:00:00Z`` the second, an instant its microsecond; no offset means UTC). Each range is
+  kept as its first and last instant (``created``/``created_end``). With the target ``[ts, te]`` and the
+  search value ``[ss, se]``: ``eq`` = ``ss <= ts and te <= se`` (the search range contains the target's),
+  ``ne`` = not ``eq``, ``gt`` = ``te > se``, ``lt`` = ``ts < ss``, ``ge`` = ``gt or eq``, ``le`` = ``lt or
+  eq``. Ranges reaching past what can be stored (before 0001-01-01T00:00:00Z, after
+  9999-12-31T23:59:59.999999Z) are cut to it: ``le9999-12-31`` is the usual "no upper bound".
 - References: ``Type/id``, a bare ``id`` (of any target type), absolute URLs, ``urn:uuid:`` and
   ``system|value`` for identifier-only references; modifiers ``:identifier`` (token rules) and the
   target type (``patient:Patient=123``).
@@ -21,6 +25,7 @@ What is supported (anything else raises :class:`SearchError`, so the API can ans
 
 from __future__ import annotations
 
+import calendar
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -31,7 +36,7 @@ from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, sele
 from sqlalchemy.orm import InstrumentedAttribute
 
 from gateway.store.errors import SearchError
-from gateway.store.models import EligibilityRecord, RecordIdentifier
+from gateway.store.models import EligibilityRecord, RecordIdentifier, to_utc
 
 IGNORED_PARAMS = frozenset({"_count", "_offset", "_format", "_pretty", "_total"})
 FM_STATUS = "http://hl7.org/fhir/fm-status"
@@ -50,45 +55,56 @@ _ABSOLUTE_TAIL = re.compile(r"/([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_histo
 # -- values ---------------------------------------------------------------------------------------
 
 def parse_datetime_range(text: str) -> tuple[datetime, datetime]:
-    """The range ``[start, end)`` a FHIR date/dateTime/instant covers at its precision (UTC when no offset).
+    """The first and the last instant (both included, microsecond resolution) of the range a FHIR date,
+    dateTime or instant covers at its precision, in UTC (a value without an offset is UTC).
 
-    Raises ValueError when ``text`` is not one.
+    A range reaching past what a ``datetime`` holds is cut to ``models.UTC_MIN`` / ``UTC_MAX`` (so
+    ``9999-12-31`` ends at ``UTC_MAX`` and ``0001-01-01T00:00:00+01:00`` is ``UTC_MIN`` at both ends).
+    Raises ValueError when ``text`` is not a FHIR date or dateTime (or names a day that does not exist,
+    such as year 0000).
     """
     match = _DATETIME.fullmatch(text.strip())
     if not match:
         raise ValueError("not a FHIR date or dateTime")
     g = match.groupdict()
-    tz = _zone(g["tz"])
+    zone = _zone(g["tz"])
     year = int(g["year"])
     if g["month"] is None:
-        return datetime(year, 1, 1, tzinfo=tz), datetime(year + 1, 1, 1, tzinfo=tz)
-    month = int(g["month"])
-    if g["day"] is None:
-        start = datetime(year, month, 1, tzinfo=tz)
-        return start, (datetime(year + 1, 1, 1, tzinfo=tz) if month == 12 else datetime(year, month + 1, 1, tzinfo=tz))
-    day = date(year, month, int(g["day"]))
-    if g["hour"] is None:
-        start = datetime(day.year, day.month, day.day, tzinfo=tz)
-        return start, start + timedelta(days=1)
-    hour, minute = int(g["hour"]), int(g["minute"])
-    if g["second"] is None:
-        start = datetime(day.year, day.month, day.day, hour, minute, tzinfo=tz)
-        return start, start + timedelta(minutes=1)
-    fraction = g["fraction"] or ""
-    digits = fraction[1:7]
-    micro = int(digits.ljust(6, "0")) if digits else 0
-    start = datetime(day.year, day.month, day.day, hour, minute, int(g["second"]), micro, tzinfo=tz)
-    step = timedelta(microseconds=10 ** (6 - len(digits))) if digits else timedelta(seconds=1)
-    return start, start + step
+        first, last = datetime(year, 1, 1), datetime(year, 12, 31, 23, 59, 59, 999999)
+    elif g["day"] is None:
+        month = int(g["month"])
+        first = datetime(year, month, 1)
+        last = datetime(year, month, calendar.monthrange(year, month)[1], 23, 59, 59, 999999)
+    else:
+        day = date(year, int(g["month"]), int(g["day"]))
+        if g["hour"] is None:
+            first = datetime(day.year, day.month, day.day)
+            last = first.replace(hour=23, minute=59, second=59, microsecond=999999)
+        elif g["second"] is None:
+            first = datetime(day.year, day.month, day.day, int(g["hour"]), int(g["minute"]))
+            last = first.replace(second=59, microsecond=999999)
+        else:
+            digits = (g["fraction"] or "")[1:7]  # finer than a microsecond: the microsecond it falls in
+            micro = int(digits.ljust(6, "0")) if digits else 0
+            first = datetime(day.year, day.month, day.day, int(g["hour"]), int(g["minute"]), int(g["second"]), micro)
+            last = first.replace(microsecond=micro + 10 ** (6 - len(digits)) - 1)
+    # every step above stays inside one calendar unit: only the move to UTC can leave the years 1-9999
+    return to_utc(first.replace(tzinfo=zone)), to_utc(last.replace(tzinfo=zone))
 
 
 def parse_fhir_datetime(value: Any) -> datetime | None:
     """The instant a stored FHIR dateTime stands for (the start of its range), in UTC; None when unusable."""
+    bounds = fhir_datetime_bounds(value)
+    return None if bounds is None else bounds[0]
+
+
+def fhir_datetime_bounds(value: Any) -> tuple[datetime, datetime] | None:
+    """First and last instant (UTC) of a stored FHIR dateTime's range; None when it is not one."""
     if not isinstance(value, str):
         return None
     try:
-        return parse_datetime_range(value)[0].astimezone(UTC)
-    except ValueError:
+        return parse_datetime_range(value)
+    except (ValueError, OverflowError):
         return None
 
 
@@ -193,7 +209,8 @@ def identifier_condition(kind: str, value: str) -> ColumnElement[bool]:
     return exists(select(RecordIdentifier.id).where(*clauses))
 
 
-def date_condition(column: Any, raw: str, param: str) -> ColumnElement[bool]:
+def date_condition(first: Any, last: Any, raw: str, param: str) -> ColumnElement[bool]:
+    """A stored range ``[first, last]`` (columns, both included) against one date search value (FHIR R4 rules)."""
     raw = raw.replace(" ", "+")  # an unencoded "+" in a query string arrives as a space
     prefix = "eq"
     match = _PREFIX.match(raw)
@@ -204,20 +221,21 @@ def date_condition(column: Any, raw: str, param: str) -> ColumnElement[bool]:
             raise SearchError(param, f"date prefix {prefix!r} is not supported (use one of {', '.join(DATE_PREFIXES)})")
     try:
         start, end = parse_datetime_range(raw)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise SearchError(param, "not a FHIR date or dateTime (YYYY, YYYY-MM, YYYY-MM-DD or "
-                                 "YYYY-MM-DDThh:mm[:ss[.sss]][Z|+hh:mm], optionally after a prefix)") from None
-    if prefix == "eq":
-        return and_(column >= start, column < end)
+                                 "YYYY-MM-DDThh:mm[:ss[.sss]][Z|+hh:mm], optionally after a prefix; "
+                                 "years 0001 to 9999)") from None
+    if prefix == "eq":   # the search range contains the target's
+        return and_(first >= start, last <= end)
     if prefix == "ne":
-        return or_(column < start, column >= end)
-    if prefix == "gt":
-        return column >= end
-    if prefix == "ge":
-        return column >= start
-    if prefix == "lt":
-        return column < start
-    return column < end  # le
+        return or_(first < start, last > end)
+    if prefix == "gt":   # the target reaches past the search range
+        return last > end
+    if prefix == "lt":   # the target begins before the search range
+        return first < start
+    if prefix == "ge":   # gt or eq
+        return or_(last > end, first >= start)
+    return or_(first < start, last <= end)  # le: lt or eq
 
 
 # -- parameters -------------------------------------------------------------------------------------
@@ -249,8 +267,8 @@ def _code_param(column: InstrumentedAttribute[Any], system: str) -> Param:
     return Param(lambda value, _m, _p: code_condition(column, value, system), lambda: column.is_not(None))
 
 
-def _date_param(column: InstrumentedAttribute[Any]) -> Param:
-    return Param(lambda value, _m, param: date_condition(column, value, param), lambda: column.is_not(None))
+def _date_param(first: InstrumentedAttribute[Any], last: InstrumentedAttribute[Any]) -> Param:
+    return Param(lambda value, _m, param: date_condition(first, last, value, param), lambda: first.is_not(None))
 
 
 def _identifier_param(kind: str) -> Param:
@@ -282,7 +300,7 @@ REQUEST_PARAMS: dict[str, Param] = {
     "_id": _id_param(R.id),
     "patient": _reference_param(R.patient_ref, ("Patient",)),
     "status": _code_param(R.request_status, FM_STATUS),
-    "created": _date_param(R.created),
+    "created": _date_param(R.created, R.created_end),
     "insurer": _reference_param(R.insurer_ref, ("Organization",)),
     "provider": _reference_param(R.provider_ref, PROVIDER_TYPES),
     "identifier": _identifier_param("request"),
@@ -293,7 +311,7 @@ RESPONSE_PARAMS: dict[str, Param] = {
     "request": Param(_request_of_response, lambda: true(), ("CoverageEligibilityRequest",)),
     "patient": _reference_param(R.patient_ref, ("Patient",)),
     "outcome": _code_param(R.outcome, REMITTANCE_OUTCOME),
-    "created": _date_param(R.response_created),
+    "created": _date_param(R.response_created, R.response_created_end),
     "insurer": _reference_param(R.insurer_ref, ("Organization",)),
     "identifier": _identifier_param("response"),
 }

@@ -161,7 +161,7 @@ def test_migrations_create_the_schema_and_are_idempotent(database_url: str):
     engine = create_engine(database_url)
     try:
         with engine.connect() as connection:
-            assert connection.execute(text("select version_num from alembic_version")).scalars().all() == ["0002"]
+            assert connection.execute(text("select version_num from alembic_version")).scalars().all() == ["0003"]
             # the hand-written migration builds exactly what the models describe
             diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}),
                                     Base.metadata)
@@ -372,7 +372,10 @@ REQUEST_CASES: list[tuple[dict[str, list[str]], set[str]]] = [
     ({"created": ["2025-03-10T09:15:00-05:00"]}, {"req-1"}),
     ({"created": ["2025-03-10T14:15:00Z"]}, {"req-1"}),
     ({"created": ["2025-03-10T14:15Z"]}, {"req-1"}),  # minute precision
-    ({"created": ["eq2025-03-11T05:30:00 05:30"]}, {"req-3"}),  # "+" arriving as a space
+    ({"created": ["2025-03-10T19:45:00 05:30"]}, {"req-1"}),  # "+" arriving as a space
+    # req-3's created is the whole day 2025-03-11 (FHIR R4: eq = the search range contains the target's),
+    # so one second of that day does not equal it (before 0003 it did: only its first instant was kept)
+    ({"created": ["eq2025-03-11T05:30:00 05:30"]}, set()),
     ({"created": ["ne2025-03-10"]}, {"req-3", "req-4", "req-5", "req-6", "req-7"}),
     ({"created": ["ge2025-03-11"]}, {"req-3", "req-4", "req-6", "req-7"}),
     ({"created": ["gt2025-03-11"]}, {"req-4", "req-6", "req-7"}),
@@ -382,6 +385,26 @@ REQUEST_CASES: list[tuple[dict[str, list[str]], set[str]]] = [
     ({"created": ["gt2025-03-10T23:30:00Z"]}, {"req-3", "req-4", "req-6", "req-7"}),
     ({"created": ["le2025-03-10T23:30:00Z"]}, {"req-1", "req-2", "req-5"}),
     ({"created": ["lt2025-03-10T23:30:00Z"]}, {"req-1", "req-5"}),
+    # a date-only target (req-3: 2025-03-11) against a dateTime inside its day: the day reaches both sides of
+    # it, so gt/ge and lt/le all find it, eq does not and ne does (FHIR R4 ranges)
+    ({"created": ["eq2025-03-11T12:00:00Z"]}, set()),
+    ({"created": ["ne2025-03-11T12:00:00Z"]}, ALL_REQUESTS),
+    ({"created": ["gt2025-03-11T12:00:00Z"]}, {"req-3", "req-4", "req-6", "req-7"}),
+    ({"created": ["ge2025-03-11T12:00:00Z"]}, {"req-3", "req-4", "req-6", "req-7"}),
+    ({"created": ["lt2025-03-11T12:00:00Z"]}, {"req-1", "req-2", "req-3", "req-5"}),
+    ({"created": ["le2025-03-11T12:00:00Z"]}, {"req-1", "req-2", "req-3", "req-5"}),
+    # ... and at the edges of its day
+    ({"created": ["gt2025-03-11T23:59:59Z"]}, {"req-4", "req-6", "req-7"}),  # the day ends with that second
+    ({"created": ["ge2025-03-11T23:59:59Z"]}, {"req-4", "req-6", "req-7"}),
+    ({"created": ["gt2025-03-11T23:59:59.5Z"]}, {"req-3", "req-4", "req-6", "req-7"}),
+    ({"created": ["lt2025-03-11T00:00:00Z"]}, {"req-1", "req-2", "req-5"}),  # the day starts with that second
+    ({"created": ["le2025-03-11T00:00:00Z"]}, {"req-1", "req-2", "req-5"}),
+    ({"created": ["lt2025-03-11T00:00:00.001Z"]}, {"req-1", "req-2", "req-3", "req-5"}),
+    ({"created": ["ge2025-03-10T23:59:59.999Z"]}, {"req-3", "req-4", "req-6", "req-7"}),
+    # second-precision targets against a finer search value: the target's second overlaps both sides
+    ({"created": ["eq2025-03-10T14:15:00.000Z"]}, set()),
+    ({"created": ["gt2025-03-10T14:15:00.000Z"]}, {"req-1", "req-2", "req-3", "req-4", "req-6", "req-7"}),
+    ({"created": ["lt2025-03-10T14:15:00.500Z"]}, {"req-1", "req-5"}),
     ({"created": ["2025-03"]}, ALL_REQUESTS - {"req-5"}),
     ({"created": ["2025"]}, ALL_REQUESTS),
     ({"created": ["ge2025-03-10", "lt2025-03-12"]}, {"req-1", "req-2", "req-3"}),  # repeated: AND
@@ -430,6 +453,15 @@ RESPONSE_CASES: list[tuple[dict[str, list[str]], set[str]]] = [
     ({"created": ["le2025-03-10T23:30:03Z"]}, {"resp-1", "resp-2"}),
     ({"created": ["eq2025-03-10T23:30:03Z"]}, {"resp-2"}),
     ({"created": ["gt2025-03-10T23:30:03Z"]}, {"resp-3", "resp-7"}),
+    # resp-2's created has second precision: it is not inside one of its milliseconds, and reaches past it
+    ({"created": ["eq2025-03-10T23:30:03.000Z"]}, set()),
+    ({"created": ["gt2025-03-10T23:30:03.000Z"]}, {"resp-2", "resp-3", "resp-7"}),
+    ({"created": ["le2025-03-10T23:30:03.000Z"]}, {"resp-1"}),
+    # resp-7 has no created: when it was answered (received + 5 s), an instant, inside any range around it
+    ({"created": ["eq2025-03-13T10:00:05Z"]}, {"resp-7"}),
+    ({"created": ["eq2025-03-13T10:00:05.000Z"]}, {"resp-7"}),
+    ({"created": ["gt2025-03-13T10:00:05.000Z"]}, set()),
+    ({"created": ["lt2025-03-13T10:00:05.001Z"]}, {"resp-1", "resp-2", "resp-3", "resp-7"}),
     ({"patient": ["Patient/p1"], "outcome": ["partial"], "created": ["2025-03-11"]}, {"resp-3"}),
 ]
 
@@ -497,13 +529,35 @@ def test_empty_values_are_ignored(seeded: AuditStore):
     assert seeded.search_requests({"patient": [""]}, 100, 0)[1] == 7
 
 
-@pytest.mark.parametrize(("value", "start", "end"), [
-    ("2025", "2025-01-01T00:00:00+00:00", "2026-01-01T00:00:00+00:00"),
-    ("2025-12", "2025-12-01T00:00:00+00:00", "2026-01-01T00:00:00+00:00"),
-    ("2024-02-29", "2024-02-29T00:00:00+00:00", "2024-03-01T00:00:00+00:00"),
-    ("2025-03-10T09:15-05:00", "2025-03-10T14:15:00+00:00", "2025-03-10T14:16:00+00:00"),
-    ("2025-03-10T09:15:07.25Z", "2025-03-10T09:15:07.250000+00:00", "2025-03-10T09:15:07.260000+00:00"),
+@pytest.mark.parametrize(("value", "first", "last"), [
+    ("2025", "2025-01-01T00:00:00+00:00", "2025-12-31T23:59:59.999999+00:00"),
+    ("2025-12", "2025-12-01T00:00:00+00:00", "2025-12-31T23:59:59.999999+00:00"),
+    ("2024-02", "2024-02-01T00:00:00+00:00", "2024-02-29T23:59:59.999999+00:00"),
+    ("2024-02-29", "2024-02-29T00:00:00+00:00", "2024-02-29T23:59:59.999999+00:00"),
+    ("2025-03-10T09:15-05:00", "2025-03-10T14:15:00+00:00", "2025-03-10T14:15:59.999999+00:00"),
+    ("2025-03-10T09:15:07Z", "2025-03-10T09:15:07+00:00", "2025-03-10T09:15:07.999999+00:00"),
+    ("2025-03-10T09:15:07.25Z", "2025-03-10T09:15:07.250000+00:00", "2025-03-10T09:15:07.259999+00:00"),
+    ("2025-03-10T09:15:07.123456789Z", "2025-03-10T09:15:07.123456+00:00", "2025-03-10T09:15:07.123456+00:00"),
+    # at the ends of what a datetime holds, cut instead of overflowing
+    ("9999-12-31", "9999-12-31T00:00:00+00:00", "9999-12-31T23:59:59.999999+00:00"),
+    ("9999", "9999-01-01T00:00:00+00:00", "9999-12-31T23:59:59.999999+00:00"),
+    ("9999-12-31T23:59", "9999-12-31T23:59:00+00:00", "9999-12-31T23:59:59.999999+00:00"),
+    ("9999-12-31T20:00:00-05:00", "9999-12-31T23:59:59.999999+00:00", "9999-12-31T23:59:59.999999+00:00"),
+    ("9999-12-31T18:30-05:00", "9999-12-31T23:30:00+00:00", "9999-12-31T23:30:59.999999+00:00"),
+    ("0001-01-01T00:00:00+01:00", "0001-01-01T00:00:00+00:00", "0001-01-01T00:00:00+00:00"),
+    ("0001-01-01T00:30+01:00", "0001-01-01T00:00:00+00:00", "0001-01-01T00:00:00+00:00"),
+    ("0001-01-01T00:30+00:30", "0001-01-01T00:00:00+00:00", "0001-01-01T00:00:59.999999+00:00"),
+    ("0001-01-01", "0001-01-01T00:00:00+00:00", "0001-01-01T23:59:59.999999+00:00"),
 ])
-def test_date_precision_gives_the_range(value: str, start: str, end: str):
+def test_date_precision_gives_the_range(value: str, first: str, last: str):
+    """First and last instant (both included, UTC) of the range a value's precision gives."""
     low, high = parse_datetime_range(value)
-    assert (low, high) == (datetime.fromisoformat(start), datetime.fromisoformat(end))
+    assert (low, high) == (datetime.fromisoformat(first), datetime.fromisoformat(last))
+    assert low.utcoffset() == high.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize("value", ["0000", "0000-12-31T23:00:00-01:00", "2025-02-29", "2025-03-10T24:00:00Z",
+                                   "2025-03-10T10:00:00+14:60", "10000-01-01", "2025-03-10T10:00:60Z"])
+def test_values_that_are_no_date_raise_value_error(value: str):
+    with pytest.raises(ValueError):
+        parse_datetime_range(value)
