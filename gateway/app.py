@@ -40,12 +40,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = app.config["FHIR_X12_MAX_BODY_BYTES"]
     app.json.sort_keys = False   # type: ignore[attr-defined]
 
-    from gateway.api.auth import init_auth
+    from gateway.api.auth import CONFORMANCE_PREFIXES, init_auth
     from gateway.metrics import init_metrics
     from gateway.observability import init_logging
 
     init_logging(app)
-    init_auth(app, open_paths=("/metadata", "/healthz", "/readyz"))   # /metrics wants a token too
+    init_auth(app, open_paths=("/metadata", "/healthz", "/readyz"),   # /metrics wants a token too
+              open_prefixes=CONFORMANCE_PREFIXES)                      # what /metadata points to
     routes, service = _service(app)
     metrics = init_metrics(app, known_payers=set(routes.routes))
     service.metrics = metrics

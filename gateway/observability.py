@@ -5,19 +5,23 @@ INFO), gives every request an id (a safe incoming ``X-Request-ID`` or a fresh on
 response and writes one access line per request. The access line carries the URL path only (never the
 query string, which can hold patient identifiers) with resource ids replaced by ``{id}``.
 
-Every record that passes the handler gets ``request_id`` (inside a request) and is run through
-:func:`redact`, which replaces any message or argument that looks like X12 interchange text.
+Every record that passes the handler gets ``request_id`` and is run through :func:`redact`, which
+replaces any message or argument that looks like X12 interchange text. The request id lives in a
+context variable set when the request begins, so work done on the request's behalf on another thread
+keeps it: submit that work with :func:`carry_context` (``pool.submit(carry_context(fn), ...)``), which
+runs it in a copy of the submitting thread's context.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 import sys
 import time
 import uuid
-from collections.abc import Mapping
-from typing import IO, Any
+from collections.abc import Callable, Mapping
+from typing import IO, Any, ParamSpec, TypeVar
 
 from flask import Flask, Response, g, has_request_context, request
 from flask.logging import default_handler
@@ -44,6 +48,34 @@ _X12 = re.compile(r"ISA([^A-Za-z0-9\s])\d\d\1"
                   r"|~\s*[A-Z][A-Z0-9]{1,2}[*|^:]"
                   r"|\b(?:ISA|GS|ST|BHT|HL|NM1|N3|N4|DMG|REF|INS|TRN|EB|AAA|PER)\*")
 _PLAIN = (int, float, bool, type(None))
+
+# the id of the request being served, or on whose behalf a pool thread works (see carry_context)
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("fhir_x12_request_id", default=None)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def current_request_id() -> str | None:
+    """The id of the request this code runs for: the context variable, else ``g.request_id``, else None."""
+    found = _request_id.get()
+    if found is None and has_request_context():
+        found = g.get("request_id")
+    return found
+
+
+def carry_context(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` bound to a copy of the calling thread's context (the request id with it), for another thread.
+
+    Call it where the work is handed over (inside the request), once per task: one copied context can run
+    on only one thread at a time.
+    """
+    context = contextvars.copy_context()
+
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        return context.run(fn, *args, **kwargs)
+
+    return run
 
 
 # -- redaction ---------------------------------------------------------------------------------------------
@@ -79,11 +111,13 @@ def redact(value: Any) -> Any:
 
 
 class ContextFilter(logging.Filter):
-    """Adds ``request_id`` (inside a request) and redacts X12 from the message and its arguments."""
+    """Adds ``request_id`` (the request the record is logged for, None outside one) and redacts X12 from the
+    message and its arguments."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if has_request_context():
-            record.request_id = g.get("request_id")
+        request_id = current_request_id()
+        if request_id is not None or has_request_context():
+            record.request_id = request_id
         record.msg = redact(record.msg)
         if record.args:
             record.args = redact(record.args)
@@ -178,12 +212,14 @@ def log_path(path: str) -> str:
 
 def _begin() -> None:
     g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+    _request_id.set(g.request_id)
     g.request_started = time.perf_counter()
 
 
 def _finish(response: Response) -> Response:
     if "request_id" not in g:   # a hook registered ahead of ours answered first
         g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+        _request_id.set(g.request_id)
     response.headers[REQUEST_ID_HEADER] = g.request_id
     if not access_log.isEnabledFor(logging.INFO):   # access lines off (FHIR_X12_LOG_LEVEL): nothing to build
         return response
@@ -196,6 +232,11 @@ def _finish(response: Response) -> Response:
                            "duration_ms": duration, "client": g.get("client"), "payer": g.get("payer_id"),
                            "outcome": g.get("outcome")})
     return response
+
+
+def _forget(_exc: BaseException | None) -> None:
+    """The server thread may serve another request next (gthread, gevent): it must not keep this one's id."""
+    _request_id.set(None)
 
 
 def init_logging(app: Flask, *, stream: IO[str] | None = None) -> JsonLogHandler:
@@ -213,4 +254,5 @@ def init_logging(app: Flask, *, stream: IO[str] | None = None) -> JsonLogHandler
     app.extensions[EXTENSION_KEY] = True
     app.before_request_funcs.setdefault(None, []).insert(0, _begin)
     app.after_request_funcs.setdefault(None, []).insert(0, _finish)   # run in reverse: first is last
+    app.teardown_request_funcs.setdefault(None, []).insert(0, _forget)   # also in reverse: after the others
     return handler

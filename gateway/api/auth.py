@@ -7,6 +7,8 @@ client's label in logs (``token#2``) and in configuration errors. The plaintext 
 only their SHA-256 digests, compared in constant time against every stored digest.
 
 Unset or empty ``FHIR_X12_TOKENS`` turns authentication off; :func:`init_auth` then logs one warning.
+Some paths are open to anyone: exact ``open_paths`` (any method) and, for reading (GET/HEAD), one path
+segment under an ``open_prefixes`` folder (the conformance resources, which hold no PHI).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ REALM = "fhir-x12-gateway"
 MIN_TOKEN_LENGTH = 16
 READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 DEFAULT_OPEN_PATHS = ("/metadata", "/healthz", "/readyz", "/metrics")
+# the conformance resources a CapabilityStatement points to: public definitions, like /metadata itself
+CONFORMANCE_PREFIXES = ("/StructureDefinition/", "/SearchParameter/")
 FHIR_JSON = "application/fhir+json"
 
 _READ_SUFFIX = "read"
@@ -163,8 +167,12 @@ def bearer_token(header: str | None) -> tuple[str | None, str | None]:
     return token, None
 
 
-def init_auth(app: Flask, open_paths: Iterable[str] = DEFAULT_OPEN_PATHS) -> TokenSet:
+def init_auth(app: Flask, open_paths: Iterable[str] = DEFAULT_OPEN_PATHS,
+              open_prefixes: Iterable[str] = ()) -> TokenSet:
     """Require a bearer token on every path but ``open_paths``; returns the (possibly empty) TokenSet.
+
+    ``open_prefixes`` (e.g. :data:`CONFORMANCE_PREFIXES`) open GET and HEAD of ``<prefix><id>`` (exactly one
+    more path segment) too.
 
     Also stored in ``app.extensions["fhir_x12_auth"]``. CORS pre-flight ``OPTIONS`` requests are let through
     (browsers never send credentials on them). Calling it twice on one app does not add a second hook.
@@ -175,6 +183,16 @@ def init_auth(app: Flask, open_paths: Iterable[str] = DEFAULT_OPEN_PATHS) -> Tok
     if already:
         return tokens
     opened = frozenset(p.rstrip("/") or "/" for p in open_paths)
+    prefixes = tuple(p.rstrip("/") + "/" for p in open_prefixes)
+
+    def is_open(path: str) -> bool:
+        if path in opened or request.method == "OPTIONS":
+            return True
+        if request.method not in READ_ONLY_METHODS:
+            return False
+        return any(path.startswith(prefix) and "/" not in path[len(prefix):] and len(path) > len(prefix)
+                   for prefix in prefixes)
+
     if not tokens:
         log.warning("no FHIR_X12_TOKENS: the API is open")
 
@@ -183,8 +201,7 @@ def init_auth(app: Flask, open_paths: Iterable[str] = DEFAULT_OPEN_PATHS) -> Tok
         current: TokenSet = app.extensions[EXTENSION_KEY]
         if not current:
             return None
-        path = request.path.rstrip("/") or "/"
-        if path in opened or request.method == "OPTIONS":
+        if is_open(request.path.rstrip("/") or "/"):
             return None
         token, problem = bearer_token(request.headers.get("Authorization"))
         if token is None:

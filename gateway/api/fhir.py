@@ -1,7 +1,7 @@
 """The FHIR R4 API: $submit, create, read, search, batch, async status and the CapabilityStatement.
 
 Thin: every eligibility exchange is ``EligibilityService``'s job; this module speaks HTTP and FHIR
-(content types, Prefer, paging links, OperationOutcome for every error).
+(content types and negotiation, Prefer, paging links, OperationOutcome for every error).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -21,8 +22,10 @@ from flask import Blueprint, Flask, Response, copy_current_request_context, curr
 from werkzeug.exceptions import HTTPException
 
 from gateway.mappings import mappings_dir
+from gateway.observability import carry_context
 from gateway.service import CER, RESPONSE, EligibilityService, Result, frames_only, operation_outcome
 from gateway.store import SearchError
+from gateway.store.search import IGNORED_PARAMS, REQUEST_PARAMS, RESPONSE_PARAMS
 
 fhir = Blueprint("fhir", __name__)
 
@@ -35,6 +38,13 @@ MAX_DEPTH = 48          # FHIR resources nest a dozen levels; deeper input is re
 MAX_OFFSET = 1_000_000
 ASYNC_ABANDONED_SECONDS = 120   # well past the 20 s CORE budget
 _RESOURCES = {CER: "search_requests", RESPONSE: "search_responses"}
+_SEARCH_PARAMS = {CER: REQUEST_PARAMS, RESPONSE: RESPONSE_PARAMS}
+# result parameters the store takes (without a modifier) besides each resource's search parameters
+_RESULT_PARAMS = IGNORED_PARAMS | {"_sort"}
+FHIR_VERSION = "4.0"        # the fhirVersion MIME-type parameter for R4
+# what this server can answer in: FHIR JSON under each of its names (anything XML, Turtle or HTML is not)
+_JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
+_JSON_FORMATS = {"json", *_JSON_TYPES}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 log = logging.getLogger(__name__)
 
@@ -129,6 +139,80 @@ def _too_deep(value: Any, limit: int) -> bool:
     return False
 
 
+# -- content negotiation --------------------------------------------------------------------------------
+@fhir.before_request
+def _negotiate() -> Response | None:
+    """406 unless the client can take FHIR R4 JSON: ``_format`` when given (it overrides Accept), else Accept."""
+    if request.method == "OPTIONS":
+        return None
+    formats = [v for v in request.args.getlist("_format") if v.strip()]
+    if formats:
+        # a '+' left unescaped in a query string arrives as a space: "application/fhir json"
+        wanted = formats[-1].strip().replace(" ", "+")
+        ranges = _media_ranges(wanted)
+        if wanted.lower() in _JSON_FORMATS or (len(ranges) == 1 and _json_quality(ranges) > 0
+                                                and "*" not in ranges[0][0]):
+            return None
+        return _not_acceptable("_format asks for a format this server does not produce")
+    header = ", ".join(request.headers.getlist("Accept"))
+    ranges = _media_ranges(header)
+    if not ranges or _json_quality(ranges) > 0:   # no (usable) Accept: anything goes
+        return None
+    return _not_acceptable("the Accept header does not allow it")
+
+
+def _not_acceptable(why: str) -> Response:
+    return outcome_response(406, "not-supported", f"this server answers in FHIR R4 JSON only ({FHIR_JSON}; "
+                            f"fhirVersion={FHIR_VERSION}), and {why}")
+
+
+def _media_ranges(header: str) -> list[tuple[str, dict[str, str], float]]:
+    """``(type/subtype, parameters, q)`` for each media range of an Accept value; unparseable ranges left out."""
+    ranges = []
+    for part in header.split(","):
+        mime, *rest = part.split(";")
+        mime = mime.strip().lower()
+        kind, slash, sub = mime.partition("/")
+        if not slash or not kind or not sub:
+            continue
+        params: dict[str, str] = {}
+        for item in rest:
+            key, _, value = item.partition("=")
+            if key.strip():
+                params[key.strip().lower()] = value.strip().strip('"')
+        try:
+            quality = float(params.pop("q", "1"))
+        except ValueError:
+            quality = 1.0
+        ranges.append((mime, params, max(0.0, min(quality, 1.0))))
+    return ranges
+
+
+def _json_quality(ranges: list[tuple[str, dict[str, str], float]]) -> float:
+    """The best quality the ranges give any of our JSON types (RFC 9110: the most specific matching range
+    decides a type's quality). A range naming a fhirVersion other than R4's does not match."""
+    best = 0.0
+    for produced in _JSON_TYPES:
+        found: tuple[int, float] | None = None   # (specificity, quality)
+        for mime, params, quality in ranges:
+            version = params.get("fhirversion")
+            if version is not None and version != FHIR_VERSION and not version.startswith(FHIR_VERSION + "."):
+                continue
+            if mime == produced:
+                specificity = 3 if version is not None else 2
+            elif mime == "application/*":
+                specificity = 1
+            elif mime == "*/*":
+                specificity = 0
+            else:
+                continue
+            if found is None or specificity > found[0]:
+                found = (specificity, quality)
+        if found is not None:
+            best = max(best, found[1])
+    return best
+
+
 def _prefer() -> dict[str, str]:
     prefs: dict[str, str] = {}
     for header in request.headers.getlist("Prefer"):
@@ -183,7 +267,8 @@ def _accept_async(service: EligibilityService, payload: Any) -> Response:
         finally:
             pending.discard(prepared.id)
 
-    _ext()["executor"].submit(copy_current_request_context(run))   # logs keep this request's id
+    # the worker logs under this request's id (carry_context) and sees this request's context
+    _ext()["executor"].submit(carry_context(copy_current_request_context(run)))
     g.payer_id, g.outcome = prepared.built.payer_id, "accepted"
     return fhir_response(operation_outcome("informational", "accepted: the request is stored and on its way to "
                                            "the payer; poll the Content-Location", severity="information"),
@@ -266,11 +351,19 @@ def search_responses():  # type: ignore[no-untyped-def]
 
 
 def _search(resource_type: str) -> Response:
+    """FHIR search. Parameters this server does not know or support are ignored (``Prefer: handling=lenient``,
+    the default; the Bundle says which in an OperationOutcome entry and its links leave them out) or refused
+    with 400 (``handling=strict``). A bad value of a supported parameter is always a 400."""
     params = {key: request.args.getlist(key) for key in request.args}
+    strict = _prefer().get("handling", "lenient").lower() == "strict"
     try:
         for key, values in params.items():
             if any(_CONTROL.search(v) for v in [key, *values]):
                 raise SearchError(key, "holds control characters")
+        ignored = [key for key in params if not _supported(resource_type, key)]
+        if ignored and strict:
+            return _unsupported_parameters(resource_type, ignored)
+        params = {key: values for key, values in params.items() if key not in ignored}
         count = _integer(params, "_count", DEFAULT_COUNT)
         offset = _integer(params, "_offset", 0)
         if offset > MAX_OFFSET:
@@ -296,10 +389,36 @@ def _search(resource_type: str) -> Response:
     if count and total:
         links.append(link("last", ((total - 1) // count) * count))
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links}
-    if resources:   # FHIR JSON has no empty arrays
-        bundle["entry"] = [{"fullUrl": f"{base}{resource_type}/{r.get('id')}", "resource": r,
-                            "search": {"mode": "match"}} for r in resources]
+    entries = [{"fullUrl": f"{base}{resource_type}/{r.get('id')}", "resource": r, "search": {"mode": "match"}}
+               for r in resources]
+    if ignored:
+        entries.insert(0, {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": {
+            "resourceType": "OperationOutcome",
+            "issue": [_ignored_issue(resource_type, key, "warning", "ignored") for key in ignored]},
+            "search": {"mode": "outcome"}})
+    if entries:   # FHIR JSON has no empty arrays
+        bundle["entry"] = entries
     return fhir_response(bundle)
+
+
+def _supported(resource_type: str, name: str) -> bool:
+    """Whether the store takes ``name``: one of the resource's search parameters (with any modifier: the store
+    answers 400 for a modifier it does not support, which changes what the parameter means) or a result
+    parameter it handles (``_count _offset _sort _format _pretty _total``)."""
+    base, _, modifier = name.partition(":")
+    return base in _SEARCH_PARAMS[resource_type] or (not modifier and base in _RESULT_PARAMS)
+
+
+def _ignored_issue(resource_type: str, name: str, severity: str, what: str) -> dict[str, Any]:
+    shown = name if len(name) <= 64 else name[:64] + "..."
+    text = (f"search parameter {shown!r} is not supported on {resource_type} and was {what} (supported: "
+            f"{', '.join(sorted(_SEARCH_PARAMS[resource_type]))}, {', '.join(sorted(_RESULT_PARAMS))})")
+    return {"severity": severity, "code": "not-supported", "details": {"text": text}, "expression": [shown]}
+
+
+def _unsupported_parameters(resource_type: str, names: list[str]) -> Response:
+    return fhir_response({"resourceType": "OperationOutcome", "issue": [
+        _ignored_issue(resource_type, name, "error", "refused (Prefer: handling=strict)") for name in names]}, 400)
 
 
 def _integer(params: dict[str, list[str]], name: str, default: int) -> int:
@@ -367,7 +486,8 @@ def batch():  # type: ignore[no-untyped-def]
     asked = [_batch_request(base, index, entry) for index, entry in enumerate(entries)]
     # first every entry is checked and stored (concurrently), then the payers are asked: each payer's entries
     # wait for one another within its concurrency limit instead of failing on a limit the batch itself filled
-    steps = [pool.submit(copy_current_request_context(_batch_prepare), service, item) for item in asked]
+    steps = [pool.submit(carry_context(copy_current_request_context(_batch_prepare)), service, item)
+             for item in asked]
     prepared = [step.result() for step in steps]
     lanes: dict[str, threading.BoundedSemaphore] = {}
     for item in prepared:
@@ -376,7 +496,8 @@ def batch():  # type: ignore[no-untyped-def]
             if payer not in lanes:
                 lanes[payer] = threading.BoundedSemaphore(service.client.limit(service.routes.route(payer)))
     order = _interleaved(prepared)
-    calls = [pool.submit(copy_current_request_context(_batch_exchange), service, item, lanes) for item in order]
+    calls = [pool.submit(carry_context(copy_current_request_context(_batch_exchange)), service, item, lanes)
+             for item in order]
     done = {id(item): call.result() for item, call in zip(order, calls, strict=True)}
     answers = [done[id(item)] for item in prepared]
     reply: dict[str, Any] = {"resourceType": "Bundle", "type": "batch-response"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -39,6 +39,12 @@ def stored(gateway: Gateway) -> dict[str, Any]:
         assert found["total"] == 1
         out[name] = {"sent": the_request(payload), "request": request, "response": found["entry"][0]["resource"]}
     return out
+
+
+STRICT = {"Prefer": "handling=strict"}
+IGNORABLE = [("foo", "bar"), ("_summary", "count"), ("_elements", "id"), ("_include", f"{CER}:patient"),
+             ("_revinclude", f"{RESPONSE}:request"), ("_lastUpdated", "gt2020-01-01"), ("_has:X:y:z", "1"),
+             ("patient.name", "Delgado"), ("_sort:desc", "created"), ("_contained", "true")]
 
 
 def search_all(gateway: Gateway, resource_type: str, params: dict[str, str] | list[tuple[str, str]]) -> list[str]:
@@ -146,7 +152,7 @@ def test_response_search_by_every_parameter(gateway: Gateway, stored: dict[str, 
 
 
 def test_search_errors_and_paging_links(gateway: Gateway, stored: dict[str, Any]):
-    unknown = gateway.get(f"/{CER}", params={"colour": "blue"})
+    unknown = gateway.get(f"/{CER}", params={"colour": "blue"}, headers=STRICT)
     assert unknown.status_code == 400 and unknown.json()["issue"][0]["expression"] == ["colour"]
     assert gateway.get(f"/{CER}", params={"created": "gx2025"}).status_code == 400
     assert gateway.get(f"/{CER}", params={"_count": "-1"}).status_code == 400
@@ -162,3 +168,71 @@ def test_search_errors_and_paging_links(gateway: Gateway, stored: dict[str, Any]
     newest = gateway.get(f"/{CER}", params={"_count": "1"}).json()["entry"][0]["resource"]
     oldest = gateway.get(f"/{CER}", params={"_count": "1", "_sort": "created"}).json()["entry"][0]["resource"]
     assert instant(newest["created"]) >= instant(oldest["created"])
+
+
+def outcome_entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in bundle.get("entry", []) if e["search"]["mode"] == "outcome"]
+
+
+@pytest.mark.parametrize("resource_type", [CER, RESPONSE])
+def test_unsupported_parameters_are_ignored_by_default(gateway: Gateway, stored: dict[str, Any],
+                                                        resource_type: str):
+    for prefer in ({}, {"Prefer": "handling=lenient"}, {"Prefer": "respond-async, handling=LENIENT"},
+                   {"Prefer": "handling=whatever"}):
+        page = gateway.get(f"/{resource_type}", params=[("_count", "4"), *IGNORABLE], headers=prefer)
+        assert page.status_code == 200, page.text
+        bundle = page.json()
+        assert bundle["total"] == 6   # as if only _count had been sent
+        matches = [e for e in bundle["entry"] if e["search"]["mode"] == "match"]
+        assert len(matches) == 4
+        [outcome] = outcome_entries(bundle)
+        assert outcome["fullUrl"].startswith("urn:uuid:") and outcome["resource"]["resourceType"] == \
+            "OperationOutcome"
+        issues = outcome["resource"]["issue"]
+        assert [i["expression"] for i in issues] == [[name] for name, _ in IGNORABLE]
+        assert all(i["severity"] == "warning" and i["code"] == "not-supported" for i in issues)
+        assert all(name in i["details"]["text"] for (name, _), i in zip(IGNORABLE, issues, strict=True))
+        links = {link["relation"]: link["url"] for link in bundle["link"]}
+        for url in links.values():   # only what was applied
+            assert parse_qsl(urlsplit(url).query) in ([("_count", "4"), ("_offset", str(at))] for at in (0, 4))
+        following = gateway.get(links["next"]).json()   # the links leave the ignored ones out: no warning
+        assert not outcome_entries(following) and len(following["entry"]) == 2
+
+
+def test_lenient_search_still_applies_the_supported_parameters(gateway: Gateway, stored: dict[str, Any]):
+    maria = "Patient/pat-delgado-maria"
+    expected = ids_where(stored, "request", lambda t: matches(t["sent"]["patient"].get("reference"), maria))
+    assert expected and len(expected) < 6
+    bundle = gateway.get(f"/{CER}", params=[("patient", maria), ("_summary", "true"), ("_sort", "created"),
+                                            ("_total", "accurate"), ("_pretty", "true")]).json()
+    assert {e["resource"]["id"] for e in bundle["entry"] if e["search"]["mode"] == "match"} == expected
+    assert bundle["total"] == len(expected)
+    [outcome] = outcome_entries(bundle)
+    assert [i["expression"] for i in outcome["resource"]["issue"]] == [["_summary"]]
+    self_link = next(link["url"] for link in bundle["link"] if link["relation"] == "self")
+    assert {k for k, _ in parse_qsl(urlsplit(self_link).query)} == {"patient", "_sort", "_total", "_pretty",
+                                                                     "_count", "_offset"}
+    # nothing ignored: no outcome entry
+    assert not outcome_entries(gateway.get(f"/{CER}", params={"patient": maria}).json())
+
+
+def test_strict_handling_refuses_unsupported_parameters(gateway: Gateway, stored: dict[str, Any]):
+    refused = gateway.get(f"/{CER}", params=[("status", "active"), *IGNORABLE], headers=STRICT)
+    assert refused.status_code == 400 and refused.headers["Content-Type"].startswith("application/fhir+json")
+    issues = refused.json()["issue"]
+    assert [i["expression"] for i in issues] == [[name] for name, _ in IGNORABLE]
+    assert all(i["severity"] == "error" and i["code"] == "not-supported" for i in issues)
+    assert gateway.get(f"/{RESPONSE}", params={"request:Foo": "x"}, headers={"Prefer": "handling=strict"}
+                       ).status_code == 400
+    # supported ones are fine under strict handling
+    assert gateway.get(f"/{CER}", params={"status": "active", "_count": "1"}, headers=STRICT).json()["total"] == 6
+
+
+@pytest.mark.parametrize("prefer", [{}, STRICT, {"Prefer": "handling=lenient"}])
+def test_bad_values_of_supported_parameters_are_400_in_both_modes(gateway: Gateway, prefer: dict[str, str]):
+    for params in ({"created": "garbage"}, {"created": "gx2025"}, {"_count": "-1"}, {"_count": "many"},
+                   {"_offset": "-3"}, {"_sort": "status"}, {"patient:exact": "Patient/1"},
+                   {"status:missing": "maybe"}, {"created": "garbage", "foo": "bar"}):
+        refused = gateway.get(f"/{CER}", params=params, headers=prefer)
+        assert refused.status_code == 400, (params, prefer, refused.text[:300])
+        assert refused.json()["resourceType"] == "OperationOutcome"
