@@ -11,7 +11,7 @@ from gateway.translate.errors import Problem
 
 # pydantic field names that differ from the FHIR element names
 _RENAMED = {"resource_type": "resourceType", "class_fhir": "class", "import_fhir": "import"}
-_CODES = {"missing": "required", "extra_forbidden": "structure"}
+_CODES = {"missing": "required", "model_field_validation.missing": "required", "extra_forbidden": "structure"}
 
 
 def structure_problems(resource: dict[str, Any], path: str | None = None) -> list[Problem]:
@@ -44,8 +44,10 @@ def _path(root: str, loc: tuple[Any, ...]) -> str:
 
 def _message(error: dict[str, Any]) -> str:
     kind = error.get("type", "")
-    if kind == "missing":
+    if kind in ("missing", "model_field_validation.missing"):
         return "this element is required"
+    if kind == "json_invalid":   # a string where an object belongs: pydantic tried to read the string as JSON
+        return "expected a JSON object here, not a string"
     if kind == "extra_forbidden":
         return "this element is not part of the resource"
     return str(error.get("msg") or kind)
