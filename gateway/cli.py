@@ -129,10 +129,12 @@ def validate(file: str, ack: str | None, as_json: bool, control_number: int, dat
 @click.option("--date", "date", help="Timestamp written into the output, YYYY-MM-DDTHH:MM (default: now).")
 @click.option("--sender-id", default="GATEWAY", show_default=True, help="ISA06/GS02 of a generated 270.")
 @click.option("--receiver-id", help="ISA08/GS03 of a generated 270 (default: the payer id).")
+@click.option("--provider-npi", help="NPI of the 2100B provider when the request names none (with --provider-name).")
+@click.option("--provider-name", help="Organization name of that provider.")
 @click.option("--notes/--no-notes", default=True, show_default=True,
               help="Also list on stderr what the translation could not carry.")
 def translate(file: str, output: str | None, control_number: int, date: str | None, sender_id: str,
-              receiver_id: str | None, notes: bool) -> None:
+              receiver_id: str | None, provider_npi: str | None, provider_name: str | None, notes: bool) -> None:
     """Translate FILE; the direction follows from its content.
 
     FHIR CoverageEligibilityRequest (or a Bundle holding one) -> X12 270; X12 270 -> a Bundle of
@@ -141,12 +143,20 @@ def translate(file: str, output: str | None, control_number: int, date: str | No
     """
     from gateway.translate import TranslationError, load_tables
     from gateway.translate.document import translate_document
+    from gateway.transport.routing import InformationReceiver, valid_npi
 
+    receiver = None
+    if provider_npi is not None or provider_name is not None:
+        if not provider_npi or not provider_name or not provider_name.strip():
+            _fail("--provider-npi and --provider-name go together")
+        if not valid_npi(provider_npi):
+            _fail(f"--provider-npi {provider_npi!r}: an NPI is 10 digits with a valid check digit")
+        receiver = InformationReceiver(provider_npi, provider_name.strip()).as_resource()
     data = _read_input(file)
     now = _parse_date(date)
     try:
         result = translate_document(data, load_tables(), now=now, control_number=control_number,
-                                    sender_id=sender_id, receiver_id=receiver_id)
+                                    sender_id=sender_id, receiver_id=receiver_id, information_receiver=receiver)
     except TranslationError as exc:
         click.echo(f"fhir-x12: {file}: {exc}", err=True)
         sys.exit(EXIT_UNREADABLE if exc.status == 400 else EXIT_INVALID)

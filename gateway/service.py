@@ -121,6 +121,8 @@ class EligibilityService:
         try:
             request, bundle = find_request(payload)
             problems = structure_problems(request)
+            if bundle is not None:   # the Bundle's own elements (its entries' resources are checked one by one)
+                problems.extend(structure_problems(_without_resources(bundle), "Bundle"))
             for index, entry in enumerate((bundle or {}).get("entry") or []):
                 if not isinstance(entry, dict) or not isinstance(entry.get("fullUrl", ""), str):
                     problems.append(Problem(f"Bundle.entry[{index}]", "an entry is an object whose fullUrl is a "
@@ -138,7 +140,8 @@ class EligibilityService:
             control = next(self._controls) % 999_999_999 + 1
             naive = now.astimezone(UTC).replace(tzinfo=None)
             built = build_270(resolved, self.tables, limits=self.limits, trace=id.replace("-", "").upper(),
-                              envelope=lambda payer: self.routes.route(payer).envelope(control, naive))
+                              envelope=lambda payer: self.routes.route(payer).envelope(control, naive),
+                              information_receiver=self._information_receiver)
         except TranslationError as exc:
             return self._refused(exc.status, exc.to_operation_outcome(), "invalid-request")
         except PayerError as exc:   # unknown payer: the routing table has no entry
@@ -153,6 +156,11 @@ class EligibilityService:
                 stored["insurer"] = payer
             else:
                 stored.pop("insurer", None)
+        if not stored.get("provider"):
+            # the 270 named the practice configured for this payer: the stored request says whom it asked for
+            receiver = self._receiver(built.payer_id)
+            if receiver is not None:
+                stored["provider"] = receiver.as_reference()
         try:
             self.store.record_request(id, stored, resolved if resolved is not payload else None, built.payer_id,
                                       built.trace, now, x12_request=built.text if sending else None,
@@ -165,6 +173,17 @@ class EligibilityService:
             return self._refused(503, operation_outcome("transient", "the audit store is unavailable; the request "
                                                         "was not sent to the payer"), "store-unavailable")
         return Prepared(id, stored, request, resolved_bundle, built, start, sent=sending)
+
+    def _receiver(self, payer_id: str) -> Any:
+        """The payer's configured information receiver (``routing.yaml``), or None (unknown payer included)."""
+        try:
+            return self.routes.route(payer_id).information_receiver
+        except PayerError:
+            return None
+
+    def _information_receiver(self, payer_id: str) -> dict[str, Any] | None:
+        receiver = self._receiver(payer_id)
+        return receiver.as_resource() if receiver is not None else None
 
     def exchange(self, prepared: Prepared) -> Result:
         """Send a prepared request, translate the answer, store everything; never raises."""
@@ -228,14 +247,15 @@ class EligibilityService:
         found: list[ResponseTranslation] = []
         for txn in answer.transactions:
             found.extend(translate_271(txn, self.tables, now=stamp,
-                                       context_for=lambda traces: context if trace in traces else None))
+                                       context_for=lambda traces: context if trace in traces or not traces else None))
         ours = [r for r in found if trace in r.traces] or [r for r in found if not r.traces]
         if not ours:
             raise GatewayError("no response in the 271 for this trace")
         response = ours[0].resource
         response["id"] = str(uuid.uuid4())
         if not any(trace in r.traces for r in ours):
-            # a rejection above the patient level carries no trace: link it to the request all the same
+            # a rejection above the patient level carries no trace (it answers the one 270 sent; the client checked
+            # that every patient loop carries our trace): link it to the request all the same
             response["request"] = {"reference": f"{CER}/{prepared.id}"}
         return response, len(ours[0].notes)
 
@@ -270,8 +290,10 @@ class EligibilityService:
             patient=portable(request.get("patient"), f"{CER}.patient"),
             insurer=portable(request.get("insurer"), f"{CER}.insurer"),
             coverage=portable(focal.get("coverage"), f"{CER}.insurance.coverage"),
-            provider=portable(request.get("provider"), f"{CER}.provider"),
-            purpose=request.get("purpose"), request={"reference": f"{CER}/{prepared.id}"}, serviced=serviced)
+            # no provider sent: the configured one the 270 named (a logical reference in the stored request)
+            provider=portable(request.get("provider") or prepared.request.get("provider"), f"{CER}.provider"),
+            purpose=request.get("purpose"), request={"reference": f"{CER}/{prepared.id}"}, serviced=serviced,
+            notes=prepared.built.all_notes())
         context.contained = [_strip_local_references(c) for c in contained]
         return context
 
@@ -302,6 +324,14 @@ class EligibilityService:
         if self.metrics is not None:
             self.metrics.observe_eligibility(payer_id or "none", kind)
         return Result(status, body, payer_id=payer_id, outcome=kind)
+
+
+def _without_resources(bundle: dict[str, Any]) -> dict[str, Any]:
+    entries = bundle.get("entry")
+    if not isinstance(entries, list):
+        return bundle
+    return {**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
+                                for e in entries]}
 
 
 def _strip_local_references(resource: dict[str, Any]) -> dict[str, Any]:

@@ -65,3 +65,29 @@ def test_unreadable_inputs_exit_2(tmp_path):
 def test_bad_date_option_is_a_usage_error():
     result = run("validate", str(VALID), "--date", "yesterday")
     assert result.exit_code == 2 and "--date" in result.stderr
+
+
+def _without_provider(tmp_path):
+    bundle = json.loads((FIXTURES / "fhir" / "requests" / "subscriber-generic.json").read_text())
+    bundle["entry"][0]["resource"].pop("provider")
+    path = tmp_path / "no-provider.json"
+    path.write_text(json.dumps(bundle))
+    return str(path)
+
+
+def test_translate_names_the_given_provider_when_the_request_has_none(tmp_path):
+    request = _without_provider(tmp_path)
+    refused = run("translate", request, "--date", "2026-01-02T03:04")
+    assert refused.exit_code == 1 and "provider NPI" in refused.output
+    done = run("translate", request, "--date", "2026-01-02T03:04", "--provider-npi", "1245319599",
+               "--provider-name", "Riverbend Family Practice")
+    assert done.exit_code == 0, done.output
+    assert "NM1*1P*2*RIVERBEND FAMILY PRACTICE*****XX*1245319599~" in done.output
+
+
+def test_translate_refuses_a_wrong_or_lone_provider_option(tmp_path):
+    request = _without_provider(tmp_path)
+    wrong = run("translate", request, "--provider-npi", "1245319598", "--provider-name", "X")
+    assert wrong.exit_code == 2 and "--provider-npi '1245319598'" in wrong.output
+    lone = run("translate", request, "--provider-npi", "1245319599")
+    assert lone.exit_code == 2 and "go together" in lone.output

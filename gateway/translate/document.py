@@ -55,8 +55,9 @@ def looks_like_json(data: bytes) -> bool:
 
 def translate_document(data: bytes, tables: Tables, *, now: datetime, control_number: int = 1,
                        sender_id: str = "GATEWAY", receiver_id: str | None = None,
-                       mappings: str | None = None) -> Translated:
-    """Translate ``data`` in the direction its content implies."""
+                       mappings: str | None = None, information_receiver: dict[str, Any] | None = None) -> Translated:
+    """Translate ``data`` in the direction its content implies; ``information_receiver`` (an Organization or
+    Practitioner) is a 270's 2100B provider when the request names none."""
     if looks_like_json(data):
         try:
             payload = json.loads(data.decode("utf-8-sig"))
@@ -66,7 +67,7 @@ def translate_document(data: bytes, tables: Tables, *, now: datetime, control_nu
         envelope = Envelope(sender_id=sender_id, receiver_id=receiver_id or "", interchange_control=control_number,
                             now=now)
         result = build_270(payload, tables, envelope=envelope, limits=element_limits(mappings),
-                           originator=sender_id)
+                           originator=sender_id, information_receiver=information_receiver)
         return Translated("270", result.text, result.notes, result.write_notes)
     read: ReadResult = read_x12(data, mappings=mappings)
     sets = {t.set_id for t in read.transactions}

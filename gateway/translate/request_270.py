@@ -37,6 +37,12 @@ class Request270:
     patient_loop: str = "2100C"
     payer_id: str = ""
 
+    def all_notes(self) -> list[Note]:
+        """The notes, then each value the writer had to change, as notes on the 270 element it went to."""
+        changed = [Note(text=f"{w.reason}: {w.original!r} was sent as {w.written!r}",
+                        source=f"270 {w.segment} {w.element}") for w in self.write_notes]
+        return [*self.notes, *changed]
+
 
 @dataclass
 class _Person:
@@ -136,11 +142,16 @@ class _Gather:
 def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[str], Envelope],
               delimiters: Delimiters = DEFAULT_DELIMITERS,
               limits: dict[str, tuple[int, int]] | None = None, trace: str | None = None,
-              originator: str | None = None) -> Request270:
+              originator: str | None = None,
+              information_receiver: dict[str, Any] | Callable[[str], dict[str, Any] | None] | None = None
+              ) -> Request270:
     """Translate one request into a 270 interchange; raises TranslationError listing every problem.
 
     ``envelope`` may be a function of the payer id (the gateway's routing table decides sender and
     receiver ids only once the payer is known); it is called after the request has been checked.
+    ``information_receiver`` (an Organization or Practitioner, or a function of the payer id giving one)
+    is the 2100B provider when the request has no ``provider`` at all (some EHRs never send one): the
+    practice as enrolled with that payer. A note records the substitution.
     """
     request, bundle = find_request(payload)
     g = _Gather(tables, request, bundle)
@@ -249,6 +260,12 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
     provider = g.resolver.resolve(request.get("provider"), f"{CER}.provider",
                                   ("Practitioner", "PractitionerRole", "Organization"), "2100B") \
         if request.get("provider") else None
+    if not request.get("provider") and information_receiver is not None:
+        provider = information_receiver(payer_id) if callable(information_receiver) and payer_id else \
+            information_receiver if isinstance(information_receiver, dict) else None
+        if provider:
+            g.notes.append(Note(text="the request names no provider: the 270 names the information receiver "
+                                     "configured for this payer (2100B)", source=f"{CER}.provider"))
     npi, provider_person, provider_is_person, taxonomy, facility = _provider(g, provider, request.get("provider"))
     if not npi:
         g.missing("provider_npi", "no provider NPI: CoverageEligibilityRequest.provider needs an identifier with "

@@ -34,6 +34,7 @@ class ResponseContext:
     request: dict[str, Any] | None = None
     serviced: dict[str, Any] = field(default_factory=dict)
     contained: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)   # what the 270 could not carry: they lead the response's
 
 
 @dataclass
@@ -91,7 +92,7 @@ class _Response:
         self.now = now
         self.context = context
         self.id = response_id
-        self.notes: list[Note] = []
+        self.notes: list[Note] = list(context.notes) if context is not None else []
         self.mapped: set[int] = set()
         self.noted: set[int] = set()
         self.items: list[dict[str, Any]] = []

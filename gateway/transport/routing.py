@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+from stdnum import luhn
 
 from gateway.errors import MappingError
 from gateway.mappings import load_yaml, mappings_dir
@@ -39,6 +40,39 @@ _X12_DELIMITERS = set("*~^:|>\r\n")
 _DOC_KEYS = {"name"}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_CREDENTIAL = 256
+NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
+_RECEIVER_KEYS = {"npi", "name", "first_name", "entity"}
+
+
+@dataclass(frozen=True)
+class InformationReceiver:
+    """The provider a 270 names (2100B) when the request names none: the practice as enrolled with the payer."""
+
+    npi: str
+    name: str                       # organization name, or the person's last name
+    entity: str = "organization"    # "organization" (NM102 2) or "person" (NM102 1)
+    first_name: str = ""
+
+    def as_resource(self) -> dict[str, Any]:
+        """The FHIR Organization or Practitioner it stands for (what the 270 builder reads a provider from)."""
+        identifier = [{"system": NPI_SYSTEM, "value": self.npi}]
+        if self.entity == "person":
+            name: dict[str, Any] = {"family": self.name}
+            if self.first_name:
+                name["given"] = [self.first_name]
+            return {"resourceType": "Practitioner", "identifier": identifier, "name": [name]}
+        return {"resourceType": "Organization", "identifier": identifier, "name": self.name}
+
+    def as_reference(self) -> dict[str, Any]:
+        """A logical reference to it (the stored request's ``provider`` when the request had none)."""
+        display = f"{self.first_name} {self.name}".strip() if self.entity == "person" else self.name
+        return {"type": "Practitioner" if self.entity == "person" else "Organization",
+                "identifier": {"system": NPI_SYSTEM, "value": self.npi}, "display": display}
+
+
+def valid_npi(value: str) -> bool:
+    """Ten digits whose last is the Luhn check digit over the ISO prefix 80840 (CMS's NPI standard)."""
+    return len(value) == 10 and value.isdigit() and luhn.is_valid("80840" + value)
 
 
 @dataclass(frozen=True)
@@ -69,6 +103,7 @@ class Route:
     client_cert: str | None = None  # absolute paths, checked readable at load time
     client_key: str | None = None   # None: the key is in client_cert's file
     ca_bundle: str | None = None    # None: requests' default trust store
+    information_receiver: InformationReceiver | None = None   # 2100B when the request names no provider
 
     @property
     def tls_cert(self) -> str | tuple[str, str] | None:
@@ -146,6 +181,7 @@ _FIELDS: dict[str, str] = {   # YAML key -> Route attribute
     "concurrency": "concurrency", "queue_seconds": "queue_wait", "retries": "retries",
     "backoff_seconds": "backoff", "username": "username", "password_env": "password_env",
     "client_cert": "client_cert", "client_key": "client_key", "ca_bundle": "ca_bundle",
+    "information_receiver": "information_receiver",
 }
 _BREAKER_FIELDS = {"failures": "breaker_failures", "reset_seconds": "breaker_reset"}
 # attribute, label, minimum (an int: whole numbers, inclusive; a float: seconds, exclusive), maximum
@@ -284,6 +320,9 @@ def _check_values(values: dict[str, Any], where: str, problems: list[str]) -> bo
         value = values.get(key, "ZZ")
         if not isinstance(value, str) or len(value) != 2 or not value.isalnum():
             problems.append(f"{where}.{key}: an ISA qualifier is 2 letters or digits (quote numbers: \"30\")")
+    if "information_receiver" in values:
+        values["information_receiver"] = _information_receiver(values["information_receiver"],
+                                                               f"{where}.information_receiver", problems)
     if values.get("usage", "P") not in ("P", "T"):
         problems.append(f"{where}.usage: P (production) or T (test)")
     for attr, label, low, high in _NUMBERS:
@@ -294,6 +333,38 @@ def _check_values(values: dict[str, Any], where: str, problems: list[str]) -> bo
                 floor = "0 or more" if attr in _ZERO_OK else "above 0"
                 problems.append(f"{where}.{label}: must be a number of seconds, {floor} and at most {high:g}")
     return len(problems) == before
+
+
+def _information_receiver(value: Any, where: str, problems: list[str]) -> InformationReceiver | None:
+    """The checked ``information_receiver`` mapping (already checked when it is one: defaults are merged in)."""
+    if isinstance(value, InformationReceiver):
+        return value
+    if not isinstance(value, Mapping):
+        problems.append(f"{where}: must be a mapping with npi and name (and entity, first_name)")
+        return None
+    before = len(problems)
+    for key in sorted(set(value) - _RECEIVER_KEYS, key=str):
+        problems.append(f"{where}.{key}: unknown key (expected one of {', '.join(sorted(_RECEIVER_KEYS))})")
+    npi = value.get("npi")
+    if isinstance(npi, int) and not isinstance(npi, bool):
+        npi = str(npi)
+    if not isinstance(npi, str) or not valid_npi(npi):
+        problems.append(f"{where}.npi: a National Provider Identifier is 10 digits with a valid check digit "
+                        "(quote it: \"1234567893\")")
+    entity = value.get("entity", "organization")
+    if entity not in ("organization", "person"):
+        problems.append(f"{where}.entity: organization or person, not {entity!r}")
+    for key in ("name", "first_name"):
+        text = value.get(key, "" if key == "first_name" else None)
+        if not isinstance(text, str) or (key == "name" and not text.strip()) or len(text) > 60:
+            problems.append(f"{where}.{key}: " + ("required, " if key == "name" else "") + "text of at most 60 "
+                            "characters")
+    if value.get("first_name") and entity != "person":
+        problems.append(f"{where}.first_name: only for entity: person")
+    if len(problems) > before:
+        return None
+    return InformationReceiver(npi=npi, name=value["name"].strip(), entity=entity,
+                               first_name=str(value.get("first_name") or "").strip())
 
 
 def _route(payer_id: str, values: dict[str, Any], where: str, problems: list[str], *, build: bool) -> Route | None:

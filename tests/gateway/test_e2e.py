@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from tests.conftest import ISSUE_TYPES
-from tests.gateway.conftest import READ_TOKEN, Gateway, fhir_request, member, with_member_id
+from tests.gateway.conftest import READ_TOKEN, Gateway, fhir_request, member, routing_table, with_member_id
 
 CER = "CoverageEligibilityRequest"
 RESPONSE = "CoverageEligibilityResponse"
@@ -224,6 +224,52 @@ def test_canvas_style_request_resolved_upstream(gateway: Gateway, upstream):
     assert answer["total"] == 1 and answer["entry"][0]["resource"]["outcome"] == "complete"
 
 
+# Canvas's documented create, as its docs print it: no provider at all (insurer {} as its docs tell clients to send)
+CANVAS_EXAMPLE = {"resourceType": CER, "status": "active", "purpose": ["benefits"],
+                  "patient": {"reference": "Patient/pat-delgado-maria"}, "created": "2021-08-27", "insurer": {},
+                  "insurance": [{"focal": True, "coverage": {"reference": "Coverage/cov-delgado-maria"}}]}
+NPI = "http://hl7.org/fhir/sid/us-npi"
+
+
+def test_canvas_example_without_provider_names_the_configured_information_receiver(make_gateway, tmp_path):
+    receiver = {"npi": "1245319599", "name": "Riverbend Family Practice"}
+    gateway = make_gateway(FHIR_X12_ROUTING=routing_table(tmp_path, timeout_seconds=1.0, budget_seconds=6,
+                                                          information_receiver=receiver))
+    response = gateway.post(f"/{CER}", CANVAS_EXAMPLE)
+    assert response.status_code == 201, response.text
+    stored = gateway.get(f"/{CER}/{response.json()['id']}").json()
+    assert stored["provider"]["identifier"] == {"system": NPI, "value": "1245319599"}   # whom the 270 asked for
+    found = gateway.get(f"/{RESPONSE}", params={"request": f"{CER}/{stored['id']}"}).json()
+    answer = found["entry"][0]["resource"]
+    assert answer["outcome"] == "complete" and answer["requestor"]["identifier"]["value"] == "1245319599"
+    sources = [part["valueString"] for note in answer["extension"] for part in note["extension"]
+               if part["url"] == "source"]
+    assert f"{CER}.provider" in sources   # the substitution is on record in the response
+    record = gateway.app.extensions["fhir_x12"]["service"].store.record(stored["id"])
+    assert "NM1*1P*2*RIVERBEND FAMILY PRACTICE*****XX*1245319599~" in record.x12_request
+    searched = gateway.get(f"/{CER}", params={"provider:identifier": f"{NPI}|1245319599"}).json()
+    assert [e["resource"]["id"] for e in searched["entry"]] == [stored["id"]]
+
+
+def test_canvas_example_without_provider_or_configured_receiver_is_422_naming_the_provider(gateway: Gateway):
+    response = gateway.post(f"/{CER}", CANVAS_EXAMPLE)
+    issues = response.json()["issue"]
+    assert response.status_code == 422
+    assert any(f"{CER}.provider" in (issue.get("expression") or [""])[0] for issue in issues), issues
+
+
+def test_what_the_270_could_not_carry_is_a_process_note_of_the_response(gateway: Gateway):
+    payload = copy.deepcopy(fhir_request("subscriber-generic"))
+    payload["entry"][0]["resource"]["priority"] = {"coding": [{"code": "stat"}]}
+    response = gateway.post(f"/{CER}/$submit", payload)
+    assert response.status_code == 200, response.text
+    notes = {part["valueString"]: note for note in response.json().get("extension", [])
+             for part in note["extension"] if part["url"] == "source"}
+    assert f"{CER}.priority" in notes
+    texts = [p["valueString"] for p in notes[f"{CER}.priority"]["extension"] if p["url"] == "text"]
+    assert texts == ["priority has no place in a 270"]
+
+
 def test_parameters_wrapper_is_accepted(gateway: Gateway):
     wrapped = {"resourceType": "Parameters",
                "parameter": [{"name": "resource", "resource": fhir_request("subscriber-generic")}]}
@@ -270,6 +316,9 @@ def test_aaa_42_is_retried_then_reported(gateway: Gateway, simulator):
     body = response.json()
     assert body["outcome"] == "error"
     assert "42" in {c["code"] for error in body["error"] for c in error["code"]["coding"]}
+    # the rejection (at 2100A: no patient loop, no trace) still answers this request about this patient
+    assert body["request"]["reference"].startswith(f"{CER}/")
+    assert body["patient"] == fhir_request("subscriber-generic")["entry"][0]["resource"]["patient"]
 
 
 def test_data_errors_are_not_retried(gateway: Gateway, simulator):
@@ -322,6 +371,13 @@ def test_missing_member_id(gateway: Gateway):
 
 def test_wrong_resource_type(gateway: Gateway):
     outcome_issue(gateway.post(f"/{CER}/$submit", {"resourceType": "Patient", "id": "x"}), 400, "structure")
+
+
+def test_an_unknown_element_on_the_bundle_itself_is_refused(gateway: Gateway):
+    payload = copy.deepcopy(fhir_request("subscriber-generic"))
+    payload["colour"] = "blue"
+    issue = outcome_issue(gateway.post(f"/{CER}/$submit", payload), 400, "structure")
+    assert issue["expression"] == ["Bundle.colour"]
 
 
 def test_structurally_invalid_request(gateway: Gateway):

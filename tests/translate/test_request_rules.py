@@ -178,3 +178,51 @@ def test_contained_resources_resolve():
     request["contained"][1] = dict(request["contained"][1], beneficiary={"reference": "#p"},
                                    payor=[{"reference": "#payer"}])
     assert validate_x12(build(request).text).valid
+
+
+# ------------------------------------------------------------------------------- no provider in the request
+
+RECEIVER = {"resourceType": "Organization", "name": "Riverbend Family Practice",
+            "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "1245319599"}]}
+
+
+def test_without_a_provider_the_configured_information_receiver_is_named_in_2100b():
+    asked: list[str] = []
+    result = build_270(bundle(request__provider=None), load_tables(), envelope=ENV, limits=element_limits(),
+                       information_receiver=lambda payer: asked.append(payer) or RECEIVER)
+    assert asked == ["99999"]   # looked up by the payer the 270 goes to
+    assert validate_x12(result.text).valid
+    assert ["NM1", "1P", "2", "RIVERBEND FAMILY PRACTICE", "", "", "", "", "XX", "1245319599"] in segs(result.text)
+    assert [n.source for n in result.notes] == ["CoverageEligibilityRequest.provider"]
+    assert "information receiver" in result.notes[0].text
+
+
+def test_a_person_as_information_receiver():
+    person = {"resourceType": "Practitioner", "name": [{"family": "Okafor", "given": ["Ada"]}],
+              "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893"}]}
+    result = build_270(bundle(request__provider=None), load_tables(), envelope=ENV, limits=element_limits(),
+                       information_receiver=person)
+    assert ["NM1", "1P", "1", "OKAFOR", "ADA", "", "", "", "XX", "1234567893"] in segs(result.text)
+
+
+def test_the_requests_own_provider_wins_over_the_information_receiver():
+    result = build_270(bundle(), load_tables(), envelope=ENV, limits=element_limits(),
+                       information_receiver=lambda payer: RECEIVER)
+    assert ["NM1", "1P", "2", "SAMPLE CLINIC", "", "", "", "", "XX", "1234567893"] in segs(result.text)
+    assert not [n for n in result.notes if n.source == "CoverageEligibilityRequest.provider"]
+
+
+@pytest.mark.parametrize("receiver", [None, lambda payer: None])
+def test_without_provider_or_information_receiver_the_npi_is_required(receiver):
+    with pytest.raises(TranslationError) as caught:
+        build_270(bundle(request__provider=None), load_tables(), envelope=ENV, limits=element_limits(),
+                  information_receiver=receiver)
+    assert caught.value.status == 422
+    assert any("provider NPI" in p.message and p.x12.startswith("2100B") for p in caught.value.problems)
+
+
+def test_values_the_writer_changed_are_notes_on_their_270_element():
+    result = build(bundle(patient__name=[{"family": "Müller*Smith", "given": ["Zoë"]}]))
+    notes = {n.source: n.text for n in result.all_notes()}
+    assert "'Müller*Smith' was sent as 'MULLERSMITH'" in notes["270 NM1 NM103"]
+    assert "transliterated" in notes["270 NM1 NM104"]

@@ -1,0 +1,70 @@
+"""Routing-table settings that are not about transport: the information receiver (2100B) per payer."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.errors import MappingError
+from gateway.transport.routing import InformationReceiver, load_routes, valid_npi
+
+PRACTICE = {"npi": "1245319599", "name": "Riverbend Family Practice"}
+
+
+def table(payers: dict, **defaults) -> dict:
+    return {"defaults": {"sender_id": "FHIRX12GW", "transport": "soap", **defaults}, "payers": payers}
+
+
+def test_a_payer_takes_the_defaults_information_receiver_or_its_own():
+    routes = load_routes(table({"A": {"url": "http://127.0.0.1:1/a"},
+                                "B": {"url": "http://127.0.0.1:1/b",
+                                      "information_receiver": {"npi": 1234567893, "name": "Okafor",
+                                                               "first_name": "Ada", "entity": "person"}}},
+                               information_receiver=PRACTICE))
+    assert routes.route("A").information_receiver == InformationReceiver("1245319599", "Riverbend Family Practice")
+    person = routes.route("B").information_receiver
+    assert person == InformationReceiver("1234567893", "Okafor", "person", "Ada")
+    assert person.as_resource() == {"resourceType": "Practitioner", "name": [{"family": "Okafor", "given": ["Ada"]}],
+                                    "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi",
+                                                    "value": "1234567893"}]}
+    assert person.as_reference()["display"] == "Ada Okafor"
+    assert person.as_reference()["identifier"] == {"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893"}
+
+
+def test_without_one_configured_there_is_none():
+    routes = load_routes(table({"A": {"url": "http://127.0.0.1:1/a"}}))
+    assert routes.route("A").information_receiver is None
+
+
+def test_the_override_url_keeps_each_payers_receiver_and_gives_unlisted_ones_the_defaults():
+    own = {"npi": "1234567893", "name": "Acme Enrolled Group"}
+    routes = load_routes(table({"A": {"url": "http://127.0.0.1:1/a", "information_receiver": own}},
+                               information_receiver=PRACTICE), "http://127.0.0.1:2/core/soap")
+    assert routes.route("A").information_receiver.name == "Acme Enrolled Group"
+    assert routes.route("ZZZ99").information_receiver.name == "Riverbend Family Practice"
+
+
+@pytest.mark.parametrize(("receiver", "words"), [
+    ({"npi": "1245319598", "name": "X"}, "information_receiver.npi: a National Provider Identifier"),
+    ({"npi": "124531959", "name": "X"}, "information_receiver.npi"),
+    ({"name": "X"}, "information_receiver.npi"),
+    ({"npi": "1245319599"}, "information_receiver.name: required"),
+    ({"npi": "1245319599", "name": "  "}, "information_receiver.name: required"),
+    ({"npi": "1245319599", "name": "X", "entity": "group"}, "information_receiver.entity: organization or person"),
+    ({"npi": "1245319599", "name": "X", "first_name": "Ada"}, "information_receiver.first_name: only for entity"),
+    ({"npi": "1245319599", "name": "X", "taxonomy": "207Q00000X"}, "information_receiver.taxonomy: unknown key"),
+    ("1245319599", "information_receiver: must be a mapping"),
+])
+def test_a_wrong_information_receiver_is_named_at_start_up(receiver, words):
+    with pytest.raises(MappingError) as caught:
+        load_routes(table({"A": {"url": "http://127.0.0.1:1/a", "information_receiver": receiver}}))
+    assert f"payers.A.{words}" in str(caught.value)
+
+
+def test_a_wrong_default_information_receiver_is_named_too():
+    with pytest.raises(MappingError, match=r"defaults\.information_receiver\.npi"):
+        load_routes(table({"A": {"url": "http://127.0.0.1:1/a"}}, information_receiver={"npi": "1", "name": "X"}))
+
+
+def test_npi_check_digit():
+    assert valid_npi("1234567893") and valid_npi("1245319599")
+    assert not valid_npi("1234567890") and not valid_npi("123456789A") and not valid_npi("12345678931")
