@@ -23,7 +23,7 @@ from gateway.fhir.structure import structure_problems
 from gateway.store import AuditStore
 from gateway.translate.document import iso
 from gateway.translate.errors import Problem, TranslationError
-from gateway.translate.references import Resolver
+from gateway.translate.references import Resolver, contain_local_references
 from gateway.translate.request_270 import CER, Request270, build_270, find_request
 from gateway.translate.response_271 import ResponseContext, ResponseTranslation, translate_271
 from gateway.translate.tables import Tables
@@ -161,6 +161,8 @@ class EligibilityService:
             receiver = self._receiver(built.payer_id)
             if receiver is not None:
                 stored["provider"] = receiver.as_reference()
+        # a request sent in a Bundle is kept standing on its own: urn: references become contained resources
+        stored = contain_local_references(stored, resolved_bundle)
         try:
             self.store.record_request(id, stored, resolved if resolved is not payload else None, built.payer_id,
                                       built.trace, now, x12_request=built.text if sending else None,

@@ -57,3 +57,49 @@ class Resolver:
                                          f"expected {' or '.join(expected)}", code="invalid", x12=x12))
             return None
         return resource
+
+
+def contain_local_references(resource: dict[str, Any], bundle: dict[str, Any] | None) -> dict[str, Any]:
+    """``resource`` standing on its own: what it references by ``urn:`` (a Bundle-local id that resolves nowhere
+    once the Bundle is gone) is copied into ``contained`` and referenced as ``#id`` instead, the resources it
+    references by ``urn:`` in turn as well. References to servers (``Type/id``, URLs) are left as they are."""
+    if bundle is None:
+        return resource
+    by_url = {e["fullUrl"]: e["resource"] for e in bundle.get("entry") or []
+              if isinstance(e, dict) and isinstance(e.get("fullUrl"), str) and e["fullUrl"].startswith("urn:")
+              and isinstance(e.get("resource"), dict)
+              and e["resource"].get("resourceType") != resource.get("resourceType")}   # never itself
+    contained: list[dict[str, Any]] = [c for c in resource.get("contained") or [] if isinstance(c, dict)]
+    taken = {c.get("id") for c in contained}
+    local: dict[str, str] = {}   # urn -> its id in contained
+
+    def rewrite(value: Any) -> Any:
+        if isinstance(value, list):
+            return [rewrite(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        out = {k: rewrite(v) for k, v in value.items() if k != "contained"}
+        ref = value.get("reference")
+        if isinstance(ref, str) and ref in by_url:
+            out["reference"] = f"#{contain(ref)}"
+        return out
+
+    def contain(url: str) -> str:
+        if url not in local:
+            target = by_url[url]
+            id = target.get("id") if isinstance(target.get("id"), str) and target.get("id") not in taken else None
+            id = id or next(f"c{n}" for n in range(1, len(taken) + 2) if f"c{n}" not in taken)
+            local[url] = id   # before its own references are followed: two resources may point at each other
+            taken.add(id)
+            slot = len(contained)
+            contained.append({})
+            copy = {**rewrite(target), "id": id}   # a contained resource contains none of its own (dom-2)
+            copy.pop("meta", None)
+            contained[slot] = copy
+        return local[url]
+
+    result = {k: rewrite(v) for k, v in resource.items() if k != "contained"}
+    if not contained:
+        return result if resource.get("contained") is None else {**result, "contained": resource["contained"]}
+    ordered = {k: result[k] for k in ("resourceType", "id", "meta", "text") if k in result}
+    return {**ordered, "contained": contained, **{k: v for k, v in result.items() if k not in ordered}}

@@ -134,6 +134,19 @@ def test_dependent_and_bundle_local_references(gateway: Gateway):
         assert all(ref[1:] in contained for ref in local), name
 
 
+def test_a_request_created_from_a_bundle_is_stored_standing_on_its_own(gateway: Gateway):
+    created = gateway.post(f"/{CER}", fhir_request("urn-uuid-bundle"))
+    assert created.status_code == 201, created.text
+    stored = gateway.get(f"/{CER}/{created.json()['id']}").json()
+    text = json.dumps(stored)
+    assert "urn:uuid:" not in text   # nothing points into the Bundle that is gone
+    contained = {c["id"]: c for c in stored["contained"]}
+    assert contained[stored["patient"]["reference"][1:]]["resourceType"] == "Patient"
+    coverage = contained[stored["insurance"][0]["coverage"]["reference"][1:]]
+    assert contained[coverage["beneficiary"]["reference"][1:]]["resourceType"] == "Patient"
+    assert contained[stored["insurer"]["reference"][1:]]["name"] == "Acme Health Plan"
+
+
 # ------------------------------------------------------------------------------------------------- create and read
 
 
