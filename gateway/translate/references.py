@@ -69,6 +69,8 @@ def contain_local_references(resource: dict[str, Any], bundle: dict[str, Any] | 
               if isinstance(e, dict) and isinstance(e.get("fullUrl"), str) and e["fullUrl"].startswith("urn:")
               and isinstance(e.get("resource"), dict)
               and e["resource"].get("resourceType") != resource.get("resourceType")}   # never itself
+    if not by_url:
+        return resource
     contained: list[dict[str, Any]] = [c for c in resource.get("contained") or [] if isinstance(c, dict)]
     taken = {c.get("id") for c in contained}
     local: dict[str, str] = {}   # urn -> its id in contained
