@@ -20,7 +20,7 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from gateway.errors import GatewayError
 from gateway.fhir.structure import structure_problems
-from gateway.store import AuditStore
+from gateway.store import AuditStore, RecordStateError
 from gateway.translate.document import iso
 from gateway.translate.errors import Problem, TranslationError
 from gateway.translate.references import Resolver, contain_local_references
@@ -176,6 +176,16 @@ class EligibilityService:
                                                         "was not sent to the payer"), "store-unavailable")
         return Prepared(id, stored, request, resolved_bundle, built, start, sent=sending)
 
+    def cancel(self, id: str) -> str | None:
+        """Cancel an accepted ``respond-async`` request that has not gone to the payer yet: ``"cancelled"``, the
+        status that is too far along to cancel (``sent``, ``answered``, ``failed``), or None (unknown id)."""
+        outcome = operation_outcome("informational", "cancelled by the client before it was sent to the payer",
+                                    severity="information")
+        status = self.store.cancel(id, self.clock(), outcome)
+        if status == "cancelled" and self.metrics is not None:
+            self.metrics.observe_eligibility("none", "cancelled")
+        return status
+
     def _receiver(self, payer_id: str) -> Any:
         """The payer's configured information receiver (``routing.yaml``), or None (unknown payer included)."""
         try:
@@ -203,6 +213,10 @@ class EligibilityService:
         if not prepared.sent:
             try:
                 self.store.record_sent(id, built.text, self.clock())
+            except RecordStateError as exc:   # cancelled by the client meanwhile: it is on record, and never sent
+                body = operation_outcome("informational", f"not sent to the payer: the request is {exc.status}",
+                                         severity="information")
+                return Result(409, body, id, payer_id=built.payer_id, outcome=exc.status)
             except (SQLAlchemyError, GatewayError) as exc:
                 log.error("the audit store failed before the payer call (%s); nothing was sent", type(exc).__name__)
                 body = operation_outcome("transient", "the audit store is unavailable; the request was not sent to "

@@ -294,6 +294,8 @@ def async_status(id: str):  # type: ignore[no-untyped-def]
     record = _service().store.record(id)
     if record is None:
         return outcome_response(404, "not-found", "no asynchronous request with this id")
+    if record.status == "cancelled":
+        return outcome_response(404, "not-found", "this asynchronous request was cancelled by the client")
     if record.status in ("received", "sent"):
         received = record.received_at
         waited = (datetime.now(UTC) - received).total_seconds() if received is not None else 0.0
@@ -312,6 +314,22 @@ def async_status(id: str):  # type: ignore[no-untyped-def]
     elif record.error is not None:
         entry["response"]["outcome"] = record.error
     return fhir_response({"resourceType": "Bundle", "type": "batch-response", "entry": [entry]}, 200)
+
+
+@fhir.delete("/_async/<id>")
+def async_cancel(id: str):  # type: ignore[no-untyped-def]
+    """The asynchronous pattern's cancel: a request not yet sent to the payer is cancelled (202; its status URL
+    then answers 404). One already sent cannot be called back (409: its answer will be stored); a finished one
+    has nothing left to cancel (202; its records stay in the audit store, and its status URL keeps answering)."""
+    status = _service().cancel(id)
+    if status is None:
+        return outcome_response(404, "not-found", "no asynchronous request with this id")
+    if status == "sent":
+        return outcome_response(409, "conflict", "the request has already gone to the payer and cannot be called "
+                                "back; its answer will be stored (poll the status URL, or ignore it)")
+    text = {"cancelled": "cancelled: the request will not be sent to the payer"}.get(
+        status, "nothing to cancel: the request is complete (its records stay in the audit store)")
+    return fhir_response(operation_outcome("informational", text, severity="information"), 202)
 
 
 def _unwrap_parameters(payload: Any) -> Any:

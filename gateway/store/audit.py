@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from gateway.store.checkpoint import SAFETY_FRAMES, Checkpointer
-from gateway.store.errors import DuplicateRecordError, SearchError, StoreError, UnknownRecordError
+from gateway.store.errors import DuplicateRecordError, RecordStateError, SearchError, StoreError, UnknownRecordError
 from gateway.store.migrate import ensure_sqlite_folder, is_memory_sqlite, normalize_url, upgrade, upgrade_engine
 from gateway.store.models import EligibilityRecord, RecordIdentifier
 from gateway.store.search import REQUEST_PARAMS, RESPONSE_PARAMS, build, fhir_datetime_bounds
@@ -122,12 +122,32 @@ class AuditStore:
             raise DuplicateRecordError(id) from None
 
     def record_sent(self, id: str, x12_request: str, sent_at: datetime) -> None:
-        """The 270 went to the payer."""
+        """The 270 is going to the payer: only a transaction still ``received`` (one the client cancelled meanwhile,
+        in any process, raises :class:`RecordStateError` and must not be sent)."""
         with self.engine.begin() as connection:
-            done = connection.execute(_RECORDS.update().where(_RECORDS.c.id == id).values(
-                x12_request=x12_request, sent_at=sent_at, status="sent"))
+            done = connection.execute(_RECORDS.update().where(_RECORDS.c.id == id, _RECORDS.c.status == "received")
+                                      .values(x12_request=x12_request, sent_at=sent_at, status="sent"))
             if done.rowcount == 0:
-                raise UnknownRecordError(id)
+                status = connection.execute(select(_RECORDS.c.status).where(_RECORDS.c.id == id)).scalar()
+                if status is None:
+                    raise UnknownRecordError(id)
+                raise RecordStateError(id, status)
+
+    def cancel(self, id: str, at: datetime, outcome: dict[str, Any]) -> str | None:
+        """Cancel a transaction that has not been sent: it becomes ``cancelled`` with ``outcome`` (an
+        OperationOutcome) as its error. Returns ``"cancelled"``, or the status that stopped it (``sent``,
+        ``answered`` ...: nothing changes), or None for an unknown id. Atomic against ``record_sent``."""
+        with self.engine.begin() as connection:
+            found = connection.execute(select(_RECORDS.c.status, _RECORDS.c.received_at)
+                                       .where(_RECORDS.c.id == id)).first()
+            if found is None:
+                return None
+            done = connection.execute(_RECORDS.update().where(_RECORDS.c.id == id, _RECORDS.c.status == "received")
+                                      .values(status="cancelled", outcome="cancelled", error=outcome, answered_at=at,
+                                              duration_ms=_milliseconds(found.received_at, at)))
+            if done.rowcount == 0:
+                return connection.execute(select(_RECORDS.c.status).where(_RECORDS.c.id == id)).scalar()
+            return "cancelled"
 
     def record_answer(self, id: str, *, x12_response: str | None, response: dict[str, Any] | None,
                       outcome: str | None, aaa_codes: list[str], http_status: int, answered_at: datetime,

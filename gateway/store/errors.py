@@ -36,3 +36,12 @@ class DuplicateRecordError(StoreError):
     def __init__(self, record_id: str) -> None:
         self.record_id = record_id
         super().__init__(f"an eligibility transaction with id {record_id!r} is already stored")
+
+
+class RecordStateError(StoreError):
+    """``record_sent`` for a transaction that is no longer waiting to be sent (the client cancelled it)."""
+
+    def __init__(self, record_id: str, status: str) -> None:
+        self.record_id = record_id
+        self.status = status
+        super().__init__(f"eligibility transaction {record_id!r} is {status}, not waiting to be sent")

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-TRANSACTION_STATUSES = ("received", "sent", "answered", "failed")
+TRANSACTION_STATUSES = ("received", "sent", "answered", "failed", "cancelled")
 UTC_MIN = datetime.min.replace(tzinfo=UTC)  # the earliest and the latest instant a column (and Python) holds
 UTC_MAX = datetime.max.replace(tzinfo=UTC)
 
@@ -77,7 +77,7 @@ class EligibilityRecord(Base):
 
     # the CoverageEligibilityRequest id the gateway assigns
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    status: Mapped[str] = mapped_column(String(16))  # received | sent | answered | failed
+    status: Mapped[str] = mapped_column(String(16))  # received | sent | answered | failed | cancelled
     request: Mapped[dict[str, Any]] = mapped_column(JSON)  # the CER as received
     resolved: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # e.g. a Bundle
     x12_request: Mapped[str | None] = mapped_column(Text, nullable=True)  # the 270

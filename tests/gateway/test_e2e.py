@@ -214,6 +214,39 @@ def test_respond_async(gateway: Gateway, simulator):
     assert gateway.get(f"{gateway.url}/_async/unknown-id").status_code == 404
 
 
+def test_an_async_request_not_yet_sent_can_be_cancelled(make_gateway, simulator):
+    gateway = make_gateway(FHIR_X12_ASYNC_WORKERS=1)   # one worker: the second request waits its turn
+    requests.post(f"{simulator.url}/scenarios", json={"memberid": "*", "fault": "latency", "seconds": 0.8},
+                  timeout=5)
+    before = _payer_calls(simulator)
+    first = gateway.post(f"/{CER}", fhir_request("subscriber-generic"), headers={"Prefer": "respond-async"})
+    second = gateway.post(f"/{CER}", fhir_request("subscriber-generic"), headers={"Prefer": "respond-async"})
+    first_url, second_url = first.headers["Content-Location"], second.headers["Content-Location"]
+    deadline = time.monotonic() + 5
+    while gateway.get(first_url).headers.get("X-Progress") != "sent" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    in_flight = gateway.session.delete(first_url, timeout=10)   # the payer has it: it cannot be called back
+    assert in_flight.status_code == 409 and in_flight.json()["issue"][0]["code"] == "conflict"
+    cancelled = gateway.session.delete(second_url, timeout=10)
+    assert cancelled.status_code == 202, cancelled.text
+    assert cancelled.json()["issue"][0]["severity"] == "information"
+    assert gateway.get(second_url).status_code == 404
+    assert _poll(gateway, first_url).status_code == 200
+    time.sleep(0.3)   # the worker has come to the cancelled one by now, and let it be
+    assert _payer_calls(simulator) - before == 1
+    store = gateway.app.extensions["fhir_x12"]["service"].store
+    record = store.record(second_url.rsplit("/", 1)[1])
+    assert record.status == "cancelled" and record.sent_at is None and record.x12_request is None
+    assert record.error["issue"][0]["details"]["text"].startswith("cancelled by the client")
+    # a finished one has nothing left to cancel; an unknown one is not found; a read-only token may not
+    finished = gateway.session.delete(first_url, timeout=10)
+    assert finished.status_code == 202 and "nothing to cancel" in finished.text
+    assert gateway.get(first_url).status_code == 200
+    assert gateway.session.delete(f"{gateway.url}/_async/unknown", timeout=10).status_code == 404
+    read_only = requests.delete(first_url, headers={"Authorization": f"Bearer {READ_TOKEN}"}, timeout=10)
+    assert read_only.status_code == 403
+
+
 def test_async_refusals_are_immediate(gateway: Gateway):
     payload = copy.deepcopy(fhir_request("subscriber-generic"))
     payload["entry"][0]["resource"]["status"] = "draft"

@@ -22,6 +22,7 @@ from gateway.store import (
     AuditStore,
     Base,
     DuplicateRecordError,
+    RecordStateError,
     SearchError,
     UnknownRecordError,
     database_url,
@@ -294,6 +295,27 @@ def test_unknown_and_duplicate_ids_are_refused(store: AuditStore):
         store.record_answer("missing", x12_response=None, response=None, outcome=None, aaa_codes=[],
                             http_status=504, answered_at=now)
     assert store.record("gw-3").status == "received"
+
+
+def test_a_request_not_yet_sent_can_be_cancelled_and_is_then_never_sent(store: AuditStore):
+    received = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
+    for id in ("gw-4", "gw-5"):
+        store.record_request(id, SEED[0]["request"], None, "60054", id, received)
+    store.record_sent("gw-5", "ISA~", received)
+    assert store.cancel("gw-4", received + timedelta(seconds=2), OPERATION_OUTCOME) == "cancelled"
+    with pytest.raises(RecordStateError) as caught:   # the worker that would have sent it
+        store.record_sent("gw-4", "ISA~", received + timedelta(seconds=3))
+    assert caught.value.status == "cancelled" and isinstance(caught.value, GatewayError)
+    record = store.record("gw-4")
+    assert (record.status, record.outcome, record.error, record.x12_request, record.sent_at) == (
+        "cancelled", "cancelled", OPERATION_OUTCOME, None, None)
+    assert record.duration_ms == 2000.0
+    assert store.cancel("gw-4", received, OPERATION_OUTCOME) == "cancelled"   # twice: still cancelled
+    assert store.cancel("gw-5", received, OPERATION_OUTCOME) == "sent"        # too late: nothing changes
+    assert store.record("gw-5").status == "sent" and store.record("gw-5").error is None
+    assert store.cancel("missing", received, OPERATION_OUTCOME) is None
+    with pytest.raises(RecordStateError):   # a transaction is sent once
+        store.record_sent("gw-5", "ISA~", received)
 
 
 CRASH = """
