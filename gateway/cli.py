@@ -145,17 +145,18 @@ def translate(file: str, output: str | None, control_number: int, date: str | No
     from gateway.translate.document import translate_document
     from gateway.transport.routing import InformationReceiver, valid_npi
 
+    tables = load_tables()
     receiver = None
     if provider_npi is not None or provider_name is not None:
-        if not provider_npi or not provider_name or not provider_name.strip():
+        if not provider_npi or not (provider_name or "").strip():
             _fail("--provider-npi and --provider-name go together")
         if not valid_npi(provider_npi):
             _fail(f"--provider-npi {provider_npi!r}: an NPI is 10 digits with a valid check digit")
-        receiver = InformationReceiver(provider_npi, provider_name.strip()).as_resource()
+        receiver = InformationReceiver(provider_npi, provider_name.strip()).as_resource(tables.systems["npi"])
     data = _read_input(file)
     now = _parse_date(date)
     try:
-        result = translate_document(data, load_tables(), now=now, control_number=control_number,
+        result = translate_document(data, tables, now=now, control_number=control_number,
                                     sender_id=sender_id, receiver_id=receiver_id, information_receiver=receiver)
     except TranslationError as exc:
         click.echo(f"fhir-x12: {file}: {exc}", err=True)

@@ -327,8 +327,8 @@ def async_cancel(id: str):  # type: ignore[no-untyped-def]
     if status == "sent":
         return outcome_response(409, "conflict", "the request has already gone to the payer and cannot be called "
                                 "back; its answer will be stored (poll the status URL, or ignore it)")
-    text = {"cancelled": "cancelled: the request will not be sent to the payer"}.get(
-        status, "nothing to cancel: the request is complete (its records stay in the audit store)")
+    text = ("cancelled: the request will not be sent to the payer" if status == "cancelled" else
+            "nothing to cancel: the request is complete (its records stay in the audit store)")
     return fhir_response(operation_outcome("informational", text, severity="information"), 202)
 
 

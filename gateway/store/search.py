@@ -92,12 +92,6 @@ def parse_datetime_range(text: str) -> tuple[datetime, datetime]:
     return to_utc(first.replace(tzinfo=zone)), to_utc(last.replace(tzinfo=zone))
 
 
-def parse_fhir_datetime(value: Any) -> datetime | None:
-    """The instant a stored FHIR dateTime stands for (the start of its range), in UTC; None when unusable."""
-    bounds = fhir_datetime_bounds(value)
-    return None if bounds is None else bounds[0]
-
-
 def fhir_datetime_bounds(value: Any) -> tuple[datetime, datetime] | None:
     """First and last instant (UTC) of a stored FHIR dateTime's range; None when it is not one."""
     if not isinstance(value, str):

@@ -261,8 +261,10 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
                                   ("Practitioner", "PractitionerRole", "Organization"), "2100B") \
         if request.get("provider") else None
     if not request.get("provider") and information_receiver is not None:
-        provider = information_receiver(payer_id) if callable(information_receiver) and payer_id else \
-            information_receiver if isinstance(information_receiver, dict) else None
+        if callable(information_receiver):
+            provider = information_receiver(payer_id) if payer_id else None
+        else:
+            provider = information_receiver
         if provider:
             g.notes.append(Note(text="the request names no provider: the 270 names the information receiver "
                                      "configured for this payer (2100B)", source=f"{CER}.provider"))

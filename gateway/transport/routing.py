@@ -40,7 +40,6 @@ _X12_DELIMITERS = set("*~^:|>\r\n")
 _DOC_KEYS = {"name"}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_CREDENTIAL = 256
-NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
 _RECEIVER_KEYS = {"npi", "name", "first_name", "entity"}
 
 
@@ -53,9 +52,10 @@ class InformationReceiver:
     entity: str = "organization"    # "organization" (NM102 2) or "person" (NM102 1)
     first_name: str = ""
 
-    def as_resource(self) -> dict[str, Any]:
-        """The FHIR Organization or Practitioner it stands for (what the 270 builder reads a provider from)."""
-        identifier = [{"system": NPI_SYSTEM, "value": self.npi}]
+    def as_resource(self, npi_system: str) -> dict[str, Any]:
+        """The FHIR Organization or Practitioner it stands for (what the 270 builder reads a provider from);
+        ``npi_system`` is the NPI's identifier system (``systems.yaml``: ``npi``)."""
+        identifier = [{"system": npi_system, "value": self.npi}]
         if self.entity == "person":
             name: dict[str, Any] = {"family": self.name}
             if self.first_name:
@@ -63,11 +63,11 @@ class InformationReceiver:
             return {"resourceType": "Practitioner", "identifier": identifier, "name": [name]}
         return {"resourceType": "Organization", "identifier": identifier, "name": self.name}
 
-    def as_reference(self) -> dict[str, Any]:
+    def as_reference(self, npi_system: str) -> dict[str, Any]:
         """A logical reference to it (the stored request's ``provider`` when the request had none)."""
         display = f"{self.first_name} {self.name}".strip() if self.entity == "person" else self.name
         return {"type": "Practitioner" if self.entity == "person" else "Organization",
-                "identifier": {"system": NPI_SYSTEM, "value": self.npi}, "display": display}
+                "identifier": {"system": npi_system, "value": self.npi}, "display": display}
 
 
 def valid_npi(value: str) -> bool:
@@ -336,9 +336,7 @@ def _check_values(values: dict[str, Any], where: str, problems: list[str]) -> bo
 
 
 def _information_receiver(value: Any, where: str, problems: list[str]) -> InformationReceiver | None:
-    """The checked ``information_receiver`` mapping (already checked when it is one: defaults are merged in)."""
-    if isinstance(value, InformationReceiver):
-        return value
+    """The checked ``information_receiver`` mapping; None (with its problems named) when it is wrong."""
     if not isinstance(value, Mapping):
         problems.append(f"{where}: must be a mapping with npi and name (and entity, first_name)")
         return None

@@ -8,6 +8,7 @@ from gateway.errors import MappingError
 from gateway.transport.routing import InformationReceiver, load_routes, valid_npi
 
 PRACTICE = {"npi": "1245319599", "name": "Riverbend Family Practice"}
+NPI = "http://hl7.org/fhir/sid/us-npi"
 
 
 def table(payers: dict, **defaults) -> dict:
@@ -23,11 +24,11 @@ def test_a_payer_takes_the_defaults_information_receiver_or_its_own():
     assert routes.route("A").information_receiver == InformationReceiver("1245319599", "Riverbend Family Practice")
     person = routes.route("B").information_receiver
     assert person == InformationReceiver("1234567893", "Okafor", "person", "Ada")
-    assert person.as_resource() == {"resourceType": "Practitioner", "name": [{"family": "Okafor", "given": ["Ada"]}],
+    assert person.as_resource(NPI) == {"resourceType": "Practitioner", "name": [{"family": "Okafor", "given": ["Ada"]}],
                                     "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi",
                                                     "value": "1234567893"}]}
-    assert person.as_reference()["display"] == "Ada Okafor"
-    assert person.as_reference()["identifier"] == {"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893"}
+    assert person.as_reference(NPI)["display"] == "Ada Okafor"
+    assert person.as_reference(NPI)["identifier"] == {"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893"}
 
 
 def test_without_one_configured_there_is_none():
