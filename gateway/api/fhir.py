@@ -126,16 +126,17 @@ def _json_body() -> Any:
 
 
 def _too_deep(value: Any, limit: int) -> bool:
-    """Iterative (a recursive check would fail on exactly the input it guards against)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
+    """Level by level (a recursive check would fail on exactly the input it guards against)."""
+    level = [value] if isinstance(value, (dict, list)) else []
+    depth = 1
+    while level:
         if depth > limit:
             return True
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
+        deeper = []
+        for item in level:
+            deeper.extend(v for v in (item.values() if isinstance(item, dict) else item) if isinstance(v, (dict, list)))
+        level = deeper
+        depth += 1
     return False
 
 

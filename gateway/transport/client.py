@@ -637,13 +637,18 @@ def _decode(content: bytes) -> str:
         return content.decode("cp1252", errors="replace")
 
 
+_KIND_SEGMENTS = frozenset({"ST", "TA1", "IK5", "AK5", "AK9"})
+
+
 def _answer_271(text: str, codes: AckCodes) -> list[Transaction]:
     """The 271 transactions of an answer; PayerRejected for a 999/997/TA1, PayerUnavailable for anything else."""
     try:
-        batches = [(batch.delimiters, list(batch.split())) for batch in tokenize(text)]
+        batches = list(tokenize(text))
     except X12SyntaxError as exc:
         raise PayerUnavailable(f"the answer is not X12: {_short(exc)}") from None
-    segments = [(delims, parts) for delims, parts_list in batches for parts in parts_list]
+    # what the answer is needs only these segments split; all of them are split for a rejection's findings
+    segments = [(batch.delimiters, raw.split(batch.delimiters.element)) for batch in batches
+                for seg_id, raw in zip(batch.ids, batch.segments, strict=True) if seg_id in _KIND_SEGMENTS]
     set_ids = {_el(parts, 1) for _, parts in segments if parts[0] == "ST"}
     # an acknowledgment that accepts (A, E; P for a group) may come with the 271; one that rejects may not
     ta1_rejects = [parts for _, parts in segments if parts[0] == "TA1" and _el(parts, 4) == "R"]
@@ -659,7 +664,8 @@ def _answer_271(text: str, codes: AckCodes) -> list[Transaction]:
         if txns:
             return txns
     if kind:
-        raise PayerRejected(kind, text, ack_findings(segments, codes))
+        everything = [(batch.delimiters, parts) for batch in batches for parts in batch.split()]
+        raise PayerRejected(kind, text, ack_findings(everything, codes))
     found = ", ".join(sorted(set_ids)) or "no transaction set"
     raise PayerUnavailable(f"the answer holds {found}, not a 271, 999 or TA1")
 

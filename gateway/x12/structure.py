@@ -15,6 +15,7 @@ from typing import Any
 from gateway.errors import MappingError
 from gateway.mappings import code_table, load_yaml, mappings_dir
 from gateway.x12.dictionary import DataElement, data_elements
+from gateway.x12.writer import ElementLimits
 
 USAGES = ("R", "S", "N")
 TRANSACTION_FILES = {"270": "x12/270.005010X279A1.yaml", "271": "x12/271.005010X279A1.yaml"}
@@ -417,13 +418,13 @@ def known_segment_ids(base: str | None = None) -> frozenset[str]:
     return frozenset(load_yaml("x12/segments.yaml", base)) | {"ISA", "GS", "ST", "SE", "GE", "IEA", "TA1"}
 
 
-def element_limits(base: str | os.PathLike[str] | None = None) -> dict[str, tuple[int, int]]:
+def element_limits(base: str | os.PathLike[str] | None = None) -> ElementLimits:
     """Max length of each element of each segment (``{"NM103": (1, 60)}``) for the writer."""
     return _element_limits(str(mappings_dir(base)))
 
 
 @lru_cache(maxsize=4)
-def _element_limits(base: str) -> dict[str, tuple[int, int]]:
+def _element_limits(base: str) -> ElementLimits:
     segments = load_yaml("x12/segments.yaml", base)
     dictionary = data_elements()
     limits: dict[str, tuple[int, int]] = {}
@@ -432,4 +433,4 @@ def _element_limits(base: str) -> dict[str, tuple[int, int]]:
             if "ele" in e and str(e["ele"]) in dictionary:
                 d = dictionary[str(e["ele"])]
                 limits[f"{seg_id}{i:02d}"] = (d.min_len, d.max_len)
-    return limits
+    return ElementLimits(limits)

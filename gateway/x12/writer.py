@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Union
 
 from gateway.x12.model import Delimiters
@@ -27,6 +28,8 @@ _SPECIAL = {"ß": "SS", "Æ": "AE", "æ": "AE", "Ø": "O", "ø": "O", "Œ": "OE"
             "Đ": "D", "đ": "D", "Þ": "TH", "þ": "TH", "Ð": "D", "ð": "D", "ı": "I"}
 
 DEFAULT_DELIMITERS = Delimiters("*", "^", ":", "~")
+# a non-negative number without leading zeros or an exponent, which Decimal would leave as it is
+_PLAIN_NUMBER = re.compile(r"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?").fullmatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,27 @@ class Envelope:
     first_transaction_control: int = 1
 
 
+class ElementLimits(dict[str, tuple[int, int]]):
+    """Each element's (min, max) length (``{"NM103": (1, 60)}``), with the maximums also by segment and position.
+
+    Built once and shared (not to be changed afterwards): a writer is made for every message, and deriving
+    the per-segment lookup from a plain dict each time would cost more than it saves.
+    """
+
+    def __init__(self, limits: Mapping[str, tuple[int, int]] = {}) -> None:  # noqa: B006 - never mutated
+        super().__init__(limits)
+        self.by_segment = _max_lengths_by_segment(self)
+
+
+def _max_lengths_by_segment(limits: Mapping[str, tuple[int, int]]) -> dict[str, dict[int, int]]:
+    """``{"NM1": {3: 60, ...}}``: one lookup per segment instead of building ``"NM103"`` for every value."""
+    by_segment: dict[str, dict[int, int]] = {}
+    for ref, (_, maximum) in limits.items():
+        if len(ref) > 2 and ref[-2:].isdigit():
+            by_segment.setdefault(ref[:-2], {})[int(ref[-2:])] = maximum
+    return by_segment
+
+
 @dataclass
 class WriteResult:
     text: str
@@ -95,6 +119,8 @@ class X12Writer:
             raise ValueError(f"delimiters cannot be letters, digits or spaces: {delimiters!r}")
         self.delimiters = delimiters
         self.limits = limits or {}
+        self._max_lengths = (limits.by_segment if isinstance(limits, ElementLimits)
+                             else _max_lengths_by_segment(self.limits))
         self.line_breaks = line_breaks
         self.notes: list[WriteNote] = []
         self._forbidden = set(chars)
@@ -163,7 +189,16 @@ class X12Writer:
     # -- segments ----------------------------------------------------------------------------
     def segment(self, seg_id: str, *elements: Value) -> str:
         """One segment, trailing empty elements removed."""
-        rendered = [self._element(v, seg_id, i) for i, v in enumerate(elements, start=1)]
+        already_clean = self._already_clean
+        max_lengths = self._max_lengths.get(seg_id)
+        rendered = []
+        for index, value in enumerate(elements, start=1):
+            # most values are plain strings already fit to send: no reference to build, nothing to change
+            if type(value) is str and already_clean(value) and (
+                    max_lengths is None or len(value) <= max_lengths.get(index, len(value))):
+                rendered.append(value)
+            else:
+                rendered.append(self._element(value, seg_id, index))
         while rendered and not rendered[-1]:
             rendered.pop()
         d = self.delimiters
@@ -221,9 +256,10 @@ class X12Writer:
 
 def format_amount(value: float | int | str) -> str:
     """An X12 R-type number: no exponent, no trailing zeros (``1450.750`` -> ``1450.75``)."""
-    from decimal import Decimal
-
-    number = Decimal(str(value))
+    text = str(value)
+    if _PLAIN_NUMBER(text):   # most amounts: digits, perhaps a fraction; only trailing zeros to drop
+        return text.rstrip("0").rstrip(".") if "." in text else text
+    number = Decimal(text)
     text = format(number.normalize(), "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")

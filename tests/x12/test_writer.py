@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 import pytest
 
@@ -103,6 +104,22 @@ def test_refuses_unsafe_delimiters(bad):
 
 def test_format_amount():
     assert [format_amount(v) for v in ("1450.750", 2000, ".2", "0.20", 0)] == ["1450.75", "2000", "0.2", "0.2", "0"]
+    # the plain-number shortcut and Decimal agree, exponents, signs and leading zeros included
+    values = ["0.00", "10", "10.0", "100", "007.50", "-5.00", "-0.0", "1E+2", "2.5e-3", 12.5, 1e-07, 0.1 + 0.2,
+              Decimal("3.10"), "99999999.99"]
+    assert [format_amount(v) for v in values] == [
+        "0", "10", "10", "100", "7.5", "-5", "-0", "100", "0.0025", "12.5", "0.0000001", "0.30000000000000004",
+        "3.1", "99999999.99"]
+
+
+def test_element_limits_by_segment_and_position_match_the_refs():
+    limits = element_limits()
+    writer, plain = X12Writer(limits=limits), X12Writer(limits=dict(limits))   # shared index vs built here
+    long = "B" * 70
+    for w in (writer, plain):
+        assert w.segment("NM1", "IL", "1", long, long) == f"NM1*IL*1*{'B' * 60}*{'B' * 35}~"
+        assert w.segment("REF", "SY", "X" * 60) == f"REF*SY*{'X' * 50}~"
+    assert [n.element for n in writer.notes] == [n.element for n in plain.notes] == ["NM103", "NM104", "REF02"]
 
 
 def test_extended_elements_keep_case_but_never_delimiters():
