@@ -130,11 +130,14 @@ def validate(file: str, ack: str | None, as_json: bool, control_number: int, dat
 @click.option("--sender-id", default="GATEWAY", show_default=True, help="ISA06/GS02 of a generated 270.")
 @click.option("--receiver-id", help="ISA08/GS03 of a generated 270 (default: the payer id).")
 @click.option("--provider-npi", help="NPI of the 2100B provider when the request names none (with --provider-name).")
-@click.option("--provider-name", help="Organization name of that provider.")
+@click.option("--provider-name", help="That provider's organization name, or a person's last name.")
+@click.option("--provider-first-name", help="The provider is a person with this first name (NM102 1).")
+@click.option("--provider-taxonomy", help="The provider's NUCC taxonomy code, sent in PRV (e.g. 207Q00000X).")
 @click.option("--notes/--no-notes", default=True, show_default=True,
               help="Also list on stderr what the translation could not carry.")
 def translate(file: str, output: str | None, control_number: int, date: str | None, sender_id: str,
-              receiver_id: str | None, provider_npi: str | None, provider_name: str | None, notes: bool) -> None:
+              receiver_id: str | None, provider_npi: str | None, provider_name: str | None,
+              provider_first_name: str | None, provider_taxonomy: str | None, notes: bool) -> None:
     """Translate FILE; the direction follows from its content.
 
     FHIR CoverageEligibilityRequest (or a Bundle holding one) -> X12 270; X12 270 -> a Bundle of
@@ -143,16 +146,25 @@ def translate(file: str, output: str | None, control_number: int, date: str | No
     """
     from gateway.translate import TranslationError, load_tables
     from gateway.translate.document import translate_document
-    from gateway.transport.routing import InformationReceiver, valid_npi
+    from gateway.transport.routing import check_information_receiver
 
     tables = load_tables()
     receiver = None
-    if provider_npi is not None or provider_name is not None:
-        if not provider_npi or not (provider_name or "").strip():
-            _fail("--provider-npi and --provider-name go together")
-        if not valid_npi(provider_npi):
-            _fail(f"--provider-npi {provider_npi!r}: an NPI is 10 digits with a valid check digit")
-        receiver = InformationReceiver(provider_npi, provider_name.strip()).as_resource(tables.systems["npi"])
+    options = {"npi": provider_npi, "name": provider_name, "first_name": provider_first_name,
+               "taxonomy": provider_taxonomy}
+    if any(value is not None for value in options.values()):
+        if provider_npi is None or provider_name is None:
+            _fail("--provider-npi and --provider-name go together (--provider-first-name and --provider-taxonomy "
+                  "add to them)")
+        given = {key: value for key, value in options.items() if value is not None}
+        if provider_first_name is not None:
+            given["entity"] = "person"
+        checked, problems = check_information_receiver(given, "")
+        if checked is None:   # each problem is ".key: what is wrong": name the option and the value given
+            _fail("; ".join(f"--provider-{key.replace('_', '-')} {given.get(key)!r}:{why.split(' (quote it')[0]}"
+                            for key, _, why in (p[1:].partition(":") for p in problems)))
+            return
+        receiver = checked.as_resource(tables.systems)
     data = _read_input(file)
     now = _parse_date(date)
     try:

@@ -160,7 +160,7 @@ class EligibilityService:
             # the 270 named the practice configured for this payer: the stored request says whom it asked for
             receiver = self._receiver(built.payer_id)
             if receiver is not None:
-                stored["provider"] = receiver.as_reference(self.tables.systems["npi"])
+                stored["provider"] = receiver.as_reference(self.tables.systems)
         # a request sent in a Bundle is kept standing on its own: urn: references become contained resources
         stored = contain_local_references(stored, resolved_bundle)
         try:
@@ -195,7 +195,7 @@ class EligibilityService:
 
     def _information_receiver(self, payer_id: str) -> dict[str, Any] | None:
         receiver = self._receiver(payer_id)
-        return receiver.as_resource(self.tables.systems["npi"]) if receiver is not None else None
+        return receiver.as_resource(self.tables.systems) if receiver is not None else None
 
     def exchange(self, prepared: Prepared) -> Result:
         """Send a prepared request, translate the answer, store everything; never raises."""

@@ -85,9 +85,20 @@ def test_translate_names_the_given_provider_when_the_request_has_none(tmp_path):
     assert "NM1*1P*2*RIVERBEND FAMILY PRACTICE*****XX*1245319599~" in done.output
 
 
+def test_translate_names_a_person_with_a_taxonomy_as_the_provider(tmp_path):
+    done = run("translate", _without_provider(tmp_path), "--date", "2026-01-02T03:04", "--provider-npi", "1234567893",
+               "--provider-name", "Okafor", "--provider-first-name", "Ada", "--provider-taxonomy", "207Q00000X")
+    assert done.exit_code == 0, done.output
+    assert "NM1*1P*1*OKAFOR*ADA****XX*1234567893~PRV*PE*PXC*207Q00000X~" in done.output
+
+
 def test_translate_refuses_a_wrong_or_lone_provider_option(tmp_path):
     request = _without_provider(tmp_path)
     wrong = run("translate", request, "--provider-npi", "1245319598", "--provider-name", "X")
     assert wrong.exit_code == 2 and "--provider-npi '1245319598'" in wrong.output
     lone = run("translate", request, "--provider-npi", "1245319599")
     assert lone.exit_code == 2 and "go together" in lone.output
+    taxonomy = run("translate", request, "--provider-npi", "1245319599", "--provider-name", "X",
+                   "--provider-taxonomy", "207q")
+    assert taxonomy.exit_code == 2 and "--provider-taxonomy '207q': a NUCC provider taxonomy code" in taxonomy.output
+    assert "quote it" not in wrong.output

@@ -359,8 +359,11 @@ def _provider(g: _Gather, provider: dict[str, Any] | None, ref: Any) -> tuple[st
                         taxonomy = taxonomy or coding.get("code") or ""
         else:
             person.family = resource.get("name") or ""
-            types = [c.get("code") for t in resource.get("type") or [] for c in _codings(t)]
-            facility = any(t in g.spec["constants"]["facility_types"] for t in types)
+            codings = [c for t in resource.get("type") or [] for c in _codings(t)]
+            facility = any(c.get("code") in g.spec["constants"]["facility_types"] for c in codings)
+            # a group or facility's NUCC taxonomy (Organization.type) is its PRV, as a practitioner's qualification
+            taxonomy = taxonomy or next((c.get("code") or "" for c in codings
+                                         if c.get("system") == g.systems["taxonomy"]), "")
     elif isinstance(ref, dict) and ref.get("display"):
         person.family = ref["display"]
     return npi, person, is_person, taxonomy, facility

@@ -118,8 +118,13 @@ def _provider(tables: Tables, loop: Loop | None, add, note) -> str | None:
     for seg in loop.segments:
         if seg.id == "NM1":
             continue
-        if seg.id == "PRV" and seg.get(2) == "PXC" and resource["resourceType"] == "Practitioner":
-            resource["qualification"] = [{"code": {"coding": [{"system": systems["taxonomy"], "code": seg.get(3)}]}}]
+        if seg.id == "PRV" and seg.get(2) == "PXC" and seg.get(3):
+            # where the 270 builder reads a taxonomy: a practitioner's qualification, an organization's type
+            taxonomy = {"coding": [{"system": systems["taxonomy"], "code": seg.get(3)}]}
+            if resource["resourceType"] == "Practitioner":
+                resource["qualification"] = [{"code": taxonomy}]
+            else:
+                resource["type"] = [taxonomy]
         elif seg.id == "N3":
             resource.setdefault("address", [{}])[0]["line"] = [v for v in (seg.get(1), seg.get(2)) if v]
         elif seg.id == "N4":

@@ -40,7 +40,9 @@ _X12_DELIMITERS = set("*~^:|>\r\n")
 _DOC_KEYS = {"name"}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_CREDENTIAL = 256
-_RECEIVER_KEYS = {"npi", "name", "first_name", "entity"}
+_RECEIVER_KEYS = {"npi", "name", "first_name", "entity", "taxonomy"}
+# a NUCC Health Care Provider Taxonomy code: ten characters, upper-case letters and digits, ending in X
+_TAXONOMY = re.compile(r"[0-9A-Z]{9}X")
 
 
 @dataclass(frozen=True)
@@ -51,23 +53,40 @@ class InformationReceiver:
     name: str                       # organization name, or the person's last name
     entity: str = "organization"    # "organization" (NM102 2) or "person" (NM102 1)
     first_name: str = ""
+    taxonomy: str = ""              # NUCC provider taxonomy code (2100B PRV), for payers that ask for one
 
-    def as_resource(self, npi_system: str) -> dict[str, Any]:
+    def as_resource(self, systems: Mapping[str, str]) -> dict[str, Any]:
         """The FHIR Organization or Practitioner it stands for (what the 270 builder reads a provider from);
-        ``npi_system`` is the NPI's identifier system (``systems.yaml``: ``npi``)."""
-        identifier = [{"system": npi_system, "value": self.npi}]
+        ``systems`` is ``systems.yaml`` (the NPI's and the taxonomy's code systems). The taxonomy goes where the
+        builder reads one: a Practitioner's qualification, an Organization's type."""
+        identifier = [{"system": systems["npi"], "value": self.npi}]
+        taxonomy = [{"coding": [{"system": systems["taxonomy"], "code": self.taxonomy}]}] if self.taxonomy else []
         if self.entity == "person":
             name: dict[str, Any] = {"family": self.name}
             if self.first_name:
                 name["given"] = [self.first_name]
-            return {"resourceType": "Practitioner", "identifier": identifier, "name": [name]}
-        return {"resourceType": "Organization", "identifier": identifier, "name": self.name}
+            person = {"resourceType": "Practitioner", "identifier": identifier, "name": [name]}
+            if taxonomy:
+                person["qualification"] = [{"code": concept} for concept in taxonomy]
+            return person
+        organization = {"resourceType": "Organization", "identifier": identifier, "name": self.name}
+        if taxonomy:
+            organization["type"] = taxonomy
+        return organization
 
-    def as_reference(self, npi_system: str) -> dict[str, Any]:
+    def as_reference(self, systems: Mapping[str, str]) -> dict[str, Any]:
         """A logical reference to it (the stored request's ``provider`` when the request had none)."""
         display = f"{self.first_name} {self.name}".strip() if self.entity == "person" else self.name
         return {"type": "Practitioner" if self.entity == "person" else "Organization",
-                "identifier": {"system": npi_system, "value": self.npi}, "display": display}
+                "identifier": {"system": systems["npi"], "value": self.npi}, "display": display}
+
+
+def check_information_receiver(value: Any, where: str = "information_receiver") -> tuple[InformationReceiver | None,
+                                                                                       list[str]]:
+    """The receiver a routing-table style mapping describes (the CLI's ``--provider-*`` options too), or None and
+    every problem, each as ``<where>.<key>: what is wrong``."""
+    problems: list[str] = []
+    return _information_receiver(value, where, problems), problems
 
 
 def valid_npi(value: str) -> bool:
@@ -338,7 +357,7 @@ def _check_values(values: dict[str, Any], where: str, problems: list[str]) -> bo
 def _information_receiver(value: Any, where: str, problems: list[str]) -> InformationReceiver | None:
     """The checked ``information_receiver`` mapping; None (with its problems named) when it is wrong."""
     if not isinstance(value, Mapping):
-        problems.append(f"{where}: must be a mapping with npi and name (and entity, first_name)")
+        problems.append(f"{where}: must be a mapping with npi and name (and entity, first_name, taxonomy)")
         return None
     before = len(problems)
     for key in sorted(set(value) - _RECEIVER_KEYS, key=str):
@@ -359,10 +378,14 @@ def _information_receiver(value: Any, where: str, problems: list[str]) -> Inform
                             "characters")
     if value.get("first_name") and entity != "person":
         problems.append(f"{where}.first_name: only for entity: person")
+    taxonomy = value.get("taxonomy", "")
+    if not isinstance(taxonomy, str) or (taxonomy and not _TAXONOMY.fullmatch(taxonomy.strip())):
+        problems.append(f"{where}.taxonomy: a NUCC provider taxonomy code is 10 upper-case letters and digits "
+                        "ending in X (\"207Q00000X\")")
     if len(problems) > before:
         return None
     return InformationReceiver(npi=npi, name=value["name"].strip(), entity=entity,
-                               first_name=str(value.get("first_name") or "").strip())
+                               first_name=str(value.get("first_name") or "").strip(), taxonomy=taxonomy.strip())
 
 
 def _route(payer_id: str, values: dict[str, Any], where: str, problems: list[str], *, build: bool) -> Route | None:

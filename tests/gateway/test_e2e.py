@@ -281,7 +281,7 @@ NPI = "http://hl7.org/fhir/sid/us-npi"
 
 
 def test_canvas_example_without_provider_names_the_configured_information_receiver(make_gateway, tmp_path):
-    receiver = {"npi": "1245319599", "name": "Riverbend Family Practice"}
+    receiver = {"npi": "1245319599", "name": "Riverbend Family Practice", "taxonomy": "261QP2300X"}
     gateway = make_gateway(FHIR_X12_ROUTING=routing_table(tmp_path, timeout_seconds=1.0, budget_seconds=6,
                                                           information_receiver=receiver))
     response = gateway.post(f"/{CER}", CANVAS_EXAMPLE)
@@ -295,7 +295,7 @@ def test_canvas_example_without_provider_names_the_configured_information_receiv
                if part["url"] == "source"]
     assert f"{CER}.provider" in sources   # the substitution is on record in the response
     record = gateway.app.extensions["fhir_x12"]["service"].store.record(stored["id"])
-    assert "NM1*1P*2*RIVERBEND FAMILY PRACTICE*****XX*1245319599~" in record.x12_request
+    assert "NM1*1P*2*RIVERBEND FAMILY PRACTICE*****XX*1245319599~PRV*PE*PXC*261QP2300X~" in record.x12_request
     searched = gateway.get(f"/{CER}", params={"provider:identifier": f"{NPI}|1245319599"}).json()
     assert [e["resource"]["id"] for e in searched["entry"]] == [stored["id"]]
 

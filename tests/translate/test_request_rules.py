@@ -9,6 +9,7 @@ import pytest
 
 from gateway.translate import TranslationError, load_tables
 from gateway.translate.request_270 import build_270
+from gateway.transport.routing import InformationReceiver
 from gateway.x12.reader import read_x12
 from gateway.x12.structure import element_limits
 from gateway.x12.validate import validate_x12
@@ -203,6 +204,27 @@ def test_a_person_as_information_receiver():
     result = build_270(bundle(request__provider=None), load_tables(), envelope=ENV, limits=element_limits(),
                        information_receiver=person)
     assert ["NM1", "1P", "1", "OKAFOR", "ADA", "", "", "", "XX", "1234567893"] in segs(result.text)
+
+
+def test_the_information_receivers_taxonomy_is_its_prv():
+    tables = load_tables()
+    for entity, name in (("organization", "RIVERBEND"), ("person", "OKAFOR")):
+        receiver = InformationReceiver("1245319599", name, entity, taxonomy="207Q00000X").as_resource(tables.systems)
+        result = build_270(bundle(request__provider=None), tables, envelope=ENV, limits=element_limits(),
+                           information_receiver=receiver)
+        assert validate_x12(result.text).valid
+        rows = segs(result.text)
+        provider = next(i for i, row in enumerate(rows) if row[:2] == ["NM1", "1P"])
+        assert rows[provider][2:4] == ["2" if entity == "organization" else "1", name]
+        assert rows[provider + 1] == ["PRV", "PE", "PXC", "207Q00000X"]
+
+
+def test_an_organization_providers_nucc_type_is_its_prv():
+    clinic = {"type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/organization-type",
+                                    "code": "prov"}]},
+                       {"coding": [{"system": "http://nucc.org/provider-taxonomy", "code": "261QP2300X"}]}]}
+    rows = segs(build(bundle(clinic__type=clinic["type"])).text)
+    assert ["PRV", "PE", "PXC", "261QP2300X"] in rows
 
 
 def test_the_requests_own_provider_wins_over_the_information_receiver():

@@ -9,6 +9,8 @@ from gateway.transport.routing import InformationReceiver, load_routes, valid_np
 
 PRACTICE = {"npi": "1245319599", "name": "Riverbend Family Practice"}
 NPI = "http://hl7.org/fhir/sid/us-npi"
+TAXONOMY = "http://nucc.org/provider-taxonomy"
+SYSTEMS = {"npi": NPI, "taxonomy": TAXONOMY}
 
 
 def table(payers: dict, **defaults) -> dict:
@@ -24,11 +26,25 @@ def test_a_payer_takes_the_defaults_information_receiver_or_its_own():
     assert routes.route("A").information_receiver == InformationReceiver("1245319599", "Riverbend Family Practice")
     person = routes.route("B").information_receiver
     assert person == InformationReceiver("1234567893", "Okafor", "person", "Ada")
-    assert person.as_resource(NPI) == {"resourceType": "Practitioner", "name": [{"family": "Okafor", "given": ["Ada"]}],
-                                    "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi",
-                                                    "value": "1234567893"}]}
-    assert person.as_reference(NPI)["display"] == "Ada Okafor"
-    assert person.as_reference(NPI)["identifier"] == {"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893"}
+    assert person.as_resource(SYSTEMS) == {"resourceType": "Practitioner",
+                                           "name": [{"family": "Okafor", "given": ["Ada"]}],
+                                           "identifier": [{"system": NPI, "value": "1234567893"}]}
+    assert person.as_reference(SYSTEMS)["display"] == "Ada Okafor"
+    assert person.as_reference(SYSTEMS)["identifier"] == {"system": NPI, "value": "1234567893"}
+
+
+def test_a_taxonomy_goes_where_the_270_builder_reads_one():
+    routes = load_routes(table({"A": {"url": "http://127.0.0.1:1/a",
+                                      "information_receiver": {**PRACTICE, "taxonomy": "261QP2300X"}},
+                                "B": {"url": "http://127.0.0.1:1/b",
+                                      "information_receiver": {"npi": "1234567893", "name": "Okafor",
+                                                               "entity": "person", "taxonomy": " 207Q00000X "}}}))
+    group, person = routes.route("A").information_receiver, routes.route("B").information_receiver
+    assert group.taxonomy == "261QP2300X" and person.taxonomy == "207Q00000X"
+    assert group.as_resource(SYSTEMS)["type"] == [{"coding": [{"system": TAXONOMY, "code": "261QP2300X"}]}]
+    assert person.as_resource(SYSTEMS)["qualification"] == [
+        {"code": {"coding": [{"system": TAXONOMY, "code": "207Q00000X"}]}}]
+    assert "type" not in InformationReceiver("1245319599", "X").as_resource(SYSTEMS)
 
 
 def test_without_one_configured_there_is_none():
@@ -52,7 +68,10 @@ def test_the_override_url_keeps_each_payers_receiver_and_gives_unlisted_ones_the
     ({"npi": "1245319599", "name": "  "}, "information_receiver.name: required"),
     ({"npi": "1245319599", "name": "X", "entity": "group"}, "information_receiver.entity: organization or person"),
     ({"npi": "1245319599", "name": "X", "first_name": "Ada"}, "information_receiver.first_name: only for entity"),
-    ({"npi": "1245319599", "name": "X", "taxonomy": "207Q00000X"}, "information_receiver.taxonomy: unknown key"),
+    ({"npi": "1245319599", "name": "X", "taxonomy": "207q00000x"}, "information_receiver.taxonomy: a NUCC provider"),
+    ({"npi": "1245319599", "name": "X", "taxonomy": "207Q0000X"}, "information_receiver.taxonomy"),
+    ({"npi": "1245319599", "name": "X", "taxonomy": 207}, "information_receiver.taxonomy"),
+    ({"npi": "1245319599", "name": "X", "specialty": "207Q00000X"}, "information_receiver.specialty: unknown key"),
     ("1245319599", "information_receiver: must be a mapping"),
 ])
 def test_a_wrong_information_receiver_is_named_at_start_up(receiver, words):
