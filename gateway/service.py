@@ -284,7 +284,7 @@ class EligibilityService:
 
         def portable(ref: Any, path: str) -> dict[str, Any] | None:
             """A reference that still resolves inside the response (contained or Bundle-local ones are copied,
-            under ids of our own: resource ids are unique per type only)."""
+            under ids of our own: resource ids are unique per type only; and so are theirs, in turn)."""
             if not isinstance(ref, dict) or not (ref.get("reference") or ref.get("identifier")):
                 return None
             target = ref.get("reference") or ""
@@ -294,10 +294,23 @@ class EligibilityService:
                     return {k: v for k, v in ref.items() if k != "reference"} or None
                 local = local_ids.get(id(resource))
                 if local is None:
-                    local = local_ids[id(resource)] = f"r{len(local_ids) + 1}"
-                    contained.append({**resource, "id": local})
+                    local = local_ids[id(resource)] = f"r{len(local_ids) + 1}"   # before its references: cycles
+                    slot = len(contained)
+                    contained.append({})
+                    contained[slot] = {**inner(resource, path), "id": local}
                 return {**ref, "reference": f"#{local}"}
             return ref
+
+        def inner(value: Any, path: str) -> Any:
+            """A copied resource's own local references, made portable too (none may dangle in the response)."""
+            if isinstance(value, list):
+                return [inner(v, path) for v in value]
+            if not isinstance(value, dict):
+                return value
+            out = {k: inner(v, path) for k, v in value.items() if k != "contained"}
+            if isinstance(value.get("reference"), str) and value["reference"].startswith(("#", "urn:")):
+                out = portable(value, path) or {k: v for k, v in value.items() if k != "reference"}
+            return out
 
         insurances = request.get("insurance") or []
         focal = next((i for i in insurances if i.get("focal")), insurances[0] if insurances else {})
@@ -310,7 +323,7 @@ class EligibilityService:
             provider=portable(request.get("provider") or prepared.request.get("provider"), f"{CER}.provider"),
             purpose=request.get("purpose"), request={"reference": f"{CER}/{prepared.id}"}, serviced=serviced,
             notes=prepared.built.all_notes())
-        context.contained = [_strip_local_references(c) for c in contained]
+        context.contained = contained
         return context
 
     def _failed(self, prepared: Prepared, exc: PayerError) -> Result:
@@ -348,11 +361,6 @@ def _without_resources(bundle: dict[str, Any]) -> dict[str, Any]:
         return bundle
     return {**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
                                 for e in entries]}
-
-
-def _strip_local_references(resource: dict[str, Any]) -> dict[str, Any]:
-    """Contained resources cannot contain others (dom-2)."""
-    return {k: v for k, v in resource.items() if k != "contained"}
 
 
 def _has_reference(value: Any) -> bool:

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 import orjson
 from flask import Blueprint, Flask, Response, copy_current_request_context, current_app, g, request
@@ -119,25 +119,63 @@ def _json_body() -> Any:
     except orjson.JSONDecodeError as exc:
         raise BadBody(fhir_response(operation_outcome("structure", "the request body is not valid JSON",
                                                       severity="fatal", diagnostics=str(exc)), 400)) from None
-    if _too_deep(payload, MAX_DEPTH):
+    too_deep, empty = _shape(payload, MAX_DEPTH)
+    if too_deep:
         raise BadBody(fhir_response(operation_outcome("too-costly", f"the request body nests deeper than {MAX_DEPTH} "
                                                       "levels"), 400))
+    if empty:
+        issues = [{"severity": "error", "code": "structure", "details": {"text": why}, "expression": [where]}
+                  for where, why in _empty_elements(payload, _root_name(payload))[:20]]
+        raise BadBody(fhir_response({"resourceType": "OperationOutcome", "issue": issues}, 400))
     return payload
 
 
-def _too_deep(value: Any, limit: int) -> bool:
-    """Level by level (a recursive check would fail on exactly the input it guards against)."""
+def _shape(value: Any, limit: int) -> tuple[bool, bool]:
+    """(nests deeper than ``limit``, holds an element that is null or ``[]``). Level by level: a recursive walk
+    would fail on exactly the input it guards against. FHIR JSON leaves an element out instead; a null inside
+    an array is allowed (a primitive array's place-holder beside its ``_name`` extensions), and so is ``{}``
+    (EHRs send ``"insurer": {}``, which the service reads as absent)."""
     level = [value] if isinstance(value, (dict, list)) else []
     depth = 1
+    empty = False
     while level:
         if depth > limit:
-            return True
+            return True, empty
         deeper = []
         for item in level:
-            deeper.extend(v for v in (item.values() if isinstance(item, dict) else item) if isinstance(v, (dict, list)))
+            if isinstance(item, dict):
+                values = item.values()
+                empty = empty or None in values
+            else:
+                values = item
+                empty = empty or not item
+            deeper.extend(v for v in values if isinstance(v, (dict, list)))
         level = deeper
         depth += 1
-    return False
+    return False, empty
+
+
+def _root_name(payload: Any) -> str:
+    kind = payload.get("resourceType") if isinstance(payload, dict) else None
+    return kind if isinstance(kind, str) and kind.isidentifier() else "$this"
+
+
+def _empty_elements(value: Any, path: str) -> list[tuple[str, str]]:
+    """(FHIRPath, why) of each null member and empty array (depth already checked: recursion is safe)."""
+    found = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}"
+            if item is None:
+                found.append((where, "null is not a FHIR value: leave the element out"))
+            else:
+                found.extend(_empty_elements(item, where))
+    elif isinstance(value, list):
+        if not value:
+            found.append((path, "an empty array is not FHIR JSON: leave the element out"))
+        for index, item in enumerate(value):
+            found.extend(_empty_elements(item, f"{path}[{index}]"))
+    return found
 
 
 # -- content negotiation --------------------------------------------------------------------------------
@@ -228,8 +266,10 @@ def _prefer() -> dict[str, str]:
 @fhir.post(f"/{CER}/$submit")
 def submit():  # type: ignore[no-untyped-def]
     """The CoverageEligibilityResponse, straight away (FHIR's $submit without a Parameters wrapper)."""
-    payload = _json_body()
-    payload = _unwrap_parameters(payload)
+    try:
+        payload = _unwrap_parameters(_json_body())
+    except ParametersError as exc:
+        return fhir_response(operation_outcome("structure", str(exc), expression=exc.expression), 400)
     result = _service().submit(payload)
     headers = {"Content-Location": f"{base_url()}{RESPONSE}/{result.response_id}"} if result.response_id else {}
     return _result_response(result, headers=headers)
@@ -333,13 +373,37 @@ def async_cancel(id: str):  # type: ignore[no-untyped-def]
     return fhir_response(operation_outcome("informational", text, severity="information"), 202)
 
 
+class ParametersError(ValueError):
+    """A Parameters body that is not ``$submit``'s one ``resource``; ``expression`` says where."""
+
+    def __init__(self, text: str, expression: str) -> None:
+        super().__init__(text)
+        self.expression = expression
+
+
 def _unwrap_parameters(payload: Any) -> Any:
-    """Accept the operation's formal form too: Parameters with one ``resource`` parameter."""
-    if isinstance(payload, dict) and payload.get("resourceType") == "Parameters":
-        for parameter in payload.get("parameter") or []:
-            if isinstance(parameter, dict) and parameter.get("name") == "resource" and "resource" in parameter:
-                return parameter["resource"]
-    return payload
+    """Accept the operation's formal form too: Parameters with exactly one ``resource`` parameter holding the
+    request (ParametersError otherwise: a second one, or another parameter, would be silently ignored)."""
+    if not isinstance(payload, dict) or payload.get("resourceType") != "Parameters":
+        return payload
+    parameters = payload.get("parameter")
+    if not isinstance(parameters, list) or not parameters:
+        raise ParametersError("$submit takes Parameters with one parameter named 'resource' holding the "
+                              "CoverageEligibilityRequest (or a Bundle with it)", "Parameters.parameter")
+    found = []
+    for index, parameter in enumerate(parameters):
+        where = f"Parameters.parameter[{index}]"
+        if not isinstance(parameter, dict) or parameter.get("name") != "resource":
+            name = parameter.get("name") if isinstance(parameter, dict) else None
+            shown = f"a parameter named {name!r}" if isinstance(name, str) and name else "a parameter without a name"
+            raise ParametersError(f"$submit has no such parameter: {shown}; it takes one named 'resource'", where)
+        if not isinstance(parameter.get("resource"), dict):
+            raise ParametersError("the 'resource' parameter holds no resource", f"{where}.resource")
+        found.append(parameter["resource"])
+    if len(found) > 1:
+        raise ParametersError("$submit takes one 'resource' parameter (one request per call; send several in a "
+                              "batch Bundle)", "Parameters.parameter[1]")
+    return found[0]
 
 
 # -- read and search ------------------------------------------------------------------------------------
@@ -532,7 +596,7 @@ def _batch_request(base: str, index: int, entry: Any) -> tuple[str, dict[str, An
         return _entry_error(400, "structure", "each batch entry needs request.method and request.url",
                             f"{where}.request")
     method = str(entry["request"].get("method") or "").upper()
-    url = str(entry["request"].get("url") or "").split("?")[0].strip("/")
+    url = unquote(str(entry["request"].get("url") or "").split("?")[0]).strip("/")   # %24submit is $submit
     if url.startswith(base):
         url = url[len(base):]
     if method != "POST" or url not in (CER, f"{CER}/$submit"):
@@ -540,7 +604,11 @@ def _batch_request(base: str, index: int, entry: Any) -> tuple[str, dict[str, An
                             f"use POST {CER} or POST {CER}/$submit", f"{where}.request")
     if not isinstance(entry.get("resource"), dict):
         return _entry_error(400, "required", "the entry has no resource", f"{where}.resource")
-    return ("submit" if url.endswith("$submit") else "create", _unwrap_parameters(entry["resource"]), where)
+    try:
+        resource = _unwrap_parameters(entry["resource"])
+    except ParametersError as exc:
+        return _entry_error(400, "structure", str(exc), f"{where}.resource.{exc.expression.partition('.')[2]}")
+    return ("submit" if url.endswith("$submit") else "create", resource, where)
 
 
 def _batch_prepare(service: EligibilityService, item: Any) -> Any:

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.translate.errors import Problem, TranslationError
+from gateway.translate.identifiers import valid_npi
 from gateway.translate.notes import Note
 from gateway.translate.references import Resolver
 from gateway.translate.tables import Tables
+from gateway.x12.dictionary import data_elements
 from gateway.x12.model import Delimiters
 from gateway.x12.writer import DEFAULT_DELIMITERS, Envelope, Value, WriteNote, X12Writer
 
@@ -284,6 +286,19 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
             g.lost(f"{name} has no place in a 270", name)
     if coverage.get("dependent"):
         g.lost("Coverage.dependent (a dependent sequence) has no place in a 270", "Coverage.dependent")
+
+    eq_loop, hi_loop = g.patient_loop.replace("2100", "2110"), g.patient_loop
+    _check_sendable(g, delimiters, limits, {
+        "payer_id": payer_id, "provider_npi": npi, "member_id": member_id,
+        "payer_name": payer_name, "provider_name": provider_person.family,
+        "patient_last_name": person.family if patient is not None else "",
+        "subscriber_last_name": sub_person.family if dependent else ""},
+        [(f"{CER}.item.productOrService", f"{eq_loop} EQ02-2", "234", eq[1][1])
+         for eq in inquiries if _procedure_of(eq)]
+        + [(f"{CER}.item.modifier", f"{eq_loop} EQ02-{i}", "1339", m)
+           for eq in inquiries if _procedure_of(eq) for i, m in enumerate(eq[1][2:], start=3)]
+        + [(f"{CER}.item.diagnosis", f"{hi_loop} HI01-2", "1271", code) for _, code in diagnoses]
+        + [(f"{CER}.provider", "2100B PRV03", "127", taxonomy)] * bool(taxonomy))
 
     g.problems.extend(g.resolver.problems)
     if g.problems:
@@ -566,6 +581,71 @@ def _write(g: _Gather, envelope: Envelope, delimiters: Delimiters, limits: dict[
     writer = X12Writer(delimiters, limits)
     result = writer.interchange(envelope, "HS", "270", "005010X279A1", [body])
     return Request270(result.text, trace, g.notes, result.notes, loop_name, payer_id=payer[1])
+
+
+# identifiers and codes go out exactly as given, or not at all: a member id, payer id or NPI the writer had to
+# change (a delimiter removed, cut to length) would ask about someone, or send to some payer, the client never named
+_IDENTIFIERS = {"payer_id": "NM109", "provider_npi": "NM109", "member_id": "NM109"}
+# names a loop cannot go without: when none of their characters can be sent, the 270 would name nobody
+_REQUIRED_NAMES = {"payer_name": "NM103", "provider_name": "NM103", "patient_last_name": "NM103",
+                   "subscriber_last_name": "NM103"}
+
+
+def _check_sendable(g: _Gather, delimiters: Delimiters, limits: Mapping[str, tuple[int, int]] | None,
+                    values: dict[str, str], codes: list[tuple[str, str, str, Any]]) -> None:
+    """Problems (422) for values the 270 cannot carry faithfully, found before anything is written.
+
+    ``codes``: (FHIR path, 270 location, X12 data element, value). Upper-casing is no change (the basic
+    character set has no lower case, and payers compare identifiers and codes without case).
+    """
+    probe = X12Writer(delimiters, limits)
+    limits = limits or {}
+
+    def changed(value: str, location: str) -> str | None:
+        """Why the writer would change ``value`` beyond its case (None: sent as it is)."""
+        ref = location.split()[-1]
+        before = len(probe.notes)
+        if probe.clean(value, ref.split("-")[0][:-2], ref) == value.upper():
+            return None
+        return probe.notes[-1].reason if len(probe.notes) > before else "changed"
+
+    for item, ref in _IDENTIFIERS.items():
+        value = values.get(item) or ""
+        if not value:
+            continue   # missing ones are reported where they are looked up
+        why = changed(value, ref)
+        minimum = limits.get(ref, (1, 0))[0]
+        if why is None and len(value) < minimum:
+            why = f"shorter than the {minimum} characters X12 takes here"
+        if why is None and item == "provider_npi" and not valid_npi(value):
+            why = "not a National Provider Identifier: 10 digits with a valid check digit"
+        if why is not None:
+            info = g.spec["items"][item]
+            g.problems.append(Problem(info["fhir"], f"{item.replace('_', ' ')} {value!r} cannot be sent as given "
+                                      f"({why}); an identifier is never altered", code="value",
+                                      x12=g.target(info["x12"])))
+    for item, ref in _REQUIRED_NAMES.items():
+        value = values.get(item) or ""
+        if value.strip() and not probe.clean(value, "NM1", ref):
+            info = g.spec["items"][item]
+            g.problems.append(Problem(info["fhir"], f"{item.replace('_', ' ')} has no character X12 can carry "
+                                      "(Latin letters, digits, basic punctuation): send a Latin-script form of it",
+                                      code="value", x12=g.target(info["x12"])))
+    dictionary = data_elements()
+    for path, location, element, value in codes:
+        if value is None:
+            continue
+        size = dictionary[element]
+        why = changed(value, location) if value else "it is empty"
+        if why is None and not size.min_len <= len(value) <= size.max_len:
+            why = f"X12 takes {size.min_len} to {size.max_len} characters here"
+        if why is not None:
+            g.problems.append(Problem(path, f"code {value!r} cannot be sent as given ({why}); a code is never "
+                                      "altered", code="value", x12=location))
+
+
+def _procedure_of(inquiry: list[Value]) -> bool:
+    return len(inquiry) > 1 and isinstance(inquiry[1], tuple)
 
 
 def _address(body: list[tuple[str, list[Value]]], address: dict[str, Any]) -> None:

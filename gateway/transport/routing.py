@@ -25,10 +25,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from stdnum import luhn
 
 from gateway.errors import MappingError
 from gateway.mappings import load_yaml, mappings_dir
+from gateway.translate.identifiers import valid_npi
 from gateway.transport.client import UnknownPayer
 from gateway.x12.writer import Envelope
 
@@ -87,11 +87,6 @@ def check_information_receiver(value: Any, where: str = "information_receiver") 
     every problem, each as ``<where>.<key>: what is wrong``."""
     problems: list[str] = []
     return _information_receiver(value, where, problems), problems
-
-
-def valid_npi(value: str) -> bool:
-    """Ten digits whose last is the Luhn check digit over the ISO prefix 80840 (CMS's NPI standard)."""
-    return len(value) == 10 and value.isdigit() and luhn.is_valid("80840" + value)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 
+from gateway.fhir.rules import check_response
 from tests.conftest import ISSUE_TYPES
 from tests.gateway.conftest import READ_TOKEN, Gateway, fhir_request, member, routing_table, with_member_id
 
@@ -122,16 +123,29 @@ def test_member_not_on_file_is_an_aaa_error(gateway: Gateway):
     assert "75" in reasons or "72" in reasons
 
 
+def _references(value: Any) -> list[str]:
+    if isinstance(value, list):
+        return [r for v in value for r in _references(v)]
+    if not isinstance(value, dict):
+        return []
+    own = [value["reference"]] if isinstance(value.get("reference"), str) else []
+    return own + [r for k, v in value.items() if k != "reference" for r in _references(v)]
+
+
 def test_dependent_and_bundle_local_references(gateway: Gateway):
-    for name in ("dependent-generic", "urn-uuid-bundle", "discovery"):
+    for name in ("dependent-generic", "urn-uuid-bundle", "discovery", "contained"):
         response = gateway.post(f"/{CER}/$submit", fhir_request(name))
         assert response.status_code == 200, (name, response.text[:500])
         body = response.json()
-        assert body["outcome"] == "complete", name
-        # references that only meant something inside the request are carried as contained resources
-        local = [body[k]["reference"] for k in ("patient",) if body[k].get("reference", "").startswith("#")]
+        assert body["outcome"] == "complete" or name == "contained", name   # no such member in the simulator
+        # references that only meant something inside the request are carried as contained resources, and so
+        # are the ones those resources make in turn: nothing in the response points at the request's Bundle
         contained = {c["id"] for c in body.get("contained", [])}
-        assert all(ref[1:] in contained for ref in local), name
+        references = _references(body)
+        assert not [r for r in references if r.startswith("urn:")], name
+        assert all(r[1:] in contained for r in references if r.startswith("#")), (name, references, contained)
+        assert not [c for c in body.get("contained", []) if "contained" in c], name   # dom-2
+        assert check_response(body) == [], name
 
 
 def test_a_request_created_from_a_bundle_is_stored_standing_on_its_own(gateway: Gateway):
@@ -323,6 +337,36 @@ def test_parameters_wrapper_is_accepted(gateway: Gateway):
     wrapped = {"resourceType": "Parameters",
                "parameter": [{"name": "resource", "resource": fhir_request("subscriber-generic")}]}
     assert gateway.post(f"/{CER}/$submit", wrapped).json()["resourceType"] == RESPONSE
+
+
+@pytest.mark.parametrize(("parameter", "where", "words"), [
+    (5, "Parameters.parameter", "one parameter named 'resource'"),
+    ([{"name": "patient", "valueString": "x"}], "Parameters.parameter[0]", "named 'patient'"),
+    ([{"name": "resource"}], "Parameters.parameter[0].resource", "holds no resource"),
+    ([{"name": "resource", "resource": {"resourceType": "Patient"}}] * 2, "Parameters.parameter[1]", "one 'resource'"),
+])
+def test_a_parameters_body_that_is_not_one_resource_is_400_naming_where(gateway: Gateway, parameter, where, words):
+    body = {"resourceType": "Parameters", "parameter": parameter}
+    issue = outcome_issue(gateway.post(f"/{CER}/$submit", body), 400, "structure")
+    assert issue["expression"] == [where] and words in issue["details"]["text"]
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "POST", "url": f"{CER}/$submit"}, "resource": body},
+        {"request": {"method": "POST", "url": f"{CER}/%24submit"}, "resource": fhir_request("subscriber-generic")}]}
+    entries = gateway.post("/", batch).json()["entry"]   # one entry's bad wrapper does not sink the batch
+    assert entries[0]["response"]["status"].startswith("400")
+    assert entries[0]["response"]["outcome"]["issue"][0]["expression"] == [f"Bundle.entry[0].resource.{where[11:]}"]
+    assert entries[1]["response"]["status"].startswith("200")
+
+
+def test_null_members_and_empty_arrays_are_400_naming_each(gateway: Gateway):
+    payload = fhir_request("subscriber-generic")
+    payload["entry"][0]["resource"].update(servicedDate=None, extension=[], insurer={})
+    response = gateway.post(f"/{CER}/$submit", payload)
+    assert response.status_code == 400, response.text
+    issues = {i["expression"][0]: i["details"]["text"] for i in response.json()["issue"]}
+    assert set(issues) == {"Bundle.entry[0].resource.servicedDate", "Bundle.entry[0].resource.extension"}
+    assert "null is not a FHIR value" in issues["Bundle.entry[0].resource.servicedDate"]
+    assert "empty array" in issues["Bundle.entry[0].resource.extension"]
 
 
 # ------------------------------------------------------------------------------------------------ payer faults

@@ -113,6 +113,49 @@ def test_items_become_eq_loops_with_procedures_and_diagnoses():
     assert validate_x12(result.text).valid
 
 
+CPT = "http://www.ama-assn.org/go/cpt"
+ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
+
+
+def _item(code="99213", modifier="25", diagnosis="E11.9"):
+    return [{"productOrService": {"coding": [{"system": CPT, "code": code}]},
+             "modifier": [{"coding": [{"code": modifier}]}],
+             "diagnosis": [{"diagnosisCodeableConcept": {"coding": [{"system": ICD10, "code": diagnosis}]}}]}]
+
+
+@pytest.mark.parametrize(("changes", "path", "x12", "words"), [
+    ({"coverage__subscriberId": "W123*456~789"}, "Coverage.subscriberId", "2100C NM109", "delimiter characters"),
+    ({"coverage__subscriberId": "W" * 81}, "Coverage.subscriberId", "2100C NM109", "cut to the maximum length 80"),
+    ({"coverage__subscriberId": "W"}, "Coverage.subscriberId", "2100C NM109", "shorter than the 2 characters"),
+    ({"coverage__subscriberId": "W12😀"}, "Coverage.subscriberId", "2100C NM109", "outside the X12 character set"),
+    ({"payer__identifier": [{"type": {"coding": [PAYERID]}, "value": "99*999"}]}, "insurer.identifier",
+     "2100A NM109", "delimiter characters"),
+    ({"clinic__identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567890"}]},
+     "provider.identifier", "2100B NM109", "valid check digit"),
+    ({"patient__name": [{"family": "مريم", "given": ["Anna"]}]}, "Patient.name.family", "2100C NM103",
+     "Latin-script form"),
+    ({"clinic__name": "東京クリニック"}, "Organization.name", "2100B NM103", "Latin-script form"),
+    ({"request__item": _item(modifier="x")}, "item.modifier", "2110C EQ02-3", "2 to 2 characters"),
+    ({"request__item": _item(code="992*13")}, "item.productOrService", "2110C EQ02-2", "delimiter characters"),
+    ({"request__item": _item(diagnosis="")}, "item.diagnosis", "2100C HI01-2", "it is empty"),
+])
+def test_identifiers_codes_and_required_names_are_sent_as_given_or_refused(changes, path, x12, words):
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(**changes))
+    assert caught.value.status == 422
+    found = [p for p in caught.value.problems if x12 == p.x12]
+    assert found and path in found[0].fhir_path and words in found[0].message, caught.value.problems
+
+
+def test_case_and_a_cut_name_are_no_reason_to_refuse():
+    result = build(bundle(coverage__subscriberId="w123456789", request__item=_item(modifier="lt", diagnosis="e11.9"),
+                          patient__name=[{"family": "R" * 70, "given": ["Anna"]}]))
+    parts = segs(result.text)
+    assert ["NM1", "IL", "1", "R" * 60, "ANNA", "", "", "", "MI", "W123456789"] in parts
+    assert ["EQ", "", "HC:99213:LT", "", "", "1"] in parts and ["HI", "ABK:E119"] in parts
+    assert any("maximum length 60" in n.text for n in result.all_notes())
+
+
 def test_validation_purpose_asks_the_generic_question():
     items = [{"category": {"coding": [{"system": "https://x12.org/codes/service-type-codes", "code": "98"}]}}]
     result = build(bundle(request__item=items, request__purpose=["validation"]))
