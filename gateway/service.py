@@ -19,10 +19,10 @@ from typing import Any
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from gateway.errors import GatewayError
-from gateway.fhir.structure import structure_problems
+from gateway.fhir.structure import payload_problems
 from gateway.store import AuditStore, RecordStateError
 from gateway.translate.document import iso
-from gateway.translate.errors import Problem, TranslationError
+from gateway.translate.errors import TranslationError
 from gateway.translate.references import Resolver, contain_local_references
 from gateway.translate.request_270 import CER, Request270, build_270, find_request
 from gateway.translate.response_271 import ResponseContext, ResponseTranslation, translate_271
@@ -120,17 +120,7 @@ class EligibilityService:
         start = self.monotonic()
         try:
             request, bundle = find_request(payload)
-            problems = structure_problems(request)
-            if bundle is not None:   # the Bundle's own elements (its entries' resources are checked one by one)
-                problems.extend(structure_problems(_without_resources(bundle), "Bundle"))
-            for index, entry in enumerate((bundle or {}).get("entry") or []):
-                if not isinstance(entry, dict) or not isinstance(entry.get("fullUrl", ""), str):
-                    problems.append(Problem(f"Bundle.entry[{index}]", "an entry is an object whose fullUrl is a "
-                                            "string", code="structure"))
-                    continue
-                resource = entry.get("resource")
-                if isinstance(resource, dict) and resource is not request:
-                    problems.extend(structure_problems(resource, f"Bundle.entry[{index}].resource"))
+            problems = payload_problems(request, bundle)
             if problems:
                 raise TranslationError(f"the {CER} is not valid FHIR R4: {len(problems)} problem(s)", problems,
                                        status=400)
@@ -353,14 +343,6 @@ class EligibilityService:
         if self.metrics is not None:
             self.metrics.observe_eligibility(payer_id or "none", kind)
         return Result(status, body, payer_id=payer_id, outcome=kind)
-
-
-def _without_resources(bundle: dict[str, Any]) -> dict[str, Any]:
-    entries = bundle.get("entry")
-    if not isinstance(entries, list):
-        return bundle
-    return {**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
-                                for e in entries]}
 
 
 def _has_reference(value: Any) -> bool:

@@ -102,3 +102,16 @@ def test_translate_refuses_a_wrong_or_lone_provider_option(tmp_path):
                    "--provider-taxonomy", "207q")
     assert taxonomy.exit_code == 2 and "--provider-taxonomy '207q': a NUCC provider taxonomy code" in taxonomy.output
     assert "quote it" not in wrong.output
+
+
+def test_translate_checks_fhir_structure_first_and_interchange_ids(tmp_path):
+    request = json.loads((FIXTURES / "fhir" / "requests" / "subscriber-generic.json").read_text())
+    request["entry"][1]["resource"]["birthDate"] = 19780514
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(request))
+    refused = run("translate", str(path))
+    assert refused.exit_code == 2 and "Bundle.entry[1].resource.birthDate" in refused.output
+    assert "Traceback" not in refused.output
+    good = str(FIXTURES / "fhir" / "requests" / "subscriber-generic.json")
+    wrong = run("translate", good, "--receiver-id", "RECEIVER-ID-TOO-LONG-XYZ")
+    assert wrong.exit_code == 2 and "--receiver-id" in wrong.output

@@ -30,6 +30,26 @@ def structure_problems(resource: dict[str, Any], path: str | None = None) -> lis
     return []
 
 
+def payload_problems(request: dict[str, Any], bundle: dict[str, Any] | None) -> list[Problem]:
+    """Every structural problem of a request and, when it came in one, of its Bundle (its own elements, then each
+    entry's resource), with FHIRPaths from where the client sent them."""
+    problems = structure_problems(request)
+    if bundle is not None:   # the Bundle's own elements (its entries' resources are checked one by one)
+        entries = bundle.get("entry")
+        bare = {**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
+                                    for e in entries]} if isinstance(entries, list) else bundle
+        problems.extend(structure_problems(bare, "Bundle"))
+    for index, entry in enumerate((bundle or {}).get("entry") or []):
+        if not isinstance(entry, dict) or not isinstance(entry.get("fullUrl", ""), str):
+            problems.append(Problem(f"Bundle.entry[{index}]", "an entry is an object whose fullUrl is a string",
+                                    code="structure"))
+            continue
+        resource = entry.get("resource")
+        if isinstance(resource, dict) and resource is not request:
+            problems.extend(structure_problems(resource, f"Bundle.entry[{index}].resource"))
+    return problems
+
+
 def _path(root: str, loc: tuple[Any, ...]) -> str:
     out = root
     for part in loc:

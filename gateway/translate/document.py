@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.errors import X12SyntaxError
+from gateway.fhir.structure import payload_problems
 from gateway.translate.errors import Problem, TranslationError
 from gateway.translate.notes import Note
-from gateway.translate.request_270 import build_270
+from gateway.translate.request_270 import build_270, find_request
 from gateway.translate.request_from_270 import translate_270
 from gateway.translate.response_271 import ResponseTranslation, translate_271
 from gateway.translate.tables import Tables
@@ -64,6 +65,11 @@ def translate_document(data: bytes, tables: Tables, *, now: datetime, control_nu
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise TranslationError(f"the input is not valid JSON: {exc}",
                                    [Problem("$", str(exc), code="structure")], status=400) from exc
+        request, bundle = find_request(payload)
+        problems = payload_problems(request, bundle)
+        if problems:
+            raise TranslationError(f"the {request.get('resourceType')} is not valid FHIR R4: {len(problems)} "
+                                   "problem(s)", problems, status=400)
         envelope = Envelope(sender_id=sender_id, receiver_id=receiver_id or "", interchange_control=control_number,
                             now=now)
         result = build_270(payload, tables, envelope=envelope, limits=element_limits(mappings),

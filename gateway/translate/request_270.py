@@ -464,6 +464,11 @@ def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tupl
         inquiries.append([category or "", procedure, "", "", tuple(pointers[:4]) if pointers else None])
     if not inquiries:
         inquiries.append([generic])
+    most = int(g.spec["constants"]["max_inquiries"])
+    if len(inquiries) > most:   # X279A1 repeats the 2110C/D loop at most 99 times: no item is left out unasked
+        g.problems.append(Problem(f"{CER}.item", f"{len(inquiries)} items make {len(inquiries)} EQ loops; a 270 "
+                                  f"carries at most {most}: send the rest in another request", code="too-costly",
+                                  x12=f"{g.patient_loop.replace('2100', '2110')} EQ"))
     return inquiries, diagnoses
 
 
@@ -486,6 +491,11 @@ def _service_dates(g: _Gather, request: dict[str, Any]) -> list[Value] | None:
             if not end:
                 g.lost("the service period has no end: sent as a single date", "servicedPeriod")
             return ["291", "D8", start.replace("-", "")]
+        if not _FULL_DATE.match(end) or end < start:
+            g.problems.append(Problem(f"{CER}.servicedPeriod.end", f"the period ends ({end!r}) before it starts "
+                                      f"({start!r})" if _FULL_DATE.match(end) else f"{end!r} is not a full date",
+                                      code="value", x12="DTP03"))
+            return None
         return ["291", "RD8", f"{start.replace('-', '')}-{end.replace('-', '')}"]
     return None
 
@@ -500,7 +510,9 @@ def _write(g: _Gather, envelope: Envelope, delimiters: Delimiters, limits: dict[
         envelope = dataclasses.replace(envelope, receiver_id=payer[1])
     provider_person, provider_is_person, npi, taxonomy, facility = provider
     gender_map = tables.t["gender"]
-    origin = (originator or envelope.sender_id or "GATEWAY").upper()
+    # TRN03 is an identifier of 10: only its letters and digits, so padding never counts characters the writer drops
+    origin = "".join(ch for ch in (originator or envelope.sender_id or "GATEWAY").upper() if ch.isascii()
+                     and ch.isalnum()) or "GATEWAY"
     trn = ["1", trace, (c["trn_originator_prefix"] + origin)[:10].ljust(10, "0")]
     now = envelope.now
     body: list[tuple[str, list[Value]]] = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -53,8 +54,9 @@ def x12_date(value: str) -> str | None:
     """CCYYMMDD -> YYYY-MM-DD (None when it is not a calendar date)."""
     if len(value) != 8 or not value.isdigit():
         return None
-    month, day = int(value[4:6]), int(value[6:])
-    if not (1 <= month <= 12 and 1 <= day <= 31):
+    try:   # a calendar date: 20250230 is not one
+        date(int(value[:4]), int(value[4:6]), int(value[6:]))
+    except ValueError:
         return None
     return f"{value[:4]}-{value[4:6]}-{value[6:]}"
 
@@ -67,15 +69,26 @@ def date_range(fmt: str, value: str) -> tuple[str | None, str | None] | None:
     if fmt == "RD8" and "-" in value:
         start, end = value.split("-", 1)
         s, e = x12_date(start), x12_date(end)
-        return (s, e) if s and e else None
+        return (s, e) if s and e and s <= e else None   # an end before the start is no period (FHIR per-1)
     return None
 
 
+# X12 R (decimal number): an optional minus sign, digits with at most one decimal point; no exponent, no
+# Infinity or NaN (which Decimal would take), and at most 18 digits (X12's own limit for an amount)
+_X12_NUMBER = re.compile(r"-?(?=\.?[0-9])[0-9]*\.?[0-9]*")
+
+
 def _number(text: str) -> Decimal | None:
+    text = text.strip()
+    if not _X12_NUMBER.fullmatch(text) or sum(c.isdigit() for c in text) > 18:
+        return None
     try:
         return Decimal(text)
     except (InvalidOperation, ValueError):
         return None
+
+
+_MAX_UNSIGNED_INT = 2_147_483_647   # FHIR unsignedInt
 
 
 def _json_number(value: Decimal) -> int | float:
@@ -735,8 +748,13 @@ def _amount(r: _Response, loop: Loop, eb: Segment, info: dict[str, Any], item: d
             benefit[slot] = {"value": _json_number(money), "currency": tables.systems["currency"]}
     if v[8]:
         percent = _number(v[8])
-        if percent is None:
-            r.note(f"percent {v[8]!r} is not a number", loop, eb)
+        if percent is None or percent < 0:
+            r.note(f"percent {v[8]!r} is not a number from 0 up", loop, eb)
+        elif any(k.startswith("allowed") for k in benefit):
+            # one benefit holds one allowed value (allowed[x]): the amount came first, the percent is noted
+            text = f"percent {v[8]}"
+            item["description"] = "; ".join(filter(None, [item.get("description"), text]))
+            r.note(f"percent {v[8]} given together with an amount; kept in the item description", loop, eb)
         else:
             if percent > 1 and tables.t["quirks"]["percent_over_one_is_whole_percent"]:
                 r.note(f"percent {v[8]} sent as a percentage, not a fraction (.2 = 20 %); read as {percent}%",
@@ -744,7 +762,7 @@ def _amount(r: _Response, loop: Loop, eb: Segment, info: dict[str, Any], item: d
                 whole = percent
             else:
                 whole = percent * 100
-            if whole == whole.to_integral_value():
+            if whole == whole.to_integral_value() and whole <= _MAX_UNSIGNED_INT:
                 benefit["allowedUnsignedInt"] = int(whole)
             else:
                 benefit["allowedString"] = f"{whole.normalize():f}%"
@@ -766,7 +784,7 @@ def _amount(r: _Response, loop: Loop, eb: Segment, info: dict[str, Any], item: d
                 text = f"{label}: {v[10]}"
                 item["description"] = "; ".join(filter(None, [item.get("description"), text]))
                 r.note(f"{label} {v[10]} given together with an amount; kept in the item description", loop, eb)
-            elif quantity == quantity.to_integral_value() and quantity >= 0:
+            elif quantity == quantity.to_integral_value() and 0 <= quantity <= _MAX_UNSIGNED_INT:
                 benefit[f"{field_name}UnsignedInt"] = int(quantity)
             else:
                 benefit[f"{field_name}String"] = f"{quantity.normalize():f}"
@@ -808,10 +826,14 @@ def _match_amounts(r: _Response, facts: list[_Fact]) -> None:
         if extra and extra not in (total.item.get("description") or ""):
             total.item["description"] = "; ".join(filter(None, [total.item.get("description"), extra]))
         used = total.money - fact.money if fact.kind == REMAINING else fact.money
+        if used < 0:   # more left (or met) than the total: the payer's figures disagree; FHIR gets neither guess
+            r.note(f"{kind_word} amount {fact.money:f} is more than the total {total.money:f}; no used amount "
+                   "is derived", fact.loop, fact.seg)
+            continue
         is_money = any(k.endswith("Money") for k in total.benefit)
         if is_money:
             total.benefit["usedMoney"] = {"value": _json_number(used), "currency": r.tables.systems["currency"]}
-        elif used == used.to_integral_value() and used >= 0:
+        elif used == used.to_integral_value() and used <= _MAX_UNSIGNED_INT:
             total.benefit["usedUnsignedInt"] = int(used)
         else:
             total.benefit["usedString"] = f"{used:f}"

@@ -291,3 +291,18 @@ def test_values_the_writer_changed_are_notes_on_their_270_element():
     notes = {n.source: n.text for n in result.all_notes()}
     assert "'Müller*Smith' was sent as 'MULLERSMITH'" in notes["270 NM1 NM103"]
     assert "transliterated" in notes["270 NM1 NM104"]
+
+
+def test_a_reversed_service_period_and_too_many_items_are_refused():
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(request__servicedPeriod={"start": "2025-03-31", "end": "2025-03-01"},
+                     request__item=[{"category": {"coding": [{"system": "https://x12.org/codes/service-type-codes",
+                                                              "code": "30"}]}}] * 100))
+    found = {p.fhir_path: p.message for p in caught.value.problems}
+    assert "ends ('2025-03-01') before it starts" in found["CoverageEligibilityRequest.servicedPeriod.end"]
+    assert "at most 99" in found["CoverageEligibilityRequest.item"]
+
+
+def test_trn03_pads_only_what_is_sent():
+    result = build_270(bundle(), load_tables(), envelope=ENV, limits=element_limits(), originator="A B*C")
+    assert ["TRN", "1", "REQ-9", "9ABC000000"] in segs(result.text)

@@ -211,3 +211,40 @@ def test_a_table_can_refuse_unknown_codes():
     with pytest.raises(TranslationError) as info:
         translate_271(read_x12(text).transactions[0], strict, now=NOW)
     assert "ZZ" in str(info.value) and "on_missing: error" in str(info.value)
+
+
+def test_numbers_x12_cannot_mean_are_notes_not_crashes():
+    r = only(("EB", ["C", "IND", "30", "", "", "23", "Infinity"]), ("EB", ["A", "IND", "30", "", "", "", "", "NaN"]),
+             ("EB", ["C", "IND", "33", "", "", "23", "1E999999"]), ("EB", ["A", "IND", "47", "", "", "", "", "-.2"]),
+             ("EB", ["F", "IND", "33", "", "", "23", "", "", "VS", "99999999999"]))
+    benefits = [b for i in items(r) for b in i.get("benefit", [])]
+    assert not [b for b in benefits if "allowedMoney" in b or "allowedUnsignedInt" in b]
+    texts = notes(r)
+    assert "amount 'INFINITY' is not a number" in texts and "amount '1E999999' is not a number" in texts
+    assert "percent 'NAN' is not a number from 0 up" in texts and "percent '-.2' is not a number from 0 up" in texts
+    assert any(b.get("allowedString") == "99999999999" for b in benefits)   # beyond unsignedInt: kept as text
+
+
+def test_one_benefit_holds_one_allowed_value():
+    r = only(("EB", ["B", "IND", "98", "", "", "27", "25", ".2"]))
+    benefit = items(r)[0]["benefit"][0]
+    assert [k for k in benefit if k.startswith("allowed")] == ["allowedMoney"]
+    assert "percent .2" in items(r)[0]["description"]
+    assert any("given together with an amount" in n for n in notes(r))
+
+
+def test_remaining_above_the_total_derives_no_used_amount():
+    r = only(("EB", ["C", "IND", "30", "", "", "23", "2000", "", "", "", "", "N"]),
+             ("EB", ["C", "IND", "30", "", "", "29", "2500", "", "", "", "", "N"]))
+    assert "usedMoney" not in items(r)[0]["benefit"][0]
+    assert "remaining amount 2500 is more than the total 2000; no used amount is derived" in notes(r)
+
+
+def test_impossible_and_reversed_dates_are_noted_not_carried():
+    r = only(("DTP", ["356", "D8", "20230229"]), ("DTP", ["291", "RD8", "20251231-20250101"]),
+             ("EB", ["1", "IND", "30"]),
+             patient=[*SUBSCRIBER[:3], ("DMG", ["D8", "20250230", "M"])])
+    resource = r.resource
+    assert "benefitPeriod" not in resource["insurance"][0]
+    assert all("2023-02-29" not in str(c) and "2025-02-30" not in str(c) for c in resource.get("contained", []))
+    assert len([n for n in r.notes if "20230229" in (n.raw or "") or "20251231-20250101" in (n.raw or "")]) == 2
