@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import IO, Any, ParamSpec, TypeVar
 
 from flask import Flask, Response, g, has_request_context, request
@@ -38,8 +39,13 @@ access_log = logging.getLogger("gateway.access")
 
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # FHIR-style paths: /<ResourceType>/<id>[/_history/<vid>]; operations ($x) and _-prefixed words stay
-_RESOURCE_ID = re.compile(r"(?<=/)(CoverageEligibilityRequest|CoverageEligibilityResponse)/(?![$_])[^/]+")
+# any resource type's id (a client using the gateway as its FHIR base reads /Patient/<member id> ...), the async
+# status id, a version id: none of them is logged
+_RESOURCE_ID = re.compile(r"(?<=/)([A-Z][A-Za-z]{1,63})/(?![$_])[^/]+")
 _HISTORY_VID = re.compile(r"(?<=/_history/)[^/]+")
+_ASYNC_ID = re.compile(r"(?<=/_async/)[^/]+")
+# a path no route knows: only its words that cannot be data are kept (an $operation or _keyword; a resource type)
+_PATH_WORD = re.compile(r"[$_][a-z][A-Za-z-]{0,31}")
 _MAX_PATH = 200
 
 # X12 text: an ISA header (any element separator), a segment terminator followed by a segment id, or a
@@ -203,10 +209,26 @@ def request_id_from(header: str | None) -> str:
     return uuid.uuid4().hex
 
 
-def log_path(path: str) -> str:
-    """The URL path fit for logs: resource ids replaced by ``{id}``, cut at 200 characters."""
+@lru_cache(maxsize=256)
+def _resource_type(word: str) -> bool:
+    """A FHIR resource type name (not a surname that happens to be capitalised)."""
+    from gateway.fhir.models import model_class
+
+    try:
+        return model_class(word) is not None
+    except (KeyError, LookupError, ValueError, ImportError, AttributeError):
+        return False
+
+
+def log_path(path: str, *, matched: bool = True) -> str:
+    """The URL path fit for logs: ids replaced by ``{id}`` (``{vid}``), cut at 200 characters. A path that matched
+    no route keeps only segments that look like FHIR words; the rest become ``{x}``."""
+    if not matched:
+        path = "/".join(part if not part or _PATH_WORD.fullmatch(part) or _resource_type(part) else "{x}"
+                        for part in path.split("/"))
     path = _RESOURCE_ID.sub(lambda m: f"{m.group(1)}/{{id}}", path)
     path = _HISTORY_VID.sub("{vid}", path)
+    path = _ASYNC_ID.sub("{id}", path)
     return path if len(path) <= _MAX_PATH else path[:_MAX_PATH] + "..."
 
 
@@ -225,8 +247,8 @@ def _finish(response: Response) -> Response:
         return response
     started = g.get("request_started")
     duration = round((time.perf_counter() - started) * 1000, 3) if started is not None else None
-    path = log_path(request.path)
     rule = request.url_rule.rule if request.url_rule is not None else None
+    path = log_path(request.path, matched=rule is not None)
     access_log.info("%s %s %s", request.method, path, response.status_code,
                     extra={"method": request.method, "path": path, "route": rule, "status": response.status_code,
                            "duration_ms": duration, "client": g.get("client"), "payer": g.get("payer_id"),

@@ -115,7 +115,7 @@ def test_unmatched_path_is_logged_without_query(stream: io.StringIO) -> None:
     client = make_app(stream).test_client()
     assert client.get("/nowhere?name=DELGADO").status_code == 404
     [access] = access_lines(stream)
-    assert access["path"] == "/nowhere" and access["status"] == 404 and access["route"] is None
+    assert access["path"] == "/{x}" and access["status"] == 404 and access["route"] is None   # "nowhere" may be data
     assert "DELGADO" not in stream.getvalue()
 
 
@@ -160,6 +160,13 @@ def test_log_path() -> None:
     assert log_path("/CoverageEligibilityRequest/_search") == "/CoverageEligibilityRequest/_search"
     assert log_path("/CoverageEligibilityRequest") == "/CoverageEligibilityRequest"
     assert len(log_path("/" + "a" * 500)) == 203
+    # ids of any resource type, and async status ids, stay out of the logs
+    assert log_path("/Patient/ACM482193057") == "/Patient/{id}"
+    assert log_path("/_async/3f2a9c") == "/_async/{id}"
+    # a path no route knows keeps only what cannot be data: resource types, $operations, _keywords
+    assert log_path("/Coverage/DELGADO-19780514/_history/2", matched=False) == "/Coverage/{id}/_history/{vid}"
+    assert log_path("/Delgado/Maria", matched=False) == "/{x}/{x}"
+    assert log_path("/CoverageEligibilityRequest/$validate", matched=False) == "/CoverageEligibilityRequest/$validate"
 
 
 def test_init_logging_is_idempotent(stream: io.StringIO) -> None:

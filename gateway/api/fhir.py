@@ -108,6 +108,10 @@ def _json_body() -> Any:
         raise BadBody(outcome_response(415, "not-supported", f"content type {mimetype!r} is not accepted; send "
                                        f"{FHIR_JSON}"))
     data = request.get_data(cache=False)
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if limit and request.content_length is None and len(data) >= limit:
+        # a chunked body (no Content-Length) is cut at the limit by the server, not refused: refuse it here
+        raise BadBody(outcome_response(413, "too-costly", f"the request body is larger than {limit} bytes"))
     if not data.strip():
         raise BadBody(fhir_response(operation_outcome("structure", "the request body is empty; expected a FHIR "
                                                       "resource in JSON", severity="fatal"), 400))

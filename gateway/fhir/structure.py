@@ -30,10 +30,38 @@ def structure_problems(resource: dict[str, Any], path: str | None = None) -> lis
     return []
 
 
+def invariant_problems(resource: dict[str, Any], path: str | None = None) -> list[Problem]:
+    """What the models do not check: an id of at most 64 characters, contained resources with ids of their own
+    that no other contained resource shares (a ``#id`` must name one), and none of their own (dom-2)."""
+    root = path or str(resource.get("resourceType") or "Resource")
+    problems = []
+    if isinstance(resource.get("id"), str) and len(resource["id"]) > 64:
+        problems.append(Problem(f"{root}.id", "an id is at most 64 characters", code="value"))
+    seen: set[str] = set()
+    for index, item in enumerate(resource.get("contained") or []):
+        if not isinstance(item, dict):
+            continue   # the model reports it
+        where = f"{root}.contained[{index}]"
+        local = item.get("id")
+        if isinstance(local, str) and len(local) > 64:
+            problems.append(Problem(f"{where}.id", "an id is at most 64 characters", code="value"))
+        if not local:
+            problems.append(Problem(f"{where}.id", "a contained resource needs an id to be referenced by",
+                                    code="required"))
+        elif local in seen:
+            problems.append(Problem(f"{where}.id", f"another contained resource has the id {local!r}: a '#{local}' "
+                                    "reference would be ambiguous", code="structure"))
+        seen.add(local)
+        if item.get("contained"):
+            problems.append(Problem(f"{where}.contained", "a contained resource cannot contain others (dom-2)",
+                                    code="structure"))
+    return problems
+
+
 def payload_problems(request: dict[str, Any], bundle: dict[str, Any] | None) -> list[Problem]:
     """Every structural problem of a request and, when it came in one, of its Bundle (its own elements, then each
     entry's resource), with FHIRPaths from where the client sent them."""
-    problems = structure_problems(request)
+    problems = structure_problems(request) + invariant_problems(request)   # the request's paths start at it
     if bundle is not None:   # the Bundle's own elements (its entries' resources are checked one by one)
         entries = bundle.get("entry")
         bare = {**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
@@ -47,6 +75,7 @@ def payload_problems(request: dict[str, Any], bundle: dict[str, Any] | None) -> 
         resource = entry.get("resource")
         if isinstance(resource, dict) and resource is not request:
             problems.extend(structure_problems(resource, f"Bundle.entry[{index}].resource"))
+            problems.extend(invariant_problems(resource, f"Bundle.entry[{index}].resource"))
     return problems
 
 

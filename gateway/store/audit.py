@@ -138,13 +138,16 @@ class AuditStore:
         OperationOutcome) as its error. Returns ``"cancelled"``, or the status that stopped it (``sent``,
         ``answered`` ...: nothing changes), or None for an unknown id. Atomic against ``record_sent``."""
         with self.engine.begin() as connection:
-            found = connection.execute(select(_RECORDS.c.status, _RECORDS.c.received_at)
+            found = connection.execute(select(_RECORDS.c.status, _RECORDS.c.received_at, _RECORDS.c.request)
                                        .where(_RECORDS.c.id == id)).first()
             if found is None:
                 return None
+            # the stored CoverageEligibilityRequest says so too (fm-status cancelled), to reads and status search
+            request = {**found.request, "status": "cancelled"}
             done = connection.execute(_RECORDS.update().where(_RECORDS.c.id == id, _RECORDS.c.status == "received")
                                       .values(status="cancelled", outcome="cancelled", error=outcome, answered_at=at,
-                                              duration_ms=_milliseconds(found.received_at, at)))
+                                              duration_ms=_milliseconds(found.received_at, at), request=request,
+                                              request_status="cancelled"))
             if done.rowcount == 0:
                 return connection.execute(select(_RECORDS.c.status).where(_RECORDS.c.id == id)).scalar()
             return "cancelled"

@@ -542,21 +542,28 @@ def _session(pool_size: int) -> requests.Session:
 
 
 def _request_failure(exc: requests.RequestException, route: Route, timeout: tuple[float, float]) -> Exception:
-    """What a requests exception means: _Retry when the 270 cannot have reached the payer, else a PayerError."""
+    """What a requests exception means: _Retry when the 270 cannot have reached the payer, else a PayerError.
+
+    The message goes back to the API client, so it names the payer, not its endpoint (an internal host and port
+    are the operator's business): the full reason is logged for the operator instead.
+    """
     reason: Any = exc.args[0] if exc.args else None
     if isinstance(reason, urllib3.exceptions.MaxRetryError):
         reason = reason.reason
+    endpoint = f"payer {route.payer_id}'s endpoint"
+    if not isinstance(exc, requests.Timeout):
+        log.warning("payer %s: %s: %s", route.payer_id, type(exc).__name__, _short(reason or exc))
     if isinstance(exc, requests.ConnectTimeout):
-        return _Retry(PayerTimeout(f"could not connect to {route.url} within {timeout[0]:g} s"))
+        return _Retry(PayerTimeout(f"could not connect to {endpoint} within {timeout[0]:g} s"))
     if isinstance(exc, requests.Timeout) or isinstance(reason, urllib3.exceptions.ReadTimeoutError):
-        return PayerTimeout(f"no answer from {route.url} within {timeout[1]:g} s")
+        return PayerTimeout(f"no answer from {endpoint} within {timeout[1]:g} s")
     if _refused_certificate(exc):
         return PayerUnauthorized("its TLS server refused the client certificate")
     if isinstance(exc, requests.exceptions.SSLError):
-        return PayerUnavailable(f"TLS with {route.url} failed: {_short(reason or exc)}")
+        return PayerUnavailable(f"TLS with {endpoint} failed (the gateway's log has the reason)")
     if isinstance(exc, requests.ConnectionError) and isinstance(reason, urllib3.exceptions.NewConnectionError):
-        return _Retry(PayerUnavailable(f"could not connect to {route.url}: {_short(reason)}"))
-    return PayerUnavailable(f"the connection to {route.url} failed: {_short(reason or exc)}")
+        return _Retry(PayerUnavailable(f"could not connect to {endpoint}"))
+    return PayerUnavailable(f"the connection to {endpoint} failed (the gateway's log has the reason)")
 
 
 # TLS alerts a server sends when it does not accept the client's certificate (OpenSSL's wording, lower case)

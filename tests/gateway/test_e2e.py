@@ -480,6 +480,19 @@ def test_structurally_invalid_request(gateway: Gateway):
     assert issue["expression"] == [f"{CER}.created"]
 
 
+def test_ambiguous_contained_resources_are_400(gateway: Gateway):
+    payload = fhir_request("contained")
+    payload["contained"].append({**payload["contained"][0], "name": [{"family": "Other", "given": ["Eve"]}]})
+    payload["contained"][1]["contained"] = [{"resourceType": "Patient", "id": "inner"}]
+    payload["id"] = "x" * 65
+    response = gateway.post(f"/{CER}/$submit", payload)
+    assert response.status_code == 400, response.text
+    found = {issue["expression"][0]: issue["details"]["text"] for issue in response.json()["issue"]}
+    assert "ambiguous" in found[f"{CER}.contained[4].id"]
+    assert "dom-2" in found[f"{CER}.contained[1].contained"]
+    assert "64 characters" in found[f"{CER}.id"]
+
+
 def test_malformed_json(gateway: Gateway):
     issue = outcome_issue(gateway.post(f"/{CER}/$submit", data=b'{"resourceType": '), 400, "structure")
     assert issue["severity"] == "fatal"
@@ -490,6 +503,10 @@ def test_oversized_body(make_gateway):
     payload = fhir_request("subscriber-generic")
     payload["entry"][0]["resource"]["text"] = {"status": "generated", "div": "<div>" + "x" * 4000 + "</div>"}
     outcome_issue(gateway.post(f"/{CER}/$submit", payload), 413, "too-costly")
+    body = json.dumps(payload).encode()
+    chunked = requests.post(f"{gateway.url}/{CER}/$submit", data=(body[i:i + 500] for i in range(0, len(body), 500)),
+                            headers={"Content-Type": FHIR_JSON, **gateway.session.headers}, timeout=30)
+    outcome_issue(chunked, 413, "too-costly")   # no Content-Length: refused all the same, not cut short
 
 
 def test_tokens(gateway: Gateway):

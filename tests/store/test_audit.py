@@ -310,6 +310,9 @@ def test_a_request_not_yet_sent_can_be_cancelled_and_is_then_never_sent(store: A
     assert (record.status, record.outcome, record.error, record.x12_request, record.sent_at) == (
         "cancelled", "cancelled", OPERATION_OUTCOME, None, None)
     assert record.duration_ms == 2000.0
+    # the request itself now reads, and is found, as cancelled (fm-status)
+    assert store.get_request("gw-4")["status"] == "cancelled" and store.get_request("gw-5")["status"] == "active"
+    assert [r["id"] for r in store.search_requests({"status": ["cancelled"]}, 10, 0)[0]] == ["gw-4"]
     assert store.cancel("gw-4", received, OPERATION_OUTCOME) == "cancelled"   # twice: still cancelled
     assert store.cancel("gw-5", received, OPERATION_OUTCOME) == "sent"        # too late: nothing changes
     assert store.record("gw-5").status == "sent" and store.record("gw-5").error is None

@@ -271,6 +271,8 @@ def test_connection_refused_is_retried_then_unavailable(closed_port):
         client.send("P", REQUEST, trace=TRACE)
     assert session.calls == 3 and caught.value.attempts == 3 and sleeps == [0.2, 0.4]
     assert "could not connect" in caught.value.diagnostics and caught.value.http_status == 502
+    # the API client learns which payer failed, not the gateway's internal endpoint
+    assert "payer P's endpoint" in caught.value.diagnostics and str(closed_port) not in caught.value.diagnostics
 
 
 def test_retries_stop_at_the_core_budget(closed_port):
