@@ -211,8 +211,10 @@ def _translate_patient(tables: Tables, txn: Transaction, now: str,
     hl = patient.segment("HL") if patient is not None else None
     response_id = _ID_UNSAFE.sub("-", f"{txn.control_number}-{hl.get(1) if hl else '0'}")[:64]
     traces, trace_systems = [], []
-    for loop in (subscriber, patient):
-        if loop is not None:
+    # a dependent's own traces (2000D) answer the request that asked about the dependent; the subscriber's (2000C)
+    # belong to the subscriber's own request, and stand in only when the dependent loop echoes none
+    for loop in (patient, subscriber):
+        if loop is not None and not traces:
             for trn in loop.segments_of("TRN"):
                 if trn.get(1) == "2":
                     traces.append(trn.get(2))
@@ -221,6 +223,9 @@ def _translate_patient(tables: Tables, txn: Transaction, now: str,
     r = _Response(tables, txn, now, context, response_id)
     r.traces = traces
     r.trace_systems = trace_systems
+    # the request reference holds one trace: every further echoed trace (a clearinghouse's, say) is an identifier
+    r.identifiers.extend({"system": system, "value": value}
+                         for system, value in zip(trace_systems[1:], traces[1:], strict=True))
 
     for seg in header:
         if seg.id in ("ST", "SE"):
@@ -335,8 +340,10 @@ def _receiver_loops(r: _Response, receiver: Loop) -> None:
     if name is None:
         return
     for seg in name.segments:
-        if seg.id == "NM1":
-            r.map(seg)
+        if seg.id == "NM1" and (seg.get(8) == "XX" or not seg.get(9)):
+            r.map(seg)   # the requestor (by NPI, or by name alone)
+        elif seg.id == "NM1":   # an id FHIR has no system for (SV, PI ...): the requestor is named, the id noted
+            r.note(f"information receiver identified by {seg.get(8)} {seg.get(9)}", name, seg)
         elif seg.id == "AAA":
             _aaa(r, name, seg)
         elif seg.id == "REF":
@@ -1128,10 +1135,13 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
         resource["requestor"] = ctx.provider
     elif receiver is not None:
         nm1 = receiver.loop("2100B").segment("NM1") if receiver.loop("2100B") else None
+        shown = (" ".join(v for v in (nm1.get(4), nm1.get(5), nm1.get(3)) if v) if nm1.get(2) == "1"
+                 else nm1.get(3)) if nm1 is not None else ""
         if nm1 is not None and nm1.get(8) == "XX" and nm1.get(9):
-            shown = " ".join(v for v in (nm1.get(4), nm1.get(5), nm1.get(3)) if v) if nm1.get(2) == "1" else nm1.get(3)
             resource["requestor"] = {"identifier": {"system": systems["npi"], "value": nm1.get(9)},
                                      **({"display": shown} if shown else {})}
+        elif shown:
+            resource["requestor"] = {"display": shown}
     resource["request"] = request_ref
     resource["outcome"] = outcome
     resource["disposition"] = _disposition(r, outcome)

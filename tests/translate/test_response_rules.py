@@ -248,3 +248,25 @@ def test_impossible_and_reversed_dates_are_noted_not_carried():
     assert "benefitPeriod" not in resource["insurance"][0]
     assert all("2023-02-29" not in str(c) and "2025-02-30" not in str(c) for c in resource.get("contained", []))
     assert len([n for n in r.notes if "20230229" in (n.raw or "") or "20251231-20250101" in (n.raw or "")]) == 2
+
+
+def test_each_dependent_answers_with_its_own_trace_and_further_traces_are_identifiers():
+    subscriber = [("HL", ["3", "2", "22", "1"]), ("TRN", ["2", "T1", "9GATEWAY01"]),
+                  ("NM1", ["IL", "1", "ROE", "RICHARD", "", "", "", "MI", "W123"])]
+    dependents = [("HL", ["4", "3", "23", "0"]), ("TRN", ["2", "T2", "9GATEWAY01"]),
+                  ("TRN", ["2", "CH-T9", "9CLEARING1"]), ("NM1", ["03", "1", "ROE", "JANE"]),
+                  ("EB", ["1", "IND", "30"]),
+                  ("HL", ["5", "3", "23", "0"]), ("TRN", ["2", "T3", "9GATEWAY01"]), ("NM1", ["03", "1", "ROE", "JIM"]),
+                  ("EB", ["1", "IND", "30"])]
+    results = responses(patient=[*subscriber, *dependents])
+    requests = [r.resource["request"]["identifier"]["value"] for r in results]
+    assert requests[-2:] == ["T2", "T3"]
+    jane = results[-2].resource
+    assert {"system": "https://fhir-x12-gateway.dev/fhir/sid/trn/9CLEARING1", "value": "CH-T9"} in jane["identifier"]
+
+
+def test_a_receiver_without_an_npi_is_named_and_its_id_noted():
+    head = [*HEAD[:4], ("NM1", ["1P", "2", "BONE AND JOINT CLINIC", "", "", "", "", "SV", "2000035"])]
+    r = only(("EB", ["1", "IND", "30"]), head=head)
+    assert r.resource["requestor"] == {"display": "BONE AND JOINT CLINIC"}
+    assert "information receiver identified by SV 2000035" in notes(r)
