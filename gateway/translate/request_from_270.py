@@ -190,7 +190,10 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
     request: dict[str, Any] = {"resourceType": "CoverageEligibilityRequest", "status": "active",
                                "purpose": [], "patient": {"reference": patient_url}, "created": now}
     items: list[dict[str, Any]] = []
-    diagnoses: list[str] = []
+    diagnoses: list[tuple[str, str]] = []   # (code system, code) in HI order: EQ05 points at them by position
+    pointed: set[str] = set()
+    hi_seg: Segment | None = None
+    hi_loop: Loop | None = None
     purposes: set[str] = set()
     for level in (subscriber, patient) if dependent else (subscriber,):
         for seg in level.segments:
@@ -215,10 +218,17 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
             elif sid == "INS":
                 relationship = tables.t["relationship"]["from_ins02"].get(seg.get(2), "other")
             elif sid == "HI":
+                hi_seg, hi_loop = seg, loop
                 for comp in seg.elements:
                     parts = comp.split(seg.delimiters.component)
                     if len(parts) > 1 and parts[1]:
-                        diagnoses.append(parts[1])
+                        # ABK/ABF: ICD-10-CM; BK/BF: ICD-9-CM
+                        system = systems["icd10"] if parts[0] in ("ABK", "ABF") else \
+                            systems["icd9"] if parts[0] in ("BK", "BF") else ""
+                        if not system:
+                            note(f"diagnosis {parts[1]} with code list qualifier {parts[0]!r} (not ICD-10-CM or "
+                                 "ICD-9-CM)", loop, seg)
+                        diagnoses.append((system, parts[1]))
             else:
                 note(f"segment {sid} {' '.join(seg.elements)} has no FHIR home", loop, seg)
         for inquiry in loop.loops:
@@ -227,12 +237,16 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
             for seg in inquiry.segments:
                 if seg.id == "EQ":
                     items.extend(_items(tables, seg, diagnoses, purposes, several=eq_count > 1))
+                    pointed.update(p for p in (seg.components(5) if seg.get(5) else []) if p)
                 elif seg.id == "DTP" and seg.get(1) == "291" and "servicedDate" not in request \
                         and "servicedPeriod" not in request:
                     _service_date(request, seg, inquiry, note)
                 else:
                     note(f"inquiry segment {seg.id} {' '.join(x for x in seg.elements if x)} has no FHIR home",
                          inquiry, seg)
+    unpointed = [code for index, (_, code) in enumerate(diagnoses, start=1) if str(index) not in pointed]
+    if unpointed and hi_seg is not None and hi_loop is not None:   # an item carries a diagnosis; these have none
+        note(f"diagnosis {', '.join(unpointed)} is pointed at by no EQ05, so no item carries it", hi_loop, hi_seg)
     if dependent and name is not None and name.segment("INS") is None:
         notes.append(Note("the 270 names a dependent without INS02: the relationship to the subscriber is not "
                           "known (Coverage.relationship left out)", f"270 ST {txn.control_number} 2100D"))
@@ -255,13 +269,14 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
     return ordered
 
 
-def _items(tables: Tables, seg: Segment, diagnoses: list[str], purposes: set[str], *,
+def _items(tables: Tables, seg: Segment, diagnoses: list[tuple[str, str]], purposes: set[str], *,
            several: bool = False) -> list[dict[str, Any]]:
     systems = tables.systems
     items: list[dict[str, Any]] = []
     pointers = seg.components(5) if seg.get(5) else []
-    diagnosis = [{"diagnosisCodeableConcept": {"coding": [{"system": systems["icd10"], "code": diagnoses[int(p) - 1]}]}}
-                 for p in pointers if p.isdigit() and 0 < int(p) <= len(diagnoses)]
+    diagnosis = [{"diagnosisCodeableConcept": {"coding": [{"system": diagnoses[int(p) - 1][0],
+                                                            "code": diagnoses[int(p) - 1][1]}]}}
+                 for p in pointers if p.isdigit() and 0 < int(p) <= len(diagnoses) and diagnoses[int(p) - 1][0]]
     if seg.get(2):
         comps = seg.components(2)
         qualifier, code = comps[0], comps[1] if len(comps) > 1 else ""
