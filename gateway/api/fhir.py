@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
-from urllib.parse import unquote, urlencode
+from urllib.parse import parse_qsl, unquote, urlencode
 
 import orjson
 from flask import Blueprint, Flask, Response, copy_current_request_context, current_app, g, request
@@ -107,7 +107,21 @@ def _json_body() -> Any:
     if mimetype and mimetype not in ACCEPTED_TYPES:
         raise BadBody(outcome_response(415, "not-supported", f"content type {mimetype!r} is not accepted; send "
                                        f"{FHIR_JSON}"))
+    params = {k.lower(): v.strip().lower() for k, v in request.mimetype_params.items()}
+    charset, version = params.get("charset", "utf-8"), params.get("fhirversion", FHIR_VERSION)
+    if charset not in ("utf-8", "utf8"):   # FHIR JSON is UTF-8; another charset's bytes would be misread
+        raise BadBody(outcome_response(415, "not-supported", f"charset {charset!r} is not accepted; FHIR JSON is "
+                                       "UTF-8"))
+    if version != FHIR_VERSION and not version.startswith(FHIR_VERSION + "."):
+        raise BadBody(outcome_response(415, "not-supported", f"fhirVersion {version!r} is not accepted; this server "
+                                       f"reads FHIR R4 ({FHIR_VERSION})"))
+    encoding = (request.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding != "identity":
+        raise BadBody(outcome_response(415, "not-supported", f"Content-Encoding {encoding!r} is not accepted; send "
+                                       "the body uncompressed"))
     data = request.get_data(cache=False)
+    if data.startswith(b"\xef\xbb\xbf"):   # a UTF-8 byte order mark: allowed before JSON text (RFC 8259), not data
+        data = data[3:]
     limit = current_app.config.get("MAX_CONTENT_LENGTH")
     if limit and request.content_length is None and len(data) >= limit:
         # a chunked body (no Content-Length) is cut at the limit by the server, not refused: refuse it here
@@ -285,6 +299,9 @@ def create():  # type: ignore[no-untyped-def]
     payload = _json_body()
     service = _service()
     prefer = _prefer()
+    existing = _conditional_match(service, prefer)
+    if existing is not None:
+        return existing
     if "respond-async" in prefer:
         return _accept_async(service, payload)
     result = service.submit(payload)
@@ -294,6 +311,47 @@ def create():  # type: ignore[no-untyped-def]
     if not result.ok:   # stored, but the payer gave no answer: say why, and where the audit record is
         return _result_response(result, headers={"Content-Location": location})
     return _created(result, location, prefer.get("return", "representation").lower())
+
+
+def _conditional_match(service: EligibilityService, prefer: dict[str, str]) -> Response | None:
+    """Conditional create (``If-None-Exist: identifier=...``): None when nothing matches (create as usual); 200 with
+    the one request that matches (no second payer call: a client's retry after a lost answer is safe); 412 when
+    several do. The search is strict: an ignored parameter would match more than the client meant."""
+    header = request.headers.get("If-None-Exist")
+    if header is None:
+        return None
+    params: dict[str, list[str]] = {}
+    for key, value in parse_qsl(header.strip().lstrip("?"), keep_blank_values=True):
+        params.setdefault(key, []).append(value)
+    if not params or any(key.partition(":")[0] in _RESULT_PARAMS for key in params):
+        return outcome_response(400, "invalid", "If-None-Exist takes search parameters of "
+                                f"{CER} (identifier=system|value, say)", expression="If-None-Exist")
+    unknown = [key for key in params if not _supported(CER, key)]
+    try:
+        if unknown:
+            raise SearchError(unknown[0], "is not a search parameter of this server")
+        if any(_CONTROL.search(v) for v in [*params, *(v for vs in params.values() for v in vs)]):
+            raise SearchError("If-None-Exist", "holds control characters")
+        found, total = service.store.search_requests(params, 2, 0)
+    except SearchError as exc:
+        return outcome_response(400, "invalid", f"If-None-Exist: search parameter {exc.param}: {exc.message}",
+                                expression="If-None-Exist")
+    if total == 0:
+        return None
+    if total > 1:
+        return outcome_response(412, "multiple-matches", f"If-None-Exist matches {total} stored requests; make it "
+                                "specific (one identifier)")
+    match = found[0]
+    headers = {"Location": f"{base_url()}{CER}/{match['id']}"}
+    wanted = prefer.get("return", "representation").lower()
+    g.outcome = "exists"
+    if wanted == "minimal":
+        return fhir_response(None, 200, headers)
+    if wanted == "operationoutcome":
+        return fhir_response(operation_outcome("informational", "a request matching If-None-Exist is already "
+                                               "stored; nothing was created or sent", severity="information"),
+                             200, headers)
+    return fhir_response(match, 200, headers)
 
 
 def _accept_async(service: EligibilityService, payload: Any) -> Response:

@@ -192,6 +192,24 @@ def test_prefer_return(gateway: Gateway):
     assert issue["severity"] == "information" and RESPONSE in issue["details"]["text"]
 
 
+def test_conditional_create_answers_a_retry_without_asking_the_payer_again(gateway: Gateway, simulator):
+    payload = fhir_request("subscriber-generic")
+    identifier = payload["entry"][0]["resource"]["identifier"][0]
+    condition = {"If-None-Exist": f"identifier={identifier['system']}|{identifier['value']}"}
+    first = gateway.post(f"/{CER}", payload, headers=condition)
+    assert first.status_code == 201, first.text
+    calls = sum(simulator.calls.values())
+    again = gateway.post(f"/{CER}", payload, headers=condition)   # the client never saw the 201, and retries
+    assert again.status_code == 200 and again.headers["Location"] == first.headers["Location"]
+    assert again.json()["id"] == first.json()["id"] and sum(simulator.calls.values()) == calls
+    minimal = gateway.post(f"/{CER}", payload, headers={**condition, "Prefer": "return=minimal"})
+    assert minimal.status_code == 200 and minimal.content == b""
+    gateway.post(f"/{CER}", payload)   # a second stored request with the same identifier
+    outcome_issue(gateway.post(f"/{CER}", payload, headers=condition), 412, "multiple-matches")
+    for bad in ("", "_count=1", "name=x", "identifier=a%00b"):
+        outcome_issue(gateway.post(f"/{CER}", payload, headers={"If-None-Exist": bad}), 400, "invalid")
+
+
 def _poll(gateway: Gateway, status_url: str) -> requests.Response:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -534,6 +552,23 @@ def test_wrong_content_type_and_method(gateway: Gateway):
     outcome_issue(gateway.session.delete(f"{gateway.url}/{CER}/x", timeout=10), 405, "not-supported")
     outcome_issue(gateway.get("/Patient/1"), 404, "not-found")
     outcome_issue(gateway.get(f"/{CER}/does-not-exist"), 404, "not-found")
+
+
+@pytest.mark.parametrize(("headers", "words"), [
+    ({"Content-Type": "application/fhir+json; charset=ISO-8859-1"}, "charset 'iso-8859-1'"),
+    ({"Content-Type": "application/fhir+json; fhirVersion=3.0"}, "fhirVersion '3.0'"),
+    ({"Content-Encoding": "gzip"}, "Content-Encoding 'gzip'"),
+])
+def test_a_body_this_server_would_misread_is_415(gateway: Gateway, headers, words):
+    issue = outcome_issue(gateway.post(f"/{CER}/$submit", fhir_request("subscriber-generic"), headers=headers),
+                          415, "not-supported")
+    assert words in issue["details"]["text"]
+
+
+def test_a_utf8_byte_order_mark_and_r4_parameters_are_fine(gateway: Gateway):
+    body = b"\xef\xbb\xbf" + json.dumps(fhir_request("subscriber-generic")).encode()
+    headers = {"Content-Type": "application/fhir+json; charset=UTF-8; fhirVersion=4.0"}
+    assert gateway.post(f"/{CER}/$submit", data=body, headers=headers).status_code == 200
 
 
 def test_unknown_payer_is_422(make_gateway):
