@@ -916,8 +916,10 @@ def _entities(r: _Response, loop: Loop) -> list[dict[str, Any]]:
         resource: dict[str, Any] = {}
         name = " ".join(v for v in (nm1.get(4), nm1.get(3)) if v) if person else nm1.get(3)
         if info["role"] == "provider" and person:
+            given = [v for v in (nm1.get(4), nm1.get(5)) if v]   # first and middle name
             resource = {"resourceType": "Practitioner", "id": entity_id,
-                        "name": [{"family": nm1.get(3), **({"given": [nm1.get(4)]} if nm1.get(4) else {})}]}
+                        "name": [{"family": nm1.get(3), **({"given": given} if given else {}),
+                                  **({"suffix": [nm1.get(7)]} if nm1.get(7) else {})}]}
             if nm1.get(8) == "XX" and nm1.get(9):
                 resource["identifier"] = [{"system": r.tables.systems["npi"], "value": nm1.get(9)}]
             prv = sub.segment("PRV")
@@ -948,8 +950,12 @@ def _entity_notes(r: _Response, loop: Loop, eb01: str, entities: list[dict[str, 
                 if e["role"] == "utilization-management" and e["mapped"]:
                     r.note(f"EB {eb01}: authorization through {_entity_text(e)} (its URL is the item's "
                            "authorizationUrl)", sub, seg)
-                elif e["mapped"] or (maps_to == "other-payer" and e["role"] == "other-payer"):
+                elif e["mapped"]:
                     r.map(seg)
+                    if e["ident"][1] and not (e["ident"][0] == "XX" and e["resource"]) and e["role"] != "other-payer":
+                        # an id the FHIR resource has no system for (SV, PI ...) is not lost
+                        r.note(f"EB {eb01}: {e['display']} {e['name']} identified by {e['ident'][0]} "
+                               f"{e['ident'][1]}", sub, seg)
                 elif maps_to == "contact":
                     r.note(f"EB {eb01}: for these benefits contact {_entity_text(e)}", sub, seg)
                 else:
@@ -967,6 +973,8 @@ def _other_payer(r: _Response, loop: Loop, eb: Segment, entities: list[dict[str,
     n = len(r.extra_insurance) + 1
     coverage_id, payer_id = f"other-coverage-{n}", f"other-payer-{n}"
     payer = next((e for e in entities if e["role"] == "other-payer"), None)
+    if payer is not None:
+        payer["mapped"] = True   # the others (a second other payer ...) are noted with the entities
     organization: dict[str, Any] = {"resourceType": "Organization", "id": payer_id,
                                     "name": payer["name"] if payer else "Other payer (not named by the payer)"}
     if payer and payer["ident"][1]:

@@ -270,3 +270,20 @@ def test_a_receiver_without_an_npi_is_named_and_its_id_noted():
     r = only(("EB", ["1", "IND", "30"]), head=head)
     assert r.resource["requestor"] == {"display": "BONE AND JOINT CLINIC"}
     assert "information receiver identified by SV 2000035" in notes(r)
+
+
+def test_a_2120_provider_keeps_middle_name_suffix_and_an_id_without_a_fhir_system():
+    r = only(("EB", ["L"]), ("LS", ["2120"]), ("NM1", ["P3", "1", "JONES", "MARCUS", "Q", "", "MD", "SV", "0202034"]),
+             ("LE", ["2120"]))
+    practitioner = next(c for c in r.resource["contained"] if c["resourceType"] == "Practitioner")
+    assert practitioner["name"] == [{"family": "JONES", "given": ["MARCUS", "Q"], "suffix": ["MD"]}]
+    assert any("identified by SV 0202034" in n for n in notes(r))
+
+
+def test_a_second_other_payer_is_noted_not_dropped():
+    r = only(("EB", ["R", "", "30", "C1"]), ("LS", ["2120"]),
+             ("NM1", ["PRP", "2", "FIRST INS", "", "", "", "", "PI", "P1"]),
+             ("NM1", ["SEP", "2", "SECOND INS", "", "", "", "", "PI", "P2"]), ("LE", ["2120"]))
+    payers = [c["name"] for c in r.resource["contained"] if c["resourceType"] == "Organization"]
+    assert "FIRST INS" in payers
+    assert any("SECOND INS PI P2" in n for n in notes(r))
