@@ -455,12 +455,23 @@ def _patient_date(r: _Response, loop: Loop, seg: Segment, person: _Person) -> No
         r.note(f"{name} date {seg.get(3)!r} could not be read", loop, seg)
         return
     start, end = span
-    if kind == "plan-begin":
-        r.benefit_period["start"] = start
-    elif kind == "plan-end":
-        r.benefit_period["end"] = end
-    elif kind == "plan":
-        r.benefit_period.update({"start": start} if start == end else {"start": start, "end": end})
+    if kind in ("plan-begin", "plan-end", "plan"):
+        wanted = {"plan-begin": {"start": start}, "plan-end": {"end": end}}.get(
+            kind, {"start": start} if start == end else {"start": start, "end": end})
+        # the first date given for each end of the plan period stands; a different one later is noted, not lost
+        clashes = {k: v for k, v in wanted.items() if r.benefit_period.get(k, v) != v}
+        r.benefit_period.update({k: v for k, v in wanted.items() if k not in r.benefit_period})
+        unused = (kind == "plan-begin" and end != start) or (kind == "plan-end" and end != start)
+        if clashes or unused:
+            shown = start if start == end else f"{start} to {end}"
+            already = " and ".join(f"{k}s {r.benefit_period[k]}" for k in clashes)   # "starts ...", "ends ..."
+            if clashes:
+                r.note(f"{name} {shown}: the plan period already {already}", loop, seg)
+            else:   # a begin (or end) date sent as a range: the one end that is a plan date is carried
+                carried = f"starts {start}" if kind == "plan-begin" else f"ends {end}"
+                r.note(f"{name} given as the range {shown}: the plan period {carried}; the other end is only "
+                       "here", loop, seg)
+            return
     elif kind in ("eligibility-begin", "eligibility-end", "eligibility"):
         if kind != "eligibility-end":
             person.period["start"] = start

@@ -287,3 +287,12 @@ def test_a_second_other_payer_is_noted_not_dropped():
     payers = [c["name"] for c in r.resource["contained"] if c["resourceType"] == "Organization"]
     assert "FIRST INS" in payers
     assert any("SECOND INS PI P2" in n for n in notes(r))
+
+
+def test_plan_dates_first_one_stands_and_the_rest_is_noted():
+    r = only(("DTP", ["346", "RD8", "20250101-20251231"]), ("DTP", ["291", "D8", "20250615"]),
+             ("EB", ["1", "IND", "30"]))
+    assert r.resource["insurance"][0]["benefitPeriod"] == {"start": "2025-01-01"}
+    texts = notes(r)
+    assert any("range 2025-01-01 to 2025-12-31: the plan period starts 2025-01-01" in n for n in texts)
+    assert any("2025-06-15: the plan period already starts 2025-01-01" in n for n in texts)
