@@ -586,6 +586,11 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
     if procedure:
         item = dict(base)
         item["productOrService"] = _procedure(r, procedure)
+        if len(procedure) > 6 and any(procedure[6:8]):   # EB13-7 description, EB13-8 the end of a code range
+            extra = [f"description {procedure[6]!r}" if procedure[6] else "",
+                     f"a range through {procedure[7]}" if len(procedure) > 7 and procedure[7] else ""]
+            r.note(f"EB {eb01} procedure {procedure[1]}: {' and '.join(x for x in extra if x)} (an item names one "
+                   "code)", loop, eb)
         modifiers = [m for m in procedure[2:6] if m]
         if modifiers:
             item["modifier"] = [{"coding": [{"system": item["productOrService"]["coding"][0]["system"],
@@ -882,10 +887,13 @@ def _hsd_text(r: _Response, seg: Segment) -> str:
 
 def _iii_text(seg: Segment) -> str:
     if seg.get(1) == "ZZ":
-        return f"Place of service {seg.get(2)}"
-    if seg.get(1):
-        return f"Additional information {seg.get(1)} {seg.get(2)}"
-    return f"Information {seg.get(3)} {seg.get(4)}".strip()
+        text = f"Place of service {seg.get(2)}"
+    elif seg.get(1):
+        text = f"Additional information {seg.get(1)} {seg.get(2)}"
+    else:
+        return f"Information {seg.get(3)} {seg.get(4)}".strip()
+    rest = " ".join(v for v in (seg.get(3), seg.get(4)) if v)   # III03 category, III04 free text
+    return f"{text} ({rest})" if rest else text
 
 
 # -- 2120 entities ----------------------------------------------------------------------------
@@ -1086,7 +1094,9 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
         if subscriber_person is not None:
             subscriber = {"resourceType": "Patient", "id": "subscriber",
                           "name": [{k: v for k, v in (("family", subscriber_person.family),
-                                                       ("given", subscriber_person.given)) if v}]}
+                                                       ("given", subscriber_person.given),
+                                                       ("suffix", [subscriber_person.suffix]
+                                                        if subscriber_person.suffix else None)) if v}]}
             if subscriber_person.birth_date:
                 subscriber["birthDate"] = subscriber_person.birth_date
             if subscriber_person.gender:

@@ -296,3 +296,17 @@ def test_plan_dates_first_one_stands_and_the_rest_is_noted():
     texts = notes(r)
     assert any("range 2025-01-01 to 2025-12-31: the plan period starts 2025-01-01" in n for n in texts)
     assert any("2025-06-15: the plan period already starts 2025-01-01" in n for n in texts)
+
+
+def test_procedure_ranges_iii_text_and_a_dependents_subscriber_suffix_are_kept():
+    r = only(("EB", ["C", "IND", "", "", "", "23", "100", "", "", "", "", "", ("HC", "99201", "", "", "", "",
+                                                                              "", "99205")]),
+             ("EB", ["1", "IND", "30"]), ("III", ["GR", "ABC", "44", "LEG"]))
+    assert any("a range through 99205" in n for n in notes(r))
+    assert any("Additional information GR ABC (44 LEG)" in (i.get("description") or "") for i in items(r))
+    subscriber = [("HL", ["3", "2", "22", "1"]), ("NM1", ["IL", "1", "ROE", "RICHARD", "", "", "JR", "MI", "W123"]),
+                  ("HL", ["4", "3", "23", "0"]), ("TRN", ["2", "T2", "9GATEWAY01"]),
+                  ("NM1", ["03", "1", "ROE", "JANE"]), ("EB", ["1", "IND", "30"])]
+    dependent = responses(patient=subscriber)[-1].resource
+    holder = next(c for c in dependent["contained"] if c["id"] == "subscriber")
+    assert holder["name"][0]["suffix"] == ["JR"]
