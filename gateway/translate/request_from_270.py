@@ -115,6 +115,9 @@ def _provider(tables: Tables, loop: Loop | None, add, note) -> str | None:
         resource = {"resourceType": "Organization", "name": nm1.get(3) if nm1 is not None else "Provider"}
     if nm1 is not None and nm1.get(8) == "XX" and nm1.get(9):
         resource["identifier"] = [{"system": systems["npi"], "value": nm1.get(9)}]
+    elif nm1 is not None and nm1.get(9):   # an id FHIR has no system for here (SV, PI ...)
+        note(f"provider identified by {nm1.get(8)} {nm1.get(9)} (only an NPI has a FHIR identifier system)", loop,
+             nm1)
     for seg in loop.segments:
         if seg.id == "NM1":
             continue
@@ -161,6 +164,9 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                 birth = date_range("D8", seg.get(2)) if seg.get(1) == "D8" else None
                 if birth:
                     resource["birthDate"] = birth[0]
+                elif seg.get(2):
+                    note(f"birth date {seg.get(2)!r} ({seg.get(1) or 'no format'}) is not a D8 calendar date",
+                         loop, seg)
                 gender = tables.t["gender"]["from_x12"].get(seg.get(3))
                 if gender:
                     resource["gender"] = gender
@@ -202,6 +208,8 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                     request.setdefault("identifier", []).append(
                         {"system": systems["trace_system"] + (f"/{seg.get(3)}" if seg.get(3) else ""),
                          "value": seg.get(2)})
+                if seg.get(4):
+                    note(f"trace {seg.get(2)} names the originator's division {seg.get(4)} (TRN04)", level, seg)
     eq_count = sum(1 for lp in (sub_name, name if dependent else None) if lp is not None
                    for inquiry in lp.loops if inquiry.id.startswith("2110") for _ in inquiry.segments_of("EQ"))
     for loop in [lp for lp in (sub_name, name if dependent else None) if lp is not None]:
@@ -217,6 +225,8 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                 _service_date(request, seg, loop, note)
             elif sid == "INS":
                 relationship = tables.t["relationship"]["from_ins02"].get(seg.get(2), "other")
+                if seg.get(17):
+                    note(f"birth sequence {seg.get(17)} (INS17: twins, triplets ...)", loop, seg)
             elif sid == "HI":
                 hi_seg, hi_loop = seg, loop
                 for comp in seg.elements:
@@ -237,6 +247,9 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
             for seg in inquiry.segments:
                 if seg.id == "EQ":
                     items.extend(_items(tables, seg, diagnoses, purposes, several=eq_count > 1))
+                    for index, what in ((3, "coverage level"), (4, "insurance type")):
+                        if seg.get(index):   # an item has no place for either
+                            note(f"EQ asks for {what} {seg.get(index)} (EQ0{index})", inquiry, seg)
                     pointed.update(p for p in (seg.components(5) if seg.get(5) else []) if p)
                 elif seg.id == "DTP" and seg.get(1) == "291" and "servicedDate" not in request \
                         and "servicedPeriod" not in request:

@@ -112,3 +112,24 @@ def test_a_270s_icd9_diagnoses_stay_icd9_and_unpointed_ones_are_noted():
     coding = request["item"][0]["diagnosis"][0]["diagnosisCodeableConcept"]["coding"][0]
     assert coding == {"system": "http://hl7.org/fhir/sid/icd-9-cm", "code": "8901"}
     assert any("87200, E119 is pointed at by no EQ05" in n.text for n in notes)
+
+
+def test_what_a_270_holds_beyond_fhir_is_noted():
+    from gateway.translate.request_from_270 import translate_270
+    from gateway.x12.reader import read_x12
+    from gateway.x12.writer import Envelope, X12Writer
+
+    body = [("BHT", ["0022", "13", "R1", "20250115", "0930"]), ("HL", ["1", "", "20", "1"]),
+            ("NM1", ["PR", "2", "EXAMPLE HEALTH PLAN", "", "", "", "", "PI", "99999"]), ("HL", ["2", "1", "21", "1"]),
+            ("NM1", ["1P", "2", "SAMPLE CLINIC", "", "", "", "", "SV", "PROV55"]), ("HL", ["3", "2", "22", "0"]),
+            ("TRN", ["1", "T1", "9GATEWAY01", "DIV1"]), ("NM1", ["IL", "1", "ROE", "ANNA", "", "", "", "MI", "W123"]),
+            ("DMG", ["D8", "19800230", "F"]), ("INS", ["Y", "18", "", "", "", "", "", "", "", "", "", "", "", "", "",
+                                                      "", "2"]),
+            ("EQ", ["30", "", "FAM"])]
+    env = Envelope(sender_id="GATEWAY", receiver_id="PAYER", interchange_control=5, now=datetime(2025, 1, 15, 9, 30))
+    text = X12Writer().interchange(env, "HS", "270", "005010X279A1", [body]).text
+    _, notes = translate_270(read_x12(text).transactions[0], load_tables(), now="2025-01-15T09:30:00Z")
+    texts = " | ".join(n.text for n in notes)
+    for words in ("identified by SV PROV55", "'19800230' (D8) is not a D8 calendar date", "division DIV1",
+                  "birth sequence 2", "coverage level FAM"):
+        assert words in texts, words
