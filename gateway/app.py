@@ -39,6 +39,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config[key] = _positive_int(app.config[key], key)
     app.config["MAX_CONTENT_LENGTH"] = app.config["FHIR_X12_MAX_BODY_BYTES"]
     app.json.sort_keys = False   # type: ignore[attr-defined]
+    # "//x" is not "/x": no redirect (an HTML 308 no FHIR client follows with its body), a 404 OperationOutcome
+    app.url_map.merge_slashes = False
 
     from gateway.api.auth import CONFORMANCE_PREFIXES, init_auth
     from gateway.metrics import init_metrics

@@ -474,12 +474,32 @@ def read_request(id: str):  # type: ignore[no-untyped-def]
     return _read(CER, _service().store.get_request(id), id)
 
 
+@fhir.post(f"/{CER}/<id>")
+def post_on_id(id: str):  # type: ignore[no-untyped-def]
+    """An operation this server does not have (404), or a POST on an id (405: update is not supported)."""
+    if id.startswith("$"):
+        return _read(CER, None, id)
+    response = outcome_response(405, "not-supported", f"POST is not supported on {CER}/{{id}}; it is read-only")
+    response.headers["Allow"] = "GET"
+    return response
+
+
 @fhir.get(f"/{RESPONSE}/<id>")
 def read_response(id: str):  # type: ignore[no-untyped-def]
     return _read(RESPONSE, _service().store.get_response(id), id)
 
 
+_OPERATIONS = {(CER, "$submit")}   # the operations this server has, invoked with POST
+
+
 def _read(resource_type: str, resource: dict[str, Any] | None, id: str) -> Response:
+    if id.startswith("$"):   # an operation, not an id (ids cannot start with $)
+        if (resource_type, id) in _OPERATIONS:
+            response = outcome_response(405, "not-supported", f"{resource_type}/{id} is invoked with POST")
+            response.headers["Allow"] = "POST"
+            return response
+        return outcome_response(404, "not-supported", f"{resource_type} has no operation {id[:64]}; this server "
+                                f"has {', '.join(sorted(f'{t}/{o}' for t, o in _OPERATIONS))}")
     if resource is None:
         return outcome_response(404, "not-found", f"{resource_type}/{id[:64]} is not known")
     return fhir_response(resource, 200)

@@ -552,6 +552,14 @@ def test_wrong_content_type_and_method(gateway: Gateway):
     outcome_issue(gateway.session.delete(f"{gateway.url}/{CER}/x", timeout=10), 405, "not-supported")
     outcome_issue(gateway.get("/Patient/1"), 404, "not-found")
     outcome_issue(gateway.get(f"/{CER}/does-not-exist"), 404, "not-found")
+    # operations are POSTed; one this server lacks is named as such; "//" is no alias that redirects
+    get_submit = gateway.get(f"/{CER}/$submit")
+    assert outcome_issue(get_submit, 405, "not-supported") and get_submit.headers["Allow"] == "POST"
+    assert "no operation $validate" in outcome_issue(gateway.post(f"/{CER}/$validate", {}), 404,
+                                                      "not-supported")["details"]["text"]
+    assert gateway.post(f"/{CER}/abc", {}).headers["Allow"] == "GET"
+    outcome_issue(gateway.session.get(f"{gateway.url}/{CER}//x", timeout=10, allow_redirects=False), 404,
+                  "not-found")
 
 
 @pytest.mark.parametrize(("headers", "words"), [
