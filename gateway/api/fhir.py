@@ -638,7 +638,9 @@ def batch():  # type: ignore[no-untyped-def]
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         return outcome_response(400, "structure", "POST / takes a Bundle of type batch", expression="Bundle")
     if bundle.get("type") != "batch":
-        return outcome_response(422, "not-supported", f"Bundle.type {bundle.get('type')!r} is not supported here; "
+        kind = bundle.get("type")
+        shown = repr(kind) if isinstance(kind, str) else "missing" if kind is None else "not a code"
+        return outcome_response(422, "not-supported", f"Bundle.type ({shown}) is not supported here; "
                                 "send a batch", expression="Bundle.type")
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
@@ -677,12 +679,15 @@ def _batch_request(base: str, index: int, entry: Any) -> tuple[str, dict[str, An
     if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
         return _entry_error(400, "structure", "each batch entry needs request.method and request.url",
                             f"{where}.request")
-    method = str(entry["request"].get("method") or "").upper()
-    url = unquote(str(entry["request"].get("url") or "").split("?")[0]).strip("/")   # %24submit is $submit
+    method, url = (value if isinstance(value, str) else "" for value in (entry["request"].get("method"),
+                                                                           entry["request"].get("url")))
+    method = method.upper()
+    url = unquote(url.split("?")[0]).strip("/")   # %24submit is $submit
     if url.startswith(base):
         url = url[len(base):]
     if method != "POST" or url not in (CER, f"{CER}/$submit"):
-        return _entry_error(422, "not-supported", f"{method or '?'} {url or '?'} is not supported in a batch; "
+        return _entry_error(422, "not-supported", f"{method or 'no method'} {url or 'without a url'} is not "
+                            "supported in a batch; "
                             f"use POST {CER} or POST {CER}/$submit", f"{where}.request")
     if not isinstance(entry.get("resource"), dict):
         return _entry_error(400, "required", "the entry has no resource", f"{where}.resource")

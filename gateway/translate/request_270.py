@@ -76,8 +76,9 @@ def find_request(payload: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
         message = "the Bundle holds no CoverageEligibilityRequest" if not requests else \
             f"the Bundle holds {len(requests)} CoverageEligibilityRequests; translate them one at a time"
         raise TranslationError(message, [Problem("Bundle.entry", message, code="structure")], status=400)
-    raise TranslationError(f"resourceType {kind!r} is not a CoverageEligibilityRequest or a Bundle",
-                           [Problem("resourceType", f"expected {CER} or Bundle, got {kind!r}",
+    shown = "missing" if kind is None else repr(kind) if isinstance(kind, str) else "not a string"
+    raise TranslationError(f"resourceType ({shown}) is not a CoverageEligibilityRequest or a Bundle",
+                           [Problem("resourceType", f"expected {CER} or Bundle; resourceType is {shown}",
                                     code="structure")], status=400)
 
 
