@@ -493,10 +493,14 @@ class X12Reader:
             self._add(txn, "X12-ENVELOPE-4010",
                       f"a {version} transaction inside a 4010 envelope (ISA12 00401, GS08 {gs.version})",
                       "group", "2", segment="ISA", element="ISA12", value=isa.version)
-        elif txn.set_id in FUNCTIONAL_IDS and txn.set_id != "999" and not version.startswith("005010X279"):
+        elif txn.set_id in FUNCTIONAL_IDS and txn.set_id != "999" and version != "005010X279A1":
+            # the pre-addenda 005010X279 reads the same (a warning); another X279 suffix is no implementation at all
+            known_other = version == "005010X279" or (version.startswith("005010") and
+                                                      not version.startswith("005010X279"))
             self._add(txn, "X12-IMPLEMENTATION",
-                      f"implementation {version!r} is not 005010X279A1", "transaction", "I6" if version else "19",
-                      severity="error" if not version.startswith("005010") else "warning",
+                      f"implementation {version!r} is not 005010X279A1" + (
+                          " (the guide before its addenda; HIPAA requires X279A1)" if version == "005010X279" else ""),
+                      "transaction", "I6" if version else "19", severity="warning" if known_other else "error",
                       segment="ST", position=1, element="ST03", value=version)
         return txn
 

@@ -220,3 +220,11 @@ def test_reader_reports_unsupported_transaction_sets():
     result = X12Reader(text).read()
     assert "X12-SET-UNSUPPORTED" in codes(result)
     assert len(list(result.transactions[0].segments())) == 20
+
+
+@pytest.mark.parametrize(("version", "severity"), [("005010X279A1", None), ("005010X279", "warning"),
+                                                   ("005010X222A1", "warning"), ("005010X279ZZ", "error")])
+def test_only_x279a1_is_the_implementation_and_a_made_up_suffix_is_an_error(version, severity):
+    text = sample().replace("005010X279A1", version)
+    found = [f for f in read_x12(text).all_findings if f.code == "X12-IMPLEMENTATION"]
+    assert [f.severity for f in found][:1] == ([severity] if severity else [])
