@@ -190,15 +190,19 @@ def translate(file: str, output: str | None, control_number: int, date: str | No
             _fail(f"{output}: cannot write: {exc.strerror}")
     else:
         click.echo(text, nl=False)
+    for finding in result.findings:   # errors in the input: always said, whatever --notes
+        click.echo(f"fhir-x12: input defect: {format_finding(finding)}", err=True)
     if notes:
-        for finding in result.findings:
-            click.echo(f"fhir-x12: input defect: {format_finding(finding)}", err=True)
         for change in result.write_notes:
             click.echo(f"fhir-x12: changed {change.element} {change.original!r} -> {change.written!r}: "
                        f"{change.reason}", err=True)
         for note in result.notes:
             where = f" [{note.source}]" if note.source else ""
             click.echo(f"fhir-x12: not carried{where}: {note.text}", err=True)
+    if result.findings:   # translated as far as it could be read, but the input is defective: not a clean 0
+        click.echo(f"fhir-x12: {file}: the input has {len(result.findings)} error(s); the output may be incomplete",
+                   err=True)
+        sys.exit(EXIT_INVALID)
 
 
 @main.command("serve")

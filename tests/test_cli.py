@@ -115,3 +115,12 @@ def test_translate_checks_fhir_structure_first_and_interchange_ids(tmp_path):
     good = str(FIXTURES / "fhir" / "requests" / "subscriber-generic.json")
     wrong = run("translate", good, "--receiver-id", "RECEIVER-ID-TOO-LONG-XYZ")
     assert wrong.exit_code == 2 and "--receiver-id" in wrong.output
+
+
+def test_translate_of_a_defective_271_says_so_and_exits_1(tmp_path):
+    text = VALID.read_text()
+    cut = tmp_path / "cut.271"
+    cut.write_text(text[:text.index("SE*")])   # no SE, GE or IEA
+    done = run("translate", str(cut), "--no-notes")
+    assert done.exit_code == 1
+    assert "input defect" in done.output and "the output may be incomplete" in done.output
