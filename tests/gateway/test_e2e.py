@@ -376,6 +376,14 @@ def test_a_parameters_body_that_is_not_one_resource_is_400_naming_where(gateway:
     assert entries[1]["response"]["status"].startswith("200")
 
 
+def test_a_name_twice_in_one_object_is_400(gateway: Gateway):
+    body = json.dumps(fhir_request("subscriber-generic")).replace(
+        '"subscriberId": "ACM482193057"', '"subscriberId": "ACM482193057", "subscriberId": "WRONG0000001"')
+    assert "WRONG0000001" in body
+    issue = outcome_issue(gateway.post(f"/{CER}/$submit", data=body.encode()), 400, "structure")
+    assert "'subscriberId' twice" in issue["details"]["text"]
+
+
 def test_null_members_and_empty_arrays_are_400_naming_each(gateway: Gateway):
     payload = fhir_request("subscriber-generic")
     payload["entry"][0]["resource"].update(servicedDate=None, extension=[], insurer={})
