@@ -23,12 +23,14 @@ from gateway.fhir.structure import payload_problems
 from gateway.store import AuditStore, RecordStateError
 from gateway.translate.document import iso
 from gateway.translate.errors import TranslationError
+from gateway.translate.notes import Note
 from gateway.translate.references import Resolver, contain_local_references
 from gateway.translate.request_270 import CER, Request270, build_270, find_request
 from gateway.translate.response_271 import ResponseContext, ResponseTranslation, translate_271
 from gateway.translate.tables import Tables
 from gateway.transport.client import CircuitOpen, PayerAnswer, PayerBusy, PayerClient, PayerError, PayerRejected
 from gateway.transport.routing import RoutingTable
+from gateway.x12.model import Finding
 from gateway.x12.structure import element_limits
 
 log = logging.getLogger(__name__)
@@ -248,6 +250,10 @@ class EligibilityService:
     def _response(self, prepared: Prepared, answer: PayerAnswer) -> tuple[dict[str, Any], int]:
         """The CoverageEligibilityResponse for our trace, linked to the stored request."""
         context = self._context(prepared)
+        # what is wrong with the payer's 271 (a wrong segment count, a segment out of place) is said, not hidden:
+        # the response is what could be read
+        context.notes.extend(Note(text=f"the payer's 271 has a defect: {f.message}", source=_where_in_271(f))
+                             for f in answer.defects)
         trace = prepared.built.trace
         stamp = iso(self.clock())
         found: list[ResponseTranslation] = []
@@ -343,6 +349,13 @@ class EligibilityService:
         if self.metrics is not None:
             self.metrics.observe_eligibility(payer_id or "none", kind)
         return Result(status, body, payer_id=payer_id, outcome=kind)
+
+
+def _where_in_271(finding: Finding) -> str:
+    """``271 ST 0001 2110C EB@14``, as far as the finding locates itself."""
+    parts = ["271", f"ST {finding.transaction}" if finding.transaction else "", finding.loop,
+             f"{finding.segment}@{finding.position}" if finding.segment else ""]
+    return " ".join(p for p in parts if p)
 
 
 def _has_reference(value: Any) -> bool:

@@ -6,6 +6,7 @@ adds rules at run time. A rule: ``{"memberid": "*" or an id, "fault": ..., "seco
 until the client gives up), ``http-500``, ``http-503``, ``aaa-42`` (AAA*Y**42*R: unable to respond),
 ``malformed`` (a 271 that is not X12), ``reject-999`` (a 999 rejecting the 270), ``ta1`` (a TA1
 rejecting the interchange), ``wrong-trace`` (a 271 whose TRN does not echo the request's),
+``bad-count`` (a readable 271 whose SE01 segment count is wrong),
 ``one-at-a-time`` (a second concurrent request on the simulator is refused with 503, as CMS HETS does).
 """
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FAULTS = {"latency", "timeout", "http-500", "http-503", "aaa-42", "malformed", "reject-999", "ta1", "wrong-trace",
-          "one-at-a-time"}
+          "bad-count", "one-at-a-time"}
 # member ids that always misbehave (the simulator README lists them)
 MAGIC_IDS = {
     "SIMTIMEOUT01": {"fault": "timeout", "seconds": 30},
@@ -29,6 +30,7 @@ MAGIC_IDS = {
     "SIMREJ999007": {"fault": "reject-999"},
     "SIMTA1000008": {"fault": "ta1"},
     "SIMTRACE0009": {"fault": "wrong-trace"},
+    "SIMCOUNT0010": {"fault": "bad-count"},
 }
 
 

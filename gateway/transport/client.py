@@ -62,7 +62,7 @@ from requests.adapters import HTTPAdapter
 from gateway.errors import GatewayError, X12SyntaxError
 from gateway.transport import core
 from gateway.transport.acks import AckCodes, ack_findings, load_ack_codes
-from gateway.x12.model import Loop, Segment, Transaction
+from gateway.x12.model import Finding, Loop, Segment, Transaction
 from gateway.x12.reader import read_x12
 from gateway.x12.tokenizer import tokenize
 
@@ -236,6 +236,7 @@ class PayerAnswer:
     payload_id: str | None = None    # the CORE PayloadID of the answered attempt (None for raw X12)
     transactions: list[Transaction] = field(default_factory=list, repr=False)   # the 271s, already read
     queued: float = 0.0              # of ``elapsed``, the wait for a free concurrency slot (the gateway's own)
+    defects: list[Finding] = field(default_factory=list, repr=False)   # errors found reading the 271 (a wrong count)
 
     @property
     def payer_time(self) -> float:
@@ -447,7 +448,7 @@ class PayerClient:
                 log.info("payer %s: attempt %d could not connect; retrying", route.payer_id, call.attempts)
                 continue
             try:
-                txns = _answer_271(text, self.ack_codes)
+                txns, defects = _answer_271(text, self.ack_codes)
                 _check_trace(txns, trace)
             except PayerError as exc:
                 exc.payload = text   # what the payer sent is kept for the audit record
@@ -458,7 +459,7 @@ class PayerClient:
                 continue
             return PayerAnswer(x12=text, kind="271", elapsed=self.clock() - call.start, attempts=call.attempts,
                                payer_id=route.payer_id, url=route.url, payload_id=call.payload_id,
-                               transactions=txns, queued=call.queued)
+                               transactions=txns, queued=call.queued, defects=defects)
 
     def _pause(self, call: _Call) -> bool:
         """Wait before the next attempt, if retries are left and a pause plus an attempt fit in the budget."""
@@ -647,8 +648,9 @@ def _decode(content: bytes) -> str:
 _KIND_SEGMENTS = frozenset({"ST", "TA1", "IK5", "AK5", "AK9"})
 
 
-def _answer_271(text: str, codes: AckCodes) -> list[Transaction]:
-    """The 271 transactions of an answer; PayerRejected for a 999/997/TA1, PayerUnavailable for anything else."""
+def _answer_271(text: str, codes: AckCodes) -> tuple[list[Transaction], list[Finding]]:
+    """The 271 transactions of an answer and the errors found reading them; PayerRejected for a 999/997/TA1,
+    PayerUnavailable for anything else."""
     try:
         batches = list(tokenize(text))
     except X12SyntaxError as exc:
@@ -669,7 +671,7 @@ def _answer_271(text: str, codes: AckCodes) -> list[Transaction]:
             raise PayerUnavailable(f"the 271 cannot be read: {_short(exc)}") from None
         txns = [t for t in result.transactions if t.set_id == "271"]
         if txns:
-            return txns
+            return txns, [f for f in result.all_findings if f.severity == "error"]
     if kind:
         everything = [(batch.delimiters, parts) for batch in batches for parts in batch.split()]
         raise PayerRejected(kind, text, ack_findings(everything, codes))

@@ -423,6 +423,15 @@ def test_payer_faults(gateway: Gateway, simulator, member_id: str, status: int, 
         assert record.x12_response and ("IK5" in record.x12_response or "TA1" in record.x12_response)
 
 
+def test_a_defective_but_readable_271_is_answered_with_its_defect_on_record(gateway: Gateway):
+    response = gateway.post(f"/{CER}/$submit", with_member_id("subscriber-generic", "SIMCOUNT0010"))
+    assert response.status_code == 200, response.text
+    notes = [{part["url"]: part.get("valueString") for part in note["extension"]}
+             for note in response.json().get("extension", [])]
+    defects = [n for n in notes if (n.get("text") or "").startswith("the payer's 271 has a defect")]
+    assert defects and "SE" in defects[0]["text"] and defects[0]["source"].startswith("271 ST ")
+
+
 def test_slow_payer_within_timeout(make_gateway):
     gateway = make_gateway(FHIR_X12_ROUTING=None)   # the shipped routing table: 15 s read timeout
     response = gateway.post(f"/{CER}/$submit", with_member_id("subscriber-generic", "SIMSLOW00002"))
