@@ -29,7 +29,7 @@ from pyx12.map_walker import apply_walk_errors, walk_tree
 from gateway.errors import X12SyntaxError
 from gateway.mappings import load_yaml
 from gateway.x12.ack import ELEMENT_CODES, SEGMENT_CODES
-from gateway.x12.model import Delimiters, Finding, Interchange, Transaction
+from gateway.x12.model import Delimiters, Finding, Interchange, Loop, Segment, Transaction
 from gateway.x12.pyx12_maps import map_set_dir
 from gateway.x12.reader import FUNCTIONAL_IDS, ReadResult, X12Reader
 from gateway.x12.structure import load_transaction
@@ -352,6 +352,33 @@ def _rule_findings(txn: Transaction, mappings: str | None) -> list[Finding]:
     return found
 
 
+def _ls_le_findings(txn: Transaction) -> list[Finding]:
+    """LS and LE bracket a benefit's 2120 loops: one of each, with the same LS01/LE01, around at least one 2120."""
+    found = []
+
+    def add(seg: Segment, loop: Loop, message: str, code: str) -> None:
+        found.append(Finding("X12-LS-LE", message, level="segment", ack_code=code, transaction=txn.control_number,
+                             transaction_set=txn.set_id, loop=loop.id, segment=seg.id, position=seg.position))
+
+    stack = [txn.root]
+    while stack:
+        loop = stack.pop()
+        stack.extend(loop.loops)
+        opens, closes = loop.segments_of("LS"), loop.segments_of("LE")
+        if not opens and not closes:
+            continue
+        for extra in opens[len(closes):]:
+            add(extra, loop, "LS without its LE", "3")              # required segment missing
+        for extra in closes[len(opens):]:
+            add(extra, loop, "LE without an LS before it", "2")     # unexpected segment
+        for ls, le in zip(opens, closes, strict=False):
+            if ls.get(1) != le.get(1):
+                add(le, loop, f"LE01 {le.get(1)!r} does not match LS01 {ls.get(1)!r}", "8")
+        if opens and not any(child.id.startswith("2120") for child in loop.loops):
+            add(opens[0], loop, "LS/LE around no 2120 loop", "7")   # not in proper sequence: an empty bracket
+    return found
+
+
 def validate_x12(source: Source, *, mappings: str | None = None, elements: bool = True) -> ValidationReport:
     """Validate every interchange in ``source``; raises X12SyntaxError only for unreadable input.
 
@@ -365,6 +392,7 @@ def validate_x12(source: Source, *, mappings: str | None = None, elements: bool 
     for txn in result.transactions:
         if txn.structure:
             report.findings.extend(_rule_findings(txn, mappings))
+            report.findings.extend(_ls_le_findings(txn))
     if elements and any(t.structure for t in result.transactions):
         engine = _engine(mappings)
         repeating = _repeating_elements(mappings)

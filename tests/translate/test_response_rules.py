@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import pytest
+
 from gateway.translate import load_tables
 from gateway.translate.response_271 import ResponseContext, translate_271
 from gateway.x12.reader import read_x12
@@ -310,3 +312,19 @@ def test_procedure_ranges_iii_text_and_a_dependents_subscriber_suffix_are_kept()
     dependent = responses(patient=subscriber)[-1].resource
     holder = next(c for c in dependent["contained"] if c["id"] == "subscriber")
     assert holder["name"][0]["suffix"] == ["JR"]
+
+
+@pytest.mark.parametrize(("benefit", "message"), [
+    ([("LS", ["2120"]), ("NM1", ["P3", "1", "SMITH"])], "LS without its LE"),
+    ([("NM1", ["P3", "1", "SMITH"]), ("LE", ["2120"])], "LE without an LS before it"),
+    ([("LS", ["2120"]), ("LE", ["2120"])], "LS/LE around no 2120 loop"),
+    ([("LS", ["2120"]), ("NM1", ["P3", "1", "SMITH"]), ("LE", ["2121"])], "does not match LS01"),
+])
+def test_ls_and_le_bracket_2120_loops(benefit, message):
+    from gateway.x12.validate import validate_x12
+
+    text = X12Writer().interchange(ENV, "HB", "271", "005010X279A1",
+                                   [[*HEAD, *SUBSCRIBER, ("EB", ["L"]), *benefit]]).text
+    report = validate_x12(text, elements=False)
+    assert any(f.code == "X12-LS-LE" and message in f.message for f in report.findings), report.findings
+    assert not report.valid
