@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Union
 
 from gateway.x12.model import Delimiters
@@ -105,6 +106,15 @@ class WriteResult:
     segment_counts: list[int] = field(default_factory=list)
 
 
+@lru_cache(maxsize=32)
+def _already_clean(forbidden: frozenset[str]) -> Callable[[str], re.Match[str] | None]:
+    """Values already in the basic character set (upper case, no delimiters, single inner spaces) need no work:
+    most of what a 270 or 271 carries. One matcher per delimiter set (a writer is made for every message)."""
+    basic = sorted(set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") | (BASIC_PUNCTUATION - forbidden - {" "}))
+    word = "[" + re.escape("".join(basic)) + "]+"
+    return re.compile(f"(?:{word}(?: {word})*)?").fullmatch
+
+
 class X12Writer:
     """Renders segments with one set of delimiters, sanitising every value."""
 
@@ -124,11 +134,7 @@ class X12Writer:
         self.line_breaks = line_breaks
         self.notes: list[WriteNote] = []
         self._forbidden = set(chars)
-        # values already in the basic character set (upper case, no delimiters, single inner spaces)
-        # need no work: most of what a 270 or 271 carries
-        basic = sorted(set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") | (BASIC_PUNCTUATION - self._forbidden - {" "}))
-        word = "[" + re.escape("".join(basic)) + "]+"
-        self._already_clean = re.compile(f"(?:{word}(?: {word})*)?").fullmatch
+        self._already_clean = _already_clean(frozenset(chars))
 
     # -- values ------------------------------------------------------------------------------
     def clean(self, value: str, seg_id: str, ref: str) -> str:
