@@ -263,8 +263,11 @@ class EligibilityService:
         ours = [r for r in found if trace in r.traces] or [r for r in found if not r.traces]
         if not ours:
             raise GatewayError("no response in the 271 for this trace")
-        response = ours[0].resource
-        response["id"] = str(uuid.uuid4())
+        translated = ours[0].resource
+        # a stored resource of this server: its own id, and when the gateway stored it
+        response = {"resourceType": translated["resourceType"], "id": str(uuid.uuid4()),
+                    "meta": {**(translated.get("meta") or {}), "lastUpdated": stamp},
+                    **{k: v for k, v in translated.items() if k not in ("resourceType", "id", "meta")}}
         if not any(trace in r.traces for r in ours):
             # a rejection above the patient level carries no trace (it answers the one 270 sent; the client checked
             # that every patient loop carries our trace): link it to the request all the same

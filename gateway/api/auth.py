@@ -213,11 +213,17 @@ def init_auth(app: Flask, open_paths: Iterable[str] = DEFAULT_OPEN_PATHS,
             return _fhir_response(401, "login", "the bearer token is not valid for this gateway",
                                   _challenge("invalid_token"))
         g.client = client.label
-        if client.read_only and request.method not in READ_ONLY_METHODS:
+        if client.read_only and request.method not in READ_ONLY_METHODS and not _is_post_search():
             log.info("authorization failed: read-only %s tried %s", client.label, request.method)
             return _fhir_response(403, "forbidden",
-                                  f"{client.label} is read-only: it may only use GET and HEAD, not {request.method}",
+                                  f"{client.label} is read-only: it may only use GET and HEAD (and POST _search), not "
+                                  f"{request.method}",
                                   _challenge("insufficient_scope"))
         return None
 
     return tokens
+
+
+def _is_post_search() -> bool:
+    """``POST [type]/_search``: a search sent as a form (long queries), which reading clients may use too."""
+    return request.method == "POST" and request.path.rstrip("/").endswith("/_search")

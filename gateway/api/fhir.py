@@ -547,11 +547,34 @@ def search_responses():  # type: ignore[no-untyped-def]
     return _search(RESPONSE)
 
 
-def _search(resource_type: str) -> Response:
+@fhir.post(f"/{CER}/_search")
+def search_requests_by_post():  # type: ignore[no-untyped-def]
+    return _search_by_post(CER)
+
+
+@fhir.post(f"/{RESPONSE}/_search")
+def search_responses_by_post():  # type: ignore[no-untyped-def]
+    return _search_by_post(RESPONSE)
+
+
+def _search_by_post(resource_type: str) -> Response:
+    """FHIR's ``POST [type]/_search``: the parameters in an ``application/x-www-form-urlencoded`` body (and the
+    query string), for queries too long for a URL; answered as the GET search is."""
+    if request.mimetype != "application/x-www-form-urlencoded":
+        return outcome_response(415, "not-supported", "POST _search takes its parameters as "
+                                "application/x-www-form-urlencoded")
+    params: dict[str, list[str]] = {}
+    for source in (request.args, request.form):
+        for key in source:
+            params.setdefault(key, []).extend(source.getlist(key))
+    return _search(resource_type, params)
+
+
+def _search(resource_type: str, given: dict[str, list[str]] | None = None) -> Response:
     """FHIR search. Parameters this server does not know or support are ignored (``Prefer: handling=lenient``,
     the default; the Bundle says which in an OperationOutcome entry and its links leave them out) or refused
     with 400 (``handling=strict``). A bad value of a supported parameter is always a 400."""
-    params = {key: request.args.getlist(key) for key in request.args}
+    params = given if given is not None else {key: request.args.getlist(key) for key in request.args}
     strict = _prefer().get("handling", "lenient").lower() == "strict"
     try:
         for key, values in params.items():

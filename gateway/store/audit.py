@@ -238,7 +238,8 @@ class AuditStore:
 
     def search_requests(self, params: Mapping[str, Iterable[str]], count: int, offset: int) -> tuple[list[dict], int]:
         """CoverageEligibilityRequests matching ``params`` (FHIR query values): one page and the total."""
-        conditions, order = build(params, REQUEST_PARAMS, EligibilityRecord.created, EligibilityRecord.id)
+        conditions, order = build(params, REQUEST_PARAMS, EligibilityRecord.created, EligibilityRecord.id,
+                                  EligibilityRecord.received_at)
         rows, total = self._page(select(EligibilityRecord.id, EligibilityRecord.request), conditions, order,
                                  count, offset)
         return [{**row.request, "id": row.id} for row in rows], total
@@ -247,7 +248,7 @@ class AuditStore:
                          offset: int) -> tuple[list[dict], int]:
         """CoverageEligibilityResponses matching ``params``: one page and the total."""
         conditions, order = build(params, RESPONSE_PARAMS, EligibilityRecord.response_created,
-                                  EligibilityRecord.response_id)
+                                  EligibilityRecord.response_id, EligibilityRecord.answered_at)
         conditions.insert(0, EligibilityRecord.response_id.is_not(None))
         rows, total = self._page(select(EligibilityRecord.response), conditions, order, count, offset)
         return [row.response for row in rows], total

@@ -19,7 +19,8 @@ What is supported (anything else raises :class:`SearchError`, so the API can ans
   target type (``patient:Patient=123``).
 - Tokens: ``code`` or ``system|code``; ``identifier`` takes ``value``, ``system|value``, ``|value``
   (no system) and ``system|`` (any value).
-- ``:missing=true|false`` on every parameter; ``_sort=created`` or ``-created`` (newest first by default).
+- ``:missing=true|false`` on every parameter; ``_sort=created`` or ``-created`` (newest first by default), or
+  ``_lastUpdated`` / ``-_lastUpdated`` (when the gateway stored it).
 - ``_count _offset _format _pretty _total`` are accepted and ignored here (paging is the caller's).
 """
 
@@ -312,8 +313,10 @@ RESPONSE_PARAMS: dict[str, Param] = {
 
 
 def build(params: Mapping[str, Iterable[str]], spec: Mapping[str, Param], created: InstrumentedAttribute[Any],
-          key: InstrumentedAttribute[Any]) -> tuple[list[ColumnElement[bool]], list]:
-    """WHERE conditions and ORDER BY for one search; raises SearchError for anything unsupported."""
+          key: InstrumentedAttribute[Any], updated: InstrumentedAttribute[Any] | None = None,
+          ) -> tuple[list[ColumnElement[bool]], list]:
+    """WHERE conditions and ORDER BY for one search; raises SearchError for anything unsupported. ``updated`` is
+    the column ``_sort=_lastUpdated`` orders by (when the resource has one)."""
     conditions: list[ColumnElement[bool]] = []
     order: list = [created.desc().nulls_last(), key.desc()]
     for name, values in params.items():
@@ -322,7 +325,7 @@ def build(params: Mapping[str, Iterable[str]], spec: Mapping[str, Param], create
         if base in IGNORED_PARAMS and not modifier:
             continue
         if base == "_sort" and not modifier:
-            order = _sort(values, created, key)
+            order = _sort(values, created, key, updated)
             continue
         param = spec.get(base)
         if param is None:
@@ -345,12 +348,16 @@ def build(params: Mapping[str, Iterable[str]], spec: Mapping[str, Param], create
     return conditions, order
 
 
-def _sort(values: list[str], created: InstrumentedAttribute[Any], key: InstrumentedAttribute[Any]) -> list:
+def _sort(values: list[str], created: InstrumentedAttribute[Any], key: InstrumentedAttribute[Any],
+          updated: InstrumentedAttribute[Any] | None = None) -> list:
     keys = [k for value in values for k in value.split(",") if k]
     if not keys:
         return [created.desc().nulls_last(), key.desc()]
-    if len(keys) > 1 or keys[0] not in ("created", "-created"):
-        raise SearchError("_sort", "only 'created' and '-created' are supported")
-    if keys[0] == "created":
-        return [created.asc().nulls_last(), key.asc()]
-    return [created.desc().nulls_last(), key.desc()]
+    columns = {"created": created, **({"_lastUpdated": updated} if updated is not None else {})}
+    if len(keys) > 1 or keys[0].lstrip("-") not in columns:
+        shown = " and ".join(f"'{name}' or '-{name}'" for name in columns)
+        raise SearchError("_sort", f"one sort key: {shown}")
+    column = columns[keys[0].lstrip("-")]
+    if keys[0].startswith("-"):
+        return [column.desc().nulls_last(), key.desc()]
+    return [column.asc().nulls_last(), key.asc()]

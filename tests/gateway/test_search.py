@@ -236,3 +236,32 @@ def test_bad_values_of_supported_parameters_are_400_in_both_modes(gateway: Gatew
         refused = gateway.get(f"/{CER}", params=params, headers=prefer)
         assert refused.status_code == 400, (params, prefer, refused.text[:300])
         assert refused.json()["resourceType"] == "OperationOutcome"
+
+
+def test_post_search_takes_a_form_and_a_read_only_token(gateway: Gateway, stored: dict[str, Any]):
+    import requests
+
+    from tests.gateway.conftest import READ_TOKEN
+
+    member = stored["subscriber-generic"]["request"]
+    form = {"identifier": member["identifier"][0]["value"], "_count": "5"}
+    for token in (None, READ_TOKEN):   # the gateway's own token, then a read-only one: a search is a read
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        found = (requests.post(f"{gateway.url}/{CER}/_search", data=form, timeout=30, headers=headers) if token
+                 else gateway.session.post(f"{gateway.url}/{CER}/_search", data=form, timeout=30))
+        assert found.status_code == 200, found.text
+        assert [e["resource"]["id"] for e in found.json()["entry"]] == [member["id"]]
+    wrong = gateway.post(f"/{CER}/_search", {"identifier": "x"})   # JSON is not a search form
+    assert wrong.status_code == 415
+
+
+def test_sort_by_last_updated(gateway: Gateway, stored: dict[str, Any]):
+    order = [stored[name]["request"]["id"] for name in FIXTURES]   # stored one after another
+    oldest = gateway.get(f"/{CER}", params={"_sort": "_lastUpdated", "_count": "10"}).json()
+    assert [e["resource"]["id"] for e in oldest["entry"]] == order
+    newest = gateway.get(f"/{RESPONSE}", params={"_sort": "-_lastUpdated", "_count": "10"}).json()
+    responses = [e["resource"] for e in newest["entry"]]
+    assert [r["request"]["reference"].split("/")[-1] for r in responses] == order[::-1]
+    assert all(r["meta"]["lastUpdated"] for r in responses)
+    bad = gateway.get(f"/{CER}", params={"_sort": "name"})
+    assert bad.status_code == 400 and "'_lastUpdated'" in bad.text
