@@ -128,6 +128,8 @@ def parse_isa(text: str, start: int = 0) -> tuple[Delimiters, list[str], int, li
         after = text[j:j + 1]
         if after and not after.isalnum() and after not in " \t":
             terminator, end = after, j + 1
+        elif text[k] == "\r" and text[k + 1:k + 2] != "\n":
+            terminator, end = "\r", k + 1   # CR alone ends each segment (old Mac line endings)
         else:
             terminator = "\n"
             end = k + 2 if text[k:k + 2] == "\r\n" else k + 1
@@ -249,7 +251,10 @@ def _segments(buf: str, d: Delimiters, chunks: Iterator[str]) -> Iterator[Batch]
     isa_mark, iea_mark = "ISA" + sep, "IEA" + sep
     more = True
     while True:
-        if "\r" in buf:
+        if term == "\r":   # CR alone is the terminator: a stray LF is the line break, never data
+            if "\n" in buf:
+                buf = buf.replace("\n", "")
+        elif "\r" in buf:
             buf = buf.replace("\r", "")  # CR is never data; CRLF as terminator reads as LF
         if unwrap and "\n" in buf:
             # line breaks after terminators, or hard-wrapped text: never data when the

@@ -91,6 +91,7 @@ def test_repetitions_split_on_isa11():
     {"terminator": "~", "after": "\r\n"},
     {"terminator": "\n", "after": ""},
     {"terminator": "\r\n", "after": ""},
+    {"terminator": "\r", "after": ""},   # CR alone (old Mac line endings)
     {"element": "|", "repetition": "}", "component": ">", "after": ""},
     {"element": "^", "repetition": "{", "component": "|", "after": "\n"},
 ])
