@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from click.testing import CliRunner
 
@@ -124,3 +125,16 @@ def test_translate_of_a_defective_271_says_so_and_exits_1(tmp_path):
     done = run("translate", str(cut), "--no-notes")
     assert done.exit_code == 1
     assert "input defect" in done.output and "the output may be incomplete" in done.output
+
+
+def test_a_999_acknowledges_each_functional_group_in_its_own_transaction_set(tmp_path):
+    text = VALID.read_text()   # interchange 000002005 with group 2005: a second copy as 000002006 / 2006
+    second = text.replace("*000002005*", "*000002006*").replace("*153006*2005*X*", "*153006*2006*X*")
+    second = re.sub(r"GE\*1\*2005~", "GE*1*2006~", second)
+    second = re.sub(r"IEA\*1\*000002005~", "IEA*1*000002006~", second)
+    both = tmp_path / "two.271"
+    both.write_text(text + second)
+    ack = run("validate", str(both), "--ack", "999", "--date", "2026-01-02T03:04").output
+    assert [s for s in ack.replace("\n", "").split("~") if s.startswith("AK1")] == [
+        "AK1*HB*2005*005010X279A1", "AK1*HB*2006*005010X279A1"]
+    assert ack.count("ST*999*") == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from gateway.x12.model import Finding, Interchange, Transaction
 from gateway.x12.writer import Envelope, X12Writer
@@ -47,19 +48,33 @@ def build_ta1(isa: Interchange | None, findings: Iterable[Finding], *, control_n
 
 def build_999(transactions: list[Transaction], findings: Iterable[Finding], *, control_number: int,
               now: datetime) -> str:
-    """A 999 acknowledging the functional group(s) of ``transactions``, with IK3/IK4/IK5/AK9."""
+    """A 999 acknowledging the functional group(s) of ``transactions``, with IK3/IK4/IK5/AK9: one 999 transaction
+    set per functional group (an AK1 names one group), all in one interchange back to the sender."""
     findings = list(findings)
     first = transactions[0] if transactions else None
     isa = first.interchange if first else None
-    group = first.group if first else None
     writer = X12Writer(isa.delimiters if isa and isa.delimiters.repetition else X12Writer().delimiters)
+    groups: dict[int, list[Transaction]] = {}
+    for txn in transactions:
+        groups.setdefault(id(txn.group), []).append(txn)
+    bodies = [_ack_group(members[0].group, members, findings, first_group=index == 0)
+              for index, members in enumerate(groups.values())] or [_ack_group(None, [], findings, first_group=True)]
+    env = _swap(isa, control_number, now)
+    return writer.interchange(env, "FA", "999", ACK_IMPLEMENTATION, bodies).text
+
+
+def _ack_group(group: Any, transactions: list[Transaction], findings: list[Finding], *,
+               first_group: bool) -> list[tuple[str, list]]:
+    """AK1 ... AK9 for one functional group. Group-level findings go to their group (by GS06), or to the first
+    group when they name none."""
     body: list[tuple[str, list]] = []
     fid = group.functional_id if group else ""
     body.append(("AK1", [fid, group.control_number if group else "", group.version if group else ""]))
     accepted = 0
     for txn in transactions:
         own = [f for f in findings if f.transaction == txn.control_number
-               and (not f.transaction_set or f.transaction_set == txn.set_id)]
+               and (not f.transaction_set or f.transaction_set == txn.set_id)
+               and (not f.group or group is None or f.group == group.control_number)]
         body.append(("AK2", [txn.set_id, txn.control_number, txn.implementation]))
         segment_level = [f for f in own if f.level in ("segment", "element") and f.position
                          and (f.ack_code in SEGMENT_CODES or f.ack_code in ELEMENT_CODES)]
@@ -91,7 +106,8 @@ def build_999(transactions: list[Transaction], findings: Iterable[Finding], *, c
         if status == "E":
             accepted += 1
         body.append(("IK5", [status, *codes]))
-    group_findings = [f for f in findings if f.level == "group" and f.ack_code in GROUP_CODES]
+    group_findings = [f for f in findings if f.level == "group" and f.ack_code in GROUP_CODES
+                      and (f.group == group.control_number if f.group and group is not None else first_group)]
     group_errors = [f for f in group_findings if _is_error(f)]
     if group_errors or (transactions and accepted == 0):
         ak901 = "R"
@@ -103,8 +119,7 @@ def build_999(transactions: list[Transaction], findings: Iterable[Finding], *, c
         ak901 = "A"
     group_codes = list(dict.fromkeys(f.ack_code for f in group_findings))[:5]
     body.append(("AK9", [ak901, str(len(transactions)), str(len(transactions)), str(accepted), *group_codes]))
-    env = _swap(isa, control_number, now)
-    return writer.interchange(env, "FA", "999", ACK_IMPLEMENTATION, [body]).text
+    return body
 
 
 def _element_index(ref: str) -> int:
