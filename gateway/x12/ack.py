@@ -38,7 +38,7 @@ def build_ta1(isa: Interchange | None, findings: Iterable[Finding], *, control_n
     errors = [f for f in own if _is_error(f)]
     status = "R" if errors else ("E" if own else "A")
     note = (errors or own)[0].ack_code if own else "000"
-    writer = X12Writer(isa.delimiters if isa and isa.delimiters.repetition else X12Writer().delimiters)
+    writer = _writer_for(isa)
     env = _swap(isa, control_number, now)
     ta1 = writer.segment("TA1", (isa.control_number if isa else "").rjust(9, "0")[:9],
                          isa.date if isa else now.strftime("%y%m%d"), isa.time if isa else now.strftime("%H%M"),
@@ -53,7 +53,7 @@ def build_999(transactions: list[Transaction], findings: Iterable[Finding], *, c
     findings = list(findings)
     first = transactions[0] if transactions else None
     isa = first.interchange if first else None
-    writer = X12Writer(isa.delimiters if isa and isa.delimiters.repetition else X12Writer().delimiters)
+    writer = _writer_for(isa)
     groups: dict[int, list[Transaction]] = {}
     for txn in transactions:
         groups.setdefault(id(txn.group), []).append(txn)
@@ -120,6 +120,14 @@ def _ack_group(group: Any, transactions: list[Transaction], findings: list[Findi
     group_codes = list(dict.fromkeys(f.ack_code for f in group_findings))[:5]
     body.append(("AK9", [ak901, str(len(transactions)), str(len(transactions)), str(accepted), *group_codes]))
     return body
+
+
+def _writer_for(isa: Interchange | None) -> X12Writer:
+    """An acknowledgment answers in the sender's delimiters when they are four distinct ones, else in ours."""
+    d = isa.delimiters if isa is not None else None
+    if d is not None and d.repetition and len({d.element, d.repetition, d.component, d.segment}) == 4:
+        return X12Writer(d)
+    return X12Writer()
 
 
 def _element_index(ref: str) -> int:

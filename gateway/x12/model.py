@@ -74,6 +74,9 @@ class Segment:
 
     def components(self, index: int, repetition: int = 0) -> list[str]:
         """Element ``index`` (one repetition of it) split on the component separator (ISA16)."""
+        if self.delimiters.repetition == self.delimiters.component:   # ISA11 = ISA16: a composite does not repeat
+            value = self.get(index)
+            return value.split(self.delimiters.component) if value and repetition == 0 else []
         reps = self.repetitions(index)
         if repetition >= len(reps):
             return []

@@ -144,7 +144,12 @@ def parse_isa(text: str, start: int = 0) -> tuple[Delimiters, list[str], int, li
     repetition = elements[10]
     if len(repetition) != 1 or repetition.isalnum() or repetition == " " or version < "00501":
         repetition = ""
-    elif repetition in (sep, component, terminator):
+    elif repetition == component:
+        # one character for both (some payers do this): a repeating element (EB03, EQ01) is split on it, a
+        # composite (EB13, EQ02) is not -- what the element is decides, as the guide defines each
+        notes.append(f"repetition separator {repetition!r} is also the component separator; repeating elements "
+                     "are split on it, composites are not")
+    elif repetition in (sep, terminator):
         notes.append(f"repetition separator {repetition!r} is also used as another delimiter; "
                      "repetitions are not split")
         repetition = ""

@@ -133,10 +133,16 @@ def test_hard_wrapped_file():
 
 
 def test_same_character_for_repetition_and_component():
-    text = sample(after="").replace("*^*00501", "*:*00501")
+    text = sample(after="").replace("*^*00501", "*:*00501").replace("1^33^35^47^98", "1:33:35:47:98")
     result = read_x12(text)
-    assert result.transactions[0].interchange.delimiters.repetition == ""
-    assert any("repetition separator" in f.message for f in result.findings)
+    txn = result.transactions[0]
+    assert txn.interchange.delimiters.repetition == txn.interchange.delimiters.component == ":"
+    assert any("also the component separator" in f.message for f in result.findings)
+    eb = [s for s in txn.segments() if s.id == "EB"][1]
+    assert eb.repetitions(3) == ["1", "33", "35", "47", "98"]   # a repeating element is split on it
+    composite = type(eb).of("EB", "C", "IND", "", "", "", "23", "100", "", "", "", "", "", "HC:99213",
+                            delimiters=txn.interchange.delimiters)
+    assert composite.components(13) == ["HC", "99213"] and composite.components(13, 1) == []
 
 
 def test_several_interchanges_with_their_own_delimiters():
