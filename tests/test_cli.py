@@ -138,3 +138,11 @@ def test_a_999_acknowledges_each_functional_group_in_its_own_transaction_set(tmp
     assert [s for s in ack.replace("\n", "").split("~") if s.startswith("AK1")] == [
         "AK1*HB*2005*005010X279A1", "AK1*HB*2006*005010X279A1"]
     assert ack.count("ST*999*") == 2
+
+
+def test_translate_of_a_ta1_says_what_it_is(tmp_path):
+    ta1 = tmp_path / "answer.ta1"
+    ta1.write_text("ISA*00*          *00*          *ZZ*PAYERX         *ZZ*GATEWAY01      *250115*0930*^*00501*"
+                   "000000902*0*P*:~TA1*000000901*250115*0930*A*000~IEA*0*000000902~")
+    done = run("translate", str(ta1))
+    assert done.exit_code == 1 and "TA1 interchange acknowledgment" in done.output

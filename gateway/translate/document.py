@@ -23,6 +23,7 @@ from gateway.translate.response_271 import ResponseTranslation, translate_271
 from gateway.translate.tables import Tables
 from gateway.x12.reader import ReadResult, read_x12
 from gateway.x12.structure import element_limits
+from gateway.x12.tokenizer import tokenize
 from gateway.x12.writer import Envelope, WriteNote
 
 
@@ -54,6 +55,13 @@ def looks_like_json(data: bytes) -> bool:
     return data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"[")
 
 
+def _holds_ta1(data: bytes) -> bool:
+    try:
+        return any("TA1" in batch.ids for batch in tokenize(data))
+    except X12SyntaxError:
+        return False
+
+
 def translate_document(data: bytes, tables: Tables, *, now: datetime, control_number: int = 1,
                        sender_id: str = "GATEWAY", receiver_id: str | None = None,
                        mappings: str | None = None, information_receiver: dict[str, Any] | None = None) -> Translated:
@@ -78,6 +86,11 @@ def translate_document(data: bytes, tables: Tables, *, now: datetime, control_nu
     read: ReadResult = read_x12(data, mappings=mappings)
     sets = {t.set_id for t in read.transactions}
     if not read.transactions:
+        if _holds_ta1(data):   # readable, and an answer in itself: there is just nothing to translate
+            raise TranslationError("the file is a TA1 interchange acknowledgment: it holds no 270 or 271 to "
+                                   "translate (`fhir-x12 validate` reads it)",
+                                   [Problem("TA1", "an interchange acknowledgment, not a 270 or 271",
+                                            code="not-supported")])
         raise X12SyntaxError("the interchange holds no transaction set")
     if sets - {"270", "271"}:
         raise TranslationError(f"transaction set(s) {', '.join(sorted(sets - {'270', '271'}))} cannot be translated "

@@ -235,3 +235,9 @@ def test_only_x279a1_is_the_implementation_and_a_made_up_suffix_is_an_error(vers
     text = sample().replace("005010X279A1", version)
     found = [f for f in read_x12(text).all_findings if f.code == "X12-IMPLEMENTATION"]
     assert [f.severity for f in found][:1] == ([severity] if severity else [])
+
+
+def test_gs_application_codes_of_the_wrong_length_are_warned_about():
+    text = sample().replace("GS*HB*", "GS*HB*P*", 1)
+    found = [f for f in read_x12(text).all_findings if f.code == "X12-GS-CODE"]
+    assert found and found[0].element == "GS02" and found[0].severity == "warning"
