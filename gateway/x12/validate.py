@@ -379,6 +379,31 @@ def _ls_le_findings(txn: Transaction) -> list[Finding]:
     return found
 
 
+def _inquiry_findings(txn: Transaction) -> list[Finding]:
+    """A 270 asks about its patient: a subscriber with no dependent loop is the patient, so 2100C needs its 2110C
+    (EQ); a dependent (2000D) is the patient, so 2100D needs its 2110D."""
+    found = []
+
+    def loops(loop: Loop, loop_id: str) -> list[Loop]:
+        out = []
+        for child in loop.loops:
+            out.extend([child] if child.id == loop_id else loops(child, loop_id))
+        return out
+
+    for subscriber in loops(txn.root, "2000C"):
+        dependents = subscriber.loops_of("2000D")
+        patients = [(subscriber.loop("2100C"), "2110C")] if not dependents else \
+            [(dependent.loop("2100D"), "2110D") for dependent in dependents]
+        for name, inquiry in patients:
+            if name is not None and not name.loops_of(inquiry):
+                nm1 = name.segment("NM1")
+                found.append(Finding("X12-INQUIRY-MISSING", f"loop {name.id} (the patient) has no {inquiry} EQ: "
+                                     "a 270 must say what it asks about", level="segment", ack_code="3",
+                                     transaction=txn.control_number, transaction_set=txn.set_id, loop=name.id,
+                                     segment="NM1", position=nm1.position if nm1 is not None else 0))
+    return found
+
+
 def validate_x12(source: Source, *, mappings: str | None = None, elements: bool = True) -> ValidationReport:
     """Validate every interchange in ``source``; raises X12SyntaxError only for unreadable input.
 
@@ -393,6 +418,8 @@ def validate_x12(source: Source, *, mappings: str | None = None, elements: bool 
         if txn.structure:
             report.findings.extend(_rule_findings(txn, mappings))
             report.findings.extend(_ls_le_findings(txn))
+            if txn.set_id == "270":
+                report.findings.extend(_inquiry_findings(txn))
     if elements and any(t.structure for t in result.transactions):
         engine = _engine(mappings)
         repeating = _repeating_elements(mappings)

@@ -126,3 +126,11 @@ def test_extended_elements_keep_case_but_never_delimiters():
     writer = X12Writer(Delimiters("*", "^", ">", "~"))
     seg = writer.segment("PER", "IC", "", "UR", "https://Example.org/Auth?x=1~")
     assert seg == "PER*IC**UR*https://Example.org/Auth?x=1~"
+
+
+def test_a_270_whose_patient_asks_nothing_is_invalid():
+    asks_nothing = [seg for seg in body() if seg[0] != "EQ"]
+    report = validate_x12(write(asks_nothing).text, elements=False)
+    found = [f for f in report.findings if f.code == "X12-INQUIRY-MISSING"]
+    assert found and found[0].loop == "2100C" and found[0].ack_code == "3" and not report.valid
+    assert not [f for f in validate_x12(write().text, elements=False).findings if f.code == "X12-INQUIRY-MISSING"]
