@@ -604,7 +604,7 @@ def _search(resource_type: str, given: dict[str, list[str]] | None = None) -> Re
     links = [link("self", offset), link("first", 0)]
     if count and offset + count < total:
         links.append(link("next", offset + count))
-    if offset > 0:
+    if offset > 0 and count:   # _count=0 asks for the total only: there are no pages to step through
         links.append(link("previous", max(offset - count, 0)))
     if count and total:
         links.append(link("last", ((total - 1) // count) * count))
@@ -642,7 +642,7 @@ def _unsupported_parameters(resource_type: str, names: list[str]) -> Response:
 
 
 def _integer(params: dict[str, list[str]], name: str, default: int) -> int:
-    values = params.get(name)
+    values = [v for v in params.get(name) or [] if v.strip()]   # FHIR: a parameter without a value is ignored
     if not values:
         return default
     try:

@@ -165,6 +165,10 @@ def test_search_errors_and_paging_links(gateway: Gateway, stored: dict[str, Any]
     assert {link["relation"] for link in second["link"]} >= {"previous", "first"}
     assert len(second["entry"]) == 2 and second["total"] == 6
     assert gateway.get(f"/{CER}", params={"_count": "0"}).json()["total"] == 6
+    # an empty _count is no _count (the default page); _count=0 is the total alone, with no page to step back to
+    assert len(gateway.get(f"/{CER}", params={"_count": ""}).json()["entry"]) == 6
+    counted = gateway.get(f"/{CER}", params={"_count": "0", "_offset": "4"}).json()
+    assert {link["relation"] for link in counted["link"]} == {"self", "first"}
     newest = gateway.get(f"/{CER}", params={"_count": "1"}).json()["entry"][0]["resource"]
     oldest = gateway.get(f"/{CER}", params={"_count": "1", "_sort": "created"}).json()["entry"][0]["resource"]
     assert instant(newest["created"]) >= instant(oldest["created"])
