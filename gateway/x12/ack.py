@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
 
-from gateway.x12.model import Finding, Interchange, Transaction
+from gateway.x12.model import Finding, Group, Interchange, Transaction
 from gateway.x12.writer import Envelope, X12Writer
 
 ACK_IMPLEMENTATION = "005010X231A1"
@@ -63,7 +62,7 @@ def build_999(transactions: list[Transaction], findings: Iterable[Finding], *, c
     return writer.interchange(env, "FA", "999", ACK_IMPLEMENTATION, bodies).text
 
 
-def _ack_group(group: Any, transactions: list[Transaction], findings: list[Finding], *,
+def _ack_group(group: Group | None, transactions: list[Transaction], findings: list[Finding], *,
                first_group: bool) -> list[tuple[str, list]]:
     """AK1 ... AK9 for one functional group. Group-level findings go to their group (by GS06), or to the first
     group when they name none."""
