@@ -24,7 +24,7 @@ from gateway.store import AuditStore, RecordStateError
 from gateway.translate.document import iso
 from gateway.translate.errors import TranslationError
 from gateway.translate.notes import Note
-from gateway.translate.references import Resolver, contain_local_references
+from gateway.translate.references import Resolver, absolute_references, bundle_base, contain_local_references
 from gateway.translate.request_270 import CER, Request270, build_270, find_request
 from gateway.translate.response_271 import ResponseContext, ResponseTranslation, translate_271
 from gateway.translate.tables import Tables
@@ -155,6 +155,8 @@ class EligibilityService:
                 stored["provider"] = receiver.as_reference(self.tables.systems)
         # a request sent in a Bundle is kept standing on its own: urn: references become contained resources
         stored = contain_local_references(stored, resolved_bundle)
+        # relative references sent under an absolute fullUrl mean the EHR's resources: kept that way, in full
+        stored = absolute_references(stored, bundle_base(CER, resolved_bundle))
         try:
             self.store.record_request(id, stored, resolved if resolved is not payload else None, built.payer_id,
                                       built.trace, now, x12_request=built.text if sending else None,
@@ -323,6 +325,10 @@ class EligibilityService:
             purpose=request.get("purpose"), request={"reference": f"{CER}/{prepared.id}"}, serviced=serviced,
             notes=prepared.built.all_notes())
         context.contained = contained
+        base = bundle_base(CER, prepared.bundle)
+        if base is not None:   # the response's references to the EHR's resources, written out in full
+            for name in ("patient", "insurer", "coverage", "provider"):
+                setattr(context, name, absolute_references(getattr(context, name), base))
         return context
 
     def _failed(self, prepared: Prepared, exc: PayerError) -> Result:

@@ -6,9 +6,13 @@ complete Bundle in); here they are reported as unresolvable, one by one.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from gateway.translate.errors import Problem
+
+# a relative literal reference: Type/id (a version too), which a Bundle entry's absolute fullUrl gives a base
+_RELATIVE = re.compile(r"[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?")
 
 
 class Resolver:
@@ -105,3 +109,32 @@ def contain_local_references(resource: dict[str, Any], bundle: dict[str, Any] | 
         return result if resource.get("contained") is None else {**result, "contained": resource["contained"]}
     ordered = {k: result[k] for k in ("resourceType", "id", "meta", "text") if k in result}
     return {**ordered, "contained": contained, **{k: v for k, v in result.items() if k not in ordered}}
+
+
+def bundle_base(resource_type: str, bundle: dict[str, Any] | None) -> str | None:
+    """``https://ehr.example/fhir/`` when the entry holding the ``resource_type`` has an absolute fullUrl
+    (``.../CoverageEligibilityRequest/x``): the base its relative references resolve against; else None."""
+    for entry in (bundle or {}).get("entry") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+            continue
+        url = entry.get("fullUrl")
+        if entry["resource"].get("resourceType") == resource_type and isinstance(url, str) \
+                and url.startswith(("https://", "http://")) and f"/{resource_type}/" in url:
+            return url[:url.rindex(f"/{resource_type}/") + 1]
+    return None
+
+
+def absolute_references(value: Any, base: str | None) -> Any:
+    """``value`` with each relative ``Type/id`` reference written out against ``base`` (FHIR Bundle rules: inside
+    an entry with an absolute fullUrl they mean that server's resources, not this gateway's)."""
+    if base is None:
+        return value
+    if isinstance(value, list):
+        return [absolute_references(v, base) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {k: absolute_references(v, base) for k, v in value.items()}
+    ref = value.get("reference")
+    if isinstance(ref, str) and _RELATIVE.fullmatch(ref):
+        out["reference"] = base + ref
+    return out

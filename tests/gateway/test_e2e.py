@@ -64,7 +64,8 @@ def test_submit_answers_with_the_members_plan(gateway: Gateway):
     body = response.json()
     assert body["resourceType"] == RESPONSE and body["outcome"] == "complete"
     assert body["insurance"][0]["inforce"] is True
-    assert body["patient"] == {"reference": "Patient/pat-delgado-maria"}
+    # the EHR's Patient: the request's relative reference, under its entry's absolute fullUrl, written out in full
+    assert body["patient"] == {"reference": "https://ehr.riverbend.example/fhir/Patient/pat-delgado-maria"}
     assert body["request"]["reference"].startswith(f"{CER}/")
     # every accumulator and benefit of the member record, as the 271 carried it
     record = member("delgado-maria")
@@ -146,6 +147,20 @@ def test_dependent_and_bundle_local_references(gateway: Gateway):
         assert all(r[1:] in contained for r in references if r.startswith("#")), (name, references, contained)
         assert not [c for c in body.get("contained", []) if "contained" in c], name   # dom-2
         assert check_response(body) == [], name
+
+
+def test_relative_references_under_an_absolute_full_url_are_the_ehrs(gateway: Gateway):
+    created = gateway.post(f"/{CER}", fhir_request("subscriber-generic"))   # entries under https://ehr.riverbend...
+    assert created.status_code == 201, created.text
+    stored = created.json()
+    base = "https://ehr.riverbend.example/fhir/"
+    assert stored["patient"]["reference"] == f"{base}Patient/pat-delgado-maria"
+    assert stored["insurance"][0]["coverage"]["reference"] == f"{base}Coverage/cov-delgado-maria"
+    # a client searching with its own Type/id, or the full URL, finds it; another server's same id does not
+    for query, found in ((f"{base}Patient/pat-delgado-maria", True), ("Patient/pat-delgado-maria", True),
+                         ("https://elsewhere.example/fhir/Patient/pat-delgado-maria", False)):
+        bundle = gateway.get(f"/{CER}", params={"patient": query}).json()
+        assert (stored["id"] in [e["resource"]["id"] for e in bundle.get("entry", [])]) is found, query
 
 
 def test_a_request_created_from_a_bundle_is_stored_standing_on_its_own(gateway: Gateway):
@@ -446,7 +461,8 @@ def test_aaa_42_is_retried_then_reported(gateway: Gateway, simulator):
     assert "42" in {c["code"] for error in body["error"] for c in error["code"]["coding"]}
     # the rejection (at 2100A: no patient loop, no trace) still answers this request about this patient
     assert body["request"]["reference"].startswith(f"{CER}/")
-    assert body["patient"] == fhir_request("subscriber-generic")["entry"][0]["resource"]["patient"]
+    sent = fhir_request("subscriber-generic")["entry"][0]["resource"]["patient"]["reference"]
+    assert body["patient"] == {"reference": f"https://ehr.riverbend.example/fhir/{sent}"}
 
 
 def test_data_errors_are_not_retried(gateway: Gateway, simulator):

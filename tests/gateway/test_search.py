@@ -82,6 +82,15 @@ def matches(stored_reference: str | None, query: str) -> bool:
     return stored_reference == query or stored_reference.endswith("/" + query)
 
 
+def queries(stored: dict[str, Any], kind: str, field: str) -> set[str]:
+    """Every stored reference of ``field`` (absolute when the request came under an absolute fullUrl), and its
+    ``Type/id`` tail: the values a client would search with."""
+    found = {t[kind][field].get("reference") for t in stored.values()} - {None}
+    found = {r for r in found if not r.startswith(("urn:", "#"))}
+    assert len(found) >= 2
+    return found | {"/".join(r.split("/")[-2:]) for r in found if "://" in r}
+
+
 def instant(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
@@ -93,11 +102,8 @@ def test_request_search_by_every_parameter(gateway: Gateway, stored: dict[str, A
 
     check({}, lambda t: True)
     for field in ("patient", "insurer", "provider"):
-        references = {t["sent"][field]["reference"] for t in stored.values()
-                      if not t["sent"][field]["reference"].startswith("urn:")}
-        assert len(references) >= 2
-        for reference in references:
-            check({field: reference}, lambda t, f=field, r=reference: matches(t["sent"][f].get("reference"), r))
+        for reference in queries(stored, "request", field):
+            check({field: reference}, lambda t, f=field, r=reference: matches(t["request"][f].get("reference"), r))
     check({"provider": "Practitioner/prac-vanterpool"},
           lambda t: t["sent"]["provider"]["reference"] == "Practitioner/prac-vanterpool")
     check({"status": "active"}, lambda t: True)
@@ -134,9 +140,8 @@ def test_response_search_by_every_parameter(gateway: Gateway, stored: dict[str, 
     for outcome in outcomes:
         check({"outcome": outcome}, lambda t, o=outcome: t["response"]["outcome"] == o)
     for field in ("patient", "insurer"):
-        for reference in {t["sent"][field]["reference"] for t in stored.values()
-                          if not t["sent"][field]["reference"].startswith("urn:")}:
-            check({field: reference}, lambda t, f=field, r=reference: matches(t["sent"][f].get("reference"), r))
+        for reference in queries(stored, "request", field):   # a response's references are its request's
+            check({field: reference}, lambda t, f=field, r=reference: matches(t["request"][f].get("reference"), r))
     identified = [t for t in stored.values() if t["response"].get("identifier")]
     assert identified
     for t in identified:

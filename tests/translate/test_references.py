@@ -48,3 +48,22 @@ def test_without_a_bundle_or_urn_references_nothing_changes():
     request = {"resourceType": CER, "patient": {"reference": "Patient/1"}}
     assert contain_local_references(request, None) is request
     assert contain_local_references(request, bundle(("urn:uuid:z", {"resourceType": "Patient"}))) == request
+
+
+def test_relative_references_are_written_out_against_an_absolute_bundle_base():
+    from gateway.translate.references import absolute_references, bundle_base
+
+    bundle = {"entry": [{"fullUrl": "https://ehr.example/fhir/CoverageEligibilityRequest/r1",
+                         "resource": {"resourceType": "CoverageEligibilityRequest"}}]}
+    base = bundle_base("CoverageEligibilityRequest", bundle)
+    assert base == "https://ehr.example/fhir/"
+    value = {"patient": {"reference": "Patient/p1"}, "a": [{"reference": "Coverage/c1/_history/2"}],
+             "b": {"reference": "#inner"}, "c": {"reference": "urn:uuid:1"},
+             "d": {"reference": "https://other.example/fhir/Patient/p2"}, "e": {"identifier": {"value": "x"}}}
+    out = absolute_references(value, base)
+    assert out["patient"] == {"reference": "https://ehr.example/fhir/Patient/p1"}
+    assert out["a"] == [{"reference": "https://ehr.example/fhir/Coverage/c1/_history/2"}]
+    assert [out[k] for k in "bcde"] == [value[k] for k in "bcde"]
+    assert bundle_base("CoverageEligibilityRequest", {"entry": [{"fullUrl": "urn:uuid:9", "resource": {
+        "resourceType": "CoverageEligibilityRequest"}}]}) is None
+    assert absolute_references(value, None) is value
