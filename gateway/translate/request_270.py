@@ -598,10 +598,10 @@ def _write(g: _Gather, envelope: Envelope, delimiters: Delimiters, limits: dict[
 
 # identifiers and codes go out exactly as given, or not at all: a member id, payer id or NPI the writer had to
 # change (a delimiter removed, cut to length) would ask about someone, or send to some payer, the client never named
-_IDENTIFIERS = {"payer_id": "NM109", "provider_npi": "NM109", "member_id": "NM109"}
+_IDENTIFIERS = ("payer_id", "provider_npi", "member_id")
 # names a loop cannot go without: when none of their characters can be sent, the 270 would name nobody
-_REQUIRED_NAMES = {"payer_name": "NM103", "provider_name": "NM103", "patient_last_name": "NM103",
-                   "subscriber_last_name": "NM103"}
+_REQUIRED_NAMES = ("payer_name", "provider_name", "patient_last_name", "subscriber_last_name")
+# (each item's 270 element comes from the items table of mappings/translate/request_270.yaml)
 
 
 def _check_sendable(g: _Gather, delimiters: Delimiters, limits: Mapping[str, tuple[int, int]] | None,
@@ -622,10 +622,12 @@ def _check_sendable(g: _Gather, delimiters: Delimiters, limits: Mapping[str, tup
             return None
         return probe.notes[-1].reason if len(probe.notes) > before else "changed"
 
-    for item, ref in _IDENTIFIERS.items():
+    for item in _IDENTIFIERS:
         value = values.get(item) or ""
         if not value:
             continue   # missing ones are reported where they are looked up
+        info = g.spec["items"][item]
+        ref = g.target(info["x12"]).split()[-1]   # "2100C NM109" -> NM109
         why = changed(value, ref)
         minimum = limits.get(ref, (1, 0))[0]
         if why is None and len(value) < minimum:
@@ -633,14 +635,13 @@ def _check_sendable(g: _Gather, delimiters: Delimiters, limits: Mapping[str, tup
         if why is None and item == "provider_npi" and not valid_npi(value):
             why = "not a National Provider Identifier: 10 digits with a valid check digit"
         if why is not None:
-            info = g.spec["items"][item]
             g.problems.append(Problem(info["fhir"], f"{item.replace('_', ' ')} {value!r} cannot be sent as given "
                                       f"({why}); an identifier is never altered", code="value",
                                       x12=g.target(info["x12"])))
-    for item, ref in _REQUIRED_NAMES.items():
+    for item in _REQUIRED_NAMES:
         value = values.get(item) or ""
-        if value.strip() and not probe.clean(value, "NM1", ref):
-            info = g.spec["items"][item]
+        info = g.spec["items"][item]
+        if value.strip() and not probe.clean(value, "NM1", g.target(info["x12"]).split()[-1]):
             g.problems.append(Problem(info["fhir"], f"{item.replace('_', ' ')} has no character X12 can carry "
                                       "(Latin letters, digits, basic punctuation): send a Latin-script form of it",
                                       code="value", x12=g.target(info["x12"])))
