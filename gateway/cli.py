@@ -128,7 +128,7 @@ def validate(file: str, ack: str | None, as_json: bool, control_number: int, dat
               help="Interchange control number of a generated 270.")
 @click.option("--date", "date", help="Timestamp written into the output, YYYY-MM-DDTHH:MM (default: now).")
 @click.option("--sender-id", default="GATEWAY", show_default=True, callback=lambda _c, p, v: _interchange_id(p, v),
-              help="ISA06/GS02 of a generated 270 (up to 15 letters, digits and spaces).")
+              help="ISA06/GS02 of a generated 270 (up to 15 letters, digits, spaces, '-' or '.').")
 @click.option("--receiver-id", callback=lambda _c, p, v: _interchange_id(p, v),
               help="ISA08/GS03 of a generated 270 (default: the payer id).")
 @click.option("--provider-npi", help="NPI of the 2100B provider when the request names none (with --provider-name).")
