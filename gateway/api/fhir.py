@@ -362,8 +362,7 @@ def _conditional_match(service: EligibilityService, prefer: dict[str, str]) -> R
     try:
         if unknown:
             raise SearchError(unknown[0], "is not a search parameter of this server")
-        if any(_CONTROL.search(v) for v in [*params, *(v for vs in params.values() for v in vs)]):
-            raise SearchError("If-None-Exist", "holds control characters")
+        _refuse_control_characters(params)
         found, total = service.store.search_requests(params, 2, 0)
     except SearchError as exc:
         return outcome_response(400, "invalid", f"If-None-Exist: search parameter {exc.param}: {exc.message}",
@@ -503,14 +502,15 @@ def _unwrap_parameters(payload: Any) -> Any:
 # -- read and search ------------------------------------------------------------------------------------
 @fhir.get(f"/{CER}/<id>")
 def read_request(id: str):  # type: ignore[no-untyped-def]
-    return _read(CER, _service().store.get_request(id), id)
+    return _operation_misuse(CER, id) or _read(CER, _service().store.get_request(id), id)
 
 
 @fhir.post(f"/{CER}/<id>")
 def post_on_id(id: str):  # type: ignore[no-untyped-def]
     """An operation this server does not have (404), or a POST on an id (405: update is not supported)."""
-    if id.startswith("$"):
-        return _read(CER, None, id)
+    misuse = _operation_misuse(CER, id)
+    if misuse is not None:
+        return misuse
     response = outcome_response(405, "not-supported", f"POST is not supported on {CER}/{{id}}; it is read-only")
     response.headers["Allow"] = "GET"
     return response
@@ -518,20 +518,26 @@ def post_on_id(id: str):  # type: ignore[no-untyped-def]
 
 @fhir.get(f"/{RESPONSE}/<id>")
 def read_response(id: str):  # type: ignore[no-untyped-def]
-    return _read(RESPONSE, _service().store.get_response(id), id)
+    return _operation_misuse(RESPONSE, id) or _read(RESPONSE, _service().store.get_response(id), id)
 
 
 _OPERATIONS = {(CER, "$submit")}   # the operations this server has, invoked with POST
 
 
+def _operation_misuse(resource_type: str, id: str) -> Response | None:
+    """``$name`` in an id's place is an operation (ids cannot start with $): one of ours reached with the wrong
+    method (405, Allow: POST), or one this server does not have (404). None for a real id."""
+    if not id.startswith("$"):
+        return None
+    if (resource_type, id) in _OPERATIONS:
+        response = outcome_response(405, "not-supported", f"{resource_type}/{id} is invoked with POST")
+        response.headers["Allow"] = "POST"
+        return response
+    return outcome_response(404, "not-supported", f"{resource_type} has no operation {id[:64]}; this server "
+                            f"has {', '.join(sorted(f'{t}/{o}' for t, o in _OPERATIONS))}")
+
+
 def _read(resource_type: str, resource: dict[str, Any] | None, id: str) -> Response:
-    if id.startswith("$"):   # an operation, not an id (ids cannot start with $)
-        if (resource_type, id) in _OPERATIONS:
-            response = outcome_response(405, "not-supported", f"{resource_type}/{id} is invoked with POST")
-            response.headers["Allow"] = "POST"
-            return response
-        return outcome_response(404, "not-supported", f"{resource_type} has no operation {id[:64]}; this server "
-                                f"has {', '.join(sorted(f'{t}/{o}' for t, o in _OPERATIONS))}")
     if resource is None:
         return outcome_response(404, "not-found", f"{resource_type}/{id[:64]} is not known")
     return fhir_response(resource, 200)
@@ -577,9 +583,7 @@ def _search(resource_type: str, given: dict[str, list[str]] | None = None) -> Re
     params = given if given is not None else {key: request.args.getlist(key) for key in request.args}
     strict = _prefer().get("handling", "lenient").lower() == "strict"
     try:
-        for key, values in params.items():
-            if any(_CONTROL.search(v) for v in [key, *values]):
-                raise SearchError(key, "holds control characters")
+        _refuse_control_characters(params)
         ignored = [key for key in params if not _supported(resource_type, key)]
         if ignored and strict:
             return _unsupported_parameters(resource_type, ignored)
@@ -634,6 +638,13 @@ def _ignored_issue(resource_type: str, name: str, severity: str, what: str) -> d
     text = (f"search parameter {shown!r} is not supported on {resource_type} and was {what} (supported: "
             f"{', '.join(sorted(_SEARCH_PARAMS[resource_type]))}, {', '.join(sorted(_RESULT_PARAMS))})")
     return {"severity": severity, "code": "not-supported", "details": {"text": text}, "expression": [shown]}
+
+
+def _refuse_control_characters(params: dict[str, list[str]]) -> None:
+    """SearchError naming the first parameter whose name or value holds a control character."""
+    for key, values in params.items():
+        if any(_CONTROL.search(v) for v in [key, *values]):
+            raise SearchError(key, "holds control characters")
 
 
 def _unsupported_parameters(resource_type: str, names: list[str]) -> Response:

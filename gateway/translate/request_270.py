@@ -299,7 +299,7 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
         + [(f"{CER}.item.modifier", f"{eq_loop} EQ02-{i}", "1339", m)
            for eq in inquiries if _procedure_of(eq) for i, m in enumerate(eq[1][2:], start=3)]
         + [(f"{CER}.item.diagnosis", f"{hi_loop} HI01-2", "1271", code) for _, code in diagnoses]
-        + [(f"{CER}.provider", "2100B PRV03", "127", taxonomy)] * bool(taxonomy))
+        + ([(f"{CER}.provider", "2100B PRV03", "127", taxonomy)] if taxonomy else []))
 
     g.problems.extend(g.resolver.problems)
     if g.problems:
