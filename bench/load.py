@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import socket
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
@@ -34,6 +36,7 @@ REQUEST = ROOT / "fixtures" / "fhir" / "requests" / "subscriber-generic.json"
 TARGET_RPS = 300
 TARGET_P99_MS = 20.0
 SIMULATOR_CONCURRENCY = 200
+_GUNICORN_LINE = re.compile(r"\[[^]]*\] \[\d+\] \[(?P<level>[A-Z]+)\] (?P<message>.*)")
 
 
 def free_port() -> int:
@@ -103,7 +106,7 @@ def run(seconds: int, rate: int, users: int, workers: int, threads: int, worker_
     payer = subprocess.Popen([*cli, "payer", "serve", "--port", str(payer_port), "--seed",
                               str(ROOT / "fixtures" / "members"), "--database", f"sqlite:///{work / 'payer.db'}",
                               "--validation", "structure", "--worker-class", "gevent"],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             env=env, stdout=subprocess.DEVNULL, stderr=(work / "payer.log").open("wb"))
     # the shipped defaults, but room for the offered load: the payer's concurrency limit is a payer's constraint,
     # not the gateway overhead this run measures (the workers split it between them)
     routing = yaml.safe_load((ROOT / "mappings" / "routing.yaml").read_text())
@@ -114,7 +117,7 @@ def run(seconds: int, rate: int, users: int, workers: int, threads: int, worker_
                    "FHIR_X12_ROUTING": str(work / "routing.yaml")}
     gateway = subprocess.Popen([*cli, "serve", "--port", str(gateway_port), "--workers", str(workers),
                                 "--threads", str(threads), "--worker-class", worker_class], env=gateway_env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=(work / "gateway.log").open("wb"))
     samples_file = work / "samples.json"
     memory: list[tuple[float, int]] = []
     cpu_track: list[tuple[float, float, float]] = []   # (wall clock, gateway CPU s, simulator CPU s) so far
@@ -146,10 +149,12 @@ def run(seconds: int, rate: int, users: int, workers: int, threads: int, worker_
             cpu[name] = cpu_seconds(process.pid) - cpu_before[name]
         summary = locust.stdout.read() if locust.stdout else ""
         probe_after = _probe(f"http://127.0.0.1:{gateway_port}", token, gateway.pid, payer.pid)
-        samples = json.loads(samples_file.read_text()) if samples_file.exists() else []
+        recorded = json.loads(samples_file.read_text()) if samples_file.exists() else {}
+        samples, reasons = recorded.get("samples", []), recorded.get("failures", {})
     finally:
         for process in (gateway, payer):
             serving.stop(process)
+        logged = {name: _warnings(work / f"{name}.log") for name in ("gateway", "payer")}
         shutil.rmtree(work, ignore_errors=True)
     failures = _failures(summary)
     # steady state: leave out the first 10 % (ramp-up, first connections)
@@ -176,6 +181,7 @@ def run(seconds: int, rate: int, users: int, workers: int, threads: int, worker_
             "cpu_ms_per_request": {k: 1000 * v / max(len(samples), 1) for k, v in cpu.items()},
             "minutes": _per_minute(samples, cpu_track),
             "probe": {"before": probe_before, "after": probe_after},
+            "failure_reasons": reasons, "logged": logged,
             "locust": summary[-3000:]}
 
 
@@ -217,6 +223,31 @@ def _per_minute(samples: list, cpu_track: list) -> list[dict]:
         rows.append({"minute": minute + 1, "rps": len(window) / span, "p50": percentile(overhead, 50),
                      "p99": percentile(overhead, 99), **cpu})
     return rows
+
+
+def _warnings(path: Path) -> Counter[str]:
+    """How often each warning or error was logged by a server during the run (the logs are JSON lines at
+    WARNING; anything else a process wrote, a traceback say, is counted by its last line)."""
+    found: Counter[str] = Counter()
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            found[f"{record.get('level', '?')} {record.get('logger', '?')}: {record.get('message', '')}"[:200]] += 1
+            continue
+        server = _GUNICORN_LINE.match(line)   # gunicorn's own: "[time] [pid] [LEVEL] message"
+        if server:
+            if server["level"] not in ("INFO", "DEBUG"):
+                found[f"{server['level']} gunicorn: {server['message']}"[:200]] += 1
+        elif line.strip() and not line.startswith((" ", "\t", "Traceback", "fhir-x12: ")):   # not start-up notes
+            found[line.strip()[:200]] += 1
+    return found
 
 
 def _failures(summary: str) -> int:
@@ -272,9 +303,23 @@ run is left out.
 | gateway RSS first minute / last minute / max | {m['first_minute']:.0f} / {m['last_minute']:.0f} / \
 {m['max']:.0f} MB ({growth:.2f}x) |
 
-{minutes}
+{minutes}{_explained(result)}
 Targets {'met' if ok else 'NOT met'}.
 """
+
+
+def _explained(result: dict) -> str:
+    """What failed and what the servers logged at WARNING or above, so a failure count comes with its cause."""
+    text = ""
+    if result.get("failure_reasons"):
+        text += "\nFailures seen by the client:\n\n| count | reason |\n|---|---|\n" + "".join(
+            f"| {n} | {reason.replace('|', '/')} |\n" for reason, n in
+            sorted(result["failure_reasons"].items(), key=lambda item: -item[1]))
+    for name, counts in (result.get("logged") or {}).items():
+        if counts:
+            text += f"\nLogged by the {name} (WARNING and above):\n\n| count | record |\n|---|---|\n" + "".join(
+                f"| {n} | {record.replace('|', '/')} |\n" for record, n in counts.most_common(10))
+    return text
 
 
 def main(argv: list[str] | None = None) -> dict:
