@@ -173,11 +173,17 @@ def find_member(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: di
     return record, exact[0], []
 
 
+def _category(coverage: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The coverage's category from ``answers.yaml``: its primary service type and those it answers for (an
+    unknown category answers for 30 alone)."""
+    return config["categories"].get(str(coverage.get("covtypename", "")).upper()) or \
+        {"primary": "30", "service_types": ["30"]}
+
+
 def _coverage_rows(coverage: dict[str, Any], asked: list[str], config: dict[str, Any], served: date,
                    generic: bool) -> list[tuple[str, list[Value]]]:
-    category = config["categories"].get(str(coverage.get("covtypename", "")).upper())
-    primary = category["primary"] if category else "30"
-    types = category["service_types"] if category else ["30"]
+    category = _category(coverage, config)
+    primary, types = category["primary"], category["service_types"]
     effective = _parse_date(coverage.get("coveffdate"))
     terminated = _parse_date(coverage.get("covtermdate"))
     if terminated is not None and terminated.year >= 9999:  # an open-ended coverage
@@ -381,6 +387,13 @@ def answer(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[st
     for coverage in coverages:
         out.segments.extend(_coverage_rows(coverage, asked, config, inquiry.service_date, generic))
     active = any(r[1][0] == "1" for r in out.segments if r[0] == "EB")
+    if active and not generic:
+        # a service type asked for by name that no coverage of the member's includes is answered, as not covered
+        # (EB01 I), never left out: the provider cannot tell a missing answer from an unknown one (CORE 154)
+        covered = {t for coverage in coverages for t in _category(coverage, config)["service_types"]}
+        uncovered = [t for t in dict.fromkeys(asked) if t not in covered]
+        if uncovered:
+            seg(("EB", ["I", "", uncovered]))
     if active:
         out.segments.extend(_accumulator_rows(accumulators, coverages, config))
         out.segments.extend(_benefit_rows(benefits, asked, generic, config))
@@ -397,7 +410,30 @@ def answer_270(txn: Transaction, members: dict[str, dict[str, Any]], config: dic
                control_number: int, payer_id: str | None = None, unable_to_respond: bool = False,
                providers: frozenset[str] | None = None) -> str:
     """A 271 interchange answering every patient of one 270 transaction set."""
-    isa = txn.interchange
+    return answer_interchange([txn], members, config, now=now, control_number=control_number, payer_id=payer_id,
+                              unable_to_respond=unable_to_respond, providers=providers)
+
+
+def answer_interchange(transactions: list[Transaction], members: dict[str, dict[str, Any]], config: dict[str, Any],
+                       *, now: datetime, control_number: int, payer_id: str | None = None,
+                       unable_to_respond: bool = False, providers: frozenset[str] | None = None) -> str:
+    """One 271 interchange answering 270 transaction sets: one 271 set per 270 set, in one functional group, so
+    the reply has one ISA13 and one GS06 (several interchanges with the same control number are duplicates a
+    receiver rejects, TA1 025)."""
+    bodies = [_answer_body(txn, members, config, now=now, payer_id=payer_id, unable_to_respond=unable_to_respond,
+                           providers=providers) for txn in transactions]
+    isa = transactions[0].interchange if transactions else None
+    env = Envelope(sender_id=isa.receiver_id if isa else "PAYER", receiver_id=isa.sender_id if isa else "GATEWAY",
+                   sender_qualifier=isa.receiver_qualifier if isa else "ZZ",
+                   receiver_qualifier=isa.sender_qualifier if isa else "ZZ", interchange_control=control_number,
+                   now=now, usage=isa.usage if isa and isa.usage in ("P", "T") else "P")
+    return X12Writer(PAYER_DELIMITERS).interchange(env, "HB", "271", "005010X279A1", bodies).text
+
+
+def _answer_body(txn: Transaction, members: dict[str, dict[str, Any]], config: dict[str, Any], *, now: datetime,
+                 payer_id: str | None, unable_to_respond: bool,
+                 providers: frozenset[str] | None) -> list[tuple[str, list[Value]]]:
+    """BHT ... the last segment before SE of the 271 answering one 270 transaction set."""
     bht = txn.root.segment("BHT")
     body: list[tuple[str, list[Value]]] = [
         ("BHT", ["0022", "11", bht.get(3) if bht else "", now.strftime("%Y%m%d"), now.strftime("%H%M%S")])]
@@ -407,8 +443,4 @@ def answer_270(txn: Transaction, members: dict[str, dict[str, Any]], config: dic
                         providers=providers)
         body.extend(result.segments)
         hl = max(int(s[1][0]) for s in result.segments if s[0] == "HL") + 1
-    env = Envelope(sender_id=isa.receiver_id if isa else "PAYER", receiver_id=isa.sender_id if isa else "GATEWAY",
-                   sender_qualifier=isa.receiver_qualifier if isa else "ZZ",
-                   receiver_qualifier=isa.sender_qualifier if isa else "ZZ", interchange_control=control_number,
-                   now=now, usage=isa.usage if isa and isa.usage in ("P", "T") else "P")
-    return X12Writer(PAYER_DELIMITERS).interchange(env, "HB", "271", "005010X279A1", [body]).text
+    return body

@@ -23,7 +23,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from gateway.errors import GatewayError, X12SyntaxError
 from gateway.mappings import load_yaml
-from gateway.payer.answer import answer_270
+from gateway.payer.answer import answer_interchange
 from gateway.payer.records import validate_patch, validate_record
 from gateway.payer.scenarios import ScenarioBook
 from gateway.payer.store import MemberStore
@@ -248,8 +248,13 @@ def _answer_x12(data: bytes) -> tuple[str, int]:
     if fault == "malformed":
         return "ISA*THIS IS NOT*AN X12 INTERCHANGE~", 200
     isa = report.interchanges[0] if report.interchanges else None
-    if fault == "ta1" or any(f.level == "interchange" and f.severity == "error" for f in report.findings):
-        findings = list(report.findings)
+    config = current_app.extensions["payer_config"]
+    versions = config.get("interchange_versions") or ["00501"]
+    envelope = [Finding("SIM-ISA-VERSION", f"ISA12 {i.version} is not an interchange version this payer accepts "
+                        f"({', '.join(versions)})", level="interchange", ack_code="003", interchange=i.control_number)
+                for i in report.interchanges if i.version not in versions and i.version.isdigit()]
+    if fault == "ta1" or envelope or any(f.level == "interchange" and f.severity == "error" for f in report.findings):
+        findings = list(report.findings) + envelope
         if fault == "ta1":
             findings.append(Finding("SIM-TA1", "scripted interchange rejection", level="interchange", ack_code="024",
                                     interchange=isa.control_number if isa else ""))
@@ -262,13 +267,10 @@ def _answer_x12(data: bytes) -> tuple[str, int]:
                                  transaction=t.control_number, transaction_set=t.set_id) for t in report.transactions]
         return build_999(report.transactions, findings, control_number=control, now=now), 200
     members = _store().by_member_id()
-    config = current_app.extensions["payer_config"]
-    texts = [answer_270(txn, members, config, now=now, control_number=control,
-                        payer_id=current_app.config.get("PAYER_ID"), unable_to_respond=fault == "aaa-42",
-                        providers=frozenset(current_app.config["PAYER_PROVIDERS"])
-                        if current_app.config.get("PAYER_PROVIDERS") is not None else None)
-             for txn in report.transactions]
-    text = "".join(texts)
+    text = answer_interchange(report.transactions, members, config, now=now, control_number=control,
+                              payer_id=current_app.config.get("PAYER_ID"), unable_to_respond=fault == "aaa-42",
+                              providers=frozenset(current_app.config["PAYER_PROVIDERS"])
+                              if current_app.config.get("PAYER_PROVIDERS") is not None else None)
     if fault == "wrong-trace":
         text = text.replace("TRN*2*", "TRN*2*X")
     if fault == "bad-count":   # readable, but the trailer miscounts: a defect the gateway must pass on, not hide

@@ -5,8 +5,10 @@ Pure: dicts in, dicts and problems out. Field names are the payer API's own and 
 
 from __future__ import annotations
 
+import math
 import re
 from copy import deepcopy
+from datetime import date
 from typing import Any
 
 CHILD_KEYS: dict[str, tuple[str, ...]] = {
@@ -20,6 +22,11 @@ ACTIONS = {"n", "m", "d"}
 SPECIFIC_TYPES = {"deductible", "out-of-pocket", "visit-limit", "benefit-maximum"}
 _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
 _RANGE = re.compile(r"^(\d{4}-\d{2}-\d{2})/(\d{4}-\d{2}-\d{2})$|^(\d{8})-(\d{8})$")
+# the simulator's 271 delimiters (answer.PAYER_DELIMITERS) and control characters: a value holding one would reach the
+# 271 altered (the writer drops them), a URL or an id turned into another one
+_UNSENDABLE = re.compile(r"[*^>~\x00-\x1f\x7f]")
+# the largest amount an X12 R element (18 digits) carries with cents to spare; amounts are money, counts or percents
+_MAX_AMOUNT = 1e15
 
 # field -> kind, per level
 MEMBER_FIELDS = {"memberid": "id", "groupnumber": "id", "groupname": "text", "seqnumber": "text",
@@ -34,7 +41,7 @@ CHILD_FIELDS = {
     "accumulators": {"accum_name": "text", "accum_desc": "text", "coveragetype": "text", "specifictype": "specific",
                      "currentamount": "amount", "maximumamount": "amount", "innetwork": "yn",
                      "individualaccum": "yn", "daterange": "range", "record_action": "action"},
-    "benefits": {"servicetype": "text", "benefittype": "benefittype", "amount": "amount", "percent": "amount",
+    "benefits": {"servicetype": "text", "benefittype": "benefittype", "amount": "amount", "percent": "percent",
                  "innetwork": "ynw", "timeperiod": "text", "record_action": "action"},
     "priorauth": {"procedure": "text", "codesystem": "text", "url": "url", "record_action": "action"},
 }
@@ -44,10 +51,10 @@ def _normal_date(value: Any) -> str | None:
     match = _DATE.match(str(value)) if isinstance(value, str) else None
     if not match:
         return None
-    y, m, d = (int(g) for g in match.groups())
-    if not (1 <= m <= 12 and 1 <= d <= 31):
+    try:
+        return date(*(int(g) for g in match.groups())).isoformat()
+    except ValueError:   # 2025-02-30, month 13, year 0
         return None
-    return f"{y:04d}-{m:02d}-{d:02d}"
 
 
 def _value(kind: str, value: Any, path: str, problems: list[dict[str, str]]) -> Any:
@@ -58,16 +65,21 @@ def _value(kind: str, value: Any, path: str, problems: list[dict[str, str]]) -> 
         if not isinstance(value, (str, int)) or isinstance(value, bool):
             bad("must be a string")
             return value
-        return str(value)
-    if kind == "amount":
+        return _sendable(str(value), bad)
+    if kind in ("amount", "percent"):
         if isinstance(value, bool):
             bad("must be a number or a numeric string")
             return value
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
-            bad(f"{value!r} is not a number")
+            bad(f"{str(value)[:40]!r} is not a number")
             return value
+        highest = 100.0 if kind == "percent" else _MAX_AMOUNT
+        if not math.isfinite(number) or not 0 <= number <= highest:
+            bad(f"must be a number from 0 to {highest:g}" + (" (a percent)" if kind == "percent" else ""))
+            return value
+        return number
     if kind == "date":
         normal = _normal_date(value)
         if normal is None:
@@ -113,12 +125,21 @@ def _value(kind: str, value: Any, path: str, problems: list[dict[str, str]]) -> 
     if kind == "url":
         if not isinstance(value, str) or not value.startswith(("https://", "http://")):
             bad("must be an http(s) URL")
-        return value
+            return value
+        return _sendable(value, bad)
     if kind == "action":
-        if value not in ACTIONS:
-            bad(f"record_action {value!r} is not n (new), m (modify) or d (delete)")
+        if not isinstance(value, str) or value not in ACTIONS:
+            bad(f"record_action {str(value)[:20]!r} is not n (new), m (modify) or d (delete)")
         return value
     return value
+
+
+def _sendable(text: str, bad: Any) -> str:
+    found = _UNSENDABLE.search(text)
+    if found:
+        bad(f"holds {found.group()!r}, a delimiter of the simulator's 271s or a control character: the 271 could not "
+            "carry it unchanged")
+    return text
 
 
 def _check_object(obj: Any, fields: dict[str, str], path: str, problems: list[dict[str, str]], *,
@@ -176,6 +197,9 @@ def validate_patch(data: Any) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """A sparse update: top-level fields replace, child records carry record_action and their keys."""
     problems: list[dict[str, str]] = []
     patch = _check_object(data, MEMBER_FIELDS, "", problems, patch=True)
+    if "record_action" in patch:
+        problems.append({"path": "record_action", "message": "record_action belongs to child records (coverages, "
+                         "dependents ...); the member itself is created with POST and deleted with DELETE"})
     for key in ("memberid", "groupnumber"):
         if key in patch:
             problems.append({"path": key, "message": f"{key} is a key: it comes from the query, not the body"})

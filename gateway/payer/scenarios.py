@@ -53,12 +53,15 @@ def parse_rule(data: Any) -> tuple[Rule | None, list[dict[str, str]]]:
     if not isinstance(data, dict):
         return None, [{"path": "$", "message": "must be a JSON object"}]
     fault = data.get("fault")
-    if fault not in FAULTS:
+    if not isinstance(fault, str) or fault not in FAULTS:
         problems.append({"path": "fault", "message": f"must be one of {sorted(FAULTS)}"})
+    memberid = data.get("memberid", "*")
+    if not isinstance(memberid, str) or not memberid.strip():
+        problems.append({"path": "memberid", "message": "must be a member id, or \"*\" (every request)"})
     numbers = {}
     for name in ("seconds", "jitter"):
         value = data.get(name, 0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value > 120:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 120:   # NaN too
             problems.append({"path": name, "message": "must be a number of seconds from 0 to 120"})
         else:
             numbers[name] = float(value)
@@ -69,8 +72,7 @@ def parse_rule(data: Any) -> tuple[Rule | None, list[dict[str, str]]]:
     problems.extend({"path": k, "message": f"unknown field {k!r}"} for k in sorted(unknown))
     if problems:
         return None, problems
-    return Rule(str(data.get("memberid") or "*"), fault, numbers.get("seconds", 0.0), numbers.get("jitter", 0.0),
-                times), []
+    return Rule(memberid.strip(), fault, numbers.get("seconds", 0.0), numbers.get("jitter", 0.0), times), []
 
 
 @dataclass

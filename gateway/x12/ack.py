@@ -90,7 +90,9 @@ def _ack_group(group: Group | None, transactions: list[Transaction], findings: l
                 index = _element_index(f.element)
                 body.append(("IK4", [(str(index), str(f.component or ""), str(f.repetition or "")),
                                      f.data_element, f.ack_code, f.value[:99] if f.value else ""]))
-        txn_errors = [f for f in own if _is_error(f)]
+        # a group-level error (GS01 for another transaction, a 4010 envelope) is the group's: AK9 says it, with
+        # its code; IK5 reports the transaction set's own errors, and an IK5 R or E always names one (IK502)
+        txn_errors = [f for f in own if _is_error(f) and f.level != "group"]
         txn_codes = [f.ack_code for f in own if f.level in ("transaction",) and f.ack_code in TRANSACTION_CODES]
         if any(f.level in ("segment", "element") for f in txn_errors):
             txn_codes.append("5")
@@ -108,6 +110,8 @@ def _ack_group(group: Group | None, transactions: list[Transaction], findings: l
     group_findings = [f for f in findings if f.level == "group" and f.ack_code in GROUP_CODES
                       and (f.group == group.control_number if f.group and group is not None else first_group)]
     group_errors = [f for f in group_findings if _is_error(f)]
+    if group_errors:   # a rejected group accepts none of its transaction sets (AK904)
+        accepted = 0
     if group_errors or (transactions and accepted == 0):
         ak901 = "R"
     elif accepted < len(transactions):

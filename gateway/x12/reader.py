@@ -313,7 +313,9 @@ class X12Reader:
                             yield from self._drain(builder)
                         continue
                 ordinal += 1
-                parts = raw.split(sep)
+                # the ISA as parse_isa read it: its elements were found by the fixed layout when ISA11 is the
+                # element separator itself, which splitting the joined text again would undo
+                parts = list(batch.isa) if batch.isa is not None and raw is raws[0] else raw.split(sep)
                 seg = Segment(parts, ordinal, d)
                 if seg_id == "ISA":
                     if txn is not None:

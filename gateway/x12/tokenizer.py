@@ -85,6 +85,10 @@ class TextStream:
             self.close()
 
 
+# where the 16 element separators of a fixed-length (106-character) ISA are, from its first character
+_ISA_SEPARATORS = (3, 6, 17, 20, 31, 34, 50, 53, 69, 76, 81, 83, 89, 99, 101, 103)
+
+
 def parse_isa(text: str, start: int = 0) -> tuple[Delimiters, list[str], int, list[str]]:
     """Read an ISA beginning at ``start``: its delimiters, 16 elements, where it ends, and notes.
 
@@ -99,8 +103,12 @@ def parse_isa(text: str, start: int = 0) -> tuple[Delimiters, list[str], int, li
         raise X12SyntaxError(f"ISA element separator {sep!r} is not a delimiter", offset=start + 3)
     # The ISA has exactly 16 elements: walk 16 separators, then ISA16 is one character.
     pos = start + 3
-    bounds = []
-    for _ in range(16):
+    bounds: list[int] = []
+    if text[start + 82:start + 83] == sep and all(text[start + i:start + i + 1] == sep for i in _ISA_SEPARATORS):
+        # ISA11 is the element separator itself: counted, it would shift every later element (the control number
+        # a TA1 echoes among them); the fixed layout, intact around it, says where each element is
+        bounds = [start + i for i in _ISA_SEPARATORS]
+    for _ in range(16 - len(bounds)):
         nxt = text.find(sep, pos + 1) if bounds else pos
         if nxt < 0:
             raise X12SyntaxError("ISA segment is cut short: fewer than 16 elements", offset=start)

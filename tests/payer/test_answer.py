@@ -123,3 +123,32 @@ def test_provider_not_on_file_and_invalid_birth_date():
                       control_number=5)
     assert [s.parts for s in read_x12(text).transactions[0].segments() if s.id == "AAA"] == [
         ["AAA", "N", "", "58", "C"]]
+
+
+def test_a_service_type_asked_for_that_no_coverage_includes_is_answered_not_covered():
+    """CORE 154: every service type asked for by name is answered; one outside the member's coverages is EB01 I,
+    never left out (DELGADO has medical coverage only: dental 35 and pharmacy 88 are not covered)."""
+    txn = read_x12((FIXTURES / "x12" / "270" / "subscriber-generic.270").read_bytes().replace(
+        b"EQ*30~", b"EQ*35^88^98~")).transactions[0]
+    text = answer_270(txn, {DELGADO["memberid"]: DELGADO}, CONFIG, now=NOW, control_number=5)
+    assert "EB*I**35^88~" in text
+    assert "EB*B*IND*98" in text            # the covered one keeps its benefits
+    assert validate_x12(text).valid
+    generic = answer_for("subscriber-generic.270")   # EQ*30: the generic answer, no not-covered rows
+    assert "EB*I*" not in generic
+
+
+def test_several_270_sets_are_answered_in_one_interchange_with_one_271_set_each():
+    """Two 271 interchanges with the same ISA13 would be duplicates a receiver rejects (TA1 025)."""
+    from gateway.payer.answer import answer_interchange
+
+    report = read_x12((FIXTURES / "x12" / "270" / "multi-transaction.270").read_bytes())
+    assert len(report.transactions) == 2
+    text = answer_interchange(report.transactions, {DELGADO["memberid"]: DELGADO}, CONFIG, now=NOW,
+                              control_number=7)
+    answered = read_x12(text)
+    assert text.count("ISA*") == 1 and text.count("GS*") == 1 and text.count("IEA*1*000000007~") == 1
+    assert [t.control_number for t in answered.transactions] == ["0001", "0002"]
+    assert "GE*2*7~" in text
+    assert ["GW-MT-0014A", "GW-MT-0014B"] == [t.root.segment("BHT").get(3) for t in answered.transactions]
+    assert validate_x12(text).valid

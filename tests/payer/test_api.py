@@ -77,6 +77,21 @@ def test_create_read_patch_delete(server):
     ({**DELGADO, "accumulators": [{**DELGADO["accumulators"][0], "innetwork": "maybe"}]},
      "accumulators[0].innetwork"),
     ({**DELGADO, "coverages": [{"covtypename": "MEDICAL", "record_action": "n"}]}, "coverages[0].record_action"),
+    # values a 271 cannot carry, or would carry altered
+    ({**DELGADO, "dob": "1980-02-31"}, "dob"),
+    ({**DELGADO, "coverages": [{**DELGADO["coverages"][0], "coveffdate": "20250230"}]}, "coverages[0].coveffdate"),
+    ({**DELGADO, "accumulators": [{**DELGADO["accumulators"][0], "currentamount": "NaN"}]},
+     "accumulators[0].currentamount"),
+    ({**DELGADO, "accumulators": [{**DELGADO["accumulators"][0], "maximumamount": "Infinity"}]},
+     "accumulators[0].maximumamount"),
+    ({**DELGADO, "benefits": [{**DELGADO["benefits"][0], "amount": "1e20"}]}, "benefits[0].amount"),
+    ({**DELGADO, "benefits": [{**DELGADO["benefits"][0], "amount": -5}]}, "benefits[0].amount"),
+    ({**DELGADO, "benefits": [{**DELGADO["benefits"][1], "percent": 250}]}, "benefits[0].percent"),
+    ({**DELGADO, "coverages": [{**DELGADO["coverages"][0], "covtypedesc": "PLAN*GOLD~EB*1"}]},
+     "coverages[0].covtypedesc"),
+    ({**DELGADO, "priorauth": [{**DELGADO["priorauth"][0], "url": "https://x.example/a>b^c*d~e"}]},
+     "priorauth[0].url"),
+    ({**DELGADO, "lastname": "DEL\x07GADO"}, "lastname"),
 ])
 def test_bad_input_is_400_with_every_problem_and_its_path(server, record, path):
     base, app = server
@@ -91,6 +106,38 @@ def test_unknown_record_action_in_a_patch(server):
     response = requests.patch(f"{base}/eligibility", params={"memberid": "A", "groupnumber": "B"},
                               json={"coverages": [{"record_action": "x", "covtypename": "MEDICAL"}]}, timeout=5)
     assert response.status_code == 400 and "record_action" in response.text
+
+
+@pytest.mark.parametrize("patch, path", [
+    ({"coverages": [{"covtypename": "X", "record_action": ["n"]}]}, "coverages[0].record_action"),   # was a 500
+    ({"coverages": [{"covtypename": "X", "record_action": {}}]}, "coverages[0].record_action"),
+    ({"record_action": "n"}, "record_action"),   # the member itself has none: it was stored on the record
+])
+def test_bad_record_actions_in_a_patch_are_400(server, patch, path):
+    base, _ = server
+    response = requests.patch(f"{base}/eligibility", params={"memberid": "A", "groupnumber": "B"}, json=patch,
+                              timeout=5)
+    assert response.status_code == 400
+    assert path in [p["path"] for p in response.json()["problems"]]
+
+
+def test_an_unsupported_interchange_version_gets_a_ta1_003_echoing_the_control_number(server):
+    base, _ = server
+    data = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_bytes().replace(b"*00501*", b"*00401*", 1)
+    response = requests.post(f"{base}/x12", data=data, headers={"Content-Type": "application/edi-x12"}, timeout=10)
+    assert "TA1*000001001*250310*0915*R*003~" in response.text and "ST*" not in response.text
+
+
+def test_a_repetition_separator_equal_to_the_element_separator_is_read_by_the_fixed_isa_layout(server):
+    """ISA11 "*": counted as a separator it shifted every later element, and the answer echoed a wrong ISA13."""
+    base, _ = server
+    create(base, DELGADO)
+    text = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    assert text[82] == "^"
+    response = requests.post(f"{base}/x12", data=(text[:82] + "*" + text[83:]).encode(),
+                             headers={"Content-Type": "application/edi-x12"}, timeout=10)
+    assert response.status_code == 200 and "ST*271" in response.text
+    assert "*T*>~" in response.text[:106]   # usage T echoed from the 270's ISA15, the right element
 
 
 def test_raw_x12_answers_a_270_for_a_loaded_member(server):

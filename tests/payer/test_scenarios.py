@@ -83,6 +83,25 @@ def test_bad_scenarios_are_400(server):  # noqa: F811
     assert set(listed["magic_member_ids"]) == set(MAGIC_IDS)
 
 
+@pytest.mark.parametrize("rule, path", [
+    ('{"fault": "latency", "seconds": NaN}', "seconds"),      # would have made every later 270 a 500
+    ('{"fault": "latency", "jitter": Infinity}', "jitter"),
+    ('{"fault": {}}', "fault"),
+    ('{"fault": ["latency"]}', "fault"),
+    ('{"fault": "latency", "memberid": {}}', "memberid"),     # not silently "every request"
+    ('{"fault": "latency", "memberid": ""}', "memberid"),
+    ('{"fault": "latency", "memberid": [1]}', "memberid"),
+])
+def test_bad_rule_values_are_400_and_leave_the_simulator_answering(server, rule, path):  # noqa: F811
+    base, _ = server
+    response = requests.post(f"{base}/scenarios", data=rule, headers={"Content-Type": "application/json"},
+                             timeout=5)
+    assert response.status_code == 400
+    assert path in {p["path"] for p in response.json()["problems"]}
+    assert requests.get(f"{base}/scenarios", timeout=5).json()["rules"] == []
+    assert post(base).status_code == 200
+
+
 def test_jittered_latency_is_deterministic():
     from gateway.payer.scenarios import Rule, ScenarioBook
 
