@@ -28,7 +28,7 @@ _INTEGERS = ("FHIR_X12_MAX_BODY_BYTES", "FHIR_X12_ASYNC_WORKERS", "FHIR_X12_BATC
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the gateway; ``config`` overrides the environment (tests pass the database URL here)."""
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)   # no static files: /static/<anything> would be a route that logs it
     app.config.from_mapping(DEFAULTS)
     for key, value in os.environ.items():
         if key.startswith("FHIR_X12_"):

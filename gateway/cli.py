@@ -207,7 +207,7 @@ def translate(file: str, output: str | None, control_number: int, date: str | No
 
 @main.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="gunicorn worker processes (each with its own app, store connections and payer pools).")
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
@@ -257,8 +257,9 @@ def _app_or_fail(factory):  # type: ignore[no-untyped-def]
 
 
 @main.command("demo")
-@click.option("--port", default=8080, show_default=True, type=int, help="the gateway's port")
-@click.option("--payer-port", default=8090, show_default=True, type=int, help="the payer simulator's port")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="the gateway's port")
+@click.option("--payer-port", default=8090, show_default=True, type=click.IntRange(0, 65535),
+              help="the payer simulator's port")
 @click.option("--members", default="fixtures/members", show_default=True,
               type=click.Path(exists=True, file_okay=False), help="member records for the simulator")
 @click.option("--workdir", default=".demo", show_default=True, help="where the demo keeps its databases")
@@ -392,7 +393,7 @@ def payer() -> None:
 
 @payer.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8090, show_default=True, type=int)
+@click.option("--port", default=8090, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--database", "database", default="sqlite:///payer-simulator.db", show_default=True,
               help="SQLAlchemy URL of the member database (SQLite file or postgresql+psycopg://...).")
 @click.option("--seed", "seed", type=click.Path(exists=True, file_okay=False),

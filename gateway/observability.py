@@ -44,8 +44,12 @@ _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _RESOURCE_ID = re.compile(r"(?<=/)([A-Z][A-Za-z]{1,63})/(?![$_])[^/]+")
 _HISTORY_VID = re.compile(r"(?<=/_history/)[^/]+")
 _ASYNC_ID = re.compile(r"(?<=/_async/)[^/]+")
-# a path no route knows: only its words that cannot be data are kept (an $operation or _keyword; a resource type)
-_PATH_WORD = re.compile(r"[$_][a-z][A-Za-z-]{0,31}")
+# a path no route knows: only its words that cannot be data are kept (FHIR's operations and keywords this server or a
+# client would use, a resource type); "_delgado-maria" is not one of them
+_PATH_WORDS = frozenset({"$submit", "$validate", "$everything", "$meta", "_search", "_history", "_async", "metadata",
+                         "x12"})
+# a route's variable (<id>, <path:filename>): the access line names it ({id}) instead of quoting what the client sent
+_RULE_VARIABLE = re.compile(r"<(?:[^<>:]+:)?([^<>:]+)>")
 _MAX_PATH = 200
 
 # X12 text: an ISA header (any element separator), a segment terminator followed by a segment id, or a
@@ -137,7 +141,8 @@ class ContextFilter(logging.Filter):
 
 # -- handler -----------------------------------------------------------------------------------------------
 
-def _json_formatter() -> JsonFormatter:
+def json_formatter() -> JsonFormatter:
+    """The one JSON line format: the gateway's records and gunicorn's own (``serving.PrivateLogger``)."""
     return JsonFormatter("%(levelname)s %(name)s %(message)s", timestamp="time",
                          rename_fields={"levelname": "level", "name": "logger"})
 
@@ -162,7 +167,7 @@ class JsonLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self, stream: IO[str] | None = None) -> None:
         super().__init__(stream or sys.stderr)
         self.explicit_stream = stream is not None
-        self.setFormatter(_json_formatter())
+        self.setFormatter(json_formatter())
         self.addFilter(ContextFilter())
 
     def use_stream(self, stream: IO[str] | None) -> None:
@@ -224,7 +229,7 @@ def log_path(path: str, *, matched: bool = True) -> str:
     """The URL path fit for logs: ids replaced by ``{id}`` (``{vid}``), cut at 200 characters. A path that matched
     no route keeps only segments that look like FHIR words; the rest become ``{x}``."""
     if not matched:
-        path = "/".join(part if not part or _PATH_WORD.fullmatch(part) or _resource_type(part) else "{x}"
+        path = "/".join(part if not part or part in _PATH_WORDS or _resource_type(part) else "{x}"
                         for part in path.split("/"))
     path = _RESOURCE_ID.sub(lambda m: f"{m.group(1)}/{{id}}", path)
     path = _HISTORY_VID.sub("{vid}", path)
@@ -248,7 +253,8 @@ def _finish(response: Response) -> Response:
     started = g.get("request_started")
     duration = round((time.perf_counter() - started) * 1000, 3) if started is not None else None
     rule = request.url_rule.rule if request.url_rule is not None else None
-    path = log_path(request.path, matched=rule is not None)
+    # a matched route is logged as its rule with the variables named, whatever their values look like ("$x", "_x")
+    path = _RULE_VARIABLE.sub(r"{\1}", rule) if rule is not None else log_path(request.path, matched=False)
     access_log.info("%s %s %s", request.method, path, response.status_code,
                     extra={"method": request.method, "path": path, "route": rule, "status": response.status_code,
                            "duration_ms": duration, "client": g.get("client"), "payer": g.get("payer_id"),

@@ -163,11 +163,13 @@ class EligibilityService:
                                       sent_at=now if sending else None)
         except DataError:
             return self._refused(400, operation_outcome("value", "the request holds characters or values the audit "
-                                                        "store cannot keep (a NUL character, say)"), "invalid-request")
+                                                        "store cannot keep (a NUL character, say)"), "invalid-request",
+                                 payer_id=built.payer_id)
         except (SQLAlchemyError, GatewayError) as exc:
             log.error("the audit store refused a new request (%s); it was not sent", type(exc).__name__)
             return self._refused(503, operation_outcome("transient", "the audit store is unavailable; the request "
-                                                        "was not sent to the payer"), "store-unavailable")
+                                                        "was not sent to the payer"), "store-unavailable",
+                                 payer_id=built.payer_id)
         return Prepared(id, stored, request, resolved_bundle, built, start, sent=sending)
 
     def cancel(self, id: str) -> str | None:
@@ -394,6 +396,7 @@ def frames_only(exc: BaseException) -> tuple[type[BaseException], BaseException,
     try:
         bare = type(exc).__new__(type(exc))
         bare.args = ()
-    except Exception:   # an exception type that cannot be built bare: a plain stand-in with its name
+        str(bare)   # a __str__ that reads attributes the bare one lacks would print "<exception str() failed>"
+    except Exception:   # an exception type that cannot be built or shown bare: a plain stand-in with its name
         bare = RuntimeError(type(exc).__name__)
     return type(bare), bare, exc.__traceback__

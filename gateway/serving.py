@@ -18,12 +18,54 @@ from contextlib import contextmanager
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 from gateway.errors import ConfigError
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # the files prometheus_client's multiprocess mode writes: <type>_<pid>.db (gauges: gauge_<mode>_<pid>.db)
 _METRIC_FILE = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_\d+\.db")
+
+
+# gunicorn's line for a request it could not parse quotes the request line or header ("Invalid request from
+# ip=...: Invalid HTTP request line: 'GET /CoverageEligibilityRequest?patient=...'"): what it is, up to the quote
+_INVALID_REQUEST = re.compile(r"(Invalid request from ip=\S+ )?([^'\"]*?)\s*(?::\s*)?['\"].*", re.DOTALL)
+
+
+class PrivateLogger(Logger):  # type: ignore[misc]
+    """gunicorn's own log lines (start-up, workers, requests it refused) as JSON lines like the gateway's, and
+    without the request text it would quote: a query string, a path or a header may hold a member id or a name."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        from gateway.observability import json_formatter
+
+        for handler in self.error_log.handlers:
+            handler.setFormatter(json_formatter())
+
+    def warning(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        super().warning(_without_request_text(msg), *args, **kwargs)
+
+    def exception(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(msg, str) and msg.startswith("Error handling request") and args:
+            args = (*args[:-1], _path_only(args[-1]))   # "%s %s", method, uri: the uri carries the query string
+        # the traceback stays out: its exception text may quote the request too
+        super().error(msg, *args, **{k: v for k, v in kwargs.items() if k != "exc_info"})
+
+
+def _without_request_text(msg: Any) -> Any:
+    if not isinstance(msg, str) or not msg.startswith("Invalid request from"):
+        return msg
+    found = _INVALID_REQUEST.fullmatch(msg)
+    return f"{found.group(1) or ''}{found.group(2)}".rstrip(" :") if found else msg.split("'", 1)[0].rstrip(" :")
+
+
+def _path_only(uri: Any) -> str:
+    from urllib.parse import urlsplit
+
+    from gateway.observability import log_path
+
+    return log_path(urlsplit(str(uri)).path, matched=False)
 
 
 class _Server(BaseApplication):  # type: ignore[misc]
@@ -59,6 +101,7 @@ def serve(app: Any, host: str, port: int, threads: int = 8, workers: int = 1, wo
     # graceful_timeout: room for a payer call within its 20 s CORE budget.
     options: dict[str, Any] = {"bind": f"{host}:{port}", "workers": workers, "worker_class": worker_class,
                                "threads": threads, "worker_connections": 200, "accesslog": None, "timeout": 60,
+                               "logger_class": PrivateLogger,
                                "keepalive": keepalive, "graceful_timeout": 25}
     if multiprocess_dir is not None:
         os.environ[MULTIPROC_ENV] = multiprocess_dir   # the workers inherit it at the fork

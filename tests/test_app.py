@@ -38,3 +38,44 @@ def test_validate_returns_999_when_asked(client):
 def test_validate_rejects_non_x12(client):
     response = client.post("/x12/$validate", data=b"not x12")
     assert response.status_code == 400 and "ISA" in response.json["error"]
+
+
+def test_readyz_fails_when_the_store_table_is_gone_or_the_sqlite_file_was_deleted(tmp_path):
+    """``select 1`` still connects to a dropped schema or a deleted file: readiness asks the store's own table."""
+    from sqlalchemy import text
+
+    database = tmp_path / "gateway.db"
+    app = create_app({"TESTING": True, "FHIR_X12_DATABASE_URL": f"sqlite:///{database}"})
+    client = app.test_client()
+    try:
+        assert client.get("/readyz").status_code == 200
+        store = app.extensions["fhir_x12"]["service"].store
+        database.rename(tmp_path / "moved.db")
+        assert client.get("/readyz").status_code == 503   # the file is gone: its writes would go nowhere
+        (tmp_path / "moved.db").rename(database)
+        assert client.get("/readyz").status_code == 200
+        with store.engine.begin() as connection:
+            connection.execute(text("DROP TABLE eligibility_identifiers"))
+            connection.execute(text("DROP TABLE eligibility_transactions"))
+        response = client.get("/readyz")
+        assert response.status_code == 503 and response.json["status"] == "not ready"
+    finally:
+        app.extensions["fhir_x12"]["close"]()
+
+
+def test_a_store_failure_on_a_read_or_search_is_503_transient_not_a_500(tmp_path):
+    from sqlalchemy import text
+
+    app = create_app({"TESTING": True, "FHIR_X12_DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.db'}"})
+    client = app.test_client()
+    try:
+        with app.extensions["fhir_x12"]["service"].store.engine.begin() as connection:
+            connection.execute(text("DROP TABLE eligibility_identifiers"))
+            connection.execute(text("DROP TABLE eligibility_transactions"))
+        for response in (client.get("/CoverageEligibilityRequest?patient=Patient/p1"),
+                         client.get("/CoverageEligibilityRequest/abc"),
+                         client.get("/CoverageEligibilityResponse?request=CoverageEligibilityRequest/abc")):
+            assert response.status_code == 503, response.get_data(as_text=True)
+            assert response.json["issue"][0]["code"] == "transient"
+    finally:
+        app.extensions["fhir_x12"]["close"]()

@@ -51,7 +51,14 @@ def issue(response) -> dict:  # type: ignore[no-untyped-def]
 
 # -- open when unset ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value", [None, "", " , ,"])
+@pytest.mark.parametrize("value", [" , ,", ",", "   "])
+def test_set_to_no_token_at_all_is_a_configuration_error_not_an_open_api(value: str) -> None:
+    """"$UNSET," is a slip: only an unset or empty FHIR_X12_TOKENS runs without authentication."""
+    with pytest.raises(ConfigError, match="holds no token"):
+        make_app(value)
+
+
+@pytest.mark.parametrize("value", [None, ""])
 def test_open_when_unset_and_warns(value: str | None, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="gateway.api.auth"):
         app = make_app(value)

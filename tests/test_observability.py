@@ -209,3 +209,28 @@ def test_request_id_set_even_when_an_earlier_hook_answers(stream: io.StringIO) -
     [access] = access_lines(stream)
     assert access["request_id"] == response.headers["X-Request-ID"]
     assert access["status"] == 401 and access["duration_ms"] is not None
+
+
+@pytest.mark.parametrize("path, logged", [
+    ("/CoverageEligibilityRequest/_DELGADO-MARIA-19780514", "/CoverageEligibilityRequest/{id}"),   # a route's value
+    ("/CoverageEligibilityRequest/$ACM482193057", "/CoverageEligibilityRequest/{id}"),             # whatever its shape
+    ("/_delgado-maria", "/{x}"),                                                   # no route: not a FHIR keyword
+    ("/static/maria-delgado-1978-05-14", "/static/{filename}"),   # a plain Flask app has the route: named
+    ("/Coverage/_delgado/_history/2", "/Coverage/{id}/_history/{vid}"),
+])
+def test_access_line_never_quotes_a_value_that_looks_like_a_keyword(stream: io.StringIO, path: str,
+                                                                     logged: str) -> None:
+    app = make_app(stream)
+    app.test_client().get(path)
+    (line,) = access_lines(stream)
+    assert line["path"] == logged and logged in line["message"]
+
+
+def test_the_gateway_has_no_static_route(tmp_path) -> None:
+    from gateway.app import create_app
+
+    app = create_app({"TESTING": True, "FHIR_X12_DATABASE_URL": f"sqlite:///{tmp_path / 'g.db'}"})
+    try:
+        assert not [r for r in app.url_map.iter_rules() if r.endpoint == "static"]
+    finally:
+        app.extensions["fhir_x12"]["close"]()

@@ -92,6 +92,10 @@ class TokenSet:
                 raise ConfigError(f"{CONFIG_KEY}: entry {number} repeats the token of entry {seen[digest]}")
             seen[digest] = number
             entries.append(_Entry(digest, Client(f"token#{number}", read_only)))
+        if raw and not entries:
+            # set, but to commas or blanks ("$UNSET,"): a slip, not a wish for an open API; empty is the way to that
+            raise ConfigError(f"{CONFIG_KEY} is set but holds no token (only commas or blanks); leave it empty or "
+                              "unset to run without authentication")
         self._entries: tuple[_Entry, ...] = tuple(entries)
 
     @staticmethod

@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, unquote, urlencode
 
 import orjson
 from flask import Blueprint, Flask, Response, copy_current_request_context, current_app, g, request
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from gateway.mappings import mappings_dir
@@ -119,13 +120,9 @@ def _json_body() -> Any:
     if encoding != "identity":
         raise BadBody(outcome_response(415, "not-supported", f"Content-Encoding {encoding!r} is not accepted; send "
                                        "the body uncompressed"))
-    data = request.get_data(cache=False)
+    data = request.get_data(cache=False)   # a chunked body was read (and its size checked) by _read_chunked_body
     if data.startswith(b"\xef\xbb\xbf"):   # a UTF-8 byte order mark: allowed before JSON text (RFC 8259), not data
         data = data[3:]
-    limit = current_app.config.get("MAX_CONTENT_LENGTH")
-    if limit and request.content_length is None and len(data) >= limit:
-        # a chunked body (no Content-Length) is cut at the limit by the server, not refused: refuse it here
-        raise BadBody(outcome_response(413, "too-costly", f"the request body is larger than {limit} bytes"))
     if not data.strip():
         raise BadBody(fhir_response(operation_outcome("structure", "the request body is empty; expected a FHIR "
                                                       "resource in JSON", severity="fatal"), 400))
@@ -833,7 +830,36 @@ _HTTP_CODES = {400: "structure", 401: "login", 403: "forbidden", 404: "not-found
                406: "not-supported", 413: "too-costly", 415: "not-supported", 429: "throttled"}
 
 
+def _read_chunked_body() -> Response | None:
+    """A chunked body (no Content-Length) is read here, once, for every endpoint: the server cuts one at the size
+    limit instead of refusing it (413 here), and a malformed chunk is the client's error (400), not a 500. The
+    endpoints then read the cached bytes (``request.get_data``, ``request.form``)."""
+    if request.content_length is not None or request.method in ("GET", "HEAD", "OPTIONS", "DELETE") or \
+            "chunked" not in (request.headers.get("Transfer-Encoding") or "").lower():
+        return None
+    try:
+        data = request.get_data(cache=True)
+    except Exception as exc:   # gunicorn's InvalidChunkSize, a connection cut mid-body ...
+        log.info("a chunked request body could not be read: %s", type(exc).__name__)
+        return outcome_response(400, "structure", "the request body could not be read: its chunked transfer encoding "
+                                "is malformed or cut short")
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if limit and len(data) >= limit:
+        return outcome_response(413, "too-costly", f"the request body is larger than {limit} bytes")
+    return None
+
+
 def register_error_handlers(app: Flask) -> None:
+    # after the authentication hook (registered first): an unauthenticated body is never read
+    app.before_request(_read_chunked_body)
+
+    @app.errorhandler(SQLAlchemyError)
+    def store_error(exc: SQLAlchemyError):  # type: ignore[no-untyped-def]
+        # a read or search while the audit store is down (a dropped schema, a lost connection): the client may
+        # retry, as $submit's 503 says too; the type only in the log, the text may quote bound values
+        log.error("the audit store failed: %s", type(exc).__name__)
+        return outcome_response(503, "transient", "the audit store is unavailable; retry later")
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
         status = exc.code or 500

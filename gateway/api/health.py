@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
-from sqlalchemy import text
 
 health = Blueprint("health", __name__)
 
@@ -25,8 +24,7 @@ def readyz():  # type: ignore[no-untyped-def]
     gateway = current_app.extensions.get("fhir_x12")
     if gateway is not None:
         try:
-            with gateway["service"].store.engine.connect() as connection:
-                connection.execute(text("select 1"))
+            gateway["service"].store.check()
         except Exception as exc:   # not ready: say which dependency, not the connection string
             return jsonify(status="not ready", store=type(exc).__name__), 503
     return jsonify(status="ready")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -52,6 +53,9 @@ class AuditStore:
         backend = make_url(url).get_backend_name()
         kwargs: dict[str, Any] = {}
         memory = is_memory_sqlite(url)
+        database = make_url(url).database or ""
+        self._sqlite_file = Path(database).expanduser() if backend == "sqlite" and not memory and database and \
+            not database.startswith("file:") else None
         if backend == "sqlite":
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
             if memory:
@@ -79,6 +83,14 @@ class AuditStore:
         if memory:
             upgrade_engine(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def check(self) -> None:
+        """Raise when the store cannot serve requests: its table must answer (a dropped schema still connects), and
+        a SQLite file must still be where it was opened (deleted, its writes go to an inode no one will read)."""
+        if self._sqlite_file is not None and not self._sqlite_file.exists():
+            raise StoreError("the SQLite database file is gone")
+        with self.engine.connect() as connection:
+            connection.execute(select(_RECORDS.c.id).limit(1))
 
     def close(self) -> None:
         if self.checkpointer is not None:

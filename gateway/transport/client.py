@@ -255,6 +255,7 @@ class CircuitBreaker:
     failures: int
     reset_seconds: float
     clock: Callable[[], float] = time.monotonic
+    name: str = ""   # whose breaker, for the log: the payer id, or "*" for the payers the override URL serves
     state: str = "closed"
     consecutive: int = 0
     opened_at: float = 0.0
@@ -284,7 +285,8 @@ class CircuitBreaker:
             self.consecutive += 1
             if self.state == "half-open" or self.consecutive >= self.failures:
                 if self.state != "open":
-                    log.warning("circuit breaker opened after %d consecutive failures", self.consecutive)
+                    log.warning("circuit breaker of payer %s opened after %d consecutive failures",
+                                self.name or "?", self.consecutive)
                 self.state, self.opened_at, self._trial = "open", self.clock(), False
 
     def released(self) -> None:
@@ -402,7 +404,7 @@ class PayerClient:
         with self._lock:
             breaker = self._breakers.get(_key(route))
             if breaker is None:
-                breaker = CircuitBreaker(route.breaker_failures, route.breaker_reset, self.clock)
+                breaker = CircuitBreaker(route.breaker_failures, route.breaker_reset, self.clock, _key(route))
                 self._breakers[_key(route)] = breaker
             return breaker
 

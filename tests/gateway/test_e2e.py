@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import socket
 import time
 from decimal import Decimal
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 import requests
 
 from gateway.fhir.rules import check_response
-from tests.conftest import ISSUE_TYPES
+from tests.conftest import FIXTURES, ISSUE_TYPES
 from tests.gateway.conftest import READ_TOKEN, Gateway, fhir_request, member, routing_table, with_member_id
 
 CER = "CoverageEligibilityRequest"
@@ -558,6 +559,30 @@ def test_oversized_body(make_gateway):
     chunked = requests.post(f"{gateway.url}/{CER}/$submit", data=(body[i:i + 500] for i in range(0, len(body), 500)),
                             headers={"Content-Type": FHIR_JSON, **gateway.session.headers}, timeout=30)
     outcome_issue(chunked, 413, "too-costly")   # no Content-Length: refused all the same, not cut short
+    # every endpoint that reads a body, not only the FHIR JSON ones: these were cut at the limit and answered
+    x12 = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_bytes() + b" " * 4096
+    validated = requests.post(f"{gateway.url}/x12/$validate", data=(x12[i:i + 500] for i in range(0, len(x12), 500)),
+                              headers=dict(gateway.session.headers), timeout=30)
+    outcome_issue(validated, 413, "too-costly")
+    form = b"patient=x&" + b"y" * 4096 + b"=1&_count=1"
+    searched = requests.post(f"{gateway.url}/{CER}/_search", data=(form[i:i + 500] for i in range(0, len(form), 500)),
+                             headers={"Content-Type": "application/x-www-form-urlencoded", **gateway.session.headers},
+                             timeout=30)
+    outcome_issue(searched, 413, "too-costly")
+
+
+def test_a_malformed_chunked_body_is_400_not_500(gateway: Gateway):
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST /{CER}/$submit HTTP/1.1\r\nHost: {host}\r\nContent-Type: {FHIR_JSON}\r\n"
+                     f"Authorization: {gateway.session.headers['Authorization']}\r\nTransfer-Encoding: chunked\r\n"
+                     "Connection: close\r\n\r\nZZ-not-a-size\r\n{}\r\n0\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert b" 400 " in status_line, answer[:500]
+    assert b'"structure"' in rest
 
 
 def test_tokens(gateway: Gateway):

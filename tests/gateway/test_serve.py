@@ -113,6 +113,10 @@ def test_served_gateway_and_simulator(tmp_path: Path, database_url: str, worker_
             statuses = list(pool.map(lambda _: session.post(f"{gateway_url}/CoverageEligibilityRequest/$submit",
                                                             data=body, timeout=30).status_code, range(24)))
         assert statuses == [200] * 24
+        # a request gunicorn cannot parse: its own log line says what was wrong, never the request line it quoted
+        with socket.create_connection(("127.0.0.1", gateway_port), timeout=10) as sock:
+            sock.sendall(b"GET /CoverageEligibilityRequest?patient=DELGADO MARIA 19780514 HTTP/1.1\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 400")
         # 26 eligibility requests answered, by either worker: every scrape, whichever worker answers it, counts all
         for _ in range(8):
             scraped = requests.get(f"{gateway_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
@@ -129,6 +133,11 @@ def test_served_gateway_and_simulator(tmp_path: Path, database_url: str, worker_
         while len(worker_pids(shared, gateway.pid)) < 2:   # each worker writes files of its own there
             assert time.monotonic() < deadline, sorted(path.name for path in shared.iterdir())
             time.sleep(0.2)
+    logged = (tmp_path / "gateway.log").read_text()
+    assert "Invalid request from" in logged and "DELGADO" not in logged and "19780514" not in logged
+    for line in logged.splitlines():   # gunicorn's lines too: JSON like the gateway's
+        if line.strip() and not line.startswith("fhir-x12: "):
+            assert json.loads(line)["level"], line
     if operator_dir:   # the operator's directory and its files are left alone
         assert list(metrics_dir.glob("counter_*.db"))
     else:              # the gateway's own is removed when it stops
