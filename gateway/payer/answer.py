@@ -10,7 +10,7 @@ coinsurance, and prior-authorisation rules with a 2120 utilization-management en
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from gateway.x12.model import Delimiters, Loop, Segment, Transaction
@@ -33,6 +33,7 @@ class Inquiry:
     provider: list[str]
     payer: list[str]
     eq_count: int = 0
+    today: date | None = None   # when the inquiry was answered: the inquiry period runs from it
 
 
 @dataclass
@@ -94,8 +95,8 @@ def _inquiry(subscriber: Loop, dependent: Loop | None, payer: Segment | None, pr
     for loop in [lp for lp in (patient_name,) if lp is not None]:
         dtp = loop.segment("DTP")
         if dtp is not None and dtp.get(1) == "291" and len(dtp.get(3)) >= 8 and dtp.get(3)[:8].isdigit():
-            d = dtp.get(3)[:8]
-            service_date = date(int(d[:4]), int(d[4:6]), int(d[6:]))
+            # an impossible date (20250230) is the 999's to report; unchecked (structure-only validation), today
+            service_date = _parse_date(dtp.get(3)[:8]) or today
         for inquiry in loop.loops:
             for eq in inquiry.segments_of("EQ"):
                 eq_count += 1
@@ -105,7 +106,7 @@ def _inquiry(subscriber: Loop, dependent: Loop | None, payer: Segment | None, pr
                     procedures.append((comps[0], comps[1] if len(comps) > 1 else ""))
     return Inquiry(sub, dep, traces, service_date, service_types, procedures,
                    provider.parts if provider is not None else [], payer.parts if payer is not None else [],
-                   eq_count)
+                   eq_count, today)
 
 
 def _parse_date(value: str | None) -> date | None:
@@ -158,6 +159,9 @@ def find_member(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: di
         rejects.append("birth_date")
     if rejects:
         return record, None, list(dict.fromkeys(rejects))
+    period = _outside_inquiry_period(inquiry, config)
+    if period:
+        return record, None, [period]
     if dependent_by_id is not None:
         return record, dependent_by_id, []
     if inquiry.dependent is None:
@@ -171,6 +175,23 @@ def find_member(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: di
     if not exact:
         return record, None, ["dependent_birth_date"]
     return record, exact[0], []
+
+
+def _outside_inquiry_period(inquiry: Inquiry, config: dict[str, Any]) -> str | None:
+    """``date_in_future`` (AAA 63) for a service date after the end of the month ``months_ahead`` from today,
+    ``date_not_in_period`` (AAA 62) for one more than ``months_back`` before today; None inside the period."""
+    period, today = config.get("inquiry_period"), inquiry.today
+    if not period or today is None:
+        return None
+    ahead = today.month - 1 + int(period.get("months_ahead", 0)) + 1   # months since year 0 of the month after
+    last_day = date(today.year + ahead // 12, ahead % 12 + 1, 1) - timedelta(days=1)
+    if inquiry.service_date > last_day:
+        return "date_in_future"
+    back = today.year * 12 + today.month - 1 - int(period.get("months_back", 24))
+    first_day = date(back // 12, back % 12 + 1, 1)
+    if inquiry.service_date < first_day:
+        return "date_not_in_period"
+    return None
 
 
 def _category(coverage: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:

@@ -263,8 +263,7 @@ def _answer_x12(data: bytes) -> tuple[str, int]:
             t.set_id != "270" for t in report.transactions):
         findings = list(report.findings)
         if fault == "reject-999":
-            findings += [Finding("SIM-999", "scripted rejection", level="transaction", ack_code="5",
-                                 transaction=t.control_number, transaction_set=t.set_id) for t in report.transactions]
+            findings += [f for t in report.transactions for f in _scripted_rejection(t)]
         return build_999(report.transactions, findings, control_number=control, now=now), 200
     members = _store().by_member_id()
     text = answer_interchange(report.transactions, members, config, now=now, control_number=control,
@@ -276,6 +275,23 @@ def _answer_x12(data: bytes) -> tuple[str, int]:
     if fault == "bad-count":   # readable, but the trailer miscounts: a defect the gateway must pass on, not hide
         text = re.sub(r"SE\*(\d+)\*", lambda m: f"SE*{int(m.group(1)) + 1}*", text, count=1)
     return text, 200
+
+
+def _scripted_rejection(txn: Any) -> list[Any]:
+    """The ``reject-999`` fault as a payer's 999 reads: the subscriber's member id (2100C NM109) fails the payer's
+    id pattern (IK3 code 8 with IK4 I12), so IK5's code 5 (segments in error) has the segment it speaks of."""
+    from gateway.x12.model import Finding
+
+    where = {"transaction": txn.control_number, "transaction_set": txn.set_id, "loop": "2100C", "segment": "NM1"}
+    for loop, seg in txn.root.walk():
+        if loop.id == "2100C" and seg.id == "NM1":
+            return [Finding("SIM-999", "scripted rejection: the subscriber's segment has an element in error",
+                            level="segment", ack_code="8", position=seg.position, **where),
+                    Finding("SIM-999", "scripted rejection: the member id does not match the payer's pattern",
+                            level="element", ack_code="I12", position=seg.position, element="NM109",
+                            data_element="67", value=seg.get(9), **where)]
+    return [Finding("SIM-999", "scripted rejection", level="transaction", ack_code="5",
+                    transaction=txn.control_number, transaction_set=txn.set_id)]
 
 
 def _core_reply(env: Any, text: str, status: int) -> tuple[Any, int]:

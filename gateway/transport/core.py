@@ -37,6 +37,7 @@ import email.parser
 import email.policy
 import email.utils
 import hmac
+import re
 import secrets
 import uuid
 from collections.abc import Collection, Mapping
@@ -79,6 +80,8 @@ RECEIVER_ID_REQUIRED = "ReceiverIDRequired"
 CORE_RULE_VERSION_REQUIRED = "CORERuleVersionRequired"
 PAYLOAD_REQUIRED = "PayloadRequired"
 PROCESSING_MODE_ILLEGAL = "ProcessingModeIllegal"
+PAYLOAD_ID_ILLEGAL = "PayloadIDIllegal"
+TIMESTAMP_ILLEGAL = "TimeStampIllegal"
 CORE_RULE_VERSION_NOT_SUPPORTED = "CORERuleVersionNotSupported"
 PAYLOAD_TYPE_NOT_SUPPORTED = "PayloadTypeNotSupported"
 ENVELOPE_PARSING_ERROR = "EnvelopeParsingError"
@@ -258,7 +261,33 @@ def _request_from_fields(values: Mapping[str, str | None], username: str | None,
         raise
     _check_required(values, partial)
     _check_values(partial, payload_types)
+    _check_request_formats(partial)
     return CoreEnvelope(**{**partial.__dict__, "username": username, "password": password})
+
+
+# xs:dateTime: date, time, optional fraction, optional zone (the rule's TimeStamp type)
+_XS_DATETIME = re.compile(r"-?\d{4,}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})?")
+
+
+def _check_request_formats(env: CoreEnvelope) -> None:
+    """A request's PayloadID is a UUID (RFC 4122) and its TimeStamp an xs:dateTime, as the rule types them. Checked
+    on requests only, which is where a payer (the simulator) answers for them; the gateway reads a payer's
+    response leniently."""
+    try:
+        uuid.UUID((env.payload_id or "").strip())
+    except ValueError:
+        raise CoreEnvelopeError(PAYLOAD_ID_ILLEGAL, f"PayloadID {_short(env.payload_id)!r} is not a UUID",
+                                envelope=env) from None
+    stamp = (env.timestamp or "").strip()
+    valid = _XS_DATETIME.fullmatch(stamp) is not None
+    if valid:
+        try:
+            datetime.fromisoformat(stamp.replace("Z", "+00:00").lstrip("-"))
+        except ValueError:
+            valid = False
+    if not valid:
+        raise CoreEnvelopeError(TIMESTAMP_ILLEGAL, f"TimeStamp {_short(stamp)!r} is not an XML Schema dateTime "
+                                "(2025-03-10T09:30:00Z)", envelope=env)
 
 
 def _response_from_fields(values: Mapping[str, str | None], payload_types: Collection[str]) -> CoreEnvelope:

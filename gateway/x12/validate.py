@@ -222,10 +222,31 @@ class _Collector(pyx12.error_visitor.error_visitor):
                 component=int(node.subele_pos or 0), value=value or ""))
 
 
+class _WholeSegmentReads(io.StringIO):
+    """pyx12 reads 8 kB at a time and, when one more read still holds no segment terminator, stops as if the
+    interchange had ended: a segment over 16 kB (a 16,000-character name) ended the validation there, silently,
+    and everything after it passed. Here a read goes on to the next terminator."""
+
+    def __init__(self, text: str, terminator: str) -> None:
+        super().__init__(text)
+        self.terminator = terminator
+
+    def read(self, size: int | None = -1) -> str:
+        chunk = super().read(size)
+        if size is None or size < 0 or not chunk or not self.terminator or self.terminator in chunk:
+            return chunk
+        pieces = [chunk]
+        while piece := super().read(size):
+            pieces.append(piece)
+            if self.terminator in piece:
+                break
+        return "".join(pieces)
+
+
 def _run_pyx12(engine: _Pyx12, text: str, extras: dict[tuple[int, int, int], list[str]]) -> list[Finding]:
     """The x12n_document walk, with cached maps and repetition checks, collecting Findings."""
     errh = pyx12.error_handler.err_handler()
-    src = pyx12.x12file.X12Reader(io.StringIO(text))
+    src = pyx12.x12file.X12Reader(_WholeSegmentReads(text, text[105:106]))
     control_map = engine.load("x12.control.00501.xml")
     node = control_map.getnodebypath("/ISA_LOOP/ISA")
     walker = walk_tree()

@@ -152,3 +152,18 @@ def test_several_270_sets_are_answered_in_one_interchange_with_one_271_set_each(
     assert "GE*2*7~" in text
     assert ["GW-MT-0014A", "GW-MT-0014B"] == [t.root.segment("BHT").get(3) for t in answered.transactions]
     assert validate_x12(text).valid
+
+
+@pytest.mark.parametrize("service_date, code", [("20990101", "63"), ("19900101", "62"), ("20250310", None),
+                                                ("20250331", None)])
+def test_a_service_date_outside_the_inquiry_period_gets_aaa_62_or_63(service_date: str, code: str | None):
+    """X279A1 2100C AAA 62 (not within the inquiry period) / 63 (in the future), not benefits for any date."""
+    text = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    assert "DTP*291*D8*20250310~" in text
+    txn = read_x12(text.replace("DTP*291*D8*20250310~", f"DTP*291*D8*{service_date}~")).transactions[0]
+    answered = answer_270(txn, {DELGADO["memberid"]: DELGADO}, CONFIG, now=NOW, control_number=5)
+    if code is None:
+        assert "AAA*" not in answered and "EB*1**30" in answered
+    else:
+        assert f"AAA*N**{code}*C~" in answered and "EB*" not in answered
+        assert validate_x12(answered).valid

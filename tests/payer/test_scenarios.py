@@ -55,7 +55,9 @@ def test_aaa_42_malformed_999_ta1_and_wrong_trace(server):  # noqa: F811
     assert "AAA*Y**42*R" in text and "EB*" not in text
     assert read_x12(text).transactions[0].set_id == "271"
     assert post(base, with_member(REQUEST, "SIMBAD271006")).text.startswith("ISA*THIS IS NOT")
-    assert "IK5*R*5" in post(base, with_member(REQUEST, "SIMREJ999007")).text
+    rejected = post(base, with_member(REQUEST, "SIMREJ999007")).text
+    assert "IK5*R*5" in rejected   # segments in error: and the 999 says which (was an IK5 with nothing behind it)
+    assert "IK3*NM1*" in rejected and "*8~" in rejected and "IK4*9*67*I12*SIMREJ999007~" in rejected
     assert "TA1*" in post(base, with_member(REQUEST, "SIMTA1000008")).text
     wrong = post(base, with_member(REQUEST, "SIMTRACE0009")).text
     assert "TRN*2*XGW-SG-0001-1" in wrong

@@ -318,6 +318,9 @@ def test_error_response_is_returned_not_raised() -> None:
     ({"core_rule_version": "2.1.0"}, "CORERuleVersionNotSupported"),
     ({"payload_type": PAYLOAD_271}, "PayloadTypeNotSupported"),
     ({"payload_type": "X12_276_Request_005010X212"}, "PayloadTypeNotSupported"),
+    ({"payload_id": "not-a-uuid"}, "PayloadIDIllegal"),              # the rule's PayloadID is a UUID
+    ({"timestamp": "yesterday"}, "TimeStampIllegal"),                 # and its TimeStamp an xs:dateTime
+    ({"timestamp": "2025-02-30T10:00:00Z"}, "TimeStampIllegal"),
 ])
 def test_request_values(change: dict[str, str], code: str) -> None:
     env = request(**change)
@@ -326,6 +329,11 @@ def test_request_values(change: dict[str, str], code: str) -> None:
         with pytest.raises(CoreEnvelopeError) as excinfo:
             parse()
         assert code_of(excinfo) == code
+
+
+@pytest.mark.parametrize("stamp", ["2025-03-10T09:30:00Z", "2025-03-10T09:30:00.25+01:00", "2025-03-10T09:30:00"])
+def test_request_timestamps_in_any_xs_datetime_form_are_read(stamp: str) -> None:
+    assert parse_soap_request(build_soap_request(request(timestamp=stamp))).timestamp == stamp
 
 
 @pytest.mark.parametrize(("change", "code"), [

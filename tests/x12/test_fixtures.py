@@ -93,3 +93,22 @@ def test_acknowledgments_pass_pyx12s_own_999_map():
         ack = build_999(report.transactions, report.findings, control_number=7, now=NOW)
         ok = pyx12.x12n_document.x12n_document(pyx12.params.params(), io.StringIO(ack), io.StringIO(), None)
         assert ok, (path.name, ack)
+
+
+@pytest.mark.parametrize("length", [61, 16_074, 20_000, 70_000])
+def test_an_overlong_element_is_found_however_long_the_segment(length: int) -> None:
+    """pyx12 read 8 kB at a time and took a segment over ~16 kB for the end of the file: the rest went unchecked
+    and a 16,075-character NM103 was "valid"."""
+    text = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    report = validate_x12(text.replace("NM1*IL*1*DELGADO*", "NM1*IL*1*" + "A" * length + "*").encode())
+    assert not report.valid
+    assert [(f.element, f.ack_code) for f in report.findings] == [("NM103", "5")]
+
+
+def test_a_999_for_a_group_level_error_keeps_ik5_for_the_sets_own_errors() -> None:
+    """GS01 HC on a 270: the group is rejected (AK9 R with code 1 and no accepted set); the set itself has no
+    error, and an IK5 R would need an IK502 code it does not have."""
+    data = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_bytes().replace(b"GS*HS*", b"GS*HC*")
+    report = validate_x12(data)
+    ack = build_999(report.transactions, report.findings, control_number=5, now=datetime(2025, 1, 1))
+    assert "IK5*A~" in ack and "AK9*R*1*1*0*1~" in ack
