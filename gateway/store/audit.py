@@ -8,6 +8,7 @@ Nothing here logs: the rows hold protected health information.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,8 +16,8 @@ from typing import Any
 
 import orjson
 from sqlalchemy import bindparam, create_engine, delete, event, func, select
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -28,6 +29,8 @@ from gateway.store.search import REQUEST_PARAMS, RESPONSE_PARAMS, build, fhir_da
 
 RESPONSE_TYPE = "CoverageEligibilityResponse"
 PURGE_BATCH = 500
+BUSY_TIMEOUT_SECONDS = 30   # how long a SQLite connection waits for a lock before it gives up
+_WRITES = "fhir_x12_writes"   # execution option of the connections that write (see _sqlite_begin)
 _RECORDS = EligibilityRecord.__table__
 _IDENTIFIERS = RecordIdentifier.__table__
 # built once: statement construction, not SQLite, was most of an answer's write
@@ -57,7 +60,7 @@ class AuditStore:
         self._sqlite_file = Path(database).expanduser() if backend == "sqlite" and not memory and database and \
             not database.startswith("file:") else None
         if backend == "sqlite":
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": BUSY_TIMEOUT_SECONDS}
             if memory:
                 kwargs["poolclass"] = StaticPool  # one shared connection, or every thread sees its own database
             else:
@@ -76,13 +79,21 @@ class AuditStore:
         if backend == "sqlite":
             background = background_checkpoints and not memory
             event.listen(self.engine, "connect", _sqlite_pragmas(memory, SAFETY_FRAMES if background else None))
+            if not memory:
+                event.listen(self.engine, "begin", _sqlite_begin)
             if background:
                 args, options = self.engine.dialect.create_connect_args(self.engine.url)
                 options = {**options, "check_same_thread": False, "isolation_level": None}
                 self.checkpointer = Checkpointer(lambda: sqlite3.connect(*args, **options))
         if memory:
             upgrade_engine(self.engine)
+        elif backend == "sqlite":
+            with self.engine.connect():   # WAL from the start: set later, it could meet another process's lock
+                pass
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # the connections that write: on a SQLite file they take the write lock up front, waiting without
+        # blocking the worker (see _sqlite_begin); elsewhere the option means nothing
+        self._writer = self.engine.execution_options(**{_WRITES: True})
 
     def check(self) -> None:
         """Raise when the store cannot serve requests: its table must answer (a dropped schema still connects), and
@@ -122,7 +133,7 @@ class AuditStore:
             x12_request=x12_request, sent_at=sent_at if x12_request is not None else None,
         )
         try:
-            with self.engine.begin() as connection:   # Core, not the ORM unit of work: a third of the time
+            with self._writer.begin() as connection:   # Core, not the ORM unit of work: a third of the time
                 connection.execute(_RECORDS.insert(), row)
                 if identifiers:
                     connection.execute(_IDENTIFIERS.insert(), [
@@ -136,7 +147,7 @@ class AuditStore:
     def record_sent(self, id: str, x12_request: str, sent_at: datetime) -> None:
         """The 270 is going to the payer: only a transaction still ``received`` (one the client cancelled meanwhile,
         in any process, raises :class:`RecordStateError` and must not be sent)."""
-        with self.engine.begin() as connection:
+        with self._writer.begin() as connection:
             done = connection.execute(_RECORDS.update().where(_RECORDS.c.id == id, _RECORDS.c.status == "received")
                                       .values(x12_request=x12_request, sent_at=sent_at, status="sent"))
             if done.rowcount == 0:
@@ -149,7 +160,7 @@ class AuditStore:
         """Cancel a transaction that has not been sent: it becomes ``cancelled`` with ``outcome`` (an
         OperationOutcome) as its error. Returns ``"cancelled"``, or the status that stopped it (``sent``,
         ``answered`` ...: nothing changes), or None for an unknown id. Atomic against ``record_sent``."""
-        with self.engine.begin() as connection:
+        with self._writer.begin() as connection:
             found = connection.execute(select(_RECORDS.c.status, _RECORDS.c.received_at, _RECORDS.c.request)
                                        .where(_RECORDS.c.id == id)).first()
             if found is None:
@@ -177,7 +188,7 @@ class AuditStore:
         if is_response:   # without a created of its own: when it came, an instant
             created = fhir_datetime_bounds(response.get("created")) or (answered_at, answered_at)
         try:
-            with self.engine.begin() as connection:
+            with self._writer.begin() as connection:
                 found = connection.execute(_ANSWER_LOOKUP, {"rid": id}).first()
                 if found is None:
                     raise UnknownRecordError(id)
@@ -218,7 +229,7 @@ class AuditStore:
                 return connection.execute(select(func.count()).select_from(_RECORDS).where(old)).scalar_one()
         purged = 0
         while True:
-            with self.engine.begin() as connection:
+            with self._writer.begin() as connection:
                 ids = list(connection.execute(select(_RECORDS.c.id).where(old).order_by(_RECORDS.c.received_at)
                                               .limit(batch)).scalars())
                 if not ids:
@@ -285,13 +296,50 @@ class AuditStore:
         return record
 
 
+def _sqlite_begin(connection: Connection) -> None:
+    """Begin a transaction on a SQLite file: ``BEGIN IMMEDIATE`` for a writer, waited for cooperatively.
+
+    SQLite's own wait for the write lock (its busy handler) sleeps in C, 1, 2, 5, 10 ... ms at a time: under a
+    gevent worker nothing else runs meanwhile, so every request in flight in that process stalled while another
+    process committed (under load each worker spent about a fifth of its time so; the tail of the gateway's
+    latency). The lock is taken at BEGIN instead, with the busy handler off, and while another process holds
+    it this thread sleeps in Python (``time.sleep``: a greenlet switch under gevent, the GIL released under
+    threads), 0.2 ms doubling to 4 ms, up to the connection's usual timeout. Readers begin a plain (deferred)
+    transaction: in WAL mode they never wait for a writer."""
+    raw = connection.connection.dbapi_connection
+    if not connection.get_execution_options().get(_WRITES):
+        raw.execute("BEGIN")
+        return
+    raw.execute("PRAGMA busy_timeout=0")
+    try:
+        delay, deadline = 0.0002, time.monotonic() + BUSY_TIMEOUT_SECONDS
+        while True:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = (exc.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+                if not busy or time.monotonic() + delay > deadline:
+                    raise OperationalError("BEGIN IMMEDIATE", None, exc) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.004)
+    finally:
+        raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_SECONDS * 1000}")
+
+
 def _sqlite_pragmas(memory: bool, autocheckpoint: int | None) -> Any:
     def connect(dbapi_connection: Any, _record: Any) -> None:
+        if not memory:   # no implicit BEGIN from the driver: _sqlite_begin begins every transaction
+            dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("PRAGMA foreign_keys=ON")
             if not memory:
-                cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+                # readers do not block the writer. Switching needs an exclusive lock (and fails at once while
+                # another process writes), so only when the file is not in WAL mode yet: the store's first
+                # connection, made when it opens (below)
+                if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    cursor.execute("PRAGMA journal_mode=WAL")
                 # in WAL mode NORMAL still survives a crash of the process (the gateway's concern: a
                 # request stored before the payer call stays stored); only a power cut may lose the
                 # last commits, and it saves an fsync per commit (three per transaction)

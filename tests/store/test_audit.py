@@ -586,3 +586,56 @@ def test_date_precision_gives_the_range(value: str, first: str, last: str):
 def test_values_that_are_no_date_raise_value_error(value: str):
     with pytest.raises(ValueError):
         parse_datetime_range(value)
+
+
+# -- waiting for another process's write lock (SQLite file) --------------------------------------------------
+
+def _hold_write_lock(path: Path) -> Any:
+    import sqlite3
+
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")   # another process committing, as far as this store can tell
+    return other
+
+
+def test_a_writer_waits_for_another_process_in_python_sleeps_not_in_sqlite(tmp_path: Path, monkeypatch):
+    """SQLite's busy handler sleeps in C, which under a gevent worker stalls every request of the process: the
+    wait is ``time.sleep`` (a greenlet switch under gevent) and the write goes through once the lock is free."""
+    import gateway.store.audit as audit
+
+    path = tmp_path / "audit.db"
+    with AuditStore(f"sqlite:///{path}") as store:
+        other = _hold_write_lock(path)
+        slept: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            slept.append(seconds)
+            if len(slept) == 3:
+                other.execute("COMMIT")   # the other process is done
+
+        monkeypatch.setattr(audit.time, "sleep", sleep)
+        store.record_request("gw-1", SEED[0]["request"], None, "60054", "TRN1", datetime(2025, 3, 10, tzinfo=UTC))
+        assert slept == [0.0002, 0.0004, 0.0008]   # backing off
+        assert store.record("gw-1").status == "received"
+        other.close()
+
+
+def test_readers_do_not_wait_for_a_writer_and_a_lock_held_too_long_is_a_store_error(tmp_path: Path, monkeypatch):
+    import gateway.store.audit as audit
+    from sqlalchemy.exc import OperationalError
+
+    path = tmp_path / "audit.db"
+    with AuditStore(f"sqlite:///{path}") as store:
+        store.record_request("gw-1", SEED[0]["request"], None, "60054", "TRN1", datetime(2025, 3, 10, tzinfo=UTC))
+        other = _hold_write_lock(path)
+        try:
+            assert store.get_request("gw-1")["resourceType"] == "CoverageEligibilityRequest"   # WAL: no wait
+            assert store.search_requests({}, 10, 0)[1] == 1
+            monkeypatch.setattr(audit, "BUSY_TIMEOUT_SECONDS", 0.05)
+            with pytest.raises(OperationalError):   # an SQLAlchemyError: the service answers 503
+                store.record_sent("gw-1", "ISA*...", datetime(2025, 3, 10, tzinfo=UTC))
+        finally:
+            other.close()
+        assert store.record("gw-1").status == "received"
+        store.record_sent("gw-1", "ISA*...", datetime(2025, 3, 10, tzinfo=UTC))   # and the connection is usable
+        assert store.record("gw-1").status == "sent"
