@@ -239,7 +239,8 @@ def _warnings(path: Path) -> Counter[str]:
         except ValueError:
             record = None
         if isinstance(record, dict):
-            found[f"{record.get('level', '?')} {record.get('logger', '?')}: {record.get('message', '')}"[:200]] += 1
+            if record.get("level") not in ("INFO", "DEBUG"):   # gunicorn's own lines are JSON too, at INFO
+                found[f"{record.get('level', '?')} {record.get('logger', '?')}: {record.get('message', '')}"[:200]] += 1
             continue
         server = _GUNICORN_LINE.match(line)   # gunicorn's own: "[time] [pid] [LEVEL] message"
         if server:

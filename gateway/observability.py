@@ -147,7 +147,8 @@ def json_formatter() -> JsonFormatter:
                          rename_fields={"levelname": "level", "name": "logger"})
 
 
-def _level(value: Any) -> int:
+def log_level(value: Any) -> int:
+    """A level number from a name or number (``FHIR_X12_LOG_LEVEL``); :class:`ConfigError` for anything else."""
     if value is None or value == "":
         return logging.INFO
     if isinstance(value, int) and not isinstance(value, bool):
@@ -201,7 +202,7 @@ def configure_logging(level: Any = None, stream: IO[str] | None = None) -> JsonL
         logger.addHandler(handler)
     elif stream is not None:
         handler.use_stream(stream)
-    logger.setLevel(_level(level))
+    logger.setLevel(log_level(level))
     return handler
 
 

@@ -38,10 +38,16 @@ class PrivateLogger(Logger):  # type: ignore[misc]
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
-        from gateway.observability import json_formatter
+        from gateway.errors import ConfigError
+        from gateway.observability import LEVEL_KEY, json_formatter, log_level
 
         for handler in self.error_log.handlers:
             handler.setFormatter(json_formatter())
+        if os.environ.get(LEVEL_KEY):   # one level for all of the server's lines (the app checks the value)
+            try:
+                self.error_log.setLevel(log_level(os.environ[LEVEL_KEY]))
+            except ConfigError:
+                pass
 
     def warning(self, msg: Any, *args: Any, **kwargs: Any) -> None:
         super().warning(_without_request_text(msg), *args, **kwargs)
