@@ -343,6 +343,9 @@ class EligibilityService:
         self._answer(prepared.id, payload, None, kind, [], status, body, sent=not never_sent)
         if self.metrics is not None:
             self.metrics.observe_eligibility(prepared.built.payer_id, kind)
+            if not never_sent and exc.elapsed is not None:   # a payer timing out must show in its latency too
+                route = self.routes.route(prepared.built.payer_id)
+                self.metrics.observe_payer(route.payer_id, route.transport, exc.elapsed)
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else {}
         return Result(status, body, prepared.id, payer_id=prepared.built.payer_id, outcome=kind, headers=headers)
 

@@ -344,7 +344,10 @@ def answer(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[st
     seg(("HL", [str(sub_hl), str(hl + 1), "22", "1" if inquiry.dependent is not None else "0"]))
     traces = [["2", *t[1:]] for t in inquiry.traces if t and t[0] == "1"]
     sub = inquiry.subscriber
-    if inquiry.dependent is None or not patient_is_dependent:
+    subscriber_rejects = [k for k in rejects if reject[k]["loop"] == "2100C"]
+    # the traces go where the patient is answered: 2000D when a dependent was asked about and is answered (found,
+    # or not found with its AAA there), else 2000C; never in both
+    if not (inquiry.dependent is not None and not subscriber_rejects and (patient_is_dependent or dependent is None)):
         for t in traces:
             seg(("TRN", t))
     person = dependent if (dependent is not None and not patient_is_dependent) else record
@@ -354,7 +357,6 @@ def answer(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[st
     else:
         seg(("NM1", ["IL", "1", sub.get("last", ""), sub.get("first", ""), "", "", "",
                      "MI" if sub.get("id") else "", sub.get("id", "")]))
-    subscriber_rejects = [k for k in rejects if reject[k]["loop"] == "2100C"]
     for key in subscriber_rejects:
         seg(("AAA", ["N", "", reject[key]["code"], reject[key]["follow_up"]]))
     if person is not None and person.get("dob") and not subscriber_rejects:

@@ -110,6 +110,10 @@ def test_subscriber_found_patient_not_found_is_77_in_2100d():
     txn = read_x12(text).transactions[0]
     aaa = [(loop.id, s.parts) for loop, s in txn.root.walk() if s.id == "AAA"]
     assert aaa == [("2100D", ["AAA", "N", "", "77", "C"])]
+    # the traces are echoed where the patient is answered, 2000D, as when the dependent is found: not in both
+    assert {loop.id for loop, s in txn.root.walk() if s.id == "TRN"} == {"2000D"}
+    found = read_x12(answer_for("dependent-generic.270", {OKAFOR["memberid"]: OKAFOR})).transactions[0]
+    assert {loop.id for loop, s in found.root.walk() if s.id == "TRN"} == {"2000D"}
 
 
 def test_provider_not_on_file_and_invalid_birth_date():
