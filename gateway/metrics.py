@@ -108,7 +108,8 @@ class GatewayMetrics:
         self._aaa = BoundedLabel(None, limit=100, pattern=_AAA_CODE)
         self._route = BoundedLabel(None, limit=200)
         r = self.registry
-        self.payer_seconds = Histogram("fhir_x12_payer_seconds", "Payer round-trip latency: 270 sent to the answer read, or to the failure "
+        self.payer_seconds = Histogram("fhir_x12_payer_seconds",
+                                       "Payer round-trip latency: 270 sent to the answer read, or to the failure "
                                        "(a timeout at its limit, an error status, an acknowledgment)",
                                        ["payer", "transport"], buckets=PAYER_BUCKETS, registry=r)
         self.overhead_seconds = Histogram("fhir_x12_gateway_overhead_seconds",

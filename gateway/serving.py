@@ -38,7 +38,6 @@ class PrivateLogger(Logger):  # type: ignore[misc]
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
-        from gateway.errors import ConfigError
         from gateway.observability import LEVEL_KEY, json_formatter, log_level
 
         for handler in self.error_log.handlers:

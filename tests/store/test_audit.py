@@ -621,8 +621,9 @@ def test_a_writer_waits_for_another_process_in_python_sleeps_not_in_sqlite(tmp_p
 
 
 def test_readers_do_not_wait_for_a_writer_and_a_lock_held_too_long_is_a_store_error(tmp_path: Path, monkeypatch):
-    import gateway.store.audit as audit
     from sqlalchemy.exc import OperationalError
+
+    import gateway.store.audit as audit
 
     path = tmp_path / "audit.db"
     with AuditStore(f"sqlite:///{path}") as store:
