@@ -183,7 +183,7 @@ def _outside_inquiry_period(inquiry: Inquiry, config: dict[str, Any]) -> str | N
     period, today = config.get("inquiry_period"), inquiry.today
     if not period or today is None:
         return None
-    ahead = today.month - 1 + int(period.get("months_ahead", 0)) + 1   # months since year 0 of the month after
+    ahead = today.month + int(period.get("months_ahead", 0))   # the month after the last one, 0 = January this year
     last_day = date(today.year + ahead // 12, ahead % 12 + 1, 1) - timedelta(days=1)
     if inquiry.service_date > last_day:
         return "date_in_future"
