@@ -258,6 +258,9 @@ def _answer_x12(data: bytes) -> tuple[str, int]:
         if fault == "ta1":
             findings.append(Finding("SIM-TA1", "scripted interchange rejection", level="interchange", ack_code="024",
                                     interchange=isa.control_number if isa else ""))
+        # the TA1 answers the interchange in error (a second one, say), not the first one with "accepted"
+        rejected = {f.interchange for f in findings if f.level == "interchange" and f.severity == "error"}
+        isa = next((i for i in report.interchanges if i.control_number in rejected), isa)
         return build_ta1(isa, findings, control_number=control, now=now), 200
     if fault == "reject-999" or not report.valid or not report.transactions or any(
             t.set_id != "270" for t in report.transactions):

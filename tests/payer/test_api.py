@@ -245,3 +245,13 @@ def test_seed_loads_the_demo_members_once(tmp_path):
     assert first >= 12 and seed_members(app, FIXTURES / "members") == 0
     assert len(app.extensions["payer_store"].by_member_id()) == first
     app.extensions["payer_store"].close()
+
+
+def test_two_interchanges_the_second_in_error_get_a_ta1_rejecting_the_second(server):
+    base, _ = server
+    good = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    bad = good.replace("*000001001*", "*000001002*", 1).replace("IEA*1*000001001~", "IEA*1*000009999~")
+    assert bad != good
+    response = requests.post(f"{base}/x12", data=(good + bad).encode(), headers={"Content-Type": "application/edi-x12"},
+                             timeout=10)
+    assert "TA1*000001002*" in response.text and "*R*" in response.text   # was TA1*000001001*...*A*000
