@@ -11,6 +11,8 @@ from copy import deepcopy
 from datetime import date
 from typing import Any
 
+from gateway.payer.answer import PAYER_DELIMITERS
+
 CHILD_KEYS: dict[str, tuple[str, ...]] = {
     "coverages": ("covtypename",),
     "accumulators": ("accum_name", "coveragetype", "innetwork", "individualaccum"),
@@ -22,9 +24,9 @@ ACTIONS = {"n", "m", "d"}
 SPECIFIC_TYPES = {"deductible", "out-of-pocket", "visit-limit", "benefit-maximum"}
 _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
 _RANGE = re.compile(r"^(\d{4}-\d{2}-\d{2})/(\d{4}-\d{2}-\d{2})$|^(\d{8})-(\d{8})$")
-# the simulator's 271 delimiters (answer.PAYER_DELIMITERS) and control characters: a value holding one would reach the
-# 271 altered (the writer drops them), a URL or an id turned into another one
-_UNSENDABLE = re.compile(r"[*^>~\x00-\x1f\x7f]")
+# the simulator's 271 delimiters and control characters: a value holding one would reach the 271 altered (the
+# writer drops them), a URL or an id turned into another one
+_UNSENDABLE = re.compile("[" + re.escape("".join(sorted(PAYER_DELIMITERS.characters()))) + "\x00-\x1f\x7f]")
 # the largest amount an X12 R element (18 digits) carries with cents to spare; amounts are money, counts or percents
 _MAX_AMOUNT = 1e15
 

@@ -11,7 +11,6 @@ import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,7 +22,14 @@ from sqlalchemy.pool import StaticPool
 
 from gateway.store.checkpoint import SAFETY_FRAMES, Checkpointer
 from gateway.store.errors import DuplicateRecordError, RecordStateError, SearchError, StoreError, UnknownRecordError
-from gateway.store.migrate import ensure_sqlite_folder, is_memory_sqlite, normalize_url, upgrade, upgrade_engine
+from gateway.store.migrate import (
+    ensure_sqlite_folder,
+    is_memory_sqlite,
+    normalize_url,
+    sqlite_file,
+    upgrade,
+    upgrade_engine,
+)
 from gateway.store.models import EligibilityRecord, RecordIdentifier
 from gateway.store.search import REQUEST_PARAMS, RESPONSE_PARAMS, build, fhir_datetime_bounds
 
@@ -56,9 +62,7 @@ class AuditStore:
         backend = make_url(url).get_backend_name()
         kwargs: dict[str, Any] = {}
         memory = is_memory_sqlite(url)
-        database = make_url(url).database or ""
-        self._sqlite_file = Path(database).expanduser() if backend == "sqlite" and not memory and database and \
-            not database.startswith("file:") else None
+        self._sqlite_file = sqlite_file(url)
         if backend == "sqlite":
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": BUSY_TIMEOUT_SECONDS}
             if memory:

@@ -45,13 +45,20 @@ def is_memory_sqlite(url: str | URL) -> bool:
     return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
 
 
+def sqlite_file(url: str | URL) -> Path | None:
+    """The file of a SQLite URL; None for another backend, an in-memory database or a ``file:`` URI."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or is_memory_sqlite(parsed):
+        return None
+    database = parsed.database or ""
+    return None if database.startswith("file:") else Path(database).expanduser()
+
+
 def ensure_sqlite_folder(url: str | URL) -> None:
     """SQLite creates the file but not its folder."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and not is_memory_sqlite(parsed):
-        database = parsed.database or ""
-        if not database.startswith("file:"):
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def alembic_config(url: str) -> Config:

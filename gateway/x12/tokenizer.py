@@ -85,8 +85,10 @@ class TextStream:
             self.close()
 
 
+# the fixed widths of ISA01 ... ISA15 (ISA16 is one character)
+ISA_WIDTHS = (2, 10, 2, 10, 2, 15, 2, 15, 6, 4, 1, 5, 9, 1, 1)
 # where the 16 element separators of a fixed-length (106-character) ISA are, from its first character
-_ISA_SEPARATORS = (3, 6, 17, 20, 31, 34, 50, 53, 69, 76, 81, 83, 89, 99, 101, 103)
+_ISA_SEPARATORS = tuple(3 + sum(ISA_WIDTHS[:i]) + i for i in range(16))
 
 
 def parse_isa(text: str, start: int = 0) -> tuple[Delimiters, list[str], int, list[str]]:
@@ -104,7 +106,8 @@ def parse_isa(text: str, start: int = 0) -> tuple[Delimiters, list[str], int, li
     # The ISA has exactly 16 elements: walk 16 separators, then ISA16 is one character.
     pos = start + 3
     bounds: list[int] = []
-    if text[start + 82:start + 83] == sep and all(text[start + i:start + i + 1] == sep for i in _ISA_SEPARATORS):
+    isa11 = start + _ISA_SEPARATORS[10] + 1
+    if text[isa11:isa11 + 1] == sep and all(text[start + i:start + i + 1] == sep for i in _ISA_SEPARATORS):
         # ISA11 is the element separator itself: counted, it would shift every later element (the control number
         # a TA1 echoes among them); the fixed layout, intact around it, says where each element is
         bounds = [start + i for i in _ISA_SEPARATORS]

@@ -33,12 +33,11 @@ from gateway.x12.model import Delimiters, Finding, Interchange, Loop, Segment, T
 from gateway.x12.pyx12_maps import map_set_dir
 from gateway.x12.reader import FUNCTIONAL_IDS, ReadResult, X12Reader
 from gateway.x12.structure import load_transaction
-from gateway.x12.tokenizer import Batch, Source, tokenize
+from gateway.x12.tokenizer import ISA_WIDTHS, Batch, Source, tokenize
 
 logging.getLogger("pyx12").setLevel(logging.CRITICAL)
 
 IMPLEMENTATION = "005010X279A1"
-ISA_WIDTHS = (2, 10, 2, 10, 2, 15, 2, 15, 6, 4, 1, 5, 9, 1, 1)
 # Envelope-level codes our reader reports; pyx12's copies of them are dropped.
 _OURS = {"isa": {"001", "021", "023", "014", "015", "017", "018", "019", "020"},
          "gs": {"3", "4", "5", "6"}, "st": {"2", "3", "4", "I6", "19"}}
