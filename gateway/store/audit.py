@@ -35,6 +35,7 @@ from gateway.store.search import REQUEST_PARAMS, RESPONSE_PARAMS, build, fhir_da
 
 RESPONSE_TYPE = "CoverageEligibilityResponse"
 PURGE_BATCH = 500
+SQLITE_POOL_SIZE = 32       # connections kept open to a SQLite file (as many again may be opened under a burst)
 BUSY_TIMEOUT_SECONDS = 30   # how long a SQLite connection waits for a lock before it gives up
 _WRITES = "fhir_x12_writes"   # execution option of the connections that write (see _sqlite_begin)
 _RECORDS = EligibilityRecord.__table__
@@ -69,6 +70,9 @@ class AuditStore:
                 kwargs["poolclass"] = StaticPool  # one shared connection, or every thread sees its own database
             else:
                 ensure_sqlite_folder(url)
+                # a gevent worker has dozens of requests in flight: with the default 5 pooled connections every
+                # one beyond them was opened (file, WAL index, pragmas) and closed again for a single commit
+                kwargs["pool_size"], kwargs["max_overflow"] = SQLITE_POOL_SIZE, SQLITE_POOL_SIZE
         else:
             kwargs["pool_pre_ping"] = True
         if not memory:

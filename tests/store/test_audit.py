@@ -640,3 +640,34 @@ def test_readers_do_not_wait_for_a_writer_and_a_lock_held_too_long_is_a_store_er
         assert store.record("gw-1").status == "received"
         store.record_sent("gw-1", "ISA*...", datetime(2025, 3, 10, tzinfo=UTC))   # and the connection is usable
         assert store.record("gw-1").status == "sent"
+
+
+def test_a_burst_of_writers_keeps_its_sqlite_connections_open(tmp_path: Path):
+    """A gevent worker has dozens of requests in flight: the connections a burst opened stay in the pool, so the
+    next burst does not open (and the one after close) a SQLite connection per commit."""
+    import threading
+
+    from sqlalchemy import event
+
+    opened: list[object] = []
+    with AuditStore(f"sqlite:///{tmp_path / 'audit.db'}") as store:
+        event.listen(store.engine, "connect", lambda *_: opened.append(1))
+        held = [store.engine.connect() for _ in range(12)]   # a dozen requests writing at once
+        for connection in held:
+            connection.close()
+        assert store.engine.pool.checkedin() == 12
+        before = len(opened)
+        barrier = threading.Barrier(10)
+
+        def write(n: int) -> None:
+            barrier.wait()
+            store.record_request(f"gw-{n}", SEED[0]["request"], None, "60054", f"T{n}",
+                                 datetime(2025, 3, 10, tzinfo=UTC))
+
+        threads = [threading.Thread(target=write, args=(n,)) for n in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(opened) == before   # the second burst reused them
+        assert store.search_requests({}, 20, 0)[1] == 10
