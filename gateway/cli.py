@@ -241,7 +241,7 @@ def serve_gateway(host: str, port: int, workers: int, threads: int, worker_class
 
             _app_or_fail(create_app).extensions["fhir_x12"]["close"]()   # check the configuration, migrate once
             serve(create_app, host, port, threads=threads, workers=workers, worker_class=worker_class,
-                  multiprocess_dir=metrics_dir, keepalive=keepalive)
+                  multiprocess_dir=metrics_dir, keepalive=keepalive, fhir_errors=True)
     except ConfigError as exc:
         _fail(f"configuration: {exc}")
 
@@ -302,7 +302,7 @@ Ask the simulated payer about MARIA DELGADO (a real CoverageEligibilityResponse 
 
 Press Ctrl+C to stop both.
 """, err=True)
-        serve(create_app, "127.0.0.1", port)
+        serve(create_app, "127.0.0.1", port, fhir_errors=True)
     finally:
         stop(simulator, 10)
 

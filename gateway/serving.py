@@ -89,14 +89,19 @@ class _Server(BaseApplication):  # type: ignore[misc]
         return self._load()
 
 
+# gunicorn's workers, answering what gunicorn itself refuses (a request line too long ...) with an OperationOutcome
+FHIR_WORKERS = {"gthread": "gateway.workers.ThreadWorker", "gevent": "gateway.workers.GeventWorker"}
+
+
 def serve(app: Any, host: str, port: int, threads: int = 8, workers: int = 1, worker_class: str = "gthread",
-          multiprocess_dir: str | None = None, keepalive: int = 5) -> None:
+          multiprocess_dir: str | None = None, keepalive: int = 5, fhir_errors: bool = False) -> None:
     """Serve ``app`` until interrupted.
 
     ``app`` is a WSGI app, or a zero-argument factory that each worker calls after the fork (needed for
     several workers, and for gevent workers, whose app must be built after monkey-patching).
     ``multiprocess_dir``: the workers share their metrics there (see :func:`multiprocess_metrics`); the
     master marks each worker that exits as dead, as prometheus_client asks.
+    ``fhir_errors``: the workers of :mod:`gateway.workers`, whose own refusals are OperationOutcomes.
     """
     load = app if callable(app) and not hasattr(app, "wsgi_app") else (lambda: app)
     # keepalive: an idle kept-alive connection holds a stopping gevent worker until it times out (gunicorn
@@ -104,6 +109,8 @@ def serve(app: Any, host: str, port: int, threads: int = 8, workers: int = 1, wo
     # of the whole 25 s graceful timeout. Behind a load balancer it must outlast the balancer's idle timeout
     # (or the balancer reuses connections gunicorn closed: 502s), hence the option.
     # graceful_timeout: room for a payer call within its 20 s CORE budget.
+    if fhir_errors:
+        worker_class = FHIR_WORKERS.get(worker_class, worker_class)
     options: dict[str, Any] = {"bind": f"{host}:{port}", "workers": workers, "worker_class": worker_class,
                                "threads": threads, "worker_connections": 200, "accesslog": None, "timeout": 60,
                                "logger_class": PrivateLogger,

@@ -52,6 +52,17 @@ def running(args: list[str], ready: str, env: dict[str, str | None], log: Path) 
             stop(process)
 
 
+def refused(port: int, raw: bytes) -> tuple[str, dict]:
+    """Send ``raw`` and read the whole answer (the server closes the connection): lower-cased head, JSON body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(raw)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head.decode("latin-1").lower(), json.loads(body)
+
+
 def eligibility_total(text: str) -> float:
     """Every eligibility outcome of every payer, as one number."""
     return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
@@ -113,10 +124,17 @@ def test_served_gateway_and_simulator(tmp_path: Path, database_url: str, worker_
             statuses = list(pool.map(lambda _: session.post(f"{gateway_url}/CoverageEligibilityRequest/$submit",
                                                             data=body, timeout=30).status_code, range(24)))
         assert statuses == [200] * 24
-        # a request gunicorn cannot parse: its own log line says what was wrong, never the request line it quoted
-        with socket.create_connection(("127.0.0.1", gateway_port), timeout=10) as sock:
-            sock.sendall(b"GET /CoverageEligibilityRequest?patient=DELGADO MARIA 19780514 HTTP/1.1\r\n\r\n")
-            assert sock.recv(4096).startswith(b"HTTP/1.1 400")
+        # requests gunicorn itself refuses: an OperationOutcome that quotes nothing of the request, and a log line
+        # that says what was wrong, never the request line it quoted
+        for raw, status, code in (
+                (b"GET /CoverageEligibilityRequest?patient=DELGADO MARIA 19780514 HTTP/1.1\r\n\r\n", 400, "structure"),
+                (b"GET /CoverageEligibilityRequest?patient=DELGADO" + b"X" * 5000 + b" HTTP/1.1\r\n\r\n", 414,
+                 "too-long")):
+            head, body = refused(gateway_port, raw)
+            assert head.startswith(f"http/1.1 {status} ") and "content-type: application/fhir+json" in head, head
+            assert "x-request-id: " in head
+            assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["code"] == code, body
+            assert "DELGADO" not in json.dumps(body)
         # 26 eligibility requests answered, by either worker: every scrape, whichever worker answers it, counts all
         for _ in range(8):
             scraped = requests.get(f"{gateway_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
