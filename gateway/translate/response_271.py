@@ -121,6 +121,7 @@ class _Response:
         self.trace_systems: list[str] = []
         self.identifiers: list[dict[str, Any]] = []
         self.has_benefits = False
+        self.unanswered = False   # no patient and no AAA: the payer said nothing
         self.persons: dict[str, _Person] = {}   # "patient", "subscriber": who 2100C/2100D describe
 
     # -- accounting ---------------------------------------------------------------------------
@@ -161,7 +162,10 @@ def translate_271(txn: Transaction, tables: Tables, *, now: str,
         payer_loop = source.loop("2100A")
         receivers = source.loops_of("2000B")
         patients: list[tuple[Loop | None, Loop | None, Loop]] = []  # (receiver, subscriber 2000C, patient HL loop)
+        unanswered: list[Loop] = []   # receivers (2000B) without a patient: a rejection at their level, or nothing
         for receiver in receivers:
+            if not receiver.loops_of("2000C"):
+                unanswered.append(receiver)
             for subscriber in receiver.loops_of("2000C"):
                 dependents = subscriber.loops_of("2000D")
                 sub_name = subscriber.loop("2100C")
@@ -170,15 +174,14 @@ def translate_271(txn: Transaction, tables: Tables, *, now: str,
                     patients.append((receiver, None, subscriber))
                 for dependent in dependents:
                     patients.append((receiver, subscriber, dependent))
-        if not patients:
-            # a rejection above the patient level: one response for the transaction
-            receiver = receivers[0] if receivers else None
-            results.append(_translate_patient(tables, txn, now, context_for, header, source, payer_loop,
-                                              receiver, None, None))
-            continue
         for receiver, subscriber, patient in patients:
             results.append(_translate_patient(tables, txn, now, context_for, header, source, payer_loop,
                                               receiver, subscriber, patient))
+        # a rejection above the patient level: a response of its own for each receiver answered no patient (or one
+        # for the source, when it names no receiver), so none of their AAA is lost
+        for receiver in unanswered if (unanswered or patients) else [None]:
+            results.append(_translate_patient(tables, txn, now, context_for, header, source, payer_loop,
+                                              receiver, None, None))
     return results
 
 
@@ -208,7 +211,8 @@ def _translate_patient(tables: Tables, txn: Transaction, now: str,
                        context_for: Callable[[list[str]], ResponseContext | None] | None, header: list[Segment],
                        source: Loop, payer_loop: Loop | None, receiver: Loop | None, subscriber: Loop | None,
                        patient: Loop | None) -> ResponseTranslation:
-    hl = patient.segment("HL") if patient is not None else None
+    level = patient if patient is not None else receiver   # a receiver's own response (no patient): its HL
+    hl = level.segment("HL") if level is not None else None
     response_id = _ID_UNSAFE.sub("-", f"{txn.control_number}-{hl.get(1) if hl else '0'}")[:64]
     traces, trace_systems = [], []
     # a dependent's own traces (2000D) answer the request that asked about the dependent; the subscriber's (2000C)
@@ -256,6 +260,11 @@ def _translate_patient(tables: Tables, txn: Transaction, now: str,
                     continue
                 _unclaimed(r, benefit_loop)
             _benefits(r, [lp for lp in name_loop.loops if lp.id in ("2110C", "2110D")])
+    if patient is None and not r.errors:   # nobody answered and no AAA says why: not a "complete" answer
+        text = "the 271 answers no patient (no 2000C loop) and gives no reason (no AAA)"
+        r.errors.append({"code": {"text": text}})
+        r.request_level_errors.append(text)
+        r.unanswered = True
     resource = _assemble(r, payer_loop, receiver, name_loop, sub_name_loop, patient is not None)
     # anything no handler claimed (unknown or misplaced segments) is still accounted for
     scope = {seg.position for seg in header}
@@ -275,6 +284,8 @@ def _own_segments(loop: Loop, subscriber: Loop | None, patient: Loop | None):
             yield loop, item
         elif item.id in ("2000B", "2000C", "2000D"):
             continue  # reached through their own entries
+        elif item.id == "2110C" and subscriber is not None:
+            continue  # a dependent's response: the subscriber's benefits are the subscriber's own response's
         else:
             yield from _own_segments(item, subscriber, patient)
 
@@ -358,6 +369,10 @@ def _hl_level(r: _Response, level: Loop, *, own: bool) -> None:
     for seg in level.segments:
         if seg.id == "HL":
             r.map(seg)
+        elif seg.id == "TRN" and seg.get(1) == "2" and seg.get(2) not in r.traces:
+            # the subscriber's trace in a dependent's response: it answers the subscriber's own request
+            r.note(f"trace {seg.get(2)} of the subscriber's loop ({level.id}) answers another request than this "
+                   "dependent's", level, seg)
         elif seg.id == "TRN":
             r.map(seg)
             if seg.get(1) == "1":  # the payer's or a clearinghouse's own trace
@@ -501,6 +516,11 @@ class _Fact:
     benefit: dict[str, Any]
     money: Decimal | None
 
+    @property
+    def dates(self) -> tuple[tuple[str, str], ...]:
+        """The 2110 loop's dates (DTP qualifier and value): a prior year's total and this year's differ only so."""
+        return tuple((seg.get(1), seg.get(3)) for seg in self.loop.segments_of("DTP"))
+
 
 def _benefits(r: _Response, loops: list[Loop]) -> None:
     facts: list[_Fact] = []
@@ -613,13 +633,18 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
                 r.note(f"EB {eb01} has {base_note}", loop, eb)
 
     facts: list[_Fact] = []
+    if maps_to != "benefit" and any(v[7:11]):
+        # amounts, percents and quantities have their FHIR slots in benefits only: said, not dropped
+        given = [f"amount {v[7]}" if v[7] else "", f"percent {v[8]}" if v[8] else "",
+                 f"quantity {v[9]} {v[10]}".strip() if v[9] or v[10] else ""]
+        r.note(f"{', '.join(g for g in given if g)} of EB {eb01} ({display}) for {', '.join(stcs) or 'the plan'}: "
+               "FHIR carries amounts only on benefits", loop, eb)
     if maps_to == "coverage":
         r.inforce = bool(info.get("inforce")) or bool(r.inforce)
-        if info.get("inforce"):
-            for item in targets:
-                item["excluded"] = False
+        for item in targets:   # an inactive row's services are not covered (another row may be active)
+            item["excluded"] = not info.get("inforce")
         r.items.extend(targets)
-        if eb01 not in ("1", "6"):
+        if eb01 != "1":
             r.note(f"coverage status {eb01}: {display}", loop, eb)
     elif maps_to == "benefit":
         r.has_benefits = True
@@ -823,16 +848,25 @@ def _amount(r: _Response, loop: Loop, eb: Segment, info: dict[str, Any], item: d
 
 
 def _match_amounts(r: _Response, facts: list[_Fact]) -> None:
-    """Totals become items; a remaining or met amount fills ``used`` of its matching total."""
-    totals = {}
-    for fact in facts:
-        if fact.kind == TOTAL:
-            totals.setdefault((fact.key, fact.family), fact)
+    """Totals become items; a remaining or met amount fills ``used`` of its matching total.
+
+    A remainder belongs to a total of the same benefit (EB01-EB04, EB09, EB12, EB13, period or lifetime) and the
+    same dates, when the loops give dates (a prior and a current year's deductible differ only by their DTP);
+    of several, the first not yet matched, in the order the payer sent them. A total takes one remaining and
+    one met amount; a further one, or one that matches nothing, is kept in its own item's description.
+    """
+    totals = [fact for fact in facts if fact.kind == TOTAL]
+    taken: set[tuple[int, str]] = set()   # (index of the total, kind of amount it was matched with)
     for fact in facts:
         if fact.kind == TOTAL:
             r.items.append(fact.item)
             continue
-        total = totals.get((fact.key, fact.family))
+        same = [i for i, t in enumerate(totals) if t.key == fact.key and t.family == fact.family
+                and (i, fact.kind) not in taken]
+        dated = [i for i in same if totals[i].dates == fact.dates]
+        undated = [i for i in same if not totals[i].dates or not fact.dates]
+        chosen = (dated or undated or [None])[0]
+        total = totals[chosen] if chosen is not None else None
         kind_word = "remaining" if fact.kind == REMAINING else "met so far"
         if total is None or fact.money is None or total.money is None:
             shown = f"{fact.money:f}" if fact.money is not None else "?"
@@ -845,6 +879,7 @@ def _match_amounts(r: _Response, facts: list[_Fact]) -> None:
                 r.note(f"{kind_word} amount {shown} without a matching total: FHIR has no 'remaining' slot "
                        "(kept in the item description)", fact.loop, fact.seg)
             continue
+        taken.add((chosen, fact.kind))
         extra = fact.item.get("description")
         if extra and extra not in (total.item.get("description") or ""):
             total.item["description"] = "; ".join(filter(None, [total.item.get("description"), extra]))
@@ -853,8 +888,17 @@ def _match_amounts(r: _Response, facts: list[_Fact]) -> None:
             r.note(f"{kind_word} amount {fact.money:f} is more than the total {total.money:f}; no used amount "
                    "is derived", fact.loop, fact.seg)
             continue
+        slot = next((k for k in total.benefit if k.startswith("used")), None)
+        if slot is not None and _used_value(total.benefit[slot]) != used:
+            # the other amount (remaining or met) gave a different one: it stays, and the disagreement is said
+            r.note(f"{kind_word} amount {fact.money:f} gives a used amount of {used:f} for the total "
+                   f"{total.money:f}, which has {_used_value(total.benefit[slot])} from the payer's other amount",
+                   fact.loop, fact.seg)
+            continue
         is_money = any(k.endswith("Money") for k in total.benefit)
-        if is_money:
+        if slot is not None:
+            pass   # the met and the remaining amount agree
+        elif is_money:
             total.benefit["usedMoney"] = {"value": _json_number(used), "currency": r.tables.systems["currency"]}
         elif used == used.to_integral_value() and used <= _MAX_UNSIGNED_INT:
             total.benefit["usedUnsignedInt"] = int(used)
@@ -866,6 +910,15 @@ def _match_amounts(r: _Response, facts: list[_Fact]) -> None:
                                      f"{fact.money:f}", source=r.where(fact.loop, fact.seg),
                                 raw=fact.seg.to_x12(), kind="display"))
             r.noted.add(fact.seg.position)
+
+
+def _used_value(value: Any) -> Decimal | None:
+    """A used amount already on a benefit (usedMoney, usedUnsignedInt or usedString), as a number."""
+    number = value.get("value") if isinstance(value, dict) else value
+    try:
+        return Decimal(str(number))
+    except InvalidOperation:
+        return None
 
 
 def _hsd_text(r: _Response, seg: Segment) -> str:
@@ -1187,7 +1240,7 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
 def _disposition(r: _Response, outcome: str) -> str:
     if outcome == "error":
         reasons = r.request_level_errors or r.benefit_level_errors
-        return "Rejected by the payer: " + "; ".join(reasons)
+        return ("Not answered: " if r.unanswered else "Rejected by the payer: ") + "; ".join(reasons)
     status = {True: "Coverage active", False: "Coverage not active", None: "Coverage status not stated"}[r.inforce]
     parts = [status, f"{len(r.items)} benefit item(s)"]
     if outcome == "partial":

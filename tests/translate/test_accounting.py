@@ -25,7 +25,9 @@ def account(path: Path) -> int:
     responses = 0
     tables = load_tables()
     for txn in read_x12(path.read_bytes()).transactions:
+        covered: set[int] = set()
         for result in translate_271(txn, tables, now=NOW):
+            covered |= result.scope
             responses += 1
             resource = result.resource
             validate_structure(resource)
@@ -42,6 +44,9 @@ def account(path: Path) -> int:
             # the notes travel in the resource itself
             notes = [e for e in resource.get("extension", []) if e["url"].endswith("/StructureDefinition/processNote")]
             assert len(notes) == len(result.notes)
+        # and every segment is some response's (a second receiver's rejection, say, is not left out)
+        missing = [s.to_x12() for s in txn.segments() if s.position not in covered and s.id not in ("ST", "SE")]
+        assert not missing, f"{path.name}: in no response: {missing}"
     return responses
 
 

@@ -328,3 +328,84 @@ def test_ls_and_le_bracket_2120_loops(benefit, message):
     report = validate_x12(text, elements=False)
     assert any(f.code == "X12-LS-LE" and message in f.message for f in report.findings), report.findings
     assert not report.valid
+
+
+# -- found by a black-box audit of the CLI on hand-made 271s ------------------------------------------------
+
+def _receiver(hl: str, name: str, npi: str, *rest):
+    return [("HL", [hl, "1", "21", "0"]), ("NM1", ["1P", "2", name, "", "", "", "", "XX", npi]), *rest]
+
+
+def test_a_second_receivers_rejection_is_a_response_of_its_own():
+    patient = [*SUBSCRIBER, ("EB", ["1", "", "30"]),
+               *_receiver("4", "HILLSIDE CLINIC", "1992999998", ("AAA", ["Y", "", "51", "C"]))]
+    answered, rejected = responses(patient=patient)
+    assert answered.traces == ["REQ1-1"] and answered.resource["outcome"] == "complete"
+    assert rejected.traces == [] and rejected.resource["outcome"] == "error"
+    assert rejected.resource["error"][0]["code"]["coding"][0]["code"] == "51"
+    assert rejected.resource["requestor"]["identifier"]["value"] == "1992999998"
+    assert answered.resource["id"] != rejected.resource["id"]
+    # with no patient at all, each receiver's rejection still has its response
+    head = [*HEAD[:3], ("HL", ["2", "1", "21", "0"]), HEAD[4], ("AAA", ["Y", "", "50", "N"])]
+    first, second = responses(head=head, patient=_receiver("3", "HILLSIDE CLINIC", "1992999998",
+                                                           ("AAA", ["Y", "", "51", "C"])))
+    assert [r.resource["error"][0]["code"]["coding"][0]["code"] for r in (first, second)] == ["50", "51"]
+
+
+def test_remainders_pair_with_the_total_of_their_own_year_and_in_order():
+    r = only(("EB", ["C", "IND", "30", "", "", "23", "500", "", "", "", "", "Y"]),
+             ("DTP", ["292", "RD8", "20240101-20241231"]),
+             ("EB", ["C", "IND", "30", "", "", "29", "0", "", "", "", "", "Y"]),
+             ("DTP", ["292", "RD8", "20240101-20241231"]),
+             ("EB", ["C", "IND", "30", "", "", "23", "600", "", "", "", "", "Y"]),
+             ("DTP", ["292", "RD8", "20250101-20251231"]),
+             ("EB", ["C", "IND", "30", "", "", "29", "450", "", "", "", "", "Y"]),
+             ("DTP", ["292", "RD8", "20250101-20251231"]),
+             # no dates: the first unmatched total of the same benefit, in the payer's order
+             ("EB", ["G", "IND", "30", "", "", "23", "3000", "", "", "", "", "Y"]),
+             ("EB", ["G", "IND", "30", "", "", "22", "4000", "", "", "", "", "Y"]),
+             ("EB", ["G", "IND", "30", "", "", "29", "2500", "", "", "", "", "Y"]),
+             ("EB", ["G", "IND", "30", "", "", "29", "3100", "", "", "", "", "Y"]))
+    pairs = [(i["benefit"][0]["allowedMoney"]["value"], i["benefit"][0].get("usedMoney", {}).get("value"))
+             for i in items(r) if i["benefit"][0].get("allowedMoney")]
+    assert pairs == [(500, 500), (600, 150), (3000, 500), (4000, 900)]
+
+
+def test_a_total_keeps_its_used_amount_and_a_disagreeing_one_is_noted():
+    r = only(("EB", ["C", "FAM", "30", "", "", "23", "6000"]), ("EB", ["C", "FAM", "30", "", "", "24", "1000"]),
+             ("EB", ["C", "FAM", "30", "", "", "29", "4000"]))
+    benefit = next(i["benefit"][0] for i in items(r) if i["benefit"][0].get("allowedMoney"))
+    assert benefit["usedMoney"]["value"] == 1000
+    assert any("gives a used amount of 2000 for the total 6000, which has 1000" in n for n in notes(r))
+
+
+def test_amounts_of_rows_that_are_not_benefits_are_noted_and_inactive_rows_are_excluded():
+    r = only(("EB", ["1", "", "30", "MA"]), ("EB", ["6", "", "30", "MB"]),
+             ("EB", ["1", "", "30", "", "NEW PLAN", "23", "500", "", "VS", "10"]),
+             ("EB", ["E", "", "AL", "", "", "", "", ".5"]), ("EB", ["I", "", "35", "", "", "23", "1000"]))
+    assert r.resource["insurance"][0]["inforce"] is True
+    assert [i.get("excluded") for i in items(r)[:2]] == [False, True]   # Part A active, Part B not
+    assert "coverage status 6: Inactive" in notes(r)
+    said = " | ".join(notes(r))
+    for text in ("amount 500, quantity VS 10 of EB 1", "percent .5 of EB E", "amount 1000 of EB I"):
+        assert text in said
+
+
+def test_a_dependents_response_leaves_the_subscribers_benefits_and_trace_to_the_subscriber():
+    patient = [("HL", ["3", "2", "22", "1"]), ("TRN", ["2", "TR-SUB", "9GATEWAY01"]),
+               ("NM1", ["IL", "1", "ROE", "RICHARD", "", "", "", "MI", "W123"]),
+               ("EB", ["1", "", "30", "", "GOLD PLAN"]), ("MSG", ["SUBSCRIBER MESSAGE"]),
+               ("HL", ["4", "3", "23", "0"]), ("TRN", ["2", "TR-DEP", "9GATEWAY01"]),
+               ("NM1", ["03", "1", "ROE", "ANNA"]), ("INS", ["N", "19"]), ("EB", ["1", "", "30"])]
+    subscriber, dependent = responses(patient=patient)
+    assert subscriber.traces == ["TR-SUB"] and dependent.traces == ["TR-DEP"]
+    assert any("SUBSCRIBER MESSAGE" in (i.get("description") or "") for i in items(subscriber))
+    assert not any("SUBSCRIBER MESSAGE" in n.raw or "GOLD PLAN" in n.raw for n in dependent.notes)
+    assert any("trace TR-SUB of the subscriber's loop (2000C)" in n for n in notes(dependent))
+
+
+def test_a_271_that_answers_nobody_and_says_nothing_is_not_complete():
+    head = [*HEAD[:3], ("HL", ["2", "1", "21", "0"]), HEAD[4]]
+    result, = responses(head=head, patient=[])
+    assert result.resource["outcome"] == "error"
+    assert result.resource["disposition"].startswith("Not answered: the 271 answers no patient")
