@@ -26,14 +26,17 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import requests
 from requests.auth import AuthBase
 from urllib3.exceptions import ReadTimeoutError
 
 from gateway.errors import ConfigError
+from gateway.fhir.structure import MAX_DEPTH, invariant_problems, json_shape, structure_problems
 from gateway.translate.errors import Problem, TranslationError
 from gateway.translate.references import Resolver
 from gateway.translate.request_270 import CER, find_request
+from gateway.transport.streams import arriving
 
 ACCEPT = "application/fhir+json, application/json;q=0.9"
 MAX_BYTES = 2 * 1024 * 1024
@@ -310,7 +313,7 @@ class _Walk:
         while queue:
             resource = queue.popleft()
             for path, reference, expected, x12 in _references(resource):
-                owner = resource if resource.get("contained") else None
+                owner = resource
                 target = self.follow(reference, path, expected, x12, owner)
                 if target is not None and id(target) not in seen:
                     seen.add(id(target))
@@ -339,6 +342,11 @@ class _Walk:
         found = self.lookup(ref, owner)
         if found is not None:
             return found
+        base = self._resolver.base_of(owner) if self._resolver is not None else None
+        if base is not None and _RELATIVE.match(ref):
+            # inside an entry from another server, Type/id is that server's resource (FHIR's Bundle rules): fetched
+            # from there (when it is allowed), never from ours
+            ref = base + ref
         if ref.startswith("#"):
             self.problem(path, f"reference {ref!r} cannot be resolved: there is no contained resource with that id",
                          "not-found", x12)
@@ -365,6 +373,12 @@ class _Walk:
 
     def target(self, ref: str, path: str, x12: str | None) -> _Target | None:
         match = _RELATIVE.match(ref)
+        if any(segment in (".", "..") for segment in ref.split("?")[0].split("/")):
+            # a dot segment is dropped or climbs on the way (urllib3 normalises the path): another resource, or one
+            # outside the FHIR base, would be fetched in its name
+            self.problem(path, f"reference {ref!r} cannot be fetched: '.' and '..' are not ids or versions", "invalid",
+                         x12)
+            return None
         if match:
             if not self.config.base:
                 self.problem(path, f"reference {ref!r} cannot be resolved: it is neither contained nor in the "
@@ -408,7 +422,9 @@ class _Walk:
         self.fetches += 1
         connect, read = config.timeout
         timeout = (min(connect, remaining), min(read, remaining))
-        credentials = self.authorization if _origin(target.url) == self.base_origin else None
+        # the EHR's credentials go to its FHIR base only: not to another server, nor another path of the same host
+        under_base = bool(config.base) and target.url.startswith(config.base.rstrip("/") + "/")
+        credentials = self.authorization if under_base and _origin(target.url) == self.base_origin else None
         try:
             with self.session.get(target.url, headers={"Accept": ACCEPT}, auth=_Authorization(credentials),
                                   timeout=timeout, allow_redirects=False, stream=True) as response:
@@ -431,8 +447,8 @@ class _Walk:
         if isinstance(body, _Failure):
             return body
         try:
-            resource = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            resource = orjson.loads(body)
+        except orjson.JSONDecodeError:   # also NaN, lone surrogates and nesting beyond orjson's limit
             return _Failure("processing", "could not be fetched: the FHIR server's answer is not JSON")
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             return _Failure("processing", "could not be fetched: the FHIR server's answer is not a FHIR resource")
@@ -443,7 +459,7 @@ class _Walk:
         if resource.get("id") != target.id:
             return _Failure("processing", "could not be fetched: the FHIR server answered with a "
                                           f"{target.kind} of another id")
-        return resource
+        return _checked(resource, target.kind)
 
     def read(self, response: requests.Response) -> bytes | _Failure:
         limit = self.config.max_bytes
@@ -480,8 +496,26 @@ class _Walk:
         return {"resourceType": "Bundle", "type": "collection", "entry": entries}
 
 
+def _checked(resource: dict[str, Any], kind: str) -> dict[str, Any] | _Failure:
+    """The fetched resource, when it is FHIR as the gateway takes a request body: its 270 is built from it."""
+    too_deep, empty = json_shape(resource, MAX_DEPTH)
+    if too_deep:
+        return _Failure("processing", f"could not be used: the FHIR server's {kind} nests deeper than {MAX_DEPTH} "
+                                      "levels")
+    if empty:
+        return _Failure("processing", f"could not be used: the FHIR server's {kind} is not valid FHIR JSON (an "
+                                      "element is null or an empty array)")
+    problems = structure_problems(resource) + invariant_problems(resource)
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return _Failure("processing", f"could not be used: the FHIR server's {kind} is not valid FHIR: "
+                                      f"{first.fhir_path}: {first.message}{more}")
+    return resource
+
+
 def _chunks(response: requests.Response) -> Iterator[bytes]:
-    yield from response.iter_content(_CHUNK)
+    yield from arriving(response, _CHUNK)
 
 
 def _status_failure(status: int) -> _Failure | None:

@@ -80,6 +80,12 @@ class Upstream:
             self.on_call()
             return special(kind, id) or found(kind, id, version)
 
+        @app.get("/<path:rest>")
+        def elsewhere(rest: str) -> Any:   # outside the FHIR base: logged, and nothing there
+            with self.lock:
+                self.calls.append(("/" + rest, request.headers.get("Authorization")))
+            abort(404)
+
         self.httpd = make_server("127.0.0.1", 0, app, threaded=True)
         self.port = self.httpd.server_port
         self.url = f"http://127.0.0.1:{self.port}"
@@ -124,6 +130,25 @@ def special(kind: str, id: str) -> Response | None:
             time.sleep(1.0)
             yield json.dumps(kind).encode() + b', "id": "trickle"}'
         return Response(body(), mimetype="application/fhir+json")
+    if id in ("badbirth", "badname", "extra", "deep", "nulls"):   # JSON, but not FHIR the gateway could use
+        patient = {**RESOURCES[("Patient", "123")], "id": id}
+        patient.update({"badbirth": {"birthDate": 19780514}, "badname": {"name": [{"family": ["Doe"]}]},
+                        "extra": {"favouriteColour": "blue"}, "nulls": {"gender": None}}.get(id, {}))
+        if id == "deep":
+            nested: dict[str, Any] = {"url": "http://example.org/x", "valueString": "x"}
+            for _ in range(60):
+                nested = {"url": "http://example.org/x", "extension": [nested]}
+            patient["extension"] = [nested]
+        return fhir_json(patient)
+    if id == "drip":   # a byte at a time, each within the read timeout: only a deadline ends it
+        whole = json.dumps({"resourceType": kind, "id": "drip", "gender": "female"}).encode()
+
+        def dripping() -> Iterator[bytes]:
+            for byte in whole:
+                time.sleep(0.1)
+                yield bytes([byte])
+        # a declared length, not chunks: a reader waiting for a 64 kB block waits for the whole body
+        return Response(dripping(), mimetype="application/fhir+json", headers={"Content-Length": str(len(whole))})
     if id == "moved":
         return redirect("http://evil.example/fhir/Patient/123", 302)
     if id == "huge":
@@ -228,17 +253,18 @@ def test_bundle_entries_are_kept_and_their_references_followed(ehr: Upstream):
     coverage["subscriber"] = coverage["beneficiary"] = {"reference": "Patient/local-patient"}
     request = ehr_example(id="r-b", patient={"reference": "Patient/local-patient"},
                           insurance=[{"coverage": {"reference": "urn:uuid:6a3d8a0e-0000-4000-8000-000000000001"}}])
+    base = f"{ehr.url}/fhir/"   # the EHR's own server, which is the configured upstream
     payload = {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"fullUrl": "urn:uuid:6a3d8a0e-0000-4000-8000-000000000001", "resource": coverage,
          "request": {"method": "POST", "url": "Coverage"}},
-        {"fullUrl": "https://ehr.example/fhir/Patient/local-patient", "resource": patient},
-        {"fullUrl": "https://ehr.example/fhir/CoverageEligibilityRequest/r-b", "resource": request}]}
+        {"fullUrl": f"{base}Patient/local-patient", "resource": patient},
+        {"fullUrl": f"{base}CoverageEligibilityRequest/r-b", "resource": request}]}
     result = resolve_references(payload, config(ehr))
     assert sorted(ehr.paths()) == ["Organization/acme", "Practitioner/9"]   # Coverage.payor, transitively
     urls = [e["fullUrl"] for e in result["entry"]]
-    assert urls[0] == "https://ehr.example/fhir/CoverageEligibilityRequest/r-b"
-    assert urls[1:3] == ["urn:uuid:6a3d8a0e-0000-4000-8000-000000000001",
-                         "https://ehr.example/fhir/Patient/local-patient"]
+    assert urls[0] == f"{base}CoverageEligibilityRequest/r-b"
+    assert urls[1:3] == ["urn:uuid:6a3d8a0e-0000-4000-8000-000000000001", f"{base}Patient/local-patient"]
+    assert f"{base}Practitioner/9" in urls   # fetched for a relative reference: under the entry's own server
     assert all("request" not in e for e in result["entry"])   # a collection's entries carry no request
     assert "*PI*ACME01~" in translate(result)
 
@@ -342,6 +368,11 @@ def test_credentials_go_only_to_the_base_origin(ehr: Upstream):
     ("html", "processing", "answer is not JSON"),
     ("wrongtype", "processing", "answered with a Organization, expected Patient"),
     ("wrongid", "processing", "answered with a Patient of another id"),
+    ("badbirth", "processing", "the FHIR server's Patient is not valid FHIR: Patient.birthDate"),
+    ("badname", "processing", "the FHIR server's Patient is not valid FHIR: Patient.name[0].family"),
+    ("extra", "processing", "the FHIR server's Patient is not valid FHIR: Patient.favouriteColour"),
+    ("nulls", "processing", "is not valid FHIR JSON (an element is null"),
+    ("deep", "processing", "the FHIR server's Patient nests deeper than 48 levels"),
 ])
 def test_each_failure_is_a_422_naming_the_reference(ehr: Upstream, id: str, code: str, words: str):
     cfg = config(ehr, timeout=(1.0, 0.3))
@@ -445,6 +476,14 @@ def test_budget_in_real_time(ehr: Upstream):
     assert any("ran out" in m for _, m in problems.values())
 
 
+def test_a_server_sending_a_byte_at_a_time_is_cut_at_the_budget(ehr: Upstream):
+    start = time.monotonic()
+    problems = problems_of(ehr_example(patient={"reference": "Patient/drip"}), config(ehr, budget=0.8))
+    assert time.monotonic() - start < 2.5   # the whole answer takes about 5 s
+    code, message = problems[f"{CER}.patient"]
+    assert code == "timeout" and "ran out while reading the answer" in message
+
+
 def test_a_shared_session_across_threads(ehr: Upstream):
     with requests.Session() as session, ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda i: resolve_references(ehr_example(id=f"r{i}"), config(ehr), session=session),
@@ -499,3 +538,66 @@ def test_token_and_basic_together_are_refused():
     with pytest.raises(ConfigError) as info:
         UpstreamConfig.from_config({"FHIR_X12_FHIR_TOKEN": "t", "FHIR_X12_FHIR_BASIC": "u:p"})
     assert "FHIR_X12_FHIR_TOKEN" in str(info.value) and "FHIR_X12_FHIR_BASIC" in str(info.value)
+
+
+# -- FHIR's Bundle rules, from a black-box audit -------------------------------------------------------------
+
+def test_versions_are_never_confused_with_one_another(ehr: Upstream):
+    """Entries at .../Patient/a/_history/3 and .../Patient/b/_history/3: each reference finds its own (the last two
+    path segments, "_history/3", used to find the first of them for both)."""
+    base = f"{ehr.url}/fhir/"
+    child = {**RESOURCES[("Patient", "123")], "id": "child1", "name": [{"family": "DOE", "given": ["SOFIA"]}],
+             "birthDate": "2012-02-02"}
+    mother = {**RESOURCES[("Patient", "123")], "id": "mother"}
+    coverage = {**RESOURCES[("Coverage", "456")], "subscriber": {"reference": "Patient/mother/_history/3"},
+                "beneficiary": {"reference": "Patient/child1/_history/3"},
+                "relationship": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/subscriber-relationship",
+                                             "code": "child"}]}}
+    request = ehr_example(id="r-v", patient={"reference": "Patient/child1/_history/3"},
+                          insurance=[{"coverage": {"reference": "Coverage/456"}}])
+    payload = {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"fullUrl": f"{base}CoverageEligibilityRequest/r-v", "resource": request},
+        {"fullUrl": f"{base}Patient/mother/_history/3", "resource": mother},
+        {"fullUrl": f"{base}Patient/child1/_history/3", "resource": child},
+        {"fullUrl": f"{base}Coverage/456", "resource": coverage}]}
+    x12 = translate(resolve_references(payload, config(ehr))).upper()
+    assert "NM1*03*1*DOE*SOFIA" in x12 and "DMG*D8*20120202" in x12
+    # another version than the entry's is not that entry: it is fetched (and here the server has no such one)
+    payload["entry"][0]["resource"] = {**request, "patient": {"reference": "Patient/child1/_history/4"}}
+    assert problems_of(payload, config(ehr))[f"{CER}.patient"][0] == "not-found"
+
+
+def test_an_absolute_reference_never_matches_another_servers_entry(ehr: Upstream):
+    payload = {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"fullUrl": "urn:uuid:6a3d8a0e-0000-4000-8000-000000000009",
+         "resource": ehr_example(patient={"reference": "https://evil.example/fhir/Patient/123"})},
+        {"fullUrl": f"{ehr.url}/fhir/Patient/123", "resource": RESOURCES[("Patient", "123")]}]}
+    assert problems_of(payload, config(ehr))[f"{CER}.patient"][0] == "forbidden"
+
+
+def test_relative_references_of_another_servers_entry_are_that_servers(ehr: Upstream):
+    """Type/id inside an entry from https://other-ehr.example is that server's resource: not fetched from the
+    configured upstream (whose credentials and data would stand in for it), and that host is not allowed."""
+    payload = {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"fullUrl": "https://other-ehr.example/fhir/CoverageEligibilityRequest/x", "resource": ehr_example()}]}
+    problems = problems_of(payload, config(ehr))
+    assert {code for code, _ in problems.values()} == {"forbidden"}
+    assert "https://other-ehr.example/fhir/Patient/123" in problems[f"{CER}.patient"][1]
+    assert ehr.paths() == []
+
+
+@pytest.mark.parametrize("reference", ["Patient/123/_history/..", "Patient/..", "{url}/fhir/../x/Patient/123",
+                                       "{url}/fhir/./Patient/123"])
+def test_dot_segments_are_refused_not_fetched(ehr: Upstream, reference: str):
+    problems = problems_of(ehr_example(patient={"reference": reference.format(url=ehr.url)}), config(ehr))
+    assert problems[f"{CER}.patient"][0] == "invalid" and "'.' and '..'" in problems[f"{CER}.patient"][1]
+    assert not any(path.startswith(("Patient/123/", "x/")) for path in ehr.paths())
+
+
+def test_credentials_stay_under_the_fhir_base(ehr: Upstream):
+    absolute = f"{ehr.url}/other/Patient/123"
+    with pytest.raises(TranslationError):   # the test server has nothing there: what matters is what was sent
+        resolve_references(ehr_example(patient={"reference": absolute}), config(ehr, token="tok-1"))
+    outside = [(path, auth) for path, auth in ehr.calls if path.startswith("/other/")]
+    assert outside == [("/other/Patient/123", None)]
+    assert any(auth == "Bearer tok-1" for path, auth in ehr.calls if path == "Coverage/456")   # the base's do

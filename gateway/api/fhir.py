@@ -22,6 +22,7 @@ from flask import Blueprint, Flask, Response, copy_current_request_context, curr
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from gateway.fhir.structure import MAX_DEPTH, json_shape
 from gateway.mappings import mappings_dir
 from gateway.observability import carry_context
 from gateway.service import CER, RESPONSE, EligibilityService, Result, frames_only, operation_outcome
@@ -35,7 +36,6 @@ ACCEPTED_TYPES = {"application/fhir+json", "application/json", "application/json
 DEFAULT_COUNT = 20
 MAX_COUNT = 100
 MAX_BATCH_ENTRIES = 100
-MAX_DEPTH = 48          # FHIR resources nest a dozen levels; deeper input is refused before validation
 MAX_OFFSET = 1_000_000
 ASYNC_ABANDONED_SECONDS = 120   # well past the 20 s CORE budget
 _RESOURCES = {CER: "search_requests", RESPONSE: "search_responses"}
@@ -139,7 +139,7 @@ def _json_body() -> Any:
         raise BadBody(fhir_response(operation_outcome(
             "structure", f"the request body names {duplicate!r} twice in one object; a JSON object's names are "
             "unique in FHIR", severity="fatal"), 400))
-    too_deep, empty = _shape(payload, MAX_DEPTH)
+    too_deep, empty = json_shape(payload, MAX_DEPTH)
     if too_deep:
         raise BadBody(fhir_response(operation_outcome("too-costly", f"the request body nests deeper than {MAX_DEPTH} "
                                                       "levels"), 400))
@@ -175,31 +175,6 @@ def _duplicate_key(data: bytes) -> str | None:
     except (ValueError, RecursionError):   # orjson read it: nothing the stdlib refuses differently matters here
         return None
     return None
-
-
-def _shape(value: Any, limit: int) -> tuple[bool, bool]:
-    """(nests deeper than ``limit``, holds an element that is null or ``[]``). Level by level: a recursive walk
-    would fail on exactly the input it guards against. FHIR JSON leaves an element out instead; a null inside
-    an array is allowed (a primitive array's place-holder beside its ``_name`` extensions), and so is ``{}``
-    (EHRs send ``"insurer": {}``, which the service reads as absent)."""
-    level = [value] if isinstance(value, (dict, list)) else []
-    depth = 1
-    empty = False
-    while level:
-        if depth > limit:
-            return True, empty
-        deeper = []
-        for item in level:
-            if isinstance(item, dict):
-                values = item.values()
-                empty = empty or None in values
-            else:
-                values = item
-                empty = empty or not item
-            deeper.extend(v for v in values if isinstance(v, (dict, list)))
-        level = deeper
-        depth += 1
-    return False, empty
 
 
 def _root_name(payload: Any) -> str:

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from gateway.fhir.models import validate_structure
 from gateway.translate.errors import Problem
 
+MAX_DEPTH = 48   # FHIR resources nest a dozen levels; deeper input is refused before validation
 # pydantic field names that differ from the FHIR element names
 _RENAMED = {"resource_type": "resourceType", "class_fhir": "class", "import_fhir": "import"}
 _CODES = {"missing": "required", "model_field_validation.missing": "required", "extra_forbidden": "structure"}
@@ -100,3 +101,28 @@ def _message(error: dict[str, Any]) -> str:
     if kind == "extra_forbidden":
         return "this element is not part of the resource"
     return str(error.get("msg") or kind)
+
+
+def json_shape(value: Any, limit: int) -> tuple[bool, bool]:
+    """(nests deeper than ``limit``, holds an element that is null or ``[]``). Level by level: a recursive walk
+    would fail on exactly the input it guards against. FHIR JSON leaves an element out instead; a null inside
+    an array is allowed (a primitive array's place-holder beside its ``_name`` extensions), and so is ``{}``
+    (EHRs send ``"insurer": {}``, which the service reads as absent)."""
+    level = [value] if isinstance(value, (dict, list)) else []
+    depth = 1
+    empty = False
+    while level:
+        if depth > limit:
+            return True, empty
+        deeper = []
+        for item in level:
+            if isinstance(item, dict):
+                values = item.values()
+                empty = empty or None in values
+            else:
+                values = item
+                empty = empty or not item
+            deeper.extend(v for v in values if isinstance(v, (dict, list)))
+        level = deeper
+        depth += 1
+    return False, empty

@@ -13,28 +13,74 @@ from gateway.translate.errors import Problem
 
 # a relative literal reference: Type/id (a version too), which a Bundle entry's absolute fullUrl gives a base
 _RELATIVE = re.compile(r"[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?")
+# a literal reference or fullUrl: an optional absolute base, Type/id and an optional version
+_LITERAL = re.compile(r"(?P<base>https?://[^?#]+/)?(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[A-Za-z0-9\-.]{1,64})"
+                      r"(?:/_history/(?P<version>[A-Za-z0-9\-.]{1,64}))?")
 
 
 class Resolver:
-    """Finds the resource a Reference points at, recording each one that cannot be found."""
+    """Finds the resource a Reference points at, recording each one that cannot be found.
+
+    A reference equal to an entry's fullUrl is that entry. An absolute reference is only the entry with the same
+    URL (version aside), never an entry of another server with the same ``Type/id``. A relative ``Type/id`` is,
+    first, the entry at that URL on the server of the entry holding it (FHIR's rule for an absolute fullUrl),
+    else the entry whose resource is that ``Type/id`` (clients write ``Patient/123`` beside a ``urn:`` or another
+    base's fullUrl; it is their own payload). A version (``/_history/v``) must be the entry's own, when the entry
+    says which: another version is not what was asked for.
+    """
 
     def __init__(self, root: dict[str, Any], bundle: dict[str, Any] | None = None) -> None:
         self.root = root
         self.contained = {c.get("id"): c for c in root.get("contained") or [] if isinstance(c, dict)}
-        self.by_url: dict[str, dict[str, Any]] = {}
-        if bundle is not None:
-            for entry in bundle.get("entry") or []:
-                resource = entry.get("resource") if isinstance(entry, dict) else None
-                if not isinstance(resource, dict):
-                    continue
-                if entry.get("fullUrl"):
-                    self.by_url[entry["fullUrl"]] = resource
-                    if "/" in entry["fullUrl"] and not entry["fullUrl"].startswith("urn:"):
-                        tail = "/".join(entry["fullUrl"].rstrip("/").split("/")[-2:])
-                        self.by_url.setdefault(tail, resource)
-                if resource.get("resourceType") and resource.get("id"):
-                    self.by_url.setdefault(f"{resource['resourceType']}/{resource['id']}", resource)
+        self.exact: dict[str, dict[str, Any]] = {}
+        self.absolute: dict[tuple[str, str, str], tuple[dict[str, Any], str | None]] = {}
+        self.local: dict[tuple[str, str], tuple[dict[str, Any], str | None]] = {}
+        self.bases: dict[int, str] = {}   # id() of an entry's resource -> the server base of its absolute fullUrl
+        for entry in (bundle or {}).get("entry") or []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(resource, dict):
+                continue
+            url = entry.get("fullUrl")
+            literal = _LITERAL.fullmatch(url) if isinstance(url, str) else None
+            if isinstance(url, str) and url:
+                self.exact.setdefault(url, resource)
+            if literal is not None and literal["base"]:
+                key = (literal["base"], literal["type"], literal["id"])
+                self.absolute.setdefault(key, (resource, literal["version"]))
+                self.bases.setdefault(id(resource), literal["base"])
+            if literal is not None:
+                self.local.setdefault((literal["type"], literal["id"]), (resource, literal["version"]))
+            if isinstance(resource.get("resourceType"), str) and isinstance(resource.get("id"), str):
+                self.local.setdefault((resource["resourceType"], resource["id"]), (resource, None))
         self.problems: list[Problem] = []
+
+    def base_of(self, resource: dict[str, Any] | None) -> str | None:
+        """The server base a resource's relative references mean: its entry's, when that fullUrl is absolute."""
+        return self.bases.get(id(resource if resource is not None else self.root))
+
+    def find(self, ref: str, owner: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The resource ``ref`` names in the payload, or None. ``owner``: the resource holding the reference."""
+        if ref.startswith("#"):
+            contained = {c.get("id"): c for c in (owner or self.root).get("contained") or [] if isinstance(c, dict)}
+            return contained.get(ref[1:]) or self.contained.get(ref[1:])
+        if ref in self.exact:
+            return self.exact[ref]
+        literal = _LITERAL.fullmatch(ref)
+        if literal is None:
+            return None
+        kind, id, version = literal["type"], literal["id"], literal["version"]
+        base = literal["base"] or self.base_of(owner)
+        found = self.absolute.get((base, kind, id)) if base else None
+        if found is None and not literal["base"]:
+            found = self.local.get((kind, id))
+        if found is None:
+            return None
+        resource, entry_version = found
+        meta = resource.get("meta")
+        entry_version = entry_version or (meta.get("versionId") if isinstance(meta, dict) else None)
+        if version and entry_version and version != entry_version:
+            return None   # another version of it: not what was asked for
+        return resource
 
     def resolve(self, reference: Any, path: str, expected: tuple[str, ...], x12: str | None = None,
                 owner: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -42,16 +88,9 @@ class Resolver:
         if not isinstance(reference, dict):
             return None
         ref = reference.get("reference")
-        if not ref:
+        if not ref or not isinstance(ref, str):
             return None
-        resource = None
-        if ref.startswith("#"):
-            contained = {c.get("id"): c for c in (owner or self.root).get("contained") or []}
-            resource = contained.get(ref[1:]) or self.contained.get(ref[1:])
-        else:
-            resource = self.by_url.get(ref)
-            if resource is None and "/" in ref:
-                resource = self.by_url.get("/".join(ref.rstrip("/").split("/")[-2:]))
+        resource = self.find(ref, owner)
         if resource is None:
             self.problems.append(Problem(path, f"reference {ref!r} cannot be resolved: it is neither contained nor "
                                          "an entry of the Bundle", code="not-found", x12=x12))

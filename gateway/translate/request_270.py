@@ -111,6 +111,12 @@ def _codings(concept: Any) -> list[dict[str, Any]]:
     return [c for c in (concept or {}).get("coding") or [] if isinstance(c, dict)]
 
 
+def _identifier_only(reference: Any) -> bool:
+    """A Reference by business identifier alone (no literal reference to resolve)."""
+    return isinstance(reference, dict) and not reference.get("reference") and isinstance(
+        reference.get("identifier"), dict) and bool(reference["identifier"].get("value"))
+
+
 def _has_type(identifier: dict[str, Any], system: str, code: str) -> bool:
     return any(c.get("system") == system and c.get("code") == code for c in _codings(identifier.get("type")))
 
@@ -193,10 +199,15 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
         g.problems.append(Problem(f"{CER}.patient", "patient is required", x12="2100C NM1"))
     coverage = coverage or {}
     subscriber = g.resolver.resolve(coverage.get("subscriber"), "Coverage.subscriber", ("Patient", "RelatedPerson"),
-                                    "2100C NM1", owner=coverage if coverage.get("contained") else None) \
+                                    "2100C NM1", owner=coverage) \
         if coverage.get("subscriber") else None
 
     member_id = coverage.get("subscriberId") or ""
+    coverage_ref = focal.get("coverage") if focal else None
+    by_identifier = _identifier_only(coverage_ref) and not coverage
+    if by_identifier and _has_type(coverage_ref["identifier"], g.systems["member_id_type"]["system"],
+                                   g.systems["member_id_type"]["code"]):
+        member_id = coverage_ref["identifier"].get("value") or ""   # the Coverage named by its member id (MB)
     patient_own_id = ""
     for ident in coverage.get("identifier") or []:
         if _has_type(ident, g.systems["member_id_type"]["system"], g.systems["member_id_type"]["code"]):
@@ -225,6 +236,11 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
 
     person = _name(patient)
     sub_person = _name(subscriber) if dependent else person
+    if patient is None and _identifier_only(request.get("patient")):
+        # a Patient named by an identifier alone gives the 270 no one to ask about: its name (and for a search,
+        # birth date) must come from the resource itself
+        g.missing("patient_last_name", "the patient is given by an identifier only; the 270 needs the Patient "
+                                       "resource (its name) to ask about them")
     if patient is not None:
         if not person.family:
             g.missing("patient_last_name")
@@ -237,9 +253,11 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
             g.missing("patient_birth_date", "a search without member id needs the birth date")
     if dependent and subscriber is not None and not sub_person.family:
         g.missing("subscriber_last_name")
-    if not member_id and not discovery and coverage:
+    if not member_id and not discovery and (coverage or by_identifier):
         g.missing("member_id", "the member id is missing: Coverage.subscriberId or a Coverage.identifier typed MB "
-                               "(only a discovery request may leave it out)")
+                               "(only a discovery request may leave it out)" + (
+                                   "; the coverage is given by an identifier that is not typed MB" if by_identifier
+                                   else ""))
 
     # payer
     insurer_ref = request.get("insurer") or {}
@@ -248,7 +266,7 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
     if not payer_id:
         for index, payor_ref in enumerate(coverage.get("payor") or []):
             payor = g.resolver.resolve(payor_ref, f"Coverage.payor[{index}]", ("Organization",), "2100A",
-                                       owner=coverage if coverage.get("contained") else None)
+                                       owner=coverage)
             payer_id, name = _payer(g, payor, payor_ref)
             payer_name = payer_name or name
             if payer_id:
@@ -354,9 +372,10 @@ def _provider(g: _Gather, provider: dict[str, Any] | None, ref: Any) -> tuple[st
             if coding.get("system") == g.systems["taxonomy"]:
                 taxonomy = coding.get("code") or ""
         inner = g.resolver.resolve(provider.get("practitioner"), "PractitionerRole.practitioner", ("Practitioner",),
-                                   "2100B") or g.resolver.resolve(provider.get("organization"),
-                                                                  "PractitionerRole.organization",
-                                                                  ("Organization",), "2100B")
+                                   "2100B", owner=provider) or g.resolver.resolve(provider.get("organization"),
+                                                                                  "PractitionerRole.organization",
+                                                                                  ("Organization",), "2100B",
+                                                                                  owner=provider)
         identifiers = list(provider.get("identifier") or [])
         resource = inner or {}
         identifiers += resource.get("identifier") or []

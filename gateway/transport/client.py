@@ -62,6 +62,7 @@ from requests.adapters import HTTPAdapter
 from gateway.errors import GatewayError, X12SyntaxError
 from gateway.transport import core
 from gateway.transport.acks import AckCodes, ack_findings, load_ack_codes
+from gateway.transport.streams import arriving
 from gateway.x12.model import Finding, Loop, Segment, Transaction
 from gateway.x12.reader import read_x12
 from gateway.x12.tokenizer import tokenize
@@ -508,7 +509,7 @@ class PayerClient:
     def _read(self, response: requests.Response, call: _Call) -> bytes:
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_content(64 * 1024):
+        for chunk in arriving(response):
             size += len(chunk)
             if size > MAX_ANSWER_BYTES:
                 raise PayerUnavailable(f"the answer is larger than {MAX_ANSWER_BYTES} bytes; not a real-time 271")

@@ -306,3 +306,18 @@ def test_a_reversed_service_period_and_too_many_items_are_refused():
 def test_trn03_pads_only_what_is_sent():
     result = build_270(bundle(), load_tables(), envelope=ENV, limits=element_limits(), originator="A B*C")
     assert ["TRN", "1", "REQ-9", "9ABC000000"] in segs(result.text)
+
+
+def test_a_coverage_named_by_its_member_id_gives_the_member_id():
+    """An identifier-only Coverage reference typed MB is the member id; untyped, it is not (the 422 says so)."""
+    member = {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MB"}]},
+              "system": "https://payer.example/member", "value": "W555000111"}
+    payload = bundle(request__insurance=[{"coverage": {"identifier": member}}])
+    payload["entry"] = [e for e in payload["entry"] if e["resource"]["resourceType"] != "Coverage"]
+    text = build_270(payload, load_tables(), envelope=ENV).text
+    assert "NM1*IL*1*ROE*ANNA****MI*W555000111~" in text
+    untyped = {k: v for k, v in member.items() if k != "type"}
+    payload["entry"][0]["resource"]["insurance"] = [{"coverage": {"identifier": untyped}}]
+    with pytest.raises(TranslationError) as info:
+        build_270(payload, load_tables(), envelope=ENV)
+    assert [p.x12 for p in info.value.problems] == ["2100C NM109"]
