@@ -20,7 +20,7 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from gateway.errors import GatewayError
 from gateway.fhir.structure import payload_problems
-from gateway.store import AuditStore, RecordStateError
+from gateway.store import AuditStore, ConditionTakenError, RecordStateError
 from gateway.translate.document import iso
 from gateway.translate.errors import TranslationError
 from gateway.translate.notes import Note
@@ -106,18 +106,20 @@ class EligibilityService:
         self._controls = itertools.count(secrets.randbelow(999_999_999))
 
     # -- the whole exchange ---------------------------------------------------------------------------
-    def submit(self, payload: Any) -> Result:
+    def submit(self, payload: Any, *, condition: str | None = None) -> Result:
         """``$submit`` and create: the request is checked, stored, sent and answered."""
-        prepared = self.prepare(payload)
+        prepared = self.prepare(payload, condition=condition)
         if isinstance(prepared, Result):
             return prepared
         return self.exchange(prepared)
 
-    def prepare(self, payload: Any, *, sending: bool = True) -> Prepared | Result:
+    def prepare(self, payload: Any, *, sending: bool = True, condition: str | None = None) -> Prepared | Result:
         """Check, resolve, translate and store the request; a Result is a refusal (nothing was sent).
 
         ``sending``: the 270 goes out right away, so the row is stored as ``sent`` in the same commit;
         otherwise (queued for ``respond-async``) it stays ``received`` until ``exchange`` sends it.
+        ``condition``: a conditional create's normalised If-None-Exist; when another request was just created under
+        it, the Result is 412 with outcome ``condition-taken`` (the caller answers with that request instead).
         """
         start = self.monotonic()
         try:
@@ -160,7 +162,11 @@ class EligibilityService:
         try:
             self.store.record_request(id, stored, resolved if resolved is not payload else None, built.payer_id,
                                       built.trace, now, x12_request=built.text if sending else None,
-                                      sent_at=now if sending else None)
+                                      sent_at=now if sending else None, condition=condition)
+        except ConditionTakenError:
+            return self._refused(412, operation_outcome("duplicate", "a request was created under the same "
+                                                        "If-None-Exist at the same moment; it is the one stored"),
+                                 "condition-taken", payer_id=built.payer_id)
         except DataError:
             return self._refused(400, operation_outcome("value", "the request holds characters or values the audit "
                                                         "store cannot keep (a NUL character, say)"), "invalid-request",

@@ -73,6 +73,12 @@ def _path_only(uri: Any) -> str:
     return log_path(urlsplit(str(uri)).path, matched=False)
 
 
+def pre_request(worker: Any, req: Any) -> None:
+    """gunicorn's hook before each request: its default logs the raw path at DEBUG, where a name or member id in
+    the path would land in the logs; the access logger's path rules apply instead."""
+    worker.log.debug("%s %s", req.method, _path_only(req.path))
+
+
 class _Server(BaseApplication):  # type: ignore[misc]
     def __init__(self, load: Callable[[], Any], options: dict[str, Any]) -> None:
         self._load = load
@@ -113,7 +119,7 @@ def serve(app: Any, host: str, port: int, threads: int = 8, workers: int = 1, wo
         worker_class = FHIR_WORKERS.get(worker_class, worker_class)
     options: dict[str, Any] = {"bind": f"{host}:{port}", "workers": workers, "worker_class": worker_class,
                                "threads": threads, "worker_connections": 200, "accesslog": None, "timeout": 60,
-                               "logger_class": PrivateLogger,
+                               "logger_class": PrivateLogger, "pre_request": pre_request,
                                "keepalive": keepalive, "graceful_timeout": 25}
     if multiprocess_dir is not None:
         os.environ[MULTIPROC_ENV] = multiprocess_dir   # the workers inherit it at the fork

@@ -35,3 +35,39 @@ def test_a_string_where_a_reference_belongs_says_so():
 def test_an_unknown_element_is_code_structure():
     assert problems(colour="blue") == [("CoverageEligibilityRequest.colour", "structure",
                                         "this element is not part of the resource")]
+
+
+# -- JSON types and required codes, which the models coerce or let through ------------------------------------
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"insurance": [{"focal": "yes", "coverage": {"reference": "Coverage/c"}}]},
+     ("CoverageEligibilityRequest.insurance[0].focal", "value", "expected true or false here, not a string")),
+    ({"insurance": [{"focal": 1, "coverage": {"reference": "Coverage/c"}}]},
+     ("CoverageEligibilityRequest.insurance[0].focal", "value", "expected true or false here, not a number")),
+    ({"item": [{"category": {"text": "x"}, "quantity": {"value": "2"}}]},
+     ("CoverageEligibilityRequest.item[0].quantity.value", "value", "expected a JSON number here, not a string")),
+    ({"created": 20250310},
+     ("CoverageEligibilityRequest.created", "value", "expected a JSON string here, not a number")),
+    ({"item": [{"category": '{"text": "x"}'}]},
+     ("CoverageEligibilityRequest.item[0].category", "value", "expected a JSON object here, not a string")),
+    ({"status": "bogus"},
+     ("CoverageEligibilityRequest.status", "code-invalid",
+      "'bogus' is not one of the codes this element allows (active, cancelled, draft, entered-in-error)")),
+    ({"contained": [{"resourceType": "Patient", "id": "p", "gender": "bogus"}]},
+     ("CoverageEligibilityRequest.contained[0].gender", "code-invalid",
+      "'bogus' is not one of the codes this element allows (female, male, other, unknown)")),
+])
+def test_values_of_the_wrong_json_type_or_code_are_refused(changes, expected):
+    """fhir.resources reads "yes" as true, "2" as 2 and 20250310 as a time, and checks no codes: stored as sent,
+    each would be served back as invalid FHIR."""
+    assert problems(**changes) == [expected]
+
+
+def test_well_typed_values_pass_including_primitive_extensions_and_array_placeholders():
+    patient = {"resourceType": "Patient", "id": "p", "active": True, "gender": "female", "multipleBirthInteger": 2,
+               "name": [{"given": ["Ann", "Marie"], "_given": [None, {"extension": [
+                   {"url": "http://example.org/x", "valueBoolean": False}]}]}],
+               "_birthDate": {"extension": [{"url": "http://example.org/y", "valueDecimal": 2.5}]}}
+    assert structure_problems(patient) == []
+    patient["multipleBirthInteger"] = 2.0   # FHIR JSON writes an integer without a fraction
+    assert [(p.fhir_path, p.code) for p in structure_problems(patient)] == [("Patient.multipleBirthInteger", "value")]

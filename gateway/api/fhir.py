@@ -306,9 +306,12 @@ def create():  # type: ignore[no-untyped-def]
     existing = _conditional_match(service, prefer)
     if existing is not None:
         return existing
+    condition = _condition_key(request.headers.get("If-None-Exist"))
     if "respond-async" in prefer:
-        return _accept_async(service, payload)
-    result = service.submit(payload)
+        return _accept_async(service, payload, condition)
+    result = service.submit(payload, condition=condition)
+    if result.outcome == "condition-taken":   # the same conditional create, a moment earlier: its request
+        return _conditional_match(service, prefer) or _result_response(result)
     if result.request_id is None:
         return _result_response(result)
     location = f"{base_url()}{CER}/{result.request_id}"
@@ -320,32 +323,17 @@ def create():  # type: ignore[no-untyped-def]
 def _conditional_match(service: EligibilityService, prefer: dict[str, str]) -> Response | None:
     """Conditional create (``If-None-Exist: identifier=...``): None when nothing matches (create as usual); 200 with
     the one request that matches (no second payer call: a client's retry after a lost answer is safe); 412 when
-    several do. The search is strict: an ignored parameter would match more than the client meant."""
+    several do."""
     header = request.headers.get("If-None-Exist")
     if header is None:
         return None
-    params: dict[str, list[str]] = {}
-    for key, value in parse_qsl(header.strip().lstrip("?"), keep_blank_values=True):
-        params.setdefault(key, []).append(value)
-    if not params or any(key.partition(":")[0] in _RESULT_PARAMS for key in params):
-        return outcome_response(400, "invalid", "If-None-Exist takes search parameters of "
-                                f"{CER} (identifier=system|value, say)", expression="If-None-Exist")
-    unknown = [key for key in params if not _supported(CER, key)]
-    try:
-        if unknown:
-            raise SearchError(unknown[0], "is not a search parameter of this server")
-        _refuse_control_characters(params)
-        found, total = service.store.search_requests(params, 2, 0)
-    except SearchError as exc:
-        return outcome_response(400, "invalid", f"If-None-Exist: search parameter {exc.param}: {exc.message}",
-                                expression="If-None-Exist")
-    if total == 0:
+    found = _condition_match(service, header, "If-None-Exist")
+    if found is None:
         return None
-    if total > 1:
-        return outcome_response(412, "multiple-matches", f"If-None-Exist matches {total} stored requests; make it "
-                                "specific (one identifier)")
-    match = found[0]
-    headers = {"Location": f"{base_url()}{CER}/{match['id']}"}
+    if not isinstance(found, dict) or found.get("resourceType") != CER:
+        status, code, text = found
+        return outcome_response(status, code, text, **({"expression": "If-None-Exist"} if status == 400 else {}))
+    headers = {"Location": f"{base_url()}{CER}/{found['id']}"}
     wanted = prefer.get("return", "representation").lower()
     g.outcome = "exists"
     if wanted == "minimal":
@@ -354,15 +342,52 @@ def _conditional_match(service: EligibilityService, prefer: dict[str, str]) -> R
         return fhir_response(operation_outcome("informational", "a request matching If-None-Exist is already "
                                                "stored; nothing was created or sent", severity="information"),
                              200, headers)
-    return fhir_response(match, 200, headers)
+    return fhir_response(found, 200, headers)
 
 
-def _accept_async(service: EligibilityService, payload: Any) -> Response:
+def _condition_key(condition: str | None) -> str | None:
+    """A conditional create's condition as stored (unique: see ``AuditStore.record_request``): its parameters in
+    one order, so a client's retry is the same key; None without one, or when too long to index."""
+    if condition is None:
+        return None
+    pairs = sorted(parse_qsl(condition.strip().lstrip("?"), keep_blank_values=True))
+    key = "&".join(f"{name}={value}" for name, value in pairs)
+    return key if 0 < len(key) <= 1024 else None
+
+
+def _condition_match(service: EligibilityService, condition: str, name: str) -> Any:
+    """A conditional create's condition (the ``If-None-Exist`` header, or a batch entry's ``request.ifNoneExist``):
+    None when no stored request matches, the one stored request that does, or (status, issue code, text) to refuse
+    with (400 not a search of this server, 412 several matches). The search is strict: an ignored parameter would
+    match more than the client meant."""
+    params: dict[str, list[str]] = {}
+    for key, value in parse_qsl(condition.strip().lstrip("?"), keep_blank_values=True):
+        params.setdefault(key, []).append(value)
+    if not params or any(key.partition(":")[0] in _RESULT_PARAMS for key in params):
+        return 400, "invalid", f"{name} takes search parameters of {CER} (identifier=system|value, say)"
+    unknown = [key for key in params if not _supported(CER, key)]
+    try:
+        if unknown:
+            raise SearchError(unknown[0], "is not a search parameter of this server")
+        _refuse_control_characters(params)
+        found, total = service.store.search_requests(params, 2, 0)
+    except SearchError as exc:
+        return 400, "invalid", f"{name}: search parameter {exc.param}: {exc.message}"
+    if total == 0:
+        return None
+    if total > 1:
+        return 412, "multiple-matches", f"{name} matches {total} stored requests; make it specific (one identifier)"
+    return found[0]
+
+
+def _accept_async(service: EligibilityService, payload: Any, condition: str | None = None) -> Response:
     """Checked and stored now (refusals are immediate); the payer is asked on a worker thread."""
     pending: set[str] = _ext()["pending"]
     if len(pending) >= _ext()["max_pending"]:
         return outcome_response(429, "throttled", "too many asynchronous requests are waiting; retry later")
-    prepared = service.prepare(payload, sending=False)
+    prepared = service.prepare(payload, sending=False, condition=condition)
+    if isinstance(prepared, Result) and prepared.outcome == "condition-taken":
+        return _conditional_match(service, _prefer()) or _result_response(prepared)
     if isinstance(prepared, Result):
         return _result_response(prepared)
     pending.add(prepared.id)
@@ -711,8 +736,8 @@ def batch():  # type: ignore[no-untyped-def]
     return fhir_response(reply)
 
 
-def _batch_request(base: str, index: int, entry: Any) -> tuple[str, dict[str, Any], str] | dict[str, Any]:
-    """(interaction, resource, where) for a supported entry; otherwise its error entry."""
+def _batch_request(base: str, index: int, entry: Any) -> tuple[str, dict[str, Any], str, str | None] | dict[str, Any]:
+    """(interaction, resource, where, ifNoneExist) for a supported entry; otherwise its error entry."""
     where = f"Bundle.entry[{index}]"
     if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
         return _entry_error(400, "structure", "each batch entry needs request.method and request.url",
@@ -733,19 +758,41 @@ def _batch_request(base: str, index: int, entry: Any) -> tuple[str, dict[str, An
         resource = _unwrap_parameters(entry["resource"])
     except ParametersError as exc:
         return _entry_error(400, "structure", str(exc), f"{where}.resource.{exc.expression.partition('.')[2]}")
-    return ("submit" if url.endswith("$submit") else "create", resource, where)
+    condition = entry["request"].get("ifNoneExist")
+    if condition is not None and (not isinstance(condition, str) or url.endswith("$submit")):
+        return _entry_error(400, "invalid", "request.ifNoneExist is a search string, and only for a create",
+                            f"{where}.request.ifNoneExist")
+    return ("submit" if url.endswith("$submit") else "create", resource, where, condition)
 
 
 def _batch_prepare(service: EligibilityService, item: Any) -> Any:
     if not isinstance(item, tuple):
         return item
-    kind, resource, where = item
+    kind, resource, where, condition = item
+    if condition is not None:   # a conditional create, as the If-None-Exist header makes one
+        found = _batch_condition(service, condition, where)
+        if found is not None:
+            return found
     try:
-        prepared = service.prepare(resource)
+        prepared = service.prepare(resource, condition=_condition_key(condition))
     except Exception as exc:   # one entry's bug must not sink the others
         log.error("batch entry could not be prepared: %s", type(exc).__name__)
         return _entry_error(500, "exception", "the entry could not be processed", where)
+    if isinstance(prepared, Result) and prepared.outcome == "condition-taken":
+        # created under the same condition a moment earlier: that request is the answer
+        return _batch_condition(service, condition, where) or _entry_result(kind, prepared)
     return (kind, prepared, where) if not isinstance(prepared, Result) else _entry_result(kind, prepared)
+
+
+def _batch_condition(service: EligibilityService, condition: str, where: str) -> dict[str, Any] | None:
+    """A batch entry's ``request.ifNoneExist``: its answer when a request matches (200) or the condition is
+    refused (400, 412); None to create."""
+    found = _condition_match(service, condition, "request.ifNoneExist")
+    if isinstance(found, tuple):
+        return _entry_error(*found, f"{where}.request.ifNoneExist")
+    if found is None:
+        return None
+    return {"response": {"status": _status_line(200), "location": f"{CER}/{found['id']}"}, "resource": found}
 
 
 def _batch_exchange(service: EligibilityService, item: Any, lanes: dict[str, threading.BoundedSemaphore]) -> Any:

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gateway.fhir.json_types import json_type_problems
 from gateway.fhir.models import validate_structure
 from gateway.translate.errors import Problem
 
@@ -16,19 +17,23 @@ _CODES = {"missing": "required", "model_field_validation.missing": "required", "
 
 
 def structure_problems(resource: dict[str, Any], path: str | None = None) -> list[Problem]:
-    """Every structural problem fhir.resources finds, each with a FHIRPath expression."""
+    """Every structural problem fhir.resources finds, and every value of the wrong JSON type or outside a required
+    binding (which its models let through: see :mod:`gateway.fhir.json_types`), each with a FHIRPath expression."""
     root = path or str(resource.get("resourceType") or "Resource")
     try:
+        typed = json_type_problems(resource, root)
         validate_structure(resource)
     except ValidationError as exc:
-        return [Problem(_path(root, error.get("loc") or ()), _message(error),
-                        code=_CODES.get(error.get("type", ""), "value"))
-                for error in exc.errors(include_url=False, include_input=False)]
+        seen = {p.fhir_path for p in typed}
+        return typed + [problem for problem in (
+            Problem(_path(root, error.get("loc") or ()), _message(error), code=_CODES.get(error.get("type", ""),
+                                                                                          "value"))
+            for error in exc.errors(include_url=False, include_input=False)) if problem.fhir_path not in seen]
     except RecursionError:
         return [Problem(root, "the resource nests too deeply to check", code="too-costly")]
     except (KeyError, LookupError, TypeError, ValueError) as exc:
         return [Problem(root, f"not a FHIR resource this server knows: {exc}", code="structure")]
-    return []
+    return typed
 
 
 def invariant_problems(resource: dict[str, Any], path: str | None = None) -> list[Problem]:

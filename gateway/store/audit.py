@@ -21,7 +21,14 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from gateway.store.checkpoint import SAFETY_FRAMES, Checkpointer
-from gateway.store.errors import DuplicateRecordError, RecordStateError, SearchError, StoreError, UnknownRecordError
+from gateway.store.errors import (
+    ConditionTakenError,
+    DuplicateRecordError,
+    RecordStateError,
+    SearchError,
+    StoreError,
+    UnknownRecordError,
+)
 from gateway.store.migrate import (
     ensure_sqlite_folder,
     is_memory_sqlite,
@@ -125,10 +132,12 @@ class AuditStore:
     # -- writing --------------------------------------------------------------------------------------
     def record_request(self, id: str, request: dict[str, Any], resolved: dict[str, Any] | None, payer_id: str,
                        trace: str, received_at: datetime, *, x12_request: str | None = None,
-                       sent_at: datetime | None = None) -> None:
+                       sent_at: datetime | None = None, condition: str | None = None) -> None:
         """Store an accepted CoverageEligibilityRequest before the payer is called.
 
         Status ``received``; or ``sent`` when the 270 about to go out is given too (one commit instead of two).
+        ``condition``: the If-None-Exist it is created under; one already stored raises :class:`ConditionTakenError`
+        (another process's create under the same condition won the race).
         """
         identifiers = _identifiers(request.get("identifier"))
         created, created_end = fhir_datetime_bounds(request.get("created")) or (None, None)
@@ -139,6 +148,7 @@ class AuditStore:
             request_status=_string(request.get("status")), request_identifiers=[_joined(i) for i in identifiers],
             response_identifiers=[], created=created, created_end=created_end, received_at=received_at,
             x12_request=x12_request, sent_at=sent_at if x12_request is not None else None,
+            create_condition=condition,
         )
         try:
             with self._writer.begin() as connection:   # Core, not the ORM unit of work: a third of the time
@@ -148,9 +158,12 @@ class AuditStore:
                         {"transaction_id": id, "kind": "request", "system": s, "value": v} for s, v in identifiers])
         except IntegrityError:
             with self.sessions() as session:
-                if session.get(EligibilityRecord, id) is None:
-                    raise  # not the id: a required value is missing
-            raise DuplicateRecordError(id) from None
+                if session.get(EligibilityRecord, id) is not None:
+                    raise DuplicateRecordError(id) from None
+                if condition is not None and session.scalar(
+                        select(EligibilityRecord.id).where(EligibilityRecord.create_condition == condition)):
+                    raise ConditionTakenError(condition) from None
+            raise  # neither: a required value is missing
 
     def record_sent(self, id: str, x12_request: str, sent_at: datetime) -> None:
         """The 270 is going to the payer: only a transaction still ``received`` (one the client cancelled meanwhile,

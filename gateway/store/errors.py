@@ -45,3 +45,11 @@ class RecordStateError(StoreError):
         self.record_id = record_id
         self.status = status
         super().__init__(f"eligibility transaction {record_id!r} is {status}, not waiting to be sent")
+
+
+class ConditionTakenError(StoreError):
+    """``record_request`` under an If-None-Exist condition another request was just created under."""
+
+    def __init__(self, condition: str) -> None:
+        self.condition = condition
+        super().__init__("a request was already created under this If-None-Exist condition")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -73,6 +73,9 @@ class EligibilityRecord(Base):
         Index("ix_eligibility_transactions_response_created_end", "response_created_end"),
         Index("ix_eligibility_transactions_trace", "trace"),
         Index("ix_eligibility_transactions_received_at", "received_at"),   # retention: purge by age (0002)
+        # one create per If-None-Exist condition, across processes; partial: the plain creates (most) skip it (0004)
+        Index("ix_eligibility_transactions_create_condition", "create_condition", unique=True,
+              sqlite_where=text("create_condition IS NOT NULL"), postgresql_where=text("create_condition IS NOT NULL")),
     )
 
     # the CoverageEligibilityRequest id the gateway assigns
@@ -90,6 +93,9 @@ class EligibilityRecord(Base):
     http_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # OperationOutcome
     trace: Mapped[str | None] = mapped_column(String(80), nullable=True)  # TRN02
+    # the If-None-Exist condition it was created under (normalised), unique: two creates racing under one
+    # condition store one request, not two (0004)
+    create_condition: Mapped[str | None] = mapped_column(String(1024), nullable=True)
 
     # search columns, extracted when the request (and the answer) is saved
     patient_ref: Mapped[str | None] = mapped_column(String, nullable=True)

@@ -352,7 +352,11 @@ def _payer(g: _Gather, org: dict[str, Any] | None, ref: dict[str, Any]) -> tuple
     if ref.get("identifier"):
         identifiers.append(ref["identifier"])
     typed = g.systems["payer_id_type"]
-    chosen = next((i for i in identifiers if _has_type(i, typed["system"], typed["code"])), None)
+    chosen = next((i for i in identifiers if isinstance(i, dict) and _has_type(i, typed["system"], typed["code"])),
+                  None)
+    # an NPI or a tax id names the organisation, never as its payer id: only typed would it count
+    identifiers = [i for i in identifiers if isinstance(i, dict)
+                   and i.get("system") not in g.systems["not_payer_id_systems"]]
     if chosen is None and len(identifiers) == 1:
         chosen = identifiers[0]
     elif chosen is None and len(identifiers) > 1:

@@ -226,6 +226,50 @@ def test_conditional_create_answers_a_retry_without_asking_the_payer_again(gatew
         outcome_issue(gateway.post(f"/{CER}", payload, headers={"If-None-Exist": bad}), 400, "invalid")
 
 
+def test_conditional_creates_racing_under_one_condition_create_one_request(gateway: Gateway, simulator):
+    """Six clients (or one client's retries) at once: each search finds nothing, but only one create may win; the
+    others are answered with its request, and the payer is asked once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    payload = fhir_request("subscriber-generic")
+    identifier = payload["entry"][0]["resource"]["identifier"][0]
+    identifier["value"] += "-RACE"
+    condition = {"If-None-Exist": f"identifier={identifier['system']}|{identifier['value']}",
+                 "Prefer": "return=minimal"}
+    calls = sum(simulator.calls.values())
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: gateway.post(f"/{CER}", payload, headers=condition), range(6)))
+    assert sorted(a.status_code for a in answers) == [200] * 5 + [201], [a.text for a in answers]
+    assert len({a.headers["Location"] for a in answers}) == 1
+    assert sum(simulator.calls.values()) == calls + 1
+    found = gateway.get(f"/{CER}", params={"identifier": f"{identifier['system']}|{identifier['value']}"}).json()
+    assert found["total"] == 1
+
+
+def test_a_batch_entry_with_if_none_exist_is_a_conditional_create(gateway: Gateway, simulator):
+    """Bundle.entry.request.ifNoneExist is the batch form of If-None-Exist: a retried batch asks no payer twice."""
+    payload = fhir_request("subscriber-generic")
+    identifier = payload["entry"][0]["resource"]["identifier"][0]
+    identifier["value"] += "-BATCH"
+    condition = f"identifier={identifier['system']}|{identifier['value']}"
+    entry = {"request": {"method": "POST", "url": CER, "ifNoneExist": condition}, "resource": payload}
+    first = gateway.post("/", {"resourceType": "Bundle", "type": "batch", "entry": [entry]}).json()["entry"][0]
+    assert first["response"]["status"].startswith("201"), first
+    calls = sum(simulator.calls.values())
+    again = gateway.post("/", {"resourceType": "Bundle", "type": "batch", "entry": [entry]}).json()["entry"][0]
+    assert again["response"]["status"].startswith("200") and again["response"]["location"] == \
+        first["response"]["location"] and again["resource"]["id"] == first["resource"]["id"]
+    assert sum(simulator.calls.values()) == calls
+    gateway.post(f"/{CER}", payload)   # a second stored request with that identifier
+    refused = [{**entry, "request": {**entry["request"], "ifNoneExist": value}}
+               for value in (condition, "name=x", 7)] + [
+        {"request": {"method": "POST", "url": f"{CER}/$submit", "ifNoneExist": condition}, "resource": payload}]
+    statuses = [e["response"]["status"][:3] for e in gateway.post("/", {"resourceType": "Bundle", "type": "batch",
+                                                                         "entry": refused}).json()["entry"]]
+    assert statuses == ["412", "400", "400", "400"]
+    assert sum(simulator.calls.values()) == calls + 1   # only the plain create above asked the payer
+
+
 def _poll(gateway: Gateway, status_url: str) -> requests.Response:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

@@ -126,3 +126,15 @@ def test_serve_names_the_fhir_workers_for_both_classes():
         module, _, cls = path.rpartition(".")
         worker = getattr(importlib.import_module(module), cls)
         assert name in worker.__mro__[2].__module__   # gunicorn's gthread / ggevent worker underneath
+
+
+def test_the_debug_line_before_each_request_keeps_only_known_path_words():
+    from types import SimpleNamespace
+
+    from gateway.serving import pre_request
+
+    log = _Log()
+    log.debug = lambda msg, *args: log.lines.append(("debug", msg % args, {}))
+    pre_request(SimpleNamespace(log=log), SimpleNamespace(method="GET", path="/Patient/DELGADO-MARIA-19780514"))
+    (kind, text, _), = log.lines
+    assert kind == "debug" and text.startswith("GET /Patient/") and "DELGADO" not in text and "1978" not in text

@@ -162,7 +162,7 @@ def test_migrations_create_the_schema_and_are_idempotent(database_url: str):
     engine = create_engine(database_url)
     try:
         with engine.connect() as connection:
-            assert connection.execute(text("select version_num from alembic_version")).scalars().all() == ["0003"]
+            assert connection.execute(text("select version_num from alembic_version")).scalars().all() == ["0004"]
             # the hand-written migration builds exactly what the models describe
             diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}),
                                     Base.metadata)
@@ -295,6 +295,21 @@ def test_unknown_and_duplicate_ids_are_refused(store: AuditStore):
         store.record_answer("missing", x12_response=None, response=None, outcome=None, aaa_codes=[],
                             http_status=504, answered_at=now)
     assert store.record("gw-3").status == "received"
+
+
+def test_one_request_per_if_none_exist_condition(store: AuditStore):
+    """Two conditional creates racing under one condition: the second insert is refused, whichever process."""
+    from gateway.store import ConditionTakenError
+
+    now = datetime.now(UTC)
+    condition = "identifier=urn:ehr|REQ-1"
+    store.record_request("gw-c1", SEED[0]["request"], None, "60054", "T1", now, condition=condition)
+    with pytest.raises(ConditionTakenError):
+        store.record_request("gw-c2", SEED[0]["request"], None, "60054", "T2", now, condition=condition)
+    store.record_request("gw-c3", SEED[0]["request"], None, "60054", "T3", now, condition="identifier=urn:ehr|REQ-2")
+    for n in range(4, 6):   # without a condition, any number
+        store.record_request(f"gw-c{n}", SEED[0]["request"], None, "60054", f"T{n}", now)
+    assert store.record("gw-c2") is None and store.search_requests({}, 10, 0)[1] == 4
 
 
 def test_a_request_not_yet_sent_can_be_cancelled_and_is_then_never_sent(store: AuditStore):

@@ -276,7 +276,7 @@ def test_migration_0003_backfills_rows_written_by_0002(database_url: str):
             connection.execute(RECORDS.insert(), rows)
         upgrade(database_url)
         with engine.connect() as connection:
-            assert connection.execute(text("select version_num from alembic_version")).scalar_one() == "0003"
+            assert connection.execute(text("select version_num from alembic_version")).scalar_one() == "0004"
             assert compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}),
                                     Base.metadata) == []
             found = {row.id: row for row in connection.execute(select(

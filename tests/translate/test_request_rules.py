@@ -321,3 +321,15 @@ def test_a_coverage_named_by_its_member_id_gives_the_member_id():
     with pytest.raises(TranslationError) as info:
         build_270(payload, load_tables(), envelope=ENV)
     assert [p.x12 for p in info.value.problems] == ["2100C NM109"]
+
+
+def test_an_npi_or_tax_id_is_never_taken_as_the_payer_id():
+    payload = bundle(request__insurer={"identifier": {"system": "http://hl7.org/fhir/sid/us-npi", "value": "ZZZ"}},
+                     coverage__payor=None)
+    payload["entry"] = [e for e in payload["entry"] if e["resource"].get("id") != "payer"]
+    with pytest.raises(TranslationError) as info:
+        build_270(payload, load_tables(), envelope=ENV)
+    assert [p.x12 for p in info.value.problems] == ["2100A NM109"]
+    # an untyped identifier of another system still is (payers' ids are often sent so)
+    payload["entry"][0]["resource"]["insurer"] = {"identifier": {"system": "urn:payer", "value": "60054"}}
+    assert "NM1*PR*2*" in build_270(payload, load_tables(), envelope=ENV).text
