@@ -21,7 +21,8 @@ from gunicorn import util
 from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
 from gunicorn.workers.gthread import ThreadWorker as _ThreadWorker
 
-FHIR_JSON = "application/fhir+json"
+from gateway.fhir import FHIR_JSON_UTF8
+
 # what gunicorn refuses, by exception class: HTTP status, reason phrase, FHIR issue type, what the client is told
 # (class names, not imports: each gunicorn version has its own set). Any other parse error is 400 / structure.
 REFUSALS: dict[str, tuple[int, str, str, str]] = {
@@ -96,7 +97,7 @@ class _FhirErrors:
                                    extra={"request_id": request_id})
             else:
                 self.log.exception("Error handling request (no URI read)", extra={"request_id": request_id})
-        head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: {FHIR_JSON}\r\n"
+        head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: {FHIR_JSON_UTF8}\r\n"
                 f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\n\r\n")
         try:
             util.write_nonblock(client, head.encode("latin-1") + body)

@@ -24,6 +24,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 
 from gateway.errors import ConfigError
+from gateway.fhir import FHIR_JSON_UTF8
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 DEFAULT_OPEN_PATHS = ("/metadata", "/healthz", "/readyz", "/metrics")
 # the conformance resources a CapabilityStatement points to: public definitions, like /metadata itself
 CONFORMANCE_PREFIXES = ("/StructureDefinition/", "/SearchParameter/")
-FHIR_JSON = "application/fhir+json"
 
 _READ_SUFFIX = "read"
 
@@ -147,7 +147,7 @@ def _outcome(code: str, text: str) -> dict[str, Any]:
 
 
 def _fhir_response(status: int, code: str, text: str, challenge: str) -> Response:
-    return Response(json.dumps(_outcome(code, text)), status=status, content_type=FHIR_JSON,
+    return Response(json.dumps(_outcome(code, text)), status=status, content_type=FHIR_JSON_UTF8,
                     headers={"WWW-Authenticate": challenge})
 
 

@@ -22,6 +22,7 @@ from flask import Blueprint, Flask, Response, copy_current_request_context, curr
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from gateway.fhir import FHIR_JSON, FHIR_JSON_UTF8
 from gateway.fhir.structure import MAX_DEPTH, json_shape
 from gateway.mappings import mappings_dir
 from gateway.observability import carry_context
@@ -31,7 +32,6 @@ from gateway.store.search import IGNORED_PARAMS, REQUEST_PARAMS, RESPONSE_PARAMS
 
 fhir = Blueprint("fhir", __name__)
 
-FHIR_JSON = "application/fhir+json"
 ACCEPTED_TYPES = {"application/fhir+json", "application/json", "application/json+fhir"}
 DEFAULT_COUNT = 20
 MAX_COUNT = 100
@@ -65,7 +65,7 @@ def fhir_response(body: dict[str, Any] | None, status: int = 200, headers: dict[
         del response.headers["Content-Type"]
         return response
     data = orjson.dumps(body, option=orjson.OPT_INDENT_2 if _pretty() else 0)
-    return Response(data, status=status, headers=headers, content_type=FHIR_JSON)
+    return Response(data, status=status, headers=headers, content_type=FHIR_JSON_UTF8)
 
 
 def _pretty() -> bool:
@@ -690,7 +690,7 @@ def conformance_resource(id: str):  # type: ignore[no-untyped-def]
     name = _CONFORMANCE.get((kind, id))
     if name is None:
         return outcome_response(404, "not-found", f"{kind}/{id[:64]} is not known")
-    return Response(_conformance(name, current_app.config.get("FHIR_X12_MAPPINGS")), content_type=FHIR_JSON)
+    return Response(_conformance(name, current_app.config.get("FHIR_X12_MAPPINGS")), content_type=FHIR_JSON_UTF8)
 
 
 # -- batch ----------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def benefit(response: dict[str, Any], service_type: str, network: str, kind: str
 
 def outcome_issue(response: requests.Response, status: int, code: str) -> dict[str, Any]:
     assert response.status_code == status, response.text[:2000]
-    assert response.headers["Content-Type"].startswith(FHIR_JSON)
+    assert response.headers["Content-Type"] == f"{FHIR_JSON}; charset=utf-8"   # R4 http.html: SHALL name it
     body = response.json()
     assert body["resourceType"] == "OperationOutcome"
     assert all(issue["code"] in ISSUE_TYPES for issue in body["issue"])
@@ -61,7 +61,7 @@ def outcome_issue(response: requests.Response, status: int, code: str) -> dict[s
 def test_submit_answers_with_the_members_plan(gateway: Gateway):
     response = gateway.post(f"/{CER}/$submit", fhir_request("subscriber-generic"))
     assert response.status_code == 200, response.text
-    assert response.headers["Content-Type"].startswith(FHIR_JSON)
+    assert response.headers["Content-Type"] == f"{FHIR_JSON}; charset=utf-8"
     body = response.json()
     assert body["resourceType"] == RESPONSE and body["outcome"] == "complete"
     assert body["insurance"][0]["inforce"] is True

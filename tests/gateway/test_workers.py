@@ -85,7 +85,7 @@ def test_the_answer_on_the_wire(worker_class):
     lines = head.split("\r\n")
     assert lines[0] == "HTTP/1.1 414 URI Too Long"
     headers = dict(line.split(": ", 1) for line in lines[1:])
-    assert headers["Content-Type"] == "application/fhir+json" and headers["Connection"] == "close"
+    assert headers["Content-Type"] == "application/fhir+json; charset=utf-8" and headers["Connection"] == "close"
     assert int(headers["Content-Length"]) == len(json.dumps(body).encode())
     assert body["issue"][0]["code"] == "too-long"
     (kind, text, extra), = log.lines
