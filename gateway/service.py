@@ -24,7 +24,13 @@ from gateway.store import AuditStore, ConditionTakenError, RecordStateError
 from gateway.translate.document import iso
 from gateway.translate.errors import TranslationError
 from gateway.translate.notes import Note
-from gateway.translate.references import Resolver, absolute_references, bundle_base, contain_local_references
+from gateway.translate.references import (
+    Resolver,
+    absolute_references,
+    bundle_base,
+    bundle_local,
+    contain_local_references,
+)
 from gateway.translate.request_270 import CER, Request270, build_270, find_request
 from gateway.translate.response_271 import ResponseContext, ResponseTranslation, translate_271
 from gateway.translate.tables import Tables
@@ -287,6 +293,7 @@ class EligibilityService:
     def _context(self, prepared: Prepared) -> ResponseContext:
         request = prepared.original
         resolver = Resolver(request, prepared.bundle)
+        local_urls = set(bundle_local(prepared.bundle))   # urn: and relative fullUrls: copied, never left dangling
         contained: list[dict[str, Any]] = []
 
         local_ids: dict[int, str] = {}
@@ -297,7 +304,7 @@ class EligibilityService:
             if not isinstance(ref, dict) or not (ref.get("reference") or ref.get("identifier")):
                 return None
             target = ref.get("reference") or ""
-            if target.startswith("#") or target.startswith("urn:"):
+            if target.startswith(("#", "urn:")) or target in local_urls:
                 resource = resolver.resolve(ref, path, ())
                 if resource is None:
                     return {k: v for k, v in ref.items() if k != "reference"} or None
@@ -317,7 +324,8 @@ class EligibilityService:
             if not isinstance(value, dict):
                 return value
             out = {k: inner(v, path) for k, v in value.items() if k != "contained"}
-            if isinstance(value.get("reference"), str) and value["reference"].startswith(("#", "urn:")):
+            if isinstance(value.get("reference"), str) and (value["reference"].startswith(("#", "urn:"))
+                                                            or value["reference"] in local_urls):
                 out = portable(value, path) or {k: v for k, v in value.items() if k != "reference"}
             return out
 

@@ -342,11 +342,13 @@ class _Walk:
         found = self.lookup(ref, owner)
         if found is not None:
             return found
+        shown = repr(ref)
         base = self._resolver.base_of(owner) if self._resolver is not None else None
         if base is not None and _RELATIVE.match(ref):
             # inside an entry from another server, Type/id is that server's resource (FHIR's Bundle rules): fetched
             # from there (when it is allowed), never from ours
             ref = base + ref
+            shown = f"{shown} (that is, {ref})"
         if ref.startswith("#"):
             self.problem(path, f"reference {ref!r} cannot be resolved: there is no contained resource with that id",
                          "not-found", x12)
@@ -355,33 +357,34 @@ class _Walk:
             self.problem(path, f"reference {ref!r} cannot be resolved: no Bundle entry has that fullUrl, and a "
                          "urn cannot be fetched", "not-found", x12)
             return None
-        target = self.target(ref, path, x12)
+        target = self.target(ref, path, x12, shown)
         if target is None:
             return None
         if target.kind not in expected:
-            self.problem(path, f"reference {ref!r} points at a {target.kind}, expected {' or '.join(expected)}",
+            self.problem(path, f"reference {shown} points at a {target.kind}, expected {' or '.join(expected)}",
                          "invalid", x12)
             return None
         result = self.results.get(target.url)
         if result is None:
             result = self.results[target.url] = self.fetch(target)
         if isinstance(result, _Failure):
-            self.problem(path, f"reference {ref!r} {result.reason}", result.code, x12)
+            self.problem(path, f"reference {shown} {result.reason}", result.code, x12)
             return None
-        self.fetched.append({"fullUrl": ref, "resource": result})
+        self.fetched.append({"fullUrl": target.url, "resource": result})   # where it lives: absolute
         return result
 
-    def target(self, ref: str, path: str, x12: str | None) -> _Target | None:
+    def target(self, ref: str, path: str, x12: str | None, shown: str | None = None) -> _Target | None:
+        shown = shown or repr(ref)
         match = _RELATIVE.match(ref)
         if any(segment in (".", "..") for segment in ref.split("?")[0].split("/")):
             # a dot segment is dropped or climbs on the way (urllib3 normalises the path): another resource, or one
             # outside the FHIR base, would be fetched in its name
-            self.problem(path, f"reference {ref!r} cannot be fetched: '.' and '..' are not ids or versions", "invalid",
+            self.problem(path, f"reference {shown} cannot be fetched: '.' and '..' are not ids or versions", "invalid",
                          x12)
             return None
         if match:
             if not self.config.base:
-                self.problem(path, f"reference {ref!r} cannot be resolved: it is neither contained nor in the "
+                self.problem(path, f"reference {shown} cannot be resolved: it is neither contained nor in the "
                              "Bundle, and no upstream FHIR server is configured (FHIR_X12_FHIR_BASE)",
                              "not-found", x12)
                 return None
@@ -394,14 +397,14 @@ class _Walk:
         tail = _PATH_TAIL.search(parts.path) if parts is not None else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or tail is None \
                 or parts.query or parts.fragment or "@" in parts.netloc:
-            self.problem(path, f"reference {ref!r} cannot be resolved: it is not contained, not in the Bundle, and "
+            self.problem(path, f"reference {shown} cannot be resolved: it is not contained, not in the Bundle, and "
                          "not a reference that can be fetched (Type/id or an absolute http(s) URL ending in "
                          "Type/id)", "invalid", x12)
             return None
         host = parts.hostname.lower()
         effective = port or (443 if parts.scheme == "https" else 80)
         if not any(host == h and (p is None or p == effective) for h, p in self.hosts):
-            self.problem(path, f"reference {ref!r} cannot be fetched: host {parts.netloc.lower()!r} is not allowed "
+            self.problem(path, f"reference {shown} cannot be fetched: host {parts.netloc.lower()!r} is not allowed "
                          "(FHIR_X12_FHIR_ALLOWED_HOSTS)", "forbidden", x12)
             return None
         return _Target(ref, tail.group(1), tail.group(2), absolute=True)

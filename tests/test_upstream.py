@@ -209,8 +209,9 @@ def test_ehr_example_resolves_payer_via_coverage_payor(ehr: Upstream):
     assert result["resourceType"] == "Bundle" and result["type"] == "collection"
     first = result["entry"][0]
     assert first["resource"] is payload and first["fullUrl"].startswith("urn:uuid:")
-    assert {e["fullUrl"] for e in result["entry"][1:]} == {"Patient/123", "Coverage/456", "Organization/acme",
-                                                           "Practitioner/9"}
+    # each fetched resource under the URL it was read from
+    assert {e["fullUrl"] for e in result["entry"][1:]} == {f"{ehr.url}/fhir/{path}" for path in (
+        "Patient/123", "Coverage/456", "Organization/acme", "Practitioner/9")}
     # Patient/123 is the patient, the subscriber and the beneficiary: fetched once
     assert sorted(ehr.paths()) == ["Coverage/456", "Organization/acme", "Patient/123", "Practitioner/9"]
     text = translate(result)
@@ -287,7 +288,7 @@ def test_practitioner_role_is_followed_to_practitioner_and_organization(ehr: Ups
 def test_versioned_reference_fetches_that_version(ehr: Upstream):
     result = resolve_references(ehr_example(patient={"reference": "Patient/123/_history/2"}), config(ehr))
     assert "Patient/123/_history/2" in ehr.paths()
-    patient = next(e for e in result["entry"] if e["fullUrl"] == "Patient/123/_history/2")["resource"]
+    patient = next(e for e in result["entry"] if e["fullUrl"] == f"{ehr.url}/fhir/Patient/123/_history/2")["resource"]
     assert patient["meta"]["versionId"] == "2"
     assert "NM1*IL*1*DOE*JANE" in translate(result).upper()
 

@@ -102,16 +102,23 @@ class Resolver:
         return resource
 
 
+def bundle_local(bundle: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The entries whose fullUrl means nothing once the Bundle is gone, by fullUrl: ``urn:`` ids, and relative
+    ones (``Patient/4f1e...``, as Canvas sends: the receiving server's, and this gateway keeps no Patients).
+    Entries at an absolute URL are the sender's server's resources and stay references."""
+    return {e["fullUrl"]: e["resource"] for e in (bundle or {}).get("entry") or []
+            if isinstance(e, dict) and isinstance(e.get("fullUrl"), str) and e["fullUrl"]
+            and not e["fullUrl"].startswith(("http://", "https://")) and isinstance(e.get("resource"), dict)}
+
+
 def contain_local_references(resource: dict[str, Any], bundle: dict[str, Any] | None) -> dict[str, Any]:
-    """``resource`` standing on its own: what it references by ``urn:`` (a Bundle-local id that resolves nowhere
-    once the Bundle is gone) is copied into ``contained`` and referenced as ``#id`` instead, the resources it
-    references by ``urn:`` in turn as well. References to servers (``Type/id``, URLs) are left as they are."""
+    """``resource`` standing on its own: what it references by a Bundle-local fullUrl (:func:`bundle_local`) is
+    copied into ``contained`` and referenced as ``#id`` instead, the resources they reference so in turn as well.
+    References to servers (absolute URLs, or ``Type/id`` no entry holds under that fullUrl) stay as they are."""
     if bundle is None:
         return resource
-    by_url = {e["fullUrl"]: e["resource"] for e in bundle.get("entry") or []
-              if isinstance(e, dict) and isinstance(e.get("fullUrl"), str) and e["fullUrl"].startswith("urn:")
-              and isinstance(e.get("resource"), dict)
-              and e["resource"].get("resourceType") != resource.get("resourceType")}   # never itself
+    by_url = {url: found for url, found in bundle_local(bundle).items()
+              if found.get("resourceType") != resource.get("resourceType")}   # never itself
     if not by_url:
         return resource
     contained: list[dict[str, Any]] = [c for c in resource.get("contained") or [] if isinstance(c, dict)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 import socket
 import time
 from decimal import Decimal
@@ -164,8 +165,11 @@ def test_relative_references_under_an_absolute_full_url_are_the_ehrs(gateway: Ga
         assert (stored["id"] in [e["resource"]["id"] for e in bundle.get("entry", [])]) is found, query
 
 
-def test_a_request_created_from_a_bundle_is_stored_standing_on_its_own(gateway: Gateway):
-    created = gateway.post(f"/{CER}", fhir_request("urn-uuid-bundle"))
+@pytest.mark.parametrize("name", ["urn-uuid-bundle", "canvas-insurer-empty"])
+def test_a_request_created_from_a_bundle_is_stored_standing_on_its_own(gateway: Gateway, name: str):
+    """urn: fullUrls, and relative ones (Canvas sends Patient/<id>): the entries are copied into contained, in the
+    stored request and in its response alike, so no reference points at a Bundle that is gone."""
+    created = gateway.post(f"/{CER}", fhir_request(name))
     assert created.status_code == 201, created.text
     stored = gateway.get(f"/{CER}/{created.json()['id']}").json()
     text = json.dumps(stored)
@@ -174,7 +178,11 @@ def test_a_request_created_from_a_bundle_is_stored_standing_on_its_own(gateway: 
     assert contained[stored["patient"]["reference"][1:]]["resourceType"] == "Patient"
     coverage = contained[stored["insurance"][0]["coverage"]["reference"][1:]]
     assert contained[coverage["beneficiary"]["reference"][1:]]["resourceType"] == "Patient"
-    assert contained[stored["insurer"]["reference"][1:]]["name"] == "Acme Health Plan"
+    assert contained[stored["insurer"]["reference"][1:]]["resourceType"] == "Organization"
+    assert all(ref.startswith("#") for ref in re.findall(r'"reference": "([^"]+)"', text)), text
+    answer = gateway.get(f"/{RESPONSE}", params={"request": f"{CER}/{stored['id']}"}).json()["entry"][0]["resource"]
+    local = {c["id"] for c in answer.get("contained", [])}
+    assert answer["patient"]["reference"][1:] in local and answer["insurer"]["reference"][1:] in local
 
 
 # ------------------------------------------------------------------------------------------------- create and read
