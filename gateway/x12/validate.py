@@ -212,6 +212,10 @@ class _Collector(pyx12.error_visitor.error_visitor):
         seg = self._seg
         loop = self.loops.get((self.st, seg.seg_count), "")
         for code, text, value in node.errors:
+            if _NOT_USED in text:
+                # pyx12 says "10" (exclusion condition violated) for an element, "5" (too long) for a composite;
+                # X231A1's code for an implementation "not used" element that is present is I10
+                code = "I10"
             element = f"{seg.seg_id}{int(node.ele_pos):02d}" if node.ele_pos else ""
             self.findings.append(Finding(
                 "X12-IG-ELEMENT", text, severity="error" if code in ELEMENT_CODES else "warning",
@@ -219,6 +223,9 @@ class _Collector(pyx12.error_visitor.error_visitor):
                 transaction=self.st, transaction_set=self.st_set, loop=loop, segment=seg.seg_id,
                 position=seg.seg_count or 0, element=element, data_element=node.ele_ref_num or "",
                 component=int(node.subele_pos or 0), value=value or ""))
+
+
+_NOT_USED = "is marked as Not Used"   # pyx12's words for a data element or composite the guide marks N
 
 
 class _WholeSegmentReads(io.StringIO):

@@ -112,3 +112,15 @@ def test_a_999_for_a_group_level_error_keeps_ik5_for_the_sets_own_errors() -> No
     report = validate_x12(data)
     ack = build_999(report.transactions, report.findings, control_number=5, now=datetime(2025, 1, 1))
     assert "IK5*A~" in ack and "AK9*R*1*1*0*1~" in ack
+
+
+def test_a_not_used_element_that_is_present_is_ik403_i10() -> None:
+    """2100D NM108/NM109 are "Not Used" in X279A1: pyx12 calls that IK403 10 (exclusion condition violated), X231A1's
+    code for it is I10."""
+    text = (FIXTURES / "x12" / "270" / "dependent-generic.270").read_text()
+    segment = next(s for s in text.replace("\n", "").split("~") if s.startswith("NM1|03|"))
+    report = validate_x12(text.replace(segment, segment + "||||MI|W123456789").encode())
+    assert [(f.element, f.ack_code) for f in report.findings if f.level == "element"] == [
+        ("NM108", "I10"), ("NM109", "I10")]
+    ack = build_999(report.transactions, report.findings, control_number=5, now=datetime(2025, 1, 1))
+    assert "IK4|8|66|I10~IK4|9|67|I10~" in ack   # this file's delimiters
