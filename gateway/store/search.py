@@ -276,7 +276,9 @@ def _id_param(column: InstrumentedAttribute[Any]) -> Param:
     return Param(lambda value, _m, _p: column == unescape(value), lambda: column.is_not(None))
 
 
-def _request_of_response(value: str, _modifier: str | None, _param: str) -> ColumnElement[bool]:
+def _request_of_response(value: str, modifier: str | None, _param: str) -> ColumnElement[bool]:
+    if modifier == "identifier":   # the request named by its business identifier (what the client gave it)
+        return identifier_condition("request", value)
     value = unescape(value)
     if "/" not in value:
         return EligibilityRecord.id == value
@@ -303,7 +305,7 @@ REQUEST_PARAMS: dict[str, Param] = {
 
 RESPONSE_PARAMS: dict[str, Param] = {
     "_id": _id_param(R.response_id),
-    "request": Param(_request_of_response, lambda: true(), ("CoverageEligibilityRequest",)),
+    "request": Param(_request_of_response, lambda: true(), ("CoverageEligibilityRequest", "identifier")),
     "patient": _reference_param(R.patient_ref, ("Patient",)),
     "outcome": _code_param(R.outcome, REMITTANCE_OUTCOME),
     "created": _date_param(R.response_created, R.response_created_end),

@@ -485,6 +485,11 @@ RESPONSE_CASES: list[tuple[dict[str, list[str]], set[str]]] = [
     ({"identifier": [f"{SYS_R}|R-1"]}, {"resp-1"}),
     ({"identifier": ["R-3"]}, {"resp-3"}),
     ({"identifier": [f"{SYS_A}|A-1"]}, set()),  # a request identifier, not a response one
+    # request:identifier: the response to the request the client named by its own identifier
+    ({"request:identifier": [f"{SYS_A}|A-1"]}, {"resp-1"}),
+    ({"request:identifier": [f"{SYS_B}|shared"]}, {"resp-2"}),   # req-4 has it too, but no response
+    ({"request:identifier": ["NOSYS-3"]}, {"resp-3"}),
+    ({"request:identifier": [f"{SYS_R}|R-1"]}, set()),  # a response identifier, not a request one
     # created: the response's own created (else when it was answered)
     ({"created": ["2025-03-10"]}, {"resp-1", "resp-2"}),
     ({"created": ["ge2025-03-11"]}, {"resp-3", "resp-7"}),
