@@ -228,12 +228,14 @@ def tokenize(source: Source, chunk_size: int = CHUNK) -> Iterator[Batch]:
     chunks = stream.chunks()
     buf = ""
     seen_isa = False
+    lower_isa = False   # an "isa" in another case: the likely reason when no ISA is found
     skipped = 0
     for chunk in chunks:
         buf += chunk
         while True:
             isa = find_isa(buf)
             if isa < 0:
+                lower_isa = lower_isa or find_isa(buf.upper()) >= 0
                 if len(buf) > 256:  # keep a tail in case "ISA" straddles chunks
                     skipped += len(buf) - 3
                     buf = buf[-3:]
@@ -256,6 +258,9 @@ def tokenize(source: Source, chunk_size: int = CHUNK) -> Iterator[Batch]:
             if not ended:
                 return
     if not seen_isa:
+        if lower_isa:
+            raise X12SyntaxError("no ISA segment found: there is an 'isa' in lower case, and X12 segment ids are "
+                                 "upper case (was the file lower-cased?)", offset=0)
         raise X12SyntaxError("no ISA segment found: this does not look like X12", offset=0)
 
 

@@ -241,3 +241,15 @@ def test_gs_application_codes_of_the_wrong_length_are_warned_about():
     text = sample().replace("GS*HB*", "GS*HB*P*", 1)
     found = [f for f in read_x12(text).all_findings if f.code == "X12-GS-CODE"]
     assert found and found[0].element == "GS02" and found[0].severity == "warning"
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("HELLO, this is not an interchange", "this does not look like X12"),
+    # the whole file lower-cased (an editor, a pipeline): said, rather than "not X12"
+    ("isa*00*          *00*          *zz*payer01        *zz*gateway01      *250115*0930*^*00501*000000001*0*p*:~"
+     "gs*hb*payer01*gateway01*20250115*0930*1*x*005010x279a1~", "'isa' in lower case"),
+])
+def test_a_file_without_an_isa_says_what_it_found(text: str, words: str):
+    with pytest.raises(X12SyntaxError) as caught:
+        read_x12(text)
+    assert "no ISA segment found" in str(caught.value) and words in str(caught.value)
