@@ -82,6 +82,7 @@ def main() -> None:
 def validate(file: str, ack: str | None, as_json: bool, control_number: int, date: str | None) -> None:
     """Validate a 270 or 271 against the 005010X279A1 implementation guide.
 
+    A TA1, 999 or 997 is read instead: its elements are checked and what it says is listed (ACK lines).
     Exit 0 when valid, 1 with findings, 2 when FILE cannot be read as X12.
     """
     from gateway.x12.ack import build_999, build_ta1
@@ -101,13 +102,21 @@ def validate(file: str, ack: str | None, as_json: bool, control_number: int, dat
     except GatewayError as exc:
         _fail(f"{file}: {exc}")
         return
+    # an acknowledgment (TA1, 999, 997) is not a set this validates: what it says is shown instead
+    from gateway.transport.acks import acknowledgments, load_ack_codes
+
+    said = acknowledgments(data, load_ack_codes())
+    answers = {t.control_number for t in report.transactions if t.set_id in ("999", "997")}
+    report.findings = [f for f in report.findings if not (f.code == "X12-SET-UNSUPPORTED" and f.transaction in answers)]
     findings_out = sys.stderr if ack else sys.stdout
     if as_json:
-        payload = {"file": file, **report.to_dict()}
+        payload = {"file": file, **report.to_dict(), **({"acknowledgment": said} if said else {})}
         click.echo(json.dumps(payload, indent=2), file=findings_out)
     else:
         for finding in report.findings:
             click.echo(format_finding(finding), file=findings_out)
+        for item in said:
+            click.echo(f"ACK     {item['message']}", file=findings_out)
         summary = "valid" if report.valid else f"invalid: {len(report.errors)} error(s)"
         click.echo(f"{file}: {summary}, {len(report.findings)} finding(s) in "
                    f"{len(report.transactions)} transaction set(s)", file=findings_out)

@@ -53,6 +53,38 @@ def test_ack_ta1():
     assert "*R*001~" in result.stdout
 
 
+TA1 = ("ISA*00*          *00*          *ZZ*PAYER01        *ZZ*GATEWAY01      *250115*0930*^*00501*000000101*0*P*:~"
+       "TA1*{control}*{day}*{time}*{status}*{note}~IEA*0*000000101~")
+
+
+def test_a_ta1_is_read_and_its_elements_checked(tmp_path):
+    good = tmp_path / "good.ta1"
+    good.write_text(TA1.format(control="000000101", day="250115", time="0930", status="R", note="022"))
+    result = run("validate", str(good))
+    assert result.exit_code == 0, result.output
+    assert "ACK     interchange 000000101 rejected: Invalid control structure (TA105 code 022)" in result.output
+    assert json.loads(run("validate", str(good), "--json").output)["acknowledgment"][0]["code"] == "022"
+    bad = tmp_path / "bad.ta1"
+    bad.write_text(TA1.format(control="101", day="251399", time="0970", status="Z", note="999"))
+    result = run("validate", str(bad))
+    assert result.exit_code == 1
+    assert [line.split(": ")[1].split(" ")[1] for line in result.output.splitlines() if "X12-TA1" in line] == [
+        "TA101", "TA102", "TA103", "TA104", "TA105"]
+
+
+def test_a_999_is_read_not_called_an_unsupported_set(tmp_path):
+    """A 999 the gateway wrote: what it says is listed, and it is not "invalid" for being a 999."""
+    made = run("validate", str(FIXTURES / "x12" / "invalid" / "eq01-invalid-code.x12"), "--ack", "999",
+               "--date", "2025-01-15T09:30")
+    ack = tmp_path / "answer.999"
+    ack.write_text(made.stdout)
+    result = run("validate", str(ack))
+    assert result.exit_code == 0, result.output
+    assert "X12-SET-UNSUPPORTED" not in result.output
+    assert "ACK     element EQ01 (data element 1365): Invalid code value (IK403 code 7): 'ZZ'" in result.output
+    assert "ACK     transaction set 270 0001 rejected" in result.output
+
+
 def test_unreadable_inputs_exit_2(tmp_path):
     missing = run("validate", str(tmp_path / "nope.x12"))
     assert missing.exit_code == 2 and "no such file" in missing.stderr

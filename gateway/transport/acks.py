@@ -109,3 +109,15 @@ def ack_findings(segments: list[tuple[Any, list[str]]], codes: AckCodes) -> list
                                  "descriptions": [codes.display("group_syntax_error", c) for c in found],
                                  "message": f"functional group {codes.status(status)}: {'; '.join(said)}"})
     return findings
+
+
+ACK_SEGMENTS = frozenset({"TA1", "AK2", "IK3", "AK3", "IK4", "AK4", "IK5", "AK5", "AK9"})
+
+
+def acknowledgments(source: Any, codes: AckCodes) -> list[dict[str, Any]]:
+    """What the TA1s, 999s and 997s in an X12 file say (:func:`ack_findings`), for a person reading one."""
+    from gateway.x12.tokenizer import tokenize
+
+    segments = [(batch.delimiters, parts) for batch in tokenize(source) for parts in batch.split()
+                if parts[0] in ACK_SEGMENTS]
+    return ack_findings(segments, codes)
