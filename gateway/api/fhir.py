@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode
+from urllib.parse import parse_qsl, unquote, unquote_to_bytes, urlencode
 
 import orjson
 from flask import Blueprint, Flask, Response, copy_current_request_context, current_app, g, request
@@ -42,6 +42,8 @@ _RESOURCES = {CER: "search_requests", RESPONSE: "search_responses"}
 _SEARCH_PARAMS = {CER: REQUEST_PARAMS, RESPONSE: RESPONSE_PARAMS}
 # result parameters the store takes (without a modifier) besides each resource's search parameters
 _RESULT_PARAMS = IGNORED_PARAMS | {"_sort"}
+# the values FHIR R4 (search.html) gives the result parameters that have a fixed set
+_RESULT_VALUES = {"_total": ("none", "estimate", "accurate"), "_pretty": ("true", "false")}
 FHIR_VERSION = "4.0"        # the fhirVersion MIME-type parameter for R4
 # what this server can answer in: FHIR JSON under each of its names (anything XML, Turtle or HTML is not)
 _JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
@@ -201,6 +203,17 @@ def _empty_elements(value: Any, path: str) -> list[tuple[str, str]]:
 
 
 # -- content negotiation --------------------------------------------------------------------------------
+@fhir.before_request
+def _query_is_utf8() -> Response | None:
+    """A query string is UTF-8, percent-encoded (RFC 3986, FHIR search): one that is not would be searched as
+    the percent escapes werkzeug keeps in its place, a different query than the client sent."""
+    try:
+        unquote_to_bytes(request.query_string).decode("utf-8")
+    except UnicodeDecodeError:
+        return outcome_response(400, "invalid", "the query string is not UTF-8 (percent-encode UTF-8 bytes)")
+    return None
+
+
 @fhir.before_request
 def _negotiate() -> Response | None:
     """406 unless the client can take FHIR R4 JSON: ``_format`` when given (it overrides Accept), else Accept."""
@@ -581,6 +594,9 @@ def _search(resource_type: str, given: dict[str, list[str]] | None = None) -> Re
     strict = _prefer().get("handling", "lenient").lower() == "strict"
     try:
         _refuse_control_characters(params)
+        for name, allowed in _RESULT_VALUES.items():   # listed parameters: a bad value is a 400, never ignored
+            if any(value not in allowed for value in params.get(name, [])):
+                raise SearchError(name, f"is one of {', '.join(allowed)}")
         ignored = [key for key in params if not _supported(resource_type, key)]
         if ignored and strict:
             return _unsupported_parameters(resource_type, ignored)
@@ -672,6 +688,12 @@ def _conformance(name: str, base: str | None) -> bytes:
 def metadata():  # type: ignore[no-untyped-def]
     from gateway import __version__
 
+    mode = request.args.get("mode", "full")
+    if mode == "terminology":
+        return outcome_response(400, "not-supported", "mode=terminology asks for a TerminologyCapabilities, which "
+                                "this server does not publish (it has no terminology service)", expression="mode")
+    if mode not in ("full", "normative"):
+        return outcome_response(400, "invalid", "mode is full, normative or terminology", expression="mode")
     statement = json.loads(_conformance("CapabilityStatement", current_app.config.get("FHIR_X12_MAPPINGS")))
     statement["software"]["version"] = __version__
     statement["implementation"] = {"description": "fhir-x12-gateway", "url": base_url().rstrip("/")}

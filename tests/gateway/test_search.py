@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+import requests
 
 from tests.gateway.conftest import Gateway, fhir_request
 
@@ -241,10 +242,26 @@ def test_strict_handling_refuses_unsupported_parameters(gateway: Gateway, stored
 def test_bad_values_of_supported_parameters_are_400_in_both_modes(gateway: Gateway, prefer: dict[str, str]):
     for params in ({"created": "garbage"}, {"created": "gx2025"}, {"_count": "-1"}, {"_count": "many"},
                    {"_offset": "-3"}, {"_sort": "status"}, {"patient:exact": "Patient/1"},
-                   {"status:missing": "maybe"}, {"created": "garbage", "foo": "bar"}):
+                   {"status:missing": "maybe"}, {"created": "garbage", "foo": "bar"}, {"_total": "bogus"},
+                   {"_pretty": "bogus"}):
         refused = gateway.get(f"/{CER}", params=params, headers=prefer)
         assert refused.status_code == 400, (params, prefer, refused.text[:300])
         assert refused.json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_query_string_that_is_not_utf8_is_refused(gateway: Gateway):
+    """%FF%FE decodes to no UTF-8: searched as the escapes themselves, it would be another query than the client's."""
+    refused = requests.get(f"{gateway.url}/{CER}?identifier=%FF%FE", headers=gateway.session.headers, timeout=10)
+    assert refused.status_code == 400 and "not UTF-8" in refused.json()["issue"][0]["details"]["text"]
+    accepted = requests.get(f"{gateway.url}/{CER}?identifier=%C3%A9", headers=gateway.session.headers, timeout=10)
+    assert accepted.status_code == 200   # é, in UTF-8
+
+
+def test_metadata_modes(gateway: Gateway):
+    assert gateway.get("/metadata", params={"mode": "normative"}).json()["resourceType"] == "CapabilityStatement"
+    terminology = gateway.get("/metadata", params={"mode": "terminology"})
+    assert terminology.status_code == 400 and terminology.json()["issue"][0]["code"] == "not-supported"
+    assert gateway.get("/metadata", params={"mode": "everything"}).status_code == 400
 
 
 def test_post_search_takes_a_form_and_a_read_only_token(gateway: Gateway, stored: dict[str, Any]):
