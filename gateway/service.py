@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from gateway.errors import GatewayError
+from gateway.fhir import operation_outcome
 from gateway.fhir.structure import payload_problems
 from gateway.store import AuditStore, ConditionTakenError, RecordStateError
 from gateway.translate.document import iso
@@ -49,14 +50,7 @@ _KINDS = {"PayerTimeout": "timeout", "PayerUnavailable": "unavailable", "PayerRe
           "UnknownPayer": "unknown-payer", "PayerUnauthorized": "unauthorized"}
 
 
-def operation_outcome(code: str, text: str, *, severity: str = "error", diagnostics: str | None = None,
-                      expression: str | None = None) -> dict[str, Any]:
-    issue: dict[str, Any] = {"severity": severity, "code": code, "details": {"text": text}}
-    if diagnostics:
-        issue["diagnostics"] = diagnostics
-    if expression:
-        issue["expression"] = [expression]
-    return {"resourceType": "OperationOutcome", "issue": [issue]}
+SEARCHED_REFERENCES = ("patient", "insurer", "provider")   # the request's references search takes
 
 
 @dataclass
@@ -161,14 +155,19 @@ class EligibilityService:
             receiver = self._receiver(built.payer_id)
             if receiver is not None:
                 stored["provider"] = receiver.as_reference(self.tables.systems)
-        # a request sent in a Bundle is kept standing on its own: urn: references become contained resources
+        base = bundle_base(CER, resolved_bundle)
+        # what search finds it by: the client's own Type/id, even where the stored copy contains the resource
+        searchable = {name: ref for name, ref in absolute_references(
+            {name: stored.get(name) for name in SEARCHED_REFERENCES}, base).items()
+            if isinstance(ref, dict) and not str(ref.get("reference") or "").startswith("urn:")}
+        # a request sent in a Bundle is kept standing on its own: Bundle-local references become contained resources
         stored = contain_local_references(stored, resolved_bundle)
         # relative references sent under an absolute fullUrl mean the EHR's resources: kept that way, in full
-        stored = absolute_references(stored, bundle_base(CER, resolved_bundle))
+        stored = absolute_references(stored, base)
         try:
             self.store.record_request(id, stored, resolved if resolved is not payload else None, built.payer_id,
                                       built.trace, now, x12_request=built.text if sending else None,
-                                      sent_at=now if sending else None, condition=condition)
+                                      sent_at=now if sending else None, condition=condition, references=searchable)
         except ConditionTakenError:
             return self._refused(412, operation_outcome("duplicate", "a request was created under the same "
                                                         "If-None-Exist at the same moment; it is the one stored"),

@@ -9,6 +9,7 @@ the whole server.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -75,7 +76,11 @@ def _path_only(uri: Any) -> str:
 
 def pre_request(worker: Any, req: Any) -> None:
     """gunicorn's hook before each request: its default logs the raw path at DEBUG, where a name or member id in
-    the path would land in the logs; the access logger's path rules apply instead."""
+    the path would land in the logs; the access logger's path rules apply instead (and only at DEBUG: the rules
+    cost more than the line is worth when nobody reads it)."""
+    error_log = getattr(worker.log, "error_log", None)
+    if error_log is not None and not error_log.isEnabledFor(logging.DEBUG):
+        return
     worker.log.debug("%s %s", req.method, _path_only(req.path))
 
 

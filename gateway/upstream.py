@@ -3,7 +3,8 @@
 A request may arrive alone, or in a Bundle, with references to resources that are neither
 contained nor Bundle entries (``Patient/123``). ``resolve_references`` follows the references
 the translation reads (and those of the resources they lead to), fetches what the payload does not
-hold from the configured upstream server, and hands back a payload that resolves on its own: the
+hold from the configured upstream server (or, for an absolute reference or one inside a Bundle entry from
+another server, from that server when the allow-list lets it), and hands back a payload that resolves on its own: the
 same payload when nothing was missing, otherwise a ``collection`` Bundle with the fetched resources.
 Whatever cannot be resolved is reported in one TranslationError (422) naming each reference.
 
@@ -24,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import orjson
 import requests
@@ -70,9 +71,10 @@ _FOLLOW: dict[str, tuple[tuple[str, tuple[str, ...], str | None], ...]] = {
 class UpstreamConfig:
     """Where and how references are fetched.
 
-    ``allowed_hosts`` governs absolute references only (entries ``host`` or ``host:port``); relative
-    ones are always read from ``base``. When not given it is the base URL's host. Credentials
-    (``token`` or ``basic``) are only ever sent to the base URL's origin.
+    ``allowed_hosts`` governs absolute references (entries ``host`` or ``host:port``), and the relative ones
+    of a Bundle entry from another server, which mean that server's resources; other relative references
+    are read from ``base``. When not given it is the base URL's host. Credentials (``token`` or ``basic``)
+    are only ever sent to URLs under ``base`` (scheme, host, port and path compared as URLs).
     """
 
     base: str | None = None
@@ -303,7 +305,6 @@ class _Walk:
         self._resolver: Resolver | None = None
         self._resolver_size = -1
         self.authorization = config._authorization()
-        self.base_origin = _origin(config.base) if config.base else None
         self.hosts = [_split_host(h) for h in config.allowed_hosts or ()]
 
     # -- walking -------------------------------------------------------------------------------------------
@@ -344,7 +345,7 @@ class _Walk:
             return found
         shown = repr(ref)
         base = self._resolver.base_of(owner) if self._resolver is not None else None
-        if base is not None and _RELATIVE.match(ref):
+        if base is not None and _RELATIVE.match(ref) and base.rstrip("/") != (self.config.base or "").rstrip("/"):
             # inside an entry from another server, Type/id is that server's resource (FHIR's Bundle rules): fetched
             # from there (when it is allowed), never from ours
             ref = base + ref
@@ -376,7 +377,7 @@ class _Walk:
     def target(self, ref: str, path: str, x12: str | None, shown: str | None = None) -> _Target | None:
         shown = shown or repr(ref)
         match = _RELATIVE.match(ref)
-        if any(segment in (".", "..") for segment in ref.split("?")[0].split("/")):
+        if any(unquote(segment) in (".", "..") for segment in ref.split("?")[0].split("/")):
             # a dot segment is dropped or climbs on the way (urllib3 normalises the path): another resource, or one
             # outside the FHIR base, would be fetched in its name
             self.problem(path, f"reference {shown} cannot be fetched: '.' and '..' are not ids or versions", "invalid",
@@ -426,8 +427,7 @@ class _Walk:
         connect, read = config.timeout
         timeout = (min(connect, remaining), min(read, remaining))
         # the EHR's credentials go to its FHIR base only: not to another server, nor another path of the same host
-        under_base = bool(config.base) and target.url.startswith(config.base.rstrip("/") + "/")
-        credentials = self.authorization if under_base and _origin(target.url) == self.base_origin else None
+        credentials = self.authorization if _under(target.url, config.base) else None
         try:
             with self.session.get(target.url, headers={"Accept": ACCEPT}, auth=_Authorization(credentials),
                                   timeout=timeout, allow_redirects=False, stream=True) as response:
@@ -515,6 +515,19 @@ def _checked(resource: dict[str, Any], kind: str) -> dict[str, Any] | _Failure:
         return _Failure("processing", f"could not be used: the FHIR server's {kind} is not valid FHIR: "
                                       f"{first.fhir_path}: {first.message}{more}")
     return resource
+
+
+def _under(url: str, base: str | None) -> bool:
+    """Whether ``url`` is a resource under ``base``: the same origin (scheme and host in any case, the default port
+    written or not) and a path below the base's."""
+    if not base:
+        return False
+    try:
+        origin = _origin(url) == _origin(base)
+    except ValueError:
+        return False
+    path, base_path = urlsplit(url).path, urlsplit(base).path.rstrip("/")
+    return origin and path.startswith(base_path + "/")
 
 
 def _chunks(response: requests.Response) -> Iterator[bytes]:

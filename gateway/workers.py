@@ -21,7 +21,7 @@ from gunicorn import util
 from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
 from gunicorn.workers.gthread import ThreadWorker as _ThreadWorker
 
-from gateway.fhir import FHIR_JSON_UTF8
+from gateway.fhir import FHIR_JSON_UTF8, operation_outcome
 
 # what gunicorn refuses, by exception class: HTTP status, reason phrase, FHIR issue type, what the client is told
 # (class names, not imports: each gunicorn version has its own set). Any other parse error is 400 / structure.
@@ -71,8 +71,7 @@ def refusal(exc: BaseException) -> tuple[int, str, bytes] | None:
 
 
 def _outcome(code: str, text: str) -> bytes:
-    issue = {"severity": "error", "code": code, "details": {"text": text}}
-    return json.dumps({"resourceType": "OperationOutcome", "issue": [issue]}).encode()
+    return json.dumps(operation_outcome(code, text)).encode()
 
 
 class _FhirErrors:

@@ -588,11 +588,11 @@ def test_relative_references_of_another_servers_entry_are_that_servers(ehr: Upst
 
 
 @pytest.mark.parametrize("reference", ["Patient/123/_history/..", "Patient/..", "{url}/fhir/../x/Patient/123",
-                                       "{url}/fhir/./Patient/123"])
+                                       "{url}/fhir/./Patient/123", "{url}/fhir/%2e%2E/x/Patient/123"])
 def test_dot_segments_are_refused_not_fetched(ehr: Upstream, reference: str):
     problems = problems_of(ehr_example(patient={"reference": reference.format(url=ehr.url)}), config(ehr))
     assert problems[f"{CER}.patient"][0] == "invalid" and "'.' and '..'" in problems[f"{CER}.patient"][1]
-    assert not any(path.startswith(("Patient/123/", "x/")) for path in ehr.paths())
+    assert not any(path.startswith(("Patient/123/", "/x/")) for path in ehr.paths())
 
 
 def test_credentials_stay_under_the_fhir_base(ehr: Upstream):
@@ -602,3 +602,15 @@ def test_credentials_stay_under_the_fhir_base(ehr: Upstream):
     outside = [(path, auth) for path, auth in ehr.calls if path.startswith("/other/")]
     assert outside == [("/other/Patient/123", None)]
     assert any(auth == "Bearer tok-1" for path, auth in ehr.calls if path == "Coverage/456")   # the base's do
+    # the base written another way (scheme in capitals, the default port spelled out) is still the base
+    ehr.calls.clear()
+    shouted = f"HTTP://127.0.0.1:{ehr.port}/fhir/Patient/123"
+    resolve_references(ehr_example(patient={"reference": shouted}), config(ehr, token="tok-1"))
+    assert all(auth == "Bearer tok-1" for _, auth in ehr.calls)
+
+
+def test_an_allow_list_without_the_base_host_still_reads_the_base_servers_references(ehr: Upstream):
+    """The allow-list governs absolute references: a fetched Coverage's Organization/acme is the base server's,
+    however the list is set."""
+    result = resolve_references(ehr_example(), config(ehr, allowed_hosts=frozenset({"fhir.partner.example"})))
+    assert "Organization/acme" in ehr.paths() and "*PI*ACME01~" in translate(result)

@@ -24,7 +24,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 
 from gateway.errors import ConfigError
-from gateway.fhir import FHIR_JSON_UTF8
+from gateway.fhir import FHIR_JSON_UTF8, operation_outcome
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +141,9 @@ class TokenSet:
         return found
 
 
-def _outcome(code: str, text: str) -> dict[str, Any]:
-    return {"resourceType": "OperationOutcome",
-            "issue": [{"severity": "error", "code": code, "details": {"text": text}, "diagnostics": text}]}
-
-
 def _fhir_response(status: int, code: str, text: str, challenge: str) -> Response:
-    return Response(json.dumps(_outcome(code, text)), status=status, content_type=FHIR_JSON_UTF8,
-                    headers={"WWW-Authenticate": challenge})
+    return Response(json.dumps(operation_outcome(code, text, diagnostics=text)), status=status,
+                    content_type=FHIR_JSON_UTF8, headers={"WWW-Authenticate": challenge})
 
 
 def _challenge(error: str | None = None) -> str:

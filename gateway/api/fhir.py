@@ -6,6 +6,7 @@ Thin: every eligibility exchange is ``EligibilityService``'s job; this module sp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -22,11 +23,11 @@ from flask import Blueprint, Flask, Response, copy_current_request_context, curr
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from gateway.fhir import FHIR_JSON, FHIR_JSON_UTF8
+from gateway.fhir import FHIR_JSON, FHIR_JSON_UTF8, operation_outcome
 from gateway.fhir.structure import MAX_DEPTH, json_shape
 from gateway.mappings import mappings_dir
 from gateway.observability import carry_context
-from gateway.service import CER, RESPONSE, EligibilityService, Result, frames_only, operation_outcome
+from gateway.service import CER, RESPONSE, EligibilityService, Result, frames_only
 from gateway.store import SearchError
 from gateway.store.search import IGNORED_PARAMS, REQUEST_PARAMS, RESPONSE_PARAMS
 
@@ -323,8 +324,18 @@ def create():  # type: ignore[no-untyped-def]
     if "respond-async" in prefer:
         return _accept_async(service, payload, condition)
     result = service.submit(payload, condition=condition)
-    if result.outcome == "condition-taken":   # the same conditional create, a moment earlier: its request
-        return _conditional_match(service, prefer) or _result_response(result)
+    if result.outcome == "condition-taken":
+        # the same conditional create, a moment earlier: its request; or, when the search no longer finds that
+        # one (cancelled since, or a condition its own body does not meet), a create as FHIR says
+        return _conditional_match(service, prefer) or _create_plain(service, payload, prefer)
+    return _created_or_failed(result, prefer)
+
+
+def _create_plain(service: EligibilityService, payload: Any, prefer: dict[str, str]) -> Response:
+    return _created_or_failed(service.submit(payload), prefer)
+
+
+def _created_or_failed(result: Result, prefer: dict[str, str]) -> Response:
     if result.request_id is None:
         return _result_response(result)
     location = f"{base_url()}{CER}/{result.request_id}"
@@ -359,13 +370,13 @@ def _conditional_match(service: EligibilityService, prefer: dict[str, str]) -> R
 
 
 def _condition_key(condition: str | None) -> str | None:
-    """A conditional create's condition as stored (unique: see ``AuditStore.record_request``): its parameters in
-    one order, so a client's retry is the same key; None without one, or when too long to index."""
+    """A conditional create's condition as stored (unique: see ``AuditStore.record_request``): the SHA-256 of its
+    parameters in one order, so a client's retry is the same key, of a size any index takes (and no identifier
+    value in another column); None without one."""
     if condition is None:
         return None
     pairs = sorted(parse_qsl(condition.strip().lstrip("?"), keep_blank_values=True))
-    key = "&".join(f"{name}={value}" for name, value in pairs)
-    return key if 0 < len(key) <= 1024 else None
+    return hashlib.sha256(urlencode(pairs).encode()).hexdigest() if pairs else None
 
 
 def _condition_match(service: EligibilityService, condition: str, name: str) -> Any:
@@ -399,8 +410,11 @@ def _accept_async(service: EligibilityService, payload: Any, condition: str | No
     if len(pending) >= _ext()["max_pending"]:
         return outcome_response(429, "throttled", "too many asynchronous requests are waiting; retry later")
     prepared = service.prepare(payload, sending=False, condition=condition)
-    if isinstance(prepared, Result) and prepared.outcome == "condition-taken":
-        return _conditional_match(service, _prefer()) or _result_response(prepared)
+    if isinstance(prepared, Result) and prepared.outcome == "condition-taken":   # as in create()
+        found = _conditional_match(service, _prefer())
+        if found is not None:
+            return found
+        prepared = service.prepare(payload, sending=False)
     if isinstance(prepared, Result):
         return _result_response(prepared)
     pending.add(prepared.id)
@@ -791,18 +805,20 @@ def _batch_prepare(service: EligibilityService, item: Any) -> Any:
     if not isinstance(item, tuple):
         return item
     kind, resource, where, condition = item
-    if condition is not None:   # a conditional create, as the If-None-Exist header makes one
-        found = _batch_condition(service, condition, where)
-        if found is not None:
-            return found
     try:
+        if condition is not None:   # a conditional create, as the If-None-Exist header makes one
+            found = _batch_condition(service, condition, where)
+            if found is not None:
+                return found
         prepared = service.prepare(resource, condition=_condition_key(condition))
-    except Exception as exc:   # one entry's bug must not sink the others
+        if isinstance(prepared, Result) and prepared.outcome == "condition-taken":   # as in create()
+            found = _batch_condition(service, condition or "", where)
+            prepared = found if found is not None else service.prepare(resource)
+    except Exception as exc:   # one entry's bug (or its store search) must not sink the others
         log.error("batch entry could not be prepared: %s", type(exc).__name__)
         return _entry_error(500, "exception", "the entry could not be processed", where)
-    if isinstance(prepared, Result) and prepared.outcome == "condition-taken":
-        # created under the same condition a moment earlier: that request is the answer
-        return _batch_condition(service, condition, where) or _entry_result(kind, prepared)
+    if isinstance(prepared, dict):   # the request the condition found
+        return prepared
     return (kind, prepared, where) if not isinstance(prepared, Result) else _entry_result(kind, prepared)
 
 

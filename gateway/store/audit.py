@@ -132,19 +132,23 @@ class AuditStore:
     # -- writing --------------------------------------------------------------------------------------
     def record_request(self, id: str, request: dict[str, Any], resolved: dict[str, Any] | None, payer_id: str,
                        trace: str, received_at: datetime, *, x12_request: str | None = None,
-                       sent_at: datetime | None = None, condition: str | None = None) -> None:
+                       sent_at: datetime | None = None, condition: str | None = None,
+                       references: Mapping[str, Any] | None = None) -> None:
         """Store an accepted CoverageEligibilityRequest before the payer is called.
 
         Status ``received``; or ``sent`` when the 270 about to go out is given too (one commit instead of two).
         ``condition``: the If-None-Exist it is created under; one already stored raises :class:`ConditionTakenError`
-        (another process's create under the same condition won the race).
+        (another process's create under the same condition won the race). ``references``: the patient, insurer and
+        provider references search finds it by, where they differ from the stored request's (a resource the
+        client sent in the Bundle is contained in the stored copy, but searched by the client's ``Type/id``).
         """
+        refs = {**request, **(references or {})}
         identifiers = _identifiers(request.get("identifier"))
         created, created_end = fhir_datetime_bounds(request.get("created")) or (None, None)
         row = dict(
             id=id, status="sent" if x12_request is not None else "received", request=request, resolved=resolved,
-            payer_id=payer_id, trace=trace, aaa_codes=[], patient_ref=_reference(request.get("patient")),
-            insurer_ref=_reference(request.get("insurer")), provider_ref=_reference(request.get("provider")),
+            payer_id=payer_id, trace=trace, aaa_codes=[], patient_ref=_reference(refs.get("patient")),
+            insurer_ref=_reference(refs.get("insurer")), provider_ref=_reference(refs.get("provider")),
             request_status=_string(request.get("status")), request_identifiers=[_joined(i) for i in identifiers],
             response_identifiers=[], created=created, created_end=created_end, received_at=received_at,
             x12_request=x12_request, sent_at=sent_at if x12_request is not None else None,

@@ -93,9 +93,9 @@ class EligibilityRecord(Base):
     http_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # OperationOutcome
     trace: Mapped[str | None] = mapped_column(String(80), nullable=True)  # TRN02
-    # the If-None-Exist condition it was created under (normalised), unique: two creates racing under one
+    # the SHA-256 of the If-None-Exist condition it was created under, unique: two creates racing under one
     # condition store one request, not two (0004)
-    create_condition: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    create_condition: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     # search columns, extracted when the request (and the answer) is saved
     patient_ref: Mapped[str | None] = mapped_column(String, nullable=True)

@@ -356,7 +356,7 @@ def _payer(g: _Gather, org: dict[str, Any] | None, ref: dict[str, Any]) -> tuple
                   None)
     # an NPI or a tax id names the organisation, never as its payer id: only typed would it count
     identifiers = [i for i in identifiers if isinstance(i, dict)
-                   and i.get("system") not in g.systems["not_payer_id_systems"]]
+                   and i.get("system") not in g.systems.get("not_payer_id_systems", ())]
     if chosen is None and len(identifiers) == 1:
         chosen = identifiers[0]
     elif chosen is None and len(identifiers) > 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import date
 
 from gateway.errors import MappingError, X12SyntaxError
 from gateway.x12.model import Delimiters, Finding, Group, Interchange, Loop, LoopTable, Segment, Transaction
@@ -447,9 +448,9 @@ class X12Reader:
              "ISA14", isa.ack_requested, "019"),
             (isa.usage in ("P", "T"), "X12-ISA-USAGE", f"ISA15 {isa.usage!r} must be P or T", "ISA15", isa.usage,
              "020"),
-            (_valid_date6(isa.date), "X12-ISA-DATE", f"ISA09 {isa.date!r} is not a YYMMDD date", "ISA09", isa.date,
+            (valid_date6(isa.date), "X12-ISA-DATE", f"ISA09 {isa.date!r} is not a YYMMDD date", "ISA09", isa.date,
              "014"),
-            (_valid_time4(isa.time), "X12-ISA-TIME", f"ISA10 {isa.time!r} is not an HHMM time", "ISA10", isa.time,
+            (valid_time4(isa.time), "X12-ISA-TIME", f"ISA10 {isa.time!r} is not an HHMM time", "ISA10", isa.time,
              "015"),
         )
         for ok, code, message, element, value, ack in checks:
@@ -545,11 +546,19 @@ class X12Reader:
                            "interchange", "001", isa, segment="IEA", element="IEA02", value=seg.get(2))
 
 
-def _valid_date6(value: str) -> bool:
-    return len(value) == 6 and value.isdigit() and 1 <= int(value[2:4]) <= 12 and 1 <= int(value[4:6]) <= 31
+def valid_date6(value: str) -> bool:
+    """A YYMMDD calendar date (ISA09, TA102): 250231 is not one."""
+    if len(value) != 6 or not value.isdigit():
+        return False
+    try:
+        date(2000 + int(value[:2]), int(value[2:4]), int(value[4:]))
+    except ValueError:
+        return False
+    return True
 
 
-def _valid_time4(value: str) -> bool:
+def valid_time4(value: str) -> bool:
+    """An HHMM time (ISA10, TA103)."""
     return len(value) == 4 and value.isdigit() and int(value[:2]) < 24 and int(value[2:]) < 60
 
 

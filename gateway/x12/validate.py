@@ -13,7 +13,6 @@ import logging
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date
 from functools import lru_cache
 from typing import Any
 
@@ -32,7 +31,7 @@ from gateway.mappings import load_yaml
 from gateway.x12.ack import ELEMENT_CODES, SEGMENT_CODES
 from gateway.x12.model import Delimiters, Finding, Interchange, Loop, Segment, Transaction
 from gateway.x12.pyx12_maps import map_set_dir
-from gateway.x12.reader import FUNCTIONAL_IDS, ReadResult, X12Reader
+from gateway.x12.reader import FUNCTIONAL_IDS, ReadResult, X12Reader, valid_date6, valid_time4
 from gateway.x12.structure import load_transaction
 from gateway.x12.tokenizer import ISA_WIDTHS, Batch, Source, tokenize
 
@@ -481,9 +480,8 @@ def _ta1_findings(data: str | bytes, mappings: str | None) -> list[Finding]:
             control, day, clock, status, note = (v.strip() for v in [*parts[1:6], "", "", "", "", ""][:5])
             checks = (
                 ("TA101", control, len(control) == 9 and control.isdigit(), "is not a 9-digit control number"),
-                ("TA102", day, x12_day(day) is not None, "is not a YYMMDD date"),
-                ("TA103", clock, len(clock) == 4 and clock.isdigit() and clock[:2] < "24" and clock[2:] < "60",
-                 "is not an HHMM time"),
+                ("TA102", day, valid_date6(day), "is not a YYMMDD date"),
+                ("TA103", clock, valid_time4(clock), "is not an HHMM time"),
                 ("TA104", status, status in _TA1_STATUSES, "is not a TA1 status (A, E or R)"),
                 ("TA105", note, note in notes, "is not an interchange note code"),
             )
@@ -491,16 +489,6 @@ def _ta1_findings(data: str | bytes, mappings: str | None) -> list[Finding]:
                                  interchange=interchange, segment="TA1", element=ref, value=value)
                          for ref, value, ok, why in checks if not ok)
     return found
-
-
-def x12_day(value: str) -> date | None:
-    """YYMMDD (an ISA or TA1 date) as a date, or None."""
-    if len(value) != 6 or not value.isdigit():
-        return None
-    try:
-        return date(2000 + int(value[:2]), int(value[2:4]), int(value[4:]))
-    except ValueError:
-        return None
 
 
 def _pyx12_findings(engine: _Pyx12, text: str, extras: dict[tuple[int, int, int], list[str]],

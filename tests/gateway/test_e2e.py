@@ -183,6 +183,12 @@ def test_a_request_created_from_a_bundle_is_stored_standing_on_its_own(gateway: 
     answer = gateway.get(f"/{RESPONSE}", params={"request": f"{CER}/{stored['id']}"}).json()["entry"][0]["resource"]
     local = {c["id"] for c in answer.get("contained", [])}
     assert answer["patient"]["reference"][1:] in local and answer["insurer"]["reference"][1:] in local
+    sent = next(e["resource"] for e in fhir_request(name)["entry"]
+                if e["resource"]["resourceType"] == CER)["patient"]["reference"]
+    if not sent.startswith("urn:"):   # the client's own Type/id still finds it, contained or not
+        for kind in (CER, RESPONSE):
+            found = gateway.get(f"/{kind}", params={"patient": sent}).json()
+            assert stored["id"] in json.dumps(found.get("entry", [])), (kind, sent)
 
 
 # ------------------------------------------------------------------------------------------------- create and read
@@ -252,6 +258,15 @@ def test_conditional_creates_racing_under_one_condition_create_one_request(gatew
     assert sum(simulator.calls.values()) == calls + 1
     found = gateway.get(f"/{CER}", params={"identifier": f"{identifier['system']}|{identifier['value']}"}).json()
     assert found["total"] == 1
+
+
+def test_a_condition_its_own_request_does_not_meet_creates_each_time(gateway: Gateway, simulator):
+    """If-None-Exist names an identifier the body does not carry: the search never finds the stored request, so
+    each create is a create (FHIR), not a 412 from the stored condition."""
+    payload = fhir_request("subscriber-generic")
+    condition = {"If-None-Exist": "identifier=urn:other-system|NOT-IN-THE-BODY"}
+    statuses = [gateway.post(f"/{CER}", payload, headers=condition).status_code for _ in range(2)]
+    assert statuses == [201, 201]
 
 
 def test_a_batch_entry_with_if_none_exist_is_a_conditional_create(gateway: Gateway, simulator):

@@ -25,7 +25,7 @@ INDEX = "ix_eligibility_transactions_create_condition"
 
 
 def upgrade() -> None:
-    op.add_column(TABLE, sa.Column("create_condition", sa.String(1024), nullable=True))
+    op.add_column(TABLE, sa.Column("create_condition", sa.String(64), nullable=True))   # a SHA-256, in hex
     # partial: only conditional creates have a condition, and the others' inserts need not touch the index
     where = sa.text("create_condition IS NOT NULL")
     op.create_index(INDEX, TABLE, ["create_condition"], unique=True, sqlite_where=where, postgresql_where=where)
