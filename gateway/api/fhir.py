@@ -41,8 +41,11 @@ MAX_OFFSET = 1_000_000
 ASYNC_ABANDONED_SECONDS = 120   # well past the 20 s CORE budget
 _RESOURCES = {CER: "search_requests", RESPONSE: "search_responses"}
 _SEARCH_PARAMS = {CER: REQUEST_PARAMS, RESPONSE: RESPONSE_PARAMS}
+# the instant a search's first page was read, carried by its paging links: later pages leave out what was stored
+# since, so a busy gateway's new requests neither repeat nor push aside results between pages
+SNAPSHOT = "_snapshot"
 # result parameters the store takes (without a modifier) besides each resource's search parameters
-_RESULT_PARAMS = IGNORED_PARAMS | {"_sort"}
+_RESULT_PARAMS = IGNORED_PARAMS | {"_sort", SNAPSHOT}
 # the values FHIR R4 (search.html) gives the result parameters that have a fixed set
 _RESULT_VALUES = {"_total": ("none", "estimate", "accurate"), "_pretty": ("true", "false")}
 FHIR_VERSION = "4.0"        # the fhirVersion MIME-type parameter for R4
@@ -620,13 +623,15 @@ def _search(resource_type: str, given: dict[str, list[str]] | None = None) -> Re
         if offset > MAX_OFFSET:
             raise SearchError("_offset", f"must be at most {MAX_OFFSET:,}; narrow the search instead")
         count = min(count, MAX_COUNT)
+        until = _snapshot(params.pop(SNAPSHOT, None))
         search = getattr(_service().store, _RESOURCES[resource_type])
-        resources, total = search(params, count, offset)
+        resources, total = search(params, count, offset, until=until)
     except SearchError as exc:
         return outcome_response(400, "invalid", f"search parameter {exc.param}: {exc.message}",
                                 expression=exc.param)
     base = base_url()
     kept = [(k, v) for k, values in params.items() if k not in ("_count", "_offset") for v in values]
+    kept.append((SNAPSHOT, until.isoformat().replace("+00:00", "Z")))
 
     def link(relation: str, at: int) -> dict[str, str]:
         query = urlencode([*kept, ("_count", str(count)), ("_offset", str(at))])
@@ -650,6 +655,19 @@ def _search(resource_type: str, given: dict[str, list[str]] | None = None) -> Re
     if entries:   # FHIR JSON has no empty arrays
         bundle["entry"] = entries
     return fhir_response(bundle)
+
+
+def _snapshot(values: list[str] | None) -> datetime:
+    """The instant of a paging link's ``_snapshot`` (its last value), or now for a search's first page."""
+    if not values:
+        return datetime.now(UTC)
+    try:
+        at = datetime.fromisoformat(values[-1].strip().replace(" ", "+").replace("Z", "+00:00"))
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        raise SearchError(SNAPSHOT, "is the instant a search's paging links carry (YYYY-MM-DDThh:mm:ss.ffffffZ)")
+    return at.astimezone(UTC)
 
 
 def _supported(resource_type: str, name: str) -> bool:

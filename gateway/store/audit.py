@@ -284,20 +284,28 @@ class AuditStore:
                                   .where(EligibilityRecord.response_id == response_id)).first()
         return None if row is None else row.response
 
-    def search_requests(self, params: Mapping[str, Iterable[str]], count: int, offset: int) -> tuple[list[dict], int]:
-        """CoverageEligibilityRequests matching ``params`` (FHIR query values): one page and the total."""
+    def search_requests(self, params: Mapping[str, Iterable[str]], count: int, offset: int, *,
+                        until: datetime | None = None) -> tuple[list[dict], int]:
+        """CoverageEligibilityRequests matching ``params`` (FHIR query values): one page and the total.
+
+        ``until``: only those received by then, so the pages of one search stay put while requests keep coming.
+        """
         conditions, order = build(params, REQUEST_PARAMS, EligibilityRecord.created, EligibilityRecord.id,
                                   EligibilityRecord.received_at)
+        if until is not None:
+            conditions.append(EligibilityRecord.received_at <= _aware(until))
         rows, total = self._page(select(EligibilityRecord.id, EligibilityRecord.request), conditions, order,
                                  count, offset)
         return [{**row.request, "id": row.id} for row in rows], total
 
-    def search_responses(self, params: Mapping[str, Iterable[str]], count: int,
-                         offset: int) -> tuple[list[dict], int]:
-        """CoverageEligibilityResponses matching ``params``: one page and the total."""
+    def search_responses(self, params: Mapping[str, Iterable[str]], count: int, offset: int, *,
+                         until: datetime | None = None) -> tuple[list[dict], int]:
+        """CoverageEligibilityResponses matching ``params``: one page and the total (``until``: answered by then)."""
         conditions, order = build(params, RESPONSE_PARAMS, EligibilityRecord.response_created,
                                   EligibilityRecord.response_id, EligibilityRecord.answered_at)
         conditions.insert(0, EligibilityRecord.response_id.is_not(None))
+        if until is not None:
+            conditions.append(EligibilityRecord.answered_at <= _aware(until))
         rows, total = self._page(select(EligibilityRecord.response), conditions, order, count, offset)
         return [row.response for row in rows], total
 

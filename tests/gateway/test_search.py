@@ -213,8 +213,9 @@ def test_unsupported_parameters_are_ignored_by_default(gateway: Gateway, stored:
         assert all(i["severity"] == "warning" and i["code"] == "not-supported" for i in issues)
         assert all(name in i["details"]["text"] for (name, _), i in zip(IGNORABLE, issues, strict=True))
         links = {link["relation"]: link["url"] for link in bundle["link"]}
-        for url in links.values():   # only what was applied
-            assert parse_qsl(urlsplit(url).query) in ([("_count", "4"), ("_offset", str(at))] for at in (0, 4))
+        for url in links.values():   # only what was applied (and the instant the first page was read)
+            query = [(k, v) for k, v in parse_qsl(urlsplit(url).query) if k != "_snapshot"]
+            assert query in ([("_count", "4"), ("_offset", str(at))] for at in (0, 4))
         following = gateway.get(links["next"]).json()   # the links leave the ignored ones out: no warning
         assert not outcome_entries(following) and len(following["entry"]) == 2
 
@@ -231,9 +232,28 @@ def test_lenient_search_still_applies_the_supported_parameters(gateway: Gateway,
     assert [i["expression"] for i in outcome["resource"]["issue"]] == [["_summary"]]
     self_link = next(link["url"] for link in bundle["link"] if link["relation"] == "self")
     assert {k for k, _ in parse_qsl(urlsplit(self_link).query)} == {"patient", "_sort", "_total", "_pretty",
-                                                                     "_count", "_offset"}
+                                                                     "_count", "_offset", "_snapshot"}
     # nothing ignored: no outcome entry
     assert not outcome_entries(gateway.get(f"/{CER}", params={"patient": maria}).json())
+
+
+def test_pages_stay_put_while_requests_keep_coming(gateway: Gateway, stored: dict[str, Any]):
+    """Newest first, offset paging: a request stored between two pages used to push the last of page 1 onto
+    page 2 (a duplicate) and change the total. The links carry the instant the first page was read."""
+    for resource_type in (CER, RESPONSE):
+        first = gateway.get(f"/{resource_type}", params={"_count": "2"}).json()
+        gateway.post(f"/{CER}", fhir_request("subscriber-generic"))   # a busy gateway: one more, answered too
+        seen = [e["resource"]["id"] for e in first["entry"]]
+        page = first
+        while "next" in (links := {link["relation"]: link["url"] for link in page["link"]}):
+            page = gateway.get(links["next"]).json()
+            assert page["total"] == first["total"]
+            seen += [e["resource"]["id"] for e in page.get("entry", [])]
+        assert len(seen) == len(set(seen)) == first["total"]
+        # a fresh search sees the new one
+        assert gateway.get(f"/{resource_type}", params={"_count": "0"}).json()["total"] == first["total"] + 1
+    bad = gateway.get(f"/{CER}", params={"_snapshot": "yesterday"})
+    assert bad.status_code == 400 and bad.json()["issue"][0]["expression"] == ["_snapshot"]
 
 
 def test_strict_handling_refuses_unsupported_parameters(gateway: Gateway, stored: dict[str, Any]):
