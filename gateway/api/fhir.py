@@ -567,7 +567,21 @@ def _operation_misuse(resource_type: str, id: str) -> Response | None:
 def _read(resource_type: str, resource: dict[str, Any] | None, id: str) -> Response:
     if resource is None:
         return outcome_response(404, "not-found", f"{resource_type}/{id[:64]} is not known")
-    return fhir_response(resource, 200)
+    return fhir_response(resource, 200, _last_modified(resource))
+
+
+def _last_modified(resource: dict[str, Any]) -> dict[str, str]:
+    """``Last-Modified`` from ``meta.lastUpdated`` (R4 http.html: a read SHOULD carry it), as an HTTP date."""
+    updated = (resource.get("meta") or {}).get("lastUpdated") if isinstance(resource.get("meta"), dict) else None
+    try:
+        at = datetime.fromisoformat(str(updated).replace("Z", "+00:00")) if updated else None
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        return {}
+    from email.utils import format_datetime
+
+    return {"Last-Modified": format_datetime(at.astimezone(UTC), usegmt=True)}
 
 
 @fhir.get(f"/{CER}")

@@ -203,6 +203,11 @@ def test_create_stores_and_links_the_response(gateway: Gateway):
     assert created["resourceType"] == CER and location.endswith(created["id"])
     read = gateway.get(location)
     assert read.status_code == 200 and read.json() == created
+    from datetime import datetime
+    from email.utils import parsedate_to_datetime  # R4: a read SHOULD say when the resource last changed
+
+    assert parsedate_to_datetime(read.headers["Last-Modified"]).replace(microsecond=0) == datetime.fromisoformat(
+        created["meta"]["lastUpdated"].replace("Z", "+00:00")).replace(microsecond=0)
     request_id = created["id"]
     found = gateway.get(f"/{RESPONSE}", params={"request": f"{CER}/{request_id}"}).json()
     assert found["resourceType"] == "Bundle" and found["type"] == "searchset" and found["total"] == 1
