@@ -61,8 +61,14 @@ def format_finding(f: Finding) -> str:
         where.append(f"{f.segment} at position {f.position}" if f.position else f.segment)
     if f.element:
         where.append(f.element + (f" repetition {f.repetition}" if f.repetition else ""))
-    ack = f" [{f.level} {f.ack_code}]" if f.ack_code else ""
+    # the acknowledgment element the code goes in (IK502 4), not the bare code (it read like a count)
+    ack = f" [{_ACK_ELEMENTS.get(f.level, f.level)} {f.ack_code}]" if f.ack_code else ""
     return f"{f.severity.upper():7} {f.code}{ack}: {', '.join(where) or 'interchange'}: {f.message}"
+
+
+# where each level's code goes in the TA1 or 999
+_ACK_ELEMENTS = {"interchange": "TA105", "group": "AK905", "transaction": "IK502", "segment": "IK304",
+                 "element": "IK403"}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -28,6 +28,7 @@ def test_invalid_file_exits_1_with_located_findings():
     result = run("validate", str(INVALID))
     assert result.exit_code == 1
     assert "X12-SE-COUNT" in result.output and "SE at position" in result.output
+    assert "X12-SE-COUNT [IK502 4]:" in result.output   # the 999 element the code goes in, not a bare number
 
 
 def test_json_findings():
