@@ -110,8 +110,9 @@ def validate(file: str, ack: str | None, as_json: bool, control_number: int, dat
         return
     # an acknowledgment (TA1, 999, 997) is not a set this validates: what it says is shown instead
     from gateway.transport.acks import acknowledgments, load_ack_codes
+    from gateway.x12.tokenizer import tokenize
 
-    said = acknowledgments(data, load_ack_codes())
+    said = acknowledgments(tokenize(data), load_ack_codes())
     answers = {t.control_number for t in report.transactions if t.set_id in ("999", "997")}
     report.findings = [f for f in report.findings if not (f.code == "X12-SET-UNSUPPORTED" and f.transaction in answers)]
     findings_out = sys.stderr if ack else sys.stdout

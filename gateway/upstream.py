@@ -472,7 +472,7 @@ class _Walk:
         if declared and declared.isdigit() and int(declared) > limit:
             return too_big
         body = bytearray()
-        for chunk in _chunks(response):
+        for chunk in arriving(response, _CHUNK):
             body += chunk
             if len(body) > limit:
                 return too_big
@@ -528,10 +528,6 @@ def _under(url: str, base: str | None) -> bool:
         return False
     path, base_path = urlsplit(url).path, urlsplit(base).path.rstrip("/")
     return origin and path.startswith(base_path + "/")
-
-
-def _chunks(response: requests.Response) -> Iterator[bytes]:
-    yield from arriving(response, _CHUNK)
 
 
 def _status_failure(status: int) -> _Failure | None:

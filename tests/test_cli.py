@@ -69,7 +69,7 @@ def test_a_ta1_is_read_and_its_elements_checked(tmp_path):
     bad.write_text(TA1.format(control="101", day="251399", time="0970", status="Z", note="999"))
     result = run("validate", str(bad))
     assert result.exit_code == 1
-    assert [line.split(": ")[1].split(" ")[1] for line in result.output.splitlines() if "X12-TA1" in line] == [
+    assert re.findall(r"X12-TA1: TA1 at position 2, (TA10\d):", result.output) == [
         "TA101", "TA102", "TA103", "TA104", "TA105"]
 
 

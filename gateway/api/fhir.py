@@ -330,12 +330,8 @@ def create():  # type: ignore[no-untyped-def]
     if result.outcome == "condition-taken":
         # the same conditional create, a moment earlier: its request; or, when the search no longer finds that
         # one (cancelled since, or a condition its own body does not meet), a create as FHIR says
-        return _conditional_match(service, prefer) or _create_plain(service, payload, prefer)
+        return _conditional_match(service, prefer) or _created_or_failed(service.submit(payload), prefer)
     return _created_or_failed(result, prefer)
-
-
-def _create_plain(service: EligibilityService, payload: Any, prefer: dict[str, str]) -> Response:
-    return _created_or_failed(service.submit(payload), prefer)
 
 
 def _created_or_failed(result: Result, prefer: dict[str, str]) -> Response:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 
 from gateway.translate.errors import Problem, TranslationError
@@ -516,7 +517,7 @@ class _Fact:
     benefit: dict[str, Any]
     money: Decimal | None
 
-    @property
+    @cached_property
     def dates(self) -> tuple[tuple[str, str], ...]:
         """The 2110 loop's dates (DTP qualifier and value): a prior year's total and this year's differ only so."""
         return tuple((seg.get(1), seg.get(3)) for seg in self.loop.segments_of("DTP"))

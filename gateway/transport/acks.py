@@ -7,7 +7,7 @@ does not list is reported as its code alone, never dropped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -111,13 +111,7 @@ def ack_findings(segments: list[tuple[Any, list[str]]], codes: AckCodes) -> list
     return findings
 
 
-ACK_SEGMENTS = frozenset({"TA1", "AK2", "IK3", "AK3", "IK4", "AK4", "IK5", "AK5", "AK9"})
-
-
-def acknowledgments(source: Any, codes: AckCodes) -> list[dict[str, Any]]:
-    """What the TA1s, 999s and 997s in an X12 file say (:func:`ack_findings`), for a person reading one."""
-    from gateway.x12.tokenizer import tokenize
-
-    segments = [(batch.delimiters, parts) for batch in tokenize(source) for parts in batch.split()
-                if parts[0] in ACK_SEGMENTS]
-    return ack_findings(segments, codes)
+def acknowledgments(batches: Iterable[Any], codes: AckCodes) -> list[dict[str, Any]]:
+    """What the TA1s, 999s and 997s among tokenized segments (``tokenizer.tokenize``'s batches) say, finding by
+    finding (:func:`ack_findings`): a payer's rejection, or a file a person reads."""
+    return ack_findings([(batch.delimiters, parts) for batch in batches for parts in batch.split()], codes)

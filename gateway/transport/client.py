@@ -61,7 +61,7 @@ from requests.adapters import HTTPAdapter
 
 from gateway.errors import GatewayError, X12SyntaxError
 from gateway.transport import core
-from gateway.transport.acks import AckCodes, ack_findings, load_ack_codes
+from gateway.transport.acks import AckCodes, ack_findings, acknowledgments, load_ack_codes
 from gateway.transport.streams import arriving
 from gateway.x12.model import Finding, Loop, Segment, Transaction
 from gateway.x12.reader import read_x12
@@ -676,8 +676,7 @@ def _answer_271(text: str, codes: AckCodes) -> tuple[list[Transaction], list[Fin
         if txns:
             return txns, [f for f in result.all_findings if f.severity == "error"]
     if kind:
-        everything = [(batch.delimiters, parts) for batch in batches for parts in batch.split()]
-        raise PayerRejected(kind, text, ack_findings(everything, codes))
+        raise PayerRejected(kind, text, acknowledgments(batches, codes))
     found = ", ".join(sorted(set_ids)) or "no transaction set"
     raise PayerUnavailable(f"the answer holds {found}, not a 271, 999 or TA1")
 

@@ -215,6 +215,7 @@ class X12Reader:
         self.source = source
         self.detach = frozenset(detach)
         self.mappings = mappings
+        self._ta1_notes: frozenset[str] | None = None   # TA105 codes, read at the first TA1
         self.findings: list[Finding] = []
         self.interchanges: list[Interchange] = []
         self._specs: dict[str, TransactionSpec | None] = {}
@@ -363,8 +364,8 @@ class X12Reader:
                         gs = None
                     self._close_interchange(seg, isa, group_count)
                     isa = None
-                elif seg_id == "TA1":
-                    continue
+                elif seg_id == "TA1":   # an interchange's answer, in an interchange of its own
+                    self._check_ta1(seg, isa)
                 else:
                     self._envelope("X12-OUTSIDE-TRANSACTION",
                                    f"segment {seg_id} appears outside any ST/SE transaction set", "interchange",
@@ -463,6 +464,26 @@ class X12Reader:
                            value=isa.version)
         return isa
 
+    def _check_ta1(self, seg: Segment, isa: Interchange | None) -> None:
+        """A TA1's own elements, as the ISA's are checked: control number, date, time, status (TA104 A, E or R)
+        and note code (TA105, ``mappings/codes/interchange_note``)."""
+        if self._ta1_notes is None:
+            from gateway.mappings import code_table
+
+            self._ta1_notes = frozenset(str(c) for c in code_table("interchange_note", self.mappings)["codes"])
+        control, day, clock, status, note = (seg.get(i).strip() for i in range(1, 6))
+        checks = (
+            ("TA101", control, len(control) == 9 and control.isdigit(), "is not a 9-digit control number"),
+            ("TA102", day, valid_date6(day), "is not a YYMMDD date"),
+            ("TA103", clock, valid_time4(clock), "is not an HHMM time"),
+            ("TA104", status, status in TA1_STATUSES, "is not a TA1 status (A, E or R)"),
+            ("TA105", note, note in self._ta1_notes, "is not an interchange note code"),
+        )
+        for element, value, ok, why in checks:
+            if not ok:
+                self._envelope("X12-TA1", f"TA1 {element} {value!r} {why}", "interchange", "", isa, segment="TA1",
+                               position=seg.position, element=element, value=value)
+
     def _open_group(self, seg: Segment, isa: Interchange) -> Group:
         gs = Group(functional_id=seg.get(1), sender=seg.get(2), receiver=seg.get(3), date=seg.get(4),
                    time=seg.get(5), control_number=seg.get(6), version=seg.get(8), segment=seg)
@@ -544,6 +565,9 @@ class X12Reader:
         if seg.get(2) != isa.control_number:
             self._envelope("X12-IEA-CONTROL", f"IEA02 {seg.get(2)!r} does not match ISA13 {isa.control_number!r}",
                            "interchange", "001", isa, segment="IEA", element="IEA02", value=seg.get(2))
+
+
+TA1_STATUSES = ("A", "E", "R")   # TA104 (I17)
 
 
 def valid_date6(value: str) -> bool:

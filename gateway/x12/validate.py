@@ -31,7 +31,7 @@ from gateway.mappings import load_yaml
 from gateway.x12.ack import ELEMENT_CODES, SEGMENT_CODES
 from gateway.x12.model import Delimiters, Finding, Interchange, Loop, Segment, Transaction
 from gateway.x12.pyx12_maps import map_set_dir
-from gateway.x12.reader import FUNCTIONAL_IDS, ReadResult, X12Reader, valid_date6, valid_time4
+from gateway.x12.reader import FUNCTIONAL_IDS, ReadResult, X12Reader
 from gateway.x12.structure import load_transaction
 from gateway.x12.tokenizer import ISA_WIDTHS, Batch, Source, tokenize
 
@@ -447,9 +447,6 @@ def validate_x12(source: Source, *, mappings: str | None = None, elements: bool 
             report.findings.extend(_ls_le_findings(txn))
             if txn.set_id == "270":
                 report.findings.extend(_inquiry_findings(txn))
-    # a second pass only for a file that may hold a TA1 (the simulator validates every 270)
-    if ("TA1" if isinstance(data, str) else b"TA1") in data:
-        report.findings.extend(_ta1_findings(data, mappings))
     if elements and any(t.structure for t in result.transactions):
         engine = _engine(mappings)
         repeating = _repeating_elements(mappings)
@@ -458,37 +455,6 @@ def validate_x12(source: Source, *, mappings: str | None = None, elements: bool 
                 continue
             report.findings.extend(_pyx12_findings(engine, text, extras, result, mappings))
     return report
-
-
-_TA1_STATUSES = ("A", "E", "R")   # TA104 (I17)
-
-
-def _ta1_findings(data: str | bytes, mappings: str | None) -> list[Finding]:
-    """A TA1's own elements: its control number, date and time, status (TA104 A, E or R) and note code (TA105, from
-    ``mappings/codes/interchange_note``). The reader takes a TA1 for what it is, an interchange's answer."""
-    from gateway.mappings import code_table
-
-    notes = code_table("interchange_note", mappings)["codes"]
-    found: list[Finding] = []
-    interchange = ""
-    for batch in tokenize(data):
-        if batch.isa:   # the first batch of each interchange
-            interchange = batch.isa[13] if len(batch.isa) > 13 else ""
-        for parts in batch.split():
-            if parts[0] != "TA1":
-                continue
-            control, day, clock, status, note = (v.strip() for v in [*parts[1:6], "", "", "", "", ""][:5])
-            checks = (
-                ("TA101", control, len(control) == 9 and control.isdigit(), "is not a 9-digit control number"),
-                ("TA102", day, valid_date6(day), "is not a YYMMDD date"),
-                ("TA103", clock, valid_time4(clock), "is not an HHMM time"),
-                ("TA104", status, status in _TA1_STATUSES, "is not a TA1 status (A, E or R)"),
-                ("TA105", note, note in notes, "is not an interchange note code"),
-            )
-            found.extend(Finding("X12-TA1", f"TA1 {ref} {value!r} {why}", level="interchange",
-                                 interchange=interchange, segment="TA1", element=ref, value=value)
-                         for ref, value, ok, why in checks if not ok)
-    return found
 
 
 def _pyx12_findings(engine: _Pyx12, text: str, extras: dict[tuple[int, int, int], list[str]],
