@@ -109,12 +109,9 @@ def validate(file: str, ack: str | None, as_json: bool, control_number: int, dat
         _fail(f"{file}: {exc}")
         return
     # an acknowledgment (TA1, 999, 997) is not a set this validates: what it says is shown instead
-    from gateway.transport.acks import acknowledgments, load_ack_codes
-    from gateway.x12.tokenizer import tokenize
+    from gateway.transport.acks import load_ack_codes, read_acknowledgments
 
-    said = acknowledgments(tokenize(data), load_ack_codes())
-    answers = {t.control_number for t in report.transactions if t.set_id in ("999", "997")}
-    report.findings = [f for f in report.findings if not (f.code == "X12-SET-UNSUPPORTED" and f.transaction in answers)]
+    said = read_acknowledgments(report, data, load_ack_codes())
     findings_out = sys.stderr if ack else sys.stdout
     if as_json:
         payload = {"file": file, **report.to_dict(), **({"acknowledgment": said} if said else {})}

@@ -35,6 +35,32 @@ def test_validate_returns_999_when_asked(client):
     assert "IK5" in response.get_data(as_text=True)
 
 
+def test_validate_reads_a_999_instead_of_calling_it_an_unsupported_set(client):
+    """A payer's 999 posted to $validate: what it says comes back, as the CLI shows it, and it is not invalid."""
+    bad = (FIXTURES / "x12" / "invalid" / "eq01-invalid-code.x12").read_bytes()
+    made = client.post("/x12/$validate", data=bad, headers={"Accept": "application/edi-x12"})
+    answer = client.post("/x12/$validate", data=made.get_data())
+    assert answer.status_code == 200
+    assert answer.json["valid"] is True
+    assert not [f for f in answer.json["findings"] if f["code"] == "X12-SET-UNSUPPORTED"]
+    messages = [item["message"] for item in answer.json["acknowledgment"]]
+    assert "element EQ01 (data element 1365): Invalid code value (IK403 code 7): 'ZZ'" in messages
+    assert any(m.startswith("transaction set 270 0001 rejected") for m in messages)
+
+
+def test_validate_leaves_acknowledgment_out_for_a_270(client):
+    data = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_bytes()
+    assert "acknowledgment" not in client.post("/x12/$validate", data=data).json
+
+
+def test_validate_refuses_an_unknown_ack_kind(client):
+    data = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_bytes()
+    response = client.post("/x12/$validate?ack=997", data=data, headers={"Accept": "application/edi-x12"})
+    assert response.status_code == 400 and "ack must be 999 or ta1" in response.json["error"]
+    ta1 = client.post("/x12/$validate?ack=TA1", data=data, headers={"Accept": "application/edi-x12"})
+    assert ta1.status_code == 200 and "~TA1*" in ta1.get_data(as_text=True)
+
+
 def test_validate_rejects_non_x12(client):
     response = client.post("/x12/$validate", data=b"not x12")
     assert response.status_code == 400 and "ISA" in response.json["error"]

@@ -13,22 +13,28 @@ x12 = Blueprint("x12", __name__)
 
 @x12.post("/x12/$validate")
 def validate():  # type: ignore[no-untyped-def]
-    """Findings as JSON, or a 999 / TA1 when the client asks for ``application/edi-x12``."""
+    """Findings as JSON, or a 999 / TA1 when the client asks for ``application/edi-x12``. A payer's TA1, 999 or
+    997 is read instead of validated as a set: what it says comes back under ``acknowledgment``."""
+    from gateway.transport.acks import load_ack_codes, read_acknowledgments
     from gateway.x12.ack import build_999, build_ta1
     from gateway.x12.validate import validate_x12
 
+    ack = request.args.get("ack", "999").lower()
+    if ack not in ("999", "ta1"):
+        return jsonify(valid=False, error=f"ack must be 999 or ta1, not {ack[:20]!r}"), 400
     data = request.get_data()
+    mappings = current_app.config.get("FHIR_X12_MAPPINGS")
     try:
-        report = validate_x12(data, mappings=current_app.config.get("FHIR_X12_MAPPINGS"))
+        report = validate_x12(data, mappings=mappings)
     except X12SyntaxError as exc:
         return jsonify(valid=False, error=str(exc)), 400
+    said = read_acknowledgments(report, data, load_ack_codes(mappings))
     if request.accept_mimetypes.best == "application/edi-x12":
         now = datetime.now(UTC).replace(tzinfo=None)
-        ack = request.args.get("ack", "999")
         if ack == "ta1":
             isa = report.interchanges[0] if report.interchanges else None
             text = build_ta1(isa, report.findings, control_number=1, now=now)
         else:
             text = build_999(report.transactions, report.findings, control_number=1, now=now)
         return Response(text, mimetype="application/edi-x12")
-    return jsonify(report.to_dict()), 200
+    return jsonify({**report.to_dict(), **({"acknowledgment": said} if said else {})}), 200

@@ -115,3 +115,15 @@ def acknowledgments(batches: Iterable[Any], codes: AckCodes) -> list[dict[str, A
     """What the TA1s, 999s and 997s among tokenized segments (``tokenizer.tokenize``'s batches) say, finding by
     finding (:func:`ack_findings`): a payer's rejection, or a file a person reads."""
     return ack_findings([(batch.delimiters, parts) for batch in batches for parts in batch.split()], codes)
+
+
+def read_acknowledgments(report: Any, data: bytes | str, codes: AckCodes) -> list[dict[str, Any]]:
+    """What the TA1s, 999s and 997s in a validated file say (:func:`acknowledgments`); the validation ``report``
+    loses its "unsupported set" findings for those 999/997 sets, which are answers to read, not sets to validate.
+    The CLI's ``validate`` and ``POST /x12/$validate`` both show a file's acknowledgments this way."""
+    from gateway.x12.tokenizer import tokenize
+
+    said = acknowledgments(tokenize(data), codes)
+    answers = {t.control_number for t in report.transactions if t.set_id in ("999", "997")}
+    report.findings = [f for f in report.findings if not (f.code == "X12-SET-UNSUPPORTED" and f.transaction in answers)]
+    return said
