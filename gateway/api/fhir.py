@@ -362,10 +362,20 @@ def _conditional_match(service: EligibilityService, prefer: dict[str, str]) -> R
     if wanted == "minimal":
         return fhir_response(None, 200, headers)
     if wanted == "operationoutcome":
-        return fhir_response(operation_outcome("informational", "a request matching If-None-Exist is already "
-                                               "stored; nothing was created or sent", severity="information"),
-                             200, headers)
+        return fhir_response(_exists_outcome("If-None-Exist"), 200, headers)
     return fhir_response(found, 200, headers)
+
+
+def _exists_outcome(name: str) -> dict[str, Any]:
+    """``Prefer: return=OperationOutcome`` for a conditional create that found its request."""
+    return operation_outcome("informational", f"a request matching {name} is already stored; nothing was created "
+                             "or sent", severity="information")
+
+
+def _created_outcome(response_id: str | None) -> dict[str, Any]:
+    """``Prefer: return=OperationOutcome`` for a create: where the payer's answer is."""
+    return operation_outcome("informational", f"created; the payer's answer is {RESPONSE}/{response_id}",
+                             severity="information")
 
 
 def _condition_key(condition: str | None) -> str | None:
@@ -437,9 +447,7 @@ def _created(result: Result, location: str, wanted: str) -> Response:
     if wanted == "minimal":
         return _result_response(result, status=201, body=None, headers=headers)
     if wanted == "operationoutcome":
-        return _result_response(result, status=201, headers=headers, body=operation_outcome(
-            "informational", f"created; the payer's answer is {RESPONSE}/{result.response_id}",
-            severity="information"))
+        return _result_response(result, status=201, headers=headers, body=_created_outcome(result.response_id))
     stored = _service().store.get_request(result.request_id or "")
     return _result_response(result, status=201, body=stored, headers=headers)
 
@@ -776,11 +784,12 @@ def batch():  # type: ignore[no-untyped-def]
         return outcome_response(422, "too-costly", f"a batch holds at most {MAX_BATCH_ENTRIES} entries, not "
                                 f"{len(entries)}", expression="Bundle.entry")
     service, base = _service(), base_url()
+    wanted = _prefer().get("return", "representation").lower()   # for the creates, as for a create alone
     pool: ThreadPoolExecutor = _ext()["batch_executor"]
     asked = [_batch_request(base, index, entry) for index, entry in enumerate(entries)]
     # first every entry is checked and stored (concurrently), then the payers are asked: each payer's entries
     # wait for one another within its concurrency limit instead of failing on a limit the batch itself filled
-    steps = [pool.submit(carry_context(copy_current_request_context(_batch_prepare)), service, item)
+    steps = [pool.submit(carry_context(copy_current_request_context(_batch_prepare)), service, item, wanted)
              for item in asked]
     prepared = [step.result() for step in steps]
     lanes: dict[str, threading.BoundedSemaphore] = {}
@@ -790,7 +799,7 @@ def batch():  # type: ignore[no-untyped-def]
             if payer not in lanes:
                 lanes[payer] = threading.BoundedSemaphore(service.client.limit(service.routes.route(payer)))
     order = _interleaved(prepared)
-    calls = [pool.submit(carry_context(copy_current_request_context(_batch_exchange)), service, item, lanes)
+    calls = [pool.submit(carry_context(copy_current_request_context(_batch_exchange)), service, item, lanes, wanted)
              for item in order]
     done = {id(item): call.result() for item, call in zip(order, calls, strict=True)}
     answers = [done[id(item)] for item in prepared]
@@ -829,28 +838,28 @@ def _batch_request(base: str, index: int, entry: Any) -> tuple[str, dict[str, An
     return ("submit" if url.endswith("$submit") else "create", resource, where, condition)
 
 
-def _batch_prepare(service: EligibilityService, item: Any) -> Any:
+def _batch_prepare(service: EligibilityService, item: Any, wanted: str) -> Any:
     if not isinstance(item, tuple):
         return item
     kind, resource, where, condition = item
     try:
         if condition is not None:   # a conditional create, as the If-None-Exist header makes one
-            found = _batch_condition(service, condition, where)
+            found = _batch_condition(service, condition, where, wanted)
             if found is not None:
                 return found
         prepared = service.prepare(resource, condition=_condition_key(condition))
         if isinstance(prepared, Result) and prepared.outcome == "condition-taken":   # as in create()
-            found = _batch_condition(service, condition or "", where)
+            found = _batch_condition(service, condition or "", where, wanted)
             prepared = found if found is not None else service.prepare(resource)
     except Exception as exc:   # one entry's bug (or its store search) must not sink the others
         log.error("batch entry could not be prepared: %s", type(exc).__name__)
         return _entry_error(500, "exception", "the entry could not be processed", where)
     if isinstance(prepared, dict):   # the request the condition found
         return prepared
-    return (kind, prepared, where) if not isinstance(prepared, Result) else _entry_result(kind, prepared)
+    return (kind, prepared, where) if not isinstance(prepared, Result) else _entry_result(kind, prepared, wanted)
 
 
-def _batch_condition(service: EligibilityService, condition: str, where: str) -> dict[str, Any] | None:
+def _batch_condition(service: EligibilityService, condition: str, where: str, wanted: str) -> dict[str, Any] | None:
     """A batch entry's ``request.ifNoneExist``: its answer when a request matches (200) or the condition is
     refused (400, 412); None to create."""
     found = _condition_match(service, condition, "request.ifNoneExist")
@@ -858,15 +867,21 @@ def _batch_condition(service: EligibilityService, condition: str, where: str) ->
         return _entry_error(*found, f"{where}.request.ifNoneExist")
     if found is None:
         return None
-    return {"response": {"status": _status_line(200), "location": f"{CER}/{found['id']}"}, "resource": found}
+    response = {"status": _status_line(200), "location": f"{CER}/{found['id']}"}
+    if wanted == "minimal":
+        return {"response": response}
+    if wanted == "operationoutcome":
+        return {"response": {**response, "outcome": _exists_outcome("request.ifNoneExist")}}
+    return {"response": response, "resource": found}
 
 
-def _batch_exchange(service: EligibilityService, item: Any, lanes: dict[str, threading.BoundedSemaphore]) -> Any:
+def _batch_exchange(service: EligibilityService, item: Any, lanes: dict[str, threading.BoundedSemaphore],
+                    wanted: str) -> Any:
     if not isinstance(item, tuple):
         return item
     kind, prepared, _where = item
     with lanes[prepared.built.payer_id]:
-        return _entry_result(kind, service.exchange(prepared))   # exchange never raises
+        return _entry_result(kind, service.exchange(prepared), wanted)   # exchange never raises
 
 
 def _interleaved(items: list[Any]) -> list[Any]:
@@ -884,8 +899,9 @@ def _interleaved(items: list[Any]) -> list[Any]:
     return out
 
 
-def _entry_result(kind: str, result: Result) -> dict[str, Any]:
-    """What the interaction would have answered alone: $submit the response, create the created request."""
+def _entry_result(kind: str, result: Result, wanted: str) -> dict[str, Any]:
+    """What the interaction would have answered alone: $submit the response (an operation's output: ``Prefer:
+    return`` does not apply), create the created request, an OperationOutcome or nothing, as ``wanted``."""
     if not result.ok:
         response: dict[str, Any] = {"status": _status_line(result.status), "outcome": result.body}
         if result.request_id:
@@ -894,9 +910,13 @@ def _entry_result(kind: str, result: Result) -> dict[str, Any]:
     if kind == "submit":
         return {"response": {"status": _status_line(200), "location": f"{RESPONSE}/{result.response_id}"},
                 "resource": result.body}
+    response = {"status": _status_line(201), "location": f"{CER}/{result.request_id}"}
+    if wanted == "minimal":
+        return {"response": response}
+    if wanted == "operationoutcome":
+        return {"response": {**response, "outcome": _created_outcome(result.response_id)}}
     created = _service().store.get_request(result.request_id or "")
-    return {"response": {"status": _status_line(201), "location": f"{CER}/{result.request_id}"},
-            **({"resource": created} if created else {})}
+    return {"response": response, **({"resource": created} if created else {})}
 
 
 def _entry_error(status: int, code: str, text: str, expression: str) -> dict[str, Any]:

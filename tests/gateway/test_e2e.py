@@ -745,6 +745,33 @@ def test_batch(gateway: Gateway):
     outcome_issue(gateway.post("/", {"resourceType": "Bundle", "type": "transaction"}), 422, "not-supported")
 
 
+def test_batch_creates_follow_prefer_return(gateway: Gateway, simulator):
+    """Prefer: return= shapes each create's entry as it does a create alone; a $submit entry keeps its response."""
+    payload = fhir_request("subscriber-generic")
+    identifier = payload["entry"][0]["resource"]["identifier"][0]
+    identifier["value"] += "-PREFER"
+    condition = f"identifier={identifier['system']}|{identifier['value']}"
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "POST", "url": CER, "ifNoneExist": condition}, "resource": payload},
+        {"request": {"method": "POST", "url": f"{CER}/$submit"}, "resource": fhir_request("auth-required")}]}
+    minimal = gateway.post("/", bundle, headers={"Prefer": "return=minimal"}).json()["entry"]
+    assert minimal[0]["response"]["status"].startswith("201") and "resource" not in minimal[0]
+    assert minimal[1]["resource"]["resourceType"] == RESPONSE
+    calls = sum(simulator.calls.values())
+    said = gateway.post("/", bundle, headers={"Prefer": "return=OperationOutcome"}).json()["entry"]
+    assert said[0]["response"]["status"].startswith("200") and "resource" not in said[0]   # the condition matched
+    assert said[0]["response"]["location"] == minimal[0]["response"]["location"]
+    assert "already stored" in said[0]["response"]["outcome"]["issue"][0]["details"]["text"]
+    assert said[1]["resource"]["resourceType"] == RESPONSE
+    assert sum(simulator.calls.values()) == calls + 1   # only the $submit asked the payer again
+    fresh = {**bundle, "entry": [{"request": {"method": "POST", "url": CER},
+                                  "resource": fhir_request("auth-required")}]}
+    created = gateway.post("/", fresh, headers={"Prefer": "return=OperationOutcome"}).json()["entry"][0]
+    assert created["response"]["status"].startswith("201") and "resource" not in created
+    answer = created["response"]["outcome"]["issue"][0]["details"]["text"].rsplit(" ", 1)[1]
+    assert gateway.get(f"/{answer}").json()["request"]["reference"] == created["response"]["location"]
+
+
 def test_capability_statement(gateway: Gateway):
     statement = requests.get(f"{gateway.url}/metadata", timeout=10).json()
     assert statement["resourceType"] == "CapabilityStatement" and statement["fhirVersion"] == "4.0.1"
