@@ -193,6 +193,20 @@ class EligibilityService:
             self.metrics.observe_eligibility("none", "cancelled")
         return status
 
+    def release(self, id: str) -> str | None:
+        """FHIR's DELETE on an asynchronous status URL: ``"cancelled"`` (not sent yet: it never will be),
+        ``"released"`` (finished: the client is done with the URL), ``"sent"`` (under way: nothing changes),
+        ``"gone"`` (cancelled or released before), or None (unknown id). The audit record always stays."""
+        record = self.store.record(id)
+        if record is None:
+            return None
+        if record.released_at is not None or record.status == "cancelled":
+            return "gone"
+        status = self.cancel(id)
+        if status in ("answered", "failed"):
+            return "released" if self.store.release(id, self.clock()) else "gone"
+        return status
+
     def _receiver(self, payer_id: str) -> Any:
         """The payer's configured information receiver (``routing.yaml``), or None (unknown payer included)."""
         try:

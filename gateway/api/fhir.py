@@ -461,6 +461,9 @@ def async_status(id: str):  # type: ignore[no-untyped-def]
         return outcome_response(404, "not-found", "no asynchronous request with this id")
     if record.status == "cancelled":
         return outcome_response(404, "not-found", "this asynchronous request was cancelled by the client")
+    if record.released_at is not None:
+        return outcome_response(404, "not-found", f"this status URL was released by the client (DELETE); the "
+                                f"request stays at {CER}/{record.id}")
     if record.status in ("received", "sent"):
         received = record.received_at
         waited = (datetime.now(UTC) - received).total_seconds() if received is not None else 0.0
@@ -483,17 +486,19 @@ def async_status(id: str):  # type: ignore[no-untyped-def]
 
 @fhir.delete("/_async/<id>")
 def async_cancel(id: str):  # type: ignore[no-untyped-def]
-    """The asynchronous pattern's cancel: a request not yet sent to the payer is cancelled (202; its status URL
-    then answers 404). One already sent cannot be called back (409: its answer will be stored); a finished one
-    has nothing left to cancel (202; its records stay in the audit store, and its status URL keeps answering)."""
-    status = _service().cancel(id)
-    if status is None:
-        return outcome_response(404, "not-found", "no asynchronous request with this id")
-    if status == "sent":
+    """The asynchronous pattern's DELETE: a request not yet sent to the payer is cancelled; a finished one's status
+    URL is released (the client is done with it). Either way 202, and the status URL then answers 404; the audit
+    record stays. One already sent cannot be called back (409: its answer will be stored)."""
+    status = _service().release(id)
+    if status in (None, "gone"):
+        return outcome_response(404, "not-found", "no asynchronous request with this id" if status is None else
+                                "this status URL was already cancelled or released")
+    if status not in ("cancelled", "released"):
         return outcome_response(409, "conflict", "the request has already gone to the payer and cannot be called "
                                 "back; its answer will be stored (poll the status URL, or ignore it)")
     text = ("cancelled: the request will not be sent to the payer" if status == "cancelled" else
-            "nothing to cancel: the request is complete (its records stay in the audit store)")
+            f"released: this status URL now answers 404; the request stays at {CER}/{id} and its answer is found "
+            f"with {RESPONSE}?request={CER}/{id}")
     return fhir_response(operation_outcome("informational", text, severity="information"), 202)
 
 

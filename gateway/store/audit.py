@@ -183,8 +183,9 @@ class AuditStore:
 
     def cancel(self, id: str, at: datetime, outcome: dict[str, Any]) -> str | None:
         """Cancel a transaction that has not been sent: it becomes ``cancelled`` with ``outcome`` (an
-        OperationOutcome) as its error. Returns ``"cancelled"``, or the status that stopped it (``sent``,
-        ``answered`` ...: nothing changes), or None for an unknown id. Atomic against ``record_sent``."""
+        OperationOutcome) as its error, and its status URL is released (``released_at``). Returns ``"cancelled"``, or
+        the status that stopped it (``sent``, ``answered`` ...: nothing changes), or None for an unknown id. Atomic
+        against ``record_sent``."""
         with self._writer.begin() as connection:
             found = connection.execute(select(_RECORDS.c.status, _RECORDS.c.received_at, _RECORDS.c.request)
                                        .where(_RECORDS.c.id == id)).first()
@@ -195,10 +196,20 @@ class AuditStore:
             done = connection.execute(_RECORDS.update().where(_RECORDS.c.id == id, _RECORDS.c.status == "received")
                                       .values(status="cancelled", outcome="cancelled", error=outcome, answered_at=at,
                                               duration_ms=_milliseconds(found.received_at, at), request=request,
-                                              request_status="cancelled"))
+                                              request_status="cancelled", released_at=at))
             if done.rowcount == 0:
                 return connection.execute(select(_RECORDS.c.status).where(_RECORDS.c.id == id)).scalar()
             return "cancelled"
+
+    def release(self, id: str, at: datetime) -> bool:
+        """The client is done with a finished transaction's asynchronous status URL (FHIR's DELETE on it): True when
+        released now; False when it was already, or is not finished (``answered`` or ``failed``), or is unknown.
+        The record stays; only ``released_at`` is set."""
+        with self._writer.begin() as connection:
+            done = connection.execute(_RECORDS.update().where(
+                _RECORDS.c.id == id, _RECORDS.c.status.in_(("answered", "failed")), _RECORDS.c.released_at.is_(None))
+                .values(released_at=at))
+            return done.rowcount == 1
 
     def record_answer(self, id: str, *, x12_response: str | None, response: dict[str, Any] | None,
                       outcome: str | None, aaa_codes: list[str], http_status: int, answered_at: datetime,

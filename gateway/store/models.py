@@ -117,6 +117,9 @@ class EligibilityRecord(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # when the client DELETEd the asynchronous status URL (a cancel, or done with a finished one): that URL then
+    # answers 404; the record itself stays (0005)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     identifiers: Mapped[list[RecordIdentifier]] = relationship(
         back_populates="record", cascade="all, delete-orphan", passive_deletes=True)

@@ -361,13 +361,20 @@ def test_an_async_request_not_yet_sent_can_be_cancelled(make_gateway, simulator)
     record = store.record(second_url.rsplit("/", 1)[1])
     assert record.status == "cancelled" and record.sent_at is None and record.x12_request is None
     assert record.error["issue"][0]["details"]["text"].startswith("cancelled by the client")
-    # a finished one has nothing left to cancel; an unknown one is not found; a read-only token may not
-    finished = gateway.session.delete(first_url, timeout=10)
-    assert finished.status_code == 202 and "nothing to cancel" in finished.text
-    assert gateway.get(first_url).status_code == 200
-    assert gateway.session.delete(f"{gateway.url}/_async/unknown", timeout=10).status_code == 404
+    assert gateway.session.delete(second_url, timeout=10).status_code == 404   # cancelled: the URL is gone
+    # a read-only token may not; a finished one's URL is released (then 404), its records stay; unknown: 404
     read_only = requests.delete(first_url, headers={"Authorization": f"Bearer {READ_TOKEN}"}, timeout=10)
     assert read_only.status_code == 403
+    first_id = first_url.rsplit("/", 1)[1]
+    finished = gateway.session.delete(first_url, timeout=10)
+    assert finished.status_code == 202 and finished.json()["issue"][0]["details"]["text"].startswith("released")
+    gone = gateway.get(first_url)
+    assert gone.status_code == 404 and f"{CER}/{first_id}" in gone.text
+    assert gateway.session.delete(first_url, timeout=10).status_code == 404
+    assert gateway.get(f"/{CER}/{first_id}").status_code == 200
+    assert gateway.get(f"/{RESPONSE}", params={"request": f"{CER}/{first_id}"}).json()["total"] == 1
+    assert store.record(first_id).released_at is not None
+    assert gateway.session.delete(f"{gateway.url}/_async/unknown", timeout=10).status_code == 404
 
 
 def test_async_refusals_are_immediate(gateway: Gateway):

@@ -162,7 +162,7 @@ def test_migrations_create_the_schema_and_are_idempotent(database_url: str):
     engine = create_engine(database_url)
     try:
         with engine.connect() as connection:
-            assert connection.execute(text("select version_num from alembic_version")).scalars().all() == ["0004"]
+            assert connection.execute(text("select version_num from alembic_version")).scalars().all() == ["0005"]
             # the hand-written migration builds exactly what the models describe
             diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}),
                                     Base.metadata)
@@ -312,6 +312,22 @@ def test_one_request_per_if_none_exist_condition(store: AuditStore):
     assert store.record("gw-c2") is None and store.search_requests({}, 10, 0)[1] == 4
 
 
+def test_a_finished_transaction_is_released_once_and_kept(store: AuditStore):
+    """FHIR's DELETE on a finished request's async status URL: released_at is set once; the record stays."""
+    received = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
+    for id in ("gw-r1", "gw-r2", "gw-r3"):
+        store.record_request(id, SEED[0]["request"], None, "60054", id, received, x12_request="ISA~",
+                             sent_at=received)
+    store.record_answer("gw-r1", x12_response="ISA~", response=None, outcome=None, aaa_codes=[], http_status=502,
+                        error=OPERATION_OUTCOME, answered_at=received)
+    assert store.release("gw-r1", received + timedelta(seconds=5)) is True
+    assert store.release("gw-r1", received + timedelta(seconds=9)) is False   # once
+    assert store.release("gw-r2", received) is False                         # still with the payer
+    assert store.release("missing", received) is False
+    assert store.record("gw-r1").released_at == received + timedelta(seconds=5)
+    assert store.record("gw-r1").status == "failed" and store.record("gw-r2").released_at is None
+
+
 def test_a_request_not_yet_sent_can_be_cancelled_and_is_then_never_sent(store: AuditStore):
     received = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
     for id in ("gw-4", "gw-5"):
@@ -332,6 +348,7 @@ def test_a_request_not_yet_sent_can_be_cancelled_and_is_then_never_sent(store: A
     assert store.cancel("gw-5", received, OPERATION_OUTCOME) == "sent"        # too late: nothing changes
     assert store.record("gw-5").status == "sent" and store.record("gw-5").error is None
     assert store.cancel("missing", received, OPERATION_OUTCOME) is None
+    assert record.released_at == received + timedelta(seconds=2)   # its status URL is gone with it
     with pytest.raises(RecordStateError):   # a transaction is sent once
         store.record_sent("gw-5", "ISA~", received)
 
