@@ -37,7 +37,7 @@ from gateway.fhir.structure import MAX_DEPTH, invariant_problems, json_shape, st
 from gateway.translate.errors import Problem, TranslationError
 from gateway.translate.references import Resolver
 from gateway.translate.request_270 import CER, find_request
-from gateway.transport.streams import arriving
+from gateway.transport.streams import DeadlineAdapter, arriving, deadline
 
 ACCEPT = "application/fhir+json, application/json;q=0.9"
 MAX_BYTES = 2 * 1024 * 1024
@@ -260,6 +260,10 @@ def resolve_references(payload: Any, config: UpstreamConfig, *, session: request
     request, bundle = find_request(payload)
     own = session is None
     http = requests.Session() if own else session
+    if own:   # as the payer client's: a server sending its headers a line at a time still meets the budget
+        adapter = DeadlineAdapter()
+        http.mount("http://", adapter)
+        http.mount("https://", adapter)
     try:
         walk = _Walk(request, bundle, config, http, clock)
         walk.run()
@@ -429,17 +433,22 @@ class _Walk:
         # the EHR's credentials go to its FHIR base only: not to another server, nor another path of the same host
         credentials = self.authorization if _under(target.url, config.base) else None
         try:
-            with self.session.get(target.url, headers={"Accept": ACCEPT}, auth=_Authorization(credentials),
-                                  timeout=timeout, allow_redirects=False, stream=True) as response:
+            with deadline(self.start + config.budget, self.clock), self.session.get(
+                    target.url, headers={"Accept": ACCEPT}, auth=_Authorization(credentials), timeout=timeout,
+                    allow_redirects=False, stream=True) as response:
                 failure = _status_failure(response.status_code)
                 if failure is not None:
                     return failure
                 body = self.read(response)
-        except requests.Timeout:
+        except requests.Timeout as exc:
+            if self.clock() - self.start >= config.budget and not isinstance(exc, requests.ConnectTimeout):
+                return self.cut_off()
             return _Failure("timeout", f"could not be fetched: the FHIR server could not be reached in time "
                                        f"(no answer within {timeout[1]:g} s)")
         except requests.ConnectionError as exc:
             if any(isinstance(a, ReadTimeoutError) for a in exc.args):
+                if self.clock() - self.start >= config.budget:
+                    return self.cut_off()
                 return _Failure("timeout", f"could not be fetched: the FHIR server could not be reached in time "
                                            f"(the answer stalled for {timeout[1]:g} s)")
             return _Failure("transient", "could not be fetched: the FHIR server could not be reached "
@@ -463,6 +472,11 @@ class _Walk:
             return _Failure("processing", "could not be fetched: the FHIR server answered with a "
                                           f"{target.kind} of another id")
         return _checked(resource, target.kind)
+
+    def cut_off(self) -> _Failure:
+        """The deadline (see ``streams.deadline``) ended a read while the answer was arriving, headers or body."""
+        return _Failure("timeout", f"could not be fetched: the time allowed for fetching references "
+                                   f"({self.config.budget:g} s) ran out while reading the answer")
 
     def read(self, response: requests.Response) -> bytes | _Failure:
         limit = self.config.max_bytes

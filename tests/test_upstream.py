@@ -485,6 +485,25 @@ def test_a_server_sending_a_byte_at_a_time_is_cut_at_the_budget(ehr: Upstream):
     assert code == "timeout" and "ran out while reading the answer" in message
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["own-session", "the-payer-clients-session"])
+def test_headers_arriving_a_line_at_a_time_are_cut_at_the_budget(header_drip: str, shared: bool):
+    """A server sending a header line every 0.2 s (each within the read timeout, never done) meets the budget,
+    with the session resolve_references makes and with the gateway's shared one (the payer client's)."""
+    from gateway.transport.client import _session
+
+    cfg = UpstreamConfig(base=header_drip.rstrip("/"), timeout=(1.0, 1.0), budget=0.8)
+    session = _session(4) if shared else None
+    started = time.monotonic()
+    try:
+        problems = problems_of(ehr_example(patient={"reference": "Patient/slow-headers"}), cfg, session=session)
+    finally:
+        if session is not None:
+            session.close()
+    assert time.monotonic() - started < 2.5   # without the deadline: 100 lines x 0.2 s each
+    code, message = problems[f"{CER}.patient"]
+    assert code == "timeout" and "ran out while reading the answer" in message
+
+
 def test_a_shared_session_across_threads(ehr: Upstream):
     with requests.Session() as session, ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda i: resolve_references(ehr_example(id=f"r{i}"), config(ehr), session=session),

@@ -57,12 +57,11 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 import urllib3.exceptions
-from requests.adapters import HTTPAdapter
 
 from gateway.errors import GatewayError, X12SyntaxError
 from gateway.transport import core
 from gateway.transport.acks import AckCodes, ack_findings, acknowledgments, load_ack_codes
-from gateway.transport.streams import arriving
+from gateway.transport.streams import DeadlineAdapter, arriving, deadline
 from gateway.x12.model import Finding, Loop, Segment, Transaction
 from gateway.x12.reader import read_x12
 from gateway.x12.tokenizer import tokenize
@@ -497,12 +496,17 @@ class PayerClient:
         remaining = call.deadline - self.clock()
         timeout = (min(route.connect_timeout, remaining), min(route.timeout, remaining))
         try:
-            with self.session.post(route.url, data=body, headers=headers, timeout=timeout, stream=True,
-                                   allow_redirects=False, cert=route.tls_cert, verify=route.tls_verify) as response:
+            with deadline(call.deadline, self.clock), self.session.post(
+                    route.url, data=body, headers=headers, timeout=timeout, stream=True, allow_redirects=False,
+                    cert=route.tls_cert, verify=route.tls_verify) as response:
                 status = response.status_code
                 content_type = response.headers.get("Content-Type", "")
                 content = self._read(response, call)
         except requests.RequestException as exc:
+            if self.clock() >= call.deadline and isinstance(exc, requests.ReadTimeout | requests.ConnectionError) \
+                    and not isinstance(exc, requests.ConnectTimeout):   # cut at the deadline while it arrived
+                raise PayerTimeout(f"the answer was still arriving when the {route.budget:g} s budget ran out") \
+                    from None
             raise _request_failure(exc, route, timeout) from None
         return _payload(route, status, content_type, content)
 
@@ -532,7 +536,8 @@ def _key(route: Route) -> str:
 
 def _session(pool_size: int) -> requests.Session:
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=16, pool_maxsize=max(pool_size, 10), max_retries=0)
+    # DeadlineAdapter: a payer sending its answer's headers a line at a time still meets the budget (see _exchange)
+    adapter = DeadlineAdapter(pool_connections=16, pool_maxsize=max(pool_size, 10), max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     # Without proxy variables in the environment there is nothing for requests to look up per call (it

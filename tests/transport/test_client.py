@@ -354,6 +354,16 @@ def test_a_trickling_answer_is_cut_off_at_the_budget():
         client.send("P", REQUEST, trace=TRACE)
 
 
+def test_headers_arriving_a_line_at_a_time_are_cut_off_at_the_budget(header_drip):
+    """Each header line comes within the read timeout; the answer never ends: the budget ends it (not 100 lines
+    times the read timeout), as a timeout, and the breaker counts it as one."""
+    client = client_for(header_drip, budget_seconds=1.2, timeout_seconds=1, connect_timeout_seconds=1)
+    started = time.monotonic()
+    with pytest.raises(PayerTimeout, match="still arriving when the 1.2 s budget ran out") as caught:
+        client.send("P", REQUEST, trace=TRACE)
+    assert time.monotonic() - started < 2.0 and caught.value.attempts == 1
+
+
 def test_999_findings_from_ik3_ik4_ik5():
     ack = ("ISA*00*          *00*          *ZZ*ACMEHLTH       *ZZ*FHIRX12GW      *250310*0915*^*00501*000000009*0*P*:~"
            "GS*FA*ACMEHLTH*FHIRX12GW*20250310*0915*9*X*005010X231A1~ST*999*0001*005010X231A1~"
