@@ -232,13 +232,11 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                 for comp in seg.elements:
                     parts = comp.split(seg.delimiters.component)
                     if len(parts) > 1 and parts[1]:
-                        # ABK/ABF: ICD-10-CM; BK/BF: ICD-9-CM
-                        system = systems["icd10"] if parts[0] in ("ABK", "ABF") else \
-                            systems["icd9"] if parts[0] in ("BK", "BF") else ""
-                        if not system:
+                        kind = tables.t["diagnoses"]["from_x12"].get(parts[0])
+                        if not kind:
                             note(f"diagnosis {parts[1]} with code list qualifier {parts[0]!r} (not ICD-10-CM or "
                                  "ICD-9-CM)", loop, seg)
-                        diagnoses.append((system, parts[1]))
+                        diagnoses.append((kind["system"], _dotted(parts[1], kind)) if kind else ("", parts[1]))
             else:
                 note(f"segment {sid} {' '.join(seg.elements)} has no FHIR home", loop, seg)
         for inquiry in loop.loops:
@@ -317,6 +315,15 @@ def _items(tables: Tables, seg: Segment, diagnoses: list[tuple[str, str]], purpo
         items.append(item)
         purposes.add("benefits")
     return items
+
+
+def _dotted(code: str, kind: dict[str, Any]) -> str:
+    """An X12 diagnosis code (no point: M5450) as its FHIR code system writes it (M54.50).
+
+    A code no longer than its category, or one that already has a point, is kept as it came.
+    """
+    at = int(kind.get("by_prefix", {}).get(code[:1].upper(), kind["point_after"]))
+    return code if "." in code or len(code) <= at else f"{code[:at]}.{code[at:]}"
 
 
 def _service_date(request: dict[str, Any], seg: Segment, loop: Loop,
