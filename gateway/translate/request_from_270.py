@@ -244,11 +244,19 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                 continue
             for seg in inquiry.segments:
                 if seg.id == "EQ":
-                    items.extend(_items(tables, seg, diagnoses, purposes, several=eq_count > 1))
+                    asked = _items(tables, seg, diagnoses, purposes, several=eq_count > 1)
+                    items.extend(asked)
+                    if not seg.get(1) and not seg.get(2):
+                        note("EQ asks for neither a service type (EQ01) nor a procedure (EQ02)", inquiry, seg)
                     for index, what in ((3, "coverage level"), (4, "insurance type")):
                         if seg.get(index):   # an item has no place for either
                             note(f"EQ asks for {what} {seg.get(index)} (EQ0{index})", inquiry, seg)
-                    pointed.update(p for p in (seg.components(5) if seg.get(5) else []) if p)
+                    pointers = [p for p in (seg.components(5) if seg.get(5) else []) if p]
+                    stray = [p for p in pointers if not (p.isdigit() and 0 < int(p) <= len(diagnoses))]
+                    if stray:
+                        note(f"diagnosis pointer {', '.join(stray)} (EQ05) points at no HI diagnosis", inquiry, seg)
+                    if asked:   # the items carry what the pointers point at
+                        pointed.update(pointers)
                 elif seg.id == "DTP" and seg.get(1) == "291" and "servicedDate" not in request \
                         and "servicedPeriod" not in request:
                     _service_date(request, seg, inquiry, note)
@@ -282,38 +290,47 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
 
 def _items(tables: Tables, seg: Segment, diagnoses: list[tuple[str, str]], purposes: set[str], *,
            several: bool = False) -> list[dict[str, Any]]:
+    """The items one EQ asks about: one per EQ01 service type, each with the EQ02 procedure and EQ05 diagnoses.
+
+    An EQ with both EQ01 and EQ02 asks about that procedure within that service type, so one item holds
+    both (ces-1 binds the response's items, not the request's) and the 270 built back from it asks the
+    same one question. A lone generic ``EQ*30`` asks for validation and general benefits and needs no item,
+    unless it points at diagnoses: then an item with category 30 keeps them (and builds the same EQ back).
+    """
     systems = tables.systems
-    items: list[dict[str, Any]] = []
     pointers = seg.components(5) if seg.get(5) else []
     diagnosis = [{"diagnosisCodeableConcept": {"coding": [{"system": diagnoses[int(p) - 1][0],
                                                             "code": diagnoses[int(p) - 1][1]}]}}
                  for p in pointers if p.isdigit() and 0 < int(p) <= len(diagnoses) and diagnoses[int(p) - 1][0]]
+    procedure: dict[str, Any] = {}
     if seg.get(2):
         comps = seg.components(2)
         qualifier, code = comps[0], comps[1] if len(comps) > 1 else ""
         system = tables.t["procedures"]["from_x12"].get(qualifier, tables.x12_system(f"235/{qualifier}"))
-        item: dict[str, Any] = {"productOrService": {"coding": [{"system": system, "code": code}]}}
+        procedure["productOrService"] = {"coding": [{"system": system, "code": code}]}
         modifiers = [m for m in comps[2:6] if m]
         if modifiers:
-            item["modifier"] = [{"coding": [{"system": system, "code": m}]} for m in modifiers]
-        if diagnosis:
-            item["diagnosis"] = diagnosis
-        items.append(item)
+            procedure["modifier"] = [{"coding": [{"system": system, "code": m}]} for m in modifiers]
         purposes.update(("benefits", "auth-requirements"))  # a procedure inquiry asks both
-    for stc in seg.repetitions(1):
-        if stc == tables.t["request_270"]["constants"]["generic_service_type"] and not seg.get(2) and len(
-                seg.repetitions(1)) == 1 and not several:
-            purposes.add("validation")
+    service_types = [stc for stc in seg.repetitions(1) if stc]
+    generic = tables.t["request_270"]["constants"]["generic_service_type"]
+    if service_types == [generic] and not procedure and not several:
+        purposes.update(("validation", "benefits"))
+        if not diagnosis:
+            return []
+    items: list[dict[str, Any]] = []
+    for stc in service_types or [""]:
+        item: dict[str, Any] = {}
+        if stc:
+            info = tables.code("service_type", stc)
+            item["category"] = {"coding": [{"system": systems["service_type"]["emit"], "code": stc,
+                                            **({"display": info["display"]} if info else {})}]}
             purposes.add("benefits")
-            continue
-        info = tables.code("service_type", stc)
-        coding = {"system": systems["service_type"]["emit"], "code": stc, **({"display": info["display"]}
-                                                                              if info else {})}
-        item = {"category": {"coding": [coding]}}
+        item.update(procedure)
         if diagnosis:
             item["diagnosis"] = diagnosis
-        items.append(item)
-        purposes.add("benefits")
+        if stc or procedure:   # an EQ with neither (R0102 broken) asks nothing an item could hold
+            items.append(item)
     return items
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,6 +46,63 @@ def from_270(text: str) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
 def back_to_270(bundle: dict[str, Any]) -> str:
     return translate_document(json.dumps(bundle).encode(), load_tables(), now=NOW, control_number=1,
                               sender_id="GATEWAY01").output
+
+
+# a 2100D without INS (the guide's usual dependent) comes back without Coverage.relationship, and the FHIR -> 270
+# side then sends the dependent as the subscriber
+DEPENDENT = pytest.mark.xfail(strict=True, reason="a dependent without INS02 comes back as the subscriber")
+DISCOVERY = pytest.mark.xfail(strict=True, reason="a 270 without member id comes back without purpose discovery")
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=DEPENDENT) if p.stem in ("dental-cdt", "dependent-generic")
+                                  else pytest.param(p, marks=DISCOVERY) if p.stem == "discovery"
+                                  else p for p in GOLDEN_270], ids=lambda p: p.stem)
+def test_each_generated_270_translates_back_to_itself(path: Path):
+    """270 -> FHIR -> 270 asks the same questions (same segments, envelope included)."""
+    text = path.read_text()
+    bundle = translate_document(text.encode(), load_tables(), now=NOW).output
+    assert segments(back_to_270(bundle)) == segments(text)
+
+
+def test_an_eq_with_service_type_and_procedure_is_one_item():
+    text = x12([*HEAD, ("EQ", ["62", ("HC", "A9579")])])
+    bundle, request, _ = from_270(text)
+    assert request["item"] == [{
+        "category": {"coding": [{"system": "https://x12.org/codes/service-type-codes", "code": "62",
+                                 "display": "MRI/CAT Scan"}]},
+        "productOrService": {"coding": [{"system": "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets",
+                                         "code": "A9579"}]}}]
+    assert [s for s in segments(back_to_270(bundle)) if s.startswith("EQ")] == ["EQ*62*HC:A9579"]
+
+
+def test_each_service_type_of_an_eq_with_a_procedure_carries_the_procedure():
+    text = x12([*HEAD, ("EQ", [["62", "98"], ("HC", "70551")])])
+    _, request, _ = from_270(text)
+    assert [(i["category"]["coding"][0]["code"], i["productOrService"]["coding"][0]["code"])
+            for i in request["item"]] == [("62", "70551"), ("98", "70551")]
+
+
+def test_a_generic_eq_keeps_the_diagnoses_it_points_at():
+    text = x12([*HEAD, ("HI", [("ABK", "M5450"), ("ABF", "M62830"), ("ABF", "S335XXA"), ("ABF", "E119")]),
+                ("EQ", ["30", "", "", "", ("1", "2", "3", "4")])])
+    bundle, request, notes = from_270(text)
+    assert [i["category"]["coding"][0]["code"] for i in request["item"]] == ["30"]
+    assert [d["diagnosisCodeableConcept"]["coding"][0]["code"] for d in request["item"][0]["diagnosis"]] == [
+        "M54.50", "M62.830", "S33.5XXA", "E11.9"]
+    assert not [n for n in notes if "diagnosis" in n]
+    assert sorted(request["purpose"]) == ["benefits", "validation"]
+    assert segments(back_to_270(bundle))[3:-3] == segments(text)[3:-3]
+
+
+def test_a_generic_eq_without_diagnoses_stays_a_request_without_items():
+    _, request, _ = from_270(x12([*HEAD, ("EQ", ["30"])]))
+    assert "item" not in request
+    assert request["purpose"] == ["benefits", "validation"]
+
+
+def test_an_eq05_pointer_to_no_diagnosis_is_noted():
+    _, _, notes = from_270(x12([*HEAD, ("HI", [("ABK", "M5450")]), ("EQ", ["33", "", "", "", ("1", "3")])]))
+    assert any("diagnosis pointer 3 (EQ05) points at no HI diagnosis" in n for n in notes)
 
 
 @pytest.mark.parametrize("qualifier, sent, fhir", [
