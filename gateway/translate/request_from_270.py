@@ -272,6 +272,8 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
     else:
         coverage["relationship"] = {"coding": [{"system": systems["relationship"], "code": relationship}]}
     coverage_url = add(coverage, f"coverage/{patient.segment('HL').get(1)}")
+    if not member_id:   # no NM108/NM109: a search by name and birth date (fhir-mapping-reference 3.3)
+        purposes.add("discovery")
     request["purpose"] = sorted(purposes or {"validation"})
     request["insurer"] = {"reference": payer_url}
     if provider_url:

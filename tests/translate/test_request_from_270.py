@@ -51,11 +51,9 @@ def back_to_270(bundle: dict[str, Any]) -> str:
 # a 2100D without INS (the guide's usual dependent) comes back without Coverage.relationship, and the FHIR -> 270
 # side then sends the dependent as the subscriber
 DEPENDENT = pytest.mark.xfail(strict=True, reason="a dependent without INS02 comes back as the subscriber")
-DISCOVERY = pytest.mark.xfail(strict=True, reason="a 270 without member id comes back without purpose discovery")
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=DEPENDENT) if p.stem in ("dental-cdt", "dependent-generic")
-                                  else pytest.param(p, marks=DISCOVERY) if p.stem == "discovery"
                                   else p for p in GOLDEN_270], ids=lambda p: p.stem)
 def test_each_generated_270_translates_back_to_itself(path: Path):
     """270 -> FHIR -> 270 asks the same questions (same segments, envelope included)."""
@@ -103,6 +101,16 @@ def test_a_generic_eq_without_diagnoses_stays_a_request_without_items():
 def test_an_eq05_pointer_to_no_diagnosis_is_noted():
     _, _, notes = from_270(x12([*HEAD, ("HI", [("ABK", "M5450")]), ("EQ", ["33", "", "", "", ("1", "3")])]))
     assert any("diagnosis pointer 3 (EQ05) points at no HI diagnosis" in n for n in notes)
+
+
+def test_a_270_without_member_id_is_a_discovery_request():
+    head = [s if s[0] != "NM1" or s[1][0] != "IL" else ("NM1", ["IL", "1", "ROE", "ANNA"]) for s in HEAD]
+    text = x12([*head, ("EQ", ["30"])])
+    bundle, request, _ = from_270(text)
+    assert request["purpose"] == ["benefits", "discovery", "validation"]
+    assert segments(back_to_270(bundle))[3:-3] == segments(text)[3:-3]
+    _, with_id, _ = from_270(x12([*HEAD, ("EQ", ["30"])]))
+    assert "discovery" not in with_id["purpose"]
 
 
 @pytest.mark.parametrize("qualifier, sent, fhir", [
