@@ -120,3 +120,21 @@ def test_a_270_without_member_id_is_a_discovery_request():
 def test_icd_codes_get_their_decimal_point_back(qualifier: str, sent: str, fhir: str):
     _, request, _ = from_270(x12([*HEAD, ("HI", [(qualifier, sent)]), ("EQ", ["33", "", "", "", ("1",)])]))
     assert request["item"][0]["diagnosis"][0]["diagnosisCodeableConcept"]["coding"][0]["code"] == fhir
+
+
+def test_a_segment_no_step_reads_is_noted_in_each_request():
+    """A segment where the guide puts none (a REF at the subscriber level) is not dropped without a word."""
+    head = [*HEAD[:7], ("REF", ["EJ", "ACC1"]), *HEAD[7:8], ("DMG", ["D8", "19800203", "X"])]
+    _, request, notes = from_270(x12([*head, ("EQ", ["30"])]))
+    assert "segment REF in loop 2000C is not read by the translation" in notes
+    assert "gender 'X' (DMG03) has no AdministrativeGender code" in notes
+    texts = [e["extension"][2]["valueString"] for e in request["extension"]]
+    assert "segment REF in loop 2000C is not read by the translation" in texts
+
+
+def test_a_provider_named_only_by_its_id_has_no_empty_name():
+    head = [*HEAD[:4], ("NM1", ["1P", "2", "", "", "", "", "", "XX", "1234567893"]), *HEAD[5:]]
+    bundle, _, _ = from_270(x12([*head, ("EQ", ["30"])]))
+    provider = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Organization"
+                    and e["resource"].get("identifier", [{}])[0].get("value") == "1234567893")
+    assert "name" not in provider
