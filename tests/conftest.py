@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -12,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
-CORPUS = ROOT.parent / "shared" / "corpus"
+# beside the checkout; FHIR_X12_CORPUS names it for a checkout elsewhere (a git worktree)
+CORPUS = Path(os.environ.get("FHIR_X12_CORPUS") or ROOT.parent / "shared" / "corpus")
 # https://hl7.org/fhir/R4/valueset-issue-type.html: every OperationOutcome issue code must be one of these
 ISSUE_TYPES = {"invalid", "structure", "required", "value", "invariant", "security", "login", "unknown", "expired",
                "forbidden", "suppressed", "processing", "not-supported", "duplicate", "multiple-matches",

@@ -31,15 +31,22 @@ def _seed(txn: Transaction) -> str:
     return f"{isa}/{gs}/{txn.control_number}/{bht.get(3) if bht else ''}"
 
 
-def translate_270(txn: Transaction, tables: Tables, *, now: str) -> tuple[dict[str, Any], list[Note]]:
-    """One Bundle (type collection) for a 270 transaction set, and the notes of what was not carried."""
+def translate_270(txn: Transaction, tables: Tables, *, now: str,
+                  carried: set[int] | None = None) -> tuple[dict[str, Any], list[Note]]:
+    """One Bundle (type collection) for a 270 transaction set, and the notes of what was not carried.
+
+    ``carried`` (when given) receives the positions of the segments that went into FHIR content; every
+    other segment has a note, so nothing in the 270 is dropped without a word.
+    """
     systems = tables.systems
     notes: list[Note] = []
+    carried = set() if carried is None else carried
+    requests: list[tuple[str, list[Note]]] = []
     entries: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
 
     def note(text: str, loop: Loop, seg: Segment) -> None:
-        notes.append(Note(text, f"270 ST {txn.control_number} {loop.id} {seg.id}@{seg.position}", seg.to_x12()))
+        notes.append(Note(text, _where(txn, loop, seg), seg.to_x12()))
 
     def add(resource: dict[str, Any], key: str) -> str:
         if key in seen:
@@ -51,12 +58,14 @@ def translate_270(txn: Transaction, tables: Tables, *, now: str) -> tuple[dict[s
         return url
 
     bht = txn.root.segment("BHT")
+    carried.update(s.position for s in txn.root.segments if s.id in ("ST", "BHT", "SE"))
+    carried.update(s.position for _, s in txn.root.walk() if s.id == "HL")   # the Bundle's shape
     for source in txn.root.loops_of("2000A"):
         payer_loop = source.loop("2100A")
         start = len(notes)
-        payer_url = _payer(tables, payer_loop, add, note)
+        payer_url = _payer(tables, payer_loop, add, note, carried)
         for receiver in source.loops_of("2000B"):
-            provider_url = _provider(tables, receiver.loop("2100B"), add, note)
+            provider_url = _provider(tables, receiver.loop("2100B"), add, note, carried)
             shared = notes[start:]
             for subscriber in receiver.loops_of("2000C"):
                 sub_name = subscriber.loop("2100C")
@@ -66,20 +75,34 @@ def translate_270(txn: Transaction, tables: Tables, *, now: str) -> tuple[dict[s
                     name = patient.loop("2100D") if patient is not subscriber else sub_name
                     request_notes: list[Note] = list(shared)
                     request = _request(tables, txn, now, bht, subscriber, sub_name, patient, name,
-                                       payer_url, provider_url, add, request_notes)
-                    if request_notes:
-                        request["extension"] = process_note_extensions(
-                            request_notes, systems["process_note_extension"], systems["note_type"])
+                                       payer_url, provider_url, add, request_notes, carried)
                     notes.extend(request_notes[len(shared):])
-                    add(request, f"request/{patient.segment('HL').get(1) if patient.segment('HL') else ''}")
+                    hl = patient.segment("HL")
+                    requests.append((add(request, f"request/{hl.get(1) if hl else ''}"), request_notes))
     for seg in txn.root.segments:
         if seg.id not in ("ST", "BHT", "SE"):
             note(f"segment {seg.id} outside the loops of a 270", txn.root, seg)
+    # whatever no step above read (a segment where the guide puts none, a loop the translation does not know)
+    noted = {n.source.rsplit("@", 1)[-1] for n in notes}
+    unread = [Note(f"segment {seg.id} in loop {loop.id} is not read by the translation", _where(txn, loop, seg),
+                   seg.to_x12()) for loop, seg in txn.root.walk()
+              if seg.position not in carried and str(seg.position) not in noted]
+    notes.extend(unread)
+    for entry in entries:
+        for url, request_notes in requests:
+            if entry["fullUrl"] == url and (request_notes or unread):
+                entry["resource"]["extension"] = process_note_extensions(
+                    [*request_notes, *unread], systems["process_note_extension"], systems["note_type"])
     bundle = {"resourceType": "Bundle", "id": _urn(_seed(txn), "bundle").rsplit(":", 1)[-1],
               "type": "collection", "timestamp": now, "entry": entries}
     if notes:
         bundle["meta"] = {"tag": [{"system": systems["canonical_base"], "code": "translated-from-x12-270"}]}
     return bundle, notes
+
+
+def _where(txn: Transaction, loop: Loop, seg: Segment) -> str:
+    """A note's source: the transaction, loop and segment with its position (``270 ST 0001 2100C DMG@9``)."""
+    return f"270 ST {txn.control_number} {loop.id} {seg.id}@{seg.position}"
 
 
 def _person(seg: Segment) -> dict[str, Any]:
@@ -88,12 +111,13 @@ def _person(seg: Segment) -> dict[str, Any]:
     return {"name": [name]} if name else {}
 
 
-def _payer(tables: Tables, loop: Loop | None, add, note) -> str:
+def _payer(tables: Tables, loop: Loop | None, add, note, carried: set[int]) -> str:
     systems = tables.systems
     org: dict[str, Any] = {"resourceType": "Organization", "name": "Payer"}
     if loop is not None:
         for seg in loop.segments:
             if seg.id == "NM1":
+                carried.add(seg.position)
                 org["name"] = seg.get(3) or "Payer"
                 if seg.get(9):
                     org["identifier"] = [{"type": {"coding": [dict(systems["payer_id_type"])]},
@@ -103,7 +127,7 @@ def _payer(tables: Tables, loop: Loop | None, add, note) -> str:
     return add(org, f"payer/{org.get('identifier', [{}])[0].get('value', org['name'])}")
 
 
-def _provider(tables: Tables, loop: Loop | None, add, note) -> str | None:
+def _provider(tables: Tables, loop: Loop | None, add, note, carried: set[int]) -> str | None:
     if loop is None:
         return None
     systems = tables.systems
@@ -112,13 +136,17 @@ def _provider(tables: Tables, loop: Loop | None, add, note) -> str | None:
     if nm1 is not None and nm1.get(2) == "1":
         resource = {"resourceType": "Practitioner", **_person(nm1)}
     else:
-        resource = {"resourceType": "Organization", "name": nm1.get(3) if nm1 is not None else "Provider"}
+        # NM103 may be left out when NM109 identifies the provider: a name of "" is not valid FHIR
+        name = nm1.get(3) if nm1 is not None else "Provider"
+        resource = {"resourceType": "Organization", **({"name": name} if name else {})}
     if nm1 is not None and nm1.get(8) == "XX" and nm1.get(9):
         resource["identifier"] = [{"system": systems["npi"], "value": nm1.get(9)}]
     elif nm1 is not None and nm1.get(9):   # an id FHIR has no system for here (SV, PI ...)
         note(f"provider identified by {nm1.get(8)} {nm1.get(9)} (only an NPI has a FHIR identifier system)", loop,
              nm1)
     for seg in loop.segments:
+        if seg.id in ("NM1", "N3", "N4") or (seg.id == "PRV" and seg.get(2) == "PXC" and seg.get(3)):
+            carried.add(seg.position)
         if seg.id == "NM1":
             continue
         if seg.id == "PRV" and seg.get(2) == "PXC" and seg.get(3):
@@ -141,12 +169,12 @@ def _provider(tables: Tables, loop: Loop | None, add, note) -> str | None:
 
 def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, subscriber: Loop,
              sub_name: Loop | None, patient: Loop, name: Loop | None, payer_url: str,
-             provider_url: str | None, add, notes: list[Note]) -> dict[str, Any]:
+             provider_url: str | None, add, notes: list[Note], carried: set[int]) -> dict[str, Any]:
     systems = tables.systems
     dependent = patient is not subscriber
 
     def note(text: str, loop: Loop, seg: Segment) -> None:
-        notes.append(Note(text, f"270 ST {txn.control_number} {loop.id} {seg.id}@{seg.position}", seg.to_x12()))
+        notes.append(Note(text, _where(txn, loop, seg), seg.to_x12()))
 
     def person_from(loop: Loop | None, key: str) -> tuple[dict[str, Any], str]:
         resource: dict[str, Any] = {"resourceType": "Patient"}
@@ -154,6 +182,8 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
         if loop is None:
             return resource, member
         for seg in loop.segments:
+            if seg.id in ("NM1", "DMG", "N3", "N4"):
+                carried.add(seg.position)
             if seg.id == "NM1":
                 resource.update(_person(seg))
                 member = seg.get(9)
@@ -170,6 +200,8 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                 gender = tables.t["gender"]["from_x12"].get(seg.get(3))
                 if gender:
                     resource["gender"] = gender
+                elif seg.get(3):
+                    note(f"gender {seg.get(3)!r} (DMG03) has no AdministrativeGender code", loop, seg)
             elif seg.id == "N3":
                 resource.setdefault("address", [{}])[0]["line"] = [v for v in (seg.get(1), seg.get(2)) if v]
             elif seg.id == "N4":
@@ -204,7 +236,8 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
     for level in (subscriber, patient) if dependent else (subscriber,):
         for seg in level.segments:
             if seg.id == "TRN":
-                if seg is not None and seg.get(2):
+                carried.add(seg.position)
+                if seg.get(2):
                     request.setdefault("identifier", []).append(
                         {"system": systems["trace_system"] + (f"/{seg.get(3)}" if seg.get(3) else ""),
                          "value": seg.get(2)})
@@ -217,6 +250,9 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
             sid = seg.id
             if sid in ("NM1", "DMG", "N3", "N4"):
                 continue
+            if sid in ("INS", "HI") or (sid, seg.get(1)) in (("REF", "6P"), ("REF", "1L"), ("REF", "18"),
+                                                             ("DTP", "291")):
+                carried.add(seg.position)
             if sid == "REF" and seg.get(1) in ("6P", "1L", "18"):
                 kind = "plan" if seg.get(1) == "18" else "group"
                 coverage.setdefault("class", []).append(
@@ -232,13 +268,11 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                 for comp in seg.elements:
                     parts = comp.split(seg.delimiters.component)
                     if len(parts) > 1 and parts[1]:
-                        # ABK/ABF: ICD-10-CM; BK/BF: ICD-9-CM
-                        system = systems["icd10"] if parts[0] in ("ABK", "ABF") else \
-                            systems["icd9"] if parts[0] in ("BK", "BF") else ""
-                        if not system:
+                        kind = tables.t["diagnoses"]["from_x12"].get(parts[0])
+                        if not kind:
                             note(f"diagnosis {parts[1]} with code list qualifier {parts[0]!r} (not ICD-10-CM or "
                                  "ICD-9-CM)", loop, seg)
-                        diagnoses.append((system, parts[1]))
+                        diagnoses.append((kind["system"], _dotted(parts[1], kind)) if kind else ("", parts[1]))
             else:
                 note(f"segment {sid} {' '.join(seg.elements)} has no FHIR home", loop, seg)
         for inquiry in loop.loops:
@@ -246,13 +280,23 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                 continue
             for seg in inquiry.segments:
                 if seg.id == "EQ":
-                    items.extend(_items(tables, seg, diagnoses, purposes, several=eq_count > 1))
+                    carried.add(seg.position)
+                    asked = _items(tables, seg, diagnoses, purposes, several=eq_count > 1)
+                    items.extend(asked)
+                    if not seg.get(1) and not seg.get(2):
+                        note("EQ asks for neither a service type (EQ01) nor a procedure (EQ02)", inquiry, seg)
                     for index, what in ((3, "coverage level"), (4, "insurance type")):
                         if seg.get(index):   # an item has no place for either
                             note(f"EQ asks for {what} {seg.get(index)} (EQ0{index})", inquiry, seg)
-                    pointed.update(p for p in (seg.components(5) if seg.get(5) else []) if p)
+                    pointers = [p for p in (seg.components(5) if seg.get(5) else []) if p]
+                    stray = [p for p in pointers if not (p.isdigit() and 0 < int(p) <= len(diagnoses))]
+                    if stray:
+                        note(f"diagnosis pointer {', '.join(stray)} (EQ05) points at no HI diagnosis", inquiry, seg)
+                    if asked:   # the items carry what the pointers point at
+                        pointed.update(pointers)
                 elif seg.id == "DTP" and seg.get(1) == "291" and "servicedDate" not in request \
                         and "servicedPeriod" not in request:
+                    carried.add(seg.position)
                     _service_date(request, seg, inquiry, note)
                 else:
                     note(f"inquiry segment {seg.id} {' '.join(x for x in seg.elements if x)} has no FHIR home",
@@ -266,6 +310,8 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
     else:
         coverage["relationship"] = {"coding": [{"system": systems["relationship"], "code": relationship}]}
     coverage_url = add(coverage, f"coverage/{patient.segment('HL').get(1)}")
+    if not member_id:   # no NM108/NM109: a search by name and birth date (fhir-mapping-reference 3.3)
+        purposes.add("discovery")
     request["purpose"] = sorted(purposes or {"validation"})
     request["insurer"] = {"reference": payer_url}
     if provider_url:
@@ -284,39 +330,57 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
 
 def _items(tables: Tables, seg: Segment, diagnoses: list[tuple[str, str]], purposes: set[str], *,
            several: bool = False) -> list[dict[str, Any]]:
+    """The items one EQ asks about: one per EQ01 service type, each with the EQ02 procedure and EQ05 diagnoses.
+
+    An EQ with both EQ01 and EQ02 asks about that procedure within that service type, so one item holds
+    both (ces-1 binds the response's items, not the request's) and the 270 built back from it asks the
+    same one question. A lone generic ``EQ*30`` asks for validation and general benefits and needs no item,
+    unless it points at diagnoses: then an item with category 30 keeps them (and builds the same EQ back).
+    """
     systems = tables.systems
-    items: list[dict[str, Any]] = []
     pointers = seg.components(5) if seg.get(5) else []
     diagnosis = [{"diagnosisCodeableConcept": {"coding": [{"system": diagnoses[int(p) - 1][0],
                                                             "code": diagnoses[int(p) - 1][1]}]}}
                  for p in pointers if p.isdigit() and 0 < int(p) <= len(diagnoses) and diagnoses[int(p) - 1][0]]
+    procedure: dict[str, Any] = {}
     if seg.get(2):
         comps = seg.components(2)
         qualifier, code = comps[0], comps[1] if len(comps) > 1 else ""
         system = tables.t["procedures"]["from_x12"].get(qualifier, tables.x12_system(f"235/{qualifier}"))
-        item: dict[str, Any] = {"productOrService": {"coding": [{"system": system, "code": code}]}}
+        procedure["productOrService"] = {"coding": [{"system": system, "code": code}]}
         modifiers = [m for m in comps[2:6] if m]
         if modifiers:
-            item["modifier"] = [{"coding": [{"system": system, "code": m}]} for m in modifiers]
-        if diagnosis:
-            item["diagnosis"] = diagnosis
-        items.append(item)
+            procedure["modifier"] = [{"coding": [{"system": system, "code": m}]} for m in modifiers]
         purposes.update(("benefits", "auth-requirements"))  # a procedure inquiry asks both
-    for stc in seg.repetitions(1):
-        if stc == tables.t["request_270"]["constants"]["generic_service_type"] and not seg.get(2) and len(
-                seg.repetitions(1)) == 1 and not several:
-            purposes.add("validation")
+    service_types = [stc for stc in seg.repetitions(1) if stc]
+    generic = tables.t["request_270"]["constants"]["generic_service_type"]
+    if service_types == [generic] and not procedure and not several:
+        purposes.update(("validation", "benefits"))
+        if not diagnosis:
+            return []
+    items: list[dict[str, Any]] = []
+    for stc in service_types or [""]:
+        item: dict[str, Any] = {}
+        if stc:
+            info = tables.code("service_type", stc)
+            item["category"] = {"coding": [{"system": systems["service_type"]["emit"], "code": stc,
+                                            **({"display": info["display"]} if info else {})}]}
             purposes.add("benefits")
-            continue
-        info = tables.code("service_type", stc)
-        coding = {"system": systems["service_type"]["emit"], "code": stc, **({"display": info["display"]}
-                                                                              if info else {})}
-        item = {"category": {"coding": [coding]}}
+        item.update(procedure)
         if diagnosis:
             item["diagnosis"] = diagnosis
-        items.append(item)
-        purposes.add("benefits")
+        if stc or procedure:   # an EQ with neither (R0102 broken) asks nothing an item could hold
+            items.append(item)
     return items
+
+
+def _dotted(code: str, kind: dict[str, Any]) -> str:
+    """An X12 diagnosis code (no point: M5450) as its FHIR code system writes it (M54.50).
+
+    A code no longer than its category, or one that already has a point, is kept as it came.
+    """
+    at = int(kind.get("by_prefix", {}).get(code[:1].upper(), kind["point_after"]))
+    return code if "." in code or len(code) <= at else f"{code[:at]}.{code[at:]}"
 
 
 def _service_date(request: dict[str, Any], seg: Segment, loop: Loop,

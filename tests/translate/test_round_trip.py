@@ -110,8 +110,8 @@ def test_a_270s_icd9_diagnoses_stay_icd9_and_unpointed_ones_are_noted():
     request = next(e["resource"] for e in bundle["entry"]
                    if e["resource"]["resourceType"] == "CoverageEligibilityRequest")
     coding = request["item"][0]["diagnosis"][0]["diagnosisCodeableConcept"]["coding"][0]
-    assert coding == {"system": "http://hl7.org/fhir/sid/icd-9-cm", "code": "8901"}
-    assert any("87200, E119 is pointed at by no EQ05" in n.text for n in notes)
+    assert coding == {"system": "http://hl7.org/fhir/sid/icd-9-cm", "code": "890.1"}   # FHIR writes the point
+    assert any("872.00, E11.9 is pointed at by no EQ05" in n.text for n in notes)
 
 
 def test_what_a_270_holds_beyond_fhir_is_noted():

@@ -1,0 +1,140 @@
+"""270 -> FHIR: each inquiry keeps its meaning, and the Bundle translates back to the same 270."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.translate import load_tables
+from gateway.translate.document import translate_document
+from gateway.translate.request_from_270 import translate_270
+from gateway.x12.reader import read_x12
+from gateway.x12.writer import Envelope, Value, X12Writer
+from tests.conftest import FIXTURES
+
+NOW = datetime(2025, 1, 15, 9, 30)
+GOLDEN_270 = sorted((FIXTURES / "golden" / "270").glob("*.270"))
+HEAD: list[tuple[str, list[Value]]] = [
+    ("BHT", ["0022", "13", "T1", "20250115", "0930"]), ("HL", ["1", "", "20", "1"]),
+    ("NM1", ["PR", "2", "EXAMPLE HEALTH PLAN", "", "", "", "", "PI", "99999"]), ("HL", ["2", "1", "21", "1"]),
+    ("NM1", ["1P", "2", "SAMPLE CLINIC", "", "", "", "", "XX", "1234567893"]), ("HL", ["3", "2", "22", "0"]),
+    ("TRN", ["1", "T1", "9GATEWAY01"]), ("NM1", ["IL", "1", "ROE", "ANNA", "", "", "", "MI", "W123"]),
+    ("DMG", ["D8", "19800203", "F"])]
+
+
+def segments(text: str) -> list[str]:
+    return [s.strip() for s in text.split(text[105]) if s.strip()]
+
+
+def x12(body: list[tuple[str, list[Value]]]) -> str:
+    env = Envelope(sender_id="GATEWAY01", receiver_id="99999", interchange_control=1, now=NOW)
+    return X12Writer().interchange(env, "HS", "270", "005010X279A1", [body]).text
+
+
+def from_270(text: str) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """The Bundle, its request, and the notes' texts."""
+    bundle, notes = translate_270(read_x12(text).transactions[0], load_tables(), now="2025-01-15T09:30:00Z")
+    request = next(e["resource"] for e in bundle["entry"]
+                   if e["resource"]["resourceType"] == "CoverageEligibilityRequest")
+    return bundle, request, [n.text for n in notes]
+
+
+def back_to_270(bundle: dict[str, Any]) -> str:
+    return translate_document(json.dumps(bundle).encode(), load_tables(), now=NOW, control_number=1,
+                              sender_id="GATEWAY01").output
+
+
+# a 2100D without INS (the guide's usual dependent) comes back without Coverage.relationship, and the FHIR -> 270
+# side then sends the dependent as the subscriber
+DEPENDENT = pytest.mark.xfail(strict=True, reason="a dependent without INS02 comes back as the subscriber")
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=DEPENDENT) if p.stem in ("dental-cdt", "dependent-generic")
+                                  else p for p in GOLDEN_270], ids=lambda p: p.stem)
+def test_each_generated_270_translates_back_to_itself(path: Path):
+    """270 -> FHIR -> 270 asks the same questions (same segments, envelope included)."""
+    text = path.read_text()
+    bundle = translate_document(text.encode(), load_tables(), now=NOW).output
+    assert segments(back_to_270(bundle)) == segments(text)
+
+
+def test_an_eq_with_service_type_and_procedure_is_one_item():
+    text = x12([*HEAD, ("EQ", ["62", ("HC", "A9579")])])
+    bundle, request, _ = from_270(text)
+    assert request["item"] == [{
+        "category": {"coding": [{"system": "https://x12.org/codes/service-type-codes", "code": "62",
+                                 "display": "MRI/CAT Scan"}]},
+        "productOrService": {"coding": [{"system": "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets",
+                                         "code": "A9579"}]}}]
+    assert [s for s in segments(back_to_270(bundle)) if s.startswith("EQ")] == ["EQ*62*HC:A9579"]
+
+
+def test_each_service_type_of_an_eq_with_a_procedure_carries_the_procedure():
+    text = x12([*HEAD, ("EQ", [["62", "98"], ("HC", "70551")])])
+    _, request, _ = from_270(text)
+    assert [(i["category"]["coding"][0]["code"], i["productOrService"]["coding"][0]["code"])
+            for i in request["item"]] == [("62", "70551"), ("98", "70551")]
+
+
+def test_a_generic_eq_keeps_the_diagnoses_it_points_at():
+    text = x12([*HEAD, ("HI", [("ABK", "M5450"), ("ABF", "M62830"), ("ABF", "S335XXA"), ("ABF", "E119")]),
+                ("EQ", ["30", "", "", "", ("1", "2", "3", "4")])])
+    bundle, request, notes = from_270(text)
+    assert [i["category"]["coding"][0]["code"] for i in request["item"]] == ["30"]
+    assert [d["diagnosisCodeableConcept"]["coding"][0]["code"] for d in request["item"][0]["diagnosis"]] == [
+        "M54.50", "M62.830", "S33.5XXA", "E11.9"]
+    assert not [n for n in notes if "diagnosis" in n]
+    assert sorted(request["purpose"]) == ["benefits", "validation"]
+    assert segments(back_to_270(bundle))[3:-3] == segments(text)[3:-3]
+
+
+def test_a_generic_eq_without_diagnoses_stays_a_request_without_items():
+    _, request, _ = from_270(x12([*HEAD, ("EQ", ["30"])]))
+    assert "item" not in request
+    assert request["purpose"] == ["benefits", "validation"]
+
+
+def test_an_eq05_pointer_to_no_diagnosis_is_noted():
+    _, _, notes = from_270(x12([*HEAD, ("HI", [("ABK", "M5450")]), ("EQ", ["33", "", "", "", ("1", "3")])]))
+    assert any("diagnosis pointer 3 (EQ05) points at no HI diagnosis" in n for n in notes)
+
+
+def test_a_270_without_member_id_is_a_discovery_request():
+    head = [s if s[0] != "NM1" or s[1][0] != "IL" else ("NM1", ["IL", "1", "ROE", "ANNA"]) for s in HEAD]
+    text = x12([*head, ("EQ", ["30"])])
+    bundle, request, _ = from_270(text)
+    assert request["purpose"] == ["benefits", "discovery", "validation"]
+    assert segments(back_to_270(bundle))[3:-3] == segments(text)[3:-3]
+    _, with_id, _ = from_270(x12([*HEAD, ("EQ", ["30"])]))
+    assert "discovery" not in with_id["purpose"]
+
+
+@pytest.mark.parametrize("qualifier, sent, fhir", [
+    ("ABK", "M5450", "M54.50"), ("ABF", "S335XXA", "S33.5XXA"), ("ABF", "I10", "I10"), ("ABF", "E11.9", "E11.9"),
+    ("BK", "8901", "890.1"), ("BF", "25000", "250.00"), ("BF", "V7231", "V72.31"), ("BF", "E8889", "E888.9"),
+    ("BF", "E888", "E888"), ("BF", "401", "401")])
+def test_icd_codes_get_their_decimal_point_back(qualifier: str, sent: str, fhir: str):
+    _, request, _ = from_270(x12([*HEAD, ("HI", [(qualifier, sent)]), ("EQ", ["33", "", "", "", ("1",)])]))
+    assert request["item"][0]["diagnosis"][0]["diagnosisCodeableConcept"]["coding"][0]["code"] == fhir
+
+
+def test_a_segment_no_step_reads_is_noted_in_each_request():
+    """A segment where the guide puts none (a REF at the subscriber level) is not dropped without a word."""
+    head = [*HEAD[:7], ("REF", ["EJ", "ACC1"]), *HEAD[7:8], ("DMG", ["D8", "19800203", "X"])]
+    _, request, notes = from_270(x12([*head, ("EQ", ["30"])]))
+    assert "segment REF in loop 2000C is not read by the translation" in notes
+    assert "gender 'X' (DMG03) has no AdministrativeGender code" in notes
+    texts = [e["extension"][2]["valueString"] for e in request["extension"]]
+    assert "segment REF in loop 2000C is not read by the translation" in texts
+
+
+def test_a_provider_named_only_by_its_id_has_no_empty_name():
+    head = [*HEAD[:4], ("NM1", ["1P", "2", "", "", "", "", "", "XX", "1234567893"]), *HEAD[5:]]
+    bundle, _, _ = from_270(x12([*head, ("EQ", ["30"])]))
+    provider = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Organization"
+                    and e["resource"].get("identifier", [{}])[0].get("value") == "1234567893")
+    assert "name" not in provider
