@@ -14,6 +14,7 @@ the setting, never a failed request later. The password is kept out of ``repr`` 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import ssl
@@ -31,6 +32,8 @@ from gateway.mappings import load_yaml, mappings_dir
 from gateway.translate.identifiers import valid_npi
 from gateway.transport.client import UnknownPayer
 from gateway.x12.writer import Envelope
+
+log = logging.getLogger(__name__)
 
 TRANSPORTS = ("soap", "mime", "x12")
 CORE_BUDGET_SECONDS = 20.0   # CAQH CORE: a real-time 271 within 20 seconds
@@ -290,10 +293,24 @@ def routes_from_config(config: Mapping[str, Any] | None = None) -> RoutingTable:
     if path:
         try:
             table = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise MappingError(f"{ROUTING_ENV}: the routing table {path} is not UTF-8 text") from None
         except (OSError, yaml.YAMLError) as exc:
             raise MappingError(f"{ROUTING_ENV}: cannot read the routing table {path}: {exc}") from None
+        # an empty file (a truncated mount, say) is no table: never fall back to the shipped sample payers
+        if table is None:
+            raise MappingError(f"{ROUTING_ENV}: the routing table {path} is empty")
         folder = Path(path).resolve().parent
-    return load_routes(table, override, base=config.get("FHIR_X12_MAPPINGS"), folder=folder)
+    routes = load_routes(table, override, base=config.get("FHIR_X12_MAPPINGS"), folder=folder)
+    if not routes.routes and override is None:
+        raise MappingError(f"{ROUTING_ENV if path else 'routing.yaml'}: the routing table lists no payers (and "
+                           f"{OVERRIDE_ENV} is not set): every request would be refused")
+    sent_to = [routes.override] if routes.override is not None else routes.routes.values()
+    for route in sent_to:
+        if urlsplit(route.url).scheme == "http" and not _loopback(route.url):
+            log.warning("payer %s is routed over plain http to %s: eligibility requests carry patient data; use "
+                        "https beyond this machine", route.payer_id, urlsplit(route.url).hostname)
+    return routes
 
 
 def _values(entry: Mapping[str, Any], where: str, problems: list[str]) -> dict[str, Any]:
@@ -538,6 +555,11 @@ def _check_url(url: Any, where: str, problems: list[str]) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.username or parts.password:
         problems.append(f"{where}: must be an http or https URL with a host and no credentials, not {url!r}")
+        return
+    try:
+        parts.port   # noqa: B018 - parsing it is the check (out of range, not a number)
+    except ValueError:
+        problems.append(f"{where}: the port of {url!r} is not a number from 0 to 65535")
 
 
 __all__ = ["Route", "RoutingTable", "UnknownPayer", "load_routes", "routes_from_config", "normalise_payer_id"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import MappingError
-from gateway.transport.routing import InformationReceiver, load_routes, valid_npi
+from gateway.transport.routing import InformationReceiver, load_routes, routes_from_config, valid_npi
 
 PRACTICE = {"npi": "1245319599", "name": "Riverbend Family Practice"}
 NPI = "http://hl7.org/fhir/sid/us-npi"
@@ -88,3 +88,45 @@ def test_a_wrong_default_information_receiver_is_named_too():
 def test_npi_check_digit():
     assert valid_npi("1234567893") and valid_npi("1245319599")
     assert not valid_npi("1234567890") and not valid_npi("123456789A") and not valid_npi("12345678931")
+
+
+# -- the deployment's own routing file (FHIR_X12_ROUTING) ------------------------------------------------------
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b"", "is empty"),
+    (b"# TODO: payers\n", "is empty"),
+    (b"\xff\xfe\x00d\x00e", "is not UTF-8 text"),
+    (b"defaults: {sender_id: FHIRX12GW}\npayers: {}\n", "lists no payers"),
+    (b"defaults: {sender_id: FHIRX12GW}\npayers:\n", "lists no payers"),
+])
+def test_a_routing_file_without_payers_never_falls_back_to_the_shipped_one(tmp_path, content, words):
+    """A truncated or empty mount would otherwise send patient data to the sample payers' endpoints."""
+    path = tmp_path / "routing.yaml"
+    path.write_bytes(content)
+    with pytest.raises(MappingError, match=words) as caught:
+        routes_from_config({"FHIR_X12_ROUTING": str(path)})
+    assert "FHIR_X12_ROUTING" in str(caught.value)
+
+
+def test_no_payers_is_fine_when_everything_goes_to_the_override_url(tmp_path):
+    path = tmp_path / "routing.yaml"
+    path.write_text("defaults: {sender_id: FHIRX12GW}\npayers: {}\n", encoding="utf-8")
+    routes = routes_from_config({"FHIR_X12_ROUTING": str(path), "FHIR_X12_PAYER_URL": "http://127.0.0.1:9/core/soap"})
+    assert routes.route("ANYONE").url == "http://127.0.0.1:9/core/soap"
+
+
+def test_a_port_out_of_range_is_named_at_start_up():
+    with pytest.raises(MappingError, match=r"payers\.P\.url: the port of 'http://127.0.0.1:99999/x' is not"):
+        load_routes(table({"P": {"url": "http://127.0.0.1:99999/x"}}))
+
+
+def test_plain_http_beyond_this_machine_is_warned_about(tmp_path, caplog):
+    path = tmp_path / "routing.yaml"
+    path.write_text("defaults: {sender_id: FHIRX12GW, transport: soap}\npayers:\n"
+                    "  FAR: {url: 'http://payer.example.com/core/soap'}\n"
+                    "  NEAR: {url: 'http://127.0.0.1:8090/core/soap'}\n"
+                    "  SAFE: {url: 'https://payer.example.com/core/soap'}\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="gateway.transport.routing"):
+        routes_from_config({"FHIR_X12_ROUTING": str(path)})
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "payer FAR is routed over plain http to payer.example.com" in warned[0]
