@@ -47,7 +47,7 @@ _ASYNC_ID = re.compile(r"(?<=/_async/)[^/]+")
 # a path no route knows: only its words that cannot be data are kept (FHIR's operations and keywords this server or a
 # client would use, a resource type); "_delgado-maria" is not one of them
 _PATH_WORDS = frozenset({"$submit", "$validate", "$everything", "$meta", "_search", "_history", "_async", "metadata",
-                         "x12"})
+                         "x12", "healthz", "readyz", "metrics"})
 # a route's variable (<id>, <path:filename>): the access line names it ({id}) instead of quoting what the client sent
 _RULE_VARIABLE = re.compile(r"<(?:[^<>:]+:)?([^<>:]+)>")
 _MAX_PATH = 200

@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 from gunicorn import util
 from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
 from gunicorn.workers.gthread import ThreadWorker as _ThreadWorker
 
 from gateway.fhir import FHIR_JSON_UTF8, operation_outcome
+from gateway.observability import log_path
 
 # what gunicorn refuses, by exception class: HTTP status, reason phrase, FHIR issue type, what the client is told
 # (class names, not imports: each gunicorn version has its own set). Any other parse error is 400 / structure.
@@ -91,8 +93,9 @@ class _FhirErrors:
             status, reason = 500, "Internal Server Error"
             body = _outcome("exception", "internal error; the request id in X-Request-ID finds it in the server's "
                             "log")
-            if getattr(req, "uri", None) is not None:
-                self.log.exception("Error handling request %s %s", getattr(req, "method", ""), req.uri,
+            if getattr(req, "uri", None) is not None:   # the path fit for logs: no query, no ids (observability)
+                self.log.exception("Error handling request %s %s", getattr(req, "method", ""),
+                                   log_path(urlsplit(str(req.uri)).path, matched=False),
                                    extra={"request_id": request_id})
             else:
                 self.log.exception("Error handling request (no URI read)", extra={"request_id": request_id})

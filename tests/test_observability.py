@@ -167,6 +167,9 @@ def test_log_path() -> None:
     assert log_path("/Coverage/DELGADO-19780514/_history/2", matched=False) == "/Coverage/{id}/_history/{vid}"
     assert log_path("/Delgado/Maria", matched=False) == "/{x}/{x}"
     assert log_path("/CoverageEligibilityRequest/$validate", matched=False) == "/CoverageEligibilityRequest/$validate"
+    # gunicorn's DEBUG line reads every path unmatched: the operations endpoints keep their names
+    assert [log_path(p, matched=False) for p in ("/healthz", "/readyz", "/metrics")] == ["/healthz", "/readyz",
+                                                                                        "/metrics"]
 
 
 def test_init_logging_is_idempotent(stream: io.StringIO) -> None:

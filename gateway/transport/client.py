@@ -554,14 +554,14 @@ def _request_failure(exc: requests.RequestException, route: Route, timeout: tupl
     """What a requests exception means: _Retry when the 270 cannot have reached the payer, else a PayerError.
 
     The message goes back to the API client, so it names the payer, not its endpoint (an internal host and port
-    are the operator's business): the full reason is logged for the operator instead.
+    are the operator's business): what went wrong is logged for the operator instead (:func:`_cause`).
     """
     reason: Any = exc.args[0] if exc.args else None
     if isinstance(reason, urllib3.exceptions.MaxRetryError):
         reason = reason.reason
     endpoint = f"payer {route.payer_id}'s endpoint"
     if not isinstance(exc, requests.Timeout):
-        log.warning("payer %s: %s: %s", route.payer_id, type(exc).__name__, _short(reason or exc))
+        log.warning("payer %s: %s", route.payer_id, _cause(exc))
     if isinstance(exc, requests.ConnectTimeout):
         return _Retry(PayerTimeout(f"could not connect to {endpoint} within {timeout[0]:g} s"))
     if isinstance(exc, requests.Timeout) or isinstance(reason, urllib3.exceptions.ReadTimeoutError):
@@ -591,6 +591,28 @@ def _refused_certificate(exc: BaseException) -> bool:
 def _short(value: object, limit: int = 200) -> str:
     text = str(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _cause(exc: BaseException) -> str:
+    """What went wrong, for the operator's log: the chain of exception classes and the system's own words for a
+    socket or TLS error (``Connection refused``, ``certificate verify failed``). Never the exceptions' text
+    otherwise: a broken status line or chunk quotes what the payer sent, which may be a patient's data."""
+    names: list[str] = []
+    system: str | None = None
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending and len(names) < 12:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        names.append(type(current).__name__)
+        if system is None and isinstance(current, OSError) and isinstance(current.strerror, str):
+            system = current.strerror[:200]
+        linked = [getattr(current, "reason", None), current.__cause__, current.__context__, *current.args]
+        pending.extend(e for e in linked if isinstance(e, BaseException))
+    chain = " <- ".join(dict.fromkeys(names))
+    return f"{chain} ({system})" if system else chain
 
 
 def _payload(route: Route, status: int, content_type: str, content: bytes) -> str:

@@ -364,6 +364,36 @@ def test_headers_arriving_a_line_at_a_time_are_cut_off_at_the_budget(header_drip
     assert time.monotonic() - started < 2.0 and caught.value.attempts == 1
 
 
+def test_what_a_broken_answer_quotes_never_reaches_the_log(caplog):
+    """A status line the client cannot parse is quoted in the exception: the log keeps the exception classes only
+    (the quoted text may be a patient's data), and the system's words for a socket error."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 2x0 <Payload>ZQX DELGADO MARIA 19780514 ACM482193057</Payload>\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    client = client_for(f"http://127.0.0.1:{listener.getsockname()[1]}/x12")
+    with caplog.at_level("WARNING", logger="gateway.transport.client"), pytest.raises(PayerUnavailable):
+        client.send("P", REQUEST, trace=TRACE)
+    thread.join(5)
+    listener.close()
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "BadStatusLine" in logged and "DELGADO" not in logged and "ACM482193057" not in logged
+
+
+def test_a_refused_connection_is_logged_in_the_systems_words(closed_port, caplog):
+    client = client_for(f"http://127.0.0.1:{closed_port}/x12", retries=0)
+    with caplog.at_level("WARNING", logger="gateway.transport.client"), pytest.raises(PayerUnavailable):
+        client.send("P", REQUEST, trace=TRACE)
+    assert any("NewConnectionError" in r.getMessage() and "(Connection refused)" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_999_findings_from_ik3_ik4_ik5():
     ack = ("ISA*00*          *00*          *ZZ*ACMEHLTH       *ZZ*FHIRX12GW      *250310*0915*^*00501*000000009*0*P*:~"
            "GS*FA*ACMEHLTH*FHIRX12GW*20250310*0915*9*X*005010X231A1~ST*999*0001*005010X231A1~"
