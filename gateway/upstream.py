@@ -37,6 +37,7 @@ from gateway.fhir.structure import MAX_DEPTH, invariant_problems, json_shape, st
 from gateway.translate.errors import Problem, TranslationError
 from gateway.translate.references import Resolver
 from gateway.translate.request_270 import CER, find_request
+from gateway.transport.routing import is_loopback_url
 from gateway.transport.streams import DeadlineAdapter, arriving, deadline
 
 ACCEPT = "application/fhir+json, application/json;q=0.9"
@@ -98,6 +99,10 @@ class UpstreamConfig:
         object.__setattr__(self, "allowed_hosts", normalized)
         if self.token is not None and self.basic is not None:
             raise ConfigError("give a bearer token or basic credentials for the FHIR server, not both")
+        if (self.token is not None or self.basic is not None) and base is not None and \
+                urlsplit(base).scheme == "http" and not is_loopback_url(base):
+            raise ConfigError("the FHIR server's credentials (FHIR_X12_FHIR_TOKEN or FHIR_X12_FHIR_BASIC) travel "
+                              "only over https, or to this machine: FHIR_X12_FHIR_BASE is plain http")
         connect, read = self.timeout
         if not (_positive(connect) and _positive(read)):
             raise ConfigError("timeout must be two positive numbers of seconds (connect, read)")

@@ -523,13 +523,22 @@ def test_config_defaults_and_parsing():
     assert cfg.base == "https://EHR.example:8443/fhir" and cfg.allowed_hosts == frozenset({"ehr.example:8443"})
     assert cfg.token == "tok-1" and cfg.timeout == (2.0, 3.0) and cfg.max_fetches == 20 and cfg.budget == 8.0
     assert "tok-1" not in repr(cfg)
-    cfg = UpstreamConfig.from_config({"FHIR_X12_FHIR_BASE": "http://ehr.example/fhir",
+    cfg = UpstreamConfig.from_config({"FHIR_X12_FHIR_BASE": "https://ehr.example/fhir",
                                       "FHIR_X12_FHIR_ALLOWED_HOSTS": "ehr.example, Files.EHR.example:8443,",
                                       "FHIR_X12_FHIR_BASIC": "svc:se:cret", "FHIR_X12_FHIR_TIMEOUT": "1.5,4"})
     assert cfg.allowed_hosts == frozenset({"ehr.example", "files.ehr.example:8443"})
     assert cfg.basic == ("svc", "se:cret") and cfg.timeout == (1.5, 4.0) and "se:cret" not in repr(cfg)
     assert UpstreamConfig.from_config({"FHIR_X12_FHIR_TIMEOUT": 0.5}).timeout == (0.5, 0.5)
     assert UpstreamConfig.from_config({"FHIR_X12_FHIR_BASE": "", "FHIR_X12_FHIR_TOKEN": " "}) == UpstreamConfig()
+
+
+@pytest.mark.parametrize("credentials", [{"FHIR_X12_FHIR_TOKEN": "tok-1"}, {"FHIR_X12_FHIR_BASIC": "svc:secret"}])
+def test_credentials_never_go_over_plain_http_beyond_this_machine(credentials):
+    with pytest.raises(ConfigError, match="travel only over https"):
+        UpstreamConfig.from_config({"FHIR_X12_FHIR_BASE": "http://ehr.example/fhir", **credentials})
+    for local in ("http://127.0.0.1:8081/fhir", "http://localhost/fhir", "http://[::1]:8081/fhir"):
+        assert UpstreamConfig.from_config({"FHIR_X12_FHIR_BASE": local, **credentials}).base == local
+    assert UpstreamConfig.from_config({"FHIR_X12_FHIR_BASE": "http://ehr.example/fhir"}).token is None   # no secret
 
 
 @pytest.mark.parametrize(("key", "value"), [

@@ -307,7 +307,7 @@ def routes_from_config(config: Mapping[str, Any] | None = None) -> RoutingTable:
                            f"{OVERRIDE_ENV} is not set): every request would be refused")
     sent_to = [routes.override] if routes.override is not None else routes.routes.values()
     for route in sent_to:
-        if urlsplit(route.url).scheme == "http" and not _loopback(route.url):
+        if urlsplit(route.url).scheme == "http" and not is_loopback_url(route.url):
             log.warning("payer %s is routed over plain http to %s: eligibility requests carry patient data; use "
                         "https beyond this machine", route.payer_id, urlsplit(route.url).hostname)
     return routes
@@ -487,7 +487,7 @@ def _check_merged_credentials(merged: Mapping[str, Any], own: Mapping[str, Any],
         origin = "" if "client_cert" in own else " (set in defaults)"
         problems.append(f"{where}.client_cert: a client certificate needs an https url, not {url!r}{origin}")
     user = merged.get("username")
-    if user and isinstance(url, str) and urlsplit(url).scheme == "http" and not _loopback(url):
+    if user and isinstance(url, str) and urlsplit(url).scheme == "http" and not is_loopback_url(url):
         origin = "" if "username" in own else " (set in defaults)"
         problems.append(f"{where}.username: a password only travels over https (or to a loopback address), "
                         f"not to {url!r}{origin}")
@@ -496,7 +496,8 @@ def _check_merged_credentials(merged: Mapping[str, Any], own: Mapping[str, Any],
     return len(problems) == before
 
 
-def _loopback(url: str) -> bool:
+def is_loopback_url(url: str) -> bool:
+    """The URL's host is this machine (``localhost`` or a loopback address): plain http is fine there."""
     host = (urlsplit(url).hostname or "").lower()
     if host == "localhost":
         return True
