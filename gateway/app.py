@@ -37,6 +37,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config.update(config)
     for key in _INTEGERS:
         app.config[key] = _positive_int(app.config[key], key)
+    app.config["FHIR_X12_BASE_URL"] = _base_url(app.config.get("FHIR_X12_BASE_URL"))
     app.config["MAX_CONTENT_LENGTH"] = app.config["FHIR_X12_MAX_BODY_BYTES"]
     app.json.sort_keys = False   # type: ignore[attr-defined]
     # "//x" is not "/x": no redirect (an HTML 308 no FHIR client follows with its body), a 404 OperationOutcome
@@ -110,6 +111,26 @@ def _positive_int(value: Any, key: str) -> int:
     if number <= 0:
         raise ConfigError(f"{key} must be positive")
     return number
+
+
+def _base_url(value: Any) -> str | None:
+    """``FHIR_X12_BASE_URL``: the public base of every Location, fullUrl and paging link, so an http(s) URL with a
+    host and nothing after its path; None (the request's own root) when unset or blank."""
+    from urllib.parse import urlsplit
+
+    text = str(value).strip() if value is not None else ""
+    if not text:
+        return None
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ConfigError(f"FHIR_X12_BASE_URL is not a valid URL: {text[:80]!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment or \
+            "@" in parts.netloc or any(c.isspace() for c in text):
+        raise ConfigError(f"FHIR_X12_BASE_URL must be the gateway's public http(s) base URL (e.g. "
+                          f"https://gateway.example/fhir), not {text[:80]!r}")
+    return text
 
 
 def register_blueprints(app: Flask) -> None:

@@ -82,6 +82,10 @@ def test_serve_tells_the_workers_how_many_share_the_limits(monkeypatch, tmp_path
     ("FHIR_X12_ASYNC_WORKERS", "0", "positive"),
     ("FHIR_X12_TOKENS", "tiny-tok", "16"),
     ("FHIR_X12_FHIR_BASE", "ftp://ehr.example/fhir", "FHIR_X12_FHIR_BASE"),
+    ("FHIR_X12_BASE_URL", "not a url", "FHIR_X12_BASE_URL"),
+    ("FHIR_X12_BASE_URL", "ftp://gateway.example/fhir", "FHIR_X12_BASE_URL"),
+    ("FHIR_X12_BASE_URL", "https://gateway.example/fhir?x=1", "FHIR_X12_BASE_URL"),
+    ("FHIR_X12_BASE_URL", "https://gateway.example:99999/fhir", "FHIR_X12_BASE_URL"),
 ])
 def test_bad_settings_name_the_key(monkeypatch, tmp_path, key: str, value: str, words: str):
     monkeypatch.setenv("FHIR_X12_DATABASE_URL", f"sqlite:///{tmp_path / 'bad.db'}")
