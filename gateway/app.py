@@ -97,7 +97,14 @@ def _service(app: Flask) -> tuple[Any, Any]:
     def resolve(payload: dict[str, Any]) -> dict[str, Any]:
         return resolve_references(payload, upstream, session=client.session)
 
-    store = AuditStore(url)
+    try:
+        store = AuditStore(url)
+    except Exception as exc:   # one line naming the setting, never the URL's password (see open_problem)
+        from gateway.store.migrate import open_problem
+
+        source = "FHIR_X12_DATABASE_URL" if app.config.get("FHIR_X12_DATABASE_URL") else \
+            f"the default store {url}"
+        raise ConfigError(f"{source}: cannot open the audit store: {open_problem(exc, url)}") from None
     service = EligibilityService(store=store, client=client, routes=routes, tables=load_tables(mappings),
                                  resolve=resolve, mappings=mappings)
     return routes, service

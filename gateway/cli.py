@@ -6,6 +6,7 @@ Exit codes (DESIGN §3): 0 success, 1 input understood but invalid, 2 unreadable
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from datetime import datetime
@@ -239,7 +240,6 @@ def serve_gateway(host: str, port: int, workers: int, threads: int, worker_class
         from gevent import monkey
 
         monkey.patch_all()   # before the app's modules (ssl, sockets, threads) are imported
-    import os
 
     from gateway.errors import ConfigError
     from gateway.serving import multiprocess_metrics, serve
@@ -344,19 +344,24 @@ def _retention(text: str) -> int:
     return seconds
 
 
-def _open_store(database: str | None):  # type: ignore[no-untyped-def]
-    """The audit store (migrated), or exit 1 naming the problem (never the URL's password)."""
+def _open_store(database: str | None, *, migrate: bool = True):  # type: ignore[no-untyped-def]
+    """The audit store, or exit 2 with why, naming where the URL came from (never its password).
+
+    ``migrate=False`` (maintenance): only a store that exists and is migrated opens; a mistyped path must fail,
+    not become a new empty store that a retention job purges "successfully" for ever."""
     from alembic.util.exc import CommandError as AlembicError
     from sqlalchemy.exc import SQLAlchemyError
 
     from gateway.store import AuditStore, database_url
+    from gateway.store.migrate import open_problem
 
     url = database or database_url()
     try:
-        return AuditStore(url)
-    except (SQLAlchemyError, GatewayError, OSError, ImportError, AlembicError) as exc:
-        _fail(f"store: cannot open the audit store ({type(exc).__name__}); check --database or "
-              "FHIR_X12_DATABASE_URL", EXIT_INVALID)
+        return AuditStore(url, migrate=migrate)
+    except (SQLAlchemyError, GatewayError, OSError, ImportError, AlembicError, ValueError) as exc:
+        source = "--database" if database else "FHIR_X12_DATABASE_URL" if os.environ.get("FHIR_X12_DATABASE_URL") \
+            else "the default SQLite file"
+        _fail(f"store: cannot open the audit store ({source}): {open_problem(exc, url)}")
 
 
 @store.command("migrate")
@@ -387,7 +392,7 @@ def store_purge(older_than: str, database: str | None, dry_run: bool) -> None:
     except click.BadParameter as exc:
         _fail(f"--older-than: {exc.message}")
     before = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=seconds)
-    audit = _open_store(database)
+    audit = _open_store(database, migrate=False)
     try:
         count = audit.purge(before, dry_run=dry_run)
     except SQLAlchemyError as exc:

@@ -7,6 +7,7 @@ Nothing here logs: the rows hold protected health information.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
@@ -14,9 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, create_engine, delete, event, func, select
+from sqlalchemy import bindparam, create_engine, delete, event, func, inspect, select, text
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -33,6 +34,7 @@ from gateway.store.migrate import (
     ensure_sqlite_folder,
     is_memory_sqlite,
     normalize_url,
+    revisions,
     sqlite_file,
     upgrade,
     upgrade_engine,
@@ -63,26 +65,31 @@ _ANSWER_UPDATE = _RECORDS.update().where(_RECORDS.c.id == bindparam("rid")).valu
 class AuditStore:
     """Eligibility transactions in a SQLite file or PostgreSQL (``postgresql+psycopg://``), migrated on open."""
 
-    def __init__(self, url: str, *, background_checkpoints: bool = True) -> None:
+    def __init__(self, url: str, *, background_checkpoints: bool = True, migrate: bool = True) -> None:
         """``background_checkpoints``: a SQLite file's WAL is checkpointed by a thread of its own (see
-        :mod:`gateway.store.checkpoint`); ``False`` leaves it to the committing writer, as SQLite does."""
+        :mod:`gateway.store.checkpoint`); ``False`` leaves it to the committing writer, as SQLite does.
+        ``migrate=False``: only a store that exists and is migrated opens (StoreError otherwise): maintenance
+        (a purge) pointed at a mistyped path must fail, not create an empty store and report it clean."""
         url = normalize_url(url)
         backend = make_url(url).get_backend_name()
         kwargs: dict[str, Any] = {}
         memory = is_memory_sqlite(url)
         self._sqlite_file = sqlite_file(url)
+        if not migrate and self._sqlite_file is not None and not self._sqlite_file.is_file():
+            raise StoreError(f"there is no audit store at {self._sqlite_file}")
         if backend == "sqlite":
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": BUSY_TIMEOUT_SECONDS}
             if memory:
                 kwargs["poolclass"] = StaticPool  # one shared connection, or every thread sees its own database
             else:
-                ensure_sqlite_folder(url)
+                if migrate:
+                    ensure_sqlite_folder(url)
                 # a gevent worker has dozens of requests in flight: with the default 5 pooled connections every
                 # one beyond them was opened (file, WAL index, pragmas) and closed again for a single commit
                 kwargs["pool_size"], kwargs["max_overflow"] = SQLITE_POOL_SIZE, SQLITE_POOL_SIZE
         else:
             kwargs["pool_pre_ping"] = True
-        if not memory:
+        if not memory and migrate:
             upgrade(url)
         # orjson: the rows carry whole FHIR resources, and the stdlib encoder was a third of a write
         # hide_parameters: bound values (member ids, names) never appear in exception text or logs
@@ -105,16 +112,51 @@ class AuditStore:
         elif backend == "sqlite":
             with self.engine.connect():   # WAL from the start: set later, it could meet another process's lock
                 pass
+        self._sqlite_inode = os.stat(self._sqlite_file).st_ino if self._sqlite_file is not None else None
+        if not migrate and not memory:
+            self._check_migrated()
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         # the connections that write: on a SQLite file they take the write lock up front, waiting without
         # blocking the worker (see _sqlite_begin); elsewhere the option means nothing
         self._writer = self.engine.execution_options(**{_WRITES: True})
 
+    def _check_migrated(self) -> None:
+        known = revisions()
+        try:
+            with self.engine.connect() as connection:   # a server that cannot be reached fails here, as itself
+                found = connection.execute(text("select version_num from alembic_version")).scalars().all() \
+                    if inspect(connection).has_table("alembic_version") else []
+        except SQLAlchemyError:
+            self.close()
+            raise
+        if found == known[:1]:
+            return
+        self.close()
+        if not found:
+            raise StoreError("the database holds no audit store (no migrations have run there); check the URL, or "
+                             "run `fhir-x12 store migrate` to create one")
+        if found[0] in known:
+            raise StoreError(f"the audit store is at schema {found[0]}, this version's is {known[0]}: run "
+                             "`fhir-x12 store migrate` first")
+        raise StoreError(f"the audit store is at schema {found[0]}, newer than this version of the gateway knows "
+                         f"({known[0]})")
+
+    def _check_file(self) -> None:
+        """A SQLite file must still be the one opened: deleted or replaced, the connections' writes go to an inode
+        no one will read again, and the request would be sent with no record of it (StoreError: a 503)."""
+        if self._sqlite_file is None:
+            return
+        try:
+            same = os.stat(self._sqlite_file).st_ino == self._sqlite_inode
+        except OSError:
+            same = False
+        if not same:
+            raise StoreError("the SQLite database file is gone (deleted or replaced since the store was opened)")
+
     def check(self) -> None:
         """Raise when the store cannot serve requests: its table must answer (a dropped schema still connects), and
-        a SQLite file must still be where it was opened (deleted, its writes go to an inode no one will read)."""
-        if self._sqlite_file is not None and not self._sqlite_file.exists():
-            raise StoreError("the SQLite database file is gone")
+        a SQLite file must still be the one opened."""
+        self._check_file()
         with self.engine.connect() as connection:
             connection.execute(select(_RECORDS.c.id).limit(1))
 
@@ -142,6 +184,7 @@ class AuditStore:
         provider references search finds it by, where they differ from the stored request's (a resource the
         client sent in the Bundle is contained in the stored copy, but searched by the client's ``Type/id``).
         """
+        self._check_file()
         refs = {**request, **(references or {})}
         identifiers = _identifiers(request.get("identifier"))
         created, created_end = fhir_datetime_bounds(request.get("created")) or (None, None)

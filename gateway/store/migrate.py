@@ -105,7 +105,45 @@ def _begin_immediate(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def revisions() -> list[str]:
+    """This version's migrations, newest first: a store at the first is migrated; one at none of them was made
+    by a newer version of the gateway."""
+    from alembic.script import ScriptDirectory
+
+    return [r.revision for r in ScriptDirectory.from_config(alembic_config("sqlite://")).walk_revisions()]
+
+
+def open_problem(exc: BaseException, url: str) -> str:
+    """Why a store could not be opened, in one line an operator can act on, never holding the URL's password (a
+    driver's message can quote the URL)."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    try:
+        password = make_url(url).password
+    except Exception:   # not a URL at all: nothing in it is known to be the password, so the message says less
+        password = None
+    if isinstance(exc, NoSuchModuleError):   # an ArgumentError too: asked first
+        return "not a database this gateway keeps its store in (sqlite or postgresql)"
+    if isinstance(exc, ArgumentError | ValueError):   # unparseable, or a port that is no number
+        return "not a database URL like sqlite:///path/to/gateway.db or postgresql://user@host/database"
+    if isinstance(exc, SQLAlchemyError):
+        origin = getattr(exc, "orig", None)
+        text = str(origin if origin is not None else exc)
+    elif isinstance(exc, OSError):
+        text = f"{exc.strerror or type(exc).__name__}: {exc.filename}" if exc.filename else str(exc)
+    else:
+        text = str(exc)
+    line = next((part.strip() for part in text.splitlines() if part.strip()), type(exc).__name__)[:300]
+    return line.replace(password, "***") if password else line
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``python -m gateway.store [URL]``: migrate; a store that cannot be opened is one line and exit 2."""
     args = sys.argv[1:] if argv is None else argv
-    upgrade(normalize_url(args[0]) if args else database_url())
+    url = args[0] if args else database_url()
+    try:
+        upgrade(normalize_url(url))
+    except Exception as exc:   # a one-line reason, not a traceback (this is an operator's command)
+        print(f"python -m gateway.store: cannot migrate the audit store: {open_problem(exc, url)}", file=sys.stderr)
+        return 2
     return 0

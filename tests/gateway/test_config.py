@@ -152,3 +152,16 @@ def test_store_failing_before_an_async_send_is_503(gateway: Gateway, simulator, 
     result = service.exchange(prepared)
     assert result.status == 503 and result.outcome == "store-unavailable"
     assert simulator.calls["/core/soap"] == calls
+
+
+@pytest.mark.parametrize(("url", "words"), [
+    ("postgresql://gateway:s3cret@127.0.0.1:1/audit", "connection"),
+    ("notaurl", "not a database URL"),
+    ("http://example.org/db", "not a database this gateway keeps its store in"),
+])
+def test_a_store_that_cannot_be_opened_names_the_setting_in_one_line(url: str, words: str):
+    with pytest.raises(ConfigError) as caught:
+        create_app({"TESTING": True, "FHIR_X12_DATABASE_URL": url})
+    message = str(caught.value)
+    assert message.startswith("FHIR_X12_DATABASE_URL: cannot open the audit store: ") and words in message
+    assert "s3cret" not in message and "\n" not in message

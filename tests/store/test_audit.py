@@ -24,6 +24,7 @@ from gateway.store import (
     DuplicateRecordError,
     RecordStateError,
     SearchError,
+    StoreError,
     UnknownRecordError,
     database_url,
     upgrade,
@@ -310,6 +311,22 @@ def test_one_request_per_if_none_exist_condition(store: AuditStore):
     for n in range(4, 6):   # without a condition, any number
         store.record_request(f"gw-c{n}", SEED[0]["request"], None, "60054", f"T{n}", now)
     assert store.record("gw-c2") is None and store.search_requests({}, 10, 0)[1] == 4
+
+
+@pytest.mark.parametrize("change", ["deleted", "replaced"])
+def test_a_sqlite_file_deleted_or_replaced_under_the_store_refuses_new_requests(tmp_path, change: str):
+    """Its connections would write to an inode no one reads again: the request would go out with no record."""
+    path = tmp_path / "gw.db"
+    with AuditStore(f"sqlite:///{path}") as opened:
+        opened.record_request("gw-f1", SEED[0]["request"], None, "60054", "T1", datetime.now(UTC))
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        if change == "replaced":
+            path.write_bytes(b"")
+        with pytest.raises(StoreError, match="is gone"):
+            opened.record_request("gw-f2", SEED[0]["request"], None, "60054", "T2", datetime.now(UTC))
+        with pytest.raises(StoreError):
+            opened.check()
 
 
 def test_a_finished_transaction_is_released_once_and_kept(store: AuditStore):

@@ -93,8 +93,30 @@ def test_the_cli_refuses_bad_ages_in_one_line(tmp_path, age: str, words: str):
 def test_the_cli_names_an_unreachable_store_without_its_password():
     url = "postgresql+psycopg://gateway:s3cret@127.0.0.1:1/audit"
     result = CliRunner().invoke(main, ["store", "purge", "--older-than", "30d", "--database", url])
-    assert result.exit_code == 1 and "cannot open the audit store" in result.output
+    assert result.exit_code == 2 and "cannot open the audit store (--database): connection" in result.output
     assert "s3cret" not in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("url", ["postgresql://gateway:s3cret@127.0.0.1:badport/audit", "notaurl",
+                                 "http://gateway:s3cret@example.org/db"])
+def test_the_cli_names_a_url_that_is_no_database_in_one_line(url: str):
+    result = CliRunner().invoke(main, ["store", "migrate", "--database", url])
+    assert result.exit_code == 2 and "cannot open the audit store (--database): not a" in result.output
+    assert "s3cret" not in result.output and len(result.output.splitlines()) == 1
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_purge_never_creates_a_store_where_there_is_none(tmp_path, dry_run: bool):
+    """A retention job pointed at a mistyped path must fail, not purge a new empty store every night."""
+    url = f"sqlite:///{tmp_path / 'typo' / 'gw.db'}"
+    result = CliRunner().invoke(main, ["store", "purge", "--older-than", "30d", "--database", url,
+                                       *(["--dry-run"] if dry_run else [])])
+    assert result.exit_code == 2 and f"there is no audit store at {tmp_path / 'typo' / 'gw.db'}" in result.output
+    assert not (tmp_path / "typo").exists()
+    empty = tmp_path / "empty.db"
+    empty.touch()   # a file, but no store in it
+    result = CliRunner().invoke(main, ["store", "purge", "--older-than", "30d", "--database", f"sqlite:///{empty}"])
+    assert result.exit_code == 2 and "holds no audit store" in result.output
 
 
 def test_the_cli_names_a_store_newer_than_the_code(tmp_path):
@@ -108,7 +130,7 @@ def test_the_cli_names_a_store_newer_than_the_code(tmp_path):
         connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     engine.dispose()
     result = CliRunner().invoke(main, ["store", "purge", "--older-than", "30d", "--database", url])
-    assert result.exit_code == 1 and "cannot open the audit store (CommandError)" in result.output
+    assert result.exit_code == 2 and "at schema 9999, newer than this version" in result.output
     assert "Traceback" not in result.output
 
 
