@@ -236,6 +236,7 @@ def serve_gateway(host: str, port: int, workers: int, threads: int, worker_class
 
     Metrics are shared across the workers (prometheus_client multiprocess mode, PROMETHEUS_MULTIPROC_DIR).
     """
+    _port_free(host, port, "--port")
     if worker_class == "gevent":
         from gevent import monkey
 
@@ -257,6 +258,21 @@ def serve_gateway(host: str, port: int, workers: int, threads: int, worker_class
                   multiprocess_dir=metrics_dir, keepalive=keepalive, fhir_errors=True)
     except ConfigError as exc:
         _fail(f"configuration: {exc}")
+
+
+def _port_free(host: str, port: int, option: str) -> None:
+    """Exit 2 naming the option when something already listens on the port: found before anything starts (the
+    store migrated, a simulator seeded), rather than by gunicorn retrying for 5 s and leaving a traceback."""
+    import socket
+
+    if port == 0:
+        return
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as gunicorn binds: TIME_WAIT is free
+            probe.bind((host, port))
+    except OSError as exc:
+        _fail(f"{option} {port}: cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 def _app_or_fail(factory):  # type: ignore[no-untyped-def]
@@ -285,8 +301,13 @@ def demo(port: int, payer_port: int, members: str, workdir: str) -> None:
     from gateway.app import create_app
     from gateway.serving import serve, stop, wait_ready
 
+    for name, number in (("--port", port), ("--payer-port", payer_port)):
+        _port_free("127.0.0.1", number, name)   # else a stale simulator would answer for ours, and say so nowhere
     folder = Path(workdir)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"--workdir {workdir}: cannot make the folder: {exc.strerror or exc}")
     payer_url = f"http://127.0.0.1:{payer_port}"
     simulator = subprocess.Popen([sys.executable, "-m", "gateway.cli", "payer", "serve", "--port", str(payer_port),
                                   "--seed", members, "--database", f"sqlite:///{folder / 'payer.db'}"])
@@ -303,11 +324,14 @@ def demo(port: int, payer_port: int, members: str, workdir: str) -> None:
         os.environ.setdefault("FHIR_X12_DATABASE_URL", f"sqlite:///{folder / 'gateway.db'}")
         _app_or_fail(create_app).extensions["fhir_x12"]["close"]()   # check the configuration, migrate once
         sample = Path(members).parent / "fhir" / "requests" / "subscriber-generic.json"
+        who = "MARIA DELGADO" if sample.is_file() else "a member of yours (with a request of your own)"
+        if not sample.is_file():
+            sample = Path("your-request.json")
         click.echo(f"""
 fhir-x12 demo: payer simulator on {payer_url}, gateway on http://127.0.0.1:{port}
 Bearer token: {token}
 
-Ask the simulated payer about MARIA DELGADO (a real CoverageEligibilityResponse comes back):
+Ask the simulated payer about {who} (a real CoverageEligibilityResponse comes back):
 
   curl -s -X POST 'http://127.0.0.1:{port}/CoverageEligibilityRequest/$submit' \\
        -H 'Authorization: Bearer {token}' -H 'Content-Type: application/fhir+json' \\

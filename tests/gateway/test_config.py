@@ -10,6 +10,7 @@ from sqlalchemy.exc import OperationalError
 
 from gateway.app import create_app
 from gateway.errors import ConfigError
+from tests.conftest import FIXTURES
 from tests.gateway.conftest import TOKEN, Gateway, fhir_request, routing_table
 
 CER = "CoverageEligibilityRequest"
@@ -68,10 +69,10 @@ def test_serve_tells_the_workers_how_many_share_the_limits(monkeypatch, tmp_path
         "close": lambda: None}}))
     monkeypatch.setattr(serving, "serve", lambda *a, **k: seen.update(processes=os.environ.get("FHIR_X12_PROCESSES"),
                                                                        keepalive=k["keepalive"]))
-    result = CliRunner().invoke(cli.main, ["serve", "--workers", "3"])
+    result = CliRunner().invoke(cli.main, ["serve", "--port", "0", "--workers", "3"])
     assert result.exit_code == 0, result.output
     assert seen == {"processes": "3", "keepalive": 5}
-    result = CliRunner().invoke(cli.main, ["serve", "--keepalive", "75"])   # behind a balancer idling 60 s
+    result = CliRunner().invoke(cli.main, ["serve", "--port", "0", "--keepalive", "75"])   # behind a balancer (60 s)
     assert result.exit_code == 0, result.output
     assert seen["keepalive"] == 75
 
@@ -165,3 +166,23 @@ def test_a_store_that_cannot_be_opened_names_the_setting_in_one_line(url: str, w
     message = str(caught.value)
     assert message.startswith("FHIR_X12_DATABASE_URL: cannot open the audit store: ") and words in message
     assert "s3cret" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("args", [["serve", "--port", "{port}"], ["demo", "--port", "{port}", "--payer-port", "0"],
+                                  ["demo", "--port", "0", "--payer-port", "{port}"]])
+def test_a_port_in_use_is_named_before_anything_starts(monkeypatch, tmp_path, args: list[str]):
+    """Not gunicorn retrying for 5 s after the store was migrated, nor the demo using a stale simulator."""
+    import socket
+
+    from click.testing import CliRunner
+
+    from gateway import cli
+
+    monkeypatch.chdir(tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        members = ["--members", str(FIXTURES / "members")] if args[0] == "demo" else []
+        result = CliRunner().invoke(cli.main, [a.format(port=port) for a in args] + members)
+    option = "--payer-port" if args[-2:] == ["--payer-port", "{port}"] else "--port"
+    assert result.exit_code == 2 and f"{option} {port}: cannot listen on 127.0.0.1:{port}" in result.output
+    assert not list(tmp_path.iterdir())   # no store, no demo folder
