@@ -117,6 +117,31 @@ def _identifier_only(reference: Any) -> bool:
         reference.get("identifier"), dict) and bool(reference["identifier"].get("value"))
 
 
+def _same_person(g: _Gather, a: Any, a_owner: dict[str, Any], b: Any, b_owner: dict[str, Any]) -> bool | None:
+    """Whether two References name the same person: True, False, or None when the payload cannot tell.
+
+    Resolved, they are the same resource (one object, or one ``Type/id``); unresolved, the same reference text
+    or the same identifier (system and value).
+    """
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return None
+    a_ref, b_ref = a.get("reference"), b.get("reference")
+    found_a = g.resolver.find(a_ref, a_owner) if isinstance(a_ref, str) and a_ref else None
+    found_b = g.resolver.find(b_ref, b_owner) if isinstance(b_ref, str) and b_ref else None
+    if found_a is not None and found_b is not None:
+        if found_a is found_b:
+            return True
+        local = a_ref.startswith("#") or b_ref.startswith("#")
+        keys = [(r.get("resourceType"), r.get("id")) for r in (found_a, found_b)]
+        return not local and keys[0][1] is not None and keys[0] == keys[1]
+    if isinstance(a_ref, str) and a_ref and a_ref == b_ref:
+        return True
+    ids = [r.get("identifier") for r in (a, b)]
+    if all(isinstance(i, dict) and i.get("value") for i in ids) and ids[0].get("system") == ids[1].get("system"):
+        return ids[0]["value"] == ids[1]["value"]
+    return None
+
+
 def _has_type(identifier: dict[str, Any], system: str, code: str) -> bool:
     return any(c.get("system") == system and c.get("code") == code for c in _codings(identifier.get("type")))
 
@@ -145,7 +170,8 @@ class _Gather:
         return next((c for c in choices if c.startswith(self.patient_loop)), x12)
 
     def lost(self, text: str, path: str) -> None:
-        self.notes.append(Note(text=text, source=f"{CER}.{path}" if not path.startswith(CER) else path))
+        """A note; ``path`` is the request's element (``insurance[1]``) or another resource's (``Coverage.class``)."""
+        self.notes.append(Note(text=text, source=path if path[:1].isupper() else f"{CER}.{path}"))
 
 
 def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[str], Envelope],
@@ -224,13 +250,37 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
     for coding in _codings(coverage.get("relationship")):
         if coding.get("system") in g.systems["relationship_accept"] or coding.get("system") is None:
             relationship = coding.get("code")
+    if coverage.get("relationship") and not relationship:
+        g.lost("Coverage.relationship has no coding in subscriber-relationship: whether the patient is the "
+               "subscriber is decided by Coverage.subscriber", "Coverage.relationship")
     subscriber_codes = g.tables.t["relationship"]["subscriber"]
-    dependent = bool(relationship and relationship not in subscriber_codes and not patient_own_id)
+    # who the patient is on the coverage: the relationship when it is coded, else whether Coverage.subscriber is
+    # another person; the two must agree, and the coverage must be the patient's (beneficiary)
+    subscriber_is_patient = _same_person(g, coverage.get("subscriber"), coverage, request.get("patient"), request)
+    if coverage and _same_person(g, coverage.get("beneficiary"), coverage, request.get("patient"), request) is False:
+        g.problems.append(Problem("Coverage.beneficiary", "Coverage.beneficiary is another person than "
+                                  "CoverageEligibilityRequest.patient: the coverage named is not the patient's",
+                                  code="business-rule", x12="2100C NM1"))
+    if relationship in subscriber_codes and subscriber_is_patient is False:
+        g.problems.append(Problem("Coverage.relationship", f"Coverage.relationship is {relationship!r} but "
+                                  "Coverage.subscriber is another person than the patient: say which is right "
+                                  "(the patient as subscriber, or as a dependent of Coverage.subscriber)",
+                                  code="business-rule", x12="2100C NM1"))
+    elif relationship and relationship not in subscriber_codes and subscriber_is_patient and not patient_own_id:
+        g.problems.append(Problem("Coverage.relationship", f"Coverage.relationship is {relationship!r} (a dependent) "
+                                  "but Coverage.subscriber is the patient: a dependent is asked about through "
+                                  "another person, the subscriber", code="business-rule", x12="2100D NM1"))
+    a_dependent = relationship not in subscriber_codes if relationship else subscriber_is_patient is False
+    dependent = bool(a_dependent and not patient_own_id)
     g.patient_loop = "2100D" if dependent else "2100C"
-    if relationship and relationship not in subscriber_codes and patient_own_id:
-        g.lost(f"the patient ({relationship}) has a member id of their own, so is sent as the subscriber "
+    if a_dependent and patient_own_id:
+        who = f"({relationship})" if relationship else "(a dependent: Coverage.subscriber is another person)"
+        g.lost(f"the patient {who} has a member id of their own, so is sent as the subscriber "
                "(2100C), as the implementation guide says", "insurance.coverage")
         member_id = patient_own_id
+    elif dependent and not relationship:
+        g.lost("Coverage.relationship is not given: the patient is sent as a dependent (2100D) because "
+               "Coverage.subscriber is another person", "Coverage.relationship")
     if dependent and subscriber is None and coverage.get("subscriber") is None:
         g.missing("subscriber_last_name", "the patient is a dependent but Coverage.subscriber is missing")
 

@@ -333,3 +333,66 @@ def test_an_npi_or_tax_id_is_never_taken_as_the_payer_id():
     # an untyped identifier of another system still is (payers' ids are often sent so)
     payload["entry"][0]["resource"]["insurer"] = {"identifier": {"system": "urn:payer", "value": "60054"}}
     assert "NM1*PR*2*" in build_270(payload, load_tables(), envelope=ENV).text
+
+
+# ------------------------------------------------------------------ who the patient is on the coverage (§3.2)
+
+PARENT = {"reference": "Patient/parent"}
+
+
+@pytest.mark.parametrize("relationship", [
+    None,                                                                    # absent
+    {"text": "child"},                                                       # uncoded
+    {"coding": [{"system": "urn:ehr:relationship", "code": "KID"}]},         # an unlisted system
+])
+def test_a_patient_whose_subscriber_is_another_person_is_a_dependent(relationship):
+    """Without a usable relationship, Coverage.subscriber decides: another person makes the patient a dependent
+    (2100D), never the subscriber under the subscriber's member id."""
+    result = build(bundle(coverage__relationship=relationship, coverage__subscriber=PARENT))
+    parts = segs(result.text)
+    assert result.patient_loop == "2100D"
+    assert ["NM1", "IL", "1", "ROE", "RICHARD", "", "", "", "MI", "W123456789"] in parts
+    assert ["NM1", "03", "1", "ROE", "ANNA"] in parts and ["HL", "4", "3", "23", "0"] in parts
+    assert validate_x12(result.text).valid
+    assert any(n.source == "Coverage.relationship" for n in result.notes)
+
+
+@pytest.mark.parametrize("subscriber", [None, {"reference": "Patient/p"}, {"reference": "Patient/p/_history/1"}])
+def test_without_relationship_the_patient_is_the_subscriber_when_no_one_else_is(subscriber):
+    result = build(bundle(coverage__relationship=None, coverage__subscriber=subscriber))
+    assert result.patient_loop == "2100C"
+    assert ["NM1", "IL", "1", "ROE", "ANNA", "", "", "", "MI", "W123456789"] in segs(result.text)
+
+
+def test_a_dependent_without_relationship_but_with_an_own_member_id_is_sent_as_subscriber():
+    own = [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MB"}]},
+            "value": "W123456789-02"}]
+    result = build(bundle(coverage__relationship=None, coverage__subscriber=PARENT, coverage__identifier=own))
+    assert result.patient_loop == "2100C"
+    assert ["NM1", "IL", "1", "ROE", "ANNA", "", "", "", "MI", "W123456789-02"] in segs(result.text)
+    assert any("member id of their own" in n.text for n in result.notes)
+
+
+@pytest.mark.parametrize(("changes", "path", "words"), [
+    ({"coverage__subscriber": PARENT}, "Coverage.relationship", "'self' but Coverage.subscriber is another person"),
+    ({"coverage__beneficiary": PARENT}, "Coverage.beneficiary", "another person than"),
+    ({"coverage__relationship": {"coding": [{"code": "child"}]}, "coverage__subscriber": {"reference": "Patient/p"}},
+     "Coverage.relationship", "but Coverage.subscriber is the patient"),
+])
+def test_contradictory_relationship_and_persons_are_refused(changes, path, words):
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(**changes))
+    assert caught.value.status == 422
+    found = [p for p in caught.value.problems if p.fhir_path == path]
+    assert found and words in found[0].message and found[0].code == "business-rule", caught.value.problems
+
+
+def test_the_same_patient_by_another_reference_form_is_the_same_person():
+    """A Bundle entry named by its fullUrl and by Type/id is one resource: self stays self."""
+    payload = bundle(coverage__subscriber={"reference": "Patient/p"})
+    for entry in payload["entry"]:
+        if entry["resource"]["resourceType"] == "Patient" and entry["resource"]["id"] == "p":
+            entry["fullUrl"] = "urn:uuid:0b5c6a8e-8f0e-4c59-9d7e-3a3c1c1d2e01"
+        if entry["resource"]["resourceType"] == "CoverageEligibilityRequest":
+            entry["resource"]["patient"] = {"reference": "urn:uuid:0b5c6a8e-8f0e-4c59-9d7e-3a3c1c1d2e01"}
+    assert build(payload).patient_loop == "2100C"
