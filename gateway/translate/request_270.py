@@ -460,8 +460,16 @@ def _provider(g: _Gather, provider: dict[str, Any] | None, ref: Any) -> tuple[st
 
 def _service_type(g: _Gather, concept: dict[str, Any], path: str) -> str | None:
     service = g.systems["service_type"]
+    if not _codings(concept):   # a text alone: sending the generic EQ*30 instead would ask another question
+        g.problems.append(Problem(path, "the category has no coding (text alone cannot be sent): code it as an X12 "
+                                  f"service type ({service['accept'][0]})", code="required", x12="2110C EQ01"))
+        return None
     for coding in _codings(concept):
         code = coding.get("code")
+        if coding.get("system") in service["accept"] and not code:
+            g.problems.append(Problem(path, f"the category's coding in {coding['system']} has no code",
+                                      code="required", x12="2110C EQ01"))
+            return None
         if coding.get("system") in service["accept"] and code:
             if code in service["remap"]:
                 g.lost(f"benefit category {code} is not an X12 service type; sent as {service['remap'][code]}", path)
@@ -495,7 +503,10 @@ def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tupl
         if item.get("productOrService"):
             coding = next(iter(_codings(item["productOrService"])), {})
             qualifier = procedure_systems.get(coding.get("system"))
-            if not qualifier:
+            if not coding or not coding.get("code"):
+                g.problems.append(Problem(f"{path}.productOrService", "the productOrService has no coded procedure "
+                                          "(text alone cannot be sent)", code="required", x12="2110C EQ02-2"))
+            elif not qualifier:
                 g.problems.append(Problem(f"{path}.productOrService", f"procedure code system {coding.get('system')!r} "
                                           "has no X12 qualifier (CPT, HCPCS, CDT, NDC ...)", code="not-supported",
                                           x12="2110C EQ02-1"))

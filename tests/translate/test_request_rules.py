@@ -396,3 +396,19 @@ def test_the_same_patient_by_another_reference_form_is_the_same_person():
         if entry["resource"]["resourceType"] == "CoverageEligibilityRequest":
             entry["resource"]["patient"] = {"reference": "urn:uuid:0b5c6a8e-8f0e-4c59-9d7e-3a3c1c1d2e01"}
     assert build(payload).patient_loop == "2100C"
+
+
+# ---------------------------------------------------------------------------------------- what is asked
+
+@pytest.mark.parametrize(("item", "path", "words"), [
+    ({"category": {"text": "dental"}}, "CoverageEligibilityRequest.item[0].category", "has no coding"),
+    ({"category": {"coding": [{"system": "https://x12.org/codes/service-type-codes"}]}},
+     "CoverageEligibilityRequest.item[0].category", "has no code"),
+    ({"productOrService": {"text": "office visit"}}, "CoverageEligibilityRequest.item[0].productOrService",
+     "no coded procedure"),
+])
+def test_an_item_without_a_code_is_refused_not_replaced_by_the_generic_question(item, path, words):
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(request__item=[item]))
+    assert caught.value.status == 422
+    assert [(p.fhir_path, words in p.message) for p in caught.value.problems] == [(path, True)]
