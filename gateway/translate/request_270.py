@@ -369,6 +369,13 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
         + [(f"{CER}.item.diagnosis", f"{hi_loop} HI01-2", "1271", code) for _, code in diagnoses]
         + ([(f"{CER}.provider", "2100B PRV03", "127", taxonomy)] if taxonomy else []))
 
+    if not callable(envelope) and not envelope.receiver_id and payer_id and not 2 <= len(payer_id) <= 15:
+        # the payer id would name the interchange receiver: cut (ISA08) it names another trading partner
+        g.problems.append(Problem(g.spec["items"]["payer_id"]["fhir"], f"payer id {payer_id!r} ({len(payer_id)} "
+                                  "characters) cannot name the interchange receiver, which takes 2 to 15: give the "
+                                  "payer's receiver id (--receiver-id, or receiver_id in routing.yaml)",
+                                  code="value", x12="ISA08/GS03"))
+
     g.problems.extend(g.resolver.problems)
     if g.problems:
         status_code = 400 if any(p.code in ("structure", "code-invalid") for p in g.problems) else 422

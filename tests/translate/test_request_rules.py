@@ -412,3 +412,18 @@ def test_an_item_without_a_code_is_refused_not_replaced_by_the_generic_question(
         build(bundle(request__item=[item]))
     assert caught.value.status == 422
     assert [(p.fhir_path, words in p.message) for p in caught.value.problems] == [(path, True)]
+
+
+# ------------------------------------------------------------------------------------------------ envelope
+
+@pytest.mark.parametrize("payer_id", ["PAYER1234567890123", "P"])
+def test_a_payer_id_that_cannot_be_isa08_and_gs03_needs_a_configured_receiver(payer_id):
+    """ISA08 is 15 wide and GS03 AN 2-15: a longer payer id cut to fit would send to another trading partner."""
+    payload = bundle(payer__identifier=[{"type": {"coding": [PAYERID]}, "value": payer_id}])
+    unset = Envelope(sender_id="GATEWAY01", receiver_id="", interchange_control=5, now=datetime(2025, 3, 10, 9, 15))
+    with pytest.raises(TranslationError) as caught:
+        build_270(payload, load_tables(), envelope=unset, limits=element_limits())
+    assert [p.x12 for p in caught.value.problems if "receiver" in p.message] == ["ISA08/GS03"]
+    if len(payer_id) > 1:   # with a receiver id configured, the payer id goes whole into 2100A only
+        result = build_270(payload, load_tables(), envelope=ENV, limits=element_limits())
+        assert f"*PI*{payer_id}~" in result.text and "GS*HS*GATEWAY01*PAYERX*" in result.text
