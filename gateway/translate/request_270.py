@@ -665,16 +665,17 @@ def _write(g: _Gather, envelope: Envelope, delimiters: Delimiters, limits: dict[
         body.extend(("EQ", list(eq)) for eq in inquiries)
 
     if not dependent:
-        if patient.address and (patient.address.get("line") or patient.address.get("city")):
-            _address(body, patient.address)
+        _address(g, body, patient.address, "Patient.address")
         the_patient()
         loop_name = "2100C"
     else:
+        _address(g, body, subscriber.address, "Coverage.subscriber.address")
         body.extend(demographics(subscriber, "Coverage.subscriber"))
         body.append(("HL", ["4", "3", "23", "0"]))
         body.append(("TRN", trn))
         body.append(("NM1", [c["dependent_entity"], "1", patient.family, patient.given[0] if patient.given else "",
                              " ".join(patient.given[1:2]), "", patient.suffix]))
+        _address(g, body, patient.address, "Patient.address")   # 2100D N3/N4, as 2100C's
         the_patient()
         loop_name = "2100D"
         if relationship:
@@ -753,9 +754,49 @@ def _procedure_of(inquiry: list[Value]) -> bool:
     return len(inquiry) > 1 and isinstance(inquiry[1], tuple)
 
 
-def _address(body: list[tuple[str, list[Value]]], address: dict[str, Any]) -> None:
-    lines = address.get("line") or []
+def _address(g: _Gather, body: list[tuple[str, list[Value]]], address: dict[str, Any] | None, path: str) -> None:
+    """N3/N4 of one address. N402 is a state or province code and N404 a country code: a name is looked up in
+    ``mappings/translate/addresses.yaml``, never shortened; what is not found there is left out with a note."""
+    if not address or not (address.get("line") or address.get("city")):
+        return
+    lines = [line for line in address.get("line") or [] if isinstance(line, str) and line.strip()]
     if lines:
         body.append(("N3", lines[:2]))
-    if address.get("city"):
-        body.append(("N4", [address.get("city", ""), address.get("state", ""), address.get("postalCode", "")]))
+        if len(lines) > 2:
+            g.lost(f"N3 carries two address lines: {len(lines) - 2} more not sent", f"{path}.line")
+    if not address.get("city"):
+        return
+    table = g.tables.t["addresses"]
+    given_country = (address.get("country") or "").strip()
+    country = given_country.upper()
+    region = "US" if country in table["us_country"] else "CA" if country in table["ca_country"] else None
+    n404 = "CA" if region == "CA" else ""
+    if country and region is None:
+        if len(country) == 2 and country in table["iso_countries"]:
+            n404, region = country, "other"
+        else:
+            g.lost(f"country {given_country!r} is not an ISO 3166 2-letter code: N404 left out", f"{path}.country")
+            region = "unknown"
+    given_state = (address.get("state") or "").strip()
+    state = ""
+    if given_state and region in (None, "US", "CA"):
+        key = given_state.upper()
+        names = {"US": table["us_states"], "CA": table["ca_provinces"]}
+        for place in ("US", "CA") if region is None else (region,):
+            codes = names[place]
+            by_name = {name.upper(): code for code, name in codes.items()}
+            found = key if key in codes else by_name.get(key) or (
+                table["aliases"].get(key) if table["aliases"].get(key) in codes else None)
+            if found:
+                state = found
+                n404 = n404 or ("CA" if place == "CA" else "")
+                break
+        else:
+            where = {"US": "a US state or territory", "CA": "a Canadian province or territory"}.get(
+                region or "", "a US state or territory or a Canadian province")
+            g.lost(f"state {given_state!r} is not {where} (code or name): left out of N402, which takes a code",
+                   f"{path}.state")
+    elif given_state:
+        g.lost(f"state {given_state!r} of an address outside the US and Canada has no place in N4 (N402 is for "
+               "US and Canadian codes): left out", f"{path}.state")
+    body.append(("N4", [address.get("city", ""), state, address.get("postalCode", ""), n404]))

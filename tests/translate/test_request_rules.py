@@ -427,3 +427,53 @@ def test_a_payer_id_that_cannot_be_isa08_and_gs03_needs_a_configured_receiver(pa
     if len(payer_id) > 1:   # with a receiver id configured, the payer id goes whole into 2100A only
         result = build_270(payload, load_tables(), envelope=ENV, limits=element_limits())
         assert f"*PI*{payer_id}~" in result.text and "GS*HS*GATEWAY01*PAYERX*" in result.text
+
+
+# ------------------------------------------------------------------------------------------------ addresses
+
+def _n4(address, **changes):
+    result = build(bundle(patient__address=[address], **changes))
+    n4 = [p for p in segs(result.text) if p[0] == "N4"]
+    return n4, {n.source: n.text for n in result.notes}, result
+
+
+@pytest.mark.parametrize(("address", "n4"), [
+    ({"city": "Albany", "state": "New York", "postalCode": "12207"}, ["N4", "ALBANY", "NY", "12207"]),
+    ({"city": "Austin", "state": "texas", "postalCode": "78701", "country": "USA"}, ["N4", "AUSTIN", "TX", "78701"]),
+    ({"city": "San Juan", "state": "PR", "postalCode": "00901"}, ["N4", "SAN JUAN", "PR", "00901"]),
+    ({"city": "Ottawa", "state": "Ontario", "postalCode": "K1A 0B1"}, ["N4", "OTTAWA", "ON", "K1A 0B1", "CA"]),
+    ({"city": "Quebec", "state": "QC", "postalCode": "G1R 4P5", "country": "Canada"},
+     ["N4", "QUEBEC", "QC", "G1R 4P5", "CA"]),
+    ({"city": "Paris", "postalCode": "75001", "country": "fr"}, ["N4", "PARIS", "", "75001", "FR"]),
+])
+def test_n4_carries_state_and_country_codes_never_a_shortened_name(address, n4):
+    found, notes, result = _n4(address)
+    assert found == [n4] and not notes
+    assert validate_x12(result.text).valid
+
+
+@pytest.mark.parametrize(("address", "n4", "source", "words"), [
+    ({"city": "Albany", "state": "Nowhere", "postalCode": "12207"}, ["N4", "ALBANY", "", "12207"],
+     "Patient.address.state", "not a US state or territory or a Canadian province"),
+    ({"city": "Albany", "state": "ZZ", "country": "US"}, ["N4", "ALBANY"], "Patient.address.state", "'ZZ'"),
+    ({"city": "Austin", "state": "Ontario", "country": "US"}, ["N4", "AUSTIN"], "Patient.address.state",
+     "not a US state or territory"),
+    ({"city": "Paris", "state": "Ile-de-France", "country": "FR"}, ["N4", "PARIS", "", "", "FR"],
+     "Patient.address.state", "outside the US and Canada"),
+    ({"city": "Paris", "country": "France"}, ["N4", "PARIS"], "Patient.address.country", "ISO 3166"),
+])
+def test_a_state_or_country_that_is_not_a_code_is_left_out_with_a_note(address, n4, source, words):
+    found, notes, _ = _n4(address)
+    assert found == [n4] and words in notes[source]
+
+
+def test_a_dependents_address_goes_in_2100d_and_a_third_line_is_noted():
+    address = {"line": ["22 Oak Ave", "Apt 3", "Rear"], "city": "Springfield", "state": "Illinois",
+               "postalCode": "62701"}
+    result = build(bundle(patient__address=[address], coverage__relationship={"coding": [{"code": "child"}]},
+                          coverage__subscriber=PARENT))
+    parts = segs(result.text)
+    dependent = parts.index(["NM1", "03", "1", "ROE", "ANNA"])
+    assert parts[dependent + 1:dependent + 3] == [["N3", "22 OAK AVE", "APT 3"], ["N4", "SPRINGFIELD", "IL", "62701"]]
+    assert validate_x12(result.text).valid
+    assert "1 more not sent" in {n.source: n.text for n in result.notes}["Patient.address.line"]
