@@ -521,7 +521,10 @@ def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tupl
                 modifiers = [c.get("code") for m in item.get("modifier") or [] for c in _codings(m)][:4]
                 if len(item.get("modifier") or []) > g.tables.t["procedures"]["max_modifiers"]:
                     g.lost("more than 4 procedure modifiers: the rest are not sent", f"{path}.modifier")
-                procedure = (qualifier, coding.get("code") or "", *modifiers)
+                code = coding.get("code") or ""
+                if qualifier == g.tables.t["procedures"]["ndc"]["qualifier"]:
+                    code = _ndc(g, code, f"{path}.productOrService")
+                procedure = (qualifier, code, *modifiers)
         pointers = []
         for d_index, diagnosis in enumerate(item.get("diagnosis") or []):
             concept = diagnosis.get("diagnosisCodeableConcept")
@@ -562,6 +565,26 @@ def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tupl
                                   f"carries at most {most}: send the rest in another request", code="too-costly",
                                   x12=f"{g.patient_loop.replace('2100', '2110')} EQ"))
     return inquiries, diagnoses
+
+
+def _ndc(g: _Gather, code: str, path: str) -> str:
+    """The 11-digit 5-4-2 NDC the qualifier requires, from an 11-digit or a hyphenated 10-digit one (noted);
+    a problem for anything else, an unhyphenated 10-digit NDC included (which part to pad cannot be known)."""
+    layout = [int(n) for n in g.tables.t["procedures"]["ndc"]["layout"]]
+    parts = code.strip().split("-")
+    if all(p.isdigit() for p in parts) and len(parts) == len(layout):
+        short = [want - len(p) for p, want in zip(parts, layout, strict=True)]
+        if all(n >= 0 for n in short) and sum(short) <= 1:   # 5-4-2, or one part a digit short (4-4-2, 5-3-2, 5-4-1)
+            sent = "".join(p.zfill(want) for p, want in zip(parts, layout, strict=True))
+            g.lost(f"NDC {code!r} sent as {sent} (11 digits, 5-4-2, as EQ02 takes it)", path)
+            return sent
+    elif len(parts) == 1 and code.isdigit() and len(code) == sum(layout):
+        return code
+    why = ("a 10-digit NDC without hyphens is ambiguous (4-4-2, 5-3-2 or 5-4-1?): send it hyphenated or as 11 "
+           "digits" if len(parts) == 1 and code.isdigit() and len(code) == sum(layout) - 1 else
+           "not an NDC: 11 digits (5-4-2), or 10 digits hyphenated 4-4-2, 5-3-2 or 5-4-1")
+    g.problems.append(Problem(path, f"NDC {code!r}: {why}", code="value", x12="2110C EQ02-2"))
+    return code
 
 
 def _service_dates(g: _Gather, request: dict[str, Any]) -> list[Value] | None:

@@ -477,3 +477,35 @@ def test_a_dependents_address_goes_in_2100d_and_a_third_line_is_noted():
     assert parts[dependent + 1:dependent + 3] == [["N3", "22 OAK AVE", "APT 3"], ["N4", "SPRINGFIELD", "IL", "62701"]]
     assert validate_x12(result.text).valid
     assert "1 more not sent" in {n.source: n.text for n in result.notes}["Patient.address.line"]
+
+
+# --------------------------------------------------------------------------------------------------- NDC
+
+NDC = "http://hl7.org/fhir/sid/ndc"
+
+
+@pytest.mark.parametrize(("given", "sent", "noted"), [
+    ("0002-7510-01", "00002751001", True),    # 4-4-2: the labeler gets the leading zero
+    ("50580-506-02", "50580050602", True),    # 5-3-2: the product
+    ("12345-6789-1", "12345678901", True),    # 5-4-1: the package
+    ("00002-7510-01", "00002751001", True),   # 5-4-2 hyphenated
+    ("12345678901", "12345678901", False),    # already as EQ02 takes it
+])
+def test_an_ndc_is_sent_as_11_digits_5_4_2(given, sent, noted):
+    result = build(bundle(request__item=[{"productOrService": {"coding": [{"system": NDC, "code": given}]}}]))
+    assert ["EQ", "", f"N4:{sent}"] in segs(result.text)
+    notes = [n.text for n in result.notes if n.source.endswith("productOrService")]
+    assert bool(notes) == noted and (not noted or sent in notes[0])
+
+
+@pytest.mark.parametrize(("given", "words"), [
+    ("0002751001", "ambiguous"),
+    ("2-7510-01", "not an NDC"),
+    ("0002-7510-0100", "not an NDC"),
+    ("ABCDE-1234-12", "not an NDC"),
+])
+def test_an_ambiguous_or_malformed_ndc_is_refused(given, words):
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(request__item=[{"productOrService": {"coding": [{"system": NDC, "code": given}]}}]))
+    found = [p for p in caught.value.problems if p.x12 == "2110C EQ02-2"]
+    assert found and words in found[0].message and found[0].fhir_path.endswith("item[0].productOrService")
