@@ -432,12 +432,24 @@ def _provider(g: _Gather, provider: dict[str, Any] | None, ref: Any) -> tuple[st
         for coding in [c for s in provider.get("specialty") or [] for c in _codings(s)]:
             if coding.get("system") == g.systems["taxonomy"]:
                 taxonomy = coding.get("code") or ""
-        inner = g.resolver.resolve(provider.get("practitioner"), "PractitionerRole.practitioner", ("Practitioner",),
-                                   "2100B", owner=provider) or g.resolver.resolve(provider.get("organization"),
-                                                                                  "PractitionerRole.organization",
-                                                                                  ("Organization",), "2100B",
-                                                                                  owner=provider)
+        practitioner = g.resolver.resolve(provider.get("practitioner"), "PractitionerRole.practitioner",
+                                          ("Practitioner",), "2100B", owner=provider)
+        organization = g.resolver.resolve(provider.get("organization"), "PractitionerRole.organization",
+                                          ("Organization",), "2100B", owner=provider)
         identifiers = list(provider.get("identifier") or [])
+
+        def has_npi(found: dict[str, Any] | None) -> bool:
+            return any(i.get("system") == npi_system and i.get("value") for i in (found or {}).get("identifier") or []
+                       if isinstance(i, dict))
+
+        inner = practitioner or organization
+        if practitioner and organization and not has_npi(practitioner) and not any(
+                i.get("system") == npi_system and i.get("value") for i in identifiers) and has_npi(organization):
+            # the Practitioner's or the Organization's NPI (mapping reference 3.1): the NPI and the name sent
+            # with it must be one entity's, so the 270 names the organization
+            inner = organization
+            g.lost("the PractitionerRole's practitioner has no NPI: the 270 names its organization (2100B) by the "
+                   "organization's NPI", "provider")
         resource = inner or {}
         identifiers += resource.get("identifier") or []
     else:

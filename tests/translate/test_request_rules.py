@@ -509,3 +509,29 @@ def test_an_ambiguous_or_malformed_ndc_is_refused(given, words):
         build(bundle(request__item=[{"productOrService": {"coding": [{"system": NDC, "code": given}]}}]))
     found = [p for p in caught.value.problems if p.x12 == "2110C EQ02-2"]
     assert found and words in found[0].message and found[0].fhir_path.endswith("item[0].productOrService")
+
+
+# ---------------------------------------------------------------------------------------------- provider
+
+def _role_bundle(practitioner_npi: str | None):
+    payload = bundle(request__provider={"reference": "PractitionerRole/role"})
+    practitioner = {"resourceType": "Practitioner", "id": "doc", "name": [{"family": "Okafor", "given": ["Ada"]}],
+                    "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": practitioner_npi}]
+                    if practitioner_npi else []}
+    role = {"resourceType": "PractitionerRole", "id": "role", "practitioner": {"reference": "Practitioner/doc"},
+            "organization": {"reference": "Organization/clinic"}}
+    payload["entry"] += [{"fullUrl": "Practitioner/doc", "resource": practitioner},
+                         {"fullUrl": "PractitionerRole/role", "resource": role}]
+    return payload
+
+
+def test_a_practitioner_role_without_the_practitioners_npi_is_sent_as_its_organization():
+    result = build(_role_bundle(None))
+    assert ["NM1", "1P", "2", "SAMPLE CLINIC", "", "", "", "", "XX", "1234567893"] in segs(result.text)
+    assert any("organization's NPI" in n.text for n in result.notes)
+    assert validate_x12(result.text).valid
+
+
+def test_a_practitioner_role_with_the_practitioners_npi_is_sent_as_the_practitioner():
+    result = build(_role_bundle("1245319599"))
+    assert ["NM1", "1P", "1", "OKAFOR", "ADA", "", "", "", "XX", "1245319599"] in segs(result.text)
