@@ -158,6 +158,7 @@ class _Gather:
         self.problems: list[Problem] = []
         self.notes: list[Note] = []
         self.patient_loop = "2100C"
+        self.patient_refs: list[tuple[str, list[Value]]] = []   # REF SY / EA of the patient's loop
 
     def missing(self, item: str, message: str | None = None, code: str = "required") -> None:
         info = self.spec["items"][item]
@@ -353,6 +354,22 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
     for name in ("priority", "enterer", "facility", "supportingInfo"):
         if request.get(name):
             g.lost(f"{name} has no place in a 270", name)
+    for index, insurance in enumerate(insurances):
+        if isinstance(insurance, dict) and insurance.get("businessArrangement"):
+            g.lost("insurance.businessArrangement (a contract number) is not sent: no 270 element is agreed for it",
+                   f"insurance[{index}].businessArrangement")
+    if coverage.get("status") and coverage.get("status") != "active":
+        g.lost(f"Coverage.status is {coverage['status']!r}: a 270 cannot say so; the payer is asked about the "
+               "member all the same", "Coverage.status")
+    for who, resource in (("Patient", patient), ("Coverage.subscriber", subscriber if dependent else None)):
+        for name in (resource or {}).get("name") or []:
+            if isinstance(name, dict) and name.get("prefix"):
+                g.lost(f"name prefix {' '.join(name['prefix'])!r} has no place in NM1", f"{who}.name.prefix")
+                break
+    if (patient or {}).get("multipleBirthInteger") is not None or (patient or {}).get("multipleBirthBoolean"):
+        g.lost("Patient.multipleBirth is not sent: INS17 (birth sequence) is only for an alternate search, and "
+               "member id, name and birth date already identify the patient", "Patient.multipleBirth")
+    g.patient_refs = _patient_references(g, patient, delimiters, limits)
     if coverage.get("dependent"):
         g.lost("Coverage.dependent (a dependent sequence) has no place in a 270", "Coverage.dependent")
 
@@ -568,6 +585,9 @@ def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tupl
                 g.problems.append(Problem(path, "an item needs a category or a productOrService", code="required",
                                           x12="2110C EQ01/EQ02"))
             continue
+        if len(pointers) > 4:   # EQ05 points at 4 diagnoses at most; the rest are in HI but not this item's
+            g.lost(f"EQ05 points at 4 diagnoses: {len(pointers) - 4} more of this item's are not pointed at",
+                   f"{path}.diagnosis")
         inquiries.append([category or "", procedure, "", "", tuple(pointers[:4]) if pointers else None])
     if not inquiries:
         inquiries.append([generic])
@@ -577,6 +597,34 @@ def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tupl
                                   f"carries at most {most}: send the rest in another request", code="too-costly",
                                   x12=f"{g.patient_loop.replace('2100', '2110')} EQ"))
     return inquiries, diagnoses
+
+
+def _patient_references(g: _Gather, patient: dict[str, Any] | None, delimiters: Delimiters,
+                        limits: Mapping[str, tuple[int, int]] | None) -> list[tuple[str, list[Value]]]:
+    """REF SY (SSN) and REF EA (medical record number) from Patient.identifier, each sent as given or left out
+    with a note (an SSN only as its 9 digits; hyphens are no change to it)."""
+    probe = X12Writer(delimiters, limits)
+    out: list[tuple[str, list[Value]]] = []
+    for index, ident in enumerate((patient or {}).get("identifier") or []):
+        if not isinstance(ident, dict) or not ident.get("value"):
+            continue
+        rule = next((r for r in g.spec["patient_references"]
+                     if ("system" in r and ident.get("system") == r["system"])
+                     or ("type" in r and _has_type(ident, r["type_system"], r["type"]))), None)
+        if rule is None:
+            continue
+        value, path = ident["value"], f"Patient.identifier[{index}]"
+        sent = value.replace("-", "") if rule.get("digits") else value
+        if rule.get("digits") and not (sent.isdigit() and len(sent) == int(rule["digits"])):
+            g.lost(f"REF*{rule['ref']}: {value!r} is not {rule['digits']} digits; not sent", path)
+        elif probe.clean(sent, "REF", "REF02") != sent.upper():
+            g.lost(f"REF*{rule['ref']}: {value!r} cannot be sent as given (X12 characters, at most 50); not sent",
+                   path)
+        elif rule["ref"] in (r[1][0] for r in out):
+            g.lost(f"a second REF*{rule['ref']} identifier is not sent", path)
+        else:
+            out.append(("REF", [rule["ref"], sent]))
+    return out
 
 
 def _ndc(g: _Gather, code: str, path: str) -> str:
@@ -700,6 +748,7 @@ def _write(g: _Gather, envelope: Envelope, delimiters: Delimiters, limits: dict[
         body.extend(("EQ", list(eq)) for eq in inquiries)
 
     if not dependent:
+        body.extend(g.patient_refs)
         _address(g, body, patient.address, "Patient.address")
         the_patient()
         loop_name = "2100C"
@@ -710,6 +759,7 @@ def _write(g: _Gather, envelope: Envelope, delimiters: Delimiters, limits: dict[
         body.append(("TRN", trn))
         body.append(("NM1", [c["dependent_entity"], "1", patient.family, patient.given[0] if patient.given else "",
                              " ".join(patient.given[1:2]), "", patient.suffix]))
+        body.extend(g.patient_refs)
         _address(g, body, patient.address, "Patient.address")   # 2100D N3/N4, as 2100C's
         the_patient()
         loop_name = "2100D"

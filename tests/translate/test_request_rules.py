@@ -535,3 +535,44 @@ def test_a_practitioner_role_without_the_practitioners_npi_is_sent_as_its_organi
 def test_a_practitioner_role_with_the_practitioners_npi_is_sent_as_the_practitioner():
     result = build(_role_bundle("1245319599"))
     assert ["NM1", "1P", "1", "OKAFOR", "ADA", "", "", "", "XX", "1245319599"] in segs(result.text)
+
+
+# ----------------------------------------------------------------------- nothing dropped without a word
+
+MR = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}
+
+
+def test_the_patients_ssn_and_medical_record_number_go_in_ref_sy_and_ea_of_the_patients_loop():
+    ids = [{"system": "http://hl7.org/fhir/sid/us-ssn", "value": "123-45-6789"},
+           {"type": MR, "system": "urn:mrn", "value": "MRN555"}]
+    parts = segs(build(bundle(patient__identifier=ids)).text)
+    assert ["REF", "SY", "123456789"] in parts and ["REF", "EA", "MRN555"] in parts
+    dependent = build(bundle(patient__identifier=ids, coverage__relationship={"coding": [{"code": "child"}]},
+                             coverage__subscriber=PARENT))
+    rows = segs(dependent.text)
+    assert rows.index(["REF", "SY", "123456789"]) > rows.index(["NM1", "03", "1", "ROE", "ANNA"])
+    assert validate_x12(dependent.text).valid
+
+
+def test_an_ssn_that_is_not_9_digits_is_noted_not_sent():
+    result = build(bundle(patient__identifier=[{"system": "http://hl7.org/fhir/sid/us-ssn", "value": "12345"}]))
+    assert not [p for p in segs(result.text) if p[:2] == ["REF", "SY"]]
+    assert "not 9 digits" in {n.source: n.text for n in result.notes}["Patient.identifier[0]"]
+
+
+@pytest.mark.parametrize(("changes", "source", "words"), [
+    ({"request__insurance": [{"coverage": {"reference": "Coverage/c"}, "businessArrangement": "CONTRACT-77"}]},
+     "CoverageEligibilityRequest.insurance[0].businessArrangement", "businessArrangement"),
+    ({"coverage__status": "cancelled"}, "Coverage.status", "'cancelled'"),
+    ({"patient__name": [{"family": "Roe", "given": ["Anna"], "prefix": ["Dr."]}]}, "Patient.name.prefix", "'Dr.'"),
+    ({"patient__multipleBirthInteger": 2}, "Patient.multipleBirth", "INS17"),
+    ({"request__item": [{"category": {"coding": [{"system": "https://x12.org/codes/service-type-codes",
+                                                  "code": "30"}]},
+                         "diagnosis": [{"diagnosisCodeableConcept": {"coding": [{"system": ICD10, "code": c}]}}
+                                       for c in ("E11.9", "I10", "J45.909", "M54.5", "R51")]}]},
+     "CoverageEligibilityRequest.item[0].diagnosis", "1 more"),
+])
+def test_what_a_270_does_not_carry_is_noted(changes, source, words):
+    result = build(bundle(**changes))
+    notes = {n.source: n.text for n in result.notes}
+    assert source in notes and words in notes[source], notes
