@@ -142,9 +142,9 @@ def validate(file: str, ack: str | None, as_json: bool, control_number: int, dat
               help="Interchange control number of a generated 270.")
 @click.option("--date", "date", help="Timestamp written into the output, YYYY-MM-DDTHH:MM (default: now).")
 @click.option("--sender-id", default="GATEWAY", show_default=True, callback=lambda _c, p, v: _interchange_id(p, v),
-              help="ISA06/GS02 of a generated 270 (up to 15 letters, digits, spaces, '-' or '.').")
+              help="ISA06/GS02 of a generated 270 (2 to 15 letters, digits, spaces, '-' or '.').")
 @click.option("--receiver-id", callback=lambda _c, p, v: _interchange_id(p, v),
-              help="ISA08/GS03 of a generated 270 (default: the payer id).")
+              help="ISA08/GS03 of a generated 270 (default: the payer id, when it has 2 to 15 characters).")
 @click.option("--provider-npi", help="NPI of the 2100B provider when the request names none (with --provider-name).")
 @click.option("--provider-name", help="That provider's organization name, or a person's last name.")
 @click.option("--provider-first-name", help="The provider is a person with this first name (NM102 1).")
@@ -494,9 +494,9 @@ def payer_serve(host: str, port: int, database: str, seed: str | None, payer_id:
 
 def _interchange_id(param: click.Parameter, value: str | None) -> str | None:
     """An ISA06/ISA08 (and GS02/GS03) id as the writer would send it unchanged, or a usage error."""
-    if value is not None and not (1 <= len(value) <= 15 and all(ch.isascii() and (ch.isalnum() or ch in " -.")
-                                                               for ch in value)):
-        raise click.BadParameter("an interchange id is 1 to 15 letters, digits, spaces, '-' or '.'", param=param)
+    if value is not None and not (2 <= len(value) <= 15 and all(ch.isascii() and (ch.isalnum() or ch in " -.")
+                                                               for ch in value)):   # GS02/GS03: 2 to 15
+        raise click.BadParameter("an interchange id is 2 to 15 letters, digits, spaces, '-' or '.'", param=param)
     return value
 
 

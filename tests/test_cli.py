@@ -149,6 +149,8 @@ def test_translate_checks_fhir_structure_first_and_interchange_ids(tmp_path):
     good = str(FIXTURES / "fhir" / "requests" / "subscriber-generic.json")
     wrong = run("translate", good, "--receiver-id", "RECEIVER-ID-TOO-LONG-XYZ")
     assert wrong.exit_code == 2 and "--receiver-id" in wrong.output
+    short = run("translate", good, "--sender-id", "G")   # GS02 takes 2 to 15 characters
+    assert short.exit_code == 2 and "--sender-id" in short.output
 
 
 def test_translate_of_a_defective_271_says_so_and_exits_1(tmp_path):

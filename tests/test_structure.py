@@ -71,3 +71,28 @@ def test_well_typed_values_pass_including_primitive_extensions_and_array_placeho
     assert structure_problems(patient) == []
     patient["multipleBirthInteger"] = 2.0   # FHIR JSON writes an integer without a fraction
     assert [(p.fhir_path, p.code) for p in structure_problems(patient)] == [("Patient.multipleBirthInteger", "value")]
+
+
+@pytest.mark.parametrize(("changes", "path"), [
+    ({"insurance": [{"coverage": None}]}, "CoverageEligibilityRequest.insurance[0].coverage"),
+    ({"servicedDate": None, "patient": {"reference": "Patient/p"}, "priority": None}, None),  # popped: absent
+    ({"identifier": [None]}, "CoverageEligibilityRequest.identifier[0]"),
+    ({"contained": [{"resourceType": "Patient", "id": "p", "name": [{"given": [None, "Marie"]}]}]},
+     "CoverageEligibilityRequest.contained[0].name[0].given[0]"),
+])
+def test_a_json_null_is_refused_with_its_path(changes, path):
+    """FHIR JSON has no null (an element is left out); the models read one as absent, so "coverage": null passed."""
+    found = [(p, code) for p, code, _ in problems(**changes)]
+    assert (path, "structure") in found if path else found == []
+
+
+def test_a_json_null_as_a_top_level_value_is_refused():
+    resource = {**REQUEST, "servicedDate": None}
+    assert [(p.fhir_path, p.code) for p in structure_problems(resource)] == [
+        ("CoverageEligibilityRequest.servicedDate", "structure")]
+
+
+def test_a_null_beside_its_extension_in_a_primitive_array_is_allowed():
+    patient = {"resourceType": "Patient", "id": "p", "name": [{"given": [None, "Marie"], "_given": [
+        {"extension": [{"url": "http://example.org/x", "valueBoolean": True}]}, None]}]}
+    assert structure_problems(patient) == []

@@ -44,21 +44,35 @@ def json_type_problems(resource: dict[str, Any], path: str | None = None) -> lis
     return problems
 
 
+_PRIMITIVE = ("boolean", "integer", "decimal", "string")
+
+
 def _walk(value: dict[str, Any], klass: Any, path: str, problems: list[Problem]) -> None:
     fields = _fields(klass)
     for name, item in value.items():
         spec = fields.get(name)
-        if spec is None or item is None:
-            continue   # an unknown element or a null: the model reports those
+        if spec is None:
+            continue   # an unknown element: the model reports it
         where = f"{path}.{name}"
+        if item is None:   # the models read a null as absent, so "coverage": null passed as if it were there
+            problems.append(Problem(where, "null is not a FHIR JSON value: leave the element out", code="structure"))
+            continue
         if spec.many:
             if not isinstance(item, list):
                 problems.append(Problem(where, f"expected an array here, not {_JSON_NAMES.get(type(item), 'this')}",
                                         code="structure"))
                 continue
+            # the one null FHIR JSON has: in a primitive array (given) or its extensions (_given), a place-holder
+            # for a position the other array fills
+            partner_name = name[1:] if name.startswith("_") else f"_{name}"
+            partner = value.get(partner_name) if name.startswith("_") or spec.kind in _PRIMITIVE else None
             for index, element in enumerate(item):
-                if element is not None:   # a primitive array's place-holder beside its _name extensions
+                if element is not None:
                     _check(element, spec, f"{where}[{index}]", problems)
+                elif not (isinstance(partner, list) and index < len(partner) and partner[index] is not None):
+                    problems.append(Problem(f"{where}[{index}]", "null is not a FHIR JSON value here (only as a "
+                                            f"place-holder for a value or extension at {partner_name}[{index}])",
+                                            code="structure"))
         else:
             _check(item, spec, where, problems)
 

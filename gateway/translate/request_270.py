@@ -117,6 +117,31 @@ def _identifier_only(reference: Any) -> bool:
         reference.get("identifier"), dict) and bool(reference["identifier"].get("value"))
 
 
+def _same_person(g: _Gather, a: Any, a_owner: dict[str, Any], b: Any, b_owner: dict[str, Any]) -> bool | None:
+    """Whether two References name the same person: True, False, or None when the payload cannot tell.
+
+    Resolved, they are the same resource (one object, or one ``Type/id``); unresolved, the same reference text
+    or the same identifier (system and value).
+    """
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return None
+    a_ref, b_ref = a.get("reference"), b.get("reference")
+    found_a = g.resolver.find(a_ref, a_owner) if isinstance(a_ref, str) and a_ref else None
+    found_b = g.resolver.find(b_ref, b_owner) if isinstance(b_ref, str) and b_ref else None
+    if found_a is not None and found_b is not None:
+        if found_a is found_b:
+            return True
+        local = a_ref.startswith("#") or b_ref.startswith("#")
+        keys = [(r.get("resourceType"), r.get("id")) for r in (found_a, found_b)]
+        return not local and keys[0][1] is not None and keys[0] == keys[1]
+    if isinstance(a_ref, str) and a_ref and a_ref == b_ref:
+        return True
+    ids = [r.get("identifier") for r in (a, b)]
+    if all(isinstance(i, dict) and i.get("value") for i in ids) and ids[0].get("system") == ids[1].get("system"):
+        return ids[0]["value"] == ids[1]["value"]
+    return None
+
+
 def _has_type(identifier: dict[str, Any], system: str, code: str) -> bool:
     return any(c.get("system") == system and c.get("code") == code for c in _codings(identifier.get("type")))
 
@@ -133,6 +158,7 @@ class _Gather:
         self.problems: list[Problem] = []
         self.notes: list[Note] = []
         self.patient_loop = "2100C"
+        self.patient_refs: list[tuple[str, list[Value]]] = []   # REF SY / EA of the patient's loop
 
     def missing(self, item: str, message: str | None = None, code: str = "required") -> None:
         info = self.spec["items"][item]
@@ -145,7 +171,8 @@ class _Gather:
         return next((c for c in choices if c.startswith(self.patient_loop)), x12)
 
     def lost(self, text: str, path: str) -> None:
-        self.notes.append(Note(text=text, source=f"{CER}.{path}" if not path.startswith(CER) else path))
+        """A note; ``path`` is the request's element (``insurance[1]``) or another resource's (``Coverage.class``)."""
+        self.notes.append(Note(text=text, source=path if path[:1].isupper() else f"{CER}.{path}"))
 
 
 def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[str], Envelope],
@@ -224,13 +251,37 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
     for coding in _codings(coverage.get("relationship")):
         if coding.get("system") in g.systems["relationship_accept"] or coding.get("system") is None:
             relationship = coding.get("code")
+    if coverage.get("relationship") and not relationship:
+        g.lost("Coverage.relationship has no coding in subscriber-relationship: whether the patient is the "
+               "subscriber is decided by Coverage.subscriber", "Coverage.relationship")
     subscriber_codes = g.tables.t["relationship"]["subscriber"]
-    dependent = bool(relationship and relationship not in subscriber_codes and not patient_own_id)
+    # who the patient is on the coverage: the relationship when it is coded, else whether Coverage.subscriber is
+    # another person; the two must agree, and the coverage must be the patient's (beneficiary)
+    subscriber_is_patient = _same_person(g, coverage.get("subscriber"), coverage, request.get("patient"), request)
+    if coverage and _same_person(g, coverage.get("beneficiary"), coverage, request.get("patient"), request) is False:
+        g.problems.append(Problem("Coverage.beneficiary", "Coverage.beneficiary is another person than "
+                                  "CoverageEligibilityRequest.patient: the coverage named is not the patient's",
+                                  code="business-rule", x12="2100C NM1"))
+    if relationship in subscriber_codes and subscriber_is_patient is False:
+        g.problems.append(Problem("Coverage.relationship", f"Coverage.relationship is {relationship!r} but "
+                                  "Coverage.subscriber is another person than the patient: say which is right "
+                                  "(the patient as subscriber, or as a dependent of Coverage.subscriber)",
+                                  code="business-rule", x12="2100C NM1"))
+    elif relationship and relationship not in subscriber_codes and subscriber_is_patient and not patient_own_id:
+        g.problems.append(Problem("Coverage.relationship", f"Coverage.relationship is {relationship!r} (a dependent) "
+                                  "but Coverage.subscriber is the patient: a dependent is asked about through "
+                                  "another person, the subscriber", code="business-rule", x12="2100D NM1"))
+    a_dependent = relationship not in subscriber_codes if relationship else subscriber_is_patient is False
+    dependent = bool(a_dependent and not patient_own_id)
     g.patient_loop = "2100D" if dependent else "2100C"
-    if relationship and relationship not in subscriber_codes and patient_own_id:
-        g.lost(f"the patient ({relationship}) has a member id of their own, so is sent as the subscriber "
+    if a_dependent and patient_own_id:
+        who = f"({relationship})" if relationship else "(a dependent: Coverage.subscriber is another person)"
+        g.lost(f"the patient {who} has a member id of their own, so is sent as the subscriber "
                "(2100C), as the implementation guide says", "insurance.coverage")
         member_id = patient_own_id
+    elif dependent and not relationship:
+        g.lost("Coverage.relationship is not given: the patient is sent as a dependent (2100D) because "
+               "Coverage.subscriber is another person", "Coverage.relationship")
     if dependent and subscriber is None and coverage.get("subscriber") is None:
         g.missing("subscriber_last_name", "the patient is a dependent but Coverage.subscriber is missing")
 
@@ -303,6 +354,22 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
     for name in ("priority", "enterer", "facility", "supportingInfo"):
         if request.get(name):
             g.lost(f"{name} has no place in a 270", name)
+    for index, insurance in enumerate(insurances):
+        if isinstance(insurance, dict) and insurance.get("businessArrangement"):
+            g.lost("insurance.businessArrangement (a contract number) is not sent: no 270 element is agreed for it",
+                   f"insurance[{index}].businessArrangement")
+    if coverage.get("status") and coverage.get("status") != "active":
+        g.lost(f"Coverage.status is {coverage['status']!r}: a 270 cannot say so; the payer is asked about the "
+               "member all the same", "Coverage.status")
+    for who, resource in (("Patient", patient), ("Coverage.subscriber", subscriber if dependent else None)):
+        for name in (resource or {}).get("name") or []:
+            if isinstance(name, dict) and name.get("prefix"):
+                g.lost(f"name prefix {' '.join(name['prefix'])!r} has no place in NM1", f"{who}.name.prefix")
+                break
+    if (patient or {}).get("multipleBirthInteger") is not None or (patient or {}).get("multipleBirthBoolean"):
+        g.lost("Patient.multipleBirth is not sent: INS17 (birth sequence) is only for an alternate search, and "
+               "member id, name and birth date already identify the patient", "Patient.multipleBirth")
+    g.patient_refs = _patient_references(g, patient, delimiters, limits)
     if coverage.get("dependent"):
         g.lost("Coverage.dependent (a dependent sequence) has no place in a 270", "Coverage.dependent")
 
@@ -318,6 +385,13 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
            for eq in inquiries if _procedure_of(eq) for i, m in enumerate(eq[1][2:], start=3)]
         + [(f"{CER}.item.diagnosis", f"{hi_loop} HI01-2", "1271", code) for _, code in diagnoses]
         + ([(f"{CER}.provider", "2100B PRV03", "127", taxonomy)] if taxonomy else []))
+
+    if not callable(envelope) and not envelope.receiver_id and payer_id and not 2 <= len(payer_id) <= 15:
+        # the payer id would name the interchange receiver: cut (ISA08) it names another trading partner
+        g.problems.append(Problem(g.spec["items"]["payer_id"]["fhir"], f"payer id {payer_id!r} ({len(payer_id)} "
+                                  "characters) cannot name the interchange receiver, which takes 2 to 15: give the "
+                                  "payer's receiver id (--receiver-id, or receiver_id in routing.yaml)",
+                                  code="value", x12="ISA08/GS03"))
 
     g.problems.extend(g.resolver.problems)
     if g.problems:
@@ -375,12 +449,24 @@ def _provider(g: _Gather, provider: dict[str, Any] | None, ref: Any) -> tuple[st
         for coding in [c for s in provider.get("specialty") or [] for c in _codings(s)]:
             if coding.get("system") == g.systems["taxonomy"]:
                 taxonomy = coding.get("code") or ""
-        inner = g.resolver.resolve(provider.get("practitioner"), "PractitionerRole.practitioner", ("Practitioner",),
-                                   "2100B", owner=provider) or g.resolver.resolve(provider.get("organization"),
-                                                                                  "PractitionerRole.organization",
-                                                                                  ("Organization",), "2100B",
-                                                                                  owner=provider)
+        practitioner = g.resolver.resolve(provider.get("practitioner"), "PractitionerRole.practitioner",
+                                          ("Practitioner",), "2100B", owner=provider)
+        organization = g.resolver.resolve(provider.get("organization"), "PractitionerRole.organization",
+                                          ("Organization",), "2100B", owner=provider)
         identifiers = list(provider.get("identifier") or [])
+
+        def has_npi(found: dict[str, Any] | None) -> bool:
+            return any(i.get("system") == npi_system and i.get("value") for i in (found or {}).get("identifier") or []
+                       if isinstance(i, dict))
+
+        inner = practitioner or organization
+        if practitioner and organization and not has_npi(practitioner) and not any(
+                i.get("system") == npi_system and i.get("value") for i in identifiers) and has_npi(organization):
+            # the Practitioner's or the Organization's NPI (mapping reference 3.1): the NPI and the name sent
+            # with it must be one entity's, so the 270 names the organization
+            inner = organization
+            g.lost("the PractitionerRole's practitioner has no NPI: the 270 names its organization (2100B) by the "
+                   "organization's NPI", "provider")
         resource = inner or {}
         identifiers += resource.get("identifier") or []
     else:
@@ -410,8 +496,16 @@ def _provider(g: _Gather, provider: dict[str, Any] | None, ref: Any) -> tuple[st
 
 def _service_type(g: _Gather, concept: dict[str, Any], path: str) -> str | None:
     service = g.systems["service_type"]
+    if not _codings(concept):   # a text alone: sending the generic EQ*30 instead would ask another question
+        g.problems.append(Problem(path, "the category has no coding (text alone cannot be sent): code it as an X12 "
+                                  f"service type ({service['accept'][0]})", code="required", x12="2110C EQ01"))
+        return None
     for coding in _codings(concept):
         code = coding.get("code")
+        if coding.get("system") in service["accept"] and not code:
+            g.problems.append(Problem(path, f"the category's coding in {coding['system']} has no code",
+                                      code="required", x12="2110C EQ01"))
+            return None
         if coding.get("system") in service["accept"] and code:
             if code in service["remap"]:
                 g.lost(f"benefit category {code} is not an X12 service type; sent as {service['remap'][code]}", path)
@@ -445,7 +539,10 @@ def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tupl
         if item.get("productOrService"):
             coding = next(iter(_codings(item["productOrService"])), {})
             qualifier = procedure_systems.get(coding.get("system"))
-            if not qualifier:
+            if not coding or not coding.get("code"):
+                g.problems.append(Problem(f"{path}.productOrService", "the productOrService has no coded procedure "
+                                          "(text alone cannot be sent)", code="required", x12="2110C EQ02-2"))
+            elif not qualifier:
                 g.problems.append(Problem(f"{path}.productOrService", f"procedure code system {coding.get('system')!r} "
                                           "has no X12 qualifier (CPT, HCPCS, CDT, NDC ...)", code="not-supported",
                                           x12="2110C EQ02-1"))
@@ -453,7 +550,10 @@ def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tupl
                 modifiers = [c.get("code") for m in item.get("modifier") or [] for c in _codings(m)][:4]
                 if len(item.get("modifier") or []) > g.tables.t["procedures"]["max_modifiers"]:
                     g.lost("more than 4 procedure modifiers: the rest are not sent", f"{path}.modifier")
-                procedure = (qualifier, coding.get("code") or "", *modifiers)
+                code = coding.get("code") or ""
+                if qualifier == g.tables.t["procedures"]["ndc"]["qualifier"]:
+                    code = _ndc(g, code, f"{path}.productOrService")
+                procedure = (qualifier, code, *modifiers)
         pointers = []
         for d_index, diagnosis in enumerate(item.get("diagnosis") or []):
             concept = diagnosis.get("diagnosisCodeableConcept")
@@ -485,6 +585,9 @@ def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tupl
                 g.problems.append(Problem(path, "an item needs a category or a productOrService", code="required",
                                           x12="2110C EQ01/EQ02"))
             continue
+        if len(pointers) > 4:   # EQ05 points at 4 diagnoses at most; the rest are in HI but not this item's
+            g.lost(f"EQ05 points at 4 diagnoses: {len(pointers) - 4} more of this item's are not pointed at",
+                   f"{path}.diagnosis")
         inquiries.append([category or "", procedure, "", "", tuple(pointers[:4]) if pointers else None])
     if not inquiries:
         inquiries.append([generic])
@@ -494,6 +597,54 @@ def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tupl
                                   f"carries at most {most}: send the rest in another request", code="too-costly",
                                   x12=f"{g.patient_loop.replace('2100', '2110')} EQ"))
     return inquiries, diagnoses
+
+
+def _patient_references(g: _Gather, patient: dict[str, Any] | None, delimiters: Delimiters,
+                        limits: Mapping[str, tuple[int, int]] | None) -> list[tuple[str, list[Value]]]:
+    """REF SY (SSN) and REF EA (medical record number) from Patient.identifier, each sent as given or left out
+    with a note (an SSN only as its 9 digits; hyphens are no change to it)."""
+    probe = X12Writer(delimiters, limits)
+    out: list[tuple[str, list[Value]]] = []
+    for index, ident in enumerate((patient or {}).get("identifier") or []):
+        if not isinstance(ident, dict) or not ident.get("value"):
+            continue
+        rule = next((r for r in g.spec["patient_references"]
+                     if ("system" in r and ident.get("system") == r["system"])
+                     or ("type" in r and _has_type(ident, r["type_system"], r["type"]))), None)
+        if rule is None:
+            continue
+        value, path = ident["value"], f"Patient.identifier[{index}]"
+        sent = value.replace("-", "") if rule.get("digits") else value
+        if rule.get("digits") and not (sent.isdigit() and len(sent) == int(rule["digits"])):
+            g.lost(f"REF*{rule['ref']}: {value!r} is not {rule['digits']} digits; not sent", path)
+        elif probe.clean(sent, "REF", "REF02") != sent.upper():
+            g.lost(f"REF*{rule['ref']}: {value!r} cannot be sent as given (X12 characters, at most 50); not sent",
+                   path)
+        elif rule["ref"] in (r[1][0] for r in out):
+            g.lost(f"a second REF*{rule['ref']} identifier is not sent", path)
+        else:
+            out.append(("REF", [rule["ref"], sent]))
+    return out
+
+
+def _ndc(g: _Gather, code: str, path: str) -> str:
+    """The 11-digit 5-4-2 NDC the qualifier requires, from an 11-digit or a hyphenated 10-digit one (noted);
+    a problem for anything else, an unhyphenated 10-digit NDC included (which part to pad cannot be known)."""
+    layout = [int(n) for n in g.tables.t["procedures"]["ndc"]["layout"]]
+    parts = code.strip().split("-")
+    if all(p.isdigit() for p in parts) and len(parts) == len(layout):
+        short = [want - len(p) for p, want in zip(parts, layout, strict=True)]
+        if all(n >= 0 for n in short) and sum(short) <= 1:   # 5-4-2, or one part a digit short (4-4-2, 5-3-2, 5-4-1)
+            sent = "".join(p.zfill(want) for p, want in zip(parts, layout, strict=True))
+            g.lost(f"NDC {code!r} sent as {sent} (11 digits, 5-4-2, as EQ02 takes it)", path)
+            return sent
+    elif len(parts) == 1 and code.isdigit() and len(code) == sum(layout):
+        return code
+    why = ("a 10-digit NDC without hyphens is ambiguous (4-4-2, 5-3-2 or 5-4-1?): send it hyphenated or as 11 "
+           "digits" if len(parts) == 1 and code.isdigit() and len(code) == sum(layout) - 1 else
+           "not an NDC: 11 digits (5-4-2), or 10 digits hyphenated 4-4-2, 5-3-2 or 5-4-1")
+    g.problems.append(Problem(path, f"NDC {code!r}: {why}", code="value", x12="2110C EQ02-2"))
+    return code
 
 
 def _service_dates(g: _Gather, request: dict[str, Any]) -> list[Value] | None:
@@ -597,16 +748,19 @@ def _write(g: _Gather, envelope: Envelope, delimiters: Delimiters, limits: dict[
         body.extend(("EQ", list(eq)) for eq in inquiries)
 
     if not dependent:
-        if patient.address and (patient.address.get("line") or patient.address.get("city")):
-            _address(body, patient.address)
+        body.extend(g.patient_refs)
+        _address(g, body, patient.address, "Patient.address")
         the_patient()
         loop_name = "2100C"
     else:
+        _address(g, body, subscriber.address, "Coverage.subscriber.address")
         body.extend(demographics(subscriber, "Coverage.subscriber"))
         body.append(("HL", ["4", "3", "23", "0"]))
         body.append(("TRN", trn))
         body.append(("NM1", [c["dependent_entity"], "1", patient.family, patient.given[0] if patient.given else "",
                              " ".join(patient.given[1:2]), "", patient.suffix]))
+        body.extend(g.patient_refs)
+        _address(g, body, patient.address, "Patient.address")   # 2100D N3/N4, as 2100C's
         the_patient()
         loop_name = "2100D"
         if relationship:
@@ -685,9 +839,49 @@ def _procedure_of(inquiry: list[Value]) -> bool:
     return len(inquiry) > 1 and isinstance(inquiry[1], tuple)
 
 
-def _address(body: list[tuple[str, list[Value]]], address: dict[str, Any]) -> None:
-    lines = address.get("line") or []
+def _address(g: _Gather, body: list[tuple[str, list[Value]]], address: dict[str, Any] | None, path: str) -> None:
+    """N3/N4 of one address. N402 is a state or province code and N404 a country code: a name is looked up in
+    ``mappings/translate/addresses.yaml``, never shortened; what is not found there is left out with a note."""
+    if not address or not (address.get("line") or address.get("city")):
+        return
+    lines = [line for line in address.get("line") or [] if isinstance(line, str) and line.strip()]
     if lines:
         body.append(("N3", lines[:2]))
-    if address.get("city"):
-        body.append(("N4", [address.get("city", ""), address.get("state", ""), address.get("postalCode", "")]))
+        if len(lines) > 2:
+            g.lost(f"N3 carries two address lines: {len(lines) - 2} more not sent", f"{path}.line")
+    if not address.get("city"):
+        return
+    table = g.tables.t["addresses"]
+    given_country = (address.get("country") or "").strip()
+    country = given_country.upper()
+    region = "US" if country in table["us_country"] else "CA" if country in table["ca_country"] else None
+    n404 = "CA" if region == "CA" else ""
+    if country and region is None:
+        if len(country) == 2 and country in table["iso_countries"]:
+            n404, region = country, "other"
+        else:
+            g.lost(f"country {given_country!r} is not an ISO 3166 2-letter code: N404 left out", f"{path}.country")
+            region = "unknown"
+    given_state = (address.get("state") or "").strip()
+    state = ""
+    if given_state and region in (None, "US", "CA"):
+        key = given_state.upper()
+        names = {"US": table["us_states"], "CA": table["ca_provinces"]}
+        for place in ("US", "CA") if region is None else (region,):
+            codes = names[place]
+            by_name = {name.upper(): code for code, name in codes.items()}
+            found = key if key in codes else by_name.get(key) or (
+                table["aliases"].get(key) if table["aliases"].get(key) in codes else None)
+            if found:
+                state = found
+                n404 = n404 or ("CA" if place == "CA" else "")
+                break
+        else:
+            where = {"US": "a US state or territory", "CA": "a Canadian province or territory"}.get(
+                region or "", "a US state or territory or a Canadian province")
+            g.lost(f"state {given_state!r} is not {where} (code or name): left out of N402, which takes a code",
+                   f"{path}.state")
+    elif given_state:
+        g.lost(f"state {given_state!r} of an address outside the US and Canada has no place in N4 (N402 is for "
+               "US and Canadian codes): left out", f"{path}.state")
+    body.append(("N4", [address.get("city", ""), state, address.get("postalCode", ""), n404]))

@@ -11,7 +11,7 @@ from gateway.mappings import code_table, load_yaml
 CODE_TABLES = ("service_type", "eligibility_benefit", "insurance_type", "time_period", "quantity_qualifier",
                "coverage_level", "reject_reason", "follow_up_action")
 TRANSLATE_TABLES = ("systems", "gender", "relationship", "network", "dates", "entities", "references",
-                    "procedures", "diagnoses", "request_270", "quirks", "errors")
+                    "procedures", "diagnoses", "request_270", "quirks", "errors", "addresses")
 
 
 @dataclass(frozen=True)

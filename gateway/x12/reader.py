@@ -491,10 +491,10 @@ class X12Reader:
             self._envelope("X12-GS-CONTROL", f"GS06 group control number {gs.control_number!r} must be numeric",
                            "group", "6", isa, gs, segment="GS", element="GS06", value=gs.control_number)
         for element, value in (("GS02", gs.sender), ("GS03", gs.receiver)):
-            if not 2 <= len(value) <= 15:   # application sender's / receiver's code: 2 to 15 characters
-                # reported, not rejected: no AK9 code names it, and partners read the group all the same
-                self._envelope("X12-GS-CODE", f"{element} {value!r} is not 2 to 15 characters", "group", "", isa,
-                               gs, severity="warning", segment="GS", element=element, value=value)
+            if not 2 <= len(value) <= 15:   # application sender's / receiver's code: AN 2 to 15 characters
+                # a syntax error: no AK9 code names it, so the interchange's TA1 does (024, invalid content)
+                self._envelope("X12-GS-CODE", f"{element} {value!r} is not 2 to 15 characters", "interchange", "024",
+                               isa, gs, segment="GS", element=element, value=value)
         return gs
 
     def _open_transaction(self, seg: Segment, isa: Interchange | None, gs: Group | None) -> Transaction:

@@ -431,6 +431,41 @@ def _inquiry_findings(txn: Transaction) -> list[Finding]:
     return found
 
 
+def _meaning_findings(txn: Transaction) -> list[Finding]:
+    """What each element's syntax allows but the transaction cannot mean: an RD8 range that ends before it starts
+    (DTP03), and a diagnosis pointer (270 EQ05, 271 EB14) to an HI code its patient's loop does not hold."""
+    found = []
+
+    def add(code: str, message: str, loop: Loop, seg: Segment, element: str, data_element: str, ack: str,
+            value: str, component: int = 0) -> None:
+        found.append(Finding(code, message, level="element", ack_code=ack, transaction=txn.control_number,
+                             transaction_set=txn.set_id, loop=loop.id, segment=seg.id, position=seg.position,
+                             element=element, data_element=data_element, component=component, value=value))
+
+    for loop, seg in txn.root.walk():
+        if seg.id == "DTP" and seg.get(2) == "RD8":
+            start, _, end = seg.get(3).partition("-")
+            # CCYYMMDD compares as text; a date that is no date at all is pyx12's finding (IK403 8)
+            if len(start) == len(end) == 8 and start.isdigit() and end.isdigit() and end < start:
+                add("X12-DATE-RANGE", f"DTP03 range {seg.get(3)!r} ends before it starts", loop, seg, "DTP03",
+                    "1251", "8", seg.get(3))
+        pointer_at = {"EQ": 5, "EB": 14}.get(seg.id)
+        if pointer_at is None or not seg.get(pointer_at):
+            continue
+        owner = loop.parent
+        while owner is not None and not owner.id.startswith("2100"):
+            owner = owner.parent
+        hi = owner.segment("HI") if owner is not None else None
+        held = sum(1 for value in (hi.elements if hi is not None else []) if value.strip())
+        element = f"{seg.id}{pointer_at:02d}"
+        for index, pointer in enumerate(seg.components(pointer_at), start=1):
+            if pointer and (not pointer.isdigit() or not 1 <= int(pointer) <= held):
+                add("X12-DIAGNOSIS-POINTER", f"{element}-{index} points at diagnosis {pointer!r}, but "
+                    f"{owner.id if owner is not None else 'the patient loop'} HI holds {held}", loop, seg, element,
+                    "1328", "7", pointer, index)
+    return found
+
+
 def validate_x12(source: Source, *, mappings: str | None = None, elements: bool = True) -> ValidationReport:
     """Validate every interchange in ``source``; raises X12SyntaxError only for unreadable input.
 
@@ -445,6 +480,7 @@ def validate_x12(source: Source, *, mappings: str | None = None, elements: bool 
         if txn.structure:
             report.findings.extend(_rule_findings(txn, mappings))
             report.findings.extend(_ls_le_findings(txn))
+            report.findings.extend(_meaning_findings(txn))
             if txn.set_id == "270":
                 report.findings.extend(_inquiry_findings(txn))
     if elements and any(t.structure for t in result.transactions):

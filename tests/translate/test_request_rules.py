@@ -333,3 +333,246 @@ def test_an_npi_or_tax_id_is_never_taken_as_the_payer_id():
     # an untyped identifier of another system still is (payers' ids are often sent so)
     payload["entry"][0]["resource"]["insurer"] = {"identifier": {"system": "urn:payer", "value": "60054"}}
     assert "NM1*PR*2*" in build_270(payload, load_tables(), envelope=ENV).text
+
+
+# ------------------------------------------------------------------ who the patient is on the coverage (§3.2)
+
+PARENT = {"reference": "Patient/parent"}
+
+
+@pytest.mark.parametrize("relationship", [
+    None,                                                                    # absent
+    {"text": "child"},                                                       # uncoded
+    {"coding": [{"system": "urn:ehr:relationship", "code": "KID"}]},         # an unlisted system
+])
+def test_a_patient_whose_subscriber_is_another_person_is_a_dependent(relationship):
+    """Without a usable relationship, Coverage.subscriber decides: another person makes the patient a dependent
+    (2100D), never the subscriber under the subscriber's member id."""
+    result = build(bundle(coverage__relationship=relationship, coverage__subscriber=PARENT))
+    parts = segs(result.text)
+    assert result.patient_loop == "2100D"
+    assert ["NM1", "IL", "1", "ROE", "RICHARD", "", "", "", "MI", "W123456789"] in parts
+    assert ["NM1", "03", "1", "ROE", "ANNA"] in parts and ["HL", "4", "3", "23", "0"] in parts
+    assert validate_x12(result.text).valid
+    assert any(n.source == "Coverage.relationship" for n in result.notes)
+
+
+@pytest.mark.parametrize("subscriber", [None, {"reference": "Patient/p"}, {"reference": "Patient/p/_history/1"}])
+def test_without_relationship_the_patient_is_the_subscriber_when_no_one_else_is(subscriber):
+    result = build(bundle(coverage__relationship=None, coverage__subscriber=subscriber))
+    assert result.patient_loop == "2100C"
+    assert ["NM1", "IL", "1", "ROE", "ANNA", "", "", "", "MI", "W123456789"] in segs(result.text)
+
+
+def test_a_dependent_without_relationship_but_with_an_own_member_id_is_sent_as_subscriber():
+    own = [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MB"}]},
+            "value": "W123456789-02"}]
+    result = build(bundle(coverage__relationship=None, coverage__subscriber=PARENT, coverage__identifier=own))
+    assert result.patient_loop == "2100C"
+    assert ["NM1", "IL", "1", "ROE", "ANNA", "", "", "", "MI", "W123456789-02"] in segs(result.text)
+    assert any("member id of their own" in n.text for n in result.notes)
+
+
+@pytest.mark.parametrize(("changes", "path", "words"), [
+    ({"coverage__subscriber": PARENT}, "Coverage.relationship", "'self' but Coverage.subscriber is another person"),
+    ({"coverage__beneficiary": PARENT}, "Coverage.beneficiary", "another person than"),
+    ({"coverage__relationship": {"coding": [{"code": "child"}]}, "coverage__subscriber": {"reference": "Patient/p"}},
+     "Coverage.relationship", "but Coverage.subscriber is the patient"),
+])
+def test_contradictory_relationship_and_persons_are_refused(changes, path, words):
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(**changes))
+    assert caught.value.status == 422
+    found = [p for p in caught.value.problems if p.fhir_path == path]
+    assert found and words in found[0].message and found[0].code == "business-rule", caught.value.problems
+
+
+def test_the_same_patient_by_another_reference_form_is_the_same_person():
+    """A Bundle entry named by its fullUrl and by Type/id is one resource: self stays self."""
+    payload = bundle(coverage__subscriber={"reference": "Patient/p"})
+    for entry in payload["entry"]:
+        if entry["resource"]["resourceType"] == "Patient" and entry["resource"]["id"] == "p":
+            entry["fullUrl"] = "urn:uuid:0b5c6a8e-8f0e-4c59-9d7e-3a3c1c1d2e01"
+        if entry["resource"]["resourceType"] == "CoverageEligibilityRequest":
+            entry["resource"]["patient"] = {"reference": "urn:uuid:0b5c6a8e-8f0e-4c59-9d7e-3a3c1c1d2e01"}
+    assert build(payload).patient_loop == "2100C"
+
+
+# ---------------------------------------------------------------------------------------- what is asked
+
+@pytest.mark.parametrize(("item", "path", "words"), [
+    ({"category": {"text": "dental"}}, "CoverageEligibilityRequest.item[0].category", "has no coding"),
+    ({"category": {"coding": [{"system": "https://x12.org/codes/service-type-codes"}]}},
+     "CoverageEligibilityRequest.item[0].category", "has no code"),
+    ({"productOrService": {"text": "office visit"}}, "CoverageEligibilityRequest.item[0].productOrService",
+     "no coded procedure"),
+])
+def test_an_item_without_a_code_is_refused_not_replaced_by_the_generic_question(item, path, words):
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(request__item=[item]))
+    assert caught.value.status == 422
+    assert [(p.fhir_path, words in p.message) for p in caught.value.problems] == [(path, True)]
+
+
+# ------------------------------------------------------------------------------------------------ envelope
+
+@pytest.mark.parametrize("payer_id", ["PAYER1234567890123", "P"])
+def test_a_payer_id_that_cannot_be_isa08_and_gs03_needs_a_configured_receiver(payer_id):
+    """ISA08 is 15 wide and GS03 AN 2-15: a longer payer id cut to fit would send to another trading partner."""
+    payload = bundle(payer__identifier=[{"type": {"coding": [PAYERID]}, "value": payer_id}])
+    unset = Envelope(sender_id="GATEWAY01", receiver_id="", interchange_control=5, now=datetime(2025, 3, 10, 9, 15))
+    with pytest.raises(TranslationError) as caught:
+        build_270(payload, load_tables(), envelope=unset, limits=element_limits())
+    assert [p.x12 for p in caught.value.problems if "receiver" in p.message] == ["ISA08/GS03"]
+    if len(payer_id) > 1:   # with a receiver id configured, the payer id goes whole into 2100A only
+        result = build_270(payload, load_tables(), envelope=ENV, limits=element_limits())
+        assert f"*PI*{payer_id}~" in result.text and "GS*HS*GATEWAY01*PAYERX*" in result.text
+
+
+# ------------------------------------------------------------------------------------------------ addresses
+
+def _n4(address, **changes):
+    result = build(bundle(patient__address=[address], **changes))
+    n4 = [p for p in segs(result.text) if p[0] == "N4"]
+    return n4, {n.source: n.text for n in result.notes}, result
+
+
+@pytest.mark.parametrize(("address", "n4"), [
+    ({"city": "Albany", "state": "New York", "postalCode": "12207"}, ["N4", "ALBANY", "NY", "12207"]),
+    ({"city": "Austin", "state": "texas", "postalCode": "78701", "country": "USA"}, ["N4", "AUSTIN", "TX", "78701"]),
+    ({"city": "San Juan", "state": "PR", "postalCode": "00901"}, ["N4", "SAN JUAN", "PR", "00901"]),
+    ({"city": "Ottawa", "state": "Ontario", "postalCode": "K1A 0B1"}, ["N4", "OTTAWA", "ON", "K1A 0B1", "CA"]),
+    ({"city": "Quebec", "state": "QC", "postalCode": "G1R 4P5", "country": "Canada"},
+     ["N4", "QUEBEC", "QC", "G1R 4P5", "CA"]),
+    ({"city": "Paris", "postalCode": "75001", "country": "fr"}, ["N4", "PARIS", "", "75001", "FR"]),
+])
+def test_n4_carries_state_and_country_codes_never_a_shortened_name(address, n4):
+    found, notes, result = _n4(address)
+    assert found == [n4] and not notes
+    assert validate_x12(result.text).valid
+
+
+@pytest.mark.parametrize(("address", "n4", "source", "words"), [
+    ({"city": "Albany", "state": "Nowhere", "postalCode": "12207"}, ["N4", "ALBANY", "", "12207"],
+     "Patient.address.state", "not a US state or territory or a Canadian province"),
+    ({"city": "Albany", "state": "ZZ", "country": "US"}, ["N4", "ALBANY"], "Patient.address.state", "'ZZ'"),
+    ({"city": "Austin", "state": "Ontario", "country": "US"}, ["N4", "AUSTIN"], "Patient.address.state",
+     "not a US state or territory"),
+    ({"city": "Paris", "state": "Ile-de-France", "country": "FR"}, ["N4", "PARIS", "", "", "FR"],
+     "Patient.address.state", "outside the US and Canada"),
+    ({"city": "Paris", "country": "France"}, ["N4", "PARIS"], "Patient.address.country", "ISO 3166"),
+])
+def test_a_state_or_country_that_is_not_a_code_is_left_out_with_a_note(address, n4, source, words):
+    found, notes, _ = _n4(address)
+    assert found == [n4] and words in notes[source]
+
+
+def test_a_dependents_address_goes_in_2100d_and_a_third_line_is_noted():
+    address = {"line": ["22 Oak Ave", "Apt 3", "Rear"], "city": "Springfield", "state": "Illinois",
+               "postalCode": "62701"}
+    result = build(bundle(patient__address=[address], coverage__relationship={"coding": [{"code": "child"}]},
+                          coverage__subscriber=PARENT))
+    parts = segs(result.text)
+    dependent = parts.index(["NM1", "03", "1", "ROE", "ANNA"])
+    assert parts[dependent + 1:dependent + 3] == [["N3", "22 OAK AVE", "APT 3"], ["N4", "SPRINGFIELD", "IL", "62701"]]
+    assert validate_x12(result.text).valid
+    assert "1 more not sent" in {n.source: n.text for n in result.notes}["Patient.address.line"]
+
+
+# --------------------------------------------------------------------------------------------------- NDC
+
+NDC = "http://hl7.org/fhir/sid/ndc"
+
+
+@pytest.mark.parametrize(("given", "sent", "noted"), [
+    ("0002-7510-01", "00002751001", True),    # 4-4-2: the labeler gets the leading zero
+    ("50580-506-02", "50580050602", True),    # 5-3-2: the product
+    ("12345-6789-1", "12345678901", True),    # 5-4-1: the package
+    ("00002-7510-01", "00002751001", True),   # 5-4-2 hyphenated
+    ("12345678901", "12345678901", False),    # already as EQ02 takes it
+])
+def test_an_ndc_is_sent_as_11_digits_5_4_2(given, sent, noted):
+    result = build(bundle(request__item=[{"productOrService": {"coding": [{"system": NDC, "code": given}]}}]))
+    assert ["EQ", "", f"N4:{sent}"] in segs(result.text)
+    notes = [n.text for n in result.notes if n.source.endswith("productOrService")]
+    assert bool(notes) == noted and (not noted or sent in notes[0])
+
+
+@pytest.mark.parametrize(("given", "words"), [
+    ("0002751001", "ambiguous"),
+    ("2-7510-01", "not an NDC"),
+    ("0002-7510-0100", "not an NDC"),
+    ("ABCDE-1234-12", "not an NDC"),
+])
+def test_an_ambiguous_or_malformed_ndc_is_refused(given, words):
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(request__item=[{"productOrService": {"coding": [{"system": NDC, "code": given}]}}]))
+    found = [p for p in caught.value.problems if p.x12 == "2110C EQ02-2"]
+    assert found and words in found[0].message and found[0].fhir_path.endswith("item[0].productOrService")
+
+
+# ---------------------------------------------------------------------------------------------- provider
+
+def _role_bundle(practitioner_npi: str | None):
+    payload = bundle(request__provider={"reference": "PractitionerRole/role"})
+    practitioner = {"resourceType": "Practitioner", "id": "doc", "name": [{"family": "Okafor", "given": ["Ada"]}],
+                    "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": practitioner_npi}]
+                    if practitioner_npi else []}
+    role = {"resourceType": "PractitionerRole", "id": "role", "practitioner": {"reference": "Practitioner/doc"},
+            "organization": {"reference": "Organization/clinic"}}
+    payload["entry"] += [{"fullUrl": "Practitioner/doc", "resource": practitioner},
+                         {"fullUrl": "PractitionerRole/role", "resource": role}]
+    return payload
+
+
+def test_a_practitioner_role_without_the_practitioners_npi_is_sent_as_its_organization():
+    result = build(_role_bundle(None))
+    assert ["NM1", "1P", "2", "SAMPLE CLINIC", "", "", "", "", "XX", "1234567893"] in segs(result.text)
+    assert any("organization's NPI" in n.text for n in result.notes)
+    assert validate_x12(result.text).valid
+
+
+def test_a_practitioner_role_with_the_practitioners_npi_is_sent_as_the_practitioner():
+    result = build(_role_bundle("1245319599"))
+    assert ["NM1", "1P", "1", "OKAFOR", "ADA", "", "", "", "XX", "1245319599"] in segs(result.text)
+
+
+# ----------------------------------------------------------------------- nothing dropped without a word
+
+MR = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}
+
+
+def test_the_patients_ssn_and_medical_record_number_go_in_ref_sy_and_ea_of_the_patients_loop():
+    ids = [{"system": "http://hl7.org/fhir/sid/us-ssn", "value": "123-45-6789"},
+           {"type": MR, "system": "urn:mrn", "value": "MRN555"}]
+    parts = segs(build(bundle(patient__identifier=ids)).text)
+    assert ["REF", "SY", "123456789"] in parts and ["REF", "EA", "MRN555"] in parts
+    dependent = build(bundle(patient__identifier=ids, coverage__relationship={"coding": [{"code": "child"}]},
+                             coverage__subscriber=PARENT))
+    rows = segs(dependent.text)
+    assert rows.index(["REF", "SY", "123456789"]) > rows.index(["NM1", "03", "1", "ROE", "ANNA"])
+    assert validate_x12(dependent.text).valid
+
+
+def test_an_ssn_that_is_not_9_digits_is_noted_not_sent():
+    result = build(bundle(patient__identifier=[{"system": "http://hl7.org/fhir/sid/us-ssn", "value": "12345"}]))
+    assert not [p for p in segs(result.text) if p[:2] == ["REF", "SY"]]
+    assert "not 9 digits" in {n.source: n.text for n in result.notes}["Patient.identifier[0]"]
+
+
+@pytest.mark.parametrize(("changes", "source", "words"), [
+    ({"request__insurance": [{"coverage": {"reference": "Coverage/c"}, "businessArrangement": "CONTRACT-77"}]},
+     "CoverageEligibilityRequest.insurance[0].businessArrangement", "businessArrangement"),
+    ({"coverage__status": "cancelled"}, "Coverage.status", "'cancelled'"),
+    ({"patient__name": [{"family": "Roe", "given": ["Anna"], "prefix": ["Dr."]}]}, "Patient.name.prefix", "'Dr.'"),
+    ({"patient__multipleBirthInteger": 2}, "Patient.multipleBirth", "INS17"),
+    ({"request__item": [{"category": {"coding": [{"system": "https://x12.org/codes/service-type-codes",
+                                                  "code": "30"}]},
+                         "diagnosis": [{"diagnosisCodeableConcept": {"coding": [{"system": ICD10, "code": c}]}}
+                                       for c in ("E11.9", "I10", "J45.909", "M54.5", "R51")]}]},
+     "CoverageEligibilityRequest.item[0].diagnosis", "1 more"),
+])
+def test_what_a_270_does_not_carry_is_noted(changes, source, words):
+    result = build(bundle(**changes))
+    notes = {n.source: n.text for n in result.notes}
+    assert source in notes and words in notes[source], notes

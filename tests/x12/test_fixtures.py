@@ -124,3 +124,24 @@ def test_a_not_used_element_that_is_present_is_ik403_i10() -> None:
         ("NM108", "I10"), ("NM109", "I10")]
     ack = build_999(report.transactions, report.findings, control_number=5, now=datetime(2025, 1, 1))
     assert "IK4|8|66|I10~IK4|9|67|I10~" in ack   # this file's delimiters
+
+
+def test_a_reversed_rd8_range_is_an_invalid_date() -> None:
+    text = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    dtp = next(s for s in text.replace("\n", "").split("~") if s.startswith("DTP*291*"))
+    report = validate_x12(text.replace(dtp, "DTP*291*RD8*20250331-20250301").encode())
+    assert not report.valid
+    assert [(f.code, f.element, f.ack_code) for f in report.errors] == [("X12-DATE-RANGE", "DTP03", "8")]
+    ack = build_999(report.transactions, report.findings, control_number=5, now=datetime(2025, 1, 1))
+    assert "IK4*3*1251*8*20250331-20250301~" in ack
+    assert validate_x12(text.replace(dtp, "DTP*291*RD8*20250301-20250331").encode()).valid
+
+
+def test_a_diagnosis_pointer_needs_its_hi_code() -> None:
+    """EQ05 points into the patient loop's HI (three codes here): a fourth does not exist."""
+    text = (FIXTURES / "golden" / "270" / "diagnosis.270").read_text()
+    assert "HI*ABK:M5450*ABF:M62830*ABF:S335XXA~" in text and "EQ**HC:97110***1:3~" in text
+    assert validate_x12(text.encode()).valid
+    report = validate_x12(text.replace("EQ**HC:97110***1:3~", "EQ**HC:97110***1:4~").encode())
+    assert [(f.code, f.element, f.component, f.value, f.ack_code) for f in report.errors] == [
+        ("X12-DIAGNOSIS-POINTER", "EQ05", 2, "4", "7")]

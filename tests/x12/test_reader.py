@@ -237,10 +237,11 @@ def test_only_x279a1_is_the_implementation_and_a_made_up_suffix_is_an_error(vers
     assert [f.severity for f in found][:1] == ([severity] if severity else [])
 
 
-def test_gs_application_codes_of_the_wrong_length_are_warned_about():
+def test_gs_application_codes_of_the_wrong_length_are_syntax_errors():
+    """GS02/GS03 are AN 2-15: outside that a syntax error, which the TA1 names (024, invalid content)."""
     text = sample().replace("GS*HB*", "GS*HB*P*", 1)
     found = [f for f in read_x12(text).all_findings if f.code == "X12-GS-CODE"]
-    assert found and found[0].element == "GS02" and found[0].severity == "warning"
+    assert found and found[0].element == "GS02" and found[0].severity == "error" and found[0].ack_code == "024"
 
 
 @pytest.mark.parametrize(("text", "words"), [
