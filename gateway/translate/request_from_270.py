@@ -176,20 +176,28 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
     def note(text: str, loop: Loop, seg: Segment) -> None:
         notes.append(Note(text, _where(txn, loop, seg), seg.to_x12()))
 
+    person_refs = {rule["ref"]: rule for rule in tables.t["request_270"]["patient_references"]}
+
     def person_from(loop: Loop | None, key: str) -> tuple[dict[str, Any], str]:
         resource: dict[str, Any] = {"resourceType": "Patient"}
         member = ""
         if loop is None:
             return resource, member
         for seg in loop.segments:
-            if seg.id in ("NM1", "DMG", "N3", "N4"):
+            if seg.id in ("NM1", "DMG", "N3", "N4") or (seg.id == "REF" and seg.get(1) in person_refs):
                 carried.add(seg.position)
+            if seg.id == "REF" and seg.get(1) in person_refs and seg.get(2):   # SSN, record number: as sent
+                rule = person_refs[seg.get(1)]
+                resource.setdefault("identifier", []).append(
+                    {"system": rule["system"], "value": seg.get(2)} if "system" in rule else
+                    {"type": {"coding": [{"system": rule["type_system"], "code": rule["type"]}]}, "value": seg.get(2)})
             if seg.id == "NM1":
                 resource.update(_person(seg))
                 member = seg.get(9)
                 if member:
-                    resource["identifier"] = [{"type": {"coding": [dict(systems["member_id_type"])]},
-                                               "system": systems["member_id_system"], "value": member}]
+                    resource.setdefault("identifier", []).insert(0, {
+                        "type": {"coding": [dict(systems["member_id_type"])]}, "system": systems["member_id_system"],
+                        "value": member})
             elif seg.id == "DMG":
                 birth = date_range("D8", seg.get(2)) if seg.get(1) == "D8" else None
                 if birth:
@@ -206,8 +214,8 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                 resource.setdefault("address", [{}])[0]["line"] = [v for v in (seg.get(1), seg.get(2)) if v]
             elif seg.id == "N4":
                 resource.setdefault("address", [{}])[0].update(
-                    {k: v for k, v in (("city", seg.get(1)), ("state", seg.get(2)), ("postalCode", seg.get(3)))
-                     if v})
+                    {k: v for k, v in (("city", seg.get(1)), ("state", seg.get(2)), ("postalCode", seg.get(3)),
+                                       ("country", seg.get(4))) if v})
         return resource, member
 
     sub_resource, member_id = person_from(sub_name, "subscriber")
@@ -248,8 +256,8 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
     for loop in [lp for lp in (sub_name, name if dependent else None) if lp is not None]:
         for seg in loop.segments:
             sid = seg.id
-            if sid in ("NM1", "DMG", "N3", "N4"):
-                continue
+            if sid in ("NM1", "DMG", "N3", "N4") or (sid == "REF" and seg.get(1) in person_refs):
+                continue   # the person's own (person_from)
             if sid in ("INS", "HI") or (sid, seg.get(1)) in (("REF", "6P"), ("REF", "1L"), ("REF", "18"),
                                                              ("DTP", "291")):
                 carried.add(seg.position)

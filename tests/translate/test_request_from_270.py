@@ -50,11 +50,9 @@ def back_to_270(bundle: dict[str, Any]) -> str:
 
 # a 2100D without INS (the guide's usual dependent) comes back without Coverage.relationship, and the FHIR -> 270
 # side then sends the dependent as the subscriber
-DEPENDENT = pytest.mark.xfail(strict=True, reason="a dependent without INS02 comes back as the subscriber")
 
 
-@pytest.mark.parametrize("path", [pytest.param(p, marks=DEPENDENT) if p.stem in ("dental-cdt", "dependent-generic")
-                                  else p for p in GOLDEN_270], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", GOLDEN_270, ids=lambda p: p.stem)
 def test_each_generated_270_translates_back_to_itself(path: Path):
     """270 -> FHIR -> 270 asks the same questions (same segments, envelope included)."""
     text = path.read_text()
