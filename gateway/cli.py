@@ -5,12 +5,14 @@ Exit codes (DESIGN §3): 0 success, 1 input understood but invalid, 2 unreadable
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 import orjson
@@ -72,7 +74,20 @@ _ACK_ELEMENTS = {"interchange": "TA105", "group": "AK905", "transaction": "IK502
                  "element": "IK403"}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group, with one-line messages for output that cannot be written (a full disk, ``> /dev/full``):
+    click already ends quietly on a closed pipe."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG):
+                raise
+            _fail(f"cannot write the output: {exc.strerror or exc}")
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="fhir-x12-gateway")
 def main() -> None:
     """FHIR R4 <-> X12 005010X279A1 eligibility (270/271) gateway tools."""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from gateway.cli import main
@@ -181,3 +184,31 @@ def test_translate_of_a_ta1_says_what_it_is(tmp_path):
                    "000000902*0*P*:~TA1*000000901*250115*0930*A*000~IEA*0*000000902~")
     done = run("translate", str(ta1))
     assert done.exit_code == 1 and "TA1 interchange acknowledgment" in done.output
+
+
+def test_output_that_cannot_be_written_is_one_line_not_a_traceback():
+    """``> /dev/full``: a full disk while writing stdout."""
+    import subprocess
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    for args in (["translate", str(FIXTURES / "fhir" / "requests" / "subscriber-generic.json")],
+                 ["validate", str(FIXTURES / "x12" / "270" / "subscriber-generic.270")]):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run([sys.executable, "-m", "gateway.cli", *args], stdout=full, stderr=subprocess.PIPE,
+                                  text=True, timeout=60)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip().endswith("cannot write the output: No space left on device")
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b"", "the input is empty"),
+    (b"  \n", "the input is empty"),
+    ('{"resourceType": "CoverageEligibilityRequest"}'.encode("utf-16"), "the input is UTF-16 text: save it as UTF-8"),
+    ('{"resourceType": "CoverageEligibilityRequest"}'.encode("utf-32"), "the input is UTF-32 text: save it as UTF-8"),
+])
+def test_translate_says_what_an_unreadable_input_is(tmp_path, content: bytes, words: str):
+    path = tmp_path / "input.json"
+    path.write_bytes(content)
+    result = CliRunner().invoke(main, ["translate", str(path)])
+    assert result.exit_code == 2 and words in result.output and "no ISA" not in result.output

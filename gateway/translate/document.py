@@ -62,11 +62,24 @@ def _holds_ta1(data: bytes) -> bool:
         return False
 
 
+# UTF-32 first: its little-endian mark begins with UTF-16's
+_WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+              (b"\xfe\xff", "UTF-16"))
+
+
 def translate_document(data: bytes, tables: Tables, *, now: datetime, control_number: int = 1,
                        sender_id: str = "GATEWAY", receiver_id: str | None = None,
                        mappings: str | None = None, information_receiver: dict[str, Any] | None = None) -> Translated:
     """Translate ``data`` in the direction its content implies; ``information_receiver`` (an Organization or
     Practitioner) is a 270's 2100B provider when the request names none."""
+    if not data.strip():
+        raise TranslationError("the input is empty", [Problem("$", "there is nothing to translate", code="required")],
+                               status=400)
+    wide = next((name for bom, name in _WIDE_BOMS if data.startswith(bom)), None)
+    if wide is not None:   # read as UTF-8 it is neither JSON nor X12: say what it is instead of "no ISA"
+        raise TranslationError(f"the input is {wide} text: save it as UTF-8", [
+            Problem("$", f"{wide} (byte order mark {data[:4 if '32' in wide else 2].hex()}), not UTF-8",
+                    code="structure")], status=400)
     if looks_like_json(data):
         try:
             payload = json.loads(data.decode("utf-8-sig"))
