@@ -224,9 +224,18 @@ def _coverage_rows(coverage: dict[str, Any], asked: list[str], config: dict[str,
     return rows
 
 
+def _date_range(daterange: Any) -> tuple[date, date] | None:
+    """An accumulator's ``daterange`` (``YYYY-MM-DD/YYYY-MM-DD``, or ``CCYYMMDD-CCYYMMDD`` as the API takes it) as
+    (start, end), or None when it has none or cannot be read."""
+    text = str(daterange or "")
+    start, sep, end = text.partition("/") if "/" in text else text.partition("-") if len(text) == 17 else \
+        (text, "", "")
+    start_d, end_d = _parse_date(start.strip()), _parse_date(end.strip())
+    return (start_d, end_d) if sep and start_d and end_d else None
+
+
 def _period_code(daterange: str, coverage: dict[str, Any] | None) -> str:
-    start, _, end = daterange.replace("/", " ").partition(" ") if "/" in daterange else (daterange, "", "")
-    start_d, end_d = _parse_date(start), _parse_date(end.strip())
+    start_d, end_d = _date_range(daterange) or (None, None)
     if start_d and end_d and start_d.month == 1 and start_d.day == 1 and end_d.month == 12 and end_d.day == 31 \
             and start_d.year == end_d.year:
         return "23"  # calendar year
@@ -241,14 +250,21 @@ def _amount(value: Any) -> str:
 
 
 def _accumulator_rows(accumulators: list[dict[str, Any]], coverages: list[dict[str, Any]],
-                      config: dict[str, Any]) -> list[tuple[str, list[Value]]]:
+                      config: dict[str, Any], served: date) -> list[tuple[str, list[Value]]]:
+    """EB rows (total for the period, then remaining) for the accumulators whose period holds the date of service,
+    each followed by its period as a 2110C DTP: a member's 2024 and 2025 deductibles are two periods, and answering
+    both, undated, gives the provider two conflicting remaining amounts."""
     rows: list[tuple[str, list[Value]]] = []
     by_category = {str(c.get("covtypename", "")).upper(): c for c in coverages}
+    qualifiers = config["accumulator_dates"]
     for acc in accumulators:
         kind = str(acc.get("specifictype", "")).lower()
         eb01 = config["accumulators"].get(kind)
         if eb01 is None:
             continue
+        span = _date_range(acc.get("daterange"))
+        if span is not None and not span[0] <= served <= span[1]:
+            continue   # another period's accumulator: not what the date of service runs against
         category = str(acc.get("coveragetype", "")).upper()
         stc = config["categories"].get(category, {}).get("primary", "30")
         level = "IND" if str(acc.get("individualaccum", "Y")).upper() == "Y" else "FAM"
@@ -256,12 +272,20 @@ def _accumulator_rows(accumulators: list[dict[str, Any]], coverages: list[dict[s
         period = _period_code(str(acc.get("daterange", "")), by_category.get(category))
         maximum = float(acc.get("maximumamount") or 0)
         remaining = max(maximum - float(acc.get("currentamount") or 0), 0)
+        dated: list[tuple[str, list[Value]]] = []
+        if span is not None:
+            qualifier = qualifiers.get(period, qualifiers["default"])
+            dated.append(("DTP", [qualifier, "RD8", f"{_x12_date(span[0])}-{_x12_date(span[1])}"]))
         if kind == "visit-limit":
             rows.append(("EB", [eb01, level, stc, "", "", period, "", "", "VS", _amount(maximum), "", network]))
+            rows.extend(dated)
             rows.append(("EB", [eb01, level, stc, "", "", "29", "", "", "VS", _amount(remaining), "", network]))
+            rows.extend(dated)
         else:
             rows.append(("EB", [eb01, level, stc, "", "", period, _amount(maximum), "", "", "", "", network]))
+            rows.extend(dated)
             rows.append(("EB", [eb01, level, stc, "", "", "29", _amount(remaining), "", "", "", "", network]))
+            rows.extend(dated)
     return rows
 
 
@@ -418,7 +442,7 @@ def answer(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[st
         if uncovered:
             seg(("EB", ["I", "", uncovered]))
     if active:
-        out.segments.extend(_accumulator_rows(accumulators, coverages, config))
+        out.segments.extend(_accumulator_rows(accumulators, coverages, config, inquiry.service_date))
         out.segments.extend(_benefit_rows(benefits, asked, generic, config))
         out.segments.extend(_prior_auth_rows(rules, inquiry.procedures, payer_name, config))
     return out

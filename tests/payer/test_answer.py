@@ -171,3 +171,36 @@ def test_a_service_date_outside_the_inquiry_period_gets_aaa_62_or_63(service_dat
     else:
         assert f"AAA*N**{code}*C~" in answered and "EB*" not in answered
         assert validate_x12(answered).valid
+
+
+def test_only_the_accumulators_of_the_date_of_service_are_answered_each_with_its_period():
+    """Two deductibles for the same benefit, 2024 and 2025: the 271 answered both, undated, two conflicting
+    remaining amounts. Only the period holding the date of service is answered, and its DTP says which."""
+    old = {**DELGADO["accumulators"][0], "accum_name": "DED-2024", "currentamount": 1500,
+           "daterange": "2024-01-01/2024-12-31"}
+    member = {**DELGADO, "accumulators": [old, *DELGADO["accumulators"]]}
+    text = answer_for("subscriber-generic.270", {member["memberid"]: member})   # DTP*291*D8*20250310
+    assert validate_x12(text).valid, [f.to_dict() for f in validate_x12(text).errors]
+    txn = read_x12(text).transactions[0]
+    deductibles = [s.parts for s in txn.segments() if s.id == "EB" and s.get(1) == "C"]
+    assert deductibles == [["EB", "C", "IND", "30", "", "", "23", "1500", "", "", "", "", "Y"],
+                           ["EB", "C", "IND", "30", "", "", "29", "750", "", "", "", "", "Y"]]
+    dated = [(loop.id, s.parts) for loop, s in txn.root.walk() if s.id == "DTP" and loop.id == "2110C"]
+    assert ("2110C", ["DTP", "292", "RD8", "20250101-20251231"]) in dated
+    assert len(dated) == 4   # after each of the two deductible rows and the two visit-limit rows
+    asked_2024 = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text().replace(
+        "DTP*291*D8*20250310~", "DTP*291*D8*20240601~")
+    member_2024 = {**member, "coverages": [{**DELGADO["coverages"][0], "coveffdate": "2024-01-01"}]}
+    text = answer_270(read_x12(asked_2024).transactions[0], {member["memberid"]: member_2024}, CONFIG, now=NOW,
+                      control_number=5)
+    assert "EB*C*IND*30***29*0*****Y~DTP*292*RD8*20240101-20241231~" in text
+    assert "750" not in text and "20250101-20251231" not in text
+
+
+def test_a_contract_period_accumulator_is_dated_as_the_plan_291():
+    coverage = {**DELGADO["coverages"][0], "coveffdate": "2024-10-01", "covtermdate": "2025-09-30"}
+    acc = {**DELGADO["accumulators"][0], "daterange": "2024-10-01/2025-09-30"}
+    member = {**DELGADO, "coverages": [coverage], "accumulators": [acc]}
+    text = answer_for("subscriber-generic.270", {member["memberid"]: member})
+    assert "EB*C*IND*30***25*1500*****Y~DTP*291*RD8*20241001-20250930~" in text
+    assert validate_x12(text).valid
