@@ -24,7 +24,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from gateway.errors import GatewayError, X12SyntaxError
 from gateway.mappings import load_yaml
 from gateway.payer.answer import answer_interchange
-from gateway.payer.records import validate_patch, validate_record
+from gateway.payer.records import apply_patch, consistency_problems, validate_patch, validate_record
 from gateway.payer.scenarios import ScenarioBook
 from gateway.payer.store import MemberStore
 
@@ -140,6 +140,15 @@ def patch_member():  # type: ignore[no-untyped-def]
     patch, problems = validate_patch(data)
     if problems:
         return _bad(problems)
+    current = _store().get(memberid, groupnumber)
+    if current is not None:
+        # what the record would become, checked as a create is: refused now rather than as a failed operation
+        # (the operation checks again when it runs, against the record as it is then)
+        patched, errors = apply_patch(current, patch)
+        if not errors:
+            problems = consistency_problems(patched)
+            if problems:
+                return _bad(problems)
     return _accepted(_store().submit("patch", memberid, groupnumber, patch))
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import JSON, DateTime, String, UniqueConstraint, create_engine, 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from gateway.payer.records import apply_patch
+from gateway.payer.records import apply_patch, consistency_problems
 
 PENDING = ("notStarted", "running")
 
@@ -123,6 +123,10 @@ class MemberStore:
             session.delete(member)
             return []
         record, errors = apply_patch(member.record, op.payload)
+        if not errors:
+            # each field of a patch was checked when it came in; together with the record they may contradict
+            # each other (a term date before the stored effective date), which a create would have refused
+            errors = [f"{p['path']}: {p['message']}" for p in consistency_problems(record)]
         if not errors:
             member.record = record
         return errors

@@ -20,6 +20,8 @@ DELGADO = {
     "memberid": "ACM482193057", "groupnumber": "G100", "groupname": "NORTHGATE", "firstname": "MARIA",
     "lastname": "DELGADO", "dob": "1978-05-14", "gender": "F",
     "coverages": [{"covtypename": "MEDICAL", "covtypedesc": "ACME PPO GOLD", "coveffdate": "2025-01-01",
+                   "covtermdate": "2025-12-31", "covvolume": 1},
+                  {"covtypename": "CHIROPRACTIC", "covtypedesc": "ACME PPO GOLD", "coveffdate": "2025-01-01",
                    "covtermdate": "2025-12-31", "covvolume": 1}],
     "accumulators": [
         {"accum_name": "DED", "coveragetype": "MEDICAL", "specifictype": "deductible", "currentamount": 750,

@@ -255,3 +255,77 @@ def test_two_interchanges_the_second_in_error_get_a_ta1_rejecting_the_second(ser
     response = requests.post(f"{base}/x12", data=(good + bad).encode(), headers={"Content-Type": "application/edi-x12"},
                              timeout=10)
     assert "TA1*000001002*" in response.text and "*R*" in response.text   # was TA1*000001001*...*A*000
+
+
+def _acc(**change):  # type: ignore[no-untyped-def]
+    return {**DELGADO, "accumulators": [{**DELGADO["accumulators"][0], **change}, DELGADO["accumulators"][1]]}
+
+
+@pytest.mark.parametrize("record, path", [
+    ({**DELGADO, "coverages": [{**DELGADO["coverages"][0], "covtermdate": "2024-12-31"},
+                               DELGADO["coverages"][1]]}, "coverages[0].covtermdate"),
+    (_acc(currentamount=1600), "accumulators[0].currentamount"),   # used 1600 of a 1500 limit
+    (_acc(daterange="2025-12-31/2025-01-01"), "accumulators[0].daterange"),
+    (_acc(coveragetype="DENTAL"), "accumulators[0].coveragetype"),
+    (_acc(accum_name="CHIRO"), "accumulators[1].accum_name"),
+    ({**DELGADO, "benefits": [{**DELGADO["benefits"][0], "servicetype": "29"}]}, "benefits[0].servicetype"),
+    ({**DELGADO, "benefits": [{**DELGADO["benefits"][0], "timeperiod": "fortnight"}]}, "benefits[0].timeperiod"),
+    ({**DELGADO, "benefits": [{k: v for k, v in DELGADO["benefits"][1].items() if k != "percent"}]},
+     "benefits[0].percent"),
+    ({**DELGADO, "dependents": [{"depmemberid": "D1", "firstname": "ANA", "lastname": "DELGADO", "dob": "2010-01-01",
+                                 "relationship": "child", "coverages": [], "benefits": [],
+                                 "accumulators": [{**DELGADO["accumulators"][0], "coveragetype": "VISION"}]}]},
+     "dependents[0].accumulators[0].coveragetype"),
+])
+def test_a_self_contradictory_record_is_400_with_the_path(server, record, path):
+    """Each field valid on its own, together they made the simulator write an invalid or contradictory 271."""
+    base, app = server
+    response = requests.post(f"{base}/eligibility", json=record, timeout=5)
+    assert response.status_code == 400, response.text
+    assert [p["path"] for p in response.json()["problems"]] == [path]
+    assert app.extensions["payer_store"].by_member_id() == {}
+
+
+def test_every_cross_field_problem_is_listed_at_once(server):
+    base, _ = server
+    record = {**_acc(currentamount=1600, daterange="2025-12-31/2025-01-01", coveragetype="DENTAL"),
+              "benefits": [{**DELGADO["benefits"][0], "servicetype": "ZZ", "timeperiod": "fortnight"}]}
+    response = requests.post(f"{base}/eligibility", json=record, timeout=5)
+    assert response.status_code == 400
+    assert sorted(p["path"] for p in response.json()["problems"]) == [
+        "accumulators[0].coveragetype", "accumulators[0].currentamount", "accumulators[0].daterange",
+        "benefits[0].servicetype", "benefits[0].timeperiod"]
+
+
+def test_a_patch_that_would_contradict_the_stored_record_is_400_and_the_record_is_unchanged(server):
+    base, app = server
+    assert create(base, DELGADO)["status"] == "succeeded"
+    keys = {"memberid": DELGADO["memberid"], "groupnumber": DELGADO["groupnumber"]}
+    patch = {"accumulators": [{"record_action": "m", "accum_name": "DED", "coveragetype": "MEDICAL",
+                               "innetwork": "Y", "individualaccum": "Y", "currentamount": 9000}]}
+    response = requests.patch(f"{base}/eligibility", params=keys, json=patch, timeout=5)
+    assert response.status_code == 400
+    assert [p["path"] for p in response.json()["problems"]] == ["accumulators[0].currentamount"]
+    # the operation checks again when it runs (the record may have changed since the request was accepted)
+    store = app.extensions["payer_store"]
+    op_id = store.submit("patch", DELGADO["memberid"], DELGADO["groupnumber"], patch)
+    store.process_pending()
+    assert store.operation(op_id).status == "failed"
+    assert "accumulators[0].currentamount" in store.operation(op_id).errors[0]
+    assert store.get(DELGADO["memberid"], DELGADO["groupnumber"])["accumulators"][0]["currentamount"] == 750
+
+
+def test_the_seed_loader_refuses_a_contradictory_record(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    folder = tmp_path / "seed"
+    folder.mkdir()
+    (folder / "bad.json").write_text(json.dumps(_acc(currentamount=1600)))
+    result = CliRunner().invoke(main, ["payer", "serve", "--seed", str(folder), "--database",
+                                       f"sqlite:///{tmp_path / 'seed.db'}", "--port", "44001"])
+    assert result.exit_code == 1
+    assert "accumulators[0].currentamount" in result.output
