@@ -486,7 +486,12 @@ def seed_members(app, folder: Path) -> int:  # type: ignore[no-untyped-def]
         if problems:
             _fail(f"{path}: " + "; ".join(f"{p['path']}: {p['message']}" for p in problems), EXIT_INVALID)
         if store.get(record["memberid"], record["groupnumber"]) is None:
-            store.submit("create", record["memberid"], record["groupnumber"], record)
+            # applied one by one: a file whose ids another record (or an earlier file) holds fails here, by name
+            op_id = store.submit("create", record["memberid"], record["groupnumber"], record)
+            store.process_pending()
+            op = store.operation(op_id)
+            if op is not None and op.status == "failed":
+                _fail(f"{path}: " + "; ".join(op.errors), EXIT_INVALID)
             count += 1
     store.process_pending()
     return count

@@ -119,6 +119,11 @@ def _bad(problems: list[dict[str, str]]) -> tuple[Response, int]:
     return jsonify(error="invalid request", problems=problems), 400
 
 
+def _conflict(problems: list[dict[str, str]]) -> tuple[Response, int]:
+    """409: the record is valid but an id in it belongs to another record on file."""
+    return jsonify(error="member id already on file", problems=problems), 409
+
+
 @payer_api.post("/eligibility")
 def create_member():  # type: ignore[no-untyped-def]
     data, problems = _json_body()
@@ -127,6 +132,9 @@ def create_member():  # type: ignore[no-untyped-def]
     record, problems = validate_record(data)
     if problems:
         return _bad(problems)
+    clashes = _store().id_conflicts(record, record["memberid"], record["groupnumber"])
+    if clashes:
+        return _conflict(clashes)
     return _accepted(_store().submit("create", record["memberid"], record["groupnumber"], record))
 
 
@@ -149,6 +157,9 @@ def patch_member():  # type: ignore[no-untyped-def]
             problems = consistency_problems(patched)
             if problems:
                 return _bad(problems)
+            clashes = _store().id_conflicts(patched, memberid, groupnumber)
+            if clashes:
+                return _conflict(clashes)
     return _accepted(_store().submit("patch", memberid, groupnumber, patch))
 
 

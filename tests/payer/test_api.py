@@ -329,3 +329,54 @@ def test_the_seed_loader_refuses_a_contradictory_record(tmp_path):
                                        f"sqlite:///{tmp_path / 'seed.db'}", "--port", "44001"])
     assert result.exit_code == 1
     assert "accumulators[0].currentamount" in result.output
+
+
+def test_a_member_id_on_file_under_another_group_is_refused(server):
+    """The store is keyed by (memberid, groupnumber) but a 270 finds a person by member id alone: a second record
+    with the same id silently shadowed the first."""
+    base, app = server
+    assert create(base, DELGADO)["status"] == "succeeded"
+    response = requests.post(f"{base}/eligibility", json={**DELGADO, "groupnumber": "OTHER", "lastname": "SHADOW"},
+                             timeout=5)
+    assert response.status_code == 409
+    problem, = response.json()["problems"]
+    assert problem["path"] == "memberid" and "already on file" in problem["message"]
+    # a dependent's own id is a member id too, both ways
+    dependent = {"depmemberid": DELGADO["memberid"], "firstname": "ANA", "lastname": "DELGADO",
+                 "dob": "2010-01-01", "relationship": "child"}
+    response = requests.post(f"{base}/eligibility", json={**DELGADO, "memberid": "NEW1", "dependents": [dependent]},
+                             timeout=5)
+    assert response.status_code == 409
+    assert response.json()["problems"][0]["path"] == "dependents[0].depmemberid"
+    assert create(base, {**DELGADO, "memberid": "NEW2", "dependents": [{**dependent, "depmemberid": "DEP9"}]}
+                  )["status"] == "succeeded"
+    response = requests.post(f"{base}/eligibility", json={**DELGADO, "memberid": "DEP9"}, timeout=5)
+    assert response.status_code == 409
+    patch = {"dependents": [{**dependent, "depmemberid": "DEP9", "record_action": "n"}]}
+    response = requests.patch(f"{base}/eligibility", params={"memberid": DELGADO["memberid"],
+                                                             "groupnumber": DELGADO["groupnumber"]}, json=patch,
+                              timeout=5)
+    assert response.status_code == 409
+    # the operation checks too (two creates accepted before either ran)
+    store = app.extensions["payer_store"]
+    op_id = store.submit("create", DELGADO["memberid"], "OTHER", {**DELGADO, "groupnumber": "OTHER"})
+    store.process_pending()
+    assert store.operation(op_id).status == "failed" and "already on file" in store.operation(op_id).errors[0]
+    assert store.by_member_id()[DELGADO["memberid"]]["lastname"] == "DELGADO"
+
+
+def test_the_seed_loader_refuses_a_member_id_held_by_another_file(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    folder = tmp_path / "seed"
+    folder.mkdir()
+    (folder / "a.json").write_text(json.dumps(DELGADO))
+    (folder / "b.json").write_text(json.dumps({**DELGADO, "groupnumber": "OTHER"}))
+    result = CliRunner().invoke(main, ["payer", "serve", "--seed", str(folder), "--database",
+                                       f"sqlite:///{tmp_path / 'seed.db'}", "--port", "44001"])
+    assert result.exit_code == 1
+    assert "b.json" in result.output and "already on file" in result.output
