@@ -34,6 +34,13 @@ class Inquiry:
     payer: list[str]
     eq_count: int = 0
     today: date | None = None   # when the inquiry was answered: the inquiry period runs from it
+    # (date of service, service types, procedures) per distinct date: an EQ's own 2110 DTP*291 overrides the
+    # patient's 2100 one for that EQ; empty means one group, service_date with all the service types
+    by_date: list[tuple[date, list[str], list[tuple[str, str]]]] = field(default_factory=list)
+
+    def groups(self) -> list[tuple[date, list[str], list[tuple[str, str]]]]:
+        """What is asked, per date of service (one group unless the EQs carry different dates)."""
+        return self.by_date or [(self.service_date, self.service_types, self.procedures)]
 
 
 @dataclass
@@ -91,22 +98,37 @@ def _inquiry(subscriber: Loop, dependent: Loop | None, payer: Segment | None, pr
     service_date = today
     service_types: list[str] = []
     procedures: list[tuple[str, str]] = []
+    by_date: dict[date, tuple[list[str], list[tuple[str, str]]]] = {}
     eq_count = 0
     for loop in [lp for lp in (patient_name,) if lp is not None]:
-        dtp = loop.segment("DTP")
-        if dtp is not None and dtp.get(1) == "291" and len(dtp.get(3)) >= 8 and dtp.get(3)[:8].isdigit():
-            # an impossible date (20250230) is the 999's to report; unchecked (structure-only validation), today
-            service_date = _parse_date(dtp.get(3)[:8]) or today
+        service_date = _plan_date(loop) or today
         for inquiry in loop.loops:
+            eq_date = _plan_date(inquiry) or service_date   # 2110 DTP*291: this EQ's own date of service
+            types, procs = by_date.setdefault(eq_date, ([], []))
             for eq in inquiry.segments_of("EQ"):
                 eq_count += 1
                 service_types.extend(eq.repetitions(1))
+                types.extend(eq.repetitions(1))
                 if eq.get(2):
                     comps = eq.components(2)
                     procedures.append((comps[0], comps[1] if len(comps) > 1 else ""))
+                    procs.append(procedures[-1])
+    groups = [(d, t, p) for d, (t, p) in by_date.items()]
+    if len(groups) == 1:
+        service_date = groups[0][0]
     return Inquiry(sub, dep, traces, service_date, service_types, procedures,
                    provider.parts if provider is not None else [], payer.parts if payer is not None else [],
-                   eq_count, today)
+                   eq_count, today, groups if len(groups) > 1 else [])
+
+
+def _plan_date(loop: Loop) -> date | None:
+    """The (first) date of a loop's DTP*291 (D8, or the start of an RD8); None without one.
+
+    An impossible date (20250230) is the 999's to report; unchecked (structure-only validation), it is ignored."""
+    for dtp in loop.segments_of("DTP"):
+        if dtp.get(1) == "291" and len(dtp.get(3)) >= 8 and dtp.get(3)[:8].isdigit():
+            return _parse_date(dtp.get(3)[:8])
+    return None
 
 
 def _parse_date(value: str | None) -> date | None:
@@ -185,11 +207,13 @@ def _outside_inquiry_period(inquiry: Inquiry, config: dict[str, Any]) -> str | N
         return None
     ahead = today.month + int(period.get("months_ahead", 0))   # the month after the last one, 0 = January this year
     last_day = date(today.year + ahead // 12, ahead % 12 + 1, 1) - timedelta(days=1)
-    if inquiry.service_date > last_day:
-        return "date_in_future"
     back = today.year * 12 + today.month - 1 - int(period.get("months_back", 24))
     first_day = date(back // 12, back % 12 + 1, 1)
-    if inquiry.service_date < first_day:
+    # every date asked about (an EQ's own included) must be inside; the patient-level AAA answers them all
+    dates = [d for d, _, _ in inquiry.groups()]
+    if any(d > last_day for d in dates):
+        return "date_in_future"
+    if any(d < first_day for d in dates):
         return "date_not_in_period"
     return None
 
@@ -429,22 +453,30 @@ def answer(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[st
         seg(("DTP", ["346", "D8", _x12_date(min(starts))]))
     if ends and len(ends) == len(coverages):
         seg(("DTP", ["347", "D8", _x12_date(max(ends))]))
-    asked = inquiry.service_types or ["30"]
-    generic = asked == ["30"] and not inquiry.procedures
-    for coverage in coverages:
-        out.segments.extend(_coverage_rows(coverage, asked, config, inquiry.service_date, generic))
-    active = any(r[1][0] == "1" for r in out.segments if r[0] == "EB")
-    if active and not generic:
-        # a service type asked for by name that no coverage of the member's includes is answered, as not covered
-        # (EB01 I), never left out: the provider cannot tell a missing answer from an unknown one (CORE 154)
-        covered = {t for coverage in coverages for t in _category(coverage, config)["service_types"]}
-        uncovered = [t for t in dict.fromkeys(asked) if t not in covered]
-        if uncovered:
-            seg(("EB", ["I", "", uncovered]))
-    if active:
-        out.segments.extend(_accumulator_rows(accumulators, coverages, config, inquiry.service_date))
-        out.segments.extend(_benefit_rows(benefits, asked, generic, config))
-        out.segments.extend(_prior_auth_rows(rules, inquiry.procedures, payer_name, config))
+    groups = inquiry.groups()
+    for served, asked_types, procedures in groups:
+        asked = asked_types or ["30"]
+        generic = asked == ["30"] and not procedures
+        rows: list[tuple[str, list[Value]]] = []
+        for coverage in coverages:
+            status = _coverage_rows(coverage, asked, config, served, generic)
+            if len(groups) > 1:   # EQs for different dates: each status row says which date it answers
+                status.insert(1, ("DTP", ["291", "D8", _x12_date(served)]))
+            rows.extend(status)
+        active = any(r[1][0] == "1" for r in rows if r[0] == "EB")
+        if active and not generic:
+            # a service type asked for by name that no coverage of the member's includes is answered, as not
+            # covered (EB01 I), never left out: the provider cannot tell a missing answer from an unknown one
+            # (CORE 154)
+            covered = {t for coverage in coverages for t in _category(coverage, config)["service_types"]}
+            uncovered = [t for t in dict.fromkeys(asked) if t not in covered]
+            if uncovered:
+                rows.append(("EB", ["I", "", uncovered]))
+        if active:
+            rows.extend(_accumulator_rows(accumulators, coverages, config, served))
+            rows.extend(_benefit_rows(benefits, asked, generic, config))
+            rows.extend(_prior_auth_rows(rules, procedures, payer_name, config))
+        out.segments.extend(rows)
     return out
 
 

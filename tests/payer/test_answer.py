@@ -206,3 +206,30 @@ def test_a_contract_period_accumulator_is_dated_as_the_plan_291():
     text = answer_for("subscriber-generic.270", {member["memberid"]: member})
     assert "EB*C*IND*30***25*1500*****Y~DTP*291*RD8*20241001-20250930~" in text
     assert validate_x12(text).valid
+
+
+def test_an_eq_date_overrides_the_patient_date_for_that_eq():
+    """The 2110C DTP*291 was ignored: only the 2100C/D date was read. It is that EQ's date of service."""
+    member = {**DELGADO, "coverages": [{**DELGADO["coverages"][0], "coveffdate": "2024-01-01",
+                                        "covtermdate": "2024-12-31"}],
+              "accumulators": [{**DELGADO["accumulators"][0], "daterange": "2024-01-01/2024-12-31"}]}
+    text = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    assert "DTP*291*D8*20250310~" in text and text.count("EQ*30~") == 1
+    one = text.replace("EQ*30~", "EQ*30~DTP*291*D8*20240601~").replace("SE*13*", "SE*14*")
+    txn = read_x12(one).transactions[0]
+    answered = answer_270(txn, {member["memberid"]: member}, CONFIG, now=NOW, control_number=5)
+    assert "EB*1**30**ACME PPO GOLD~" in answered   # in force on 2024-06-01 (terminated by 2025-03-10)
+    assert "EB*C*IND*30***23*1500*****Y~DTP*292*RD8*20240101-20241231~" in answered
+    assert validate_x12(answered).valid, [f.to_dict() for f in validate_x12(answered).errors]
+    # two EQs, two dates: each answered for its own date, and each status row says which
+    two = text.replace("EQ*30~", "EQ*30~DTP*291*D8*20240601~EQ*98~").replace("SE*13*", "SE*15*")
+    answered = answer_270(read_x12(two).transactions[0], {member["memberid"]: member}, CONFIG, now=NOW,
+                          control_number=5)
+    assert "EB*1**30**ACME PPO GOLD~DTP*291*D8*20240601~" in answered
+    assert "EB*6**30**ACME PPO GOLD~DTP*291*D8*20250310~DTP*357*D8*20241231~" in answered
+    assert validate_x12(answered).valid, [f.to_dict() for f in validate_x12(answered).errors]
+    # an EQ date outside the inquiry period is refused as the patient's would be
+    future = text.replace("EQ*30~", "EQ*30~DTP*291*D8*20990101~").replace("SE*13*", "SE*14*")
+    answered = answer_270(read_x12(future).transactions[0], {member["memberid"]: member}, CONFIG, now=NOW,
+                          control_number=5)
+    assert "AAA*N**63*C~" in answered and "EB*" not in answered
