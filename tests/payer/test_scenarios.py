@@ -112,3 +112,13 @@ def test_jittered_latency_is_deterministic():
     delays = [first.delay(rule) for _ in range(5)]
     assert delays == [second.delay(rule) for _ in range(5)]
     assert all(0.5 <= d <= 1.5 for d in delays) and len(set(delays)) > 1
+
+
+@pytest.mark.parametrize("rule", [{"fault": "timeout"}, {"fault": "latency"}, {"fault": "timeout", "seconds": 0}])
+def test_a_timeout_or_latency_rule_without_seconds_is_400(server, rule):  # noqa: F811
+    """Stored with 0 seconds, a 'timeout' answered at once."""
+    base, _ = server
+    response = requests.post(f"{base}/scenarios", json=rule, timeout=5)
+    assert response.status_code == 400
+    assert [p["path"] for p in response.json()["problems"]] == ["seconds"]
+    assert requests.get(f"{base}/scenarios", timeout=5).json()["rules"] == []
