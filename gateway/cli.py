@@ -415,15 +415,22 @@ def payer() -> None:
 @click.option("--validation", type=click.Choice(["full", "structure"]), default="full", show_default=True,
               help="full: implementation-guide validation of every 270 (pyx12), as a payer does; structure: "
                    "envelope, loops and counts only (load tests, where the simulator must not be the bottleneck).")
-@click.option("--worker-class", "worker_class", type=click.Choice(["gthread", "gevent"]), default="gthread",
-              show_default=True, help="gevent: one cooperative (monkey-patched) worker, cheaper per request.")
+@click.option("--worker-class", "worker_class", type=click.Choice(["gthread", "gevent"]), default="gevent",
+              show_default=True,
+              help="gevent: one cooperative (monkey-patched) worker whose fault sleeps (latency, timeout) hold only "
+                   "their own request; gthread: a fixed pool of --threads, which as many held requests exhaust.")
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="threads of the gthread worker (a latency or timeout fault holds one for its seconds).")
 @click.option("--accounts-env", "accounts_env", metavar="NAME",
               help="Require credentials on the 270 endpoints: NAME is an environment variable holding "
                    "user:password[,user:password...] (CORE UsernameToken / UserName+Password; HTTP Basic on /x12). "
                    "Without it the endpoints are open.")
 def payer_serve(host: str, port: int, database: str, seed: str | None, payer_id: str | None,
-                validation: str, worker_class: str, accounts_env: str | None) -> None:
-    """Run the payer simulator under gunicorn (one process: the scenarios live in memory)."""
+                validation: str, worker_class: str, threads: int, accounts_env: str | None) -> None:
+    """Run the payer simulator under gunicorn (one process: the scenarios live in memory).
+
+    gevent by default: an injected fault (a 30 s timeout) must slow only its own request, never /scenarios or the
+    other members' answers, as eight of them did when they held all eight gthread threads."""
     import os
 
     # read before anything starts, so a wrong variable is a usage error (exit 2) rather than a server refusing
@@ -460,7 +467,7 @@ def payer_serve(host: str, port: int, database: str, seed: str | None, payer_id:
         setup.extensions["payer_store"].process_pending()
     finally:
         setup.extensions["payer_store"].close()
-    serve(lambda: create_payer_app(config), host, port, worker_class=worker_class)
+    serve(lambda: create_payer_app(config), host, port, threads=threads, worker_class=worker_class)
 
 
 def _interchange_id(param: click.Parameter, value: str | None) -> str | None:

@@ -326,7 +326,8 @@ def test_the_seed_loader_refuses_a_contradictory_record(tmp_path):
     folder.mkdir()
     (folder / "bad.json").write_text(json.dumps(_acc(currentamount=1600)))
     result = CliRunner().invoke(main, ["payer", "serve", "--seed", str(folder), "--database",
-                                       f"sqlite:///{tmp_path / 'seed.db'}", "--port", "44001"])
+                                       f"sqlite:///{tmp_path / 'seed.db'}", "--port", "44001",
+                                       "--worker-class", "gthread"])   # gevent would monkey-patch pytest
     assert result.exit_code == 1
     assert "accumulators[0].currentamount" in result.output
 
@@ -377,6 +378,7 @@ def test_the_seed_loader_refuses_a_member_id_held_by_another_file(tmp_path):
     (folder / "a.json").write_text(json.dumps(DELGADO))
     (folder / "b.json").write_text(json.dumps({**DELGADO, "groupnumber": "OTHER"}))
     result = CliRunner().invoke(main, ["payer", "serve", "--seed", str(folder), "--database",
-                                       f"sqlite:///{tmp_path / 'seed.db'}", "--port", "44001"])
+                                       f"sqlite:///{tmp_path / 'seed.db'}", "--port", "44001",
+                                       "--worker-class", "gthread"])   # gevent would monkey-patch pytest
     assert result.exit_code == 1
     assert "b.json" in result.output and "already on file" in result.output
