@@ -321,7 +321,11 @@ def _core_reply(env: Any, text: str, status: int) -> tuple[Any, int]:
     """The response envelope for an answered payload (271, 999 or TA1), or the HTTP status of a fault."""
     from gateway.transport import core
 
-    if status != 200:
+    if status == 400:
+        # the payload is not X12 at all (no ISA a TA1 could answer): an envelope problem like every other one the
+        # CORE endpoints report, so a CORE error envelope rather than a bare text/plain 400
+        return _core_error(env, core.PAYLOAD_ILLEGAL, text), 200
+    if status != 200:   # a scripted HTTP fault (http-500/503, one-at-a-time): the status is the fault
         return None, status
     payload_type = {"999": core.PAYLOAD_999, "TA1": core.PAYLOAD_TA1}.get(_answer_kind(text), core.PAYLOAD_271)
     reply = core.CoreEnvelope.create(payload_type, text, sender_id=env.receiver_id, receiver_id=env.sender_id,
