@@ -193,10 +193,19 @@ def find_member(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: di
                   if d.get("firstname", "").upper() == want.get("first", "").upper()]
     if not candidates:
         return record, None, ["dependent_not_found"]
+    def same_last(dep: dict[str, Any]) -> bool:   # CORE 258, as for the subscriber; no last name sent: not checked
+        return not want.get("last") or normalise_last_name(dep.get("lastname", ""), config) == normalise_last_name(
+            want["last"], config)
+
     exact = [d for d in candidates if not want.get("dob") or d.get("dob", "").replace("-", "") == want["dob"]]
-    if not exact:
-        return record, None, ["dependent_birth_date"]
-    return record, exact[0], []
+    named = [d for d in exact if same_last(d)]
+    if named:
+        return record, named[0], []
+    # one AAA per element that failed (CORE 259): the birth date, the last name (2100D AAA 65), or both
+    rejects = [] if exact else ["dependent_birth_date"]
+    if not any(same_last(d) for d in (exact or candidates)):
+        rejects.append("dependent_name")
+    return record, None, rejects
 
 
 def _outside_inquiry_period(inquiry: Inquiry, config: dict[str, Any]) -> str | None:

@@ -233,3 +233,19 @@ def test_an_eq_date_overrides_the_patient_date_for_that_eq():
     answered = answer_270(read_x12(future).transactions[0], {member["memberid"]: member}, CONFIG, now=NOW,
                           control_number=5)
     assert "AAA*N**63*C~" in answered and "EB*" not in answered
+
+
+@pytest.mark.parametrize("last, dob, codes", [("OKAFORR", "20140822", ["65"]), ("OKAFOR", "20140823", ["71"]),
+                                              ("NWOSU", "20140823", ["71", "65"]), ("O'KAFOR", "20140822", [])])
+def test_a_dependents_last_name_is_checked_as_the_subscribers_is(last: str, dob: str, codes: list[str]):
+    """2100D NM1*03 with a wrong last name but the right first name and birth date was answered in full."""
+    text = (FIXTURES / "x12" / "270" / "dependent-generic.270").read_text()
+    assert "NM1|03|1|OKAFOR|ADAEZE~" in text and "DMG|D8|20140822" in text
+    text = text.replace("NM1|03|1|OKAFOR|ADAEZE~", f"NM1|03|1|{last}|ADAEZE~").replace("DMG|D8|20140822",
+                                                                                      f"DMG|D8|{dob}")
+    answered = answer_270(read_x12(text).transactions[0], {OKAFOR["memberid"]: OKAFOR}, CONFIG, now=NOW,
+                          control_number=5)
+    assert validate_x12(answered).valid, [f.to_dict() for f in validate_x12(answered).errors]
+    txn = read_x12(answered).transactions[0]
+    assert [s.get(3) for loop, s in txn.root.walk() if s.id == "AAA" and loop.id == "2100D"] == codes
+    assert ("EB*" in answered) == (not codes)
