@@ -487,6 +487,12 @@ def seed_members(app, folder: Path) -> int:  # type: ignore[no-untyped-def]
     for path in sorted(folder.glob("*.json")):
         try:
             record, problems = validate_record(json.loads(path.read_text(encoding="utf-8")))
+        except UnicodeDecodeError as exc:   # a ValueError, but not a JSONDecodeError: it was a traceback
+            _fail(f"{path}: cannot read: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})")
+            return count
+        except RecursionError:
+            _fail(f"{path}: cannot read: JSON nested too deeply")
+            return count
         except (OSError, json.JSONDecodeError) as exc:
             _fail(f"{path}: cannot read: {exc}")
             return count

@@ -382,3 +382,25 @@ def test_the_seed_loader_refuses_a_member_id_held_by_another_file(tmp_path):
                                        "--worker-class", "gthread"])   # gevent would monkey-patch pytest
     assert result.exit_code == 1
     assert "b.json" in result.output and "already on file" in result.output
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"memberid": "A", "lastname": "M\u00dcLLER"}'.encode("latin-1"), "not UTF-8 (byte 0xdc at offset 32)"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"memberid": "A"', "cannot read"),
+])
+def test_an_unreadable_seed_file_is_one_line_and_exit_2(tmp_path, content, message):
+    """A non-UTF-8 file crashed payer serve with a UnicodeDecodeError traceback (truncated JSON was a clean 2)."""
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    folder = tmp_path / "seed"
+    folder.mkdir()
+    (folder / "bad.json").write_bytes(content)
+    result = CliRunner().invoke(main, ["payer", "serve", "--seed", str(folder), "--database",
+                                       f"sqlite:///{tmp_path / 'seed.db'}", "--port", "44001",
+                                       "--worker-class", "gthread"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
