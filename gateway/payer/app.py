@@ -102,7 +102,10 @@ def _keys() -> tuple[str, str, list[dict[str, str]]]:
 
 
 def _json_body() -> tuple[Any, list[dict[str, str]]]:
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:   # silent covers decoding errors, not this one: it was an HTML 500
+        return None, [{"path": "$", "message": "the JSON is nested too deeply"}]
     if data is None:
         return None, [{"path": "$", "message": "the body must be JSON (Content-Type: application/json)"}]
     return data, []
@@ -217,7 +220,10 @@ def list_scenarios():  # type: ignore[no-untyped-def]
 def add_scenario():  # type: ignore[no-untyped-def]
     from gateway.payer.scenarios import parse_rule
 
-    rule, problems = parse_rule(request.get_json(silent=True))
+    data, problems = _json_body()
+    if problems:
+        return _bad(problems)
+    rule, problems = parse_rule(data)
     if rule is None:
         return _bad(problems)
     current_app.extensions["payer_scenarios"].add(rule)

@@ -404,3 +404,17 @@ def test_an_unreadable_seed_file_is_one_line_and_exit_2(tmp_path, content, messa
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("path", ["/eligibility", "/scenarios"])
+def test_deeply_nested_json_is_a_400_in_the_json_error_shape(server, path):
+    """It was an HTML 500 (RecursionError in the JSON decoder)."""
+    base, _ = server
+    response = requests.post(f"{base}{path}", data=b"[" * 100_000 + b"]" * 100_000,
+                             headers={"Content-Type": "application/json"}, timeout=10)
+    assert response.status_code == 400 and response.headers["Content-Type"] == "application/json"
+    assert response.json()["problems"] == [{"path": "$", "message": "the JSON is nested too deeply"}]
+    response = requests.patch(f"{base}/eligibility", params={"memberid": "A", "groupnumber": "B"},
+                              data=b"[" * 100_000 + b"]" * 100_000, headers={"Content-Type": "application/json"},
+                              timeout=10)
+    assert response.status_code == 400 and response.json()["problems"][0]["message"] == "the JSON is nested too deeply"
