@@ -183,7 +183,9 @@ def find_member(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: di
         return record, None, list(dict.fromkeys(rejects))
     period = _outside_inquiry_period(inquiry, config)
     if period:
-        return record, None, [period]
+        # the date belongs to the patient: a dependent asked about in 2100D gets it there (2000D, with its TRN)
+        patient_in_2100d = inquiry.dependent is not None and dependent_by_id is None
+        return record, None, [f"dependent_{period}" if patient_in_2100d else period]
     if dependent_by_id is not None:
         return record, dependent_by_id, []
     if inquiry.dependent is None:

@@ -249,3 +249,17 @@ def test_a_dependents_last_name_is_checked_as_the_subscribers_is(last: str, dob:
     txn = read_x12(answered).transactions[0]
     assert [s.get(3) for loop, s in txn.root.walk() if s.id == "AAA" and loop.id == "2100D"] == codes
     assert ("EB*" in answered) == (not codes)
+
+
+@pytest.mark.parametrize("service_date, code", [("20990101", "63"), ("19900101", "62")])
+def test_a_dependents_date_outside_the_inquiry_period_is_refused_in_2100d(service_date: str, code: str):
+    """It was AAA 63 at 2100C with the dependent's TRN moved up to 2000C."""
+    text = (FIXTURES / "x12" / "270" / "dependent-generic.270").read_text()
+    assert "DTP|291|D8|20250311~" in text
+    txn = read_x12(text.replace("DTP|291|D8|20250311~", f"DTP|291|D8|{service_date}~")).transactions[0]
+    answered = answer_270(txn, {OKAFOR["memberid"]: OKAFOR}, CONFIG, now=NOW, control_number=5)
+    assert validate_x12(answered).valid, [f.to_dict() for f in validate_x12(answered).errors]
+    walked = [(loop.id, s.parts) for loop, s in read_x12(answered).transactions[0].root.walk()]
+    assert [(loop, p) for loop, p in walked if p[0] == "AAA"] == [("2100D", ["AAA", "N", "", code, "C"])]
+    assert {loop for loop, p in walked if p[0] == "TRN"} == {"2000D"}
+    assert "EB*" not in answered
