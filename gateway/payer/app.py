@@ -300,7 +300,8 @@ def _answer_x12(data: bytes) -> tuple[str, int]:
                               providers=frozenset(current_app.config["PAYER_PROVIDERS"])
                               if current_app.config.get("PAYER_PROVIDERS") is not None else None)
     if fault == "wrong-trace":
-        text = text.replace("TRN*2*", "TRN*2*X")
+        # one character replaced, not added: a 50-character TRN02 (the most the element holds) stays valid
+        text = re.sub(r"TRN\*2\*([^*~])", lambda m: "TRN*2*" + ("Y" if m.group(1) == "X" else "X"), text)
     if fault == "bad-count":   # readable, but the trailer miscounts: a defect the gateway must pass on, not hide
         text = re.sub(r"SE\*(\d+)\*", lambda m: f"SE*{int(m.group(1)) + 1}*", text, count=1)
     return text, 200
