@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from gateway.errors import GatewayError, X12SyntaxError
 from gateway.mappings import load_yaml
@@ -52,9 +53,25 @@ def create_payer_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["payer_scenarios"] = ScenarioBook()
     app.extensions["payer_gate"] = threading.Semaphore(1)
     app.register_blueprint(payer_api)
+    app.register_error_handler(HTTPException, _http_error)
     if app.config["PAYER_WORKER"]:
         store.start_worker()
     return app
+
+
+def _http_error(exc: HTTPException) -> Response:
+    """Flask's own refusals (404, 405, 413 ...) in the shape of the endpoint asked: plain text for the X12 and
+    CORE endpoints, whose clients read no HTML, and the JSON error shape for the JSON APIs."""
+    status = exc.code or 500
+    message = f"{status} {exc.name}: {exc.description}" if exc.description else f"{status} {exc.name}"
+    if request.path.startswith(("/x12", "/core/")):
+        response = Response(message, status=status, mimetype="text/plain")
+    else:
+        response = jsonify(error=message)
+        response.status_code = status
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
 
 
 def _store() -> MemberStore:
@@ -205,7 +222,8 @@ def raw_x12():  # type: ignore[no-untyped-def]
     if refusal is not None:
         return refusal
     text, status = answer_x12(request.get_data())
-    return Response(text, status=status, mimetype="application/edi-x12")
+    # a 271, 999 or TA1 is X12; an error (not readable as X12, a scripted HTTP fault) is a line of text
+    return Response(text, status=status, mimetype="application/edi-x12" if status == 200 else "text/plain")
 
 
 @payer_api.get("/scenarios")

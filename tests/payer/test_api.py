@@ -418,3 +418,23 @@ def test_deeply_nested_json_is_a_400_in_the_json_error_shape(server, path):
                               data=b"[" * 100_000 + b"]" * 100_000, headers={"Content-Type": "application/json"},
                               timeout=10)
     assert response.status_code == 400 and response.json()["problems"][0]["message"] == "the JSON is nested too deeply"
+
+
+def test_flask_refusals_are_json_for_the_json_apis_and_text_for_x12(server):
+    """404, 405 and 413 were Flask's HTML pages; /x12 labelled its 'not readable as X12' text as X12."""
+    base, _ = server
+    for response, status in ((requests.get(f"{base}/nowhere", timeout=5), 404),
+                             (requests.put(f"{base}/eligibility", json={}, timeout=5), 405),
+                             (requests.put(f"{base}/scenarios", json={}, timeout=5), 405),
+                             (requests.post(f"{base}/eligibility", data=b"{" + b" " * (6 * 1024 * 1024) + b"}",
+                                            headers={"Content-Type": "application/json"}, timeout=30), 413)):
+        assert response.status_code == status
+        assert response.headers["Content-Type"] == "application/json", response.text[:200]
+        assert response.json()["error"].startswith(str(status))
+    assert "POST" in requests.put(f"{base}/eligibility", timeout=5).headers["Allow"]
+    for response, status in ((requests.get(f"{base}/x12", timeout=5), 405),
+                             (requests.post(f"{base}/x12", data=b"X" * (6 * 1024 * 1024), timeout=30), 413),
+                             (requests.post(f"{base}/x12", data=b"hello", timeout=5), 400)):
+        assert response.status_code == status
+        assert response.headers["Content-Type"].startswith("text/plain"), response.text[:200]
+    assert requests.post(f"{base}/x12", data=b"hello", timeout=5).text.startswith("not readable as X12")
