@@ -438,12 +438,7 @@ def payer_serve(host: str, port: int, database: str, seed: str | None, payer_id:
     accounts_text = os.environ.get(accounts_env, "") if accounts_env else None
     if accounts_text is not None and not accounts_text.strip():
         _fail(f"--accounts-env {accounts_env}: the environment variable is not set or is empty")
-    if worker_class == "gevent":
-        from gevent import monkey
-
-        monkey.patch_all()   # before the app's modules (sockets, threads) are imported
-    from gateway.payer.app import create_payer_app, parse_accounts
-    from gateway.serving import serve
+    from gateway.payer.accounts import parse_accounts
 
     accounts = None
     if accounts_text is not None:
@@ -451,6 +446,12 @@ def payer_serve(host: str, port: int, database: str, seed: str | None, payer_id:
             accounts = parse_accounts(accounts_text)
         except ValueError as exc:
             _fail(f"--accounts-env {accounts_env}: {exc}")
+    if worker_class == "gevent":   # the default: every usage error above is reported before patching
+        from gevent import monkey
+
+        monkey.patch_all()   # before the app's modules (sockets, threads) are imported
+    from gateway.payer.app import create_payer_app
+    from gateway.serving import serve
 
     config = {"PAYER_DATABASE_URL": database, "PAYER_ID": payer_id, "PAYER_VALIDATION": validation,
               "PAYER_ACCOUNTS": accounts}

@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from gateway.errors import GatewayError, X12SyntaxError
 from gateway.mappings import load_yaml
+from gateway.payer.accounts import parse_accounts  # noqa: F401 - re-exported: where callers found it
 from gateway.payer.answer import answer_interchange
 from gateway.payer.records import apply_patch, consistency_problems, validate_patch, validate_record
 from gateway.payer.scenarios import ScenarioBook
@@ -76,20 +77,6 @@ def _http_error(exc: HTTPException) -> Response:
 
 def _store() -> MemberStore:
     return current_app.extensions["payer_store"]
-
-
-def parse_accounts(text: str) -> dict[str, str]:
-    """``user:password[,user:password...]`` -> {user: password}; a ValueError names the bad entry by position,
-    never by content (it holds a password). Passwords may contain ':' but not ','."""
-    accounts: dict[str, str] = {}
-    for number, entry in enumerate(text.split(","), 1):
-        user, colon, password = entry.strip().partition(":")
-        if not colon or not user or not password:
-            raise ValueError(f"entry {number} is not user:password (both non-empty)")
-        if user in accounts:
-            raise ValueError(f"entry {number} repeats a user name")
-        accounts[user] = password
-    return accounts
 
 
 def _accounts() -> Mapping[str, str] | None:

@@ -66,3 +66,17 @@ def test_concurrent_timeouts_leave_scenarios_and_healthy_members_answering(tmp_p
                 assert all(f.result() == 200 for f in futures)   # the held ones answered after their 4 s
         finally:
             stop(process)
+
+
+def test_a_usage_error_is_reported_before_the_default_gevent_worker_patches_anything(monkeypatch):
+    """gevent is the default now: a bad --accounts-env value must fail before monkey.patch_all (in a test run, a
+    patched pytest process would misbehave for every later test)."""
+    from click.testing import CliRunner
+    from gevent import monkey
+
+    from gateway.cli import main
+
+    monkeypatch.setenv("SIM_ACCOUNTS", "user:secret,broken")
+    result = CliRunner().invoke(main, ["payer", "serve", "--accounts-env", "SIM_ACCOUNTS"])
+    assert result.exit_code == 2 and "entry 2" in result.output
+    assert not monkey.is_module_patched("socket")
