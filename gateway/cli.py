@@ -459,15 +459,22 @@ def payer() -> None:
 @click.option("--validation", type=click.Choice(["full", "structure"]), default="full", show_default=True,
               help="full: implementation-guide validation of every 270 (pyx12), as a payer does; structure: "
                    "envelope, loops and counts only (load tests, where the simulator must not be the bottleneck).")
-@click.option("--worker-class", "worker_class", type=click.Choice(["gthread", "gevent"]), default="gthread",
-              show_default=True, help="gevent: one cooperative (monkey-patched) worker, cheaper per request.")
+@click.option("--worker-class", "worker_class", type=click.Choice(["gthread", "gevent"]), default="gevent",
+              show_default=True,
+              help="gevent: one cooperative (monkey-patched) worker whose fault sleeps (latency, timeout) hold only "
+                   "their own request; gthread: a fixed pool of --threads, which as many held requests exhaust.")
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="threads of the gthread worker (a latency or timeout fault holds one for its seconds).")
 @click.option("--accounts-env", "accounts_env", metavar="NAME",
               help="Require credentials on the 270 endpoints: NAME is an environment variable holding "
                    "user:password[,user:password...] (CORE UsernameToken / UserName+Password; HTTP Basic on /x12). "
                    "Without it the endpoints are open.")
 def payer_serve(host: str, port: int, database: str, seed: str | None, payer_id: str | None,
-                validation: str, worker_class: str, accounts_env: str | None) -> None:
-    """Run the payer simulator under gunicorn (one process: the scenarios live in memory)."""
+                validation: str, worker_class: str, threads: int, accounts_env: str | None) -> None:
+    """Run the payer simulator under gunicorn (one process: the scenarios live in memory).
+
+    gevent by default: an injected fault (a 30 s timeout) must slow only its own request, never /scenarios or the
+    other members' answers, as eight of them did when they held all eight gthread threads."""
     import os
 
     # read before anything starts, so a wrong variable is a usage error (exit 2) rather than a server refusing
@@ -475,12 +482,7 @@ def payer_serve(host: str, port: int, database: str, seed: str | None, payer_id:
     accounts_text = os.environ.get(accounts_env, "") if accounts_env else None
     if accounts_text is not None and not accounts_text.strip():
         _fail(f"--accounts-env {accounts_env}: the environment variable is not set or is empty")
-    if worker_class == "gevent":
-        from gevent import monkey
-
-        monkey.patch_all()   # before the app's modules (sockets, threads) are imported
-    from gateway.payer.app import create_payer_app, parse_accounts
-    from gateway.serving import serve
+    from gateway.payer.accounts import parse_accounts
 
     accounts = None
     if accounts_text is not None:
@@ -488,6 +490,12 @@ def payer_serve(host: str, port: int, database: str, seed: str | None, payer_id:
             accounts = parse_accounts(accounts_text)
         except ValueError as exc:
             _fail(f"--accounts-env {accounts_env}: {exc}")
+    if worker_class == "gevent":   # the default: every usage error above is reported before patching
+        from gevent import monkey
+
+        monkey.patch_all()   # before the app's modules (sockets, threads) are imported
+    from gateway.payer.app import create_payer_app
+    from gateway.serving import serve
 
     config = {"PAYER_DATABASE_URL": database, "PAYER_ID": payer_id, "PAYER_VALIDATION": validation,
               "PAYER_ACCOUNTS": accounts}
@@ -504,7 +512,7 @@ def payer_serve(host: str, port: int, database: str, seed: str | None, payer_id:
         setup.extensions["payer_store"].process_pending()
     finally:
         setup.extensions["payer_store"].close()
-    serve(lambda: create_payer_app(config), host, port, worker_class=worker_class)
+    serve(lambda: create_payer_app(config), host, port, threads=threads, worker_class=worker_class)
 
 
 def _interchange_id(param: click.Parameter, value: str | None) -> str | None:
@@ -524,13 +532,24 @@ def seed_members(app, folder: Path) -> int:  # type: ignore[no-untyped-def]
     for path in sorted(folder.glob("*.json")):
         try:
             record, problems = validate_record(json.loads(path.read_text(encoding="utf-8")))
+        except UnicodeDecodeError as exc:   # a ValueError, but not a JSONDecodeError: it was a traceback
+            _fail(f"{path}: cannot read: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})")
+            return count
+        except RecursionError:
+            _fail(f"{path}: cannot read: JSON nested too deeply")
+            return count
         except (OSError, json.JSONDecodeError) as exc:
             _fail(f"{path}: cannot read: {exc}")
             return count
         if problems:
             _fail(f"{path}: " + "; ".join(f"{p['path']}: {p['message']}" for p in problems), EXIT_INVALID)
         if store.get(record["memberid"], record["groupnumber"]) is None:
-            store.submit("create", record["memberid"], record["groupnumber"], record)
+            # applied one by one: a file whose ids another record (or an earlier file) holds fails here, by name
+            op_id = store.submit("create", record["memberid"], record["groupnumber"], record)
+            store.process_pending()
+            op = store.operation(op_id)
+            if op is not None and op.status == "failed":
+                _fail(f"{path}: " + "; ".join(op.errors), EXIT_INVALID)
             count += 1
     store.process_pending()
     return count

@@ -34,6 +34,13 @@ class Inquiry:
     payer: list[str]
     eq_count: int = 0
     today: date | None = None   # when the inquiry was answered: the inquiry period runs from it
+    # (date of service, service types, procedures) per distinct date: an EQ's own 2110 DTP*291 overrides the
+    # patient's 2100 one for that EQ; empty means one group, service_date with all the service types
+    by_date: list[tuple[date, list[str], list[tuple[str, str]]]] = field(default_factory=list)
+
+    def groups(self) -> list[tuple[date, list[str], list[tuple[str, str]]]]:
+        """What is asked, per date of service (one group unless the EQs carry different dates)."""
+        return self.by_date or [(self.service_date, self.service_types, self.procedures)]
 
 
 @dataclass
@@ -91,22 +98,37 @@ def _inquiry(subscriber: Loop, dependent: Loop | None, payer: Segment | None, pr
     service_date = today
     service_types: list[str] = []
     procedures: list[tuple[str, str]] = []
+    by_date: dict[date, tuple[list[str], list[tuple[str, str]]]] = {}
     eq_count = 0
     for loop in [lp for lp in (patient_name,) if lp is not None]:
-        dtp = loop.segment("DTP")
-        if dtp is not None and dtp.get(1) == "291" and len(dtp.get(3)) >= 8 and dtp.get(3)[:8].isdigit():
-            # an impossible date (20250230) is the 999's to report; unchecked (structure-only validation), today
-            service_date = _parse_date(dtp.get(3)[:8]) or today
+        service_date = _plan_date(loop) or today
         for inquiry in loop.loops:
+            eq_date = _plan_date(inquiry) or service_date   # 2110 DTP*291: this EQ's own date of service
+            types, procs = by_date.setdefault(eq_date, ([], []))
             for eq in inquiry.segments_of("EQ"):
                 eq_count += 1
                 service_types.extend(eq.repetitions(1))
+                types.extend(eq.repetitions(1))
                 if eq.get(2):
                     comps = eq.components(2)
                     procedures.append((comps[0], comps[1] if len(comps) > 1 else ""))
+                    procs.append(procedures[-1])
+    groups = [(d, t, p) for d, (t, p) in by_date.items()]
+    if len(groups) == 1:
+        service_date = groups[0][0]
     return Inquiry(sub, dep, traces, service_date, service_types, procedures,
                    provider.parts if provider is not None else [], payer.parts if payer is not None else [],
-                   eq_count, today)
+                   eq_count, today, groups if len(groups) > 1 else [])
+
+
+def _plan_date(loop: Loop) -> date | None:
+    """The (first) date of a loop's DTP*291 (D8, or the start of an RD8); None without one.
+
+    An impossible date (20250230) is the 999's to report; unchecked (structure-only validation), it is ignored."""
+    for dtp in loop.segments_of("DTP"):
+        if dtp.get(1) == "291" and len(dtp.get(3)) >= 8 and dtp.get(3)[:8].isdigit():
+            return _parse_date(dtp.get(3)[:8])
+    return None
 
 
 def _parse_date(value: str | None) -> date | None:
@@ -161,7 +183,9 @@ def find_member(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: di
         return record, None, list(dict.fromkeys(rejects))
     period = _outside_inquiry_period(inquiry, config)
     if period:
-        return record, None, [period]
+        # the date belongs to the patient: a dependent asked about in 2100D gets it there (2000D, with its TRN)
+        patient_in_2100d = inquiry.dependent is not None and dependent_by_id is None
+        return record, None, [f"dependent_{period}" if patient_in_2100d else period]
     if dependent_by_id is not None:
         return record, dependent_by_id, []
     if inquiry.dependent is None:
@@ -171,10 +195,19 @@ def find_member(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: di
                   if d.get("firstname", "").upper() == want.get("first", "").upper()]
     if not candidates:
         return record, None, ["dependent_not_found"]
+    def same_last(dep: dict[str, Any]) -> bool:   # CORE 258, as for the subscriber; no last name sent: not checked
+        return not want.get("last") or normalise_last_name(dep.get("lastname", ""), config) == normalise_last_name(
+            want["last"], config)
+
     exact = [d for d in candidates if not want.get("dob") or d.get("dob", "").replace("-", "") == want["dob"]]
-    if not exact:
-        return record, None, ["dependent_birth_date"]
-    return record, exact[0], []
+    named = [d for d in exact if same_last(d)]
+    if named:
+        return record, named[0], []
+    # one AAA per element that failed (CORE 259): the birth date, the last name (2100D AAA 65), or both
+    rejects = [] if exact else ["dependent_birth_date"]
+    if not any(same_last(d) for d in (exact or candidates)):
+        rejects.append("dependent_name")
+    return record, None, rejects
 
 
 def _outside_inquiry_period(inquiry: Inquiry, config: dict[str, Any]) -> str | None:
@@ -185,11 +218,13 @@ def _outside_inquiry_period(inquiry: Inquiry, config: dict[str, Any]) -> str | N
         return None
     ahead = today.month + int(period.get("months_ahead", 0))   # the month after the last one, 0 = January this year
     last_day = date(today.year + ahead // 12, ahead % 12 + 1, 1) - timedelta(days=1)
-    if inquiry.service_date > last_day:
-        return "date_in_future"
     back = today.year * 12 + today.month - 1 - int(period.get("months_back", 24))
     first_day = date(back // 12, back % 12 + 1, 1)
-    if inquiry.service_date < first_day:
+    # every date asked about (an EQ's own included) must be inside; the patient-level AAA answers them all
+    dates = [d for d, _, _ in inquiry.groups()]
+    if any(d > last_day for d in dates):
+        return "date_in_future"
+    if any(d < first_day for d in dates):
         return "date_not_in_period"
     return None
 
@@ -224,9 +259,18 @@ def _coverage_rows(coverage: dict[str, Any], asked: list[str], config: dict[str,
     return rows
 
 
+def _date_range(daterange: Any) -> tuple[date, date] | None:
+    """An accumulator's ``daterange`` (``YYYY-MM-DD/YYYY-MM-DD``, or ``CCYYMMDD-CCYYMMDD`` as the API takes it) as
+    (start, end), or None when it has none or cannot be read."""
+    text = str(daterange or "")
+    start, sep, end = text.partition("/") if "/" in text else text.partition("-") if len(text) == 17 else \
+        (text, "", "")
+    start_d, end_d = _parse_date(start.strip()), _parse_date(end.strip())
+    return (start_d, end_d) if sep and start_d and end_d else None
+
+
 def _period_code(daterange: str, coverage: dict[str, Any] | None) -> str:
-    start, _, end = daterange.replace("/", " ").partition(" ") if "/" in daterange else (daterange, "", "")
-    start_d, end_d = _parse_date(start), _parse_date(end.strip())
+    start_d, end_d = _date_range(daterange) or (None, None)
     if start_d and end_d and start_d.month == 1 and start_d.day == 1 and end_d.month == 12 and end_d.day == 31 \
             and start_d.year == end_d.year:
         return "23"  # calendar year
@@ -241,14 +285,21 @@ def _amount(value: Any) -> str:
 
 
 def _accumulator_rows(accumulators: list[dict[str, Any]], coverages: list[dict[str, Any]],
-                      config: dict[str, Any]) -> list[tuple[str, list[Value]]]:
+                      config: dict[str, Any], served: date) -> list[tuple[str, list[Value]]]:
+    """EB rows (total for the period, then remaining) for the accumulators whose period holds the date of service,
+    each followed by its period as a 2110C DTP: a member's 2024 and 2025 deductibles are two periods, and answering
+    both, undated, gives the provider two conflicting remaining amounts."""
     rows: list[tuple[str, list[Value]]] = []
     by_category = {str(c.get("covtypename", "")).upper(): c for c in coverages}
+    qualifiers = config["accumulator_dates"]
     for acc in accumulators:
         kind = str(acc.get("specifictype", "")).lower()
         eb01 = config["accumulators"].get(kind)
         if eb01 is None:
             continue
+        span = _date_range(acc.get("daterange"))
+        if span is not None and not span[0] <= served <= span[1]:
+            continue   # another period's accumulator: not what the date of service runs against
         category = str(acc.get("coveragetype", "")).upper()
         stc = config["categories"].get(category, {}).get("primary", "30")
         level = "IND" if str(acc.get("individualaccum", "Y")).upper() == "Y" else "FAM"
@@ -256,12 +307,20 @@ def _accumulator_rows(accumulators: list[dict[str, Any]], coverages: list[dict[s
         period = _period_code(str(acc.get("daterange", "")), by_category.get(category))
         maximum = float(acc.get("maximumamount") or 0)
         remaining = max(maximum - float(acc.get("currentamount") or 0), 0)
+        dated: list[tuple[str, list[Value]]] = []
+        if span is not None:
+            qualifier = qualifiers.get(period, qualifiers["default"])
+            dated.append(("DTP", [qualifier, "RD8", f"{_x12_date(span[0])}-{_x12_date(span[1])}"]))
         if kind == "visit-limit":
             rows.append(("EB", [eb01, level, stc, "", "", period, "", "", "VS", _amount(maximum), "", network]))
+            rows.extend(dated)
             rows.append(("EB", [eb01, level, stc, "", "", "29", "", "", "VS", _amount(remaining), "", network]))
+            rows.extend(dated)
         else:
             rows.append(("EB", [eb01, level, stc, "", "", period, _amount(maximum), "", "", "", "", network]))
+            rows.extend(dated)
             rows.append(("EB", [eb01, level, stc, "", "", "29", _amount(remaining), "", "", "", "", network]))
+            rows.extend(dated)
     return rows
 
 
@@ -405,22 +464,30 @@ def answer(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[st
         seg(("DTP", ["346", "D8", _x12_date(min(starts))]))
     if ends and len(ends) == len(coverages):
         seg(("DTP", ["347", "D8", _x12_date(max(ends))]))
-    asked = inquiry.service_types or ["30"]
-    generic = asked == ["30"] and not inquiry.procedures
-    for coverage in coverages:
-        out.segments.extend(_coverage_rows(coverage, asked, config, inquiry.service_date, generic))
-    active = any(r[1][0] == "1" for r in out.segments if r[0] == "EB")
-    if active and not generic:
-        # a service type asked for by name that no coverage of the member's includes is answered, as not covered
-        # (EB01 I), never left out: the provider cannot tell a missing answer from an unknown one (CORE 154)
-        covered = {t for coverage in coverages for t in _category(coverage, config)["service_types"]}
-        uncovered = [t for t in dict.fromkeys(asked) if t not in covered]
-        if uncovered:
-            seg(("EB", ["I", "", uncovered]))
-    if active:
-        out.segments.extend(_accumulator_rows(accumulators, coverages, config))
-        out.segments.extend(_benefit_rows(benefits, asked, generic, config))
-        out.segments.extend(_prior_auth_rows(rules, inquiry.procedures, payer_name, config))
+    groups = inquiry.groups()
+    for served, asked_types, procedures in groups:
+        asked = asked_types or ["30"]
+        generic = asked == ["30"] and not procedures
+        rows: list[tuple[str, list[Value]]] = []
+        for coverage in coverages:
+            status = _coverage_rows(coverage, asked, config, served, generic)
+            if len(groups) > 1:   # EQs for different dates: each status row says which date it answers
+                status.insert(1, ("DTP", ["291", "D8", _x12_date(served)]))
+            rows.extend(status)
+        active = any(r[1][0] == "1" for r in rows if r[0] == "EB")
+        if active and not generic:
+            # a service type asked for by name that no coverage of the member's includes is answered, as not
+            # covered (EB01 I), never left out: the provider cannot tell a missing answer from an unknown one
+            # (CORE 154)
+            covered = {t for coverage in coverages for t in _category(coverage, config)["service_types"]}
+            uncovered = [t for t in dict.fromkeys(asked) if t not in covered]
+            if uncovered:
+                rows.append(("EB", ["I", "", uncovered]))
+        if active:
+            rows.extend(_accumulator_rows(accumulators, coverages, config, served))
+            rows.extend(_benefit_rows(benefits, asked, generic, config))
+            rows.extend(_prior_auth_rows(rules, procedures, payer_name, config))
+        out.segments.extend(rows)
     return out
 
 

@@ -20,11 +20,13 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from gateway.errors import GatewayError, X12SyntaxError
 from gateway.mappings import load_yaml
+from gateway.payer.accounts import parse_accounts  # noqa: F401 - re-exported: where callers found it
 from gateway.payer.answer import answer_interchange
-from gateway.payer.records import validate_patch, validate_record
+from gateway.payer.records import apply_patch, consistency_problems, validate_patch, validate_record
 from gateway.payer.scenarios import ScenarioBook
 from gateway.payer.store import MemberStore
 
@@ -52,27 +54,29 @@ def create_payer_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["payer_scenarios"] = ScenarioBook()
     app.extensions["payer_gate"] = threading.Semaphore(1)
     app.register_blueprint(payer_api)
+    app.register_error_handler(HTTPException, _http_error)
     if app.config["PAYER_WORKER"]:
         store.start_worker()
     return app
 
 
+def _http_error(exc: HTTPException) -> Response:
+    """Flask's own refusals (404, 405, 413 ...) in the shape of the endpoint asked: plain text for the X12 and
+    CORE endpoints, whose clients read no HTML, and the JSON error shape for the JSON APIs."""
+    status = exc.code or 500
+    message = f"{status} {exc.name}: {exc.description}" if exc.description else f"{status} {exc.name}"
+    if request.path.startswith(("/x12", "/core/")):
+        response = Response(message, status=status, mimetype="text/plain")
+    else:
+        response = jsonify(error=message)
+        response.status_code = status
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
 def _store() -> MemberStore:
     return current_app.extensions["payer_store"]
-
-
-def parse_accounts(text: str) -> dict[str, str]:
-    """``user:password[,user:password...]`` -> {user: password}; a ValueError names the bad entry by position,
-    never by content (it holds a password). Passwords may contain ':' but not ','."""
-    accounts: dict[str, str] = {}
-    for number, entry in enumerate(text.split(","), 1):
-        user, colon, password = entry.strip().partition(":")
-        if not colon or not user or not password:
-            raise ValueError(f"entry {number} is not user:password (both non-empty)")
-        if user in accounts:
-            raise ValueError(f"entry {number} repeats a user name")
-        accounts[user] = password
-    return accounts
 
 
 def _accounts() -> Mapping[str, str] | None:
@@ -102,7 +106,10 @@ def _keys() -> tuple[str, str, list[dict[str, str]]]:
 
 
 def _json_body() -> tuple[Any, list[dict[str, str]]]:
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:   # silent covers decoding errors, not this one: it was an HTML 500
+        return None, [{"path": "$", "message": "the JSON is nested too deeply"}]
     if data is None:
         return None, [{"path": "$", "message": "the body must be JSON (Content-Type: application/json)"}]
     return data, []
@@ -119,6 +126,11 @@ def _bad(problems: list[dict[str, str]]) -> tuple[Response, int]:
     return jsonify(error="invalid request", problems=problems), 400
 
 
+def _conflict(problems: list[dict[str, str]]) -> tuple[Response, int]:
+    """409: the record is valid but an id in it belongs to another record on file."""
+    return jsonify(error="member id already on file", problems=problems), 409
+
+
 @payer_api.post("/eligibility")
 def create_member():  # type: ignore[no-untyped-def]
     data, problems = _json_body()
@@ -127,6 +139,9 @@ def create_member():  # type: ignore[no-untyped-def]
     record, problems = validate_record(data)
     if problems:
         return _bad(problems)
+    clashes = _store().id_conflicts(record, record["memberid"], record["groupnumber"])
+    if clashes:
+        return _conflict(clashes)
     return _accepted(_store().submit("create", record["memberid"], record["groupnumber"], record))
 
 
@@ -140,6 +155,18 @@ def patch_member():  # type: ignore[no-untyped-def]
     patch, problems = validate_patch(data)
     if problems:
         return _bad(problems)
+    current = _store().get(memberid, groupnumber)
+    if current is not None:
+        # what the record would become, checked as a create is: refused now rather than as a failed operation
+        # (the operation checks again when it runs, against the record as it is then)
+        patched, errors = apply_patch(current, patch)
+        if not errors:
+            problems = consistency_problems(patched)
+            if problems:
+                return _bad(problems)
+            clashes = _store().id_conflicts(patched, memberid, groupnumber)
+            if clashes:
+                return _conflict(clashes)
     return _accepted(_store().submit("patch", memberid, groupnumber, patch))
 
 
@@ -182,7 +209,8 @@ def raw_x12():  # type: ignore[no-untyped-def]
     if refusal is not None:
         return refusal
     text, status = answer_x12(request.get_data())
-    return Response(text, status=status, mimetype="application/edi-x12")
+    # a 271, 999 or TA1 is X12; an error (not readable as X12, a scripted HTTP fault) is a line of text
+    return Response(text, status=status, mimetype="application/edi-x12" if status == 200 else "text/plain")
 
 
 @payer_api.get("/scenarios")
@@ -197,7 +225,10 @@ def list_scenarios():  # type: ignore[no-untyped-def]
 def add_scenario():  # type: ignore[no-untyped-def]
     from gateway.payer.scenarios import parse_rule
 
-    rule, problems = parse_rule(request.get_json(silent=True))
+    data, problems = _json_body()
+    if problems:
+        return _bad(problems)
+    rule, problems = parse_rule(data)
     if rule is None:
         return _bad(problems)
     current_app.extensions["payer_scenarios"].add(rule)
@@ -274,7 +305,8 @@ def _answer_x12(data: bytes) -> tuple[str, int]:
                               providers=frozenset(current_app.config["PAYER_PROVIDERS"])
                               if current_app.config.get("PAYER_PROVIDERS") is not None else None)
     if fault == "wrong-trace":
-        text = text.replace("TRN*2*", "TRN*2*X")
+        # one character replaced, not added: a 50-character TRN02 (the most the element holds) stays valid
+        text = re.sub(r"TRN\*2\*([^*~])", lambda m: "TRN*2*" + ("Y" if m.group(1) == "X" else "X"), text)
     if fault == "bad-count":   # readable, but the trailer miscounts: a defect the gateway must pass on, not hide
         text = re.sub(r"SE\*(\d+)\*", lambda m: f"SE*{int(m.group(1)) + 1}*", text, count=1)
     return text, 200
@@ -301,7 +333,11 @@ def _core_reply(env: Any, text: str, status: int) -> tuple[Any, int]:
     """The response envelope for an answered payload (271, 999 or TA1), or the HTTP status of a fault."""
     from gateway.transport import core
 
-    if status != 200:
+    if status == 400:
+        # the payload is not X12 at all (no ISA a TA1 could answer): an envelope problem like every other one the
+        # CORE endpoints report, so a CORE error envelope rather than a bare text/plain 400
+        return _core_error(env, core.PAYLOAD_ILLEGAL, text), 200
+    if status != 200:   # a scripted HTTP fault (http-500/503, one-at-a-time): the status is the fault
         return None, status
     payload_type = {"999": core.PAYLOAD_999, "TA1": core.PAYLOAD_TA1}.get(_answer_kind(text), core.PAYLOAD_271)
     reply = core.CoreEnvelope.create(payload_type, text, sender_id=env.receiver_id, receiver_id=env.sender_id,

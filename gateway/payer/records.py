@@ -23,6 +23,7 @@ CHILD_KEYS: dict[str, tuple[str, ...]] = {
 ACTIONS = {"n", "m", "d"}
 SPECIFIC_TYPES = {"deductible", "out-of-pocket", "visit-limit", "benefit-maximum"}
 _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
+_RANGE_NORMAL = re.compile(r"^\d{4}-\d{2}-\d{2}/\d{4}-\d{2}-\d{2}$")
 _RANGE = re.compile(r"^(\d{4}-\d{2}-\d{2})/(\d{4}-\d{2}-\d{2})$|^(\d{8})-(\d{8})$")
 # the simulator's 271 delimiters and control characters: a value holding one would reach the 271 altered (the
 # writer drops them), a URL or an id turned into another one
@@ -192,7 +193,102 @@ def validate_record(data: Any) -> tuple[dict[str, Any], list[dict[str, str]]]:
     for key in ("memberid", "groupnumber"):
         if isinstance(data, dict) and not data.get(key):
             problems.append({"path": key, "message": f"{key} is required"})
+    problems.extend(consistency_problems(record))
     return record, problems
+
+
+def consistency_problems(record: dict[str, Any]) -> list[dict[str, str]]:
+    """What makes a record, each field valid on its own, answer a self-contradictory or invalid 271: dates out of
+    order, more used than the limit, an accumulator of a coverage the person does not have, codes the 271 could not
+    carry. Checked on a whole record (a create, a seed file, a patched record); values already reported as invalid
+    are skipped."""
+    problems: list[dict[str, str]] = []
+    _person_problems(record, "", record.get("coverages") or [], problems)
+    seen_ids: dict[str, str] = {}
+    if isinstance(record.get("memberid"), str) and record["memberid"]:
+        seen_ids[record["memberid"]] = "memberid"
+    for i, dependent in enumerate(record.get("dependents") or []):
+        if not isinstance(dependent, dict):
+            continue
+        where = f"dependents[{i}]"
+        # a dependent without coverages of their own is answered with the subscriber's
+        _person_problems(dependent, f"{where}.", dependent.get("coverages") or record.get("coverages") or [],
+                         problems)
+        depid = dependent.get("depmemberid")
+        if isinstance(depid, str) and depid:
+            if depid in seen_ids:
+                problems.append({"path": f"{where}.depmemberid", "message": f"{depid!r} is already the id of "
+                                 f"{seen_ids[depid]}: member ids are unique (a 270 finds one person by id)"})
+            else:
+                seen_ids[depid] = f"{where}.depmemberid"
+    return problems
+
+
+def _codes() -> tuple[set[str], set[str]]:
+    """X12 service type codes (1365, X279A1) and the simulator's time periods, from mappings/."""
+    from gateway.mappings import code_table, load_yaml
+
+    return set(code_table("service_type")["codes"]), set(load_yaml("payer/answers.yaml")["time_periods"])
+
+
+def _person_problems(person: dict[str, Any], prefix: str, coverages: list[Any],
+                     problems: list[dict[str, str]]) -> None:
+    def bad(path: str, message: str) -> None:
+        problems.append({"path": prefix + path, "message": message})
+
+    for i, cov in enumerate(person.get("coverages") or []):
+        if not isinstance(cov, dict):
+            continue
+        start, end = _normal_date(cov.get("coveffdate")), _normal_date(cov.get("covtermdate"))
+        if start and end and end < start:
+            bad(f"coverages[{i}].covtermdate", f"{end} is before coveffdate {start}")
+    covered = {str(c.get("covtypename", "")).upper() for c in coverages if isinstance(c, dict)}
+    names: dict[str, int] = {}
+    for i, acc in enumerate(person.get("accumulators") or []):
+        if not isinstance(acc, dict):
+            continue
+        where = f"accumulators[{i}]"
+        current, maximum = acc.get("currentamount"), acc.get("maximumamount")
+        if _number(current) and _number(maximum) and current > maximum:
+            # currentamount is what was used so far (remaining = max - current): more than the limit is a
+            # negative remaining amount
+            bad(f"{where}.currentamount", f"{current:g} used is more than maximumamount {maximum:g}")
+        span = acc.get("daterange")
+        if isinstance(span, str) and _RANGE_NORMAL.match(span):
+            first, last = span.split("/")
+            if last < first:
+                bad(f"{where}.daterange", f"{span!r} ends before it starts")
+        kind = acc.get("coveragetype")
+        if isinstance(kind, str) and kind.upper() not in covered:
+            bad(f"{where}.coveragetype", f"{kind!r} is not one of this person's coverages "
+                f"({', '.join(sorted(covered)) or 'none'})")
+        name = acc.get("accum_name")
+        if isinstance(name, str):
+            if name.upper() in names:
+                bad(f"{where}.accum_name", f"{name!r} repeats accumulators[{names[name.upper()]}].accum_name: "
+                    "accumulator names are unique within a person")
+            else:
+                names[name.upper()] = i
+    service_types, periods = _codes()
+    for i, benefit in enumerate(person.get("benefits") or []):
+        if not isinstance(benefit, dict):
+            continue
+        where = f"benefits[{i}]"
+        stc = benefit.get("servicetype")
+        if isinstance(stc, str) and stc.upper() not in service_types:
+            bad(f"{where}.servicetype", f"{stc!r} is not an X12 service type code valid in 005010X279A1")
+        period = benefit.get("timeperiod")
+        if isinstance(period, str) and period.lower() not in periods:
+            bad(f"{where}.timeperiod", f"{period!r} is not one of {sorted(periods)}")
+        kind = benefit.get("benefittype")
+        if kind == "coinsurance" and "percent" not in benefit:
+            bad(f"{where}.percent", "a coinsurance benefit needs percent (EB08)")
+        if kind == "copay" and "amount" not in benefit:
+            bad(f"{where}.amount", "a copay benefit needs amount (EB07)")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def validate_patch(data: Any) -> tuple[dict[str, Any], list[dict[str, str]]]:

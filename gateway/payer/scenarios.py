@@ -2,7 +2,8 @@
 
 Magic member ids (documented in the simulator README) always trigger their fault; ``POST /scenarios``
 adds rules at run time. A rule: ``{"memberid": "*" or an id, "fault": ..., "seconds": n, "jitter": n,
-"times": n}``. Faults: ``latency`` (answer after seconds +- jitter), ``timeout`` (hold the request
+"times": n}``; ``latency`` and ``timeout`` require ``seconds`` (> 0). Faults: ``latency`` (answer after
+seconds +- jitter), ``timeout`` (hold the request
 until the client gives up), ``http-500``, ``http-503``, ``aaa-42`` (AAA*Y**42*R: unable to respond),
 ``malformed`` (a 271 that is not X12), ``reject-999`` (a 999 rejecting the 270), ``ta1`` (a TA1
 rejecting the interchange), ``wrong-trace`` (a 271 whose TRN does not echo the request's),
@@ -65,6 +66,11 @@ def parse_rule(data: Any) -> tuple[Rule | None, list[dict[str, str]]]:
             problems.append({"path": name, "message": "must be a number of seconds from 0 to 120"})
         else:
             numbers[name] = float(value)
+    if fault in ("latency", "timeout") and ("seconds" not in data or numbers.get("seconds") == 0):
+        # without it the rule was stored with 0 and answered at once: a "timeout" that never timed out
+        problems.append({"path": "seconds", "message": f"a {fault} rule needs seconds (more than 0): how long the "
+                         "request is held" + (" (longer than the client's timeout; CORE's budget is 20 s)"
+                                              if fault == "timeout" else "")})
     times = data.get("times")
     if times is not None and (isinstance(times, bool) or not isinstance(times, int) or times < 1):
         problems.append({"path": "times", "message": "must be a positive whole number (or left out)"})

@@ -16,7 +16,7 @@ from sqlalchemy import JSON, DateTime, String, UniqueConstraint, create_engine, 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from gateway.payer.records import apply_patch
+from gateway.payer.records import apply_patch, consistency_problems
 
 PENDING = ("notStarted", "running")
 
@@ -47,6 +47,17 @@ class Operation(Base):
     errors: Mapped[list[str]] = mapped_column(JSON, default=list)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+def _ids(record: dict[str, Any]) -> dict[str, str]:
+    """A record's member id and its dependents' own ids -> where each is (a path, or what it is)."""
+    ids: dict[str, str] = {}
+    if record.get("memberid"):
+        ids[str(record["memberid"])] = "memberid"
+    for i, dependent in enumerate(record.get("dependents") or []):
+        if isinstance(dependent, dict) and dependent.get("depmemberid"):
+            ids.setdefault(str(dependent["depmemberid"]), f"dependents[{i}].depmemberid")
+    return ids
 
 
 def _now() -> datetime:
@@ -115,6 +126,9 @@ class MemberStore:
         if op.kind == "create":
             if member is not None:
                 return [f"a record with memberid {op.memberid!r} and groupnumber {op.groupnumber!r} already exists"]
+            clashes = self._id_conflicts(session, op.payload, op.memberid, op.groupnumber)
+            if clashes:
+                return [f"{p['path']}: {p['message']}" for p in clashes]
             session.add(Member(memberid=op.memberid, groupnumber=op.groupnumber, record=op.payload))
             return []
         if member is None:
@@ -124,8 +138,37 @@ class MemberStore:
             return []
         record, errors = apply_patch(member.record, op.payload)
         if not errors:
+            # each field of a patch was checked when it came in; together with the record they may contradict
+            # each other (a term date before the stored effective date), which a create would have refused
+            errors = [f"{p['path']}: {p['message']}" for p in consistency_problems(record) +
+                      self._id_conflicts(session, record, op.memberid, op.groupnumber)]
+        if not errors:
             member.record = record
         return errors
+
+    def id_conflicts(self, record: dict[str, Any], memberid: str, groupnumber: str) -> list[dict[str, str]]:
+        """The member and dependent ids of ``record`` (to be stored under memberid/groupnumber) that another record
+        already uses, with their paths; empty when none."""
+        with self.sessions() as session:
+            return self._id_conflicts(session, record, memberid, groupnumber)
+
+    @staticmethod
+    def _id_conflicts(session: Session, record: dict[str, Any], memberid: str,
+                      groupnumber: str) -> list[dict[str, str]]:
+        # a 270 finds a person by member id alone (2100C NM109 has no group), so an id held twice would answer
+        # for whichever record was read last: ids are unique across the whole member file (fixtures README)
+        wanted = _ids(record)
+        problems: list[dict[str, str]] = []
+        for other in session.scalars(select(Member)):
+            if (other.memberid, other.groupnumber) == (memberid, groupnumber):
+                continue
+            held = _ids(other.record)
+            for value, path in wanted.items():
+                if value in held:
+                    problems.append({"path": path, "message": f"{value!r} is already on file as {held[value]} of "
+                                     f"the record memberid {other.memberid!r} groupnumber {other.groupnumber!r}: "
+                                     "member ids are unique across groups (a 270 finds a person by id alone)"})
+        return problems
 
     @staticmethod
     def _member(session: Session, memberid: str, groupnumber: str) -> Member | None:

@@ -84,6 +84,7 @@ PAYLOAD_ID_ILLEGAL = "PayloadIDIllegal"
 TIMESTAMP_ILLEGAL = "TimeStampIllegal"
 CORE_RULE_VERSION_NOT_SUPPORTED = "CORERuleVersionNotSupported"
 PAYLOAD_TYPE_NOT_SUPPORTED = "PayloadTypeNotSupported"
+PAYLOAD_ILLEGAL = "PayloadIllegal"   # a Payload that is not X12 at all (no ISA to answer with a TA1)
 ENVELOPE_PARSING_ERROR = "EnvelopeParsingError"
 UNAUTHORIZED = "UnAuthorized"
 

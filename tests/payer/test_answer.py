@@ -20,6 +20,8 @@ DELGADO = {
     "memberid": "ACM482193057", "groupnumber": "G100", "groupname": "NORTHGATE", "firstname": "MARIA",
     "lastname": "DELGADO", "dob": "1978-05-14", "gender": "F",
     "coverages": [{"covtypename": "MEDICAL", "covtypedesc": "ACME PPO GOLD", "coveffdate": "2025-01-01",
+                   "covtermdate": "2025-12-31", "covvolume": 1},
+                  {"covtypename": "CHIROPRACTIC", "covtypedesc": "ACME PPO GOLD", "coveffdate": "2025-01-01",
                    "covtermdate": "2025-12-31", "covvolume": 1}],
     "accumulators": [
         {"accum_name": "DED", "coveragetype": "MEDICAL", "specifictype": "deductible", "currentamount": 750,
@@ -171,3 +173,93 @@ def test_a_service_date_outside_the_inquiry_period_gets_aaa_62_or_63(service_dat
     else:
         assert f"AAA*N**{code}*C~" in answered and "EB*" not in answered
         assert validate_x12(answered).valid
+
+
+def test_only_the_accumulators_of_the_date_of_service_are_answered_each_with_its_period():
+    """Two deductibles for the same benefit, 2024 and 2025: the 271 answered both, undated, two conflicting
+    remaining amounts. Only the period holding the date of service is answered, and its DTP says which."""
+    old = {**DELGADO["accumulators"][0], "accum_name": "DED-2024", "currentamount": 1500,
+           "daterange": "2024-01-01/2024-12-31"}
+    member = {**DELGADO, "accumulators": [old, *DELGADO["accumulators"]]}
+    text = answer_for("subscriber-generic.270", {member["memberid"]: member})   # DTP*291*D8*20250310
+    assert validate_x12(text).valid, [f.to_dict() for f in validate_x12(text).errors]
+    txn = read_x12(text).transactions[0]
+    deductibles = [s.parts for s in txn.segments() if s.id == "EB" and s.get(1) == "C"]
+    assert deductibles == [["EB", "C", "IND", "30", "", "", "23", "1500", "", "", "", "", "Y"],
+                           ["EB", "C", "IND", "30", "", "", "29", "750", "", "", "", "", "Y"]]
+    dated = [(loop.id, s.parts) for loop, s in txn.root.walk() if s.id == "DTP" and loop.id == "2110C"]
+    assert ("2110C", ["DTP", "292", "RD8", "20250101-20251231"]) in dated
+    assert len(dated) == 4   # after each of the two deductible rows and the two visit-limit rows
+    asked_2024 = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text().replace(
+        "DTP*291*D8*20250310~", "DTP*291*D8*20240601~")
+    member_2024 = {**member, "coverages": [{**DELGADO["coverages"][0], "coveffdate": "2024-01-01"}]}
+    text = answer_270(read_x12(asked_2024).transactions[0], {member["memberid"]: member_2024}, CONFIG, now=NOW,
+                      control_number=5)
+    assert "EB*C*IND*30***29*0*****Y~DTP*292*RD8*20240101-20241231~" in text
+    assert "750" not in text and "20250101-20251231" not in text
+
+
+def test_a_contract_period_accumulator_is_dated_as_the_plan_291():
+    coverage = {**DELGADO["coverages"][0], "coveffdate": "2024-10-01", "covtermdate": "2025-09-30"}
+    acc = {**DELGADO["accumulators"][0], "daterange": "2024-10-01/2025-09-30"}
+    member = {**DELGADO, "coverages": [coverage], "accumulators": [acc]}
+    text = answer_for("subscriber-generic.270", {member["memberid"]: member})
+    assert "EB*C*IND*30***25*1500*****Y~DTP*291*RD8*20241001-20250930~" in text
+    assert validate_x12(text).valid
+
+
+def test_an_eq_date_overrides_the_patient_date_for_that_eq():
+    """The 2110C DTP*291 was ignored: only the 2100C/D date was read. It is that EQ's date of service."""
+    member = {**DELGADO, "coverages": [{**DELGADO["coverages"][0], "coveffdate": "2024-01-01",
+                                        "covtermdate": "2024-12-31"}],
+              "accumulators": [{**DELGADO["accumulators"][0], "daterange": "2024-01-01/2024-12-31"}]}
+    text = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    assert "DTP*291*D8*20250310~" in text and text.count("EQ*30~") == 1
+    one = text.replace("EQ*30~", "EQ*30~DTP*291*D8*20240601~").replace("SE*13*", "SE*14*")
+    txn = read_x12(one).transactions[0]
+    answered = answer_270(txn, {member["memberid"]: member}, CONFIG, now=NOW, control_number=5)
+    assert "EB*1**30**ACME PPO GOLD~" in answered   # in force on 2024-06-01 (terminated by 2025-03-10)
+    assert "EB*C*IND*30***23*1500*****Y~DTP*292*RD8*20240101-20241231~" in answered
+    assert validate_x12(answered).valid, [f.to_dict() for f in validate_x12(answered).errors]
+    # two EQs, two dates: each answered for its own date, and each status row says which
+    two = text.replace("EQ*30~", "EQ*30~DTP*291*D8*20240601~EQ*98~").replace("SE*13*", "SE*15*")
+    answered = answer_270(read_x12(two).transactions[0], {member["memberid"]: member}, CONFIG, now=NOW,
+                          control_number=5)
+    assert "EB*1**30**ACME PPO GOLD~DTP*291*D8*20240601~" in answered
+    assert "EB*6**30**ACME PPO GOLD~DTP*291*D8*20250310~DTP*357*D8*20241231~" in answered
+    assert validate_x12(answered).valid, [f.to_dict() for f in validate_x12(answered).errors]
+    # an EQ date outside the inquiry period is refused as the patient's would be
+    future = text.replace("EQ*30~", "EQ*30~DTP*291*D8*20990101~").replace("SE*13*", "SE*14*")
+    answered = answer_270(read_x12(future).transactions[0], {member["memberid"]: member}, CONFIG, now=NOW,
+                          control_number=5)
+    assert "AAA*N**63*C~" in answered and "EB*" not in answered
+
+
+@pytest.mark.parametrize("last, dob, codes", [("OKAFORR", "20140822", ["65"]), ("OKAFOR", "20140823", ["71"]),
+                                              ("NWOSU", "20140823", ["71", "65"]), ("O'KAFOR", "20140822", [])])
+def test_a_dependents_last_name_is_checked_as_the_subscribers_is(last: str, dob: str, codes: list[str]):
+    """2100D NM1*03 with a wrong last name but the right first name and birth date was answered in full."""
+    text = (FIXTURES / "x12" / "270" / "dependent-generic.270").read_text()
+    assert "NM1|03|1|OKAFOR|ADAEZE~" in text and "DMG|D8|20140822" in text
+    text = text.replace("NM1|03|1|OKAFOR|ADAEZE~", f"NM1|03|1|{last}|ADAEZE~").replace("DMG|D8|20140822",
+                                                                                      f"DMG|D8|{dob}")
+    answered = answer_270(read_x12(text).transactions[0], {OKAFOR["memberid"]: OKAFOR}, CONFIG, now=NOW,
+                          control_number=5)
+    assert validate_x12(answered).valid, [f.to_dict() for f in validate_x12(answered).errors]
+    txn = read_x12(answered).transactions[0]
+    assert [s.get(3) for loop, s in txn.root.walk() if s.id == "AAA" and loop.id == "2100D"] == codes
+    assert ("EB*" in answered) == (not codes)
+
+
+@pytest.mark.parametrize("service_date, code", [("20990101", "63"), ("19900101", "62")])
+def test_a_dependents_date_outside_the_inquiry_period_is_refused_in_2100d(service_date: str, code: str):
+    """It was AAA 63 at 2100C with the dependent's TRN moved up to 2000C."""
+    text = (FIXTURES / "x12" / "270" / "dependent-generic.270").read_text()
+    assert "DTP|291|D8|20250311~" in text
+    txn = read_x12(text.replace("DTP|291|D8|20250311~", f"DTP|291|D8|{service_date}~")).transactions[0]
+    answered = answer_270(txn, {OKAFOR["memberid"]: OKAFOR}, CONFIG, now=NOW, control_number=5)
+    assert validate_x12(answered).valid, [f.to_dict() for f in validate_x12(answered).errors]
+    walked = [(loop.id, s.parts) for loop, s in read_x12(answered).transactions[0].root.walk()]
+    assert [(loop, p) for loop, p in walked if p[0] == "AAA"] == [("2100D", ["AAA", "N", "", code, "C"])]
+    assert {loop for loop, p in walked if p[0] == "TRN"} == {"2000D"}
+    assert "EB*" not in answered

@@ -255,3 +255,186 @@ def test_two_interchanges_the_second_in_error_get_a_ta1_rejecting_the_second(ser
     response = requests.post(f"{base}/x12", data=(good + bad).encode(), headers={"Content-Type": "application/edi-x12"},
                              timeout=10)
     assert "TA1*000001002*" in response.text and "*R*" in response.text   # was TA1*000001001*...*A*000
+
+
+def _acc(**change):  # type: ignore[no-untyped-def]
+    return {**DELGADO, "accumulators": [{**DELGADO["accumulators"][0], **change}, DELGADO["accumulators"][1]]}
+
+
+@pytest.mark.parametrize("record, path", [
+    ({**DELGADO, "coverages": [{**DELGADO["coverages"][0], "covtermdate": "2024-12-31"},
+                               DELGADO["coverages"][1]]}, "coverages[0].covtermdate"),
+    (_acc(currentamount=1600), "accumulators[0].currentamount"),   # used 1600 of a 1500 limit
+    (_acc(daterange="2025-12-31/2025-01-01"), "accumulators[0].daterange"),
+    (_acc(coveragetype="DENTAL"), "accumulators[0].coveragetype"),
+    (_acc(accum_name="CHIRO"), "accumulators[1].accum_name"),
+    ({**DELGADO, "benefits": [{**DELGADO["benefits"][0], "servicetype": "29"}]}, "benefits[0].servicetype"),
+    ({**DELGADO, "benefits": [{**DELGADO["benefits"][0], "timeperiod": "fortnight"}]}, "benefits[0].timeperiod"),
+    ({**DELGADO, "benefits": [{k: v for k, v in DELGADO["benefits"][1].items() if k != "percent"}]},
+     "benefits[0].percent"),
+    ({**DELGADO, "dependents": [{"depmemberid": "D1", "firstname": "ANA", "lastname": "DELGADO", "dob": "2010-01-01",
+                                 "relationship": "child", "coverages": [], "benefits": [],
+                                 "accumulators": [{**DELGADO["accumulators"][0], "coveragetype": "VISION"}]}]},
+     "dependents[0].accumulators[0].coveragetype"),
+])
+def test_a_self_contradictory_record_is_400_with_the_path(server, record, path):
+    """Each field valid on its own, together they made the simulator write an invalid or contradictory 271."""
+    base, app = server
+    response = requests.post(f"{base}/eligibility", json=record, timeout=5)
+    assert response.status_code == 400, response.text
+    assert [p["path"] for p in response.json()["problems"]] == [path]
+    assert app.extensions["payer_store"].by_member_id() == {}
+
+
+def test_every_cross_field_problem_is_listed_at_once(server):
+    base, _ = server
+    record = {**_acc(currentamount=1600, daterange="2025-12-31/2025-01-01", coveragetype="DENTAL"),
+              "benefits": [{**DELGADO["benefits"][0], "servicetype": "ZZ", "timeperiod": "fortnight"}]}
+    response = requests.post(f"{base}/eligibility", json=record, timeout=5)
+    assert response.status_code == 400
+    assert sorted(p["path"] for p in response.json()["problems"]) == [
+        "accumulators[0].coveragetype", "accumulators[0].currentamount", "accumulators[0].daterange",
+        "benefits[0].servicetype", "benefits[0].timeperiod"]
+
+
+def test_a_patch_that_would_contradict_the_stored_record_is_400_and_the_record_is_unchanged(server):
+    base, app = server
+    assert create(base, DELGADO)["status"] == "succeeded"
+    keys = {"memberid": DELGADO["memberid"], "groupnumber": DELGADO["groupnumber"]}
+    patch = {"accumulators": [{"record_action": "m", "accum_name": "DED", "coveragetype": "MEDICAL",
+                               "innetwork": "Y", "individualaccum": "Y", "currentamount": 9000}]}
+    response = requests.patch(f"{base}/eligibility", params=keys, json=patch, timeout=5)
+    assert response.status_code == 400
+    assert [p["path"] for p in response.json()["problems"]] == ["accumulators[0].currentamount"]
+    # the operation checks again when it runs (the record may have changed since the request was accepted)
+    store = app.extensions["payer_store"]
+    op_id = store.submit("patch", DELGADO["memberid"], DELGADO["groupnumber"], patch)
+    store.process_pending()
+    assert store.operation(op_id).status == "failed"
+    assert "accumulators[0].currentamount" in store.operation(op_id).errors[0]
+    assert store.get(DELGADO["memberid"], DELGADO["groupnumber"])["accumulators"][0]["currentamount"] == 750
+
+
+def test_the_seed_loader_refuses_a_contradictory_record(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    folder = tmp_path / "seed"
+    folder.mkdir()
+    (folder / "bad.json").write_text(json.dumps(_acc(currentamount=1600)))
+    result = CliRunner().invoke(main, ["payer", "serve", "--seed", str(folder), "--database",
+                                       f"sqlite:///{tmp_path / 'seed.db'}", "--port", "44001",
+                                       "--worker-class", "gthread"])   # gevent would monkey-patch pytest
+    assert result.exit_code == 1
+    assert "accumulators[0].currentamount" in result.output
+
+
+def test_a_member_id_on_file_under_another_group_is_refused(server):
+    """The store is keyed by (memberid, groupnumber) but a 270 finds a person by member id alone: a second record
+    with the same id silently shadowed the first."""
+    base, app = server
+    assert create(base, DELGADO)["status"] == "succeeded"
+    response = requests.post(f"{base}/eligibility", json={**DELGADO, "groupnumber": "OTHER", "lastname": "SHADOW"},
+                             timeout=5)
+    assert response.status_code == 409
+    problem, = response.json()["problems"]
+    assert problem["path"] == "memberid" and "already on file" in problem["message"]
+    # a dependent's own id is a member id too, both ways
+    dependent = {"depmemberid": DELGADO["memberid"], "firstname": "ANA", "lastname": "DELGADO",
+                 "dob": "2010-01-01", "relationship": "child"}
+    response = requests.post(f"{base}/eligibility", json={**DELGADO, "memberid": "NEW1", "dependents": [dependent]},
+                             timeout=5)
+    assert response.status_code == 409
+    assert response.json()["problems"][0]["path"] == "dependents[0].depmemberid"
+    assert create(base, {**DELGADO, "memberid": "NEW2", "dependents": [{**dependent, "depmemberid": "DEP9"}]}
+                  )["status"] == "succeeded"
+    response = requests.post(f"{base}/eligibility", json={**DELGADO, "memberid": "DEP9"}, timeout=5)
+    assert response.status_code == 409
+    patch = {"dependents": [{**dependent, "depmemberid": "DEP9", "record_action": "n"}]}
+    response = requests.patch(f"{base}/eligibility", params={"memberid": DELGADO["memberid"],
+                                                             "groupnumber": DELGADO["groupnumber"]}, json=patch,
+                              timeout=5)
+    assert response.status_code == 409
+    # the operation checks too (two creates accepted before either ran)
+    store = app.extensions["payer_store"]
+    op_id = store.submit("create", DELGADO["memberid"], "OTHER", {**DELGADO, "groupnumber": "OTHER"})
+    store.process_pending()
+    assert store.operation(op_id).status == "failed" and "already on file" in store.operation(op_id).errors[0]
+    assert store.by_member_id()[DELGADO["memberid"]]["lastname"] == "DELGADO"
+
+
+def test_the_seed_loader_refuses_a_member_id_held_by_another_file(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    folder = tmp_path / "seed"
+    folder.mkdir()
+    (folder / "a.json").write_text(json.dumps(DELGADO))
+    (folder / "b.json").write_text(json.dumps({**DELGADO, "groupnumber": "OTHER"}))
+    result = CliRunner().invoke(main, ["payer", "serve", "--seed", str(folder), "--database",
+                                       f"sqlite:///{tmp_path / 'seed.db'}", "--port", "44001",
+                                       "--worker-class", "gthread"])   # gevent would monkey-patch pytest
+    assert result.exit_code == 1
+    assert "b.json" in result.output and "already on file" in result.output
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"memberid": "A", "lastname": "M\u00dcLLER"}'.encode("latin-1"), "not UTF-8 (byte 0xdc at offset 32)"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"memberid": "A"', "cannot read"),
+])
+def test_an_unreadable_seed_file_is_one_line_and_exit_2(tmp_path, content, message):
+    """A non-UTF-8 file crashed payer serve with a UnicodeDecodeError traceback (truncated JSON was a clean 2)."""
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    folder = tmp_path / "seed"
+    folder.mkdir()
+    (folder / "bad.json").write_bytes(content)
+    result = CliRunner().invoke(main, ["payer", "serve", "--seed", str(folder), "--database",
+                                       f"sqlite:///{tmp_path / 'seed.db'}", "--port", "44001",
+                                       "--worker-class", "gthread"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("path", ["/eligibility", "/scenarios"])
+def test_deeply_nested_json_is_a_400_in_the_json_error_shape(server, path):
+    """It was an HTML 500 (RecursionError in the JSON decoder)."""
+    base, _ = server
+    response = requests.post(f"{base}{path}", data=b"[" * 100_000 + b"]" * 100_000,
+                             headers={"Content-Type": "application/json"}, timeout=10)
+    assert response.status_code == 400 and response.headers["Content-Type"] == "application/json"
+    assert response.json()["problems"] == [{"path": "$", "message": "the JSON is nested too deeply"}]
+    response = requests.patch(f"{base}/eligibility", params={"memberid": "A", "groupnumber": "B"},
+                              data=b"[" * 100_000 + b"]" * 100_000, headers={"Content-Type": "application/json"},
+                              timeout=10)
+    assert response.status_code == 400 and response.json()["problems"][0]["message"] == "the JSON is nested too deeply"
+
+
+def test_flask_refusals_are_json_for_the_json_apis_and_text_for_x12(server):
+    """404, 405 and 413 were Flask's HTML pages; /x12 labelled its 'not readable as X12' text as X12."""
+    base, _ = server
+    for response, status in ((requests.get(f"{base}/nowhere", timeout=5), 404),
+                             (requests.put(f"{base}/eligibility", json={}, timeout=5), 405),
+                             (requests.put(f"{base}/scenarios", json={}, timeout=5), 405),
+                             (requests.post(f"{base}/eligibility", data=b"{" + b" " * (6 * 1024 * 1024) + b"}",
+                                            headers={"Content-Type": "application/json"}, timeout=30), 413)):
+        assert response.status_code == status
+        assert response.headers["Content-Type"] == "application/json", response.text[:200]
+        assert response.json()["error"].startswith(str(status))
+    assert "POST" in requests.put(f"{base}/eligibility", timeout=5).headers["Allow"]
+    for response, status in ((requests.get(f"{base}/x12", timeout=5), 405),
+                             (requests.post(f"{base}/x12", data=b"X" * (6 * 1024 * 1024), timeout=30), 413),
+                             (requests.post(f"{base}/x12", data=b"hello", timeout=5), 400)):
+        assert response.status_code == status
+        assert response.headers["Content-Type"].startswith("text/plain"), response.text[:200]
+    assert requests.post(f"{base}/x12", data=b"hello", timeout=5).text.startswith("not readable as X12")

@@ -68,3 +68,20 @@ def test_broken_envelopes_get_their_core_error_code(server):  # noqa: F811
     assert code in (core.PAYLOAD_ID_REQUIRED, core.ENVELOPE_PARSING_ERROR)
     response = requests.post(f"{base}/core/soap", data=b"not xml", timeout=10)
     assert response.status_code == 400 and b"EnvelopeParsingError" in response.content
+
+
+def test_a_payload_that_is_not_x12_gets_a_core_error_envelope_not_text(server):  # noqa: F811
+    """Every other envelope or payload problem got a CORE envelope; this one was a text/plain 400."""
+    base, _ = server
+    sent = envelope("HELLO, NOT X12")
+    response = requests.post(f"{base}/core/soap", data=core.build_soap_request(sent),
+                             headers={"Content-Type": core.SOAP_CONTENT_TYPE}, timeout=10)
+    assert response.headers["Content-Type"].startswith("application/soap+xml")
+    reply = core.parse_soap_response(response.content)
+    assert reply.error_code == core.PAYLOAD_ILLEGAL and "not readable as X12" in reply.error_message
+    assert reply.payload_id == sent.payload_id and reply.receiver_id == sent.sender_id   # echoed
+    body, content_type = core.build_mime_request(envelope("HELLO, NOT X12"))
+    response = requests.post(f"{base}/core/mime", data=body, headers={"Content-Type": content_type}, timeout=10)
+    assert response.headers["Content-Type"].startswith("multipart/form-data")
+    reply = core.parse_mime_response(response.content, response.headers["Content-Type"])
+    assert reply.error_code == core.PAYLOAD_ILLEGAL and not reply.payload

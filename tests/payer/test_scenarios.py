@@ -60,7 +60,17 @@ def test_aaa_42_malformed_999_ta1_and_wrong_trace(server):  # noqa: F811
     assert "IK3*NM1*" in rejected and "*8~" in rejected and "IK4*9*67*I12*SIMREJ999007~" in rejected
     assert "TA1*" in post(base, with_member(REQUEST, "SIMTA1000008")).text
     wrong = post(base, with_member(REQUEST, "SIMTRACE0009")).text
-    assert "TRN*2*XGW-SG-0001-1" in wrong
+    assert "TRN*2*XW-SG-0001-1*" in wrong   # one character replaced
+
+
+def test_wrong_trace_keeps_a_50_character_trn02_within_50(server):  # noqa: F811
+    """The fault prefixed an 'X': a 50-character trace became 51, more than TRN02 holds."""
+    base, _ = server
+    trace = "X" + "T" * 49
+    sent = with_member(REQUEST, "SIMTRACE0009").replace(b"TRN*1*GW-SG-0001-1*", f"TRN*1*{trace}*".encode())
+    wrong = post(base, sent).text
+    echoed = next(s.get(2) for s in read_x12(wrong).transactions[0].segments() if s.id == "TRN")
+    assert len(echoed) == 50 and echoed != trace and echoed == "Y" + "T" * 49
 
 
 def test_one_request_at_a_time(server):  # noqa: F811
@@ -112,3 +122,13 @@ def test_jittered_latency_is_deterministic():
     delays = [first.delay(rule) for _ in range(5)]
     assert delays == [second.delay(rule) for _ in range(5)]
     assert all(0.5 <= d <= 1.5 for d in delays) and len(set(delays)) > 1
+
+
+@pytest.mark.parametrize("rule", [{"fault": "timeout"}, {"fault": "latency"}, {"fault": "timeout", "seconds": 0}])
+def test_a_timeout_or_latency_rule_without_seconds_is_400(server, rule):  # noqa: F811
+    """Stored with 0 seconds, a 'timeout' answered at once."""
+    base, _ = server
+    response = requests.post(f"{base}/scenarios", json=rule, timeout=5)
+    assert response.status_code == 400
+    assert [p["path"] for p in response.json()["problems"]] == ["seconds"]
+    assert requests.get(f"{base}/scenarios", timeout=5).json()["rules"] == []
