@@ -497,6 +497,7 @@ def payer_serve(host: str, port: int, database: str, seed: str | None, payer_id:
     from gateway.payer.app import create_payer_app
     from gateway.serving import serve
 
+    _port_free(host, port, "--port")
     config = {"PAYER_DATABASE_URL": database, "PAYER_ID": payer_id, "PAYER_VALIDATION": validation,
               "PAYER_ACCOUNTS": accounts}
     if accounts is not None:
@@ -504,7 +505,13 @@ def payer_serve(host: str, port: int, database: str, seed: str | None, payer_id:
                    f"{accounts_env})", err=True)
     # seed (and finish what a previous run left queued) here; the served app, with its operations worker
     # thread, is built in the gunicorn worker process: a thread started before the fork would not exist there
-    setup = create_payer_app({**config, "PAYER_WORKER": False})
+    try:
+        setup = create_payer_app({**config, "PAYER_WORKER": False})
+    except Exception as exc:   # a URL that is no database, a server that cannot be reached: one line, exit 2
+        from gateway.store.migrate import open_problem
+
+        _fail(f"--database: cannot open the simulator's member store: {open_problem(exc, database)}")
+        return
     try:
         if seed:
             loaded = seed_members(setup, Path(seed))

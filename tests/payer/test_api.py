@@ -326,7 +326,7 @@ def test_the_seed_loader_refuses_a_contradictory_record(tmp_path):
     folder.mkdir()
     (folder / "bad.json").write_text(json.dumps(_acc(currentamount=1600)))
     result = CliRunner().invoke(main, ["payer", "serve", "--seed", str(folder), "--database",
-                                       f"sqlite:///{tmp_path / 'seed.db'}", "--port", "44001",
+                                       f"sqlite:///{tmp_path / 'seed.db'}", "--port", "0",
                                        "--worker-class", "gthread"])   # gevent would monkey-patch pytest
     assert result.exit_code == 1
     assert "accumulators[0].currentamount" in result.output
@@ -378,7 +378,7 @@ def test_the_seed_loader_refuses_a_member_id_held_by_another_file(tmp_path):
     (folder / "a.json").write_text(json.dumps(DELGADO))
     (folder / "b.json").write_text(json.dumps({**DELGADO, "groupnumber": "OTHER"}))
     result = CliRunner().invoke(main, ["payer", "serve", "--seed", str(folder), "--database",
-                                       f"sqlite:///{tmp_path / 'seed.db'}", "--port", "44001",
+                                       f"sqlite:///{tmp_path / 'seed.db'}", "--port", "0",
                                        "--worker-class", "gthread"])   # gevent would monkey-patch pytest
     assert result.exit_code == 1
     assert "b.json" in result.output and "already on file" in result.output
@@ -399,7 +399,7 @@ def test_an_unreadable_seed_file_is_one_line_and_exit_2(tmp_path, content, messa
     folder.mkdir()
     (folder / "bad.json").write_bytes(content)
     result = CliRunner().invoke(main, ["payer", "serve", "--seed", str(folder), "--database",
-                                       f"sqlite:///{tmp_path / 'seed.db'}", "--port", "44001",
+                                       f"sqlite:///{tmp_path / 'seed.db'}", "--port", "0",
                                        "--worker-class", "gthread"])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
@@ -438,3 +438,19 @@ def test_flask_refusals_are_json_for_the_json_apis_and_text_for_x12(server):
         assert response.status_code == status
         assert response.headers["Content-Type"].startswith("text/plain"), response.text[:200]
     assert requests.post(f"{base}/x12", data=b"hello", timeout=5).text.startswith("not readable as X12")
+
+
+@pytest.mark.parametrize(("database", "message"), [
+    ("notaurl", "not a database URL"),
+    ("postgresql://sim:s3cret@127.0.0.1:1/members", "connection"),
+])
+def test_a_member_store_that_cannot_be_opened_is_one_line_and_exit_2(database, message):
+    """It was a SQLAlchemy traceback."""
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    result = CliRunner().invoke(main, ["payer", "serve", "--database", database, "--port", "0",
+                                       "--worker-class", "gthread"])   # gthread: no monkey-patching in the test
+    assert result.exit_code == 2 and "--database: cannot open the simulator's member store: " in result.output
+    assert message in result.output and "s3cret" not in result.output and "Traceback" not in result.output
