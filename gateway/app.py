@@ -53,6 +53,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     routes, service = _service(app)
     metrics = init_metrics(app, known_payers=set(routes.routes))
     service.metrics = metrics
+    service.client.on_breaker_open = metrics.observe_circuit_opened
     async_pool = ThreadPoolExecutor(app.config["FHIR_X12_ASYNC_WORKERS"], thread_name_prefix="fhir-x12-async")
     batch_pool = ThreadPoolExecutor(app.config["FHIR_X12_BATCH_WORKERS"], thread_name_prefix="fhir-x12-batch")
 

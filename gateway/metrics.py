@@ -122,6 +122,10 @@ class GatewayMetrics:
                            ["payer", "code"], registry=r)
         self.process_notes = Histogram("fhir_x12_process_notes", "Process notes per CoverageEligibilityResponse",
                                        ["payer"], buckets=NOTES_BUCKETS, registry=r)
+        self.circuit_opened = Counter("fhir_x12_payer_circuit_opened_total",
+                                      "Times a payer's circuit breaker opened (calls are then refused with 503 "
+                                      "until its reset time; payer '*': the payers FHIR_X12_PAYER_URL serves)",
+                                      ["payer"], registry=r)
         self.http_requests = Counter("fhir_x12_http_requests_total", "HTTP requests by method, route and status",
                                      ["method", "route", "status"], registry=r)
 
@@ -141,6 +145,9 @@ class GatewayMetrics:
             self.process_notes.labels(label).observe(max(notes, 0))
         if overhead is not None:
             self.overhead_seconds.observe(max(float(overhead), 0.0))
+
+    def observe_circuit_opened(self, payer: Any) -> None:
+        self.circuit_opened.labels("*" if payer == "*" else self._payer(payer)).inc()
 
     def observe_http(self, method: str, route: str | None, status: int | str) -> None:
         method = method.upper() if method and method.upper() in HTTP_METHODS else OTHER

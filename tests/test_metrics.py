@@ -252,3 +252,18 @@ def test_without_multiprocess_dir_the_app_registry_is_used(monkeypatch: pytest.M
     assert metrics.multiprocess_dir is None
     metrics.observe_eligibility("ACME", "complete")
     assert metrics.exposition() == generate_latest(metrics.registry)
+
+
+def test_a_breaker_opening_is_counted_once_per_opening():
+    from gateway.transport.client import CircuitBreaker
+
+    metrics = GatewayMetrics(known_payers={"ACME01"})
+    now = [0.0]
+    breaker = CircuitBreaker(2, 1.0, lambda: now[0], "ACME01", on_open=metrics.observe_circuit_opened)
+    for _ in range(4):   # opens at the second failure; failures while open do not open it again
+        breaker.failed()
+    now[0] = 2.0
+    assert breaker.admit() is None   # half-open: the trial fails and reopens it
+    breaker.failed()
+    text = generate_latest(metrics.registry).decode()
+    assert 'fhir_x12_payer_circuit_opened_total{payer="ACME01"} 2.0' in text

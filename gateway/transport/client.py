@@ -256,6 +256,7 @@ class CircuitBreaker:
     reset_seconds: float
     clock: Callable[[], float] = time.monotonic
     name: str = ""   # whose breaker, for the log: the payer id, or "*" for the payers the override URL serves
+    on_open: Callable[[str], None] | None = None   # told the name each time it opens (a metric, say)
     state: str = "closed"
     consecutive: int = 0
     opened_at: float = 0.0
@@ -281,13 +282,17 @@ class CircuitBreaker:
             self.state, self.consecutive, self._trial = "closed", 0, False
 
     def failed(self) -> None:
+        opening = False
         with self._lock:
             self.consecutive += 1
             if self.state == "half-open" or self.consecutive >= self.failures:
-                if self.state != "open":
+                opening = self.state != "open"
+                if opening:
                     log.warning("circuit breaker of payer %s opened after %d consecutive failures",
                                 self.name or "?", self.consecutive)
                 self.state, self.opened_at, self._trial = "open", self.clock(), False
+        if opening and self.on_open is not None:   # outside the lock: the hook is the caller's code
+            self.on_open(self.name)
 
     def released(self) -> None:
         """The call ended without saying anything about the payer (it never reached it)."""
@@ -335,6 +340,8 @@ class PayerClient:
         self._lock = threading.Lock()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._slots: dict[str, threading.BoundedSemaphore] = {}
+        # told the breaker's name ("*": the payers the override URL serves) each time one opens (the app's metric)
+        self.on_breaker_open: Callable[[str], None] | None = None
 
     # -- public ---------------------------------------------------------------------------------------------
     def send(self, payer_id: str, x12: str, *, trace: str, payload_id: str | None = None) -> PayerAnswer:
@@ -404,7 +411,8 @@ class PayerClient:
         with self._lock:
             breaker = self._breakers.get(_key(route))
             if breaker is None:
-                breaker = CircuitBreaker(route.breaker_failures, route.breaker_reset, self.clock, _key(route))
+                breaker = CircuitBreaker(route.breaker_failures, route.breaker_reset, self.clock, _key(route),
+                                         on_open=self.on_breaker_open)
                 self._breakers[_key(route)] = breaker
             return breaker
 

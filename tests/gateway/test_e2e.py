@@ -566,6 +566,8 @@ def test_breaker_opens_and_closes(gateway: Gateway, simulator):
     time.sleep(0.6)   # reset_seconds 0.5: one trial goes through and, answered, closes the breaker
     assert gateway.post(f"/{CER}/$submit", fhir_request("subscriber-generic")).status_code == 200
     assert gateway.post(f"/{CER}/$submit", fhir_request("subscriber-generic")).status_code == 200
+    # the operator sees it: ACME01's breaker opened once
+    assert 'fhir_x12_payer_circuit_opened_total{payer="ACME01"} 1.0' in gateway.get("/metrics").text
 
 
 # -------------------------------------------------------------------------------------------------- refusals (4xx)
