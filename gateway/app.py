@@ -76,6 +76,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 def _service(app: Flask) -> tuple[Any, Any]:
+    from gateway.observability import startup_warning
     from gateway.service import EligibilityService
     from gateway.store import AuditStore, database_url
     from gateway.translate import load_tables
@@ -91,9 +92,9 @@ def _service(app: Flask) -> tuple[Any, Any]:
     client = PayerClient(routes, ack_codes=load_ack_codes(mappings), processes=app.config["FHIR_X12_PROCESSES"])
     over = client.oversubscribed()
     if over:
-        logging.getLogger(__name__).warning(
-            "%d gateway processes share payer concurrency limits smaller than that (payers %s): each process still "
-            "allows one call, so together they may exceed the limit", client.processes, ", ".join(over))
+        startup_warning(logging.getLogger(__name__), "%d gateway processes share payer concurrency limits smaller "
+                        "than that (payers %s): each process still allows one call, so together they may exceed the "
+                        "limit", client.processes, ", ".join(over))
 
     def resolve(payload: dict[str, Any]) -> dict[str, Any]:
         return resolve_references(payload, upstream, session=client.session)

@@ -258,6 +258,7 @@ def serve_gateway(host: str, port: int, workers: int, threads: int, worker_class
         monkey.patch_all()   # before the app's modules (ssl, sockets, threads) are imported
 
     from gateway.errors import ConfigError
+    from gateway.observability import STARTUP_REPORTED_ENV
     from gateway.serving import multiprocess_metrics, serve
 
     # the workers share each payer's concurrency limit (unless the operator counts processes on other hosts too)
@@ -269,6 +270,7 @@ def serve_gateway(host: str, port: int, workers: int, threads: int, worker_class
             from gateway.app import create_app
 
             _app_or_fail(create_app).extensions["fhir_x12"]["close"]()   # check the configuration, migrate once
+            os.environ[STARTUP_REPORTED_ENV] = "1"   # the check said its warnings: the workers need not repeat them
             serve(create_app, host, port, threads=threads, workers=workers, worker_class=worker_class,
                   multiprocess_dir=metrics_dir, keepalive=keepalive, fhir_errors=True)
     except ConfigError as exc:

@@ -66,6 +66,19 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+STARTUP_REPORTED_ENV = "FHIR_X12_STARTUP_REPORTED"
+
+
+def startup_warning(logger: logging.Logger, message: str, *args: Any) -> None:
+    """A warning about the configuration, logged once per start: ``fhir-x12 serve`` builds the app once to check
+    it, then every worker builds its own; after the check (``STARTUP_REPORTED_ENV`` set) the workers log it at
+    DEBUG, so three workers do not say "the API is open" four times."""
+    import os
+
+    level = logging.DEBUG if os.environ.get(STARTUP_REPORTED_ENV) else logging.WARNING
+    logger.log(level, message, *args)
+
+
 def current_request_id() -> str | None:
     """The id of the request this code runs for: the context variable, else ``g.request_id``, else None."""
     found = _request_id.get()

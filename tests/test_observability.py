@@ -237,3 +237,19 @@ def test_the_gateway_has_no_static_route(tmp_path) -> None:
         assert not [r for r in app.url_map.iter_rules() if r.endpoint == "static"]
     finally:
         app.extensions["fhir_x12"]["close"]()
+
+
+def test_a_startup_warning_is_said_once_by_the_check_not_again_by_each_worker(monkeypatch, caplog) -> None:
+    """``fhir-x12 serve`` builds the app to check it, then sets the variable before the workers build theirs."""
+    import logging
+
+    from gateway.observability import STARTUP_REPORTED_ENV, startup_warning
+
+    logger = logging.getLogger("gateway.test_startup")
+    monkeypatch.delenv(STARTUP_REPORTED_ENV, raising=False)
+    with caplog.at_level(logging.DEBUG, logger="gateway.test_startup"):
+        startup_warning(logger, "the API is %s", "open")
+        monkeypatch.setenv(STARTUP_REPORTED_ENV, "1")
+        startup_warning(logger, "the API is %s", "open")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("WARNING", "the API is open"),
+                                                                       ("DEBUG", "the API is open")]

@@ -25,6 +25,7 @@ from flask import Flask, Response, g, request
 
 from gateway.errors import ConfigError
 from gateway.fhir import FHIR_JSON_UTF8, operation_outcome
+from gateway.observability import startup_warning
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def init_auth(app: Flask, open_paths: Iterable[str] = DEFAULT_OPEN_PATHS,
                    for prefix in prefixes)
 
     if not tokens:
-        log.warning("no FHIR_X12_TOKENS: the API is open")
+        startup_warning(log, "no FHIR_X12_TOKENS: the API is open")
 
     @app.before_request
     def _authenticate() -> Response | None:

@@ -29,6 +29,7 @@ import yaml
 
 from gateway.errors import MappingError
 from gateway.mappings import load_yaml, mappings_dir
+from gateway.observability import startup_warning
 from gateway.translate.identifiers import valid_npi
 from gateway.transport.client import UnknownPayer
 from gateway.x12.writer import Envelope
@@ -308,8 +309,8 @@ def routes_from_config(config: Mapping[str, Any] | None = None) -> RoutingTable:
     sent_to = [routes.override] if routes.override is not None else routes.routes.values()
     for route in sent_to:
         if urlsplit(route.url).scheme == "http" and not is_loopback_url(route.url):
-            log.warning("payer %s is routed over plain http to %s: eligibility requests carry patient data; use "
-                        "https beyond this machine", route.payer_id, urlsplit(route.url).hostname)
+            startup_warning(log, "payer %s is routed over plain http to %s: eligibility requests carry patient "
+                            "data; use https beyond this machine", route.payer_id, urlsplit(route.url).hostname)
     return routes
 
 

@@ -64,6 +64,8 @@ def test_serve_tells_the_workers_how_many_share_the_limits(monkeypatch, tmp_path
     monkeypatch.delenv("FHIR_X12_PROCESSES")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "unset")
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    monkeypatch.setenv("FHIR_X12_STARTUP_REPORTED", "unset")   # serve sets it after its check: not for later tests
+    monkeypatch.delenv("FHIR_X12_STARTUP_REPORTED")
     # no real app: building one here would switch prometheus_client to multiprocess mode for the whole test run
     monkeypatch.setattr(app_module, "create_app", lambda: SimpleNamespace(extensions={"fhir_x12": {
         "close": lambda: None}}))
@@ -72,6 +74,7 @@ def test_serve_tells_the_workers_how_many_share_the_limits(monkeypatch, tmp_path
     result = CliRunner().invoke(cli.main, ["serve", "--port", "0", "--workers", "3"])
     assert result.exit_code == 0, result.output
     assert seen == {"processes": "3", "keepalive": 5}
+    assert os.environ.get("FHIR_X12_STARTUP_REPORTED") == "1"   # the workers log the check's warnings at DEBUG
     result = CliRunner().invoke(cli.main, ["serve", "--port", "0", "--keepalive", "75"])   # behind a balancer (60 s)
     assert result.exit_code == 0, result.output
     assert seen["keepalive"] == 75
