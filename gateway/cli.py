@@ -284,10 +284,11 @@ def _port_free(host: str, port: int, option: str) -> None:
 
     if port == 0:
         return
+    address = host.strip("[]")   # gunicorn takes an IPv6 address in brackets ([::1]); bind does not
     try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as gunicorn binds: TIME_WAIT is free
-            probe.bind((host, port))
+            probe.bind((address, port))
     except OSError as exc:
         _fail(f"{option} {port}: cannot listen on {host}:{port}: {exc.strerror or exc}")
 

@@ -133,8 +133,12 @@ def open_problem(exc: BaseException, url: str) -> str:
         text = f"{exc.strerror or type(exc).__name__}: {exc.filename}" if exc.filename else str(exc)
     else:
         text = str(exc)
-    line = next((part.strip() for part in text.splitlines() if part.strip()), type(exc).__name__)[:300]
-    return line.replace(password, "***") if password else line
+    if password:   # as the driver may quote it: decoded, and as written in the URL (p%40ss)
+        from urllib.parse import quote
+
+        for form in {password, quote(password, safe=""), quote(password)}:
+            text = text.replace(form, "***")
+    return next((part.strip() for part in text.splitlines() if part.strip()), type(exc).__name__)[:300]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,12 +48,14 @@ class _DeadlineSocket:
         self._sock, self._at, self._clock = sock, at, clock
         self._timeout = sock.gettimeout()   # the read timeout urllib3 has just set
 
-    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
         left = self._at - self._clock()
         if left < 0:   # past it (at it exactly is still in time, as the callers' own clock checks have it)
             raise TimeoutError("the deadline for this answer has passed")
         left = max(left, 0.001)   # a timeout of 0 would make the socket non-blocking
         self._sock.settimeout(left if self._timeout is None else min(self._timeout, left))
+        if nbytes is None:   # the socket's own default: gevent's TLS socket reads nothing at all for nbytes=0
+            return self._sock.recv_into(buffer)
         return self._sock.recv_into(buffer, nbytes, flags)
 
     def makefile(self, mode: str = "rb", buffering: int | None = None, **_: Any) -> Any:
@@ -62,11 +64,16 @@ class _DeadlineSocket:
         ``makefile`` does: a connection closed while the answer is read (``Connection: close``) then keeps the
         descriptor open until the answer's file is closed too."""
         raw = socket.SocketIO(self, mode)  # type: ignore[arg-type]
-        self._sock._io_refs += 1
+        self._real()._io_refs += 1
         return io.BufferedReader(raw, buffering or io.DEFAULT_BUFFER_SIZE)
 
     def _decref_socketios(self) -> None:
-        self._sock._decref_socketios()
+        self._real()._decref_socketios()
+
+    def _real(self) -> Any:
+        """The operating system's socket: TLS to a payer through an HTTPS proxy is urllib3's SSLTransport over it,
+        which counts its files on that socket too."""
+        return self._sock if hasattr(self._sock, "_io_refs") else self._sock.socket
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
@@ -98,7 +105,8 @@ _POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 class DeadlineAdapter(HTTPAdapter):
-    """requests' adapter, with connections that honour :func:`deadline` (directly and through a proxy)."""
+    """requests' adapter, with connections that honour :func:`deadline` (directly and through an http(s) proxy;
+    through a SOCKS proxy only the read timeout applies)."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
@@ -106,7 +114,8 @@ class DeadlineAdapter(HTTPAdapter):
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        manager.pool_classes_by_scheme = _POOLS
+        if not proxy.lower().startswith("socks"):   # SOCKS pools have connections of their own: left as they are
+            manager.pool_classes_by_scheme = _POOLS
         return manager
 
 

@@ -189,3 +189,23 @@ def test_a_port_in_use_is_named_before_anything_starts(monkeypatch, tmp_path, ar
     option = "--payer-port" if args[-2:] == ["--payer-port", "{port}"] else "--port"
     assert result.exit_code == 2 and f"{option} {port}: cannot listen on 127.0.0.1:{port}" in result.output
     assert not list(tmp_path.iterdir())   # no store, no demo folder
+
+
+def test_an_ipv6_host_in_brackets_is_checked_as_gunicorn_takes_it(monkeypatch):
+    """``--host [::1]`` (gunicorn's form) must not be refused by the port check as an unknown host name."""
+    import socket
+
+    from click.testing import CliRunner
+
+    from gateway import cli
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        taken = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    with taken:
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli.main, ["serve", "--host", "[::1]", "--port", str(port)])
+    assert result.exit_code == 2 and f"cannot listen on [::1]:{port}: Address already in use" in result.output

@@ -163,3 +163,13 @@ def test_a_store_made_before_the_index_is_upgraded_when_opened(database_url: str
             assert "ix_eligibility_transactions_received_at" in {
                 i["name"] for i in inspect(connection).get_indexes("eligibility_transactions")}
         assert opened.purge(NOW - timedelta(days=30)) == 1
+
+
+def test_open_problem_never_shows_the_password_however_the_driver_quotes_it():
+    from gateway.store.migrate import open_problem
+
+    url = "postgresql://gateway:p%40ss-" + "x" * 20 + "@db.example/audit"
+    secret = "p@ss-" + "x" * 20
+    for text in (f"{'y' * 290} {secret} tail", f"connection for {url} failed", f"password {secret} refused"):
+        said = open_problem(RuntimeError(text), url)
+        assert "p@ss" not in said and "p%40ss" not in said and "xxxxxxxxxx" not in said

@@ -47,20 +47,91 @@ def test_a_deadline_already_past_ends_the_read_at_once(header_drip: str):
 
 
 def test_a_reused_connection_after_a_deadline_block_reads_normally():
-    """The deadline belongs to one exchange: the next request on the same pooled connection is not cut."""
-    from werkzeug.serving import make_server
-    from werkzeug.wrappers import Response
+    """The deadline belongs to one exchange: the next request on the same kept-alive connection is not cut."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
 
-    server = make_server("127.0.0.1", 0, lambda environ, start: Response("ok")(environ, start), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    def serve() -> None:
+        conn, _ = listener.accept()
+        accepted.append(1)
+        with conn:
+            for _ in range(2):   # two requests on one connection, each answered in full, kept alive
+                if not conn.recv(65536):
+                    return
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
+
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
         with _session() as session:
-            url = f"http://127.0.0.1:{server.port}/"
-            with deadline(time.monotonic() + 5):
+            url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+            with deadline(time.monotonic() + 0.5):
                 assert session.get(url, timeout=(1, 1)).text == "ok"
-            time.sleep(0.1)
+            time.sleep(0.7)   # past that deadline: a connection still bound to it would fail the next read
             assert session.get(url, timeout=(1, 1)).text == "ok"
+        assert accepted == [1]   # one connection, reused
+    finally:
+        thread.join(5)
+        listener.close()
+
+
+def test_tls_through_an_https_proxy_counts_its_files_on_the_real_socket():
+    """urllib3 wraps TLS-in-TLS (an https payer behind an https proxy) in SSLTransport, which has no file count of
+    its own: the answer's file is counted on the socket beneath, as SSLTransport's own makefile does."""
+    from urllib3.util.ssltransport import SSLTransport
+
+    from gateway.transport.streams import _DeadlineSocket
+
+    a, b = socket.socketpair()
+    with a, b:
+        transport = SSLTransport.__new__(SSLTransport)   # only its socket matters here
+        transport.socket = a
+        before = a._io_refs
+        reader = _DeadlineSocket(transport, time.monotonic() + 5, time.monotonic).makefile("rb")
+        assert a._io_refs == before + 1
+        reader.close()
+        assert a._io_refs == before
+
+
+def test_https_under_gevent_reads_the_answer(tmp_path):
+    """gevent's TLS socket reads nothing for recv_into(buffer, 0): every https answer read as empty (the gateway
+    runs gevent workers under load). A patched client process fetches from a TLS server in this one."""
+    import shutil
+    import ssl
+    import subprocess
+    import sys
+
+    from werkzeug.serving import make_server
+    from werkzeug.wrappers import Response
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], cwd=tmp_path, check=True, capture_output=True,
+                   timeout=30)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server = make_server("127.0.0.1", 0, lambda environ, start: Response("ok" * 5000)(environ, start),
+                         threaded=True, ssl_context=context)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    client = f"""
+from gevent import monkey
+monkey.patch_all()
+import time, requests
+from gateway.transport.streams import DeadlineAdapter, deadline
+session = requests.Session()
+session.trust_env = False
+session.mount("https://", DeadlineAdapter(max_retries=0))
+with deadline(time.monotonic() + 10):
+    answer = session.get("https://127.0.0.1:{server.port}/", timeout=(5, 5), verify={str(tmp_path / 'cert.pem')!r})
+print(answer.status_code, len(answer.text))
+"""
+    try:
+        done = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=60)
     finally:
         server.shutdown()
         thread.join(5)
+    assert done.stdout.strip() == "200 10000", done.stderr[-2000:]
