@@ -41,7 +41,9 @@ def translate_270(txn: Transaction, tables: Tables, *, now: str,
     systems = tables.systems
     notes: list[Note] = []
     carried = set() if carried is None else carried
-    requests: list[tuple[str, list[Note]]] = []
+    requests: list[tuple[str, list[Note], set[int]]] = []   # (fullUrl, notes, positions of its people's segments)
+    people: set[int] = set()   # positions of every segment in a 2000C loop: one request's, or its dependents'
+
     entries: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
 
@@ -71,6 +73,7 @@ def translate_270(txn: Transaction, tables: Tables, *, now: str,
                 sub_name = subscriber.loop("2100C")
                 dependents = subscriber.loops_of("2000D")
                 patients = dependents or [subscriber]
+                people.update(seg.position for _, seg in subscriber.walk())
                 for patient in patients:
                     name = patient.loop("2100D") if patient is not subscriber else sub_name
                     request_notes: list[Note] = list(shared)
@@ -78,7 +81,10 @@ def translate_270(txn: Transaction, tables: Tables, *, now: str,
                                        payer_url, provider_url, add, request_notes, carried)
                     notes.extend(request_notes[len(shared):])
                     hl = patient.segment("HL")
-                    requests.append((add(request, f"request/{hl.get(1) if hl else ''}"), request_notes))
+                    # the subscriber's segments and this patient's, not another dependent's
+                    others = [d for d in dependents if d is not patient]
+                    mine = {seg.position for loop, seg in subscriber.walk() if not _inside(loop, others)}
+                    requests.append((add(request, f"request/{hl.get(1) if hl else ''}"), request_notes, mine))
     for seg in txn.root.segments:
         if seg.id not in ("ST", "BHT", "SE"):
             note(f"segment {seg.id} outside the loops of a 270", txn.root, seg)
@@ -89,15 +95,27 @@ def translate_270(txn: Transaction, tables: Tables, *, now: str,
               if seg.position not in carried and str(seg.position) not in noted]
     notes.extend(unread)
     for entry in entries:
-        for url, request_notes in requests:
-            if entry["fullUrl"] == url and (request_notes or unread):
+        for url, request_notes, mine in requests:
+            # an unread segment of a person goes to that person's request only (its raw text may be their data);
+            # one above the people (payer, provider, envelope) to every request
+            theirs = [n for n in unread if (at := int(n.source.rsplit("@", 1)[-1])) in mine or at not in people]
+            if entry["fullUrl"] == url and (request_notes or theirs):
                 entry["resource"]["extension"] = process_note_extensions(
-                    [*request_notes, *unread], systems["process_note_extension"], systems["note_type"])
+                    [*request_notes, *theirs], systems["process_note_extension"], systems["note_type"])
     bundle = {"resourceType": "Bundle", "id": _urn(_seed(txn), "bundle").rsplit(":", 1)[-1],
               "type": "collection", "timestamp": now, "entry": entries}
     if notes:
         bundle["meta"] = {"tag": [{"system": systems["canonical_base"], "code": "translated-from-x12-270"}]}
     return bundle, notes
+
+
+def _inside(loop: Loop | None, ancestors: list[Loop]) -> bool:
+    """Whether ``loop`` is one of ``ancestors`` or below one of them."""
+    while loop is not None:
+        if any(loop is a for a in ancestors):
+            return True
+        loop = loop.parent
+    return False
 
 
 def _where(txn: Transaction, loop: Loop, seg: Segment) -> str:

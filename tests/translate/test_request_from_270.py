@@ -48,10 +48,6 @@ def back_to_270(bundle: dict[str, Any]) -> str:
                               sender_id="GATEWAY01").output
 
 
-# a 2100D without INS (the guide's usual dependent) comes back without Coverage.relationship, and the FHIR -> 270
-# side then sends the dependent as the subscriber
-
-
 @pytest.mark.parametrize("path", GOLDEN_270, ids=lambda p: p.stem)
 def test_each_generated_270_translates_back_to_itself(path: Path):
     """270 -> FHIR -> 270 asks the same questions (same segments, envelope included)."""
@@ -128,6 +124,21 @@ def test_a_segment_no_step_reads_is_noted_in_each_request():
     assert "gender 'X' (DMG03) has no AdministrativeGender code" in notes
     texts = [e["extension"][2]["valueString"] for e in request["extension"]]
     assert "segment REF in loop 2000C is not read by the translation" in texts
+
+
+def test_an_unread_segment_of_one_patient_is_noted_in_that_patients_request_only():
+    """Its raw text may be the patient's data: another subscriber's request in the same 270 never carries it."""
+    first = [*HEAD[:7], ("REF", ["EJ", "ACC1"]), *HEAD[7:], ("EQ", ["30"])]
+    second = [("HL", ["4", "2", "22", "0"]), ("TRN", ["1", "T2", "9GATEWAY01"]),
+              ("NM1", ["IL", "1", "POE", "BEN", "", "", "", "MI", "W456"]), ("DMG", ["D8", "19700101", "M"]),
+              ("EQ", ["30"])]
+    bundle, _ = translate_270(read_x12(x12([*first, *second])).transactions[0], load_tables(),
+                              now="2025-01-15T09:30:00Z")
+    requests = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "CoverageEligibilityRequest"]
+    texts = [[part["valueString"] for note in r.get("extension", []) for part in note["extension"]
+              if part["url"] == "text"] for r in requests]
+    assert "segment REF in loop 2000C is not read by the translation" in texts[0]
+    assert not any("REF" in t for t in texts[1])
 
 
 def test_a_provider_named_only_by_its_id_has_no_empty_name():
