@@ -616,10 +616,11 @@ def _patient_references(g: _Gather, patient: dict[str, Any] | None, delimiters: 
         value, path = ident["value"], f"Patient.identifier[{index}]"
         sent = value.replace("-", "") if rule.get("digits") else value
         if rule.get("digits") and not (sent.isdigit() and len(sent) == int(rule["digits"])):
-            g.lost(f"REF*{rule['ref']}: {value!r} is not {rule['digits']} digits; not sent", path)
+            # never the value itself: a note reaches the response and the audit store, and this is an SSN
+            g.lost(f"REF*{rule['ref']}: the identifier is not {rule['digits']} digits; not sent", path)
         elif probe.clean(sent, "REF", "REF02") != sent.upper():
-            g.lost(f"REF*{rule['ref']}: {value!r} cannot be sent as given (X12 characters, at most 50); not sent",
-                   path)
+            g.lost(f"REF*{rule['ref']}: the identifier cannot be sent as given (X12 characters, at most 50); not "
+                   "sent", path)
         elif rule["ref"] in (r[1][0] for r in out):
             g.lost(f"a second REF*{rule['ref']} identifier is not sent", path)
         else:
@@ -631,7 +632,8 @@ def _ndc(g: _Gather, code: str, path: str) -> str:
     """The 11-digit 5-4-2 NDC the qualifier requires, from an 11-digit or a hyphenated 10-digit one (noted);
     a problem for anything else, an unhyphenated 10-digit NDC included (which part to pad cannot be known)."""
     layout = [int(n) for n in g.tables.t["procedures"]["ndc"]["layout"]]
-    parts = code.strip().split("-")
+    code = code.strip()
+    parts = code.split("-")
     if all(p.isdigit() for p in parts) and len(parts) == len(layout):
         short = [want - len(p) for p, want in zip(parts, layout, strict=True)]
         if all(n >= 0 for n in short) and sum(short) <= 1:   # 5-4-2, or one part a digit short (4-4-2, 5-3-2, 5-4-1)
@@ -854,7 +856,8 @@ def _address(g: _Gather, body: list[tuple[str, list[Value]]], address: dict[str,
     table = g.tables.t["addresses"]
     given_country = (address.get("country") or "").strip()
     country = given_country.upper()
-    region = "US" if country in table["us_country"] else "CA" if country in table["ca_country"] else None
+    territory = table.get("us_territory_countries", {}).get(country)
+    region = "US" if country in table["us_country"] or territory else "CA" if country in table["ca_country"] else None
     n404 = "CA" if region == "CA" else ""
     if country and region is None:
         if len(country) == 2 and country in table["iso_countries"]:
@@ -862,7 +865,7 @@ def _address(g: _Gather, body: list[tuple[str, list[Value]]], address: dict[str,
         else:
             g.lost(f"country {given_country!r} is not an ISO 3166 2-letter code: N404 left out", f"{path}.country")
             region = "unknown"
-    given_state = (address.get("state") or "").strip()
+    given_state = (address.get("state") or "").strip() or (territory or "")
     state = ""
     if given_state and region in (None, "US", "CA"):
         key = given_state.upper()

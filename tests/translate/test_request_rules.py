@@ -445,6 +445,9 @@ def _n4(address, **changes):
     ({"city": "Quebec", "state": "QC", "postalCode": "G1R 4P5", "country": "Canada"},
      ["N4", "QUEBEC", "QC", "G1R 4P5", "CA"]),
     ({"city": "Paris", "postalCode": "75001", "country": "fr"}, ["N4", "PARIS", "", "75001", "FR"]),
+    # a US territory given as its ISO country: a US address (no N404), the territory as N402
+    ({"city": "San Juan", "postalCode": "00901", "country": "PR"}, ["N4", "SAN JUAN", "PR", "00901"]),
+    ({"city": "Hagatna", "state": "Guam", "postalCode": "96910", "country": "GU"}, ["N4", "HAGATNA", "GU", "96910"]),
 ])
 def test_n4_carries_state_and_country_codes_never_a_shortened_name(address, n4):
     found, notes, result = _n4(address)
@@ -490,6 +493,7 @@ NDC = "http://hl7.org/fhir/sid/ndc"
     ("12345-6789-1", "12345678901", True),    # 5-4-1: the package
     ("00002-7510-01", "00002751001", True),   # 5-4-2 hyphenated
     ("12345678901", "12345678901", False),    # already as EQ02 takes it
+    (" 12345678901 ", "12345678901", False),  # spaces around it are no part of it
 ])
 def test_an_ndc_is_sent_as_11_digits_5_4_2(given, sent, noted):
     result = build(bundle(request__item=[{"productOrService": {"coding": [{"system": NDC, "code": given}]}}]))
@@ -557,7 +561,8 @@ def test_the_patients_ssn_and_medical_record_number_go_in_ref_sy_and_ea_of_the_p
 def test_an_ssn_that_is_not_9_digits_is_noted_not_sent():
     result = build(bundle(patient__identifier=[{"system": "http://hl7.org/fhir/sid/us-ssn", "value": "12345"}]))
     assert not [p for p in segs(result.text) if p[:2] == ["REF", "SY"]]
-    assert "not 9 digits" in {n.source: n.text for n in result.notes}["Patient.identifier[0]"]
+    noted = {n.source: n.text for n in result.notes}["Patient.identifier[0]"]
+    assert "not 9 digits" in noted and "12345" not in noted   # an SSN is never written into a note
 
 
 @pytest.mark.parametrize(("changes", "source", "words"), [
