@@ -11,13 +11,15 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
+from contextlib import closing
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 from sqlalchemy import bindparam, create_engine, delete, event, func, inspect, select, text
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -75,8 +77,8 @@ class AuditStore:
         kwargs: dict[str, Any] = {}
         memory = is_memory_sqlite(url)
         self._sqlite_file = sqlite_file(url)
-        if not migrate and self._sqlite_file is not None and not self._sqlite_file.is_file():
-            raise StoreError(f"there is no audit store at {self._sqlite_file}")
+        if not migrate and not memory:   # before anything opens it: a file that is no store is left untouched
+            _check_migrated(url, self._sqlite_file)
         if backend == "sqlite":
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": BUSY_TIMEOUT_SECONDS}
             if memory:
@@ -113,33 +115,10 @@ class AuditStore:
             with self.engine.connect():   # WAL from the start: set later, it could meet another process's lock
                 pass
         self._sqlite_inode = os.stat(self._sqlite_file).st_ino if self._sqlite_file is not None else None
-        if not migrate and not memory:
-            self._check_migrated()
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         # the connections that write: on a SQLite file they take the write lock up front, waiting without
         # blocking the worker (see _sqlite_begin); elsewhere the option means nothing
         self._writer = self.engine.execution_options(**{_WRITES: True})
-
-    def _check_migrated(self) -> None:
-        known = revisions()
-        try:
-            with self.engine.connect() as connection:   # a server that cannot be reached fails here, as itself
-                found = connection.execute(text("select version_num from alembic_version")).scalars().all() \
-                    if inspect(connection).has_table("alembic_version") else []
-        except SQLAlchemyError:
-            self.close()
-            raise
-        if found == known[:1]:
-            return
-        self.close()
-        if not found:
-            raise StoreError("the database holds no audit store (no migrations have run there); check the URL, or "
-                             "run `fhir-x12 store migrate` to create one")
-        if found[0] in known:
-            raise StoreError(f"the audit store is at schema {found[0]}, this version's is {known[0]}: run "
-                             "`fhir-x12 store migrate` first")
-        raise StoreError(f"the audit store is at schema {found[0]}, newer than this version of the gateway knows "
-                         f"({known[0]})")
 
     def _check_file(self) -> None:
         """A SQLite file must still be the one opened: deleted or replaced, the connections' writes go to an inode
@@ -381,6 +360,41 @@ class AuditStore:
         if record is None:
             raise UnknownRecordError(id)
         return record
+
+
+def _check_migrated(url: str, sqlite_path: Path | None) -> None:
+    """StoreError unless ``url`` holds an audit store at this version's schema. A SQLite file is read in read-only
+    mode, so one that is not a store (another application's, say) is refused as it was found: no WAL, no pragmas."""
+    known = revisions()
+    if sqlite_path is not None:
+        if not sqlite_path.is_file():
+            raise StoreError(f"there is no audit store at {sqlite_path}")
+        try:
+            with closing(sqlite3.connect(f"{sqlite_path.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+                has_table = connection.execute("select 1 from sqlite_master where type = 'table' and name = "
+                                               "'alembic_version'").fetchone() is not None
+                found = [row[0] for row in connection.execute("select version_num from alembic_version")] \
+                    if has_table else []
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{sqlite_path} is not a SQLite database the gateway can read ({exc})") from None
+    else:
+        engine = create_engine(url)
+        try:
+            with engine.connect() as connection:   # a server that cannot be reached fails here, as itself
+                found = connection.execute(text("select version_num from alembic_version")).scalars().all() \
+                    if inspect(connection).has_table("alembic_version") else []
+        finally:
+            engine.dispose()
+    if found == known[:1]:
+        return
+    if not found:
+        raise StoreError("the database holds no audit store (no migrations have run there); check the URL, or run "
+                         "`fhir-x12 store migrate` to create one")
+    if found[0] in known:
+        raise StoreError(f"the audit store is at schema {found[0]}, this version's is {known[0]}: run "
+                         "`fhir-x12 store migrate` first")
+    raise StoreError(f"the audit store is at schema {found[0]}, newer than this version of the gateway knows "
+                     f"({known[0]})")
 
 
 def _sqlite_begin(connection: Connection) -> None:

@@ -114,9 +114,14 @@ def test_purge_never_creates_a_store_where_there_is_none(tmp_path, dry_run: bool
     assert result.exit_code == 2 and f"there is no audit store at {tmp_path / 'typo' / 'gw.db'}" in result.output
     assert not (tmp_path / "typo").exists()
     empty = tmp_path / "empty.db"
-    empty.touch()   # a file, but no store in it
+    empty.touch()   # a file, but no store in it: refused, and left as it was found (no WAL files, no pragmas)
     result = CliRunner().invoke(main, ["store", "purge", "--older-than", "30d", "--database", f"sqlite:///{empty}"])
     assert result.exit_code == 2 and "holds no audit store" in result.output
+    assert empty.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
+    other = tmp_path / "other.txt"
+    other.write_text("not a database at all, " * 100)
+    result = CliRunner().invoke(main, ["store", "purge", "--older-than", "30d", "--database", f"sqlite:///{other}"])
+    assert result.exit_code == 2 and "is not a SQLite database the gateway can read" in result.output
 
 
 def test_the_cli_names_a_store_newer_than_the_code(tmp_path):
