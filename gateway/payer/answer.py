@@ -471,8 +471,9 @@ def answer(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[st
         rows: list[tuple[str, list[Value]]] = []
         for coverage in coverages:
             status = _coverage_rows(coverage, asked, config, served, generic)
-            if len(groups) > 1:   # EQs for different dates: each status row says which date it answers
-                status.insert(1, ("DTP", ["291", "D8", _x12_date(served)]))
+            if len(groups) > 1:   # EQs for different dates: each status row (its 2110C) says which date it answers
+                status = [part for row in status for part in (
+                    [row, ("DTP", ["291", "D8", _x12_date(served)])] if row[0] == "EB" else [row])]
             rows.extend(status)
         active = any(r[1][0] == "1" for r in rows if r[0] == "EB")
         if active and not generic:

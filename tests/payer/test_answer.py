@@ -226,6 +226,7 @@ def test_an_eq_date_overrides_the_patient_date_for_that_eq():
     answered = answer_270(read_x12(two).transactions[0], {member["memberid"]: member}, CONFIG, now=NOW,
                           control_number=5)
     assert "EB*1**30**ACME PPO GOLD~DTP*291*D8*20240601~" in answered
+    assert "EB*1**1^33^47^48^50^86^98^UC~DTP*291*D8*20240601~" in answered   # the second status row too
     assert "EB*6**30**ACME PPO GOLD~DTP*291*D8*20250310~DTP*357*D8*20241231~" in answered
     assert validate_x12(answered).valid, [f.to_dict() for f in validate_x12(answered).errors]
     # an EQ date outside the inquiry period is refused as the patient's would be
