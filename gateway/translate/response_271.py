@@ -574,8 +574,7 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
             name = dates["names"].get(seg.get(1), f"date qualifier {seg.get(1)}")
             span = date_range(seg.get(2), seg.get(3))
             shown = (span[0] if span[0] == span[1] else f"{span[0]} to {span[1]}") if span else repr(seg.get(3))
-            what = f"EB {eb01} {','.join(stcs)}".strip()
-            r.note(f"{name} {shown} for {what} (no item-level dates in FHIR R4)", loop, seg)
+            r.note(f"{name} {shown} for {_row_named(tables, v, stcs)} (no item-level dates in FHIR R4)", loop, seg)
         elif sid == "AAA":
             _aaa(r, loop, seg)
     for sub in (loop.loops if len(loop.body) > 1 else ()):
@@ -763,6 +762,17 @@ def _procedure(r: _Response, comps: list[str]) -> dict[str, Any]:
     qualifier, code = comps[0], comps[1] if len(comps) > 1 else ""
     system = r.tables.t["procedures"]["from_x12"].get(qualifier, r.tables.x12_system(f"235/{qualifier}"))
     return {"coding": [{"system": system, "code": code}]}
+
+
+def _row_named(tables: Tables, v: list[str], stcs: list[str]) -> str:
+    """An EB row as a reader tells it from its neighbours: ``EB C IND 30: Deductible, Remaining, in network``.
+    The deductible's total and its remainder, in and out of network, each carry a date of their own."""
+    words = [tables.display("eligibility_benefit", v[1])]
+    if v[6]:
+        words.append(tables.display("time_period", v[6]))
+    if v[12]:
+        words.append((tables.t["network"]["codes"].get(v[12]) or {}).get("display") or f"EB12 {v[12]}")
+    return " ".join(filter(None, ("EB", v[1], v[2], ",".join(stcs)))) + f": {', '.join(words)}"
 
 
 def _amount(r: _Response, loop: Loop, eb: Segment, info: dict[str, Any], item: dict[str, Any]) -> _Fact | None:
