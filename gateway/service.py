@@ -184,8 +184,9 @@ class EligibilityService:
         return Prepared(id, stored, request, resolved_bundle, built, start, sent=sending)
 
     def cancel(self, id: str) -> str | None:
-        """Cancel an accepted ``respond-async`` request that has not gone to the payer yet: ``"cancelled"``, the
-        status that is too far along to cancel (``sent``, ``answered``, ``failed``), or None (unknown id)."""
+        """Cancel an accepted ``respond-async`` request that has not gone to the payer yet: ``"cancelled"``, ``"gone"``
+        (cancelled before), the status that is too far along to cancel (``sent``, ``answered``, ``failed``), or None
+        (unknown id)."""
         outcome = operation_outcome("informational", "cancelled by the client before it was sent to the payer",
                                     severity="information")
         status = self.store.cancel(id, self.clock(), outcome)

@@ -205,9 +205,10 @@ class AuditStore:
 
     def cancel(self, id: str, at: datetime, outcome: dict[str, Any]) -> str | None:
         """Cancel a transaction that has not been sent: it becomes ``cancelled`` with ``outcome`` (an
-        OperationOutcome) as its error, and its status URL is released (``released_at``). Returns ``"cancelled"``, or
+        OperationOutcome) as its error, and its status URL is released (``released_at``). Returns ``"cancelled"`` when
+        this call cancelled it, ``"gone"`` when it was cancelled before (two DELETEs at once: one of them did it),
         the status that stopped it (``sent``, ``answered`` ...: nothing changes), or None for an unknown id. Atomic
-        against ``record_sent``."""
+        against ``record_sent`` and against another cancel."""
         with self._writer.begin() as connection:
             found = connection.execute(select(_RECORDS.c.status, _RECORDS.c.received_at, _RECORDS.c.request)
                                        .where(_RECORDS.c.id == id)).first()
@@ -220,7 +221,8 @@ class AuditStore:
                                               duration_ms=_milliseconds(found.received_at, at), request=request,
                                               request_status="cancelled", released_at=at))
             if done.rowcount == 0:
-                return connection.execute(select(_RECORDS.c.status).where(_RECORDS.c.id == id)).scalar()
+                status = connection.execute(select(_RECORDS.c.status).where(_RECORDS.c.id == id)).scalar()
+                return "gone" if status == "cancelled" else status
             return "cancelled"
 
     def release(self, id: str, at: datetime) -> bool:

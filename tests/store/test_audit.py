@@ -361,7 +361,7 @@ def test_a_request_not_yet_sent_can_be_cancelled_and_is_then_never_sent(store: A
     # the request itself now reads, and is found, as cancelled (fm-status)
     assert store.get_request("gw-4")["status"] == "cancelled" and store.get_request("gw-5")["status"] == "active"
     assert [r["id"] for r in store.search_requests({"status": ["cancelled"]}, 10, 0)[0]] == ["gw-4"]
-    assert store.cancel("gw-4", received, OPERATION_OUTCOME) == "cancelled"   # twice: still cancelled
+    assert store.cancel("gw-4", received, OPERATION_OUTCOME) == "gone"   # twice: the first call did it
     assert store.cancel("gw-5", received, OPERATION_OUTCOME) == "sent"        # too late: nothing changes
     assert store.record("gw-5").status == "sent" and store.record("gw-5").error is None
     assert store.cancel("missing", received, OPERATION_OUTCOME) is None
@@ -725,3 +725,17 @@ def test_a_burst_of_writers_keeps_its_sqlite_connections_open(tmp_path: Path):
             thread.join()
         assert len(opened) == before   # the second burst reused them
         assert store.search_requests({}, 20, 0)[1] == 10
+
+
+def test_of_simultaneous_cancels_one_cancels_and_the_others_find_it_gone(store: AuditStore):
+    """Two DELETEs on one status URL at once: one 202, the other 404 (and one 'cancelled' in the metrics)."""
+    received = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
+    store.record_request("gw-race", SEED[0]["request"], None, "60054", "T", received)
+    results: list[str | None] = []
+    threads = [threading.Thread(target=lambda: results.append(store.cancel("gw-race", received, OPERATION_OUTCOME)))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(results) == ["cancelled", "gone", "gone", "gone"]
