@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import re
 import time
@@ -37,8 +38,11 @@ from gateway.fhir.structure import MAX_DEPTH, invariant_problems, json_shape, st
 from gateway.translate.errors import Problem, TranslationError
 from gateway.translate.references import Resolver
 from gateway.translate.request_270 import CER, find_request
+from gateway.transport.client import failure_cause
 from gateway.transport.routing import is_loopback_url
 from gateway.transport.streams import DeadlineAdapter, arriving, deadline
+
+log = logging.getLogger(__name__)
 
 ACCEPT = "application/fhir+json, application/json;q=0.9"
 MAX_BYTES = 2 * 1024 * 1024
@@ -83,6 +87,7 @@ class UpstreamConfig:
     token: str | None = field(default=None, repr=False)
     basic: tuple[str, str] | None = field(default=None, repr=False)
     timeout: tuple[float, float] = (2.0, 5.0)
+    ca_bundle: str | None = None   # PEM CAs the EHR's server is verified with (None: the session's trust store)
     max_fetches: int = 20
     budget: float = 8.0
     max_bytes: int = MAX_BYTES
@@ -142,7 +147,10 @@ class UpstreamConfig:
         timeout_value = config.get("FHIR_X12_FHIR_TIMEOUT")
         if timeout_value is not None and _text(timeout_value) is not None:
             timeout = _parse_timeout(timeout_value, timeout)
-        return cls(base=base, allowed_hosts=hosts, token=token, basic=basic, timeout=timeout)
+        ca_bundle = _text(config.get("FHIR_X12_FHIR_CA_BUNDLE"))
+        if ca_bundle is not None:
+            ca_bundle = _ca_bundle(ca_bundle)
+        return cls(base=base, allowed_hosts=hosts, token=token, basic=basic, timeout=timeout, ca_bundle=ca_bundle)
 
     def _authorization(self) -> str | None:
         if self.token:
@@ -151,6 +159,21 @@ class UpstreamConfig:
             raw = f"{self.basic[0]}:{self.basic[1]}".encode()
             return f"Basic {base64.b64encode(raw).decode('ascii')}"
         return None
+
+
+def _ca_bundle(path: str) -> str:
+    """An absolute path to PEM certificates an ``ssl`` context can load; ConfigError naming the setting otherwise
+    (found at start, not as every fetch failing with "the connection failed")."""
+    import ssl
+    from pathlib import Path
+
+    found = Path(path).expanduser().resolve()
+    try:
+        ssl.create_default_context(cafile=str(found))
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not PEM CA certificates"
+        raise ConfigError(f"FHIR_X12_FHIR_CA_BUNDLE {path!r}: {reason}") from None
+    return str(found)
 
 
 def _text(value: Any) -> str | None:
@@ -440,7 +463,7 @@ class _Walk:
         try:
             with deadline(self.start + config.budget, self.clock), self.session.get(
                     target.url, headers={"Accept": ACCEPT}, auth=_Authorization(credentials), timeout=timeout,
-                    allow_redirects=False, stream=True) as response:
+                    allow_redirects=False, stream=True, verify=config.ca_bundle) as response:
                 failure = _status_failure(response.status_code)
                 if failure is not None:
                     return failure
@@ -456,9 +479,14 @@ class _Walk:
                     return self.cut_off()
                 return _Failure("timeout", f"could not be fetched: the FHIR server could not be reached in time "
                                            f"(the answer stalled for {timeout[1]:g} s)")
+            log.warning("FHIR server fetch failed: %s", failure_cause(exc))   # the operator's why; never a URL or id
+            if isinstance(exc, requests.exceptions.SSLError):
+                return _Failure("transient", "could not be fetched: TLS with the FHIR server failed (is its "
+                                             "certificate's CA trusted? see FHIR_X12_FHIR_CA_BUNDLE)")
             return _Failure("transient", "could not be fetched: the FHIR server could not be reached "
                                          "(the connection failed)")
-        except requests.RequestException:
+        except requests.RequestException as exc:
+            log.warning("FHIR server fetch failed: %s", failure_cause(exc))
             return _Failure("transient", "could not be fetched: the FHIR server could not be reached "
                                          "(the request failed)")
         if isinstance(body, _Failure):

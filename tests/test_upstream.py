@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -66,7 +68,7 @@ def ehr_example(**changes: Any) -> dict[str, Any]:
 class Upstream:
     """The EHR's FHIR server on a loopback port, with a log of what was asked (path, Authorization)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: Any = None) -> None:
         self.lock = threading.Lock()
         self.calls: list[tuple[str, str | None]] = []
         self.on_call = lambda: None
@@ -86,9 +88,9 @@ class Upstream:
                 self.calls.append(("/" + rest, request.headers.get("Authorization")))
             abort(404)
 
-        self.httpd = make_server("127.0.0.1", 0, app, threaded=True)
+        self.httpd = make_server("127.0.0.1", 0, app, threaded=True, ssl_context=ssl_context)
         self.port = self.httpd.server_port
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ssl_context is not None else 'http'}://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -502,6 +504,55 @@ def test_headers_arriving_a_line_at_a_time_are_cut_at_the_budget(header_drip: st
     assert time.monotonic() - started < 2.5   # without the deadline: 100 lines x 0.2 s each
     code, message = problems[f"{CER}.patient"]
     assert code == "timeout" and "ran out while reading the answer" in message
+
+
+@pytest.fixture(scope="module")
+def tls_ehr(loopback_ca: Path) -> Iterator[Upstream]:
+    """The EHR's server over https, with a certificate from a private CA (as a hospital's often is)."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(loopback_ca / "server.pem", loopback_ca / "server.key")
+    upstream = Upstream(ssl_context=context)
+    yield upstream
+    upstream.close()
+
+
+def test_an_ehr_with_a_private_ca_is_trusted_by_the_configured_bundle(tls_ehr: Upstream, loopback_ca: Path,
+                                                                       monkeypatch, caplog):
+    """FHIR_X12_FHIR_CA_BUNDLE; without it, a 422 that says TLS failed and a log line that says why; with the
+    gateway's own session (no proxy variables: trust_env off), REQUESTS_CA_BUNDLE is still the trust store."""
+    from gateway.transport.client import _session
+
+    for key in [k for k in os.environ if k.lower().endswith("_proxy")]:
+        monkeypatch.delenv(key)
+    base = {"FHIR_X12_FHIR_BASE": f"{tls_ehr.url}/fhir", "FHIR_X12_FHIR_TOKEN": "tok-1"}
+    trusted = UpstreamConfig.from_config({**base, "FHIR_X12_FHIR_CA_BUNDLE": str(loopback_ca / "ca.pem")})
+    assert trusted.ca_bundle == str(loopback_ca / "ca.pem")
+    with requests.Session() as plain:
+        plain.trust_env = False   # the environment's bundle out of the way: only the setting trusts the CA
+        assert resolve_references(ehr_example(), trusted, session=plain)["resourceType"] == "Bundle"
+        with caplog.at_level("WARNING", logger="gateway.upstream"):
+            problems = problems_of(ehr_example(), UpstreamConfig.from_config(base), session=plain)
+    code, message = problems[f"{CER}.patient"]
+    assert code == "transient" and "TLS with the FHIR server failed" in message
+    assert any("SSLError" in r.getMessage() and "CERTIFICATE_VERIFY_FAILED" in r.getMessage()
+               for r in caplog.records)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(loopback_ca / "ca.pem"))
+    session = _session(4)
+    try:
+        assert not session.trust_env
+        assert resolve_references(ehr_example(), UpstreamConfig.from_config(base), session=session)["entry"]
+    finally:
+        session.close()
+
+
+@pytest.mark.parametrize("bundle", ["/nonexistent/ca.pem", "{not_pem}"])
+def test_a_ca_bundle_that_cannot_be_read_is_named_at_start(bundle: str, tmp_path: Path):
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="FHIR_X12_FHIR_CA_BUNDLE"):
+        UpstreamConfig.from_config({"FHIR_X12_FHIR_CA_BUNDLE": bundle.format(not_pem=not_pem)})
 
 
 def test_a_shared_session_across_threads(ehr: Upstream):

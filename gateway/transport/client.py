@@ -552,6 +552,11 @@ def _session(pool_size: int) -> requests.Session:
     # otherwise scans the environment and netrc on every request: a millisecond each at load).
     if not any(key.lower().endswith("_proxy") for key in os.environ):
         session.trust_env = False
+        # ... but the CA bundle the environment names is still the trust store, as requests would take it: an EHR
+        # or payer with a private CA is reached with REQUESTS_CA_BUNDLE, proxies or not
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle:
+            session.verify = bundle
     return session
 
 
@@ -562,14 +567,14 @@ def _request_failure(exc: requests.RequestException, route: Route, timeout: tupl
     """What a requests exception means: _Retry when the 270 cannot have reached the payer, else a PayerError.
 
     The message goes back to the API client, so it names the payer, not its endpoint (an internal host and port
-    are the operator's business): what went wrong is logged for the operator instead (:func:`_cause`).
+    are the operator's business): what went wrong is logged for the operator instead (:func:`failure_cause`).
     """
     reason: Any = exc.args[0] if exc.args else None
     if isinstance(reason, urllib3.exceptions.MaxRetryError):
         reason = reason.reason
     endpoint = f"payer {route.payer_id}'s endpoint"
     if not isinstance(exc, requests.Timeout):
-        log.warning("payer %s: %s", route.payer_id, _cause(exc))
+        log.warning("payer %s: %s", route.payer_id, failure_cause(exc))
     if isinstance(exc, requests.ConnectTimeout):
         return _Retry(PayerTimeout(f"could not connect to {endpoint} within {timeout[0]:g} s"))
     if isinstance(exc, requests.Timeout) or isinstance(reason, urllib3.exceptions.ReadTimeoutError):
@@ -601,7 +606,7 @@ def _short(value: object, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _cause(exc: BaseException) -> str:
+def failure_cause(exc: BaseException) -> str:
     """What went wrong, for the operator's log: the chain of exception classes and the system's own words for a
     socket or TLS error (``Connection refused``, ``certificate verify failed``). Never the exceptions' text
     otherwise: a broken status line or chunk quotes what the payer sent, which may be a patient's data."""

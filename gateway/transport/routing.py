@@ -131,9 +131,10 @@ class Route:
         return (self.client_cert, self.client_key) if self.client_key else self.client_cert
 
     @property
-    def tls_verify(self) -> bool | str:
-        """``verify=`` for requests: the CA bundle, or True (the default trust store)."""
-        return self.ca_bundle or True
+    def tls_verify(self) -> str | None:
+        """``verify=`` for requests: the payer's CA bundle, or None for the session's trust store (requests' own, or
+        the bundle ``REQUESTS_CA_BUNDLE`` names: see ``client._session``)."""
+        return self.ca_bundle or None
 
     def envelope(self, interchange_control: int, now: datetime, **extra: Any) -> Envelope:
         """ISA/GS values for a 270 to this payer (for ``gateway.x12.writer``)."""

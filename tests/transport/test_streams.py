@@ -93,10 +93,9 @@ def test_tls_through_an_https_proxy_counts_its_files_on_the_real_socket():
         assert a._io_refs == before
 
 
-def test_https_under_gevent_reads_the_answer(tmp_path):
+def test_https_under_gevent_reads_the_answer(loopback_ca):
     """gevent's TLS socket reads nothing for recv_into(buffer, 0): every https answer read as empty (the gateway
     runs gevent workers under load). A patched client process fetches from a TLS server in this one."""
-    import shutil
     import ssl
     import subprocess
     import sys
@@ -104,15 +103,8 @@ def test_https_under_gevent_reads_the_answer(tmp_path):
     from werkzeug.serving import make_server
     from werkzeug.wrappers import Response
 
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], cwd=tmp_path, check=True, capture_output=True,
-                   timeout=30)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    context.load_cert_chain(loopback_ca / "server.pem", loopback_ca / "server.key")
     server = make_server("127.0.0.1", 0, lambda environ, start: Response("ok" * 5000)(environ, start),
                          threaded=True, ssl_context=context)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -126,7 +118,7 @@ session = requests.Session()
 session.trust_env = False
 session.mount("https://", DeadlineAdapter(max_retries=0))
 with deadline(time.monotonic() + 10):
-    answer = session.get("https://127.0.0.1:{server.port}/", timeout=(5, 5), verify={str(tmp_path / 'cert.pem')!r})
+    answer = session.get("https://127.0.0.1:{server.port}/", timeout=(5, 5), verify={str(loopback_ca / 'ca.pem')!r})
 print(answer.status_code, len(answer.text))
 """
     try:
