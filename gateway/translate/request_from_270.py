@@ -109,6 +109,12 @@ def translate_270(txn: Transaction, tables: Tables, *, now: str,
     return bundle, notes
 
 
+def _created(bht: Segment | None, now: str) -> str:
+    """When the 270 was made (BHT04, a date: its BHT05 time has no zone), else when it was translated."""
+    day = date_range("D8", bht.get(4)) if bht is not None and bht.get(4) else None
+    return day[0] if day else now
+
+
 def _inside(loop: Loop | None, ancestors: list[Loop]) -> bool:
     """Whether ``loop`` is one of ``ancestors`` or below one of them."""
     while loop is not None:
@@ -252,7 +258,13 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
         coverage["subscriberId"] = member_id
     relationship = "self"
     request: dict[str, Any] = {"resourceType": "CoverageEligibilityRequest", "status": "active",
-                               "purpose": [], "patient": {"reference": patient_url}, "created": now}
+                               "purpose": [], "patient": {"reference": patient_url}, "created": _created(bht, now)}
+    if bht is not None and bht.get(5):
+        note(f"BHT05 time {bht.get(5)}: an X12 time has no zone, which a FHIR dateTime needs; created keeps BHT04's "
+             "date", txn.root, bht)
+    if bht is not None and bht.get(2) and bht.get(2) != tables.t["request_270"]["constants"]["BHT02"]:
+        note(f"BHT02 {bht.get(2)}: the 270 is not an ordinary request (13); a CoverageEligibilityRequest cannot say "
+             "so", txn.root, bht)
     items: list[dict[str, Any]] = []
     diagnoses: list[tuple[str, str]] = []   # (code system, code) in HI order: EQ05 points at them by position
     pointed: set[str] = set()
