@@ -283,16 +283,17 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                     note(f"trace {seg.get(2)} names the originator's division {seg.get(4)} (TRN04)", level, seg)
     eq_count = sum(1 for lp in (sub_name, name if dependent else None) if lp is not None
                    for inquiry in lp.loops if inquiry.id.startswith("2110") for _ in inquiry.segments_of("EQ"))
+    classes = tables.t["references"]["patient_level"]   # REF 6P/1L group, 18 plan: Coverage.class
     for loop in [lp for lp in (sub_name, name if dependent else None) if lp is not None]:
         for seg in loop.segments:
             sid = seg.id
             if sid in ("NM1", "DMG", "N3", "N4") or (sid == "REF" and seg.get(1) in person_refs):
                 continue   # the person's own (person_from)
-            if sid in ("INS", "HI") or (sid, seg.get(1)) in (("REF", "6P"), ("REF", "1L"), ("REF", "18"),
-                                                             ("DTP", "291")):
+            if sid in ("INS", "HI") or (sid == "REF" and seg.get(1) in classes) or (sid, seg.get(1)) == (
+                    "DTP", "291"):
                 carried.add(seg.position)
-            if sid == "REF" and seg.get(1) in ("6P", "1L", "18"):
-                kind = "plan" if seg.get(1) == "18" else "group"
+            if sid == "REF" and seg.get(1) in classes:
+                kind = classes[seg.get(1)]
                 coverage.setdefault("class", []).append(
                     {"type": {"coding": [{"system": systems["coverage_class"], "code": kind}]}, "value": seg.get(2)})
             elif sid == "DTP" and seg.get(1) == "291":
