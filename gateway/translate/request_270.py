@@ -887,4 +887,7 @@ def _address(g: _Gather, body: list[tuple[str, list[Value]]], address: dict[str,
     elif given_state:
         g.lost(f"state {given_state!r} of an address outside the US and Canada has no place in N4 (N402 is for "
                "US and Canadian codes): left out", f"{path}.state")
-    body.append(("N4", [address.get("city", ""), state, address.get("postalCode", ""), n404]))
+    postal = str(address.get("postalCode") or "").strip()
+    if region in (None, "US") and re.fullmatch(r"\d{5}-\d{4}", postal):
+        postal = postal.replace("-", "")   # ZIP+4 is nine digits in N403, as a date loses its hyphens in DTP03
+    body.append(("N4", [address.get("city", ""), state, postal, n404]))

@@ -109,6 +109,12 @@ def translate_270(txn: Transaction, tables: Tables, *, now: str,
     return bundle, notes
 
 
+def _zip(n4: Segment) -> str:
+    """N403 as a US address writes it: a nine-digit ZIP+4 with its hyphen (62701-1234); anything else as sent."""
+    code = n4.get(3)
+    return f"{code[:5]}-{code[5:]}" if len(code) == 9 and code.isdigit() and n4.get(4) in ("", "US") else code
+
+
 def _created(bht: Segment | None, now: str) -> str:
     """When the 270 was made (BHT04, a date: its BHT05 time has no zone), else when it was translated."""
     day = date_range("D8", bht.get(4)) if bht is not None and bht.get(4) else None
@@ -184,7 +190,8 @@ def _provider(tables: Tables, loop: Loop | None, add, note, carried: set[int]) -
             resource.setdefault("address", [{}])[0]["line"] = [v for v in (seg.get(1), seg.get(2)) if v]
         elif seg.id == "N4":
             resource.setdefault("address", [{}])[0].update(
-                {k: v for k, v in (("city", seg.get(1)), ("state", seg.get(2)), ("postalCode", seg.get(3))) if v})
+                {k: v for k, v in (("city", seg.get(1)), ("state", seg.get(2)), ("postalCode", _zip(seg)))
+                 if v})
         else:
             note(f"provider segment {seg.id} {' '.join(seg.elements)} has no FHIR home", loop, seg)
     key = resource.get("identifier", [{}])[0].get("value") or (nm1.get(3) if nm1 is not None else "provider")
@@ -238,7 +245,7 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                 resource.setdefault("address", [{}])[0]["line"] = [v for v in (seg.get(1), seg.get(2)) if v]
             elif seg.id == "N4":
                 resource.setdefault("address", [{}])[0].update(
-                    {k: v for k, v in (("city", seg.get(1)), ("state", seg.get(2)), ("postalCode", seg.get(3)),
+                    {k: v for k, v in (("city", seg.get(1)), ("state", seg.get(2)), ("postalCode", _zip(seg)),
                                        ("country", seg.get(4))) if v})
         return resource, member
 

@@ -141,6 +141,15 @@ def test_an_unread_segment_of_one_patient_is_noted_in_that_patients_request_only
     assert not any("REF" in t for t in texts[1])
 
 
+def test_a_nine_digit_zip_comes_back_with_its_hyphen():
+    head = [*HEAD[:8], ("N3", ["1 MAIN ST"]), ("N4", ["SPRINGFIELD", "IL", "627011234"]), HEAD[8]]
+    bundle, _, _ = from_270(x12([*head, ("EQ", ["30"])]))
+    patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    assert patient["address"][0]["postalCode"] == "62701-1234"
+    back = back_to_270(bundle)
+    assert "N4*SPRINGFIELD*IL*627011234~" in back
+
+
 def test_a_provider_named_only_by_its_id_has_no_empty_name():
     head = [*HEAD[:4], ("NM1", ["1P", "2", "", "", "", "", "", "XX", "1234567893"]), *HEAD[5:]]
     bundle, _, _ = from_270(x12([*head, ("EQ", ["30"])]))

@@ -445,6 +445,7 @@ def _n4(address, **changes):
     ({"city": "Quebec", "state": "QC", "postalCode": "G1R 4P5", "country": "Canada"},
      ["N4", "QUEBEC", "QC", "G1R 4P5", "CA"]),
     ({"city": "Paris", "postalCode": "75001", "country": "fr"}, ["N4", "PARIS", "", "75001", "FR"]),
+    ({"city": "Springfield", "state": "IL", "postalCode": "62701-1234"}, ["N4", "SPRINGFIELD", "IL", "627011234"]),
     # a US territory given as its ISO country: a US address (no N404), the territory as N402
     ({"city": "San Juan", "postalCode": "00901", "country": "PR"}, ["N4", "SAN JUAN", "PR", "00901"]),
     ({"city": "Hagatna", "state": "Guam", "postalCode": "96910", "country": "GU"}, ["N4", "HAGATNA", "GU", "96910"]),
