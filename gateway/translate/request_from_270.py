@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.translate.notes import Note, process_note_extensions
-from gateway.translate.response_271 import date_range
+from gateway.translate.response_271 import date_range, us_zip
 from gateway.translate.tables import Tables
 from gateway.x12.model import Loop, Segment, Transaction
 
@@ -62,13 +62,22 @@ def translate_270(txn: Transaction, tables: Tables, *, now: str,
     bht = txn.root.segment("BHT")
     carried.update(s.position for s in txn.root.segments if s.id in ("ST", "BHT", "SE"))
     carried.update(s.position for _, s in txn.root.walk() if s.id == "HL")   # the Bundle's shape
+    if bht is not None:   # once per transaction, shared by every request (as the payer's and provider's notes)
+        if bht.get(5):
+            note(f"BHT05 time {bht.get(5)}: an X12 time has no zone, which a FHIR dateTime needs; created keeps "
+                 "BHT04's date", txn.root, bht)
+        usual = tables.t["request_270"]["constants"]["BHT02"]
+        if bht.get(2) and bht.get(2) != usual:
+            note(f"BHT02 {bht.get(2)}: the 270 is not an ordinary request ({usual}); a CoverageEligibilityRequest "
+                 "cannot say so", txn.root, bht)
+    header = len(notes)
     for source in txn.root.loops_of("2000A"):
         payer_loop = source.loop("2100A")
         start = len(notes)
         payer_url = _payer(tables, payer_loop, add, note, carried)
         for receiver in source.loops_of("2000B"):
             provider_url = _provider(tables, receiver.loop("2100B"), add, note, carried)
-            shared = notes[start:]
+            shared = notes[:header] + notes[start:]
             for subscriber in receiver.loops_of("2000C"):
                 sub_name = subscriber.loop("2100C")
                 dependents = subscriber.loops_of("2000D")
@@ -107,12 +116,6 @@ def translate_270(txn: Transaction, tables: Tables, *, now: str,
     if notes:
         bundle["meta"] = {"tag": [{"system": systems["canonical_base"], "code": "translated-from-x12-270"}]}
     return bundle, notes
-
-
-def _zip(n4: Segment) -> str:
-    """N403 as a US address writes it: a nine-digit ZIP+4 with its hyphen (62701-1234); anything else as sent."""
-    code = n4.get(3)
-    return f"{code[:5]}-{code[5:]}" if len(code) == 9 and code.isdigit() and n4.get(4) in ("", "US") else code
 
 
 def _created(bht: Segment | None, now: str) -> str:
@@ -190,7 +193,7 @@ def _provider(tables: Tables, loop: Loop | None, add, note, carried: set[int]) -
             resource.setdefault("address", [{}])[0]["line"] = [v for v in (seg.get(1), seg.get(2)) if v]
         elif seg.id == "N4":
             resource.setdefault("address", [{}])[0].update(
-                {k: v for k, v in (("city", seg.get(1)), ("state", seg.get(2)), ("postalCode", _zip(seg)))
+                {k: v for k, v in (("city", seg.get(1)), ("state", seg.get(2)), ("postalCode", us_zip(seg, tables)))
                  if v})
         else:
             note(f"provider segment {seg.id} {' '.join(seg.elements)} has no FHIR home", loop, seg)
@@ -245,7 +248,7 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                 resource.setdefault("address", [{}])[0]["line"] = [v for v in (seg.get(1), seg.get(2)) if v]
             elif seg.id == "N4":
                 resource.setdefault("address", [{}])[0].update(
-                    {k: v for k, v in (("city", seg.get(1)), ("state", seg.get(2)), ("postalCode", _zip(seg)),
+                    {k: v for k, v in (("city", seg.get(1)), ("state", seg.get(2)), ("postalCode", us_zip(seg, tables)),
                                        ("country", seg.get(4))) if v})
         return resource, member
 
@@ -266,12 +269,6 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
     relationship = "self"
     request: dict[str, Any] = {"resourceType": "CoverageEligibilityRequest", "status": "active",
                                "purpose": [], "patient": {"reference": patient_url}, "created": _created(bht, now)}
-    if bht is not None and bht.get(5):
-        note(f"BHT05 time {bht.get(5)}: an X12 time has no zone, which a FHIR dateTime needs; created keeps BHT04's "
-             "date", txn.root, bht)
-    if bht is not None and bht.get(2) and bht.get(2) != tables.t["request_270"]["constants"]["BHT02"]:
-        note(f"BHT02 {bht.get(2)}: the 270 is not an ordinary request (13); a CoverageEligibilityRequest cannot say "
-             "so", txn.root, bht)
     items: list[dict[str, Any]] = []
     diagnoses: list[tuple[str, str]] = []   # (code system, code) in HI order: EQ05 points at them by position
     pointed: set[str] = set()

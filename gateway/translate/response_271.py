@@ -428,7 +428,8 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
                 address["line"] = [v for v in (seg.get(1), seg.get(2)) if v]
             else:
                 address.update({k: v for k, v in (("city", seg.get(1)), ("state", seg.get(2)),
-                                                  ("postalCode", seg.get(3)), ("country", seg.get(4))) if v})
+                                                  ("postalCode", us_zip(seg, tables)), ("country", seg.get(4)))
+                                if v})
             person.address = address
         elif sid == "INS":
             r.map(seg)
@@ -762,6 +763,13 @@ def _procedure(r: _Response, comps: list[str]) -> dict[str, Any]:
     qualifier, code = comps[0], comps[1] if len(comps) > 1 else ""
     system = r.tables.t["procedures"]["from_x12"].get(qualifier, r.tables.x12_system(f"235/{qualifier}"))
     return {"coding": [{"system": system, "code": code}]}
+
+
+def us_zip(n4: Segment, tables: Tables) -> str:
+    """N403 as a US address writes it: a nine-digit ZIP+4 with its hyphen (62701-1234); anything else as sent."""
+    code, country = n4.get(3), n4.get(4)
+    us = not country or country.upper() in tables.t["addresses"]["us_country"]
+    return f"{code[:5]}-{code[5:]}" if len(code) == 9 and code.isdigit() and us else code
 
 
 def _row_named(tables: Tables, v: list[str], stcs: list[str]) -> str:

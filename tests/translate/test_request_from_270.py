@@ -156,3 +156,25 @@ def test_a_provider_named_only_by_its_id_has_no_empty_name():
     provider = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Organization"
                     and e["resource"].get("identifier", [{}])[0].get("value") == "1234567893")
     assert "name" not in provider
+
+
+def test_the_bht05_note_is_said_once_per_transaction_and_shared_by_every_request():
+    text = (FIXTURES / "x12" / "270" / "multi-subscriber.270").read_text()
+    bundle, notes = translate_270(read_x12(text).transactions[0], load_tables(), now="2025-01-15T09:30:00Z")
+    assert len([n for n in notes if n.text.startswith("BHT05 time")]) == 1
+    requests = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "CoverageEligibilityRequest"]
+    assert len(requests) > 1 and all(r["created"] == "2025-03-21" for r in requests)
+    assert all(any(part.get("valueString", "").startswith("BHT05 time") for note in r["extension"]
+                   for part in note["extension"]) for r in requests)
+
+
+@pytest.mark.parametrize(("n403", "n404", "postal"), [
+    ("627011234", "", "62701-1234"), ("627011234", "US", "62701-1234"), ("62701", "", "62701"),
+    ("K1A0B1", "CA", "K1A0B1"), ("123456789", "FR", "123456789")])
+def test_a_us_zip_plus_4_gets_its_hyphen_in_fhir(n403: str, n404: str, postal: str):
+    from types import SimpleNamespace
+
+    from gateway.translate.response_271 import us_zip
+
+    n4 = SimpleNamespace(get=lambda i: {3: n403, 4: n404}.get(i, ""))
+    assert us_zip(n4, load_tables()) == postal
