@@ -38,7 +38,7 @@ from gateway.fhir.structure import MAX_DEPTH, invariant_problems, json_shape, st
 from gateway.translate.errors import Problem, TranslationError
 from gateway.translate.references import Resolver
 from gateway.translate.request_270 import CER, find_request
-from gateway.transport.client import failure_cause
+from gateway.transport.client import ca_bundle_path, failure_cause
 from gateway.transport.routing import is_loopback_url
 from gateway.transport.streams import DeadlineAdapter, arriving, deadline
 
@@ -149,7 +149,7 @@ class UpstreamConfig:
             timeout = _parse_timeout(timeout_value, timeout)
         ca_bundle = _text(config.get("FHIR_X12_FHIR_CA_BUNDLE"))
         if ca_bundle is not None:
-            ca_bundle = _ca_bundle(ca_bundle)
+            ca_bundle = ca_bundle_path(ca_bundle, "FHIR_X12_FHIR_CA_BUNDLE")
         return cls(base=base, allowed_hosts=hosts, token=token, basic=basic, timeout=timeout, ca_bundle=ca_bundle)
 
     def _authorization(self) -> str | None:
@@ -159,21 +159,6 @@ class UpstreamConfig:
             raw = f"{self.basic[0]}:{self.basic[1]}".encode()
             return f"Basic {base64.b64encode(raw).decode('ascii')}"
         return None
-
-
-def _ca_bundle(path: str) -> str:
-    """An absolute path to PEM certificates an ``ssl`` context can load; ConfigError naming the setting otherwise
-    (found at start, not as every fetch failing with "the connection failed")."""
-    import ssl
-    from pathlib import Path
-
-    found = Path(path).expanduser().resolve()
-    try:
-        ssl.create_default_context(cafile=str(found))
-    except (OSError, ssl.SSLError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not PEM CA certificates"
-        raise ConfigError(f"FHIR_X12_FHIR_CA_BUNDLE {path!r}: {reason}") from None
-    return str(found)
 
 
 def _text(value: Any) -> str | None:
@@ -485,7 +470,7 @@ class _Walk:
                                              "certificate's CA trusted? see FHIR_X12_FHIR_CA_BUNDLE)")
             return _Failure("transient", "could not be fetched: the FHIR server could not be reached "
                                          "(the connection failed)")
-        except requests.RequestException as exc:
+        except (requests.RequestException, OSError) as exc:   # OSError: before any connection (a CA bundle gone)
             log.warning("FHIR server fetch failed: %s", failure_cause(exc))
             return _Failure("transient", "could not be fetched: the FHIR server could not be reached "
                                          "(the request failed)")

@@ -33,10 +33,14 @@ def database_url(environ: Mapping[str, str] | None = None) -> str:
 
 
 def normalize_url(url: str) -> str:
-    """``postgres://`` and ``postgresql://`` mean the psycopg 3 driver (the one the project installs)."""
+    """``postgres://`` and ``postgresql://`` mean the psycopg 3 driver (the one the project installs); a SQLite
+    file under ``~`` is the home folder's, as for every other path the gateway takes (sqlite3 would read a folder
+    named ``~``)."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
+    if url.startswith("sqlite:///~"):
+        return "sqlite:///" + os.path.expanduser(url[len("sqlite:///"):])
     return url
 
 
@@ -122,6 +126,12 @@ def open_problem(exc: BaseException, url: str) -> str:
         password = make_url(url).password
     except Exception:   # not a URL at all: nothing in it is known to be the password, so the message says less
         password = None
+    from urllib.parse import urlsplit
+
+    try:   # the password as written in the URL too (p%2fss: any case of percent-encoding)
+        written = urlsplit(url).password
+    except ValueError:
+        written = None
     if isinstance(exc, NoSuchModuleError):   # an ArgumentError too: asked first
         return "not a database this gateway keeps its store in (sqlite or postgresql)"
     if isinstance(exc, ArgumentError | ValueError):   # unparseable, or a port that is no number
@@ -136,7 +146,8 @@ def open_problem(exc: BaseException, url: str) -> str:
     if password:   # as the driver may quote it: decoded, and as written in the URL (p%40ss)
         from urllib.parse import quote
 
-        for form in {password, quote(password, safe=""), quote(password)}:
+        for form in sorted({password, quote(password, safe=""), quote(password), written or password}, key=len,
+                           reverse=True):
             text = text.replace(form, "***")
     return next((part.strip() for part in text.splitlines() if part.strip()), type(exc).__name__)[:300]
 

@@ -178,3 +178,24 @@ def test_open_problem_never_shows_the_password_however_the_driver_quotes_it():
     for text in (f"{'y' * 290} {secret} tail", f"connection for {url} failed", f"password {secret} refused"):
         said = open_problem(RuntimeError(text), url)
         assert "p@ss" not in said and "p%40ss" not in said and "xxxxxxxxxx" not in said
+
+
+def test_open_problem_redacts_the_password_as_written_in_any_case_of_percent_encoding():
+    from gateway.store.migrate import open_problem
+
+    url = "postgresql://u:p%2fss%40word@db.example/audit"
+    for quoted in ("p%2fss%40word", "p%2Fss%40word", "p/ss@word"):
+        assert quoted not in open_problem(RuntimeError(f"connection for postgresql://u:{quoted}@db failed"), url)
+
+
+def test_a_sqlite_file_under_the_home_folder_is_the_home_folders(tmp_path, monkeypatch):
+    from gateway.store.migrate import normalize_url
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert normalize_url("sqlite:///~/audit/gw.db") == f"sqlite:///{tmp_path}/audit/gw.db"
+    with AuditStore("sqlite:///~/audit/gw.db"):
+        pass
+    assert (tmp_path / "audit" / "gw.db").is_file()
+    result = CliRunner().invoke(main, ["store", "purge", "--older-than", "30d", "--dry-run", "--database",
+                                       "sqlite:///~/audit/gw.db"])
+    assert result.exit_code == 0, result.output

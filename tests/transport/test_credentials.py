@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import shutil
 import ssl
 import subprocess
@@ -20,7 +21,7 @@ from click.testing import CliRunner
 from werkzeug.serving import make_server
 
 from gateway.cli import main
-from gateway.errors import GatewayError, MappingError
+from gateway.errors import ConfigError, GatewayError, MappingError
 from gateway.payer.app import create_payer_app, parse_accounts
 from gateway.service import _KINDS
 from gateway.transport import core
@@ -545,3 +546,33 @@ def test_the_gateway_answers_a_refusal_with_security_and_sends_with_credentials(
             no_secret_in(response.get_data(as_text=True))
         else:
             assert body["resourceType"] == "CoverageEligibilityResponse"
+
+
+@pytest.fixture(scope="module")
+def server_tls(tmp_path_factory, pki):
+    """The (open) simulator behind TLS with a certificate from the test CA, asking no client certificate."""
+    app = simulator(tmp_path_factory)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki / "server.pem", pki / "server.key")
+    base, httpd = start(app, context)
+    yield base
+    httpd.shutdown()
+    app.extensions["payer_store"].close()
+
+
+def test_a_payer_without_ca_bundle_is_verified_against_the_sessions_trust_store(server_tls, pki, monkeypatch, caplog):
+    """No ca_bundle: requests' store (the test CA is not in it: refused, and the log says why); REQUESTS_CA_BUNDLE
+    is that store when set, proxies or not; a bundle that cannot be read stops the start."""
+    for key in [k for k in os.environ if k.lower().endswith("_proxy")]:
+        monkeypatch.delenv(key)
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    table = routes({"P": {"url": server_tls + "/core/soap"}})
+    with caplog.at_level("WARNING", logger="gateway.transport.client"), pytest.raises(PayerUnavailable):
+        PayerClient(table).send("P", REQUEST, trace=TRACE)
+    assert any("CERTIFICATE_VERIFY_FAILED" in r.getMessage() for r in caplog.records)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki / "ca.pem"))
+    assert GOOD_EB in PayerClient(table).send("P", REQUEST, trace=TRACE).x12
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki / "missing.pem"))
+    with pytest.raises(ConfigError, match="REQUESTS_CA_BUNDLE"):
+        PayerClient(table)
