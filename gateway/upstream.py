@@ -36,7 +36,7 @@ from urllib3.exceptions import ReadTimeoutError
 from gateway.errors import ConfigError
 from gateway.fhir.structure import MAX_DEPTH, invariant_problems, json_shape, structure_problems
 from gateway.translate.errors import Problem, TranslationError
-from gateway.translate.references import Resolver
+from gateway.translate.references import RELATIVE_REFERENCE, RESOURCE_TYPE, Resolver
 from gateway.translate.request_270 import CER, find_request
 from gateway.transport.client import ca_bundle_path, failure_cause
 from gateway.transport.routing import is_loopback_url
@@ -48,10 +48,7 @@ ACCEPT = "application/fhir+json, application/json;q=0.9"
 MAX_BYTES = 2 * 1024 * 1024
 _CHUNK = 64 * 1024
 
-_TYPE = r"[A-Z][A-Za-z]{1,63}"
-_ID = r"[A-Za-z0-9\-.]{1,64}"
-_RELATIVE = re.compile(rf"^({_TYPE})/({_ID})(?:/_history/({_ID}))?$")
-_PATH_TAIL = re.compile(rf"/({_TYPE})/({_ID})(?:/_history/({_ID}))?$")
+_PATH_TAIL = re.compile(rf"/{RELATIVE_REFERENCE.pattern}$")   # an absolute URL's Type/id[/_history/v] (search)
 _HOSTNAME = re.compile(r"^(?:[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?)*$|"
                        r"^[0-9a-f:.]+$")
 
@@ -362,7 +359,8 @@ class _Walk:
             return found
         shown = repr(ref)
         base = self._resolver.base_of(owner) if self._resolver is not None else None
-        if base is not None and _RELATIVE.match(ref) and base.rstrip("/") != (self.config.base or "").rstrip("/"):
+        if base is not None and RELATIVE_REFERENCE.fullmatch(ref) and \
+                base.rstrip("/") != (self.config.base or "").rstrip("/"):
             # inside an entry from another server, Type/id is that server's resource (FHIR's Bundle rules): fetched
             # from there (when it is allowed), never from ours
             ref = base + ref
@@ -393,7 +391,7 @@ class _Walk:
 
     def target(self, ref: str, path: str, x12: str | None, shown: str | None = None) -> _Target | None:
         shown = shown or repr(ref)
-        match = _RELATIVE.match(ref)
+        match = RELATIVE_REFERENCE.fullmatch(ref)
         if any(unquote(segment) in (".", "..") for segment in ref.split("?")[0].split("/")):
             # a dot segment is dropped or climbs on the way (urllib3 normalises the path): another resource, or one
             # outside the FHIR base, would be fetched in its name
@@ -483,7 +481,8 @@ class _Walk:
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             return _Failure("processing", "could not be fetched: the FHIR server's answer is not a FHIR resource")
         if resource["resourceType"] != target.kind:
-            kind = resource["resourceType"] if re.fullmatch(_TYPE, resource["resourceType"]) else "other resource"
+            named = resource["resourceType"]
+            kind = named if re.fullmatch(RESOURCE_TYPE, named) else "other resource"
             return _Failure("processing", f"could not be fetched: the FHIR server answered with a {kind}, "
                                           f"expected {target.kind}")
         if resource.get("id") != target.id:

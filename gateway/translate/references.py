@@ -11,11 +11,15 @@ from typing import Any
 
 from gateway.translate.errors import Problem
 
-# a relative literal reference: Type/id (a version too), which a Bundle entry's absolute fullUrl gives a base
-_RELATIVE = re.compile(r"[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?")
+# FHIR's literal reference grammar, the one place it is written (the upstream fetcher builds on it too)
+RESOURCE_TYPE = r"[A-Z][A-Za-z]{1,63}"
+RESOURCE_ID = r"[A-Za-z0-9\-.]{1,64}"
+# a relative literal reference: Type/id (a version too), which a Bundle entry's absolute fullUrl gives a base; use
+# fullmatch (groups: type, id, version)
+RELATIVE_REFERENCE = re.compile(rf"(?P<type>{RESOURCE_TYPE})/(?P<id>{RESOURCE_ID})"
+                                rf"(?:/_history/(?P<version>{RESOURCE_ID}))?")
 # a literal reference or fullUrl: an optional absolute base, Type/id and an optional version
-_LITERAL = re.compile(r"(?P<base>https?://[^?#]+/)?(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[A-Za-z0-9\-.]{1,64})"
-                      r"(?:/_history/(?P<version>[A-Za-z0-9\-.]{1,64}))?")
+_LITERAL = re.compile(rf"(?P<base>https?://[^?#]+/)?{RELATIVE_REFERENCE.pattern}")
 
 
 class Resolver:
@@ -181,6 +185,6 @@ def absolute_references(value: Any, base: str | None) -> Any:
         return value
     out = {k: absolute_references(v, base) for k, v in value.items()}
     ref = value.get("reference")
-    if isinstance(ref, str) and _RELATIVE.fullmatch(ref):
+    if isinstance(ref, str) and RELATIVE_REFERENCE.fullmatch(ref):
         out["reference"] = base + ref
     return out
