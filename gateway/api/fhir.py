@@ -323,7 +323,7 @@ def create():  # type: ignore[no-untyped-def]
     existing = _conditional_match(service, prefer)
     if existing is not None:
         return existing
-    condition = _condition_key(request.headers.get("If-None-Exist"))
+    condition = _condition_key(_if_none_exist())
     if "respond-async" in prefer:
         return _accept_async(service, payload, condition)
     result = service.submit(payload, condition=condition)
@@ -347,7 +347,7 @@ def _conditional_match(service: EligibilityService, prefer: dict[str, str]) -> R
     """Conditional create (``If-None-Exist: identifier=...``): None when nothing matches (create as usual); 200 with
     the one request that matches (no second payer call: a client's retry after a lost answer is safe); 412 when
     several do."""
-    header = request.headers.get("If-None-Exist")
+    header = _if_none_exist()
     if header is None:
         return None
     found = _condition_match(service, header, "If-None-Exist")
@@ -378,6 +378,20 @@ def _created_outcome(response_id: str | None) -> dict[str, Any]:
                              severity="information")
 
 
+def _if_none_exist() -> str | None:
+    """The If-None-Exist header as the client wrote it: HTTP hands header bytes over as latin-1, so raw UTF-8
+    (``identifier=...|ÉLIG-1``) is read back as UTF-8; bytes that are not UTF-8 are a 400, never a condition that
+    silently matches nothing (and sends every retry to the payer again)."""
+    header = request.headers.get("If-None-Exist")
+    if header is None:
+        return None
+    try:
+        return header.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise BadBody(outcome_response(400, "invalid", "If-None-Exist is not UTF-8 (percent-encode it)",
+                                       expression="If-None-Exist")) from None
+
+
 def _condition_key(condition: str | None) -> str | None:
     """A conditional create's condition as stored (unique: see ``AuditStore.record_request``): the SHA-256 of its
     parameters in one order, so a client's retry is the same key, of a size any index takes (and no identifier
@@ -398,12 +412,16 @@ def _condition_match(service: EligibilityService, condition: str, name: str) -> 
         params.setdefault(key, []).append(value)
     if not params or any(key.partition(":")[0] in _RESULT_PARAMS for key in params):
         return 400, "invalid", f"{name} takes search parameters of {CER} (identifier=system|value, say)"
+    if any(not value.strip() for values in params.values() for value in values):
+        # a search ignores an empty value: the condition would match every stored request (one: another patient's)
+        return 400, "invalid", f"{name}: every parameter needs a value (an empty one would match every request)"
     unknown = [key for key in params if not _supported(CER, key)]
     try:
         if unknown:
             raise SearchError(unknown[0], "is not a search parameter of this server")
         _refuse_control_characters(params)
-        found, total = service.store.search_requests(params, 2, 0)
+        # the failed and the cancelled were not created, as the client was told: its retry creates again
+        found, total = service.store.search_requests(params, 2, 0, created_only=True)
     except SearchError as exc:
         return 400, "invalid", f"{name}: search parameter {exc.param}: {exc.message}"
     if total == 0:
@@ -619,6 +637,10 @@ def _search_by_post(resource_type: str) -> Response:
     if request.mimetype != "application/x-www-form-urlencoded":
         return outcome_response(415, "not-supported", "POST _search takes its parameters as "
                                 "application/x-www-form-urlencoded")
+    try:   # as for a query string: werkzeug would drop a body it cannot decode, and search everything instead
+        unquote_to_bytes(request.get_data(cache=True).replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        return outcome_response(400, "invalid", "the form body is not UTF-8 (percent-encode UTF-8 bytes)")
     params: dict[str, list[str]] = {}
     for source in (request.args, request.form):
         for key in source:

@@ -59,6 +59,8 @@ _ANSWER_LOOKUP = select(_RECORDS.c.received_at, _RECORDS.c.response_identifiers)
     _RECORDS.c.id == bindparam("rid"))
 _FORGET_RESPONSE_IDENTIFIERS = delete(_IDENTIFIERS).where(_IDENTIFIERS.c.transaction_id == bindparam("rid"),
                                                           _IDENTIFIERS.c.kind == "response")
+# a failed transaction frees its If-None-Exist condition: the client's retry under it is a new create, not a match
+_FREE_CONDITION = _RECORDS.update().where(_RECORDS.c.id == bindparam("rid")).values(create_condition=None)
 _NOT_SENT = _RECORDS.update().where(_RECORDS.c.id == bindparam("rid")).values(sent_at=None)
 _ANSWER_UPDATE = _RECORDS.update().where(_RECORDS.c.id == bindparam("rid")).values(
     {name: bindparam(name, type_=_RECORDS.c[name].type) for name in _ANSWER_COLUMNS})
@@ -219,7 +221,7 @@ class AuditStore:
             done = connection.execute(_RECORDS.update().where(_RECORDS.c.id == id, _RECORDS.c.status == "received")
                                       .values(status="cancelled", outcome="cancelled", error=outcome, answered_at=at,
                                               duration_ms=_milliseconds(found.received_at, at), request=request,
-                                              request_status="cancelled", released_at=at))
+                                              request_status="cancelled", released_at=at, create_condition=None))
             if done.rowcount == 0:
                 status = connection.execute(select(_RECORDS.c.status).where(_RECORDS.c.id == id)).scalar()
                 return "gone" if status == "cancelled" else status
@@ -266,6 +268,8 @@ class AuditStore:
                     "duration_ms": _milliseconds(found.received_at, answered_at)})
                 if not sent:
                     connection.execute(_NOT_SENT, {"rid": id})
+                if error is not None:
+                    connection.execute(_FREE_CONDITION, {"rid": id})
                 if identifiers:
                     connection.execute(_IDENTIFIERS.insert(), [
                         {"transaction_id": id, "kind": "response", "system": s, "value": v} for s, v in identifiers])
@@ -320,15 +324,19 @@ class AuditStore:
         return None if row is None else row.response
 
     def search_requests(self, params: Mapping[str, Iterable[str]], count: int, offset: int, *,
-                        until: datetime | None = None) -> tuple[list[dict], int]:
+                        until: datetime | None = None, created_only: bool = False) -> tuple[list[dict], int]:
         """CoverageEligibilityRequests matching ``params`` (FHIR query values): one page and the total.
 
         ``until``: only those received by then, so the pages of one search stay put while requests keep coming.
+        ``created_only``: leave out the failed and the cancelled (a conditional create's search: the client was told
+        those were not created, so its retry must create again rather than be answered with them).
         """
         conditions, order = build(params, REQUEST_PARAMS, EligibilityRecord.created, EligibilityRecord.id,
                                   EligibilityRecord.received_at)
         if until is not None:
             conditions.append(EligibilityRecord.received_at <= _aware(until))
+        if created_only:
+            conditions.append(EligibilityRecord.status.not_in(("failed", "cancelled")))
         rows, total = self._page(select(EligibilityRecord.id, EligibilityRecord.request), conditions, order,
                                  count, offset)
         return [{**row.request, "id": row.id} for row in rows], total

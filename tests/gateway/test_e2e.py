@@ -245,6 +245,39 @@ def test_conditional_create_answers_a_retry_without_asking_the_payer_again(gatew
         outcome_issue(gateway.post(f"/{CER}", payload, headers={"If-None-Exist": bad}), 400, "invalid")
 
 
+def test_a_conditional_retry_after_the_payer_failed_asks_the_payer_again(gateway: Gateway, simulator):
+    """The first create was a 502 (nothing created, as the client was told): its retry under the same
+    If-None-Exist must create and ask again, not answer 200 with the failed request."""
+    payload = fhir_request("subscriber-generic")
+    identifier = payload["entry"][0]["resource"]["identifier"][0]
+    identifier["value"] += "-FAILED-ONCE"
+    condition = {"If-None-Exist": f"identifier={identifier['system']}|{identifier['value']}"}
+    requests.post(f"{simulator.url}/scenarios", json={"memberid": "*", "fault": "http-500", "times": 1}, timeout=5)
+    failed = gateway.post(f"/{CER}", payload, headers=condition)
+    assert failed.status_code == 502, failed.text
+    calls = sum(simulator.calls.values())
+    again = gateway.post(f"/{CER}", payload, headers=condition)
+    assert again.status_code == 201, again.text
+    assert again.headers["Location"] != failed.headers["Content-Location"]
+    assert sum(simulator.calls.values()) == calls + 1
+    third = gateway.post(f"/{CER}", payload, headers=condition)   # now there is a created one to answer with
+    assert third.status_code == 200 and third.headers["Location"] == again.headers["Location"]
+
+
+def test_if_none_exist_in_raw_utf8_and_with_an_empty_value(gateway: Gateway, simulator):
+    payload = fhir_request("subscriber-generic")
+    payload["entry"][0]["resource"]["identifier"] = [{"system": "urn:x:u", "value": "ÉLIG-1"}]
+    raw = {"If-None-Exist": "identifier=urn:x:u|ÉLIG-1".encode().decode("latin-1")}   # the bytes as sent
+    first = gateway.post(f"/{CER}", payload, headers=raw)
+    assert first.status_code == 201, first.text
+    again = gateway.post(f"/{CER}", payload, headers=raw)
+    assert again.status_code == 200 and again.headers["Location"] == first.headers["Location"]
+    for empty in ("identifier=", "identifier=&status=active"):
+        outcome_issue(gateway.post(f"/{CER}", payload, headers={"If-None-Exist": empty}), 400, "invalid")
+    not_utf8 = {"If-None-Exist": "identifier=\xff"}   # requests sends it as latin-1: the one byte 0xFF
+    outcome_issue(gateway.post(f"/{CER}", payload, headers=not_utf8), 400, "invalid")
+
+
 def test_conditional_creates_racing_under_one_condition_create_one_request(gateway: Gateway, simulator):
     """Six clients (or one client's retries) at once: each search finds nothing, but only one create may win; the
     others are answered with its request, and the payer is asked once."""

@@ -309,6 +309,10 @@ def test_post_search_takes_a_form_and_a_read_only_token(gateway: Gateway, stored
         assert [e["resource"]["id"] for e in found.json()["entry"]] == [member["id"]]
     wrong = gateway.post(f"/{CER}/_search", {"identifier": "x"})   # JSON is not a search form
     assert wrong.status_code == 415
+    form_type = {"Content-Type": "application/x-www-form-urlencoded"}
+    for body in (b"identifier=\xe9&status=active", b"status=%E9"):   # not UTF-8: not "every request"
+        refused = gateway.session.post(f"{gateway.url}/{CER}/_search", data=body, headers=form_type, timeout=30)
+        assert refused.status_code == 400 and "not UTF-8" in refused.text
 
 
 def test_sort_by_last_updated(gateway: Gateway, stored: dict[str, Any]):

@@ -739,3 +739,20 @@ def test_of_simultaneous_cancels_one_cancels_and_the_others_find_it_gone(store: 
     for thread in threads:
         thread.join(10)
     assert sorted(results) == ["cancelled", "gone", "gone", "gone"]
+
+
+def test_a_failed_or_cancelled_request_frees_its_condition_and_is_no_created_match(store: AuditStore):
+    """The client was told those were not created: its retry under the same If-None-Exist creates again."""
+    now = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
+    condition = "sha-of-identifier=urn:ehr|R-9"
+    store.record_request("gw-f1", SEED[0]["request"], None, "60054", "T1", now, x12_request="ISA~", sent_at=now,
+                         condition=condition)
+    store.record_answer("gw-f1", x12_response=None, response=None, outcome=None, aaa_codes=[], http_status=502,
+                        error=OPERATION_OUTCOME, answered_at=now)
+    store.record_request("gw-f2", SEED[0]["request"], None, "60054", "T2", now, condition=condition)   # no clash
+    assert store.cancel("gw-f2", now, OPERATION_OUTCOME) == "cancelled"
+    store.record_request("gw-f3", SEED[0]["request"], None, "60054", "T3", now, condition=condition)
+    identifier = SEED[0]["request"]["identifier"][0]
+    query = {"identifier": [f"{identifier['system']}|{identifier['value']}"], "_id": ["gw-f1,gw-f2,gw-f3"]}
+    assert store.search_requests(query, 10, 0)[1] == 3
+    assert [r["id"] for r in store.search_requests(query, 10, 0, created_only=True)[0]] == ["gw-f3"]
