@@ -467,7 +467,8 @@ def _created(result: Result, location: str, wanted: str) -> Response:
     if wanted == "operationoutcome":
         return _result_response(result, status=201, headers=headers, body=_created_outcome(result.response_id))
     stored = _service().store.get_request(result.request_id or "")
-    return _result_response(result, status=201, body=stored, headers=headers)
+    # http.html create: Last-Modified SHOULD come back (the stored request's meta.lastUpdated, as a read gives)
+    return _result_response(result, status=201, body=stored, headers={**headers, **_last_modified(stored or {})})
 
 
 @fhir.get("/_async/<id>")
@@ -687,8 +688,9 @@ def _search(resource_type: str, given: dict[str, list[str]] | None = None) -> Re
         links.append(link("next", offset + count))
     if offset > 0 and count:   # _count=0 asks for the total only: there are no pages to step through
         links.append(link("previous", max(offset - count, 0)))
-    if count and total:
-        links.append(link("last", ((total - 1) // count) * count))
+    if count and total:   # the last page the next links reach from here (from 5 by 3 of 14: 8, 11)
+        start = offset if offset < total else 0
+        links.append(link("last", start + ((total - 1 - start) // count) * count))
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links}
     entries = [{"fullUrl": f"{base}{resource_type}/{r.get('id')}", "resource": r, "search": {"mode": "match"}}
                for r in resources]
@@ -899,7 +901,7 @@ def _batch_condition(service: EligibilityService, condition: str, where: str, wa
         return {"response": response}
     if wanted == "operationoutcome":
         return {"response": {**response, "outcome": _exists_outcome("request.ifNoneExist")}}
-    return {"response": response, "resource": found}
+    return {"fullUrl": f"{base_url()}{CER}/{found['id']}", "resource": found, "response": response}
 
 
 def _batch_exchange(service: EligibilityService, item: Any, lanes: dict[str, threading.BoundedSemaphore],
@@ -935,15 +937,17 @@ def _entry_result(kind: str, result: Result, wanted: str) -> dict[str, Any]:
             response["location"] = f"{CER}/{result.request_id}"
         return {"response": response}
     if kind == "submit":
-        return {"response": {"status": _status_line(200), "location": f"{RESPONSE}/{result.response_id}"},
-                "resource": result.body}
+        return {"fullUrl": f"{base_url()}{RESPONSE}/{result.response_id}", "resource": result.body,
+                "response": {"status": _status_line(200), "location": f"{RESPONSE}/{result.response_id}"}}
     response = {"status": _status_line(201), "location": f"{CER}/{result.request_id}"}
     if wanted == "minimal":
         return {"response": response}
     if wanted == "operationoutcome":
         return {"response": {**response, "outcome": _created_outcome(result.response_id)}}
     created = _service().store.get_request(result.request_id or "")
-    return {"response": response, **({"resource": created} if created else {})}
+    # bundle.html: an entry with a resource has its fullUrl (the created request's absolute URL)
+    return {**({"fullUrl": f"{base_url()}{CER}/{result.request_id}", "resource": created} if created else {}),
+            "response": response}
 
 
 def _entry_error(status: int, code: str, text: str, expression: str) -> dict[str, Any]:

@@ -216,8 +216,11 @@ class AuditStore:
                                        .where(_RECORDS.c.id == id)).first()
             if found is None:
                 return None
-            # the stored CoverageEligibilityRequest says so too (fm-status cancelled), to reads and status search
-            request = {**found.request, "status": "cancelled"}
+            # the stored CoverageEligibilityRequest says so too (fm-status cancelled), to reads and status search,
+            # and its meta.lastUpdated moves with the change (Last-Modified, _sort=_lastUpdated)
+            meta = found.request.get("meta") if isinstance(found.request.get("meta"), dict) else {}
+            request = {**found.request, "status": "cancelled",
+                       "meta": {**meta, "lastUpdated": _aware(at).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}}
             done = connection.execute(_RECORDS.update().where(_RECORDS.c.id == id, _RECORDS.c.status == "received")
                                       .values(status="cancelled", outcome="cancelled", error=outcome, answered_at=at,
                                               duration_ms=_milliseconds(found.received_at, at), request=request,

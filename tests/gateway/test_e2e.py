@@ -233,6 +233,7 @@ def test_conditional_create_answers_a_retry_without_asking_the_payer_again(gatew
     condition = {"If-None-Exist": f"identifier={identifier['system']}|{identifier['value']}"}
     first = gateway.post(f"/{CER}", payload, headers=condition)
     assert first.status_code == 201, first.text
+    assert first.headers["Last-Modified"].endswith(" GMT")   # http.html create: SHOULD, as a read carries it
     calls = sum(simulator.calls.values())
     again = gateway.post(f"/{CER}", payload, headers=condition)   # the client never saw the 201, and retries
     assert again.status_code == 200 and again.headers["Location"] == first.headers["Location"]
@@ -781,6 +782,9 @@ def test_batch(gateway: Gateway):
     assert entries[0]["response"]["location"] == f"{RESPONSE}/{entries[0]['resource']['id']}"
     assert entries[1]["response"]["status"].startswith("201") and entries[1]["resource"]["resourceType"] == CER
     assert entries[1]["response"]["location"] == f"{CER}/{entries[1]['resource']['id']}"
+    # bundle.html: an entry with a resource has its fullUrl
+    assert entries[0]["fullUrl"] == f"{gateway.url}/{RESPONSE}/{entries[0]['resource']['id']}"
+    assert entries[1]["fullUrl"] == f"{gateway.url}/{CER}/{entries[1]['resource']['id']}"
     assert entries[2]["response"]["status"].startswith("400")
     assert entries[2]["response"]["outcome"]["resourceType"] == "OperationOutcome"
     assert entries[3]["response"]["status"].startswith("422")

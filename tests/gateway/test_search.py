@@ -185,6 +185,10 @@ def test_search_errors_and_paging_links(gateway: Gateway, stored: dict[str, Any]
     assert len(gateway.get(f"/{CER}", params={"_count": ""}).json()["entry"]) == 6
     counted = gateway.get(f"/{CER}", params={"_count": "0", "_offset": "4"}).json()
     assert {link["relation"] for link in counted["link"]} == {"self", "first"}
+    # the last link is where the next links lead: from offset 1 by 2 of 6, pages 1, 3, 5 (not 4)
+    shifted = gateway.get(f"/{CER}", params={"_count": "2", "_offset": "1"}).json()
+    last = next(link["url"] for link in shifted["link"] if link["relation"] == "last")
+    assert "_offset=5" in last
     newest = gateway.get(f"/{CER}", params={"_count": "1"}).json()["entry"][0]["resource"]
     oldest = gateway.get(f"/{CER}", params={"_count": "1", "_sort": "created"}).json()["entry"][0]["resource"]
     assert instant(newest["created"]) >= instant(oldest["created"])

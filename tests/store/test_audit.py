@@ -750,7 +750,8 @@ def test_a_failed_or_cancelled_request_frees_its_condition_and_is_no_created_mat
     store.record_answer("gw-f1", x12_response=None, response=None, outcome=None, aaa_codes=[], http_status=502,
                         error=OPERATION_OUTCOME, answered_at=now)
     store.record_request("gw-f2", SEED[0]["request"], None, "60054", "T2", now, condition=condition)   # no clash
-    assert store.cancel("gw-f2", now, OPERATION_OUTCOME) == "cancelled"
+    assert store.cancel("gw-f2", now + timedelta(seconds=3), OPERATION_OUTCOME) == "cancelled"
+    assert store.get_request("gw-f2")["meta"]["lastUpdated"] == "2025-03-10T12:00:03Z"   # moved with the change
     store.record_request("gw-f3", SEED[0]["request"], None, "60054", "T3", now, condition=condition)
     identifier = SEED[0]["request"]["identifier"][0]
     query = {"identifier": [f"{identifier['system']}|{identifier['value']}"], "_id": ["gw-f1,gw-f2,gw-f3"]}
