@@ -673,7 +673,7 @@ def _search(resource_type: str, given: dict[str, list[str]] | None = None) -> Re
         search = getattr(_service().store, _RESOURCES[resource_type])
         resources, total = search(params, count, offset, until=until)
     except SearchError as exc:
-        return outcome_response(400, "invalid", f"search parameter {exc.param}: {exc.message}",
+        return outcome_response(400, exc.code, f"search parameter {exc.param}: {exc.message}",
                                 expression=exc.param)
     base = base_url()
     kept = [(k, v) for k, values in params.items() if k not in ("_count", "_offset") for v in values]
@@ -972,7 +972,11 @@ _HTTP_CODES = {400: "structure", 401: "login", 403: "forbidden", 404: "not-found
 def _read_chunked_body() -> Response | None:
     """A chunked body (no Content-Length) is read here, once, for every endpoint: the server cuts one at the size
     limit instead of refusing it (413 here), and a malformed chunk is the client's error (400), not a 500. The
-    endpoints then read the cached bytes (``request.get_data``, ``request.form``)."""
+    endpoints then read the cached bytes (``request.get_data``, ``request.form``). ``POST /x12/$validate`` has a
+    limit of its own (``FHIR_X12_VALIDATE_MAX_BYTES``), set here for werkzeug's Content-Length check too."""
+    if request.endpoint == "x12.validate":
+        request.max_content_length = min(current_app.config["FHIR_X12_VALIDATE_MAX_BYTES"],
+                                         current_app.config["MAX_CONTENT_LENGTH"])
     if request.content_length is not None or request.method in ("GET", "HEAD", "OPTIONS", "DELETE") or \
             "chunked" not in (request.headers.get("Transfer-Encoding") or "").lower():
         return None
@@ -982,7 +986,7 @@ def _read_chunked_body() -> Response | None:
         log.info("a chunked request body could not be read: %s", type(exc).__name__)
         return outcome_response(400, "structure", "the request body could not be read: its chunked transfer encoding "
                                 "is malformed or cut short")
-    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    limit = request.max_content_length
     if limit and len(data) >= limit:
         return outcome_response(413, "too-costly", f"the request body is larger than {limit} bytes")
     return None
@@ -1002,7 +1006,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
         status = exc.code or 500
-        text = {413: f"the request body is larger than {app.config.get('MAX_CONTENT_LENGTH')} bytes",
+        text = {413: f"the request body is larger than {request.max_content_length} bytes",
                 404: f"no FHIR endpoint at {request.path[:100]}",
                 405: f"{request.method} is not supported on {request.path[:100]}"}.get(status, exc.description or "")
         response = outcome_response(status, _HTTP_CODES.get(status, "exception"), text)

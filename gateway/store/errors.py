@@ -16,9 +16,13 @@ class SearchError(StoreError):
     value, which may be protected health information. The API answers 400 with an OperationOutcome.
     """
 
-    def __init__(self, param: str, message: str) -> None:
+    code = "invalid"   # the OperationOutcome issue type
+
+    def __init__(self, param: str, message: str, *, code: str | None = None) -> None:
         self.param = param
         self.message = message
+        if code is not None:
+            self.code = code
         super().__init__(f"search parameter {param!r}: {message}")
 
 
