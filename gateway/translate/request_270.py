@@ -384,7 +384,11 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
         + [(f"{CER}.item.modifier", f"{eq_loop} EQ02-{i}", "1339", m)
            for eq in inquiries if _procedure_of(eq) for i, m in enumerate(eq[1][2:], start=3)]
         + [(f"{CER}.item.diagnosis", f"{hi_loop} HI01-2", "1271", code) for _, code in diagnoses]
-        + ([(f"{CER}.provider", "2100B PRV03", "127", taxonomy)] if taxonomy else []))
+        + ([(f"{CER}.provider", "2100B PRV03", "127", taxonomy)] if taxonomy else [])
+        # group and plan numbers (REF 6P/18) are identifiers too: sent as given or refused, never stripped
+        + [(f"Coverage.class[{i}].value", "2100C REF02", "127", cls.get("value") or "")
+           for i, cls in enumerate(coverage.get("class") or []) if isinstance(cls, dict)
+           and {co.get("code") for co in _codings(cls.get("type"))} & {"group", "plan"}])
 
     if not callable(envelope) and not envelope.receiver_id and payer_id and not 2 <= len(payer_id) <= 15:
         # the payer id would name the interchange receiver: cut (ISA08) it names another trading partner

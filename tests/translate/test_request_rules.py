@@ -582,3 +582,14 @@ def test_what_a_270_does_not_carry_is_noted(changes, source, words):
     result = build(bundle(**changes))
     notes = {n.source: n.text for n in result.notes}
     assert source in notes and words in notes[source], notes
+
+
+@pytest.mark.parametrize("value", ["GRP~REF*6P*EVIL", "GRP:1", "G" * 51])
+def test_a_group_or_plan_number_that_cannot_be_sent_as_given_is_refused(value: str):
+    """REF 6P/18 carry identifiers: stripping a delimiter or cutting one sends another group's number."""
+    group = [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/coverage-class",
+                                   "code": "group"}]}, "value": value}]
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(coverage__class=group))
+    assert caught.value.status == 422
+    assert any(p.fhir_path == "Coverage.class[0].value" for p in caught.value.problems)
