@@ -38,8 +38,8 @@ from gateway.fhir.structure import MAX_DEPTH, invariant_problems, json_shape, st
 from gateway.translate.errors import Problem, TranslationError
 from gateway.translate.references import RELATIVE_REFERENCE, RESOURCE_TYPE, Resolver
 from gateway.translate.request_270 import CER, find_request
-from gateway.transport.client import ca_bundle_path, failure_cause
-from gateway.transport.routing import is_loopback_url
+from gateway.transport.client import failure_cause
+from gateway.transport.routing import ca_bundle_path, is_loopback_url
 from gateway.transport.streams import DeadlineAdapter, arriving, deadline
 
 log = logging.getLogger(__name__)

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 import urllib3.exceptions
 
-from gateway.errors import ConfigError, GatewayError, X12SyntaxError
+from gateway.errors import GatewayError, X12SyntaxError
 from gateway.transport import core
 from gateway.transport.acks import AckCodes, ack_findings, acknowledgments, load_ack_codes
 from gateway.transport.streams import DeadlineAdapter, arriving, deadline
@@ -546,24 +546,6 @@ def _key(route: Route) -> str:
     return route.payer_id if route.listed else "*"
 
 
-def ca_bundle_path(path: str, setting: str) -> str:
-    """The absolute path of CA certificates TLS can load (a PEM file, or a folder of hashed certificates as
-    requests takes one); ConfigError naming ``setting`` otherwise: found at start, not as every call failing."""
-    import ssl
-    from pathlib import Path
-
-    found = Path(path).expanduser().resolve()
-    try:
-        if found.is_dir():
-            ssl.create_default_context(capath=str(found))
-        else:
-            ssl.create_default_context(cafile=str(found))
-    except (OSError, ssl.SSLError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not PEM CA certificates"
-        raise ConfigError(f"{setting} {path!r}: {reason}") from None
-    return str(found)
-
-
 def _session(pool_size: int) -> requests.Session:
     session = requests.Session()
     # DeadlineAdapter: a payer sending its answer's headers a line at a time still meets the budget (see _exchange)
@@ -578,6 +560,9 @@ def _session(pool_size: int) -> requests.Session:
         # or payer with a private CA is reached with REQUESTS_CA_BUNDLE, proxies or not
         for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
             if os.environ.get(name):   # checked here: a missing file made every https call an OSError (a 500)
+                # routing imports this module: read at call time
+                from gateway.transport.routing import ca_bundle_path
+
                 session.verify = ca_bundle_path(os.environ[name], name)
                 break
     return session

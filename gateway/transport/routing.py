@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from gateway.errors import MappingError
+from gateway.errors import ConfigError, MappingError
 from gateway.mappings import load_yaml, mappings_dir
 from gateway.observability import startup_warning
 from gateway.translate.identifiers import valid_npi
@@ -531,6 +531,20 @@ def _readable(value: Any, where: str, folder: Path, problems: list[str], *, dire
 def _no_password() -> bytes:
     """An encrypted key fails to load instead of OpenSSL prompting on a terminal (requests cannot use one)."""
     return b""
+
+
+def ca_bundle_path(path: str, setting: str) -> str:
+    """A CA bundle named by an environment setting (``REQUESTS_CA_BUNDLE``, ``FHIR_X12_FHIR_CA_BUNDLE``), checked
+    as a route's ``ca_bundle`` is: its absolute path, or ConfigError naming ``setting`` (found at start, not as
+    every call failing)."""
+    problems: list[str] = []
+    found = _readable(path, setting, Path.cwd(), problems, directory_ok=True)
+    if found is not None and not Path(found).is_dir():
+        _load_tls(setting, problems, lambda ctx: ctx.load_verify_locations(cafile=found),
+                  "holds no PEM CA certificate")
+    if problems or found is None:
+        raise ConfigError("; ".join(problems))
+    return found
 
 
 def _load_tls(where: str, problems: list[str], load: Callable[[ssl.SSLContext], Any], meaning: str) -> None:
