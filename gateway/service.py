@@ -197,12 +197,8 @@ class EligibilityService:
     def release(self, id: str) -> str | None:
         """FHIR's DELETE on an asynchronous status URL: ``"cancelled"`` (not sent yet: it never will be),
         ``"released"`` (finished: the client is done with the URL), ``"sent"`` (under way: nothing changes),
-        ``"gone"`` (cancelled or released before), or None (unknown id). The audit record always stays."""
-        record = self.store.record(id)
-        if record is None:
-            return None
-        if record.released_at is not None or record.status == "cancelled":
-            return "gone"
+        ``"gone"`` (cancelled or released before), or None (unknown id). The audit record always stays. The store
+        tells each case itself (``cancel``: cancelled before is ``gone``; ``release``: released before is False)."""
         status = self.cancel(id)
         if status in ("answered", "failed"):
             return "released" if self.store.release(id, self.clock()) else "gone"
