@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from gateway.store.checkpoint import SAFETY_FRAMES, Checkpointer
+from gateway.store.dbapi import DBAPIWriter
 from gateway.store.errors import (
     ConditionTakenError,
     DuplicateRecordError,
@@ -55,6 +56,10 @@ _IDENTIFIERS = RecordIdentifier.__table__
 _ANSWER_COLUMNS = ("x12_response", "response", "outcome", "aaa_codes", "http_status", "answered_at", "error", "status",
                    "response_id", "response_identifiers", "response_created", "response_created_end",
                    "duration_ms")
+_REQUEST_COLUMNS = ("id", "status", "request", "resolved", "payer_id", "trace", "aaa_codes", "patient_ref",
+                    "insurer_ref", "provider_ref", "request_status", "request_identifiers", "response_identifiers",
+                    "created", "created_end", "received_at", "x12_request", "sent_at", "create_condition")
+_IDENTIFIER_COLUMNS = ("transaction_id", "kind", "system", "value")
 _ANSWER_LOOKUP = select(_RECORDS.c.received_at, _RECORDS.c.response_identifiers).where(
     _RECORDS.c.id == bindparam("rid"))
 _FORGET_RESPONSE_IDENTIFIERS = delete(_IDENTIFIERS).where(_IDENTIFIERS.c.transaction_id == bindparam("rid"),
@@ -121,6 +126,17 @@ class AuditStore:
         # the connections that write: on a SQLite file they take the write lock up front, waiting without
         # blocking the worker (see _sqlite_begin); elsewhere the option means nothing
         self._writer = self.engine.execution_options(**{_WRITES: True})
+        # the two writes of every round trip skip Connection.execute's per-call machinery (see store.dbapi)
+        fast = DBAPIWriter(self.engine, _begin_immediate if backend == "sqlite" and not memory else None)
+        self.dbapi_writer = fast
+        self._insert_record = fast.compile(_RECORDS.insert(), column_keys=_REQUEST_COLUMNS)
+        self._insert_identifiers = fast.compile(_IDENTIFIERS.insert(), column_keys=_IDENTIFIER_COLUMNS)
+        self._answer_lookup = fast.compile(_ANSWER_LOOKUP, results=(_RECORDS.c.received_at,
+                                                                    _RECORDS.c.response_identifiers))
+        self._answer_update = fast.compile(_ANSWER_UPDATE)
+        self._forget_response_identifiers = fast.compile(_FORGET_RESPONSE_IDENTIFIERS)
+        self._not_sent = fast.compile(_NOT_SENT)
+        self._free_condition = fast.compile(_FREE_CONDITION)
 
     def _check_file(self) -> None:
         """A SQLite file must still be the one opened: deleted or replaced, the connections' writes go to an inode
@@ -179,10 +195,10 @@ class AuditStore:
             create_condition=condition,
         )
         try:
-            with self._writer.begin() as connection:   # Core, not the ORM unit of work: a third of the time
-                connection.execute(_RECORDS.insert(), row)
+            with self.dbapi_writer.transaction() as transaction:
+                transaction.execute(self._insert_record, row)
                 if identifiers:
-                    connection.execute(_IDENTIFIERS.insert(), [
+                    transaction.execute_many(self._insert_identifiers, [
                         {"transaction_id": id, "kind": "request", "system": s, "value": v} for s, v in identifiers])
         except IntegrityError:
             with self.sessions() as session:
@@ -253,13 +269,14 @@ class AuditStore:
         if is_response:   # without a created of its own: when it came, an instant
             created = fhir_datetime_bounds(response.get("created")) or (answered_at, answered_at)
         try:
-            with self._writer.begin() as connection:
-                found = connection.execute(_ANSWER_LOOKUP, {"rid": id}).first()
+            with self.dbapi_writer.transaction() as transaction:
+                found = transaction.first(self._answer_lookup, {"rid": id})
                 if found is None:
                     raise UnknownRecordError(id)
-                if found.response_identifiers:   # answered before: its identifiers are replaced
-                    connection.execute(_FORGET_RESPONSE_IDENTIFIERS, {"rid": id})
-                connection.execute(_ANSWER_UPDATE, {
+                received_at, answered_identifiers = found
+                if answered_identifiers:   # answered before: its identifiers are replaced
+                    transaction.execute(self._forget_response_identifiers, {"rid": id})
+                transaction.execute(self._answer_update, {
                     "rid": id, "x12_response": x12_response, "response": response,
                     "outcome": outcome if outcome is not None else (
                         _string(response.get("outcome")) if is_response else None),
@@ -268,13 +285,13 @@ class AuditStore:
                     "response_id": _string(response.get("id")) if is_response else None,
                     "response_identifiers": [_joined(i) for i in identifiers],
                     "response_created": created[0], "response_created_end": created[1],
-                    "duration_ms": _milliseconds(found.received_at, answered_at)})
+                    "duration_ms": _milliseconds(received_at, answered_at)})
                 if not sent:
-                    connection.execute(_NOT_SENT, {"rid": id})
+                    transaction.execute(self._not_sent, {"rid": id})
                 if error is not None:
-                    connection.execute(_FREE_CONDITION, {"rid": id})
+                    transaction.execute(self._free_condition, {"rid": id})
                 if identifiers:
-                    connection.execute(_IDENTIFIERS.insert(), [
+                    transaction.execute_many(self._insert_identifiers, [
                         {"transaction_id": id, "kind": "response", "system": s, "value": v} for s, v in identifiers])
         except IntegrityError:
             raise StoreError(f"transaction {id!r}: the response id is already stored for another transaction") \
@@ -424,6 +441,11 @@ def _sqlite_begin(connection: Connection) -> None:
     if not connection.get_execution_options().get(_WRITES):
         raw.execute("BEGIN")
         return
+    _begin_immediate(raw)
+
+
+def _begin_immediate(raw: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE`` on a sqlite3 connection, waiting for the write lock cooperatively (see _sqlite_begin)."""
     raw.execute("PRAGMA busy_timeout=0")
     try:
         delay, deadline = 0.0002, time.monotonic() + BUSY_TIMEOUT_SECONDS

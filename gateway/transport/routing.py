@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 TRANSPORTS = ("soap", "mime", "x12")
 CORE_BUDGET_SECONDS = 20.0   # CAQH CORE: a real-time 271 within 20 seconds
 OVERRIDE_ENV = "FHIR_X12_PAYER_URL"
+MAX_OVERRIDDEN = 1024   # override routes kept made, one per payer id
 ROUTING_ENV = "FHIR_X12_ROUTING"
 _X12_DELIMITERS = set("*~^:|>\r\n")
 _DOC_KEYS = {"name"}
@@ -149,22 +150,35 @@ class RoutingTable:
     def __init__(self, routes: Mapping[str, Route], *, override: Route | None = None) -> None:
         self.routes = dict(routes)
         self.override = override    # the template every payer id gets when FHIR_X12_PAYER_URL is set
+        # routes made from the override, by payer id: asked for twice per request; bounded, as request data
+        # chooses the ids
+        self._overridden: dict[str, Route] = {}
 
     def route(self, payer_id: str) -> Route:
         key = normalise_payer_id(payer_id)
-        known = self.routes.get(key) if key else None
-        if self.override is not None and key:
-            if known is not None:
-                # the override is another endpoint: it gets the override's own (the defaults') credentials and
-                # TLS settings, never the ones a listed payer keeps for its own host
-                o = self.override
-                return replace(known, url=o.url, transport=o.transport, username=o.username, password=o.password,
-                               password_env=o.password_env, client_cert=o.client_cert, client_key=o.client_key,
-                               ca_bundle=o.ca_bundle)
-            return replace(self.override, payer_id=key, receiver_id=_receiver_for(key, self.override), listed=False)
-        if known is None:
-            raise UnknownPayer(payer_id)
-        return known
+        if self.override is None or not key:
+            known = self.routes.get(key) if key else None
+            if known is None:
+                raise UnknownPayer(payer_id)
+            return known
+        made = self._overridden.get(key)
+        if made is None:
+            made = self._overriding(key)
+            if len(self._overridden) < MAX_OVERRIDDEN:
+                self._overridden[key] = made
+        return made
+
+    def _overriding(self, key: str) -> Route:
+        o = self.override
+        assert o is not None
+        known = self.routes.get(key)
+        if known is not None:
+            # the override is another endpoint: it gets the override's own (the defaults') credentials and
+            # TLS settings, never the ones a listed payer keeps for its own host
+            return replace(known, url=o.url, transport=o.transport, username=o.username, password=o.password,
+                           password_env=o.password_env, client_cert=o.client_cert, client_key=o.client_key,
+                           ca_bundle=o.ca_bundle)
+        return replace(o, payer_id=key, receiver_id=_receiver_for(key, o), listed=False)
 
     def __contains__(self, payer_id: object) -> bool:
         return isinstance(payer_id, str) and normalise_payer_id(payer_id) in self.routes

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import MappingError
-from gateway.transport.routing import InformationReceiver, load_routes, routes_from_config, valid_npi
+from gateway.transport.routing import (
+    MAX_OVERRIDDEN,
+    InformationReceiver,
+    UnknownPayer,
+    load_routes,
+    routes_from_config,
+    valid_npi,
+)
 
 PRACTICE = {"npi": "1245319599", "name": "Riverbend Family Practice"}
 NPI = "http://hl7.org/fhir/sid/us-npi"
@@ -58,6 +65,19 @@ def test_the_override_url_keeps_each_payers_receiver_and_gives_unlisted_ones_the
                                information_receiver=PRACTICE), "http://127.0.0.1:2/core/soap")
     assert routes.route("A").information_receiver.name == "Acme Enrolled Group"
     assert routes.route("ZZZ99").information_receiver.name == "Riverbend Family Practice"
+
+
+def test_override_routes_are_made_once_per_payer_id_and_kept_bounded():
+    routes = load_routes(table({"A": {"url": "http://127.0.0.1:1/a"}}), "http://127.0.0.1:2/core/soap")
+    first = routes.route(" acme7 ")
+    assert routes.route("ACME7") is first and first.payer_id == "ACME7" and first.url == "http://127.0.0.1:2/core/soap"
+    assert routes.route("a").url == "http://127.0.0.1:2/core/soap" and routes.route("A").listed
+    for number in range(MAX_OVERRIDDEN + 50):   # request data chooses the ids: the kept ones stop growing
+        assert routes.route(f"P{number}").payer_id == f"P{number}"
+    assert len(routes._overridden) == MAX_OVERRIDDEN
+    assert routes.route(f"P{MAX_OVERRIDDEN + 10}").receiver_id == f"P{MAX_OVERRIDDEN + 10}"
+    with pytest.raises(UnknownPayer):
+        routes.route("  ")
 
 
 @pytest.mark.parametrize(("receiver", "words"), [
