@@ -17,7 +17,7 @@ from typing import Any
 import click
 import orjson
 
-from gateway.errors import GatewayError, X12SyntaxError
+from gateway.errors import GatewayError, X12SyntaxError, quoted
 from gateway.x12.model import Finding
 
 EXIT_INVALID = 1
@@ -223,7 +223,7 @@ def translate(file: str, output: str | None, control_number: int, date: str | No
         click.echo(f"fhir-x12: input defect: {format_finding(finding)}", err=True)
     if notes:
         for change in result.write_notes:
-            click.echo(f"fhir-x12: changed {change.element} {change.original!r} -> {change.written!r}: "
+            click.echo(f"fhir-x12: changed {change.element} {quoted(change.original)} -> {change.written!r}: "
                        f"{change.reason}", err=True)
         for note in result.notes:
             where = f" [{note.source}]" if note.source else ""

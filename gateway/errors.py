@@ -36,3 +36,26 @@ class MappingError(GatewayError):
 
 class ConfigError(GatewayError):
     """A configuration value (environment variable or app config key) is missing or invalid; names the key."""
+
+
+QUOTE_LIMIT = 80   # characters of a client's or payer's value an error or note quotes (an X12 identifier is <= 80)
+
+
+def quoted(value: object, limit: int = QUOTE_LIMIT, *, bare: bool = False) -> str:
+    """``value`` as a message quotes it: ``repr(value)`` (``bare``: ``str(value)``, no quotes), exactly as the
+    ``{value!r}`` (``{value}``) it replaces while it is at most ``limit`` characters; beyond that its first
+    ``limit`` characters, an ellipsis and how long it was: ``'AAAA…' (2,000,000 characters)``.
+
+    For values taken from the input (a FHIR request, a 270, 271 or 999) quoted in prose: an error, a finding, the
+    explanation in a note. A 2 MB name quoted in full made the 422 as large and reflected it back whole. Never for
+    data a note carries so it is not lost (a note's raw segment): that is kept as it is.
+    """
+    if isinstance(value, str):
+        text = value
+    else:
+        text = str(value) if bare else repr(value)
+        bare = True   # a repr is already quoted as Python quotes it; only cut it
+    if len(text) <= limit:
+        return text if bare else repr(text)
+    cut = text[:limit] + "\u2026"
+    return f"{cut if bare else repr(cut)} ({len(text):,} characters)"

@@ -33,7 +33,7 @@ import requests
 from requests.auth import AuthBase
 from urllib3.exceptions import ReadTimeoutError
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, quoted
 from gateway.fhir.structure import MAX_DEPTH, invariant_problems, json_shape, structure_problems
 from gateway.translate.errors import Problem, TranslationError
 from gateway.translate.references import RELATIVE_REFERENCE, RESOURCE_TYPE, Resolver
@@ -357,20 +357,20 @@ class _Walk:
         found = self.lookup(ref, owner)
         if found is not None:
             return found
-        shown = repr(ref)
+        shown = quoted(ref)
         base = self._resolver.base_of(owner) if self._resolver is not None else None
         if base is not None and RELATIVE_REFERENCE.fullmatch(ref) and \
                 base.rstrip("/") != (self.config.base or "").rstrip("/"):
             # inside an entry from another server, Type/id is that server's resource (FHIR's Bundle rules): fetched
             # from there (when it is allowed), never from ours
             ref = base + ref
-            shown = f"{shown} (that is, {ref})"
+            shown = f"{shown} (that is, {quoted(ref, bare=True)})"
         if ref.startswith("#"):
-            self.problem(path, f"reference {ref!r} cannot be resolved: there is no contained resource with that id",
-                         "not-found", x12)
+            self.problem(path, f"reference {quoted(ref)} cannot be resolved: there is no contained resource with "
+                         "that id", "not-found", x12)
             return None
         if ref.startswith("urn:"):
-            self.problem(path, f"reference {ref!r} cannot be resolved: no Bundle entry has that fullUrl, and a "
+            self.problem(path, f"reference {quoted(ref)} cannot be resolved: no Bundle entry has that fullUrl, and a "
                          "urn cannot be fetched", "not-found", x12)
             return None
         target = self.target(ref, path, x12, shown)
@@ -390,7 +390,7 @@ class _Walk:
         return result
 
     def target(self, ref: str, path: str, x12: str | None, shown: str | None = None) -> _Target | None:
-        shown = shown or repr(ref)
+        shown = shown or quoted(ref)
         match = RELATIVE_REFERENCE.fullmatch(ref)
         if any(unquote(segment) in (".", "..") for segment in ref.split("?")[0].split("/")):
             # a dot segment is dropped or climbs on the way (urllib3 normalises the path): another resource, or one
@@ -420,8 +420,8 @@ class _Walk:
         host = parts.hostname.lower()
         effective = port or (443 if parts.scheme == "https" else 80)
         if not any(host == h and (p is None or p == effective) for h, p in self.hosts):
-            self.problem(path, f"reference {shown} cannot be fetched: host {parts.netloc.lower()!r} is not allowed "
-                         "(FHIR_X12_FHIR_ALLOWED_HOSTS)", "forbidden", x12)
+            self.problem(path, f"reference {shown} cannot be fetched: host {quoted(parts.netloc.lower())} is not "
+                         "allowed (FHIR_X12_FHIR_ALLOWED_HOSTS)", "forbidden", x12)
             return None
         return _Target(ref, tail.group(1), tail.group(2), absolute=True)
 

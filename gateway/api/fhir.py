@@ -23,6 +23,7 @@ from flask import Blueprint, Flask, Response, copy_current_request_context, curr
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from gateway.errors import quoted
 from gateway.fhir import FHIR_JSON, FHIR_JSON_UTF8, operation_outcome
 from gateway.fhir.structure import MAX_DEPTH, json_shape
 from gateway.mappings import mappings_dir
@@ -112,20 +113,20 @@ def _bad_body(bad: BadBody) -> Response:
 def _json_body() -> Any:
     mimetype = request.mimetype or ""
     if mimetype and mimetype not in ACCEPTED_TYPES:
-        raise BadBody(outcome_response(415, "not-supported", f"content type {mimetype!r} is not accepted; send "
+        raise BadBody(outcome_response(415, "not-supported", f"content type {quoted(mimetype)} is not accepted; send "
                                        f"{FHIR_JSON}"))
     params = {k.lower(): v.strip().lower() for k, v in request.mimetype_params.items()}
     charset, version = params.get("charset", "utf-8"), params.get("fhirversion", FHIR_VERSION)
     if charset not in ("utf-8", "utf8"):   # FHIR JSON is UTF-8; another charset's bytes would be misread
-        raise BadBody(outcome_response(415, "not-supported", f"charset {charset!r} is not accepted; FHIR JSON is "
+        raise BadBody(outcome_response(415, "not-supported", f"charset {quoted(charset)} is not accepted; FHIR JSON is "
                                        "UTF-8"))
     if version != FHIR_VERSION and not version.startswith(FHIR_VERSION + "."):
-        raise BadBody(outcome_response(415, "not-supported", f"fhirVersion {version!r} is not accepted; this server "
-                                       f"reads FHIR R4 ({FHIR_VERSION})"))
+        raise BadBody(outcome_response(415, "not-supported", f"fhirVersion {quoted(version)} is not accepted; this "
+                                       f"server reads FHIR R4 ({FHIR_VERSION})"))
     encoding = (request.headers.get("Content-Encoding") or "identity").strip().lower()
     if encoding != "identity":
-        raise BadBody(outcome_response(415, "not-supported", f"Content-Encoding {encoding!r} is not accepted; send "
-                                       "the body uncompressed"))
+        raise BadBody(outcome_response(415, "not-supported", f"Content-Encoding {quoted(encoding)} is not accepted; "
+                                       "send the body uncompressed"))
     data = request.get_data(cache=False)   # a chunked body was read (and its size checked) by _read_chunked_body
     if data.startswith(b"\xef\xbb\xbf"):   # a UTF-8 byte order mark: allowed before JSON text (RFC 8259), not data
         data = data[3:]
@@ -143,8 +144,8 @@ def _json_body() -> Any:
     duplicate = _duplicate_key(data)
     if duplicate is not None:   # orjson keeps the last silently: which member id did the client mean?
         raise BadBody(fhir_response(operation_outcome(
-            "structure", f"the request body names {duplicate!r} twice in one object; a JSON object's names are "
-            "unique in FHIR", severity="fatal"), 400))
+            "structure", f"the request body names {quoted(duplicate, 64)} twice in one object; a JSON object's names "
+            "are unique in FHIR", severity="fatal"), 400))
     too_deep, empty = json_shape(payload, MAX_DEPTH)
     if too_deep:
         raise BadBody(fhir_response(operation_outcome("too-costly", f"the request body nests deeper than {MAX_DEPTH} "
@@ -177,7 +178,7 @@ def _duplicate_key(data: bytes) -> str | None:
     try:
         json.loads(data, object_pairs_hook=_unique_names)
     except _Duplicate as exc:
-        return str(exc.args[0])[:64]
+        return str(exc.args[0])
     except (ValueError, RecursionError):   # orjson read it: nothing the stdlib refuses differently matters here
         return None
     return None
@@ -423,7 +424,7 @@ def _condition_match(service: EligibilityService, condition: str, name: str) -> 
         # the failed and the cancelled were not created, as the client was told: its retry creates again
         found, total = service.store.search_requests(params, 2, 0, created_only=True)
     except SearchError as exc:
-        return 400, "invalid", f"{name}: search parameter {exc.param}: {exc.message}"
+        return 400, "invalid", f"{name}: search parameter {quoted(exc.param, bare=True)}: {exc.message}"
     if total == 0:
         return None
     if total > 1:
@@ -543,7 +544,8 @@ def _unwrap_parameters(payload: Any) -> Any:
         where = f"Parameters.parameter[{index}]"
         if not isinstance(parameter, dict) or parameter.get("name") != "resource":
             name = parameter.get("name") if isinstance(parameter, dict) else None
-            shown = f"a parameter named {name!r}" if isinstance(name, str) and name else "a parameter without a name"
+            shown = f"a parameter named {quoted(name)}" if isinstance(name, str) and name else \
+                "a parameter without a name"
             raise ParametersError(f"$submit has no such parameter: {shown}; it takes one named 'resource'", where)
         if not isinstance(parameter.get("resource"), dict):
             raise ParametersError("the 'resource' parameter holds no resource", f"{where}.resource")
@@ -588,13 +590,13 @@ def _operation_misuse(resource_type: str, id: str) -> Response | None:
         response = outcome_response(405, "not-supported", f"{resource_type}/{id} is invoked with POST")
         response.headers["Allow"] = "POST"
         return response
-    return outcome_response(404, "not-supported", f"{resource_type} has no operation {id[:64]}; this server "
-                            f"has {', '.join(sorted(f'{t}/{o}' for t, o in _OPERATIONS))}")
+    return outcome_response(404, "not-supported", f"{resource_type} has no operation {quoted(id, 64, bare=True)}; "
+                            f"this server has {', '.join(sorted(f'{t}/{o}' for t, o in _OPERATIONS))}")
 
 
 def _read(resource_type: str, resource: dict[str, Any] | None, id: str) -> Response:
     if resource is None:
-        return outcome_response(404, "not-found", f"{resource_type}/{id[:64]} is not known")
+        return outcome_response(404, "not-found", f"{resource_type}/{quoted(id, 64, bare=True)} is not known")
     return fhir_response(resource, 200, _last_modified(resource))
 
 
@@ -673,8 +675,8 @@ def _search(resource_type: str, given: dict[str, list[str]] | None = None) -> Re
         search = getattr(_service().store, _RESOURCES[resource_type])
         resources, total = search(params, count, offset, until=until)
     except SearchError as exc:
-        return outcome_response(400, exc.code, f"search parameter {exc.param}: {exc.message}",
-                                expression=exc.param)
+        return outcome_response(400, exc.code, f"search parameter {quoted(exc.param, bare=True)}: {exc.message}",
+                                expression=_parameter_expression(exc.param))
     base = base_url()
     kept = [(k, v) for k, values in params.items() if k not in ("_count", "_offset") for v in values]
     kept.append((SNAPSHOT, until.isoformat().replace("+00:00", "Z")))
@@ -725,11 +727,17 @@ def _supported(resource_type: str, name: str) -> bool:
     return base in _SEARCH_PARAMS[resource_type] or (not modifier and base in _RESULT_PARAMS)
 
 
+def _parameter_expression(name: str) -> str:
+    """A search parameter's name as an issue's expression: a client's name of 2 MB (a POST _search body) is not
+    repeated whole; the issue's text says how long it was."""
+    return name if len(name) <= 64 else name[:64] + "..."
+
+
 def _ignored_issue(resource_type: str, name: str, severity: str, what: str) -> dict[str, Any]:
-    shown = name if len(name) <= 64 else name[:64] + "..."
-    text = (f"search parameter {shown!r} is not supported on {resource_type} and was {what} (supported: "
+    text = (f"search parameter {quoted(name, 64)} is not supported on {resource_type} and was {what} (supported: "
             f"{', '.join(sorted(_SEARCH_PARAMS[resource_type]))}, {', '.join(sorted(_RESULT_PARAMS))})")
-    return {"severity": severity, "code": "not-supported", "details": {"text": text}, "expression": [shown]}
+    return {"severity": severity, "code": "not-supported", "details": {"text": text},
+            "expression": [_parameter_expression(name)]}
 
 
 def _refuse_control_characters(params: dict[str, list[str]]) -> None:
@@ -790,7 +798,7 @@ def conformance_resource(id: str):  # type: ignore[no-untyped-def]
     kind = request.path.strip("/").split("/")[0]
     name = _CONFORMANCE.get((kind, id))
     if name is None:
-        return outcome_response(404, "not-found", f"{kind}/{id[:64]} is not known")
+        return outcome_response(404, "not-found", f"{kind}/{quoted(id, 64, bare=True)} is not known")
     return Response(_conformance(name, current_app.config.get("FHIR_X12_MAPPINGS")), content_type=FHIR_JSON_UTF8)
 
 
@@ -803,7 +811,7 @@ def batch():  # type: ignore[no-untyped-def]
         return outcome_response(400, "structure", "POST / takes a Bundle of type batch", expression="Bundle")
     if bundle.get("type") != "batch":
         kind = bundle.get("type")
-        shown = repr(kind) if isinstance(kind, str) else "missing" if kind is None else "not a code"
+        shown = quoted(kind) if isinstance(kind, str) else "missing" if kind is None else "not a code"
         return outcome_response(422, "not-supported", f"Bundle.type ({shown}) is not supported here; "
                                 "send a batch", expression="Bundle.type")
     entries = bundle.get("entry") or []
@@ -1006,9 +1014,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
         status = exc.code or 500
+        path = quoted(request.path, 100, bare=True)
         text = {413: f"the request body is larger than {request.max_content_length} bytes",
-                404: f"no FHIR endpoint at {request.path[:100]}",
-                405: f"{request.method} is not supported on {request.path[:100]}"}.get(status, exc.description or "")
+                404: f"no FHIR endpoint at {path}",
+                405: f"{request.method} is not supported on {path}"}.get(status, exc.description or "")
         response = outcome_response(status, _HTTP_CODES.get(status, "exception"), text)
         if status == 405 and hasattr(exc, "valid_methods") and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)

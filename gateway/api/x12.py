@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from gateway.errors import X12SyntaxError
+from gateway.errors import X12SyntaxError, quoted
 
 x12 = Blueprint("x12", __name__)
 
@@ -21,7 +21,7 @@ def validate():  # type: ignore[no-untyped-def]
 
     ack = request.args.get("ack", "999").lower()
     if ack not in ("999", "ta1"):
-        return jsonify(valid=False, error=f"ack must be 999 or ta1, not {ack[:20]!r}"), 400
+        return jsonify(valid=False, error=f"ack must be 999 or ta1, not {quoted(ack, 20)}"), 400
     data = request.get_data()
     mappings = current_app.config.get("FHIR_X12_MAPPINGS")
     try:

@@ -15,6 +15,7 @@ import typing
 from functools import cache
 from typing import Any
 
+from gateway.errors import quoted
 from gateway.fhir.models import model_class
 from gateway.translate.errors import Problem
 
@@ -97,8 +98,7 @@ def _check(item: Any, spec: _Field, where: str, problems: list[Problem]) -> None
                                 code="value"))
         return
     if kind == "string" and spec.codes is not None and item not in spec.codes:
-        shown = item if len(item) <= 40 else item[:40] + "..."
-        problems.append(Problem(where, f"{shown!r} is not one of the codes this element allows "
+        problems.append(Problem(where, f"{quoted(item, 40)} is not one of the codes this element allows "
                                        f"({', '.join(sorted(spec.codes))})", code="code-invalid"))
     elif kind == "complex":
         _walk(item, spec.target.get_model_klass(), where, problems)

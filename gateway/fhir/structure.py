@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gateway.errors import QUOTE_LIMIT, quoted
 from gateway.fhir.json_types import json_type_problems
 from gateway.fhir.models import validate_structure
 from gateway.translate.errors import Problem
@@ -32,7 +33,7 @@ def structure_problems(resource: dict[str, Any], path: str | None = None) -> lis
     except RecursionError:
         return [Problem(root, "the resource nests too deeply to check", code="too-costly")]
     except (KeyError, LookupError, TypeError, ValueError) as exc:
-        return [Problem(root, f"not a FHIR resource this server knows: {exc}", code="structure")]
+        return [Problem(root, f"not a FHIR resource this server knows: {quoted(exc, bare=True)}", code="structure")]
     return typed
 
 
@@ -55,7 +56,8 @@ def invariant_problems(resource: dict[str, Any], path: str | None = None) -> lis
             problems.append(Problem(f"{where}.id", "a contained resource needs an id to be referenced by",
                                     code="required"))
         elif local in seen:
-            problems.append(Problem(f"{where}.id", f"another contained resource has the id {local!r}: a '#{local}' "
+            ref = f"'#{local}'" if len(str(local)) <= QUOTE_LIMIT else quoted(f"#{local}", QUOTE_LIMIT + 1)
+            problems.append(Problem(f"{where}.id", f"another contained resource has the id {quoted(local)}: a {ref} "
                                     "reference would be ambiguous", code="structure"))
         seen.add(local)
         if item.get("contained"):

@@ -22,7 +22,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from gateway.errors import GatewayError, X12SyntaxError
+from gateway.errors import GatewayError, X12SyntaxError, quoted
 from gateway.mappings import load_yaml
 from gateway.payer.accounts import parse_accounts  # noqa: F401 - re-exported: where callers found it
 from gateway.payer.answer import answer_interchange
@@ -185,7 +185,7 @@ def read_member():  # type: ignore[no-untyped-def]
         return _bad(problems)
     record = _store().get(memberid, groupnumber)
     if record is None:
-        return jsonify(error=f"no record with memberid {memberid!r} and groupnumber {groupnumber!r}"), 404
+        return jsonify(error=f"no record with memberid {quoted(memberid)} and groupnumber {quoted(groupnumber)}"), 404
     return jsonify(record)
 
 
@@ -193,7 +193,7 @@ def read_member():  # type: ignore[no-untyped-def]
 def read_operation(op_id: str):  # type: ignore[no-untyped-def]
     op = _store().operation(op_id)
     if op is None:
-        return jsonify(error=f"no operation {op_id!r}"), 404
+        return jsonify(error=f"no operation {quoted(op_id)}"), 404
     body: dict[str, Any] = {"id": op.id, "kind": op.kind, "status": op.status, "errors": op.errors,
                             "created": op.created.isoformat(), "lastUpdated": op.updated.isoformat()}
     if op.status == "succeeded" and op.kind != "delete":

@@ -11,6 +11,7 @@ from copy import deepcopy
 from datetime import date
 from typing import Any
 
+from gateway.errors import quoted
 from gateway.payer.answer import PAYER_DELIMITERS
 
 CHILD_KEYS: dict[str, tuple[str, ...]] = {
@@ -76,7 +77,7 @@ def _value(kind: str, value: Any, path: str, problems: list[dict[str, str]]) -> 
         try:
             number = float(value)
         except (TypeError, ValueError):
-            bad(f"{str(value)[:40]!r} is not a number")
+            bad(f"{quoted(str(value), 40)} is not a number")
             return value
         highest = 100.0 if kind == "percent" else _MAX_AMOUNT
         if not math.isfinite(number) or not 0 <= number <= highest:
@@ -86,17 +87,17 @@ def _value(kind: str, value: Any, path: str, problems: list[dict[str, str]]) -> 
     if kind == "date":
         normal = _normal_date(value)
         if normal is None:
-            bad(f"{value!r} is not a date (YYYY-MM-DD or CCYYMMDD)")
+            bad(f"{quoted(value)} is not a date (YYYY-MM-DD or CCYYMMDD)")
         return normal or value
     if kind == "range":
         match = _RANGE.match(str(value)) if isinstance(value, str) else None
         if not match:
-            bad(f"{value!r} is not a date range (YYYY-MM-DD/YYYY-MM-DD or CCYYMMDD-CCYYMMDD)")
+            bad(f"{quoted(value)} is not a date range (YYYY-MM-DD/YYYY-MM-DD or CCYYMMDD-CCYYMMDD)")
             return value
         start, end = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
         s, e = _normal_date(start), _normal_date(end)
         if not s or not e:
-            bad(f"{value!r} holds an impossible date")
+            bad(f"{quoted(value)} holds an impossible date")
             return value
         return f"{s}/{e}"
     if kind in ("yn", "ynw"):
@@ -132,7 +133,7 @@ def _value(kind: str, value: Any, path: str, problems: list[dict[str, str]]) -> 
         return _sendable(value, bad)
     if kind == "action":
         if not isinstance(value, str) or value not in ACTIONS:
-            bad(f"record_action {str(value)[:20]!r} is not n (new), m (modify) or d (delete)")
+            bad(f"record_action {quoted(str(value), 20)} is not n (new), m (modify) or d (delete)")
         return value
     return value
 
@@ -154,11 +155,11 @@ def _check_object(obj: Any, fields: dict[str, str], path: str, problems: list[di
     for key, value in obj.items():
         where = f"{path}.{key}" if path else key
         if key != key.lower():
-            problems.append({"path": where, "message": f"field names must be lowercase ({key!r})"})
+            problems.append({"path": where, "message": f"field names must be lowercase ({quoted(key)})"})
             continue
         kind = fields.get(key)
         if kind is None:
-            problems.append({"path": where, "message": f"unknown field {key!r}"})
+            problems.append({"path": where, "message": f"unknown field {quoted(key)}"})
             continue
         if kind == "action" and not patch:
             problems.append({"path": where, "message": "record_action is only used in a PATCH"})
@@ -217,7 +218,7 @@ def consistency_problems(record: dict[str, Any]) -> list[dict[str, str]]:
         depid = dependent.get("depmemberid")
         if isinstance(depid, str) and depid:
             if depid in seen_ids:
-                problems.append({"path": f"{where}.depmemberid", "message": f"{depid!r} is already the id of "
+                problems.append({"path": f"{where}.depmemberid", "message": f"{quoted(depid)} is already the id of "
                                  f"{seen_ids[depid]}: member ids are unique (a 270 finds one person by id)"})
             else:
                 seen_ids[depid] = f"{where}.depmemberid"
@@ -257,15 +258,15 @@ def _person_problems(person: dict[str, Any], prefix: str, coverages: list[Any],
         if isinstance(span, str) and _RANGE_NORMAL.match(span):
             first, last = span.split("/")
             if last < first:
-                bad(f"{where}.daterange", f"{span!r} ends before it starts")
+                bad(f"{where}.daterange", f"{quoted(span)} ends before it starts")
         kind = acc.get("coveragetype")
         if isinstance(kind, str) and kind.upper() not in covered:
-            bad(f"{where}.coveragetype", f"{kind!r} is not one of this person's coverages "
+            bad(f"{where}.coveragetype", f"{quoted(kind)} is not one of this person's coverages "
                 f"({', '.join(sorted(covered)) or 'none'})")
         name = acc.get("accum_name")
         if isinstance(name, str):
             if name.upper() in names:
-                bad(f"{where}.accum_name", f"{name!r} repeats accumulators[{names[name.upper()]}].accum_name: "
+                bad(f"{where}.accum_name", f"{quoted(name)} repeats accumulators[{names[name.upper()]}].accum_name: "
                     "accumulator names are unique within a person")
             else:
                 names[name.upper()] = i
@@ -276,10 +277,10 @@ def _person_problems(person: dict[str, Any], prefix: str, coverages: list[Any],
         where = f"benefits[{i}]"
         stc = benefit.get("servicetype")
         if isinstance(stc, str) and stc.upper() not in service_types:
-            bad(f"{where}.servicetype", f"{stc!r} is not an X12 service type code valid in 005010X279A1")
+            bad(f"{where}.servicetype", f"{quoted(stc)} is not an X12 service type code valid in 005010X279A1")
         period = benefit.get("timeperiod")
         if isinstance(period, str) and period.lower() not in periods:
-            bad(f"{where}.timeperiod", f"{period!r} is not one of {sorted(periods)}")
+            bad(f"{where}.timeperiod", f"{quoted(period)} is not one of {sorted(periods)}")
         kind = benefit.get("benefittype")
         if kind == "coinsurance" and "percent" not in benefit:
             bad(f"{where}.percent", "a coinsurance benefit needs percent (EB08)")

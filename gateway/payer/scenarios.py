@@ -18,6 +18,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.errors import quoted
+
 FAULTS = {"latency", "timeout", "http-500", "http-503", "aaa-42", "malformed", "reject-999", "ta1", "wrong-trace",
           "bad-count", "one-at-a-time"}
 # member ids that always misbehave (the simulator README lists them)
@@ -75,7 +77,7 @@ def parse_rule(data: Any) -> tuple[Rule | None, list[dict[str, str]]]:
     if times is not None and (isinstance(times, bool) or not isinstance(times, int) or times < 1):
         problems.append({"path": "times", "message": "must be a positive whole number (or left out)"})
     unknown = set(data) - {"memberid", "fault", "seconds", "jitter", "times"}
-    problems.extend({"path": k, "message": f"unknown field {k!r}"} for k in sorted(unknown))
+    problems.extend({"path": k, "message": f"unknown field {quoted(k)}"} for k in sorted(unknown))
     if problems:
         return None, problems
     return Rule(memberid.strip(), fault, numbers.get("seconds", 0.0), numbers.get("jitter", 0.0), times), []

@@ -16,6 +16,7 @@ from sqlalchemy import JSON, DateTime, String, UniqueConstraint, create_engine, 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from gateway.errors import quoted
 from gateway.payer.records import apply_patch, consistency_problems
 
 PENDING = ("notStarted", "running")
@@ -125,14 +126,15 @@ class MemberStore:
         member = self._member(session, op.memberid, op.groupnumber)
         if op.kind == "create":
             if member is not None:
-                return [f"a record with memberid {op.memberid!r} and groupnumber {op.groupnumber!r} already exists"]
+                return [f"a record with memberid {quoted(op.memberid)} and groupnumber {quoted(op.groupnumber)} "
+                        "already exists"]
             clashes = self._id_conflicts(session, op.payload, op.memberid, op.groupnumber)
             if clashes:
                 return [f"{p['path']}: {p['message']}" for p in clashes]
             session.add(Member(memberid=op.memberid, groupnumber=op.groupnumber, record=op.payload))
             return []
         if member is None:
-            return [f"no record with memberid {op.memberid!r} and groupnumber {op.groupnumber!r}"]
+            return [f"no record with memberid {quoted(op.memberid)} and groupnumber {quoted(op.groupnumber)}"]
         if op.kind == "delete":
             session.delete(member)
             return []
@@ -165,8 +167,9 @@ class MemberStore:
             held = _ids(other.record)
             for value, path in wanted.items():
                 if value in held:
-                    problems.append({"path": path, "message": f"{value!r} is already on file as {held[value]} of "
-                                     f"the record memberid {other.memberid!r} groupnumber {other.groupnumber!r}: "
+                    problems.append({"path": path, "message": f"{quoted(value)} is already on file as {held[value]} of "
+                                     f"the record memberid {quoted(other.memberid)} groupnumber "
+                                     f"{quoted(other.groupnumber)}: "
                                      "member ids are unique across groups (a 270 finds a person by id alone)"})
         return problems
 

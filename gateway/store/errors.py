@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, quoted
 
 
 class StoreError(GatewayError):
@@ -23,7 +23,7 @@ class SearchError(StoreError):
         self.message = message
         if code is not None:
             self.code = code
-        super().__init__(f"search parameter {param!r}: {message}")
+        super().__init__(f"search parameter {quoted(param)}: {message}")
 
 
 class UnknownRecordError(StoreError, LookupError):
@@ -31,7 +31,7 @@ class UnknownRecordError(StoreError, LookupError):
 
     def __init__(self, record_id: str) -> None:
         self.record_id = record_id
-        super().__init__(f"no eligibility transaction with id {record_id!r}")
+        super().__init__(f"no eligibility transaction with id {quoted(record_id)}")
 
 
 class DuplicateRecordError(StoreError):
@@ -39,7 +39,7 @@ class DuplicateRecordError(StoreError):
 
     def __init__(self, record_id: str) -> None:
         self.record_id = record_id
-        super().__init__(f"an eligibility transaction with id {record_id!r} is already stored")
+        super().__init__(f"an eligibility transaction with id {quoted(record_id)} is already stored")
 
 
 class RecordStateError(StoreError):
@@ -48,7 +48,7 @@ class RecordStateError(StoreError):
     def __init__(self, record_id: str, status: str) -> None:
         self.record_id = record_id
         self.status = status
-        super().__init__(f"eligibility transaction {record_id!r} is {status}, not waiting to be sent")
+        super().__init__(f"eligibility transaction {quoted(record_id)} is {status}, not waiting to be sent")
 
 
 class ConditionTakenError(StoreError):

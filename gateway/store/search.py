@@ -36,6 +36,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, select, true
 from sqlalchemy.orm import InstrumentedAttribute
 
+from gateway.errors import quoted
 from gateway.store.errors import SearchError
 from gateway.store.models import EligibilityRecord, RecordIdentifier, to_utc
 
@@ -344,7 +345,7 @@ def build(params: Mapping[str, Iterable[str]], spec: Mapping[str, Param], create
             supported = ", ".join(sorted(spec))
             raise SearchError(name, f"unknown search parameter (supported: {supported}, _sort, _count)")
         if modifier and modifier != "missing" and modifier not in param.modifiers:
-            raise SearchError(name, f"modifier {modifier!r} is not supported")
+            raise SearchError(name, f"modifier {quoted(modifier)} is not supported")
         for value in values:
             if value is None or value == "":
                 continue  # FHIR: a parameter without a value is ignored

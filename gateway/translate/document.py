@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.errors import X12SyntaxError
+from gateway.errors import X12SyntaxError, quoted
 from gateway.fhir.structure import payload_problems
 from gateway.translate.errors import Problem, TranslationError
 from gateway.translate.notes import Note
@@ -106,8 +106,9 @@ def translate_document(data: bytes, tables: Tables, *, now: datetime, control_nu
                                             code="not-supported")])
         raise X12SyntaxError("the interchange holds no transaction set")
     if sets - {"270", "271"}:
-        raise TranslationError(f"transaction set(s) {', '.join(sorted(sets - {'270', '271'}))} cannot be translated "
-                               "(only 270 and 271)", [Problem("ST01", "not a 270 or 271", code="not-supported")])
+        others = ", ".join(quoted(s, bare=True) for s in sorted(sets - {"270", "271"}))
+        raise TranslationError(f"transaction set(s) {others} cannot be translated (only 270 and 271)",
+                               [Problem("ST01", "not a 270 or 271", code="not-supported")])
     if len(sets) > 1:
         raise TranslationError("the file mixes 270 and 271 transaction sets; translate them separately",
                                [Problem("ST01", "mixed 270 and 271", code="not-supported")])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from gateway.errors import quoted
 from gateway.translate.errors import Problem
 
 # FHIR's literal reference grammar, the one place it is written (the upstream fetcher builds on it too)
@@ -96,11 +97,11 @@ class Resolver:
             return None
         resource = self.find(ref, owner)
         if resource is None:
-            self.problems.append(Problem(path, f"reference {ref!r} cannot be resolved: it is neither contained nor "
-                                         "an entry of the Bundle", code="not-found", x12=x12))
+            self.problems.append(Problem(path, f"reference {quoted(ref)} cannot be resolved: it is neither contained "
+                                         "nor an entry of the Bundle", code="not-found", x12=x12))
             return None
         if expected and resource.get("resourceType") not in expected:
-            self.problems.append(Problem(path, f"reference {ref!r} points at a {resource.get('resourceType')}, "
+            self.problems.append(Problem(path, f"reference {quoted(ref)} points at a {resource.get('resourceType')}, "
                                          f"expected {' or '.join(expected)}", code="invalid", x12=x12))
             return None
         return resource

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.errors import QUOTE_LIMIT, quoted
 from gateway.translate.errors import Problem, TranslationError
 from gateway.translate.identifiers import valid_npi
 from gateway.translate.notes import Note
@@ -41,7 +42,7 @@ class Request270:
 
     def all_notes(self) -> list[Note]:
         """The notes, then each value the writer had to change, as notes on the 270 element it went to."""
-        changed = [Note(text=f"{w.reason}: {w.original!r} was sent as {w.written!r}",
+        changed = [Note(text=f"{w.reason}: {quoted(w.original)} was sent as {w.written!r}",
                         source=f"270 {w.segment} {w.element}") for w in self.write_notes]
         return [*self.notes, *changed]
 
@@ -76,7 +77,7 @@ def find_request(payload: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
         message = "the Bundle holds no CoverageEligibilityRequest" if not requests else \
             f"the Bundle holds {len(requests)} CoverageEligibilityRequests; translate them one at a time"
         raise TranslationError(message, [Problem("Bundle.entry", message, code="structure")], status=400)
-    shown = "missing" if kind is None else repr(kind) if isinstance(kind, str) else "not a string"
+    shown = "missing" if kind is None else quoted(kind) if isinstance(kind, str) else "not a string"
     raise TranslationError(f"resourceType ({shown}) is not a CoverageEligibilityRequest or a Bundle",
                            [Problem("resourceType", f"expected {CER} or Bundle; resourceType is {shown}",
                                     code="structure")], status=400)
@@ -195,18 +196,18 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
 
     status = request.get("status")
     if status not in FM_STATUS:
-        g.problems.append(Problem(f"{CER}.status", f"status {status!r} is not an fm-status code",
+        g.problems.append(Problem(f"{CER}.status", f"status {quoted(status)} is not an fm-status code",
                                   code="code-invalid"))
     elif status != "active":
-        g.problems.append(Problem(f"{CER}.status", f"only an active request is sent to a payer, not {status!r}",
+        g.problems.append(Problem(f"{CER}.status", f"only an active request is sent to a payer, not {quoted(status)}",
                                   code="business-rule"))
     purposes = request.get("purpose") or []
     if not purposes:
         g.problems.append(Problem(f"{CER}.purpose", "purpose is required", code="required"))
     for p in purposes:
         if p not in PURPOSES:
-            g.problems.append(Problem(f"{CER}.purpose", f"purpose {p!r} is not an eligibilityrequest-purpose code",
-                                      code="code-invalid"))
+            g.problems.append(Problem(f"{CER}.purpose", f"purpose {quoted(p)} is not an eligibilityrequest-purpose "
+                                      "code", code="code-invalid"))
     discovery = "discovery" in purposes
 
     # coverage, patient, subscriber
@@ -263,19 +264,20 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
                                   "CoverageEligibilityRequest.patient: the coverage named is not the patient's",
                                   code="business-rule", x12="2100C NM1"))
     if relationship in subscriber_codes and subscriber_is_patient is False:
-        g.problems.append(Problem("Coverage.relationship", f"Coverage.relationship is {relationship!r} but "
+        g.problems.append(Problem("Coverage.relationship", f"Coverage.relationship is {quoted(relationship)} but "
                                   "Coverage.subscriber is another person than the patient: say which is right "
                                   "(the patient as subscriber, or as a dependent of Coverage.subscriber)",
                                   code="business-rule", x12="2100C NM1"))
     elif relationship and relationship not in subscriber_codes and subscriber_is_patient and not patient_own_id:
-        g.problems.append(Problem("Coverage.relationship", f"Coverage.relationship is {relationship!r} (a dependent) "
-                                  "but Coverage.subscriber is the patient: a dependent is asked about through "
-                                  "another person, the subscriber", code="business-rule", x12="2100D NM1"))
+        g.problems.append(Problem("Coverage.relationship", f"Coverage.relationship is {quoted(relationship)} (a "
+                                  "dependent) but Coverage.subscriber is the patient: a dependent is asked about "
+                                  "through another person, the subscriber", code="business-rule", x12="2100D NM1"))
     a_dependent = relationship not in subscriber_codes if relationship else subscriber_is_patient is False
     dependent = bool(a_dependent and not patient_own_id)
     g.patient_loop = "2100D" if dependent else "2100C"
     if a_dependent and patient_own_id:
-        who = f"({relationship})" if relationship else "(a dependent: Coverage.subscriber is another person)"
+        who = f"({quoted(relationship, bare=True)})" if relationship else \
+            "(a dependent: Coverage.subscriber is another person)"
         g.lost(f"the patient {who} has a member id of their own, so is sent as the subscriber "
                "(2100C), as the implementation guide says", "insurance.coverage")
         member_id = patient_own_id
@@ -298,7 +300,7 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
         if discovery and not person.given:
             g.missing("patient_first_name", "a search without member id needs the first name")
         if person.birth_date and not _FULL_DATE.match(person.birth_date):
-            g.problems.append(Problem("Patient.birthDate", f"birth date {person.birth_date!r} is not a full date "
+            g.problems.append(Problem("Patient.birthDate", f"birth date {quoted(person.birth_date)} is not a full date "
                                       "(YYYY-MM-DD)", code="value", x12=f"{g.patient_loop} DMG02"))
         elif discovery and not person.birth_date:
             g.missing("patient_birth_date", "a search without member id needs the birth date")
@@ -359,12 +361,12 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
             g.lost("insurance.businessArrangement (a contract number) is not sent: no 270 element is agreed for it",
                    f"insurance[{index}].businessArrangement")
     if coverage.get("status") and coverage.get("status") != "active":
-        g.lost(f"Coverage.status is {coverage['status']!r}: a 270 cannot say so; the payer is asked about the "
+        g.lost(f"Coverage.status is {quoted(coverage['status'])}: a 270 cannot say so; the payer is asked about the "
                "member all the same", "Coverage.status")
     for who, resource in (("Patient", patient), ("Coverage.subscriber", subscriber if dependent else None)):
         for name in (resource or {}).get("name") or []:
             if isinstance(name, dict) and name.get("prefix"):
-                g.lost(f"name prefix {' '.join(name['prefix'])!r} has no place in NM1", f"{who}.name.prefix")
+                g.lost(f"name prefix {quoted(' '.join(name['prefix']))} has no place in NM1", f"{who}.name.prefix")
                 break
     if (patient or {}).get("multipleBirthInteger") is not None or (patient or {}).get("multipleBirthBoolean"):
         g.lost("Patient.multipleBirth is not sent: INS17 (birth sequence) is only for an alternate search, and "
@@ -392,8 +394,9 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
 
     if not callable(envelope) and not envelope.receiver_id and payer_id and not 2 <= len(payer_id) <= 15:
         # the payer id would name the interchange receiver: cut (ISA08) it names another trading partner
-        g.problems.append(Problem(g.spec["items"]["payer_id"]["fhir"], f"payer id {payer_id!r} ({len(payer_id)} "
-                                  "characters) cannot name the interchange receiver, which takes 2 to 15: give the "
+        g.problems.append(Problem(g.spec["items"]["payer_id"]["fhir"], f"payer id {quoted(payer_id)}"
+                                  + ("" if len(payer_id) > QUOTE_LIMIT else f" ({len(payer_id)} characters)")
+                                  + " cannot name the interchange receiver, which takes 2 to 15: give the "
                                   "payer's receiver id (--receiver-id, or receiver_id in routing.yaml)",
                                   code="value", x12="ISA08/GS03"))
 
@@ -515,8 +518,8 @@ def _service_type(g: _Gather, concept: dict[str, Any], path: str) -> str | None:
                 g.lost(f"benefit category {code} is not an X12 service type; sent as {service['remap'][code]}", path)
                 return str(service["remap"][code])
             if g.tables.code("service_type", code) is None:
-                g.problems.append(Problem(path, f"service type {code!r} is not in 005010X279A1", code="not-supported",
-                                          x12="2110C EQ01"))
+                g.problems.append(Problem(path, f"service type {quoted(code)} is not in 005010X279A1",
+                                          code="not-supported", x12="2110C EQ01"))
                 return None
             return code
     if _codings(concept):
@@ -547,8 +550,9 @@ def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tupl
                 g.problems.append(Problem(f"{path}.productOrService", "the productOrService has no coded procedure "
                                           "(text alone cannot be sent)", code="required", x12="2110C EQ02-2"))
             elif not qualifier:
-                g.problems.append(Problem(f"{path}.productOrService", f"procedure code system {coding.get('system')!r} "
-                                          "has no X12 qualifier (CPT, HCPCS, CDT, NDC ...)", code="not-supported",
+                system = quoted(coding.get("system"))
+                g.problems.append(Problem(f"{path}.productOrService", f"procedure code system {system} has no X12 "
+                                          "qualifier (CPT, HCPCS, CDT, NDC ...)", code="not-supported",
                                           x12="2110C EQ02-1"))
             else:
                 modifiers = [c.get("code") for m in item.get("modifier") or [] for c in _codings(m)][:4]
@@ -642,14 +646,14 @@ def _ndc(g: _Gather, code: str, path: str) -> str:
         short = [want - len(p) for p, want in zip(parts, layout, strict=True)]
         if all(n >= 0 for n in short) and sum(short) <= 1:   # 5-4-2, or one part a digit short (4-4-2, 5-3-2, 5-4-1)
             sent = "".join(p.zfill(want) for p, want in zip(parts, layout, strict=True))
-            g.lost(f"NDC {code!r} sent as {sent} (11 digits, 5-4-2, as EQ02 takes it)", path)
+            g.lost(f"NDC {quoted(code)} sent as {sent} (11 digits, 5-4-2, as EQ02 takes it)", path)
             return sent
     elif len(parts) == 1 and code.isdigit() and len(code) == sum(layout):
         return code
     why = ("a 10-digit NDC without hyphens is ambiguous (4-4-2, 5-3-2 or 5-4-1?): send it hyphenated or as 11 "
            "digits" if len(parts) == 1 and code.isdigit() and len(code) == sum(layout) - 1 else
            "not an NDC: 11 digits (5-4-2), or 10 digits hyphenated 4-4-2, 5-3-2 or 5-4-1")
-    g.problems.append(Problem(path, f"NDC {code!r}: {why}", code="value", x12="2110C EQ02-2"))
+    g.problems.append(Problem(path, f"NDC {quoted(code)}: {why}", code="value", x12="2110C EQ02-2"))
     return code
 
 
@@ -657,7 +661,7 @@ def _service_dates(g: _Gather, request: dict[str, Any]) -> list[Value] | None:
     if request.get("servicedDate"):
         value = request["servicedDate"]
         if not _FULL_DATE.match(value):
-            g.problems.append(Problem(f"{CER}.servicedDate", f"{value!r} is not a full date", code="value",
+            g.problems.append(Problem(f"{CER}.servicedDate", f"{quoted(value)} is not a full date", code="value",
                                       x12="DTP03"))
             return None
         return ["291", "D8", value.replace("-", "")]
@@ -674,7 +678,7 @@ def _service_dates(g: _Gather, request: dict[str, Any]) -> list[Value] | None:
             return ["291", "D8", start.replace("-", "")]
         if not _FULL_DATE.match(end) or end < start:
             g.problems.append(Problem(f"{CER}.servicedPeriod.end", f"the period ends ({end!r}) before it starts "
-                                      f"({start!r})" if _FULL_DATE.match(end) else f"{end!r} is not a full date",
+                                      f"({start!r})" if _FULL_DATE.match(end) else f"{quoted(end)} is not a full date",
                                       code="value", x12="DTP03"))
             return None
         return ["291", "RD8", f"{start.replace('-', '')}-{end.replace('-', '')}"]
@@ -721,7 +725,8 @@ def _write(g: _Gather, envelope: Envelope, delimiters: Delimiters, limits: dict[
         if person.birth_date or person.gender:
             gender = gender_map["to_x12"].get(person.gender, "") if person.gender else ""
             if gender and gender not in gender_map["request_allowed"]:
-                g.lost(f"gender {person.gender!r} has no 270 code (DMG03 allows F and M): left out", f"{loop}.gender")
+                g.lost(f"gender {quoted(person.gender)} has no 270 code (DMG03 allows F and M): left out",
+                       f"{loop}.gender")
                 gender = ""
             if person.birth_date:
                 segs.append(("DMG", ["D8", person.birth_date.replace("-", ""), gender]))
@@ -737,7 +742,8 @@ def _write(g: _Gather, envelope: Envelope, delimiters: Delimiters, limits: dict[
         elif "plan" in kinds:
             classes.append(("REF", ["18", cls.get("value", "")]))
         else:
-            g.lost(f"coverage class {'/'.join(k for k in kinds if k)} has no place in a 270", "Coverage.class")
+            kind = quoted("/".join(k for k in kinds if k), bare=True)
+            g.lost(f"coverage class {kind} has no place in a 270", "Coverage.class")
 
     sub_given = subscriber.given
     body.append(("NM1", [c["subscriber_entity"], "1", subscriber.family, sub_given[0] if sub_given else "",
@@ -770,8 +776,8 @@ def _write(g: _Gather, envelope: Envelope, delimiters: Delimiters, limits: dict[
         the_patient()
         loop_name = "2100D"
         if relationship:
-            g.lost(f"relationship {relationship} is implied by the dependent loop (2100D INS is sent only for "
-                   "alternate searches)", "Coverage.relationship")
+            g.lost(f"relationship {quoted(relationship, bare=True)} is implied by the dependent loop (2100D INS is "
+                   "sent only for alternate searches)", "Coverage.relationship")
     if len(patient.given) > 2 or len(subscriber.given) > 2:
         g.lost("more than two given names: the rest are not sent", "Patient.name.given")
     writer = X12Writer(delimiters, limits)
@@ -818,7 +824,7 @@ def _check_sendable(g: _Gather, delimiters: Delimiters, limits: Mapping[str, tup
         if why is None and item == "provider_npi" and not valid_npi(value):
             why = "not a National Provider Identifier: 10 digits with a valid check digit"
         if why is not None:
-            g.problems.append(Problem(info["fhir"], f"{item.replace('_', ' ')} {value!r} cannot be sent as given "
+            g.problems.append(Problem(info["fhir"], f"{item.replace('_', ' ')} {quoted(value)} cannot be sent as given "
                                       f"({why}); an identifier is never altered", code="value",
                                       x12=g.target(info["x12"])))
     for item in _REQUIRED_NAMES:
@@ -837,7 +843,7 @@ def _check_sendable(g: _Gather, delimiters: Delimiters, limits: Mapping[str, tup
         if why is None and not size.min_len <= len(value) <= size.max_len:
             why = f"X12 takes {size.min_len} to {size.max_len} characters here"
         if why is not None:
-            g.problems.append(Problem(path, f"code {value!r} cannot be sent as given ({why}); a code is never "
+            g.problems.append(Problem(path, f"code {quoted(value)} cannot be sent as given ({why}); a code is never "
                                       "altered", code="value", x12=location))
 
 
@@ -867,7 +873,8 @@ def _address(g: _Gather, body: list[tuple[str, list[Value]]], address: dict[str,
         if len(country) == 2 and country in table["iso_countries"]:
             n404, region = country, "other"
         else:
-            g.lost(f"country {given_country!r} is not an ISO 3166 2-letter code: N404 left out", f"{path}.country")
+            g.lost(f"country {quoted(given_country)} is not an ISO 3166 2-letter code: N404 left out",
+                   f"{path}.country")
             region = "unknown"
     given_state = (address.get("state") or "").strip() or (territory or "")
     state = ""
@@ -886,10 +893,10 @@ def _address(g: _Gather, body: list[tuple[str, list[Value]]], address: dict[str,
         else:
             where = {"US": "a US state or territory", "CA": "a Canadian province or territory"}.get(
                 region or "", "a US state or territory or a Canadian province")
-            g.lost(f"state {given_state!r} is not {where} (code or name): left out of N402, which takes a code",
+            g.lost(f"state {quoted(given_state)} is not {where} (code or name): left out of N402, which takes a code",
                    f"{path}.state")
     elif given_state:
-        g.lost(f"state {given_state!r} of an address outside the US and Canada has no place in N4 (N402 is for "
+        g.lost(f"state {quoted(given_state)} of an address outside the US and Canada has no place in N4 (N402 is for "
                "US and Canadian codes): left out", f"{path}.state")
     postal = str(address.get("postalCode") or "").strip()
     if region in (None, "US") and re.fullmatch(r"\d{5}-\d{4}", postal):

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from gateway.errors import quoted
 from gateway.translate.notes import Note, process_note_extensions
 from gateway.translate.response_271 import date_range, us_zip
 from gateway.translate.tables import Tables
@@ -237,13 +238,13 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                 if birth:
                     resource["birthDate"] = birth[0]
                 elif seg.get(2):
-                    note(f"birth date {seg.get(2)!r} ({seg.get(1) or 'no format'}) is not a D8 calendar date",
+                    note(f"birth date {quoted(seg.get(2))} ({seg.get(1) or 'no format'}) is not a D8 calendar date",
                          loop, seg)
                 gender = tables.t["gender"]["from_x12"].get(seg.get(3))
                 if gender:
                     resource["gender"] = gender
                 elif seg.get(3):
-                    note(f"gender {seg.get(3)!r} (DMG03) has no AdministrativeGender code", loop, seg)
+                    note(f"gender {quoted(seg.get(3))} (DMG03) has no AdministrativeGender code", loop, seg)
             elif seg.id == "N3":
                 resource.setdefault("address", [{}])[0]["line"] = [v for v in (seg.get(1), seg.get(2)) if v]
             elif seg.id == "N4":
@@ -313,7 +314,7 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                     if len(parts) > 1 and parts[1]:
                         kind = tables.t["diagnoses"]["from_x12"].get(parts[0])
                         if not kind:
-                            note(f"diagnosis {parts[1]} with code list qualifier {parts[0]!r} (not ICD-10-CM or "
+                            note(f"diagnosis {parts[1]} with code list qualifier {quoted(parts[0])} (not ICD-10-CM or "
                                  "ICD-9-CM)", loop, seg)
                         diagnoses.append((kind["system"], _dotted(parts[1], kind)) if kind else ("", parts[1]))
             else:
@@ -435,4 +436,4 @@ def _service_date(request: dict[str, Any], seg: Segment, loop: Loop,
     elif span:
         request["servicedPeriod"] = {"start": span[0], "end": span[1]}
     else:
-        note(f"service date {seg.get(3)!r} could not be read", loop, seg)
+        note(f"service date {quoted(seg.get(3))} could not be read", loop, seg)

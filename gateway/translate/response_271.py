@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from typing import Any
 
+from gateway.errors import quoted
 from gateway.translate.errors import Problem, TranslationError
 from gateway.translate.notes import Note, process_note_extensions
 from gateway.translate.tables import Tables
@@ -316,7 +317,7 @@ def _aaa(r: _Response, loop: Loop, seg: Segment) -> None:
     r.errors.append(error)
     (r.request_level_errors if level in tables.t["errors"]["request_level"] else r.benefit_level_errors).append(text)
     r.map(seg)
-    meaning = tables.t["errors"]["AAA01"].get(valid, f"AAA01 {valid!r}")
+    meaning = tables.t["errors"]["AAA01"].get(valid, f"AAA01 {quoted(valid)}")
     extra = f"AAA at {level}: {meaning}; reject reason {reason} ({display})"
     if follow_up:
         extra += f", follow-up {follow_up} ({follow['display'] if follow else 'not a known code'})"
@@ -416,11 +417,11 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
             if seg.get(1) == "D8":
                 person.birth_date = x12_date(seg.get(2))
                 if seg.get(2) and person.birth_date is None:
-                    r.note(f"birth date {seg.get(2)!r} is not a date", loop, seg)
+                    r.note(f"birth date {quoted(seg.get(2))} is not a date", loop, seg)
             gender = tables.t["gender"]["from_x12"].get(seg.get(3))
             person.gender = gender
             if seg.get(3) and gender is None:
-                r.note(f"gender code {seg.get(3)!r} is not known", loop, seg)
+                r.note(f"gender code {quoted(seg.get(3))} is not known", loop, seg)
         elif sid in ("N3", "N4"):
             r.map(seg)
             address = person.address or {}
@@ -435,7 +436,7 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
             r.map(seg)
             person.relationship = tables.t["relationship"]["from_ins02"].get(seg.get(2))
             if seg.get(2) and person.relationship is None:
-                r.note(f"relationship code {seg.get(2)!r} is not known", loop, seg)
+                r.note(f"relationship code {quoted(seg.get(2))} is not known", loop, seg)
             if seg.get(3) == "001" and seg.get(4) == "25":
                 r.note(f"the payer changed identifying data of the {role} (INS03 001, INS04 25): check the "
                        "returned name, birth date and member id", loop, seg)
@@ -469,7 +470,7 @@ def _patient_date(r: _Response, loop: Loop, seg: Segment, person: _Person) -> No
     name = dates["names"].get(qualifier, f"date qualifier {qualifier}")
     span = date_range(seg.get(2), seg.get(3))
     if span is None:
-        r.note(f"{name} date {seg.get(3)!r} could not be read", loop, seg)
+        r.note(f"{name} date {quoted(seg.get(3))} could not be read", loop, seg)
         return
     start, end = span
     if kind in ("plan-begin", "plan-end", "plan"):
@@ -589,7 +590,7 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
 
     if info is None:
         _refuse_if_required(r, "eligibility_benefit", eb01, loop, eb)
-        r.note(f"EB01 {eb01!r} is not an X279A1 code; passed through without a FHIR meaning", loop, eb)
+        r.note(f"EB01 {quoted(eb01)} is not an X279A1 code; passed through without a FHIR meaning", loop, eb)
     if v[4]:
         insurance = tables.code("insurance_type", v[4])
         r.note(f"insurance type {v[4]} ({insurance['display'] if insurance else 'not an X279A1 code'}) "
@@ -626,7 +627,7 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
             item["category"] = r.service_type(stc)
             if r.tables.code("service_type", stc) is None:
                 _refuse_if_required(r, "service_type", stc, loop, eb)
-                r.note(f"service type {stc!r} is not an X279A1 code; passed through", loop, eb)
+                r.note(f"service type {quoted(stc)} is not an X279A1 code; passed through", loop, eb)
             targets.append(item)
         if not stcs:
             base_note = "no service type (EB03): applies to the plan as a whole (30)"
@@ -726,8 +727,9 @@ def _refuse_if_required(r: _Response, table: str, code: str, loop: Loop, seg: Se
     """A table whose on_missing is ``error`` refuses a code it does not list."""
     if r.tables.refuses_unknown(table):
         where = r.where(loop, seg)
-        raise TranslationError(f"{where}: code {code!r} is not in mappings/codes/{table}.yaml (on_missing: error)",
-                               [Problem(where, f"unknown code {code!r}", code="code-invalid", x12=seg.id)])
+        raise TranslationError(f"{where}: code {quoted(code)} is not in mappings/codes/{table}.yaml "
+                               "(on_missing: error)",
+                               [Problem(where, f"unknown code {quoted(code)}", code="code-invalid", x12=seg.id)])
 
 
 def _item_base(r: _Response, loop: Loop, eb: Segment, entities: list[dict[str, Any]]) -> dict[str, Any]:
@@ -741,7 +743,7 @@ def _item_base(r: _Response, loop: Loop, eb: Segment, entities: list[dict[str, A
         if code:
             item[kind], known = _concept(tables, kind, code)
             if not known:
-                r.note(f"{label} {code!r} is not an X279A1 code", loop, eb)
+                r.note(f"{label} {quoted(code)} is not an X279A1 code", loop, eb)
     if v[11] in ("Y", "N"):
         item["authorizationRequired"] = v[11] == "Y"
     for entity in entities:
@@ -808,7 +810,7 @@ def _amount(r: _Response, loop: Loop, eb: Segment, info: dict[str, Any], item: d
             r.note(f"amount {v[7]} is a 'no maximum' placeholder: no amount applies (left out)", loop, eb)
         money = None
     elif v[7] and money is None:
-        r.note(f"amount {v[7]!r} is not a number", loop, eb)
+        r.note(f"amount {quoted(v[7])} is not a number", loop, eb)
     elif money is not None:
         slot = "usedMoney" if amount_kind == MET else "allowedMoney"
         if amount_kind != REMAINING:
@@ -816,7 +818,7 @@ def _amount(r: _Response, loop: Loop, eb: Segment, info: dict[str, Any], item: d
     if v[8]:
         percent = _number(v[8])
         if percent is None or percent < 0:
-            r.note(f"percent {v[8]!r} is not a number from 0 up", loop, eb)
+            r.note(f"percent {quoted(v[8])} is not a number from 0 up", loop, eb)
         elif any(k.startswith("allowed") for k in benefit):
             # one benefit holds one allowed value (allowed[x]): the amount came first, the percent is noted
             text = f"percent {v[8]}"

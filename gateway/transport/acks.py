@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from gateway.errors import quoted
 from gateway.mappings import code_table
 
 TABLES = ("acknowledgment_status", "interchange_note", "segment_syntax_error", "element_syntax_error",
@@ -31,7 +32,7 @@ class AckCodes:
     def status(self, code: str) -> str:
         """A status in words (lower case, to sit inside a sentence), or the code itself."""
         text = self.display("acknowledgment_status", code)
-        return text[0].lower() + text[1:] if text else f"status {code!r}"
+        return text[0].lower() + text[1:] if text else f"status {quoted(code)}"
 
     @cached_property
     def rejecting(self) -> frozenset[str]:
@@ -86,12 +87,12 @@ def ack_findings(segments: list[tuple[Any, list[str]]], codes: AckCodes) -> list
             if len(position) > 1 and position[1].isdigit() and int(position[1]) > 0:
                 element += f"-{int(position[1]):02d}"
             value = _el(parts, 4)
-            quoted = f": {value!r}" if value else ""
+            shown = f": {quoted(value)}" if value else ""
             meaning, said = _coded(codes, "element_syntax_error", f"{sid}03", _el(parts, 3))
             findings.append({"level": "element", "segment": sid, **txn, "segment_id": segment_id,
                              "element": element, "data_element": _el(parts, 2), "code": _el(parts, 3),
                              "description": meaning, "value": value,
-                             "message": f"element {element} (data element {_el(parts, 2)}): {said}{quoted}"})
+                             "message": f"element {element} (data element {_el(parts, 2)}): {said}{shown}"})
         elif sid in ("IK5", "AK5"):
             status, found = _el(parts, 1), [c for c in (_el(parts, i) for i in range(2, 7)) if c]
             said = [_coded(codes, "transaction_syntax_error", sid, c)[1] for c in found]

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 import urllib3.exceptions
 
-from gateway.errors import GatewayError, X12SyntaxError
+from gateway.errors import GatewayError, X12SyntaxError, quoted
 from gateway.transport import core
 from gateway.transport.acks import AckCodes, ack_findings, acknowledgments, load_ack_codes
 from gateway.transport.streams import DeadlineAdapter, arriving, deadline
@@ -115,7 +115,7 @@ class UnknownPayer(PayerError):
     summary = "the gateway has no route to this payer"
 
     def __init__(self, payer_id: str) -> None:
-        super().__init__(f"no route for payer id {str(payer_id)[:80]!r} in the routing table", payer_id=payer_id)
+        super().__init__(f"no route for payer id {quoted(str(payer_id))} in the routing table", payer_id=payer_id)
 
 
 class PayerTimeout(PayerError):

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 
-from gateway.errors import MappingError, X12SyntaxError
+from gateway.errors import MappingError, X12SyntaxError, quoted
 from gateway.x12.model import Delimiters, Finding, Group, Interchange, Loop, LoopTable, Segment, Transaction
 from gateway.x12.structure import Reopen, TransactionSpec, Transition, known_segment_ids, load_transaction
 from gateway.x12.tokenizer import Source, segment_id_is_valid, tokenize
@@ -137,7 +137,7 @@ class _TreeBuilder:
                 self.txn.findings.append(Finding(
                     code="X12-HL-CHILD", severity="warning", level="element", ack_code="7", value=child_code,
                     message=f"HL04 says {'a child level follows' if child_code == '1' else 'no child level'}"
-                            f" but HL {hl_id} {'has none' if child_code == '1' else 'has children'}",
+                            f" but HL {quoted(hl_id, bare=True)} {'has none' if child_code == '1' else 'has children'}",
                     transaction=self.txn.control_number, transaction_set=self.txn.set_id, loop=loop_id,
                     segment="HL", position=position, element="HL04", data_element="736"))
 
@@ -150,11 +150,11 @@ class _TreeBuilder:
         seg_id = parts[0]
         loop_id = self.table.loops[self.stack[-1]][0]
         if not segment_id_is_valid(seg_id):
-            code, ack, msg = "X12-SEGMENT-ID", "1", f"{seg_id!r} is not a valid X12 segment id"
+            code, ack, msg = "X12-SEGMENT-ID", "1", f"{quoted(seg_id)} is not a valid X12 segment id"
         elif seg_id in self.known:
             code, ack, msg = "X12-SEGMENT-UNEXPECTED", "2", f"segment {seg_id} is not expected here"
         else:
-            code, ack, msg = "X12-SEGMENT-UNKNOWN", "1", f"unrecognized segment id {seg_id!r}"
+            code, ack, msg = "X12-SEGMENT-UNKNOWN", "1", f"unrecognized segment id {quoted(seg_id)}"
         self.txn.findings.append(Finding(
             code=code, message=f"{msg} (in loop {loop_id})", level="segment", ack_code=ack,
             transaction=self.txn.control_number, transaction_set=self.txn.set_id,
@@ -169,11 +169,11 @@ class _TreeBuilder:
         index = self.stack[-1]
         loop_id, parent, _ = loops[index]
         if hl_id in self.hl_loops:
-            self._hl_finding("X12-HL-DUPLICATE", f"HL01 {hl_id!r} is used twice", "HL01", "7", hl_id, loop_id,
+            self._hl_finding("X12-HL-DUPLICATE", f"HL01 {quoted(hl_id)} is used twice", "HL01", "7", hl_id, loop_id,
                              position)
         elif hl_id.isdigit() and int(hl_id) != self.last_hl + 1:
-            self._hl_finding("X12-HL-SEQUENCE", f"HL01 {hl_id} does not follow {self.last_hl}", "HL01", "7", hl_id,
-                             loop_id, position, "warning")
+            self._hl_finding("X12-HL-SEQUENCE", f"HL01 {quoted(hl_id, bare=True)} does not follow {self.last_hl}",
+                             "HL01", "7", hl_id, loop_id, position, "warning")
         if hl_id.isdigit():
             self.last_hl = int(hl_id)
         self.hl_loops[hl_id] = loop_id
@@ -188,7 +188,7 @@ class _TreeBuilder:
             actual = self.hl_loops.get(parent_id)
             if actual != expected:
                 self._hl_finding("X12-HL-PARENT",
-                                 f"HL02 {parent_id!r} should point to the enclosing {expected} HL"
+                                 f"HL02 {quoted(parent_id)} should point to the enclosing {expected} HL"
                                  + (f", not to a {actual} HL" if actual else ", which does not exist"),
                                  "HL02", "7" if parent_id else "1", parent_id, loop_id, position)
         elif parent_id:
@@ -398,7 +398,7 @@ class X12Reader:
                 self._specs[txn.set_id] = None
         spec = self._specs[txn.set_id]
         if spec is None:
-            self._add(txn, "X12-SET-UNSUPPORTED", f"transaction set {txn.set_id!r} is not supported "
+            self._add(txn, "X12-SET-UNSUPPORTED", f"transaction set {quoted(txn.set_id)} is not supported "
                       "(only 270 and 271); its segments are kept without a loop structure", "transaction", "1",
                       segment="ST", position=1, element="ST01", value=txn.set_id)
         else:
@@ -441,17 +441,17 @@ class X12Reader:
             self._envelope("X12-ISA-FORMAT", note, "interchange", "", isa, severity="warning", segment="ISA",
                            position=seg.position)
         checks = (
-            (isa.version in SUPPORTED_VERSIONS, "X12-ISA-VERSION", f"ISA12 version {isa.version!r} is not supported",
-             "ISA12", isa.version, "017"),
+            (isa.version in SUPPORTED_VERSIONS, "X12-ISA-VERSION",
+             f"ISA12 version {quoted(isa.version)} is not supported", "ISA12", isa.version, "017"),
             (isa.control_number.isdigit() and len(isa.control_number) == 9, "X12-ISA-CONTROL",
-             f"ISA13 control number {isa.control_number!r} must be 9 digits", "ISA13", isa.control_number, "018"),
-            (isa.ack_requested in ("0", "1"), "X12-ISA-ACK", f"ISA14 {isa.ack_requested!r} must be 0 or 1",
+             f"ISA13 control number {quoted(isa.control_number)} must be 9 digits", "ISA13", isa.control_number, "018"),
+            (isa.ack_requested in ("0", "1"), "X12-ISA-ACK", f"ISA14 {quoted(isa.ack_requested)} must be 0 or 1",
              "ISA14", isa.ack_requested, "019"),
-            (isa.usage in ("P", "T"), "X12-ISA-USAGE", f"ISA15 {isa.usage!r} must be P or T", "ISA15", isa.usage,
+            (isa.usage in ("P", "T"), "X12-ISA-USAGE", f"ISA15 {quoted(isa.usage)} must be P or T", "ISA15", isa.usage,
              "020"),
-            (valid_date6(isa.date), "X12-ISA-DATE", f"ISA09 {isa.date!r} is not a YYMMDD date", "ISA09", isa.date,
+            (valid_date6(isa.date), "X12-ISA-DATE", f"ISA09 {quoted(isa.date)} is not a YYMMDD date", "ISA09", isa.date,
              "014"),
-            (valid_time4(isa.time), "X12-ISA-TIME", f"ISA10 {isa.time!r} is not an HHMM time", "ISA10", isa.time,
+            (valid_time4(isa.time), "X12-ISA-TIME", f"ISA10 {quoted(isa.time)} is not an HHMM time", "ISA10", isa.time,
              "015"),
         )
         for ok, code, message, element, value, ack in checks:
@@ -481,20 +481,20 @@ class X12Reader:
         )
         for element, value, ok, why in checks:
             if not ok:
-                self._envelope("X12-TA1", f"TA1 {element} {value!r} {why}", "interchange", "", isa, segment="TA1",
+                self._envelope("X12-TA1", f"TA1 {element} {quoted(value)} {why}", "interchange", "", isa, segment="TA1",
                                position=seg.position, element=element, value=value)
 
     def _open_group(self, seg: Segment, isa: Interchange) -> Group:
         gs = Group(functional_id=seg.get(1), sender=seg.get(2), receiver=seg.get(3), date=seg.get(4),
                    time=seg.get(5), control_number=seg.get(6), version=seg.get(8), segment=seg)
         if not gs.control_number.isdigit():
-            self._envelope("X12-GS-CONTROL", f"GS06 group control number {gs.control_number!r} must be numeric",
+            self._envelope("X12-GS-CONTROL", f"GS06 group control number {quoted(gs.control_number)} must be numeric",
                            "group", "6", isa, gs, segment="GS", element="GS06", value=gs.control_number)
         for element, value in (("GS02", gs.sender), ("GS03", gs.receiver)):
             if not 2 <= len(value) <= 15:   # application sender's / receiver's code: AN 2 to 15 characters
                 # a syntax error: no AK9 code names it, so the interchange's TA1 does (024, invalid content)
-                self._envelope("X12-GS-CODE", f"{element} {value!r} is not 2 to 15 characters", "interchange", "024",
-                               isa, gs, segment="GS", element=element, value=value)
+                self._envelope("X12-GS-CODE", f"{element} {quoted(value)} is not 2 to 15 characters", "interchange",
+                               "024", isa, gs, segment="GS", element=element, value=value)
         return gs
 
     def _open_transaction(self, seg: Segment, isa: Interchange | None, gs: Group | None) -> Transaction:
@@ -511,23 +511,24 @@ class X12Reader:
             # is not a functional identifier for eligibility at all.
             swapped = gs.functional_id in FUNCTIONAL_IDS.values()
             self._add(txn, "X12-GS-FUNCTIONAL-ID",
-                      f"GS01 {gs.functional_id!r} does not match a {txn.set_id} (expected {expected_fid})",
+                      f"GS01 {quoted(gs.functional_id)} does not match a {txn.set_id} (expected {expected_fid})",
                       "group", "1", severity="warning" if swapped else "error", segment="GS", element="GS01",
                       value=gs.functional_id)
         if txn.implementation and gs.version and txn.implementation != gs.version:
             self._add(txn, "X12-VERSION-MISMATCH",
-                      f"ST03 {txn.implementation!r} differs from GS08 {gs.version!r}", "transaction", "19",
+                      f"ST03 {quoted(txn.implementation)} differs from GS08 {quoted(gs.version)}", "transaction", "19",
                       segment="ST", position=1, element="ST03", value=txn.implementation)
         if isa is not None and isa.version == "00401" and version.startswith("005010"):
             self._add(txn, "X12-ENVELOPE-4010",
-                      f"a {version} transaction inside a 4010 envelope (ISA12 00401, GS08 {gs.version})",
+                      f"a {quoted(version, bare=True)} transaction inside a 4010 envelope (ISA12 00401, GS08 "
+                      f"{quoted(gs.version, bare=True)})",
                       "group", "2", segment="ISA", element="ISA12", value=isa.version)
         elif txn.set_id in FUNCTIONAL_IDS and txn.set_id != "999" and version != "005010X279A1":
             # the pre-addenda 005010X279 reads the same (a warning); another X279 suffix is no implementation at all
             known_other = version == "005010X279" or (version.startswith("005010") and
                                                       not version.startswith("005010X279"))
             self._add(txn, "X12-IMPLEMENTATION",
-                      f"implementation {version!r} is not 005010X279A1" + (
+                      f"implementation {quoted(version)} is not 005010X279A1" + (
                           " (the guide before its addenda; HIPAA requires X279A1)" if version == "005010X279" else ""),
                       "transaction", "I6" if version else "19", severity="warning" if known_other else "error",
                       segment="ST", position=1, element="ST03", value=version)
@@ -537,10 +538,11 @@ class X12Reader:
         txn.segment_count = position
         count, control = se.get(1), se.get(2)
         if count != str(position):
-            self._add(txn, "X12-SE-COUNT", f"SE01 says {count or 'nothing'} segments, the set has {position}",
+            self._add(txn, "X12-SE-COUNT",
+                      f"SE01 says {quoted(count, bare=True) or 'nothing'} segments, the set has {position}",
                       "transaction", "4", segment="SE", position=position, element="SE01", value=count)
         if control != txn.control_number:
-            self._add(txn, "X12-SE-CONTROL", f"SE02 {control!r} does not match ST02 {txn.control_number!r}",
+            self._add(txn, "X12-SE-CONTROL", f"SE02 {quoted(control)} does not match ST02 {quoted(txn.control_number)}",
                       "transaction", "3", segment="SE", position=position, element="SE02", value=control)
 
     def _close_group(self, seg: Segment, isa: Interchange | None, gs: Group | None, txn_count: int) -> None:
@@ -548,22 +550,25 @@ class X12Reader:
             self._envelope("X12-GS-MISSING", "GE without a GS", "interchange", "024", isa, segment="GE")
             return
         if seg.get(1) != str(txn_count):
-            self._envelope("X12-GE-COUNT", f"GE01 says {seg.get(1) or 'nothing'} transaction sets, the group has "
-                           f"{txn_count}", "group", "5", isa, gs, segment="GE", element="GE01", value=seg.get(1))
+            self._envelope("X12-GE-COUNT", f"GE01 says {quoted(seg.get(1), bare=True) or 'nothing'} transaction "
+                           f"sets, the group has {txn_count}", "group", "5", isa, gs, segment="GE", element="GE01",
+                           value=seg.get(1))
         if seg.get(2) != gs.control_number:
-            self._envelope("X12-GE-CONTROL", f"GE02 {seg.get(2)!r} does not match GS06 {gs.control_number!r}",
-                           "group", "4", isa, gs, segment="GE", element="GE02", value=seg.get(2))
+            self._envelope("X12-GE-CONTROL",
+                           f"GE02 {quoted(seg.get(2))} does not match GS06 {quoted(gs.control_number)}", "group", "4",
+                           isa, gs, segment="GE", element="GE02", value=seg.get(2))
 
     def _close_interchange(self, seg: Segment, isa: Interchange | None, group_count: int) -> None:
         if isa is None:
             self._envelope("X12-ISA-MISSING", "IEA without an ISA", "interchange", "023", None, segment="IEA")
             return
         if seg.get(1) != str(group_count):
-            self._envelope("X12-IEA-COUNT", f"IEA01 says {seg.get(1) or 'nothing'} groups, the interchange has "
-                           f"{group_count}", "interchange", "021", isa, segment="IEA", element="IEA01",
+            self._envelope("X12-IEA-COUNT", f"IEA01 says {quoted(seg.get(1), bare=True) or 'nothing'} groups, the "
+                           f"interchange has {group_count}", "interchange", "021", isa, segment="IEA", element="IEA01",
                            value=seg.get(1))
         if seg.get(2) != isa.control_number:
-            self._envelope("X12-IEA-CONTROL", f"IEA02 {seg.get(2)!r} does not match ISA13 {isa.control_number!r}",
+            self._envelope("X12-IEA-CONTROL",
+                           f"IEA02 {quoted(seg.get(2))} does not match ISA13 {quoted(isa.control_number)}",
                            "interchange", "001", isa, segment="IEA", element="IEA02", value=seg.get(2))
 
 

@@ -26,7 +26,7 @@ import pyx12.x12file
 from pyx12.map_if._segment import apply_segment_errors
 from pyx12.map_walker import apply_walk_errors, walk_tree
 
-from gateway.errors import X12SyntaxError
+from gateway.errors import QUOTE_LIMIT, X12SyntaxError, quoted
 from gateway.mappings import load_yaml
 from gateway.x12.ack import ELEMENT_CODES, SEGMENT_CODES
 from gateway.x12.model import Delimiters, Finding, Interchange, Loop, Segment, Transaction
@@ -172,7 +172,7 @@ class _Collector(pyx12.error_visitor.error_visitor):
         self.isa = node.isa_trn_set_id or ""
         for code, text in node.errors:
             if code not in _OURS["isa"]:
-                self.findings.append(Finding("PYX12-ISA", text, level="interchange", ack_code=code,
+                self.findings.append(Finding("PYX12-ISA", _pyx12_text(text), level="interchange", ack_code=code,
                                              interchange=self.isa, segment="ISA"))
 
     def visit_isa_post(self, node: Any) -> None: ...
@@ -181,7 +181,7 @@ class _Collector(pyx12.error_visitor.error_visitor):
         self.gs = node.gs_control_num or ""
         for code, text in node.errors:
             if code not in _OURS["gs"]:
-                self.findings.append(Finding("PYX12-GS", text, level="group", ack_code=code,
+                self.findings.append(Finding("PYX12-GS", _pyx12_text(text), level="group", ack_code=code,
                                              interchange=self.isa, group=self.gs, segment="GS"))
 
     def visit_gs_post(self, node: Any) -> None: ...
@@ -191,7 +191,7 @@ class _Collector(pyx12.error_visitor.error_visitor):
         self.st_set = node.trn_set_id or ""
         for code, text in node.errors:
             if code not in _OURS["st"]:
-                self.findings.append(Finding("PYX12-ST", text, level="transaction", ack_code=code,
+                self.findings.append(Finding("PYX12-ST", _pyx12_text(text), level="transaction", ack_code=code,
                                              interchange=self.isa, group=self.gs, transaction=self.st,
                                              transaction_set=self.st_set))
 
@@ -203,7 +203,7 @@ class _Collector(pyx12.error_visitor.error_visitor):
         for code, text, value in node.errors:
             standard = code in SEGMENT_CODES and code not in _SEVERITY_WARNING_SEG
             self.findings.append(Finding(
-                "X12-IG-SEGMENT", text, severity="error" if standard else "warning",
+                "X12-IG-SEGMENT", _pyx12_text(text, value), severity="error" if standard else "warning",
                 level="segment", ack_code=code, interchange=self.isa, group=self.gs, transaction=self.st,
                 transaction_set=self.st_set, loop=loop, segment=node.seg_id, position=node.seg_count or 0,
                 value=value or ""))
@@ -218,7 +218,7 @@ class _Collector(pyx12.error_visitor.error_visitor):
                 code = "I10"
             element = f"{seg.seg_id}{int(node.ele_pos):02d}" if node.ele_pos else ""
             self.findings.append(Finding(
-                "X12-IG-ELEMENT", text, severity="error" if code in ELEMENT_CODES else "warning",
+                "X12-IG-ELEMENT", _pyx12_text(text, value), severity="error" if code in ELEMENT_CODES else "warning",
                 level="element", ack_code=code, interchange=self.isa, group=self.gs,
                 transaction=self.st, transaction_set=self.st_set, loop=loop, segment=seg.seg_id,
                 position=seg.seg_count or 0, element=element, data_element=node.ele_ref_num or "",
@@ -226,6 +226,14 @@ class _Collector(pyx12.error_visitor.error_visitor):
 
 
 _NOT_USED = "is marked as Not Used"   # pyx12's words for a data element or composite the guide marks N
+
+
+def _pyx12_text(text: str, value: str | None = None) -> str:
+    """pyx12's message with the element value it quotes in full (``len("...")``, ``(...)``) cut as ``quoted`` cuts
+    one; a message still longer than four such values (one quoting a whole segment) is cut as a whole."""
+    if value and len(value) > QUOTE_LIMIT and value in text:
+        text = text.replace(value, quoted(value, bare=True))
+    return quoted(text, 4 * QUOTE_LIMIT, bare=True)
 
 
 class _WholeSegmentReads(io.StringIO):
@@ -292,7 +300,7 @@ def _run_pyx12(engine: _Pyx12, text: str, extras: dict[tuple[int, int, int], lis
             fic, vriic = seg.get_value("GS01"), seg.get_value("GS08")
             new_file = engine.index.get_filename(icvn, vriic, fic)
             if new_file is None:
-                raise X12SyntaxError(f"no validation map for GS01 {fic!r} / GS08 {vriic!r}")
+                raise X12SyntaxError(f"no validation map for GS01 {quoted(fic)} / GS08 {quoted(vriic)}")
             map_file = new_file
             node = engine.load(map_file).getnodebypath("/ISA_LOOP/GS_LOOP/GS")
             errh.add_gs_loop(seg, src)
@@ -343,9 +351,9 @@ def _check_repetitions(node: Any, seg_id: str, st_control: str, st_ordinal: int,
             if not value:
                 problem, code = "empty repetition", "1"
             elif codes and value not in codes:
-                problem, code = f"invalid code value {value!r}", "7"
+                problem, code = f"invalid code value {quoted(value)}", "7"
             elif child.max_len and len(value) > int(child.max_len):
-                problem, code = f"value {value!r} is too long", "5"
+                problem, code = f"value {quoted(value)} is too long", "5"
             if problem:
                 out.append(Finding(
                     "X12-IG-ELEMENT", f"{ref} repetition {i}: {problem}", level="element", ack_code=code,
@@ -400,7 +408,7 @@ def _ls_le_findings(txn: Transaction) -> list[Finding]:
             add(extra, loop, "LE without an LS before it", "2")     # unexpected segment
         for ls, le in zip(opens, closes, strict=False):
             if ls.get(1) != le.get(1):
-                add(le, loop, f"LE01 {le.get(1)!r} does not match LS01 {ls.get(1)!r}", "8")
+                add(le, loop, f"LE01 {quoted(le.get(1))} does not match LS01 {quoted(ls.get(1))}", "8")
         if opens and not any(child.id.startswith("2120") for child in loop.loops):
             add(opens[0], loop, "LS/LE around no 2120 loop", "7")   # not in proper sequence: an empty bracket
     return found
@@ -447,7 +455,7 @@ def _meaning_findings(txn: Transaction) -> list[Finding]:
             start, _, end = seg.get(3).partition("-")
             # CCYYMMDD compares as text; a date that is no date at all is pyx12's finding (IK403 8)
             if len(start) == len(end) == 8 and start.isdigit() and end.isdigit() and end < start:
-                add("X12-DATE-RANGE", f"DTP03 range {seg.get(3)!r} ends before it starts", loop, seg, "DTP03",
+                add("X12-DATE-RANGE", f"DTP03 range {quoted(seg.get(3))} ends before it starts", loop, seg, "DTP03",
                     "1251", "8", seg.get(3))
         pointer_at = {"EQ": 5, "EB": 14}.get(seg.id)
         if pointer_at is None or not seg.get(pointer_at):
@@ -460,7 +468,7 @@ def _meaning_findings(txn: Transaction) -> list[Finding]:
         element = f"{seg.id}{pointer_at:02d}"
         for index, pointer in enumerate(seg.components(pointer_at), start=1):
             if pointer and (not pointer.isdigit() or not 1 <= int(pointer) <= held):
-                add("X12-DIAGNOSIS-POINTER", f"{element}-{index} points at diagnosis {pointer!r}, but "
+                add("X12-DIAGNOSIS-POINTER", f"{element}-{index} points at diagnosis {quoted(pointer)}, but "
                     f"{owner.id if owner is not None else 'the patient loop'} HI holds {held}", loop, seg, element,
                     "1328", "7", pointer, index)
     return found
@@ -548,8 +556,9 @@ def _qualifier_code_error(f: Finding, txn: Transaction, mappings: str | None) ->
               "transaction_set": f.transaction_set, "loop": loop_id, "segment": parts[0], "position": f.position}
     return [
         Finding("X12-IG-SEGMENT", f"{parts[0]} has data element errors", level="segment", ack_code="8", **common),
-        Finding("X12-IG-ELEMENT", f"{value!r} is not a valid code for {first.name} ({first.ref})", level="element",
-                ack_code="7" if value else "1", element=first.ref, data_element=first.ele, value=value, **common),
+        Finding("X12-IG-ELEMENT", f"{quoted(value)} is not a valid code for {first.name} ({first.ref})",
+                level="element", ack_code="7" if value else "1", element=first.ref, data_element=first.ele, value=value,
+                **common),
     ]
 
 
