@@ -155,6 +155,8 @@ def special(kind: str, id: str) -> Response | None:
         return redirect("http://evil.example/fhir/Patient/123", 302)
     if id == "huge":
         return Response(b"[" + b"0," * (1024 * 1024 + 10) + b"0]", mimetype="application/fhir+json")
+    if id == "huge-declared":   # a length no int() reads (over 4,300 digits): larger than any limit, not a 500
+        return Response(iter([b"{}"]), mimetype="application/fhir+json", headers={"Content-Length": "9" * 5000})
     if id == "huge-stream":
         return Response((b" " * 65536 for _ in range(40)), mimetype="application/fhir+json")
     if id == "html":
@@ -368,6 +370,7 @@ def test_credentials_go_only_to_the_base_origin(ehr: Upstream):
     ("moved", "processing", "redirect (status 302); redirects are not followed"),
     ("huge", "processing", "answer is larger than 2097152 bytes"),
     ("huge-stream", "processing", "answer is larger than 2097152 bytes"),
+    ("huge-declared", "processing", "answer is larger than 2097152 bytes"),
     ("html", "processing", "answer is not JSON"),
     ("wrongtype", "processing", "answered with a Organization, expected Patient"),
     ("wrongid", "processing", "answered with a Patient of another id"),

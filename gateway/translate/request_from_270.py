@@ -15,7 +15,7 @@ from gateway.errors import quoted
 from gateway.translate.notes import Note, process_note_extensions
 from gateway.translate.response_271 import date_range, us_zip
 from gateway.translate.tables import Tables
-from gateway.x12.model import Loop, Segment, Transaction
+from gateway.x12.model import Loop, Segment, Transaction, whole_number
 
 _NAMESPACE = uuid.UUID("6f1c1f64-3c39-4e59-8d1a-8a3f2b6a9e10")
 
@@ -333,9 +333,10 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                         if seg.get(index):   # an item has no place for either
                             note(f"EQ asks for {what} {seg.get(index)} (EQ0{index})", inquiry, seg)
                     pointers = [p for p in (seg.components(5) if seg.get(5) else []) if p]
-                    stray = [p for p in pointers if not (p.isdigit() and 0 < int(p) <= len(diagnoses))]
+                    stray = [p for p in pointers if not 0 < (whole_number(p) or 0) <= len(diagnoses)]
                     if stray:
-                        note(f"diagnosis pointer {', '.join(stray)} (EQ05) points at no HI diagnosis", inquiry, seg)
+                        shown = ", ".join(quoted(p, bare=True) for p in stray)
+                        note(f"diagnosis pointer {shown} (EQ05) points at no HI diagnosis", inquiry, seg)
                     if asked:   # the items carry what the pointers point at
                         pointed.update(pointers)
                 elif seg.id == "DTP" and seg.get(1) == "291" and "servicedDate" not in request \
@@ -382,10 +383,10 @@ def _items(tables: Tables, seg: Segment, diagnoses: list[tuple[str, str]], purpo
     unless it points at diagnoses: then an item with category 30 keeps them (and builds the same EQ back).
     """
     systems = tables.systems
-    pointers = seg.components(5) if seg.get(5) else []
-    diagnosis = [{"diagnosisCodeableConcept": {"coding": [{"system": diagnoses[int(p) - 1][0],
-                                                            "code": diagnoses[int(p) - 1][1]}]}}
-                 for p in pointers if p.isdigit() and 0 < int(p) <= len(diagnoses) and diagnoses[int(p) - 1][0]]
+    numbers = [whole_number(p) or 0 for p in (seg.components(5) if seg.get(5) else [])]
+    diagnosis = [{"diagnosisCodeableConcept": {"coding": [{"system": diagnoses[n - 1][0],
+                                                            "code": diagnoses[n - 1][1]}]}}
+                 for n in numbers if 0 < n <= len(diagnoses) and diagnoses[n - 1][0]]
     procedure: dict[str, Any] = {}
     if seg.get(2):
         comps = seg.components(2)

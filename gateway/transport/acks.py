@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.errors import quoted
 from gateway.mappings import code_table
+from gateway.x12.model import whole_number
 
 TABLES = ("acknowledgment_status", "interchange_note", "segment_syntax_error", "element_syntax_error",
           "transaction_syntax_error", "group_syntax_error")
@@ -83,9 +84,11 @@ def ack_findings(segments: list[tuple[Any, list[str]]], codes: AckCodes) -> list
                              "message": f"segment {segment_id} at position {_el(parts, 2)}{in_loop}: {said}"})
         elif sid in ("IK4", "AK4"):
             position = _el(parts, 1).split(delims.component)
-            element = f"{segment_id}{int(position[0]):02d}" if position[0].isdigit() else segment_id
-            if len(position) > 1 and position[1].isdigit() and int(position[1]) > 0:
-                element += f"-{int(position[1]):02d}"
+            number = whole_number(position[0])
+            element = f"{segment_id}{number:02d}" if number is not None else segment_id
+            component = whole_number(position[1]) if len(position) > 1 else None
+            if component:
+                element += f"-{component:02d}"
             value = _el(parts, 4)
             shown = f": {quoted(value)}" if value else ""
             meaning, said = _coded(codes, "element_syntax_error", f"{sid}03", _el(parts, 3))

@@ -6,6 +6,15 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 
+def whole_number(text: str, digits: int = 18) -> int | None:
+    """``text`` as a whole number when it is 1 to ``digits`` ASCII digits (X12's N0 is at most 18), else None.
+
+    ``str.isdigit`` also takes '²', which ``int`` refuses, and any length, where ``int`` refuses more than 4,300
+    digits: an HL01 or a pointer a payer sent so failed the whole read."""
+    if 0 < len(text) <= digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
 @dataclass(frozen=True, slots=True)
 class Delimiters:
     """The four separators of one interchange, read from its ISA.

@@ -13,7 +13,17 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from gateway.errors import MappingError, X12SyntaxError, quoted
-from gateway.x12.model import Delimiters, Finding, Group, Interchange, Loop, LoopTable, Segment, Transaction
+from gateway.x12.model import (
+    Delimiters,
+    Finding,
+    Group,
+    Interchange,
+    Loop,
+    LoopTable,
+    Segment,
+    Transaction,
+    whole_number,
+)
 from gateway.x12.structure import Reopen, TransactionSpec, Transition, known_segment_ids, load_transaction
 from gateway.x12.tokenizer import Source, segment_id_is_valid, tokenize
 
@@ -171,11 +181,11 @@ class _TreeBuilder:
         if hl_id in self.hl_loops:
             self._hl_finding("X12-HL-DUPLICATE", f"HL01 {quoted(hl_id)} is used twice", "HL01", "7", hl_id, loop_id,
                              position)
-        elif hl_id.isdigit() and int(hl_id) != self.last_hl + 1:
+        elif (number := whole_number(hl_id)) is not None and number != self.last_hl + 1:
             self._hl_finding("X12-HL-SEQUENCE", f"HL01 {quoted(hl_id, bare=True)} does not follow {self.last_hl}",
                              "HL01", "7", hl_id, loop_id, position, "warning")
-        if hl_id.isdigit():
-            self.last_hl = int(hl_id)
+        if (number := whole_number(hl_id)) is not None:
+            self.last_hl = number
         self.hl_loops[hl_id] = loop_id
         self.hl_segments.append((parts, position, loop_id))
         if parent_id:
@@ -487,7 +497,7 @@ class X12Reader:
     def _open_group(self, seg: Segment, isa: Interchange) -> Group:
         gs = Group(functional_id=seg.get(1), sender=seg.get(2), receiver=seg.get(3), date=seg.get(4),
                    time=seg.get(5), control_number=seg.get(6), version=seg.get(8), segment=seg)
-        if not gs.control_number.isdigit():
+        if whole_number(gs.control_number) is None:
             self._envelope("X12-GS-CONTROL", f"GS06 group control number {quoted(gs.control_number)} must be numeric",
                            "group", "6", isa, gs, segment="GS", element="GS06", value=gs.control_number)
         for element, value in (("GS02", gs.sender), ("GS03", gs.receiver)):
@@ -577,7 +587,7 @@ TA1_STATUSES = ("A", "E", "R")   # TA104 (I17)
 
 def valid_date6(value: str) -> bool:
     """A YYMMDD calendar date (ISA09, TA102): 250231 is not one."""
-    if len(value) != 6 or not value.isdigit():
+    if len(value) != 6 or not value.isascii() or not value.isdigit():
         return False
     try:
         date(2000 + int(value[:2]), int(value[2:4]), int(value[4:]))
@@ -588,7 +598,7 @@ def valid_date6(value: str) -> bool:
 
 def valid_time4(value: str) -> bool:
     """An HHMM time (ISA10, TA103)."""
-    return len(value) == 4 and value.isdigit() and int(value[:2]) < 24 and int(value[2:]) < 60
+    return len(value) == 4 and value.isascii() and value.isdigit() and int(value[:2]) < 24 and int(value[2:]) < 60
 
 
 def read_x12(source: Source, *, mappings: str | None = None) -> ReadResult:

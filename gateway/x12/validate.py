@@ -29,7 +29,7 @@ from pyx12.map_walker import apply_walk_errors, walk_tree
 from gateway.errors import QUOTE_LIMIT, X12SyntaxError, quoted
 from gateway.mappings import load_yaml
 from gateway.x12.ack import ELEMENT_CODES, SEGMENT_CODES
-from gateway.x12.model import Delimiters, Finding, Interchange, Loop, Segment, Transaction
+from gateway.x12.model import Delimiters, Finding, Interchange, Loop, Segment, Transaction, whole_number
 from gateway.x12.pyx12_maps import map_set_dir
 from gateway.x12.reader import FUNCTIONAL_IDS, ReadResult, X12Reader
 from gateway.x12.structure import load_transaction
@@ -467,7 +467,7 @@ def _meaning_findings(txn: Transaction) -> list[Finding]:
         held = sum(1 for value in (hi.elements if hi is not None else []) if value.strip())
         element = f"{seg.id}{pointer_at:02d}"
         for index, pointer in enumerate(seg.components(pointer_at), start=1):
-            if pointer and (not pointer.isdigit() or not 1 <= int(pointer) <= held):
+            if pointer and not 1 <= (whole_number(pointer) or 0) <= held:
                 add("X12-DIAGNOSIS-POINTER", f"{element}-{index} points at diagnosis {quoted(pointer)}, but "
                     f"{owner.id if owner is not None else 'the patient loop'} HI holds {held}", loop, seg, element,
                     "1328", "7", pointer, index)

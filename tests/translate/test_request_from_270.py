@@ -97,6 +97,15 @@ def test_an_eq05_pointer_to_no_diagnosis_is_noted():
     assert any("diagnosis pointer 3 (EQ05) points at no HI diagnosis" in n for n in notes)
 
 
+@pytest.mark.parametrize("pointer", ["\u00b2", "1" * 5000])
+def test_an_eq05_pointer_no_int_can_read_is_noted_too(pointer):
+    text = x12([*HEAD, ("HI", [("ABK", "M5450")]), ("EQ", ["33", "", "", "", ("1", "9")])])
+    assert text.count("1:9~") == 1
+    _, request, notes = from_270(text.replace("1:9~", f"1:{pointer}~"))   # as sent: the writer would change '²
+    assert any(f"diagnosis pointer {pointer[:10]}" in n and "points at no HI diagnosis" in n for n in notes)
+    assert len(request["item"][0]["diagnosis"]) == 1
+
+
 def test_a_270_without_member_id_is_a_discovery_request():
     head = [s if s[0] != "NM1" or s[1][0] != "IL" else ("NM1", ["IL", "1", "ROE", "ANNA"]) for s in HEAD]
     text = x12([*head, ("EQ", ["30"])])

@@ -50,6 +50,16 @@ def test_a_997_is_described_like_a_999():
                               "(AK9 code 4)")
 
 
+@pytest.mark.parametrize("position", ["\u00b2", "1" * 5000, "2:\u00b2", "2:" + "1" * 5000])
+def test_an_ik401_position_no_int_can_read_is_kept_as_given(position):
+    text = (ISA + "GS*FA*ACMEHLTH*FHIRX12GW*20250310*0915*9*X*005010X231A1~ST*999*0001*005010X231A1~"
+            "AK1*HS*1001*005010X279A1~AK2*270*0001*005010X279A1~IK3*DMG*4**8~"
+            f"IK4*{position}*1251*8*X~IK5*R*5~SE*7*0001~GE*1*9~IEA*1*000000009~")
+    ik4 = findings(text)[1]
+    assert ik4["message"].startswith("element DMG" + ("02" if position.startswith("2:") else "")
+                                     + " (data element 1251)")
+
+
 def test_codes_a_table_does_not_list_are_kept_as_codes():
     text = (ISA + "GS*FA*ACMEHLTH*FHIRX12GW*20250310*0915*9*X*005010X231A1~ST*999*0001*005010X231A1~"
             "AK1*HS*1001*005010X279A1~AK2*270*0001*005010X279A1~IK3*EQ*9*2110C*Z9~IK4*1*1365*11*ZZ~"

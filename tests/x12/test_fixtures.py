@@ -145,3 +145,6 @@ def test_a_diagnosis_pointer_needs_its_hi_code() -> None:
     report = validate_x12(text.replace("EQ**HC:97110***1:3~", "EQ**HC:97110***1:4~").encode())
     assert [(f.code, f.element, f.component, f.value, f.ack_code) for f in report.errors] == [
         ("X12-DIAGNOSIS-POINTER", "EQ05", 2, "4", "7")]
+    for pointer in ("\u00b2", "1" * 5000):   # no int() can read them: findings too, not a failure
+        report = validate_x12(text.replace("EQ**HC:97110***1:3~", f"EQ**HC:97110***1:{pointer}~").encode())
+        assert "X12-DIAGNOSIS-POINTER" in {f.code for f in report.errors}

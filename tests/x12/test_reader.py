@@ -177,6 +177,23 @@ def test_bad_hl_parent():
     assert found and found[0].element == "HL02" and found[0].loop == "2000C"
 
 
+@pytest.mark.parametrize("hl_id", ["\u00b2", "1" * 5000, "\u0663"])
+def test_an_hl01_no_int_can_read_is_a_finding_not_a_failure(hl_id):
+    # '²' passes str.isdigit() but not int(); int() refuses over 4,300 digits; '٣' (Arabic-Indic 3) is not X12's
+    result = read_x12(sample().replace("HL*2*1*21*1", f"HL*{hl_id}*1*21*1").replace("HL*3*2*22*0",
+                                                                                    f"HL*3*{hl_id}*22*0"))
+    assert len(result.transactions) == 1 and "X12-HL-PARENT" not in codes(result)   # the 2000C still finds it
+    assert "X12-HL-SEQUENCE" in codes(result)   # HL*3 does not follow HL*1
+
+
+def test_whole_numbers_are_ascii_digits_of_bounded_length():
+    from gateway.x12.model import whole_number
+
+    assert whole_number("0007") == 7 and whole_number("9" * 18) == 10**18 - 1
+    assert [whole_number(t) for t in ("", "9" * 19, "\u00b2", "\u0663", "1.5", " 1", "-1")] == [None] * 7
+    assert whole_number("123", 2) is None
+
+
 def test_version_mismatch_and_4010_envelope():
     text = sample().replace("*00501*", "*00401*").replace("X*005010X279A1~\nST", "X*004010X092A1~\nST")
     found = codes(read_x12(text))
