@@ -2,11 +2,11 @@
 
 Each eligibility round trip writes twice (the request before the payer is called, then the answer). Through
 ``Connection.execute`` SQLAlchemy builds an execution context, a transaction object and a result for every
-statement; for these few fixed statements that was about two thirds of the write (0.9 of 1.4 ms per round trip
-on a slow machine, against the same SQL through sqlite3 alone). Here the statement is still SQLAlchemy's (its
-SQL, its dialect's paramstyle and casts) and every value still goes through its column type's own conversion
-(JSON, UTC datetimes ...), so a row reads back exactly as if the Core path had written it; only the per-call
-machinery is skipped. Errors are raised as SQLAlchemy's (``IntegrityError``, ``OperationalError`` ...), as
+statement; for these few fixed statements that was about 40 % of the two writes (1.3-1.5 ms -> 0.8 ms per round
+trip on a slow machine; the same SQL through sqlite3 alone took 0.45-0.6 ms). Here the statement is still
+SQLAlchemy's (its SQL, its dialect's paramstyle and casts) and every value still goes through its column
+type's own conversion (JSON, UTC datetimes ...), so a row reads back exactly as if the Core path had written it;
+only the per-call machinery is skipped. Errors are raised as SQLAlchemy's (``IntegrityError``, ``OperationalError`` ...), as
 ``Connection.execute`` would.
 """
 
