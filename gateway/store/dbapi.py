@@ -6,8 +6,8 @@ statement; for these few fixed statements that was about 40 % of the two writes 
 trip on a slow machine; the same SQL through sqlite3 alone took 0.45-0.6 ms). Here the statement is still
 SQLAlchemy's (its SQL, its dialect's paramstyle and casts) and every value still goes through its column
 type's own conversion (JSON, UTC datetimes ...), so a row reads back exactly as if the Core path had written it;
-only the per-call machinery is skipped. Errors are raised as SQLAlchemy's (``IntegrityError``, ``OperationalError`` ...), as
-``Connection.execute`` would.
+only the per-call machinery is skipped. Errors are raised as SQLAlchemy's (``IntegrityError``,
+``OperationalError`` ...), as ``Connection.execute`` would.
 """
 
 from __future__ import annotations
