@@ -12,14 +12,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, String, UniqueConstraint, create_engine, select
+from sqlalchemy import JSON, DateTime, ForeignKey, String, UniqueConstraint, create_engine, delete, insert, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.event import listen
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from gateway.errors import quoted
 from gateway.payer.records import apply_patch, consistency_problems
 
 PENDING = ("notStarted", "running")
+_CHUNK = 500   # ids per lookup: some SQLite builds take no more than 999 bound values in one statement
 
 
 class Base(DeclarativeBase):
@@ -34,6 +37,20 @@ class Member(Base):
     memberid: Mapped[str] = mapped_column(String(80), index=True)
     groupnumber: Mapped[str] = mapped_column(String(80))
     record: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class MemberId(Base):
+    """One member id or dependent's own id on file, the member row holding it and where (``_ids``' path).
+
+    Ids are unique across the member file. Kept in the transaction that changes the member row, this index makes
+    the check of a create or patch a keyed lookup; reading every record for it made seeding N members O(N^2).
+    """
+
+    __tablename__ = "payer_member_ids"
+
+    value: Mapped[str] = mapped_column(String, primary_key=True)
+    member: Mapped[int] = mapped_column(ForeignKey(Member.id, ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(String)
 
 
 class Operation(Base):
@@ -73,14 +90,37 @@ class MemberStore:
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False}
         self.engine: Engine = create_engine(url, **kwargs)
-        Base.metadata.create_all(self.engine)
+        if url.startswith("sqlite"):
+            # SQLite enforces the id index's foreign key (a member row deleted by hand takes its ids with it)
+            # only when asked, on every connection
+            listen(self.engine, "connect", lambda connection, _: connection.execute("PRAGMA foreign_keys=ON"))
+        Base.metadata.create_all(self.engine)   # adds the id index to a database an older version made
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._fill_id_index()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._generation = 0   # bumped by every applied operation; the member cache follows it
         self._cache: tuple[int, dict[str, dict[str, Any]]] | None = None
+
+    def _fill_id_index(self) -> None:
+        """Index the ids of the members already stored when the index is empty but the member table is not: a
+        database from before the index, whose table ``create_all`` has just added."""
+        try:
+            with self.sessions.begin() as session:
+                if session.scalar(select(MemberId.value).limit(1)) is not None or \
+                        session.scalar(select(Member.id).limit(1)) is None:
+                    return
+                rows: dict[str, dict[str, Any]] = {}
+                for pk, record in session.execute(select(Member.id, Member.record).order_by(Member.id)):
+                    for value, path in _ids(record).items():
+                        # a database from before ids were checked may hold one twice: the first record keeps it
+                        rows.setdefault(value, {"value": value, "member": pk, "path": path})
+                if rows:
+                    session.execute(insert(MemberId), list(rows.values()))
+        except IntegrityError:
+            pass   # another process sharing the database filled it first
 
     # -- operations -----------------------------------------------------------------------------
     def submit(self, kind: str, memberid: str, groupnumber: str, payload: dict[str, Any]) -> str:
@@ -112,41 +152,83 @@ class MemberStore:
 
     def _run(self, op_id: str) -> None:
         # the change and the status commit together; _apply changes nothing when it reports errors
-        with self.sessions.begin() as session:
-            op = session.get(Operation, op_id)
-            if op is None or op.status not in PENDING:
-                return
-            errors = self._apply(session, op)
-            op.status = "failed" if errors else "succeeded"
-            op.errors = errors
-            op.updated = _now()
-        self._generation += 1   # after the commit: a reader never caches what is about to change
+        change: tuple[str, dict[str, Any] | None] | None = None
+        for attempt in (1, 2):
+            try:
+                with self.sessions.begin() as session:
+                    op = session.get(Operation, op_id)
+                    if op is None or op.status not in PENDING:
+                        return
+                    errors, change = self._apply(session, op)
+                    op.status = "failed" if errors else "succeeded"
+                    op.errors = errors
+                    op.updated = _now()
+                break
+            except IntegrityError:
+                # another process stored one of these ids (or ran this very operation) after the check read the
+                # index: the second run's check sees it and reports it
+                if attempt == 2:
+                    raise
+        self._applied(change)
 
-    def _apply(self, session: Session, op: Operation) -> list[str]:
+    def _applied(self, change: tuple[str, dict[str, Any] | None] | None) -> None:
+        """Bump the generation after the commit (a reader never caches what is about to change), and carry a
+        current member cache over with the change, so the next 270 does not read and parse every record again."""
+        cached = self._cache
+        self._generation += 1
+        if cached is None or cached[0] != self._generation - 1:
+            return
+        members = cached[1]
+        if change is not None:
+            memberid, record = change
+            members = dict(members)   # a copy: a 270 being answered may be going through the old one
+            if record is None:
+                members.pop(memberid, None)
+            else:
+                members[memberid] = record
+        self._cache = (self._generation, members)
+
+    def _apply(self, session: Session, op: Operation
+               ) -> tuple[list[str], tuple[str, dict[str, Any] | None] | None]:
+        """The errors that refused ``op`` (nothing changed), else none and (memberid, its record or None)."""
         member = self._member(session, op.memberid, op.groupnumber)
         if op.kind == "create":
             if member is not None:
                 return [f"a record with memberid {quoted(op.memberid)} and groupnumber {quoted(op.groupnumber)} "
-                        "already exists"]
+                        "already exists"], None
             clashes = self._id_conflicts(session, op.payload, op.memberid, op.groupnumber)
             if clashes:
-                return [f"{p['path']}: {p['message']}" for p in clashes]
-            session.add(Member(memberid=op.memberid, groupnumber=op.groupnumber, record=op.payload))
-            return []
+                return [f"{p['path']}: {p['message']}" for p in clashes], None
+            member = Member(memberid=op.memberid, groupnumber=op.groupnumber, record=op.payload)
+            session.add(member)
+            session.flush()   # its primary key, which the id index refers to
+            self._index(session, member.id, op.payload)
+            return [], (op.memberid, op.payload)
         if member is None:
-            return [f"no record with memberid {quoted(op.memberid)} and groupnumber {quoted(op.groupnumber)}"]
+            return [f"no record with memberid {quoted(op.memberid)} and groupnumber {quoted(op.groupnumber)}"], None
         if op.kind == "delete":
+            session.execute(delete(MemberId).where(MemberId.member == member.id))   # its ids are free again
             session.delete(member)
-            return []
+            return [], (op.memberid, None)
         record, errors = apply_patch(member.record, op.payload)
         if not errors:
             # each field of a patch was checked when it came in; together with the record they may contradict
             # each other (a term date before the stored effective date), which a create would have refused
             errors = [f"{p['path']}: {p['message']}" for p in consistency_problems(record) +
                       self._id_conflicts(session, record, op.memberid, op.groupnumber)]
-        if not errors:
-            member.record = record
-        return errors
+        if errors:
+            return errors, None
+        member.record = record
+        self._index(session, member.id, record)   # a dependent's id may have changed, or moved in the list
+        return [], (op.memberid, record)
+
+    @staticmethod
+    def _index(session: Session, member_pk: int, record: dict[str, Any]) -> None:
+        """Make the id index hold exactly ``record``'s ids for the member row ``member_pk``."""
+        session.execute(delete(MemberId).where(MemberId.member == member_pk))
+        rows = [{"value": value, "member": member_pk, "path": path} for value, path in _ids(record).items()]
+        if rows:
+            session.execute(insert(MemberId), rows)
 
     def id_conflicts(self, record: dict[str, Any], memberid: str, groupnumber: str) -> list[dict[str, str]]:
         """The member and dependent ids of ``record`` (to be stored under memberid/groupnumber) that another record
@@ -160,18 +242,20 @@ class MemberStore:
         # a 270 finds a person by member id alone (2100C NM109 has no group), so an id held twice would answer
         # for whichever record was read last: ids are unique across the whole member file (fixtures README)
         wanted = _ids(record)
-        problems: list[dict[str, str]] = []
-        for other in session.scalars(select(Member)):
-            if (other.memberid, other.groupnumber) == (memberid, groupnumber):
-                continue
-            held = _ids(other.record)
-            for value, path in wanted.items():
-                if value in held:
-                    problems.append({"path": path, "message": f"{quoted(value)} is already on file as {held[value]} of "
-                                     f"the record memberid {quoted(other.memberid)} groupnumber "
-                                     f"{quoted(other.groupnumber)}: "
-                                     "member ids are unique across groups (a 270 finds a person by id alone)"})
-        return problems
+        values = list(wanted)
+        held: list[Any] = []
+        for start in range(0, len(values), _CHUNK):
+            held += session.execute(
+                select(MemberId.value, MemberId.path, Member.id, Member.memberid, Member.groupnumber)
+                .join(Member, Member.id == MemberId.member)
+                .where(MemberId.value.in_(values[start:start + _CHUNK]))
+                .where((Member.memberid != memberid) | (Member.groupnumber != groupnumber))).all()
+        # by record as stored, then in the record's own order: as when every record was read in turn
+        order = {value: i for i, value in enumerate(values)}
+        held.sort(key=lambda row: (row.id, order[row.value]))
+        return [{"path": wanted[row.value], "message": f"{quoted(row.value)} is already on file as {row.path} of the "
+                 f"record memberid {quoted(row.memberid)} groupnumber {quoted(row.groupnumber)}: member ids are "
+                 "unique across groups (a 270 finds a person by id alone)"} for row in held]
 
     @staticmethod
     def _member(session: Session, memberid: str, groupnumber: str) -> Member | None:

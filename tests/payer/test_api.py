@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import requests
@@ -382,6 +384,197 @@ def test_the_seed_loader_refuses_a_member_id_held_by_another_file(tmp_path):
                                        "--worker-class", "gthread"])   # gevent would monkey-patch pytest
     assert result.exit_code == 1
     assert "b.json" in result.output and "already on file" in result.output
+
+
+def _held(value: str, path: str, memberid: str, groupnumber: str) -> str:
+    """The message of an id clash, word for word."""
+    return (f"{value!r} is already on file as {path} of the record memberid {memberid!r} groupnumber "
+            f"{groupnumber!r}: member ids are unique across groups (a 270 finds a person by id alone)")
+
+
+def _person(memberid: str, *dependent_ids: str, groupnumber: str = DELGADO["groupnumber"]) -> dict:
+    return {**DELGADO, "memberid": memberid, "groupnumber": groupnumber,
+            "dependents": [{"depmemberid": d, "firstname": "ANA", "lastname": "DELGADO", "dob": "2010-01-01",
+                            "relationship": "child"} for d in dependent_ids]}
+
+
+def _child(depmemberid: str, action: str) -> dict:
+    return {"depmemberid": depmemberid, "firstname": "LUIS", "lastname": "DELGADO", "dob": "2012-02-02",
+            "relationship": "child", "record_action": action}
+
+
+def _store(tmp_path, name: str = "ids.db"):  # type: ignore[no-untyped-def]
+    app = create_payer_app({"PAYER_DATABASE_URL": f"sqlite:///{tmp_path / name}", "PAYER_WORKER": False})
+    return app.extensions["payer_store"]
+
+
+def _done(store, kind: str, memberid: str, groupnumber: str, payload: dict):  # type: ignore[no-untyped-def]
+    op_id = store.submit(kind, memberid, groupnumber, payload)
+    store.process_pending()
+    return store.operation(op_id)
+
+
+def test_every_id_clash_keeps_its_path_and_message(tmp_path):
+    """The uniqueness rule through the id index: what a scan of every record reported, path and words."""
+    store = _store(tmp_path)
+    group = DELGADO["groupnumber"]
+    assert _done(store, "create", "A1", group, _person("A1", "A1-02")).status == "succeeded"
+    assert _done(store, "create", "B1", "G2", _person("B1", "B1-02", groupnumber="G2")).status == "succeeded"
+    # another record's member id, under any group
+    assert store.id_conflicts(_person("A1"), "A1", "OTHER") == [
+        {"path": "memberid", "message": _held("A1", "memberid", "A1", group)}]
+    # another record's dependent id, and a dependent holding a member id: by record as stored, then path order
+    record = _person("B1-02", "A1", "NEW-02")
+    expected = [{"path": "dependents[0].depmemberid", "message": _held("A1", "memberid", "A1", group)},
+                {"path": "memberid", "message": _held("B1-02", "dependents[0].depmemberid", "B1", "G2")}]
+    assert store.id_conflicts(record, "B1-02", group) == expected
+    op = _done(store, "create", "B1-02", group, record)
+    assert op.status == "failed" and op.errors == [f"{p['path']}: {p['message']}" for p in expected]
+    assert store.get("B1-02", group) is None
+    # a record's own ids are no clash when it is updated
+    assert store.id_conflicts(_person("A1", "A1-02"), "A1", group) == []
+    assert _done(store, "patch", "A1", group, {"firstname": "MARIA JOSE"}).status == "succeeded"
+    # a patch adding a dependent whose id another record holds
+    op = _done(store, "patch", "A1", group, {"dependents": [_child("B1", "n")]})
+    assert op.status == "failed"
+    assert op.errors == ["dependents[1].depmemberid: " + _held("B1", "memberid", "B1", "G2")]
+    assert [d["depmemberid"] for d in store.get("A1", group)["dependents"]] == ["A1-02"]
+    # a patch changing a dependent's id: the old one is free, the new one held, at its new path
+    assert _done(store, "patch", "A1", group,
+                 {"dependents": [_child("A1-02", "d"), _child("A1-09", "n")]}).status == "succeeded"
+    assert store.id_conflicts(_person("Z1", "A1-02"), "Z1", group) == []
+    assert store.id_conflicts(_person("Z1", "A1-09"), "Z1", group) == [
+        {"path": "dependents[0].depmemberid", "message": _held("A1-09", "dependents[0].depmemberid", "A1", group)}]
+    # a delete frees every id of the record, and a new record may take them
+    assert _done(store, "delete", "B1", "G2", {}).status == "succeeded"
+    assert store.id_conflicts(_person("B1-02", "B1"), "B1-02", group) == []
+    assert _done(store, "create", "B1-02", group, _person("B1-02", "B1")).status == "succeeded"
+    assert store.by_member_id()["B1-02"]["dependents"][0]["depmemberid"] == "B1"
+    store.close()
+
+
+def test_a_database_from_before_the_id_index_gets_it_filled(tmp_path):
+    """An older version made the member and operation tables only: opening the file adds the index and fills it
+    from the records on file, so their ids stay taken."""
+    from sqlalchemy import create_engine, insert, inspect
+
+    from gateway.payer.store import Member, MemberStore, Operation
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    Member.__table__.create(engine)
+    Operation.__table__.create(engine)
+    with engine.begin() as connection:   # the second holds an id twice, as a database from before the check may
+        connection.execute(insert(Member.__table__), [
+            {"memberid": "A1", "groupnumber": "G1", "record": _person("A1", "A1-02", groupnumber="G1")},
+            {"memberid": "B1", "groupnumber": "G2", "record": _person("B1", "A1-02", groupnumber="G2")}])
+    engine.dispose()
+    store = MemberStore(url)
+    assert inspect(store.engine).has_table("payer_member_ids")
+    assert store.id_conflicts(_person("N1", "B1", "A1-02"), "N1", "G3") == [
+        {"path": "dependents[1].depmemberid", "message": _held("A1-02", "dependents[0].depmemberid", "A1", "G1")},
+        {"path": "dependents[0].depmemberid", "message": _held("B1", "memberid", "B1", "G2")}]
+    assert _done(store, "delete", "A1", "G1", {}).status == "succeeded"
+    assert store.id_conflicts(_person("A1"), "A1", "G3") == []
+    store.close()
+    again = MemberStore(url)   # filled once: a second opening finds it filled and leaves it
+    assert again.id_conflicts(_person("B1"), "B1", "G3")[0]["path"] == "memberid"
+    again.close()
+
+
+@contextmanager
+def _work(engine) -> Iterator[dict[str, int]]:  # type: ignore[no-untyped-def]
+    """What the block costs the database: SQL statements, member rows the ORM builds (each one's JSON parsed)
+    and SQLite virtual machine steps (rows read, whatever the SQL)."""
+    from sqlalchemy import event
+
+    from gateway.payer.store import Member
+
+    work = {"statements": 0, "members loaded": 0, "steps": 0}
+
+    def statement(*_: object) -> None:
+        work["statements"] += 1
+
+    def loaded(*_: object) -> None:
+        work["members loaded"] += 1
+
+    def step() -> int:
+        work["steps"] += 1
+        return 0
+
+    def checkout(dbapi_connection, *_: object) -> None:  # type: ignore[no-untyped-def]
+        dbapi_connection.set_progress_handler(step, 1)
+
+    def checkin(dbapi_connection, *_: object) -> None:  # type: ignore[no-untyped-def]
+        dbapi_connection.set_progress_handler(None, 1)
+
+    hooks = [(engine, "before_cursor_execute", statement), (Member, "load", loaded),
+             (engine, "checkout", checkout), (engine, "checkin", checkin)]
+    for target, name, hook in hooks:
+        event.listen(target, name, hook)
+    try:
+        yield work
+    finally:
+        for target, name, hook in hooks:
+            event.remove(target, name, hook)
+
+
+@pytest.mark.parametrize("path", ["create", "seed"])
+def test_adding_a_member_costs_the_same_with_10_or_200_on_file(tmp_path, path):
+    """Each create read and parsed every stored record to check its ids (seeding N members was O(N^2)); the check
+    is an indexed lookup now. Work counted, not timed: statements, member rows loaded, SQLite steps."""
+    import json
+
+    from gateway.cli import seed_members
+
+    costs = []
+    for stored in (10, 200):
+        app = create_payer_app({"PAYER_DATABASE_URL": f"sqlite:///{tmp_path / f'{path}{stored}.db'}",
+                                "PAYER_WORKER": False})
+        store = app.extensions["payer_store"]
+        for i in range(stored):
+            store.submit("create", f"M{i}", "G1", _person(f"M{i}", f"M{i}-02", groupnumber="G1"))
+        store.process_pending()
+        folder = tmp_path / f"{path}{stored}"
+        folder.mkdir()
+        (folder / "new.json").write_text(json.dumps(_person("NEW1", "NEW1-02")))
+        with _work(store.engine) as work:
+            if path == "seed":
+                assert seed_members(app, folder) == 1
+            else:
+                assert store.id_conflicts(_person("NEW1", "NEW1-02"), "NEW1", "G1") == []
+                assert _done(store, "create", "NEW1", "G1", _person("NEW1", "NEW1-02")).status == "succeeded"
+        # and a clash is still found among the 200
+        assert store.id_conflicts(_person("M7"), "M7", "OTHER")[0]["path"] == "memberid"
+        store.close()
+        costs.append(work)
+    few, many = costs
+    assert many["statements"] == few["statements"] and many["members loaded"] == few["members loaded"] == 0
+    assert many["steps"] <= few["steps"] * 1.2, costs
+
+
+def test_the_member_cache_follows_applied_operations_without_reading_every_record(tmp_path):
+    """A 270 after each create re-read and parsed the whole member table; the cache now takes the change over."""
+    from gateway.payer.store import MemberStore
+
+    store = _store(tmp_path)
+    group = DELGADO["groupnumber"]
+    for memberid in ("A1", "B1", "C1"):
+        assert _done(store, "create", memberid, group, _person(memberid)).status == "succeeded"
+    before = store.by_member_id()
+    assert _done(store, "create", "D1", group, _person("D1")).status == "succeeded"
+    assert _done(store, "patch", "A1", group, {"firstname": "ANNA"}).status == "succeeded"
+    assert _done(store, "delete", "B1", group, {}).status == "succeeded"
+    assert _done(store, "create", "C1", "G2", _person("C1", groupnumber="G2")).status == "failed"
+    with _work(store.engine) as work:
+        members = store.by_member_id()
+    assert work["statements"] == 0
+    assert sorted(before) == ["A1", "B1", "C1"] and before["A1"]["firstname"] == "MARIA"   # not changed in place
+    fresh = MemberStore(store.engine.url.render_as_string(hide_password=False))
+    assert members == fresh.by_member_id() and sorted(members) == ["A1", "C1", "D1"]
+    assert members["A1"]["firstname"] == "ANNA"
+    fresh.close()
+    store.close()
 
 
 @pytest.mark.parametrize("content, message", [
