@@ -167,7 +167,7 @@ def log_level(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     text = str(value).strip().upper()
-    if text.isascii() and text.isdigit() and len(text) <= 3:
+    if text.isascii() and text.isdigit() and len(text) <= 9:   # int() refuses "²" and 4,300+ digits
         return int(text)
     level = logging.getLevelNamesMapping().get(text)
     if level is None:

@@ -500,9 +500,10 @@ class _Walk:
         too_big = _Failure("processing", f"could not be fetched: the FHIR server's answer is larger than "
                                          f"{limit} bytes")
         declared = response.headers.get("Content-Length")
-        # ASCII digits only, and compared by length first: int() refuses '²' and more than 4,300 digits
-        if declared and declared.isascii() and declared.isdigit() and (
-                len(declared.lstrip('0')) > len(str(limit)) or int(declared) > limit):
+        # ASCII digits only, and compared by length first: int() refuses '²' and more than 4,300 digits (leading
+        # zeros count too)
+        digits = declared.strip().lstrip("0") if declared and declared.strip().isascii() else ""
+        if digits.isdigit() and (len(digits) > len(str(limit)) or int(digits) > limit):
             return too_big
         body = bytearray()
         for chunk in arriving(response, _CHUNK):

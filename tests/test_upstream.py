@@ -157,6 +157,10 @@ def special(kind: str, id: str) -> Response | None:
         return Response(b"[" + b"0," * (1024 * 1024 + 10) + b"0]", mimetype="application/fhir+json")
     if id == "huge-declared":   # a length no int() reads (over 4,300 digits): larger than any limit, not a 500
         return Response(iter([b"{}"]), mimetype="application/fhir+json", headers={"Content-Length": "9" * 5000})
+    if id == "padded-declared":   # 5,000 zeros, then the length: int() counts the zeros too
+        body = json.dumps({"resourceType": kind, "id": "padded-declared", "gender": "female"}).encode()
+        return Response(iter([body]), mimetype="application/fhir+json",
+                        headers={"Content-Length": "0" * 5000 + str(len(body))})
     if id == "huge-stream":
         return Response((b" " * 65536 for _ in range(40)), mimetype="application/fhir+json")
     if id == "html":
@@ -388,6 +392,18 @@ def test_each_failure_is_a_422_naming_the_reference(ehr: Upstream, id: str, code
     assert got_code == code and message.startswith(f"reference 'Patient/{id}' ") and words in message
     assert ehr.paths().count(f"Patient/{id}") == 1
     assert "evil.example" not in ehr.paths()
+
+
+def test_a_length_padded_past_what_int_reads_is_no_failure_of_the_gateway(ehr: Upstream):
+    """5,000 zeros before the length: the gateway's own size check reads it (int() alone refused it, a 500); what
+    the HTTP client makes of it is then either the resource or a 422 naming the reference, never an exception."""
+    payload = ehr_example(patient={"reference": "Patient/padded-declared"})
+    try:
+        result = resolve_references(payload, config(ehr, timeout=(1.0, 1.0)))
+    except TranslationError as exc:
+        assert exc.status == 422 and [p.fhir_path for p in exc.problems] == [f"{CER}.patient"]
+    else:
+        assert any(e["resource"].get("id") == "padded-declared" for e in result["entry"][1:])
 
 
 def test_unreachable_server():

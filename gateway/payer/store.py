@@ -7,6 +7,7 @@ process dies before it ran is simply run after the restart.
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -15,13 +16,14 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, ForeignKey, String, UniqueConstraint, create_engine, delete, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.event import listen
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from gateway.errors import quoted
 from gateway.payer.records import apply_patch, consistency_problems
 
 PENDING = ("notStarted", "running")
+log = logging.getLogger(__name__)
 _CHUNK = 500   # ids per lookup: some SQLite builds take no more than 999 bound values in one statement
 
 
@@ -167,9 +169,17 @@ class MemberStore:
             except IntegrityError:
                 # another process stored one of these ids (or ran this very operation) after the check read the
                 # index: the second run's check sees it and reports it
-                if attempt == 2:
-                    raise
+                if attempt == 2:   # still refused: the operation fails, the worker goes on with the next one
+                    self._fail(op_id, "the change conflicts with one stored at the same moment (a member id is "
+                                      "taken); submit it again")
+                    return
         self._applied(change)
+
+    def _fail(self, op_id: str, error: str) -> None:
+        with self.sessions.begin() as session:
+            op = session.get(Operation, op_id)
+            if op is not None and op.status in PENDING:
+                op.status, op.errors, op.updated = "failed", [error], _now()
 
     def _applied(self, change: tuple[str, dict[str, Any] | None] | None) -> None:
         """Bump the generation after the commit (a reader never caches what is about to change), and carry a
@@ -304,6 +314,9 @@ class MemberStore:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.process_pending()
-            self._wake.wait(timeout=1.0)
+            try:
+                self.process_pending()
+            except SQLAlchemyError as exc:   # the database refused for now (locked, restarting): try again later,
+                log.warning("member operations could not be applied (%s); retrying", type(exc).__name__)
+            self._wake.wait(timeout=1.0)   # the worker must outlive it, or every later operation stays pending
             self._wake.clear()

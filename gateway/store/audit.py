@@ -130,7 +130,7 @@ class AuditStore:
         fast = DBAPIWriter(self.engine, _begin_immediate if backend == "sqlite" and not memory else None)
         self.dbapi_writer = fast
         self._insert_record = fast.compile(_RECORDS.insert(), column_keys=_REQUEST_COLUMNS)
-        self._insert_identifiers = fast.compile(_IDENTIFIERS.insert(), column_keys=_IDENTIFIER_COLUMNS)
+        self._insert_identifiers = fast.compile(_IDENTIFIERS.insert(), column_keys=_IDENTIFIER_COLUMNS, many=True)
         self._answer_lookup = fast.compile(_ANSWER_LOOKUP, results=(_RECORDS.c.received_at,
                                                                     _RECORDS.c.response_identifiers))
         self._answer_update = fast.compile(_ANSWER_UPDATE)

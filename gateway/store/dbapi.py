@@ -13,11 +13,11 @@ only the per-call machinery is skipped. Errors are raised as SQLAlchemy's (``Int
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.sql import ClauseElement
 
 
@@ -25,8 +25,10 @@ class CompiledStatement:
     """One statement compiled for ``dialect``, with the bind and result conversions of its columns' types."""
 
     def __init__(self, statement: ClauseElement, dialect: Dialect, *, column_keys: Sequence[str] | None = None,
-                 results: Sequence[Any] = ()) -> None:
-        compiled = statement.compile(dialect=dialect, column_keys=list(column_keys) if column_keys else None)
+                 results: Sequence[Any] = (), many: bool = False) -> None:
+        """``many``: for :meth:`Transaction.execute_many` (an INSERT then returns no generated keys)."""
+        compiled = statement.compile(dialect=dialect, column_keys=list(column_keys) if column_keys else None,
+                                     for_executemany=many)
         self.sql = str(compiled)
         self._names: tuple[str, ...] | None = tuple(compiled.positiontup) if compiled.positional else None
         used = set(compiled.bind_names.values())   # the binds the SQL text names (not every one built on the way)
@@ -38,6 +40,12 @@ class CompiledStatement:
         self._fixed = {name: bind.value for name, bind in binds.items() if not bind.required and bind.callable is None}
         # the columns a SELECT returns, in order: each value read back as its type reads it (a UTC datetime ...)
         self._results = [column.type.dialect_impl(dialect).result_processor(dialect, None) for column in results]
+
+    def failed(self, exc: Exception) -> StatementError:
+        """What a value no type could convert becomes (in the processor, or in the driver's own adapter, as
+        psycopg's JSON is): a StatementError, as ``Connection.execute`` raises, naming no value."""
+        return StatementError(f"a value could not be converted for the database ({type(exc).__name__})", self.sql,
+                              None, exc, hide_parameters=True)
 
     def parameters(self, values: Mapping[str, Any]) -> Any:
         """The DBAPI parameters for ``values`` (bind name -> Python value), converted by the column types."""
@@ -67,40 +75,46 @@ class DBAPIWriter:
         self._error = self.dialect.loaded_dbapi.Error
 
     def compile(self, statement: ClauseElement, *, column_keys: Sequence[str] | None = None,
-                results: Sequence[Any] = ()) -> CompiledStatement:
-        return CompiledStatement(statement, self.dialect, column_keys=column_keys, results=results)
+                results: Sequence[Any] = (), many: bool = False) -> CompiledStatement:
+        return CompiledStatement(statement, self.dialect, column_keys=column_keys, results=results, many=many)
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
-        connection = self.engine.raw_connection()   # pooled: the engine's connect events (pragmas) have run
+        try:
+            connection = self.engine.raw_connection()   # pooled: the engine's connect events (pragmas) have run
+        except self._error as exc:   # the database cannot be reached: said as Connection() says it
+            raise self._wrapped(exc) from None
         try:
             try:
                 if self._begin is not None:
                     self._begin(connection.driver_connection)
                 cursor = connection.cursor()
                 try:
-                    yield Transaction(cursor, self)
+                    yield Transaction(cursor, self._error)
                 finally:
-                    cursor.close()
+                    with suppress(self._error):   # a lost connection's cursor: the error that matters is raised
+                        cursor.close()
                 connection.commit()
+            except self._error as exc:
+                lost = self.dialect.is_disconnect(exc, connection.driver_connection, None)
+                if lost:   # nothing to roll back on a connection that is gone; the pool opens a new one
+                    connection.invalidate(exc)
+                else:
+                    self._rollback(connection)
+                raise self._wrapped(exc, lost) from None
             except BaseException:
                 self._rollback(connection)
                 raise
-        except self._error as exc:
-            raise self._wrapped(exc, connection) from None
         finally:
-            connection.close()   # back to the pool
+            connection.close()   # back to the pool (an invalidated one is discarded)
 
     def _rollback(self, connection: Any) -> None:
         try:
             connection.rollback()
-        except self._error:
-            connection.invalidate()   # a connection that cannot roll back is not handed out again
+        except self._error as exc:
+            connection.invalidate(exc)   # a connection that cannot roll back is not handed out again
 
-    def _wrapped(self, exc: Exception, connection: Any) -> DBAPIError:
-        lost = self.dialect.is_disconnect(exc, connection.driver_connection, None)
-        if lost:
-            connection.invalidate()
+    def _wrapped(self, exc: Exception, lost: bool = False) -> DBAPIError:
         return DBAPIError.instance(None, None, exc, self._error, hide_parameters=True, dialect=self.dialect,
                                    connection_invalidated=lost)
 
@@ -108,18 +122,27 @@ class DBAPIWriter:
 class Transaction:
     """The cursor of one :meth:`DBAPIWriter.transaction`."""
 
-    def __init__(self, cursor: Any, writer: DBAPIWriter) -> None:
+    def __init__(self, cursor: Any, error: type[Exception]) -> None:
         self.cursor = cursor
-        self._writer = writer
+        self._error = error   # the driver's own errors: raised as they are, wrapped by the transaction
 
     def execute(self, statement: CompiledStatement, values: Mapping[str, Any]) -> int:
         """Run ``statement``; how many rows it changed."""
-        self.cursor.execute(statement.sql, statement.parameters(values))
+        self._run(statement, self.cursor.execute, lambda: statement.parameters(values))
         return self.cursor.rowcount
 
     def execute_many(self, statement: CompiledStatement, rows: Sequence[Mapping[str, Any]]) -> None:
-        self.cursor.executemany(statement.sql, [statement.parameters(values) for values in rows])
+        self._run(statement, self.cursor.executemany, lambda: [statement.parameters(values) for values in rows])
 
     def first(self, statement: CompiledStatement, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
-        self.cursor.execute(statement.sql, statement.parameters(values))
+        self._run(statement, self.cursor.execute, lambda: statement.parameters(values))
         return statement.row(self.cursor.fetchone())
+
+    def _run(self, statement: CompiledStatement, call: Callable[[str, Any], Any], parameters: Callable[[], Any]
+             ) -> None:
+        try:
+            call(statement.sql, parameters())
+        except self._error:
+            raise
+        except Exception as exc:   # noqa: BLE001 - whatever a type's processor or the driver's adapter raises
+            raise statement.failed(exc) from None

@@ -272,7 +272,7 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                                "purpose": [], "patient": {"reference": patient_url}, "created": _created(bht, now)}
     items: list[dict[str, Any]] = []
     diagnoses: list[tuple[str, str]] = []   # (code system, code) in HI order: EQ05 points at them by position
-    pointed: set[str] = set()
+    pointed: set[int | None] = set()
     hi_seg: Segment | None = None
     hi_loop: Loop | None = None
     purposes: set[str] = set()
@@ -337,8 +337,8 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                     if stray:
                         shown = ", ".join(quoted(p, bare=True) for p in stray)
                         note(f"diagnosis pointer {shown} (EQ05) points at no HI diagnosis", inquiry, seg)
-                    if asked:   # the items carry what the pointers point at
-                        pointed.update(pointers)
+                    if asked:   # the items carry what the pointers point at ("01" is diagnosis 1 too)
+                        pointed.update(whole_number(p) for p in pointers)
                 elif seg.id == "DTP" and seg.get(1) == "291" and "servicedDate" not in request \
                         and "servicedPeriod" not in request:
                     carried.add(seg.position)
@@ -346,7 +346,7 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                 else:
                     note(f"inquiry segment {seg.id} {' '.join(x for x in seg.elements if x)} has no FHIR home",
                          inquiry, seg)
-    unpointed = [code for index, (_, code) in enumerate(diagnoses, start=1) if str(index) not in pointed]
+    unpointed = [code for index, (_, code) in enumerate(diagnoses, start=1) if index not in pointed]
     if unpointed and hi_seg is not None and hi_loop is not None:   # an item carries a diagnosis; these have none
         note(f"diagnosis {', '.join(unpointed)} is pointed at by no EQ05, so no item carries it", hi_loop, hi_seg)
     if dependent and name is not None and name.segment("INS") is None:

@@ -53,6 +53,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.cookiejar import DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -549,9 +550,10 @@ def _key(route: Route) -> str:
 
 class DirectPost:
     """POSTs a body through the session's adapter, as ``session.post(..., stream=True, allow_redirects=False)``
-    would, without ``Session.request``'s work per call (merging and preparing the same URL, headers, cookies and
-    hooks again, a third of a payer call's own CPU). A session with state of its own to apply (proxies or a CA
-    bundle from the environment, cookies, auth, hooks) goes the whole way, as do more than ``MAX_URLS`` URLs."""
+    would (the same method, URL, headers and body), without ``Session.request``'s work per call (merging and
+    preparing the same URL, headers, cookies and hooks again: a third of a payer call's own CPU). A session with
+    state of its own to apply (proxies or a CA bundle from the environment, cookies, auth, hooks) goes the whole
+    way. At most ``MAX_URLS`` prepared URLs are kept; others are prepared for each call."""
 
     MAX_URLS = 256
 
@@ -580,6 +582,9 @@ class DirectPost:
 
 def _session(pool_size: int) -> requests.Session:
     session = requests.Session()
+    # no cookies, from payers or the EHR (the reference fetcher shares this session): the gateway serves every
+    # client through it, so a cookie set by one answer must not go along with another client's request
+    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
     # DeadlineAdapter: a payer sending its answer's headers a line at a time still meets the budget (see _exchange)
     adapter = DeadlineAdapter(pool_connections=16, pool_maxsize=max(pool_size, 10), max_retries=0)
     session.mount("https://", adapter)

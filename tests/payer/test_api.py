@@ -482,6 +482,36 @@ def test_a_database_from_before_the_id_index_gets_it_filled(tmp_path):
     again.close()
 
 
+def test_an_operation_refused_twice_by_the_database_fails_and_the_worker_goes_on(tmp_path, monkeypatch):
+    """Another process storing the same id between the check and the commit, twice: that operation fails with a
+    reason; the next one is applied (the IntegrityError used to end the worker thread, every later one pending)."""
+    from sqlalchemy.exc import IntegrityError
+
+    from gateway.payer.store import MemberStore
+
+    store = _store(tmp_path)
+    real = MemberStore._apply
+
+    def clashing(self, session, op):  # type: ignore[no-untyped-def]
+        if op.memberid == "RACE1":
+            raise IntegrityError("INSERT", None, Exception("UNIQUE constraint failed"))
+        return real(self, session, op)
+
+    monkeypatch.setattr(MemberStore, "_apply", clashing)
+    lost, kept = store.submit("create", "RACE1", "G1", _person("RACE1")), store.submit("create", "OK1", "G1",
+                                                                                          _person("OK1"))
+    store.start_worker()
+    try:
+        deadline = time.monotonic() + 10
+        while store.operation(kept).status in ("notStarted", "running") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.operation(lost).status == "failed" and "submit it again" in store.operation(lost).errors[0]
+        assert store.operation(kept).status == "succeeded" and store.get("OK1", "G1") is not None
+    finally:
+        store.stop_worker()
+        store.close()
+
+
 @contextmanager
 def _work(engine) -> Iterator[dict[str, int]]:  # type: ignore[no-untyped-def]
     """What the block costs the database: SQL statements, member rows the ORM builds (each one's JSON parsed)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError, StatementError
 
 from gateway.store import AuditStore
 from gateway.store.audit import _ANSWER_UPDATE, _FORGET_RESPONSE_IDENTIFIERS, _FREE_CONDITION, _RECORDS
@@ -115,3 +115,35 @@ def test_the_lookup_reads_values_as_their_column_types(database_url: str) -> Non
         with fast.transaction() as transaction:
             assert transaction.first(lookup, {"rid": "x"}) == (ROW["received_at"], ["s|v"])
             assert transaction.first(lookup, {"rid": "nobody"}) is None
+
+
+def test_a_database_that_cannot_be_reached_is_a_sqlalchemy_error(database_url: str, monkeypatch):
+    """The service answers 503 to SQLAlchemy's errors: the driver's own (the pool opens connections unwrapped)
+    would be a 500, and would escape the exchange that must never raise."""
+    with AuditStore(database_url) as store:
+        dbapi = store.engine.dialect.loaded_dbapi
+
+        def refused() -> None:
+            raise dbapi.OperationalError("connection refused")
+
+        store.engine.dispose()
+        monkeypatch.setattr(store.engine.pool, "connect", refused)
+        now = datetime(2026, 3, 1, tzinfo=UTC)
+        with pytest.raises(OperationalError):
+            store.record_request("r1", {"resourceType": "CoverageEligibilityRequest"}, None, "ACME01", "T", now)
+        with pytest.raises(SQLAlchemyError):
+            store.record_answer("r1", x12_response=None, response=None, outcome=None, aaa_codes=[], http_status=200,
+                                answered_at=now)
+
+
+def test_a_value_no_column_type_can_convert_is_a_statement_error_naming_no_value(database_url: str):
+    with AuditStore(database_url) as store:
+        fast = store.dbapi_writer
+        insert = fast.compile(_RECORDS.insert(), column_keys=["id", *ROW])
+        with pytest.raises(StatementError) as raised, fast.transaction() as transaction:
+            transaction.execute(insert, {**ROW, "id": "odd", "request": {"secret-member-id": {1, 2}}})
+        assert "secret" not in str(raised.value) and "TypeError" in str(raised.value)
+        assert store.record("odd") is None
+        with fast.transaction() as transaction:   # and the connection is usable again
+            transaction.execute(insert, {**ROW, "id": "next"})
+        assert store.record("next") is not None

@@ -106,6 +106,13 @@ def test_an_eq05_pointer_no_int_can_read_is_noted_too(pointer):
     assert len(request["item"][0]["diagnosis"]) == 1
 
 
+def test_a_zero_padded_eq05_pointer_points_like_its_number():
+    text = x12([*HEAD, ("HI", [("ABK", "M5450")]), ("EQ", ["33", "", "", "", ("1", "9")])])
+    _, request, notes = from_270(text.replace("1:9~", "01~"))
+    assert [d["diagnosisCodeableConcept"]["coding"][0]["code"] for d in request["item"][0]["diagnosis"]] == ["M54.50"]
+    assert not any("pointed at by no EQ05" in n or "points at no HI" in n for n in notes)
+
+
 def test_a_270_without_member_id_is_a_discovery_request():
     head = [s if s[0] != "NM1" or s[1][0] != "IL" else ("NM1", ["IL", "1", "ROE", "ANNA"]) for s in HEAD]
     text = x12([*head, ("EQ", ["30"])])

@@ -68,8 +68,20 @@ def test_the_direct_way_sends_what_session_post_sends(server: str, monkeypatch: 
     assert (m1, p1, b1) == ("POST", "/core/soap?x=1", b"ISA*first~")
     assert h1["content-length"] == "10" and h2["content-length"] == str(len(b2))
     assert (m2, p2, h2, b2) == (m3, p3, h3, b3)   # byte for byte what requests' own way sends
-    # the direct way keeps no cookies: a payer's Set-Cookie is not sent back (requests' session would)
+    # no cookies: a payer's Set-Cookie is not sent back
     assert "cookie" not in h2
+
+
+def test_the_gateways_session_keeps_no_cookie_so_the_direct_way_stays(server: str):
+    """The EHR's reference fetches share the session: a cookie one of them set (a load balancer's) would have
+    sent every later payer call the long way, with that cookie."""
+    session = _session(4)
+    with session.post(server, data=b"ISA*ehr~", stream=True) as response:   # requests' own way, Set-Cookie back
+        assert response.headers["Set-Cookie"].startswith("lb=")
+    assert len(session.cookies) == 0
+    direct = DirectPost(session)
+    _post(direct, server, b"ISA*payer~")
+    assert list(direct._prepared) == [server] and "cookie" not in _Recorder.seen[-1][2]
 
 
 def test_a_session_with_state_of_its_own_goes_through_requests(server: str):
