@@ -82,7 +82,8 @@ _X12_NUMBER = re.compile(r"-?(?=\.?[0-9])[0-9]*\.?[0-9]*")
 
 def _number(text: str) -> Decimal | None:
     text = text.strip()
-    if not _X12_NUMBER.fullmatch(text) or sum(c.isdigit() for c in text) > 18:
+    # the pattern leaves only digits, one point and a sign: what is not those is the digits
+    if not _X12_NUMBER.fullmatch(text) or len(text) - text.count(".") - text.count("-") > 18:
         return None
     try:
         return Decimal(text)
