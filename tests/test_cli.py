@@ -206,6 +206,9 @@ def test_output_that_cannot_be_written_is_one_line_not_a_traceback():
     (b"  \n", "the input is empty"),
     ('{"resourceType": "CoverageEligibilityRequest"}'.encode("utf-16"), "the input is UTF-16 text: save it as UTF-8"),
     ('{"resourceType": "CoverageEligibilityRequest"}'.encode("utf-32"), "the input is UTF-32 text: save it as UTF-8"),
+    (b"[" * 100_000 + b"]" * 100_000, "the input cannot be read as JSON: it nests too deeply"),
+    (b'{"resourceType": "CoverageEligibilityRequest", "id": ' + b"1" * 5000 + b"}",
+     "the input cannot be read as JSON: a number in it has more than 4,300 digits"),
 ])
 def test_translate_says_what_an_unreadable_input_is(tmp_path, content: bytes, words: str):
     path = tmp_path / "input.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.fhir.structure import structure_problems
+from gateway.fhir.structure import payload_problems, structure_problems
 
 REQUEST = {"resourceType": "CoverageEligibilityRequest", "status": "active", "purpose": ["benefits"],
            "created": "2025-03-10", "patient": {"reference": "Patient/p"}, "insurer": {"reference": "Organization/o"}}
@@ -96,3 +96,15 @@ def test_a_null_beside_its_extension_in_a_primitive_array_is_allowed():
     patient = {"resourceType": "Patient", "id": "p", "name": [{"given": [None, "Marie"], "_given": [
         {"extension": [{"url": "http://example.org/x", "valueBoolean": True}]}, None]}]}
     assert structure_problems(patient) == []
+
+
+@pytest.mark.parametrize(("contained", "path"), [
+    (5, "CoverageEligibilityRequest.contained"), (True, "CoverageEligibilityRequest.contained"),
+    ([{"resourceType": "Patient", "id": {"x": 1}}], "CoverageEligibilityRequest.contained[0].id"),
+    ([{"resourceType": "Patient", "id": ["p1"]}], "CoverageEligibilityRequest.contained[0].id")])
+def test_contained_or_a_contained_id_of_the_wrong_json_type_is_a_problem(contained, path):
+    """A number for ``contained`` is not a list to walk, an object for an id no key of the ids seen: the
+    invariants skip what the model reports, instead of a TypeError."""
+    request = {**REQUEST, "contained": contained}
+    found = payload_problems(request, None)
+    assert path in {p.fhir_path for p in found}

@@ -45,7 +45,8 @@ def invariant_problems(resource: dict[str, Any], path: str | None = None) -> lis
     if isinstance(resource.get("id"), str) and len(resource["id"]) > 64:
         problems.append(Problem(f"{root}.id", "an id is at most 64 characters", code="value"))
     seen: set[str] = set()
-    for index, item in enumerate(resource.get("contained") or []):
+    contained = resource.get("contained")
+    for index, item in enumerate(contained if isinstance(contained, list) else []):   # else the model reports it
         if not isinstance(item, dict):
             continue   # the model reports it
         where = f"{root}.contained[{index}]"
@@ -55,11 +56,12 @@ def invariant_problems(resource: dict[str, Any], path: str | None = None) -> lis
         if not local:
             problems.append(Problem(f"{where}.id", "a contained resource needs an id to be referenced by",
                                     code="required"))
-        elif local in seen:
+        elif isinstance(local, str) and local in seen:   # an id of another JSON type: the model reports it
             ref = f"'#{local}'" if len(str(local)) <= QUOTE_LIMIT else quoted(f"#{local}", QUOTE_LIMIT + 1)
             problems.append(Problem(f"{where}.id", f"another contained resource has the id {quoted(local)}: a {ref} "
                                     "reference would be ambiguous", code="structure"))
-        seen.add(local)
+        if isinstance(local, str):
+            seen.add(local)
         if item.get("contained"):
             problems.append(Problem(f"{where}.contained", "a contained resource cannot contain others (dom-2)",
                                     code="structure"))

@@ -86,6 +86,11 @@ def translate_document(data: bytes, tables: Tables, *, now: datetime, control_nu
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise TranslationError(f"the input is not valid JSON: {exc}",
                                    [Problem("$", str(exc), code="structure")], status=400) from exc
+        except (ValueError, RecursionError) as exc:   # valid JSON the parser still refuses: no traceback either
+            why = ("it nests too deeply" if isinstance(exc, RecursionError)
+                   else "a number in it has more than 4,300 digits")
+            raise TranslationError(f"the input cannot be read as JSON: {why}", [Problem("$", why, code="too-costly")],
+                                   status=400) from None
         request, bundle = find_request(payload)
         problems = payload_problems(request, bundle)
         if problems:

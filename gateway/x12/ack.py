@@ -126,9 +126,11 @@ def _ack_group(group: Group | None, transactions: list[Transaction], findings: l
 
 
 def _writer_for(isa: Interchange | None) -> X12Writer:
-    """An acknowledgment answers in the sender's delimiters when they are four distinct ones, else in ours."""
+    """An acknowledgment answers in the sender's delimiters when they are four distinct ones a writer may use (no
+    letter, digit or space: the reader takes an ISA16 of 'A' or '1'), else in ours."""
     d = isa.delimiters if isa is not None else None
-    if d is not None and d.repetition and len({d.element, d.repetition, d.component, d.segment}) == 4:
+    chars = {d.element, d.repetition, d.component, d.segment} if d is not None else set()
+    if d is not None and d.repetition and len(chars) == 4 and not any(c.isalnum() or c == " " for c in chars):
         return X12Writer(d)
     return X12Writer()
 

@@ -270,67 +270,96 @@ def _run_pyx12(engine: _Pyx12, text: str, extras: dict[tuple[int, int, int], lis
     extra_findings: list[Finding] = []
     st_control = ""
     st_ordinal = 0
-    for seg in src:
-        orig_node = node
-        seg_id = seg.get_seg_id()
-        if seg_id == "ISA":
-            node = control_map.getnodebypath("/ISA_LOOP/ISA")
-            walker.forceWalkCounterToLoopStart("/ISA_LOOP", "/ISA_LOOP/ISA")
-        elif seg_id == "GS":
-            node = control_map.getnodebypath("/ISA_LOOP/GS_LOOP/GS")
-            walker.forceWalkCounterToLoopStart("/ISA_LOOP/GS_LOOP", "/ISA_LOOP/GS_LOOP/GS")
-        else:
-            try:
-                node, _pop, _push, walk_errors = walker.walk_errors(
-                    node, seg, src.get_seg_count(), src.get_cur_line(), src.get_ls_id())
-            except pyx12.errors.EngineError as exc:
-                raise X12SyntaxError(f"validation could not place segment {seg_id}: {exc}") from exc
-            apply_walk_errors(errh, walk_errors)
-        if node is None:
-            node = orig_node
-            continue
-        if seg_id == "ISA":
-            errh.add_isa_loop(seg, src)
-            icvn = seg.get_value("ISA12")
-            errh.handle_errors(src.pop_errors())
-        elif seg_id == "IEA":
-            errh.handle_errors(src.pop_errors())
-            errh.close_isa_loop(node, seg, src)
-        elif seg_id == "GS":
-            fic, vriic = seg.get_value("GS01"), seg.get_value("GS08")
-            new_file = engine.index.get_filename(icvn, vriic, fic)
-            if new_file is None:
-                raise X12SyntaxError(f"no validation map for GS01 {quoted(fic)} / GS08 {quoted(vriic)}")
-            map_file = new_file
-            node = engine.load(map_file).getnodebypath("/ISA_LOOP/GS_LOOP/GS")
-            errh.add_gs_loop(seg, src)
-            errh.handle_errors(src.pop_errors())
-        elif seg_id == "GE":
-            errh.handle_errors(src.pop_errors())
-            errh.close_gs_loop(node, seg, src)
-        elif seg_id == "ST":
-            st_control = seg.get_value("ST02") or ""
-            st_ordinal += 1
-            errh.add_st_loop(seg, src)
-            errh.handle_errors(src.pop_errors())
-        elif seg_id == "SE":
-            errh.handle_errors(src.pop_errors())
-            errh.close_st_loop(node, seg, src)
-        else:
-            errh.add_seg(node, seg, src.get_seg_count(), src.get_cur_line(), src.get_ls_id())
-            errh.handle_errors(src.pop_errors())
-        position = src.get_seg_count()
-        parent = node.get_parent() if hasattr(node, "get_parent") else None
-        loop_id = getattr(parent, "id", "") or ""
-        loops[(st_control, position)] = "" if loop_id in ("HEADER", "ST_LOOP", "GS_LOOP", "ISA_LOOP") else loop_id
-        apply_segment_errors(node, seg, errh)
-        if extras:
-            _check_repetitions(node, seg_id, st_control, st_ordinal, position, loops, extras, extra_findings)
-    src.cleanup()
-    errh.handle_errors(src.pop_errors())
-    collector = _Collector(loops)
-    errh.accept(collector)
+    seg_id = ""
+    try:
+        for seg in src:
+            orig_node = node
+            seg_id = seg.get_seg_id()
+            if seg_id == "ISA":
+                node = control_map.getnodebypath("/ISA_LOOP/ISA")
+                walker.forceWalkCounterToLoopStart("/ISA_LOOP", "/ISA_LOOP/ISA")
+            elif seg_id == "GS":
+                node = control_map.getnodebypath("/ISA_LOOP/GS_LOOP/GS")
+                walker.forceWalkCounterToLoopStart("/ISA_LOOP/GS_LOOP", "/ISA_LOOP/GS_LOOP/GS")
+            else:
+                try:
+                    node, _pop, _push, walk_errors = walker.walk_errors(
+                        node, seg, src.get_seg_count(), src.get_cur_line(), src.get_ls_id())
+                except pyx12.errors.EngineError as exc:
+                    raise X12SyntaxError(f"validation could not place segment {seg_id}: {exc}") from exc
+                apply_walk_errors(errh, walk_errors)
+            if node is None:
+                node = orig_node
+                continue
+            if seg_id == "ISA":
+                errh.add_isa_loop(seg, src)
+                icvn = seg.get_value("ISA12")
+                errh.handle_errors(src.pop_errors())
+            elif seg_id == "IEA":
+                errh.handle_errors(src.pop_errors())
+                errh.close_isa_loop(node, seg, src)
+            elif seg_id == "GS":
+                fic, vriic = seg.get_value("GS01"), seg.get_value("GS08")
+                new_file = engine.index.get_filename(icvn, vriic, fic)
+                if new_file is None:
+                    raise X12SyntaxError(f"no validation map for GS01 {quoted(fic)} / GS08 {quoted(vriic)}")
+                map_file = new_file
+                node = engine.load(map_file).getnodebypath("/ISA_LOOP/GS_LOOP/GS")
+                errh.add_gs_loop(seg, src)
+                errh.handle_errors(src.pop_errors())
+            elif seg_id == "GE":
+                errh.handle_errors(src.pop_errors())
+                errh.close_gs_loop(node, seg, src)
+            elif seg_id == "ST":
+                st_control = seg.get_value("ST02") or ""
+                st_ordinal += 1
+                errh.add_st_loop(seg, src)
+                errh.handle_errors(src.pop_errors())
+            elif seg_id == "SE":
+                errh.handle_errors(src.pop_errors())
+                errh.close_st_loop(node, seg, src)
+            else:
+                errh.add_seg(node, seg, src.get_seg_count(), src.get_cur_line(), src.get_ls_id())
+                errh.handle_errors(src.pop_errors())
+            position = src.get_seg_count()
+            parent = node.get_parent() if hasattr(node, "get_parent") else None
+            loop_id = getattr(parent, "id", "") or ""
+            loops[(st_control, position)] = "" if loop_id in ("HEADER", "ST_LOOP", "GS_LOOP", "ISA_LOOP") else loop_id
+            apply_segment_errors(node, seg, errh)
+            if extras:
+                _check_repetitions(node, seg_id, st_control, st_ordinal, position, loops, extras, extra_findings)
+        src.cleanup()
+        errh.handle_errors(src.pop_errors())
+        collector = _Collector(loops)
+        errh.accept(collector)
+    except Exception as exc:
+        if not _raised_in_pyx12(exc):
+            raise
+        return [_pyx12_stopped(exc, seg_id, st_control, src)]
     return collector.findings + extra_findings
+
+
+def _raised_in_pyx12(exc: BaseException) -> bool:
+    """True when ``exc`` comes from pyx12's own code (its innermost frame), not from ours."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("pyx12")
+
+
+def _pyx12_stopped(exc: Exception, seg_id: str, st_control: str, src: Any) -> Finding:
+    """pyx12 fails with IndexError, ValueError, AttributeError ... on some damaged input (a GE01 that is no
+    number, a GE or SE that closes nothing, a composite with more components than the guide's, an RD8 with two
+    '-'): the report says where its element checks stopped instead of the validation failing. The reader's own
+    findings are kept; an error, since what follows was not checked."""
+    position = src.get_seg_count() or 0
+    where = f"segment {src.get_cur_line()} of the interchange" + (f" ({seg_id})" if seg_id else "")
+    message = (f"the implementation guide's element checks stopped at {where}: pyx12 cannot check it as "
+               f"written ({type(exc).__name__}); the segments after it are not checked")
+    if st_control and position and seg_id not in ("ISA", "GS", "GE", "IEA", "ST", "SE"):
+        return Finding("X12-IG-UNCHECKED", message, level="segment", ack_code="8", transaction=st_control,
+                       segment=seg_id, position=position)
+    return Finding("X12-IG-UNCHECKED", message, level="interchange", transaction=st_control)
 
 
 def _check_repetitions(node: Any, seg_id: str, st_control: str, st_ordinal: int, position: int,

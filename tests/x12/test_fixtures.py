@@ -148,3 +148,35 @@ def test_a_diagnosis_pointer_needs_its_hi_code() -> None:
     for pointer in ("\u00b2", "1" * 5000):   # no int() can read them: findings too, not a failure
         report = validate_x12(text.replace("EQ**HC:97110***1:3~", f"EQ**HC:97110***1:{pointer}~").encode())
         assert "X12-DIAGNOSIS-POINTER" in {f.code for f in report.errors}
+
+
+@pytest.mark.parametrize(("old", "new", "where"), [
+    ("GE*1*1001~", "GE*\u00b2*1001~", "(GE)"),                       # GE01 no int() reads
+    ("GE*1*1001~", "GE*" + "1" * 5000 + "*1001~", "(GE)"),
+    ("GE*1*1001~", "GE**1001~", "(GE)"),
+    ("SE*13*0001~", "SE*13*0001~SE*13*0001~", ""),                  # an SE and a GE that close nothing
+    ("GE*1*1001~", "GE*1*1001~GE*1*1001~", ""),
+    ("EQ*30~", "EQ**HC" + ":1" * 20 + "~", "(EQ)"),                  # a composite with 21 components
+    ("DTP*291*D8*20250310~", "DTP*291*RD8*20250101-20250102-20250103~", "(DTP)")])
+def test_input_pyx12_fails_on_is_a_finding_not_a_failure(old: str, new: str, where: str) -> None:
+    """pyx12 raises IndexError, ValueError, AttributeError ... on some damaged input; the report says where its
+    element checks stopped (an error), and a 999 and TA1 can still be written."""
+    text = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    assert old in text
+    report = validate_x12(text.replace(old, new).encode())
+    stopped = [f for f in report.errors if f.code == "X12-IG-UNCHECKED"]
+    assert len(stopped) == 1 and where in stopped[0].message and "pyx12 cannot check it" in stopped[0].message
+    assert not report.valid
+    build_999(report.transactions, report.findings, control_number=5, now=datetime(2025, 1, 1))
+    build_ta1(report.interchanges[0], report.findings, control_number=5, now=datetime(2025, 1, 1))
+
+
+@pytest.mark.parametrize("component", ["A", "1", " "])
+def test_an_acknowledgment_to_a_letter_or_digit_isa16_is_written_in_our_delimiters(component: str) -> None:
+    """The reader takes any ISA16; the writer takes no letter, digit or space: the 999 and TA1 use ours."""
+    text = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    report = validate_x12(text.replace("*T*:~", f"*T*{component}~", 1).encode(), elements=False)
+    ack = build_999(report.transactions, report.findings, control_number=5, now=datetime(2025, 1, 1))
+    assert ack.startswith("ISA*") and ack[104:106] == ":~"
+    ta1 = build_ta1(report.interchanges[0], report.findings, control_number=5, now=datetime(2025, 1, 1))
+    assert ta1[104:106] == ":~"

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from gateway.errors import GatewayError
 from gateway.x12.model import Delimiters
 from gateway.x12.reader import read_x12
+from gateway.x12.validate import validate_x12
 from gateway.x12.writer import BASIC_PUNCTUATION, X12Writer
 from tests.x12.test_reader import sample
 
@@ -58,3 +59,34 @@ def test_written_values_read_back_sanitized(values, delimiters):
     for value in msg.elements:
         assert not set(value) & forbidden
         assert all(c.isdigit() or ("A" <= c <= "Z") or c in BASIC_PUNCTUATION for c in value)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(min_value=0, max_value=16), st.integers(min_value=1, max_value=9),
+                          st.sampled_from(["", "\u00b2", "1" * 5000, "-", "20250101-20250102-20250103", "A", "99999999",
+                                           "HC" + ":1" * 20, "\x00"])), min_size=1, max_size=3),
+       st.sampled_from(["", "SE", "GE", "IEA"]))
+def test_validating_damaged_x12_and_acknowledging_it_raise_only_our_error(changes, extra):
+    """Element values pyx12 and the writer fail on, and a trailer that closes nothing: findings, not a failure."""
+    segments = sample().split("~\n")
+    for index, element, value in changes:
+        parts = segments[index % len(segments)].split("*")
+        if parts[0] in ("ISA", ""):
+            continue
+        parts += [""] * (element + 1 - len(parts))
+        parts[element] = value
+        segments[index % len(segments)] = "*".join(parts)
+    trailer = next((s for s in segments if extra and s.startswith(extra + "*")), None)
+    if trailer is not None:
+        segments.insert(segments.index(trailer), trailer)
+    try:
+        report = validate_x12("~\n".join(segments).encode())
+    except GatewayError:
+        return
+    from datetime import datetime
+
+    from gateway.x12.ack import build_999, build_ta1
+
+    build_999(report.transactions, report.findings, control_number=1, now=datetime(2026, 1, 1))
+    build_ta1(report.interchanges[0] if report.interchanges else None, report.findings, control_number=1,
+              now=datetime(2026, 1, 1))
