@@ -14,6 +14,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 from alembic import command
 from alembic.config import Config
@@ -126,8 +127,6 @@ def open_problem(exc: BaseException, url: str) -> str:
         password = make_url(url).password
     except Exception:   # not a URL at all: nothing in it is known to be the password, so the message says less
         password = None
-    from urllib.parse import urlsplit
-
     try:   # the password as written in the URL too (p%2fss: any case of percent-encoding)
         written = urlsplit(url).password
     except ValueError:
@@ -144,8 +143,6 @@ def open_problem(exc: BaseException, url: str) -> str:
     else:
         text = str(exc)
     if password:   # as the driver may quote it: decoded, and as written in the URL (p%40ss)
-        from urllib.parse import quote
-
         for form in sorted({password, quote(password, safe=""), quote(password), written or password}, key=len,
                            reverse=True):
             text = text.replace(form, "***")
