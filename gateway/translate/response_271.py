@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal, InvalidOperation
-from functools import cached_property
 from typing import Any
 
 from gateway.errors import quoted
@@ -519,11 +518,8 @@ class _Fact:
     item: dict[str, Any]
     benefit: dict[str, Any]
     money: Decimal | None
-
-    @cached_property
-    def dates(self) -> tuple[tuple[str, str], ...]:
-        """The 2110 loop's dates (DTP qualifier and value): a prior year's total and this year's differ only so."""
-        return tuple((seg.get(1), seg.get(3)) for seg in self.loop.segments_of("DTP"))
+    # the 2110 loop's dates (DTP qualifier and value): a prior year's total and this year's differ only so
+    dates: tuple[tuple[str, str], ...]
 
 
 def _benefits(r: _Response, loops: list[Loop]) -> None:
@@ -548,6 +544,7 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
     procedure = eb.components(13) if v[13] else []
     description: list[str] = []
     described: list[Segment] = []   # MSG/HSD/III: mapped when their text lands in an item
+    dates: list[tuple[str, str]] = []   # DTP qualifier and value, for matching totals and remainders
     entities = _entities(r, loop)
     r.map(eb)
 
@@ -573,8 +570,8 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
             else:
                 r.note(f"{name} {seg.get(2)} for EB {eb01}" + (f" ({seg.get(3)})" if seg.get(3) else ""), loop, seg)
         elif sid == "DTP":
-            dates = tables.t["dates"]
-            name = dates["names"].get(seg.get(1), f"date qualifier {seg.get(1)}")
+            dates.append((seg.get(1), seg.get(3)))
+            name = tables.t["dates"]["names"].get(seg.get(1), f"date qualifier {seg.get(1)}")
             span = date_range(seg.get(2), seg.get(3))
             shown = (span[0] if span[0] == span[1] else f"{span[0]} to {span[1]}") if span else repr(seg.get(3))
             r.note(f"{name} {shown} for {_row_named(tables, v, stcs)} (no item-level dates in FHIR R4)", loop, seg)
@@ -602,7 +599,7 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
         r.note(f"authorization requirement unknown (EB11 U) for EB {eb01}", loop, eb)
 
     # the items this EB becomes: one per service type, or one for the procedure (ces-1)
-    base = _item_base(r, loop, eb, entities)
+    base = _item_base(r, loop, eb, v, entities)
     if description:
         base["description"] = "; ".join(d for d in description if d)
     targets: list[dict[str, Any]] = []
@@ -652,7 +649,7 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
     elif maps_to == "benefit":
         r.has_benefits = True
         for item in targets:
-            fact = _amount(r, loop, eb, info, item)
+            fact = _amount(r, loop, eb, v, info, item, tuple(dates))
             if fact is not None:
                 facts.append(fact)
             else:
@@ -685,9 +682,10 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
         r.note(f"{display} for {', '.join(stcs) or 'the plan'}" + (f" ({base['description']})"
                                                                     if base.get("description") else ""), loop, eb)
     _entity_notes(r, loop, eb01, entities, maps_to)
-    carried = any(item in r.items for item in targets) or any(f.item in targets for f in facts)
+    carried = (bool(described) and maps_to not in ("note", "unknown", "other-payer", "cannot-process")
+               and _carried(r, targets, facts))
     for seg in described:
-        if carried and maps_to not in ("note", "unknown", "other-payer", "cannot-process"):
+        if carried:
             r.map(seg)
         elif maps_to == "cannot-process":
             r.errors[-1]["code"]["text"] += f"; {seg.get(1) if seg.id == 'MSG' else seg.id}"
@@ -695,6 +693,17 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
         elif seg.position not in r.noted:
             r.note(f"{seg.id} for EB {eb01}: {description[described.index(seg)]}", loop, seg)
     return facts
+
+
+def _carried(r: _Response, targets: list[dict[str, Any]], facts: list[_Fact]) -> bool:
+    """Whether any of an EB's items made it into the response (as an item, or as a total or remainder).
+
+    Every fact is made from one of ``targets``; items just appended are the last ones, found there by identity
+    before the whole list is searched by (deep) equality."""
+    if facts:
+        return True
+    last = r.items[-len(targets):] if targets else []
+    return any(appended is item for item in targets for appended in last) or any(item in r.items for item in targets)
 
 
 def _concept(tables: Tables, kind: str, code: str) -> tuple[dict[str, Any], bool]:
@@ -733,9 +742,9 @@ def _refuse_if_required(r: _Response, table: str, code: str, loop: Loop, seg: Se
                                [Problem(where, f"unknown code {quoted(code)}", code="code-invalid", x12=seg.id)])
 
 
-def _item_base(r: _Response, loop: Loop, eb: Segment, entities: list[dict[str, Any]]) -> dict[str, Any]:
+def _item_base(r: _Response, loop: Loop, eb: Segment, v: list[str], entities: list[dict[str, Any]]) -> dict[str, Any]:
+    """What every item of one EB shares; ``v`` is the EB's elements (``eb.values(15)``)."""
     tables = r.tables
-    v = eb.values(15)
     item: dict[str, Any] = {}
     if v[5]:
         item["name"] = v[5]
@@ -786,10 +795,11 @@ def _row_named(tables: Tables, v: list[str], stcs: list[str]) -> str:
     return " ".join(filter(None, ("EB", v[1], v[2], ",".join(stcs)))) + f": {', '.join(words)}"
 
 
-def _amount(r: _Response, loop: Loop, eb: Segment, info: dict[str, Any], item: dict[str, Any]) -> _Fact | None:
-    """Fill item.benefit from EB06-EB10; returns a fact when it is a total, remainder or met amount."""
+def _amount(r: _Response, loop: Loop, eb: Segment, v: list[str], info: dict[str, Any], item: dict[str, Any],
+            dates: tuple[tuple[str, str], ...]) -> _Fact | None:
+    """Fill item.benefit from EB06-EB10 (``v``, the EB's elements); returns a fact when it is a total, remainder or
+    met amount (``dates``: its loop's DTPs)."""
     tables = r.tables
-    v = eb.values(15)
     eb01 = v[1]
     coding = [r.coding("eligibility_benefit", "1390", eb01)]
     benefit_type = info.get("benefit_type")
@@ -865,7 +875,7 @@ def _amount(r: _Response, loop: Loop, eb: Segment, info: dict[str, Any], item: d
         family = "lifetime" if period in ("32", "33") else "period"
         quantity_value = _number(v[10]) if v[10] else None
         return _Fact(key, amount_kind, family, loop, eb, item, benefit,
-                     money if money is not None else quantity_value)
+                     money if money is not None else quantity_value, dates)
     return None
 
 
