@@ -125,6 +125,9 @@ class _Response:
         self.has_benefits = False
         self.unanswered = False   # no patient and no AAA: the payer said nothing
         self.persons: dict[str, _Person] = {}   # "patient", "subscriber": who 2100C/2100D describe
+        # read once per response rather than once per item
+        self.service_type_system: str = tables.systems["service_type"]["emit"]
+        self.currency: str = tables.systems["currency"]
 
     # -- accounting ---------------------------------------------------------------------------
     def where(self, loop: Loop, seg: Segment) -> str:
@@ -135,9 +138,8 @@ class _Response:
         self.notes.append(Note(text=text, source=self.where(loop, seg), raw=seg.to_x12()))
         self.noted.add(seg.position)
 
-    def map(self, *segs: Segment) -> None:
-        for seg in segs:
-            self.mapped.add(seg.position)
+    def map(self, seg: Segment) -> None:
+        self.mapped.add(seg.position)
 
     # -- codings ------------------------------------------------------------------------------
     def coding(self, table: str, element: str, code: str) -> dict[str, Any]:
@@ -145,8 +147,10 @@ class _Response:
 
     def service_type(self, code: str) -> dict[str, Any]:
         coding = self.tables.x12_coding("service_type", "1365", code)
-        coding["system"] = self.tables.systems["service_type"]["emit"]
-        return {"coding": [coding], **({"text": coding["display"]} if "display" in coding else {})}
+        coding["system"] = self.service_type_system
+        if "display" in coding:
+            return {"coding": [coding], "text": coding["display"]}
+        return {"coding": [coding]}
 
 
 def translate_271(txn: Transaction, tables: Tables, *, now: str,
@@ -257,11 +261,13 @@ def _translate_patient(tables: Tables, txn: Transaction, now: str,
         name_loop = patient.loop("2100D") or patient.loop("2100C")
         _name_loop(r, name_loop, role="patient")
         if name_loop is not None:
-            for benefit_loop in name_loop.loops:
-                if benefit_loop.id in ("2110C", "2110D"):
-                    continue
-                _unclaimed(r, benefit_loop)
-            _benefits(r, [lp for lp in name_loop.loops if lp.id in ("2110C", "2110D")])
+            benefit_loops = []
+            for sub in name_loop.loops:
+                if sub.id in ("2110C", "2110D"):
+                    benefit_loops.append(sub)
+                else:
+                    _unclaimed(r, sub)
+            _benefits(r, benefit_loops)
     if patient is None and not r.errors:   # nobody answered and no AAA says why: not a "complete" answer
         text = "the 271 answers no patient (no 2000C loop) and gives no reason (no AAA)"
         r.errors.append({"code": {"text": text}})
@@ -270,26 +276,29 @@ def _translate_patient(tables: Tables, txn: Transaction, now: str,
     resource = _assemble(r, payer_loop, receiver, name_loop, sub_name_loop, patient is not None)
     # anything no handler claimed (unknown or misplaced segments) is still accounted for
     scope = {seg.position for seg in header}
-    for loop in [lp for lp in (source, receiver, subscriber, patient) if lp is not None]:
-        for owner, seg in _own_segments(loop, subscriber, patient):
-            scope.add(seg.position)
-            if seg.position not in r.mapped and seg.position not in r.noted:
-                r.note(f"segment {seg.id} has no place in a CoverageEligibilityResponse", owner, seg)
+    for loop in (source, receiver, subscriber, patient):
+        if loop is not None:
+            _account_for_the_rest(r, loop, subscriber is not None, scope)
     resource = _with_notes(r, resource)
     return ResponseTranslation(resource, r.notes, r.mapped, r.noted, traces, scope)
 
 
-def _own_segments(loop: Loop, subscriber: Loop | None, patient: Loop | None):
-    """Segments of ``loop`` that belong to this response (not other patients' loops)."""
+def _account_for_the_rest(r: _Response, loop: Loop, for_dependent: bool, scope: set[int]) -> None:
+    """Add the segments of ``loop`` that belong to this response (not other patients' loops) to ``scope``, in order,
+    noting each that no handler mapped or noted."""
+    mapped, noted = r.mapped, r.noted
     for item in loop.body:
-        if isinstance(item, Segment):
-            yield loop, item
+        if item.__class__ is Segment:
+            position = item.position
+            scope.add(position)
+            if position not in mapped and position not in noted:
+                r.note(f"segment {item.id} has no place in a CoverageEligibilityResponse", loop, item)
         elif item.id in ("2000B", "2000C", "2000D"):
             continue  # reached through their own entries
-        elif item.id == "2110C" and subscriber is not None:
+        elif item.id == "2110C" and for_dependent:
             continue  # a dependent's response: the subscriber's benefits are the subscriber's own response's
         else:
-            yield from _own_segments(item, subscriber, patient)
+            _account_for_the_rest(r, item, for_dependent, scope)
 
 
 def _unclaimed(r: _Response, loop: Loop) -> None:
@@ -546,9 +555,8 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
     described: list[Segment] = []   # MSG/HSD/III: mapped when their text lands in an item
     dates: list[tuple[str, str]] = []   # DTP qualifier and value, for matching totals and remainders
     entities = _entities(r, loop)
-    r.map(eb)
 
-    # companions: descriptions, pre-authorisation numbers, dates, AAA
+    # the EB itself and its companions: descriptions, pre-authorisation numbers, dates, AAA
     for seg in loop.body:
         if seg.__class__ is not Segment:
             continue
@@ -710,7 +718,8 @@ def _concept(tables: Tables, kind: str, code: str) -> tuple[dict[str, Any], bool
     """item.unit / network / term: the FHIR code where one exists, always the X12 coding; known?"""
     cache = tables.concepts
     key = (kind, code)
-    if key not in cache:
+    entry = cache.get(key)
+    if entry is None:
         if kind == "unit":
             info = tables.code("coverage_level", code)
             codings = [tables.x12_coding("coverage_level", "1207", code)]
@@ -728,9 +737,9 @@ def _concept(tables: Tables, kind: str, code: str) -> tuple[dict[str, Any], bool
             system = tables.systems["benefit_term"]
         if fhir:
             codings.insert(0, {"system": system, "code": fhir})
-        cache[key] = (codings, info is not None)
-    codings, known = cache[key]
-    return {"coding": [dict(c) for c in codings]}, known
+        entry = cache[key] = (codings, info is not None)
+    codings, known = entry
+    return {"coding": list(map(dict, codings))}, known   # fresh copies of the templates
 
 
 def _refuse_if_required(r: _Response, table: str, code: str, loop: Loop, seg: Segment) -> None:
@@ -801,11 +810,13 @@ def _amount(r: _Response, loop: Loop, eb: Segment, v: list[str], info: dict[str,
     met amount (``dates``: its loop's DTPs)."""
     tables = r.tables
     eb01 = v[1]
-    coding = [r.coding("eligibility_benefit", "1390", eb01)]
+    coding = [tables.x12_coding("eligibility_benefit", "1390", eb01)]
     benefit_type = info.get("benefit_type")
-    by_quantity = (info.get("benefit_type_by_quantity") or {}).get(v[9])
-    if by_quantity or benefit_type:
-        coding.insert(0, {"system": tables.systems["benefit_type"], "code": by_quantity or benefit_type})
+    by_quantity = info.get("benefit_type_by_quantity")
+    if by_quantity:
+        benefit_type = by_quantity.get(v[9]) or benefit_type
+    if benefit_type:
+        coding.insert(0, {"system": tables.systems["benefit_type"], "code": benefit_type})
     benefit: dict[str, Any] = {"type": {"coding": coding, "text": info["display"]}}
     period = v[6]
     amount_kind = (tables.code("time_period", period) or {}).get("amount", "other") if period else "other"
@@ -825,12 +836,12 @@ def _amount(r: _Response, loop: Loop, eb: Segment, v: list[str], info: dict[str,
     elif money is not None:
         slot = "usedMoney" if amount_kind == MET else "allowedMoney"
         if amount_kind != REMAINING:
-            benefit[slot] = {"value": _json_number(money), "currency": tables.systems["currency"]}
+            benefit[slot] = {"value": _json_number(money), "currency": r.currency}
     if v[8]:
         percent = _number(v[8])
         if percent is None or percent < 0:
             r.note(f"percent {quoted(v[8])} is not a number from 0 up", loop, eb)
-        elif any(k.startswith("allowed") for k in benefit):
+        elif _slot(benefit, "allowed") is not None:
             # one benefit holds one allowed value (allowed[x]): the amount came first, the percent is noted
             text = f"percent {v[8]}"
             item["description"] = "; ".join(filter(None, [item.get("description"), text]))
@@ -846,6 +857,7 @@ def _amount(r: _Response, loop: Loop, eb: Segment, v: list[str], info: dict[str,
                 benefit["allowedUnsignedInt"] = int(whole)
             else:
                 benefit["allowedString"] = f"{whole.normalize():f}%"
+    quantity = None
     if v[9] or v[10]:
         qualifier = v[9]
         q_info = tables.code("quantity_qualifier", qualifier) or {}
@@ -859,7 +871,7 @@ def _amount(r: _Response, loop: Loop, eb: Segment, v: list[str], info: dict[str,
                 r.note(f"{label} {v[10]} has no FHIR benefit slot (kept in the item description)", loop, eb)
         elif amount_kind != REMAINING:
             field_name = "used" if (slot == "used" or amount_kind == MET) else "allowed"
-            if any(k.startswith(field_name) for k in benefit):
+            if _slot(benefit, field_name) is not None:
                 # one benefit holds one allowed (and one used) value: an amount was already given
                 text = f"{label}: {v[10]}"
                 item["description"] = "; ".join(filter(None, [item.get("description"), text]))
@@ -870,12 +882,19 @@ def _amount(r: _Response, loop: Loop, eb: Segment, v: list[str], info: dict[str,
                 benefit[f"{field_name}String"] = f"{quantity.normalize():f}"
     item["benefit"] = [benefit]
     if amount_kind in (TOTAL, REMAINING, MET) and (money is not None or v[10]):
-        key = (eb01, v[2], item.get("category", {}).get("coding", [{}])[0].get("code"), v[4], v[12],
-               v[13], v[9])
+        category = item.get("category")   # a service type's; a procedure row has none
+        key = (eb01, v[2], category["coding"][0].get("code") if category else None, v[4], v[12], v[13], v[9])
         family = "lifetime" if period in ("32", "33") else "period"
-        quantity_value = _number(v[10]) if v[10] else None
-        return _Fact(key, amount_kind, family, loop, eb, item, benefit,
-                     money if money is not None else quantity_value, dates)
+        return _Fact(key, amount_kind, family, loop, eb, item, benefit, money if money is not None else quantity,
+                     dates)
+    return None
+
+
+def _slot(benefit: dict[str, Any], prefix: str) -> str | None:
+    """The benefit's ``allowed[x]`` or ``used[x]`` key (by ``prefix``), if it has one: it holds one of each."""
+    for key in benefit:
+        if key.startswith(prefix):
+            return key
     return None
 
 
@@ -920,7 +939,7 @@ def _match_amounts(r: _Response, facts: list[_Fact]) -> None:
             r.note(f"{kind_word} amount {fact.money:f} is more than the total {total.money:f}; no used amount "
                    "is derived", fact.loop, fact.seg)
             continue
-        slot = next((k for k in total.benefit if k.startswith("used")), None)
+        slot = _slot(total.benefit, "used")
         if slot is not None and _used_value(total.benefit[slot]) != used:
             # the other amount (remaining or met) gave a different one: it stays, and the disagreement is said
             r.note(f"{kind_word} amount {fact.money:f} gives a used amount of {used:f} for the total "
@@ -931,7 +950,7 @@ def _match_amounts(r: _Response, facts: list[_Fact]) -> None:
         if slot is not None:
             pass   # the met and the remaining amount agree
         elif is_money:
-            total.benefit["usedMoney"] = {"value": _json_number(used), "currency": r.tables.systems["currency"]}
+            total.benefit["usedMoney"] = {"value": _json_number(used), "currency": r.currency}
         elif used == used.to_integral_value() and used <= _MAX_UNSIGNED_INT:
             total.benefit["usedUnsignedInt"] = int(used)
         else:
