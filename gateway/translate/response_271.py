@@ -515,7 +515,7 @@ def _patient_date(r: _Response, loop: Loop, seg: Segment, person: _Person) -> No
 
 # -- 2110: benefits ---------------------------------------------------------------------------
 
-@dataclass
+@dataclass(slots=True)
 class _Fact:
     """One amount of one EB for one service type, before totals and remainders are matched."""
 
@@ -554,7 +554,8 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
     description: list[str] = []
     described: list[Segment] = []   # MSG/HSD/III: mapped when their text lands in an item
     dates: list[tuple[str, str]] = []   # DTP qualifier and value, for matching totals and remainders
-    entities = _entities(r, loop)
+    alone = len(loop.body) == 1   # the EB alone, as most rows come: no companions, no 2115 or 2120 loops
+    entities = [] if alone else _entities(r, loop)
 
     # the EB itself and its companions: descriptions, pre-authorisation numbers, dates, AAA
     for seg in loop.body:
@@ -585,7 +586,7 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
             r.note(f"{name} {shown} for {_row_named(tables, v, stcs)} (no item-level dates in FHIR R4)", loop, seg)
         elif sid == "AAA":
             _aaa(r, loop, seg)
-    for sub in (loop.loops if len(loop.body) > 1 else ()):
+    for sub in (() if alone else loop.loops):
         if sub.id.startswith("2115"):
             for seg in sub.segments:
                 if seg.id == "III":
@@ -628,10 +629,11 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
             r.note(f"service type(s) {', '.join(stcs)} of the procedure row kept out of the item "
                    "(an item has a category or a procedure, not both: ces-1)", loop, eb)
     else:
+        service_types = tables.codes["service_type"]
         for stc in stcs or ["30"]:
             item = dict(base)
             item["category"] = r.service_type(stc)
-            if r.tables.code("service_type", stc) is None:
+            if stc not in service_types:
                 _refuse_if_required(r, "service_type", stc, loop, eb)
                 r.note(f"service type {quoted(stc)} is not an X279A1 code; passed through", loop, eb)
             targets.append(item)
@@ -689,7 +691,8 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
     else:  # note, or a code X279A1 does not define
         r.note(f"{display} for {', '.join(stcs) or 'the plan'}" + (f" ({base['description']})"
                                                                     if base.get("description") else ""), loop, eb)
-    _entity_notes(r, loop, eb01, entities, maps_to)
+    if entities:
+        _entity_notes(r, loop, eb01, entities, maps_to)
     carried = (bool(described) and maps_to not in ("note", "unknown", "other-payer", "cannot-process")
                and _carried(r, targets, facts))
     for seg in described:
@@ -712,6 +715,10 @@ def _carried(r: _Response, targets: list[dict[str, Any]], facts: list[_Fact]) ->
         return True
     last = r.items[-len(targets):] if targets else []
     return any(appended is item for item in targets for appended in last) or any(item in r.items for item in targets)
+
+
+# item.unit, item.network and item.term: the EB element each is read from, and how a note names it
+_CONCEPT_ELEMENTS = (("unit", 2, "coverage level"), ("network", 12, "network indicator"), ("term", 6, "time period"))
 
 
 def _concept(tables: Tables, kind: str, code: str) -> tuple[dict[str, Any], bool]:
@@ -757,8 +764,8 @@ def _item_base(r: _Response, loop: Loop, eb: Segment, v: list[str], entities: li
     item: dict[str, Any] = {}
     if v[5]:
         item["name"] = v[5]
-    for kind, code, label in (("unit", v[2], "coverage level"), ("network", v[12], "network indicator"),
-                              ("term", v[6], "time period")):
+    for kind, element, label in _CONCEPT_ELEMENTS:
+        code = v[element]
         if code:
             item[kind], known = _concept(tables, kind, code)
             if not known:
@@ -907,13 +914,15 @@ def _match_amounts(r: _Response, facts: list[_Fact]) -> None:
     one met amount; a further one, or one that matches nothing, is kept in its own item's description.
     """
     totals = [fact for fact in facts if fact.kind == TOTAL]
+    of_row: dict[tuple[tuple, str], list[int]] = {}   # (key, family) -> the indices of its totals, in order
+    for i, total in enumerate(totals):
+        of_row.setdefault((total.key, total.family), []).append(i)
     taken: set[tuple[int, str]] = set()   # (index of the total, kind of amount it was matched with)
     for fact in facts:
         if fact.kind == TOTAL:
             r.items.append(fact.item)
             continue
-        same = [i for i, t in enumerate(totals) if t.key == fact.key and t.family == fact.family
-                and (i, fact.kind) not in taken]
+        same = [i for i in of_row.get((fact.key, fact.family), ()) if (i, fact.kind) not in taken]
         dated = [i for i in same if totals[i].dates == fact.dates]
         undated = [i for i in same if not totals[i].dates or not fact.dates]
         chosen = (dated or undated or [None])[0]

@@ -109,7 +109,12 @@ class Segment:
 
 
 class Loop:
-    """A loop of the implementation guide (``2000C``, ``2110C`` ...) and what it holds, in order."""
+    """A loop of the implementation guide (``2000C``, ``2110C`` ...) and what it holds, in order.
+
+    A body holds Segment and Loop objects only (neither is subclassed): the lookups below, which the translators
+    call for every loop, tell them apart with ``type(item) is``, cheaper than ``isinstance``, and compare the id
+    first where one is asked for.
+    """
 
     __slots__ = ("id", "body", "parent")
 
@@ -120,35 +125,35 @@ class Loop:
 
     @property
     def segments(self) -> list[Segment]:
-        return [item for item in self.body if isinstance(item, Segment)]
+        return [item for item in self.body if type(item) is Segment]
 
     @property
     def loops(self) -> list[Loop]:
-        return [item for item in self.body if isinstance(item, Loop)]
+        return [item for item in self.body if type(item) is Loop]
 
     def segment(self, seg_id: str) -> Segment | None:
         """The first segment with that id directly in this loop."""
         for item in self.body:
-            if isinstance(item, Segment) and item.id == seg_id:
+            if item.id == seg_id and type(item) is Segment:
                 return item
         return None
 
     def segments_of(self, seg_id: str) -> list[Segment]:
-        return [item for item in self.body if isinstance(item, Segment) and item.id == seg_id]
+        return [item for item in self.body if item.id == seg_id and type(item) is Segment]
 
     def loop(self, loop_id: str) -> Loop | None:
         for item in self.body:
-            if isinstance(item, Loop) and item.id == loop_id:
+            if item.id == loop_id and type(item) is Loop:
                 return item
         return None
 
     def loops_of(self, loop_id: str) -> list[Loop]:
-        return [item for item in self.body if isinstance(item, Loop) and item.id == loop_id]
+        return [item for item in self.body if item.id == loop_id and type(item) is Loop]
 
     def walk(self) -> Iterator[tuple[Loop, Segment]]:
         """Every segment below this loop, in order, with the loop that directly holds it."""
         for item in self.body:
-            if isinstance(item, Segment):
+            if type(item) is Segment:
                 yield self, item
             else:
                 yield from item.walk()
