@@ -22,6 +22,7 @@ from gateway.x12.model import Loop, Segment, Transaction
 
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9\-.]")
 TOTAL, REMAINING, MET = "total", "remaining", "met"
+_MATCHED_KINDS = frozenset((TOTAL, REMAINING, MET))   # the amounts _match_amounts pairs up
 
 
 @dataclass
@@ -128,6 +129,7 @@ class _Response:
         # read once per response rather than once per item
         self.service_type_system: str = tables.systems["service_type"]["emit"]
         self.currency: str = tables.systems["currency"]
+        self.placeholder_amounts = frozenset(tables.t["quirks"]["placeholder_amounts"])   # tested for every amount
 
     # -- accounting ---------------------------------------------------------------------------
     def where(self, loop: Loop, seg: Segment) -> str:
@@ -238,7 +240,7 @@ def _translate_patient(tables: Tables, txn: Transaction, now: str,
                          for system, value in zip(trace_systems[1:], traces[1:], strict=True))
 
     for seg in header:
-        if seg.id in ("ST", "SE"):
+        if seg.id in {"ST", "SE"}:
             r.map(seg)
         elif seg.id == "BHT":
             r.map(seg)
@@ -263,7 +265,7 @@ def _translate_patient(tables: Tables, txn: Transaction, now: str,
         if name_loop is not None:
             benefit_loops = []
             for sub in name_loop.loops:
-                if sub.id in ("2110C", "2110D"):
+                if sub.id in {"2110C", "2110D"}:
                     benefit_loops.append(sub)
                 else:
                     _unclaimed(r, sub)
@@ -293,7 +295,7 @@ def _account_for_the_rest(r: _Response, loop: Loop, for_dependent: bool, scope: 
             scope.add(position)
             if position not in mapped and position not in noted:
                 r.note(f"segment {item.id} has no place in a CoverageEligibilityResponse", loop, item)
-        elif item.id in ("2000B", "2000C", "2000D"):
+        elif item.id in {"2000B", "2000C", "2000D"}:
             continue  # reached through their own entries
         elif item.id == "2110C" and for_dependent:
             continue  # a dependent's response: the subscriber's benefits are the subscriber's own response's
@@ -431,7 +433,7 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
             person.gender = gender
             if seg.get(3) and gender is None:
                 r.note(f"gender code {quoted(seg.get(3))} is not known", loop, seg)
-        elif sid in ("N3", "N4"):
+        elif sid in {"N3", "N4"}:
             r.map(seg)
             address = person.address or {}
             if sid == "N3":
@@ -562,7 +564,7 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
         if seg.__class__ is not Segment:
             continue
         sid = seg.id
-        if sid in ("EB", "LS", "LE"):
+        if sid in {"EB", "LS", "LE"}:
             r.map(seg)
         elif sid == "MSG":
             described.append(seg)
@@ -651,8 +653,9 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
                "FHIR carries amounts only on benefits", loop, eb)
     if maps_to == "coverage":
         r.inforce = bool(info.get("inforce")) or bool(r.inforce)
-        for item in targets:   # an inactive row's services are not covered (another row may be active)
-            item["excluded"] = not info.get("inforce")
+        excluded = not info.get("inforce")   # an inactive row's services are not covered (another row may be active)
+        for item in targets:
+            item["excluded"] = excluded
         r.items.extend(targets)
         if eb01 != "1":
             r.note(f"coverage status {eb01}: {display}", loop, eb)
@@ -693,7 +696,7 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
                                                                     if base.get("description") else ""), loop, eb)
     if entities:
         _entity_notes(r, loop, eb01, entities, maps_to)
-    carried = (bool(described) and maps_to not in ("note", "unknown", "other-payer", "cannot-process")
+    carried = (bool(described) and maps_to not in {"note", "unknown", "other-payer", "cannot-process"}
                and _carried(r, targets, facts))
     for seg in described:
         if carried:
@@ -828,7 +831,7 @@ def _amount(r: _Response, loop: Loop, eb: Segment, v: list[str], info: dict[str,
     period = v[6]
     amount_kind = (tables.code("time_period", period) or {}).get("amount", "other") if period else "other"
     money = _number(v[7]) if v[7] else None
-    placeholder = v[7] in tables.t["quirks"]["placeholder_amounts"]
+    placeholder = v[7] in r.placeholder_amounts
     if info.get("allowed_string"):
         benefit["allowedString"] = info["allowed_string"]
     if placeholder:
@@ -888,10 +891,10 @@ def _amount(r: _Response, loop: Loop, eb: Segment, v: list[str], info: dict[str,
             else:
                 benefit[f"{field_name}String"] = f"{quantity.normalize():f}"
     item["benefit"] = [benefit]
-    if amount_kind in (TOTAL, REMAINING, MET) and (money is not None or v[10]):
+    if amount_kind in _MATCHED_KINDS and (money is not None or v[10]):
         category = item.get("category")   # a service type's; a procedure row has none
         key = (eb01, v[2], category["coding"][0].get("code") if category else None, v[4], v[12], v[13], v[9])
-        family = "lifetime" if period in ("32", "33") else "period"
+        family = "lifetime" if period in {"32", "33"} else "period"
         return _Fact(key, amount_kind, family, loop, eb, item, benefit, money if money is not None else quantity,
                      dates)
     return None
