@@ -137,7 +137,7 @@ class _Response:
         return f"271 ST {self.txn.control_number} {loop_id} {seg.id}@{seg.position}"
 
     def note(self, text: str, loop: Loop, seg: Segment) -> None:
-        self.notes.append(Note(text=text, source=self.where(loop, seg), raw=seg.to_x12()))
+        self.notes.append(Note(text, self.where(loop, seg), seg.to_x12()))   # text, source, raw
         self.noted.add(seg.position)
 
     def map(self, seg: Segment) -> None:
