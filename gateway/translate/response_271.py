@@ -747,7 +747,9 @@ def _concept(tables: Tables, kind: str, code: str) -> tuple[dict[str, Any], bool
             system = tables.systems["benefit_term"]
         if fhir:
             codings.insert(0, {"system": system, "code": fhir})
-        entry = cache[key] = (codings, info is not None)
+        entry = (codings, info is not None)
+        if info is not None:   # codes a payer made up are not kept: the cache stays as small as the tables
+            cache[key] = entry
     codings, known = entry
     return {"coding": list(map(dict, codings))}, known   # fresh copies of the templates
 

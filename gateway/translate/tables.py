@@ -21,7 +21,8 @@ class Tables:
     codes: dict[str, dict[str, dict[str, Any]]]
     t: dict[str, dict[str, Any]]
     _codings: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict, compare=False)
-    concepts: dict[tuple[str, str], Any] = field(default_factory=dict, compare=False)  # translators' cache
+    # translators' cache, of codes the tables list only (see x12_coding)
+    concepts: dict[tuple[str, str], Any] = field(default_factory=dict, compare=False)
     policies: dict[str, str] = field(default_factory=dict, compare=False)
 
     def refuses_unknown(self, table: str) -> bool:
@@ -39,7 +40,8 @@ class Tables:
         return self.t["systems"]["x12_element"].format(element=element)
 
     def x12_coding(self, table: str, element: str, code: str) -> dict[str, str]:
-        """A Coding in the X12 element's code system (a fresh dict; the template is cached)."""
+        """A Coding in the X12 element's code system (a fresh dict). The templates of codes a table lists are
+        cached: the cache stays as small as the tables, whatever codes payers send."""
         key = (table, element, code)
         template = self._codings.get(key)
         if template is None:
@@ -47,7 +49,7 @@ class Tables:
             info = self.codes[table].get(code) if table else None
             if info:
                 template["display"] = info["display"]
-            self._codings[key] = template
+                self._codings[key] = template
         return dict(template)
 
     @property

@@ -409,3 +409,21 @@ def test_a_271_that_answers_nobody_and_says_nothing_is_not_complete():
     result, = responses(head=head, patient=[])
     assert result.resource["outcome"] == "error"
     assert result.resource["disposition"].startswith("Not answered: the 271 answers no patient")
+
+
+def test_codes_a_payer_makes_up_are_not_cached():
+    """The translators' caches hold what the tables list; a payer's made-up codes would grow them for ever."""
+    from dataclasses import replace
+
+    tables = replace(load_tables(), concepts={}, _codings={})
+    made_up = [("EB", ["1", code, "30", "", "", code[:2], "", "", "", "", "", code[:1]]) for code in
+               ("Q1", "Q2", "Q3", "Q4")]
+    text = X12Writer().interchange(ENV, "HB", "271", "005010X279A1", [[*HEAD, *SUBSCRIBER, *made_up]]).text
+    first = translate_271(read_x12(text).transactions[0], tables, now=NOW)[0]
+    assert "Q1" in str(first.resource["insurance"][0]["item"][0]["unit"])   # still translated
+    assert all(code not in key for key in [*tables.concepts, *tables._codings] for code in ("Q1", "Q2", "Q3", "Q4"))
+    known = X12Writer().interchange(ENV, "HB", "271", "005010X279A1",
+                                    [[*HEAD, *SUBSCRIBER, ("EB", ["1", "IND", "30", "", "", "23", "", "", "", "", "",
+                                                                  "Y"])]]).text
+    translate_271(read_x12(known).transactions[0], tables, now=NOW)
+    assert ("unit", "IND") in tables.concepts   # known codes are still cached
