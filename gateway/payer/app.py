@@ -17,12 +17,12 @@ import threading
 import time
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from gateway.errors import GatewayError, X12SyntaxError, quoted
+from gateway.errors import X12SyntaxError, quoted
 from gateway.mappings import load_yaml
 from gateway.payer.accounts import parse_accounts  # noqa: F401 - re-exported: where callers found it
 from gateway.payer.answer import answer_interchange
@@ -32,6 +32,19 @@ from gateway.payer.store import MemberStore
 
 payer_api = Blueprint("payer", __name__)
 _control = itertools.count(1)
+
+
+class X12Answer(NamedTuple):
+    """What the simulator says to one X12 payload: the text, its HTTP status, and what the text is (``271``,
+    ``999`` or ``TA1``; ``""`` for a line of text or a scripted malformed answer).
+
+    The kind is known where the answer is built, so the CORE endpoints name the payload type without reading the
+    answer back (which tokenized the whole 271 again on every request).
+    """
+
+    text: str
+    status: int
+    kind: str = ""
 
 
 def create_payer_app(config: dict[str, Any] | None = None) -> Flask:
@@ -208,7 +221,7 @@ def raw_x12():  # type: ignore[no-untyped-def]
     refusal = _basic_refusal()
     if refusal is not None:
         return refusal
-    text, status = answer_x12(request.get_data())
+    text, status, _ = answer_x12(request.get_data())
     # a 271, 999 or TA1 is X12; an error (not readable as X12, a scripted HTTP fault) is a line of text
     return Response(text, status=status, mimetype="application/edi-x12" if status == 200 else "text/plain")
 
@@ -241,20 +254,20 @@ def clear_scenarios():  # type: ignore[no-untyped-def]
     return Response(status=204)
 
 
-def answer_x12(data: bytes) -> tuple[str, int]:
+def answer_x12(data: bytes) -> X12Answer:
     """The 271 (or a 999 / TA1, or a scripted fault) for one X12 payload."""
     if not current_app.extensions["payer_scenarios"].serial():
         return _answer_x12(data)
     gate: threading.Semaphore = current_app.extensions["payer_gate"]
     if not gate.acquire(blocking=False):  # as CMS HETS: one request at a time
-        return "the payer handles one request at a time; retry later", 503
+        return X12Answer("the payer handles one request at a time; retry later", 503)
     try:
         return _answer_x12(data)
     finally:
         gate.release()
 
 
-def _answer_x12(data: bytes) -> tuple[str, int]:
+def _answer_x12(data: bytes) -> X12Answer:
     from gateway.payer.answer import asked_member_ids
     from gateway.x12.ack import build_999, build_ta1
     from gateway.x12.model import Finding
@@ -264,7 +277,7 @@ def _answer_x12(data: bytes) -> tuple[str, int]:
     try:
         report = validate_x12(data, elements=current_app.config.get("PAYER_VALIDATION", "full") != "structure")
     except X12SyntaxError as exc:
-        return f"not readable as X12: {exc}", 400
+        return X12Answer(f"not readable as X12: {exc}", 400)
     control = next(_control) % 999_999_999 or 1
     book = current_app.extensions["payer_scenarios"]
     ids = [i for txn in report.transactions if txn.structure for i in asked_member_ids(txn)]
@@ -275,9 +288,9 @@ def _answer_x12(data: bytes) -> tuple[str, int]:
     if fault == "one-at-a-time":
         time.sleep(book.delay(rule))  # a slow answer makes concurrent requests visible
     if fault in ("http-500", "http-503"):
-        return f"scripted fault {fault}", int(fault[-3:])
+        return X12Answer(f"scripted fault {fault}", int(fault[-3:]))
     if fault == "malformed":
-        return "ISA*THIS IS NOT*AN X12 INTERCHANGE~", 200
+        return X12Answer("ISA*THIS IS NOT*AN X12 INTERCHANGE~", 200)
     isa = report.interchanges[0] if report.interchanges else None
     config = current_app.extensions["payer_config"]
     versions = config.get("interchange_versions") or ["00501"]
@@ -292,13 +305,13 @@ def _answer_x12(data: bytes) -> tuple[str, int]:
         # the TA1 answers the interchange in error (a second one, say), not the first one with "accepted"
         rejected = {f.interchange for f in findings if f.level == "interchange" and f.severity == "error"}
         isa = next((i for i in report.interchanges if i.control_number in rejected), isa)
-        return build_ta1(isa, findings, control_number=control, now=now), 200
+        return X12Answer(build_ta1(isa, findings, control_number=control, now=now), 200, "TA1")
     if fault == "reject-999" or not report.valid or not report.transactions or any(
             t.set_id != "270" for t in report.transactions):
         findings = list(report.findings)
         if fault == "reject-999":
             findings += [f for t in report.transactions for f in _scripted_rejection(t)]
-        return build_999(report.transactions, findings, control_number=control, now=now), 200
+        return X12Answer(build_999(report.transactions, findings, control_number=control, now=now), 200, "999")
     members = _store().by_member_id()
     text = answer_interchange(report.transactions, members, config, now=now, control_number=control,
                               payer_id=current_app.config.get("PAYER_ID"), unable_to_respond=fault == "aaa-42",
@@ -309,7 +322,7 @@ def _answer_x12(data: bytes) -> tuple[str, int]:
         text = re.sub(r"TRN\*2\*([^*~])", lambda m: "TRN*2*" + ("Y" if m.group(1) == "X" else "X"), text)
     if fault == "bad-count":   # readable, but the trailer miscounts: a defect the gateway must pass on, not hide
         text = re.sub(r"SE\*(\d+)\*", lambda m: f"SE*{int(m.group(1)) + 1}*", text, count=1)
-    return text, 200
+    return X12Answer(text, 200, "271")
 
 
 def _scripted_rejection(txn: Any) -> list[Any]:
@@ -329,37 +342,22 @@ def _scripted_rejection(txn: Any) -> list[Any]:
                     transaction=txn.control_number, transaction_set=txn.set_id)]
 
 
-def _core_reply(env: Any, text: str, status: int) -> tuple[Any, int]:
+def _core_reply(env: Any, answer: X12Answer) -> tuple[Any, int]:
     """The response envelope for an answered payload (271, 999 or TA1), or the HTTP status of a fault."""
     from gateway.transport import core
 
+    text, status, kind = answer
     if status == 400:
         # the payload is not X12 at all (no ISA a TA1 could answer): an envelope problem like every other one the
         # CORE endpoints report, so a CORE error envelope rather than a bare text/plain 400
         return _core_error(env, core.PAYLOAD_ILLEGAL, text), 200
     if status != 200:   # a scripted HTTP fault (http-500/503, one-at-a-time): the status is the fault
         return None, status
-    payload_type = {"999": core.PAYLOAD_999, "TA1": core.PAYLOAD_TA1}.get(_answer_kind(text), core.PAYLOAD_271)
+    payload_type = {"999": core.PAYLOAD_999, "TA1": core.PAYLOAD_TA1}.get(kind, core.PAYLOAD_271)
     reply = core.CoreEnvelope.create(payload_type, text, sender_id=env.receiver_id, receiver_id=env.sender_id,
                                      payload_id=env.payload_id)
     reply.error_code, reply.error_message = core.SUCCESS, core.SUCCESS_MESSAGE
     return reply, 200
-
-
-def _answer_kind(text: str) -> str:
-    """"TA1", "999" or "271": what an answer is, read from its first TA1 or ST segment."""
-    from gateway.x12.tokenizer import tokenize
-
-    try:
-        for batch in tokenize(text):
-            for parts in batch.split():
-                if parts[0] == "TA1":
-                    return "TA1"
-                if parts[0] == "ST":
-                    return parts[1] if len(parts) > 1 else ""
-    except GatewayError:
-        return ""
-    return ""
 
 
 def _core_error(env: Any, code: str, message: str) -> Any:
@@ -397,10 +395,10 @@ def core_soap():  # type: ignore[no-untyped-def]
                             content_type=core.SOAP_CONTENT_TYPE)
         return Response(core.build_soap_response(_core_error(exc.envelope, exc.error_code, exc.message)),
                         status=200, content_type=core.SOAP_CONTENT_TYPE)
-    text, status = answer_x12((env.payload or "").encode())
-    reply, status = _core_reply(env, text, status)
+    answer = answer_x12((env.payload or "").encode())
+    reply, status = _core_reply(env, answer)
     if reply is None:
-        return Response(text, status=status, mimetype="text/plain")
+        return Response(answer.text, status=status, mimetype="text/plain")
     return Response(core.build_soap_response(reply), status=200, content_type=core.SOAP_CONTENT_TYPE)
 
 
@@ -415,9 +413,9 @@ def core_mime():  # type: ignore[no-untyped-def]
     except core.CoreEnvelopeError as exc:
         body, content_type = core.build_mime_response(_core_error(exc.envelope, exc.error_code, exc.message))
         return Response(body, status=400 if exc.envelope is None else 200, content_type=content_type)
-    text, status = answer_x12((env.payload or "").encode())
-    reply, status = _core_reply(env, text, status)
+    answer = answer_x12((env.payload or "").encode())
+    reply, status = _core_reply(env, answer)
     if reply is None:
-        return Response(text, status=status, mimetype="text/plain")
+        return Response(answer.text, status=status, mimetype="text/plain")
     body, content_type = core.build_mime_response(reply)
     return Response(body, status=200, content_type=content_type)
