@@ -115,6 +115,16 @@ def _already_clean(forbidden: frozenset[str]) -> Callable[[str], re.Match[str] |
     return re.compile(f"(?:{word}(?: {word})*)?").fullmatch
 
 
+@lru_cache(maxsize=32)
+def _segment_already_clean(forbidden: frozenset[str], element: str) -> Callable[[str], re.Match[str] | None]:
+    """``_already_clean`` for a whole segment's values joined by the element separator: one match per segment
+    instead of one per value. Only meaningful when no value holds the separator itself (the caller counts them)."""
+    basic = sorted(set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") | (BASIC_PUNCTUATION - forbidden - {" "}))
+    word = "[" + re.escape("".join(basic)) + "]+"
+    value = f"(?:{word}(?: {word})*)?"
+    return re.compile(f"{value}(?:{re.escape(element)}{value})*").fullmatch
+
+
 class X12Writer:
     """Renders segments with one set of delimiters, sanitising every value."""
 
@@ -135,6 +145,7 @@ class X12Writer:
         self.notes: list[WriteNote] = []
         self._forbidden = set(chars)
         self._already_clean = _already_clean(frozenset(chars))
+        self._segment_already_clean = _segment_already_clean(frozenset(chars), delimiters.element)
 
     # -- values ------------------------------------------------------------------------------
     def clean(self, value: str, seg_id: str, ref: str) -> str:
@@ -195,8 +206,11 @@ class X12Writer:
     # -- segments ----------------------------------------------------------------------------
     def segment(self, seg_id: str, *elements: Value) -> str:
         """One segment, trailing empty elements removed."""
-        already_clean = self._already_clean
         max_lengths = self._max_lengths.get(seg_id)
+        fast = self._segment_if_clean(seg_id, elements, max_lengths)
+        if fast is not None:
+            return fast
+        already_clean = self._already_clean
         rendered = []
         for index, value in enumerate(elements, start=1):
             # most values are plain strings already fit to send: no reference to build, nothing to change
@@ -209,6 +223,26 @@ class X12Writer:
             rendered.pop()
         d = self.delimiters
         return d.element.join([seg_id, *rendered]) + d.segment + ("\n" if self.line_breaks else "")
+
+    def _segment_if_clean(self, seg_id: str, elements: tuple[Value, ...],
+                          max_lengths: dict[int, int] | None) -> str | None:
+        """The segment when every value is a plain string already fit to send (most segments of a 270 or 271),
+        checked in one match over the joined values; None when any value needs the element-by-element path."""
+        separator = self.delimiters.element
+        try:
+            joined = separator.join(elements)   # type: ignore[arg-type]
+        except TypeError:   # a composite, repetitions or None
+            return None
+        if joined.count(separator) != len(elements) - 1 or not self._segment_already_clean(joined):
+            return None   # a value holds the separator, or one needs cleaning
+        if max_lengths is not None:
+            count = len(elements)
+            for index, maximum in max_lengths.items():
+                if index <= count and len(elements[index - 1]) > maximum:   # type: ignore[arg-type]
+                    return None
+        values = joined.rstrip(separator)   # trailing empty elements removed
+        ending = self.delimiters.segment + "\n" if self.line_breaks else self.delimiters.segment
+        return (f"{seg_id}{separator}{values}" if values else seg_id) + ending
 
     def isa(self, env: Envelope) -> str:
         d = self.delimiters
