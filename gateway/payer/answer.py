@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from gateway.x12.model import Delimiters, Loop, Segment, Transaction
-from gateway.x12.writer import Envelope, Value, X12Writer, format_amount
+from gateway.x12.writer import Envelope, Value, X12Writer, format_amount, x12_date
 
 # URLs carry ':' so the simulator's component separator is '>' (a common set: * ^ > ~)
 PAYER_DELIMITERS = Delimiters("*", "^", ">", "~")
@@ -141,14 +141,6 @@ def _parse_date(value: str | None) -> date | None:
         return None
 
 
-def _x12_date(value: date) -> str:
-    """CCYYMMDD as ``strftime("%Y%m%d")`` writes it, at a third of its cost (it leaves a year before 1000
-    unpadded, so those still go through it)."""
-    if value.year < 1000:
-        return value.strftime("%Y%m%d")
-    return f"{value.year}{value.month:02d}{value.day:02d}"
-
-
 def find_member(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[str, Any]
                 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[str]]:
     """(subscriber record, dependent record or None, reject keys): one reject per failed element."""
@@ -260,7 +252,7 @@ def _coverage_rows(coverage: dict[str, Any], dates: tuple[date | None, date | No
         answered = [t for t in asked if t in types]
     rows: list[tuple[str, list[Value]]] = [("EB", [status, "", primary, "", coverage.get("covtypedesc", "")])]
     if not active and terminated is not None:
-        rows.append(("DTP", ["357", "D8", _x12_date(terminated)]))
+        rows.append(("DTP", ["357", "D8", x12_date(terminated)]))
     others = [t for t in answered if t != primary]
     if others and active:
         rows.append(("EB", [status, "", others]))
@@ -320,7 +312,7 @@ def _accumulator_rows(accumulators: list[dict[str, Any]], coverages: list[dict[s
         dated: list[tuple[str, list[Value]]] = []
         if span is not None:
             qualifier = qualifiers.get(period, qualifiers["default"])
-            dated.append(("DTP", [qualifier, "RD8", f"{_x12_date(span[0])}-{_x12_date(span[1])}"]))
+            dated.append(("DTP", [qualifier, "RD8", f"{x12_date(span[0])}-{x12_date(span[1])}"]))
         if kind == "visit-limit":
             rows.append(("EB", [eb01, level, stc, "", "", period, "", "", "VS", _amount(maximum), "", network]))
             rows.extend(dated)
@@ -472,9 +464,9 @@ def answer(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[st
     starts = [start for start, _ in coverage_dates if start]
     ends = [end for _, end in coverage_dates if end and end.year < 9999]
     if starts:
-        seg(("DTP", ["346", "D8", _x12_date(min(starts))]))
+        seg(("DTP", ["346", "D8", x12_date(min(starts))]))
     if ends and len(ends) == len(coverages):
-        seg(("DTP", ["347", "D8", _x12_date(max(ends))]))
+        seg(("DTP", ["347", "D8", x12_date(max(ends))]))
     groups = inquiry.groups()
     for served, asked_types, procedures in groups:
         asked = asked_types or ["30"]
@@ -484,7 +476,7 @@ def answer(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[st
             status = _coverage_rows(coverage, dates, asked, config, served, generic)
             if len(groups) > 1:   # EQs for different dates: each status row (its 2110C) says which date it answers
                 status = [part for row in status for part in (
-                    [row, ("DTP", ["291", "D8", _x12_date(served)])] if row[0] == "EB" else [row])]
+                    [row, ("DTP", ["291", "D8", x12_date(served)])] if row[0] == "EB" else [row])]
             rows.extend(status)
         active = any(r[1][0] == "1" for r in rows if r[0] == "EB")
         if active and not generic:
@@ -538,7 +530,7 @@ def _answer_body(txn: Transaction, members: dict[str, dict[str, Any]], config: d
     """BHT ... the last segment before SE of the 271 answering one 270 transaction set."""
     bht = txn.root.segment("BHT")
     body: list[tuple[str, list[Value]]] = [
-        ("BHT", ["0022", "11", bht.get(3) if bht else "", _x12_date(now),
+        ("BHT", ["0022", "11", bht.get(3) if bht else "", x12_date(now),
                 f"{now.hour:02d}{now.minute:02d}{now.second:02d}"])]
     hl = 1
     for inquiry in inquiries(txn, now.date()):
