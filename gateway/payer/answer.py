@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from gateway.x12.model import Delimiters, Loop, Segment, Transaction
-from gateway.x12.writer import Envelope, Value, X12Writer, format_amount
+from gateway.x12.writer import Envelope, Value, X12Writer, format_amount, x12_date
 
 # URLs carry ':' so the simulator's component separator is '>' (a common set: * ^ > ~)
 PAYER_DELIMITERS = Delimiters("*", "^", ">", "~")
@@ -141,10 +141,6 @@ def _parse_date(value: str | None) -> date | None:
         return None
 
 
-def _x12_date(value: date) -> str:
-    return value.strftime("%Y%m%d")
-
-
 def find_member(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[str, Any]
                 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[str]]:
     """(subscriber record, dependent record or None, reject keys): one reject per failed element."""
@@ -236,12 +232,16 @@ def _category(coverage: dict[str, Any], config: dict[str, Any]) -> dict[str, Any
         {"primary": "30", "service_types": ["30"]}
 
 
-def _coverage_rows(coverage: dict[str, Any], asked: list[str], config: dict[str, Any], served: date,
-                   generic: bool) -> list[tuple[str, list[Value]]]:
+def _coverage_dates(coverage: dict[str, Any]) -> tuple[date | None, date | None]:
+    """A coverage's effective and term dates (None where absent or unreadable), read once per answer."""
+    return _parse_date(coverage.get("coveffdate")), _parse_date(coverage.get("covtermdate"))
+
+
+def _coverage_rows(coverage: dict[str, Any], dates: tuple[date | None, date | None], asked: list[str],
+                   config: dict[str, Any], served: date, generic: bool) -> list[tuple[str, list[Value]]]:
     category = _category(coverage, config)
     primary, types = category["primary"], category["service_types"]
-    effective = _parse_date(coverage.get("coveffdate"))
-    terminated = _parse_date(coverage.get("covtermdate"))
+    effective, terminated = dates
     if terminated is not None and terminated.year >= 9999:  # an open-ended coverage
         terminated = None
     active = (effective is None or effective <= served) and (terminated is None or served <= terminated)
@@ -252,7 +252,7 @@ def _coverage_rows(coverage: dict[str, Any], asked: list[str], config: dict[str,
         answered = [t for t in asked if t in types]
     rows: list[tuple[str, list[Value]]] = [("EB", [status, "", primary, "", coverage.get("covtypedesc", "")])]
     if not active and terminated is not None:
-        rows.append(("DTP", ["357", "D8", _x12_date(terminated)]))
+        rows.append(("DTP", ["357", "D8", x12_date(terminated)]))
     others = [t for t in answered if t != primary]
     if others and active:
         rows.append(("EB", [status, "", others]))
@@ -269,8 +269,10 @@ def _date_range(daterange: Any) -> tuple[date, date] | None:
     return (start_d, end_d) if sep and start_d and end_d else None
 
 
-def _period_code(daterange: str, coverage: dict[str, Any] | None) -> str:
-    start_d, end_d = _date_range(daterange) or (None, None)
+def _period_code(span: tuple[date, date] | None, coverage: dict[str, Any] | None) -> str:
+    """EB06 for an accumulator over ``span`` (its ``_date_range``): calendar year, the coverage's contract, or
+    a service year."""
+    start_d, end_d = span or (None, None)
     if start_d and end_d and start_d.month == 1 and start_d.day == 1 and end_d.month == 12 and end_d.day == 31 \
             and start_d.year == end_d.year:
         return "23"  # calendar year
@@ -304,13 +306,13 @@ def _accumulator_rows(accumulators: list[dict[str, Any]], coverages: list[dict[s
         stc = config["categories"].get(category, {}).get("primary", "30")
         level = "IND" if str(acc.get("individualaccum", "Y")).upper() == "Y" else "FAM"
         network = "Y" if str(acc.get("innetwork", "Y")).upper() == "Y" else "N"
-        period = _period_code(str(acc.get("daterange", "")), by_category.get(category))
+        period = _period_code(span, by_category.get(category))
         maximum = float(acc.get("maximumamount") or 0)
         remaining = max(maximum - float(acc.get("currentamount") or 0), 0)
         dated: list[tuple[str, list[Value]]] = []
         if span is not None:
             qualifier = qualifiers.get(period, qualifiers["default"])
-            dated.append(("DTP", [qualifier, "RD8", f"{_x12_date(span[0])}-{_x12_date(span[1])}"]))
+            dated.append(("DTP", [qualifier, "RD8", f"{x12_date(span[0])}-{x12_date(span[1])}"]))
         if kind == "visit-limit":
             rows.append(("EB", [eb01, level, stc, "", "", period, "", "", "VS", _amount(maximum), "", network]))
             rows.extend(dated)
@@ -458,22 +460,23 @@ def answer(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[st
     else:
         accumulators = list(record.get("accumulators") or [])
     rules = (patient.get("priorauth") or []) + ([] if patient is record else record.get("priorauth") or [])
-    starts = [d for d in (_parse_date(c.get("coveffdate")) for c in coverages) if d]
-    ends = [d for d in (_parse_date(c.get("covtermdate")) for c in coverages) if d and d.year < 9999]
+    coverage_dates = [_coverage_dates(c) for c in coverages]
+    starts = [start for start, _ in coverage_dates if start]
+    ends = [end for _, end in coverage_dates if end and end.year < 9999]
     if starts:
-        seg(("DTP", ["346", "D8", _x12_date(min(starts))]))
+        seg(("DTP", ["346", "D8", x12_date(min(starts))]))
     if ends and len(ends) == len(coverages):
-        seg(("DTP", ["347", "D8", _x12_date(max(ends))]))
+        seg(("DTP", ["347", "D8", x12_date(max(ends))]))
     groups = inquiry.groups()
     for served, asked_types, procedures in groups:
         asked = asked_types or ["30"]
         generic = asked == ["30"] and not procedures
         rows: list[tuple[str, list[Value]]] = []
-        for coverage in coverages:
-            status = _coverage_rows(coverage, asked, config, served, generic)
+        for coverage, dates in zip(coverages, coverage_dates, strict=True):
+            status = _coverage_rows(coverage, dates, asked, config, served, generic)
             if len(groups) > 1:   # EQs for different dates: each status row (its 2110C) says which date it answers
                 status = [part for row in status for part in (
-                    [row, ("DTP", ["291", "D8", _x12_date(served)])] if row[0] == "EB" else [row])]
+                    [row, ("DTP", ["291", "D8", x12_date(served)])] if row[0] == "EB" else [row])]
             rows.extend(status)
         active = any(r[1][0] == "1" for r in rows if r[0] == "EB")
         if active and not generic:
@@ -527,7 +530,8 @@ def _answer_body(txn: Transaction, members: dict[str, dict[str, Any]], config: d
     """BHT ... the last segment before SE of the 271 answering one 270 transaction set."""
     bht = txn.root.segment("BHT")
     body: list[tuple[str, list[Value]]] = [
-        ("BHT", ["0022", "11", bht.get(3) if bht else "", now.strftime("%Y%m%d"), now.strftime("%H%M%S")])]
+        ("BHT", ["0022", "11", bht.get(3) if bht else "", x12_date(now),
+                f"{now.hour:02d}{now.minute:02d}{now.second:02d}"])]
     hl = 1
     for inquiry in inquiries(txn, now.date()):
         result = answer(inquiry, members, config, payer_id=payer_id, first_hl=hl, unable_to_respond=unable_to_respond,

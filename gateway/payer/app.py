@@ -17,21 +17,38 @@ import threading
 import time
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from gateway.errors import GatewayError, X12SyntaxError, quoted
+from gateway.errors import X12SyntaxError, quoted
 from gateway.mappings import load_yaml
 from gateway.payer.accounts import parse_accounts  # noqa: F401 - re-exported: where callers found it
-from gateway.payer.answer import answer_interchange
+from gateway.payer.answer import answer_interchange, asked_member_ids
 from gateway.payer.records import apply_patch, consistency_problems, validate_patch, validate_record
-from gateway.payer.scenarios import ScenarioBook
+from gateway.payer.scenarios import MAGIC_IDS, ScenarioBook, parse_rule
 from gateway.payer.store import MemberStore
+from gateway.transport import core
+from gateway.x12.ack import build_999, build_ta1
+from gateway.x12.model import Finding
+from gateway.x12.validate import validate_x12
 
 payer_api = Blueprint("payer", __name__)
 _control = itertools.count(1)
+
+
+class X12Answer(NamedTuple):
+    """What the simulator says to one X12 payload: the text, its HTTP status, and what the text is (``271``,
+    ``999`` or ``TA1``; ``""`` for a line of text or a scripted malformed answer).
+
+    The kind is known where the answer is built, so the CORE endpoints name the payload type without reading the
+    answer back (which tokenized the whole 271 again on every request).
+    """
+
+    text: str
+    status: int
+    kind: str = ""
 
 
 def create_payer_app(config: dict[str, Any] | None = None) -> Flask:
@@ -75,6 +92,12 @@ def _http_error(exc: HTTPException) -> Response:
     return response
 
 
+def _app() -> Flask:
+    """The app answering the current request: the object behind ``current_app``, for functions that read its config
+    and extensions several times (each read through the proxy costs a context lookup)."""
+    return current_app._get_current_object()  # type: ignore[attr-defined]
+
+
 def _store() -> MemberStore:
     return current_app.extensions["payer_store"]
 
@@ -85,8 +108,6 @@ def _accounts() -> Mapping[str, str] | None:
 
 def _basic_refusal() -> Response | None:
     """None when ``/x12`` may answer: no accounts configured, or HTTP Basic credentials that match one."""
-    from gateway.transport import core
-
     accounts = _accounts()
     if accounts is None:
         return None
@@ -208,23 +229,19 @@ def raw_x12():  # type: ignore[no-untyped-def]
     refusal = _basic_refusal()
     if refusal is not None:
         return refusal
-    text, status = answer_x12(request.get_data())
+    text, status, _ = answer_x12(request.get_data())
     # a 271, 999 or TA1 is X12; an error (not readable as X12, a scripted HTTP fault) is a line of text
     return Response(text, status=status, mimetype="application/edi-x12" if status == 200 else "text/plain")
 
 
 @payer_api.get("/scenarios")
 def list_scenarios():  # type: ignore[no-untyped-def]
-    from gateway.payer.scenarios import MAGIC_IDS
-
     book = current_app.extensions["payer_scenarios"]
     return jsonify(rules=[r.to_dict() for r in book.rules], magic_member_ids=MAGIC_IDS)
 
 
 @payer_api.post("/scenarios")
 def add_scenario():  # type: ignore[no-untyped-def]
-    from gateway.payer.scenarios import parse_rule
-
     data, problems = _json_body()
     if problems:
         return _bad(problems)
@@ -241,32 +258,29 @@ def clear_scenarios():  # type: ignore[no-untyped-def]
     return Response(status=204)
 
 
-def answer_x12(data: bytes) -> tuple[str, int]:
+def answer_x12(data: bytes) -> X12Answer:
     """The 271 (or a 999 / TA1, or a scripted fault) for one X12 payload."""
-    if not current_app.extensions["payer_scenarios"].serial():
-        return _answer_x12(data)
-    gate: threading.Semaphore = current_app.extensions["payer_gate"]
+    app = _app()
+    if not app.extensions["payer_scenarios"].serial():
+        return _answer_x12(data, app)
+    gate: threading.Semaphore = app.extensions["payer_gate"]
     if not gate.acquire(blocking=False):  # as CMS HETS: one request at a time
-        return "the payer handles one request at a time; retry later", 503
+        return X12Answer("the payer handles one request at a time; retry later", 503)
     try:
-        return _answer_x12(data)
+        return _answer_x12(data, app)
     finally:
         gate.release()
 
 
-def _answer_x12(data: bytes) -> tuple[str, int]:
-    from gateway.payer.answer import asked_member_ids
-    from gateway.x12.ack import build_999, build_ta1
-    from gateway.x12.model import Finding
-    from gateway.x12.validate import validate_x12
-
+def _answer_x12(data: bytes, app: Flask) -> X12Answer:
+    """``answer_x12`` inside the one-at-a-time gate; ``app`` is the app answering (its config and extensions)."""
     now = datetime.now().replace(microsecond=0)
     try:
-        report = validate_x12(data, elements=current_app.config.get("PAYER_VALIDATION", "full") != "structure")
+        report = validate_x12(data, elements=app.config.get("PAYER_VALIDATION", "full") != "structure")
     except X12SyntaxError as exc:
-        return f"not readable as X12: {exc}", 400
+        return X12Answer(f"not readable as X12: {exc}", 400)
     control = next(_control) % 999_999_999 or 1
-    book = current_app.extensions["payer_scenarios"]
+    book = app.extensions["payer_scenarios"]
     ids = [i for txn in report.transactions if txn.structure for i in asked_member_ids(txn)]
     rule = book.pick(ids)
     fault = rule.fault if rule else ""
@@ -275,11 +289,11 @@ def _answer_x12(data: bytes) -> tuple[str, int]:
     if fault == "one-at-a-time":
         time.sleep(book.delay(rule))  # a slow answer makes concurrent requests visible
     if fault in ("http-500", "http-503"):
-        return f"scripted fault {fault}", int(fault[-3:])
+        return X12Answer(f"scripted fault {fault}", int(fault[-3:]))
     if fault == "malformed":
-        return "ISA*THIS IS NOT*AN X12 INTERCHANGE~", 200
+        return X12Answer("ISA*THIS IS NOT*AN X12 INTERCHANGE~", 200)
     isa = report.interchanges[0] if report.interchanges else None
-    config = current_app.extensions["payer_config"]
+    config = app.extensions["payer_config"]
     versions = config.get("interchange_versions") or ["00501"]
     envelope = [Finding("SIM-ISA-VERSION", f"ISA12 {i.version} is not an interchange version this payer accepts "
                         f"({', '.join(versions)})", level="interchange", ack_code="003", interchange=i.control_number)
@@ -292,31 +306,29 @@ def _answer_x12(data: bytes) -> tuple[str, int]:
         # the TA1 answers the interchange in error (a second one, say), not the first one with "accepted"
         rejected = {f.interchange for f in findings if f.level == "interchange" and f.severity == "error"}
         isa = next((i for i in report.interchanges if i.control_number in rejected), isa)
-        return build_ta1(isa, findings, control_number=control, now=now), 200
+        return X12Answer(build_ta1(isa, findings, control_number=control, now=now), 200, "TA1")
     if fault == "reject-999" or not report.valid or not report.transactions or any(
             t.set_id != "270" for t in report.transactions):
         findings = list(report.findings)
         if fault == "reject-999":
             findings += [f for t in report.transactions for f in _scripted_rejection(t)]
-        return build_999(report.transactions, findings, control_number=control, now=now), 200
-    members = _store().by_member_id()
+        return X12Answer(build_999(report.transactions, findings, control_number=control, now=now), 200, "999")
+    members = app.extensions["payer_store"].by_member_id()
     text = answer_interchange(report.transactions, members, config, now=now, control_number=control,
-                              payer_id=current_app.config.get("PAYER_ID"), unable_to_respond=fault == "aaa-42",
-                              providers=frozenset(current_app.config["PAYER_PROVIDERS"])
-                              if current_app.config.get("PAYER_PROVIDERS") is not None else None)
+                              payer_id=app.config.get("PAYER_ID"), unable_to_respond=fault == "aaa-42",
+                              providers=frozenset(app.config["PAYER_PROVIDERS"])
+                              if app.config.get("PAYER_PROVIDERS") is not None else None)
     if fault == "wrong-trace":
         # one character replaced, not added: a 50-character TRN02 (the most the element holds) stays valid
         text = re.sub(r"TRN\*2\*([^*~])", lambda m: "TRN*2*" + ("Y" if m.group(1) == "X" else "X"), text)
     if fault == "bad-count":   # readable, but the trailer miscounts: a defect the gateway must pass on, not hide
         text = re.sub(r"SE\*(\d+)\*", lambda m: f"SE*{int(m.group(1)) + 1}*", text, count=1)
-    return text, 200
+    return X12Answer(text, 200, "271")
 
 
 def _scripted_rejection(txn: Any) -> list[Any]:
     """The ``reject-999`` fault as a payer's 999 reads: the subscriber's member id (2100C NM109) fails the payer's
     id pattern (IK3 code 8 with IK4 I12), so IK5's code 5 (segments in error) has the segment it speaks of."""
-    from gateway.x12.model import Finding
-
     where = {"transaction": txn.control_number, "transaction_set": txn.set_id, "loop": "2100C", "segment": "NM1"}
     for loop, seg in txn.root.walk():
         if loop.id == "2100C" and seg.id == "NM1":
@@ -329,42 +341,23 @@ def _scripted_rejection(txn: Any) -> list[Any]:
                     transaction=txn.control_number, transaction_set=txn.set_id)]
 
 
-def _core_reply(env: Any, text: str, status: int) -> tuple[Any, int]:
+def _core_reply(env: Any, answer: X12Answer) -> tuple[Any, int]:
     """The response envelope for an answered payload (271, 999 or TA1), or the HTTP status of a fault."""
-    from gateway.transport import core
-
+    text, status, kind = answer
     if status == 400:
         # the payload is not X12 at all (no ISA a TA1 could answer): an envelope problem like every other one the
         # CORE endpoints report, so a CORE error envelope rather than a bare text/plain 400
         return _core_error(env, core.PAYLOAD_ILLEGAL, text), 200
     if status != 200:   # a scripted HTTP fault (http-500/503, one-at-a-time): the status is the fault
         return None, status
-    payload_type = {"999": core.PAYLOAD_999, "TA1": core.PAYLOAD_TA1}.get(_answer_kind(text), core.PAYLOAD_271)
+    payload_type = {"999": core.PAYLOAD_999, "TA1": core.PAYLOAD_TA1}.get(kind, core.PAYLOAD_271)
     reply = core.CoreEnvelope.create(payload_type, text, sender_id=env.receiver_id, receiver_id=env.sender_id,
                                      payload_id=env.payload_id)
     reply.error_code, reply.error_message = core.SUCCESS, core.SUCCESS_MESSAGE
     return reply, 200
 
 
-def _answer_kind(text: str) -> str:
-    """"TA1", "999" or "271": what an answer is, read from its first TA1 or ST segment."""
-    from gateway.x12.tokenizer import tokenize
-
-    try:
-        for batch in tokenize(text):
-            for parts in batch.split():
-                if parts[0] == "TA1":
-                    return "TA1"
-                if parts[0] == "ST":
-                    return parts[1] if len(parts) > 1 else ""
-    except GatewayError:
-        return ""
-    return ""
-
-
 def _core_error(env: Any, code: str, message: str) -> Any:
-    from gateway.transport import core
-
     reply = core.CoreEnvelope.create(getattr(env, "payload_type", "") or core.PAYLOAD_271, None,
                                      sender_id=getattr(env, "receiver_id", "") or "PAYER",
                                      receiver_id=getattr(env, "sender_id", "") or "UNKNOWN",
@@ -376,8 +369,6 @@ def _core_error(env: Any, code: str, message: str) -> Any:
 def _authorize(env: Any) -> None:
     """``core.authorize`` when accounts are configured: raises the ``UnAuthorized`` CoreEnvelopeError, which the
     CORE endpoints answer like any other envelope error (a response envelope echoing the request's fields)."""
-    from gateway.transport import core
-
     accounts = _accounts()
     if accounts is not None:
         core.authorize(env, accounts)
@@ -386,8 +377,6 @@ def _authorize(env: Any) -> None:
 @payer_api.post("/core/soap")
 def core_soap():  # type: ignore[no-untyped-def]
     """CAQH CORE vC2.2.0 SOAP 1.2 real-time: COREEnvelopeRealTimeRequest in, ...Response out."""
-    from gateway.transport import core
-
     try:
         env = core.parse_soap_request(request.get_data())
         _authorize(env)
@@ -397,27 +386,25 @@ def core_soap():  # type: ignore[no-untyped-def]
                             content_type=core.SOAP_CONTENT_TYPE)
         return Response(core.build_soap_response(_core_error(exc.envelope, exc.error_code, exc.message)),
                         status=200, content_type=core.SOAP_CONTENT_TYPE)
-    text, status = answer_x12((env.payload or "").encode())
-    reply, status = _core_reply(env, text, status)
+    answer = answer_x12((env.payload or "").encode())
+    reply, status = _core_reply(env, answer)
     if reply is None:
-        return Response(text, status=status, mimetype="text/plain")
+        return Response(answer.text, status=status, mimetype="text/plain")
     return Response(core.build_soap_response(reply), status=200, content_type=core.SOAP_CONTENT_TYPE)
 
 
 @payer_api.post("/core/mime")
 def core_mime():  # type: ignore[no-untyped-def]
     """CAQH CORE vC2.2.0 HTTP MIME multipart (multipart/form-data) real-time."""
-    from gateway.transport import core
-
     try:
         env = core.parse_mime_request(request.get_data(), request.headers.get("Content-Type", ""))
         _authorize(env)
     except core.CoreEnvelopeError as exc:
         body, content_type = core.build_mime_response(_core_error(exc.envelope, exc.error_code, exc.message))
         return Response(body, status=400 if exc.envelope is None else 200, content_type=content_type)
-    text, status = answer_x12((env.payload or "").encode())
-    reply, status = _core_reply(env, text, status)
+    answer = answer_x12((env.payload or "").encode())
+    reply, status = _core_reply(env, answer)
     if reply is None:
-        return Response(text, status=status, mimetype="text/plain")
+        return Response(answer.text, status=status, mimetype="text/plain")
     body, content_type = core.build_mime_response(reply)
     return Response(body, status=200, content_type=content_type)

@@ -99,6 +99,7 @@ _METADATA = (
     ("CORERuleVersion", "core_rule_version"),
 )
 _REQUEST_FIELDS = frozenset(name for name, _ in _METADATA) | {"Payload"}
+_REQUIRED = tuple(name for name, _ in _METADATA) + ("Payload",)   # in XSD order: the first one missing is reported
 _RESPONSE_FIELDS = _REQUEST_FIELDS | {"ErrorCode", "ErrorMessage"}
 _MAX_DETAIL = 200  # longest parser message quoted back in an error, so errors never echo a whole document
 
@@ -231,7 +232,7 @@ def _blank(value: str | None) -> bool:
 
 def _check_required(values: Mapping[str, str | None], env: CoreEnvelope) -> None:
     """The seven metadata fields then Payload, in XSD order; the first one missing or blank is reported."""
-    for name in [name for name, _ in _METADATA] + ["Payload"]:
+    for name in _REQUIRED:
         if _blank(values.get(name)):
             raise CoreEnvelopeError(f"{name}Required", f"{name} is missing or empty", envelope=env)
 
@@ -266,6 +267,8 @@ def _request_from_fields(values: Mapping[str, str | None], username: str | None,
     return CoreEnvelope(**{**partial.__dict__, "username": username, "password": password})
 
 
+# the form uuid.UUID reads and every sender writes; anything else is left to uuid.UUID (braces, urn:uuid:, no dashes)
+_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # xs:dateTime: date, time, optional fraction, optional zone (the rule's TimeStamp type)
 _XS_DATETIME = re.compile(r"-?\d{4,}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})?")
 
@@ -274,8 +277,10 @@ def _check_request_formats(env: CoreEnvelope) -> None:
     """A request's PayloadID is a UUID (RFC 4122) and its TimeStamp an xs:dateTime, as the rule types them. Checked
     on requests only, which is where a payer (the simulator) answers for them; the gateway reads a payer's
     response leniently."""
+    payload_id = (env.payload_id or "").strip()
     try:
-        uuid.UUID((env.payload_id or "").strip())
+        if not _CANONICAL_UUID.fullmatch(payload_id):
+            uuid.UUID(payload_id)
     except ValueError:
         raise CoreEnvelopeError(PAYLOAD_ID_ILLEGAL, f"PayloadID {_short(env.payload_id)!r} is not a UUID",
                                 envelope=env) from None
@@ -375,14 +380,15 @@ def _core_fields(element: etree._Element, allowed: frozenset[str]) -> dict[str, 
     """Field name -> text of a CORE wrapper element; unqualified or CORE-qualified children, each at most once."""
     values: dict[str, str | None] = {}
     for child in _elements(element):
-        name = etree.QName(child)
-        if name.namespace not in (None, CORE_NS) or name.localname not in allowed:
+        tag = child.tag   # "{namespace}name", or "name" when unqualified (what etree.QName reads, without making one)
+        namespace, _, localname = tag[1:].partition("}") if tag[:1] == "{" else (None, "", tag)
+        if namespace not in (None, CORE_NS) or localname not in allowed:
             continue  # not a CORE field: ignored rather than refused, like any extension element
-        if name.localname in values:
-            raise CoreEnvelopeError(ENVELOPE_PARSING_ERROR, f"{name.localname} appears more than once")
-        if _elements(child):
-            raise CoreEnvelopeError(ENVELOPE_PARSING_ERROR, f"{name.localname} must hold text, not elements")
-        values[name.localname] = child.text or ""
+        if localname in values:
+            raise CoreEnvelopeError(ENVELOPE_PARSING_ERROR, f"{localname} appears more than once")
+        if len(child) and _elements(child):   # len: any child node at all (a comment is allowed, an element not)
+            raise CoreEnvelopeError(ENVELOPE_PARSING_ERROR, f"{localname} must hold text, not elements")
+        values[localname] = child.text or ""
     return values
 
 

@@ -151,12 +151,22 @@ class Loop:
         return [item for item in self.body if item.id == loop_id and type(item) is Loop]
 
     def walk(self) -> Iterator[tuple[Loop, Segment]]:
-        """Every segment below this loop, in order, with the loop that directly holds it."""
-        for item in self.body:
-            if type(item) is Segment:
-                yield self, item
+        """Every segment below this loop, in order, with the loop that directly holds it.
+
+        One generator with a stack of the loops being read: a nested generator per loop passed every segment up
+        through each level above it, and the validator and the simulator walk each transaction several times.
+        """
+        stack: list[tuple[Loop, Iterator[Segment | Loop]]] = [(self, iter(self.body))]
+        while stack:
+            loop, items = stack[-1]
+            for item in items:
+                if type(item) is Segment:   # the tree holds Segments and Loops, neither subclassed
+                    yield loop, item
+                else:
+                    stack.append((item, iter(item.body)))
+                    break
             else:
-                yield from item.walk()
+                stack.pop()
 
     def path(self) -> str:
         ids = []

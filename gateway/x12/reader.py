@@ -450,24 +450,22 @@ class X12Reader:
         for note in notes or ():
             self._envelope("X12-ISA-FORMAT", note, "interchange", "", isa, severity="warning", segment="ISA",
                            position=seg.position)
+        # each message quotes the element's value ({}); written only for a check that fails
         checks = (
-            (isa.version in SUPPORTED_VERSIONS, "X12-ISA-VERSION",
-             f"ISA12 version {quoted(isa.version)} is not supported", "ISA12", isa.version, "017"),
+            (isa.version in SUPPORTED_VERSIONS, "X12-ISA-VERSION", "ISA12 version {} is not supported", "ISA12",
+             isa.version, "017"),
             (isa.control_number.isdigit() and len(isa.control_number) == 9, "X12-ISA-CONTROL",
-             f"ISA13 control number {quoted(isa.control_number)} must be 9 digits", "ISA13", isa.control_number, "018"),
-            (isa.ack_requested in ("0", "1"), "X12-ISA-ACK", f"ISA14 {quoted(isa.ack_requested)} must be 0 or 1",
-             "ISA14", isa.ack_requested, "019"),
-            (isa.usage in ("P", "T"), "X12-ISA-USAGE", f"ISA15 {quoted(isa.usage)} must be P or T", "ISA15", isa.usage,
-             "020"),
-            (valid_date6(isa.date), "X12-ISA-DATE", f"ISA09 {quoted(isa.date)} is not a YYMMDD date", "ISA09", isa.date,
-             "014"),
-            (valid_time4(isa.time), "X12-ISA-TIME", f"ISA10 {quoted(isa.time)} is not an HHMM time", "ISA10", isa.time,
-             "015"),
+             "ISA13 control number {} must be 9 digits", "ISA13", isa.control_number, "018"),
+            (isa.ack_requested in ("0", "1"), "X12-ISA-ACK", "ISA14 {} must be 0 or 1", "ISA14", isa.ack_requested,
+             "019"),
+            (isa.usage in ("P", "T"), "X12-ISA-USAGE", "ISA15 {} must be P or T", "ISA15", isa.usage, "020"),
+            (valid_date6(isa.date), "X12-ISA-DATE", "ISA09 {} is not a YYMMDD date", "ISA09", isa.date, "014"),
+            (valid_time4(isa.time), "X12-ISA-TIME", "ISA10 {} is not an HHMM time", "ISA10", isa.time, "015"),
         )
         for ok, code, message, element, value, ack in checks:
             if not ok:
-                self._envelope(code, message, "interchange", ack, isa, segment="ISA", position=seg.position,
-                               element=element, value=value)
+                self._envelope(code, message.format(quoted(value)), "interchange", ack, isa, segment="ISA",
+                               position=seg.position, element=element, value=value)
         if isa.version == "00401":
             self._envelope("X12-ISA-4010", "ISA12 00401 is a 4010 envelope; 005010X279A1 needs 00501",
                            "interchange", "", isa, severity="warning", segment="ISA", element="ISA12",

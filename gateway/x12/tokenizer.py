@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import operator
 import os
 import re
 from collections.abc import Iterator
@@ -89,6 +90,11 @@ class TextStream:
 ISA_WIDTHS = (2, 10, 2, 10, 2, 15, 2, 15, 6, 4, 1, 5, 9, 1, 1)
 # where the 16 element separators of a fixed-length (106-character) ISA are, from its first character
 _ISA_SEPARATORS = tuple(3 + sum(ISA_WIDTHS[:i]) + i for i in range(16))
+# a fixed-length ISA up to its 16th separator, the characters at the separators' places, and the 15 elements
+# between them: read in one call each rather than by walking the separators
+_ISA_LAYOUT = _ISA_SEPARATORS[15] + 1
+_AT_SEPARATORS = operator.itemgetter(*_ISA_SEPARATORS)
+_BETWEEN_SEPARATORS = operator.itemgetter(*(slice(_ISA_SEPARATORS[i] + 1, _ISA_SEPARATORS[i + 1]) for i in range(15)))
 
 
 def parse_isa(text: str, start: int = 0) -> tuple[Delimiters, list[str], int, list[str]]:
@@ -103,23 +109,20 @@ def parse_isa(text: str, start: int = 0) -> tuple[Delimiters, list[str], int, li
     sep = text[start + 3]
     if sep.isalnum() or sep in _WHITESPACE:
         raise X12SyntaxError(f"ISA element separator {sep!r} is not a delimiter", offset=start + 3)
-    # The ISA has exactly 16 elements: walk 16 separators, then ISA16 is one character.
-    pos = start + 3
-    bounds: list[int] = []
-    isa11 = start + _ISA_SEPARATORS[10] + 1
-    if text[isa11:isa11 + 1] == sep and all(text[start + i:start + i + 1] == sep for i in _ISA_SEPARATORS):
-        # ISA11 is the element separator itself: counted, it would shift every later element (the control number
-        # a TA1 echoes among them); the fixed layout, intact around it, says where each element is
-        bounds = [start + i for i in _ISA_SEPARATORS]
-    for _ in range(16 - len(bounds)):
-        nxt = text.find(sep, pos + 1) if bounds else pos
-        if nxt < 0:
-            raise X12SyntaxError("ISA segment is cut short: fewer than 16 elements", offset=start)
-        bounds.append(nxt)
-        pos = nxt
-    raw_elements = [text[bounds[i] + 1:bounds[i + 1]] for i in range(15)]
+    layout = text[start:start + _ISA_LAYOUT]
+    if len(layout) == _ISA_LAYOUT and layout.count(sep) == 16 and _AT_SEPARATORS(layout) == (sep,) * 16 and \
+            "\n" not in layout and "\r" not in layout:
+        # the usual ISA: its 16 separators where the fixed layout has them and nowhere else, no line break: what
+        # walking the separators below finds, read without the walk
+        elements = list(_BETWEEN_SEPARATORS(layout))
+        last_separator = start + _ISA_SEPARATORS[15]
+    else:
+        raw_elements, last_separator = _walk_isa(text, start, sep)
+        elements = [e.replace("\r", "").replace("\n", "") for e in raw_elements]
+        if any("\n" in e or "\r" in e for e in raw_elements):
+            notes.append("line breaks inside the ISA segment")
     # ISA16: first non-line-break character after the 16th separator
-    k = bounds[15] + 1
+    k = last_separator + 1
     while k < len(text) and text[k] in "\r\n":
         k += 1
     if k >= len(text):
@@ -146,9 +149,7 @@ def parse_isa(text: str, start: int = 0) -> tuple[Delimiters, list[str], int, li
             end = k + 2 if text[k:k + 2] == "\r\n" else k + 1
     if terminator.isalnum() or terminator == " ":
         raise X12SyntaxError(f"ISA segment terminator {terminator!r} is not a delimiter", offset=k)
-    elements = [e.replace("\r", "").replace("\n", "") for e in raw_elements] + [component]
-    if any("\n" in e or "\r" in e for e in raw_elements):
-        notes.append("line breaks inside the ISA segment")
+    elements.append(component)
     if end - start not in (106, 107, 108) and terminator not in "\r\n":
         notes.append(f"ISA segment is {k + 1 - start} characters long, not the fixed 106")
     version = elements[11].strip()
@@ -167,6 +168,25 @@ def parse_isa(text: str, start: int = 0) -> tuple[Delimiters, list[str], int, li
     if component in (sep, terminator):
         raise X12SyntaxError(f"component separator {component!r} equals another delimiter", offset=k - 1)
     return Delimiters(sep, repetition, component, terminator), elements, end, notes
+
+
+def _walk_isa(text: str, start: int, sep: str) -> tuple[list[str], int]:
+    """An ISA's 15 elements before ISA16 (line breaks still in them) and where its 16th separator is, found by
+    walking 16 separators: collapsed padding and line breaks inside the ISA are read as well."""
+    pos = start + 3
+    bounds: list[int] = []
+    isa11 = start + _ISA_SEPARATORS[10] + 1
+    if text[isa11:isa11 + 1] == sep and all(text[start + i:start + i + 1] == sep for i in _ISA_SEPARATORS):
+        # ISA11 is the element separator itself: counted, it would shift every later element (the control number
+        # a TA1 echoes among them); the fixed layout, intact around it, says where each element is
+        bounds = [start + i for i in _ISA_SEPARATORS]
+    for _ in range(16 - len(bounds)):
+        nxt = text.find(sep, pos + 1) if bounds else pos
+        if nxt < 0:
+            raise X12SyntaxError("ISA segment is cut short: fewer than 16 elements", offset=start)
+        bounds.append(nxt)
+        pos = nxt
+    return [text[bounds[i] + 1:bounds[i + 1]] for i in range(15)], bounds[15]
 
 
 def find_isa(text: str, start: int = 0) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -397,11 +398,11 @@ def _check_repetitions(node: Any, seg_id: str, st_control: str, st_ordinal: int,
 
 def _rule_findings(txn: Transaction, mappings: str | None) -> list[Finding]:
     """Findings from ``mappings/x12/rules.yaml`` (situational notes that are not code lists)."""
-    rules = [r for r in load_yaml("x12/rules.yaml", mappings) or () if txn.set_id in r.get("transaction", [txn.set_id])]
+    rules_by_segment = _rules_by_segment(txn.set_id, mappings, os.environ.get("FHIR_X12_MAPPINGS"))
     found = []
     for loop, seg in txn.root.walk():
-        for rule in rules:
-            if seg.id != rule["segment"] or loop.id not in rule["loop"]:
+        for rule in rules_by_segment.get(seg.id, ()):
+            if loop.id not in rule["loop"]:
                 continue
             value = seg.get(int(rule["element"]))
             if value not in [str(v) for v in rule["values"]]:
@@ -416,6 +417,20 @@ def _rule_findings(txn: Transaction, mappings: str | None) -> list[Finding]:
     return found
 
 
+@lru_cache(maxsize=16)
+def _rules_by_segment(set_id: str, mappings: str | None, environment: str | None) -> dict[str, list[dict[str, Any]]]:
+    """The rules of ``rules.yaml`` for one transaction set, by segment id, in the file's order.
+
+    ``environment`` is ``FHIR_X12_MAPPINGS``, which ``mappings_dir`` reads when ``mappings`` is None: with it in the
+    key this is exactly as current as reading the (cached) file on every call, without resolving its path each time.
+    """
+    by_segment: dict[str, list[dict[str, Any]]] = {}
+    for rule in load_yaml("x12/rules.yaml", mappings) or ():
+        if set_id in rule.get("transaction", [set_id]):
+            by_segment.setdefault(rule["segment"], []).append(rule)
+    return by_segment
+
+
 def _ls_le_findings(txn: Transaction) -> list[Finding]:
     """LS and LE bracket a benefit's 2120 loops: one of each, with the same LS01/LE01, around at least one 2120."""
     found = []
@@ -427,8 +442,16 @@ def _ls_le_findings(txn: Transaction) -> list[Finding]:
     stack = [txn.root]
     while stack:
         loop = stack.pop()
-        stack.extend(loop.loops)
-        opens, closes = loop.segments_of("LS"), loop.segments_of("LE")
+        # one pass over the loop's body for its child loops, LSs and LEs
+        children: list[Loop] = []
+        opens: list[Segment] = []
+        closes: list[Segment] = []
+        for item in loop.body:
+            if isinstance(item, Loop):
+                children.append(item)
+            elif isinstance(item, Segment) and item.id in ("LS", "LE"):
+                (opens if item.id == "LS" else closes).append(item)
+        stack.extend(children)
         if not opens and not closes:
             continue
         for extra in opens[len(closes):]:
@@ -438,7 +461,7 @@ def _ls_le_findings(txn: Transaction) -> list[Finding]:
         for ls, le in zip(opens, closes, strict=False):
             if ls.get(1) != le.get(1):
                 add(le, loop, f"LE01 {quoted(le.get(1))} does not match LS01 {quoted(ls.get(1))}", "8")
-        if opens and not any(child.id.startswith("2120") for child in loop.loops):
+        if opens and not any(child.id.startswith("2120") for child in children):
             add(opens[0], loop, "LS/LE around no 2120 loop", "7")   # not in proper sequence: an empty bracket
     return found
 
@@ -468,6 +491,9 @@ def _inquiry_findings(txn: Transaction) -> list[Finding]:
     return found
 
 
+_DIAGNOSIS_POINTERS = {"EQ": 5, "EB": 14}   # segment -> its diagnosis code pointer element (270 EQ05, 271 EB14)
+
+
 def _meaning_findings(txn: Transaction) -> list[Finding]:
     """What each element's syntax allows but the transaction cannot mean: an RD8 range that ends before it starts
     (DTP03), and a diagnosis pointer (270 EQ05, 271 EB14) to an HI code its patient's loop does not hold."""
@@ -486,7 +512,7 @@ def _meaning_findings(txn: Transaction) -> list[Finding]:
             if len(start) == len(end) == 8 and start.isdigit() and end.isdigit() and end < start:
                 add("X12-DATE-RANGE", f"DTP03 range {quoted(seg.get(3))} ends before it starts", loop, seg, "DTP03",
                     "1251", "8", seg.get(3))
-        pointer_at = {"EQ": 5, "EB": 14}.get(seg.id)
+        pointer_at = _DIAGNOSIS_POINTERS.get(seg.id)
         if pointer_at is None or not seg.get(pointer_at):
             continue
         owner = loop.parent
