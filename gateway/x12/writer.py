@@ -160,6 +160,7 @@ class X12Writer:
         self._forbidden = set(chars)
         self._already_clean = _already_clean(frozenset(chars))
         self._unspaced_clean, self._spaced_clean = _segment_already_clean(frozenset(chars), delimiters.element)
+        self._repetitions_clean: tuple[Matcher, Matcher] | None = None   # made when the first repetitions come
 
     # -- values ------------------------------------------------------------------------------
     def clean(self, value: str, seg_id: str, ref: str) -> str:
@@ -207,6 +208,9 @@ class X12Writer:
         if isinstance(value, list):
             if not self.delimiters.repetition:
                 raise ValueError(f"{ref}: repetitions need a repetition separator")
+            plain = self._plain_repetitions(value, ref)
+            if plain is not None:
+                return plain
             parts = [self._element(v, seg_id, index) for v in value]
             return self.delimiters.repetition.join(p for p in parts if p)
         if isinstance(value, tuple):
@@ -216,6 +220,27 @@ class X12Writer:
                 comps.pop()
             return self.delimiters.component.join(comps)
         return self.clean(str(value), seg_id, ref)
+
+    def _plain_repetitions(self, values: list[Value], ref: str) -> str | None:
+        """Repetitions that are all plain strings already fit to send (a 271's list of service types), joined
+        without the empty ones, after one match over them all; None when any needs ``clean`` or is not a string,
+        and then each goes through ``_element`` as before (the same text: this only skips the per-value calls)."""
+        repetition = self.delimiters.repetition
+        try:
+            joined = repetition.join(values)   # type: ignore[arg-type]
+        except TypeError:   # a composite, None or a number among them
+            return None
+        if joined.count(repetition) != len(values) - 1:   # a value holds the separator itself (or there are none)
+            return None
+        if self._repetitions_clean is None:
+            self._repetitions_clean = _segment_already_clean(frozenset(self._forbidden), repetition)
+        unspaced, spaced = self._repetitions_clean
+        if not (spaced(joined) if " " in joined else unspaced(joined)):
+            return None
+        limit = self.limits.get(ref)
+        if limit and any(len(v) > limit[1] for v in values):   # type: ignore[arg-type]
+            return None
+        return repetition.join([v for v in values if v])   # type: ignore[misc]
 
     # -- segments ----------------------------------------------------------------------------
     def segment(self, seg_id: str, *elements: Value) -> str:
@@ -234,6 +259,35 @@ class X12Writer:
             values = joined.rstrip(separator)   # trailing empty elements removed
             ending = self.delimiters.segment + "\n" if self.line_breaks else self.delimiters.segment
             return (f"{seg_id}{separator}{values}" if values else seg_id) + ending
+        return self._segment_by_value(seg_id, elements, max_lengths)
+
+    def _segments(self, body: Iterable[tuple[str, Sequence[Value]]]) -> list[str]:
+        """``segment`` for each (id, elements) of a transaction's body, with its lookups made once for them all:
+        a 271 has dozens of segments, nearly all of plain values that take the one-match path."""
+        separator = self.delimiters.element
+        ending = self.delimiters.segment + "\n" if self.line_breaks else self.delimiters.segment
+        unspaced, spaced = self._unspaced_clean, self._spaced_clean
+        max_lengths_by_segment = self._max_lengths
+        rendered: list[str] = []
+        for seg_id, elements in body:
+            max_lengths = max_lengths_by_segment.get(seg_id)
+            try:
+                joined = separator.join(elements)   # type: ignore[arg-type]
+            except TypeError:   # a composite, repetitions or None: value by value
+                rendered.append(self._segment_by_value(seg_id, elements, max_lengths))
+                continue
+            if joined.count(separator) == len(elements) - 1 and (
+                    spaced(joined) if " " in joined else unspaced(joined)) and (
+                    max_lengths is None or _within(elements, max_lengths)):   # type: ignore[arg-type]
+                values = joined.rstrip(separator)
+                rendered.append(f"{seg_id}{separator}{values}{ending}" if values else seg_id + ending)
+            else:
+                rendered.append(self._segment_by_value(seg_id, elements, max_lengths))
+        return rendered
+
+    def _segment_by_value(self, seg_id: str, elements: Sequence[Value], max_lengths: Mapping[int, int] | None) -> str:
+        """``segment`` when the one match over the joined values does not do: each value checked, and cleaned or
+        rendered (composites, repetitions) as it needs."""
         already_clean = self._already_clean
         rendered = []
         for index, value in enumerate(elements, start=1):
@@ -287,8 +341,7 @@ class X12Writer:
         for body in transactions:
             st_control = f"{control:04d}"
             out.append(self.segment("ST", set_id, st_control, implementation))
-            for seg_id, elements in body:
-                out.append(self.segment(seg_id, *elements))
+            out.extend(self._segments(body))
             count = len(body) + 2
             out.append(self.segment("SE", str(count), st_control))
             counts.append(count)
