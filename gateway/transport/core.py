@@ -470,8 +470,50 @@ def parse_soap_request(data: bytes, *, payload_types: Collection[str] = REQUEST_
     return _request_from_fields(values, username, password, payload_types)
 
 
+# the response document around its fields, exactly as lxml serializes it (``_build_soap_response_tree``)
+_SOAP_RESPONSE_OPEN = (f"<?xml version='1.0' encoding='UTF-8'?>\n<soapenv:Envelope xmlns:soapenv=\"{SOAP12_NS}\" "
+                       f"xmlns:cor=\"{CORE_NS}\"><soapenv:Body><cor:COREEnvelopeRealTimeResponse>").encode("ascii")
+_SOAP_RESPONSE_CLOSE = b"</cor:COREEnvelopeRealTimeResponse></soapenv:Body></soapenv:Envelope>"
+# the bytes lxml writes as they are in element text, once &, < and > and CR are escaped (_XML_ESCAPES)
+_PLAIN_XML_TEXT = bytes([0x09, 0x0A, 0x0D, *range(0x20, 0x7F)])
+_XML_ESCAPES = ((b"&", b"&amp;"), (b"<", b"&lt;"), (b">", b"&gt;"), (b"\r", b"&#13;"))
+_RESPONSE_TAGS = {name: (f"<{name}>".encode("ascii"), f"</{name}>".encode("ascii"), f"<{name}/>".encode("ascii"))
+                  for name in (*(name for name, _ in _METADATA), "Payload", "ErrorCode", "ErrorMessage")}
+
+
 def build_soap_response(env: CoreEnvelope) -> bytes:
-    """A SOAP 1.2 ``COREEnvelopeRealTimeResponse``; ErrorCode/ErrorMessage default to ``Success``/``None``."""
+    """A SOAP 1.2 ``COREEnvelopeRealTimeResponse``; ErrorCode/ErrorMessage default to ``Success``/``None``.
+
+    Fields of plain ASCII text (a 271 and its metadata, nearly always) are written straight into the document: the
+    same bytes lxml writes, at a fraction of the cost of building and serializing a tree, with one check and one
+    escape over all the fields joined by NUL (which no XML text holds). Anything else (non-ASCII, characters XML
+    cannot carry, which raise) goes through lxml."""
+    code, message = _response_status(env)
+    fields: list[tuple[str, str | None]] = [(name, getattr(env, attr)) for name, attr in _METADATA]
+    if env.payload is not None:
+        fields.append(("Payload", env.payload))
+    fields += [("ErrorCode", code), ("ErrorMessage", message)]
+    values = [value for _, value in fields if value is not None]
+    try:
+        joined = "\x00".join(values).encode("ascii")
+    except (TypeError, UnicodeEncodeError):   # not text, or not ASCII
+        return _build_soap_response_tree(env)
+    if joined.translate(None, _PLAIN_XML_TEXT) != b"\x00" * (len(values) - 1):
+        return _build_soap_response_tree(env)   # a control character (a NUL of a value's own among them)
+    for raw, entity in _XML_ESCAPES:
+        if raw in joined:
+            joined = joined.replace(raw, entity)
+    escaped = iter(joined.split(b"\x00"))
+    parts = [_SOAP_RESPONSE_OPEN]
+    for name, value in fields:
+        start, end, empty = _RESPONSE_TAGS[name]
+        parts += (empty,) if value is None else (start, next(escaped), end)
+    parts.append(_SOAP_RESPONSE_CLOSE)
+    return b"".join(parts)
+
+
+def _build_soap_response_tree(env: CoreEnvelope) -> bytes:
+    """``build_soap_response`` through an lxml tree: values that are not plain ASCII text."""
     root, body = _soap_document()
     response = etree.SubElement(body, f"{{{CORE_NS}}}COREEnvelopeRealTimeResponse")
     _fill_core(response, env)
