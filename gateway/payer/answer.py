@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from gateway.x12.model import Delimiters, Loop, Segment, Transaction
@@ -134,6 +135,16 @@ def _plan_date(loop: Loop) -> date | None:
 def _parse_date(value: str | None) -> date | None:
     if not value:
         return None
+    return _date_of_text(value) if type(value) is str else _date_of(value)
+
+
+@lru_cache(maxsize=1024)
+def _date_of_text(value: str) -> date | None:
+    """``_date_of`` remembered: an answer reads the same few coverage and accumulator dates on every request."""
+    return _date_of(value)
+
+
+def _date_of(value: str) -> date | None:
     digits = value.replace("-", "")
     try:
         return date(int(digits[:4]), int(digits[4:6]), int(digits[6:8]))
@@ -212,10 +223,7 @@ def _outside_inquiry_period(inquiry: Inquiry, config: dict[str, Any]) -> str | N
     period, today = config.get("inquiry_period"), inquiry.today
     if not period or today is None:
         return None
-    ahead = today.month + int(period.get("months_ahead", 0))   # the month after the last one, 0 = January this year
-    last_day = date(today.year + ahead // 12, ahead % 12 + 1, 1) - timedelta(days=1)
-    back = today.year * 12 + today.month - 1 - int(period.get("months_back", 24))
-    first_day = date(back // 12, back % 12 + 1, 1)
+    first_day, last_day = _inquiry_days(today, int(period.get("months_ahead", 0)), int(period.get("months_back", 24)))
     # every date asked about (an EQ's own included) must be inside; the patient-level AAA answers them all
     dates = [d for d, _, _ in inquiry.groups()]
     if any(d > last_day for d in dates):
@@ -223,6 +231,16 @@ def _outside_inquiry_period(inquiry: Inquiry, config: dict[str, Any]) -> str | N
     if any(d < first_day for d in dates):
         return "date_not_in_period"
     return None
+
+
+@lru_cache(maxsize=64)
+def _inquiry_days(today: date, months_ahead: int, months_back: int) -> tuple[date, date]:
+    """The first and last day a service date may be on, answered ``today`` (remembered: one day's requests all ask
+    the same)."""
+    ahead = today.month + months_ahead   # the month after the last one, 0 = January this year
+    last_day = date(today.year + ahead // 12, ahead % 12 + 1, 1) - timedelta(days=1)
+    back = today.year * 12 + today.month - 1 - months_back
+    return date(back // 12, back % 12 + 1, 1), last_day
 
 
 def _category(coverage: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
@@ -262,7 +280,12 @@ def _coverage_rows(coverage: dict[str, Any], dates: tuple[date | None, date | No
 def _date_range(daterange: Any) -> tuple[date, date] | None:
     """An accumulator's ``daterange`` (``YYYY-MM-DD/YYYY-MM-DD``, or ``CCYYMMDD-CCYYMMDD`` as the API takes it) as
     (start, end), or None when it has none or cannot be read."""
-    text = str(daterange or "")
+    return _date_range_of(str(daterange or ""))
+
+
+@lru_cache(maxsize=1024)
+def _date_range_of(text: str) -> tuple[date, date] | None:
+    """``_date_range`` of the text, remembered (the same few accumulator periods on every request)."""
     start, sep, end = text.partition("/") if "/" in text else text.partition("-") if len(text) == 17 else \
         (text, "", "")
     start_d, end_d = _parse_date(start.strip()), _parse_date(end.strip())
@@ -282,7 +305,20 @@ def _period_code(span: tuple[date, date] | None, coverage: dict[str, Any] | None
     return "22"      # service (plan) year
 
 
+@lru_cache(maxsize=1024)
+def _rd8(span: tuple[date, date]) -> str:
+    """A period as a DTP03 RD8 (``CCYYMMDD-CCYYMMDD``), remembered like the periods it is made from."""
+    return f"{x12_date(span[0])}-{x12_date(span[1])}"
+
+
 def _amount(value: Any) -> str:
+    """``format_amount``; a number's text remembered (a member's few amounts on every request). Zero is not: 0.0
+    and -0.0 are one key, and their texts differ."""
+    return _number_text(value) if value and type(value) in (int, float) else format_amount(value)
+
+
+@lru_cache(maxsize=1024, typed=True)   # typed: 1 and 1.0 are different keys, as they are different arguments
+def _number_text(value: float) -> str:
     return format_amount(value)
 
 
@@ -312,7 +348,7 @@ def _accumulator_rows(accumulators: list[dict[str, Any]], coverages: list[dict[s
         dated: list[tuple[str, list[Value]]] = []
         if span is not None:
             qualifier = qualifiers.get(period, qualifiers["default"])
-            dated.append(("DTP", [qualifier, "RD8", f"{x12_date(span[0])}-{x12_date(span[1])}"]))
+            dated.append(("DTP", [qualifier, "RD8", _rd8(span)]))
         if kind == "visit-limit":
             rows.append(("EB", [eb01, level, stc, "", "", period, "", "", "VS", _amount(maximum), "", network]))
             rows.extend(dated)
