@@ -303,7 +303,19 @@ def _segments(buf: str, d: Delimiters, chunks: Iterator[str]) -> Iterator[Batch]
             buf = buf.replace("\n", "")
         parts = buf.split(term)
         tail = parts.pop()
-        if isa_mark not in buf and iea_mark not in buf:
+        if iea_mark in buf and "ISA" not in buf and not _edge_whitespace(buf, term):
+            # the interchange's last segments, its IEA among them (a whole small message): what the loop below
+            # does, without its per-segment checks -- no ISA to stop at, no white space to strip
+            ends = _iea_index(buf, term, iea_mark)
+            if ends < len(parts):
+                batch = [raw for raw in parts[:ends + 1] if raw]
+                yield Batch(d, batch)
+                return (term.join(parts[ends + 1:]) + term + tail if ends + 1 < len(parts) else tail), True
+            if "" in parts:   # the IEA is in the unterminated tail: every terminated segment goes out
+                parts = [raw for raw in parts if raw]
+            if parts:
+                yield Batch(d, parts)
+        elif isa_mark not in buf and iea_mark not in buf:
             if buf[:1] in strip or term + " " in buf or term + "\t" in buf:
                 parts = [raw.strip(strip) for raw in parts]  # white space around terminators (rare)
             if "" in parts:
@@ -341,6 +353,21 @@ def _segments(buf: str, d: Delimiters, chunks: Iterator[str]) -> Iterator[Batch]
             buf += term  # flush a last segment that lacks its terminator
             continue
         buf += chunk
+
+
+def _edge_whitespace(buf: str, term: str) -> bool:
+    """Whether a segment of ``buf`` (split on ``term``) may begin or end with white space the reader strips: a space
+    or tab (line breaks that are not the terminator are already gone) at the start or next to a terminator."""
+    return buf[:1] in " \t" or f"{term} " in buf or f"{term}\t" in buf or f" {term}" in buf or f"\t{term}" in buf
+
+
+def _iea_index(buf: str, term: str, iea_mark: str) -> int:
+    """The index, among ``buf``'s segments, of the first that begins with ``iea_mark`` (``IEA`` and the element
+    separator); the number of segments when none does."""
+    if buf.startswith(iea_mark):
+        return 0
+    found = buf.find(term + iea_mark)
+    return buf.count(term) + 1 if found < 0 else buf.count(term, 0, found + 1)
 
 
 def segment_id_is_valid(seg_id: str) -> bool:
