@@ -446,11 +446,13 @@ def _ls_le_findings(txn: Transaction) -> list[Finding]:
         children: list[Loop] = []
         opens: list[Segment] = []
         closes: list[Segment] = []
-        for item in loop.body:
-            if isinstance(item, Loop):
+        for item in loop.body:   # Segments and Loops, neither subclassed (model.Loop): a type test tells them apart
+            if type(item) is Loop:
                 children.append(item)
-            elif isinstance(item, Segment) and item.id in ("LS", "LE"):
-                (opens if item.id == "LS" else closes).append(item)
+            elif item.id == "LS":
+                opens.append(item)   # type: ignore[arg-type]
+            elif item.id == "LE":
+                closes.append(item)   # type: ignore[arg-type]
         stack.extend(children)
         if not opens and not closes:
             continue
