@@ -264,10 +264,11 @@ def _coverage_rows(coverage: dict[str, Any], dates: tuple[date | None, date | No
         terminated = None
     active = (effective is None or effective <= served) and (terminated is None or served <= terminated)
     status = "1" if active else "6"
+    included = set(types)   # each of a dozen generic (or the asked) types is looked up in it
     if generic:
-        answered = [t for t in config["generic_service_types"] if t in types]
+        answered = [t for t in config["generic_service_types"] if t in included]
     else:
-        answered = [t for t in asked if t in types]
+        answered = [t for t in asked if t in included]
     rows: list[tuple[str, list[Value]]] = [("EB", [status, "", primary, "", coverage.get("covtypedesc", "")])]
     if not active and terminated is not None:
         rows.append(("DTP", ["357", "D8", x12_date(terminated)]))
