@@ -54,15 +54,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.cookiejar import DefaultCookiePolicy
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import requests
+import urllib3
 import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool
+from urllib3.response import BaseHTTPResponse
 
 from gateway.errors import GatewayError, X12SyntaxError, quoted
 from gateway.transport import core
 from gateway.transport.acks import AckCodes, ack_findings, acknowledgments, load_ack_codes
-from gateway.transport.streams import DeadlineAdapter, arriving, deadline
+from gateway.transport.streams import DeadlineAdapter, Streamed, arriving, deadline
 from gateway.x12.model import Finding, Loop, Segment, Transaction
 from gateway.x12.reader import read_x12
 from gateway.x12.tokenizer import tokenize
@@ -524,7 +528,7 @@ class PayerClient:
                                    "gateway's log has the reason)") from None
         return _payload(route, status, content_type, content)
 
-    def _read(self, response: requests.Response, call: _Call) -> bytes:
+    def _read(self, response: Streamed, call: _Call) -> bytes:
         chunks: list[bytes] = []
         size = 0
         for chunk in arriving(response):
@@ -548,36 +552,137 @@ def _key(route: Route) -> str:
     return route.payer_id if route.listed else "*"
 
 
+class DirectAnswer:
+    """A payer's answer as :class:`DirectPost` receives it from urllib3: what ``_exchange`` reads of a
+    ``requests.Response`` (``status_code``, ``headers``, ``raw``, closing it), without building one: its cookie
+    jar, a copy of the headers and the cookies extracted from them (which the gateway refuses anyway)."""
+
+    __slots__ = ("headers", "raw", "status_code")
+
+    def __init__(self, raw: BaseHTTPResponse) -> None:
+        self.raw = raw
+        self.status_code = raw.status
+        self.headers = raw.headers   # urllib3's HTTPHeaderDict: case-insensitive, as requests' are
+
+    def close(self) -> None:
+        """As ``requests.Response.close`` does for a body read through ``raw``: an answer read to its end has
+        already given its connection back to the pool; one read only in part closes its connection (what is left
+        of it must never be read as the next answer), and the pool gets the slot back."""
+        self.raw.close()
+        self.raw.release_conn()
+
+    def __enter__(self) -> DirectAnswer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What is the same for every POST to one URL: the request prepared without a body (its URL, as requests
+    normalises it), the path sent, the session's headers with their spelling, and the pool keys requests makes of
+    the URL and each pair of TLS settings (``verify``, ``cert``) used with it."""
+
+    prepared: requests.PreparedRequest
+    path: str
+    headers: dict[str, str]
+    spelling: dict[str, str]   # lower case -> the session's spelling of each of its headers
+    pool_keys: dict[tuple[Any, Any], tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
+
+    MAX_TLS_SETTINGS: ClassVar[int] = 16   # routes share a URL with few settings; more are looked up per call
+
+    def pool(self, adapter: HTTPAdapter, verify: Any, cert: Any) -> HTTPConnectionPool:
+        """The adapter's pool for this URL and TLS settings, as ``get_connection_with_tls_context`` picks it
+        without a proxy; the key is kept (making it again parses the URL twice: about 7 % of the call)."""
+        keys = self.pool_keys.get((verify, cert))
+        if keys is None:
+            try:
+                keys = adapter.build_connection_pool_key_attributes(self.prepared, verify, cert)
+            except ValueError as exc:
+                raise requests.exceptions.InvalidURL(exc) from exc
+            if len(self.pool_keys) < self.MAX_TLS_SETTINGS:
+                self.pool_keys[verify, cert] = keys
+        host, tls_kwargs = keys
+        return adapter.poolmanager.connection_from_host(**host, pool_kwargs=tls_kwargs)
+
+
 class DirectPost:
-    """POSTs a body through the session's adapter, as ``session.post(..., stream=True, allow_redirects=False)``
-    would (the same method, URL, headers and body), without ``Session.request``'s work per call (merging and
-    preparing the same URL, headers, cookies and hooks again: about 40 % of a payer call's CPU). A session with
-    state of its own to apply (proxies or a CA bundle from the environment, cookies, auth, hooks) goes the whole
-    way. At most ``MAX_URLS`` prepared URLs are kept; others are prepared for each call."""
+    """POSTs a body as ``session.post(..., stream=True, allow_redirects=False)`` would: the same method, URL,
+    headers and body, over the adapter's connection pools with the same TLS settings and retries (none), failing
+    with the same requests exceptions. It goes straight to the adapter's urllib3 pool instead: ``Session.request``
+    merges and prepares the same URL, headers and cookies again for each call, and ``HTTPAdapter.send`` parses the
+    URL twice more, builds a ``requests.Response`` and extracts cookies from it; skipping that takes about a
+    quarter off the CPU of a POST and its answer. A session with state of its own to apply (proxies or a CA bundle
+    from the environment, cookies, auth, hooks), or an adapter other than requests' own or
+    :class:`DeadlineAdapter` (another could do anything in ``send``), goes the whole way through ``session.post``.
+    At most ``MAX_URLS`` URLs are kept prepared; others are prepared for each call."""
 
     MAX_URLS = 256
+    ADAPTERS: tuple[type[HTTPAdapter], ...] = (HTTPAdapter, DeadlineAdapter)   # whose ``send`` this does itself
 
     def __init__(self, session: requests.Session) -> None:
         self.session = session
-        self._prepared: dict[str, requests.PreparedRequest] = {}   # URL -> the request prepared without a body
+        self._targets: dict[str, _Target] = {}
 
     def __call__(self, url: str, body: bytes, headers: dict[str, str], *, timeout: tuple[float, float],
-                 cert: Any = None, verify: Any = None) -> requests.Response:
+                 cert: Any = None, verify: Any = None) -> requests.Response | DirectAnswer:
         session = self.session
-        if session.trust_env or session.proxies or session.auth or session.cookies or any(session.hooks.values()):
+        adapter = session.get_adapter(url)
+        if session.trust_env or session.proxies or session.auth or session.cookies or any(session.hooks.values()) \
+                or type(adapter) not in self.ADAPTERS:
             return session.post(url, data=body, headers=headers, timeout=timeout, stream=True, allow_redirects=False,
                                 cert=cert, verify=verify)
-        template = self._prepared.get(url)
-        if template is None:
-            template = session.prepare_request(requests.Request("POST", url))
-            if len(self._prepared) < self.MAX_URLS:
-                self._prepared[url] = template
-        prepared = template.copy()
-        prepared.headers.update(headers)
-        prepared.prepare_body(body, None)
-        return session.get_adapter(url).send(prepared, stream=True, timeout=timeout, proxies={},
-                                             cert=session.cert if cert is None else cert,
-                                             verify=session.verify if verify is None else verify)
+        target = self._targets.get(url) or self._target(url)
+        sent = target.headers.copy()
+        for name, value in headers.items():
+            sent[target.spelling.get(name.lower(), name)] = value
+        sent[target.spelling.get("content-length", "Content-Length")] = str(len(body))
+        return _posted(adapter, target, body, sent, timeout, session.cert if cert is None else cert,
+                       session.verify if verify is None else verify)
+
+    def _target(self, url: str) -> _Target:
+        # requests gives a POST without a body "Content-Length: 0": the body's length goes in its place
+        prepared = self.session.prepare_request(requests.Request("POST", url))
+        headers = dict(prepared.headers.items())
+        target = _Target(prepared, prepared.path_url, headers, {name.lower(): name for name in headers})
+        if len(self._targets) < self.MAX_URLS:
+            self._targets[url] = target
+        return target
+
+
+def _posted(adapter: HTTPAdapter, target: _Target, body: bytes, headers: dict[str, str],
+            timeout: tuple[float, float], cert: Any, verify: Any) -> DirectAnswer:
+    """``HTTPAdapter.send`` for a POST without proxies, streamed: the same pool, TLS settings, retries (none) and
+    exceptions (urllib3's turned into requests' as the adapter turns those that can occur here)."""
+    try:
+        pool = target.pool(adapter, verify, cert)
+    except urllib3.exceptions.LocationValueError as exc:
+        raise requests.exceptions.InvalidURL(exc) from exc
+    adapter.cert_verify(pool, target.prepared.url, verify, cert)   # OSError for a CA or key file gone since
+    try:
+        raw = pool.urlopen("POST", target.path, body=body, headers=headers, redirect=False, assert_same_host=False,
+                           preload_content=False, decode_content=False, retries=adapter.max_retries,
+                           timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]), chunked=False)
+    except (urllib3.exceptions.ProtocolError, OSError) as exc:   # the connection broke, after connecting
+        raise requests.ConnectionError(exc) from exc
+    except urllib3.exceptions.MaxRetryError as exc:   # no connection: refused, DNS, connect timeout, TLS handshake
+        reason = exc.reason
+        if isinstance(reason, urllib3.exceptions.ConnectTimeoutError) \
+                and not isinstance(reason, urllib3.exceptions.NewConnectionError):
+            raise requests.ConnectTimeout(exc) from exc
+        if isinstance(reason, urllib3.exceptions.SSLError):
+            raise requests.exceptions.SSLError(exc) from exc
+        raise requests.ConnectionError(exc) from exc
+    except urllib3.exceptions.ClosedPoolError as exc:   # the pool manager let this pool go meanwhile
+        raise requests.ConnectionError(exc) from exc
+    except urllib3.exceptions.SSLError as exc:   # with retries that re-raise at once (not the gateway's)
+        raise requests.exceptions.SSLError(exc) from exc
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        raise requests.ReadTimeout(exc) from exc
+    except urllib3.exceptions.InvalidHeader as exc:   # Content-Length with two different values, say
+        raise requests.exceptions.InvalidHeader(exc) from exc
+    return DirectAnswer(raw)
 
 
 def _session(pool_size: int) -> requests.Session:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -119,7 +119,15 @@ class DeadlineAdapter(HTTPAdapter):
         return manager
 
 
-def arriving(response: requests.Response, size: int = 64 * 1024) -> Iterator[bytes]:
+class Streamed(Protocol):
+    """An answer whose body is still to be read from ``raw``: a ``stream=True`` ``requests.Response``, or the
+    payer client's ``DirectAnswer`` (whose ``raw`` is urllib3's response, as a requests one's is)."""
+
+    @property
+    def raw(self) -> Any: ...
+
+
+def arriving(response: Streamed, size: int = 64 * 1024) -> Iterator[bytes]:
     """The body of a ``stream=True`` response, each chunk what one read of the socket gave (at most ``size``
     bytes): a caller checks its deadline between chunks. ``iter_content`` waits for ``size`` bytes or the end,
     so a server dripping one byte a second held it for as long as the server liked. Errors are requests' own,
