@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
 
 
@@ -66,8 +67,8 @@ class CompiledStatement:
 class DBAPIWriter:
     """Runs :class:`CompiledStatement` s in one transaction on a connection from ``engine``'s pool."""
 
-    def __init__(self, engine: Engine, begin: Callable[[Any], None] | None = None) -> None:
-        """``begin(dbapi_connection)``: how a transaction starts (a SQLite file's ``BEGIN IMMEDIATE``); None: the
+    def __init__(self, engine: Engine, begin: Callable[[PoolProxiedConnection], None] | None = None) -> None:
+        """``begin(pooled_connection)``: how a transaction starts (a SQLite file's ``BEGIN IMMEDIATE``); None: the
         driver begins one itself, as psycopg does (and sqlite3, unless its ``isolation_level`` is None)."""
         self.engine = engine
         self.dialect = engine.dialect
@@ -87,7 +88,7 @@ class DBAPIWriter:
         try:
             try:
                 if self._begin is not None:
-                    self._begin(connection.driver_connection)
+                    self._begin(connection)
                 cursor = connection.cursor()
                 try:
                     yield Transaction(cursor, self._error)
