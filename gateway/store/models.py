@@ -6,6 +6,7 @@ The schema is created and changed only by the Alembic migrations in ``migrations
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -49,10 +50,29 @@ class UTCDateTime(TypeDecorator[datetime]):
         value = to_utc(value)
         return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
 
+    def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], Any] | None:
+        if dialect.name == "sqlite":
+            return sqlite_utc_text
+        return super().bind_processor(dialect)
+
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def sqlite_utc_text(value: datetime | None) -> str | None:
+    """The text SQLite's DATETIME stores for ``value`` in UTC: ``2025-03-10 14:15:00.000000``, always 26 characters.
+
+    What ``process_bind_param`` followed by the SQLite dialect's own processor gives, in one step: that way took
+    two ``datetime.replace`` calls (slow with keyword arguments) and a ``%`` format of a dict of seven fields, a
+    few microseconds per column and seven datetime columns per round trip.
+    """
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = to_utc(value)   # the offset isoformat then adds is UTC's, and is cut off
+    return value.isoformat(" ", "microseconds")[:26]
 
 
 class Base(DeclarativeBase):

@@ -30,7 +30,7 @@ import calendar
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, select, true
@@ -71,27 +71,30 @@ def parse_datetime_range(text: str) -> tuple[datetime, datetime]:
     g = match.groupdict()
     zone = _zone(g["tz"])
     year = int(g["year"])
+    # built in their zone with positional arguments: datetime.replace with keywords cost a microsecond a call
     if g["month"] is None:
-        first, last = datetime(year, 1, 1), datetime(year, 12, 31, 23, 59, 59, 999999)
+        first, last = datetime(year, 1, 1, 0, 0, 0, 0, zone), datetime(year, 12, 31, 23, 59, 59, 999999, zone)
     elif g["day"] is None:
         month = int(g["month"])
-        first = datetime(year, month, 1)
-        last = datetime(year, month, calendar.monthrange(year, month)[1], 23, 59, 59, 999999)
+        first = datetime(year, month, 1, 0, 0, 0, 0, zone)
+        last = datetime(year, month, calendar.monthrange(year, month)[1], 23, 59, 59, 999999, zone)
     else:
-        day = date(year, int(g["month"]), int(g["day"]))
+        month, day = int(g["month"]), int(g["day"])
         if g["hour"] is None:
-            first = datetime(day.year, day.month, day.day)
-            last = first.replace(hour=23, minute=59, second=59, microsecond=999999)
+            first = datetime(year, month, day, 0, 0, 0, 0, zone)
+            last = datetime(year, month, day, 23, 59, 59, 999999, zone)
         elif g["second"] is None:
-            first = datetime(day.year, day.month, day.day, int(g["hour"]), int(g["minute"]))
-            last = first.replace(second=59, microsecond=999999)
+            hour, minute = int(g["hour"]), int(g["minute"])
+            first = datetime(year, month, day, hour, minute, 0, 0, zone)
+            last = datetime(year, month, day, hour, minute, 59, 999999, zone)
         else:
+            hour, minute, second = int(g["hour"]), int(g["minute"]), int(g["second"])
             digits = (g["fraction"] or "")[1:7]  # finer than a microsecond: the microsecond it falls in
             micro = int(digits.ljust(6, "0")) if digits else 0
-            first = datetime(day.year, day.month, day.day, int(g["hour"]), int(g["minute"]), int(g["second"]), micro)
-            last = first.replace(microsecond=micro + 10 ** (6 - len(digits)) - 1)
+            first = datetime(year, month, day, hour, minute, second, micro, zone)
+            last = datetime(year, month, day, hour, minute, second, micro + 10 ** (6 - len(digits)) - 1, zone)
     # every step above stays inside one calendar unit: only the move to UTC can leave the years 1-9999
-    return to_utc(first.replace(tzinfo=zone)), to_utc(last.replace(tzinfo=zone))
+    return to_utc(first), to_utc(last)
 
 
 def fhir_datetime_bounds(value: Any) -> tuple[datetime, datetime] | None:
