@@ -31,11 +31,13 @@ class CompiledStatement:
         compiled = statement.compile(dialect=dialect, column_keys=list(column_keys) if column_keys else None,
                                      for_executemany=many)
         self.sql = str(compiled)
-        self._names: tuple[str, ...] | None = tuple(compiled.positiontup) if compiled.positional else None
         used = set(compiled.bind_names.values())   # the binds the SQL text names (not every one built on the way)
         binds = {name: bind for name, bind in compiled.binds.items() if name in used}
         self._binds: dict[str, Callable[[Any], Any] | None] = {
             name: bind.type.dialect_impl(dialect).bind_processor(dialect) for name, bind in binds.items()}
+        # a positional paramstyle (sqlite3's qmark): each bind's name and conversion in the order the SQL names them
+        self._positions: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None = tuple(
+            (name, self._binds[name]) for name in compiled.positiontup) if compiled.positional else None
         # values written into the statement itself (``kind == "response"``, ``create_condition=None``) are binds
         # with a value of their own; a ``bindparam("rid")`` is required
         self._fixed = {name: bind.value for name, bind in binds.items() if not bind.required and bind.callable is None}
@@ -49,14 +51,15 @@ class CompiledStatement:
                               None, exc, hide_parameters=True)
 
     def parameters(self, values: Mapping[str, Any]) -> Any:
-        """The DBAPI parameters for ``values`` (bind name -> Python value), converted by the column types."""
-        converted = {}
-        for name, value in ({**self._fixed, **values} if self._fixed else values).items():
-            processor = self._binds[name]
-            converted[name] = processor(value) if processor is not None else value   # None too (JSON: 'null')
-        if self._names is None:
-            return converted
-        return tuple(converted[name] for name in self._names)
+        """The DBAPI parameters for ``values`` (bind name -> Python value), converted by the column types (None
+        too: JSON's is ``'null'``). In one pass, straight into the tuple or dict the driver takes."""
+        if self._fixed:
+            values = {**self._fixed, **values}
+        if self._positions is not None:
+            return tuple([values[name] if convert is None else convert(values[name])
+                          for name, convert in self._positions])
+        binds = self._binds
+        return {name: value if (convert := binds[name]) is None else convert(value) for name, value in values.items()}
 
     def row(self, found: Sequence[Any] | None) -> tuple[Any, ...] | None:
         if found is None:

@@ -31,6 +31,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from functools import cache
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, select, true
@@ -107,7 +108,10 @@ def fhir_datetime_bounds(value: Any) -> tuple[datetime, datetime] | None:
         return None
 
 
+@cache   # at most 2 x 15 x 60 offsets are valid (the invalid raise, and are not kept)
 def _zone(text: str | None) -> timezone:
+    """The zone of an offset (``Z``, ``+05:30``): kept once made, a timedelta with keywords and a timezone cost
+    more than the rest of a created's parsing."""
     if not text or text == "Z":
         return UTC
     sign = 1 if text[0] == "+" else -1
