@@ -49,6 +49,7 @@ RESPONSE_TYPE = "CoverageEligibilityResponse"
 PURGE_BATCH = 500
 SQLITE_POOL_SIZE = 32       # connections kept open to a SQLite file (as many again may be opened under a burst)
 BUSY_TIMEOUT_SECONDS = 30   # how long a SQLite connection waits for a lock before it gives up
+SQLITE_SPARE_WRITERS = 4    # SQLite connections the two writes of a round trip keep out of the pool (see DBAPIWriter)
 _WRITES = "fhir_x12_writes"   # execution option of the connections that write (see _sqlite_begin)
 _BUSY_HANDLER_OFF = "fhir_x12_busy_handler_off"   # in a SQLite connection's info: a writer left it so
 _RECORDS = EligibilityRecord.__table__
@@ -128,7 +129,9 @@ class AuditStore:
         # blocking the worker (see _sqlite_begin); elsewhere the option means nothing
         self._writer = self.engine.execution_options(**{_WRITES: True})
         # the two writes of every round trip skip Connection.execute's per-call machinery (see store.dbapi)
-        fast = DBAPIWriter(self.engine, _begin_immediate if backend == "sqlite" and not memory else None)
+        sqlite_file_store = backend == "sqlite" and not memory
+        fast = DBAPIWriter(self.engine, _begin_immediate if sqlite_file_store else None,
+                           spare=SQLITE_SPARE_WRITERS if sqlite_file_store else 0)
         self.dbapi_writer = fast
         self._insert_record = fast.compile(_RECORDS.insert(), column_keys=_REQUEST_COLUMNS)
         self._insert_identifiers = fast.compile(_IDENTIFIERS.insert(), column_keys=_IDENTIFIER_COLUMNS, many=True)
@@ -161,6 +164,7 @@ class AuditStore:
     def close(self) -> None:
         if self.checkpointer is not None:
             self.checkpointer.stop()
+        self.dbapi_writer.close()
         self.engine.dispose()
 
     def __enter__(self) -> AuditStore:

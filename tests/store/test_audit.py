@@ -707,29 +707,37 @@ def test_a_writing_connection_keeps_its_busy_handler_off_and_a_reader_turns_it_o
     with AuditStore(f"sqlite:///{tmp_path / 'audit.db'}") as store:
         store.engine.dispose()   # the connections from here on are traced
         event.listen(store.engine, "connect", lambda dbapi, _record: dbapi.set_trace_callback(statements.append))
+        pool = store.engine.pool
         now = datetime(2025, 3, 10, tzinfo=UTC)
-
-        def round_trip(id: str) -> None:
-            store.record_request(id, SEED[0]["request"], None, "60054", id, now, x12_request="ISA~", sent_at=now)
-            store.record_answer(id, x12_response="ISA~", response=None, outcome=None, aaa_codes=[], http_status=502,
-                                error=OPERATION_OUTCOME, answered_at=now)
 
         def pragmas() -> list[str]:
             found = [s for s in statements if s.startswith("PRAGMA busy_timeout")]
             statements.clear()
             return found
 
-        for n in range(3):
-            round_trip(f"gw-{n}")
-        assert store.engine.pool.checkedout() == 0 and store.engine.pool.checkedin() == 1   # one connection
+        for n in range(3):   # round trips: their writes keep one spare connection out of the pool
+            store.record_request(f"gw-{n}", SEED[0]["request"], None, "60054", "T", now, x12_request="ISA~",
+                                 sent_at=now)
+            store.record_answer(f"gw-{n}", x12_response="ISA~", response=None, outcome=None, aaa_codes=[],
+                                http_status=502, error=OPERATION_OUTCOME, answered_at=now)
+        assert pool.checkedout() == 1 and pool.checkedin() == 0
         assert pragmas() == ["PRAGMA busy_timeout=0"]   # once, on the first write
-        assert store.record("gw-2").status == "failed"
+        # a write through Core (and a pooled connection), then readers on that same connection
+        store.record_request("gw-3", SEED[0]["request"], None, "60054", "T", now)
+        store.record_sent("gw-3", "ISA~", now)
+        assert pool.checkedin() == 1
+        assert pragmas() == ["PRAGMA busy_timeout=0"]
+        assert store.record("gw-3").status == "sent"
         with store.engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == audit.BUSY_TIMEOUT_SECONDS * 1000
+        assert pool.checkedin() == 1   # the same connection all along
         assert pragmas() == [f"PRAGMA busy_timeout={audit.BUSY_TIMEOUT_SECONDS * 1000}", "PRAGMA busy_timeout"]
-        round_trip("gw-3")
-        assert store.release("gw-3", now) is True   # a Core write: the same
+        assert store.release("gw-2", now) is True
         assert pragmas() == ["PRAGMA busy_timeout=0"]
+        with pytest.raises(DuplicateRecordError):   # a failed write's connection goes back to the pool
+            store.record_request("gw-1", SEED[0]["request"], None, "60054", "T", now)
+        store.dbapi_writer.close()   # as the store's close() does, before the pool is disposed of
+        assert pool.checkedout() == 0
 
 
 CONCURRENT_WRITERS = """
