@@ -447,7 +447,7 @@ def _sqlite_begin(connection: Connection) -> None:
     if connection.get_execution_options().get(_WRITES):
         _begin_immediate(pooled)
         return
-    raw = pooled.driver_connection
+    raw = pooled.dbapi_connection
     if pooled.info.get(_BUSY_HANDLER_OFF):   # last used by a writer (see _begin_immediate)
         raw.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
         pooled.info[_BUSY_HANDLER_OFF] = False
@@ -463,7 +463,7 @@ def _begin_immediate(pooled: PoolProxiedConnection) -> None:
     nor the PASSIVE checkpoint a commit may run waits for a lock), so a connection that writes again and again
     (most of them: two writes per round trip) pays for no PRAGMA at all. A reader turns it on again
     (_sqlite_begin); the connection's ``info`` says which it is, and is cleared with a connection replaced."""
-    raw = pooled.driver_connection
+    raw = pooled.dbapi_connection
     if not pooled.info.get(_BUSY_HANDLER_OFF):
         raw.execute("PRAGMA busy_timeout=0")
         pooled.info[_BUSY_HANDLER_OFF] = True

@@ -100,18 +100,21 @@ class DBAPIWriter:
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         connection = self._checkout()
+        # the driver's own connection: the pool's proxy hands commit() on through __getattr__, after a failed
+        # attribute lookup (an AttributeError made and caught) each time
+        dbapi_connection = connection.dbapi_connection
         committed = False
         try:
             try:
                 if self._begin is not None:
                     self._begin(connection)
-                cursor = connection.cursor()
+                cursor = dbapi_connection.cursor()
                 try:
                     yield Transaction(cursor, self._error)
                 finally:
                     with suppress(self._error):   # a lost connection's cursor: the error that matters is raised
                         cursor.close()
-                connection.commit()
+                dbapi_connection.commit()
                 committed = True
             except self._error as exc:
                 lost = self.dialect.is_disconnect(exc, connection.driver_connection, None)

@@ -26,6 +26,8 @@ def to_utc(value: datetime) -> datetime:
     ``0001-01-01T00:00:00+01:00`` is before the first representable UTC instant, and
     ``9999-12-31T23:59:59-05:00`` after the last: they become UTC_MIN and UTC_MAX.
     """
+    if value.tzinfo is UTC:   # most are: astimezone would parse its arguments to return it as it is
+        return value
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     try:
@@ -58,7 +60,9 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if value.tzinfo is None:   # the same fields in UTC: replace(tzinfo=UTC) parses keywords, at twice the cost
+            return datetime.combine(value.date(), value.time(), UTC)
+        return value.astimezone(UTC)
 
 
 _TWO_DIGITS = tuple(f"{n:02d}" for n in range(100))

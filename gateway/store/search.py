@@ -69,28 +69,28 @@ def parse_datetime_range(text: str) -> tuple[datetime, datetime]:
     match = _DATETIME.fullmatch(text.strip())
     if not match:
         raise ValueError("not a FHIR date or dateTime")
-    g = match.groupdict()
-    zone = _zone(g["tz"])
-    year = int(g["year"])
+    year_text, month_text, day_text, hour_text, minute_text, second_text, fraction, offset = match.groups()
+    zone = _zone(offset)
+    year = int(year_text)
     # built in their zone with positional arguments: datetime.replace with keywords cost a microsecond a call
-    if g["month"] is None:
+    if month_text is None:
         first, last = datetime(year, 1, 1, 0, 0, 0, 0, zone), datetime(year, 12, 31, 23, 59, 59, 999999, zone)
-    elif g["day"] is None:
-        month = int(g["month"])
+    elif day_text is None:
+        month = int(month_text)
         first = datetime(year, month, 1, 0, 0, 0, 0, zone)
         last = datetime(year, month, calendar.monthrange(year, month)[1], 23, 59, 59, 999999, zone)
     else:
-        month, day = int(g["month"]), int(g["day"])
-        if g["hour"] is None:
+        month, day = int(month_text), int(day_text)
+        if hour_text is None:
             first = datetime(year, month, day, 0, 0, 0, 0, zone)
             last = datetime(year, month, day, 23, 59, 59, 999999, zone)
-        elif g["second"] is None:
-            hour, minute = int(g["hour"]), int(g["minute"])
+        elif second_text is None:
+            hour, minute = int(hour_text), int(minute_text)
             first = datetime(year, month, day, hour, minute, 0, 0, zone)
             last = datetime(year, month, day, hour, minute, 59, 999999, zone)
         else:
-            hour, minute, second = int(g["hour"]), int(g["minute"]), int(g["second"])
-            digits = (g["fraction"] or "")[1:7]  # finer than a microsecond: the microsecond it falls in
+            hour, minute, second = int(hour_text), int(minute_text), int(second_text)
+            digits = (fraction or "")[1:7]  # finer than a microsecond: the microsecond it falls in
             micro = int(digits.ljust(6, "0")) if digits else 0
             first = datetime(year, month, day, hour, minute, second, micro, zone)
             last = datetime(year, month, day, hour, minute, second, micro + 10 ** (6 - len(digits)) - 1, zone)
