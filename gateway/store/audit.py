@@ -21,7 +21,7 @@ from sqlalchemy import bindparam, create_engine, delete, event, func, inspect, s
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 
 from gateway.store.checkpoint import SAFETY_FRAMES, Checkpointer
 from gateway.store.dbapi import DBAPIWriter
@@ -49,7 +49,9 @@ RESPONSE_TYPE = "CoverageEligibilityResponse"
 PURGE_BATCH = 500
 SQLITE_POOL_SIZE = 32       # connections kept open to a SQLite file (as many again may be opened under a burst)
 BUSY_TIMEOUT_SECONDS = 30   # how long a SQLite connection waits for a lock before it gives up
+SQLITE_SPARE_WRITERS = 4    # SQLite connections the two writes of a round trip keep out of the pool (see DBAPIWriter)
 _WRITES = "fhir_x12_writes"   # execution option of the connections that write (see _sqlite_begin)
+_BUSY_HANDLER_OFF = "fhir_x12_busy_handler_off"   # in a SQLite connection's info: a writer left it so
 _RECORDS = EligibilityRecord.__table__
 _IDENTIFIERS = RecordIdentifier.__table__
 # built once: statement construction, not SQLite, was most of an answer's write
@@ -127,7 +129,9 @@ class AuditStore:
         # blocking the worker (see _sqlite_begin); elsewhere the option means nothing
         self._writer = self.engine.execution_options(**{_WRITES: True})
         # the two writes of every round trip skip Connection.execute's per-call machinery (see store.dbapi)
-        fast = DBAPIWriter(self.engine, _begin_immediate if backend == "sqlite" and not memory else None)
+        sqlite_file_store = backend == "sqlite" and not memory
+        fast = DBAPIWriter(self.engine, _begin_immediate if sqlite_file_store else None,
+                           spare=SQLITE_SPARE_WRITERS if sqlite_file_store else 0)
         self.dbapi_writer = fast
         self._insert_record = fast.compile(_RECORDS.insert(), column_keys=_REQUEST_COLUMNS)
         self._insert_identifiers = fast.compile(_IDENTIFIERS.insert(), column_keys=_IDENTIFIER_COLUMNS, many=True)
@@ -160,6 +164,7 @@ class AuditStore:
     def close(self) -> None:
         if self.checkpointer is not None:
             self.checkpointer.stop()
+        self.dbapi_writer.close()
         self.engine.dispose()
 
     def __enter__(self) -> AuditStore:
@@ -436,31 +441,43 @@ def _sqlite_begin(connection: Connection) -> None:
     latency). The lock is taken at BEGIN instead, with the busy handler off, and while another process holds
     it this thread sleeps in Python (``time.sleep``: a greenlet switch under gevent, the GIL released under
     threads), 0.2 ms doubling to 4 ms, up to the connection's usual timeout. Readers begin a plain (deferred)
-    transaction: in WAL mode they never wait for a writer."""
-    raw = connection.connection.dbapi_connection
-    if not connection.get_execution_options().get(_WRITES):
-        raw.execute("BEGIN")
+    transaction: in WAL mode they never wait for a writer, save in rare moments (another process recovering the
+    WAL, say) when their busy handler, on again for them, waits as SQLite's does."""
+    pooled = connection.connection
+    if connection.get_execution_options().get(_WRITES):
+        _begin_immediate(pooled)
         return
-    _begin_immediate(raw)
+    raw = pooled.dbapi_connection
+    if pooled.info.get(_BUSY_HANDLER_OFF):   # last used by a writer (see _begin_immediate)
+        raw.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        pooled.info[_BUSY_HANDLER_OFF] = False
+    raw.execute("BEGIN")
 
 
-def _begin_immediate(raw: sqlite3.Connection) -> None:
-    """``BEGIN IMMEDIATE`` on a sqlite3 connection, waiting for the write lock cooperatively (see _sqlite_begin)."""
-    raw.execute("PRAGMA busy_timeout=0")
-    try:
-        delay, deadline = 0.0002, time.monotonic() + BUSY_TIMEOUT_SECONDS
-        while True:
-            try:
-                raw.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                busy = (exc.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-                if not busy or time.monotonic() + delay > deadline:
-                    raise OperationalError("BEGIN IMMEDIATE", None, exc) from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.004)
-    finally:
-        raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_SECONDS * 1000}")
+def _begin_immediate(pooled: PoolProxiedConnection) -> None:
+    """``BEGIN IMMEDIATE`` on a pooled sqlite3 connection, waiting for the write lock cooperatively (see
+    _sqlite_begin).
+
+    The busy handler is turned off for the wait and left off afterwards: a connection that holds the write lock
+    never calls it in WAL mode (SQLite consults it only to begin a transaction: nothing inside one, its COMMIT,
+    nor the PASSIVE checkpoint a commit may run waits for a lock), so a connection that writes again and again
+    (most of them: two writes per round trip) pays for no PRAGMA at all. A reader turns it on again
+    (_sqlite_begin); the connection's ``info`` says which it is, and is cleared with a connection replaced."""
+    raw = pooled.dbapi_connection
+    if not pooled.info.get(_BUSY_HANDLER_OFF):
+        raw.execute("PRAGMA busy_timeout=0")
+        pooled.info[_BUSY_HANDLER_OFF] = True
+    delay, deadline = 0.0002, time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = (exc.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            if not busy or time.monotonic() + delay > deadline:
+                raise OperationalError("BEGIN IMMEDIATE", None, exc) from None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.004)
 
 
 def _sqlite_pragmas(memory: bool, autocheckpoint: int | None) -> Any:

@@ -6,6 +6,7 @@ The schema is created and changed only by the Alembic migrations in ``migrations
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +26,8 @@ def to_utc(value: datetime) -> datetime:
     ``0001-01-01T00:00:00+01:00`` is before the first representable UTC instant, and
     ``9999-12-31T23:59:59-05:00`` after the last: they become UTC_MIN and UTC_MAX.
     """
+    if value.tzinfo is UTC:   # most are: astimezone would parse its arguments to return it as it is
+        return value
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     try:
@@ -49,10 +52,39 @@ class UTCDateTime(TypeDecorator[datetime]):
         value = to_utc(value)
         return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
 
+    def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], Any] | None:
+        if dialect.name == "sqlite":
+            return sqlite_utc_text
+        return super().bind_processor(dialect)
+
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if value.tzinfo is None:   # the same fields in UTC: replace(tzinfo=UTC) parses keywords, at twice the cost
+            return datetime.combine(value.date(), value.time(), UTC)
+        return value.astimezone(UTC)
+
+
+_TWO_DIGITS = tuple(f"{n:02d}" for n in range(100))
+
+
+def sqlite_utc_text(value: datetime | None) -> str | None:
+    """The text SQLite's DATETIME stores for ``value`` in UTC: ``2025-03-10 14:15:00.000000``, always 26 characters.
+
+    What ``process_bind_param`` followed by the SQLite dialect's own processor gives, in one step: that way took
+    two ``datetime.replace`` calls (slow with keyword arguments) and a ``%`` format of a dict of seven fields, and
+    even ``isoformat`` (through ``PyUnicode_FromFormat``) costs twice these two-digit pieces put together; seven
+    datetime columns are written per round trip.
+    """
+    if value is None:
+        return None
+    if value.tzinfo is not UTC and value.tzinfo is not None:
+        value = to_utc(value)
+    two = _TWO_DIGITS
+    year, micro = value.year, value.microsecond
+    return (f"{two[year // 100]}{two[year % 100]}-{two[value.month]}-{two[value.day]} "
+            f"{two[value.hour]}:{two[value.minute]}:{two[value.second]}."
+            f"{two[micro // 10000]}{two[micro // 100 % 100]}{two[micro % 100]}")
 
 
 class Base(DeclarativeBase):

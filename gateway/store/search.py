@@ -30,7 +30,8 @@ import calendar
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
+from functools import cache
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, select, true
@@ -68,30 +69,33 @@ def parse_datetime_range(text: str) -> tuple[datetime, datetime]:
     match = _DATETIME.fullmatch(text.strip())
     if not match:
         raise ValueError("not a FHIR date or dateTime")
-    g = match.groupdict()
-    zone = _zone(g["tz"])
-    year = int(g["year"])
-    if g["month"] is None:
-        first, last = datetime(year, 1, 1), datetime(year, 12, 31, 23, 59, 59, 999999)
-    elif g["day"] is None:
-        month = int(g["month"])
-        first = datetime(year, month, 1)
-        last = datetime(year, month, calendar.monthrange(year, month)[1], 23, 59, 59, 999999)
+    year_text, month_text, day_text, hour_text, minute_text, second_text, fraction, offset = match.groups()
+    zone = _zone(offset)
+    year = int(year_text)
+    # built in their zone with positional arguments: datetime.replace with keywords cost a microsecond a call
+    if month_text is None:
+        first, last = datetime(year, 1, 1, 0, 0, 0, 0, zone), datetime(year, 12, 31, 23, 59, 59, 999999, zone)
+    elif day_text is None:
+        month = int(month_text)
+        first = datetime(year, month, 1, 0, 0, 0, 0, zone)
+        last = datetime(year, month, calendar.monthrange(year, month)[1], 23, 59, 59, 999999, zone)
     else:
-        day = date(year, int(g["month"]), int(g["day"]))
-        if g["hour"] is None:
-            first = datetime(day.year, day.month, day.day)
-            last = first.replace(hour=23, minute=59, second=59, microsecond=999999)
-        elif g["second"] is None:
-            first = datetime(day.year, day.month, day.day, int(g["hour"]), int(g["minute"]))
-            last = first.replace(second=59, microsecond=999999)
+        month, day = int(month_text), int(day_text)
+        if hour_text is None:
+            first = datetime(year, month, day, 0, 0, 0, 0, zone)
+            last = datetime(year, month, day, 23, 59, 59, 999999, zone)
+        elif second_text is None:
+            hour, minute = int(hour_text), int(minute_text)
+            first = datetime(year, month, day, hour, minute, 0, 0, zone)
+            last = datetime(year, month, day, hour, minute, 59, 999999, zone)
         else:
-            digits = (g["fraction"] or "")[1:7]  # finer than a microsecond: the microsecond it falls in
+            hour, minute, second = int(hour_text), int(minute_text), int(second_text)
+            digits = (fraction or "")[1:7]  # finer than a microsecond: the microsecond it falls in
             micro = int(digits.ljust(6, "0")) if digits else 0
-            first = datetime(day.year, day.month, day.day, int(g["hour"]), int(g["minute"]), int(g["second"]), micro)
-            last = first.replace(microsecond=micro + 10 ** (6 - len(digits)) - 1)
+            first = datetime(year, month, day, hour, minute, second, micro, zone)
+            last = datetime(year, month, day, hour, minute, second, micro + 10 ** (6 - len(digits)) - 1, zone)
     # every step above stays inside one calendar unit: only the move to UTC can leave the years 1-9999
-    return to_utc(first.replace(tzinfo=zone)), to_utc(last.replace(tzinfo=zone))
+    return to_utc(first), to_utc(last)
 
 
 def fhir_datetime_bounds(value: Any) -> tuple[datetime, datetime] | None:
@@ -104,7 +108,10 @@ def fhir_datetime_bounds(value: Any) -> tuple[datetime, datetime] | None:
         return None
 
 
+@cache   # at most 2 x 15 x 60 offsets are valid (the invalid raise, and are not kept)
 def _zone(text: str | None) -> timezone:
+    """The zone of an offset (``Z``, ``+05:30``): kept once made, a timedelta with keywords and a timezone cost
+    more than the rest of a created's parsing."""
     if not text or text == "Z":
         return UTC
     sign = 1 if text[0] == "+" else -1

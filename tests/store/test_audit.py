@@ -696,6 +696,94 @@ def test_readers_do_not_wait_for_a_writer_and_a_lock_held_too_long_is_a_store_er
         assert store.record("gw-1").status == "sent"
 
 
+def test_a_writing_connection_keeps_its_busy_handler_off_and_a_reader_turns_it_on(tmp_path: Path):
+    """Two writes per round trip, and no PRAGMA for either: a connection that took the write lock cooperatively
+    keeps SQLite's busy handler off. A reader (whose rare waits are SQLite's) gets it back first."""
+    from sqlalchemy import event
+
+    import gateway.store.audit as audit
+
+    statements: list[str] = []
+    with AuditStore(f"sqlite:///{tmp_path / 'audit.db'}") as store:
+        store.engine.dispose()   # the connections from here on are traced
+        event.listen(store.engine, "connect", lambda dbapi, _record: dbapi.set_trace_callback(statements.append))
+        pool = store.engine.pool
+        now = datetime(2025, 3, 10, tzinfo=UTC)
+
+        def pragmas() -> list[str]:
+            found = [s for s in statements if s.startswith("PRAGMA busy_timeout")]
+            statements.clear()
+            return found
+
+        for n in range(3):   # round trips: their writes keep one spare connection out of the pool
+            store.record_request(f"gw-{n}", SEED[0]["request"], None, "60054", "T", now, x12_request="ISA~",
+                                 sent_at=now)
+            store.record_answer(f"gw-{n}", x12_response="ISA~", response=None, outcome=None, aaa_codes=[],
+                                http_status=502, error=OPERATION_OUTCOME, answered_at=now)
+        assert pool.checkedout() == 1 and pool.checkedin() == 0
+        assert pragmas() == ["PRAGMA busy_timeout=0"]   # once, on the first write
+        # a write through Core (and a pooled connection), then readers on that same connection
+        store.record_request("gw-3", SEED[0]["request"], None, "60054", "T", now)
+        store.record_sent("gw-3", "ISA~", now)
+        assert pool.checkedin() == 1
+        assert pragmas() == ["PRAGMA busy_timeout=0"]
+        assert store.record("gw-3").status == "sent"
+        with store.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == audit.BUSY_TIMEOUT_SECONDS * 1000
+        assert pool.checkedin() == 1   # the same connection all along
+        assert pragmas() == [f"PRAGMA busy_timeout={audit.BUSY_TIMEOUT_SECONDS * 1000}", "PRAGMA busy_timeout"]
+        assert store.release("gw-2", now) is True
+        assert pragmas() == ["PRAGMA busy_timeout=0"]
+        with pytest.raises(DuplicateRecordError):   # a failed write's connection goes back to the pool
+            store.record_request("gw-1", SEED[0]["request"], None, "60054", "T", now)
+        store.dbapi_writer.close()   # as the store's close() does, before the pool is disposed of
+        assert pool.checkedout() == 0
+
+
+CONCURRENT_WRITERS = """
+from gevent import monkey
+monkey.patch_all()
+import sys
+from datetime import UTC, datetime
+import gevent
+from gateway.store import AuditStore, checkpoint
+checkpoint.RESTART_FRAMES = 8   # a RESTART checkpoint (which takes the write lock) every few transactions
+url, process, greenlets, pairs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+request = {"resourceType": "CoverageEligibilityRequest", "status": "active", "identifier": [{"value": "x"}],
+           "patient": {"reference": "Patient/p1"}, "created": "2025-03-14T10:00:00Z", "text": "x" * 6000}
+response = {"resourceType": "CoverageEligibilityResponse", "outcome": "complete", "text": "y" * 12000}
+store = AuditStore(url)
+
+def round_trips(greenlet):
+    for n in range(pairs):
+        id = f"{process}-{greenlet}-{n}"
+        now = datetime.now(UTC)
+        store.record_request(id, request, None, "60054", id, now, x12_request="ISA~", sent_at=now)
+        gevent.sleep(0.001)   # the payer
+        store.record_answer(id, x12_response="ISA~", response={**response, "id": id}, outcome="complete",
+                            aaa_codes=[], http_status=200, answered_at=datetime.now(UTC))
+        assert store.record(id).status == "answered"
+
+gevent.joinall([gevent.spawn(round_trips, g) for g in range(greenlets)], raise_error=True)
+store.close()
+print(store.checkpointer.stats["restarts"] + store.checkpointer.stats["busy"])
+"""
+
+
+def test_writers_of_several_processes_all_get_through_while_checkpoints_restart_the_log(tmp_path: Path):
+    """Gevent workers writing to one file at once, with RESTART checkpoints taking the write lock now and then:
+    every write waits its turn (cooperatively: with the busy handler off, a wait SQLite needed would fail)."""
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    AuditStore(url).close()   # migrated before the workers start, as the gateway's master does
+    processes = [subprocess.Popen([sys.executable, "-c", CONCURRENT_WRITERS, url, str(n), "4", "20"], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(3)]
+    results = [process.communicate(timeout=300) for process in processes]
+    assert [process.returncode for process in processes] == [0] * 3, [err for _, err in results]
+    assert sum(int(out) for out, _ in results) > 0   # RESTARTs were tried meanwhile
+    with AuditStore(url) as store:
+        assert store.search_responses({}, 0, 0)[1] == 3 * 4 * 20
+
+
 def test_a_burst_of_writers_keeps_its_sqlite_connections_open(tmp_path: Path):
     """A gevent worker has dozens of requests in flight: the connections a burst opened stay in the pool, so the
     next burst does not open (and the one after close) a SQLite connection per commit."""

@@ -147,3 +147,23 @@ def test_a_value_no_column_type_can_convert_is_a_statement_error_naming_no_value
         with fast.transaction() as transaction:   # and the connection is usable again
             transaction.execute(insert, {**ROW, "id": "next"})
         assert store.record("next") is not None
+
+
+@pytest.mark.parametrize("value", [
+    None, datetime(2026, 3, 1, 18, 0, 1, 250000, tzinfo=UTC), datetime(2026, 3, 1, 23, 30, tzinfo=EAST),
+    datetime(2026, 3, 1, 18, 0), datetime(1, 1, 1), datetime.max, datetime(1, 1, 1, tzinfo=EAST),
+    datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5))),
+    datetime(999, 2, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=-14))),
+])
+def test_a_utc_datetime_is_stored_in_sqlite_as_its_datetime_type_stores_it(value: datetime | None) -> None:
+    """UTCDateTime formats SQLite's text itself, in one step: the same text as the dialect's DATETIME (26 characters,
+    UTC, microseconds always) after the UTC conversion."""
+    from sqlalchemy import DateTime
+    from sqlalchemy.dialects import sqlite
+
+    from gateway.store.models import UTCDateTime, to_utc
+
+    dialect = sqlite.dialect()
+    stored = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)(value)
+    datetime_type = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+    assert stored == (None if value is None else datetime_type(to_utc(value).replace(tzinfo=None)))
