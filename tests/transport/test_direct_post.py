@@ -9,6 +9,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -39,17 +40,24 @@ class _Recorder(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server() -> Iterator[str]:
-    _Recorder.seen = []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+@contextmanager
+def _http_server(handler: type[BaseHTTPRequestHandler], path: str) -> Iterator[str]:
+    """``handler`` on a loopback port in a thread: the URL of ``path`` there."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/core/soap?x=1"
+        yield f"http://127.0.0.1:{httpd.server_address[1]}{path}"
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    _Recorder.seen = []
+    with _http_server(_Recorder, "/core/soap?x=1") as url:
+        yield url
 
 
 def _post(post: DirectPost, url: str, body: bytes) -> bytes:
@@ -142,14 +150,8 @@ class _Counting(_Recorder):
 def counting() -> Iterator[str]:
     _Counting.connections = set()
     _Counting.body = b"ISA*answer~"
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Counting)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/x12"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with _http_server(_Counting, "/x12") as url:
+        yield url
 
 
 def test_the_direct_way_keeps_a_connection_alive_for_the_next_post(counting: str):
