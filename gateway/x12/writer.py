@@ -245,45 +245,32 @@ class X12Writer:
     # -- segments ----------------------------------------------------------------------------
     def segment(self, seg_id: str, *elements: Value) -> str:
         """One segment, trailing empty elements removed."""
-        separator = self.delimiters.element
-        max_lengths = self._max_lengths.get(seg_id)
-        # most segments of a 270 or 271 hold only plain strings already fit to send: one match over the values
-        # joined (their separators counted: no value holds one itself) instead of one per value
-        try:
-            joined: str | None = separator.join(elements)   # type: ignore[arg-type]
-        except TypeError:   # a composite, repetitions or None: value by value
-            joined = None
-        if joined is not None and joined.count(separator) == len(elements) - 1 and (
-                self._spaced_clean(joined) if " " in joined else self._unspaced_clean(joined)) and (
-                max_lengths is None or _within(elements, max_lengths)):   # type: ignore[arg-type]
-            values = joined.rstrip(separator)   # trailing empty elements removed
-            ending = self.delimiters.segment + "\n" if self.line_breaks else self.delimiters.segment
-            return (f"{seg_id}{separator}{values}" if values else seg_id) + ending
-        return self._segment_by_value(seg_id, elements, max_lengths)
+        return self._plain_segment(seg_id, elements, self._max_lengths.get(seg_id)) or self._segment_by_value(
+            seg_id, elements, self._max_lengths.get(seg_id))
 
     def _segments(self, body: Iterable[tuple[str, Sequence[Value]]]) -> list[str]:
-        """``segment`` for each (id, elements) of a transaction's body, with its lookups made once for them all:
-        a 271 has dozens of segments, nearly all of plain values that take the one-match path."""
+        """``segment`` for each (id, elements) of a transaction's body."""
+        max_lengths = self._max_lengths
+        return [self._plain_segment(seg_id, elements, max_lengths.get(seg_id))
+                or self._segment_by_value(seg_id, elements, max_lengths.get(seg_id)) for seg_id, elements in body]
+
+    def _plain_segment(self, seg_id: str, elements: Sequence[Value], max_lengths: Mapping[int, int] | None
+                       ) -> str | None:
+        """The segment when its values are all plain strings already fit to send, as most of a 270's or 271's are:
+        one match over the values joined (their separators counted: no value holds one itself) instead of one per
+        value. None otherwise (a composite, repetitions, None, a value to clean or cut): value by value then."""
         separator = self.delimiters.element
+        try:
+            joined = separator.join(elements)   # type: ignore[arg-type]
+        except TypeError:
+            return None
+        if joined.count(separator) != len(elements) - 1 or not (
+                self._spaced_clean(joined) if " " in joined else self._unspaced_clean(joined)) or (
+                max_lengths is not None and not _within(elements, max_lengths)):   # type: ignore[arg-type]
+            return None
+        values = joined.rstrip(separator)   # trailing empty elements removed
         ending = self.delimiters.segment + "\n" if self.line_breaks else self.delimiters.segment
-        unspaced, spaced = self._unspaced_clean, self._spaced_clean
-        max_lengths_by_segment = self._max_lengths
-        rendered: list[str] = []
-        for seg_id, elements in body:
-            max_lengths = max_lengths_by_segment.get(seg_id)
-            try:
-                joined = separator.join(elements)   # type: ignore[arg-type]
-            except TypeError:   # a composite, repetitions or None: value by value
-                rendered.append(self._segment_by_value(seg_id, elements, max_lengths))
-                continue
-            if joined.count(separator) == len(elements) - 1 and (
-                    spaced(joined) if " " in joined else unspaced(joined)) and (
-                    max_lengths is None or _within(elements, max_lengths)):   # type: ignore[arg-type]
-                values = joined.rstrip(separator)
-                rendered.append(f"{seg_id}{separator}{values}{ending}" if values else seg_id + ending)
-            else:
-                rendered.append(self._segment_by_value(seg_id, elements, max_lengths))
-        return rendered
+        return f"{seg_id}{separator}{values}{ending}" if values else seg_id + ending
 
     def _segment_by_value(self, seg_id: str, elements: Sequence[Value], max_lengths: Mapping[int, int] | None) -> str:
         """``segment`` when the one match over the joined values does not do: each value checked, and cleaned or
