@@ -822,7 +822,7 @@ def _amount(r: _Response, loop: Loop, eb: Segment, v: list[str], info: dict[str,
     met amount (``dates``: its loop's DTPs)."""
     tables = r.tables
     eb01 = v[1]
-    coding = [tables.x12_coding("eligibility_benefit", "1390", eb01)]
+    coding = [r.coding("eligibility_benefit", "1390", eb01)]
     benefit_type = info.get("benefit_type")
     by_quantity = info.get("benefit_type_by_quantity")
     if by_quantity:

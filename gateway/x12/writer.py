@@ -133,6 +133,20 @@ def _segment_already_clean(forbidden: frozenset[str], element: str) -> tuple[Mat
     return re.compile(f"[{basic}{separator}]*").fullmatch, re.compile(f"{value}(?:{separator}{value})*").fullmatch
 
 
+def _joined_if_clean(values: Sequence[Value], separator: str, matchers: tuple[Matcher, Matcher]) -> str | None:
+    """``values`` joined by ``separator`` when all are plain strings already fit to send, checked in one match
+    (``matchers``: ``_segment_already_clean``'s for that separator); None when one is not a string, holds the
+    separator itself (counted), or needs cleaning."""
+    try:
+        joined = separator.join(values)   # type: ignore[arg-type]
+    except TypeError:   # a composite, repetitions, None or a number among them
+        return None
+    unspaced, spaced = matchers
+    if joined.count(separator) != len(values) - 1 or not (spaced(joined) if " " in joined else unspaced(joined)):
+        return None
+    return joined
+
+
 def _within(values: Sequence[str], max_lengths: Mapping[int, int]) -> bool:
     """Every value no longer than its element's maximum (``max_lengths``: element position -> maximum)."""
     count = len(values)
@@ -159,8 +173,9 @@ class X12Writer:
         self.notes: list[WriteNote] = []
         self._forbidden = set(chars)
         self._already_clean = _already_clean(frozenset(chars))
-        self._unspaced_clean, self._spaced_clean = _segment_already_clean(frozenset(chars), delimiters.element)
-        self._repetitions_clean: tuple[Matcher, Matcher] | None = None   # made when the first repetitions come
+        self._elements_clean = _segment_already_clean(frozenset(chars), delimiters.element)
+        self._repetitions_clean = (_segment_already_clean(frozenset(chars), delimiters.repetition)
+                                   if delimiters.repetition else None)
 
     # -- values ------------------------------------------------------------------------------
     def clean(self, value: str, seg_id: str, ref: str) -> str:
@@ -226,16 +241,7 @@ class X12Writer:
         without the empty ones, after one match over them all; None when any needs ``clean`` or is not a string,
         and then each goes through ``_element`` as before (the same text: this only skips the per-value calls)."""
         repetition = self.delimiters.repetition
-        try:
-            joined = repetition.join(values)   # type: ignore[arg-type]
-        except TypeError:   # a composite, None or a number among them
-            return None
-        if joined.count(repetition) != len(values) - 1:   # a value holds the separator itself (or there are none)
-            return None
-        if self._repetitions_clean is None:
-            self._repetitions_clean = _segment_already_clean(frozenset(self._forbidden), repetition)
-        unspaced, spaced = self._repetitions_clean
-        if not (spaced(joined) if " " in joined else unspaced(joined)):
+        if _joined_if_clean(values, repetition, self._repetitions_clean) is None:   # type: ignore[arg-type]
             return None
         limit = self.limits.get(ref)
         if limit and any(len(v) > limit[1] for v in values):   # type: ignore[arg-type]
@@ -245,28 +251,22 @@ class X12Writer:
     # -- segments ----------------------------------------------------------------------------
     def segment(self, seg_id: str, *elements: Value) -> str:
         """One segment, trailing empty elements removed."""
-        return self._plain_segment(seg_id, elements, self._max_lengths.get(seg_id)) or self._segment_by_value(
-            seg_id, elements, self._max_lengths.get(seg_id))
+        return self._render(seg_id, elements)
 
-    def _segments(self, body: Iterable[tuple[str, Sequence[Value]]]) -> list[str]:
-        """``segment`` for each (id, elements) of a transaction's body."""
-        max_lengths = self._max_lengths
-        return [self._plain_segment(seg_id, elements, max_lengths.get(seg_id))
-                or self._segment_by_value(seg_id, elements, max_lengths.get(seg_id)) for seg_id, elements in body]
+    def _render(self, seg_id: str, elements: Sequence[Value]) -> str:
+        """``segment``, its values as a sequence (a transaction body's, without unpacking them)."""
+        max_lengths = self._max_lengths.get(seg_id)
+        return self._plain_segment(seg_id, elements, max_lengths) or self._segment_by_value(seg_id, elements,
+                                                                                           max_lengths)
 
     def _plain_segment(self, seg_id: str, elements: Sequence[Value], max_lengths: Mapping[int, int] | None
                        ) -> str | None:
         """The segment when its values are all plain strings already fit to send, as most of a 270's or 271's are:
-        one match over the values joined (their separators counted: no value holds one itself) instead of one per
-        value. None otherwise (a composite, repetitions, None, a value to clean or cut): value by value then."""
+        one match over the values joined instead of one per value. None otherwise (a composite, repetitions, None,
+        a value to clean or cut): value by value then."""
         separator = self.delimiters.element
-        try:
-            joined = separator.join(elements)   # type: ignore[arg-type]
-        except TypeError:
-            return None
-        if joined.count(separator) != len(elements) - 1 or not (
-                self._spaced_clean(joined) if " " in joined else self._unspaced_clean(joined)) or (
-                max_lengths is not None and not _within(elements, max_lengths)):   # type: ignore[arg-type]
+        joined = _joined_if_clean(elements, separator, self._elements_clean)
+        if joined is None or (max_lengths is not None and not _within(elements, max_lengths)):  # type: ignore[arg-type]
             return None
         values = joined.rstrip(separator)   # trailing empty elements removed
         ending = self.delimiters.segment + "\n" if self.line_breaks else self.delimiters.segment
@@ -328,7 +328,7 @@ class X12Writer:
         for body in transactions:
             st_control = f"{control:04d}"
             out.append(self.segment("ST", set_id, st_control, implementation))
-            out.extend(self._segments(body))
+            out.extend(self._render(seg_id, elements) for seg_id, elements in body)
             count = len(body) + 2
             out.append(self.segment("SE", str(count), st_control))
             counts.append(count)
