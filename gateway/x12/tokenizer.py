@@ -316,8 +316,8 @@ def _segments(buf: str, d: Delimiters, chunks: Iterator[str]) -> Iterator[Batch]
             if parts:
                 yield Batch(d, parts)
         elif isa_mark not in buf and iea_mark not in buf:
-            if buf[:1] in strip or term + " " in buf or term + "\t" in buf:
-                parts = [raw.strip(strip) for raw in parts]  # white space around terminators (rare)
+            if _edge_whitespace(buf, term):   # white space around terminators (rare), before as well as after
+                parts = [raw.strip(strip) for raw in parts]
             if "" in parts:
                 parts = [raw for raw in parts if raw]
             if parts:

@@ -90,3 +90,32 @@ def test_validating_damaged_x12_and_acknowledging_it_raise_only_our_error(change
     build_999(report.transactions, report.findings, control_number=1, now=datetime(2026, 1, 1))
     build_ta1(report.interchanges[0] if report.interchanges else None, report.findings, control_number=1,
               now=datetime(2026, 1, 1))
+
+
+def _segments_read(text: str, chunk_size: int) -> list[list[str]]:
+    from gateway.x12.tokenizer import tokenize
+
+    out: list[list[str]] = []
+    for batch in tokenize(text, chunk_size):
+        out.extend(batch.split())
+    return out
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(min_value=0, max_value=40), st.sampled_from([" ", "\t", "  ", " \t"]),
+                          st.booleans()), max_size=6),
+       st.sampled_from([("~", "\n"), ("~", ""), ("\n", "")]),
+       st.integers(min_value=1, max_value=300))
+def test_white_space_around_terminators_reads_the_same_whatever_the_chunking(spaces, delimiters, chunk_size):
+    """A large file is read in chunks, and which chunk a segment falls in must not change what is read: white space
+    before or after a terminator (a pretty-printed file's) is stripped in every chunk alike."""
+    terminator, after = delimiters
+    isa, *body = sample(terminator=terminator, after=after).split(terminator + after)
+    body = [segment for segment in body if segment]
+    for index, space, before in spaces:   # " NM1*..." or "NM1*... " (never inside the ISA's fixed layout)
+        where = index % len(body)
+        body[where] = space + body[where] if before else body[where] + space
+    text = isa + terminator + after + "".join(segment + terminator + after for segment in body)
+    whole = _segments_read(text, 1 << 20)
+    assert _segments_read(text, chunk_size) == whole
+    assert all(element == element.strip(" \t") for segment in whole for element in segment[-1:] + segment[:1])
