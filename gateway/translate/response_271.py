@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import quote
 
 from gateway.errors import quoted
 from gateway.translate.errors import Problem, TranslationError
@@ -230,7 +231,7 @@ def _translate_patient(tables: Tables, txn: Transaction, now: str,
             for trn in loop.segments_of("TRN"):
                 if trn.get(1) == "2":
                     traces.append(trn.get(2))
-                    trace_systems.append(tables.systems["trace_system"] + (f"/{trn.get(3)}" if trn.get(3) else ""))
+                    trace_systems.append(_trace_system(tables, trn.get(3)))
     context = context_for(traces) if context_for else None
     r = _Response(tables, txn, now, context, response_id)
     r.traces = traces
@@ -316,12 +317,15 @@ def _aaa(r: _Response, loop: Loop, seg: Segment) -> None:
     level = loop.id
     reason, follow_up, valid = seg.get(3), seg.get(4), seg.get(1)
     reason_info = tables.code("reject_reason", reason)
-    display = reason_info["display"] if reason_info else f"reject reason {reason}"
+    display = (reason_info["display"] if reason_info else f"reject reason {reason}" if reason
+               else "no reject reason given (AAA03 is empty)")
     follow = tables.code("follow_up_action", follow_up)
     text = f"{level}: {display}"
     if follow_up:
         text += f"; follow-up {follow_up}: {follow['display'] if follow else 'unknown follow-up action'}"
-    error: dict[str, Any] = {"code": {"coding": [r.coding("reject_reason", "901", reason)], "text": text}}
+    # an AAA without AAA03 still rejects: its error has the text alone (a Coding needs a code)
+    error: dict[str, Any] = {"code": {"coding": [r.coding("reject_reason", "901", reason)], "text": text} if reason
+                             else {"text": text}}
     expression = tables.t["errors"]["expression"].get(level)
     if expression:
         error["extension"] = [{"url": tables.t["errors"]["expression_extension"], "valueString": expression}]
@@ -329,12 +333,12 @@ def _aaa(r: _Response, loop: Loop, seg: Segment) -> None:
     (r.request_level_errors if level in tables.t["errors"]["request_level"] else r.benefit_level_errors).append(text)
     r.map(seg)
     meaning = tables.t["errors"]["AAA01"].get(valid, f"AAA01 {quoted(valid)}")
-    extra = f"AAA at {level}: {meaning}; reject reason {reason} ({display})"
+    extra = f"AAA at {level}: {meaning}; " + (f"reject reason {reason} ({display})" if reason else display)
     if follow_up:
         extra += f", follow-up {follow_up} ({follow['display'] if follow else 'not a known code'})"
-    if reason_info is None:
+    if reason and reason_info is None:
         extra += "; the reject reason is not an X279A1 code and is passed through"
-    elif level not in (reason_info.get("loops") or []):
+    elif reason_info is not None and level not in (reason_info.get("loops") or []):
         extra += f"; X279A1 does not allow reason {reason} at {level}"
     r.note(extra, loop, seg)
 
@@ -389,9 +393,7 @@ def _hl_level(r: _Response, level: Loop, *, own: bool) -> None:
         elif seg.id == "TRN":
             r.map(seg)
             if seg.get(1) == "1":  # the payer's or a clearinghouse's own trace
-                originator = seg.get(3)
-                system = r.tables.systems["trace_system"] + (f"/{originator}" if originator else "")
-                r.identifiers.append({"system": system, "value": seg.get(2)})
+                r.identifiers.append({"system": _trace_system(r.tables, seg.get(3)), "value": seg.get(2)})
 
 
 # -- 2100C / 2100D ----------------------------------------------------------------------------
@@ -551,8 +553,10 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
     info = tables.code("eligibility_benefit", eb01)
     maps_to = info.get("maps_to", "note") if info else "unknown"
     display = info["display"] if info else f"EB01 {eb01}"
-    stcs = eb.repetitions(3)
-    procedure = eb.components(13) if v[13] else []
+    # a FHIR code has no white space at its ends nor runs of it inside: repetitions and components come unstripped,
+    # and an empty one ("30^^33", "HC:") names nothing
+    stcs = [code for code in map(_code, eb.repetitions(3)) if code]
+    procedure = list(map(_code, eb.components(13))) if v[13] else []
     description: list[str] = []
     described: list[Segment] = []   # MSG/HSD/III: mapped when their text lands in an item
     dates: list[tuple[str, str]] = []   # DTP qualifier and value, for matching totals and remainders
@@ -608,6 +612,12 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
         r.note(f"diagnosis code pointers {v[14]} for EB {eb01}", loop, eb)
     if v[11] == "U":
         r.note(f"authorization requirement unknown (EB11 U) for EB {eb01}", loop, eb)
+    if procedure and (len(procedure) < 2 or not procedure[1]):   # a qualifier without a code is no procedure
+        r.note(f"EB13 {quoted(v[13])} names no procedure code: the row is read by its service types", loop, eb)
+        procedure = []
+    elif procedure and not procedure[0]:
+        r.note(f"EB13 procedure {quoted(procedure[1])} has no code list qualifier (EB13-1): its code system is "
+               "not known", loop, eb)
 
     # the items this EB becomes: one per service type, or one for the procedure (ces-1)
     base = _item_base(r, loop, eb, v, entities)
@@ -622,10 +632,14 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
                      f"a range through {procedure[7]}" if len(procedure) > 7 and procedure[7] else ""]
             r.note(f"EB {eb01} procedure {procedure[1]}: {' and '.join(x for x in extra if x)} (an item names one "
                    "code)", loop, eb)
+        if any(procedure[8:]):   # C003 has eight components: what follows them has no meaning to read
+            r.note(f"EB {eb01} procedure {procedure[1]}: EB13 has {len(procedure)} components, of which C003 "
+                   f"defines 8; the rest ({quoted(':'.join(procedure[8:]))}) is not read", loop, eb)
         modifiers = [m for m in procedure[2:6] if m]
         if modifiers:
-            item["modifier"] = [{"coding": [{"system": item["productOrService"]["coding"][0]["system"],
-                                             "code": m}]} for m in modifiers]
+            system = item["productOrService"]["coding"][0].get("system")
+            item["modifier"] = [{"coding": [{**({"system": system} if system else {}), "code": m}]}
+                                for m in modifiers]
         targets.append(item)
         if stcs:
             r.note(f"service type(s) {', '.join(stcs)} of the procedure row kept out of the item "
@@ -770,7 +784,7 @@ def _item_base(r: _Response, loop: Loop, eb: Segment, v: list[str], entities: li
     if v[5]:
         item["name"] = v[5]
     for kind, element, label in _CONCEPT_ELEMENTS:
-        code = v[element]
+        code = _code(v[element])
         if code:
             item[kind], known = _concept(tables, kind, code)
             if not known:
@@ -793,9 +807,25 @@ def _item_base(r: _Response, loop: Loop, eb: Segment, v: list[str], entities: li
 
 
 def _procedure(r: _Response, comps: list[str]) -> dict[str, Any]:
-    qualifier, code = comps[0], comps[1] if len(comps) > 1 else ""
-    system = r.tables.t["procedures"]["from_x12"].get(qualifier, r.tables.x12_system(f"235/{qualifier}"))
+    """EB13-1 and EB13-2 (a code, which the caller checked) as a CodeableConcept; no system without a qualifier."""
+    qualifier, code = comps[0], comps[1]
+    if not qualifier:
+        return {"coding": [{"code": code}]}
+    # a qualifier X279A1 does not list names its system in the X12 one, percent-encoded (a URI has no white space)
+    system = (r.tables.t["procedures"]["from_x12"].get(qualifier)
+              or r.tables.x12_system(f"235/{quote(qualifier, safe='')}"))
     return {"coding": [{"system": system, "code": code}]}
+
+
+def _trace_system(tables: Tables, originator: str) -> str:
+    """The identifier system of a trace number: ours, with TRN03 (the originator) as its last path segment. TRN03
+    is free text (AN): percent-encoded, as a URI has no white space (a company id like 9GATEWAY01 stays as it is)."""
+    return tables.systems["trace_system"] + (f"/{quote(originator, safe='')}" if originator else "")
+
+
+def _code(value: str) -> str:
+    """An X12 code as a FHIR code can hold it: white space at the ends cut, runs of it inside made one space."""
+    return " ".join(value.split())
 
 
 def us_zip(n4: Segment, tables: Tables) -> str:
@@ -1062,7 +1092,7 @@ def _entities(r: _Response, loop: Loop) -> list[dict[str, Any]]:
             prv = sub.segment("PRV")
             if prv is not None and prv.get(3):
                 resource["qualification"] = [{"code": {"coding": [{"system": r.tables.systems["taxonomy"],
-                                                                   "code": prv.get(3)}]}}]
+                                                                   "code": _code(prv.get(3))}]}}]
         out.append({"role": info["role"], "display": info["display"], "loop": sub, "nm1": nm1, "url": url,
                     "contacts": contacts, "person": person, "id": entity_id, "resource": resource,
                     "name": name, "ident": (nm1.get(8), nm1.get(9)), "order": info.get("order"),

@@ -41,7 +41,9 @@ class Tables:
 
     def x12_coding(self, table: str, element: str, code: str) -> dict[str, str]:
         """A Coding in the X12 element's code system (a fresh dict). The templates of codes a table lists are
-        cached: the cache stays as small as the tables, whatever codes payers send."""
+        cached: the cache stays as small as the tables, whatever codes payers send. A code a payer made up keeps
+        its characters, but not white space at its ends or a run of it inside: a FHIR code has neither."""
+        code = " ".join(code.split())
         key = (table, element, code)
         template = self._codings.get(key)
         if template is None:

@@ -427,3 +427,72 @@ def test_codes_a_payer_makes_up_are_not_cached():
                                                                   "Y"])]]).text
     translate_271(read_x12(known).transactions[0], tables, now=NOW)
     assert ("unit", "IND") in tables.concepts   # known codes are still cached
+
+
+# -- found by fuzzing (tests/translate/test_response_properties.py), each minimised to its cause ---------------------
+
+RAW_ISA = "ISA*00*          *00*          *ZZ*PAYERX         *ZZ*GATEWAY01      *250115*0930*^*00501*000000009*0*P*:~"
+RAW_HEAD = ("GS*HB*PAYERX*GATEWAY01*20250115*0930*9*X*005010X279A1~ST*271*0001*005010X279A1~"
+            "BHT*0022*11*REQ1*20250115*0930~HL*1**20*1~NM1*PR*2*EXAMPLE HEALTH PLAN*****PI*99999~HL*2*1*21*1~"
+            "NM1*1P*2*SAMPLE CLINIC*****XX*1234567893~HL*3*2*22*0~TRN*2*REQ1-1*9GATEWAY01~")
+RAW_NAME = "NM1*IL*1*ROE*RICHARD****MI*W123~"
+
+
+def raw_responses(*segments: str, name: str = RAW_NAME, head: str = RAW_HEAD, context_for=None):
+    """Responses to a 271 written verbatim (``segments`` after the subscriber's NM1): values the writer would clean
+    (white space, other scripts' digits) reach the reader as a payer sends them."""
+    text = RAW_ISA + head + name + "".join(segments) + "SE*1*0001~GE*1*9~IEA*1*000000009~"
+    return [result for txn in read_x12(text).transactions
+            for result in translate_271(txn, load_tables(), now=NOW, context_for=context_for)]
+
+
+def valid(result):
+    """The response is valid FHIR: the R4B models, the project's rules, and what the models do not check."""
+    from gateway.fhir.models import validate_structure
+    from gateway.fhir.rules import check_response
+
+    validate_structure(result.resource)
+    assert check_response(result.resource) == []
+    return result
+
+
+def test_an_aaa_without_a_reject_reason_is_an_error_with_text_alone():
+    # was: error.code.coding [{"code": ""}], which no FHIR validator takes
+    r = valid(only(("EB", ["1", "IND", "30"]), ("AAA", ["N"])))
+    error, = r.resource["error"]
+    assert error["code"] == {"text": "2110C: no reject reason given (AAA03 is empty)"}
+    assert r.resource["outcome"] == "partial"
+
+
+def test_empty_and_padded_service_type_repetitions_name_nothing():
+    # was: an item with category code "" for each empty repetition, and " 33" kept with its space
+    r = valid(raw_responses("EB*1*IND*30^^ 33^~")[0])
+    assert [i["category"]["coding"][0]["code"] for i in items(r)] == ["30", "33"]
+
+
+def test_a_procedure_needs_its_code_and_a_system_needs_its_qualifier():
+    # was: productOrService code "" (EB13 "HC"), system ".../235/" (EB13 ":99213"), components 9+ dropped silently,
+    # and a qualifier with a space in the system URI
+    r = valid(raw_responses("EB*1*IND*98**********HC~", "EB*1*IND***********:99213:25~",
+                            "EB*1*IND***********HC:99214::::::99215:X9~", "EB*1*IND***********Q 9:1~")[0])
+    first, second, third, fourth = items(r)
+    assert first["category"]["coding"][0]["code"] == "98" and "productOrService" not in first
+    assert second["productOrService"] == {"coding": [{"code": "99213"}]}
+    assert second["modifier"] == [{"coding": [{"code": "25"}]}]
+    assert third["productOrService"]["coding"][0]["code"] == "99214"
+    assert fourth["productOrService"]["coding"][0]["system"] == "https://codesystem.x12.org/005010/235/Q%209"
+    texts = notes(r)
+    assert "EB13 'HC' names no procedure code: the row is read by its service types" in texts
+    assert any("EB13 procedure '99213' has no code list qualifier" in n for n in texts)
+    assert any("EB13 has 9 components, of which C003 defines 8; the rest ('X9') is not read" in n for n in texts)
+
+
+def test_codes_with_white_space_inside_are_made_fhir_codes_and_a_trace_originator_is_encoded():
+    # was: AAA03 "4\t2" and PRV03 as codes (FHIR: [^\s]+( [^\s]+)*), TRN03 "9 GATEWAY" in a system URI (no spaces)
+    r = valid(raw_responses("EB*1*IND*30~AAA*N**4\t2~", "EB*L~LS*2120~NM1*P3*1*SMITH*PAT****XX*1992999998~",
+                            "PRV*PC*PXC*207Q0\t 0000X~LE*2120~",
+                            head=RAW_HEAD.replace("TRN*2*REQ1-1*9GATEWAY01~", "TRN*2*REQ1-1*9 GATEWAY~"))[0])
+    assert r.resource["error"][0]["code"]["coding"][0]["code"] == "4 2"
+    practitioner = next(c for c in r.resource["contained"] if c["resourceType"] == "Practitioner")
+    assert practitioner["qualification"][0]["code"]["coding"][0]["code"] == "207Q0 0000X"
+    assert r.resource["request"]["identifier"]["system"].endswith("/trn/9%20GATEWAY")
