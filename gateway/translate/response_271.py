@@ -229,7 +229,7 @@ def _translate_patient(tables: Tables, txn: Transaction, now: str,
     for loop in (patient, subscriber):
         if loop is not None and not traces:
             for trn in loop.segments_of("TRN"):
-                if trn.get(1) == "2":
+                if trn.get(1) == "2" and trn.get(2):   # a TRN without its number traces nothing (it is noted)
                     traces.append(trn.get(2))
                     trace_systems.append(_trace_system(tables, trn.get(3)))
     context = context_for(traces) if context_for else None
@@ -386,6 +386,8 @@ def _hl_level(r: _Response, level: Loop, *, own: bool) -> None:
     for seg in level.segments:
         if seg.id == "HL":
             r.map(seg)
+        elif seg.id == "TRN" and not seg.get(2):
+            r.note("trace without a trace number (TRN02 is empty)", level, seg)
         elif seg.id == "TRN" and seg.get(1) == "2" and seg.get(2) not in r.traces:
             # the subscriber's trace in a dependent's response: it answers the subscriber's own request
             r.note(f"trace {seg.get(2)} of the subscriber's loop ({level.id}) answers another request than this "
@@ -439,7 +441,9 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
             r.map(seg)
             address = person.address or {}
             if sid == "N3":
-                address["line"] = [v for v in (seg.get(1), seg.get(2)) if v]
+                lines = [v for v in (seg.get(1), seg.get(2)) if v]
+                if lines:   # an N3 of empty elements gives no line (an empty list is no FHIR, ele-1)
+                    address["line"] = lines
             else:
                 address.update({k: v for k, v in (("city", seg.get(1)), ("state", seg.get(2)),
                                                   ("postalCode", us_zip(seg, tables)), ("country", seg.get(4)))
@@ -457,12 +461,12 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
                 r.note(f"birth sequence number {seg.get(17)}", loop, seg)
         elif sid == "REF":
             kind = tables.t["references"]["patient_level"].get(seg.get(1))
-            name = tables.t["references"]["names"].get(seg.get(1), seg.get(1))
-            if kind in ("group", "plan"):
+            name = _reference_name(tables, seg.get(1))
+            if kind in ("group", "plan") and seg.get(2):   # a class needs its value
                 r.map(seg)
                 person.groups.append({"type": kind, "value": seg.get(2), "name": seg.get(3)})
             else:
-                r.note(f"{name} {seg.get(2)}" + (f" ({seg.get(3)})" if seg.get(3) else ""), loop, seg)
+                r.note(f"{name} {seg.get(2)}".strip() + (f" ({seg.get(3)})" if seg.get(3) else ""), loop, seg)
         elif sid == "DTP":
             _patient_date(r, loop, seg, person)
         elif sid == "AAA":
@@ -578,12 +582,13 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
             description.append(_hsd_text(r, seg))
         elif sid == "REF":
             kind = tables.t["references"]["benefit_level"].get(seg.get(1))
-            name = tables.t["references"]["names"].get(seg.get(1), seg.get(1))
-            if kind == "pre-auth" and r.pre_auth is None:
+            name = _reference_name(tables, seg.get(1))
+            if kind == "pre-auth" and r.pre_auth is None and seg.get(2):
                 r.pre_auth = seg.get(2)
                 r.map(seg)
             else:
-                r.note(f"{name} {seg.get(2)} for EB {eb01}" + (f" ({seg.get(3)})" if seg.get(3) else ""), loop, seg)
+                r.note(f"{name} {seg.get(2)}".strip() + f" for EB {eb01}" + (f" ({seg.get(3)})" if seg.get(3) else ""),
+                       loop, seg)
         elif sid == "DTP":
             dates.append((seg.get(1), seg.get(3)))
             name = tables.t["dates"]["names"].get(seg.get(1), f"date qualifier {seg.get(1)}")
@@ -621,7 +626,7 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
 
     # the items this EB becomes: one per service type, or one for the procedure (ces-1)
     base = _item_base(r, loop, eb, v, entities)
-    if description:
+    if any(description):
         base["description"] = "; ".join(d for d in description if d)
     targets: list[dict[str, Any]] = []
     if procedure:
@@ -815,6 +820,11 @@ def _procedure(r: _Response, comps: list[str]) -> dict[str, Any]:
     system = (r.tables.t["procedures"]["from_x12"].get(qualifier)
               or r.tables.x12_system(f"235/{quote(qualifier, safe='')}"))
     return {"coding": [{"system": system, "code": code}]}
+
+
+def _reference_name(tables: Tables, qualifier: str) -> str:
+    """What a REF01 qualifier names, for a note: its name, else the code; a REF without REF01 still says what it is."""
+    return tables.t["references"]["names"].get(qualifier, qualifier) or "reference without a qualifier (REF01)"
 
 
 def _trace_system(tables: Tables, originator: str) -> str:
@@ -1084,9 +1094,9 @@ def _entities(r: _Response, loop: Loop) -> list[dict[str, Any]]:
         name = " ".join(v for v in (nm1.get(4), nm1.get(3)) if v) if person else nm1.get(3)
         if info["role"] == "provider" and person:
             given = [v for v in (nm1.get(4), nm1.get(5)) if v]   # first and middle name
-            resource = {"resourceType": "Practitioner", "id": entity_id,
-                        "name": [{"family": nm1.get(3), **({"given": given} if given else {}),
-                                  **({"suffix": [nm1.get(7)]} if nm1.get(7) else {})}]}
+            human = {k: v for k, v in (("family", nm1.get(3)), ("given", given),
+                                       ("suffix", [nm1.get(7)] if nm1.get(7) else None)) if v}
+            resource = {"resourceType": "Practitioner", "id": entity_id, **({"name": [human]} if human else {})}
             if nm1.get(8) == "XX" and nm1.get(9):
                 resource["identifier"] = [{"system": r.tables.systems["npi"], "value": nm1.get(9)}]
             prv = sub.segment("PRV")
@@ -1142,8 +1152,8 @@ def _other_payer(r: _Response, loop: Loop, eb: Segment, entities: list[dict[str,
     payer = next((e for e in entities if e["role"] == "other-payer"), None)
     if payer is not None:
         payer["mapped"] = True   # the others (a second other payer ...) are noted with the entities
-    organization: dict[str, Any] = {"resourceType": "Organization", "id": payer_id,
-                                    "name": payer["name"] if payer else "Other payer (not named by the payer)"}
+    named = payer["name"] if payer and payer["name"] else "Other payer (not named by the payer)"   # org-1 wants one
+    organization: dict[str, Any] = {"resourceType": "Organization", "id": payer_id, "name": named}
     if payer and payer["ident"][1]:
         organization["identifier"] = [{"type": {"coding": [dict(r.tables.systems["payer_id_type"])]},
                                        "system": r.tables.systems["payer_id_system"], "value": payer["ident"][1]}]
@@ -1156,7 +1166,7 @@ def _other_payer(r: _Response, loop: Loop, eb: Segment, entities: list[dict[str,
     classes = r.tables.t["references"]["patient_level"]
     for ref in loop.segments_of("REF"):
         kind = classes.get(ref.get(1))
-        if kind in ("group", "plan") or ref.get(1) == "IG":
+        if (kind in ("group", "plan") or ref.get(1) == "IG") and ref.get(2):   # each needs its value
             if kind:
                 coverage.setdefault("class", []).append(
                     {"type": {"coding": [{"system": r.tables.systems["coverage_class"], "code": kind}]},
@@ -1240,11 +1250,12 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
         if relationship:
             coverage["relationship"] = {"coding": [{"system": systems["relationship"], "code": relationship}]}
         if subscriber_person is not None:
-            subscriber = {"resourceType": "Patient", "id": "subscriber",
-                          "name": [{k: v for k, v in (("family", subscriber_person.family),
-                                                       ("given", subscriber_person.given),
-                                                       ("suffix", [subscriber_person.suffix]
-                                                        if subscriber_person.suffix else None)) if v}]}
+            subscriber = {"resourceType": "Patient", "id": "subscriber"}
+            name = {k: v for k, v in (("family", subscriber_person.family), ("given", subscriber_person.given),
+                                      ("suffix", [subscriber_person.suffix] if subscriber_person.suffix else None))
+                    if v}
+            if name:   # an NM1 without a name (or none at all) gives none; an empty HumanName is no FHIR (ele-1)
+                subscriber["name"] = [name]
             if subscriber_person.birth_date:
                 subscriber["birthDate"] = subscriber_person.birth_date
             if subscriber_person.gender:
@@ -1286,11 +1297,12 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
         insurance.append(entry)
         insurance.extend(r.extra_insurance)
 
+    bht03 = next((i["value"] for i in r.identifiers if i["system"].endswith("bht03")), r.txn.control_number)
     request_ref = ctx.request if ctx and ctx.request else (
         {"identifier": {"system": r.trace_systems[0], "value": r.traces[0]}} if r.traces else
-        {"identifier": {"system": f"{systems['canonical_base']}/sid/bht03",
-                        "value": next((i["value"] for i in r.identifiers if i["system"].endswith("bht03")),
-                                      r.txn.control_number)}})
+        {"identifier": {"system": f"{systems['canonical_base']}/sid/bht03", "value": bht03}} if bht03 else
+        # request is required, and a 271 cut short may name nothing that identifies it
+        {"display": "not identified: the 271 has no trace number (TRN02), BHT03 or ST02"})
     outcome = "complete"
     if r.request_level_errors:
         outcome = "error"

@@ -496,3 +496,46 @@ def test_codes_with_white_space_inside_are_made_fhir_codes_and_a_trace_originato
     practitioner = next(c for c in r.resource["contained"] if c["resourceType"] == "Practitioner")
     assert practitioner["qualification"][0]["code"]["coding"][0]["code"] == "207Q0 0000X"
     assert r.resource["request"]["identifier"]["system"].endswith("/trn/9%20GATEWAY")
+
+
+def test_values_without_content_give_no_empty_fhir_elements():
+    # was: "" or [] or {} where FHIR wants content (ele-1): trace and BHT03-less request identifier, Practitioner and
+    # subscriber names, address line, class value, description, other payer name
+    no_ids = RAW_HEAD.replace("BHT*0022*11*REQ1*", "BHT*0022*11**").replace("TRN*2*REQ1-1*9GATEWAY01~",
+                                                                             "TRN*2~TRN*1~")
+    r = valid(raw_responses("N3*~REF*6P~REF*18**PLAN NAME~EB*1*IND*30~MSG*~", "EB*L~LS*2120~NM1*P3*1~LE*2120~",
+                            "EB*R**30~LS*2120~NM1*PRP*2~LE*2120~", "EB*B*IND*30***27*10~REF*G1~", head=no_ids)[0])
+    assert r.resource["request"]["identifier"] == {"system": "https://fhir-x12-gateway.dev/fhir/sid/bht03",
+                                                   "value": "0001"}
+    assert "identifier" not in r.resource
+    texts = notes(r)
+    assert texts.count("trace without a trace number (TRN02 is empty)") == 2
+    patient = r.resource["contained"][0]
+    assert "address" not in patient
+    coverage = next(c for c in r.resource["contained"] if c["id"] == "coverage")
+    assert "class" not in coverage
+    practitioner = next(c for c in r.resource["contained"] if c["resourceType"] == "Practitioner")
+    assert "name" not in practitioner
+    assert "preAuthRef" not in r.resource
+    assert next(c for c in r.resource["contained"] if c["id"] == "other-payer-1")["name"] == \
+        "Other payer (not named by the payer)"
+    dependent = RAW_HEAD.replace("HL*3*2*22*0~TRN*2*REQ1-1*9GATEWAY01~", "HL*3*2*22*1~")
+    child = valid(raw_responses("HL*4*3*23*0~TRN*2*REQ1-2*9GATEWAY01~NM1*03*1*ROE*ANN~EB*1*FAM*30~", name="NM1*IL*1~",
+                                head=dependent)[0])
+    subscriber = next(c for c in child.resource["contained"] if c["id"] == "subscriber")
+    assert "name" not in subscriber
+
+
+def test_a_271_cut_short_still_names_what_answers_what():
+    # was: request.identifier.value "" for a set with no trace, BHT03 or ST02 (ST*271 and nothing else)
+    text = RAW_ISA + "GS*HB*PAYERX*GATEWAY01*20250115*0930*9*X*005010X279A1~ST*271~"
+    r, = translate_271(read_x12(text).transactions[0], load_tables(), now=NOW)
+    valid(r)
+    assert r.resource["request"] == {"display": "not identified: the 271 has no trace number (TRN02), BHT03 or ST02"}
+
+
+def test_a_reference_without_a_qualifier_still_says_what_it_is():
+    # was: a note whose whole text was " " for a bare REF in 2100C
+    r = valid(raw_responses("REF~EB*1*IND*30~REF**X1~")[0])
+    assert notes(r)[:2] == ["reference without a qualifier (REF01)",
+                            "reference without a qualifier (REF01) X1 for EB 1"]
