@@ -55,7 +55,8 @@ class ResponseTranslation:
 
 def x12_date(value: str) -> str | None:
     """CCYYMMDD -> YYYY-MM-DD (None when it is not a calendar date)."""
-    if len(value) != 8 or not value.isdigit():
+    # ASCII digits only: int() reads other scripts' digits too, and '٢٠٢٥-٠١-٠١' is no FHIR date
+    if len(value) != 8 or not value.isascii() or not value.isdigit():
         return None
     try:   # a calendar date: 20250230 is not one
         date(int(value[:4]), int(value[4:6]), int(value[6:]))
@@ -433,6 +434,9 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
                 person.birth_date = x12_date(seg.get(2))
                 if seg.get(2) and person.birth_date is None:
                     r.note(f"birth date {quoted(seg.get(2))} is not a date", loop, seg)
+            elif seg.get(2):   # X279A1 allows D8 only: a birth date in another format is not read, but kept
+                r.note(f"birth date {quoted(seg.get(2))} in format {quoted(seg.get(1))} (not D8) is not read", loop,
+                       seg)
             gender = tables.t["gender"]["from_x12"].get(seg.get(3))
             person.gender = gender
             if seg.get(3) and gender is None:
@@ -494,6 +498,14 @@ def _patient_date(r: _Response, loop: Loop, seg: Segment, person: _Person) -> No
         wanted = {"plan-begin": {"start": start}, "plan-end": {"end": end}}.get(
             kind, {"start": start} if start == end else {"start": start, "end": end})
         # the first date given for each end of the plan period stands; a different one later is noted, not lost
+        period = {**wanted, **r.benefit_period}
+        if "start" in period and "end" in period and period["start"] > period["end"]:
+            # with the other end given before, this date would make a period that ends before it starts (per-1)
+            shown = start if start == end else f"{start} to {end}"
+            given = " and ".join(f"{k}s {v}" for k, v in r.benefit_period.items())
+            r.note(f"{name} {shown}: the plan period already {given}, and would end before it starts (not carried)",
+                   loop, seg)
+            return
         clashes = {k: v for k, v in wanted.items() if r.benefit_period.get(k, v) != v}
         r.benefit_period.update({k: v for k, v in wanted.items() if k not in r.benefit_period})
         unused = (kind == "plan-begin" and end != start) or (kind == "plan-end" and end != start)
@@ -508,12 +520,21 @@ def _patient_date(r: _Response, loop: Loop, seg: Segment, person: _Person) -> No
                        "here", loop, seg)
             return
     elif kind in ("eligibility-begin", "eligibility-end", "eligibility"):
+        period = dict(person.period)
         if kind != "eligibility-end":
-            person.period["start"] = start
+            period["start"] = start
         if kind != "eligibility-begin" and (kind == "eligibility-end" or start != end):
-            person.period["end"] = end
-        r.note(f"{name}: {start if start == end else f'{start} to {end}'} (CoverageEligibilityResponse has no "
-               "eligibility dates; kept on the contained Coverage.period when there is one)", loop, seg)
+            period["end"] = end
+        shown = start if start == end else f"{start} to {end}"
+        if "start" in period and "end" in period and period["start"] > period["end"]:
+            # with a date given before, this one would make a period that ends before it starts (per-1)
+            r.note(f"{name}: {shown} (CoverageEligibilityResponse has no eligibility dates; not kept on the contained "
+                   f"Coverage.period, which would then run from {period['start']} to {period['end']} and end before "
+                   "it starts)", loop, seg)
+            return
+        person.period = period
+        r.note(f"{name}: {shown} (CoverageEligibilityResponse has no eligibility dates; kept on the contained "
+               "Coverage.period when there is one)", loop, seg)
         return
     else:
         r.note(f"{name}: {start if start == end else f'{start} to {end}'}", loop, seg)

@@ -498,6 +498,40 @@ def test_codes_with_white_space_inside_are_made_fhir_codes_and_a_trace_originato
     assert r.resource["request"]["identifier"]["system"].endswith("/trn/9%20GATEWAY")
 
 
+def test_a_birth_date_in_another_format_is_noted():
+    # was: DMG*RD8 mapped, its date in neither the response nor a note
+    r = valid(raw_responses("DMG*RD8*19800101-19801231*F~EB*1*IND*30~")[0])
+    assert "birthDate" not in r.resource["contained"][0]
+    assert "birth date '19800101-19801231' in format 'RD8' (not D8) is not read" in notes(r)
+
+
+def test_dates_written_in_other_scripts_digits_are_not_dates():
+    # was: str.isdigit and int read '٢٠٢٥٠١٠١', which became birthDate/period '٢٠٢٥-٠١-٠١' (no FHIR date)
+    arabic = "\u0662\u0660\u0662\u0665\u0660\u0661\u0660\u0661"
+    r = valid(raw_responses(f"DMG*D8*{arabic}*F~DTP*356*D8*{arabic}~DTP*346*D8*{arabic}~EB*1*IND*30~")[0])
+    assert "birthDate" not in r.resource["contained"][0]
+    assert "benefitPeriod" not in r.resource["insurance"][0]
+    assert "period" not in next(c for c in r.resource["contained"] if c["resourceType"] == "Coverage")
+    assert len([n for n in r.notes if arabic in n.raw]) == 3
+
+
+def test_a_plan_period_that_would_end_before_it_starts_is_noted():
+    # was: benefitPeriod {"start": "2025-12-31", "end": "2025-01-01"} from DTP*346 and a DTP*347 before it (per-1)
+    r = valid(only(("DTP", ["346", "D8", "20251231"]), ("DTP", ["347", "D8", "20250101"]), ("EB", ["1", "IND", "30"])))
+    assert r.resource["insurance"][0]["benefitPeriod"] == {"start": "2025-12-31"}
+    assert ("Plan End 2025-01-01: the plan period already starts 2025-12-31, and would end before it starts "
+            "(not carried)") in notes(r)
+
+
+def test_an_eligibility_period_that_would_end_before_it_starts_is_not_the_coverage_period():
+    # was: Coverage.period {"start": "2025-12-31", "end": "2025-01-01"} (per-1), the note saying it was kept there
+    r = valid(only(("DTP", ["356", "D8", "20251231"]), ("DTP", ["357", "D8", "20250101"]), ("EB", ["1", "IND", "30"])))
+    coverage = next(c for c in r.resource["contained"] if c["resourceType"] == "Coverage")
+    assert coverage["period"] == {"start": "2025-12-31"}
+    assert any(n.startswith("Eligibility End: 2025-01-01") and "not kept on the contained Coverage.period" in n
+               for n in notes(r))
+
+
 def test_values_without_content_give_no_empty_fhir_elements():
     # was: "" or [] or {} where FHIR wants content (ele-1): trace and BHT03-less request identifier, Practitioner and
     # subscriber names, address line, class value, description, other payer name
