@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import quote
 
@@ -98,6 +98,19 @@ _MAX_UNSIGNED_INT = 2_147_483_647   # FHIR unsignedInt
 
 def _json_number(value: Decimal) -> int | float:
     return int(value) if value == value.to_integral_value() else float(value)
+
+
+_CENT = Decimal("0.01")
+
+
+def _money_problem(value: Decimal) -> str | None:
+    """Why ``value`` cannot be a Money.value as sent (None when it can): an amount of the currency has at most two
+    decimal places, and JSON carries a fraction as a double, exact to about 15 digits."""
+    if value != value.quantize(_CENT, rounding=ROUND_DOWN):
+        return "has more than two decimal places"
+    if Decimal(repr(_json_number(value))) != value:
+        return "has more digits than a JSON number carries exactly"
+    return None
 
 
 class _Response:
@@ -906,9 +919,19 @@ def _amount(r: _Response, loop: Loop, eb: Segment, v: list[str], info: dict[str,
         money = None
     elif v[7] and money is None:
         r.note(f"amount {quoted(v[7])} is not a number", loop, eb)
+    elif money is not None and (problem := _money_problem(money)) is not None:
+        # rounded or cut, it would be another amount than the payer's: the note keeps it as sent
+        r.note(f"amount {quoted(v[7])} {problem}: not an amount FHIR Money holds as sent (left out)", loop, eb)
+        money = None
     elif money is not None:
         slot = "usedMoney" if amount_kind == MET else "allowedMoney"
-        if amount_kind != REMAINING:
+        if amount_kind != REMAINING and slot == "allowedMoney" and "allowedString" in benefit:
+            # EB01 H (Unlimited) with an amount: one benefit holds one allowed value (allowed[x]); the code's came first
+            item["description"] = "; ".join(filter(None, [item.get("description"), f"amount {v[7]}"]))
+            r.note(f"amount {v[7]} given together with {benefit['allowedString']!r} ({info['display']}); kept in the "
+                   "item description", loop, eb)
+            money = None
+        elif amount_kind != REMAINING:
             benefit[slot] = {"value": _json_number(money), "currency": r.currency}
     if v[8]:
         percent = _number(v[8])
@@ -1024,6 +1047,10 @@ def _match_amounts(r: _Response, facts: list[_Fact]) -> None:
         is_money = any(k.endswith("Money") for k in total.benefit)
         if slot is not None:
             pass   # the met and the remaining amount agree
+        elif is_money and (problem := _money_problem(used)) is not None:   # a negative remainder can lengthen it
+            r.note(f"{kind_word} amount {fact.money:f} gives a used amount of {used:f} for the total "
+                   f"{total.money:f}, which {problem}; no used amount is derived", fact.loop, fact.seg)
+            continue
         elif is_money:
             total.benefit["usedMoney"] = {"value": _json_number(used), "currency": r.currency}
         elif used == used.to_integral_value() and used <= _MAX_UNSIGNED_INT:

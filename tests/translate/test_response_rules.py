@@ -532,6 +532,21 @@ def test_an_eligibility_period_that_would_end_before_it_starts_is_not_the_covera
                for n in notes(r))
 
 
+def test_amounts_money_cannot_hold_as_sent_are_noted():
+    # was: allowedMoney 12.345 (USD has cents) and 1e+17 for 99999999999999999.9 (a double's 15 digits)
+    r = valid(only(("EB", ["C", "IND", "30", "", "", "23", "12.345"]),
+                   ("EB", ["C", "IND", "33", "", "", "23", "99999999999999999.9"]),
+                   ("EB", ["C", "IND", "48", "", "", "23", "100.50"]),
+                   ("EB", ["C", "IND", "48", "", "", "29", "25.25"])))
+    benefits = [i["benefit"][0] for i in items(r)]
+    assert "allowedMoney" not in benefits[0] and "allowedMoney" not in benefits[1]
+    assert benefits[2]["allowedMoney"]["value"] == 100.5 and benefits[2]["usedMoney"]["value"] == 75.25
+    texts = notes(r)
+    assert ("amount '12.345' has more than two decimal places: not an amount FHIR Money holds as sent (left out)"
+            in texts)
+    assert any("'99999999999999999.9' has more digits than a JSON number carries exactly" in n for n in texts)
+
+
 def test_values_without_content_give_no_empty_fhir_elements():
     # was: "" or [] or {} where FHIR wants content (ele-1): trace and BHT03-less request identifier, Practitioner and
     # subscriber names, address line, class value, description, other payer name
@@ -573,3 +588,12 @@ def test_a_reference_without_a_qualifier_still_says_what_it_is():
     r = valid(raw_responses("REF~EB*1*IND*30~REF**X1~")[0])
     assert notes(r)[:2] == ["reference without a qualifier (REF01)",
                             "reference without a qualifier (REF01) X1 for EB 1"]
+
+
+def test_an_unlimited_benefit_with_an_amount_keeps_one_allowed_value():
+    # was: allowedString 'unlimited' (EB01 H) and allowedMoney together, which allowed[x] does not allow
+    r = valid(only(("EB", ["H", "IND", "30", "", "", "23", "5000"])))
+    item, = items(r)
+    assert item["benefit"][0]["allowedString"] == "unlimited" and "allowedMoney" not in item["benefit"][0]
+    assert item["description"] == "amount 5000"
+    assert "amount 5000 given together with 'unlimited' (Unlimited); kept in the item description" in notes(r)
