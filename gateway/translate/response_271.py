@@ -141,6 +141,9 @@ class _Response:
         self.has_benefits = False
         self.unanswered = False   # no patient and no AAA: the payer said nothing
         self.persons: dict[str, _Person] = {}   # "patient", "subscriber": who 2100C/2100D describe
+        # 2120 entities an EB's items refer to (provider, authorizationUrl), with the EB01: checked once the items
+        # are final, as an item may not make it into the response (see _entities_in_no_item)
+        self.entity_uses: list[tuple[dict[str, Any], str]] = []
         # read once per response rather than once per item
         self.service_type_system: str = tables.systems["service_type"]["emit"]
         self.currency: str = tables.systems["currency"]
@@ -285,6 +288,7 @@ def _translate_patient(tables: Tables, txn: Transaction, now: str,
                 else:
                     _unclaimed(r, sub)
             _benefits(r, benefit_loops)
+            _entities_in_no_item(r)
     if patient is None and not r.errors:   # nobody answered and no AAA says why: not a "complete" answer
         text = "the 271 answers no patient (no 2000C loop) and gives no reason (no AAA)"
         r.errors.append({"code": {"text": text}})
@@ -834,10 +838,12 @@ def _item_base(r: _Response, loop: Loop, eb: Segment, v: list[str], entities: li
         if entity["role"] == "utilization-management" and entity["url"]:
             item["authorizationUrl"] = entity["url"]
             entity["mapped"] = True
+            r.entity_uses.append((entity, v[1]))
         elif entity["role"] == "provider" and entity["person"]:
             item["provider"] = {"reference": f"#{entity['id']}"}
             r.contained[entity["id"]] = entity["resource"]
             entity["mapped"] = True
+            r.entity_uses.append((entity, v[1]))
     if "authorizationUrl" not in item and v[11] == "Y":
         urls = [e["url"] for e in entities if e["url"]]
         if urls:
@@ -1130,7 +1136,9 @@ def _entities(r: _Response, loop: Loop) -> list[dict[str, Any]]:
         for per in sub.segments_of("PER"):
             contacts.append(_contact_text(per))
             for q, v in ((per.get(3), per.get(4)), (per.get(5), per.get(6)), (per.get(7), per.get(8))):
-                if q in table["url_qualifiers"] and v and url is None:
+                if q in table["url_qualifiers"] and v and url is None and any(c.isspace() for c in v):
+                    r.note(f"URL {quoted(v)} has white space in it: not used as a URL", sub, per)
+                elif q in table["url_qualifiers"] and v and url is None:
                     url = v
                     if "://" not in url:
                         # no scheme, or a scheme whose colon was a delimiter (HTTPS//...)
@@ -1156,6 +1164,36 @@ def _entities(r: _Response, loop: Loop) -> list[dict[str, Any]]:
                     "name": name, "ident": (nm1.get(8), nm1.get(9)), "order": info.get("order"),
                     "mapped": False})
     return out
+
+
+def _entities_in_no_item(r: _Response) -> None:
+    """An entity an item referred to, when no item of the response refers to it any more: its row was only noted
+    (an EB01 with no FHIR meaning), merged into its total (a remaining amount), or a later entity of the same row
+    took its place. Its contained resource goes (dom-3: every contained resource is referenced) and the segments
+    mapped for it are noted instead."""
+    if not r.entity_uses:
+        return
+    providers = {item["provider"]["reference"] for item in r.items if "provider" in item}
+    urls = {item["authorizationUrl"] for item in r.items if "authorizationUrl" in item}
+    done: set[int] = set()
+    for e, eb01 in r.entity_uses:
+        if id(e) in done:
+            continue
+        done.add(id(e))
+        if e["role"] == "provider":
+            if f"#{e['id']}" in providers:
+                continue
+            r.contained.pop(e["id"], None)
+        elif e["url"] in urls:
+            continue
+        sub = e["loop"]
+        for seg in sub.segments:
+            if seg.position not in r.mapped:
+                continue
+            r.mapped.discard(seg.position)
+            said = _entity_text(e) if seg.id == "NM1" else f"{e['display']} {e['name']}: {seg.id} " + " ".join(
+                x for x in seg.elements if x)
+            r.note(f"EB {eb01}: {said} (no item of the response refers to it)", sub, seg)
 
 
 def _entity_text(e: dict[str, Any]) -> str:

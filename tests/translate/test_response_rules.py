@@ -498,6 +498,39 @@ def test_codes_with_white_space_inside_are_made_fhir_codes_and_a_trace_originato
     assert r.resource["request"]["identifier"]["system"].endswith("/trn/9%20GATEWAY")
 
 
+def test_a_provider_no_item_refers_to_is_noted_not_contained():
+    # was: a contained Practitioner no item referred to (dom-3), its NM1 and PRV counted as mapped, when the row was
+    # only noted (EB01 unknown), merged into its total (a remaining amount), or a later provider took the item's place
+    entity = ["LS*2120~", "NM1*P3*1*SMITH*PAT****XX*1992999998~", "PRV*PC*PXC*207Q00000X~", "LE*2120~"]
+    for body, kept in ((["EB*ZZ*IND*30~", *entity], None),
+                       (["EB*C*IND*30***23*100~", "EB*C*IND*30***29*40~", *entity], None),
+                       (["EB*L~", *entity[:3], "NM1*P3*1*JONES*AL~", "LE*2120~"], "JONES")):
+        r = valid(raw_responses(*body)[0])
+        practitioners = [c for c in r.resource["contained"] if c["resourceType"] == "Practitioner"]
+        assert [p["name"][0]["family"] for p in practitioners] == ([kept] if kept else [])
+        smith = [n for n in r.notes if "SMITH" in n.raw or "207Q00000X" in n.raw]
+        assert [n.raw for n in smith] == [entity[1], entity[2]]
+        assert all("no item of the response refers to it" in n.text for n in smith)
+        assert not {n.source.rsplit("@", 1)[1] for n in smith} & {str(p) for p in r.mapped}
+
+
+def test_an_authorization_url_no_item_carries_is_noted():
+    r = valid(raw_responses("EB*C*IND*30***23*100**********Y~", "EB*C*IND*30***29*40~", "LS*2120~",
+                            "NM1*X3*2*UMCO~", "PER*IC**UR*HTTP://UM.EXAMPLE~", "LE*2120~")[0])
+    assert "authorizationUrl" not in items(r)[0]
+    per, = [n for n in r.notes if n.raw.startswith("PER")]
+    assert "no item of the response refers to it" in per.text
+    assert per.raw == "PER*IC**UR*HTTP://UM.EXAMPLE~"
+
+
+def test_a_url_with_white_space_is_no_url():
+    # was: authorizationUrl "https://WWW.UM .EXAMPLE" (a FHIR url has no white space)
+    r = valid(raw_responses("EB*1*IND*30**********Y~", "LS*2120~", "NM1*X3*2*UMCO~", "PER*IC**UR*WWW.UM .EXAMPLE~",
+                            "LE*2120~")[0])
+    assert "authorizationUrl" not in items(r)[0]
+    assert "URL 'WWW.UM .EXAMPLE' has white space in it: not used as a URL" in notes(r)
+
+
 def test_a_birth_date_in_another_format_is_noted():
     # was: DMG*RD8 mapped, its date in neither the response nor a note
     r = valid(raw_responses("DMG*RD8*19800101-19801231*F~EB*1*IND*30~")[0])
