@@ -194,9 +194,7 @@ def translate_271(txn: Transaction, tables: Tables, *, now: str,
                 unanswered.append(receiver)
             for subscriber in receiver.loops_of("2000C"):
                 dependents = subscriber.loops_of("2000D")
-                sub_name = subscriber.loop("2100C")
-                answered_itself = sub_name is not None and bool(sub_name.loops_of("2110C"))
-                if answered_itself or not dependents:
+                if _answers_itself(subscriber) or not dependents:
                     patients.append((receiver, None, subscriber))
                 for dependent in dependents:
                     patients.append((receiver, subscriber, dependent))
@@ -221,16 +219,44 @@ def translate_271_loop(txn: Transaction, subscriber: Loop, tables: Tables, *, no
         return []
     header = list(txn.build_until(0).segments) if txn.build_until(0) is not None else []
     payer_loop = source.loop("2100A")
-    sub_name = subscriber.loop("2100C")
     dependents = subscriber.loops_of("2000D")
     results = []
-    if (sub_name is not None and sub_name.loops_of("2110C")) or not dependents:
+    if _answers_itself(subscriber) or not dependents:
         results.append(_translate_patient(tables, txn, now, context_for, header, source, payer_loop, receiver, None,
                                           subscriber))
     for dependent in dependents:
         results.append(_translate_patient(tables, txn, now, context_for, header, source, payer_loop, receiver,
                                           subscriber, dependent))
     return results
+
+
+def _answers_itself(subscriber: Loop) -> bool:
+    """Whether a 2000C loop has benefits of the subscriber's own, in any of its 2100C loops (a payer that repeats
+    the NM1 has the reader open a second one, which then holds the 2110C loops)."""
+    return any(name.loops_of("2110C") for name in subscriber.loops_of("2100C"))
+
+
+def _name_loops(level: Loop) -> tuple[Loop | None, list[Loop]]:
+    """A patient HL loop's name loop (2100D, else 2100C: the first one) and any further name loops in it."""
+    names = [sub for sub in level.loops if sub.id in ("2100C", "2100D")]
+    first = next((n for n in names if n.id == "2100D"), None) or next(iter(names), None)
+    return first, [n for n in names if n is not first]
+
+
+def _repeated_name_loops(r: _Response, loops: list[Loop], role: str) -> list[Loop]:
+    """Further name loops of one HL level: their own segments are noted (the person is read from the first), their
+    2110 loops returned, to be read as the patient's benefits."""
+    benefit_loops = []
+    for loop in loops:
+        for item in loop.body:
+            if item.__class__ is Segment:
+                r.note(f"loop {loop.id} repeated in one HL level (the payer sent another NM1): the {role} is read "
+                       f"from the first; {item.id} is kept here", loop, item)
+            elif item.id in ("2110C", "2110D"):
+                benefit_loops.append(item)
+            else:
+                _unclaimed(r, item)
+    return benefit_loops
 
 
 def _translate_patient(tables: Tables, txn: Transaction, now: str,
@@ -276,9 +302,11 @@ def _translate_patient(tables: Tables, txn: Transaction, now: str,
     if subscriber is not None:
         _hl_level(r, subscriber, own=False)
         _name_loop(r, sub_name_loop, role="subscriber")
+        # a dependent's response: the subscriber's benefits, in whichever name loop, are the subscriber's own
+        _repeated_name_loops(r, subscriber.loops_of("2100C")[1:], "subscriber")
     if patient is not None:
         _hl_level(r, patient, own=True)
-        name_loop = patient.loop("2100D") or patient.loop("2100C")
+        name_loop, repeated = _name_loops(patient)
         _name_loop(r, name_loop, role="patient")
         if name_loop is not None:
             benefit_loops = []
@@ -287,7 +315,7 @@ def _translate_patient(tables: Tables, txn: Transaction, now: str,
                     benefit_loops.append(sub)
                 else:
                     _unclaimed(r, sub)
-            _benefits(r, benefit_loops)
+            _benefits(r, benefit_loops + _repeated_name_loops(r, repeated, "patient"))
             _entities_in_no_item(r)
     if patient is None and not r.errors:   # nobody answered and no AAA says why: not a "complete" answer
         text = "the 271 answers no patient (no 2000C loop) and gives no reason (no AAA)"
@@ -432,13 +460,25 @@ class _Person:
     period: dict[str, str] = field(default_factory=dict)
 
 
+# segments a name loop holds once, with what each says of the person
+_ONCE_PER_PERSON = {"NM1": "name", "DMG": "birth date and gender", "N3": "street address", "N4": "city, state and ZIP",
+                    "INS": "relationship"}
+
+
 def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
     if loop is None:
         return
     person = _Person()
     tables = r.tables
+    seen: set[str] = set()
     for seg in loop.segments:
         sid = seg.id
+        if sid in _ONCE_PER_PERSON:
+            if sid in seen:   # read again, it would overwrite what the first said
+                r.note(f"{sid} repeated in loop {loop.id}: the {role}'s {_ONCE_PER_PERSON[sid]} is read from the "
+                       "first", loop, seg)
+                continue
+            seen.add(sid)
         if sid == "NM1":
             r.map(seg)
             person.family, person.suffix = seg.get(3), seg.get(7)

@@ -531,6 +531,30 @@ def test_a_url_with_white_space_is_no_url():
     assert "URL 'WWW.UM .EXAMPLE' has white space in it: not used as a URL" in notes(r)
 
 
+def test_benefits_after_a_repeated_subscriber_name_are_the_subscribers():
+    # was: a payer repeating NM1*IL opens a second 2100C; its 2110C loops were in no response at all
+    r, = raw_responses(RAW_NAME, "EB*1*IND*30~", "EB*C*IND*30***23*500~")
+    valid(r)
+    assert [i["category"]["coding"][0]["code"] for i in items(r)] == ["30", "30"]
+    assert any(n.startswith("loop 2100C repeated in one HL level") for n in notes(r))
+    dependent = RAW_HEAD.replace("HL*3*2*22*0~TRN*2*REQ1-1*9GATEWAY01~", "HL*3*2*22*1~")
+    subscriber, child = raw_responses(RAW_NAME, "EB*1*IND*30~HL*4*3*23*0~TRN*2*REQ1-2*9GATEWAY01~NM1*03*1*ROE*ANN~",
+                                      "EB*1*FAM*30~", head=dependent)
+    assert items(subscriber) and items(child)
+    assert subscriber.traces == [] and child.traces == ["REQ1-2"]
+
+
+def test_a_repeated_demographic_segment_is_noted_and_the_first_read():
+    # was: the second DMG (N3, N4, INS) overwrote the first, which then was in neither the response nor a note
+    r = valid(raw_responses("DMG*D8*19800210*M~DMG*D8*19810311*F~DMG*RD8*19800101-19801231~EB*1*IND*30~",
+                            name="NM1*IL*1*ROE*RICHARD****MI*W123~")[0])
+    patient = r.resource["contained"][0]
+    assert patient["birthDate"] == "1980-02-10" and patient["gender"] == "male"
+    assert [n for n in notes(r) if n.startswith("DMG repeated in loop 2100C")] != []
+    dmg_in_rd8 = [n for n in r.notes if n.raw == "DMG*RD8*19800101-19801231~"]
+    assert dmg_in_rd8 and "repeated" in dmg_in_rd8[0].text
+
+
 def test_a_birth_date_in_another_format_is_noted():
     # was: DMG*RD8 mapped, its date in neither the response nor a note
     r = valid(raw_responses("DMG*RD8*19800101-19801231*F~EB*1*IND*30~")[0])
