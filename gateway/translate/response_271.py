@@ -1409,6 +1409,8 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
         contained = [*ctx.contained, *[c for c in contained if c["id"] not in {x.get("id") for x in ctx.contained}]]
     for resource in r.contained.values():
         if resource:
+            if resource["resourceType"] == "Coverage":   # another coverage (EB*R) of this patient: the request's
+                resource["beneficiary"] = patient_ref     # Patient in the gateway, where no #patient is contained
             contained.append(resource)
 
     insurance: list[dict[str, Any]] = []

@@ -640,6 +640,19 @@ def test_a_271_cut_short_still_names_what_answers_what():
     assert r.resource["request"] == {"display": "not identified: the 271 has no trace number (TRN02), BHT03 or ST02"}
 
 
+def test_another_coverage_belongs_to_the_requests_patient_in_the_gateway():
+    # was: the contained other Coverage's beneficiary "#patient", which the gateway's response does not contain
+    def context_for(traces):
+        return ResponseContext(patient={"reference": "Patient/9"}, insurer={"reference": "Organization/p"},
+                               coverage={"reference": "Coverage/c"},
+                               request={"reference": "CoverageEligibilityRequest/r"})
+
+    r = valid(only(("EB", ["1", "IND", "30"]), ("EB", ["R", "", "30", "C1"]), ("LS", ["2120"]),
+                   ("NM1", ["PRP", "2", "OTHER INS"]), ("LE", ["2120"]), context_for=context_for))
+    other = next(c for c in r.resource["contained"] if c["id"] == "other-coverage-1")
+    assert other["beneficiary"] == {"reference": "Patient/9"}
+
+
 def test_a_reference_without_a_qualifier_still_says_what_it_is():
     # was: a note whose whole text was " " for a bare REF in 2100C
     r = valid(raw_responses("REF~EB*1*IND*30~REF**X1~")[0])
