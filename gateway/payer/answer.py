@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from gateway.x12.model import Delimiters, Loop, Segment, Transaction
-from gateway.x12.writer import Envelope, Value, X12Writer, format_amount, x12_date
+from gateway.x12.writer import Envelope, Value, X12Writer, application_code, format_amount, x12_date
 
 # URLs carry ':' so the simulator's component separator is '>' (a common set: * ^ > ~)
 PAYER_DELIMITERS = Delimiters("*", "^", ">", "~")
@@ -554,10 +554,16 @@ def answer_interchange(transactions: list[Transaction], members: dict[str, dict[
     bodies = [_answer_body(txn, members, config, now=now, payer_id=payer_id, unable_to_respond=unable_to_respond,
                            providers=providers) for txn in transactions]
     isa = transactions[0].interchange if transactions else None
+    gs = transactions[0].group if transactions else None
     env = Envelope(sender_id=isa.receiver_id if isa else "PAYER", receiver_id=isa.sender_id if isa else "GATEWAY",
                    sender_qualifier=isa.receiver_qualifier if isa else "ZZ",
                    receiver_qualifier=isa.sender_qualifier if isa else "ZZ", interchange_control=control_number,
-                   now=now, usage=isa.usage if isa and isa.usage in ("P", "T") else "P")
+                   now=now, usage=isa.usage if isa and isa.usage in ("P", "T") else "P",
+                   # the 271's GS02/GS03 answer the 270's GS03/GS02 (its ISA ids may be one character, padded)
+                   application_sender=application_code(gs.receiver if gs else "", isa.receiver_id if isa else "",
+                                                       default="PAYER"),
+                   application_receiver=application_code(gs.sender if gs else "", isa.sender_id if isa else "",
+                                                         default="GATEWAY"))
     return X12Writer(PAYER_DELIMITERS).interchange(env, "HB", "271", "005010X279A1", bodies).text
 
 

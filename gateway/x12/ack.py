@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from gateway.x12.model import Finding, Group, Interchange, Transaction
-from gateway.x12.writer import Envelope, X12Writer
+from gateway.x12.writer import Envelope, X12Writer, application_code
 
 ACK_IMPLEMENTATION = "005010X231A1"
 SEGMENT_CODES = frozenset("1 2 3 4 5 6 7 8 I4 I6 I7 I8 I9".split())
@@ -21,13 +21,18 @@ def _is_error(f: Finding) -> bool:
     return f.severity == "error"
 
 
-def _swap(isa: Interchange | None, control: int, now: datetime) -> Envelope:
-    """The acknowledgment goes back: its sender is the original receiver."""
+def _swap(isa: Interchange | None, control: int, now: datetime, group: Group | None = None) -> Envelope:
+    """The acknowledgment goes back: its sender is the original receiver (GS02/GS03 as the group named them, else
+    the ISA ids, each only when a GS may carry it)."""
     if isa is None:
-        return Envelope(sender_id="UNKNOWN", receiver_id="UNKNOWN", interchange_control=control, now=now)
+        return Envelope(sender_id="UNKNOWN", receiver_id="UNKNOWN", interchange_control=control, now=now,
+                        application_sender=application_code(group.receiver if group else ""),
+                        application_receiver=application_code(group.sender if group else ""))
     return Envelope(sender_id=isa.receiver_id or "UNKNOWN", receiver_id=isa.sender_id or "UNKNOWN",
                     sender_qualifier=isa.receiver_qualifier or "ZZ", receiver_qualifier=isa.sender_qualifier or "ZZ",
-                    interchange_control=control, now=now, usage=isa.usage if isa.usage in ("P", "T") else "P")
+                    interchange_control=control, now=now, usage=isa.usage if isa.usage in ("P", "T") else "P",
+                    application_sender=application_code(group.receiver if group else "", isa.receiver_id),
+                    application_receiver=application_code(group.sender if group else "", isa.sender_id))
 
 
 def build_ta1(isa: Interchange | None, findings: Iterable[Finding], *, control_number: int, now: datetime) -> str:
@@ -58,7 +63,7 @@ def build_999(transactions: list[Transaction], findings: Iterable[Finding], *, c
         groups.setdefault(id(txn.group), []).append(txn)
     bodies = [_ack_group(members[0].group, members, findings, first_group=index == 0)
               for index, members in enumerate(groups.values())] or [_ack_group(None, [], findings, first_group=True)]
-    env = _swap(isa, control_number, now)
+    env = _swap(isa, control_number, now, first.group if first else None)
     return writer.interchange(env, "FA", "999", ACK_IMPLEMENTATION, bodies).text
 
 

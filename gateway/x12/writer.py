@@ -338,6 +338,18 @@ class X12Writer:
         return WriteResult("".join(out), list(self.notes), counts)
 
 
+def application_code(*candidates: str | None, default: str = "UNKNOWN") -> str:
+    """What a reply's GS02 or GS03 (AN 2 to 15) carries: the first candidate of 2 to 15 letters, digits, spaces, '-'
+    or '.' (the request's GS03 or GS02, then its ISA id), which no delimiter set or cleaning changes, else
+    ``default``. An ISA id is fixed-width and may be a single character padded, which as a GS02 made the reply
+    invalid."""
+    for value in candidates:
+        value = (value or "").strip()
+        if 2 <= len(value) <= 15 and all(ch.isascii() and (ch.isalnum() or ch in " -.") for ch in value):
+            return value
+    return default
+
+
 def x12_date(value: date) -> str:
     """CCYYMMDD, exactly as ``strftime("%Y%m%d")`` writes it, at a third of its cost; a year before 1000 (which it
     leaves unpadded) still goes through it."""

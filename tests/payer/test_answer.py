@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import pytest
@@ -264,3 +265,24 @@ def test_a_dependents_date_outside_the_inquiry_period_is_refused_in_2100d(servic
     assert [(loop, p) for loop, p in walked if p[0] == "AAA"] == [("2100D", ["AAA", "N", "", code, "C"])]
     assert {loop for loop, p in walked if p[0] == "TRN"} == {"2000D"}
     assert "EB*" not in answered
+
+
+PETERSEN = json.loads((FIXTURES / "members" / "petersen-erik.json").read_text())
+
+
+def _answer_to(data: bytes) -> str:
+    txn = read_x12(data).transactions[0]
+    return answer_270(txn, {m["memberid"]: m for m in (DELGADO, PETERSEN)}, CONFIG, now=NOW, control_number=5)
+
+
+def test_a_one_character_isa_id_is_not_the_271s_gs02():
+    """ISA08 is fixed-width: "X" padded to 15 is a valid id, but as the 271's GS02 (2 to 15 characters) it made the
+    simulator's 271 invalid. The 271's GS02/GS03 answer the 270's GS03/GS02."""
+    text = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    assert text[54:69] == "ACMEHLTH       "
+    data = (text[:54] + "X" + " " * 14 + text[69:]).encode()
+    assert validate_x12(data).valid
+    answer = _answer_to(data)
+    assert "*ZZ*X              *ZZ*FHIRX12GW      *" in answer and "GS*HB*ACMEHLTH*FHIRX12GW*" in answer
+    assert validate_x12(answer).valid
+
