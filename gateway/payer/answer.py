@@ -564,7 +564,9 @@ def answer_interchange(transactions: list[Transaction], members: dict[str, dict[
                                                        default="PAYER"),
                    application_receiver=application_code(gs.sender if gs else "", isa.sender_id if isa else "",
                                                          default="GATEWAY"))
-    return X12Writer(PAYER_DELIMITERS).interchange(env, "HB", "271", "005010X279A1", bodies).text
+    # the 270's trace numbers and BHT03 go back as they came (the provider matches the answer by them)
+    echoed = frozenset(config.get("echoed_elements") or ())
+    return X12Writer(PAYER_DELIMITERS, echoed=echoed).interchange(env, "HB", "271", "005010X279A1", bodies).text
 
 
 def _answer_body(txn: Transaction, members: dict[str, dict[str, Any]], config: dict[str, Any], *, now: datetime,

@@ -157,7 +157,11 @@ class X12Writer:
     """Renders segments with one set of delimiters, sanitising every value."""
 
     def __init__(self, delimiters: Delimiters = DEFAULT_DELIMITERS,
-                 limits: dict[str, tuple[int, int]] | None = None, *, line_breaks: bool = False) -> None:
+                 limits: dict[str, tuple[int, int]] | None = None, *, line_breaks: bool = False,
+                 echoed: frozenset[str] = frozenset()) -> None:
+        """``echoed`` names elements (``TRN02``) that carry a value received from the partner, to be sent back as it
+        came: their case and the extended character set are kept, as for ``EXTENDED_ELEMENTS`` (delimiters and
+        control characters still go)."""
         chars = [delimiters.element, delimiters.component, delimiters.segment]
         if delimiters.repetition:
             chars.append(delimiters.repetition)
@@ -170,6 +174,7 @@ class X12Writer:
         self._max_lengths = (limits.by_segment if isinstance(limits, ElementLimits)
                              else _max_lengths_by_segment(self.limits))
         self.line_breaks = line_breaks
+        self.echoed = EXTENDED_ELEMENTS | echoed
         self.notes: list[WriteNote] = []
         self._forbidden = set(chars)
         self._already_clean = _already_clean(frozenset(chars))
@@ -186,7 +191,7 @@ class X12Writer:
                 return value
         original = value
         reasons = []
-        extended = ref in EXTENDED_ELEMENTS or ref.split("-")[0] in EXTENDED_ELEMENTS
+        extended = ref in self.echoed or ref.split("-")[0] in self.echoed
         if not value.isascii():
             value = transliterate(value)
             reasons.append("transliterated to ASCII")

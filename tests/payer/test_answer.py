@@ -286,3 +286,16 @@ def test_a_one_character_isa_id_is_not_the_271s_gs02():
     assert "*ZZ*X              *ZZ*FHIRX12GW      *" in answer and "GS*HB*ACMEHLTH*FHIRX12GW*" in answer
     assert validate_x12(answer).valid
 
+
+@pytest.mark.parametrize("trace, bht03", [("gw-sg-0001-1", "gw-sg-0001"), ("GW#1[A]_b", "REF%2f@X")])
+def test_the_trace_and_bht03_are_echoed_as_they_came(trace: str, bht03: str):
+    """The provider matches a 271 to its 270 by TRN02 (the gateway refuses a 271 without its trace): the simulator
+    upper-cased a lower-case trace and dropped '#', '[' and ']', so a valid 270 got an answer no one could match."""
+    data = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_bytes().replace(
+        b"TRN*1*GW-SG-0001-1*", f"TRN*1*{trace}*".encode()).replace(b"*GW-SG-0001*", f"*{bht03}*".encode())
+    assert validate_x12(data).valid
+    txn = read_x12(_answer_to(data)).transactions[0]
+    assert [s.get(2) for s in txn.segments() if s.id == "TRN"] == [trace]
+    assert txn.root.segment("BHT").get(3) == bht03
+    assert validate_x12(_answer_to(data)).valid
+
