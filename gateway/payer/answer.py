@@ -14,6 +14,7 @@ from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
+from gateway.mappings import load_yaml
 from gateway.x12.model import Delimiters, Loop, Segment, Transaction
 from gateway.x12.writer import Envelope, Value, X12Writer, application_code, format_amount, x12_date
 
@@ -274,8 +275,22 @@ def _coverage_rows(coverage: dict[str, Any], dates: tuple[date | None, date | No
         rows.append(("DTP", ["357", "D8", x12_date(terminated)]))
     others = [t for t in answered if t != primary]
     if others and active:
-        rows.append(("EB", [status, "", others]))
+        rows.extend(("EB", [status, "", chunk]) for chunk in _repetitions(others))
     return rows
+
+
+@lru_cache(maxsize=1)
+def _eb03_repetitions() -> int:
+    """How many service types one EB03 may repeat (``mappings/x12/segments.yaml``: 99)."""
+    eb03 = load_yaml("x12/segments.yaml")["EB"]["elements"][2]
+    return int(eb03.get("repeat", 1))
+
+
+def _repetitions(types: list[str]) -> list[list[str]]:
+    """Service types in EB03s of at most the repetitions the element allows (17 EQs of 10 types each, answered in
+    one EB, made an EB03 of 102 repetitions and an invalid 271)."""
+    limit = _eb03_repetitions()
+    return [types[i:i + limit] for i in range(0, len(types), limit)]
 
 
 def _date_range(daterange: Any) -> tuple[date, date] | None:
@@ -506,7 +521,7 @@ def answer(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[st
         seg(("DTP", ["347", "D8", x12_date(max(ends))]))
     groups = inquiry.groups()
     for served, asked_types, procedures in groups:
-        asked = asked_types or ["30"]
+        asked = list(dict.fromkeys(asked_types)) or ["30"]   # a type asked by several EQs is answered once
         generic = asked == ["30"] and not procedures
         rows: list[tuple[str, list[Value]]] = []
         for coverage, dates in zip(coverages, coverage_dates, strict=True):
@@ -523,7 +538,7 @@ def answer(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[st
             covered = {t for coverage in coverages for t in _category(coverage, config)["service_types"]}
             uncovered = [t for t in dict.fromkeys(asked) if t not in covered]
             if uncovered:
-                rows.append(("EB", ["I", "", uncovered]))
+                rows.extend(("EB", ["I", "", chunk]) for chunk in _repetitions(uncovered))
         if active:
             rows.extend(_accumulator_rows(accumulators, coverages, config, served))
             rows.extend(_benefit_rows(benefits, asked, generic, config))

@@ -299,3 +299,28 @@ def test_the_trace_and_bht03_are_echoed_as_they_came(trace: str, bht03: str):
     assert txn.root.segment("BHT").get(3) == bht03
     assert validate_x12(_answer_to(data)).valid
 
+
+def test_service_types_asked_by_many_eqs_are_answered_once_each_within_eb03s_limit():
+    """17 EQs of the same 10 service types (a valid 270): all 170 went into one EB03 of 102 repetitions after the
+    primary, more than the 99 the element allows, and the simulator's 271 was invalid."""
+    text = (FIXTURES / "x12" / "270" / "subscriber-eq-repetitions.270").read_text()
+    eq = next(line for line in text.splitlines() if line.startswith("EQ*"))
+    many = text.replace(eq, "\n".join([eq] * 17)).replace("SE*14*", "SE*30*")
+    assert validate_x12(many.encode()).valid
+    answer = read_x12(_answer_to(many.encode())).transactions[0]
+    rows = [s.repetitions(3) for s in answer.segments() if s.id == "EB" and s.get(1) in ("1", "I")]
+    answered = [t for row in rows for t in row]
+    assert set(answered) >= set(eq[3:-1].split("^"))   # each asked for is answered, once per coverage
+    assert all(len(row) == len(set(row)) <= 99 for row in rows)
+    assert validate_x12(_answer_to(many.encode())).valid
+    every = text.replace(eq, "\n".join(f"EQ*{'^'.join(CODES[i:i + 10])}~" for i in range(0, 120, 10))).replace(
+        "SE*14*", "SE*25*")   # 120 different service types: two EB03s
+    assert validate_x12(every.encode()).valid
+    answer = read_x12(_answer_to(every.encode())).transactions[0]
+    rows = [s.repetitions(3) for s in answer.segments() if s.id == "EB" and s.get(1) == "I"]
+    assert len(rows) > 1 and all(len(row) <= 99 for row in rows)
+    assert validate_x12(_answer_to(every.encode())).valid
+
+
+CODES = [c for c in sorted(load_yaml("codes/service_type.yaml")["codes"]) if c not in (
+    "30", "1", "33", "47", "48", "50", "86", "98", "UC", "62", "4", "5", "73", "AE", "PT")]
