@@ -145,8 +145,11 @@ def validate(file: str, ack: str | None, as_json: bool, control_number: int, dat
             isa = report.interchanges[0] if report.interchanges else None
             click.echo(build_ta1(isa, report.findings, control_number=control_number, now=now), nl=False)
         else:
-            click.echo(build_999(report.transactions, report.findings, control_number=control_number, now=now),
-                       nl=False)
+            try:
+                text = build_999(report.transactions, report.findings, control_number=control_number, now=now)
+            except GatewayError as exc:   # no set in a functional group: nothing a 999 names
+                _fail(f"{file}: no 999: {exc} (--ack ta1)", EXIT_INVALID)
+            click.echo(text, nl=False)
     sys.exit(0 if report.valid else EXIT_INVALID)
 
 

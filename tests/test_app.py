@@ -61,6 +61,17 @@ def test_validate_refuses_an_unknown_ack_kind(client):
     assert ta1.status_code == 200 and "~TA1*" in ta1.get_data(as_text=True)
 
 
+def test_no_999_for_an_interchange_without_a_transaction_set_in_a_group(client):
+    """A 999 acknowledges the sets of functional groups: for none it had an empty AK1, said "accepted" (AK9*A) and
+    went to UNKNOWN. Now a 422 says why, and a TA1 answers it."""
+    text = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    empty = text[:text.index("ST*270")] + text[text.index("GE*"):].replace("GE*1*", "GE*0*")
+    response = client.post("/x12/$validate", data=empty.encode(), headers={"Accept": "application/edi-x12"})
+    assert response.status_code == 422 and "no 999" in response.json["error"] and "?ack=ta1" in response.json["error"]
+    ta1 = client.post("/x12/$validate?ack=ta1", data=empty.encode(), headers={"Accept": "application/edi-x12"})
+    assert ta1.status_code == 200 and "*ZZ*ACMEHLTH       *ZZ*FHIRX12GW      *" in ta1.get_data(as_text=True)
+
+
 def test_validate_rejects_non_x12(client):
     response = client.post("/x12/$validate", data=b"not x12")
     assert response.status_code == 400 and "ISA" in response.json["error"]

@@ -61,6 +61,17 @@ TA1 = ("ISA*00*          *00*          *ZZ*PAYER01        *ZZ*GATEWAY01      *25
        "TA1*{control}*{day}*{time}*{status}*{note}~IEA*0*000000101~")
 
 
+def test_no_999_for_an_interchange_without_a_transaction_set_says_so(tmp_path):
+    """It wrote a 999 with an empty AK1 that accepted nothing (AK9*A*0*0*0), addressed to UNKNOWN."""
+    text = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    path = tmp_path / "empty.x12"
+    path.write_text(text[:text.index("GS*")] + text[text.index("IEA*"):].replace("IEA*1*", "IEA*0*"))
+    result = run("validate", str(path), "--ack", "999")
+    assert result.exit_code == 1 and not result.stdout.startswith("ISA")
+    assert "no 999: a 999 acknowledges the transaction sets of functional groups" in result.stderr
+    assert "(--ack ta1)" in result.stderr and "Traceback" not in result.output
+
+
 def test_a_ta1_is_read_and_its_elements_checked(tmp_path):
     good = tmp_path / "good.ta1"
     good.write_text(TA1.format(control="000000101", day="250115", time="0930", status="R", note="022"))

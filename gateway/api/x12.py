@@ -16,7 +16,7 @@ def validate():  # type: ignore[no-untyped-def]
     """Findings as JSON, or a 999 / TA1 when the client asks for ``application/edi-x12``. A payer's TA1, 999 or
     997 is read instead of validated as a set: what it says comes back under ``acknowledgment``."""
     from gateway.transport.acks import load_ack_codes, read_acknowledgments
-    from gateway.x12.ack import build_999, build_ta1
+    from gateway.x12.ack import AcknowledgmentError, build_999, build_ta1
     from gateway.x12.validate import validate_x12
 
     ack = request.args.get("ack", "999").lower()
@@ -35,6 +35,9 @@ def validate():  # type: ignore[no-untyped-def]
             isa = report.interchanges[0] if report.interchanges else None
             text = build_ta1(isa, report.findings, control_number=1, now=now)
         else:
-            text = build_999(report.transactions, report.findings, control_number=1, now=now)
+            try:
+                text = build_999(report.transactions, report.findings, control_number=1, now=now)
+            except AcknowledgmentError as exc:   # no set in a functional group: a TA1 (?ack=ta1) answers it
+                return jsonify({**report.to_dict(), "error": f"no 999: {exc} (?ack=ta1)"}), 422
         return Response(text, mimetype="application/edi-x12")
     return jsonify({**report.to_dict(), **({"acknowledgment": said} if said else {})}), 200

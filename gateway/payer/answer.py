@@ -14,8 +14,9 @@ from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
+from gateway.mappings import load_yaml
 from gateway.x12.model import Delimiters, Loop, Segment, Transaction
-from gateway.x12.writer import Envelope, Value, X12Writer, format_amount, x12_date
+from gateway.x12.writer import Envelope, Value, X12Writer, application_code, format_amount, x12_date
 
 # URLs carry ':' so the simulator's component separator is '>' (a common set: * ^ > ~)
 PAYER_DELIMITERS = Delimiters("*", "^", ">", "~")
@@ -274,8 +275,22 @@ def _coverage_rows(coverage: dict[str, Any], dates: tuple[date | None, date | No
         rows.append(("DTP", ["357", "D8", x12_date(terminated)]))
     others = [t for t in answered if t != primary]
     if others and active:
-        rows.append(("EB", [status, "", others]))
+        rows.extend(("EB", [status, "", chunk]) for chunk in _repetitions(others))
     return rows
+
+
+@lru_cache(maxsize=1)
+def _eb03_repetitions() -> int:
+    """How many service types one EB03 may repeat (``mappings/x12/segments.yaml``: 99)."""
+    eb03 = load_yaml("x12/segments.yaml")["EB"]["elements"][2]
+    return int(eb03.get("repeat", 1))
+
+
+def _repetitions(types: list[str]) -> list[list[str]]:
+    """Service types in EB03s of at most the repetitions the element allows (17 EQs of 10 types each, answered in
+    one EB, made an EB03 of 102 repetitions and an invalid 271)."""
+    limit = _eb03_repetitions()
+    return [types[i:i + limit] for i in range(0, len(types), limit)]
 
 
 def _date_range(daterange: Any) -> tuple[date, date] | None:
@@ -506,7 +521,7 @@ def answer(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[st
         seg(("DTP", ["347", "D8", x12_date(max(ends))]))
     groups = inquiry.groups()
     for served, asked_types, procedures in groups:
-        asked = asked_types or ["30"]
+        asked = list(dict.fromkeys(asked_types)) or ["30"]   # a type asked by several EQs is answered once
         generic = asked == ["30"] and not procedures
         rows: list[tuple[str, list[Value]]] = []
         for coverage, dates in zip(coverages, coverage_dates, strict=True):
@@ -523,7 +538,7 @@ def answer(inquiry: Inquiry, members: dict[str, dict[str, Any]], config: dict[st
             covered = {t for coverage in coverages for t in _category(coverage, config)["service_types"]}
             uncovered = [t for t in dict.fromkeys(asked) if t not in covered]
             if uncovered:
-                rows.append(("EB", ["I", "", uncovered]))
+                rows.extend(("EB", ["I", "", chunk]) for chunk in _repetitions(uncovered))
         if active:
             rows.extend(_accumulator_rows(accumulators, coverages, config, served))
             rows.extend(_benefit_rows(benefits, asked, generic, config))
@@ -554,11 +569,19 @@ def answer_interchange(transactions: list[Transaction], members: dict[str, dict[
     bodies = [_answer_body(txn, members, config, now=now, payer_id=payer_id, unable_to_respond=unable_to_respond,
                            providers=providers) for txn in transactions]
     isa = transactions[0].interchange if transactions else None
+    gs = transactions[0].group if transactions else None
     env = Envelope(sender_id=isa.receiver_id if isa else "PAYER", receiver_id=isa.sender_id if isa else "GATEWAY",
                    sender_qualifier=isa.receiver_qualifier if isa else "ZZ",
                    receiver_qualifier=isa.sender_qualifier if isa else "ZZ", interchange_control=control_number,
-                   now=now, usage=isa.usage if isa and isa.usage in ("P", "T") else "P")
-    return X12Writer(PAYER_DELIMITERS).interchange(env, "HB", "271", "005010X279A1", bodies).text
+                   now=now, usage=isa.usage if isa and isa.usage in ("P", "T") else "P",
+                   # the 271's GS02/GS03 answer the 270's GS03/GS02 (its ISA ids may be one character, padded)
+                   application_sender=application_code(gs.receiver if gs else "", isa.receiver_id if isa else "",
+                                                       default="PAYER"),
+                   application_receiver=application_code(gs.sender if gs else "", isa.sender_id if isa else "",
+                                                         default="GATEWAY"))
+    # the 270's trace numbers and BHT03 go back as they came (the provider matches the answer by them)
+    echoed = frozenset(config.get("echoed_elements") or ())
+    return X12Writer(PAYER_DELIMITERS, echoed=echoed).interchange(env, "HB", "271", "005010X279A1", bodies).text
 
 
 def _answer_body(txn: Transaction, members: dict[str, dict[str, Any]], config: dict[str, Any], *, now: datetime,

@@ -298,6 +298,7 @@ def _answer_x12(data: bytes, app: Flask) -> X12Answer:
     envelope = [Finding("SIM-ISA-VERSION", f"ISA12 {i.version} is not an interchange version this payer accepts "
                         f"({', '.join(versions)})", level="interchange", ack_code="003", interchange=i.control_number)
                 for i in report.interchanges if i.version not in versions and i.version.isdigit()]
+    envelope += _unacknowledgeable(report, config["interchange_rejections"])
     if fault == "ta1" or envelope or any(f.level == "interchange" and f.severity == "error" for f in report.findings):
         findings = list(report.findings) + envelope
         if fault == "ta1":
@@ -324,6 +325,22 @@ def _answer_x12(data: bytes, app: Flask) -> X12Answer:
     if fault == "bad-count":   # readable, but the trailer miscounts: a defect the gateway must pass on, not hide
         text = re.sub(r"SE\*(\d+)\*", lambda m: f"SE*{int(m.group(1)) + 1}*", text, count=1)
     return X12Answer(text, 200, "271")
+
+
+def _unacknowledgeable(report: Any, codes: Mapping[str, str]) -> list[Finding]:
+    """What a 999 cannot answer, as interchange errors (a TA1): a 999 acknowledges the transaction sets of functional
+    groups, so an interchange holding none, or a set outside any GS/GE, has no AK1 a 999 could name (it was a 999
+    with an empty AK1 that said "accepted", to UNKNOWN)."""
+    found = [Finding("SIM-NO-SET", "the interchange holds no transaction set in a functional group: there is no "
+                     "270 to answer", level="interchange", ack_code=codes["no_transaction"],
+                     interchange=i.control_number)
+             for i in report.interchanges if not any(t.interchange is i and t.group is not None
+                                                     for t in report.transactions)]
+    found += [Finding("SIM-SET-OUTSIDE-GROUP", f"transaction set {quoted(t.control_number)} is outside any GS/GE "
+                      "functional group", level="interchange", ack_code=codes["outside_group"],
+                      interchange=t.interchange.control_number if t.interchange else "")
+              for t in report.transactions if t.group is None]
+    return found
 
 
 def _scripted_rejection(txn: Any) -> list[Any]:

@@ -18,7 +18,7 @@ from gateway.fhir.structure import payload_problems
 from gateway.translate.errors import Problem, TranslationError
 from gateway.translate.notes import Note
 from gateway.translate.request_270 import build_270, find_request
-from gateway.translate.request_from_270 import translate_270
+from gateway.translate.request_from_270 import seed, translate_270
 from gateway.translate.response_271 import ResponseTranslation, translate_271
 from gateway.translate.tables import Tables
 from gateway.x12.reader import ReadResult, read_x12
@@ -122,8 +122,10 @@ def translate_document(data: bytes, tables: Tables, *, now: datetime, control_nu
     if sets == {"270"}:
         entries: list[dict[str, Any]] = []
         notes: list[Note] = []
+        seen: dict[str, int] = {}   # sets sent twice (same ISA13, GS06, ST02, BHT03) keep ids of their own
         for txn in read.transactions:
-            bundle, txn_notes = translate_270(txn, tables, now=stamp)
+            occurrence = seen[seed(txn)] = seen.get(seed(txn), -1) + 1
+            bundle, txn_notes = translate_270(txn, tables, now=stamp, occurrence=occurrence)
             entries.extend(bundle["entry"])
             notes.extend(txn_notes)
         if len(read.transactions) == 1:

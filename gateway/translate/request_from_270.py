@@ -24,20 +24,37 @@ def _urn(*parts: str) -> str:
     return f"urn:uuid:{uuid.uuid5(_NAMESPACE, '/'.join(parts))}"
 
 
-def _seed(txn: Transaction) -> str:
-    """What makes this transaction's resources unique: interchange, group, set and BHT03."""
+def seed(txn: Transaction, occurrence: int = 0) -> str:
+    """What makes this transaction's resources unique: interchange, group, set and BHT03; ``occurrence`` (1, 2 ...)
+    tells apart sets of one file that share all four (a set or interchange sent twice)."""
     bht = txn.root.segment("BHT")
     isa = txn.interchange.control_number if txn.interchange else ""
     gs = txn.group.control_number if txn.group else ""
-    return f"{isa}/{gs}/{txn.control_number}/{bht.get(3) if bht else ''}"
+    return f"{isa}/{gs}/{txn.control_number}/{bht.get(3) if bht else ''}" + (f"#{occurrence}" if occurrence else "")
 
 
-def translate_270(txn: Transaction, tables: Tables, *, now: str,
-                  carried: set[int] | None = None) -> tuple[dict[str, Any], list[Note]]:
+def _level_keys(txn: Transaction) -> dict[int, str]:
+    """Each HL loop's key in the resources' ids: its HL01, or (for an HL01 an earlier loop already used, which the
+    reader reports) HL01@position, so that a second patient under a repeated HL01 keeps its own request rather than
+    being dropped as the first one's duplicate."""
+    keys: dict[int, str] = {}
+    used: set[str] = set()
+    for loop, _ in txn.root.walk():
+        hl = loop.segment("HL")
+        if hl is not None and id(loop) not in keys:
+            key = hl.get(1) if hl.get(1) not in used else f"{hl.get(1)}@{hl.position}"
+            used.add(key)
+            keys[id(loop)] = key
+    return keys
+
+
+def translate_270(txn: Transaction, tables: Tables, *, now: str, carried: set[int] | None = None,
+                  occurrence: int = 0) -> tuple[dict[str, Any], list[Note]]:
     """One Bundle (type collection) for a 270 transaction set, and the notes of what was not carried.
 
     ``carried`` (when given) receives the positions of the segments that went into FHIR content; every
-    other segment has a note, so nothing in the 270 is dropped without a word.
+    other segment has a note, so nothing in the 270 is dropped without a word. ``occurrence`` (see :func:`seed`)
+    keeps the ids of a repeated set apart from the first one's.
     """
     systems = tables.systems
     notes: list[Note] = []
@@ -54,12 +71,14 @@ def translate_270(txn: Transaction, tables: Tables, *, now: str,
     def add(resource: dict[str, Any], key: str) -> str:
         if key in seen:
             return seen[key]
-        url = _urn(_seed(txn), key)
+        url = _urn(txn_seed, key)
         ordered = {"resourceType": resource.pop("resourceType"), "id": url.rsplit(":", 1)[-1], **resource}
         entries.append({"fullUrl": url, "resource": ordered})
         seen[key] = url
         return url
 
+    txn_seed = seed(txn, occurrence)
+    keys = _level_keys(txn)
     bht = txn.root.segment("BHT")
     carried.update(s.position for s in txn.root.segments if s.id in ("ST", "BHT", "SE"))
     carried.update(s.position for _, s in txn.root.walk() if s.id == "HL")   # the Bundle's shape
@@ -88,13 +107,12 @@ def translate_270(txn: Transaction, tables: Tables, *, now: str,
                     name = patient.loop("2100D") if patient is not subscriber else sub_name
                     request_notes: list[Note] = list(shared)
                     request = _request(tables, txn, now, bht, subscriber, sub_name, patient, name,
-                                       payer_url, provider_url, add, request_notes, carried)
+                                       payer_url, provider_url, add, request_notes, carried, keys)
                     notes.extend(request_notes[len(shared):])
-                    hl = patient.segment("HL")
                     # the subscriber's segments and this patient's, not another dependent's
                     others = [d for d in dependents if d is not patient]
                     mine = {seg.position for loop, seg in subscriber.walk() if not _inside(loop, others)}
-                    requests.append((add(request, f"request/{hl.get(1) if hl else ''}"), request_notes, mine))
+                    requests.append((add(request, f"request/{keys.get(id(patient), '')}"), request_notes, mine))
     for seg in txn.root.segments:
         if seg.id not in ("ST", "BHT", "SE"):
             note(f"segment {seg.id} outside the loops of a 270", txn.root, seg)
@@ -112,7 +130,7 @@ def translate_270(txn: Transaction, tables: Tables, *, now: str,
             if entry["fullUrl"] == url and (request_notes or theirs):
                 entry["resource"]["extension"] = process_note_extensions(
                     [*request_notes, *theirs], systems["process_note_extension"], systems["note_type"])
-    bundle = {"resourceType": "Bundle", "id": _urn(_seed(txn), "bundle").rsplit(":", 1)[-1],
+    bundle = {"resourceType": "Bundle", "id": _urn(txn_seed, "bundle").rsplit(":", 1)[-1],
               "type": "collection", "timestamp": now, "entry": entries}
     if notes:
         bundle["meta"] = {"tag": [{"system": systems["canonical_base"], "code": "translated-from-x12-270"}]}
@@ -132,6 +150,13 @@ def _inside(loop: Loop | None, ancestors: list[Loop]) -> bool:
             return True
         loop = loop.parent
     return False
+
+
+def _code(value: str) -> str:
+    """An X12 value as a FHIR code: its words joined by single spaces, "" when it has none. Components and
+    repetitions come as sent, and a code cannot begin or end with white space or hold a run of it: " 25" as a
+    modifier, or "A  B" as a service type, made the whole Bundle invalid FHIR."""
+    return " ".join(value.split())
 
 
 def _where(txn: Transaction, loop: Loop, seg: Segment) -> str:
@@ -185,7 +210,7 @@ def _provider(tables: Tables, loop: Loop | None, add, note, carried: set[int]) -
             continue
         if seg.id == "PRV" and seg.get(2) == "PXC" and seg.get(3):
             # where the 270 builder reads a taxonomy: a practitioner's qualification, an organization's type
-            taxonomy = {"coding": [{"system": systems["taxonomy"], "code": seg.get(3)}]}
+            taxonomy = {"coding": [{"system": systems["taxonomy"], "code": _code(seg.get(3))}]}
             if resource["resourceType"] == "Practitioner":
                 resource["qualification"] = [{"code": taxonomy}]
             else:
@@ -204,7 +229,8 @@ def _provider(tables: Tables, loop: Loop | None, add, note, carried: set[int]) -
 
 def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, subscriber: Loop,
              sub_name: Loop | None, patient: Loop, name: Loop | None, payer_url: str,
-             provider_url: str | None, add, notes: list[Note], carried: set[int]) -> dict[str, Any]:
+             provider_url: str | None, add, notes: list[Note], carried: set[int], keys: dict[int, str]
+             ) -> dict[str, Any]:
     systems = tables.systems
     dependent = patient is not subscriber
 
@@ -256,10 +282,10 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
     sub_resource, member_id = person_from(sub_name, "subscriber")
     if dependent:
         pat_resource, _ = person_from(name, "patient")
-        subscriber_url = add(sub_resource, f"subscriber/{member_id or subscriber.segment('HL').get(1)}")
-        patient_url = add(pat_resource, f"patient/{patient.segment('HL').get(1)}")
+        subscriber_url = add(sub_resource, f"subscriber/{member_id or keys.get(id(subscriber), '')}")
+        patient_url = add(pat_resource, f"patient/{keys.get(id(patient), '')}")
     else:
-        patient_url = add(sub_resource, f"patient/{patient.segment('HL').get(1)}")
+        patient_url = add(sub_resource, f"patient/{keys.get(id(patient), '')}")
         subscriber_url = patient_url
 
     coverage: dict[str, Any] = {"resourceType": "Coverage", "status": "active",
@@ -294,10 +320,12 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
             sid = seg.id
             if sid in ("NM1", "DMG", "N3", "N4") or (sid == "REF" and seg.get(1) in person_refs):
                 continue   # the person's own (person_from)
-            if sid in ("INS", "HI") or (sid == "REF" and seg.get(1) in classes) or (sid, seg.get(1)) == (
-                    "DTP", "291"):
+            if sid in ("INS", "HI") or (sid == "REF" and seg.get(1) in classes and seg.get(2)) or (
+                    sid, seg.get(1)) == ("DTP", "291"):
                 carried.add(seg.position)
-            if sid == "REF" and seg.get(1) in classes:
+            if sid == "REF" and seg.get(1) in classes and not seg.get(2):   # a class needs a value
+                note(f"REF {seg.get(1)} names no {classes[seg.get(1)]} (REF02 is empty)", loop, seg)
+            elif sid == "REF" and seg.get(1) in classes:
                 kind = classes[seg.get(1)]
                 coverage.setdefault("class", []).append(
                     {"type": {"coding": [{"system": systems["coverage_class"], "code": kind}]}, "value": seg.get(2)})
@@ -310,7 +338,7 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
             elif sid == "HI":
                 hi_seg, hi_loop = seg, loop
                 for comp in seg.elements:
-                    parts = comp.split(seg.delimiters.component)
+                    parts = [_code(part) for part in comp.split(seg.delimiters.component)]
                     if len(parts) > 1 and parts[1]:
                         kind = tables.t["diagnoses"]["from_x12"].get(parts[0])
                         if not kind:
@@ -329,6 +357,8 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                     items.extend(asked)
                     if not seg.get(1) and not seg.get(2):
                         note("EQ asks for neither a service type (EQ01) nor a procedure (EQ02)", inquiry, seg)
+                    elif seg.get(2) and not _procedure_code(seg):
+                        note(f"EQ02 {quoted(seg.get(2))} names no procedure code (EQ02-2)", inquiry, seg)
                     for index, what in ((3, "coverage level"), (4, "insurance type")):
                         if seg.get(index):   # an item has no place for either
                             note(f"EQ asks for {what} {seg.get(index)} (EQ0{index})", inquiry, seg)
@@ -354,7 +384,7 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                           "known (Coverage.relationship left out)", f"270 ST {txn.control_number} 2100D"))
     else:
         coverage["relationship"] = {"coding": [{"system": systems["relationship"], "code": relationship}]}
-    coverage_url = add(coverage, f"coverage/{patient.segment('HL').get(1)}")
+    coverage_url = add(coverage, f"coverage/{keys.get(id(patient), '')}")
     if not member_id:   # no NM108/NM109: a search by name and birth date (fhir-mapping-reference 3.3)
         purposes.add("discovery")
     request["purpose"] = sorted(purposes or {"validation"})
@@ -388,16 +418,16 @@ def _items(tables: Tables, seg: Segment, diagnoses: list[tuple[str, str]], purpo
                                                             "code": diagnoses[n - 1][1]}]}}
                  for n in numbers if 0 < n <= len(diagnoses) and diagnoses[n - 1][0]]
     procedure: dict[str, Any] = {}
-    if seg.get(2):
-        comps = seg.components(2)
-        qualifier, code = comps[0], comps[1] if len(comps) > 1 else ""
+    if _procedure_code(seg):
+        comps = [_code(comp) for comp in seg.components(2)]
+        qualifier, code = comps[0], comps[1]
         system = tables.t["procedures"]["from_x12"].get(qualifier, tables.x12_system(f"235/{qualifier}"))
         procedure["productOrService"] = {"coding": [{"system": system, "code": code}]}
         modifiers = [m for m in comps[2:6] if m]
         if modifiers:
             procedure["modifier"] = [{"coding": [{"system": system, "code": m}]} for m in modifiers]
         purposes.update(("benefits", "auth-requirements"))  # a procedure inquiry asks both
-    service_types = [stc for stc in seg.repetitions(1) if stc]
+    service_types = [code for stc in seg.repetitions(1) if (code := _code(stc))]
     generic = tables.t["request_270"]["constants"]["generic_service_type"]
     if service_types == [generic] and not procedure and not several:
         purposes.update(("validation", "benefits"))
@@ -417,6 +447,12 @@ def _items(tables: Tables, seg: Segment, diagnoses: list[tuple[str, str]], purpo
         if stc or procedure:   # an EQ with neither (R0102 broken) asks nothing an item could hold
             items.append(item)
     return items
+
+
+def _procedure_code(seg: Segment) -> str:
+    """EQ02-2, the procedure an EQ asks about ("" when EQ02 has none: a qualifier alone is no procedure)."""
+    comps = seg.components(2) if seg.get(2) else []
+    return _code(comps[1]) if len(comps) > 1 else ""
 
 
 def _dotted(code: str, kind: dict[str, Any]) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
+from gateway.errors import GatewayError
 from gateway.x12.model import Finding, Group, Interchange, Transaction
-from gateway.x12.writer import Envelope, X12Writer
+from gateway.x12.writer import Envelope, X12Writer, application_code
 
 ACK_IMPLEMENTATION = "005010X231A1"
 SEGMENT_CODES = frozenset("1 2 3 4 5 6 7 8 I4 I6 I7 I8 I9".split())
@@ -21,13 +22,18 @@ def _is_error(f: Finding) -> bool:
     return f.severity == "error"
 
 
-def _swap(isa: Interchange | None, control: int, now: datetime) -> Envelope:
-    """The acknowledgment goes back: its sender is the original receiver."""
+def _swap(isa: Interchange | None, control: int, now: datetime, group: Group | None = None) -> Envelope:
+    """The acknowledgment goes back: its sender is the original receiver (GS02/GS03 as the group named them, else
+    the ISA ids, each only when a GS may carry it)."""
     if isa is None:
-        return Envelope(sender_id="UNKNOWN", receiver_id="UNKNOWN", interchange_control=control, now=now)
+        return Envelope(sender_id="UNKNOWN", receiver_id="UNKNOWN", interchange_control=control, now=now,
+                        application_sender=application_code(group.receiver if group else ""),
+                        application_receiver=application_code(group.sender if group else ""))
     return Envelope(sender_id=isa.receiver_id or "UNKNOWN", receiver_id=isa.sender_id or "UNKNOWN",
                     sender_qualifier=isa.receiver_qualifier or "ZZ", receiver_qualifier=isa.sender_qualifier or "ZZ",
-                    interchange_control=control, now=now, usage=isa.usage if isa.usage in ("P", "T") else "P")
+                    interchange_control=control, now=now, usage=isa.usage if isa.usage in ("P", "T") else "P",
+                    application_sender=application_code(group.receiver if group else "", isa.receiver_id),
+                    application_receiver=application_code(group.sender if group else "", isa.sender_id))
 
 
 def build_ta1(isa: Interchange | None, findings: Iterable[Finding], *, control_number: int, now: datetime) -> str:
@@ -45,20 +51,32 @@ def build_ta1(isa: Interchange | None, findings: Iterable[Finding], *, control_n
     return writer.isa(env) + ta1 + writer.segment("IEA", "0", f"{control_number:09d}")
 
 
+class AcknowledgmentError(GatewayError):
+    """Nothing a 999 could acknowledge: no transaction set inside a functional group (a TA1 answers that)."""
+
+
 def build_999(transactions: list[Transaction], findings: Iterable[Finding], *, control_number: int,
               now: datetime) -> str:
     """A 999 acknowledging the functional group(s) of ``transactions``, with IK3/IK4/IK5/AK9: one 999 transaction
-    set per functional group (an AK1 names one group), all in one interchange back to the sender."""
+    set per functional group (an AK1 names one group), all in one interchange back to the sender.
+
+    A set outside any GS/GE has no group for an AK1 to name and is left out (the reader reports it; a TA1 answers
+    it); when no set is inside a group, :class:`AcknowledgmentError` says so rather than a 999 with an empty AK1."""
     findings = list(findings)
-    first = transactions[0] if transactions else None
-    isa = first.interchange if first else None
+    grouped = [txn for txn in transactions if txn.group is not None]
+    if not grouped:
+        raise AcknowledgmentError(
+            "a 999 acknowledges the transaction sets of functional groups, and there is none "
+            + ("inside a GS/GE" if transactions else "in the interchange") + ": answer it with a TA1")
+    first = grouped[0]
+    isa = first.interchange
     writer = _writer_for(isa)
     groups: dict[int, list[Transaction]] = {}
-    for txn in transactions:
+    for txn in grouped:
         groups.setdefault(id(txn.group), []).append(txn)
     bodies = [_ack_group(members[0].group, members, findings, first_group=index == 0)
-              for index, members in enumerate(groups.values())] or [_ack_group(None, [], findings, first_group=True)]
-    env = _swap(isa, control_number, now)
+              for index, members in enumerate(groups.values())]
+    env = _swap(isa, control_number, now, first.group)
     return writer.interchange(env, "FA", "999", ACK_IMPLEMENTATION, bodies).text
 
 

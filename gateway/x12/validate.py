@@ -43,6 +43,7 @@ IMPLEMENTATION = "005010X279A1"
 _OURS = {"isa": {"001", "021", "023", "014", "015", "017", "018", "019", "020"},
          "gs": {"3", "4", "5", "6"}, "st": {"2", "3", "4", "I6", "19"}}
 _SEVERITY_WARNING_SEG = {"I6"}  # situational segment missing: reported, but not fatal for the reader tests
+_ADDED_GROUP = "999999999"   # GS06/GE02 of the group given to a set that came outside any (pyx12 needs one)
 
 
 @dataclass
@@ -100,7 +101,9 @@ def _repeating_elements(mappings: str | None) -> frozenset[tuple[str, int]]:
 
 def _canonical_interchanges(batches: Iterable[Batch], repeating: frozenset[tuple[str, int]]
                             ) -> Iterator[tuple[str, dict[tuple[int, int, int], list[str]]]]:
-    """Each interchange re-rendered for pyx12: padded ISA, 5010 version, first repetitions only.
+    """Each interchange re-rendered for pyx12: padded ISA, 5010 version, first repetitions only; a transaction set
+    outside any GS/GE (which the reader reports) gets a functional group of its own, so that pyx12 checks it as a set
+    rather than reporting each of its segments, as "not found", against the set before it.
 
     Also returns, per (ST ordinal, segment position, element), the extra repetitions removed.
     """
@@ -110,7 +113,21 @@ def _canonical_interchanges(batches: Iterable[Batch], repeating: frozenset[tuple
     st_ordinal = position = 0
     rep_char = "^"
     pending_gs: list[str] | None = None
+    in_group = False   # a GS (ours or the sender's) is open
+    added: list[int] | None = None   # the sets in the group opened here, when one is open
+
+    def close_added() -> None:
+        nonlocal added
+        if added is not None and d is not None:
+            current.append(d.element.join(["GE", str(added[0]), _ADDED_GROUP]) + _end(d))
+        added = None
+
     for seg_id, elements, delims in ((p[0], p[1:], b.delimiters) for b in batches for p in b.split()):
+        if seg_id in ("ISA", "GS", "IEA"):
+            close_added()
+            in_group = seg_id == "GS"
+        elif seg_id == "GE":   # closes the sender's group, or the one opened here (the GS was left out)
+            in_group, added = False, None
         if seg_id == "ISA":
             if current:
                 yield "".join(current), extras
@@ -123,7 +140,7 @@ def _canonical_interchanges(batches: Iterable[Batch], repeating: frozenset[tuple
                       for i, (v, w) in enumerate(zip(elements, ISA_WIDTHS, strict=False))]
             values[10] = rep_char
             values[11] = "00501"
-            current.append(d.element.join(["ISA", *values, elements[15][:1]]) + d.segment + "\n")
+            current.append(d.element.join(["ISA", *values, elements[15][:1]]) + _end(d))
             continue
         assert d is not None
         if seg_id == "GS":
@@ -133,12 +150,17 @@ def _canonical_interchanges(batches: Iterable[Batch], repeating: frozenset[tuple
             st_ordinal += 1
             position = 1
             set_id = elements[0].strip() if elements else ""
+            if pending_gs is None and not in_group:   # a set outside any group: in one of its own
+                pending_gs = ["", "UNKNOWN", "UNKNOWN", "20000101", "0000", _ADDED_GROUP, "X", ""]
+                added, in_group = [0], True
+            if added is not None:
+                added[0] += 1
             if pending_gs is not None:
                 # the reader reports GS01/GS08 defects; pyx12 needs them right to pick the map
                 gs = list(pending_gs) + [""] * (8 - len(pending_gs))
                 gs[0] = FUNCTIONAL_IDS.get(set_id, gs[0])
                 gs[7] = IMPLEMENTATION if set_id in ("270", "271") else gs[7]
-                current.append(d.element.join(["GS", *gs]) + d.segment + "\n")
+                current.append(d.element.join(["GS", *gs]) + _end(d))
                 pending_gs = None
             if set_id in ("270", "271"):
                 elements = list(elements) + [""] * (3 - len(elements))
@@ -151,11 +173,19 @@ def _canonical_interchanges(batches: Iterable[Batch], repeating: frozenset[tuple
                     first, *rest = elements[idx].split(d.repetition)
                     extras[(st_ordinal, position, idx + 1)] = rest
                     elements = [*elements[:idx], first, *elements[idx + 1:]]
-        current.append(d.element.join([seg_id, *elements]) + d.segment + "\n")
+        current.append(d.element.join([seg_id, *elements]) + _end(d))
         if seg_id == "SE":
             position = 0
+    close_added()
     if current:
         yield "".join(current), extras
+
+
+def _end(d: Delimiters) -> str:
+    """A segment's end in the text pyx12 reads: the terminator and a line break, unless the terminator is the line
+    break itself. pyx12 stops at the first empty segment, as if the interchange had ended: a newline terminator
+    followed by another newline stopped it after the ISA, and every segment after it passed unchecked."""
+    return d.segment if d.segment == "\n" else d.segment + "\n"
 
 
 class _Collector(pyx12.error_visitor.error_visitor):

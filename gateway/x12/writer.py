@@ -157,7 +157,11 @@ class X12Writer:
     """Renders segments with one set of delimiters, sanitising every value."""
 
     def __init__(self, delimiters: Delimiters = DEFAULT_DELIMITERS,
-                 limits: dict[str, tuple[int, int]] | None = None, *, line_breaks: bool = False) -> None:
+                 limits: dict[str, tuple[int, int]] | None = None, *, line_breaks: bool = False,
+                 echoed: frozenset[str] = frozenset()) -> None:
+        """``echoed`` names elements (``TRN02``) that carry a value received from the partner, to be sent back as it
+        came: their case and the extended character set are kept, as for ``EXTENDED_ELEMENTS`` (delimiters and
+        control characters still go)."""
         chars = [delimiters.element, delimiters.component, delimiters.segment]
         if delimiters.repetition:
             chars.append(delimiters.repetition)
@@ -170,6 +174,7 @@ class X12Writer:
         self._max_lengths = (limits.by_segment if isinstance(limits, ElementLimits)
                              else _max_lengths_by_segment(self.limits))
         self.line_breaks = line_breaks
+        self.echoed = EXTENDED_ELEMENTS | echoed
         self.notes: list[WriteNote] = []
         self._forbidden = set(chars)
         self._already_clean = _already_clean(frozenset(chars))
@@ -186,7 +191,7 @@ class X12Writer:
                 return value
         original = value
         reasons = []
-        extended = ref in EXTENDED_ELEMENTS or ref.split("-")[0] in EXTENDED_ELEMENTS
+        extended = ref in self.echoed or ref.split("-")[0] in self.echoed
         if not value.isascii():
             value = transliterate(value)
             reasons.append("transliterated to ASCII")
@@ -336,6 +341,18 @@ class X12Writer:
         out.append(self.segment("GE", str(len(counts)), str(group_control)))
         out.append(self.segment("IEA", "1", f"{env.interchange_control:09d}"))
         return WriteResult("".join(out), list(self.notes), counts)
+
+
+def application_code(*candidates: str | None, default: str = "UNKNOWN") -> str:
+    """What a reply's GS02 or GS03 (AN 2 to 15) carries: the first candidate of 2 to 15 letters, digits, spaces, '-'
+    or '.' (the request's GS03 or GS02, then its ISA id), which no delimiter set or cleaning changes, else
+    ``default``. An ISA id is fixed-width and may be a single character padded, which as a GS02 made the reply
+    invalid."""
+    for value in candidates:
+        value = (value or "").strip()
+        if 2 <= len(value) <= 15 and all(ch.isascii() and (ch.isalnum() or ch in " -.") for ch in value):
+            return value
+    return default
 
 
 def x12_date(value: date) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import pytest
@@ -264,3 +265,62 @@ def test_a_dependents_date_outside_the_inquiry_period_is_refused_in_2100d(servic
     assert [(loop, p) for loop, p in walked if p[0] == "AAA"] == [("2100D", ["AAA", "N", "", code, "C"])]
     assert {loop for loop, p in walked if p[0] == "TRN"} == {"2000D"}
     assert "EB*" not in answered
+
+
+PETERSEN = json.loads((FIXTURES / "members" / "petersen-erik.json").read_text())
+
+
+def _answer_to(data: bytes) -> str:
+    txn = read_x12(data).transactions[0]
+    return answer_270(txn, {m["memberid"]: m for m in (DELGADO, PETERSEN)}, CONFIG, now=NOW, control_number=5)
+
+
+def test_a_one_character_isa_id_is_not_the_271s_gs02():
+    """ISA08 is fixed-width: "X" padded to 15 is a valid id, but as the 271's GS02 (2 to 15 characters) it made the
+    simulator's 271 invalid. The 271's GS02/GS03 answer the 270's GS03/GS02."""
+    text = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    assert text[54:69] == "ACMEHLTH       "
+    data = (text[:54] + "X" + " " * 14 + text[69:]).encode()
+    assert validate_x12(data).valid
+    answer = _answer_to(data)
+    assert "*ZZ*X              *ZZ*FHIRX12GW      *" in answer and "GS*HB*ACMEHLTH*FHIRX12GW*" in answer
+    assert validate_x12(answer).valid
+
+
+@pytest.mark.parametrize("trace, bht03", [("gw-sg-0001-1", "gw-sg-0001"), ("GW#1[A]_b", "REF%2f@X")])
+def test_the_trace_and_bht03_are_echoed_as_they_came(trace: str, bht03: str):
+    """The provider matches a 271 to its 270 by TRN02 (the gateway refuses a 271 without its trace): the simulator
+    upper-cased a lower-case trace and dropped '#', '[' and ']', so a valid 270 got an answer no one could match."""
+    data = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_bytes().replace(
+        b"TRN*1*GW-SG-0001-1*", f"TRN*1*{trace}*".encode()).replace(b"*GW-SG-0001*", f"*{bht03}*".encode())
+    assert validate_x12(data).valid
+    txn = read_x12(_answer_to(data)).transactions[0]
+    assert [s.get(2) for s in txn.segments() if s.id == "TRN"] == [trace]
+    assert txn.root.segment("BHT").get(3) == bht03
+    assert validate_x12(_answer_to(data)).valid
+
+
+def test_service_types_asked_by_many_eqs_are_answered_once_each_within_eb03s_limit():
+    """17 EQs of the same 10 service types (a valid 270): all 170 went into one EB03 of 102 repetitions after the
+    primary, more than the 99 the element allows, and the simulator's 271 was invalid."""
+    text = (FIXTURES / "x12" / "270" / "subscriber-eq-repetitions.270").read_text()
+    eq = next(line for line in text.splitlines() if line.startswith("EQ*"))
+    many = text.replace(eq, "\n".join([eq] * 17)).replace("SE*14*", "SE*30*")
+    assert validate_x12(many.encode()).valid
+    answer = read_x12(_answer_to(many.encode())).transactions[0]
+    rows = [s.repetitions(3) for s in answer.segments() if s.id == "EB" and s.get(1) in ("1", "I")]
+    answered = [t for row in rows for t in row]
+    assert set(answered) >= set(eq[3:-1].split("^"))   # each asked for is answered, once per coverage
+    assert all(len(row) == len(set(row)) <= 99 for row in rows)
+    assert validate_x12(_answer_to(many.encode())).valid
+    every = text.replace(eq, "\n".join(f"EQ*{'^'.join(CODES[i:i + 10])}~" for i in range(0, 120, 10))).replace(
+        "SE*14*", "SE*25*")   # 120 different service types: two EB03s
+    assert validate_x12(every.encode()).valid
+    answer = read_x12(_answer_to(every.encode())).transactions[0]
+    rows = [s.repetitions(3) for s in answer.segments() if s.id == "EB" and s.get(1) == "I"]
+    assert len(rows) > 1 and all(len(row) <= 99 for row in rows)
+    assert validate_x12(_answer_to(every.encode())).valid
+
+
+CODES = [c for c in sorted(load_yaml("codes/service_type.yaml")["codes"]) if c not in (
+    "30", "1", "33", "47", "48", "50", "86", "98", "UC", "62", "4", "5", "73", "AE", "PT")]

@@ -259,6 +259,23 @@ def test_two_interchanges_the_second_in_error_get_a_ta1_rejecting_the_second(ser
     assert "TA1*000001002*" in response.text and "*R*" in response.text   # was TA1*000001001*...*A*000
 
 
+@pytest.mark.parametrize("change", ["no set", "no group", "set outside the group"])
+def test_an_interchange_a_999_cannot_name_gets_a_ta1_024(server, change):
+    """It got a 999 with an empty AK1 (AK9*A: "accepted") to UNKNOWN, or for a set after the GE, a 999 rejecting the
+    valid set before it; a 999 acknowledges the sets of functional groups, and these have none to name."""
+    base, _ = server
+    text = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    st_at, ge_at = text.index("ST*270"), text.index("GE*")
+    data = {"no set": text[:st_at] + text[ge_at:].replace("GE*1*", "GE*0*"),
+            "no group": text[:text.index("GS*")] + text[text.index("IEA*"):].replace("IEA*1*", "IEA*0*"),
+            "set outside the group": text[:ge_at] + text[ge_at:text.index("IEA*")] + text[st_at:ge_at]
+            + text[text.index("IEA*"):]}[change]
+    response = requests.post(f"{base}/x12", data=data.encode(), timeout=10)
+    assert response.status_code == 200 and "ST*" not in response.text
+    assert "*ZZ*ACMEHLTH       *ZZ*FHIRX12GW      *" in response.text   # back to the sender, not to UNKNOWN
+    assert "TA1*000001001*250310*0915*R*024~" in response.text
+
+
 def _acc(**change):  # type: ignore[no-untyped-def]
     return {**DELGADO, "accumulators": [{**DELGADO["accumulators"][0], **change}, DELGADO["accumulators"][1]]}
 

@@ -194,3 +194,74 @@ def test_a_us_zip_plus_4_gets_its_hyphen_in_fhir(n403: str, n404: str, postal: s
 
     n4 = SimpleNamespace(get=lambda i: {3: n403, 4: n404}.get(i, ""))
     assert us_zip(n4, load_tables()) == postal
+
+
+def _valid_fhir(bundle: dict[str, Any]) -> None:
+    from gateway.fhir.models import validate_structure
+
+    validate_structure(bundle)
+    for entry in bundle["entry"]:
+        validate_structure(entry["resource"])
+    assert len({e["fullUrl"] for e in bundle["entry"]}) == len(bundle["entry"])   # bdl-7
+
+
+def test_codes_sent_with_stray_white_space_are_valid_fhir_codes():
+    """Components and repetitions come as sent: " 25" as a modifier, "A  B" as a service type or " M5450" as a
+    diagnosis made the whole Bundle invalid FHIR (a code has no leading, trailing or doubled space)."""
+    text = x12([*HEAD, ("HI", [("ABK", "M5450")]), ("EQ", [["62", "98"], ("HC", "70551", "25"), "", "", "1"])])
+    text = text.replace("EQ*62^98*HC:70551:25", "EQ* 62^9  8*HC: 70551 : 25 ").replace("ABK:M5450", "ABK: M5450")
+    bundle, request, _ = from_270(text)
+    _valid_fhir(bundle)
+    item = request["item"]
+    assert [i["category"]["coding"][0]["code"] for i in item] == ["62", "9 8"]
+    assert item[0]["productOrService"]["coding"][0]["code"] == "70551"
+    assert item[0]["modifier"][0]["coding"][0]["code"] == "25"
+    assert item[0]["diagnosis"][0]["diagnosisCodeableConcept"]["coding"][0]["code"] == "M54.50"
+
+
+def test_an_eq02_without_a_procedure_code_asks_no_procedure_and_says_so():
+    """EQ*62*HC (a qualifier, no code) became a productOrService coding with code "": invalid FHIR."""
+    text = x12([*HEAD, ("EQ", ["62", ("HC", "A9579")])]).replace("EQ*62*HC:A9579", "EQ*62*HC")
+    bundle, request, notes = from_270(text)
+    _valid_fhir(bundle)
+    assert [i.get("productOrService") for i in request["item"]] == [None]
+    assert any("EQ02 'HC' names no procedure code (EQ02-2)" in n for n in notes)
+
+
+def test_a_group_ref_without_a_value_is_noted_not_an_empty_class():
+    text = x12([*HEAD, ("REF", ["6P", "G1"]), ("EQ", ["30"])]).replace("REF*6P*G1", "REF*6P")
+    bundle, _, notes = from_270(text)
+    _valid_fhir(bundle)
+    coverage = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Coverage")
+    assert "class" not in coverage and any("REF 6P names no group (REF02 is empty)" in n for n in notes)
+
+
+def test_a_second_patient_under_a_repeated_hl01_keeps_a_request_of_its_own():
+    """Two 2000C loops both HL*3 (the reader reports it): the second patient's Patient, Coverage and request had the
+    first one's ids, were taken for duplicates and dropped."""
+    second = [("HL", ["3", "2", "22", "0"]), ("TRN", ["1", "T2", "9GATEWAY01"]),
+              ("NM1", ["IL", "1", "DOE", "JOHN", "", "", "", "MI", "W456"]), ("EQ", ["30"])]
+    text = x12([*HEAD, ("EQ", ["30"]), *second])
+    result = translate_document(text.encode(), load_tables(), now=NOW)
+    assert any(f.code == "X12-HL-DUPLICATE" for f in result.findings)
+    _valid_fhir(result.output)
+    requests = [e["resource"] for e in result.output["entry"]
+                if e["resource"]["resourceType"] == "CoverageEligibilityRequest"]
+    assert [r["identifier"][0]["value"] for r in requests] == ["T1", "T2"]
+    patients = {e["fullUrl"]: e["resource"] for e in result.output["entry"]}
+    assert [patients[r["patient"]["reference"]]["identifier"][0]["value"] for r in requests] == ["W123", "W456"]
+
+
+def test_an_interchange_sent_twice_keeps_both_with_ids_of_their_own():
+    """The same ISA13, GS06, ST02 and BHT03 twice: both sets' resources had the same fullUrls, so the Bundle broke
+    bdl-7 and a reference could resolve to either copy."""
+    text = x12([*HEAD, ("EQ", ["30"])])
+    other = text.replace("*ROE*ANNA*", "*DOE*JOHN*").replace("*W123~", "*W456~")
+    result = translate_document((text + other).encode(), load_tables(), now=NOW)
+    _valid_fhir(result.output)
+    names = [e["resource"]["name"][0]["family"] for e in result.output["entry"]
+             if e["resource"]["resourceType"] == "Patient"]
+    assert names == ["ROE", "DOE"]
+    alone = translate_document(text.encode(), load_tables(), now=NOW).output
+    first = [e["fullUrl"] for e in result.output["entry"]][:len(alone["entry"])]
+    assert [e["fullUrl"] for e in alone["entry"]] == first   # the first copy keeps the ids it has alone

@@ -180,3 +180,28 @@ def test_an_acknowledgment_to_a_letter_or_digit_isa16_is_written_in_our_delimite
     assert ack.startswith("ISA*") and ack[104:106] == ":~"
     ta1 = build_ta1(report.interchanges[0], report.findings, control_number=5, now=datetime(2025, 1, 1))
     assert ta1[104:106] == ":~"
+
+
+SUBSCRIBER_270 = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+
+
+@pytest.mark.parametrize("element, terminator", [("*", "\n"), ("|", "\n"), ("^", "\n"), ("*", "\r"), ("*", "~")])
+def test_the_guide_checks_read_a_270_whatever_its_segment_terminator(element: str, terminator: str) -> None:
+    """With a line break as the segment terminator (DESIGN §5) pyx12 read an empty segment after the ISA, stopped as
+    if the interchange had ended, and every later segment passed unchecked: EQ*ZZZ was valid."""
+    text = SUBSCRIBER_270.replace("EQ*30", "EQ*ZZZ").replace("~\n", "\x01").replace("^", "}")
+    text = text.replace("*", element).replace("\x01", terminator)
+    report = validate_x12(text.encode())
+    assert [(f.element, f.value) for f in report.errors if f.code == "X12-IG-ELEMENT"][-1:] == [("EQ01", "ZZZ")]
+    assert validate_x12(text.replace(f"EQ{element}ZZZ", f"EQ{element}30").encode()).valid
+
+
+def test_a_set_outside_any_group_is_checked_as_itself_not_blamed_on_the_set_before() -> None:
+    """A second ST after the GE: pyx12 reported each of its segments ("Segment ST*270 not found") and its EQ against
+    the first set, which was valid, and the 999 rejected that set."""
+    head, trailer = SUBSCRIBER_270.split("GE*1*1001~\n")
+    second = head[head.index("ST*270"):].replace("0001", "0002").replace("EQ*30", "EQ*ZZZ")
+    report = validate_x12((head + "GE*1*1001~\n" + second + trailer).encode())
+    by_set = {(f.transaction, f.code, f.element) for f in report.errors}
+    assert not {f for f in by_set if f[0] == "0001"}, by_set
+    assert {("0002", "X12-GS-MISSING", ""), ("0002", "X12-IG-ELEMENT", "EQ01")} <= by_set
