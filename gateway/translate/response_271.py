@@ -106,6 +106,9 @@ _CENT = Decimal("0.01")
 def _money_problem(value: Decimal) -> str | None:
     """Why ``value`` cannot be a Money.value as sent (None when it can): an amount of the currency has at most two
     decimal places, and JSON carries a fraction as a double, exact to about 15 digits."""
+    _sign, digits, exponent = value.as_tuple()
+    if isinstance(exponent, int) and exponent >= -2 and len(digits) <= 15:   # most amounts: both hold at a glance
+        return None
     if value != value.quantize(_CENT, rounding=ROUND_DOWN):
         return "has more than two decimal places"
     if Decimal(repr(_json_number(value))) != value:
@@ -910,11 +913,16 @@ def _reference_name(tables: Tables, qualifier: str) -> str:
 def _trace_system(tables: Tables, originator: str) -> str:
     """The identifier system of a trace number: ours, with TRN03 (the originator) as its last path segment. TRN03
     is free text (AN): percent-encoded, as a URI has no white space (a company id like 9GATEWAY01 stays as it is)."""
-    return tables.systems["trace_system"] + (f"/{quote(originator, safe='')}" if originator else "")
+    if not originator:
+        return tables.systems["trace_system"]
+    plain = originator.isascii() and originator.isalnum()   # most: nothing to encode, and quote() is slow
+    return f"{tables.systems['trace_system']}/{originator if plain else quote(originator, safe='')}"
 
 
 def _code(value: str) -> str:
     """An X12 code as a FHIR code can hold it: white space at the ends cut, runs of it inside made one space."""
+    if not value or value.isalnum():   # most codes (30, IND, 99213) and absent ones: no white space to look for
+        return value
     return " ".join(value.split())
 
 

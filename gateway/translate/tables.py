@@ -43,15 +43,17 @@ class Tables:
         """A Coding in the X12 element's code system (a fresh dict). The templates of codes a table lists are
         cached: the cache stays as small as the tables, whatever codes payers send. A code a payer made up keeps
         its characters, but not white space at its ends or a run of it inside: a FHIR code has neither."""
-        code = " ".join(code.split())
-        key = (table, element, code)
-        template = self._codings.get(key)
+        template = self._codings.get((table, element, code))   # a listed code, as listed: no white space
         if template is None:
-            template = {"system": self.x12_system(element), "code": code}
-            info = self.codes[table].get(code) if table else None
-            if info:
-                template["display"] = info["display"]
-                self._codings[key] = template
+            code = " ".join(code.split())
+            key = (table, element, code)
+            template = self._codings.get(key)
+            if template is None:
+                template = {"system": self.x12_system(element), "code": code}
+                info = self.codes[table].get(code) if table else None
+                if info:
+                    template["display"] = info["display"]
+                    self._codings[key] = template
         return dict(template)
 
     @property
