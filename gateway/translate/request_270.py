@@ -39,6 +39,10 @@ class Request270:
     write_notes: list[WriteNote] = field(default_factory=list)
     patient_loop: str = "2100C"
     payer_id: str = ""
+    # per person as the 271 translation names them ("subscriber", "patient"), the segments of their name loop
+    # (2100C / 2100D, without the EQ loops) as sent: each the tuple of its id and elements, so that a 271 segment
+    # that merely echoes one is told from data the payer returned (see response_271._name_loop)
+    persons: dict[str, frozenset[tuple[str, ...]]] = field(default_factory=dict)
 
     def all_notes(self) -> list[Note]:
         """The notes, then each value the writer had to change, as notes on the 270 element it went to."""
@@ -746,6 +750,7 @@ def _write(g: _Gather, envelope: Envelope, delimiters: Delimiters, limits: dict[
             g.lost(f"coverage class {kind} has no place in a 270", "Coverage.class")
 
     sub_given = subscriber.given
+    subscriber_start = len(body)
     body.append(("NM1", [c["subscriber_entity"], "1", subscriber.family, sub_given[0] if sub_given else "",
                          " ".join(sub_given[1:2]), "", subscriber.suffix,
                          c["member_id_qualifier"] if member_id else "", member_id]))
@@ -764,11 +769,13 @@ def _write(g: _Gather, envelope: Envelope, delimiters: Delimiters, limits: dict[
         _address(g, body, patient.address, "Patient.address")
         the_patient()
         loop_name = "2100C"
+        patient_start = subscriber_start
     else:
         _address(g, body, subscriber.address, "Coverage.subscriber.address")
         body.extend(demographics(subscriber, "Coverage.subscriber"))
         body.append(("HL", ["4", "3", "23", "0"]))
         body.append(("TRN", trn))
+        patient_start = len(body)
         body.append(("NM1", [c["dependent_entity"], "1", patient.family, patient.given[0] if patient.given else "",
                              " ".join(patient.given[1:2]), "", patient.suffix]))
         body.extend(g.patient_refs)
@@ -782,7 +789,27 @@ def _write(g: _Gather, envelope: Envelope, delimiters: Delimiters, limits: dict[
         g.lost("more than two given names: the rest are not sent", "Patient.name.given")
     writer = X12Writer(delimiters, limits)
     result = writer.interchange(envelope, "HS", "270", "005010X279A1", [body])
-    return Request270(result.text, trace, g.notes, result.notes, loop_name, payer_id=payer[1])
+    subscriber_sent = _name_loop_sent(result.segments, body, subscriber_start, delimiters)
+    persons = {"subscriber": subscriber_sent,   # the patient, when not a dependent: a 271 may answer either way
+               "patient": subscriber_sent if patient_start == subscriber_start
+               else _name_loop_sent(result.segments, body, patient_start, delimiters)}
+    return Request270(result.text, trace, g.notes, result.notes, loop_name, payer_id=payer[1], persons=persons)
+
+
+def _name_loop_sent(written: list[str], body: list[tuple[str, list[Value]]], start: int,
+                    delimiters: Delimiters) -> frozenset[tuple[str, ...]]:
+    """The segments of the name loop whose NM1 is ``body[start]``, as written (``written``: the interchange's
+    segments, ISA, GS and ST before the body), up to its EQ loops or the next HL: each the tuple of its id and
+    elements, trailing empty ones left out (the writer leaves them out)."""
+    sent = set()
+    for index in range(start, len(body)):
+        if body[index][0] in ("EQ", "HL"):
+            break
+        text = written[3 + index].rstrip("\n")
+        if text.endswith(delimiters.segment):
+            text = text[:-1]
+        sent.add(tuple(text.split(delimiters.element)))
+    return frozenset(sent)
 
 
 # identifiers and codes go out exactly as given, or not at all: a member id, payer id or NPI the writer had to

@@ -39,6 +39,10 @@ class ResponseContext:
     serviced: dict[str, Any] = field(default_factory=dict)
     contained: list[dict[str, Any]] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)   # what the 270 could not carry: they lead the response's
+    # per person ("subscriber", "patient": Request270.persons) the 2100C/2100D segments the 270 sent, each the tuple
+    # of its id and elements: a 271 segment equal to one echoes the request, whose resources hold its data; any
+    # other person data the payer returns is noted, as the response refers to the request's Patient and Coverage
+    persons_sent: dict[str, frozenset[tuple[str, ...]]] | None = None
 
 
 @dataclass
@@ -468,12 +472,63 @@ _ONCE_PER_PERSON = {"NM1": "name", "DMG": "birth date and gender", "N3": "street
                     "INS": "relationship"}
 
 
+# which resource a person's segment goes to, for the patient and for a subscriber who is not the patient: the
+# patient's name, member id, demographics and address to the Patient; the relationship and the classes (and all of a
+# subscriber, the Coverage's subscriber) to the Coverage
+_HOLDERS = {"patient": {"NM1": "Patient", "DMG": "Patient", "N3": "Patient", "N4": "Patient", "INS": "Coverage",
+                        "REF": "Coverage"},
+            "subscriber": dict.fromkeys(("NM1", "DMG", "N3", "N4", "INS", "REF"), "Coverage")}
+
+
+def _stands_in(r: _Response, role: str) -> dict[str, str]:
+    """In the gateway, the person's segments whose resource the request's replaces (segment id -> the request's
+    resource type, Patient or Coverage): the response holds none of their data, the request's resource only what
+    the 270 sent. Empty on its own (no context): the response's contained resources hold it all."""
+    ctx = r.context
+    if ctx is None or not (ctx.patient or ctx.coverage):
+        return {}
+    replaced = {"Patient": bool(ctx.patient), "Coverage": bool(ctx.coverage)}
+    return {sid: holder for sid, holder in _HOLDERS[role].items() if replaced[holder]}
+
+
+def _echoes(r: _Response, seg: Segment, role: str) -> bool:
+    """Whether ``seg`` is one the 270 sent for the person: the same id and elements (trailing empty ones ignored,
+    values as the reader strips them, case as sent)."""
+    sent = r.context.persons_sent if r.context is not None else None
+    if not sent or role not in sent:
+        return False
+    values = seg.values(0)
+    end = len(values)
+    while end > 1 and not values[end - 1]:
+        end -= 1
+    return tuple(values[:end]) in sent[role]
+
+
+def _returned(r: _Response, loop: Loop, seg: Segment, role: str, holder: str | None, what: str, shown: str,
+              why: str = "") -> bool:
+    """Whether ``seg`` says something of the person the response does not carry, noted here: in the gateway
+    (``holder``, the request's resource that stands for it), a segment with data (``shown``) that is no echo of
+    the 270. The caller maps it otherwise."""
+    if holder is None or not shown or _echoes(r, seg, role):
+        return False
+    r.note(f"the payer's {what} for the {role}: {shown} (not carried: the response refers to the request's "
+           f"{holder}{why})", loop, seg)
+    return True
+
+
+def _person_name(seg: Segment) -> str:
+    """NM103-NM107 as a note shows a name: ``ROE, RICHARD Q JR``."""
+    given = " ".join(v for v in (seg.get(4), seg.get(5), seg.get(7)) if v)
+    return ", ".join(v for v in (seg.get(3), given) if v)
+
+
 def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
     if loop is None:
         return
     person = _Person()
     tables = r.tables
     seen: set[str] = set()
+    stands_in = _stands_in(r, role)
     for seg in loop.segments:
         sid = seg.id
         if sid in _ONCE_PER_PERSON:
@@ -483,12 +538,21 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
                 continue
             seen.add(sid)
         if sid == "NM1":
-            r.map(seg)
+            returned = False
+            if stands_in:
+                name, member_id = _person_name(seg), seg.get(9)
+                what = " and ".join(w for w, v in (("name", name), ("member id", member_id)) if v)
+                returned = _returned(r, loop, seg, role, stands_in.get(sid), what,
+                                     "; ".join(v for v in (name, member_id) if v))
+            if not returned:
+                r.map(seg)
             person.family, person.suffix = seg.get(3), seg.get(7)
             person.given = [v for v in (seg.get(4), seg.get(5)) if v]
             if seg.get(9):
                 person.member_id = seg.get(9)
         elif sid == "DMG":
+            if stands_in and _returned(r, loop, seg, role, stands_in.get(sid), *_demographics(tables, seg)):
+                continue
             r.map(seg)
             if seg.get(1) == "D8":
                 person.birth_date = x12_date(seg.get(2))
@@ -502,6 +566,9 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
             if seg.get(3) and gender is None:
                 r.note(f"gender code {quoted(seg.get(3))} is not known", loop, seg)
         elif sid in {"N3", "N4"}:
+            if stands_in and _returned(r, loop, seg, role, stands_in.get(sid), _ONCE_PER_PERSON[sid],
+                                       _address_text(tables, seg)):
+                continue
             r.map(seg)
             address = person.address or {}
             if sid == "N3":
@@ -514,10 +581,13 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
                                 if v})
             person.address = address
         elif sid == "INS":
-            r.map(seg)
-            person.relationship = tables.t["relationship"]["from_ins02"].get(seg.get(2))
-            if seg.get(2) and person.relationship is None:
-                r.note(f"relationship code {quoted(seg.get(2))} is not known", loop, seg)
+            relationship = tables.t["relationship"]["from_ins02"].get(seg.get(2))
+            shown = (f"{seg.get(2)} ({relationship})" if relationship else quoted(seg.get(2))) if seg.get(2) else ""
+            if not (stands_in and _returned(r, loop, seg, role, stands_in.get(sid), "relationship", shown)):
+                r.map(seg)
+                person.relationship = relationship
+                if seg.get(2) and relationship is None:
+                    r.note(f"relationship code {quoted(seg.get(2))} is not known", loop, seg)
             if seg.get(3) == "001" and seg.get(4) == "25":
                 r.note(f"the payer changed identifying data of the {role} (INS03 001, INS04 25): check the "
                        "returned name, birth date and member id", loop, seg)
@@ -527,6 +597,10 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
             kind = tables.t["references"]["patient_level"].get(seg.get(1))
             name = _reference_name(tables, seg.get(1))
             if kind in ("group", "plan") and seg.get(2):   # a class needs its value
+                if stands_in and _returned(r, loop, seg, role, stands_in.get(sid), name,
+                                           seg.get(2) + (f" ({seg.get(3)})" if seg.get(3) else ""),
+                                           f", which holds no such {kind} class"):
+                    continue
                 r.map(seg)
                 person.groups.append({"type": kind, "value": seg.get(2), "name": seg.get(3)})
             else:
@@ -542,6 +616,24 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
         elif sid == "MPI":
             r.note("military personnel information", loop, seg)
     r.persons[role] = person
+
+
+def _demographics(tables: Tables, dmg: Segment) -> tuple[str, str]:
+    """What a DMG says, for a note: which of birth date and gender it gives, and their values (as read, or as sent
+    when they cannot be read)."""
+    born = (x12_date(dmg.get(2)) if dmg.get(1) == "D8" else None) or (
+        f"{quoted(dmg.get(2))} (format {quoted(dmg.get(1))})" if dmg.get(2) else "")
+    gender = (tables.t["gender"]["from_x12"].get(dmg.get(3)) or quoted(dmg.get(3))) if dmg.get(3) else ""
+    return (" and ".join(w for w, v in (("birth date", born), ("gender", gender)) if v),
+            ", ".join(v for v in (born, gender) if v))
+
+
+def _address_text(tables: Tables, seg: Segment) -> str:
+    """An N3's lines, or an N4's city, state, ZIP and country, for a note."""
+    if seg.id == "N3":
+        return ", ".join(v for v in (seg.get(1), seg.get(2)) if v)
+    region = " ".join(v for v in (seg.get(2), us_zip(seg, tables)) if v)
+    return ", ".join(v for v in (seg.get(1), region, seg.get(4)) if v)
 
 
 def _patient_date(r: _Response, loop: Loop, seg: Segment, person: _Person) -> None:

@@ -104,6 +104,9 @@ class WriteResult:
     text: str
     notes: list[WriteNote] = field(default_factory=list)
     segment_counts: list[int] = field(default_factory=list)
+    # each segment as written, in order (ISA, GS, then each transaction's ST, body and SE ...): what was sent of any
+    # one of them, without reading the text again
+    segments: list[str] = field(default_factory=list)
 
 
 @lru_cache(maxsize=32)
@@ -340,7 +343,7 @@ class X12Writer:
             control += 1
         out.append(self.segment("GE", str(len(counts)), str(group_control)))
         out.append(self.segment("IEA", "1", f"{env.interchange_control:09d}"))
-        return WriteResult("".join(out), list(self.notes), counts)
+        return WriteResult("".join(out), list(self.notes), counts, out)
 
 
 def application_code(*candidates: str | None, default: str = "UNKNOWN") -> str:

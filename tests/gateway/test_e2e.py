@@ -480,6 +480,29 @@ def test_what_the_270_could_not_carry_is_a_process_note_of_the_response(gateway:
     assert texts == ["priority has no place in a 270"]
 
 
+def test_what_the_payer_returns_of_a_person_beyond_the_270_is_a_process_note(gateway: Gateway):
+    """The response refers to the request's Patient and Coverage: the simulator's echo of the 270's 2100C is no note;
+    what it returns beyond it (the subscriber's birth date, the 270 sent none; the dependent's relationship; the
+    member id a discovery found; a name without the middle one the 270 sent) is."""
+    def person_notes(name: str) -> list[str]:
+        response = gateway.post(f"/{CER}/$submit", fhir_request(name))
+        assert response.status_code == 200, response.text
+        return [p["valueString"] for note in response.json().get("extension", []) for p in note["extension"]
+                if p["url"] == "text" and p["valueString"].startswith("the payer's ")
+                and "271 has a defect" not in p["valueString"]]
+
+    assert person_notes("subscriber-generic") == []
+    coverage, patient = ("(not carried: the response refers to the request's Coverage)",
+                         "(not carried: the response refers to the request's Patient)")
+    assert person_notes("dependent-generic") == [
+        f"the payer's birth date and gender for the subscriber: 1981-09-30, male {coverage}",
+        f"the payer's relationship for the patient: 19 (child) {coverage}"]
+    assert person_notes("discovery") == [
+        f"the payer's name and member id for the patient: PRZYBYLSKI, TOMASZ; ACM389420716 {patient}"]
+    assert person_notes("subscriber-eq-repetitions") == [   # the 270 sent PETERSEN*ERIK*L
+        f"the payer's name and member id for the patient: PETERSEN, ERIK; ACM771240396 {patient}"]
+
+
 def test_parameters_wrapper_is_accepted(gateway: Gateway):
     wrapped = {"resourceType": "Parameters",
                "parameter": [{"name": "resource", "resource": fhir_request("subscriber-generic")}]}

@@ -593,3 +593,21 @@ def test_a_group_or_plan_number_that_cannot_be_sent_as_given_is_refused(value: s
         build(bundle(coverage__class=group))
     assert caught.value.status == 422
     assert any(p.fhir_path == "Coverage.class[0].value" for p in caught.value.problems)
+
+
+def test_the_270_hands_over_each_persons_name_loop_as_sent():
+    """What the 271 translation compares the payer's 2100C/2100D segments with: each as written (upper case,
+    trailing empty elements left out), without the EQ loops."""
+    group = [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/coverage-class",
+                                   "code": "group"}]}, "value": "grp-7"}]
+    own = build(bundle(coverage__class=group, patient__address=[{"line": ["12 Main St"], "city": "Springfield",
+                                                                 "state": "IL", "postalCode": "62701"}]))
+    sent = {("NM1", "IL", "1", "ROE", "ANNA", "", "", "", "MI", "W123456789"), ("REF", "6P", "GRP-7"),
+            ("N3", "12 MAIN ST"), ("N4", "SPRINGFIELD", "IL", "62701"), ("DMG", "D8", "20120304", "F")}
+    assert own.persons == {"patient": sent, "subscriber": sent}   # the patient is the subscriber: either way
+    dependent = build(bundle(coverage__relationship={"coding": [{"code": "child"}]},
+                             coverage__subscriber={"reference": "Patient/parent"}))
+    assert dependent.persons == {
+        "subscriber": {("NM1", "IL", "1", "ROE", "RICHARD", "", "", "", "MI", "W123456789"),
+                       ("DMG", "D8", "19800210", "M")},
+        "patient": {("NM1", "03", "1", "ROE", "ANNA"), ("DMG", "D8", "20120304", "F")}}

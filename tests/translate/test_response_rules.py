@@ -667,3 +667,117 @@ def test_an_unlimited_benefit_with_an_amount_keeps_one_allowed_value():
     assert item["benefit"][0]["allowedString"] == "unlimited" and "allowedMoney" not in item["benefit"][0]
     assert item["description"] == "amount 5000"
     assert "amount 5000 given together with 'unlimited' (Unlimited); kept in the item description" in notes(r)
+
+
+# -- the gateway: the payer's person data that the request's Patient and Coverage do not hold is noted ----------------
+
+def sent(*segments):
+    """A person's name loop as the 270 sent it (Request270.persons): id and elements, trailing empty ones left out."""
+    out = set()
+    for seg_id, values in segments:
+        values = list(values)
+        while values and not values[-1]:
+            values.pop()
+        out.add((seg_id, *values))
+    return frozenset(out)
+
+
+def in_gateway(**persons):
+    def context_for(traces):
+        return ResponseContext(patient={"reference": "Patient/9"}, insurer={"reference": "Organization/p"},
+                               coverage={"reference": "Coverage/c"},
+                               request={"reference": "CoverageEligibilityRequest/r"}, purpose=["benefits"],
+                               persons_sent=persons)
+    return context_for
+
+
+SENT_SUBSCRIBER = sent(*SUBSCRIBER[2:])   # NM1*IL*1*ROE*RICHARD****MI*W123, DMG*D8*19800210*M
+BENEFIT = ("EB", ["1", "IND", "30"])
+NOT_IN_PATIENT = "(not carried: the response refers to the request's Patient)"
+NOT_IN_COVERAGE = "(not carried: the response refers to the request's Coverage)"
+
+
+def test_in_the_gateway_an_echo_of_the_270_is_mapped_without_a_note():
+    r = valid(only(("REF", ["6P", "G1"]), BENEFIT, patient=[*SUBSCRIBER[:3], ("REF", ["6P", "G1"]), SUBSCRIBER[3]],
+                   context_for=in_gateway(patient=SENT_SUBSCRIBER | sent(("REF", ["6P", "G1"])))))
+    assert notes(r) == []
+    assert r.resource["patient"] == {"reference": "Patient/9"}
+    assert r.resource["insurance"][0]["coverage"] == {"reference": "Coverage/c"}
+    assert "contained" not in r.resource
+
+
+def test_in_the_gateway_a_corrected_name_birth_date_and_member_id_are_noted_with_their_values():
+    patient = [*SUBSCRIBER[:2], ("NM1", ["IL", "1", "ROE", "RICHARD", "Q", "", "", "MI", "W124"]),
+               ("DMG", ["D8", "19800211", "M"]), ("INS", ["Y", "18", "001", "25"])]
+    r = valid(only(BENEFIT, patient=patient, context_for=in_gateway(patient=SENT_SUBSCRIBER)))
+    assert notes(r) == [
+        f"the payer's name and member id for the patient: ROE, RICHARD Q; W124 {NOT_IN_PATIENT}",
+        f"the payer's birth date and gender for the patient: 1980-02-11, male {NOT_IN_PATIENT}",
+        f"the payer's relationship for the patient: 18 (self) {NOT_IN_COVERAGE}",
+        "the payer changed identifying data of the patient (INS03 001, INS04 25): check the returned name, birth "
+        "date and member id"]
+    assert [n.source.split()[-1] for n in r.notes] == ["NM1@9", "DMG@10", "INS@11", "INS@11"]
+    assert r.resource["patient"] == {"reference": "Patient/9"} and "contained" not in r.resource
+
+
+def test_in_the_gateway_an_echo_is_compared_as_sent_case_and_all():
+    # written verbatim: the test writer would upper-case it; trailing empty elements and padding are no difference
+    r, = raw_responses("DMG*D8*19800210*M**~EB*1*IND*30~", name="NM1*IL*1*Roe*Richard****MI*W123~",
+                       context_for=in_gateway(patient=SENT_SUBSCRIBER))
+    assert notes(r) == [f"the payer's name and member id for the patient: Roe, Richard; W123 {NOT_IN_PATIENT}"]
+    r, = raw_responses("DMG*D8*19800210*M~EB*1*IND*30~", name="NM1*IL*1*ROE*RICHARD ****MI*W123***~",
+                       context_for=in_gateway(patient=SENT_SUBSCRIBER))
+    assert notes(r) == []
+
+
+def test_a_group_number_is_noted_in_the_gateway_and_a_coverage_class_on_its_own():
+    patient = [*SUBSCRIBER[:3], ("REF", ["6P", "GRP77", "ACME TOOLS"]), SUBSCRIBER[3]]
+    r = valid(only(BENEFIT, patient=patient, context_for=in_gateway(patient=SENT_SUBSCRIBER)))
+    assert notes(r) == ["the payer's Group Number for the patient: GRP77 (ACME TOOLS) (not carried: the response "
+                        "refers to the request's Coverage, which holds no such group class)"]
+    standalone = valid(only(BENEFIT, patient=patient))
+    assert notes(standalone) == []
+    coverage = next(c for c in standalone.resource["contained"] if c["id"] == "coverage")
+    assert coverage["class"] == [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/coverage-class",
+                                                       "code": "group"}]}, "value": "GRP77", "name": "ACME TOOLS"}]
+
+
+def test_in_the_gateway_an_address_the_270_did_not_send_is_noted():
+    patient = [*SUBSCRIBER[:3], ("N3", ["12 MAIN ST", "APT 2"]), ("N4", ["SPRINGFIELD", "IL", "627011234"]),
+               SUBSCRIBER[3]]
+    r = valid(only(BENEFIT, patient=patient, context_for=in_gateway(patient=SENT_SUBSCRIBER)))
+    assert notes(r) == [f"the payer's street address for the patient: 12 MAIN ST, APT 2 {NOT_IN_PATIENT}",
+                        f"the payer's city, state and ZIP for the patient: SPRINGFIELD, IL 62701-1234 {NOT_IN_PATIENT}"]
+    sent_too = in_gateway(patient=SENT_SUBSCRIBER | sent(("N3", ["12 MAIN ST", "APT 2"]),
+                                                         ("N4", ["SPRINGFIELD", "IL", "627011234"])))
+    assert notes(only(BENEFIT, patient=patient, context_for=sent_too)) == []
+
+
+def test_in_the_gateway_a_dependents_subscriber_belongs_to_the_requests_coverage():
+    patient = [("HL", ["3", "2", "22", "1"]), ("NM1", ["IL", "1", "ROE", "RICHARD", "", "", "", "MI", "W123"]),
+               ("DMG", ["D8", "19800210", "M"]), ("HL", ["4", "3", "23", "0"]), ("TRN", ["2", "REQ1-1", "9GATEWAY01"]),
+               ("NM1", ["03", "1", "ROE", "ANNA"]), ("DMG", ["D8", "20120304", "F"])]
+    context_for = in_gateway(subscriber=sent(("NM1", ["IL", "1", "ROE", "RICHARD", "", "", "", "MI", "W123"])),
+                             patient=sent(("NM1", ["03", "1", "ROE", "ANNA"]), ("DMG", ["D8", "20120304", "F"])))
+    r = valid(only(BENEFIT, patient=patient, context_for=context_for))
+    assert notes(r) == [f"the payer's birth date and gender for the subscriber: 1980-02-10, male {NOT_IN_COVERAGE}"]
+
+
+def test_in_the_gateway_without_what_the_270_sent_all_person_data_is_noted():
+    r = only(BENEFIT, context_for=in_gateway())
+    assert notes(r) == [f"the payer's name and member id for the patient: ROE, RICHARD; W123 {NOT_IN_PATIENT}",
+                        f"the payer's birth date and gender for the patient: 1980-02-10, male {NOT_IN_PATIENT}"]
+
+
+def test_a_271_echoing_the_built_270_gains_no_note_in_the_gateway():
+    """From the request to the 270 and back: the segments the 270 wrote are what an echo is compared with."""
+    from gateway.translate.request_270 import build_270
+    from gateway.x12.structure import element_limits
+    from tests.translate.test_request_rules import ENV as REQUEST_ENV
+    from tests.translate.test_request_rules import bundle
+
+    built = build_270(bundle(), load_tables(), envelope=REQUEST_ENV, limits=element_limits())
+    name_loop = [s for s in read_x12(built.text).transactions[0].segments() if s.id in ("NM1", "DMG")][-2:]
+    patient = [*SUBSCRIBER[:2], *((s.id, s.elements) for s in name_loop)]
+    r = valid(only(BENEFIT, patient=patient, context_for=in_gateway(**built.persons)))
+    assert notes(r) == []
