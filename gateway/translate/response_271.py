@@ -492,16 +492,16 @@ def _stands_in(r: _Response, role: str) -> dict[str, str]:
 
 
 def _echoes(r: _Response, seg: Segment, role: str) -> bool:
-    """Whether ``seg`` is one the 270 sent for the person: the same id and elements (trailing empty ones ignored,
-    values as the reader strips them, case as sent)."""
+    """Whether ``seg`` says nothing the 270 did not send for the person: a segment the 270 sent with the same id
+    holds every element ``seg`` fills, the same (values as the reader strips them, case as sent). A payer that
+    leaves out a middle name or a gender the 270 gave adds nothing, and loses nothing the request does not hold."""
     sent = r.context.persons_sent if r.context is not None else None
     if not sent or role not in sent:
         return False
     values = seg.values(0)
-    end = len(values)
-    while end > 1 and not values[end - 1]:
-        end -= 1
-    return tuple(values[:end]) in sent[role]
+    filled = [(index, value) for index, value in enumerate(values) if value and index]
+    return any(known[0] == values[0] and all(index < len(known) and known[index] == value for index, value in filled)
+               for known in sent[role])
 
 
 def _returned(r: _Response, loop: Loop, seg: Segment, role: str, holder: str | None, what: str, shown: str,

@@ -730,6 +730,18 @@ def test_in_the_gateway_an_echo_is_compared_as_sent_case_and_all():
     assert notes(r) == []
 
 
+def test_in_the_gateway_a_segment_that_leaves_out_what_the_270_sent_is_an_echo_and_one_that_differs_is_not():
+    # the payer answers without the middle name and the gender the 270 gave: nothing the request lacks
+    sent_more = in_gateway(patient=sent(("NM1", ["IL", "1", "ROE", "RICHARD", "Q", "", "", "MI", "W123"]),
+                                        ("DMG", ["D8", "19800210", "M"])))
+    assert notes(only(BENEFIT, patient=[*SUBSCRIBER[:3], ("DMG", ["D8", "19800210"])], context_for=sent_more)) == []
+    # a middle name of its own, or a gender where the 270 sent another, is the payer's word: noted
+    r = only(BENEFIT, patient=[*SUBSCRIBER[:2], ("NM1", ["IL", "1", "ROE", "RICHARD", "P", "", "", "MI", "W123"]),
+                               ("DMG", ["D8", "19800210", "F"])], context_for=sent_more)
+    assert notes(r) == [f"the payer's name and member id for the patient: ROE, RICHARD P; W123 {NOT_IN_PATIENT}",
+                        f"the payer's birth date and gender for the patient: 1980-02-10, female {NOT_IN_PATIENT}"]
+
+
 def test_a_group_number_is_noted_in_the_gateway_and_a_coverage_class_on_its_own():
     patient = [*SUBSCRIBER[:3], ("REF", ["6P", "GRP77", "ACME TOOLS"]), SUBSCRIBER[3]]
     r = valid(only(BENEFIT, patient=patient, context_for=in_gateway(patient=SENT_SUBSCRIBER)))
