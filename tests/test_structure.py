@@ -108,3 +108,29 @@ def test_contained_or_a_contained_id_of_the_wrong_json_type_is_a_problem(contain
     request = {**REQUEST, "contained": contained}
     found = payload_problems(request, None)
     assert path in {p.fhir_path for p in found}
+
+
+@pytest.mark.parametrize(("kind", "code", "message"), [
+    (False, "structure", "expected a JSON string naming a resource type here, not a boolean"),
+    (7, "structure", "expected a JSON string naming a resource type here, not a number"),
+    (["Coverage"], "structure", "expected a JSON string naming a resource type here, not an array"),
+    ("NoSuchType", "structure", "'NoSuchType' is not a FHIR resource type"),
+    ("coverage", "structure", "'coverage' is not a FHIR resource type"),
+    ("Coding", "structure", "'Coding' is a FHIR data type, not a resource type"),
+    ("Element", "structure", "'Element' is a FHIR data type, not a resource type"),
+    ("Resource", "structure", "'Resource' is the abstract base of resources; name the resource's own type (Patient, "
+                              "Coverage, Organization ...)"),
+    (..., "required", "a resource names its type in resourceType, and this one has none")])
+def test_a_resource_type_that_names_no_resource_type_is_said_at_its_path(kind, code, message):
+    """A Bundle entry's (or a contained) resource whose resourceType is false came back as "not a FHIR resource this
+    server knows: unsupported operand type(s) for +: 'bool' and 'str'" at the entry (Python's words); one naming
+    a data type (Coding, Element) or the abstract Resource passed as valid."""
+    coverage = {"resourceType": kind, "id": "c", "status": "active"}
+    if kind is ...:
+        del coverage["resourceType"]
+    entry = structure_problems(coverage, "Bundle.entry[2].resource")
+    assert [(p.fhir_path, p.code, p.message) for p in entry] == [("Bundle.entry[2].resource.resourceType", code,
+                                                                   message)]
+    contained = problems(contained=[coverage])
+    assert ("CoverageEligibilityRequest.contained[0].resourceType", code, message) in contained
+    assert not any("operand" in text or "concatenate" in text or "Model" in text for _, _, text in contained)

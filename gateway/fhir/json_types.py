@@ -19,7 +19,7 @@ from gateway.errors import quoted
 from gateway.fhir.models import model_class
 from gateway.translate.errors import Problem
 
-_JSON_NAMES = {bool: "a boolean", int: "a number", float: "a number", str: "a string", dict: "an object",
+JSON_NAMES = {bool: "a boolean", int: "a number", float: "a number", str: "a string", dict: "an object",
                list: "an array", type(None): "null"}
 _WANTED = {"boolean": "true or false", "integer": "a whole JSON number", "decimal": "a JSON number",
            "string": "a JSON string", "complex": "a JSON object", "resource": "a JSON object (a resource)"}
@@ -60,7 +60,7 @@ def _walk(value: dict[str, Any], klass: Any, path: str, problems: list[Problem])
             continue
         if spec.many:
             if not isinstance(item, list):
-                problems.append(Problem(where, f"expected an array here, not {_JSON_NAMES.get(type(item), 'this')}",
+                problems.append(Problem(where, f"expected an array here, not {JSON_NAMES.get(type(item), 'this')}",
                                         code="structure"))
                 continue
             # the one null FHIR JSON has: in a primitive array (given) or its extensions (_given), a place-holder
@@ -94,7 +94,7 @@ def _check(item: Any, spec: _Field, where: str, problems: list[Problem]) -> None
     else:
         return
     if not ok:
-        problems.append(Problem(where, f"expected {_WANTED[kind]} here, not {_JSON_NAMES.get(actual, 'this')}",
+        problems.append(Problem(where, f"expected {_WANTED[kind]} here, not {JSON_NAMES.get(actual, 'this')}",
                                 code="value"))
         return
     if kind == "string" and spec.codes is not None and item not in spec.codes:

@@ -7,8 +7,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.errors import QUOTE_LIMIT, quoted
-from gateway.fhir.json_types import json_type_problems
-from gateway.fhir.models import validate_structure
+from gateway.fhir.json_types import JSON_NAMES, json_type_problems
+from gateway.fhir.models import resource_kind, validate_structure
 from gateway.translate.errors import Problem
 
 MAX_DEPTH = 48   # FHIR resources nest a dozen levels; deeper input is refused before validation
@@ -21,6 +21,9 @@ def structure_problems(resource: dict[str, Any], path: str | None = None) -> lis
     """Every structural problem fhir.resources finds, and every value of the wrong JSON type or outside a required
     binding (which its models let through: see :mod:`gateway.fhir.json_types`), each with a FHIRPath expression."""
     root = path or str(resource.get("resourceType") or "Resource")
+    kinds = resource_type_problems(resource, root)
+    if kinds:   # the models would fail on it with their own words (or Python's), at the resource's root
+        return kinds + json_type_problems(resource, root)
     try:
         typed = json_type_problems(resource, root)
         validate_structure(resource)
@@ -35,6 +38,40 @@ def structure_problems(resource: dict[str, Any], path: str | None = None) -> lis
     except (KeyError, LookupError, TypeError, ValueError) as exc:
         return [Problem(root, f"not a FHIR resource this server knows: {quoted(exc, bare=True)}", code="structure")]
     return typed
+
+
+def resource_type_problems(resource: dict[str, Any], root: str) -> list[Problem]:
+    """A resourceType that names no resource type, of the resource or of one it contains, said where it is."""
+    problems = []
+    contained = resource.get("contained")
+    for where, item in [(root, resource), *((f"{root}.contained[{index}]", item) for index, item in
+                                            enumerate(contained if isinstance(contained, list) else []))]:
+        if not isinstance(item, dict):
+            continue   # json_type_problems says a contained resource is an object
+        problem = _resource_type_problem(item.get("resourceType", _MISSING), f"{where}.resourceType")
+        if problem is not None:
+            problems.append(problem)
+    return problems
+
+
+_MISSING = object()
+
+
+def _resource_type_problem(kind: Any, where: str) -> Problem | None:
+    if kind is _MISSING:
+        return Problem(where, "a resource names its type in resourceType, and this one has none", code="required")
+    if not isinstance(kind, str):
+        return Problem(where, "expected a JSON string naming a resource type here, not "
+                              f"{JSON_NAMES.get(type(kind), 'this')}", code="structure")
+    found = resource_kind(kind)
+    if found == "resource":
+        return None
+    shown = quoted(kind, 64)
+    why = {"abstract": f"{shown} is the abstract base of resources; name the resource's own type (Patient, "
+                       "Coverage, Organization ...)",
+           "datatype": f"{shown} is a FHIR data type, not a resource type"}.get(found,
+                                                                                 f"{shown} is not a FHIR resource type")
+    return Problem(where, why, code="structure")
 
 
 def invariant_problems(resource: dict[str, Any], path: str | None = None) -> list[Problem]:

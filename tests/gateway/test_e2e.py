@@ -633,6 +633,18 @@ def test_wrong_resource_type(gateway: Gateway):
     outcome_issue(gateway.post(f"/{CER}/$submit", {"resourceType": "Patient", "id": "x"}), 400, "structure")
 
 
+@pytest.mark.parametrize(("kind", "words"), [(False, "not a boolean"), ("Coding", "a FHIR data type"),
+                                             ("Resource", "abstract base")])
+def test_an_entry_whose_resource_type_names_no_resource_is_400_at_its_resource_type(gateway: Gateway, kind, words):
+    """resourceType false on the Coverage entry was answered with Python's words ("unsupported operand type(s) for
+    +: 'bool' and 'str'") at the entry; "Coding" or "Resource" there passed the structural check."""
+    payload = copy.deepcopy(fhir_request("subscriber-generic"))
+    payload["entry"][2]["resource"]["resourceType"] = kind
+    issue = outcome_issue(gateway.post(f"/{CER}/$submit", payload), 400, "structure")
+    assert issue["expression"] == ["Bundle.entry[2].resource.resourceType"]
+    assert words in issue["details"]["text"]
+
+
 def test_an_unknown_element_on_the_bundle_itself_is_refused(gateway: Gateway):
     payload = copy.deepcopy(fhir_request("subscriber-generic"))
     payload["colour"] = "blue"
