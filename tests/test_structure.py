@@ -134,3 +134,48 @@ def test_a_resource_type_that_names_no_resource_type_is_said_at_its_path(kind, c
     contained = problems(contained=[coverage])
     assert ("CoverageEligibilityRequest.contained[0].resourceType", code, message) in contained
     assert not any("operand" in text or "concatenate" in text or "Model" in text for _, _, text in contained)
+
+
+DATE_FORMAT = "not a FHIR date: YYYY, YYYY-MM or YYYY-MM-DD (years 0001 to 9999)"
+DATETIME_FORMAT = ("not a FHIR dateTime: YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm:ss(.sss) with its time zone (Z "
+                   "or +hh:mm; years 0001 to 9999)")
+CER = "CoverageEligibilityRequest"
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"servicedDate": "2025-03-10T10:00:00Z"}, [(f"{CER}.servicedDate", "value",
+                                                  f"'2025-03-10T10:00:00Z' is {DATE_FORMAT}")]),
+    ({"created": "0000-01-01"}, [(f"{CER}.created", "value", f"'0000-01-01' is {DATETIME_FORMAT}")]),
+    ({"servicedDate": "2025-02-30"}, [(f"{CER}.servicedDate", "value", "'2025-02-30' is not a date that exists: day "
+                                                                       "value is outside expected range")]),
+    ({"id": "a b"}, [(f"{CER}.id", "value", "'a b' is not a FHIR id: 1 to 64 letters, digits, '-' and '.'")]),
+    ({"language": " en"}, [(f"{CER}.language", "value", "' en' is not a FHIR code: not empty, no white space at either "
+                                                        "end and no two white space characters in a row")]),
+    ({"identifier": [{"value": ""}]}, [(f"{CER}.identifier[0].value", "value",
+                                        "an empty string is not a FHIR value: leave the element out")]),
+    ({"extension": [{"url": "http://example.org/x", "valueString": "a", "valueBoolean": True}]},
+     [(f"{CER}.extension[0]", "value", "value[x] takes one value, and valueBoolean and valueString were given")]),
+    ({"servicedDate": "2025-03-10", "servicedPeriod": {"start": "2025-03-10"}},
+     [(CER, "value", "serviced[x] takes one value, and servicedDate and servicedPeriod were given")]),
+    ({"item": [{"category": 1.5}]},
+     [(f"{CER}.item[0].category", "value", "expected a JSON object here, not a number")]),
+    ({"item": [{"category": {"text": "x"}, "detail": [None]}]},
+     [(f"{CER}.item[0].detail[0]", "structure", "null is not a FHIR JSON value here (only as a place-holder for a "
+                                                "value or extension at _detail[0])")]),
+    ({"item": [{"category": {"resourceType": "CodeableConcept", "text": "x"}}]},
+     [(f"{CER}.item[0].category.resourceType", "structure", "this element is not a resource: only a resource has a "
+                                                            "resourceType")]),
+    ({"item": [{"category": {"resourceType": 5, "text": "x"}}]},
+     [(f"{CER}.item[0].category.resourceType", "structure", "this element is not a resource: only a resource has a "
+                                                            "resourceType")]),
+    ({"fhir_comments": ["x"]}, [(f"{CER}.fhir_comments", "structure", "this element is not part of the resource")]),
+    ({"extension": [{"url": "http://example.org/x", "valueInteger": 2 ** 40}]},
+     [(f"{CER}.extension[0].valueInteger", "value", "larger than this element allows (at most 2147483647)")]),
+])
+def test_the_models_complaints_are_said_in_fhir_words_once_at_the_element(changes, expected):
+    """The models' own words came back as they were: "Value error, Date value string does not match spec regex.",
+    "String should match pattern '^[^\\s]+(\\s[^\\s]+)*$'", a list of fifty value[x] names "but got multiple!",
+    "Value is expected from the instance of CodeableConcept, but got type <class 'float'>" at a path ending in
+    ``.root`` beside our own problem at the element, "None is not allowed as an element of detail" beside ours at
+    detail[0]; a data type with a resourceType naming itself, and fhir_comments, passed as valid."""
+    assert problems(**changes) == expected
