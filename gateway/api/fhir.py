@@ -737,10 +737,11 @@ def _parameter_expression(name: str) -> str | None:
 
 
 def _parameter_label(name: str, limit: int = 64, *, bare: bool = False) -> str:
-    """``search parameter <name>`` as an error says it; ``?=x`` is a search parameter without a name."""
+    """``search parameter <name>`` as an error says it; ``?=x`` is a search parameter without a name. A name with
+    characters that do not print (a control character) is always quoted, escaped: bare, they vanish from the text."""
     if not name.strip():
         return f"a search parameter without a name ({quoted(name)})" if name else "a search parameter without a name"
-    return f"search parameter {quoted(name, limit, bare=bare)}"
+    return f"search parameter {quoted(name, limit, bare=bare and name.isprintable())}"
 
 
 def _ignored_issue(resource_type: str, name: str, severity: str, what: str) -> dict[str, Any]:

@@ -307,6 +307,16 @@ def test_a_parameter_without_a_name_is_ignored_or_refused_with_a_valid_outcome(g
         "characters"
 
 
+def test_a_parameter_name_with_a_control_character_is_quoted_escaped(gateway: Gateway):
+    """Said bare, "search parameter \x01x: holds control characters" showed as "search parameter x: ..." (the
+    character does not print): the name the client must fix was not the one it read."""
+    refused = gateway.get(f"/{CER}?%01x=1")
+    assert refused.status_code == 400
+    assert refused.json()["issue"][0]["details"]["text"] == "search parameter '\\x01x': holds control characters"
+    plain = gateway.get(f"/{CER}?status=%01")   # a printable name is said bare, as before
+    assert plain.json()["issue"][0]["details"]["text"] == "search parameter status: holds control characters"
+
+
 def test_a_query_string_that_is_not_utf8_is_refused(gateway: Gateway):
     """%FF%FE decodes to no UTF-8: searched as the escapes themselves, it would be another query than the client's."""
     refused = requests.get(f"{gateway.url}/{CER}?identifier=%FF%FE", headers=gateway.session.headers, timeout=10)
