@@ -179,3 +179,39 @@ def test_the_models_complaints_are_said_in_fhir_words_once_at_the_element(change
     ``.root`` beside our own problem at the element, "None is not allowed as an element of detail" beside ours at
     detail[0]; a data type with a resourceType naming itself, and fhir_comments, passed as valid."""
     assert problems(**changes) == expected
+
+
+def _bundle(*entries):
+    return {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"fullUrl": "urn:uuid:6c3c7a6e-0000-4000-8000-000000000001", "resource": REQUEST}, *entries]}
+
+
+PATIENT = {"resourceType": "Patient", "id": "p", "name": [{"family": "Roe"}]}
+
+
+@pytest.mark.parametrize(("entry", "path", "code", "message"), [
+    ({"fullUrl": "Patient/p", "resource": 5}, "Bundle.entry[1].resource", "structure",
+     "expected a JSON object here (a resource), not a number"),
+    ({"fullUrl": "Patient/p", "resource": "Patient/p"}, "Bundle.entry[1].resource", "structure",
+     "expected a JSON object here (a resource), not a string"),
+    ({"fullUrl": "Patient/p"}, "Bundle.entry[1].resource", "required",
+     "an entry without a request or response holds a resource (bdl-5)"),
+])
+def test_an_entry_whose_resource_is_not_an_object_or_missing_is_a_problem(entry, path, code, message):
+    """The Bundle's own check leaves its entries' resources out, and only an object was checked as one: an entry
+    whose resource was 5 or missing passed, and the references to it were looked for elsewhere (a 422 that the
+    EHR's host may not be asked, or the EHR's copy fetched in its place)."""
+    bundle = _bundle(entry)
+    assert [(p.fhir_path, p.code, p.message) for p in payload_problems(REQUEST, bundle)] == [(path, code, message)]
+
+
+def test_two_entries_under_one_full_url_are_ambiguous_unless_their_versions_differ():
+    """bdl-7: two Patients under one fullUrl (another name in the second) were answered 200 with one of them."""
+    other = {**PATIENT, "name": [{"family": "Impostor"}]}
+    bundle = _bundle({"fullUrl": "Patient/p", "resource": PATIENT}, {"fullUrl": "Patient/p", "resource": other})
+    assert [(p.fhir_path, p.code, p.message) for p in payload_problems(REQUEST, bundle)] == [
+        ("Bundle.entry[2].fullUrl", "structure",
+         "another entry has the fullUrl 'Patient/p': a reference to it would be ambiguous (bdl-7)")]
+    versions = _bundle({"fullUrl": "Patient/p", "resource": {**PATIENT, "meta": {"versionId": "1"}}},
+                       {"fullUrl": "Patient/p", "resource": {**other, "meta": {"versionId": "2"}}})
+    assert payload_problems(REQUEST, versions) == []

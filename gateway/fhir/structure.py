@@ -122,15 +122,35 @@ def payload_problems(request: dict[str, Any], bundle: dict[str, Any] | None) -> 
         bare = {**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
                                     for e in entries]} if isinstance(entries, list) else bundle
         problems.extend(structure_problems(bare, "Bundle"))
+    full_urls: dict[str, list[Any]] = {}   # fullUrl -> the versionIds of the entries under it
     for index, entry in enumerate((bundle or {}).get("entry") or []):
+        where = f"Bundle.entry[{index}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("fullUrl", ""), str):
-            problems.append(Problem(f"Bundle.entry[{index}]", "an entry is an object whose fullUrl is a string",
-                                    code="structure"))
+            problems.append(Problem(where, "an entry is an object whose fullUrl is a string", code="structure"))
             continue
         resource = entry.get("resource")
+        if "resource" in entry and not isinstance(resource, dict):
+            # the Bundle's own check leaves the entries' resources out: read as absent, its references were
+            # looked for elsewhere (and fetched from the EHR when its host is allowed)
+            problems.append(Problem(f"{where}.resource", "expected a JSON object here (a resource), not "
+                                    f"{JSON_NAMES.get(type(resource), 'this')}", code="structure"))
+            continue
+        if resource is None and not entry.get("request") and not entry.get("response"):
+            problems.append(Problem(f"{where}.resource", "an entry without a request or response holds a resource "
+                                    "(bdl-5)", code="required"))
+            continue
+        url = entry.get("fullUrl")
+        if url:
+            meta = resource.get("meta") if isinstance(resource, dict) else None
+            version = meta.get("versionId") if isinstance(meta, dict) else None
+            seen = full_urls.setdefault(url, [])
+            if seen and (version is None or version in seen or None in seen):
+                problems.append(Problem(f"{where}.fullUrl", f"another entry has the fullUrl {quoted(url)}: a reference "
+                                        "to it would be ambiguous (bdl-7)", code="structure"))
+            seen.append(version)
         if isinstance(resource, dict) and resource is not request:
-            problems.extend(structure_problems(resource, f"Bundle.entry[{index}].resource"))
-            problems.extend(invariant_problems(resource, f"Bundle.entry[{index}].resource"))
+            problems.extend(structure_problems(resource, f"{where}.resource"))
+            problems.extend(invariant_problems(resource, f"{where}.resource"))
     return problems
 
 

@@ -645,6 +645,22 @@ def test_an_entry_whose_resource_type_names_no_resource_is_400_at_its_resource_t
     assert words in issue["details"]["text"]
 
 
+@pytest.mark.parametrize(("change", "path", "code", "words"), [
+    (lambda entries: entries[2].update(resource=5), "Bundle.entry[2].resource", "structure", "not a number"),
+    (lambda entries: entries[2].pop("resource"), "Bundle.entry[2].resource", "required", "bdl-5"),
+    (lambda entries: entries.append(copy.deepcopy(entries[1])), "Bundle.entry[5].fullUrl", "structure", "bdl-7"),
+])
+def test_an_entry_without_a_resource_or_under_a_taken_full_url_is_400_naming_it(gateway: Gateway, change, path, code,
+                                                                               words):
+    """The Coverage entry's resource 5 (or none) was a 422 that the EHR's host may not be asked for the Coverage
+    (with the host allowed, the EHR's copy stood in for the client's); a second Patient entry under the same
+    fullUrl was answered 200 with one of the two."""
+    payload = copy.deepcopy(fhir_request("subscriber-generic"))
+    change(payload["entry"])
+    issue = outcome_issue(gateway.post(f"/{CER}/$submit", payload), 400, code)
+    assert issue["expression"] == [path] and words in issue["details"]["text"]
+
+
 def test_an_unknown_element_on_the_bundle_itself_is_refused(gateway: Gateway):
     payload = copy.deepcopy(fhir_request("subscriber-generic"))
     payload["colour"] = "blue"
