@@ -1203,7 +1203,7 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
     elif has_patient or r.items:
         holder = subscriber_person or patient_person
         coverage: dict[str, Any] = {"resourceType": "Coverage", "id": "coverage", "status": "active",
-                                    "beneficiary": {"reference": "#patient"}, "payor": [insurer_ref]}
+                                    "beneficiary": dict(patient_ref), "payor": [insurer_ref]}
         if holder.member_id:
             coverage["subscriberId"] = holder.member_id
         relationship = patient_person.relationship or ("self" if subscriber_person is None else None)
@@ -1242,6 +1242,10 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
         contained = [*ctx.contained, *[c for c in contained if c["id"] not in {x.get("id") for x in ctx.contained}]]
     for resource in r.contained.values():
         if resource:
+            if resource.get("resourceType") == "Coverage" and resource.get("beneficiary") == {"reference": "#patient"}:
+                # another coverage (EB*R) is the patient's: the request's patient when it named one (there is no
+                # contained #patient then)
+                resource["beneficiary"] = dict(patient_ref)
             contained.append(resource)
 
     insurance: list[dict[str, Any]] = []
