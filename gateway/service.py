@@ -144,12 +144,10 @@ class EligibilityService:
         _, resolved_bundle = find_request(resolved)
         stored = {**request, "id": id, "meta": {**(request.get("meta") or {}), "lastUpdated": iso(now)}}
         if not _has_reference(stored.get("insurer")):
-            # "insurer": {} (as some EHRs send) is not valid FHIR to store: name the payer the 270 went to
-            payer = _payer_reference(request, resolved_bundle)
-            if payer is not None:
-                stored["insurer"] = payer
-            else:
-                stored.pop("insurer", None)
+            # "insurer": {} (as some EHRs send) is not valid FHIR to store: name the payer the 270 went to, by the
+            # Coverage's payor or else by its payer id (insurer is required: a stored request without one is invalid)
+            stored["insurer"] = _payer_reference(request, resolved_bundle) or {
+                "identifier": {"system": self.tables.systems["payer_id_system"], "value": built.payer_id}}
         if not stored.get("provider"):
             # the 270 named the practice configured for this payer: the stored request says whom it asked for
             receiver = self._receiver(built.payer_id)
@@ -412,8 +410,12 @@ def _payer_reference(request: dict[str, Any], bundle: dict[str, Any] | None) -> 
     payor = payors[0] if payors and isinstance(payors[0], dict) else None
     if payor is None or not _has_reference(payor):
         return None
-    if str(payor.get("reference") or "").startswith(("#", "urn:")):
-        # local to the request: keep what identifies the payer, not a reference that resolves nowhere
+    reference = str(payor.get("reference") or "")
+    contained = request.get("contained") if isinstance(request.get("contained"), list) else []
+    if (reference.startswith("#") and not any(c is coverage for c in contained)) or (
+            reference.startswith("urn:") and reference not in bundle_local(bundle)):
+        # local to a resource the stored request does not hold: keep what identifies the payer, not a reference that
+        # resolves nowhere (a Bundle entry's urn, or a contained one of the request, is contained when it is stored)
         return {k: v for k, v in payor.items() if k in ("identifier", "display")} or None
     return dict(payor)
 

@@ -1014,6 +1014,38 @@ def test_empty_insurer_is_stored_as_the_payer_asked(gateway: Gateway):
     assert created["id"] in {e["resource"]["id"] for e in found["entry"]}
 
 
+def test_empty_insurer_with_a_bundle_local_or_contained_payor_is_stored_valid(gateway: Gateway):
+    """With "insurer": {} and the Coverage's payor a urn:uuid entry, the request was stored without an insurer (which
+    a CoverageEligibilityRequest must have): the 201 and every later read were invalid FHIR. The payor is now
+    contained like the other Bundle-local resources; a payor only the Coverage entry itself contains (it is not
+    stored) leaves the payer id the 270 went to."""
+    from gateway.fhir.models import validate_structure
+
+    payload = copy.deepcopy(fhir_request("dependent-generic"))
+    request = next(e["resource"] for e in payload["entry"] if e["resource"]["resourceType"] == CER)
+    request["insurer"] = {}
+    created = gateway.post(f"/{CER}", payload)
+    assert created.status_code == 201, created.text
+    body = created.json()
+    validate_structure(body)
+    payer = next(c for c in body["contained"] if f"#{c['id']}" == body["insurer"]["reference"])
+    assert payer["resourceType"] == "Organization" and payer["name"] == "Acme Health Plan"
+
+    payload = copy.deepcopy(fhir_request("dependent-generic"))
+    entries = {e["resource"]["resourceType"]: e["resource"] for e in payload["entry"]}
+    entries[CER]["insurer"] = {}
+    organization = next(e for e in payload["entry"] if e["resource"]["resourceType"] == "Organization"
+                        and "payerid" in json.dumps(e["resource"]))
+    payload["entry"].remove(organization)
+    entries["Coverage"]["contained"] = [{**organization["resource"], "id": "payer"}]
+    entries["Coverage"]["payor"] = [{"reference": "#payer"}]
+    created = gateway.post(f"/{CER}", payload)
+    assert created.status_code == 201, created.text
+    validate_structure(created.json())
+    assert created.json()["insurer"] == {"identifier": {"system": "https://fhir-x12-gateway.dev/fhir/sid/payer-id",
+                                                        "value": "ACME01"}}
+
+
 def test_abandoned_async_request_is_reported(gateway: Gateway):
     from datetime import UTC, datetime, timedelta
 
