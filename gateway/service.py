@@ -123,11 +123,7 @@ class EligibilityService:
         """
         start = self.monotonic()
         try:
-            request, bundle = find_request(payload)
-            problems = payload_problems(request, bundle)
-            if problems:
-                raise TranslationError(f"the {CER} is not valid FHIR R4: {len(problems)} problem(s)", problems,
-                                       status=400)
+            request, bundle = self._checked(payload)
             resolved = self.resolve(payload) if self.resolve is not None else payload
             id = str(uuid.uuid4())
             now = self.clock()
@@ -180,6 +176,26 @@ class EligibilityService:
                                                         "was not sent to the payer"), "store-unavailable",
                                  payer_id=built.payer_id)
         return Prepared(id, stored, request, resolved_bundle, built, start, sent=sending)
+
+    def check(self, payload: Any) -> Result | None:
+        """The structural check ``prepare`` starts with, alone: a 400 Result for a payload that is not a valid
+        request, else None. A conditional create checks its body so before its condition is looked up: the stored
+        request a match answers with is the answer to a valid request only."""
+        try:
+            self._checked(payload)
+        except TranslationError as exc:
+            return self._refused(exc.status, exc.to_operation_outcome(), "invalid-request")
+        return None
+
+    @staticmethod
+    def _checked(payload: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The request and its Bundle; TranslationError (400) when the payload is not valid FHIR R4."""
+        request, bundle = find_request(payload)
+        problems = payload_problems(request, bundle)
+        if problems:
+            raise TranslationError(f"the {CER} is not valid FHIR R4: {len(problems)} problem(s)", problems,
+                                   status=400)
+        return request, bundle
 
     def cancel(self, id: str) -> str | None:
         """Cancel an accepted ``respond-async`` request that has not gone to the payer yet: ``"cancelled"``, ``"gone"``

@@ -321,6 +321,10 @@ def create():  # type: ignore[no-untyped-def]
     payload = _json_body()
     service = _service()
     prefer = _prefer()
+    if _if_none_exist() is not None:   # a match is answered only for a valid request (as a create would be)
+        refused = service.check(payload)
+        if refused is not None:
+            return _result_response(refused)
     existing = _conditional_match(service, prefer)
     if existing is not None:
         return existing
@@ -893,6 +897,9 @@ def _batch_prepare(service: EligibilityService, item: Any, wanted: str) -> Any:
     kind, resource, where, condition = item
     try:
         if condition is not None:   # a conditional create, as the If-None-Exist header makes one
+            refused = service.check(resource)   # a match answers a valid request only
+            if refused is not None:
+                return _entry_result(kind, refused, wanted)
             found = _batch_condition(service, condition, where, wanted)
             if found is not None:
                 return found

@@ -246,6 +246,30 @@ def test_conditional_create_answers_a_retry_without_asking_the_payer_again(gatew
         outcome_issue(gateway.post(f"/{CER}", payload, headers={"If-None-Exist": bad}), 400, "invalid")
 
 
+def test_a_conditional_create_whose_condition_matches_still_refuses_a_body_that_is_no_request(gateway: Gateway,
+                                                                                             simulator):
+    """The condition was looked up before the body was read as a request: with a request stored under it, a body
+    {"resourceType": "Patient"} (or a request with a status that is no code) was answered 200 with the stored one,
+    as if the client had sent a valid request. The batch form (ifNoneExist) did the same."""
+    payload = copy.deepcopy(fhir_request("subscriber-generic"))
+    identifier = payload["entry"][0]["resource"]["identifier"][0]
+    identifier["value"] += "-CHECKED"
+    condition = f"identifier={identifier['system']}|{identifier['value']}"
+    assert gateway.post(f"/{CER}", payload, headers={"If-None-Exist": condition}).status_code == 201
+    broken = copy.deepcopy(payload)
+    broken["entry"][0]["resource"]["status"] = "nonsense"
+    for body, code, where in (({"resourceType": "Patient", "id": "x"}, "structure", "resourceType"),
+                              (broken, "code-invalid", f"{CER}.status")):
+        issue = outcome_issue(gateway.post(f"/{CER}", body, headers={"If-None-Exist": condition}), 400, code)
+        assert issue["expression"] == [where]
+        entry = {"request": {"method": "POST", "url": CER, "ifNoneExist": condition}, "resource": body}
+        [answer] = gateway.post("/", {"resourceType": "Bundle", "type": "batch", "entry": [entry]}).json()["entry"]
+        assert answer["response"]["status"].startswith("400") and "resource" not in answer
+        assert answer["response"]["outcome"]["issue"][0]["expression"] == [where]
+    # the valid retry is still answered with the stored request
+    assert gateway.post(f"/{CER}", payload, headers={"If-None-Exist": condition}).status_code == 200
+
+
 def test_a_conditional_retry_after_the_payer_failed_asks_the_payer_again(gateway: Gateway, simulator):
     """The first create was a 502 (nothing created, as the client was told): its retry under the same
     If-None-Exist must create and ask again, not answer 200 with the failed request."""
