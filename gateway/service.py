@@ -123,11 +123,7 @@ class EligibilityService:
         """
         start = self.monotonic()
         try:
-            request, bundle = find_request(payload)
-            problems = payload_problems(request, bundle)
-            if problems:
-                raise TranslationError(f"the {CER} is not valid FHIR R4: {len(problems)} problem(s)", problems,
-                                       status=400)
+            request, bundle = self._checked(payload)
             resolved = self.resolve(payload) if self.resolve is not None else payload
             id = str(uuid.uuid4())
             now = self.clock()
@@ -144,12 +140,10 @@ class EligibilityService:
         _, resolved_bundle = find_request(resolved)
         stored = {**request, "id": id, "meta": {**(request.get("meta") or {}), "lastUpdated": iso(now)}}
         if not _has_reference(stored.get("insurer")):
-            # "insurer": {} (as some EHRs send) is not valid FHIR to store: name the payer the 270 went to
-            payer = _payer_reference(request, resolved_bundle)
-            if payer is not None:
-                stored["insurer"] = payer
-            else:
-                stored.pop("insurer", None)
+            # "insurer": {} (as some EHRs send) is not valid FHIR to store: name the payer the 270 went to, by the
+            # Coverage's payor or else by its payer id (insurer is required: a stored request without one is invalid)
+            stored["insurer"] = _payer_reference(request, resolved_bundle) or {
+                "identifier": {"system": self.tables.systems["payer_id_system"], "value": built.payer_id}}
         if not stored.get("provider"):
             # the 270 named the practice configured for this payer: the stored request says whom it asked for
             receiver = self._receiver(built.payer_id)
@@ -182,6 +176,26 @@ class EligibilityService:
                                                         "was not sent to the payer"), "store-unavailable",
                                  payer_id=built.payer_id)
         return Prepared(id, stored, request, resolved_bundle, built, start, sent=sending)
+
+    def check(self, payload: Any) -> Result | None:
+        """The structural check ``prepare`` starts with, alone: a 400 Result for a payload that is not a valid
+        request, else None. A conditional create checks its body so before its condition is looked up: the stored
+        request a match answers with is the answer to a valid request only."""
+        try:
+            self._checked(payload)
+        except TranslationError as exc:
+            return self._refused(exc.status, exc.to_operation_outcome(), "invalid-request")
+        return None
+
+    @staticmethod
+    def _checked(payload: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The request and its Bundle; TranslationError (400) when the payload is not valid FHIR R4."""
+        request, bundle = find_request(payload)
+        problems = payload_problems(request, bundle)
+        if problems:
+            raise TranslationError(f"the {CER} is not valid FHIR R4: {len(problems)} problem(s)", problems,
+                                   status=400)
+        return request, bundle
 
     def cancel(self, id: str) -> str | None:
         """Cancel an accepted ``respond-async`` request that has not gone to the payer yet: ``"cancelled"``, ``"gone"``
@@ -412,8 +426,12 @@ def _payer_reference(request: dict[str, Any], bundle: dict[str, Any] | None) -> 
     payor = payors[0] if payors and isinstance(payors[0], dict) else None
     if payor is None or not _has_reference(payor):
         return None
-    if str(payor.get("reference") or "").startswith(("#", "urn:")):
-        # local to the request: keep what identifies the payer, not a reference that resolves nowhere
+    reference = str(payor.get("reference") or "")
+    contained = request.get("contained") if isinstance(request.get("contained"), list) else []
+    if (reference.startswith("#") and not any(c is coverage for c in contained)) or (
+            reference.startswith("urn:") and reference not in bundle_local(bundle)):
+        # local to a resource the stored request does not hold: keep what identifies the payer, not a reference that
+        # resolves nowhere (a Bundle entry's urn, or a contained one of the request, is contained when it is stored)
         return {k: v for k, v in payor.items() if k in ("identifier", "display")} or None
     return dict(payor)
 

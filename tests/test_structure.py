@@ -108,3 +108,110 @@ def test_contained_or_a_contained_id_of_the_wrong_json_type_is_a_problem(contain
     request = {**REQUEST, "contained": contained}
     found = payload_problems(request, None)
     assert path in {p.fhir_path for p in found}
+
+
+@pytest.mark.parametrize(("kind", "code", "message"), [
+    (False, "structure", "expected a JSON string naming a resource type here, not a boolean"),
+    (7, "structure", "expected a JSON string naming a resource type here, not a number"),
+    (["Coverage"], "structure", "expected a JSON string naming a resource type here, not an array"),
+    ("NoSuchType", "structure", "'NoSuchType' is not a FHIR resource type"),
+    ("coverage", "structure", "'coverage' is not a FHIR resource type"),
+    ("Coding", "structure", "'Coding' is a FHIR data type, not a resource type"),
+    ("Element", "structure", "'Element' is a FHIR data type, not a resource type"),
+    ("Resource", "structure", "'Resource' is the abstract base of resources; name the resource's own type (Patient, "
+                              "Coverage, Organization ...)"),
+    (..., "required", "a resource names its type in resourceType, and this one has none")])
+def test_a_resource_type_that_names_no_resource_type_is_said_at_its_path(kind, code, message):
+    """A Bundle entry's (or a contained) resource whose resourceType is false came back as "not a FHIR resource this
+    server knows: unsupported operand type(s) for +: 'bool' and 'str'" at the entry (Python's words); one naming
+    a data type (Coding, Element) or the abstract Resource passed as valid."""
+    coverage = {"resourceType": kind, "id": "c", "status": "active"}
+    if kind is ...:
+        del coverage["resourceType"]
+    entry = structure_problems(coverage, "Bundle.entry[2].resource")
+    assert [(p.fhir_path, p.code, p.message) for p in entry] == [("Bundle.entry[2].resource.resourceType", code,
+                                                                   message)]
+    contained = problems(contained=[coverage])
+    assert ("CoverageEligibilityRequest.contained[0].resourceType", code, message) in contained
+    assert not any("operand" in text or "concatenate" in text or "Model" in text for _, _, text in contained)
+
+
+DATE_FORMAT = "not a FHIR date: YYYY, YYYY-MM or YYYY-MM-DD (years 0001 to 9999)"
+DATETIME_FORMAT = ("not a FHIR dateTime: YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm:ss(.sss) with its time zone (Z "
+                   "or +hh:mm; years 0001 to 9999)")
+CER = "CoverageEligibilityRequest"
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"servicedDate": "2025-03-10T10:00:00Z"}, [(f"{CER}.servicedDate", "value",
+                                                  f"'2025-03-10T10:00:00Z' is {DATE_FORMAT}")]),
+    ({"created": "0000-01-01"}, [(f"{CER}.created", "value", f"'0000-01-01' is {DATETIME_FORMAT}")]),
+    ({"servicedDate": "2025-02-30"}, [(f"{CER}.servicedDate", "value", "'2025-02-30' is not a date that exists: day "
+                                                                       "value is outside expected range")]),
+    ({"id": "a b"}, [(f"{CER}.id", "value", "'a b' is not a FHIR id: 1 to 64 letters, digits, '-' and '.'")]),
+    ({"language": " en"}, [(f"{CER}.language", "value", "' en' is not a FHIR code: not empty, no white space at either "
+                                                        "end and no two white space characters in a row")]),
+    ({"identifier": [{"value": ""}]}, [(f"{CER}.identifier[0].value", "value",
+                                        "an empty string is not a FHIR value: leave the element out")]),
+    ({"extension": [{"url": "http://example.org/x", "valueString": "a", "valueBoolean": True}]},
+     [(f"{CER}.extension[0]", "value", "value[x] takes one value, and valueBoolean and valueString were given")]),
+    ({"servicedDate": "2025-03-10", "servicedPeriod": {"start": "2025-03-10"}},
+     [(CER, "value", "serviced[x] takes one value, and servicedDate and servicedPeriod were given")]),
+    ({"item": [{"category": 1.5}]},
+     [(f"{CER}.item[0].category", "value", "expected a JSON object here, not a number")]),
+    ({"item": [{"category": {"text": "x"}, "detail": [None]}]},
+     [(f"{CER}.item[0].detail[0]", "structure", "null is not a FHIR JSON value here (only as a place-holder for a "
+                                                "value or extension at _detail[0])")]),
+    ({"item": [{"category": {"resourceType": "CodeableConcept", "text": "x"}}]},
+     [(f"{CER}.item[0].category.resourceType", "structure", "this element is not a resource: only a resource has a "
+                                                            "resourceType")]),
+    ({"item": [{"category": {"resourceType": 5, "text": "x"}}]},
+     [(f"{CER}.item[0].category.resourceType", "structure", "this element is not a resource: only a resource has a "
+                                                            "resourceType")]),
+    ({"fhir_comments": ["x"]}, [(f"{CER}.fhir_comments", "structure", "this element is not part of the resource")]),
+    ({"extension": [{"url": "http://example.org/x", "valueInteger": 2 ** 40}]},
+     [(f"{CER}.extension[0].valueInteger", "value", "larger than this element allows (at most 2147483647)")]),
+])
+def test_the_models_complaints_are_said_in_fhir_words_once_at_the_element(changes, expected):
+    """The models' own words came back as they were: "Value error, Date value string does not match spec regex.",
+    "String should match pattern '^[^\\s]+(\\s[^\\s]+)*$'", a list of fifty value[x] names "but got multiple!",
+    "Value is expected from the instance of CodeableConcept, but got type <class 'float'>" at a path ending in
+    ``.root`` beside our own problem at the element, "None is not allowed as an element of detail" beside ours at
+    detail[0]; a data type with a resourceType naming itself, and fhir_comments, passed as valid."""
+    assert problems(**changes) == expected
+
+
+def _bundle(*entries):
+    return {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"fullUrl": "urn:uuid:6c3c7a6e-0000-4000-8000-000000000001", "resource": REQUEST}, *entries]}
+
+
+PATIENT = {"resourceType": "Patient", "id": "p", "name": [{"family": "Roe"}]}
+
+
+@pytest.mark.parametrize(("entry", "path", "code", "message"), [
+    ({"fullUrl": "Patient/p", "resource": 5}, "Bundle.entry[1].resource", "structure",
+     "expected a JSON object here (a resource), not a number"),
+    ({"fullUrl": "Patient/p", "resource": "Patient/p"}, "Bundle.entry[1].resource", "structure",
+     "expected a JSON object here (a resource), not a string"),
+    ({"fullUrl": "Patient/p"}, "Bundle.entry[1].resource", "required",
+     "an entry without a request or response holds a resource (bdl-5)"),
+])
+def test_an_entry_whose_resource_is_not_an_object_or_missing_is_a_problem(entry, path, code, message):
+    """The Bundle's own check leaves its entries' resources out, and only an object was checked as one: an entry
+    whose resource was 5 or missing passed, and the references to it were looked for elsewhere (a 422 that the
+    EHR's host may not be asked, or the EHR's copy fetched in its place)."""
+    bundle = _bundle(entry)
+    assert [(p.fhir_path, p.code, p.message) for p in payload_problems(REQUEST, bundle)] == [(path, code, message)]
+
+
+def test_two_entries_under_one_full_url_are_ambiguous_unless_their_versions_differ():
+    """bdl-7: two Patients under one fullUrl (another name in the second) were answered 200 with one of them."""
+    other = {**PATIENT, "name": [{"family": "Impostor"}]}
+    bundle = _bundle({"fullUrl": "Patient/p", "resource": PATIENT}, {"fullUrl": "Patient/p", "resource": other})
+    assert [(p.fhir_path, p.code, p.message) for p in payload_problems(REQUEST, bundle)] == [
+        ("Bundle.entry[2].fullUrl", "structure",
+         "another entry has the fullUrl 'Patient/p': a reference to it would be ambiguous (bdl-7)")]
+    versions = _bundle({"fullUrl": "Patient/p", "resource": {**PATIENT, "meta": {"versionId": "1"}}},
+                       {"fullUrl": "Patient/p", "resource": {**other, "meta": {"versionId": "2"}}})
+    assert payload_problems(REQUEST, versions) == []

@@ -23,7 +23,7 @@ from flask import Blueprint, Flask, Response, copy_current_request_context, curr
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from gateway.errors import quoted
+from gateway.errors import QUOTE_LIMIT, quoted
 from gateway.fhir import FHIR_JSON, FHIR_JSON_UTF8, operation_outcome
 from gateway.fhir.structure import MAX_DEPTH, json_shape
 from gateway.mappings import mappings_dir
@@ -321,6 +321,10 @@ def create():  # type: ignore[no-untyped-def]
     payload = _json_body()
     service = _service()
     prefer = _prefer()
+    if _if_none_exist() is not None:   # a match is answered only for a valid request (as a create would be)
+        refused = service.check(payload)
+        if refused is not None:
+            return _result_response(refused)
     existing = _conditional_match(service, prefer)
     if existing is not None:
         return existing
@@ -424,7 +428,7 @@ def _condition_match(service: EligibilityService, condition: str, name: str) -> 
         # the failed and the cancelled were not created, as the client was told: its retry creates again
         found, total = service.store.search_requests(params, 2, 0, created_only=True)
     except SearchError as exc:
-        return 400, "invalid", f"{name}: search parameter {quoted(exc.param, bare=True)}: {exc.message}"
+        return 400, "invalid", f"{name}: {_parameter_label(exc.param, QUOTE_LIMIT, bare=True)}: {exc.message}"
     if total == 0:
         return None
     if total > 1:
@@ -675,8 +679,8 @@ def _search(resource_type: str, given: dict[str, list[str]] | None = None) -> Re
         search = getattr(_service().store, _RESOURCES[resource_type])
         resources, total = search(params, count, offset, until=until)
     except SearchError as exc:
-        return outcome_response(400, exc.code, f"search parameter {quoted(exc.param, bare=True)}: {exc.message}",
-                                expression=_parameter_expression(exc.param))
+        text = f"{_parameter_label(exc.param, QUOTE_LIMIT, bare=True)}: {exc.message}"
+        return outcome_response(400, exc.code, text, expression=_parameter_expression(exc.param))
     base = base_url()
     kept = [(k, v) for k, values in params.items() if k not in ("_count", "_offset") for v in values]
     kept.append((SNAPSHOT, until.isoformat().replace("+00:00", "Z")))
@@ -727,17 +731,29 @@ def _supported(resource_type: str, name: str) -> bool:
     return base in _SEARCH_PARAMS[resource_type] or (not modifier and base in _RESULT_PARAMS)
 
 
-def _parameter_expression(name: str) -> str:
+def _parameter_expression(name: str) -> str | None:
     """A search parameter's name as an issue's expression: a client's name of 2 MB (a POST _search body) is not
-    repeated whole; the issue's text says how long it was."""
+    repeated whole; the issue's text says how long it was. None for a parameter without a name (``?=x``): an
+    expression is never empty (FHIR strings are not)."""
+    if not name.strip():
+        return None
     return name if len(name) <= 64 else name[:64] + "..."
 
 
+def _parameter_label(name: str, limit: int = 64, *, bare: bool = False) -> str:
+    """``search parameter <name>`` as an error says it; ``?=x`` is a search parameter without a name. A name with
+    characters that do not print (a control character) is always quoted, escaped: bare, they vanish from the text."""
+    if not name.strip():
+        return f"a search parameter without a name ({quoted(name)})" if name else "a search parameter without a name"
+    return f"search parameter {quoted(name, limit, bare=bare and name.isprintable())}"
+
+
 def _ignored_issue(resource_type: str, name: str, severity: str, what: str) -> dict[str, Any]:
-    text = (f"search parameter {quoted(name, 64)} is not supported on {resource_type} and was {what} (supported: "
+    text = (f"{_parameter_label(name)} is not supported on {resource_type} and was {what} (supported: "
             f"{', '.join(sorted(_SEARCH_PARAMS[resource_type]))}, {', '.join(sorted(_RESULT_PARAMS))})")
+    expression = _parameter_expression(name)
     return {"severity": severity, "code": "not-supported", "details": {"text": text},
-            "expression": [_parameter_expression(name)]}
+            **({"expression": [expression]} if expression is not None else {})}
 
 
 def _refuse_control_characters(params: dict[str, list[str]]) -> None:
@@ -881,6 +897,9 @@ def _batch_prepare(service: EligibilityService, item: Any, wanted: str) -> Any:
     kind, resource, where, condition = item
     try:
         if condition is not None:   # a conditional create, as the If-None-Exist header makes one
+            refused = service.check(resource)   # a match answers a valid request only
+            if refused is not None:
+                return _entry_result(kind, refused, wanted)
             found = _batch_condition(service, condition, where, wanted)
             if found is not None:
                 return found

@@ -19,8 +19,9 @@ from gateway.errors import quoted
 from gateway.fhir.models import model_class
 from gateway.translate.errors import Problem
 
-_JSON_NAMES = {bool: "a boolean", int: "a number", float: "a number", str: "a string", dict: "an object",
+JSON_NAMES = {bool: "a boolean", int: "a number", float: "a number", str: "a string", dict: "an object",
                list: "an array", type(None): "null"}
+NOT_A_RESOURCE = "this element is not a resource: only a resource has a resourceType"
 _WANTED = {"boolean": "true or false", "integer": "a whole JSON number", "decimal": "a JSON number",
            "string": "a JSON string", "complex": "a JSON object", "resource": "a JSON object (a resource)"}
 
@@ -53,6 +54,8 @@ def _walk(value: dict[str, Any], klass: Any, path: str, problems: list[Problem])
     for name, item in value.items():
         spec = fields.get(name)
         if spec is None:
+            if name == "fhir_comments":   # the models' own key for comments in JSON, not a FHIR element
+                problems.append(Problem(f"{path}.{name}", "this element is not part of the resource", code="structure"))
             continue   # an unknown element: the model reports it
         where = f"{path}.{name}"
         if item is None:   # the models read a null as absent, so "coverage": null passed as if it were there
@@ -60,7 +63,7 @@ def _walk(value: dict[str, Any], klass: Any, path: str, problems: list[Problem])
             continue
         if spec.many:
             if not isinstance(item, list):
-                problems.append(Problem(where, f"expected an array here, not {_JSON_NAMES.get(type(item), 'this')}",
+                problems.append(Problem(where, f"expected an array here, not {JSON_NAMES.get(type(item), 'this')}",
                                         code="structure"))
                 continue
             # the one null FHIR JSON has: in a primitive array (given) or its extensions (_given), a place-holder
@@ -94,14 +97,17 @@ def _check(item: Any, spec: _Field, where: str, problems: list[Problem]) -> None
     else:
         return
     if not ok:
-        problems.append(Problem(where, f"expected {_WANTED[kind]} here, not {_JSON_NAMES.get(actual, 'this')}",
+        problems.append(Problem(where, f"expected {_WANTED[kind]} here, not {JSON_NAMES.get(actual, 'this')}",
                                 code="value"))
         return
     if kind == "string" and spec.codes is not None and item not in spec.codes:
         problems.append(Problem(where, f"{quoted(item, 40)} is not one of the codes this element allows "
                                        f"({', '.join(sorted(spec.codes))})", code="code-invalid"))
     elif kind == "complex":
-        _walk(item, spec.target.get_model_klass(), where, problems)
+        klass = spec.target.get_model_klass()
+        if "resourceType" in item:   # the models take one that names the data type itself
+            problems.append(Problem(f"{where}.resourceType", NOT_A_RESOURCE, code="structure"))
+        _walk(item, klass, where, problems)
     elif kind == "resource":
         try:
             inner = model_class(item["resourceType"])

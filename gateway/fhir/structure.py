@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 from pydantic import ValidationError
 
 from gateway.errors import QUOTE_LIMIT, quoted
-from gateway.fhir.json_types import json_type_problems
-from gateway.fhir.models import validate_structure
+from gateway.fhir.json_types import JSON_NAMES, NOT_A_RESOURCE, json_type_problems
+from gateway.fhir.models import resource_kind, validate_structure
 from gateway.translate.errors import Problem
 
 MAX_DEPTH = 48   # FHIR resources nest a dozen levels; deeper input is refused before validation
@@ -21,20 +23,63 @@ def structure_problems(resource: dict[str, Any], path: str | None = None) -> lis
     """Every structural problem fhir.resources finds, and every value of the wrong JSON type or outside a required
     binding (which its models let through: see :mod:`gateway.fhir.json_types`), each with a FHIRPath expression."""
     root = path or str(resource.get("resourceType") or "Resource")
+    kinds = resource_type_problems(resource, root)
+    if kinds:   # the models would fail on it with their own words (or Python's), at the resource's root
+        return kinds + json_type_problems(resource, root)
     try:
         typed = json_type_problems(resource, root)
         validate_structure(resource)
     except ValidationError as exc:
         seen = {p.fhir_path for p in typed}
-        return typed + [problem for problem in (
-            Problem(_path(root, error.get("loc") or ()), _message(error), code=_CODES.get(error.get("type", ""),
-                                                                                          "value"))
-            for error in exc.errors(include_url=False, include_input=False)) if problem.fhir_path not in seen]
+        found = []
+        for error in exc.errors(include_url=False, include_input=False):
+            where = _path(root, error.get("loc") or ())
+            # a value of the wrong JSON type (or a null) was said at its own path: what the model then finds in it,
+            # or says of the array around a null, is the same problem in its words
+            if where in seen or _within(where, seen) or (error.get("type") == "list_type" and _around(where, seen)):
+                continue
+            found.append(Problem(where, _message(error, resource, error.get("loc") or ()),
+                                 code=_CODES.get(error.get("type", ""), "value")))
+        return typed + found
     except RecursionError:
         return [Problem(root, "the resource nests too deeply to check", code="too-costly")]
     except (KeyError, LookupError, TypeError, ValueError) as exc:
         return [Problem(root, f"not a FHIR resource this server knows: {quoted(exc, bare=True)}", code="structure")]
     return typed
+
+
+def resource_type_problems(resource: dict[str, Any], root: str) -> list[Problem]:
+    """A resourceType that names no resource type, of the resource or of one it contains, said where it is."""
+    problems = []
+    contained = resource.get("contained")
+    for where, item in [(root, resource), *((f"{root}.contained[{index}]", item) for index, item in
+                                            enumerate(contained if isinstance(contained, list) else []))]:
+        if not isinstance(item, dict):
+            continue   # json_type_problems says a contained resource is an object
+        problem = _resource_type_problem(item.get("resourceType", _MISSING), f"{where}.resourceType")
+        if problem is not None:
+            problems.append(problem)
+    return problems
+
+
+_MISSING = object()
+
+
+def _resource_type_problem(kind: Any, where: str) -> Problem | None:
+    if kind is _MISSING:
+        return Problem(where, "a resource names its type in resourceType, and this one has none", code="required")
+    if not isinstance(kind, str):
+        return Problem(where, "expected a JSON string naming a resource type here, not "
+                              f"{JSON_NAMES.get(type(kind), 'this')}", code="structure")
+    found = resource_kind(kind)
+    if found == "resource":
+        return None
+    shown = quoted(kind, 64)
+    why = {"abstract": f"{shown} is the abstract base of resources; name the resource's own type (Patient, "
+                       "Coverage, Organization ...)",
+           "datatype": f"{shown} is a FHIR data type, not a resource type"}.get(found,
+                                                                                 f"{shown} is not a FHIR resource type")
+    return Problem(where, why, code="structure")
 
 
 def invariant_problems(resource: dict[str, Any], path: str | None = None) -> list[Problem]:
@@ -77,15 +122,35 @@ def payload_problems(request: dict[str, Any], bundle: dict[str, Any] | None) -> 
         bare = {**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
                                     for e in entries]} if isinstance(entries, list) else bundle
         problems.extend(structure_problems(bare, "Bundle"))
+    full_urls: dict[str, list[Any]] = {}   # fullUrl -> the versionIds of the entries under it
     for index, entry in enumerate((bundle or {}).get("entry") or []):
+        where = f"Bundle.entry[{index}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("fullUrl", ""), str):
-            problems.append(Problem(f"Bundle.entry[{index}]", "an entry is an object whose fullUrl is a string",
-                                    code="structure"))
+            problems.append(Problem(where, "an entry is an object whose fullUrl is a string", code="structure"))
             continue
         resource = entry.get("resource")
+        if "resource" in entry and not isinstance(resource, dict):
+            # the Bundle's own check leaves the entries' resources out: read as absent, its references were
+            # looked for elsewhere (and fetched from the EHR when its host is allowed)
+            problems.append(Problem(f"{where}.resource", "expected a JSON object here (a resource), not "
+                                    f"{JSON_NAMES.get(type(resource), 'this')}", code="structure"))
+            continue
+        if resource is None and not entry.get("request") and not entry.get("response"):
+            problems.append(Problem(f"{where}.resource", "an entry without a request or response holds a resource "
+                                    "(bdl-5)", code="required"))
+            continue
+        url = entry.get("fullUrl")
+        if url:
+            meta = resource.get("meta") if isinstance(resource, dict) else None
+            version = meta.get("versionId") if isinstance(meta, dict) else None
+            seen = full_urls.setdefault(url, [])
+            if seen and (version is None or version in seen or None in seen):
+                problems.append(Problem(f"{where}.fullUrl", f"another entry has the fullUrl {quoted(url)}: a reference "
+                                        "to it would be ambiguous (bdl-7)", code="structure"))
+            seen.append(version)
         if isinstance(resource, dict) and resource is not request:
-            problems.extend(structure_problems(resource, f"Bundle.entry[{index}].resource"))
-            problems.extend(invariant_problems(resource, f"Bundle.entry[{index}].resource"))
+            problems.extend(structure_problems(resource, f"{where}.resource"))
+            problems.extend(invariant_problems(resource, f"{where}.resource"))
     return problems
 
 
@@ -94,22 +159,120 @@ def _path(root: str, loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("__root__",) or str(part).startswith("function-"):
+        elif part in ("__root__", "root") or str(part).startswith("function-"):   # pydantic's, not FHIR's
             continue
         else:
             out += f".{_RENAMED.get(str(part), part)}"
     return out
 
 
-def _message(error: dict[str, Any]) -> str:
+def _within(path: str, paths: set[str]) -> bool:
+    """Whether ``path`` lies inside one of ``paths`` (an element or array entry under it)."""
+    return any(path.startswith((outer + ".", outer + "[")) for outer in paths)
+
+
+def _around(path: str, paths: set[str]) -> bool:
+    """Whether one of ``paths`` lies inside ``path``."""
+    return any(inner.startswith((path + ".", path + "[")) for inner in paths)
+
+
+# the fhir.resources checks of FHIR's primitive formats, and what FHIR says each is (datatypes.html)
+_FORMATS = {
+    "Date value string does not match spec regex.": "not a FHIR date: YYYY, YYYY-MM or YYYY-MM-DD (years 0001 to "
+                                                    "9999)",
+    "DateTime value string does not match spec regex.": "not a FHIR dateTime: YYYY, YYYY-MM, YYYY-MM-DD or "
+                                                        "YYYY-MM-DDThh:mm:ss(.sss) with its time zone (Z or +hh:mm; "
+                                                        "years 0001 to 9999)",
+    "Instant value string does not match spec regex.": "not a FHIR instant: YYYY-MM-DDThh:mm:ss(.sss) with its time "
+                                                       "zone (Z or +hh:mm; years 0001 to 9999)",
+    "Time value string does not match spec regex.": "not a FHIR time: hh:mm:ss(.sss)",
+}
+_PATTERNS = {
+    r"^[A-Za-z0-9\-.]+$": "not a FHIR id: 1 to 64 letters, digits, '-' and '.'",
+    r"^[^\s]+(\s[^\s]+)*$": "not a FHIR code: not empty, no white space at either end and no two white space "
+                             "characters in a row",
+    "[ \r\n\t\\S]+": "not a FHIR string: it holds nothing but white space other than spaces, tabs and line "
+                       "breaks",
+}
+_PYTHON_TYPES = {"<class 'bool'>": "a boolean", "<class 'int'>": "a number", "<class 'float'>": "a number",
+                 "<class 'str'>": "a string", "<class 'list'>": "an array", "<class 'dict'>": "an object",
+                 "<class 'NoneType'>": "null"}
+_CHOICE = re.compile(r"Any of one field value is expected from this list \[(.*)\], but got multiple")
+
+
+def _message(error: dict[str, Any], resource: Any = None, loc: tuple[Any, ...] = ()) -> str:
+    """The model's complaint in the words of FHIR JSON: no Python types, regular expressions or class names; a
+    string value the format check refused is quoted."""
     kind = error.get("type", "")
+    context = error.get("ctx") or {}
+    reason = str(context.get("error") or "")
+    value = _at(resource, loc)
+    this = f"{quoted(value, 40)} is " if isinstance(value, str) else ""
     if kind in ("missing", "model_field_validation.missing"):
         return "this element is required"
     if kind == "json_invalid":   # a string where an object belongs: pydantic tried to read the string as JSON
         return "expected a JSON object here, not a string"
     if kind == "extra_forbidden":
         return "this element is not part of the resource"
+    if reason in _FORMATS:
+        return this + _FORMATS[reason]
+    if kind in ("date_from_datetime_parsing", "datetime_from_date_parsing", "date_parsing", "datetime_parsing"):
+        return f"{this}not a date that exists" + (f": {reason}" if reason else "")
+    if kind == "date_from_datetime_inexact":
+        return f"{this}not a FHIR date: a date has no time of day"
+    if kind in ("string_pattern_mismatch", "string_too_short") and value == "":
+        return "an empty string is not a FHIR value: leave the element out"
+    if kind == "less_than_equal":   # an integer is a 32-bit signed number in FHIR
+        return f"larger than this element allows (at most {context.get('le')})"
+    if kind == "greater_than_equal":
+        return f"smaller than this element allows (at least {context.get('ge')})"
+    if kind == "string_too_long":
+        return f"{this}longer than the {context.get('max_length')} characters this element takes"
+    if kind == "string_pattern_mismatch":
+        pattern = str(context.get("pattern") or "")
+        return this + _PATTERNS.get(pattern, f"not of the form this element takes (the pattern {pattern})")
+    if kind == "string_too_short" and str(context.get("min_length")) == "1":
+        return "an empty string is not a FHIR value: leave the element out"
+    if kind == "string_unicode":
+        return "not Unicode text (a lone surrogate?)"
+    if kind in ("model_validation_format", "model_type"):
+        wanted = context.get("model_class") or context.get("class_name") or ""
+        got = _PYTHON_TYPES.get(str(context.get("type")), "")
+        return f"expected a JSON object here ({wanted})" + (f", not {got}" if got else "")
+    if kind == "list_type" and str(error.get("msg", "")).startswith("None is not allowed"):
+        return "null is not a FHIR JSON value in this array (only as a place-holder beside the extensions of a " \
+               "primitive array)"
+    if kind == "fhir-validation-wrong-resource-type":
+        return NOT_A_RESOURCE
+    choice = _CHOICE.search(reason or str(error.get("msg", "")))
+    if choice:
+        return _choice_message(re.findall(r"'([^']+)'", choice.group(1)), _at(resource, loc))
     return str(error.get("msg") or kind)
+
+
+def _at(value: Any, loc: tuple[Any, ...]) -> Any:
+    """The object at a pydantic location inside ``value`` (None when it cannot be followed)."""
+    for part in loc:
+        part = _RENAMED.get(part, part) if isinstance(part, str) else part
+        if part in ("__root__", "root"):
+            continue
+        if isinstance(value, dict) and isinstance(part, str):
+            value = value.get(part)
+        elif isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
+            value = value[part]
+        else:
+            return None
+    return value
+
+
+def _choice_message(names: list[str], holder: Any) -> str:
+    """A choice element (``value[x]``, ``serviced[x]``) given more than once: which of its names were given."""
+    stem = os.path.commonprefix(names) if names else ""
+    while stem and stem[-1].isupper():   # valueDate, valueDateTime: the stem is value
+        stem = stem[:-1]
+    given = [name for name in names if isinstance(holder, dict) and name in holder]
+    shown = f"{', '.join(given[:-1])} and {given[-1]}" if len(given) > 1 else "more than one of its names"
+    return f"{stem}[x] takes one value, and {shown} were given" if stem else f"{shown} were given: give only one"
 
 
 def json_shape(value: Any, limit: int) -> tuple[bool, bool]:

@@ -232,6 +232,8 @@ class AuditStore:
         this call cancelled it, ``"gone"`` when it was cancelled before (two DELETEs at once: one of them did it),
         the status that stopped it (``sent``, ``answered`` ...: nothing changes), or None for an unknown id. Atomic
         against ``record_sent`` and against another cancel."""
+        if not _storable(id):
+            return None
         with self._writer.begin() as connection:
             found = connection.execute(select(_RECORDS.c.status, _RECORDS.c.received_at, _RECORDS.c.request)
                                        .where(_RECORDS.c.id == id)).first()
@@ -255,6 +257,8 @@ class AuditStore:
         """The client is done with a finished transaction's asynchronous status URL (FHIR's DELETE on it): True when
         released now; False when it was already, or is not finished (``answered`` or ``failed``), or is unknown.
         The record stays; only ``released_at`` is set."""
+        if not _storable(id):
+            return False
         with self._writer.begin() as connection:
             done = connection.execute(_RECORDS.update().where(
                 _RECORDS.c.id == id, _RECORDS.c.status.in_(("answered", "failed")), _RECORDS.c.released_at.is_(None))
@@ -332,17 +336,23 @@ class AuditStore:
     # -- reading --------------------------------------------------------------------------------------
     def record(self, id: str) -> EligibilityRecord | None:
         """The whole row (detached), identifiers included."""
+        if not _storable(id):
+            return None
         with self.sessions() as session:
             return session.scalars(select(EligibilityRecord).where(EligibilityRecord.id == id)
                                    .options(selectinload(EligibilityRecord.identifiers))).first()
 
     def get_request(self, id: str) -> dict[str, Any] | None:
         """The CoverageEligibilityRequest as received, with the id the gateway gave it."""
+        if not _storable(id):
+            return None
         with self.sessions() as session:
             row = session.execute(select(EligibilityRecord.request).where(EligibilityRecord.id == id)).first()
         return None if row is None else {**row.request, "id": id}
 
     def get_response(self, response_id: str) -> dict[str, Any] | None:
+        if not _storable(response_id):
+            return None
         with self.sessions() as session:
             row = session.execute(select(EligibilityRecord.response)
                                   .where(EligibilityRecord.response_id == response_id)).first()
@@ -556,3 +566,10 @@ def _milliseconds(start: datetime | None, end: datetime | None) -> float | None:
 
 def _aware(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value  # naive means UTC, as in the columns
+
+
+def _storable(id: str) -> bool:
+    """Whether ``id`` could be stored at all: PostgreSQL's text holds no NUL (it refuses the query itself, which the
+    API would answer as the store being down, 503), and no id the gateway gives has one. Looked up, such an id is
+    simply not known, in every store alike."""
+    return "\x00" not in id

@@ -553,6 +553,10 @@ def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tupl
             if not coding or not coding.get("code"):
                 g.problems.append(Problem(f"{path}.productOrService", "the productOrService has no coded procedure "
                                           "(text alone cannot be sent)", code="required", x12="2110C EQ02-2"))
+            elif not coding.get("system"):
+                g.problems.append(Problem(f"{path}.productOrService", f"procedure code {quoted(coding['code'])} has "
+                                          "no system: name the code system (CPT, HCPCS, CDT, NDC ...)",
+                                          code="required", x12="2110C EQ02-1"))
             elif not qualifier:
                 system = quoted(coding.get("system"))
                 g.problems.append(Problem(f"{path}.productOrService", f"procedure code system {system} has no X12 "
@@ -673,8 +677,10 @@ def _service_dates(g: _Gather, request: dict[str, Any]) -> list[Value] | None:
     if period:
         start, end = (period.get("start") or "")[:10], (period.get("end") or "")[:10]
         if not _FULL_DATE.match(start):
-            g.problems.append(Problem(f"{CER}.servicedPeriod.start", "the period needs a start date", code="value",
-                                      x12="DTP03"))
+            given = period.get("start")
+            g.problems.append(Problem(f"{CER}.servicedPeriod.start", f"{quoted(given)} is not a full date (the period "
+                                      "starts on a day)" if given else "the period needs a start date",
+                                      code="value", x12="DTP03"))
             return None
         if not end or end == start:
             if not end:

@@ -1469,7 +1469,7 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
     elif has_patient or r.items:
         holder = subscriber_person or patient_person
         coverage: dict[str, Any] = {"resourceType": "Coverage", "id": "coverage", "status": "active",
-                                    "beneficiary": {"reference": "#patient"}, "payor": [insurer_ref]}
+                                    "beneficiary": dict(patient_ref), "payor": [insurer_ref]}
         if holder.member_id:
             coverage["subscriberId"] = holder.member_id
         relationship = patient_person.relationship or ("self" if subscriber_person is None else None)
@@ -1510,7 +1510,7 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
     for resource in r.contained.values():
         if resource:
             if resource["resourceType"] == "Coverage":   # another coverage (EB*R) of this patient: the request's
-                resource["beneficiary"] = patient_ref     # Patient in the gateway, where no #patient is contained
+                resource["beneficiary"] = dict(patient_ref)   # Patient in the gateway, where no #patient is contained
             contained.append(resource)
 
     insurance: list[dict[str, Any]] = []

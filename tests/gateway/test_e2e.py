@@ -246,6 +246,30 @@ def test_conditional_create_answers_a_retry_without_asking_the_payer_again(gatew
         outcome_issue(gateway.post(f"/{CER}", payload, headers={"If-None-Exist": bad}), 400, "invalid")
 
 
+def test_a_conditional_create_whose_condition_matches_still_refuses_a_body_that_is_no_request(gateway: Gateway,
+                                                                                             simulator):
+    """The condition was looked up before the body was read as a request: with a request stored under it, a body
+    {"resourceType": "Patient"} (or a request with a status that is no code) was answered 200 with the stored one,
+    as if the client had sent a valid request. The batch form (ifNoneExist) did the same."""
+    payload = copy.deepcopy(fhir_request("subscriber-generic"))
+    identifier = payload["entry"][0]["resource"]["identifier"][0]
+    identifier["value"] += "-CHECKED"
+    condition = f"identifier={identifier['system']}|{identifier['value']}"
+    assert gateway.post(f"/{CER}", payload, headers={"If-None-Exist": condition}).status_code == 201
+    broken = copy.deepcopy(payload)
+    broken["entry"][0]["resource"]["status"] = "nonsense"
+    for body, code, where in (({"resourceType": "Patient", "id": "x"}, "structure", "resourceType"),
+                              (broken, "code-invalid", f"{CER}.status")):
+        issue = outcome_issue(gateway.post(f"/{CER}", body, headers={"If-None-Exist": condition}), 400, code)
+        assert issue["expression"] == [where]
+        entry = {"request": {"method": "POST", "url": CER, "ifNoneExist": condition}, "resource": body}
+        [answer] = gateway.post("/", {"resourceType": "Bundle", "type": "batch", "entry": [entry]}).json()["entry"]
+        assert answer["response"]["status"].startswith("400") and "resource" not in answer
+        assert answer["response"]["outcome"]["issue"][0]["expression"] == [where]
+    # the valid retry is still answered with the stored request
+    assert gateway.post(f"/{CER}", payload, headers={"If-None-Exist": condition}).status_code == 200
+
+
 def test_a_conditional_retry_after_the_payer_failed_asks_the_payer_again(gateway: Gateway, simulator):
     """The first create was a 502 (nothing created, as the client was told): its retry under the same
     If-None-Exist must create and ask again, not answer 200 with the failed request."""
@@ -655,6 +679,34 @@ def test_wrong_resource_type(gateway: Gateway):
     outcome_issue(gateway.post(f"/{CER}/$submit", {"resourceType": "Patient", "id": "x"}), 400, "structure")
 
 
+@pytest.mark.parametrize(("kind", "words"), [(False, "not a boolean"), ("Coding", "a FHIR data type"),
+                                             ("Resource", "abstract base")])
+def test_an_entry_whose_resource_type_names_no_resource_is_400_at_its_resource_type(gateway: Gateway, kind, words):
+    """resourceType false on the Coverage entry was answered with Python's words ("unsupported operand type(s) for
+    +: 'bool' and 'str'") at the entry; "Coding" or "Resource" there passed the structural check."""
+    payload = copy.deepcopy(fhir_request("subscriber-generic"))
+    payload["entry"][2]["resource"]["resourceType"] = kind
+    issue = outcome_issue(gateway.post(f"/{CER}/$submit", payload), 400, "structure")
+    assert issue["expression"] == ["Bundle.entry[2].resource.resourceType"]
+    assert words in issue["details"]["text"]
+
+
+@pytest.mark.parametrize(("change", "path", "code", "words"), [
+    (lambda entries: entries[2].update(resource=5), "Bundle.entry[2].resource", "structure", "not a number"),
+    (lambda entries: entries[2].pop("resource"), "Bundle.entry[2].resource", "required", "bdl-5"),
+    (lambda entries: entries.append(copy.deepcopy(entries[1])), "Bundle.entry[5].fullUrl", "structure", "bdl-7"),
+])
+def test_an_entry_without_a_resource_or_under_a_taken_full_url_is_400_naming_it(gateway: Gateway, change, path, code,
+                                                                               words):
+    """The Coverage entry's resource 5 (or none) was a 422 that the EHR's host may not be asked for the Coverage
+    (with the host allowed, the EHR's copy stood in for the client's); a second Patient entry under the same
+    fullUrl was answered 200 with one of the two."""
+    payload = copy.deepcopy(fhir_request("subscriber-generic"))
+    change(payload["entry"])
+    issue = outcome_issue(gateway.post(f"/{CER}/$submit", payload), 400, code)
+    assert issue["expression"] == [path] and words in issue["details"]["text"]
+
+
 def test_an_unknown_element_on_the_bundle_itself_is_refused(gateway: Gateway):
     payload = copy.deepcopy(fhir_request("subscriber-generic"))
     payload["colour"] = "blue"
@@ -770,6 +822,18 @@ def test_wrong_content_type_and_method(gateway: Gateway):
     assert gateway.post(f"/{CER}/abc", {}).headers["Allow"] == "GET"
     outcome_issue(gateway.session.get(f"{gateway.url}/{CER}//x", timeout=10, allow_redirects=False), 404,
                   "not-found")
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", f"/{CER}/%00"), ("HEAD", f"/{CER}/a%00b"),
+                                            ("GET", f"/{RESPONSE}/%00"), ("GET", "/_async/%00"),
+                                            ("DELETE", "/_async/%00")])
+def test_an_id_with_a_nul_character_is_not_known_in_every_store(gateway: Gateway, method: str, path: str):
+    """PostgreSQL refuses a query holding a NUL: such a read was answered 503, "the audit store is unavailable;
+    retry later" (and logged as a store failure), where SQLite said 404."""
+    response = gateway.session.request(method, gateway.url + path, timeout=10)
+    assert response.status_code == 404
+    if method != "HEAD":
+        outcome_issue(response, 404, "not-found")
 
 
 @pytest.mark.parametrize(("headers", "words"), [
@@ -1006,6 +1070,38 @@ def test_empty_insurer_is_stored_as_the_payer_asked(gateway: Gateway):
     assert created["insurer"] == {"reference": "Organization/org-acme"}
     found = gateway.get(f"/{CER}", params={"insurer": "Organization/org-acme"}).json()
     assert created["id"] in {e["resource"]["id"] for e in found["entry"]}
+
+
+def test_empty_insurer_with_a_bundle_local_or_contained_payor_is_stored_valid(gateway: Gateway):
+    """With "insurer": {} and the Coverage's payor a urn:uuid entry, the request was stored without an insurer (which
+    a CoverageEligibilityRequest must have): the 201 and every later read were invalid FHIR. The payor is now
+    contained like the other Bundle-local resources; a payor only the Coverage entry itself contains (it is not
+    stored) leaves the payer id the 270 went to."""
+    from gateway.fhir.models import validate_structure
+
+    payload = copy.deepcopy(fhir_request("dependent-generic"))
+    request = next(e["resource"] for e in payload["entry"] if e["resource"]["resourceType"] == CER)
+    request["insurer"] = {}
+    created = gateway.post(f"/{CER}", payload)
+    assert created.status_code == 201, created.text
+    body = created.json()
+    validate_structure(body)
+    payer = next(c for c in body["contained"] if f"#{c['id']}" == body["insurer"]["reference"])
+    assert payer["resourceType"] == "Organization" and payer["name"] == "Acme Health Plan"
+
+    payload = copy.deepcopy(fhir_request("dependent-generic"))
+    entries = {e["resource"]["resourceType"]: e["resource"] for e in payload["entry"]}
+    entries[CER]["insurer"] = {}
+    organization = next(e for e in payload["entry"] if e["resource"]["resourceType"] == "Organization"
+                        and "payerid" in json.dumps(e["resource"]))
+    payload["entry"].remove(organization)
+    entries["Coverage"]["contained"] = [{**organization["resource"], "id": "payer"}]
+    entries["Coverage"]["payor"] = [{"reference": "#payer"}]
+    created = gateway.post(f"/{CER}", payload)
+    assert created.status_code == 201, created.text
+    validate_structure(created.json())
+    assert created.json()["insurer"] == {"identifier": {"system": "https://fhir-x12-gateway.dev/fhir/sid/payer-id",
+                                                        "value": "ACME01"}}
 
 
 def test_abandoned_async_request_is_reported(gateway: Gateway):

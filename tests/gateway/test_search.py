@@ -283,6 +283,40 @@ def test_bad_values_of_supported_parameters_are_400_in_both_modes(gateway: Gatew
         assert refused.json()["resourceType"] == "OperationOutcome"
 
 
+@pytest.mark.parametrize("query", ["=", "=x", "status=active&=x"])
+def test_a_parameter_without_a_name_is_ignored_or_refused_with_a_valid_outcome(gateway: Gateway, query: str):
+    """``?=x`` is a parameter without a name: its warning (and its strict 400) carried ``"expression": [""]``,
+    which is not FHIR (a string is never empty), so the Bundle itself was invalid."""
+    from gateway.fhir.models import validate_structure
+
+    lenient = gateway.get(f"/{CER}?{query}")
+    assert lenient.status_code == 200, lenient.text
+    bundle = lenient.json()
+    validate_structure(bundle)
+    [outcome] = outcome_entries(bundle)
+    [issue] = outcome["resource"]["issue"]
+    assert "expression" not in issue and "without a name" in issue["details"]["text"]
+    strict = gateway.get(f"/{CER}?{query}", headers=STRICT)
+    assert strict.status_code == 400
+    validate_structure(strict.json())
+    [issue] = strict.json()["issue"]
+    assert "expression" not in issue and "without a name" in issue["details"]["text"]
+    refused = gateway.get(f"/{CER}?{query}%01")   # a control character: a 400 that names it all the same
+    assert refused.status_code == 400
+    assert refused.json()["issue"][0]["details"]["text"] == "a search parameter without a name: holds control " \
+        "characters"
+
+
+def test_a_parameter_name_with_a_control_character_is_quoted_escaped(gateway: Gateway):
+    """Said bare, "search parameter \x01x: holds control characters" showed as "search parameter x: ..." (the
+    character does not print): the name the client must fix was not the one it read."""
+    refused = gateway.get(f"/{CER}?%01x=1")
+    assert refused.status_code == 400
+    assert refused.json()["issue"][0]["details"]["text"] == "search parameter '\\x01x': holds control characters"
+    plain = gateway.get(f"/{CER}?status=%01")   # a printable name is said bare, as before
+    assert plain.json()["issue"][0]["details"]["text"] == "search parameter status: holds control characters"
+
+
 def test_a_query_string_that_is_not_utf8_is_refused(gateway: Gateway):
     """%FF%FE decodes to no UTF-8: searched as the escapes themselves, it would be another query than the client's."""
     refused = requests.get(f"{gateway.url}/{CER}?identifier=%FF%FE", headers=gateway.session.headers, timeout=10)

@@ -303,6 +303,16 @@ def test_a_reversed_service_period_and_too_many_items_are_refused():
     assert "at most 99" in found["CoverageEligibilityRequest.item"]
 
 
+@pytest.mark.parametrize(("start", "words"), [("2025-03", "'2025-03' is not a full date (the period starts on a day)"),
+                                             (None, "the period needs a start date")])
+def test_a_service_period_without_a_full_start_date_says_which(start, words):
+    """A start of month precision was answered "the period needs a start date", as if there were none."""
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(request__servicedPeriod={"end": "2025-03-31", **({"start": start} if start else {})}))
+    assert [(p.fhir_path, p.message) for p in caught.value.problems] == [
+        ("CoverageEligibilityRequest.servicedPeriod.start", words)]
+
+
 def test_trn03_pads_only_what_is_sent():
     result = build_270(bundle(), load_tables(), envelope=ENV, limits=element_limits(), originator="A B*C")
     assert ["TRN", "1", "REQ-9", "9ABC000000"] in segs(result.text)
@@ -406,6 +416,9 @@ def test_the_same_patient_by_another_reference_form_is_the_same_person():
      "CoverageEligibilityRequest.item[0].category", "has no code"),
     ({"productOrService": {"text": "office visit"}}, "CoverageEligibilityRequest.item[0].productOrService",
      "no coded procedure"),
+    # was "procedure code system None has no X12 qualifier": Python's None for a system the client left out
+    ({"productOrService": {"coding": [{"code": "99213"}]}}, "CoverageEligibilityRequest.item[0].productOrService",
+     "procedure code '99213' has no system: name the code system (CPT, HCPCS, CDT, NDC ...)"),
 ])
 def test_an_item_without_a_code_is_refused_not_replaced_by_the_generic_question(item, path, words):
     with pytest.raises(TranslationError) as caught:

@@ -200,6 +200,33 @@ def test_responses_are_matched_to_requests_by_trace():
     assert "contained" not in r.resource or all(c["id"] != "patient" for c in r.resource["contained"])
 
 
+def _gateway_context(coverage):
+    def context_for(traces):
+        return ResponseContext(patient={"reference": "Patient/9"}, insurer={"reference": "Organization/p"},
+                               coverage=coverage, request={"reference": "CoverageEligibilityRequest/r"},
+                               purpose=["benefits"])
+    return context_for
+
+
+@pytest.mark.parametrize(("coverage", "benefits", "contained_id"), [
+    # another coverage the payer names (EB*R and its 2120C payer)
+    ({"reference": "Coverage/c"}, [("EB", ["R", "", "30", "MB"]), ("LS", ["2120"]),
+                                   ("NM1", ["PR", "2", "OTHER PLAN", "", "", "", "", "PI", "OTH1"]), ("LE", ["2120"])],
+     "other-coverage-1"),
+    # the coverage asked about, built from the 271 when the request's reference was empty ("coverage": {})
+    (None, [], "coverage"),
+])
+def test_a_coverage_built_for_the_response_is_the_requests_patients(coverage, benefits, contained_id):
+    """Its beneficiary was always #patient, which is contained only when the request named no patient: in the
+    gateway's responses (the request's patient) the reference dangled."""
+    from gateway.fhir.rules import check_response
+
+    r = only(("EB", ["1", "", "30"]), *benefits, context_for=_gateway_context(coverage))
+    built = next(c for c in r.resource["contained"] if c["id"] == contained_id)
+    assert built["beneficiary"] == {"reference": "Patient/9"}
+    assert check_response(r.resource) == []
+
+
 def test_a_table_can_refuse_unknown_codes():
     tables = load_tables()
     from dataclasses import replace
