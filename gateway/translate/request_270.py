@@ -220,8 +220,14 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
     coverage = g.resolver.resolve(focal.get("coverage") if focal else None,
                                   f"{CER}.insurance[{insurances.index(focal) if focal else 0}].coverage",
                                   ("Coverage",), "2100C")
+    named = focal.get("coverage") if focal else None
     if focal is None:
         g.missing("coverage")
+    elif not isinstance(named, dict) or not (named.get("reference") or _identifier_only(named)):
+        # an empty reference ({}, as EHRs send for the insurer) names no coverage: the 270 would search without the
+        # member id, which only a discovery request may do, and then without saying so
+        g.missing("coverage", "the coverage reference names no Coverage: give its reference, or the member id as "
+                              "an identifier typed MB")
     for index, other in enumerate(insurances):
         if other is not focal:
             g.lost("a second coverage cannot be asked about in the same 270 (send another request)",

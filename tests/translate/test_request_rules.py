@@ -162,6 +162,18 @@ def test_validation_purpose_asks_the_generic_question():
     assert ["EQ", "30"] in segs(result.text)
 
 
+@pytest.mark.parametrize("coverage", [{}, {"display": "Acme PPO"}, {"identifier": {"system": "urn:x"}}])
+def test_a_coverage_reference_that_names_no_coverage_is_refused(coverage):
+    """"coverage": {} (as EHRs send "insurer": {}) passed without a problem: the 270 went out without the member
+    id, a search only a discovery request may make, and the response was built as if the member had been named."""
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(request__insurance=[{"focal": True, "coverage": coverage}]))
+    assert caught.value.status == 422
+    assert [(p.fhir_path, p.code, p.message) for p in caught.value.problems] == [
+        ("CoverageEligibilityRequest.insurance.coverage", "required",
+         "the coverage reference names no Coverage: give its reference, or the member id as an identifier typed MB")]
+
+
 def test_discovery_needs_no_member_id():
     result = build(bundle(coverage__subscriberId=None, request__purpose=["discovery"]))
     assert ["NM1", "IL", "1", "ROE", "ANNA"] in segs(result.text)
