@@ -1507,6 +1507,7 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
 
     if ctx and ctx.contained:
         contained = [*ctx.contained, *[c for c in contained if c["id"] not in {x.get("id") for x in ctx.contained}]]
+    copies = {id(c) for c in ctx.contained} if ctx else set()   # the request's resources, copied for the response
     for resource in r.contained.values():
         if resource:
             if resource["resourceType"] == "Coverage":   # another coverage (EB*R) of this patient: the request's
@@ -1538,7 +1539,7 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
         outcome = "partial" if r.items else "error"
     resource: dict[str, Any] = {"resourceType": "CoverageEligibilityResponse", "id": r.id}
     if contained:
-        resource["contained"] = contained
+        resource["contained"] = contained   # its place in the order; the copies nothing uses are left out below
     if r.identifiers:
         resource["identifier"] = r.identifiers
     resource["status"] = "active"
@@ -1569,7 +1570,41 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
         resource["preAuthRef"] = r.pre_auth
     if r.errors:
         resource["error"] = r.errors
+    if copies:
+        used = _used_contained(resource)
+        kept = [c for c in contained if id(c) not in copies or c.get("id") in used]
+        if kept:
+            resource["contained"] = kept
+        else:
+            resource.pop("contained", None)
     return resource
+
+
+def _used_contained(resource: dict[str, Any]) -> set[str]:
+    """The ids of the contained resources ``resource`` references, directly or through one another (dom-3: every
+    contained resource is referenced). A copy of the request's coverage is not when the payer's answer has no
+    insurance to hold it (a rejection: AAA)."""
+    by_id = {c.get("id"): c for c in resource.get("contained") or [] if isinstance(c, dict)}
+
+    def local(value: Any) -> set[str]:
+        if isinstance(value, list):
+            return set().union(*(local(v) for v in value)) if value else set()
+        if not isinstance(value, dict):
+            return set()
+        found = set().union(*(local(v) for k, v in value.items() if k != "contained")) if value else set()
+        reference = value.get("reference")
+        if isinstance(reference, str) and reference.startswith("#") and len(reference) > 1:
+            found.add(reference[1:])
+        return found
+
+    used: set[str] = set()
+    todo = local(resource)
+    while todo:
+        name = todo.pop()
+        if name not in used and name in by_id:
+            used.add(name)
+            todo |= local(by_id[name])
+    return used
 
 
 def _disposition(r: _Response, outcome: str) -> str:

@@ -623,6 +623,11 @@ def test_aaa_42_is_retried_then_reported(gateway: Gateway, simulator):
     assert body["request"]["reference"].startswith(f"{CER}/")
     sent = fhir_request("subscriber-generic")["entry"][0]["resource"]["patient"]["reference"]
     assert body["patient"] == {"reference": f"https://ehr.riverbend.example/fhir/{sent}"}
+    # a Bundle of urn:uuid entries: the response holds copies of what it references, and no copy of the coverage
+    # it has no insurance for (dom-3; it was kept, referenced by nothing)
+    local = gateway.post(f"/{CER}/$submit", with_member_id("urn-uuid-bundle", "SIMAAA420005")).json()
+    assert local["outcome"] == "error" and "insurance" not in local
+    assert check_response(local) == []
 
 
 def test_data_errors_are_not_retried(gateway: Gateway, simulator):

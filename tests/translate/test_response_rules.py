@@ -157,6 +157,30 @@ def test_aaa_above_the_patient_gives_one_error_response():
     assert "2100A" in resource["error"][0]["code"]["text"]
 
 
+def test_a_rejection_keeps_no_copy_of_the_requests_coverage_that_nothing_references():
+    """The request's Bundle-local Coverage, copied into the response as #r3, was kept when the payer rejected the
+    request above the patient (AAA 42): there is no insurance to hold it then, and a contained resource nothing
+    references breaks dom-3. The copies the response uses stay."""
+    from gateway.fhir.rules import check_response
+
+    coverage = {"resourceType": "Coverage", "id": "r3", "status": "active", "beneficiary": {"reference": "#r1"},
+                "payor": [{"reference": "#r2"}]}
+    patient = {"resourceType": "Patient", "id": "r1", "name": [{"family": "Roe"}]}
+    payer = {"resourceType": "Organization", "id": "r2", "name": "Example Health Plan"}
+
+    def context_for(traces):
+        return ResponseContext(patient={"reference": "#r1"}, insurer={"reference": "#r2"},
+                               coverage={"reference": "#r3"}, contained=[patient, payer, coverage],
+                               request={"reference": "CoverageEligibilityRequest/r"}, purpose=["benefits"])
+
+    result, = responses(head=[*HEAD[:3], ("AAA", ["Y", "", "42", "R"])], patient=[], context_for=context_for)
+    assert [c["id"] for c in result.resource["contained"]] == ["r1", "r2"]
+    assert check_response(result.resource) == []
+    answered = only(("EB", ["1", "", "30"]), context_for=context_for)   # with an insurance, the coverage is used
+    assert [c["id"] for c in answered.resource["contained"]] == ["r1", "r2", "r3"]
+    assert check_response(answered.resource) == []
+
+
 def test_aaa_in_a_benefit_loop_gives_partial():
     r = only(("EB", ["1", "", "30"]), ("EB", ["V", "", "AL"]), ("AAA", ["N", "", "53", "N"]))
     assert r.resource["outcome"] == "partial"
