@@ -19,30 +19,36 @@ ABSTRACT_RESOURCES = frozenset({"Resource", "DomainResource"})
 def resource_kind(name: Any) -> str:
     """What a ``resourceType`` value names: ``"resource"`` (a resource type), ``"abstract"`` (Resource,
     DomainResource), ``"datatype"`` (Coding, Element ...) or ``"unknown"`` (nothing, or not a string)."""
+    return _lookup(name)[0]
+
+
+def _lookup(name: Any) -> tuple[str, Any]:
+    """(its kind, the model class or None) for a ``resourceType`` value."""
     if not isinstance(name, str) or not name.isidentifier() or len(name) > 64:
-        return "unknown"
-    return _kind(name)
+        return "unknown", None
+    return _looked_up(name)
 
 
 @lru_cache(maxsize=1024)
-def _kind(name: str) -> str:
+def _looked_up(name: str) -> tuple[str, Any]:
     try:
         klass = get_fhir_model_class(name)
     except (KeyError, LookupError, TypeError, ValueError, AttributeError):
-        return "unknown"
+        return "unknown", None
     from fhir.resources.R4B.resource import Resource
 
     if not issubclass(klass, Resource):
-        return "datatype"
-    return "abstract" if name in ABSTRACT_RESOURCES else "resource"
+        return "datatype", klass
+    return ("abstract" if name in ABSTRACT_RESOURCES else "resource"), klass
 
 
 def model_class(resource_type: str) -> Any:
     """The R4B model class of a (concrete) resource type name; ValueError for anything else (a data type such as
     Coding, the abstract Resource, an unknown name, a value that is not a string)."""
-    if resource_kind(resource_type) != "resource":
+    kind, klass = _lookup(resource_type)
+    if kind != "resource":
         raise ValueError(f"{resource_type!r} is not a FHIR resource type")
-    return get_fhir_model_class(resource_type)
+    return klass
 
 
 def validate_structure(resource: dict[str, Any]) -> Any:

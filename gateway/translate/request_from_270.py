@@ -14,7 +14,7 @@ from typing import Any
 from gateway.errors import quoted
 from gateway.translate.notes import Note, process_note_extensions
 from gateway.translate.response_271 import date_range, us_zip
-from gateway.translate.tables import Tables
+from gateway.translate.tables import Tables, fhir_code
 from gateway.x12.model import Loop, Segment, Transaction, whole_number
 
 _NAMESPACE = uuid.UUID("6f1c1f64-3c39-4e59-8d1a-8a3f2b6a9e10")
@@ -152,13 +152,6 @@ def _inside(loop: Loop | None, ancestors: list[Loop]) -> bool:
     return False
 
 
-def _code(value: str) -> str:
-    """An X12 value as a FHIR code: its words joined by single spaces, "" when it has none. Components and
-    repetitions come as sent, and a code cannot begin or end with white space or hold a run of it: " 25" as a
-    modifier, or "A  B" as a service type, made the whole Bundle invalid FHIR."""
-    return " ".join(value.split())
-
-
 def _where(txn: Transaction, loop: Loop, seg: Segment) -> str:
     """A note's source: the transaction, loop and segment with its position (``270 ST 0001 2100C DMG@9``)."""
     return f"270 ST {txn.control_number} {loop.id} {seg.id}@{seg.position}"
@@ -210,7 +203,7 @@ def _provider(tables: Tables, loop: Loop | None, add, note, carried: set[int]) -
             continue
         if seg.id == "PRV" and seg.get(2) == "PXC" and seg.get(3):
             # where the 270 builder reads a taxonomy: a practitioner's qualification, an organization's type
-            taxonomy = {"coding": [{"system": systems["taxonomy"], "code": _code(seg.get(3))}]}
+            taxonomy = {"coding": [{"system": systems["taxonomy"], "code": fhir_code(seg.get(3))}]}
             if resource["resourceType"] == "Practitioner":
                 resource["qualification"] = [{"code": taxonomy}]
             else:
@@ -338,7 +331,7 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
             elif sid == "HI":
                 hi_seg, hi_loop = seg, loop
                 for comp in seg.elements:
-                    parts = [_code(part) for part in comp.split(seg.delimiters.component)]
+                    parts = [fhir_code(part) for part in comp.split(seg.delimiters.component)]
                     if len(parts) > 1 and parts[1]:
                         kind = tables.t["diagnoses"]["from_x12"].get(parts[0])
                         if not kind:
@@ -419,7 +412,7 @@ def _items(tables: Tables, seg: Segment, diagnoses: list[tuple[str, str]], purpo
                  for n in numbers if 0 < n <= len(diagnoses) and diagnoses[n - 1][0]]
     procedure: dict[str, Any] = {}
     if _procedure_code(seg):
-        comps = [_code(comp) for comp in seg.components(2)]
+        comps = [fhir_code(comp) for comp in seg.components(2)]
         qualifier, code = comps[0], comps[1]
         system = tables.t["procedures"]["from_x12"].get(qualifier, tables.x12_system(f"235/{qualifier}"))
         procedure["productOrService"] = {"coding": [{"system": system, "code": code}]}
@@ -427,7 +420,7 @@ def _items(tables: Tables, seg: Segment, diagnoses: list[tuple[str, str]], purpo
         if modifiers:
             procedure["modifier"] = [{"coding": [{"system": system, "code": m}]} for m in modifiers]
         purposes.update(("benefits", "auth-requirements"))  # a procedure inquiry asks both
-    service_types = [code for stc in seg.repetitions(1) if (code := _code(stc))]
+    service_types = [code for stc in seg.repetitions(1) if (code := fhir_code(stc))]
     generic = tables.t["request_270"]["constants"]["generic_service_type"]
     if service_types == [generic] and not procedure and not several:
         purposes.update(("validation", "benefits"))
@@ -452,7 +445,7 @@ def _items(tables: Tables, seg: Segment, diagnoses: list[tuple[str, str]], purpo
 def _procedure_code(seg: Segment) -> str:
     """EQ02-2, the procedure an EQ asks about ("" when EQ02 has none: a qualifier alone is no procedure)."""
     comps = seg.components(2) if seg.get(2) else []
-    return _code(comps[1]) if len(comps) > 1 else ""
+    return fhir_code(comps[1]) if len(comps) > 1 else ""
 
 
 def _dotted(code: str, kind: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ from urllib.parse import quote
 from gateway.errors import quoted
 from gateway.translate.errors import Problem, TranslationError
 from gateway.translate.notes import Note, process_note_extensions
-from gateway.translate.tables import Tables
+from gateway.translate.tables import Tables, fhir_code
 from gateway.x12.model import Loop, Segment, Transaction
 
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9\-.]")
@@ -732,8 +732,8 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
     display = info["display"] if info else f"EB01 {eb01}"
     # a FHIR code has no white space at its ends nor runs of it inside: repetitions and components come unstripped,
     # and an empty one ("30^^33", "HC:") names nothing
-    stcs = [code for code in map(_code, eb.repetitions(3)) if code]
-    procedure = list(map(_code, eb.components(13))) if v[13] else []
+    stcs = [code for code in map(fhir_code, eb.repetitions(3)) if code]
+    procedure = list(map(fhir_code, eb.components(13))) if v[13] else []
     description: list[str] = []
     described: list[Segment] = []   # MSG/HSD/III: mapped when their text lands in an item
     dates: list[tuple[str, str]] = []   # DTP qualifier and value, for matching totals and remainders
@@ -962,7 +962,7 @@ def _item_base(r: _Response, loop: Loop, eb: Segment, v: list[str], entities: li
     if v[5]:
         item["name"] = v[5]
     for kind, element, label in _CONCEPT_ELEMENTS:
-        code = _code(v[element])
+        code = fhir_code(v[element])
         if code:
             item[kind], known = _concept(tables, kind, code)
             if not known:
@@ -1009,13 +1009,6 @@ def _trace_system(tables: Tables, originator: str) -> str:
         return tables.systems["trace_system"]
     plain = originator.isascii() and originator.isalnum()   # most: nothing to encode, and quote() is slow
     return f"{tables.systems['trace_system']}/{originator if plain else quote(originator, safe='')}"
-
-
-def _code(value: str) -> str:
-    """An X12 code as a FHIR code can hold it: white space at the ends cut, runs of it inside made one space."""
-    if not value or value.isalnum():   # most codes (30, IND, 99213) and absent ones: no white space to look for
-        return value
-    return " ".join(value.split())
 
 
 def us_zip(n4: Segment, tables: Tables) -> str:
@@ -1298,7 +1291,7 @@ def _entities(r: _Response, loop: Loop) -> list[dict[str, Any]]:
             prv = sub.segment("PRV")
             if prv is not None and prv.get(3):
                 resource["qualification"] = [{"code": {"coding": [{"system": r.tables.systems["taxonomy"],
-                                                                   "code": _code(prv.get(3))}]}}]
+                                                                   "code": fhir_code(prv.get(3))}]}}]
         out.append({"role": info["role"], "display": info["display"], "loop": sub, "nm1": nm1, "url": url,
                     "contacts": contacts, "person": person, "id": entity_id, "resource": resource,
                     "name": name, "ident": (nm1.get(8), nm1.get(9)), "order": info.get("order"),

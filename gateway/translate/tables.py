@@ -14,6 +14,15 @@ TRANSLATE_TABLES = ("systems", "gender", "relationship", "network", "dates", "en
                     "procedures", "diagnoses", "request_270", "quirks", "errors", "addresses")
 
 
+def fhir_code(value: str) -> str:
+    """An X12 value as a FHIR code can hold it: white space at the ends cut, runs of it inside made one space ("" when
+    it has no words). Repetitions and components come as sent: " 25" as a modifier, or "A  B" as a service type, is
+    no FHIR code."""
+    if not value or value.isalnum():   # most codes (30, IND, 99213) and absent ones: no white space to look for
+        return value
+    return " ".join(value.split())
+
+
 @dataclass(frozen=True)
 class Tables:
     """Code tables (``codes[name][code] -> info``) and translation tables (``t[name]``)."""
@@ -45,7 +54,7 @@ class Tables:
         its characters, but not white space at its ends or a run of it inside: a FHIR code has neither."""
         template = self._codings.get((table, element, code))   # a listed code, as listed: no white space
         if template is None:
-            code = " ".join(code.split())
+            code = fhir_code(code)
             key = (table, element, code)
             template = self._codings.get(key)
             if template is None:

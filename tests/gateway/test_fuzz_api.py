@@ -280,15 +280,23 @@ extensions = st.lists(st.fixed_dictionaries({}, optional={
     min_size=0, max_size=3)
 
 
+def odd_strings_for(name: str) -> list[str] | None:
+    """The odd strings that fit an element's name: references, dates, identifiers and codes (None for other names)."""
+    if name == "reference":
+        return ODD_REFERENCES
+    if any(part in name.lower() for part in ("date", "created", "start", "end", "timestamp", "updated")):
+        return ODD_DATES
+    if name in ("value", "subscriberId", "code", "system", "id", "family", "given", "dependent", "name"):
+        return ODD_IDS
+    return None
+
+
 def value_for(key: Any) -> st.SearchStrategy[Any]:
     """A replacement value fitting the element's name (a reference, a date, an identifier), or any value."""
     name = str(key)
-    if name == "reference":
-        return st.one_of(st.sampled_from(ODD_REFERENCES), any_value)
-    if any(part in name.lower() for part in ("date", "created", "start", "end", "timestamp", "updated")):
-        return st.one_of(st.sampled_from(ODD_DATES), any_value)
-    if name in ("value", "subscriberId", "code", "system", "id", "family", "given", "dependent", "name"):
-        return st.one_of(st.sampled_from(ODD_IDS), any_value)
+    odd = odd_strings_for(name)
+    if odd is not None:
+        return st.one_of(st.sampled_from(odd), any_value)
     if name == "resourceType":
         return st.one_of(st.sampled_from(RESOURCE_TYPES), any_value)
     if name in ("item",):
@@ -424,12 +432,7 @@ valid_extensions = st.lists(st.fixed_dictionaries({"url": st.sampled_from(
 
 
 def string_for(key: Any) -> st.SearchStrategy[str]:
-    name = str(key)
-    if name == "reference":
-        return st.one_of(st.sampled_from(ODD_REFERENCES), fhir_text)
-    if any(part in name.lower() for part in ("date", "created", "start", "end", "timestamp", "updated")):
-        return st.one_of(st.sampled_from(ODD_DATES), fhir_text)
-    return st.one_of(st.sampled_from(ODD_IDS), fhir_text)
+    return st.one_of(st.sampled_from(odd_strings_for(str(key)) or ODD_IDS), fhir_text)
 
 
 @st.composite
