@@ -59,3 +59,12 @@ def quoted(value: object, limit: int = QUOTE_LIMIT, *, bare: bool = False) -> st
         return text if bare else repr(text)
     cut = text[:limit] + "\u2026"
     return f"{cut if bare else repr(cut)} ({len(text):,} characters)"
+
+
+_VOWELS = frozenset("aeiou")
+
+
+def with_article(noun: str) -> str:
+    """``noun`` after the indefinite article its sound takes: "an Organization", "an Observation", "a Patient". By the
+    first letter, which is right for every FHIR resource type (none starts with a "you" U or a silent H)."""
+    return f"{'an' if noun[:1].lower() in _VOWELS else 'a'} {noun}"

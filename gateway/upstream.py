@@ -33,7 +33,7 @@ import requests
 from requests.auth import AuthBase
 from urllib3.exceptions import ReadTimeoutError
 
-from gateway.errors import ConfigError, quoted
+from gateway.errors import ConfigError, quoted, with_article
 from gateway.fhir.structure import MAX_DEPTH, invariant_problems, json_shape, structure_problems
 from gateway.translate.errors import Problem, TranslationError
 from gateway.translate.references import RELATIVE_REFERENCE, RESOURCE_TYPE, Resolver
@@ -377,8 +377,8 @@ class _Walk:
         if target is None:
             return None
         if target.kind not in expected:
-            self.problem(path, f"reference {shown} points at a {target.kind}, expected {' or '.join(expected)}",
-                         "invalid", x12)
+            self.problem(path, f"reference {shown} points at {with_article(target.kind)}, expected "
+                         f"{' or '.join(expected)}", "invalid", x12)
             return None
         result = self.results.get(target.url)
         if result is None:
@@ -482,12 +482,12 @@ class _Walk:
             return _Failure("processing", "could not be fetched: the FHIR server's answer is not a FHIR resource")
         if resource["resourceType"] != target.kind:
             named = resource["resourceType"]
-            kind = named if re.fullmatch(RESOURCE_TYPE, named) else "other resource"
-            return _Failure("processing", f"could not be fetched: the FHIR server answered with a {kind}, "
+            kind = with_article(named) if re.fullmatch(RESOURCE_TYPE, named) else "another resource"
+            return _Failure("processing", f"could not be fetched: the FHIR server answered with {kind}, "
                                           f"expected {target.kind}")
         if resource.get("id") != target.id:
-            return _Failure("processing", "could not be fetched: the FHIR server answered with a "
-                                          f"{target.kind} of another id")
+            return _Failure("processing", "could not be fetched: the FHIR server answered with "
+                                          f"{with_article(target.kind)} of another id")
         return _checked(resource, target.kind)
 
     def cut_off(self) -> _Failure:

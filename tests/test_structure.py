@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.fhir.structure import payload_problems, structure_problems
+from gateway.fhir.structure import id_problem, payload_problems, structure_problems
 
 REQUEST = {"resourceType": "CoverageEligibilityRequest", "status": "active", "purpose": ["benefits"],
            "created": "2025-03-10", "patient": {"reference": "Patient/p"}, "insurer": {"reference": "Organization/o"}}
@@ -215,3 +215,39 @@ def test_two_entries_under_one_full_url_are_ambiguous_unless_their_versions_diff
     versions = _bundle({"fullUrl": "Patient/p", "resource": {**PATIENT, "meta": {"versionId": "1"}}},
                        {"fullUrl": "Patient/p", "resource": {**other, "meta": {"versionId": "2"}}})
     assert payload_problems(REQUEST, versions) == []
+
+
+@pytest.mark.parametrize(("bundle_id", "expected"), [
+    ("b" * 64, []),
+    # was accepted: the Bundle's model takes 255 characters, and only the request and the entries' resources had
+    # their ids held to FHIR's 64
+    ("b" * 65, [("Bundle.id", "value", "an id is at most 64 characters")]),
+    ("b" * 255, [("Bundle.id", "value", "an id is at most 64 characters")]),
+    ("b b", [("Bundle.id", "value", "'b b' is not a FHIR id: 1 to 64 letters, digits, '-' and '.'")]),
+])
+def test_a_bundle_id_is_a_fhir_id_of_at_most_64_characters(bundle_id, expected):
+    """As the request's own id and its entries' resources' ids are (invariant_problems)."""
+    bundle = {**_bundle({"fullUrl": "Patient/p", "resource": PATIENT}), "id": bundle_id}
+    assert [(p.fhir_path, p.code, p.message) for p in payload_problems(REQUEST, bundle)] == expected
+    long_request = {**REQUEST, "id": bundle_id}
+    assert [(p.fhir_path, p.message) for p in payload_problems(long_request, None)] == [
+        (f"CoverageEligibilityRequest{path[len('Bundle'):]}", message) for path, _, message in expected]
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("req-1.A", None),
+    ("x" * 64, None),
+    ("x" * 65, "an id is at most 64 characters"),
+    ("x" * 300, "an id is at most 64 characters"),
+    ("a b", "'a b' is not a FHIR id: 1 to 64 letters, digits, '-' and '.'"),
+    ("a/b", "'a/b' is not a FHIR id: 1 to 64 letters, digits, '-' and '.'"),
+    ("abc\n", "'abc\\n' is not a FHIR id: 1 to 64 letters, digits, '-' and '.'"),
+    ("", "an empty string is not a FHIR value: leave the element out"),
+    (7, "expected a JSON string here, not a number"),
+    (None, "expected a JSON string here, not null"),
+])
+def test_an_id_no_model_checks_is_held_to_the_fhir_id_type(value, message):
+    """id_problem: for the batch Bundle's own id, which goes through no model; in the models' words."""
+    problem = id_problem(value, "Bundle.id")
+    assert (problem and (problem.fhir_path, problem.code, problem.message)) == (
+        message and ("Bundle.id", "value", message))

@@ -169,6 +169,8 @@ def special(kind: str, id: str) -> Response | None:
         return fhir_json(RESOURCES[("Organization", "acme")])
     if id == "wrongid":
         return fhir_json({**RESOURCES[("Patient", "123")], "id": "124"})
+    if id == "notype":   # no resource type's name: not quoted back
+        return fhir_json({"resourceType": "no such type", "id": id})
     return None
 
 
@@ -376,8 +378,9 @@ def test_credentials_go_only_to_the_base_origin(ehr: Upstream):
     ("huge-stream", "processing", "answer is larger than 2097152 bytes"),
     ("huge-declared", "processing", "answer is larger than 2097152 bytes"),
     ("html", "processing", "answer is not JSON"),
-    ("wrongtype", "processing", "answered with a Organization, expected Patient"),
+    ("wrongtype", "processing", "answered with an Organization, expected Patient"),
     ("wrongid", "processing", "answered with a Patient of another id"),
+    ("notype", "processing", "answered with another resource, expected Patient"),
     ("badbirth", "processing", "the FHIR server's Patient is not valid FHIR: Patient.birthDate"),
     ("badname", "processing", "the FHIR server's Patient is not valid FHIR: Patient.name[0].family"),
     ("extra", "processing", "the FHIR server's Patient is not valid FHIR: Patient.favouriteColour"),
@@ -445,7 +448,7 @@ def test_every_unresolvable_reference_is_named_at_once(ehr: Upstream):
     assert "'Patient/missing'" in got[f"{CER}.patient"].message
     assert "'Organization/missing'" in got["Coverage.payor[0]"].message
     assert "'#nope'" in got[f"{CER}.insurance[2].coverage"].message
-    assert "points at a Organization, expected Coverage" in got[f"{CER}.insurance[3].coverage"].message
+    assert "points at an Organization, expected Coverage" in got[f"{CER}.insurance[3].coverage"].message
     assert got[f"{CER}.patient"].x12 == "2100C NM1" and got["Coverage.payor[0]"].x12 == "2100A"
     issues = error.to_operation_outcome()["issue"]
     assert [i["expression"][0] for i in issues] == [p.fhir_path for p in error.problems]

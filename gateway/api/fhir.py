@@ -25,7 +25,7 @@ from werkzeug.exceptions import HTTPException
 
 from gateway.errors import QUOTE_LIMIT, quoted
 from gateway.fhir import FHIR_JSON, FHIR_JSON_UTF8, operation_outcome
-from gateway.fhir.structure import MAX_DEPTH, json_shape
+from gateway.fhir.structure import MAX_DEPTH, id_problem, json_shape
 from gateway.mappings import mappings_dir
 from gateway.observability import carry_context
 from gateway.service import CER, RESPONSE, EligibilityService, Result, frames_only
@@ -825,6 +825,11 @@ def batch():  # type: ignore[no-untyped-def]
     bundle = _json_body()
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         return outcome_response(400, "structure", "POST / takes a Bundle of type batch", expression="Bundle")
+    # the batch Bundle's own elements go through no model (its entries' resources are checked one by one); its id
+    # is checked here as every resource's is: a FHIR id, at most 64 letters, digits, '-' and '.'
+    wrong_id = id_problem(bundle["id"], "Bundle.id") if "id" in bundle else None
+    if wrong_id is not None:
+        return outcome_response(400, wrong_id.code, wrong_id.message, expression=wrong_id.fhir_path)
     if bundle.get("type") != "batch":
         kind = bundle.get("type")
         shown = quoted(kind) if isinstance(kind, str) else "missing" if kind is None else "not a code"

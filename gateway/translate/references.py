@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gateway.errors import quoted
+from gateway.errors import quoted, with_article
 from gateway.translate.errors import Problem
 
 # FHIR's literal reference grammar, the one place it is written (the upstream fetcher builds on it too)
@@ -101,7 +101,8 @@ class Resolver:
                                          "nor an entry of the Bundle", code="not-found", x12=x12))
             return None
         if expected and resource.get("resourceType") not in expected:
-            self.problems.append(Problem(path, f"reference {quoted(ref)} points at a {resource.get('resourceType')}, "
+            self.problems.append(Problem(path, f"reference {quoted(ref)} points at "
+                                         f"{with_article(str(resource.get('resourceType')))}, "
                                          f"expected {' or '.join(expected)}", code="invalid", x12=x12))
             return None
         return resource

@@ -27,6 +27,7 @@ CER = "CoverageEligibilityRequest"
 FM_STATUS = {"active", "cancelled", "draft", "entered-in-error"}
 PURPOSES = {"auth-requirements", "benefits", "discovery", "validation"}
 _FULL_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_SHOWN_SYSTEMS = 5   # a refusal names this many of the code systems an item offers
 
 
 @dataclass
@@ -538,6 +539,41 @@ def _service_type(g: _Gather, concept: dict[str, Any], path: str) -> str | None:
     return None
 
 
+def _procedure_coding(g: _Gather, concept: dict[str, Any], path: str) -> tuple[str, str] | None:
+    """The EQ02 qualifier and code of the first coding of ``item.productOrService`` whose system has an X12 procedure
+    qualifier (``procedures.yaml``); None, with the problem recorded, when no coding can be sent.
+
+    The codings of one CodeableConcept are the same concept in other code systems, so the ones not sent lose nothing
+    and get no note, as for a category (EQ01) or a diagnosis (HI), which also send the one coding X12 takes.
+    """
+    qualifiers = g.tables.t["procedures"]["to_x12"]
+    codings = _codings(concept)
+    coded = [c for c in codings if c.get("code")]
+    for coding in coded:
+        system = coding.get("system")
+        if isinstance(system, str) and system in qualifiers:
+            return str(qualifiers[system]), str(coding["code"])
+    # a coding in a system EQ02 takes, but without its code: said, or the refusal would seem to refuse that system
+    empty = next((c["system"] for c in codings if not c.get("code") and isinstance(c.get("system"), str)
+                  and c["system"] in qualifiers), None)
+    uncoded = f" (its coding in {empty} has no code)" if empty else ""
+    if not coded:
+        g.problems.append(Problem(path, "the productOrService has no coded procedure (text alone cannot be sent)"
+                                  + uncoded, code="required", x12="2110C EQ02-2"))
+    elif not any(c.get("system") for c in coded):
+        g.problems.append(Problem(path, f"procedure code {quoted(coded[0]['code'])} has no system: name the code "
+                                  "system (CPT, HCPCS, CDT, NDC ...)" + uncoded, code="required", x12="2110C EQ02-1"))
+    else:
+        systems = list(dict.fromkeys(quoted(c["system"]) if c.get("system") else "a code without a system"
+                                     for c in coded))
+        shown = ", ".join(systems[:_SHOWN_SYSTEMS]) + (
+            f" and {len(systems) - _SHOWN_SYSTEMS} more" if len(systems) > _SHOWN_SYSTEMS else "")
+        g.problems.append(Problem(path, f"no coding of the productOrService is in a code system with an X12 procedure "
+                                  f"qualifier: it offers {shown}{uncoded}; EQ02 takes {', '.join(qualifiers)}",
+                                  code="not-supported", x12="2110C EQ02-1"))
+    return None
+
+
 def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tuple[list[list[Value]], list[tuple]]:
     """EQ elements per inquiry, and the HI diagnosis composites."""
     generic = g.spec["constants"]["generic_service_type"]
@@ -545,7 +581,6 @@ def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tupl
     items = request.get("item") or []
     inquiries: list[list[Value]] = []
     diagnoses: list[tuple] = []
-    procedure_systems = g.tables.t["procedures"]["to_x12"]
     for index, item in enumerate(items):
         path = f"{CER}.item[{index}]"
         if not asks_items:
@@ -554,25 +589,12 @@ def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tupl
         category = _service_type(g, item.get("category"), f"{path}.category") if item.get("category") else None
         procedure: Value = None
         if item.get("productOrService"):
-            coding = next(iter(_codings(item["productOrService"])), {})
-            qualifier = procedure_systems.get(coding.get("system"))
-            if not coding or not coding.get("code"):
-                g.problems.append(Problem(f"{path}.productOrService", "the productOrService has no coded procedure "
-                                          "(text alone cannot be sent)", code="required", x12="2110C EQ02-2"))
-            elif not coding.get("system"):
-                g.problems.append(Problem(f"{path}.productOrService", f"procedure code {quoted(coding['code'])} has "
-                                          "no system: name the code system (CPT, HCPCS, CDT, NDC ...)",
-                                          code="required", x12="2110C EQ02-1"))
-            elif not qualifier:
-                system = quoted(coding.get("system"))
-                g.problems.append(Problem(f"{path}.productOrService", f"procedure code system {system} has no X12 "
-                                          "qualifier (CPT, HCPCS, CDT, NDC ...)", code="not-supported",
-                                          x12="2110C EQ02-1"))
-            else:
+            chosen = _procedure_coding(g, item["productOrService"], f"{path}.productOrService")
+            if chosen is not None:
+                qualifier, code = chosen
                 modifiers = [c.get("code") for m in item.get("modifier") or [] for c in _codings(m)][:4]
                 if len(item.get("modifier") or []) > g.tables.t["procedures"]["max_modifiers"]:
                     g.lost("more than 4 procedure modifiers: the rest are not sent", f"{path}.modifier")
-                code = coding.get("code") or ""
                 if qualifier == g.tables.t["procedures"]["ndc"]["qualifier"]:
                     code = _ndc(g, code, f"{path}.productOrService")
                 procedure = (qualifier, code, *modifiers)

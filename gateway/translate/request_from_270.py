@@ -14,7 +14,7 @@ from typing import Any
 from gateway.errors import quoted
 from gateway.translate.notes import Note, process_note_extensions
 from gateway.translate.response_271 import date_range, us_zip
-from gateway.translate.tables import Tables, fhir_code
+from gateway.translate.tables import Tables, fhir_code, trace_system
 from gateway.x12.model import Loop, Segment, Transaction, whole_number
 
 _NAMESPACE = uuid.UUID("6f1c1f64-3c39-4e59-8d1a-8a3f2b6a9e10")
@@ -301,8 +301,7 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                 carried.add(seg.position)
                 if seg.get(2):
                     request.setdefault("identifier", []).append(
-                        {"system": systems["trace_system"] + (f"/{seg.get(3)}" if seg.get(3) else ""),
-                         "value": seg.get(2)})
+                        {"system": trace_system(tables, seg.get(3)), "value": seg.get(2)})
                 if seg.get(4):
                     note(f"trace {seg.get(2)} names the originator's division {seg.get(4)} (TRN04)", level, seg)
     eq_count = sum(1 for lp in (sub_name, name if dependent else None) if lp is not None

@@ -19,6 +19,7 @@ from gateway.errors import quoted
 from gateway.translate.errors import Problem, TranslationError
 from gateway.translate.notes import Note, process_note_extensions
 from gateway.translate.tables import Tables, fhir_code
+from gateway.translate.tables import trace_system as _trace_system
 from gateway.x12.model import Loop, Segment, Transaction
 
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9\-.]")
@@ -1000,15 +1001,6 @@ def _procedure(r: _Response, comps: list[str]) -> dict[str, Any]:
 def _reference_name(tables: Tables, qualifier: str) -> str:
     """What a REF01 qualifier names, for a note: its name, else the code; a REF without REF01 still says what it is."""
     return tables.t["references"]["names"].get(qualifier, qualifier) or "reference without a qualifier (REF01)"
-
-
-def _trace_system(tables: Tables, originator: str) -> str:
-    """The identifier system of a trace number: ours, with TRN03 (the originator) as its last path segment. TRN03
-    is free text (AN): percent-encoded, as a URI has no white space (a company id like 9GATEWAY01 stays as it is)."""
-    if not originator:
-        return tables.systems["trace_system"]
-    plain = originator.isascii() and originator.isalnum()   # most: nothing to encode, and quote() is slow
-    return f"{tables.systems['trace_system']}/{originator if plain else quote(originator, safe='')}"
 
 
 def us_zip(n4: Segment, tables: Tables) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
+from urllib.parse import quote
 
 from gateway.mappings import code_table, load_yaml
 
@@ -21,6 +22,16 @@ def fhir_code(value: str) -> str:
     if not value or value.isalnum():   # most codes (30, IND, 99213) and absent ones: no white space to look for
         return value
     return " ".join(value.split())
+
+
+def trace_system(tables: Tables, originator: str | None) -> str:
+    """The identifier system of a trace number (TRN02): ours, with TRN03 (the originator) as its last path segment.
+    TRN03 is free text (AN): percent-encoded, as a URI has no white space (a company id like 9GATEWAY01 stays as it
+    is). One function for the 271's and the 270's traces, so that a request and its response name one system."""
+    if not originator:
+        return tables.systems["trace_system"]
+    plain = originator.isascii() and originator.isalnum()   # most: nothing to encode, and quote() is slow
+    return f"{tables.systems['trace_system']}/{originator if plain else quote(originator, safe='')}"
 
 
 @dataclass(frozen=True)

@@ -739,6 +739,33 @@ def test_ambiguous_contained_resources_are_400(gateway: Gateway):
     assert "64 characters" in found[f"{CER}.id"]
 
 
+def test_a_bundle_id_longer_than_64_characters_is_400_at_bundle_id(gateway: Gateway, simulator):
+    """FHIR's id is 1 to 64 characters; a Bundle's was accepted up to the model's 255 (and the payer asked), where the
+    request's own id was refused at 65 (above)."""
+    payload = copy.deepcopy(fhir_request("subscriber-generic"))
+    payload["id"] = "b" * 65
+    before = sum(simulator.calls.values())
+    response = gateway.post(f"/{CER}/$submit", payload)
+    issue = outcome_issue(response, 400, "value")
+    assert issue["expression"] == ["Bundle.id"] and "64 characters" in issue["details"]["text"]
+    assert len(response.json()["issue"]) == 1 and sum(simulator.calls.values()) == before
+    payload["id"] = "b" * 64
+    assert gateway.post(f"/{CER}/$submit", payload).status_code == 200
+
+
+@pytest.mark.parametrize(("bundle_id", "words"), [
+    ("b" * 65, "an id is at most 64 characters"),
+    ("b b", "'b b' is not a FHIR id"),
+    (7, "expected a JSON string here, not a number"),
+])
+def test_a_batch_bundle_whose_id_is_no_fhir_id_is_400_at_bundle_id(gateway: Gateway, bundle_id, words):
+    """The batch Bundle's own elements go through no model: its id was not checked at all."""
+    entry = {"request": {"method": "POST", "url": f"{CER}/$submit"}, "resource": fhir_request("subscriber-generic")}
+    issue = outcome_issue(gateway.post("/", {"resourceType": "Bundle", "id": bundle_id, "type": "batch",
+                                             "entry": [entry]}), 400, "value")
+    assert issue["expression"] == ["Bundle.id"] and words in issue["details"]["text"]
+
+
 def test_malformed_json(gateway: Gateway):
     issue = outcome_issue(gateway.post(f"/{CER}/$submit", data=b'{"resourceType": '), 400, "structure")
     assert issue["severity"] == "fatal"

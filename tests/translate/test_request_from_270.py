@@ -12,6 +12,7 @@ import pytest
 from gateway.translate import load_tables
 from gateway.translate.document import translate_document
 from gateway.translate.request_from_270 import translate_270
+from gateway.translate.response_271 import translate_271
 from gateway.x12.reader import read_x12
 from gateway.x12.writer import Envelope, Value, X12Writer
 from tests.conftest import FIXTURES
@@ -265,3 +266,20 @@ def test_an_interchange_sent_twice_keeps_both_with_ids_of_their_own():
     alone = translate_document(text.encode(), load_tables(), now=NOW).output
     first = [e["fullUrl"] for e in result.output["entry"]][:len(alone["entry"])]
     assert [e["fullUrl"] for e in alone["entry"]] == first   # the first copy keeps the ids it has alone
+
+
+def test_a_trace_originator_with_spaces_or_slashes_is_percent_encoded_as_the_271_encodes_it():
+    """TRN03 is free text (AN): "9 GW/01" went into the identifier system as it was (a space in a uri, and a slash
+    that made another path), where the 271 translation percent-encodes it; both now share one function."""
+    trn = "https://fhir-x12-gateway.dev/fhir/sid/trn"
+    head = [*HEAD[:6], ("TRN", ["1", "T1", "9 GW/01"]), *HEAD[7:]]
+    bundle, request, _ = from_270(x12([*head, ("EQ", ["30"])]))
+    _valid_fhir(bundle)
+    assert {"system": f"{trn}/9%20GW%2F01", "value": "T1"} in request["identifier"]
+    body = [*head[:6], ("TRN", ["2", "T1", "9 GW/01"]), *head[7:], ("EB", ["1", "IND", "30"])]
+    env = Envelope(sender_id="99999", receiver_id="GATEWAY01", interchange_control=2, now=NOW)
+    answer = X12Writer().interchange(env, "HB", "271", "005010X279A1", [body]).text
+    [response] = translate_271(read_x12(answer).transactions[0], load_tables(), now="2025-01-15T09:30:00Z")
+    assert response.resource["request"]["identifier"] == {"system": f"{trn}/9%20GW%2F01", "value": "T1"}
+    plain = from_270(x12([*HEAD, ("EQ", ["30"])]))[1]["identifier"]   # a company id stays as it is
+    assert {"system": f"{trn}/9GATEWAY01", "value": "T1"} in plain

@@ -202,6 +202,20 @@ def test_unresolvable_references_are_listed_one_by_one():
                                                 "CoverageEligibilityRequest.provider"}
 
 
+@pytest.mark.parametrize(("change", "path", "words"), [
+    # was "points at a Organization"
+    ({"request__insurance": [{"coverage": {"reference": "Organization/payer"}}]},
+     "CoverageEligibilityRequest.insurance[0].coverage",
+     "reference 'Organization/payer' points at an Organization, expected Coverage"),
+    ({"request__insurer": {"reference": "Patient/p"}}, "CoverageEligibilityRequest.insurer",
+     "reference 'Patient/p' points at a Patient, expected Organization"),
+])
+def test_a_reference_to_another_resource_type_says_which_with_its_article(change, path, words):
+    with pytest.raises(TranslationError) as info:
+        build(bundle(**change))
+    assert [(p.code, p.message) for p in info.value.problems if p.fhir_path == path] == [("invalid", words)]
+
+
 @pytest.mark.parametrize("change, code, status", [
     ({"patient__birthDate": "1980-05"}, "value", 422),
     ({"request__status": "bogus"}, "code-invalid", 400),
@@ -437,6 +451,51 @@ def test_an_item_without_a_code_is_refused_not_replaced_by_the_generic_question(
         build(bundle(request__item=[item]))
     assert caught.value.status == 422
     assert [(p.fhir_path, words in p.message) for p in caught.value.problems] == [(path, True)]
+
+
+SNOMED = "http://snomed.info/sct"
+HCPCS = "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"
+CDT = "http://www.ada.org/cdt"
+
+
+@pytest.mark.parametrize(("codings", "eq02"), [
+    # was a 422 "procedure code system 'http://snomed.info/sct' has no X12 qualifier": only the first coding was read
+    ([{"system": SNOMED, "code": "185349003"}, {"system": CPT, "code": "99213"}], "HC:99213"),
+    ([{"system": "urn:oid:1.2.3", "code": "OV"}, {"code": "99213"}, {"system": HCPCS, "code": "G0438"}], "HC:G0438"),
+    ([{"system": CPT}, {"system": SNOMED, "code": "185349003"}, {"system": HCPCS, "code": "G0438"}], "HC:G0438"),
+    ([{"system": CDT, "code": "D0120"}, {"system": CPT, "code": "99213"}], "AD:D0120"),   # the first that can go
+])
+def test_the_first_procedure_coding_eq02_can_carry_is_sent(codings, eq02):
+    """The codings of one CodeableConcept are one concept in several code systems: sending the one X12 takes loses
+    nothing, so the others get no note (as a category's or a diagnosis's other codings get none)."""
+    result = build(bundle(request__item=[{"productOrService": {"coding": codings}}]))
+    assert ["EQ", "", eq02] in segs(result.text)
+    assert not [n for n in result.all_notes() if "productOrService" in n.source]
+    assert validate_x12(result.text).valid
+
+
+@pytest.mark.parametrize(("codings", "code", "words"), [
+    ([{"system": SNOMED, "code": "185349003"}, {"system": "urn:oid:1.2.3", "code": "OV"}], "not-supported",
+     ["it offers 'http://snomed.info/sct', 'urn:oid:1.2.3';", f"EQ02 takes {CPT}, {HCPCS}", CDT,
+      "http://hl7.org/fhir/sid/ndc"]),
+    ([{"system": SNOMED, "code": "185349003"}, {"code": "99213"}], "not-supported",
+     ["it offers 'http://snomed.info/sct', a code without a system;"]),
+    ([{"system": CPT}, {"system": SNOMED, "code": "185349003"}], "not-supported",
+     [f"it offers 'http://snomed.info/sct' (its coding in {CPT} has no code); EQ02 takes"]),
+    ([{"system": CPT}, {"system": SNOMED}], "required",
+     [f"no coded procedure (text alone cannot be sent) (its coding in {CPT} has no code)"]),
+    ([{"system": f"urn:local:{n}", "code": "X"} for n in range(8)], "not-supported",
+     ["'urn:local:4' and 3 more;"]),
+])
+def test_a_procedure_no_coding_of_which_eq02_can_carry_is_refused_naming_the_systems(codings, code, words):
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(request__item=[{"productOrService": {"coding": codings}}]))
+    assert caught.value.status == 422
+    [problem] = caught.value.problems
+    assert (problem.fhir_path, problem.code, problem.x12) == (
+        "CoverageEligibilityRequest.item[0].productOrService", code,
+        "2110C EQ02-1" if code == "not-supported" else "2110C EQ02-2")
+    assert all(w in problem.message for w in words), problem.message
 
 
 # ------------------------------------------------------------------------------------------------ envelope
