@@ -99,7 +99,8 @@ def main() -> None:
               help="Write a 999 or TA1 acknowledgment to stdout (findings go to stderr).")
 @click.option("--json", "as_json", is_flag=True, help="Findings as JSON.")
 @click.option("--control-number", type=click.IntRange(1, 999_999_999), default=1, show_default=True,
-              help="Interchange control number of the acknowledgment.")
+              help="Interchange control number of the acknowledgment (of the first: each interchange in FILE "
+                   "gets one of its own, numbered on from N).")
 @click.option("--date", "date", help="Acknowledgment date and time, YYYY-MM-DDTHH:MM (default: now).")
 def validate(file: str, ack: str | None, as_json: bool, control_number: int, date: str | None) -> None:
     """Validate a 270 or 271 against the 005010X279A1 implementation guide.
@@ -107,7 +108,7 @@ def validate(file: str, ack: str | None, as_json: bool, control_number: int, dat
     A TA1, 999 or 997 is read instead: its elements are checked and what it says is listed (ACK lines).
     Exit 0 when valid, 1 with findings, 2 when FILE cannot be read as X12.
     """
-    from gateway.x12.ack import build_999, build_ta1
+    from gateway.x12.ack import build_999, build_ta1s
     from gateway.x12.validate import validate_x12
 
     data = _read_input(file)
@@ -142,8 +143,8 @@ def validate(file: str, ack: str | None, as_json: bool, control_number: int, dat
                    f"{len(report.transactions)} transaction set(s)", file=findings_out)
     if ack:
         if ack.lower() == "ta1":
-            isa = report.interchanges[0] if report.interchanges else None
-            click.echo(build_ta1(isa, report.findings, control_number=control_number, now=now), nl=False)
+            click.echo(build_ta1s(report.interchanges, report.findings, control_number=control_number, now=now),
+                       nl=False)
         else:
             try:
                 text = build_999(report.transactions, report.findings, control_number=control_number, now=now)

@@ -116,3 +116,18 @@ def test_a_store_failure_on_a_read_or_search_is_503_transient_not_a_500(tmp_path
             assert response.json["issue"][0]["code"] == "transient"
     finally:
         app.extensions["fhir_x12"]["close"]()
+
+
+def test_validate_answers_each_interchange_with_its_own_ta1(client):
+    """A TA1 answers one ISA: only the first of two interchanges got one."""
+    text = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    other = (text.replace("FHIRX12GW      ", "OTHERSENDER    ").replace("GS*HS*FHIRX12GW*", "GS*HS*OTHERSENDER*")
+             .replace("000001001", "000002002").replace("IEA*1*000002002~", "IEA*1*000009999~"))
+    ta1 = client.post("/x12/$validate?ack=ta1", data=(text + other).encode(),
+                      headers={"Accept": "application/edi-x12"}).get_data(as_text=True)
+    first, second = ("ISA" + part for part in ta1.split("ISA")[1:])
+    assert "*ZZ*FHIRX12GW      *" in first and "TA1*000001001*250310*0915*A*000~" in first
+    assert "*ZZ*OTHERSENDER    *" in second and "TA1*000002002*250310*0915*R*001~" in second
+    ack = client.post("/x12/$validate", data=(text + other).encode(),
+                      headers={"Accept": "application/edi-x12"}).get_data(as_text=True)
+    assert ack.count("ISA*") == 2 and "*ZZ*OTHERSENDER    *" in ack.split("ISA*")[2]

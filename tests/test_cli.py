@@ -226,3 +226,26 @@ def test_translate_says_what_an_unreadable_input_is(tmp_path, content: bytes, wo
     path.write_bytes(content)
     result = CliRunner().invoke(main, ["translate", str(path)])
     assert result.exit_code == 2 and words in result.output and "no ISA" not in result.output
+
+
+def _two_senders(tmp_path, second_change: tuple[str, str]) -> str:
+    """A file of two 270 interchanges from two senders (ISA06/GS02), both with group 1001 and set 0001."""
+    text = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    other = (text.replace("FHIRX12GW      ", "OTHERSENDER    ").replace("GS*HS*FHIRX12GW*", "GS*HS*OTHERSENDER*")
+             .replace("000001001", "000002002").replace(*second_change))
+    path = tmp_path / "two-senders.x12"
+    path.write_text(text + other)
+    return str(path)
+
+
+def test_each_interchange_gets_its_own_acknowledgment_back_to_its_sender(tmp_path):
+    """One 999 interchange went to the first sender only, rejecting its set for the second sender's EQ01."""
+    path = _two_senders(tmp_path, ("EQ*30~", "EQ*ZZ~"))
+    ack = run("validate", path, "--ack", "999", "--control-number", "55", "--date", "2026-01-02T03:04").stdout
+    first, second = ("ISA" + part for part in ack.split("ISA")[1:])
+    assert "*ZZ*FHIRX12GW      *260102*0304*^*00501*000000055*" in first and "IK5*A~" in first
+    assert "*ZZ*OTHERSENDER    *260102*0304*^*00501*000000056*" in second and "IK5*R*5~" in second
+    ta1 = run("validate", path, "--ack", "ta1", "--control-number", "55", "--date", "2026-01-02T03:04").stdout
+    first, second = ("ISA" + part for part in ta1.split("ISA")[1:])
+    assert "*ZZ*FHIRX12GW      *" in first and "TA1*000001001*" in first and first.endswith("IEA*0*000000055~")
+    assert "*ZZ*OTHERSENDER    *" in second and "TA1*000002002*" in second and second.endswith("IEA*0*000000056~")

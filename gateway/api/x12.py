@@ -16,7 +16,7 @@ def validate():  # type: ignore[no-untyped-def]
     """Findings as JSON, or a 999 / TA1 when the client asks for ``application/edi-x12``. A payer's TA1, 999 or
     997 is read instead of validated as a set: what it says comes back under ``acknowledgment``."""
     from gateway.transport.acks import load_ack_codes, read_acknowledgments
-    from gateway.x12.ack import AcknowledgmentError, build_999, build_ta1
+    from gateway.x12.ack import AcknowledgmentError, build_999, build_ta1s
     from gateway.x12.validate import validate_x12
 
     ack = request.args.get("ack", "999").lower()
@@ -32,8 +32,7 @@ def validate():  # type: ignore[no-untyped-def]
     if request.accept_mimetypes.best == "application/edi-x12":
         now = datetime.now(UTC).replace(tzinfo=None)
         if ack == "ta1":
-            isa = report.interchanges[0] if report.interchanges else None
-            text = build_ta1(isa, report.findings, control_number=1, now=now)
+            text = build_ta1s(report.interchanges, report.findings, control_number=1, now=now)
         else:
             try:
                 text = build_999(report.transactions, report.findings, control_number=1, now=now)

@@ -30,8 +30,8 @@ from gateway.payer.records import apply_patch, consistency_problems, validate_pa
 from gateway.payer.scenarios import MAGIC_IDS, ScenarioBook, parse_rule
 from gateway.payer.store import MemberStore
 from gateway.transport import core
-from gateway.x12.ack import build_999, build_ta1
-from gateway.x12.model import Finding
+from gateway.x12.ack import build_999, build_ta1s, nth_control
+from gateway.x12.model import Finding, Transaction
 from gateway.x12.validate import validate_x12
 
 payer_api = Blueprint("payer", __name__)
@@ -280,6 +280,9 @@ def _answer_x12(data: bytes, app: Flask) -> X12Answer:
     except X12SyntaxError as exc:
         return X12Answer(f"not readable as X12: {exc}", 400)
     control = next(_control) % 999_999_999 or 1
+    if len(report.interchanges) > 1:   # each interchange's answer has its own number: control, control + 1 ...
+        for _ in range(len(report.interchanges) - 1):
+            next(_control)
     book = app.extensions["payer_scenarios"]
     ids = [i for txn in report.transactions if txn.structure for i in asked_member_ids(txn)]
     rule = book.pick(ids)
@@ -304,10 +307,11 @@ def _answer_x12(data: bytes, app: Flask) -> X12Answer:
         if fault == "ta1":
             findings.append(Finding("SIM-TA1", "scripted interchange rejection", level="interchange", ack_code="024",
                                     interchange=isa.control_number if isa else ""))
-        # the TA1 answers the interchange in error (a second one, say), not the first one with "accepted"
+        # a TA1 answers each interchange in error (a second one, say), back to its own sender, not the first one with
+        # "accepted"; an error that names no interchange is the first one's
         rejected = {f.interchange for f in findings if f.level == "interchange" and f.severity == "error"}
-        isa = next((i for i in report.interchanges if i.control_number in rejected), isa)
-        return X12Answer(build_ta1(isa, findings, control_number=control, now=now), 200, "TA1")
+        answered = [i for i in report.interchanges if i.control_number in rejected] or ([isa] if isa else [])
+        return X12Answer(build_ta1s(answered, findings, control_number=control, now=now), 200, "TA1")
     if fault == "reject-999" or not report.valid or not report.transactions or any(
             t.set_id != "270" for t in report.transactions):
         findings = list(report.findings)
@@ -315,16 +319,28 @@ def _answer_x12(data: bytes, app: Flask) -> X12Answer:
             findings += [f for t in report.transactions for f in _scripted_rejection(t)]
         return X12Answer(build_999(report.transactions, findings, control_number=control, now=now), 200, "999")
     members = app.extensions["payer_store"].by_member_id()
-    text = answer_interchange(report.transactions, members, config, now=now, control_number=control,
-                              payer_id=app.config.get("PAYER_ID"), unable_to_respond=fault == "aaa-42",
-                              providers=frozenset(app.config["PAYER_PROVIDERS"])
-                              if app.config.get("PAYER_PROVIDERS") is not None else None)
+    providers = frozenset(app.config["PAYER_PROVIDERS"]) if app.config.get("PAYER_PROVIDERS") is not None else None
+    # one 271 interchange per 270 interchange, back to its own sender (in one response, in the order received)
+    text = "".join(answer_interchange(sets, members, config, now=now, control_number=nth_control(control, n),
+                                      payer_id=app.config.get("PAYER_ID"), unable_to_respond=fault == "aaa-42",
+                                      providers=providers)
+                   for n, sets in enumerate(_by_interchange(report)))
     if fault == "wrong-trace":
         # one character replaced, not added: a 50-character TRN02 (the most the element holds) stays valid
         text = re.sub(r"TRN\*2\*([^*~])", lambda m: "TRN*2*" + ("Y" if m.group(1) == "X" else "X"), text)
     if fault == "bad-count":   # readable, but the trailer miscounts: a defect the gateway must pass on, not hide
         text = re.sub(r"SE\*(\d+)\*", lambda m: f"SE*{int(m.group(1)) + 1}*", text, count=1)
     return X12Answer(text, 200, "271")
+
+
+def _by_interchange(report: Any) -> list[list[Transaction]]:
+    """The request's transaction sets by the interchange that brought them, in the order received."""
+    if len(report.interchanges) <= 1:
+        return [report.transactions]
+    received: dict[int, list[Transaction]] = {}
+    for txn in report.transactions:
+        received.setdefault(id(txn.interchange), []).append(txn)
+    return list(received.values())
 
 
 def _unacknowledgeable(report: Any, codes: Mapping[str, str]) -> list[Finding]:
@@ -346,7 +362,8 @@ def _unacknowledgeable(report: Any, codes: Mapping[str, str]) -> list[Finding]:
 def _scripted_rejection(txn: Any) -> list[Any]:
     """The ``reject-999`` fault as a payer's 999 reads: the subscriber's member id (2100C NM109) fails the payer's
     id pattern (IK3 code 8 with IK4 I12), so IK5's code 5 (segments in error) has the segment it speaks of."""
-    where = {"transaction": txn.control_number, "transaction_set": txn.set_id, "loop": "2100C", "segment": "NM1"}
+    where = {"transaction": txn.control_number, "transaction_set": txn.set_id, "loop": "2100C", "segment": "NM1",
+             "set_ordinal": txn.ordinal}
     for loop, seg in txn.root.walk():
         if loop.id == "2100C" and seg.id == "NM1":
             return [Finding("SIM-999", "scripted rejection: the subscriber's segment has an element in error",
@@ -355,7 +372,7 @@ def _scripted_rejection(txn: Any) -> list[Any]:
                             level="element", ack_code="I12", position=seg.position, element="NM109",
                             data_element="67", value=seg.get(9), **where)]
     return [Finding("SIM-999", "scripted rejection", level="transaction", ack_code="5",
-                    transaction=txn.control_number, transaction_set=txn.set_id)]
+                    transaction=txn.control_number, transaction_set=txn.set_id, set_ordinal=txn.ordinal)]
 
 
 def _core_reply(env: Any, answer: X12Answer) -> tuple[Any, int]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from gateway.errors import GatewayError
@@ -16,6 +16,13 @@ ELEMENT_CODES = frozenset("1 2 3 4 5 6 7 8 9 10 12 13 I6 I9 I10 I11 I12 I13".spl
 TRANSACTION_CODES = frozenset("1 2 3 4 5 6 7 8 9 10 11 12 13 15 16 17 18 19 23 24 25 26 27 I5 I6".split())
 GROUP_CODES = frozenset("1 2 3 4 5 6 10 11 12 13 14 15 16 17 18 19 23 24 25 26".split())
 TA1_CODES = frozenset(f"{i:03d}" for i in range(1, 32))
+MAX_CONTROL = 999_999_999   # ISA13 is 9 digits, 1 and up
+
+
+def nth_control(first: int, n: int) -> int:
+    """The control number of the ``n``-th of several interchanges written together (from 0): ``first``,
+    ``first + 1`` ... wrapping past 999999999 to 1, as ISA13 must stay 9 digits and positive."""
+    return (first - 1 + n) % MAX_CONTROL + 1
 
 
 def _is_error(f: Finding) -> bool:
@@ -51,6 +58,20 @@ def build_ta1(isa: Interchange | None, findings: Iterable[Finding], *, control_n
     return writer.isa(env) + ta1 + writer.segment("IEA", "0", f"{control_number:09d}")
 
 
+def build_ta1s(interchanges: Sequence[Interchange], findings: Iterable[Finding], *, control_number: int,
+               now: datetime) -> str:
+    """A TA1 for every interchange received, each in an interchange of its own back to that interchange's sender
+    (numbered ``control_number``, ``control_number + 1`` ...): a TA1 answers one ISA, and several interchanges in one
+    file may come from several senders. Findings that name no interchange are the first one's, as ``build_ta1``
+    gives them to the one it answers."""
+    if len(interchanges) <= 1:
+        return build_ta1(interchanges[0] if interchanges else None, findings, control_number=control_number, now=now)
+    findings = list(findings)
+    named = [f for f in findings if f.interchange]
+    return "".join(build_ta1(isa, findings if n == 0 else named, control_number=nth_control(control_number, n),
+                             now=now) for n, isa in enumerate(interchanges))
+
+
 class AcknowledgmentError(GatewayError):
     """Nothing a 999 could acknowledge: no transaction set inside a functional group (a TA1 answers that)."""
 
@@ -58,7 +79,9 @@ class AcknowledgmentError(GatewayError):
 def build_999(transactions: list[Transaction], findings: Iterable[Finding], *, control_number: int,
               now: datetime) -> str:
     """A 999 acknowledging the functional group(s) of ``transactions``, with IK3/IK4/IK5/AK9: one 999 transaction
-    set per functional group (an AK1 names one group), all in one interchange back to the sender.
+    set per functional group (an AK1 names one group), in one interchange per interchange received, back to that
+    interchange's sender (acknowledgments go to whoever sent what they acknowledge). The interchanges follow each
+    other in the order received, numbered ``control_number``, ``control_number + 1`` ...
 
     A set outside any GS/GE has no group for an AK1 to name and is left out (the reader reports it; a TA1 answers
     it); when no set is inside a group, :class:`AcknowledgmentError` says so rather than a 999 with an empty AK1."""
@@ -68,30 +91,66 @@ def build_999(transactions: list[Transaction], findings: Iterable[Finding], *, c
         raise AcknowledgmentError(
             "a 999 acknowledges the transaction sets of functional groups, and there is none "
             + ("inside a GS/GE" if transactions else "in the interchange") + ": answer it with a TA1")
-    first = grouped[0]
+    received: dict[int, list[Transaction]] = {}
+    for txn in grouped:
+        received.setdefault(id(txn.interchange), []).append(txn)
+    return "".join(_ack_interchange(members, findings, control_number=nth_control(control_number, n), now=now,
+                                    first_interchange=n == 0)
+                   for n, members in enumerate(received.values()))
+
+
+def _ack_interchange(transactions: list[Transaction], findings: list[Finding], *, control_number: int, now: datetime,
+                     first_interchange: bool) -> str:
+    """The 999 interchange for the sets of one interchange received: its ISA and first GS ids swapped."""
+    first = transactions[0]
     isa = first.interchange
     writer = _writer_for(isa)
     groups: dict[int, list[Transaction]] = {}
-    for txn in grouped:
+    for txn in transactions:
         groups.setdefault(id(txn.group), []).append(txn)
-    bodies = [_ack_group(members[0].group, members, findings, first_group=index == 0)
+    bodies = [_ack_group(members[0].group, members, findings, isa, first_group=index == 0,
+                         first_interchange=first_interchange)
               for index, members in enumerate(groups.values())]
     env = _swap(isa, control_number, now, first.group)
     return writer.interchange(env, "FA", "999", ACK_IMPLEMENTATION, bodies).text
 
 
-def _ack_group(group: Group | None, transactions: list[Transaction], findings: list[Finding], *,
-               first_group: bool) -> list[tuple[str, list]]:
-    """AK1 ... AK9 for one functional group. Group-level findings go to their group (by GS06), or to the first
-    group when they name none."""
+def _set_owns(f: Finding, txn: Transaction, group: Group | None, isa: Interchange | None) -> bool:
+    """Whether ``f`` is about ``txn``: by the set's ordinal in the file when both know it (two sets may share an
+    ST02, even in one group), else by ST02 within its group and interchange (a finding made elsewhere)."""
+    if f.set_ordinal and txn.ordinal:
+        return f.set_ordinal == txn.ordinal
+    return (f.transaction == txn.control_number
+            and (not f.transaction_set or f.transaction_set == txn.set_id)
+            and (not f.group or group is None or f.group == group.control_number)
+            and (not f.interchange or isa is None or f.interchange == isa.control_number))
+
+
+def _group_owns(f: Finding, group: Group | None, isa: Interchange | None, ordinals: frozenset[int], *,
+                first_group: bool, first_interchange: bool) -> bool:
+    """Whether the group-level finding ``f`` is this group's: found in one of its sets (``ordinals``), else by GS06
+    within its interchange (two interchanges may both hold a group 1); one naming no group is the first group's, of
+    the interchange it names, else of the first interchange."""
+    if f.set_ordinal and ordinals:
+        return f.set_ordinal in ordinals
+    same_interchange = not f.interchange or isa is None or f.interchange == isa.control_number
+    if f.group and group is not None:
+        return f.group == group.control_number and same_interchange
+    if not first_group:
+        return False
+    return same_interchange if f.interchange else first_interchange
+
+
+def _ack_group(group: Group | None, transactions: list[Transaction], findings: list[Finding],
+               isa: Interchange | None, *, first_group: bool, first_interchange: bool) -> list[tuple[str, list]]:
+    """AK1 ... AK9 for one functional group of interchange ``isa``: each set's own findings (``_set_owns``) and the
+    group's (``_group_owns``)."""
     body: list[tuple[str, list]] = []
     fid = group.functional_id if group else ""
     body.append(("AK1", [fid, group.control_number if group else "", group.version if group else ""]))
     accepted = 0
     for txn in transactions:
-        own = [f for f in findings if f.transaction == txn.control_number
-               and (not f.transaction_set or f.transaction_set == txn.set_id)
-               and (not f.group or group is None or f.group == group.control_number)]
+        own = [f for f in findings if _set_owns(f, txn, group, isa)]
         body.append(("AK2", [txn.set_id, txn.control_number, txn.implementation]))
         segment_level = [f for f in own if f.level in ("segment", "element") and f.position
                          and (f.ack_code in SEGMENT_CODES or f.ack_code in ELEMENT_CODES)]
@@ -125,8 +184,10 @@ def _ack_group(group: Group | None, transactions: list[Transaction], findings: l
         if status == "E":
             accepted += 1
         body.append(("IK5", [status, *codes]))
+    ordinals = frozenset(txn.ordinal for txn in transactions if txn.ordinal) if findings else frozenset()
     group_findings = [f for f in findings if f.level == "group" and f.ack_code in GROUP_CODES
-                      and (f.group == group.control_number if f.group and group is not None else first_group)]
+                      and _group_owns(f, group, isa, ordinals, first_group=first_group,
+                                      first_interchange=first_interchange)]
     group_errors = [f for f in group_findings if _is_error(f)]
     if group_errors:   # a rejected group accepts none of its transaction sets (AK904)
         accepted = 0

@@ -187,6 +187,10 @@ class Finding:
     ``level`` says which acknowledgment part it belongs to: ``interchange`` (TA1), ``group``
     (AK9), ``transaction`` (IK5), ``segment`` (IK3) or ``element`` (IK3 + IK4). ``ack_code`` is
     the code of that part (TA105, AK905, IK502, IK304, IK403).
+
+    ``set_ordinal`` is the :attr:`Transaction.ordinal` of the set it was found in (0: none, or not known): two sets
+    may carry the same ST02, even within one group, and a 999 must still give each only its own defects. It places
+    the finding and is no part of what the report says (``to_dict`` leaves it out).
     """
 
     code: str
@@ -206,9 +210,11 @@ class Finding:
     component: int = 0
     repetition: int = 0
     value: str = ""
+    set_ordinal: int = 0
 
     def to_dict(self) -> dict[str, object]:
-        return {k: v for k, v in asdict(self).items() if v not in ("", 0) or k in ("code", "message")}
+        return {k: v for k, v in asdict(self).items()
+                if (v not in ("", 0) or k in ("code", "message")) and k != "set_ordinal"}
 
 
 @dataclass(slots=True)
@@ -377,7 +383,8 @@ class Transaction:
     """One ST..SE transaction set with its loop tree and its own findings.
 
     ``table`` is the loop tree as read; ``root`` turns it into Loop and Segment objects the first
-    time it is asked for.
+    time it is asked for. ``ordinal`` is its place among the sets of the source read (1 for the first ST; 0 when
+    not read from one): what tells apart two sets with the same ST02 (``Finding.set_ordinal``).
     """
 
     set_id: str
@@ -389,6 +396,7 @@ class Transaction:
     findings: list[Finding] = field(default_factory=list)
     segment_count: int = 0
     structure: str = ""
+    ordinal: int = 0
     _root: Loop | None = None
     _built: int = 0
 

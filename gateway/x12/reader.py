@@ -149,7 +149,8 @@ class _TreeBuilder:
                     message=f"HL04 says {'a child level follows' if child_code == '1' else 'no child level'}"
                             f" but HL {quoted(hl_id, bare=True)} {'has none' if child_code == '1' else 'has children'}",
                     transaction=self.txn.control_number, transaction_set=self.txn.set_id, loop=loop_id,
-                    segment="HL", position=position, element="HL04", data_element="736"))
+                    segment="HL", position=position, element="HL04", data_element="736",
+                    set_ordinal=self.txn.ordinal))
 
     def _close(self, index: int, last_position: int) -> None:
         loop_id, _, start = self.table.loops[index]
@@ -169,6 +170,7 @@ class _TreeBuilder:
             code=code, message=f"{msg} (in loop {loop_id})", level="segment", ack_code=ack,
             transaction=self.txn.control_number, transaction_set=self.txn.set_id,
             loop=loop_id if loop_id != "ST" else "", segment=seg_id[:3], position=position,
+            set_ordinal=self.txn.ordinal,
         ))
 
     def _check_hl(self, parts: list[str], position: int) -> None:
@@ -211,7 +213,8 @@ class _TreeBuilder:
         txn.findings.append(Finding(
             code=code, message=message, severity=severity, level="element", ack_code=ack,
             transaction=txn.control_number, transaction_set=txn.set_id, loop=loop_id, segment="HL",
-            position=position, element=element, value=value, data_element="628" if element == "HL01" else "734"))
+            position=position, element=element, value=value, data_element="628" if element == "HL01" else "734",
+            set_ordinal=txn.ordinal))
 
 
 class X12Reader:
@@ -230,6 +233,8 @@ class X12Reader:
         self.interchanges: list[Interchange] = []
         self._specs: dict[str, TransactionSpec | None] = {}
         self._known = known_segment_ids(mappings)
+        self._sets = 0   # transaction sets opened so far: the next one's ordinal
+        self._group_sets: set[str] = set()   # the ST02s of the open group (IK502 23 when one comes again)
 
     # -- public API --------------------------------------------------------------------------
     def transactions(self) -> Iterator[Transaction]:
@@ -429,7 +434,8 @@ class X12Reader:
             code=code, message=message, severity=severity, level=level, ack_code=ack,
             interchange=txn.interchange.control_number if txn.interchange else "",
             group=txn.group.control_number if txn.group else "", transaction=txn.control_number,
-            transaction_set=txn.set_id, segment=segment, position=position, element=element, value=value))
+            transaction_set=txn.set_id, segment=segment, position=position, element=element, value=value,
+            set_ordinal=txn.ordinal))
 
     def _envelope(self, code: str, message: str, level: str, ack: str, isa: Interchange | None,
                   gs: Group | None = None, *, severity: str = "error", segment: str = "", position: int = 0,
@@ -495,6 +501,7 @@ class X12Reader:
     def _open_group(self, seg: Segment, isa: Interchange) -> Group:
         gs = Group(functional_id=seg.get(1), sender=seg.get(2), receiver=seg.get(3), date=seg.get(4),
                    time=seg.get(5), control_number=seg.get(6), version=seg.get(8), segment=seg)
+        self._group_sets = set()
         if whole_number(gs.control_number) is None:
             self._envelope("X12-GS-CONTROL", f"GS06 group control number {quoted(gs.control_number)} must be numeric",
                            "group", "6", isa, gs, segment="GS", element="GS06", value=gs.control_number)
@@ -506,12 +513,20 @@ class X12Reader:
         return gs
 
     def _open_transaction(self, seg: Segment, isa: Interchange | None, gs: Group | None) -> Transaction:
+        self._sets += 1
         txn = Transaction(set_id=seg.get(1), control_number=seg.get(2), implementation=seg.get(3),
-                          interchange=isa, group=gs, table=LoopTable(seg.delimiters))
+                          interchange=isa, group=gs, table=LoopTable(seg.delimiters), ordinal=self._sets)
         if gs is None:
             self._add(txn, "X12-GS-MISSING", "transaction set is not inside a GS/GE functional group",
                       "transaction", "18", segment="ST", position=1)
             return txn
+        if txn.control_number in self._group_sets:
+            # a 999 names a set by its ST02 alone (AK202): two alike in one group cannot be told apart
+            self._add(txn, "X12-ST-DUPLICATE", f"ST02 {quoted(txn.control_number)} is already the control number of "
+                      f"another transaction set in group {quoted(gs.control_number, bare=True)}", "transaction", "23",
+                      segment="ST", position=1, element="ST02", value=txn.control_number)
+        elif txn.control_number:
+            self._group_sets.add(txn.control_number)
         version = txn.implementation or gs.version
         expected_fid = FUNCTIONAL_IDS.get(txn.set_id)
         if expected_fid and gs.functional_id != expected_fid:

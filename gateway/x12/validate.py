@@ -41,7 +41,7 @@ logging.getLogger("pyx12").setLevel(logging.CRITICAL)
 IMPLEMENTATION = "005010X279A1"
 # Envelope-level codes our reader reports; pyx12's copies of them are dropped.
 _OURS = {"isa": {"001", "021", "023", "014", "015", "017", "018", "019", "020"},
-         "gs": {"3", "4", "5", "6"}, "st": {"2", "3", "4", "I6", "19"}}
+         "gs": {"3", "4", "5", "6"}, "st": {"2", "3", "4", "I6", "19", "23"}}
 _SEVERITY_WARNING_SEG = {"I6"}  # situational segment missing: reported, but not fatal for the reader tests
 _ADDED_GROUP = "999999999"   # GS06/GE02 of the group given to a set that came outside any (pyx12 needs one)
 
@@ -100,17 +100,18 @@ def _repeating_elements(mappings: str | None) -> frozenset[tuple[str, int]]:
 
 
 def _canonical_interchanges(batches: Iterable[Batch], repeating: frozenset[tuple[str, int]]
-                            ) -> Iterator[tuple[str, dict[tuple[int, int, int], list[str]]]]:
+                            ) -> Iterator[tuple[str, dict[tuple[int, int, int], list[str]], int]]:
     """Each interchange re-rendered for pyx12: padded ISA, 5010 version, first repetitions only; a transaction set
     outside any GS/GE (which the reader reports) gets a functional group of its own, so that pyx12 checks it as a set
     rather than reporting each of its segments, as "not found", against the set before it.
 
-    Also returns, per (ST ordinal, segment position, element), the extra repetitions removed.
+    Also returns, per (ST ordinal, segment position, element), the extra repetitions removed, and how many sets came
+    before the interchange: ST ordinals count through the whole file, as the reader's ``Transaction.ordinal`` does.
     """
     current: list[str] = []
     extras: dict[tuple[int, int, int], list[str]] = {}
     d: Delimiters | None = None
-    st_ordinal = position = 0
+    st_ordinal = position = before = 0
     rep_char = "^"
     pending_gs: list[str] | None = None
     in_group = False   # a GS (ours or the sender's) is open
@@ -130,8 +131,9 @@ def _canonical_interchanges(batches: Iterable[Batch], repeating: frozenset[tuple
             in_group, added = False, None
         if seg_id == "ISA":
             if current:
-                yield "".join(current), extras
+                yield "".join(current), extras, before
                 current, extras = [], {}
+            before = st_ordinal
             d = delims
             used = "".join(elements)
             rep_char = next(c for c in "^}!\x1d\x1f" if c not in (d.element, d.component, d.segment)
@@ -178,7 +180,7 @@ def _canonical_interchanges(batches: Iterable[Batch], repeating: frozenset[tuple
             position = 0
     close_added()
     if current:
-        yield "".join(current), extras
+        yield "".join(current), extras, before
 
 
 def _end(d: Delimiters) -> str:
@@ -191,9 +193,11 @@ def _end(d: Delimiters) -> str:
 class _Collector(pyx12.error_visitor.error_visitor):
     """Turns pyx12's error tree into Findings."""
 
-    def __init__(self, loops: dict[tuple[str, int], str]) -> None:
+    def __init__(self, loops: dict[tuple[int, int], str], ordinals: list[int]) -> None:
         self.findings: list[Finding] = []
         self.loops = loops
+        self.ordinals = iter(ordinals)   # each ST node's set ordinal, in the order the nodes were made (and visited)
+        self.ordinal = 0
         self.isa = self.gs = self.st = self.st_set = ""
 
     def visit_root_pre(self, errh: Any) -> None: ...
@@ -220,16 +224,17 @@ class _Collector(pyx12.error_visitor.error_visitor):
     def visit_st_pre(self, node: Any) -> None:
         self.st = node.trn_set_control_num or ""
         self.st_set = node.trn_set_id or ""
+        self.ordinal = next(self.ordinals, 0)
         for code, text in node.errors:
             if code not in _OURS["st"]:
                 self.findings.append(Finding("PYX12-ST", _pyx12_text(text), level="transaction", ack_code=code,
                                              interchange=self.isa, group=self.gs, transaction=self.st,
-                                             transaction_set=self.st_set))
+                                             transaction_set=self.st_set, set_ordinal=self.ordinal))
 
     def visit_st_post(self, node: Any) -> None: ...
 
     def visit_seg(self, node: Any) -> None:
-        loop = self.loops.get((self.st, node.seg_count), "")
+        loop = self.loops.get((self.ordinal, node.seg_count), "")
         self._seg = node
         for code, text, value in node.errors:
             standard = code in SEGMENT_CODES and code not in _SEVERITY_WARNING_SEG
@@ -237,11 +242,11 @@ class _Collector(pyx12.error_visitor.error_visitor):
                 "X12-IG-SEGMENT", _pyx12_text(text, value), severity="error" if standard else "warning",
                 level="segment", ack_code=code, interchange=self.isa, group=self.gs, transaction=self.st,
                 transaction_set=self.st_set, loop=loop, segment=node.seg_id, position=node.seg_count or 0,
-                value=value or ""))
+                value=value or "", set_ordinal=self.ordinal))
 
     def visit_ele(self, node: Any) -> None:
         seg = self._seg
-        loop = self.loops.get((self.st, seg.seg_count), "")
+        loop = self.loops.get((self.ordinal, seg.seg_count), "")
         for code, text, value in node.errors:
             if _NOT_USED in text:
                 # pyx12 says "10" (exclusion condition violated) for an element, "5" (too long) for a composite;
@@ -253,7 +258,7 @@ class _Collector(pyx12.error_visitor.error_visitor):
                 level="element", ack_code=code, interchange=self.isa, group=self.gs,
                 transaction=self.st, transaction_set=self.st_set, loop=loop, segment=seg.seg_id,
                 position=seg.seg_count or 0, element=element, data_element=node.ele_ref_num or "",
-                component=int(node.subele_pos or 0), value=value or ""))
+                component=int(node.subele_pos or 0), value=value or "", set_ordinal=self.ordinal))
 
 
 _NOT_USED = "is marked as Not Used"   # pyx12's words for a data element or composite the guide marks N
@@ -288,8 +293,10 @@ class _WholeSegmentReads(io.StringIO):
         return "".join(pieces)
 
 
-def _run_pyx12(engine: _Pyx12, text: str, extras: dict[tuple[int, int, int], list[str]]) -> list[Finding]:
-    """The x12n_document walk, with cached maps and repetition checks, collecting Findings."""
+def _run_pyx12(engine: _Pyx12, text: str, extras: dict[tuple[int, int, int], list[str]], before: int = 0
+               ) -> list[Finding]:
+    """The x12n_document walk, with cached maps and repetition checks, collecting Findings; ``before`` is how many
+    sets the file holds before this interchange (each finding names its set by its ordinal in the file)."""
     errh = pyx12.error_handler.err_handler()
     src = pyx12.x12file.X12Reader(_WholeSegmentReads(text, text[105:106]))
     control_map = engine.load("x12.control.00501.xml")
@@ -297,15 +304,19 @@ def _run_pyx12(engine: _Pyx12, text: str, extras: dict[tuple[int, int, int], lis
     walker = walk_tree()
     icvn = fic = vriic = None
     map_file = "x12.control.00501.xml"
-    loops: dict[tuple[str, int], str] = {}
+    loops: dict[tuple[int, int], str] = {}
     extra_findings: list[Finding] = []
     st_control = ""
-    st_ordinal = 0
+    st_ordinal = before
+    ordinals: list[int] = []   # the ordinal of each ST node added to pyx12's error tree, in order
     seg_id = ""
     try:
         for seg in src:
             orig_node = node
             seg_id = seg.get_seg_id()
+            if seg_id == "ST":   # every ST counts, placed or not, as the reader counts them
+                st_control = seg.get_value("ST02") or ""
+                st_ordinal += 1
             if seg_id == "ISA":
                 node = control_map.getnodebypath("/ISA_LOOP/ISA")
                 walker.forceWalkCounterToLoopStart("/ISA_LOOP", "/ISA_LOOP/ISA")
@@ -342,9 +353,8 @@ def _run_pyx12(engine: _Pyx12, text: str, extras: dict[tuple[int, int, int], lis
                 errh.handle_errors(src.pop_errors())
                 errh.close_gs_loop(node, seg, src)
             elif seg_id == "ST":
-                st_control = seg.get_value("ST02") or ""
-                st_ordinal += 1
                 errh.add_st_loop(seg, src)
+                ordinals.append(st_ordinal)
                 errh.handle_errors(src.pop_errors())
             elif seg_id == "SE":
                 errh.handle_errors(src.pop_errors())
@@ -355,18 +365,18 @@ def _run_pyx12(engine: _Pyx12, text: str, extras: dict[tuple[int, int, int], lis
             position = src.get_seg_count()
             parent = node.get_parent() if hasattr(node, "get_parent") else None
             loop_id = getattr(parent, "id", "") or ""
-            loops[(st_control, position)] = "" if loop_id in ("HEADER", "ST_LOOP", "GS_LOOP", "ISA_LOOP") else loop_id
+            loops[(st_ordinal, position)] = "" if loop_id in ("HEADER", "ST_LOOP", "GS_LOOP", "ISA_LOOP") else loop_id
             apply_segment_errors(node, seg, errh)
             if extras:
                 _check_repetitions(node, seg_id, st_control, st_ordinal, position, loops, extras, extra_findings)
         src.cleanup()
         errh.handle_errors(src.pop_errors())
-        collector = _Collector(loops)
+        collector = _Collector(loops, ordinals)
         errh.accept(collector)
     except Exception as exc:
         if not _raised_in_pyx12(exc):
             raise
-        return [_pyx12_stopped(exc, seg_id, st_control, src)]
+        return [_pyx12_stopped(exc, seg_id, st_control, st_ordinal, src)]
     return collector.findings + extra_findings
 
 
@@ -378,7 +388,7 @@ def _raised_in_pyx12(exc: BaseException) -> bool:
     return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("pyx12")
 
 
-def _pyx12_stopped(exc: Exception, seg_id: str, st_control: str, src: Any) -> Finding:
+def _pyx12_stopped(exc: Exception, seg_id: str, st_control: str, st_ordinal: int, src: Any) -> Finding:
     """pyx12 fails with IndexError, ValueError, AttributeError ... on some damaged input (a GE01 that is no
     number, a GE or SE that closes nothing, a composite with more components than the guide's, an RD8 with two
     '-'): the report says where its element checks stopped instead of the validation failing. The reader's own
@@ -389,12 +399,12 @@ def _pyx12_stopped(exc: Exception, seg_id: str, st_control: str, src: Any) -> Fi
                f"written ({type(exc).__name__}); the segments after it are not checked")
     if st_control and position and seg_id not in ("ISA", "GS", "GE", "IEA", "ST", "SE"):
         return Finding("X12-IG-UNCHECKED", message, level="segment", ack_code="8", transaction=st_control,
-                       segment=seg_id, position=position)
+                       segment=seg_id, position=position, set_ordinal=st_ordinal)
     return Finding("X12-IG-UNCHECKED", message, level="interchange", transaction=st_control)
 
 
 def _check_repetitions(node: Any, seg_id: str, st_control: str, st_ordinal: int, position: int,
-                       loops: dict[tuple[str, int], str], extras: dict[tuple[int, int, int], list[str]],
+                       loops: dict[tuple[int, int], str], extras: dict[tuple[int, int, int], list[str]],
                        out: list[Finding]) -> None:
     for (ordinal, pos, element), values in extras.items():
         if ordinal != st_ordinal or pos != position:
@@ -417,13 +427,14 @@ def _check_repetitions(node: Any, seg_id: str, st_control: str, st_ordinal: int,
             if problem:
                 out.append(Finding(
                     "X12-IG-ELEMENT", f"{ref} repetition {i}: {problem}", level="element", ack_code=code,
-                    transaction=st_control, loop=loops.get((st_control, position), ""), segment=seg_id,
+                    transaction=st_control, loop=loops.get((st_ordinal, position), ""), segment=seg_id,
                     position=position, element=ref, data_element=child.data_ele or "", repetition=i,
-                    value=value))
+                    value=value, set_ordinal=st_ordinal))
         if len(values) + 1 > 99:
             out.append(Finding("X12-IG-ELEMENT", f"{ref} has {len(values) + 1} repetitions; at most 99",
                                level="element", ack_code="12", transaction=st_control, segment=seg_id,
-                               position=position, element=ref, data_element=child.data_ele or ""))
+                               position=position, element=ref, data_element=child.data_ele or "",
+                               set_ordinal=st_ordinal))
 
 
 def _rule_findings(txn: Transaction, mappings: str | None) -> list[Finding]:
@@ -443,7 +454,7 @@ def _rule_findings(txn: Transaction, mappings: str | None) -> list[Finding]:
                 f"X12-RULE-{rule['id'].upper()}", " ".join(rule["message"].split()), severity=rule["severity"],
                 level="element", ack_code="", transaction=txn.control_number, transaction_set=txn.set_id,
                 loop=loop.id, segment=seg.id, position=seg.position, element=f"{seg.id}{int(rule['element']):02d}",
-                value=value))
+                value=value, set_ordinal=txn.ordinal))
     return found
 
 
@@ -467,7 +478,8 @@ def _ls_le_findings(txn: Transaction) -> list[Finding]:
 
     def add(seg: Segment, loop: Loop, message: str, code: str) -> None:
         found.append(Finding("X12-LS-LE", message, level="segment", ack_code=code, transaction=txn.control_number,
-                             transaction_set=txn.set_id, loop=loop.id, segment=seg.id, position=seg.position))
+                             transaction_set=txn.set_id, loop=loop.id, segment=seg.id, position=seg.position,
+                             set_ordinal=txn.ordinal))
 
     stack = [txn.root]
     while stack:
@@ -519,7 +531,8 @@ def _inquiry_findings(txn: Transaction) -> list[Finding]:
                 found.append(Finding("X12-INQUIRY-MISSING", f"loop {name.id} (the patient) has no {inquiry} EQ: "
                                      "a 270 must say what it asks about", level="segment", ack_code="3",
                                      transaction=txn.control_number, transaction_set=txn.set_id, loop=name.id,
-                                     segment="NM1", position=nm1.position if nm1 is not None else 0))
+                                     segment="NM1", position=nm1.position if nm1 is not None else 0,
+                                     set_ordinal=txn.ordinal))
     return found
 
 
@@ -535,7 +548,8 @@ def _meaning_findings(txn: Transaction) -> list[Finding]:
             value: str, component: int = 0) -> None:
         found.append(Finding(code, message, level="element", ack_code=ack, transaction=txn.control_number,
                              transaction_set=txn.set_id, loop=loop.id, segment=seg.id, position=seg.position,
-                             element=element, data_element=data_element, component=component, value=value))
+                             element=element, data_element=data_element, component=component, value=value,
+                             set_ordinal=txn.ordinal))
 
     for loop, seg in txn.root.walk():
         if seg.id == "DTP" and seg.get(2) == "RD8":
@@ -581,28 +595,30 @@ def validate_x12(source: Source, *, mappings: str | None = None, elements: bool 
     if elements and any(t.structure for t in result.transactions):
         engine = _engine(mappings)
         repeating = _repeating_elements(mappings)
-        for text, extras in _canonical_interchanges(tokenize(data), repeating):
+        for text, extras, before in _canonical_interchanges(tokenize(data), repeating):
             if "\nST" not in text and not text.startswith("ST"):
                 continue
-            report.findings.extend(_pyx12_findings(engine, text, extras, result, mappings))
+            report.findings.extend(_pyx12_findings(engine, text, extras, before, result, mappings))
     return report
 
 
-def _pyx12_findings(engine: _Pyx12, text: str, extras: dict[tuple[int, int, int], list[str]],
+def _pyx12_findings(engine: _Pyx12, text: str, extras: dict[tuple[int, int, int], list[str]], before: int,
                     result: ReadResult, mappings: str | None) -> list[Finding]:
-    found = _run_pyx12(engine, text, extras)
-    unsupported = {t.control_number for t in result.transactions if not t.structure}
-    ours = {(f.transaction, f.position, f.segment) for f in result.all_findings if f.level == "segment"}
-    by_control = {t.control_number: t for t in result.transactions}
+    """pyx12's findings for one interchange, each placed in its set by ordinal (ST02s may repeat)."""
+    found = _run_pyx12(engine, text, extras, before)
+    unsupported = {t.ordinal for t in result.transactions if not t.structure}
+    ours = {(f.set_ordinal, f.position, f.segment) for f in result.all_findings if f.level == "segment"}
+    by_ordinal = {t.ordinal: t for t in result.transactions}
     kept = []
     for f in found:
-        if f.transaction in unsupported:
+        if f.set_ordinal in unsupported:
             continue
-        _locate(f, by_control.get(f.transaction))
-        if f.level == "segment" and (f.transaction, f.position, f.segment) in ours and f.ack_code in ("1", "2"):
+        txn = by_ordinal.get(f.set_ordinal)
+        _locate(f, txn)
+        if f.level == "segment" and (f.set_ordinal, f.position, f.segment) in ours and f.ack_code in ("1", "2"):
             continue  # the reader already reported this misplaced segment
-        if f.level == "segment" and f.ack_code == "1" and f.transaction in by_control:
-            better = _qualifier_code_error(f, by_control[f.transaction], mappings)
+        if f.level == "segment" and f.ack_code == "1" and txn is not None:
+            better = _qualifier_code_error(f, txn, mappings)
             if better:
                 kept.extend(better)
                 continue
@@ -640,7 +656,8 @@ def _qualifier_code_error(f: Finding, txn: Transaction, mappings: str | None) ->
         return []
     first = nodes[0].elements[0]
     common = {"interchange": f.interchange, "group": f.group, "transaction": f.transaction,
-              "transaction_set": f.transaction_set, "loop": loop_id, "segment": parts[0], "position": f.position}
+              "transaction_set": f.transaction_set, "loop": loop_id, "segment": parts[0], "position": f.position,
+              "set_ordinal": f.set_ordinal}
     return [
         Finding("X12-IG-SEGMENT", f"{parts[0]} has data element errors", level="segment", ack_code="8", **common),
         Finding("X12-IG-ELEMENT", f"{quoted(value)} is not a valid code for {first.name} ({first.ref})",

@@ -694,3 +694,49 @@ def test_a_member_store_that_cannot_be_opened_is_one_line_and_exit_2(database, m
                                        "--worker-class", "gthread"])   # gthread: no monkey-patching in the test
     assert result.exit_code == 2 and "--database: cannot open the simulator's member store: " in result.output
     assert message in result.output and "s3cret" not in result.output and "Traceback" not in result.output
+
+
+def _from_other_sender(text: str, control: str) -> str:
+    """The same 270 interchange from another sender (ISA06 and GS02), numbered ``control``: GS06 and ST02 stay."""
+    return (text.replace("FHIRX12GW      ", "OTHERSENDER    ").replace("GS*HS*FHIRX12GW*", "GS*HS*OTHERSENDER*")
+            .replace("000001001", control))
+
+
+def _interchanges(text: str) -> list[str]:
+    return ["ISA" + part for part in text.split("ISA")[1:]]
+
+
+@pytest.mark.parametrize("kind", ["271", "999"])
+def test_each_interchange_of_a_request_is_answered_back_to_its_own_sender(server, kind):
+    """A 271 (or a 999) answering a request of two interchanges from two senders went, whole, to the first sender,
+    with the second sender's defects reported against the first sender's set."""
+    base, _ = server
+    good = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    other = _from_other_sender(good, "000002002")
+    if kind == "999":   # the second sender's set is invalid
+        other = other.replace("EQ*30~", "EQ*ZZ~")
+    response = requests.post(f"{base}/x12", data=(good + other).encode(),
+                             headers={"Content-Type": "application/edi-x12"}, timeout=10)
+    assert response.status_code == 200
+    first, second = _interchanges(response.text)
+    assert "*ZZ*FHIRX12GW      *" in first and "*ZZ*OTHERSENDER    *" in second
+    assert f"ST*{kind}*" in first and f"ST*{kind}*" in second
+    assert "*ACMEHLTH*FHIRX12GW*" in first and "*ACMEHLTH*OTHERSENDER*" in second   # GS02/GS03
+    numbers = [text[90:99] for text in (first, second)]
+    assert numbers[0] != numbers[1] and all(text.endswith(f"*{n}~") for text, n in zip((first, second), numbers,
+                                                                                        strict=True))
+    if kind == "999":
+        assert "IK5*A~" in first and "IK3*" not in first
+        assert "IK4*1*1365*7*ZZ~" in second and "IK5*R*5~" in second
+
+
+def test_two_interchanges_both_in_error_get_a_ta1_each_back_to_its_sender(server):
+    base, _ = server
+    good = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    bad = good.replace("IEA*1*000001001~", "IEA*1*000009999~")
+    other = _from_other_sender(bad, "000002002")
+    response = requests.post(f"{base}/x12", data=(bad + other).encode(),
+                             headers={"Content-Type": "application/edi-x12"}, timeout=10)
+    first, second = _interchanges(response.text)
+    assert "*ZZ*FHIRX12GW      *" in first and "TA1*000001001*250310*0915*R*001~" in first
+    assert "*ZZ*OTHERSENDER    *" in second and "TA1*000002002*250310*0915*R*001~" in second
