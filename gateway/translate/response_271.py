@@ -301,6 +301,9 @@ def _translate_patient(tables: Tables, txn: Transaction, now: str,
                                       "value": seg.get(3)})
         else:
             r.note(f"segment {seg.id} outside the loops of a 271", txn.root, seg)
+            continue
+        if len(seg.parts) > _READ_PARTS[seg.id]:   # a BHT06, say
+            _note_unread(r, txn.root, seg)
 
     _source_loops(r, source, payer_loop)
     if receiver is not None:
@@ -340,15 +343,60 @@ def _translate_patient(tables: Tables, txn: Transaction, now: str,
     return ResponseTranslation(resource, r.notes, r.mapped, r.noted, traces, scope)
 
 
+# The elements the translation reads of each segment it maps into a response (by segment id, in any loop). The
+# structure's own (ST, SE, HL, BHT01-02) and the 271's creation date and time (BHT04-05, which like the envelope's
+# dates describe the transaction, not the patient's coverage) count as read, as do qualifiers whose values are read
+# (NM101, NM102, NM108, PER01, PRV02). A mapped segment with a value in any other element (an EB15, a TRN04, an
+# INS09, any element X279A1 does not use) gets a note naming it; a segment that is only noted has every element in
+# its note's raw text. A segment id not listed has none of its elements read (a new mapping noted, not lost).
+_READ_ELEMENTS: dict[str, frozenset[int]] = {seg_id: frozenset(read) for seg_id, read in {
+    "ST": (1, 2, 3), "SE": (1, 2), "BHT": (1, 2, 3, 4, 5), "HL": (1, 2, 3, 4), "TRN": (1, 2, 3),
+    "NM1": (1, 2, 3, 4, 5, 7, 8, 9), "PER": range(1, 9), "PRV": (2, 3), "AAA": (1, 3, 4), "DMG": (1, 2, 3),
+    "N3": (1, 2), "N4": (1, 2, 3, 4, 7), "INS": (1, 2, 3, 4, 17), "REF": (1, 2, 3), "DTP": (1, 2, 3),
+    "EB": range(1, 15), "HSD": range(1, 9), "III": (1, 2, 3, 4), "MSG": (1,), "LS": (1,), "LE": (1,),
+}.items()}
+# the parts (the id and the elements) a segment has at most with nothing unread in them: the first element not read.
+# Most segments are no longer (an EB of 14 elements or fewer), which their length alone tells
+_READ_PARTS: dict[str, int] = {seg_id: next(i for i in range(1, 100) if i not in read)
+                               for seg_id, read in _READ_ELEMENTS.items()}
+# for the longer ones: the parts up to the last element read, and the elements not read among them (NM106, which
+# X279A1 does not use, between the names and the id), looked at before any list is built
+_READ_SHAPE: dict[str, tuple[int, tuple[int, ...]]] = {
+    seg_id: (max(read) + 1, tuple(i for i in range(1, max(read)) if i not in read))
+    for seg_id, read in _READ_ELEMENTS.items()}
+
+
+def _note_unread(r: _Response, loop: Loop, seg: Segment) -> None:
+    """Note the elements of a mapped segment that the translation does not read (``_READ_ELEMENTS``), when any
+    holds a value: named by the segment dictionary, or as beyond the elements X12 defines for the segment."""
+    parts = seg.parts
+    end, holes = _READ_SHAPE.get(seg.id, (1, ()))
+    if len(parts) <= end and not any(parts[i].strip() for i in holes if i < len(parts)):
+        return   # an NM1 with its id, an INS with INS03 and INS04: nothing beyond, nothing in between
+    read = _READ_ELEMENTS.get(seg.id, frozenset())
+    unread = [(i, value) for i, value in enumerate(seg.values(0)) if i and value and i not in read]
+    if not unread:
+        return
+    names = r.tables.element_names.get(seg.id, ())
+    shown = "; ".join(f"{seg.id}{i:02d} {quoted(value)}"
+                      + ((f" ({names[i - 1]})" if names[i - 1] else "") if i <= len(names)
+                         else f" (beyond the {len(names)} elements of {seg.id})")
+                      for i, value in unread)
+    r.note(f"{shown}: not carried into the response", loop, seg)
+
+
 def _account_for_the_rest(r: _Response, loop: Loop, for_dependent: bool, scope: set[int]) -> None:
     """Add the segments of ``loop`` that belong to this response (not other patients' loops) to ``scope``, in order,
-    noting each that no handler mapped or noted."""
+    noting each that no handler mapped or noted, and the elements of mapped ones that none read."""
     mapped, noted = r.mapped, r.noted
     for item in loop.body:
         if item.__class__ is Segment:
             position = item.position
             scope.add(position)
-            if position not in mapped and position not in noted:
+            if position in mapped:
+                if len(item.parts) > _READ_PARTS.get(item.id, 1):
+                    _note_unread(r, loop, item)
+            elif position not in noted:
                 r.note(f"segment {item.id} has no place in a CoverageEligibilityResponse", loop, item)
         elif item.id in {"2000B", "2000C", "2000D"}:
             continue  # reached through their own entries
@@ -577,9 +625,15 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
                 if lines:   # an N3 of empty elements gives no line (an empty list is no FHIR, ele-1)
                     address["line"] = lines
             else:
-                address.update({k: v for k, v in (("city", seg.get(1)), ("state", seg.get(2)),
+                # N407, the subdivision of a country other than the US or Canada, is where N402 would be (one or
+                # the other: E0207); Address.state is the sub-unit of any country
+                address.update({k: v for k, v in (("city", seg.get(1)), ("state", seg.get(2) or seg.get(7)),
                                                   ("postalCode", us_zip(seg, tables)), ("country", seg.get(4)))
                                 if v})
+                if seg.get(2) and seg.get(7):
+                    r.note(f"country subdivision N407 {quoted(seg.get(7))} given with the state N402 "
+                           f"{quoted(seg.get(2))} (X12 allows one of them: E0207); Address.state holds N402", loop,
+                           seg)
             person.address = address
         elif sid == "INS":
             relationship = tables.t["relationship"]["from_ins02"].get(seg.get(2))
@@ -589,9 +643,15 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
                 person.relationship = relationship
                 if seg.get(2) and relationship is None:
                     r.note(f"relationship code {quoted(seg.get(2))} is not known", loop, seg)
-            if seg.get(3) == "001" and seg.get(4) == "25":
-                r.note(f"the payer changed identifying data of the {role} (INS03 001, INS04 25): check the "
+            changed = tables.t["relationship"]["identity_changed"]   # INS03 and INS04 that say so
+            ins03, ins04 = seg.get(3), seg.get(4)
+            if ins03 == changed["INS03"] and ins04 == changed["INS04"]:
+                r.note(f"the payer changed identifying data of the {role} (INS03 {ins03}, INS04 {ins04}): check the "
                        "returned name, birth date and member id", loop, seg)
+            elif ins03 or ins04:   # no other maintenance type or reason means anything in a 271: kept, not read
+                given = " and ".join(f"INS0{i} {quoted(value)}" for i, value in ((3, ins03), (4, ins04)) if value)
+                r.note(f"{given} of the {role} not read: X279A1 uses INS03 {changed['INS03']} with INS04 "
+                       f"{changed['INS04']} only (identifying data changed)", loop, seg)
             if seg.get(17):
                 r.note(f"birth sequence number {seg.get(17)}", loop, seg)
         elif sid == "REF":
@@ -630,10 +690,10 @@ def _demographics(tables: Tables, dmg: Segment) -> tuple[str, str]:
 
 
 def _address_text(tables: Tables, seg: Segment) -> str:
-    """An N3's lines, or an N4's city, state, ZIP and country, for a note."""
+    """An N3's lines, or an N4's city, state (or country subdivision), ZIP and country, for a note."""
     if seg.id == "N3":
         return ", ".join(v for v in (seg.get(1), seg.get(2)) if v)
-    region = " ".join(v for v in (seg.get(2), us_zip(seg, tables)) if v)
+    region = " ".join(v for v in (seg.get(2), seg.get(7), us_zip(seg, tables)) if v)
     return ", ".join(v for v in (seg.get(1), region, seg.get(4)) if v)
 
 
@@ -760,6 +820,8 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
             if kind == "pre-auth" and r.pre_auth is None and seg.get(2):
                 r.pre_auth = seg.get(2)
                 r.map(seg)
+                if seg.get(3):   # preAuthRef is the number alone
+                    r.note(f"description {quoted(seg.get(3))} of the {name} {seg.get(2)} for EB {eb01}", loop, seg)
             else:
                 r.note(f"{name} {seg.get(2)}".strip() + f" for EB {eb01}" + (f" ({seg.get(3)})" if seg.get(3) else ""),
                        loop, seg)
@@ -789,8 +851,7 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
                f"for EB {eb01}", loop, eb)
     if v[14]:
         r.note(f"diagnosis code pointers {v[14]} for EB {eb01}", loop, eb)
-    if v[11] == "U":
-        r.note(f"authorization requirement unknown (EB11 U) for EB {eb01}", loop, eb)
+    authorization = _authorization(r, loop, eb, v[11], eb01) if v[11] else None
     if procedure and (len(procedure) < 2 or not procedure[1]):   # a qualifier without a code is no procedure
         r.note(f"EB13 {quoted(v[13])} names no procedure code: the row is read by its service types", loop, eb)
         procedure = []
@@ -799,7 +860,7 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
                "not known", loop, eb)
 
     # the items this EB becomes: one per service type, or one for the procedure (ces-1)
-    base = _item_base(r, loop, eb, v, entities)
+    base = _item_base(r, loop, eb, v, entities, authorization)
     if any(description):
         base["description"] = "; ".join(d for d in description if d)
     targets: list[dict[str, Any]] = []
@@ -951,13 +1012,34 @@ def _refuse_if_required(r: _Response, table: str, code: str, loop: Loop, seg: Se
     """A table whose on_missing is ``error`` refuses a code it does not list."""
     if r.tables.refuses_unknown(table):
         where = r.where(loop, seg)
-        raise TranslationError(f"{where}: code {quoted(code)} is not in mappings/codes/{table}.yaml "
+        raise TranslationError(f"{where}: code {quoted(code)} is not in {r.tables.table_file(table)} "
                                "(on_missing: error)",
                                [Problem(where, f"unknown code {quoted(code)}", code="code-invalid", x12=seg.id)])
 
 
-def _item_base(r: _Response, loop: Loop, eb: Segment, v: list[str], entities: list[dict[str, Any]]) -> dict[str, Any]:
-    """What every item of one EB shares; ``v`` is the EB's elements (``eb.values(15)``)."""
+def _authorization(r: _Response, loop: Loop, eb: Segment, code: str, eb01: str) -> bool | None:
+    """EB11 -> authorizationRequired, by ``mappings/translate/authorization.yaml``: true or false, else None (FHIR's
+    boolean has no "unknown" or "not applicable", and a code the table does not list means nothing), the code then
+    kept in a note."""
+    info = r.tables.t["authorization"]["codes"].get(code)
+    if info is None:
+        _refuse_if_required(r, "authorization", code, loop, eb)
+        r.note(f"EB11 {quoted(code)} for EB {eb01} is not an X279A1 authorization or certification indicator: "
+               "authorizationRequired is left out", loop, eb)
+        return None
+    required = info["fhir"] if info["fhir"] is True or info["fhir"] is False else None
+    if required is None or info.get("x279a1") is False:
+        text = f"{info['display']} (EB11 {code}) for EB {eb01}"
+        if info.get("x279a1") is False:
+            text += f"; X279A1 does not allow {code} in EB11"
+        r.note(text, loop, eb)
+    return required
+
+
+def _item_base(r: _Response, loop: Loop, eb: Segment, v: list[str], entities: list[dict[str, Any]],
+               authorization: bool | None) -> dict[str, Any]:
+    """What every item of one EB shares; ``v`` is the EB's elements (``eb.values(15)``), ``authorization`` what
+    EB11 says of authorizationRequired (None: nothing FHIR can hold)."""
     tables = r.tables
     item: dict[str, Any] = {}
     if v[5]:
@@ -968,8 +1050,8 @@ def _item_base(r: _Response, loop: Loop, eb: Segment, v: list[str], entities: li
             item[kind], known = _concept(tables, kind, code)
             if not known:
                 r.note(f"{label} {quoted(code)} is not an X279A1 code", loop, eb)
-    if v[11] in ("Y", "N"):
-        item["authorizationRequired"] = v[11] == "Y"
+    if authorization is not None:
+        item["authorizationRequired"] = authorization
     for entity in entities:
         if entity["role"] == "utilization-management" and entity["url"]:
             item["authorizationUrl"] = entity["url"]
@@ -980,7 +1062,7 @@ def _item_base(r: _Response, loop: Loop, eb: Segment, v: list[str], entities: li
             r.contained[entity["id"]] = entity["resource"]
             entity["mapped"] = True
             r.entity_uses.append((entity, v[1]))
-    if "authorizationUrl" not in item and v[11] == "Y":
+    if "authorizationUrl" not in item and authorization is True:
         urls = [e["url"] for e in entities if e["url"]]
         if urls:
             item["authorizationUrl"] = urls[0]
@@ -1050,6 +1132,11 @@ def _amount(r: _Response, loop: Loop, eb: Segment, v: list[str], info: dict[str,
         money = None
     elif v[7] and money is None:
         r.note(f"amount {quoted(v[7])} is not a number", loop, eb)
+    elif money is not None and money < 0:
+        # a benefit allows, or has used, no negative amount: as with more than two decimals, carried as sent or not
+        # at all (and a remainder below zero would derive a used amount above the total)
+        r.note(f"amount {quoted(v[7])} is negative: not an amount a benefit allows or has used (left out)", loop, eb)
+        money = None
     elif money is not None and (problem := _money_problem(money)) is not None:
         # rounded or cut, it would be another amount than the payer's: the note keeps it as sent
         r.note(f"amount {quoted(v[7])} {problem}: not an amount FHIR Money holds as sent (left out)", loop, eb)
@@ -1386,8 +1473,9 @@ def _other_payer(r: _Response, loop: Loop, eb: Segment, entities: list[dict[str,
                 coverage.setdefault("identifier", []).append(
                     {"type": {"text": r.tables.t["references"]["names"].get(ref.get(1), ref.get(1))},
                      "value": ref.get(2)})
-            r.noted.discard(ref.position)
-            r.notes[:] = [n_ for n_ in r.notes if not n_.source.endswith(f"REF@{ref.position}")]
+            if kind or not ref.get(3):   # an identifier has no place for REF03: its note (which shows it) stays
+                r.noted.discard(ref.position)
+                r.notes[:] = [n_ for n_ in r.notes if not n_.source.endswith(f"REF@{ref.position}")]
             r.map(ref)
     if eb.get(5):
         plans = [c for c in coverage.get("class", []) if c["type"]["coding"][0]["code"] == "plan"]

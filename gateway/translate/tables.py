@@ -7,12 +7,14 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
+from gateway.errors import MappingError
 from gateway.mappings import code_table, load_yaml
 
 CODE_TABLES = ("service_type", "eligibility_benefit", "insurance_type", "time_period", "quantity_qualifier",
                "coverage_level", "reject_reason", "follow_up_action")
 TRANSLATE_TABLES = ("systems", "gender", "relationship", "network", "dates", "entities", "references",
-                    "procedures", "diagnoses", "request_270", "quirks", "errors", "addresses")
+                    "procedures", "diagnoses", "request_270", "quirks", "errors", "addresses", "authorization")
+ON_MISSING = ("passthrough", "note", "error")
 
 
 def fhir_code(value: str) -> str:
@@ -44,10 +46,16 @@ class Tables:
     # translators' cache, of codes the tables list only (see x12_coding)
     concepts: dict[tuple[str, str], Any] = field(default_factory=dict, compare=False)
     policies: dict[str, str] = field(default_factory=dict, compare=False)
+    # segment id -> the names of its elements (mappings/x12/segments.yaml), for notes naming an element not read
+    element_names: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
 
     def refuses_unknown(self, table: str) -> bool:
         """True when the table says a code it does not list stops the translation (on_missing: error)."""
         return self.policies.get(table) == "error"
+
+    def table_file(self, table: str) -> str:
+        """Where a table lives, for messages: ``mappings/codes/<name>.yaml`` or ``mappings/translate/<name>.yaml``."""
+        return f"mappings/{'codes' if table in self.codes else 'translate'}/{table}.yaml"
 
     def code(self, table: str, code: str) -> dict[str, Any] | None:
         return self.codes[table].get(code)
@@ -90,4 +98,26 @@ def load_tables(base: str | None = None) -> Tables:
     policies = {name: str(table.get("on_missing", "passthrough")) for name, table in raw.items()}
     policies.update({name: str(table.get("on_missing", "passthrough")) for name, table in t.items()
                      if isinstance(table, dict)})
-    return Tables(codes=codes, t=t, policies=policies)
+    for name, policy in policies.items():   # a misspelt policy would act as passthrough without a word
+        if policy not in ON_MISSING:
+            raise MappingError(f"{'codes' if name in raw else 'translate'}/{name}.yaml: on_missing {policy!r} is none "
+                               f"of {', '.join(ON_MISSING)}")
+    _check_authorization(t["authorization"])
+    segments = load_yaml("x12/segments.yaml", base)
+    names = {sid: tuple(str(e.get("name", "")) for e in spec.get("elements") or [])
+             for sid, spec in segments.items() if isinstance(spec, dict)}
+    return Tables(codes=codes, t=t, policies=policies, element_names=names)
+
+
+def _check_authorization(table: Any) -> None:
+    """EB11 is read on every benefit row: a code whose ``fhir`` is not true, false or none (``required``, say) would
+    fill authorizationRequired with whatever it is, so the table is refused when loaded, not when a payer sends it."""
+    codes = table.get("codes") if isinstance(table, dict) else None
+    if not isinstance(codes, dict) or not codes:
+        raise MappingError("translate/authorization.yaml has no 'codes' mapping")
+    for code, info in codes.items():
+        fhir = info.get("fhir") if isinstance(info, dict) else None
+        if not (fhir is True or fhir is False or fhir == "none") \
+                or not isinstance(info.get("display"), str) or not isinstance(info.get("x279a1", True), bool):
+            raise MappingError(f"translate/authorization.yaml: code {code!r} needs fhir: true, false or none, a "
+                               f"display, and x279a1 (when given) true or false; it has {info!r}")
