@@ -25,12 +25,13 @@ from werkzeug.exceptions import HTTPException
 
 from gateway.errors import QUOTE_LIMIT, quoted
 from gateway.fhir import FHIR_JSON, FHIR_JSON_UTF8, operation_outcome
-from gateway.fhir.structure import MAX_DEPTH, id_problem, json_shape
+from gateway.fhir.structure import MAX_DEPTH, json_shape, own_problems
 from gateway.mappings import mappings_dir
 from gateway.observability import carry_context
 from gateway.service import CER, RESPONSE, EligibilityService, Result, frames_only
 from gateway.store import SearchError
 from gateway.store.search import IGNORED_PARAMS, REQUEST_PARAMS, RESPONSE_PARAMS
+from gateway.translate.errors import Problem
 
 fhir = Blueprint("fhir", __name__)
 
@@ -54,6 +55,7 @@ FHIR_VERSION = "4.0"        # the fhirVersion MIME-type parameter for R4
 _JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 _JSON_FORMATS = {"json", *_JSON_TYPES}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ENTRY = re.compile(r"Bundle\.entry\[(\d+)\]")   # a problem's path inside a batch entry: which entry
 log = logging.getLogger(__name__)
 
 
@@ -84,6 +86,17 @@ def _pretty() -> bool:
 
 def outcome_response(status: int, code: str, text: str, **kwargs: Any) -> Response:
     return fhir_response(operation_outcome(code, text, **kwargs), status)
+
+
+def problems_outcome(problems: list[Problem], root: str | None = None) -> dict[str, Any]:
+    """An OperationOutcome with an issue per problem at its FHIRPath; ``root`` replaces the path's first name (a
+    wrapper's ``Parameters`` becomes ``Bundle.entry[0].resource`` when it came in a batch entry)."""
+    def where(path: str) -> str:
+        return path if root is None else root + path[len(path.split(".", 1)[0]):]
+
+    return {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": p.code, "details": {"text": p.message}, "expression": [where(p.fhir_path)]}
+        for p in problems]}
 
 
 def base_url() -> str:
@@ -309,7 +322,7 @@ def submit():  # type: ignore[no-untyped-def]
     try:
         payload = _unwrap_parameters(_json_body())
     except ParametersError as exc:
-        return fhir_response(operation_outcome("structure", str(exc), expression=exc.expression), 400)
+        return fhir_response(problems_outcome(exc.problems), 400)
     result = _service().submit(payload)
     headers = {"Content-Location": f"{base_url()}{RESPONSE}/{result.response_id}"} if result.response_id else {}
     return _result_response(result, headers=headers)
@@ -527,22 +540,28 @@ def async_cancel(id: str):  # type: ignore[no-untyped-def]
 
 
 class ParametersError(ValueError):
-    """A Parameters body that is not ``$submit``'s one ``resource``; ``expression`` says where."""
+    """A Parameters body that is not ``$submit``'s one ``resource``, or whose own elements are not valid FHIR: its
+    problems, each at its FHIRPath from ``Parameters``."""
 
-    def __init__(self, text: str, expression: str) -> None:
-        super().__init__(text)
-        self.expression = expression
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__(problems[0].message)
+        self.problems = problems
+
+
+def _not_submits(text: str, where: str) -> ParametersError:
+    return ParametersError([Problem(where, text, code="structure")])
 
 
 def _unwrap_parameters(payload: Any) -> Any:
     """Accept the operation's formal form too: Parameters with exactly one ``resource`` parameter holding the
-    request (ParametersError otherwise: a second one, or another parameter, would be silently ignored)."""
+    request, and nothing beside it (ParametersError otherwise: a second one, another parameter, or a value beside
+    the resource would be silently ignored); the Parameters' own elements are held to FHIR as a Bundle's are."""
     if not isinstance(payload, dict) or payload.get("resourceType") != "Parameters":
         return payload
     parameters = payload.get("parameter")
     if not isinstance(parameters, list) or not parameters:
-        raise ParametersError("$submit takes Parameters with one parameter named 'resource' holding the "
-                              "CoverageEligibilityRequest (or a Bundle with it)", "Parameters.parameter")
+        raise _not_submits("$submit takes Parameters with one parameter named 'resource' holding the "
+                           "CoverageEligibilityRequest (or a Bundle with it)", "Parameters.parameter")
     found = []
     for index, parameter in enumerate(parameters):
         where = f"Parameters.parameter[{index}]"
@@ -550,13 +569,20 @@ def _unwrap_parameters(payload: Any) -> Any:
             name = parameter.get("name") if isinstance(parameter, dict) else None
             shown = f"a parameter named {quoted(name)}" if isinstance(name, str) and name else \
                 "a parameter without a name"
-            raise ParametersError(f"$submit has no such parameter: {shown}; it takes one named 'resource'", where)
+            raise _not_submits(f"$submit has no such parameter: {shown}; it takes one named 'resource'", where)
         if not isinstance(parameter.get("resource"), dict):
-            raise ParametersError("the 'resource' parameter holds no resource", f"{where}.resource")
+            raise _not_submits("the 'resource' parameter holds no resource", f"{where}.resource")
+        beside = next((key for key in parameter if key == "part" or key.startswith("value")), None)
+        if beside is not None:   # inv-1: a parameter has one of value[x], resource and part
+            raise _not_submits(f"the 'resource' parameter holds its resource and nothing else, not {beside} too "
+                               "(inv-1)", f"{where}.{beside}")
         found.append(parameter["resource"])
     if len(found) > 1:
-        raise ParametersError("$submit takes one 'resource' parameter (one request per call; send several in a "
-                              "batch Bundle)", "Parameters.parameter[1]")
+        raise _not_submits("$submit takes one 'resource' parameter (one request per call; send several in a "
+                           "batch Bundle)", "Parameters.parameter[1]")
+    problems = own_problems(payload, "Parameters", "parameter")
+    if problems:
+        raise ParametersError(problems)
     return found[0]
 
 
@@ -825,26 +851,35 @@ def batch():  # type: ignore[no-untyped-def]
     bundle = _json_body()
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         return outcome_response(400, "structure", "POST / takes a Bundle of type batch", expression="Bundle")
-    # the batch Bundle's own elements go through no model (its entries' resources are checked one by one); its id
-    # is checked here as every resource's is: a FHIR id, at most 64 letters, digits, '-' and '.'
-    wrong_id = id_problem(bundle["id"], "Bundle.id") if "id" in bundle else None
-    if wrong_id is not None:
-        return outcome_response(400, wrong_id.code, wrong_id.message, expression=wrong_id.fhir_path)
+    if isinstance(bundle.get("entry"), list) and len(bundle["entry"]) > MAX_BATCH_ENTRIES:   # before checking each
+        return outcome_response(422, "too-costly", f"a batch holds at most {MAX_BATCH_ENTRIES} entries, not "
+                                f"{len(bundle['entry'])}", expression="Bundle.entry")
+    # the batch Bundle's own elements, as a $submit Bundle's are (its entries' resources are checked one by one, as
+    # each is sent): a problem of the Bundle's refuses the batch; one inside an entry answers that entry alone
+    own: list[Problem] = []
+    of_entries: dict[int, list[Problem]] = {}
+    for problem in own_problems(bundle, "Bundle", "entry"):
+        entry = _ENTRY.match(problem.fhir_path)
+        if entry is None:
+            own.append(problem)
+        else:
+            of_entries.setdefault(int(entry.group(1)), []).append(problem)
+    if own:
+        return fhir_response(problems_outcome(own), 400)
     if bundle.get("type") != "batch":
         kind = bundle.get("type")
         shown = quoted(kind) if isinstance(kind, str) else "missing" if kind is None else "not a code"
         return outcome_response(422, "not-supported", f"Bundle.type ({shown}) is not supported here; "
                                 "send a batch", expression="Bundle.type")
     entries = bundle.get("entry") or []
-    if not isinstance(entries, list):
+    if not isinstance(entries, list):   # the check above says so first
         return outcome_response(400, "structure", "Bundle.entry must be a list", expression="Bundle.entry")
-    if len(entries) > MAX_BATCH_ENTRIES:
-        return outcome_response(422, "too-costly", f"a batch holds at most {MAX_BATCH_ENTRIES} entries, not "
-                                f"{len(entries)}", expression="Bundle.entry")
     service, base = _service(), base_url()
     wanted = _prefer().get("return", "representation").lower()   # for the creates, as for a create alone
     pool: ThreadPoolExecutor = _ext()["batch_executor"]
-    asked = [_batch_request(base, index, entry) for index, entry in enumerate(entries)]
+    asked = [_batch_request(base, index, entry) if index not in of_entries else
+             {"response": {"status": _status_line(400), "outcome": problems_outcome(of_entries[index])}}
+             for index, entry in enumerate(entries)]
     # first every entry is checked and stored (concurrently), then the payers are asked: each payer's entries
     # wait for one another within its concurrency limit instead of failing on a limit the batch itself filled
     steps = [pool.submit(carry_context(copy_current_request_context(_batch_prepare)), service, item, wanted)
@@ -888,7 +923,8 @@ def _batch_request(base: str, index: int, entry: Any) -> tuple[str, dict[str, An
     try:
         resource = _unwrap_parameters(entry["resource"])
     except ParametersError as exc:
-        return _entry_error(400, "structure", str(exc), f"{where}.resource.{exc.expression.partition('.')[2]}")
+        return {"response": {"status": _status_line(400), "outcome": problems_outcome(exc.problems,
+                                                                                        f"{where}.resource")}}
     condition = entry["request"].get("ifNoneExist")
     if condition is not None and (not isinstance(condition, str) or url.endswith("$submit")):
         return _entry_error(400, "invalid", "request.ifNoneExist is a search string, and only for a create",

@@ -21,7 +21,6 @@ _CODES = {"missing": "required", "model_field_validation.missing": "required", "
 MAX_ID = 64
 ID_TOO_LONG = f"an id is at most {MAX_ID} characters"
 _ID_PATTERN = r"^[A-Za-z0-9\-.]+$"   # the models' (and their error's) pattern for an id
-_FHIR_ID = re.compile(rf"[A-Za-z0-9\-.]{{1,{MAX_ID}}}")
 
 
 def structure_problems(resource: dict[str, Any], path: str | None = None) -> list[Problem]:
@@ -118,19 +117,18 @@ def invariant_problems(resource: dict[str, Any], path: str | None = None) -> lis
     return problems
 
 
-def id_problem(value: Any, where: str) -> Problem | None:
-    """What makes ``value`` no FHIR id, said as the models and :func:`invariant_problems` say it, or None; for a
-    resource whose elements no model checks (a batch Bundle's own id). One regular expression: cheap enough for
-    every request."""
-    if isinstance(value, str) and _FHIR_ID.fullmatch(value):
-        return None
-    if not isinstance(value, str):
-        return Problem(where, f"expected a JSON string here, not {JSON_NAMES.get(type(value), 'this')}", code="value")
-    if not value:
-        return Problem(where, "an empty string is not a FHIR value: leave the element out", code="value")
-    if len(value) > MAX_ID:
-        return Problem(where, ID_TOO_LONG, code="value")
-    return Problem(where, f"{quoted(value, 40)} is {_PATTERNS[_ID_PATTERN]}", code="value")
+def own_problems(resource: dict[str, Any], root: str, items: str) -> list[Problem]:
+    """Every structural problem of a wrapper's own elements: a Bundle's (``items`` "entry") or a Parameters'
+    (``items`` "parameter"), each of its ``items`` without the ``resource`` it holds (checked on its own, with the
+    paths of where it is used), and an id of at most 64 characters, which the models let through up to 255."""
+    listed = resource.get(items)
+    bare = {**resource, items: [{k: v for k, v in item.items() if k != "resource"} if isinstance(item, dict) else item
+                                for item in listed]} if isinstance(listed, list) else resource
+    problems = structure_problems(bare, root)
+    if isinstance(resource.get("id"), str) and len(resource["id"]) > MAX_ID:   # said as FHIR says it, not as 255
+        where = f"{root}.id"
+        problems = [p for p in problems if p.fhir_path != where] + [Problem(where, ID_TOO_LONG, code="value")]
+    return problems
 
 
 def payload_problems(request: dict[str, Any], bundle: dict[str, Any] | None) -> list[Problem]:
@@ -138,12 +136,7 @@ def payload_problems(request: dict[str, Any], bundle: dict[str, Any] | None) -> 
     entry's resource), with FHIRPaths from where the client sent them."""
     problems = structure_problems(request) + invariant_problems(request)   # the request's paths start at it
     if bundle is not None:   # the Bundle's own elements (its entries' resources are checked one by one)
-        entries = bundle.get("entry")
-        bare = {**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
-                                    for e in entries]} if isinstance(entries, list) else bundle
-        problems.extend(structure_problems(bare, "Bundle"))
-        if isinstance(bundle.get("id"), str) and len(bundle["id"]) > MAX_ID:   # the model takes 255
-            problems.append(Problem("Bundle.id", ID_TOO_LONG, code="value"))
+        problems.extend(own_problems(bundle, "Bundle", "entry"))
     full_urls: dict[str, list[Any]] = {}   # fullUrl -> the versionIds of the entries under it
     for index, entry in enumerate((bundle or {}).get("entry") or []):
         where = f"Bundle.entry[{index}]"

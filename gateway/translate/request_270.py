@@ -171,6 +171,11 @@ class _Gather:
         self.problems.append(Problem(info["fhir"], message or f"{item.replace('_', ' ')} is missing", code=code,
                                      x12=self.target(info["x12"])))
 
+    @property
+    def inquiry_loop(self) -> str:
+        """The loop the EQs are written in, under the patient's name loop: 2110C under 2100C, 2110D under 2100D."""
+        return self.patient_loop.replace("2100", "2110")
+
     def target(self, x12: str) -> str:
         """Of alternatives like ``2100C NM103 | 2100D NM103``, the one for the patient's loop."""
         choices = [c.strip() for c in x12.split("|")]
@@ -386,7 +391,7 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
     if coverage.get("dependent"):
         g.lost("Coverage.dependent (a dependent sequence) has no place in a 270", "Coverage.dependent")
 
-    eq_loop, hi_loop = g.patient_loop.replace("2100", "2110"), g.patient_loop
+    eq_loop, hi_loop = g.inquiry_loop, g.patient_loop
     _check_sendable(g, delimiters, limits, {
         "payer_id": payer_id, "provider_npi": npi, "member_id": member_id,
         "payer_name": payer_name, "provider_name": provider_person.family,
@@ -514,15 +519,16 @@ def _provider(g: _Gather, provider: dict[str, Any] | None, ref: Any) -> tuple[st
 
 def _service_type(g: _Gather, concept: dict[str, Any], path: str) -> str | None:
     service = g.systems["service_type"]
+    eq01 = f"{g.inquiry_loop} EQ01"
     if not _codings(concept):   # a text alone: sending the generic EQ*30 instead would ask another question
         g.problems.append(Problem(path, "the category has no coding (text alone cannot be sent): code it as an X12 "
-                                  f"service type ({service['accept'][0]})", code="required", x12="2110C EQ01"))
+                                  f"service type ({service['accept'][0]})", code="required", x12=eq01))
         return None
     for coding in _codings(concept):
         code = coding.get("code")
         if coding.get("system") in service["accept"] and not code:
             g.problems.append(Problem(path, f"the category's coding in {coding['system']} has no code",
-                                      code="required", x12="2110C EQ01"))
+                                      code="required", x12=eq01))
             return None
         if coding.get("system") in service["accept"] and code:
             if code in service["remap"]:
@@ -530,12 +536,12 @@ def _service_type(g: _Gather, concept: dict[str, Any], path: str) -> str | None:
                 return str(service["remap"][code])
             if g.tables.code("service_type", code) is None:
                 g.problems.append(Problem(path, f"service type {quoted(code)} is not in 005010X279A1",
-                                          code="not-supported", x12="2110C EQ01"))
+                                          code="not-supported", x12=eq01))
                 return None
             return code
     if _codings(concept):
         g.problems.append(Problem(path, "the category has no coding in an X12 service type system "
-                                  f"({', '.join(service['accept'])})", code="not-supported", x12="2110C EQ01"))
+                                  f"({', '.join(service['accept'])})", code="not-supported", x12=eq01))
     return None
 
 
@@ -547,6 +553,7 @@ def _procedure_coding(g: _Gather, concept: dict[str, Any], path: str) -> tuple[s
     and get no note, as for a category (EQ01) or a diagnosis (HI), which also send the one coding X12 takes.
     """
     qualifiers = g.tables.t["procedures"]["to_x12"]
+    eq02 = f"{g.inquiry_loop} EQ02"
     codings = _codings(concept)
     coded = [c for c in codings if c.get("code")]
     for coding in coded:
@@ -559,10 +566,10 @@ def _procedure_coding(g: _Gather, concept: dict[str, Any], path: str) -> tuple[s
     uncoded = f" (its coding in {empty} has no code)" if empty else ""
     if not coded:
         g.problems.append(Problem(path, "the productOrService has no coded procedure (text alone cannot be sent)"
-                                  + uncoded, code="required", x12="2110C EQ02-2"))
+                                  + uncoded, code="required", x12=f"{eq02}-2"))
     elif not any(c.get("system") for c in coded):
         g.problems.append(Problem(path, f"procedure code {quoted(coded[0]['code'])} has no system: name the code "
-                                  "system (CPT, HCPCS, CDT, NDC ...)" + uncoded, code="required", x12="2110C EQ02-1"))
+                                  "system (CPT, HCPCS, CDT, NDC ...)" + uncoded, code="required", x12=f"{eq02}-1"))
     else:
         systems = list(dict.fromkeys(quoted(c["system"]) if c.get("system") else "a code without a system"
                                      for c in coded))
@@ -570,8 +577,52 @@ def _procedure_coding(g: _Gather, concept: dict[str, Any], path: str) -> tuple[s
             f" and {len(systems) - _SHOWN_SYSTEMS} more" if len(systems) > _SHOWN_SYSTEMS else "")
         g.problems.append(Problem(path, f"no coding of the productOrService is in a code system with an X12 procedure "
                                   f"qualifier: it offers {shown}{uncoded}; EQ02 takes {', '.join(qualifiers)}",
-                                  code="not-supported", x12="2110C EQ02-1"))
+                                  code="not-supported", x12=f"{eq02}-1"))
     return None
+
+
+def _modifier_coding(g: _Gather, concept: Any) -> dict[str, Any] | None:
+    """The coding one ``item.modifier`` concept is sent as: its first coding with a code in a modifier system of
+    ``procedures.yaml`` (CPT, HCPCS), else its first coding with a code; None when it has no code at all."""
+    systems = g.tables.t["procedures"]["modifier_systems"]
+    coded = [c for c in _codings(concept) if c.get("code")]
+    return next((c for c in coded if isinstance(c.get("system"), str) and c["system"] in systems),
+                coded[0] if coded else None)
+
+
+def _codes_shown(g: _Gather, concepts: list[Any]) -> str:
+    """The modifier concepts as a note names them: the code each would be sent as (or that it has none)."""
+    shown = []
+    for concept in concepts:
+        coding = _modifier_coding(g, concept)
+        shown.append(quoted(str(coding["code"])) if coding else "one without a code")
+    return ", ".join(shown)
+
+
+def _modifiers(g: _Gather, concepts: list[Any], path: str) -> list[Value]:
+    """EQ02-3 to EQ02-6: one procedure modifier per ``item.modifier`` CodeableConcept (its codings are the same
+    modifier in other code systems, so the others are not sent and lose nothing), at most ``max_modifiers``
+    (``procedures.yaml``); those past it are noted by their codes. A concept without a code is refused, as a category
+    or a productOrService without one is: left out, the 270 would ask about another service than the one requested.
+    """
+    most = int(g.tables.t["procedures"]["max_modifiers"])
+    systems = g.tables.t["procedures"]["modifier_systems"]
+    codes: list[Value] = []
+    for index, concept in enumerate(concepts):
+        coding = _modifier_coding(g, concept)
+        if coding is None:
+            empty = next((c["system"] for c in _codings(concept) if isinstance(c.get("system"), str)
+                          and c["system"] in systems), None)
+            g.problems.append(Problem(f"{path}[{index}]", "the modifier has no code (text alone cannot be sent)" + (
+                f" (its coding in {empty} has no code)" if empty else "") + ": code it as a CPT or HCPCS modifier",
+                code="required", x12=f"{g.inquiry_loop} EQ02-{index + 3}" if index < most
+                else f"{g.inquiry_loop} EQ02"))
+            continue
+        codes.append(str(coding["code"]))
+    if len(concepts) > most:
+        g.lost(f"more than {most} procedure modifiers (EQ02 carries {most}): {_codes_shown(g, concepts[most:])} not "
+               "sent", path)
+    return codes[:most]
 
 
 def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tuple[list[list[Value]], list[tuple]]:
@@ -592,12 +643,13 @@ def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tupl
             chosen = _procedure_coding(g, item["productOrService"], f"{path}.productOrService")
             if chosen is not None:
                 qualifier, code = chosen
-                modifiers = [c.get("code") for m in item.get("modifier") or [] for c in _codings(m)][:4]
-                if len(item.get("modifier") or []) > g.tables.t["procedures"]["max_modifiers"]:
-                    g.lost("more than 4 procedure modifiers: the rest are not sent", f"{path}.modifier")
                 if qualifier == g.tables.t["procedures"]["ndc"]["qualifier"]:
                     code = _ndc(g, code, f"{path}.productOrService")
-                procedure = (qualifier, code, *modifiers)
+                procedure = (qualifier, code, *_modifiers(g, item["modifier"], f"{path}.modifier")) \
+                    if item.get("modifier") else (qualifier, code)
+        elif item.get("modifier"):   # EQ02-3..6 modify EQ02's procedure: with none, they have nowhere to go
+            g.lost("item.modifier modifies a productOrService, and the item has none (EQ02): the modifiers are not "
+                   f"sent ({_codes_shown(g, item['modifier'])})", f"{path}.modifier")
         pointers = []
         for d_index, diagnosis in enumerate(item.get("diagnosis") or []):
             concept = diagnosis.get("diagnosisCodeableConcept")
@@ -627,7 +679,7 @@ def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tupl
         if category is None and procedure is None:
             if not item.get("category") and not item.get("productOrService"):
                 g.problems.append(Problem(path, "an item needs a category or a productOrService", code="required",
-                                          x12="2110C EQ01/EQ02"))
+                                          x12=f"{g.inquiry_loop} EQ01/EQ02"))
             continue
         if len(pointers) > 4:   # EQ05 points at 4 diagnoses at most; the rest are in HI but not this item's
             g.lost(f"EQ05 points at 4 diagnoses: {len(pointers) - 4} more of this item's are not pointed at",
@@ -639,7 +691,7 @@ def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tupl
     if len(inquiries) > most:   # X279A1 repeats the 2110C/D loop at most 99 times: no item is left out unasked
         g.problems.append(Problem(f"{CER}.item", f"{len(inquiries)} items make {len(inquiries)} EQ loops; a 270 "
                                   f"carries at most {most}: send the rest in another request", code="too-costly",
-                                  x12=f"{g.patient_loop.replace('2100', '2110')} EQ"))
+                                  x12=f"{g.inquiry_loop} EQ"))
     return inquiries, diagnoses
 
 
@@ -689,7 +741,7 @@ def _ndc(g: _Gather, code: str, path: str) -> str:
     why = ("a 10-digit NDC without hyphens is ambiguous (4-4-2, 5-3-2 or 5-4-1?): send it hyphenated or as 11 "
            "digits" if len(parts) == 1 and code.isdigit() and len(code) == sum(layout) - 1 else
            "not an NDC: 11 digits (5-4-2), or 10 digits hyphenated 4-4-2, 5-3-2 or 5-4-1")
-    g.problems.append(Problem(path, f"NDC {quoted(code)}: {why}", code="value", x12="2110C EQ02-2"))
+    g.problems.append(Problem(path, f"NDC {quoted(code)}: {why}", code="value", x12=f"{g.inquiry_loop} EQ02-2"))
     return code
 
 

@@ -766,6 +766,74 @@ def test_a_batch_bundle_whose_id_is_no_fhir_id_is_400_at_bundle_id(gateway: Gate
     assert issue["expression"] == ["Bundle.id"] and words in issue["details"]["text"]
 
 
+def expressions(response: requests.Response) -> dict[str, str]:
+    """Each issue's expression and its words."""
+    return {issue["expression"][0]: issue["details"]["text"] for issue in response.json()["issue"]}
+
+
+def test_a_batch_bundles_own_elements_are_checked_and_refused_at_their_paths(gateway: Gateway, simulator):
+    """Apart from its id, the batch Bundle's own elements went through no check: a timestamp that is no instant, a
+    meta that is no object, an element FHIR does not have, total as a string and a link without its url were all
+    answered 200 (and every payer asked)."""
+    entry = {"request": {"method": "POST", "url": f"{CER}/$submit"}, "resource": fhir_request("subscriber-generic")}
+    before = sum(simulator.calls.values())
+    response = gateway.post("/", {"resourceType": "Bundle", "type": "batch", "timestamp": "yesterday", "meta": 5,
+                                  "colour": "blue", "total": "1", "link": [{"relation": "self"}], "entry": [entry]})
+    outcome_issue(response, 400, "structure")
+    found = expressions(response)
+    assert set(found) == {"Bundle.timestamp", "Bundle.meta", "Bundle.colour", "Bundle.total", "Bundle.link[0].url"}
+    assert "not a FHIR instant" in found["Bundle.timestamp"] and "not part of the resource" in found["Bundle.colour"]
+    assert sum(simulator.calls.values()) == before
+    # a Bundle without its type is no Bundle at all (400, as any missing required element), not an unsupported one
+    issue = outcome_issue(gateway.post("/", {"resourceType": "Bundle", "entry": [entry]}), 400, "required")
+    assert issue["expression"] == ["Bundle.type"]
+    fine = {"resourceType": "Bundle", "id": "batch-1", "type": "batch", "timestamp": "2025-03-10T09:15:00Z",
+            "meta": {"tag": [{"system": "urn:example:tags", "code": "nightly"}]}, "entry": [entry]}
+    assert gateway.post("/", fine).json()["entry"][0]["response"]["status"].startswith("200")
+
+
+def test_a_batch_entrys_own_elements_that_are_no_fhir_answer_that_entry_alone(gateway: Gateway):
+    """An entry's own elements are held to FHIR as the Bundle's are; a bad one is that entry's 400, not the batch's
+    (as an entry without a request, or with a bad Parameters wrapper, is)."""
+    good = {"request": {"method": "POST", "url": f"{CER}/$submit"}, "resource": fhir_request("subscriber-generic")}
+    bad = {"fullUrl": 7, "shade": "dark", "request": {"method": "POST", "url": f"{CER}/$submit"},
+           "resource": fhir_request("subscriber-generic")}
+    response = gateway.post("/", {"resourceType": "Bundle", "type": "batch", "entry": [bad, good]})
+    assert response.status_code == 200, response.text
+    first, second = response.json()["entry"]
+    assert first["response"]["status"].startswith("400") and second["response"]["status"].startswith("200")
+    issues = {i["expression"][0]: i["code"] for i in first["response"]["outcome"]["issue"]}
+    assert issues == {"Bundle.entry[0].fullUrl": "value", "Bundle.entry[0].shade": "structure"}
+
+
+def test_a_parameters_wrappers_own_elements_are_checked_and_refused_at_their_paths(gateway: Gateway, simulator):
+    """$submit's Parameters were read for their one 'resource' parameter only: their id, meta, unknown elements and
+    a value beside the resource (ignored without a word) passed unchecked."""
+    request = fhir_request("subscriber-generic")
+    before = sum(simulator.calls.values())
+    body = {"resourceType": "Parameters", "id": "p p", "meta": {"lastUpdated": "today"}, "colour": "blue",
+            "parameter": [{"name": "resource", "resource": request, "shade": 2}]}
+    response = gateway.post(f"/{CER}/$submit", body)
+    outcome_issue(response, 400, "structure")
+    assert set(expressions(response)) == {"Parameters.id", "Parameters.meta.lastUpdated", "Parameters.colour",
+                                          "Parameters.parameter[0].shade"}
+    beside = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": request,
+                                                           "valueString": "also this"}]}
+    issue = outcome_issue(gateway.post(f"/{CER}/$submit", beside), 400, "structure")
+    assert issue["expression"] == ["Parameters.parameter[0].valueString"] and "inv-1" in issue["details"]["text"]
+    assert sum(simulator.calls.values()) == before
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "POST", "url": f"{CER}/$submit"}, "resource": body},
+        {"request": {"method": "POST", "url": f"{CER}/$submit"},
+         "resource": {"resourceType": "Parameters", "id": "p-1", "meta": {"lastUpdated": "2025-03-10T09:15:00Z"},
+                      "parameter": [{"name": "resource", "resource": request}]}}]}
+    first, second = gateway.post("/", batch).json()["entry"]
+    assert {i["expression"][0] for i in first["response"]["outcome"]["issue"]} == {
+        "Bundle.entry[0].resource.id", "Bundle.entry[0].resource.meta.lastUpdated", "Bundle.entry[0].resource.colour",
+        "Bundle.entry[0].resource.parameter[0].shade"}
+    assert first["response"]["status"].startswith("400") and second["response"]["status"].startswith("200")
+
+
 def test_malformed_json(gateway: Gateway):
     issue = outcome_issue(gateway.post(f"/{CER}/$submit", data=b'{"resourceType": '), 400, "structure")
     assert issue["severity"] == "fatal"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from datetime import datetime
 
 import pytest
@@ -456,6 +457,7 @@ def test_an_item_without_a_code_is_refused_not_replaced_by_the_generic_question(
 SNOMED = "http://snomed.info/sct"
 HCPCS = "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"
 CDT = "http://www.ada.org/cdt"
+NDC = "http://hl7.org/fhir/sid/ndc"
 
 
 @pytest.mark.parametrize(("codings", "eq02"), [
@@ -496,6 +498,110 @@ def test_a_procedure_no_coding_of_which_eq02_can_carry_is_refused_naming_the_sys
         "CoverageEligibilityRequest.item[0].productOrService", code,
         "2110C EQ02-1" if code == "not-supported" else "2110C EQ02-2")
     assert all(w in problem.message for w in words), problem.message
+
+
+# ------------------------------------------------------------------------------------------------ modifiers
+
+def _with_modifiers(*modifiers):
+    return [{"productOrService": {"coding": [{"system": CPT, "code": "99213"}]}, "modifier": list(modifiers)}]
+
+
+@pytest.mark.parametrize(("modifiers", "eq02"), [
+    # was HC:99213:25:25: each coding of a concept went as a modifier of its own
+    ([{"coding": [{"system": CPT, "code": "25"}, {"system": HCPCS, "code": "25"}]}], "HC:99213:25"),
+    # a coding in a modifier system of procedures.yaml before the first with a code; codings without a code skipped
+    ([{"coding": [{"system": "urn:local:mods", "code": "X1"}, {"system": HCPCS, "code": "LT"}]}], "HC:99213:LT"),
+    ([{"coding": [{"system": CPT}, {"system": "urn:local:mods", "code": "59"}]}], "HC:99213:59"),
+    ([{"coding": [{"code": "25"}]}, {"coding": [{"system": HCPCS, "code": "RT"}, {"system": CPT, "code": "50"}]}],
+     "HC:99213:25:RT"),
+])
+def test_each_modifier_concept_is_one_eq02_modifier(modifiers, eq02):
+    """The codings of one item.modifier are one modifier in several code systems: one goes, and no note."""
+    result = build(bundle(request__item=_with_modifiers(*modifiers)))
+    assert ["EQ", "", eq02] in segs(result.text)
+    assert not [n for n in result.all_notes() if "modifier" in n.source]
+    assert validate_x12(result.text).valid
+
+
+def test_modifiers_past_the_tables_limit_are_noted_by_their_codes():
+    """The note counted concepts, the cut counted codings (a concept of two codings took two of the four places) and
+    the 4 was written in the code: now the cut is procedures.yaml's max_modifiers, on concepts, and the note names
+    exactly the modifiers not sent."""
+    five = [{"coding": [{"system": CPT, "code": code}, {"system": HCPCS, "code": code}]}
+            for code in ("25", "59", "LT", "RT", "76")]
+    result = build(bundle(request__item=_with_modifiers(*five)))
+    assert ["EQ", "", "HC:99213:25:59:LT:RT"] in segs(result.text)
+    [note] = [n for n in result.notes if n.source == "CoverageEligibilityRequest.item[0].modifier"]
+    assert note.text == "more than 4 procedure modifiers (EQ02 carries 4): '76' not sent"
+
+    tables = load_tables()
+    two = dataclasses.replace(tables, t={**tables.t, "procedures": {**tables.t["procedures"], "max_modifiers": 2}})
+    result = build_270(bundle(request__item=_with_modifiers(*five)), two, envelope=ENV, limits=element_limits())
+    assert ["EQ", "", "HC:99213:25:59"] in segs(result.text)
+    [note] = [n for n in result.notes if n.source == "CoverageEligibilityRequest.item[0].modifier"]
+    assert note.text == "more than 2 procedure modifiers (EQ02 carries 2): 'LT', 'RT', '76' not sent"
+
+
+@pytest.mark.parametrize(("modifiers", "index", "words"), [
+    ([{"text": "bilateral"}], 0, "the modifier has no code (text alone cannot be sent): code it as a CPT or HCPCS"),
+    ([{"coding": [{"code": "25"}]}, {"coding": [{"system": CPT}]}], 1, f"(its coding in {CPT} has no code)"),
+])
+def test_a_modifier_without_a_code_is_refused_where_it_would_go(modifiers, index, words):
+    """A modifier concept without a code went as an empty EQ02 component (a text alone: as nothing at all), so the
+    270 asked about the procedure unmodified."""
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(request__item=_with_modifiers(*modifiers)))
+    assert caught.value.status == 422
+    [problem] = caught.value.problems
+    assert (problem.fhir_path, problem.code, problem.x12) == (
+        f"CoverageEligibilityRequest.item[0].modifier[{index}]", "required", f"2110C EQ02-{index + 3}")
+    assert words in problem.message
+
+
+def test_modifiers_of_an_item_without_a_procedure_are_noted():
+    """An item with a category and modifiers but no productOrService: the modifiers were dropped without a word."""
+    item = {"category": {"coding": [{"system": "https://x12.org/codes/service-type-codes", "code": "98"}]},
+            "modifier": [{"coding": [{"system": CPT, "code": "25"}]}, {"text": "left side"}]}
+    result = build(bundle(request__item=[item]))
+    assert ["EQ", "98"] in segs(result.text)
+    [note] = [n for n in result.notes if n.source == "CoverageEligibilityRequest.item[0].modifier"]
+    assert "the item has none (EQ02)" in note.text and "('25', one without a code)" in note.text
+
+
+@pytest.mark.parametrize(("item", "path", "x12"), [
+    ({"category": {"text": "dental"}}, "item[0].category", "EQ01"),
+    ({"category": {"coding": [{"system": "https://x12.org/codes/service-type-codes", "code": "ZZZ"}]}},
+     "item[0].category", "EQ01"),
+    ({"productOrService": {"text": "office visit"}}, "item[0].productOrService", "EQ02-2"),
+    ({"productOrService": {"coding": [{"code": "99213"}]}}, "item[0].productOrService", "EQ02-1"),
+    ({"productOrService": {"coding": [{"system": SNOMED, "code": "185349003"}]}}, "item[0].productOrService",
+     "EQ02-1"),
+    ({"productOrService": {"coding": [{"system": NDC, "code": "0002751001"}]}}, "item[0].productOrService",
+     "EQ02-2"),
+    ({"productOrService": {"coding": [{"system": CPT, "code": "99213"}]}, "modifier": [{"text": "x"}]},
+     "item[0].modifier[0]", "EQ02-3"),
+    ({"productOrService": {"coding": [{"system": CPT, "code": "99213"}]}, "modifier": [{"coding": [{"code": "x"}]}]},
+     "item.modifier", "EQ02-3"),
+    ({"diagnosis": [{"diagnosisCodeableConcept": {"coding": [{"system": ICD10, "code": "E11.9"}]}}]}, "item[0]",
+     "EQ01/EQ02"),
+])
+@pytest.mark.parametrize("dependent", [False, True])
+def test_an_inquirys_problem_names_the_loop_it_goes_in(item, path, x12, dependent):
+    """A dependent's EQs are in 2110D: the problems of its items said 2110C all the same."""
+    changes = {"coverage__relationship": {"coding": [{"code": "child"}]}, "coverage__subscriber": PARENT} \
+        if dependent else {}
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(request__item=[item], **changes))
+    assert [(p.fhir_path, p.x12) for p in caught.value.problems] == [
+        (f"CoverageEligibilityRequest.{path}", f"{'2110D' if dependent else '2110C'} {x12}")]
+
+
+def test_too_many_items_name_the_dependents_loop():
+    items = [{"category": {"coding": [{"system": "https://x12.org/codes/service-type-codes", "code": "30"}]}}] * 100
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(request__item=items, coverage__relationship={"coding": [{"code": "child"}]},
+                     coverage__subscriber=PARENT))
+    assert [p.x12 for p in caught.value.problems] == ["2110D EQ"]
 
 
 # ------------------------------------------------------------------------------------------------ envelope
@@ -568,8 +674,6 @@ def test_a_dependents_address_goes_in_2100d_and_a_third_line_is_noted():
 
 
 # --------------------------------------------------------------------------------------------------- NDC
-
-NDC = "http://hl7.org/fhir/sid/ndc"
 
 
 @pytest.mark.parametrize(("given", "sent", "noted"), [
