@@ -131,3 +131,16 @@ def test_validate_answers_each_interchange_with_its_own_ta1(client):
     ack = client.post("/x12/$validate", data=(text + other).encode(),
                       headers={"Accept": "application/edi-x12"}).get_data(as_text=True)
     assert ack.count("ISA*") == 2 and "*ZZ*OTHERSENDER    *" in ack.split("ISA*")[2]
+
+
+def test_validate_reports_a_repeated_isa13_and_rejects_only_the_later_interchange(client):
+    """Two interchanges with the same ISA13 from the same sender: both TA1s said accepted."""
+    text = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    found = client.post("/x12/$validate", data=(text + text).encode()).json
+    assert found["valid"] is False
+    assert [(f["code"], f["ack_code"], f["element"]) for f in found["findings"]] == [
+        ("X12-ISA-DUPLICATE", "025", "ISA13")]
+    ta1 = client.post("/x12/$validate?ack=ta1", data=(text + text).encode(),
+                      headers={"Accept": "application/edi-x12"}).get_data(as_text=True)
+    first, second = ("ISA" + part for part in ta1.split("ISA")[1:])
+    assert "TA1*000001001*250310*0915*A*000~" in first and "TA1*000001001*250310*0915*R*025~" in second

@@ -249,3 +249,34 @@ def test_each_interchange_gets_its_own_acknowledgment_back_to_its_sender(tmp_pat
     first, second = ("ISA" + part for part in ta1.split("ISA")[1:])
     assert "*ZZ*FHIRX12GW      *" in first and "TA1*000001001*" in first and first.endswith("IEA*0*000000055~")
     assert "*ZZ*OTHERSENDER    *" in second and "TA1*000002002*" in second and second.endswith("IEA*0*000000056~")
+
+
+def _two_groups_1001(text: str) -> str:
+    """``text`` (one interchange, one group 1001) with a second copy of its group inside the same interchange."""
+    head, tail = text.split("GE*1*1001~\n")
+    group = head[head.index("GS*"):] + "GE*1*1001~\n"
+    return head + "GE*1*1001~\n" + group + tail.replace("IEA*1*", "IEA*2*")
+
+
+def test_a_repeated_isa13_or_gs06_is_reported_and_acknowledged(tmp_path):
+    """Neither was reported: the same interchange sent twice got two TA1s "accepted", and a second group 1001 in one
+    interchange a 999 accepting both groups."""
+    text = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    twice = tmp_path / "twice.x12"
+    twice.write_text(text + text)
+    done = run("validate", str(twice))
+    assert done.exit_code == 1
+    assert ("ERROR   X12-ISA-DUPLICATE [TA105 025]: ISA at position 6, ISA13: ISA13 '000001001' of the file's "
+            "interchange #2 is already the control number of its interchange #1") in done.output
+    ta1 = run("validate", str(twice), "--ack", "ta1", "--control-number", "55", "--date", "2026-01-02T03:04").stdout
+    first, second = ("ISA" + part for part in ta1.split("ISA")[1:])
+    assert "TA1*000001001*250310*0915*A*000~" in first and first.endswith("IEA*0*000000055~")
+    assert "TA1*000001001*250310*0915*R*025~" in second and second.endswith("IEA*0*000000056~")
+    groups = tmp_path / "groups.x12"
+    groups.write_text(_two_groups_1001(text))
+    done = run("validate", str(groups), "--ack", "999", "--date", "2026-01-02T03:04")
+    assert done.exit_code == 1 and "X12-GS-DUPLICATE [AK905 19]: GS, GS06: GS06 '1001'" in done.stderr
+    assert [s for s in done.stdout.split("~") if s.startswith("AK9")] == ["AK9*A*1*1*1", "AK9*R*1*1*0*19"]
+    payload = json.loads(run("validate", str(groups), "--json").output)
+    assert [f["code"] for f in payload["findings"]] == ["X12-GS-DUPLICATE"]
+    assert not {"set_ordinal", "group_ordinal", "interchange_ordinal"} & payload["findings"][0].keys()

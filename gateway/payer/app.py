@@ -30,7 +30,7 @@ from gateway.payer.records import apply_patch, consistency_problems, validate_pa
 from gateway.payer.scenarios import MAGIC_IDS, ScenarioBook, parse_rule
 from gateway.payer.store import MemberStore
 from gateway.transport import core
-from gateway.x12.ack import build_999, build_ta1s, nth_control
+from gateway.x12.ack import build_999, build_ta1s, names_interchange, nth_control
 from gateway.x12.model import Finding, Transaction
 from gateway.x12.validate import validate_x12
 
@@ -299,18 +299,22 @@ def _answer_x12(data: bytes, app: Flask) -> X12Answer:
     config = app.extensions["payer_config"]
     versions = config.get("interchange_versions") or ["00501"]
     envelope = [Finding("SIM-ISA-VERSION", f"ISA12 {i.version} is not an interchange version this payer accepts "
-                        f"({', '.join(versions)})", level="interchange", ack_code="003", interchange=i.control_number)
+                        f"({', '.join(versions)})", level="interchange", ack_code="003", interchange=i.control_number,
+                        interchange_ordinal=i.ordinal)
                 for i in report.interchanges if i.version not in versions and i.version.isdigit()]
     envelope += _unacknowledgeable(report, config["interchange_rejections"])
     if fault == "ta1" or envelope or any(f.level == "interchange" and f.severity == "error" for f in report.findings):
         findings = list(report.findings) + envelope
         if fault == "ta1":
             findings.append(Finding("SIM-TA1", "scripted interchange rejection", level="interchange", ack_code="024",
-                                    interchange=isa.control_number if isa else ""))
+                                    interchange=isa.control_number if isa else "",
+                                    interchange_ordinal=isa.ordinal if isa else 0))
         # a TA1 answers each interchange in error (a second one, say), back to its own sender, not the first one with
-        # "accepted"; an error that names no interchange is the first one's
-        rejected = {f.interchange for f in findings if f.level == "interchange" and f.severity == "error"}
-        answered = [i for i in report.interchanges if i.control_number in rejected] or ([isa] if isa else [])
+        # "accepted"; an error that names no interchange is the first one's. Named by place in the request, as two
+        # interchanges may share an ISA13 (the second one, in error for it, is the one answered)
+        rejected = [f for f in findings if f.level == "interchange" and f.severity == "error"]
+        answered = [i for i in report.interchanges if any(names_interchange(f, i) for f in rejected)] or (
+            [isa] if isa else [])
         return X12Answer(build_ta1s(answered, findings, control_number=control, now=now), 200, "TA1")
     if fault == "reject-999" or not report.valid or not report.transactions or any(
             t.set_id != "270" for t in report.transactions):
@@ -349,12 +353,13 @@ def _unacknowledgeable(report: Any, codes: Mapping[str, str]) -> list[Finding]:
     with an empty AK1 that said "accepted", to UNKNOWN)."""
     found = [Finding("SIM-NO-SET", "the interchange holds no transaction set in a functional group: there is no "
                      "270 to answer", level="interchange", ack_code=codes["no_transaction"],
-                     interchange=i.control_number)
+                     interchange=i.control_number, interchange_ordinal=i.ordinal)
              for i in report.interchanges if not any(t.interchange is i and t.group is not None
                                                      for t in report.transactions)]
     found += [Finding("SIM-SET-OUTSIDE-GROUP", f"transaction set {quoted(t.control_number)} is outside any GS/GE "
                       "functional group", level="interchange", ack_code=codes["outside_group"],
-                      interchange=t.interchange.control_number if t.interchange else "")
+                      interchange=t.interchange.control_number if t.interchange else "",
+                      interchange_ordinal=t.interchange.ordinal if t.interchange else 0)
               for t in report.transactions if t.group is None]
     return found
 

@@ -29,6 +29,24 @@ def _is_error(f: Finding) -> bool:
     return f.severity == "error"
 
 
+def names_an_interchange(f: Finding) -> bool:
+    """Whether ``f`` says which interchange it is about (by ISA13, or by its place in the file)."""
+    return bool(f.interchange or f.interchange_ordinal)
+
+
+def names_interchange(f: Finding, isa: Interchange) -> bool:
+    """Whether ``f`` is about interchange ``isa``: by its ordinal in the file when both know it (two interchanges may
+    share an ISA13, the second then in error with TA105 025), else by ISA13 (a finding made elsewhere)."""
+    if f.interchange_ordinal and isa.ordinal:
+        return f.interchange_ordinal == isa.ordinal
+    return bool(f.interchange) and f.interchange == isa.control_number
+
+
+def _in_interchange(f: Finding, isa: Interchange | None) -> bool:
+    """Whether ``f`` may be about something in ``isa``: it names that interchange, or none."""
+    return isa is None or not names_an_interchange(f) or names_interchange(f, isa)
+
+
 def _swap(isa: Interchange | None, control: int, now: datetime, group: Group | None = None) -> Envelope:
     """The acknowledgment goes back: its sender is the original receiver (GS02/GS03 as the group named them, else
     the ISA ids, each only when a GS may carry it)."""
@@ -45,8 +63,7 @@ def _swap(isa: Interchange | None, control: int, now: datetime, group: Group | N
 
 def build_ta1(isa: Interchange | None, findings: Iterable[Finding], *, control_number: int, now: datetime) -> str:
     """A TA1 for one interchange: accepted (000), accepted with errors, or rejected with its note code."""
-    own = [f for f in findings if f.level == "interchange" and f.ack_code in TA1_CODES
-           and (isa is None or f.interchange in ("", isa.control_number))]
+    own = [f for f in findings if f.level == "interchange" and f.ack_code in TA1_CODES and _in_interchange(f, isa)]
     errors = [f for f in own if _is_error(f)]
     status = "R" if errors else ("E" if own else "A")
     note = (errors or own)[0].ack_code if own else "000"
@@ -67,7 +84,7 @@ def build_ta1s(interchanges: Sequence[Interchange], findings: Iterable[Finding],
     if len(interchanges) <= 1:
         return build_ta1(interchanges[0] if interchanges else None, findings, control_number=control_number, now=now)
     findings = list(findings)
-    named = [f for f in findings if f.interchange]
+    named = [f for f in findings if names_an_interchange(f)]
     return "".join(build_ta1(isa, findings if n == 0 else named, control_number=nth_control(control_number, n),
                              now=now) for n, isa in enumerate(interchanges))
 
@@ -123,22 +140,25 @@ def _set_owns(f: Finding, txn: Transaction, group: Group | None, isa: Interchang
     return (f.transaction == txn.control_number
             and (not f.transaction_set or f.transaction_set == txn.set_id)
             and (not f.group or group is None or f.group == group.control_number)
-            and (not f.interchange or isa is None or f.interchange == isa.control_number))
+            and _in_interchange(f, isa))
 
 
 def _group_owns(f: Finding, group: Group | None, isa: Interchange | None, ordinals: frozenset[int], *,
                 first_group: bool, first_interchange: bool) -> bool:
-    """Whether the group-level finding ``f`` is this group's: found in one of its sets (``ordinals``), else by GS06
-    within its interchange (two interchanges may both hold a group 1); one naming no group is the first group's, of
-    the interchange it names, else of the first interchange."""
+    """Whether the group-level finding ``f`` is this group's: found in one of its sets (``ordinals``), or in the group
+    itself (by its ordinal in the file: two groups of one interchange may share a GS06, the second then in error with
+    AK905 19), else by GS06 within its interchange (two interchanges may both hold a group 1); one naming no group is
+    the first group's, of the interchange it names, else of the first interchange."""
     if f.set_ordinal and ordinals:
         return f.set_ordinal in ordinals
-    same_interchange = not f.interchange or isa is None or f.interchange == isa.control_number
+    if f.group_ordinal and group is not None and group.ordinal:
+        return f.group_ordinal == group.ordinal
+    same_interchange = _in_interchange(f, isa)
     if f.group and group is not None:
         return f.group == group.control_number and same_interchange
     if not first_group:
         return False
-    return same_interchange if f.interchange else first_interchange
+    return same_interchange if names_an_interchange(f) else first_interchange
 
 
 def _ack_group(group: Group | None, transactions: list[Transaction], findings: list[Finding],

@@ -189,8 +189,12 @@ class Finding:
     the code of that part (TA105, AK905, IK502, IK304, IK403).
 
     ``set_ordinal`` is the :attr:`Transaction.ordinal` of the set it was found in (0: none, or not known): two sets
-    may carry the same ST02, even within one group, and a 999 must still give each only its own defects. It places
-    the finding and is no part of what the report says (``to_dict`` leaves it out).
+    may carry the same ST02, even within one group, and a 999 must still give each only its own defects.
+    ``group_ordinal`` and ``interchange_ordinal`` do the same for the :attr:`Group.ordinal` and
+    :attr:`Interchange.ordinal` of the envelope it was found in: two groups of one interchange may share a GS06, and
+    two interchanges of one file an ISA13 (each is then an error of its own, AK905 19 or TA105 025, and the 999 or
+    TA1 of the other must not carry it). They place the finding and are no part of what the report says
+    (``to_dict`` leaves them out).
     """
 
     code: str
@@ -211,15 +215,22 @@ class Finding:
     repetition: int = 0
     value: str = ""
     set_ordinal: int = 0
+    group_ordinal: int = 0
+    interchange_ordinal: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return {k: v for k, v in asdict(self).items()
-                if (v not in ("", 0) or k in ("code", "message")) and k != "set_ordinal"}
+                if (v not in ("", 0) or k in ("code", "message")) and k not in _PLACEMENT}
+
+
+_PLACEMENT = frozenset({"set_ordinal", "group_ordinal", "interchange_ordinal"})   # where, for acks: not reported
 
 
 @dataclass(slots=True)
 class Interchange:
-    """ISA header values of one interchange."""
+    """ISA header values of one interchange. ``ordinal`` is its place among the interchanges of the source read (1
+    for the first; 0 when not read from one): what tells apart two with the same ISA13
+    (``Finding.interchange_ordinal``)."""
 
     control_number: str
     sender_qualifier: str
@@ -233,11 +244,13 @@ class Interchange:
     ack_requested: str
     delimiters: Delimiters
     segment: Segment
+    ordinal: int = 0
 
 
 @dataclass(slots=True)
 class Group:
-    """GS header values of one functional group."""
+    """GS header values of one functional group. ``ordinal`` is its place among the groups of the source read (1 for
+    the first; 0 when not read from one): what tells apart two with the same GS06 (``Finding.group_ordinal``)."""
 
     functional_id: str
     sender: str
@@ -247,6 +260,7 @@ class Group:
     control_number: str
     version: str
     segment: Segment
+    ordinal: int = 0
 
 
 class LoopTable:

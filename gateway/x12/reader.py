@@ -234,7 +234,11 @@ class X12Reader:
         self._specs: dict[str, TransactionSpec | None] = {}
         self._known = known_segment_ids(mappings)
         self._sets = 0   # transaction sets opened so far: the next one's ordinal
+        self._groups = 0   # functional groups opened so far: the next one's ordinal
         self._group_sets: set[str] = set()   # the ST02s of the open group (IK502 23 when one comes again)
+        self._interchange_groups: set[str] = set()   # the GS06s of the open interchange (AK905 19 when one comes again)
+        # each interchange's (sender, receiver, ISA13) -> its ordinal (TA105 025 when one comes again)
+        self._controls: dict[tuple[str, str, str, str, str], int] = {}
 
     # -- public API --------------------------------------------------------------------------
     def transactions(self) -> Iterator[Transaction]:
@@ -435,7 +439,8 @@ class X12Reader:
             interchange=txn.interchange.control_number if txn.interchange else "",
             group=txn.group.control_number if txn.group else "", transaction=txn.control_number,
             transaction_set=txn.set_id, segment=segment, position=position, element=element, value=value,
-            set_ordinal=txn.ordinal))
+            set_ordinal=txn.ordinal, group_ordinal=txn.group.ordinal if txn.group else 0,
+            interchange_ordinal=txn.interchange.ordinal if txn.interchange else 0))
 
     def _envelope(self, code: str, message: str, level: str, ack: str, isa: Interchange | None,
                   gs: Group | None = None, *, severity: str = "error", segment: str = "", position: int = 0,
@@ -443,7 +448,8 @@ class X12Reader:
         self.findings.append(Finding(
             code=code, message=message, severity=severity, level=level, ack_code=ack,
             interchange=isa.control_number if isa else "", group=gs.control_number if gs else "",
-            segment=segment, position=position, element=element, value=value))
+            segment=segment, position=position, element=element, value=value,
+            group_ordinal=gs.ordinal if gs else 0, interchange_ordinal=isa.ordinal if isa else 0))
 
     def _open_interchange(self, seg: Segment, notes: list[str] | None) -> Interchange:
         e = seg.elements + [""] * (16 - len(seg.elements))
@@ -451,8 +457,9 @@ class X12Reader:
             control_number=e[12].strip(), sender_qualifier=e[4].strip(), sender_id=e[5].strip(),
             receiver_qualifier=e[6].strip(), receiver_id=e[7].strip(), date=e[8].strip(), time=e[9].strip(),
             version=e[11].strip(), usage=e[14].strip(), ack_requested=e[13].strip(),
-            delimiters=seg.delimiters, segment=seg)
+            delimiters=seg.delimiters, segment=seg, ordinal=len(self.interchanges) + 1)
         self.interchanges.append(isa)
+        self._interchange_groups = set()
         for note in notes or ():
             self._envelope("X12-ISA-FORMAT", note, "interchange", "", isa, severity="warning", segment="ISA",
                            position=seg.position)
@@ -472,11 +479,26 @@ class X12Reader:
             if not ok:
                 self._envelope(code, message.format(quoted(value)), "interchange", ack, isa, segment="ISA",
                                position=seg.position, element=element, value=value)
+        if isa.control_number:
+            self._check_repeated_interchange(isa)
         if isa.version == "00401":
             self._envelope("X12-ISA-4010", "ISA12 00401 is a 4010 envelope; 005010X279A1 needs 00501",
                            "interchange", "", isa, severity="warning", segment="ISA", element="ISA12",
                            value=isa.version)
         return isa
+
+    def _check_repeated_interchange(self, isa: Interchange) -> None:
+        """TA105 025 on an interchange whose ISA13 an earlier one of the file from the same sender to the same receiver
+        already has: ISA13 and the sender id are how the receiver tells interchanges apart, and how a TA1 (TA101) names
+        the one it answers. Other senders' (or receivers') numbers are their own: several senders may all be at 1."""
+        key = (isa.sender_qualifier, isa.sender_id, isa.receiver_qualifier, isa.receiver_id, isa.control_number)
+        earlier = self._controls.setdefault(key, isa.ordinal)
+        if earlier != isa.ordinal:
+            self._envelope("X12-ISA-DUPLICATE", f"ISA13 {quoted(isa.control_number)} of the file's interchange "
+                           f"#{isa.ordinal} is already the control number of its interchange #{earlier}, from the same "
+                           "sender to the same receiver",
+                           "interchange", "025", isa, segment="ISA", position=isa.segment.position, element="ISA13",
+                           value=isa.control_number)
 
     def _check_ta1(self, seg: Segment, isa: Interchange | None) -> None:
         """A TA1's own elements, as the ISA's are checked: control number, date, time, status (TA104 A, E or R)
@@ -499,12 +521,20 @@ class X12Reader:
                                position=seg.position, element=element, value=value)
 
     def _open_group(self, seg: Segment, isa: Interchange) -> Group:
+        self._groups += 1
         gs = Group(functional_id=seg.get(1), sender=seg.get(2), receiver=seg.get(3), date=seg.get(4),
-                   time=seg.get(5), control_number=seg.get(6), version=seg.get(8), segment=seg)
+                   time=seg.get(5), control_number=seg.get(6), version=seg.get(8), segment=seg, ordinal=self._groups)
         self._group_sets = set()
         if whole_number(gs.control_number) is None:
             self._envelope("X12-GS-CONTROL", f"GS06 group control number {quoted(gs.control_number)} must be numeric",
                            "group", "6", isa, gs, segment="GS", element="GS06", value=gs.control_number)
+        if gs.control_number in self._interchange_groups:
+            # a 999 names a group by its GS06 alone (AK102): two alike in one interchange cannot be told apart
+            self._envelope("X12-GS-DUPLICATE", f"GS06 {quoted(gs.control_number)} is already the control number of "
+                           f"another functional group in interchange {quoted(isa.control_number, bare=True)}", "group",
+                           "19", isa, gs, segment="GS", element="GS06", value=gs.control_number)
+        elif gs.control_number:
+            self._interchange_groups.add(gs.control_number)
         for element, value in (("GS02", gs.sender), ("GS03", gs.receiver)):
             if not 2 <= len(value) <= 15:   # application sender's / receiver's code: AN 2 to 15 characters
                 # a syntax error: no AK9 code names it, so the interchange's TA1 does (024, invalid content)

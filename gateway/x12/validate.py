@@ -39,8 +39,10 @@ from gateway.x12.tokenizer import ISA_WIDTHS, Batch, Source, tokenize
 logging.getLogger("pyx12").setLevel(logging.CRITICAL)
 
 IMPLEMENTATION = "005010X279A1"
-# Envelope-level codes our reader reports; pyx12's copies of them are dropped.
-_OURS = {"isa": {"001", "021", "023", "014", "015", "017", "018", "019", "020"},
+# Envelope-level codes our reader reports; pyx12's copies of them are dropped. pyx12 says "6" also for a GS06 that
+# another group of the interchange has (the reader: 19, X12-GS-DUPLICATE) and "23" for a repeated ST02; its "025" (a
+# repeated ISA13) cannot come, as it reads one interchange at a time (the reader: X12-ISA-DUPLICATE).
+_OURS = {"isa": {"001", "021", "023", "014", "015", "017", "018", "019", "020", "025"},
          "gs": {"3", "4", "5", "6"}, "st": {"2", "3", "4", "I6", "19", "23"}}
 _SEVERITY_WARNING_SEG = {"I6"}  # situational segment missing: reported, but not fatal for the reader tests
 _ADDED_GROUP = "999999999"   # GS06/GE02 of the group given to a set that came outside any (pyx12 needs one)
@@ -107,6 +109,7 @@ def _canonical_interchanges(batches: Iterable[Batch], repeating: frozenset[tuple
 
     Also returns, per (ST ordinal, segment position, element), the extra repetitions removed, and how many sets came
     before the interchange: ST ordinals count through the whole file, as the reader's ``Transaction.ordinal`` does.
+    One item per ISA, in order: the n-th is the reader's interchange n (``Interchange.ordinal``).
     """
     current: list[str] = []
     extras: dict[tuple[int, int, int], list[str]] = {}
@@ -595,17 +598,20 @@ def validate_x12(source: Source, *, mappings: str | None = None, elements: bool 
     if elements and any(t.structure for t in result.transactions):
         engine = _engine(mappings)
         repeating = _repeating_elements(mappings)
-        for text, extras, before in _canonical_interchanges(tokenize(data), repeating):
+        for interchange, (text, extras, before) in enumerate(_canonical_interchanges(tokenize(data), repeating), 1):
             if "\nST" not in text and not text.startswith("ST"):
                 continue
-            report.findings.extend(_pyx12_findings(engine, text, extras, before, result, mappings))
+            report.findings.extend(_pyx12_findings(engine, text, extras, before, interchange, result, mappings))
     return report
 
 
 def _pyx12_findings(engine: _Pyx12, text: str, extras: dict[tuple[int, int, int], list[str]], before: int,
-                    result: ReadResult, mappings: str | None) -> list[Finding]:
-    """pyx12's findings for one interchange, each placed in its set by ordinal (ST02s may repeat)."""
+                    interchange: int, result: ReadResult, mappings: str | None) -> list[Finding]:
+    """pyx12's findings for interchange number ``interchange`` of the file, each placed in its set by ordinal (ST02s
+    may repeat) and in its interchange (so may ISA13s: pyx12 reads one interchange at a time)."""
     found = _run_pyx12(engine, text, extras, before)
+    for f in found:
+        f.interchange_ordinal = interchange
     unsupported = {t.ordinal for t in result.transactions if not t.structure}
     ours = {(f.set_ordinal, f.position, f.segment) for f in result.all_findings if f.level == "segment"}
     by_ordinal = {t.ordinal: t for t in result.transactions}
@@ -657,7 +663,7 @@ def _qualifier_code_error(f: Finding, txn: Transaction, mappings: str | None) ->
     first = nodes[0].elements[0]
     common = {"interchange": f.interchange, "group": f.group, "transaction": f.transaction,
               "transaction_set": f.transaction_set, "loop": loop_id, "segment": parts[0], "position": f.position,
-              "set_ordinal": f.set_ordinal}
+              "set_ordinal": f.set_ordinal, "interchange_ordinal": f.interchange_ordinal}
     return [
         Finding("X12-IG-SEGMENT", f"{parts[0]} has data element errors", level="segment", ack_code="8", **common),
         Finding("X12-IG-ELEMENT", f"{quoted(value)} is not a valid code for {first.name} ({first.ref})",

@@ -740,3 +740,26 @@ def test_two_interchanges_both_in_error_get_a_ta1_each_back_to_its_sender(server
     first, second = _interchanges(response.text)
     assert "*ZZ*FHIRX12GW      *" in first and "TA1*000001001*250310*0915*R*001~" in first
     assert "*ZZ*OTHERSENDER    *" in second and "TA1*000002002*250310*0915*R*001~" in second
+
+
+def test_an_interchange_repeating_an_isa13_gets_the_ta1_025_and_only_it(server):
+    """The same interchange sent twice in one request was answered with two 271s; the TA1 must answer the repeat
+    alone (both have ISA13 000001001: choosing by it answered the first one too, "accepted")."""
+    base, _ = server
+    good = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    response = requests.post(f"{base}/x12", data=(good + good).encode(),
+                             headers={"Content-Type": "application/edi-x12"}, timeout=10)
+    assert response.status_code == 200 and "ST*" not in response.text
+    [answer] = _interchanges(response.text)
+    assert "*ZZ*ACMEHLTH       *ZZ*FHIRX12GW      *" in answer and "TA1*000001001*250310*0915*R*025~" in answer
+
+
+def test_a_group_repeating_a_gs06_gets_a_999_rejecting_that_group(server):
+    base, _ = server
+    good = (FIXTURES / "x12" / "270" / "subscriber-generic.270").read_text()
+    head, tail = good.split("GE*1*1001~\n")
+    group = head[head.index("GS*"):] + "GE*1*1001~\n"
+    response = requests.post(f"{base}/x12", data=(head + "GE*1*1001~\n" + group + tail.replace("IEA*1*", "IEA*2*"))
+                             .encode(), headers={"Content-Type": "application/edi-x12"}, timeout=10)
+    assert response.status_code == 200 and "ST*999*" in response.text
+    assert [s for s in response.text.split("~") if s.startswith("AK9")] == ["AK9*A*1*1*1", "AK9*R*1*1*0*19"]

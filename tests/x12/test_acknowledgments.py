@@ -148,3 +148,86 @@ def test_one_interchange_gets_one_ta1_as_before():
     assert build_ta1s(report.interchanges, report.findings, control_number=7, now=NOW) == (
         "ISA*00*          *00*          *ZZ*ACMEHLTH       *ZZ*FHIRX12GW      *260115*0930*^*00501*000000007*0*T*:~"
         "TA1*000001001*250310*0915*A*000~IEA*0*000000007~")
+
+
+def duplicated_gs06(second_eq: str = "EQ*30~") -> str:
+    """One interchange holding two groups that both say GS06 1001 (the second's EQ segment replaced)."""
+    head, tail = SUBSCRIBER_270.split("GE*1*1001~\n")
+    group = head[head.index("GS*"):] + "GE*1*1001~\n"
+    return head + "GE*1*1001~\n" + group.replace("EQ*30~", second_eq) + tail.replace("IEA*1*", "IEA*2*")
+
+
+@pytest.mark.parametrize("elements", [True, False])
+def test_a_repeated_gs06_in_an_interchange_is_ak905_19_on_the_group_that_repeats_it(elements: bool):
+    """pyx12 said 6 ("not unique within file"), which is dropped as the reader's code for a GS06 that is no number:
+    the repeat went unreported."""
+    report = validate_x12(duplicated_gs06().encode(), elements=elements)
+    assert [(f.code, f.level, f.ack_code, f.group_ordinal) for f in report.findings] == [
+        ("X12-GS-DUPLICATE", "group", "19", 2)]
+    finding = report.findings[0]
+    assert finding.element == "GS06" and finding.value == "1001" and "interchange 000001001" in finding.message
+    assert not {"group_ordinal", "interchange_ordinal"} & finding.to_dict().keys()
+    ack = build_999(report.transactions, report.findings, control_number=7, now=NOW)
+    assert segments(ack, "AK1") == ["AK1*HS*1001*005010X279A1"] * 2
+    assert segments(ack, "AK9") == ["AK9*A*1*1*1", "AK9*R*1*1*0*19"]
+
+
+def test_two_groups_with_the_same_gs06_each_get_only_their_own_findings():
+    """Group findings were matched by GS06: the second group's wrong GE01 rejected the first group too."""
+    text = duplicated_gs06().replace("GE*1*1001~\nIEA*", "GE*2*1001~\nIEA*")
+    report = validate_x12(text.encode())
+    assert [(f.ack_code, f.group_ordinal) for f in report.errors] == [("19", 2), ("5", 2)]
+    ack = build_999(report.transactions, report.findings, control_number=7, now=NOW)
+    assert segments(ack, "AK9") == ["AK9*A*1*1*1", "AK9*R*1*1*0*19*5"]
+    second = validate_x12(duplicated_gs06("EQ*ZZ~").encode())   # a set's finding: by its set, as before
+    ack = build_999(second.transactions, second.findings, control_number=7, now=NOW)
+    assert segments(ack, "IK5") == ["IK5*A", "IK5*R*5"] and segments(ack, "AK9") == ["AK9*A*1*1*1", "AK9*R*1*1*0*19"]
+
+
+def test_gs06_may_repeat_in_another_interchange():
+    """Unique within the interchange (AK905 19 says so), not within the file."""
+    report = validate_x12((SUBSCRIBER_270 + from_other_sender(SUBSCRIBER_270)).encode(), elements=False)
+    assert not report.findings
+
+
+@pytest.mark.parametrize("elements", [True, False])
+def test_a_repeated_isa13_is_ta1_025_on_the_later_interchange(elements: bool):
+    """pyx12 reads one interchange at a time and never saw it; the TA1 of both said accepted."""
+    second = SUBSCRIBER_270.replace("EQ*30~", "EQ*ZZ~")   # same sender, receiver and ISA13
+    report = validate_x12((SUBSCRIBER_270 + second + SUBSCRIBER_270).encode(), elements=elements)
+    duplicates = [f for f in report.findings if f.level == "interchange"]
+    assert [(f.code, f.ack_code, f.interchange, f.interchange_ordinal) for f in duplicates] == [
+        ("X12-ISA-DUPLICATE", "025", "000001001", 2), ("X12-ISA-DUPLICATE", "025", "000001001", 3)]
+    assert duplicates[0].element == "ISA13"
+    assert "interchange #2 is already the control number of its interchange #1" in duplicates[0].message
+    assert not {"group_ordinal", "interchange_ordinal"} & duplicates[0].to_dict().keys()
+    ta1s = interchanges(build_ta1s(report.interchanges, report.findings, control_number=7, now=NOW))
+    assert [segments(t, "TA1") for t in ta1s] == [["TA1*000001001*250310*0915*A*000"],
+                                                 ["TA1*000001001*250310*0915*R*025"],
+                                                 ["TA1*000001001*250310*0915*R*025"]]
+    if elements:   # the 999s: each interchange's sets still get only their own findings
+        acks = interchanges(build_999(report.transactions, report.findings, control_number=7, now=NOW))
+        assert [segments(a, "IK5") for a in acks] == [["IK5*A"], ["IK5*R*5"], ["IK5*A"]]
+
+
+def test_two_interchanges_with_the_same_isa13_each_get_only_their_own_ta1_findings():
+    """Another sender may use the same ISA13 (a sender's number is its own): no duplicate, and the second's wrong
+    IEA01 was also in the first one's TA1 (interchange findings matched by ISA13)."""
+    second = from_other_sender(SUBSCRIBER_270, "000001001").replace("IEA*1*", "IEA*2*")
+    report = validate_x12((SUBSCRIBER_270 + second).encode())
+    assert [(f.code, f.interchange_ordinal) for f in report.findings] == [("X12-IEA-COUNT", 2)]
+    first_ta1, second_ta1 = interchanges(build_ta1s(report.interchanges, report.findings, control_number=7, now=NOW))
+    assert "*ZZ*FHIRX12GW      *" in first_ta1 and segments(first_ta1, "TA1") == ["TA1*000001001*250310*0915*A*000"]
+    assert "*ZZ*OTHERSENDER    *" in second_ta1 and segments(second_ta1, "TA1") == [
+        "TA1*000001001*250310*0915*R*021"]
+
+
+def test_an_interchange_finding_of_pyx12_goes_to_its_own_interchange():
+    """pyx12's interchange findings name their interchange by ISA13 alone: the second sender's missing GE (pyx12: 024,
+    "Unterminated Loop GS") rejected the first sender's interchange too, which has the same ISA13."""
+    second = from_other_sender(SUBSCRIBER_270, "000001001").replace("GE*1*1001~\n", "")
+    report = validate_x12((SUBSCRIBER_270 + second).encode())
+    assert [(f.code, f.interchange_ordinal) for f in report.findings if f.level == "interchange"] == [("PYX12-ISA", 2)]
+    first_ta1, second_ta1 = interchanges(build_ta1s(report.interchanges, report.findings, control_number=7, now=NOW))
+    assert segments(first_ta1, "TA1") == ["TA1*000001001*250310*0915*A*000"]
+    assert segments(second_ta1, "TA1") == ["TA1*000001001*250310*0915*R*024"]
