@@ -403,7 +403,9 @@ def _pyx12_stopped(exc: Exception, seg_id: str, st_control: str, st_ordinal: int
     if st_control and position and seg_id not in ("ISA", "GS", "GE", "IEA", "ST", "SE"):
         return Finding("X12-IG-UNCHECKED", message, level="segment", ack_code="8", transaction=st_control,
                        segment=seg_id, position=position, set_ordinal=st_ordinal)
-    return Finding("X12-IG-UNCHECKED", message, level="interchange", transaction=st_control)
+    # in an envelope segment: the interchange is not checked past it, and a TA1 that answers it says so (024, invalid
+    # interchange content) rather than "accepted" beside an error
+    return Finding("X12-IG-UNCHECKED", message, level="interchange", ack_code="024", transaction=st_control)
 
 
 def _check_repetitions(node: Any, seg_id: str, st_control: str, st_ordinal: int, position: int,

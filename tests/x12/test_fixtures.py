@@ -168,7 +168,10 @@ def test_input_pyx12_fails_on_is_a_finding_not_a_failure(old: str, new: str, whe
     assert len(stopped) == 1 and where in stopped[0].message and "pyx12 cannot check it" in stopped[0].message
     assert not report.valid
     build_999(report.transactions, report.findings, control_number=5, now=datetime(2025, 1, 1))
-    build_ta1(report.interchanges[0], report.findings, control_number=5, now=datetime(2025, 1, 1))
+    ta1 = build_ta1(report.interchanges[0], report.findings, control_number=5, now=datetime(2025, 1, 1))
+    # stopped in an envelope segment, the interchange is in error: its TA1 rejects it, never "accepted" (A*000)
+    expected = "*R*024~" if stopped[0].level == "interchange" else "*A*000~"
+    assert expected in ta1
 
 
 @pytest.mark.parametrize("component", ["A", "1", " "])
