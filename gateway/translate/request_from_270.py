@@ -13,7 +13,7 @@ from typing import Any
 
 from gateway.errors import quoted
 from gateway.translate.notes import Note, process_note_extensions
-from gateway.translate.response_271 import date_range, us_zip
+from gateway.translate.response_271 import date_range, us_zip, x12_date
 from gateway.translate.tables import Tables, fhir_code, trace_system
 from gateway.x12.model import Loop, Segment, Transaction, whole_number
 
@@ -96,7 +96,7 @@ def translate_270(txn: Transaction, tables: Tables, *, now: str, carried: set[in
         start = len(notes)
         payer_url = _payer(tables, payer_loop, add, note, carried)
         for receiver in source.loops_of("2000B"):
-            provider_url = _provider(tables, receiver.loop("2100B"), add, note, carried)
+            provider_url = _provider(tables, txn, receiver.loop("2100B"), add, note, carried)
             shared = notes[:header] + notes[start:]
             for subscriber in receiver.loops_of("2000C"):
                 sub_name = subscriber.loop("2100C")
@@ -139,8 +139,8 @@ def translate_270(txn: Transaction, tables: Tables, *, now: str, carried: set[in
 
 def _created(bht: Segment | None, now: str) -> str:
     """When the 270 was made (BHT04, a date: its BHT05 time has no zone), else when it was translated."""
-    day = date_range("D8", bht.get(4)) if bht is not None and bht.get(4) else None
-    return day[0] if day else now
+    day = x12_date(bht.get(4)) if bht is not None and bht.get(4) else None
+    return day or now
 
 
 def _inside(loop: Loop | None, ancestors: list[Loop]) -> bool:
@@ -179,29 +179,38 @@ def _payer(tables: Tables, loop: Loop | None, add, note, carried: set[int]) -> s
     return add(org, f"payer/{org.get('identifier', [{}])[0].get('value', org['name'])}")
 
 
-def _provider(tables: Tables, loop: Loop | None, add, note, carried: set[int]) -> str | None:
+def _provider(tables: Tables, txn: Transaction, loop: Loop | None, add, note, carried: set[int]) -> str | None:
     if loop is None:
         return None
     systems = tables.systems
+    qualifiers = tables.t["qualifiers"]
+    references = tables.t["references"]
     nm1 = loop.segment("NM1")
     resource: dict[str, Any]
-    if nm1 is not None and nm1.get(2) == "1":
+    if nm1 is not None and qualifiers["entity_type"].get(nm1.get(2)) == "person":
         resource = {"resourceType": "Practitioner", **_person(nm1)}
     else:
         # NM103 may be left out when NM109 identifies the provider: a name of "" is not valid FHIR
         name = nm1.get(3) if nm1 is not None else "Provider"
         resource = {"resourceType": "Organization", **({"name": name} if name else {})}
-    if nm1 is not None and nm1.get(8) == "XX" and nm1.get(9):
-        resource["identifier"] = [{"system": systems["npi"], "value": nm1.get(9)}]
+    system = qualifiers["identifier_systems"].get(nm1.get(8)) if nm1 is not None else None   # XX: the NPI
+    if nm1 is not None and system and nm1.get(9):
+        resource["identifier"] = [{"system": systems[system], "value": nm1.get(9)}]
     elif nm1 is not None and nm1.get(9):   # an id FHIR has no system for here (SV, PI ...)
         note(f"provider identified by {nm1.get(8)} {nm1.get(9)} (only an NPI has a FHIR identifier system)", loop,
              nm1)
     for seg in loop.segments:
-        if seg.id in ("NM1", "N3", "N4") or (seg.id == "PRV" and seg.get(2) == "PXC" and seg.get(3)):
+        # PRV02 PXC: PRV03 is a taxonomy code
+        taxonomy_prv = seg.id == "PRV" and references["provider_level"].get(seg.get(2)) == "taxonomy" and seg.get(3)
+        if seg.id in ("NM1", "N3", "N4") or taxonomy_prv:
             carried.add(seg.position)
         if seg.id == "NM1":
             continue
-        if seg.id == "PRV" and seg.get(2) == "PXC" and seg.get(3):
+        if seg.id in ("PRV", "REF"):   # PRV02, REF01 (element 128): a qualifier not listed is noted below, or refused
+            element, qualifier = ("PRV02", seg.get(2)) if seg.id == "PRV" else ("REF01", seg.get(1))
+            if qualifier and qualifier not in references["names"]:
+                tables.refuse_unknown("references", qualifier, _where(txn, loop, seg), element)
+        if taxonomy_prv:
             # where the 270 builder reads a taxonomy: a practitioner's qualification, an organization's type
             taxonomy = {"coding": [{"system": systems["taxonomy"], "code": fhir_code(seg.get(3))}]}
             if resource["resourceType"] == "Practitioner":
@@ -230,7 +239,14 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
     def note(text: str, loop: Loop, seg: Segment) -> None:
         notes.append(Note(text, _where(txn, loop, seg), seg.to_x12()))
 
+    def unknown(table: str, code: str, loop: Loop, seg: Segment, element: str) -> None:
+        """A code ``table`` does not list: the translation stops when the table says so (on_missing: error);
+        otherwise the caller keeps it and notes it."""
+        tables.refuse_unknown(table, code, _where(txn, loop, seg), element)
+
     person_refs = {rule["ref"]: rule for rule in tables.t["request_270"]["patient_references"]}
+    references = tables.t["references"]["names"]
+    formats = tables.t["dates"]["formats"]
 
     def person_from(loop: Loop | None, key: str) -> tuple[dict[str, Any], str]:
         resource: dict[str, Any] = {"resourceType": "Patient"}
@@ -240,6 +256,8 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
         for seg in loop.segments:
             if seg.id in ("NM1", "DMG", "N3", "N4") or (seg.id == "REF" and seg.get(1) in person_refs):
                 carried.add(seg.position)
+            if seg.id == "REF" and seg.get(1) and seg.get(1) not in references:   # noted in the loop below
+                unknown("references", seg.get(1), loop, seg, "REF01")
             if seg.id == "REF" and seg.get(1) in person_refs and seg.get(2):   # SSN, record number: as sent
                 rule = person_refs[seg.get(1)]
                 resource.setdefault("identifier", []).append(
@@ -253,16 +271,19 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                         "type": {"coding": [dict(systems["member_id_type"])]}, "system": systems["member_id_system"],
                         "value": member})
             elif seg.id == "DMG":
-                birth = date_range("D8", seg.get(2)) if seg.get(1) == "D8" else None
+                # a birth date is one day (D8)
+                birth = date_range(tables, seg.get(1), seg.get(2)) if formats.get(seg.get(1)) == "date" else None
                 if birth:
                     resource["birthDate"] = birth[0]
                 elif seg.get(2):
-                    note(f"birth date {quoted(seg.get(2))} ({seg.get(1) or 'no format'}) is not a D8 calendar date",
+                    day = "/".join(k for k, v in formats.items() if v == "date")
+                    note(f"birth date {quoted(seg.get(2))} ({seg.get(1) or 'no format'}) is not a {day} calendar date",
                          loop, seg)
                 gender = tables.t["gender"]["from_x12"].get(seg.get(3))
                 if gender:
                     resource["gender"] = gender
                 elif seg.get(3):
+                    unknown("gender", seg.get(3), loop, seg, "DMG03")
                     note(f"gender {quoted(seg.get(3))} (DMG03) has no AdministrativeGender code", loop, seg)
             elif seg.id == "N3":
                 resource.setdefault("address", [{}])[0]["line"] = [v for v in (seg.get(1), seg.get(2)) if v]
@@ -286,7 +307,7 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                                 "subscriber": {"reference": subscriber_url}}
     if member_id:
         coverage["subscriberId"] = member_id
-    relationship = "self"
+    relationship: str | None = tables.t["relationship"]["subscriber"][0]   # self, unless an INS02 says otherwise
     request: dict[str, Any] = {"resourceType": "CoverageEligibilityRequest", "status": "active",
                                "purpose": [], "patient": {"reference": patient_url}, "created": _created(bht, now)}
     items: list[dict[str, Any]] = []
@@ -307,13 +328,17 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
     eq_count = sum(1 for lp in (sub_name, name if dependent else None) if lp is not None
                    for inquiry in lp.loops if inquiry.id.startswith("2110") for _ in inquiry.segments_of("EQ"))
     classes = tables.t["references"]["patient_level"]   # REF 6P/1L group, 18 plan: Coverage.class
+    inquiry_dates = tables.t["dates"]["inquiry"]   # DTP 291: the date of service
+    date_names = tables.t["dates"]["names"]
     for loop in [lp for lp in (sub_name, name if dependent else None) if lp is not None]:
         for seg in loop.segments:
             sid = seg.id
             if sid in ("NM1", "DMG", "N3", "N4") or (sid == "REF" and seg.get(1) in person_refs):
                 continue   # the person's own (person_from)
-            if sid in ("INS", "HI") or (sid == "REF" and seg.get(1) in classes and seg.get(2)) or (
-                    sid, seg.get(1)) == ("DTP", "291"):
+            serviced = sid == "DTP" and inquiry_dates.get(seg.get(1)) == "serviced"
+            if sid == "DTP" and seg.get(1) not in date_names:   # noted below with its code
+                unknown("dates", seg.get(1), loop, seg, "DTP01")
+            if sid in ("INS", "HI") or (sid == "REF" and seg.get(1) in classes and seg.get(2)) or serviced:
                 carried.add(seg.position)
             if sid == "REF" and seg.get(1) in classes and not seg.get(2):   # a class needs a value
                 note(f"REF {seg.get(1)} names no {classes[seg.get(1)]} (REF02 is empty)", loop, seg)
@@ -321,10 +346,16 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                 kind = classes[seg.get(1)]
                 coverage.setdefault("class", []).append(
                     {"type": {"coding": [{"system": systems["coverage_class"], "code": kind}]}, "value": seg.get(2)})
-            elif sid == "DTP" and seg.get(1) == "291":
-                _service_date(request, seg, loop, note)
+            elif serviced:
+                _service_date(tables, request, seg, loop, note)
             elif sid == "INS":
-                relationship = tables.t["relationship"]["from_ins02"].get(seg.get(2), "other")
+                relationship = tables.t["relationship"]["from_ins02"].get(seg.get(2))
+                if relationship is None and seg.get(2):
+                    unknown("relationship", seg.get(2), loop, seg, "INS02")
+                    note(f"relationship code {quoted(seg.get(2))} (INS02) is not known: Coverage.relationship is left "
+                         "out", loop, seg)
+                elif relationship is None:
+                    note("INS names no relationship (INS02 is empty): Coverage.relationship is left out", loop, seg)
                 if seg.get(17):
                     note(f"birth sequence {seg.get(17)} (INS17: twins, triplets ...)", loop, seg)
             elif sid == "HI":
@@ -334,6 +365,7 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                     if len(parts) > 1 and parts[1]:
                         kind = tables.t["diagnoses"]["from_x12"].get(parts[0])
                         if not kind:
+                            unknown("diagnoses", parts[0], loop, seg, "HI")
                             note(f"diagnosis {parts[1]} with code list qualifier {quoted(parts[0])} (not ICD-10-CM or "
                                  "ICD-9-CM)", loop, seg)
                         diagnoses.append((kind["system"], _dotted(parts[1], kind)) if kind else ("", parts[1]))
@@ -345,6 +377,7 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
             for seg in inquiry.segments:
                 if seg.id == "EQ":
                     carried.add(seg.position)
+                    _unlisted_in_eq(tables, seg, inquiry, unknown, note)
                     asked = _items(tables, seg, diagnoses, purposes, several=eq_count > 1)
                     items.extend(asked)
                     if not seg.get(1) and not seg.get(2):
@@ -361,11 +394,13 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                         note(f"diagnosis pointer {shown} (EQ05) points at no HI diagnosis", inquiry, seg)
                     if asked:   # the items carry what the pointers point at ("01" is diagnosis 1 too)
                         pointed.update(whole_number(p) for p in pointers)
-                elif seg.id == "DTP" and seg.get(1) == "291" and "servicedDate" not in request \
+                elif seg.id == "DTP" and inquiry_dates.get(seg.get(1)) == "serviced" and "servicedDate" not in request \
                         and "servicedPeriod" not in request:
                     carried.add(seg.position)
-                    _service_date(request, seg, inquiry, note)
+                    _service_date(tables, request, seg, inquiry, note)
                 else:
+                    if seg.id == "DTP" and seg.get(1) not in date_names:   # noted here with its code
+                        unknown("dates", seg.get(1), inquiry, seg, "DTP01")
                     note(f"inquiry segment {seg.id} {' '.join(x for x in seg.elements if x)} has no FHIR home",
                          inquiry, seg)
     unpointed = [code for index, (_, code) in enumerate(diagnoses, start=1) if index not in pointed]
@@ -374,7 +409,7 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
     if dependent and name is not None and name.segment("INS") is None:
         notes.append(Note("the 270 names a dependent without INS02: the relationship to the subscriber is not "
                           "known (Coverage.relationship left out)", f"270 ST {txn.control_number} 2100D"))
-    else:
+    elif relationship:
         coverage["relationship"] = {"coding": [{"system": systems["relationship"], "code": relationship}]}
     coverage_url = add(coverage, f"coverage/{keys.get(id(patient), '')}")
     if not member_id:   # no NM108/NM109: a search by name and birth date (fhir-mapping-reference 3.3)
@@ -441,6 +476,28 @@ def _items(tables: Tables, seg: Segment, diagnoses: list[tuple[str, str]], purpo
     return items
 
 
+def _unlisted_in_eq(tables: Tables, seg: Segment, loop: Loop, unknown: Callable[[str, str, Loop, Segment, str], None],
+                    note: Callable[[str, Loop, Segment], None]) -> None:
+    """The codes of an EQ its tables do not list: each refused when its table says so (on_missing: error), else
+    kept and noted: a service type (EQ01) and a procedure qualifier (EQ02-1), which the items carry as sent; a
+    coverage level (EQ03) or insurance type (EQ04), which the EQ's own note already shows."""
+    for stc in seg.repetitions(1):
+        code = fhir_code(stc)
+        if code and code not in tables.codes["service_type"]:
+            unknown("service_type", code, loop, seg, "EQ01")
+            note(f"service type {quoted(code)} (EQ01) is not an X279A1 code; passed through", loop, seg)
+    if _procedure_code(seg):
+        qualifier = fhir_code(seg.components(2)[0])
+        if qualifier and qualifier not in tables.t["procedures"]["from_x12"]:
+            unknown("procedures", qualifier, loop, seg, "EQ02-1")
+            note(f"procedure code list qualifier {quoted(qualifier)} (EQ02-1) is not an X279A1 code: the procedure "
+                 "is kept under the X12 qualifier's system", loop, seg)
+    for index, table in ((3, "coverage_level"), (4, "insurance_type")):
+        code = seg.get(index)
+        if code and code not in tables.codes[table]:
+            unknown(table, code, loop, seg, f"EQ0{index}")
+
+
 def _procedure_code(seg: Segment) -> str:
     """EQ02-2, the procedure an EQ asks about ("" when EQ02 has none: a qualifier alone is no procedure)."""
     comps = seg.components(2) if seg.get(2) else []
@@ -456,10 +513,10 @@ def _dotted(code: str, kind: dict[str, Any]) -> str:
     return code if "." in code or len(code) <= at else f"{code[:at]}.{code[at:]}"
 
 
-def _service_date(request: dict[str, Any], seg: Segment, loop: Loop,
+def _service_date(tables: Tables, request: dict[str, Any], seg: Segment, loop: Loop,
                   note: Callable[[str, Loop, Segment], None]) -> None:
     """A DTP*291 as servicedDate (one day) or servicedPeriod; a note when it cannot be read."""
-    span = date_range(seg.get(2), seg.get(3))
+    span = date_range(tables, seg.get(2), seg.get(3))
     if span and span[0] == span[1]:
         request["servicedDate"] = span[0]
     elif span:

@@ -15,8 +15,7 @@ from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import quote
 
-from gateway.errors import quoted
-from gateway.translate.errors import Problem, TranslationError
+from gateway.errors import quoted, with_article
 from gateway.translate.notes import Note, process_note_extensions
 from gateway.translate.tables import Tables, fhir_code
 from gateway.translate.tables import trace_system as _trace_system
@@ -70,12 +69,14 @@ def x12_date(value: str) -> str | None:
     return f"{value[:4]}-{value[4:6]}-{value[6:]}"
 
 
-def date_range(fmt: str, value: str) -> tuple[str | None, str | None] | None:
-    """DTP02/03 -> (start, end); None when unreadable."""
-    if fmt == "D8":
+def date_range(tables: Tables, fmt: str, value: str) -> tuple[str | None, str | None] | None:
+    """DTP02/03 -> (start, end), read as the format's entry in ``mappings/translate/dates.yaml`` (``formats``) says:
+    one day or a range; None when unreadable (a format not listed too)."""
+    kind = tables.t["dates"]["formats"].get(fmt)
+    if kind == "date":
         d = x12_date(value)
         return (d, d) if d else None
-    if fmt == "RD8" and "-" in value:
+    if kind == "range" and "-" in value:
         start, end = value.split("-", 1)
         s, e = x12_date(start), x12_date(end)
         return (s, e) if s and e and s <= e else None   # an end before the start is no period (FHIR per-1)
@@ -156,6 +157,8 @@ class _Response:
         self.service_type_system: str = tables.systems["service_type"]["emit"]
         self.currency: str = tables.systems["currency"]
         self.placeholder_amounts = frozenset(tables.t["quirks"]["placeholder_amounts"])   # tested for every amount
+        # the service type of an EB without EB03 (30: the plan as a whole)
+        self.generic_service_type: str = tables.t["request_270"]["constants"]["generic_service_type"]
 
     # -- accounting ---------------------------------------------------------------------------
     def where(self, loop: Loop, seg: Segment) -> str:
@@ -275,12 +278,14 @@ def _translate_patient(tables: Tables, txn: Transaction, now: str,
     hl = level.segment("HL") if level is not None else None
     response_id = _ID_UNSAFE.sub("-", f"{txn.control_number}-{hl.get(1) if hl else '0'}")[:64]
     traces, trace_systems = [], []
+    trace_type = tables.t["qualifiers"]["trace_type"]
     # a dependent's own traces (2000D) answer the request that asked about the dependent; the subscriber's (2000C)
     # belong to the subscriber's own request, and stand in only when the dependent loop echoes none
     for loop in (patient, subscriber):
         if loop is not None and not traces:
             for trn in loop.segments_of("TRN"):
-                if trn.get(1) == "2" and trn.get(2):   # a TRN without its number traces nothing (it is noted)
+                # a referenced trace (TRN01 2) echoes the 270's; one without its number traces nothing (it is noted)
+                if trace_type.get(trn.get(1)) == "referenced" and trn.get(2):
                     traces.append(trn.get(2))
                     trace_systems.append(_trace_system(tables, trn.get(3)))
     context = context_for(traces) if context_for else None
@@ -419,9 +424,13 @@ def _aaa(r: _Response, loop: Loop, seg: Segment) -> None:
     level = loop.id
     reason, follow_up, valid = seg.get(3), seg.get(4), seg.get(1)
     reason_info = tables.code("reject_reason", reason)
+    if reason and reason_info is None:   # kept and noted below, unless the table refuses it
+        _refuse_if_required(r, "reject_reason", reason, loop, seg, "AAA03")
     display = (reason_info["display"] if reason_info else f"reject reason {reason}" if reason
                else "no reject reason given (AAA03 is empty)")
     follow = tables.code("follow_up_action", follow_up)
+    if follow_up and follow is None:
+        _refuse_if_required(r, "follow_up_action", follow_up, loop, seg, "AAA04")
     text = f"{level}: {display}"
     if follow_up:
         text += f"; follow-up {follow_up}: {follow['display'] if follow else 'unknown follow-up action'}"
@@ -469,35 +478,59 @@ def _receiver_loops(r: _Response, receiver: Loop) -> None:
     name = receiver.loop("2100B")
     if name is None:
         return
+    id_systems = r.tables.t["qualifiers"]["identifier_systems"]
     for seg in name.segments:
-        if seg.id == "NM1" and (seg.get(8) == "XX" or not seg.get(9)):
-            r.map(seg)   # the requestor (by NPI, or by name alone)
+        if seg.id == "NM1" and (seg.get(8) in id_systems or not seg.get(9)):
+            r.map(seg)   # the requestor (by an id FHIR has a system for, the NPI, or by name alone)
         elif seg.id == "NM1":   # an id FHIR has no system for (SV, PI ...): the requestor is named, the id noted
             r.note(f"information receiver identified by {seg.get(8)} {seg.get(9)}", name, seg)
         elif seg.id == "AAA":
             _aaa(r, name, seg)
         elif seg.id == "REF":
+            _check_reference(r, name, seg, "REF01")
             r.note(f"provider identifier {seg.get(1)} {seg.get(2)} returned by the payer", name, seg)
         elif seg.id in ("N3", "N4"):
             r.note("provider address returned by the payer", name, seg)
         elif seg.id == "PRV":
-            r.note(f"provider information {seg.get(1)} {seg.get(3)}", name, seg)
+            r.note(_provider_information(r, name, seg), name, seg)
+
+
+def _check_reference(r: _Response, loop: Loop, seg: Segment, element: str) -> None:
+    """A REF01 or PRV02 (element 128) that ``mappings/translate/references.yaml`` does not name: refused when the
+    table says so (on_missing: error); the caller notes the segment with its code either way."""
+    code = seg.get(1) if element == "REF01" else seg.get(2)
+    if code and code not in r.tables.t["references"]["names"]:
+        _refuse_if_required(r, "references", code, loop, seg, element)
+
+
+def _provider_information(r: _Response, loop: Loop, prv: Segment) -> str:
+    """A 2100B/2100C PRV's note (no FHIR element holds it): a PRV02 the references table does not name is said to be
+    so (or refuses the 271, when the table says so)."""
+    _check_reference(r, loop, prv, "PRV02")
+    text = f"provider information {prv.get(1)} {prv.get(3)}"
+    if prv.get(2) and prv.get(2) not in r.tables.t["references"]["names"]:
+        text += f" (PRV02 {quoted(prv.get(2))} is not a known qualifier)"
+    return text
 
 
 def _hl_level(r: _Response, level: Loop, *, own: bool) -> None:
+    trace_type = r.tables.t["qualifiers"]["trace_type"]   # TRN01: referenced (an echoed 270 trace) or current
     for seg in level.segments:
         if seg.id == "HL":
             r.map(seg)
         elif seg.id == "TRN" and not seg.get(2):
             r.note("trace without a trace number (TRN02 is empty)", level, seg)
-        elif seg.id == "TRN" and seg.get(1) == "2" and seg.get(2) not in r.traces:
+        elif seg.id == "TRN" and trace_type.get(seg.get(1)) == "referenced" and seg.get(2) not in r.traces:
             # the subscriber's trace in a dependent's response: it answers the subscriber's own request
             r.note(f"trace {seg.get(2)} of the subscriber's loop ({level.id}) answers another request than this "
                    "dependent's", level, seg)
-        elif seg.id == "TRN":
+        elif seg.id == "TRN" and trace_type.get(seg.get(1)) in ("referenced", "current"):
             r.map(seg)
-            if seg.get(1) == "1":  # the payer's or a clearinghouse's own trace
+            if trace_type[seg.get(1)] == "current":  # the payer's or a clearinghouse's own trace
                 r.identifiers.append({"system": _trace_system(r.tables, seg.get(3)), "value": seg.get(2)})
+        elif seg.id == "TRN":
+            r.note(f"trace {seg.get(2)} of trace type {quoted(seg.get(1))} (TRN01), neither the payer's own nor an "
+                   "echo of the request's: not carried", level, seg)
 
 
 # -- 2100C / 2100D ----------------------------------------------------------------------------
@@ -600,17 +633,20 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
             if seg.get(9):
                 person.member_id = seg.get(9)
         elif sid == "DMG":
+            gender = tables.t["gender"]["from_x12"].get(seg.get(3))
+            if seg.get(3) and gender is None:
+                _refuse_if_required(r, "gender", seg.get(3), loop, seg, "DMG03")
             if stands_in and _returned(r, loop, seg, role, stands_in.get(sid), *_demographics(tables, seg)):
                 continue
             r.map(seg)
-            if seg.get(1) == "D8":
+            if tables.t["dates"]["formats"].get(seg.get(1)) == "date":   # D8
                 person.birth_date = x12_date(seg.get(2))
                 if seg.get(2) and person.birth_date is None:
                     r.note(f"birth date {quoted(seg.get(2))} is not a date", loop, seg)
             elif seg.get(2):   # X279A1 allows D8 only: a birth date in another format is not read, but kept
-                r.note(f"birth date {quoted(seg.get(2))} in format {quoted(seg.get(1))} (not D8) is not read", loop,
+                day = "/".join(k for k, v in tables.t["dates"]["formats"].items() if v == "date")   # D8
+                r.note(f"birth date {quoted(seg.get(2))} in format {quoted(seg.get(1))} (not {day}) is not read", loop,
                        seg)
-            gender = tables.t["gender"]["from_x12"].get(seg.get(3))
             person.gender = gender
             if seg.get(3) and gender is None:
                 r.note(f"gender code {quoted(seg.get(3))} is not known", loop, seg)
@@ -637,6 +673,8 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
             person.address = address
         elif sid == "INS":
             relationship = tables.t["relationship"]["from_ins02"].get(seg.get(2))
+            if seg.get(2) and relationship is None:
+                _refuse_if_required(r, "relationship", seg.get(2), loop, seg, "INS02")
             shown = (f"{seg.get(2)} ({relationship})" if relationship else quoted(seg.get(2))) if seg.get(2) else ""
             if not (stands_in and _returned(r, loop, seg, role, stands_in.get(sid), "relationship", shown)):
                 r.map(seg)
@@ -656,8 +694,10 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
                 r.note(f"birth sequence number {seg.get(17)}", loop, seg)
         elif sid == "REF":
             kind = tables.t["references"]["patient_level"].get(seg.get(1))
+            if kind is None:
+                _check_reference(r, loop, seg, "REF01")
             name = _reference_name(tables, seg.get(1))
-            if kind in ("group", "plan") and seg.get(2):   # a class needs its value
+            if kind and seg.get(2):   # a class (group, plan) needs its value
                 if stands_in and _returned(r, loop, seg, role, stands_in.get(sid), name,
                                            seg.get(2) + (f" ({seg.get(3)})" if seg.get(3) else ""),
                                            f", which holds no such {kind} class"):
@@ -671,7 +711,7 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
         elif sid == "AAA":
             _aaa(r, loop, seg)
         elif sid == "PRV":
-            r.note(f"provider information {seg.get(1)} {seg.get(3)}", loop, seg)
+            r.note(_provider_information(r, loop, seg), loop, seg)
         elif sid == "HI":
             r.note("diagnosis codes echoed by the payer", loop, seg)
         elif sid == "MPI":
@@ -682,7 +722,7 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
 def _demographics(tables: Tables, dmg: Segment) -> tuple[str, str]:
     """What a DMG says, for a note: which of birth date and gender it gives, and their values (as read, or as sent
     when they cannot be read)."""
-    born = (x12_date(dmg.get(2)) if dmg.get(1) == "D8" else None) or (
+    born = (x12_date(dmg.get(2)) if tables.t["dates"]["formats"].get(dmg.get(1)) == "date" else None) or (
         f"{quoted(dmg.get(2))} (format {quoted(dmg.get(1))})" if dmg.get(2) else "")
     gender = (tables.t["gender"]["from_x12"].get(dmg.get(3)) or quoted(dmg.get(3))) if dmg.get(3) else ""
     return (" and ".join(w for w, v in (("birth date", born), ("gender", gender)) if v),
@@ -701,8 +741,10 @@ def _patient_date(r: _Response, loop: Loop, seg: Segment, person: _Person) -> No
     dates = r.tables.t["dates"]
     qualifier = seg.get(1)
     kind = dates["patient_level"].get(qualifier)
+    if qualifier not in dates["names"]:
+        _refuse_if_required(r, "dates", qualifier, loop, seg, "DTP01")
     name = dates["names"].get(qualifier, f"date qualifier {qualifier}")
-    span = date_range(seg.get(2), seg.get(3))
+    span = date_range(r.tables, seg.get(2), seg.get(3))
     if span is None:
         r.note(f"{name} date {quoted(seg.get(3))} could not be read", loop, seg)
         return
@@ -813,9 +855,11 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
             description.append(seg.get(1))
         elif sid == "HSD":
             described.append(seg)
-            description.append(_hsd_text(r, seg))
+            description.append(_hsd_text(r, loop, seg))
         elif sid == "REF":
             kind = tables.t["references"]["benefit_level"].get(seg.get(1))
+            if kind is None:
+                _check_reference(r, loop, seg, "REF01")
             name = _reference_name(tables, seg.get(1))
             if kind == "pre-auth" and r.pre_auth is None and seg.get(2):
                 r.pre_auth = seg.get(2)
@@ -827,8 +871,10 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
                        loop, seg)
         elif sid == "DTP":
             dates.append((seg.get(1), seg.get(3)))
+            if seg.get(1) not in tables.t["dates"]["names"]:
+                _refuse_if_required(r, "dates", seg.get(1), loop, seg, "DTP01")
             name = tables.t["dates"]["names"].get(seg.get(1), f"date qualifier {seg.get(1)}")
-            span = date_range(seg.get(2), seg.get(3))
+            span = date_range(tables, seg.get(2), seg.get(3))
             shown = (span[0] if span[0] == span[1] else f"{span[0]} to {span[1]}") if span else repr(seg.get(3))
             r.note(f"{name} {shown} for {_row_named(tables, v, stcs)} (no item-level dates in FHIR R4)", loop, seg)
         elif sid == "AAA":
@@ -838,15 +884,17 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
             for seg in sub.segments:
                 if seg.id == "III":
                     described.append(seg)
-                    description.append(_iii_text(seg))
+                    description.append(_iii_text(tables, seg))
         elif not sub.id.startswith("2120"):
             _unclaimed(r, sub)
 
     if info is None:
-        _refuse_if_required(r, "eligibility_benefit", eb01, loop, eb)
+        _refuse_if_required(r, "eligibility_benefit", eb01, loop, eb, "EB01")
         r.note(f"EB01 {quoted(eb01)} is not an X279A1 code; passed through without a FHIR meaning", loop, eb)
     if v[4]:
         insurance = tables.code("insurance_type", v[4])
+        if insurance is None:
+            _refuse_if_required(r, "insurance_type", v[4], loop, eb, "EB04")
         r.note(f"insurance type {v[4]} ({insurance['display'] if insurance else 'not an X279A1 code'}) "
                f"for EB {eb01}", loop, eb)
     if v[14]:
@@ -866,7 +914,7 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
     targets: list[dict[str, Any]] = []
     if procedure:
         item = dict(base)
-        item["productOrService"] = _procedure(r, procedure)
+        item["productOrService"] = _procedure(r, procedure, loop, eb)
         if len(procedure) > 6 and any(procedure[6:8]):   # EB13-7 description, EB13-8 the end of a code range
             extra = [f"description {procedure[6]!r}" if procedure[6] else "",
                      f"a range through {procedure[7]}" if len(procedure) > 7 and procedure[7] else ""]
@@ -886,15 +934,15 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
                    "(an item has a category or a procedure, not both: ces-1)", loop, eb)
     else:
         service_types = tables.codes["service_type"]
-        for stc in stcs or ["30"]:
+        for stc in stcs or [r.generic_service_type]:
             item = dict(base)
             item["category"] = r.service_type(stc)
             if stc not in service_types:
-                _refuse_if_required(r, "service_type", stc, loop, eb)
+                _refuse_if_required(r, "service_type", stc, loop, eb, "EB03")
                 r.note(f"service type {quoted(stc)} is not an X279A1 code; passed through", loop, eb)
             targets.append(item)
         if not stcs:
-            base_note = "no service type (EB03): applies to the plan as a whole (30)"
+            base_note = f"no service type (EB03): applies to the plan as a whole ({r.generic_service_type})"
             if maps_to not in ("coverage",):
                 r.note(f"EB {eb01} has {base_note}", loop, eb)
 
@@ -911,7 +959,7 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
         for item in targets:
             item["excluded"] = excluded
         r.items.extend(targets)
-        if eb01 != "1":
+        if not info.get("inforce_only"):   # inforce says all of Active Coverage (1); not of capitation, say
             r.note(f"coverage status {eb01}: {display}", loop, eb)
     elif maps_to == "benefit":
         r.has_benefits = True
@@ -936,10 +984,10 @@ def _benefit_loop(r: _Response, loop: Loop, eb: Segment) -> list[_Fact]:
     elif maps_to == "other-payer":
         _other_payer(r, loop, eb, entities)
     elif maps_to == "cannot-process":
-        for stc in stcs or ["30"]:
+        for stc in stcs or [r.generic_service_type]:
             shown = r.tables.display("service_type", stc)
             text = f"{loop.id}: the payer cannot process service type {stc} ({shown})"
-            r.errors.append({"code": {"coding": [r.coding("eligibility_benefit", "1390", "V")], "text": text}})
+            r.errors.append({"code": {"coding": [r.coding("eligibility_benefit", "1390", eb01)], "text": text}})
             r.benefit_level_errors.append(text)
     elif maps_to == "contact":
         r.items.extend(targets)  # who to contact is noted with the 2120 entity itself
@@ -974,8 +1022,9 @@ def _carried(r: _Response, targets: list[dict[str, Any]], facts: list[_Fact]) ->
     return any(appended is item for item in targets for appended in last) or any(item in r.items for item in targets)
 
 
-# item.unit, item.network and item.term: the EB element each is read from, and how a note names it
-_CONCEPT_ELEMENTS = (("unit", 2, "coverage level"), ("network", 12, "network indicator"), ("term", 6, "time period"))
+# item.unit, item.network and item.term: the EB element each is read from, how a note names it, and its table
+_CONCEPT_ELEMENTS = (("unit", 2, "coverage level", "coverage_level"), ("network", 12, "network indicator", "network"),
+                     ("term", 6, "time period", "time_period"))
 
 
 def _concept(tables: Tables, kind: str, code: str) -> tuple[dict[str, Any], bool]:
@@ -1008,13 +1057,11 @@ def _concept(tables: Tables, kind: str, code: str) -> tuple[dict[str, Any], bool
     return {"coding": list(map(dict, codings))}, known   # fresh copies of the templates
 
 
-def _refuse_if_required(r: _Response, table: str, code: str, loop: Loop, seg: Segment) -> None:
-    """A table whose on_missing is ``error`` refuses a code it does not list."""
+def _refuse_if_required(r: _Response, table: str, code: str, loop: Loop, seg: Segment, element: str) -> None:
+    """A code ``table`` does not list, in ``element`` of ``seg``: a table whose on_missing is ``error`` refuses the
+    271 (naming the table file); otherwise the caller keeps the code and notes it."""
     if r.tables.refuses_unknown(table):
-        where = r.where(loop, seg)
-        raise TranslationError(f"{where}: code {quoted(code)} is not in {r.tables.table_file(table)} "
-                               "(on_missing: error)",
-                               [Problem(where, f"unknown code {quoted(code)}", code="code-invalid", x12=seg.id)])
+        r.tables.refuse_unknown(table, code, r.where(loop, seg), element)
 
 
 def _authorization(r: _Response, loop: Loop, eb: Segment, code: str, eb01: str) -> bool | None:
@@ -1023,7 +1070,7 @@ def _authorization(r: _Response, loop: Loop, eb: Segment, code: str, eb01: str) 
     kept in a note."""
     info = r.tables.t["authorization"]["codes"].get(code)
     if info is None:
-        _refuse_if_required(r, "authorization", code, loop, eb)
+        _refuse_if_required(r, "authorization", code, loop, eb, "EB11")
         r.note(f"EB11 {quoted(code)} for EB {eb01} is not an X279A1 authorization or certification indicator: "
                "authorizationRequired is left out", loop, eb)
         return None
@@ -1044,11 +1091,12 @@ def _item_base(r: _Response, loop: Loop, eb: Segment, v: list[str], entities: li
     item: dict[str, Any] = {}
     if v[5]:
         item["name"] = v[5]
-    for kind, element, label in _CONCEPT_ELEMENTS:
+    for kind, element, label, table in _CONCEPT_ELEMENTS:
         code = fhir_code(v[element])
         if code:
             item[kind], known = _concept(tables, kind, code)
             if not known:
+                _refuse_if_required(r, table, code, loop, eb, f"EB{element:02d}")
                 r.note(f"{label} {quoted(code)} is not an X279A1 code", loop, eb)
     if authorization is not None:
         item["authorizationRequired"] = authorization
@@ -1069,14 +1117,19 @@ def _item_base(r: _Response, loop: Loop, eb: Segment, v: list[str], entities: li
     return item
 
 
-def _procedure(r: _Response, comps: list[str]) -> dict[str, Any]:
+def _procedure(r: _Response, comps: list[str], loop: Loop, eb: Segment) -> dict[str, Any]:
     """EB13-1 and EB13-2 (a code, which the caller checked) as a CodeableConcept; no system without a qualifier."""
     qualifier, code = comps[0], comps[1]
     if not qualifier:
         return {"coding": [{"code": code}]}
-    # a qualifier X279A1 does not list names its system in the X12 one, percent-encoded (a URI has no white space)
-    system = (r.tables.t["procedures"]["from_x12"].get(qualifier)
-              or r.tables.x12_system(f"235/{quote(qualifier, safe='')}"))
+    system = r.tables.t["procedures"]["from_x12"].get(qualifier)
+    if system is None:
+        # a qualifier the table does not list names its system in the X12 one, percent-encoded (a URI has no white
+        # space), and is noted (mappings/translate/procedures.yaml, on_missing from_x12)
+        _refuse_if_required(r, "procedures", qualifier, loop, eb, "EB13-1")
+        system = r.tables.x12_system(f"235/{quote(qualifier, safe='')}")
+        r.note(f"procedure code list qualifier {quoted(qualifier)} (EB13-1) is not an X279A1 code: procedure "
+               f"{quoted(code)} is kept under the X12 qualifier's system", loop, eb)
     return {"coding": [{"system": system, "code": code}]}
 
 
@@ -1117,16 +1170,17 @@ def _amount(r: _Response, loop: Loop, eb: Segment, v: list[str], info: dict[str,
     if benefit_type:
         coding.insert(0, {"system": tables.systems["benefit_type"], "code": benefit_type})
     benefit: dict[str, Any] = {"type": {"coding": coding, "text": info["display"]}}
-    period = v[6]
-    amount_kind = (tables.code("time_period", period) or {}).get("amount", "other") if period else "other"
+    period = tables.code("time_period", v[6]) if v[6] else None
+    amount_kind = period.get("amount", "other") if period else "other"
     money = _number(v[7]) if v[7] else None
     placeholder = v[7] in r.placeholder_amounts
     if info.get("allowed_string"):
         benefit["allowedString"] = info["allowed_string"]
     if placeholder:
-        if eb01 in ("F", "H"):
-            benefit["allowedString"] = "unlimited"
-            r.note(f"amount {v[7]} is a 'no maximum' placeholder, read as unlimited", loop, eb)
+        unlimited = tables.t["quirks"]["placeholder_unlimited"]
+        if eb01 in unlimited["eb01"]:   # Limitations, Unlimited: no maximum
+            benefit["allowedString"] = unlimited["allowed_string"]
+            r.note(f"amount {v[7]} is a 'no maximum' placeholder, read as {unlimited['allowed_string']}", loop, eb)
         else:
             r.note(f"amount {v[7]} is a 'no maximum' placeholder: no amount applies (left out)", loop, eb)
         money = None
@@ -1172,13 +1226,24 @@ def _amount(r: _Response, loop: Loop, eb: Segment, v: list[str], info: dict[str,
             else:
                 benefit["allowedString"] = f"{whole.normalize():f}%"
     quantity = None
+    quantity_left_out = False   # a negative EB10: as a negative EB07, no value a benefit allows or has used
     if v[9] or v[10]:
         qualifier = v[9]
-        q_info = tables.code("quantity_qualifier", qualifier) or {}
+        q_info = tables.code("quantity_qualifier", qualifier)
+        if qualifier and q_info is None:
+            _refuse_if_required(r, "quantity_qualifier", qualifier, loop, eb, "EB09")
+            r.note(f"quantity qualifier {quoted(qualifier)} is not an X279A1 code", loop, eb)
+        q_info = q_info or {}
         slot = q_info.get("slot", "note")
         quantity = _number(v[10])
         label = q_info.get("display", f"quantity qualifier {qualifier}")
-        if slot == "note" or quantity is None:
+        if quantity is not None and quantity < 0:
+            # carried as sent (allowedString "-5") it would read as an allowance; a remainder below zero would derive
+            # a used quantity above the total
+            r.note(f"{label} {quoted(v[10])} is negative: not a quantity a benefit allows or has used (left out)",
+                   loop, eb)
+            quantity, quantity_left_out = None, True
+        elif slot == "note" or quantity is None:
             text = f"{label}: {v[10]}"
             item["description"] = "; ".join(filter(None, [item.get("description"), text]))
             if slot == "note":
@@ -1195,10 +1260,11 @@ def _amount(r: _Response, loop: Loop, eb: Segment, v: list[str], info: dict[str,
             else:
                 benefit[f"{field_name}String"] = f"{quantity.normalize():f}"
     item["benefit"] = [benefit]
-    if amount_kind in _MATCHED_KINDS and (money is not None or v[10]):
+    if amount_kind in _MATCHED_KINDS and (money is not None or (v[10] and not quantity_left_out)):
         category = item.get("category")   # a service type's; a procedure row has none
         key = (eb01, v[2], category["coding"][0].get("code") if category else None, v[4], v[12], v[13], v[9])
-        family = "lifetime" if period in {"32", "33"} else "period"
+        # lifetime (32, 33): a lifetime remainder matches a lifetime total only
+        family = period.get("family", "period") if period else "period"
         return _Fact(key, amount_kind, family, loop, eb, item, benefit, money if money is not None else quantity,
                      dates)
     return None
@@ -1292,7 +1358,7 @@ def _used_value(value: Any) -> Decimal | None:
         return None
 
 
-def _hsd_text(r: _Response, seg: Segment) -> str:
+def _hsd_text(r: _Response, loop: Loop, seg: Segment) -> str:
     parts = []
     if seg.get(1) or seg.get(2):
         unit = (r.tables.code("quantity_qualifier", seg.get(1)) or {}).get("display", seg.get(1))
@@ -1301,6 +1367,9 @@ def _hsd_text(r: _Response, seg: Segment) -> str:
         parts.append(f"per {seg.get(4) or 1} {seg.get(3)}")
     if seg.get(5) or seg.get(6):
         period = r.tables.display("time_period", seg.get(5)) if seg.get(5) else ""
+        if seg.get(5) and r.tables.code("time_period", seg.get(5)) is None:
+            _refuse_if_required(r, "time_period", seg.get(5), loop, seg, "HSD05")
+            r.note(f"time period {quoted(seg.get(5))} (HSD05) is not an X279A1 code", loop, seg)
         parts.append(f"{seg.get(6)} {period}".strip())
     if seg.get(7):
         parts.append(f"delivery frequency {seg.get(7)}")
@@ -1309,9 +1378,10 @@ def _hsd_text(r: _Response, seg: Segment) -> str:
     return "Delivery: " + ", ".join(p for p in parts if p.strip())
 
 
-def _iii_text(seg: Segment) -> str:
-    if seg.get(1) == "ZZ":
-        text = f"Place of service {seg.get(2)}"
+def _iii_text(tables: Tables, seg: Segment) -> str:
+    named = tables.t["qualifiers"]["additional_information"].get(seg.get(1))   # ZZ: Place of service
+    if named:
+        text = f"{named} {seg.get(2)}"
     elif seg.get(1):
         text = f"Additional information {seg.get(1)} {seg.get(2)}"
     else:
@@ -1336,13 +1406,18 @@ def _entities(r: _Response, loop: Loop) -> list[dict[str, Any]]:
     if not subs:
         return []
     table = r.tables.t["entities"]
+    qualifiers = r.tables.t["qualifiers"]
+    provider_level = r.tables.t["references"]["provider_level"]   # PRV02 -> what PRV03 is
     out = []
     for sub in subs:
         nm1 = sub.segment("NM1")
         if nm1 is None:
             _unclaimed(r, sub)
             continue
-        info = table["codes"].get(nm1.get(1), {"role": "note", "display": f"entity {nm1.get(1)}"})
+        info = table["codes"].get(nm1.get(1))
+        if info is None:   # noted with its code, as entities with the role note are
+            _refuse_if_required(r, "entities", nm1.get(1), sub, nm1, "NM101")
+            info = {"role": "note", "display": f"entity {nm1.get(1)}"}
         url = None
         contacts = []
         for per in sub.segments_of("PER"):
@@ -1356,19 +1431,23 @@ def _entities(r: _Response, loop: Loop) -> list[dict[str, Any]]:
                         # no scheme, or a scheme whose colon was a delimiter (HTTPS//...)
                         url = "https://" + re.sub(r"^https?//", "", url, flags=re.IGNORECASE)
                         r.note(f"URL {v} has no scheme; https:// added", sub, per)
-        person = nm1.get(2) == "1"
+        person = qualifiers["entity_type"].get(nm1.get(2)) == "person"
         entity_id = _ID_UNSAFE.sub("-", f"{info['role']}-{loop.parent.id if loop.parent else ''}-{nm1.position}")
         resource: dict[str, Any] = {}
         name = " ".join(v for v in (nm1.get(4), nm1.get(3)) if v) if person else nm1.get(3)
+        prv = sub.segment("PRV")
+        if prv is not None and prv.get(2) not in provider_level:
+            _check_reference(r, sub, prv, "PRV02")
         if info["role"] == "provider" and person:
             given = [v for v in (nm1.get(4), nm1.get(5)) if v]   # first and middle name
             human = {k: v for k, v in (("family", nm1.get(3)), ("given", given),
                                        ("suffix", [nm1.get(7)] if nm1.get(7) else None)) if v}
             resource = {"resourceType": "Practitioner", "id": entity_id, **({"name": [human]} if human else {})}
-            if nm1.get(8) == "XX" and nm1.get(9):
-                resource["identifier"] = [{"system": r.tables.systems["npi"], "value": nm1.get(9)}]
-            prv = sub.segment("PRV")
-            if prv is not None and prv.get(3):
+            system = qualifiers["identifier_systems"].get(nm1.get(8))   # XX: the NPI
+            if system and nm1.get(9):
+                resource["identifier"] = [{"system": r.tables.systems[system], "value": nm1.get(9)}]
+            # PRV03 is a qualification when PRV02 says it is a taxonomy (PXC); any other PRV is noted
+            if prv is not None and prv.get(3) and provider_level.get(prv.get(2)) == "taxonomy":
                 resource["qualification"] = [{"code": {"coding": [{"system": r.tables.systems["taxonomy"],
                                                                    "code": fhir_code(prv.get(3))}]}}]
         out.append({"role": info["role"], "display": info["display"], "loop": sub, "nm1": nm1, "url": url,
@@ -1408,6 +1487,17 @@ def _entities_in_no_item(r: _Response) -> None:
             r.note(f"EB {eb01}: {said} (no item of the response refers to it)", sub, seg)
 
 
+def _provider_code_text(tables: Tables, prv: Segment) -> str:
+    """What a PRV says that is no taxonomy, for a note: PRV03 with what its PRV02 qualifier names it."""
+    references = tables.t["references"]
+    qualifier, name = prv.get(2), references["names"].get(prv.get(2))
+    said = (f"{with_article(name)} (PRV02 {qualifier})" if name else f"PRV02 {quoted(qualifier)}, not a known qualifier"
+            if qualifier else "without a qualifier (PRV02 is empty)")
+    taxonomy = ", ".join(k for k, v in references["provider_level"].items() if v == "taxonomy")   # PXC
+    return (f"PRV03 {quoted(prv.get(3))} is {said}: only a provider taxonomy (PRV02 {taxonomy}) is carried, as the "
+            "Practitioner's qualification")
+
+
 def _entity_text(e: dict[str, Any]) -> str:
     ident = f" {e['ident'][0]} {e['ident'][1]}" if e["ident"][1] else ""
     contacts = f" ({'; '.join(e['contacts'])})" if e["contacts"] else ""
@@ -1427,7 +1517,7 @@ def _entity_notes(r: _Response, loop: Loop, eb01: str, entities: list[dict[str, 
                            "authorizationUrl)", sub, seg)
                 elif e["mapped"]:
                     r.map(seg)
-                    if e["ident"][1] and not (e["ident"][0] == "XX" and e["resource"]) and e["role"] != "other-payer":
+                    if e["ident"][1] and not e["resource"].get("identifier") and e["role"] != "other-payer":
                         # an id the FHIR resource has no system for (SV, PI ...) is not lost
                         r.note(f"EB {eb01}: {e['display']} {e['name']} identified by {e['ident'][0]} "
                                f"{e['ident'][1]}", sub, seg)
@@ -1437,6 +1527,10 @@ def _entity_notes(r: _Response, loop: Loop, eb01: str, entities: list[dict[str, 
                     r.note(f"EB {eb01}: {_entity_text(e)}", sub, seg)
             elif seg.id == "PRV" and e["resource"].get("qualification"):
                 r.map(seg)
+            elif seg.id == "PRV" and e["resource"] and seg.get(3):
+                # a Practitioner whose PRV03 is no taxonomy (PRV02 other than PXC): its qualification holds a
+                # taxonomy only, where an NPI or a tax id would read as one
+                r.note(f"{e['display']} {e['name']}: {_provider_code_text(r.tables, seg)}", sub, seg)
             elif seg.id == "PER" and e["url"] and e["mapped"] and e["role"] == "utilization-management":
                 r.map(seg)  # its URL is authorizationUrl; its other contacts are in the NM1 note
             else:
@@ -1461,10 +1555,11 @@ def _other_payer(r: _Response, loop: Loop, eb: Segment, entities: list[dict[str,
         coverage["order"] = payer["order"]
     if eb.get(4):
         coverage["type"] = {"coding": [r.coding("insurance_type", "1336", eb.get(4))]}
-    classes = r.tables.t["references"]["patient_level"]
+    classes = r.tables.t["references"]["patient_level"]   # group, plan: Coverage.class
+    identifiers = r.tables.t["references"]["other_coverage_identifiers"]   # IG: Coverage.identifier
     for ref in loop.segments_of("REF"):
         kind = classes.get(ref.get(1))
-        if (kind in ("group", "plan") or ref.get(1) == "IG") and ref.get(2):   # each needs its value
+        if (kind or ref.get(1) in identifiers) and ref.get(2):   # each needs its value
             if kind:
                 coverage.setdefault("class", []).append(
                     {"type": {"coding": [{"system": r.tables.systems["coverage_class"], "code": kind}]},
@@ -1545,7 +1640,9 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
                                     "beneficiary": dict(patient_ref), "payor": [insurer_ref]}
         if holder.member_id:
             coverage["subscriberId"] = holder.member_id
-        relationship = patient_person.relationship or ("self" if subscriber_person is None else None)
+        # the patient is the subscriber (self) when no other person is
+        relationship = patient_person.relationship or (r.tables.t["relationship"]["subscriber"][0]
+                                                       if subscriber_person is None else None)
         if relationship:
             coverage["relationship"] = {"coding": [{"system": systems["relationship"], "code": relationship}]}
         if subscriber_person is not None:
@@ -1626,10 +1723,13 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
         resource["requestor"] = ctx.provider
     elif receiver is not None:
         nm1 = receiver.loop("2100B").segment("NM1") if receiver.loop("2100B") else None
-        shown = (" ".join(v for v in (nm1.get(4), nm1.get(5), nm1.get(3)) if v) if nm1.get(2) == "1"
+        qualifiers = tables.t["qualifiers"]
+        person = nm1 is not None and qualifiers["entity_type"].get(nm1.get(2)) == "person"
+        shown = (" ".join(v for v in (nm1.get(4), nm1.get(5), nm1.get(3)) if v) if person
                  else nm1.get(3)) if nm1 is not None else ""
-        if nm1 is not None and nm1.get(8) == "XX" and nm1.get(9):
-            resource["requestor"] = {"identifier": {"system": systems["npi"], "value": nm1.get(9)},
+        system = qualifiers["identifier_systems"].get(nm1.get(8)) if nm1 is not None else None   # XX: the NPI
+        if nm1 is not None and system and nm1.get(9):
+            resource["requestor"] = {"identifier": {"system": systems[system], "value": nm1.get(9)},
                                      **({"display": shown} if shown else {})}
         elif shown:
             resource["requestor"] = {"display": shown}

@@ -7,14 +7,18 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
-from gateway.errors import MappingError
+from gateway.errors import MappingError, quoted
 from gateway.mappings import code_table, load_yaml
+from gateway.translate.errors import Problem, TranslationError
 
 CODE_TABLES = ("service_type", "eligibility_benefit", "insurance_type", "time_period", "quantity_qualifier",
                "coverage_level", "reject_reason", "follow_up_action")
 TRANSLATE_TABLES = ("systems", "gender", "relationship", "network", "dates", "entities", "references",
-                    "procedures", "diagnoses", "request_270", "quirks", "errors", "addresses", "authorization")
+                    "procedures", "diagnoses", "request_270", "quirks", "errors", "addresses", "authorization",
+                    "qualifiers")
 ON_MISSING = ("passthrough", "note", "error")
+# a table read both ways may name a policy for each: from_x12 (reading a 271 or a 270), to_x12 (building a 270)
+DIRECTIONS = ("from_x12", "to_x12")
 
 
 def fhir_code(value: str) -> str:
@@ -45,13 +49,24 @@ class Tables:
     _codings: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict, compare=False)
     # translators' cache, of codes the tables list only (see x12_coding)
     concepts: dict[tuple[str, str], Any] = field(default_factory=dict, compare=False)
+    # each table's on_missing when X12 is read (271 -> FHIR, 270 -> FHIR), and when a 270 is built
     policies: dict[str, str] = field(default_factory=dict, compare=False)
+    to_x12_policies: dict[str, str] = field(default_factory=dict, compare=False)
     # segment id -> the names of its elements (mappings/x12/segments.yaml), for notes naming an element not read
     element_names: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
 
     def refuses_unknown(self, table: str) -> bool:
         """True when the table says a code it does not list stops the translation (on_missing: error)."""
         return self.policies.get(table) == "error"
+
+    def refuse_unknown(self, table: str, code: str, where: str, element: str) -> None:
+        """Called with a code ``table`` does not list, read from X12 at ``where`` (``element``: EB06, say): raises
+        when the table's on_missing is ``error``; otherwise returns, and the caller keeps the code and notes it."""
+        if self.policies.get(table) == "error":
+            raise TranslationError(f"{where}: code {quoted(code)} is not in {self.table_file(table)} "
+                                   "(on_missing: error)",
+                                   [Problem(where, f"unknown code {quoted(code)} in {element}", code="code-invalid",
+                                            x12=element)])
 
     def table_file(self, table: str) -> str:
         """Where a table lives, for messages: ``mappings/codes/<name>.yaml`` or ``mappings/translate/<name>.yaml``."""
@@ -95,18 +110,108 @@ def load_tables(base: str | None = None) -> Tables:
     raw = {name: code_table(name, base) for name in CODE_TABLES}
     codes = {name: {str(k): (v or {}) for k, v in table["codes"].items()} for name, table in raw.items()}
     t = {name: load_yaml(f"translate/{name}.yaml", base) for name in TRANSLATE_TABLES}
-    policies = {name: str(table.get("on_missing", "passthrough")) for name, table in raw.items()}
-    policies.update({name: str(table.get("on_missing", "passthrough")) for name, table in t.items()
-                     if isinstance(table, dict)})
-    for name, policy in policies.items():   # a misspelt policy would act as passthrough without a word
-        if policy not in ON_MISSING:
-            raise MappingError(f"{'codes' if name in raw else 'translate'}/{name}.yaml: on_missing {policy!r} is none "
-                               f"of {', '.join(ON_MISSING)}")
+    for name, table in t.items():
+        if not isinstance(table, dict):
+            raise MappingError(f"translate/{name}.yaml is not a mapping")
+    policies: dict[str, str] = {}
+    to_x12: dict[str, str] = {}
+    for folder, tables in (("codes", raw), ("translate", t)):
+        for name, table in tables.items():
+            policies[name], to_x12[name] = _policies(f"{folder}/{name}.yaml", table.get("on_missing", "passthrough"))
     _check_authorization(t["authorization"])
+    _check_translation(t, codes)
     segments = load_yaml("x12/segments.yaml", base)
     names = {sid: tuple(str(e.get("name", "")) for e in spec.get("elements") or [])
              for sid, spec in segments.items() if isinstance(spec, dict)}
-    return Tables(codes=codes, t=t, policies=policies, element_names=names)
+    return Tables(codes=codes, t=t, policies=policies, to_x12_policies=to_x12, element_names=names)
+
+
+def _policies(where: str, value: Any) -> tuple[str, str]:
+    """A table's on_missing as (reading X12, building X12): one policy for both, or a mapping by direction. A
+    misspelt policy or direction would act as passthrough without a word, so it is refused."""
+    given = value if isinstance(value, dict) else dict.fromkeys(DIRECTIONS, value)
+    for direction, policy in given.items():
+        if direction not in DIRECTIONS:
+            raise MappingError(f"{where}: on_missing has {direction!r}, none of {', '.join(DIRECTIONS)}")
+        if policy not in ON_MISSING:
+            shown = f"on_missing {policy!r}" if not isinstance(value, dict) else f"on_missing {direction} {policy!r}"
+            raise MappingError(f"{where}: {shown} is none of {', '.join(ON_MISSING)}")
+    return given.get("from_x12", "passthrough"), given.get("to_x12", "passthrough")
+
+
+def _need(where: str, value: Any, kind: type, what: str) -> Any:
+    """``value`` when it is a ``kind``; a MappingError naming the file and the key otherwise (a key left out is
+    None): when the tables are loaded, not when a payer first sends the code."""
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise MappingError(f"{where} needs {what}; it has {value!r}")
+    return value
+
+
+def _meanings(where: str, section: Any, allowed: tuple[str, ...], required: tuple[str, ...]) -> None:
+    """A section mapping X12 codes to what the translation does with them: each a known meaning, the required there."""
+    _need(where, section, dict, f"a mapping of codes to {' or '.join(allowed)}")
+    for code, meaning in section.items():
+        if meaning not in allowed:
+            raise MappingError(f"{where}: code {code!r} means {meaning!r}, none of {', '.join(allowed)}")
+    for meaning in required:
+        if meaning not in section.values():
+            raise MappingError(f"{where} names no code for {meaning!r}")
+
+
+def _check_translation(t: dict[str, Any], codes: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """The keys the translators read without a default, checked once: a table without one fails here, naming it."""
+    q = t["qualifiers"]
+    _meanings("translate/qualifiers.yaml: trace_type", q.get("trace_type"), ("current", "referenced"),
+              ("current", "referenced"))
+    _meanings("translate/qualifiers.yaml: entity_type", q.get("entity_type"), ("person", "organization"), ("person",))
+    _meanings("translate/qualifiers.yaml: identifier_systems", q.get("identifier_systems"),
+              tuple(k for k, v in t["systems"].items() if isinstance(v, str)), ())
+    _need("translate/qualifiers.yaml: additional_information", q.get("additional_information"), dict,
+          "a mapping of III01 codes to the words naming III02")
+    dates = t["dates"]
+    _meanings("translate/dates.yaml: formats", dates.get("formats"), ("date", "range"), ("date", "range"))
+    _meanings("translate/dates.yaml: inquiry", dates.get("inquiry"), ("serviced",), ())
+    _meanings("translate/dates.yaml: patient_level", dates.get("patient_level"),
+              ("plan-begin", "plan-end", "plan", "eligibility-begin", "eligibility-end", "eligibility"), ())
+    _need("translate/dates.yaml: names", dates.get("names"), dict, "a mapping of DTP01 qualifiers to names")
+    for section in ("patient_level", "inquiry"):
+        for code in dates[section]:
+            if code not in dates["names"]:
+                raise MappingError(f"translate/dates.yaml: {section} qualifier {code!r} has no entry in names")
+    refs = t["references"]
+    names = _need("translate/references.yaml: names", refs.get("names"), dict,
+                  "a mapping of REF01/PRV02 qualifiers to names")
+    _meanings("translate/references.yaml: patient_level", refs.get("patient_level"), ("group", "plan"), ())
+    _meanings("translate/references.yaml: benefit_level", refs.get("benefit_level"), ("pre-auth",), ())
+    _meanings("translate/references.yaml: provider_level", refs.get("provider_level"), ("taxonomy",), ("taxonomy",))
+    other = _need("translate/references.yaml: other_coverage_identifiers", refs.get("other_coverage_identifiers"),
+                  list, "a list of REF01 qualifiers")
+    for section, listed in (("patient_level", refs["patient_level"]), ("benefit_level", refs["benefit_level"]),
+                            ("provider_level", refs["provider_level"]), ("other_coverage_identifiers", other)):
+        for code in listed:
+            if code not in names:
+                raise MappingError(f"translate/references.yaml: {section} qualifier {code!r} has no entry in names")
+    quirks = t["quirks"]
+    _need("translate/quirks.yaml: placeholder_amounts", quirks.get("placeholder_amounts"), list, "a list of amounts")
+    _need("translate/quirks.yaml: percent_over_one_is_whole_percent", quirks.get("percent_over_one_is_whole_percent"),
+          bool, "true or false")
+    unlimited = _need("translate/quirks.yaml: placeholder_unlimited", quirks.get("placeholder_unlimited"), dict,
+                      "eb01 (a list of EB01 codes) and allowed_string")
+    _need("translate/quirks.yaml: placeholder_unlimited.allowed_string", unlimited.get("allowed_string"), str, "a text")
+    for code in _need("translate/quirks.yaml: placeholder_unlimited.eb01", unlimited.get("eb01"), list,
+                      "a list of EB01 codes"):
+        if code not in codes["eligibility_benefit"]:
+            raise MappingError(f"translate/quirks.yaml: placeholder_unlimited EB01 {code!r} is not in "
+                               "codes/eligibility_benefit.yaml")
+    constants = _need("translate/request_270.yaml: constants", t["request_270"].get("constants"), dict, "a mapping")
+    if constants.get("generic_service_type") not in codes["service_type"]:
+        raise MappingError("translate/request_270.yaml: constants.generic_service_type "
+                           f"{constants.get('generic_service_type')!r} is not in codes/service_type.yaml")
+    for code, info in codes["time_period"].items():
+        if info.get("amount") not in ("total", "remaining", "met", "other") \
+                or info.get("family", "period") not in ("period", "lifetime"):
+            raise MappingError(f"codes/time_period.yaml: code {code!r} needs amount (total, remaining, met or other) "
+                               f"and, when given, family (period or lifetime); it has {info!r}")
 
 
 def _check_authorization(table: Any) -> None:
