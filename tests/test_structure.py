@@ -274,3 +274,51 @@ def test_a_parameters_own_elements_are_checked_without_its_resource():
     assert sorted((p.fhir_path, p.code) for p in own_problems(parameters, "Parameters", "parameter")) == [
         ("Parameters.colour", "structure"), ("Parameters.meta.lastUpdated", "value"),
         ("Parameters.parameter[0].shade", "structure")]
+
+
+_ENTRY = {"request": {"method": "POST", "url": "CoverageEligibilityRequest"}}
+
+
+@pytest.mark.parametrize(("bundle", "expected"), [
+    # bdl-1: total only when a search or history
+    ({"type": "batch", "total": 1}, [("Bundle.total", "structure", "bdl-1")]),
+    ({"type": "collection", "total": 0}, [("Bundle.total", "structure", "bdl-1")]),
+    ({"type": "searchset", "total": 1}, []),
+    ({"type": "history", "total": 1}, []),
+    # bdl-2: entry.search only when a search
+    ({"type": "batch", "entry": [{**_ENTRY, "search": {"mode": "match"}}]},
+     [("Bundle.entry[0].search", "structure", "bdl-2")]),
+    ({"type": "searchset", "entry": [{"search": {"mode": "match"}}]}, []),
+    # bdl-3: entry.request mandatory for batch/transaction/history, otherwise prohibited
+    ({"type": "batch", "entry": [_ENTRY, {}]}, [("Bundle.entry[1].request", "required", "bdl-3")]),
+    ({"type": "transaction", "entry": [{"fullUrl": "urn:uuid:1"}]}, [("Bundle.entry[0].request", "required", "bdl-3")]),
+    ({"type": "collection", "entry": [{}, _ENTRY]}, [("Bundle.entry[1].request", "structure", "bdl-3")]),
+    # bdl-4: entry.response mandatory for batch-response/transaction-response/history, otherwise prohibited
+    ({"type": "batch", "entry": [{**_ENTRY, "response": {"status": "200"}}]},
+     [("Bundle.entry[0].response", "structure", "bdl-4")]),
+    ({"type": "batch-response", "entry": [{"response": {"status": "200"}}, {}]},
+     [("Bundle.entry[1].response", "required", "bdl-4")]),
+    ({"type": "history", "entry": [{**_ENTRY, "response": {"status": "200"}}]}, []),
+    ({"type": "history", "entry": [_ENTRY]}, [("Bundle.entry[0].response", "required", "bdl-4")]),
+    # bdl-7: fullUrl unique unless the versionIds differ (except in a history Bundle), as payload_problems said it
+    ({"type": "batch", "entry": [{**_ENTRY, "fullUrl": "urn:uuid:1"}, {**_ENTRY, "fullUrl": "urn:uuid:1"}]},
+     [("Bundle.entry[1].fullUrl", "structure", "bdl-7")]),
+    ({"type": "history", "entry": [{**_ENTRY, "response": {"status": "200"}, "fullUrl": "Patient/p"}] * 2}, []),
+    # what depends on a type that is itself wrong is not said again; nor is an element already wrong
+    ({"type": "batchy", "total": 1, "entry": [{"search": {"mode": "match"}}]},
+     [("Bundle.type", "code-invalid", "not one of the codes")]),
+    ({"type": "batch", "total": "1"}, [("Bundle.total", "value", "expected a whole JSON number")]),
+])
+def test_a_bundles_invariants_are_problems_at_the_element_that_breaks_them(bundle, expected):
+    """FHIR R4 bdl-1, 2, 3, 4 and 7 went unchecked on a batch Bundle and (but for bdl-7) on a $submit Bundle."""
+    found = own_problems({"resourceType": "Bundle", **bundle}, "Bundle", "entry")
+    assert [(p.fhir_path, p.code) for p in found] == [(path, code) for path, code, _ in expected]
+    assert all(words in p.message for p, (_, _, words) in zip(found, expected, strict=True)), found
+
+
+def test_a_submit_bundles_invariants_are_its_problems_once():
+    """payload_problems takes the invariants from own_problems: bdl-7 is said once, beside an entry's request."""
+    bundle = _bundle({"fullUrl": "Patient/p", "resource": PATIENT, **_ENTRY},
+                     {"fullUrl": "Patient/p", "resource": PATIENT})
+    assert [(p.fhir_path, p.code) for p in payload_problems(REQUEST, bundle)] == [
+        ("Bundle.entry[1].request", "structure"), ("Bundle.entry[2].fullUrl", "structure")]

@@ -6,6 +6,7 @@ Thin: every eligibility exchange is ``EligibilityService``'s job; this module sp
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -56,6 +57,7 @@ _JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fh
 _JSON_FORMATS = {"json", *_JSON_TYPES}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ENTRY = re.compile(r"Bundle\.entry\[(\d+)\]")   # a problem's path inside a batch entry: which entry
+PARAMETERS_RESOURCE = "Parameters.parameter[0].resource"   # where $submit's Parameters hold the request
 log = logging.getLogger(__name__)
 
 
@@ -97,6 +99,29 @@ def problems_outcome(problems: list[Problem], root: str | None = None) -> dict[s
     return {"resourceType": "OperationOutcome", "issue": [
         {"severity": "error", "code": p.code, "details": {"text": p.message}, "expression": [where(p.fhir_path)]}
         for p in problems]}
+
+
+def sent_from(result: Result, kind: Any, root: str) -> Result:
+    """``result`` with the expressions of its OperationOutcome told from where the client sent the resource (``root``:
+    ``Parameters.parameter[0].resource``, ``Bundle.entry[2].resource``), not from that resource's own root (``kind``,
+    its resourceType). Paths at other resources (a Coverage's, a Patient's) are theirs, as for a request sent bare.
+    Only a refusal is rewritten: an answer has no expressions."""
+    body = result.body
+    if result.ok or not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
+        return result
+    issues = [{**issue, "expression": [_placed(root, kind, e) for e in issue["expression"]]}
+              if isinstance(issue, dict) and isinstance(issue.get("expression"), list) else issue
+              for issue in body.get("issue") or []]
+    return dataclasses.replace(result, body={**body, "issue": issues})
+
+
+def _placed(root: str, kind: Any, path: Any) -> Any:
+    """One expression from ``root``: a path starting at ``kind``, or one relative to it (``resourceType``)."""
+    if not isinstance(path, str):
+        return path
+    if isinstance(kind, str) and kind and (path == kind or path.startswith((f"{kind}.", f"{kind}["))):
+        return root + path[len(kind):]
+    return f"{root}.{path}" if path[:1].islower() else path
 
 
 def base_url() -> str:
@@ -319,11 +344,14 @@ def _prefer() -> dict[str, str]:
 @fhir.post(f"/{CER}/$submit")
 def submit():  # type: ignore[no-untyped-def]
     """The CoverageEligibilityResponse, straight away (FHIR's $submit without a Parameters wrapper)."""
+    body = _json_body()
     try:
-        payload = _unwrap_parameters(_json_body())
+        payload = _unwrap_parameters(body)
     except ParametersError as exc:
         return fhir_response(problems_outcome(exc.problems), 400)
     result = _service().submit(payload)
+    if payload is not body:   # sent inside Parameters: its problems are where the client put them
+        result = sent_from(result, payload.get("resourceType"), PARAMETERS_RESOURCE)
     headers = {"Content-Location": f"{base_url()}{RESPONSE}/{result.response_id}"} if result.response_id else {}
     return _result_response(result, headers=headers)
 
@@ -902,8 +930,11 @@ def batch():  # type: ignore[no-untyped-def]
     return fhir_response(reply)
 
 
-def _batch_request(base: str, index: int, entry: Any) -> tuple[str, dict[str, Any], str, str | None] | dict[str, Any]:
-    """(interaction, resource, where, ifNoneExist) for a supported entry; otherwise its error entry."""
+def _batch_request(base: str, index: int, entry: Any
+                   ) -> tuple[str, dict[str, Any], str, str | None, str] | dict[str, Any]:
+    """(interaction, resource, where, ifNoneExist, where the resource is) for a supported entry; otherwise its error
+    entry. The resource is the entry's, or the one its Parameters hold (``Bundle.entry[i].resource.parameter[0]
+    .resource``): its problems are told from there."""
     where = f"Bundle.entry[{index}]"
     if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
         return _entry_error(400, "structure", "each batch entry needs request.method and request.url",
@@ -925,22 +956,24 @@ def _batch_request(base: str, index: int, entry: Any) -> tuple[str, dict[str, An
     except ParametersError as exc:
         return {"response": {"status": _status_line(400), "outcome": problems_outcome(exc.problems,
                                                                                         f"{where}.resource")}}
+    # where the request is: the entry's resource, or the one its Parameters hold
+    sent = f"{where}.resource" if resource is entry["resource"] else f"{where}.resource.parameter[0].resource"
     condition = entry["request"].get("ifNoneExist")
     if condition is not None and (not isinstance(condition, str) or url.endswith("$submit")):
         return _entry_error(400, "invalid", "request.ifNoneExist is a search string, and only for a create",
                             f"{where}.request.ifNoneExist")
-    return ("submit" if url.endswith("$submit") else "create", resource, where, condition)
+    return ("submit" if url.endswith("$submit") else "create", resource, where, condition, sent)
 
 
 def _batch_prepare(service: EligibilityService, item: Any, wanted: str) -> Any:
     if not isinstance(item, tuple):
         return item
-    kind, resource, where, condition = item
+    kind, resource, where, condition, sent = item
     try:
         if condition is not None:   # a conditional create, as the If-None-Exist header makes one
             refused = service.check(resource)   # a match answers a valid request only
             if refused is not None:
-                return _entry_result(kind, refused, wanted)
+                return _entry_result(kind, sent_from(refused, resource.get("resourceType"), sent), wanted)
             found = _batch_condition(service, condition, where, wanted)
             if found is not None:
                 return found
@@ -953,7 +986,9 @@ def _batch_prepare(service: EligibilityService, item: Any, wanted: str) -> Any:
         return _entry_error(500, "exception", "the entry could not be processed", where)
     if isinstance(prepared, dict):   # the request the condition found
         return prepared
-    return (kind, prepared, where) if not isinstance(prepared, Result) else _entry_result(kind, prepared, wanted)
+    if isinstance(prepared, Result):   # refused: its problems are told from where the entry holds the request
+        return _entry_result(kind, sent_from(prepared, resource.get("resourceType"), sent), wanted)
+    return kind, prepared, where
 
 
 def _batch_condition(service: EligibilityService, condition: str, where: str, wanted: str) -> dict[str, Any] | None:

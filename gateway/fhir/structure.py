@@ -21,6 +21,11 @@ _CODES = {"missing": "required", "model_field_validation.missing": "required", "
 MAX_ID = 64
 ID_TOO_LONG = f"an id is at most {MAX_ID} characters"
 _ID_PATTERN = r"^[A-Za-z0-9\-.]+$"   # the models' (and their error's) pattern for an id
+# FHIR R4 Bundle invariants (bundle.html#invs), which the models do not check: the Bundle types whose entries have a
+# request (bdl-3: mandatory for these, otherwise prohibited) or a response (bdl-4), a search (bdl-2) or a total (bdl-1)
+_WITH_REQUEST = ("batch", "transaction", "history")
+_WITH_RESPONSE = ("batch-response", "transaction-response", "history")
+_WITH_TOTAL = ("searchset", "history")
 
 
 def structure_problems(resource: dict[str, Any], path: str | None = None) -> list[Problem]:
@@ -120,7 +125,8 @@ def invariant_problems(resource: dict[str, Any], path: str | None = None) -> lis
 def own_problems(resource: dict[str, Any], root: str, items: str) -> list[Problem]:
     """Every structural problem of a wrapper's own elements: a Bundle's (``items`` "entry") or a Parameters'
     (``items`` "parameter"), each of its ``items`` without the ``resource`` it holds (checked on its own, with the
-    paths of where it is used), and an id of at most 64 characters, which the models let through up to 255."""
+    paths of where it is used), and an id of at most 64 characters, which the models let through up to 255. A Bundle
+    is held to FHIR R4's invariants bdl-1, 2, 3, 4 and 7 as well (the models check none of them)."""
     listed = resource.get(items)
     bare = {**resource, items: [{k: v for k, v in item.items() if k != "resource"} if isinstance(item, dict) else item
                                 for item in listed]} if isinstance(listed, list) else resource
@@ -128,6 +134,52 @@ def own_problems(resource: dict[str, Any], root: str, items: str) -> list[Proble
     if isinstance(resource.get("id"), str) and len(resource["id"]) > MAX_ID:   # said as FHIR says it, not as 255
         where = f"{root}.id"
         problems = [p for p in problems if p.fhir_path != where] + [Problem(where, ID_TOO_LONG, code="value")]
+    if items == "entry":
+        problems.extend(_bundle_invariant_problems(resource, root, {p.fhir_path for p in problems}))
+    return problems
+
+
+def _bundle_invariant_problems(bundle: dict[str, Any], root: str, said: set[str]) -> list[Problem]:
+    """FHIR R4's Bundle invariants bdl-1, 2, 3, 4 and 7, each at the element that breaks it (the entry's own for
+    bdl-2, 3, 4 and 7). An element already said to be wrong (``said``) is not said again, and what depends on the
+    Bundle's type is left unsaid while the type itself is wrong: it would only repeat that."""
+    problems = []
+    kind = bundle.get("type")
+    typed = isinstance(kind, str) and f"{root}.type" not in said
+    if typed and bundle.get("total") is not None and kind not in _WITH_TOTAL and f"{root}.total" not in said:
+        problems.append(Problem(f"{root}.total", f"total is only for a search or history Bundle, not a {kind} (bdl-1)",
+                                code="structure"))
+    entries = bundle.get("entry")
+    full_urls: dict[str, list[Any]] = {}   # fullUrl -> the versionIds of the entries under it
+    for index, entry in enumerate(entries if isinstance(entries, list) else []):
+        if not isinstance(entry, dict):
+            continue   # the structural check says so
+        where = f"{root}.entry[{index}]"
+        if typed:
+            if entry.get("search") is not None and kind != "searchset" and f"{where}.search" not in said:
+                problems.append(Problem(f"{where}.search", f"entry.search is only for a search result (a searchset "
+                                        f"Bundle), not an entry of a {kind} (bdl-2)", code="structure"))
+            for element, kinds, what in (("request", _WITH_REQUEST, "batch, transaction or history"),
+                                         ("response", _WITH_RESPONSE, "batch-response, transaction-response or "
+                                                                      "history")):
+                present = entry.get(element) is not None
+                if present == (kind in kinds) or f"{where}.{element}" in said:
+                    continue
+                invariant = "bdl-3" if element == "request" else "bdl-4"
+                problems.append(Problem(f"{where}.{element}", f"an entry of a {kind} Bundle needs its {element} "
+                                        f"({invariant})", code="required") if not present else
+                                Problem(f"{where}.{element}", f"entry.{element} is only for a {what} Bundle, not an "
+                                        f"entry of a {kind} ({invariant})", code="structure"))
+        url = entry.get("fullUrl")
+        if kind != "history" and isinstance(url, str) and url:   # a history Bundle holds versions of one resource
+            resource = entry.get("resource")
+            meta = resource.get("meta") if isinstance(resource, dict) else None
+            version = meta.get("versionId") if isinstance(meta, dict) else None
+            seen = full_urls.setdefault(url, [])
+            if seen and (version is None or version in seen or None in seen):
+                problems.append(Problem(f"{where}.fullUrl", f"another entry has the fullUrl {quoted(url)}: a reference "
+                                        "to it would be ambiguous (bdl-7)", code="structure"))
+            seen.append(version)
     return problems
 
 
@@ -135,9 +187,8 @@ def payload_problems(request: dict[str, Any], bundle: dict[str, Any] | None) -> 
     """Every structural problem of a request and, when it came in one, of its Bundle (its own elements, then each
     entry's resource), with FHIRPaths from where the client sent them."""
     problems = structure_problems(request) + invariant_problems(request)   # the request's paths start at it
-    if bundle is not None:   # the Bundle's own elements (its entries' resources are checked one by one)
+    if bundle is not None:   # the Bundle's own elements and invariants (its entries' resources one by one, below)
         problems.extend(own_problems(bundle, "Bundle", "entry"))
-    full_urls: dict[str, list[Any]] = {}   # fullUrl -> the versionIds of the entries under it
     for index, entry in enumerate((bundle or {}).get("entry") or []):
         where = f"Bundle.entry[{index}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("fullUrl", ""), str):
@@ -154,15 +205,6 @@ def payload_problems(request: dict[str, Any], bundle: dict[str, Any] | None) -> 
             problems.append(Problem(f"{where}.resource", "an entry without a request or response holds a resource "
                                     "(bdl-5)", code="required"))
             continue
-        url = entry.get("fullUrl")
-        if url:
-            meta = resource.get("meta") if isinstance(resource, dict) else None
-            version = meta.get("versionId") if isinstance(meta, dict) else None
-            seen = full_urls.setdefault(url, [])
-            if seen and (version is None or version in seen or None in seen):
-                problems.append(Problem(f"{where}.fullUrl", f"another entry has the fullUrl {quoted(url)}: a reference "
-                                        "to it would be ambiguous (bdl-7)", code="structure"))
-            seen.append(version)
         if isinstance(resource, dict) and resource is not request:
             problems.extend(structure_problems(resource, f"{where}.resource"))
             problems.extend(invariant_problems(resource, f"{where}.resource"))

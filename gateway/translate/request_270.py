@@ -165,11 +165,15 @@ class _Gather:
         self.notes: list[Note] = []
         self.patient_loop = "2100C"
         self.patient_refs: list[tuple[str, list[Value]]] = []   # REF SY / EA of the patient's loop
+        # (FHIR path, 270 location, X12 data element, value) of each code an inquiry sends (EQ02, HI), recorded where
+        # it is read so that a refusal names the very item, modifier or diagnosis (see _check_sendable)
+        self.sent_codes: list[tuple[str, str, str, Any]] = []
 
-    def missing(self, item: str, message: str | None = None, code: str = "required") -> None:
+    def missing(self, item: str, message: str | None = None, code: str = "required", path: str | None = None) -> None:
+        """A problem for a missing item; ``path``: where it is missing, when more exact than the items table's."""
         info = self.spec["items"][item]
-        self.problems.append(Problem(info["fhir"], message or f"{item.replace('_', ' ')} is missing", code=code,
-                                     x12=self.target(info["x12"])))
+        self.problems.append(Problem(path or info["fhir"], message or f"{item.replace('_', ' ')} is missing",
+                                     code=code, x12=self.target(info["x12"])))
 
     @property
     def inquiry_loop(self) -> str:
@@ -214,18 +218,17 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
     purposes = request.get("purpose") or []
     if not purposes:
         g.problems.append(Problem(f"{CER}.purpose", "purpose is required", code="required"))
-    for p in purposes:
+    for index, p in enumerate(purposes):
         if p not in PURPOSES:
-            g.problems.append(Problem(f"{CER}.purpose", f"purpose {quoted(p)} is not an eligibilityrequest-purpose "
-                                      "code", code="code-invalid"))
+            g.problems.append(Problem(f"{CER}.purpose[{index}]", f"purpose {quoted(p)} is not an "
+                                      "eligibilityrequest-purpose code", code="code-invalid"))
     discovery = "discovery" in purposes
 
     # coverage, patient, subscriber
     insurances = request.get("insurance") or []
     focal = next((i for i in insurances if i.get("focal")), insurances[0] if insurances else None)
-    coverage = g.resolver.resolve(focal.get("coverage") if focal else None,
-                                  f"{CER}.insurance[{insurances.index(focal) if focal else 0}].coverage",
-                                  ("Coverage",), "2100C")
+    focal_path = f"{CER}.insurance[{insurances.index(focal) if focal else 0}].coverage"
+    coverage = g.resolver.resolve(focal.get("coverage") if focal else None, focal_path, ("Coverage",), "2100C")
     named = focal.get("coverage") if focal else None
     if focal is None:
         g.missing("coverage")
@@ -233,14 +236,16 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
         # an empty reference ({}, as EHRs send for the insurer) names no coverage: the 270 would search without the
         # member id, which only a discovery request may do, and then without saying so
         g.missing("coverage", "the coverage reference names no Coverage: give its reference, or the member id as "
-                              "an identifier typed MB")
+                              "an identifier typed MB", path=focal_path)
     for index, other in enumerate(insurances):
         if other is not focal:
             g.lost("a second coverage cannot be asked about in the same 270 (send another request)",
                    f"insurance[{index}]")
-    patient = g.resolver.resolve(request.get("patient"), f"{CER}.patient", ("Patient",), "2100C NM1")
-    if request.get("patient") is None:
-        g.problems.append(Problem(f"{CER}.patient", "patient is required", x12="2100C NM1"))
+    # the patient's name loop (2100C or 2100D) follows from the Patient and the Coverage: the problems of its
+    # reference get their X12 location once it is known
+    unresolved = len(g.resolver.problems)
+    patient = g.resolver.resolve(request.get("patient"), f"{CER}.patient", ("Patient",))
+    patient_problems = range(unresolved, len(g.resolver.problems))
     coverage = coverage or {}
     subscriber = g.resolver.resolve(coverage.get("subscriber"), "Coverage.subscriber", ("Patient", "RelatedPerson"),
                                     "2100C NM1", owner=coverage) \
@@ -275,22 +280,27 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
     # who the patient is on the coverage: the relationship when it is coded, else whether Coverage.subscriber is
     # another person; the two must agree, and the coverage must be the patient's (beneficiary)
     subscriber_is_patient = _same_person(g, coverage.get("subscriber"), coverage, request.get("patient"), request)
+    a_dependent = relationship not in subscriber_codes if relationship else subscriber_is_patient is False
+    dependent = bool(a_dependent and not patient_own_id)
+    g.patient_loop = "2100D" if dependent else "2100C"
+    patient_nm1 = f"{g.patient_loop} NM1"   # the patient's name, in the loop the 270 writes it in
+    for index in patient_problems:
+        g.resolver.problems[index] = dataclasses.replace(g.resolver.problems[index], x12=patient_nm1)
+    if request.get("patient") is None:
+        g.problems.append(Problem(f"{CER}.patient", "patient is required", x12=patient_nm1))
     if coverage and _same_person(g, coverage.get("beneficiary"), coverage, request.get("patient"), request) is False:
         g.problems.append(Problem("Coverage.beneficiary", "Coverage.beneficiary is another person than "
                                   "CoverageEligibilityRequest.patient: the coverage named is not the patient's",
-                                  code="business-rule", x12="2100C NM1"))
+                                  code="business-rule", x12=patient_nm1))
     if relationship in subscriber_codes and subscriber_is_patient is False:
         g.problems.append(Problem("Coverage.relationship", f"Coverage.relationship is {quoted(relationship)} but "
                                   "Coverage.subscriber is another person than the patient: say which is right "
                                   "(the patient as subscriber, or as a dependent of Coverage.subscriber)",
-                                  code="business-rule", x12="2100C NM1"))
+                                  code="business-rule", x12=patient_nm1))
     elif relationship and relationship not in subscriber_codes and subscriber_is_patient and not patient_own_id:
         g.problems.append(Problem("Coverage.relationship", f"Coverage.relationship is {quoted(relationship)} (a "
                                   "dependent) but Coverage.subscriber is the patient: a dependent is asked about "
-                                  "through another person, the subscriber", code="business-rule", x12="2100D NM1"))
-    a_dependent = relationship not in subscriber_codes if relationship else subscriber_is_patient is False
-    dependent = bool(a_dependent and not patient_own_id)
-    g.patient_loop = "2100D" if dependent else "2100C"
+                                  "through another person, the subscriber", code="business-rule", x12=patient_nm1))
     if a_dependent and patient_own_id:
         who = f"({quoted(relationship, bare=True)})" if relationship else \
             "(a dependent: Coverage.subscriber is another person)"
@@ -391,17 +401,12 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
     if coverage.get("dependent"):
         g.lost("Coverage.dependent (a dependent sequence) has no place in a 270", "Coverage.dependent")
 
-    eq_loop, hi_loop = g.inquiry_loop, g.patient_loop
     _check_sendable(g, delimiters, limits, {
         "payer_id": payer_id, "provider_npi": npi, "member_id": member_id,
         "payer_name": payer_name, "provider_name": provider_person.family,
         "patient_last_name": person.family if patient is not None else "",
         "subscriber_last_name": sub_person.family if dependent else ""},
-        [(f"{CER}.item.productOrService", f"{eq_loop} EQ02-2", "234", eq[1][1])
-         for eq in inquiries if _procedure_of(eq)]
-        + [(f"{CER}.item.modifier", f"{eq_loop} EQ02-{i}", "1339", m)
-           for eq in inquiries if _procedure_of(eq) for i, m in enumerate(eq[1][2:], start=3)]
-        + [(f"{CER}.item.diagnosis", f"{hi_loop} HI01-2", "1271", code) for _, code in diagnoses]
+        g.sent_codes   # EQ02 procedures and modifiers, HI diagnoses: each at its item's own path
         + ([(f"{CER}.provider", "2100B PRV03", "127", taxonomy)] if taxonomy else [])
         # group and plan numbers (REF 6P/18) are identifiers too: sent as given or refused, never stripped
         + [(f"Coverage.class[{i}].value", "2100C REF02", "127", cls.get("value") or "")
@@ -618,6 +623,9 @@ def _modifiers(g: _Gather, concepts: list[Any], path: str) -> list[Value]:
                 code="required", x12=f"{g.inquiry_loop} EQ02-{index + 3}" if index < most
                 else f"{g.inquiry_loop} EQ02"))
             continue
+        if len(codes) < most:   # sent: checked at its own concept, as the EQ02 component it fills
+            g.sent_codes.append((f"{path}[{index}]", f"{g.inquiry_loop} EQ02-{len(codes) + 3}", "1339",
+                                 str(coding["code"])))
         codes.append(str(coding["code"]))
     if len(concepts) > most:
         g.lost(f"more than {most} procedure modifiers (EQ02 carries {most}): {_codes_shown(g, concepts[most:])} not "
@@ -645,6 +653,7 @@ def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tupl
                 qualifier, code = chosen
                 if qualifier == g.tables.t["procedures"]["ndc"]["qualifier"]:
                     code = _ndc(g, code, f"{path}.productOrService")
+                g.sent_codes.append((f"{path}.productOrService", f"{g.inquiry_loop} EQ02-2", "234", code))
                 procedure = (qualifier, code, *_modifiers(g, item["modifier"], f"{path}.modifier")) \
                     if item.get("modifier") else (qualifier, code)
         elif item.get("modifier"):   # EQ02-3..6 modify EQ02's procedure: with none, they have nowhere to go
@@ -672,7 +681,11 @@ def _inquiries(g: _Gather, request: dict[str, Any], purposes: list[str]) -> tupl
                 qualifier = ("ABK" if icd10 else "BK") if not diagnoses else ("ABF" if icd10 else "BF")
                 diagnoses.append((qualifier, code))
                 existing.append(code)
-            pointers.append(str(existing.index(code) + 1))
+            position = existing.index(code) + 1   # HI01 to HI08
+            pointers.append(str(position))
+            # every item that names it: the same code in another item goes in the same composite
+            g.sent_codes.append((f"{path}.diagnosis[{d_index}].diagnosisCodeableConcept",
+                                 f"{g.patient_loop} HI{position:02d}-2", "1271", code))
         for name in ("quantity", "unitPrice", "facility", "detail", "supportingInfoSequence", "provider"):
             if item.get(name):
                 g.lost(f"item.{name} has no place in a 270", f"{path}.{name}")
@@ -746,11 +759,13 @@ def _ndc(g: _Gather, code: str, path: str) -> str:
 
 
 def _service_dates(g: _Gather, request: dict[str, Any]) -> list[Value] | None:
+    """DTP*291 of the patient's loop (2100C or 2100D: where the 270 writes it), from servicedDate or servicedPeriod."""
+    dtp03 = f"{g.patient_loop} DTP03"
     if request.get("servicedDate"):
         value = request["servicedDate"]
         if not _FULL_DATE.match(value):
             g.problems.append(Problem(f"{CER}.servicedDate", f"{quoted(value)} is not a full date", code="value",
-                                      x12="DTP03"))
+                                      x12=dtp03))
             return None
         return ["291", "D8", value.replace("-", "")]
     period = request.get("servicedPeriod")
@@ -760,7 +775,7 @@ def _service_dates(g: _Gather, request: dict[str, Any]) -> list[Value] | None:
             given = period.get("start")
             g.problems.append(Problem(f"{CER}.servicedPeriod.start", f"{quoted(given)} is not a full date (the period "
                                       "starts on a day)" if given else "the period needs a start date",
-                                      code="value", x12="DTP03"))
+                                      code="value", x12=dtp03))
             return None
         if not end or end == start:
             if not end:
@@ -769,7 +784,7 @@ def _service_dates(g: _Gather, request: dict[str, Any]) -> list[Value] | None:
         if not _FULL_DATE.match(end) or end < start:
             g.problems.append(Problem(f"{CER}.servicedPeriod.end", f"the period ends ({end!r}) before it starts "
                                       f"({start!r})" if _FULL_DATE.match(end) else f"{quoted(end)} is not a full date",
-                                      code="value", x12="DTP03"))
+                                      code="value", x12=dtp03))
             return None
         return ["291", "RD8", f"{start.replace('-', '')}-{end.replace('-', '')}"]
     return None
@@ -958,10 +973,6 @@ def _check_sendable(g: _Gather, delimiters: Delimiters, limits: Mapping[str, tup
         if why is not None:
             g.problems.append(Problem(path, f"code {quoted(value)} cannot be sent as given ({why}); a code is never "
                                       "altered", code="value", x12=location))
-
-
-def _procedure_of(inquiry: list[Value]) -> bool:
-    return len(inquiry) > 1 and isinstance(inquiry[1], tuple)
 
 
 def _address(g: _Gather, body: list[tuple[str, list[Value]]], address: dict[str, Any] | None, path: str) -> None:

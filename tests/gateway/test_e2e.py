@@ -258,14 +258,16 @@ def test_a_conditional_create_whose_condition_matches_still_refuses_a_body_that_
     assert gateway.post(f"/{CER}", payload, headers={"If-None-Exist": condition}).status_code == 201
     broken = copy.deepcopy(payload)
     broken["entry"][0]["resource"]["status"] = "nonsense"
-    for body, code, where in (({"resourceType": "Patient", "id": "x"}, "structure", "resourceType"),
-                              (broken, "code-invalid", f"{CER}.status")):
+    # in a batch, a path at the entry's resource is told from the entry (the request inside a Bundle keeps its own)
+    patient = {"resourceType": "Patient", "id": "x"}
+    for body, code, where, in_batch in ((patient, "structure", "resourceType", "Bundle.entry[0].resource.resourceType"),
+                                        (broken, "code-invalid", f"{CER}.status", f"{CER}.status")):
         issue = outcome_issue(gateway.post(f"/{CER}", body, headers={"If-None-Exist": condition}), 400, code)
         assert issue["expression"] == [where]
         entry = {"request": {"method": "POST", "url": CER, "ifNoneExist": condition}, "resource": body}
         [answer] = gateway.post("/", {"resourceType": "Bundle", "type": "batch", "entry": [entry]}).json()["entry"]
         assert answer["response"]["status"].startswith("400") and "resource" not in answer
-        assert answer["response"]["outcome"]["issue"][0]["expression"] == [where]
+        assert answer["response"]["outcome"]["issue"][0]["expression"] == [in_batch]
     # the valid retry is still answered with the stored request
     assert gateway.post(f"/{CER}", payload, headers={"If-None-Exist": condition}).status_code == 200
 
@@ -834,6 +836,88 @@ def test_a_parameters_wrappers_own_elements_are_checked_and_refused_at_their_pat
     assert first["response"]["status"].startswith("400") and second["response"]["status"].startswith("200")
 
 
+def _submit_entry(resource: dict[str, Any]) -> dict[str, Any]:
+    return {"request": {"method": "POST", "url": f"{CER}/$submit"}, "resource": resource}
+
+
+def _wrapped(resource: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": resource}]}
+
+
+def test_a_problem_inside_a_parameters_wrapped_request_is_told_from_where_the_client_sent_it(gateway: Gateway,
+                                                                                              simulator):
+    """Inside $submit's Parameters, the request's problems were said from its own root (CoverageEligibilityRequest.x),
+    an expression that names nothing in the body the client sent; a request inside a batch entry the same."""
+    before = sum(simulator.calls.values())
+    bogus = {**fhir_request("contained"), "status": "bogus"}
+    issue = outcome_issue(gateway.post(f"/{CER}/$submit", _wrapped(bogus)), 400, "code-invalid")
+    assert issue["expression"] == ["Parameters.parameter[0].resource.status"]
+    # a translation problem (422), with its X12 location: the second modifier of the first item
+    modifiers = {**fhir_request("contained"), "item": [
+        {"productOrService": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "99213"}]},
+         "modifier": [{"coding": [{"code": "25"}]}, {"coding": [{"code": "x"}]}]}]}
+    issue = outcome_issue(gateway.post(f"/{CER}/$submit", _wrapped(modifiers)), 422, "value")
+    assert issue["expression"] == ["Parameters.parameter[0].resource.item[0].modifier[1]"]
+    assert issue["diagnostics"] == "X12 2110C EQ02-4"
+    # a Bundle in the Parameters: its entries' paths go under it
+    bundle = fhir_request("subscriber-generic")
+    bundle["entry"][1]["resource"]["birthDate"] = 19780514
+    issue = outcome_issue(gateway.post(f"/{CER}/$submit", _wrapped(bundle)), 400, "value")
+    assert issue["expression"] == ["Parameters.parameter[0].resource.entry[1].resource.birthDate"]
+
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        _submit_entry(_wrapped(bogus)), _submit_entry(bogus), _submit_entry(_wrapped(bundle)),
+        _submit_entry(fhir_request("subscriber-generic"))]}
+    entries = gateway.post("/", batch).json()["entry"]
+    assert [e["response"]["status"][:3] for e in entries] == ["400", "400", "400", "200"]
+    assert [e["response"]["outcome"]["issue"][0]["expression"] for e in entries[:3]] == [
+        ["Bundle.entry[0].resource.parameter[0].resource.status"], ["Bundle.entry[1].resource.status"],
+        ["Bundle.entry[2].resource.parameter[0].resource.entry[1].resource.birthDate"]]
+    assert sum(simulator.calls.values()) == before + 1   # only the valid entry went to the payer
+
+
+def test_a_batch_is_held_to_the_bundle_invariants(gateway: Gateway, simulator):
+    """bdl-1, 2, 3, 4 and 7 were not checked on a batch: a total, an entry's search or response, an entry without a
+    request and two entries under one fullUrl were all answered (each entry sent to its payer)."""
+    good = _submit_entry(fhir_request("subscriber-generic"))
+    before = sum(simulator.calls.values())
+    response = gateway.post("/", {"resourceType": "Bundle", "type": "batch", "total": 1, "entry": [good]})
+    outcome_issue(response, 400, "structure")   # a problem of the Bundle itself refuses the batch
+    assert list(expressions(response)) == ["Bundle.total"] and "bdl-1" in expressions(response)["Bundle.total"]
+    url = "urn:uuid:3f2b8c1e-5d7a-4e69-9c0b-7a1d2e3f4a5b"
+    entries = [{**good, "response": {"status": "200 OK"}}, {"resource": good["resource"]},
+               {**good, "search": {"mode": "match"}}, {**good, "fullUrl": url}, {**good, "fullUrl": url}]
+    answered = gateway.post("/", {"resourceType": "Bundle", "type": "batch", "entry": entries})
+    assert answered.status_code == 200, answered.text
+    found = answered.json()["entry"]
+    assert [e["response"]["status"][:3] for e in found] == ["400", "400", "400", "200", "400"]
+    issues = [(i["expression"][0], i["code"], i["details"]["text"]) for e in found if "outcome" in e["response"]
+              for i in e["response"]["outcome"]["issue"]]
+    assert [(where, code) for where, code, _ in issues] == [
+        ("Bundle.entry[0].response", "structure"), ("Bundle.entry[1].request", "required"),
+        ("Bundle.entry[2].search", "structure"), ("Bundle.entry[4].fullUrl", "structure")]
+    assert [text.rsplit("(", 1)[-1] for _, _, text in issues] == ["bdl-4)", "bdl-3)", "bdl-2)", "bdl-7)"]
+    assert sum(simulator.calls.values()) == before + 1
+
+
+def test_a_submit_bundle_is_held_to_the_bundle_invariants(gateway: Gateway, simulator):
+    """A collection Bundle with a total, and entries with a request, a response or a search, was sent to the payer."""
+    payload = fhir_request("subscriber-generic")
+    payload["total"] = 5
+    payload["entry"][1]["request"] = {"method": "POST", "url": "Patient"}
+    payload["entry"][2]["response"] = {"status": "201 Created"}
+    payload["entry"][3]["search"] = {"mode": "include"}
+    before = sum(simulator.calls.values())
+    response = gateway.post(f"/{CER}/$submit", payload)
+    outcome_issue(response, 400, "structure")
+    found = expressions(response)
+    assert set(found) == {"Bundle.total", "Bundle.entry[1].request", "Bundle.entry[2].response",
+                          "Bundle.entry[3].search"}
+    assert "bdl-1" in found["Bundle.total"] and "bdl-3" in found["Bundle.entry[1].request"]
+    assert "bdl-4" in found["Bundle.entry[2].response"] and "bdl-2" in found["Bundle.entry[3].search"]
+    assert sum(simulator.calls.values()) == before
+
+
 def test_malformed_json(gateway: Gateway):
     issue = outcome_issue(gateway.post(f"/{CER}/$submit", data=b'{"resourceType": '), 400, "structure")
     assert issue["severity"] == "fatal"
@@ -1112,6 +1196,8 @@ def test_batch_entries_that_break_do_not_sink_the_batch(gateway: Gateway):
     entries = gateway.post("/", bundle).json()["entry"]
     assert entries[0]["response"]["status"].startswith("400")
     assert entries[1]["response"]["status"].startswith("200")
+    # the entry's Bundle's own entry, not the batch's: "Bundle.entry" alone named the batch's
+    assert [i["expression"] for i in entries[0]["response"]["outcome"]["issue"]] == [["Bundle.entry[0].resource.entry"]]
 
 
 def test_batch_waits_within_a_payers_concurrency_limit(make_gateway, simulator, tmp_path):

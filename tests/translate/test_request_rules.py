@@ -136,9 +136,10 @@ def _item(code="99213", modifier="25", diagnosis="E11.9"):
     ({"patient__name": [{"family": "مريم", "given": ["Anna"]}]}, "Patient.name.family", "2100C NM103",
      "Latin-script form"),
     ({"clinic__name": "東京クリニック"}, "Organization.name", "2100B NM103", "Latin-script form"),
-    ({"request__item": _item(modifier="x")}, "item.modifier", "2110C EQ02-3", "2 to 2 characters"),
-    ({"request__item": _item(code="992*13")}, "item.productOrService", "2110C EQ02-2", "delimiter characters"),
-    ({"request__item": _item(diagnosis="")}, "item.diagnosis", "2100C HI01-2", "it is empty"),
+    ({"request__item": _item(modifier="x")}, "item[0].modifier[0]", "2110C EQ02-3", "2 to 2 characters"),
+    ({"request__item": _item(code="992*13")}, "item[0].productOrService", "2110C EQ02-2", "delimiter characters"),
+    ({"request__item": _item(diagnosis="")}, "item[0].diagnosis[0].diagnosisCodeableConcept", "2100C HI01-2",
+     "it is empty"),
 ])
 def test_identifiers_codes_and_required_names_are_sent_as_given_or_refused(changes, path, x12, words):
     with pytest.raises(TranslationError) as caught:
@@ -171,7 +172,7 @@ def test_a_coverage_reference_that_names_no_coverage_is_refused(coverage):
         build(bundle(request__insurance=[{"focal": True, "coverage": coverage}]))
     assert caught.value.status == 422
     assert [(p.fhir_path, p.code, p.message) for p in caught.value.problems] == [
-        ("CoverageEligibilityRequest.insurance.coverage", "required",
+        ("CoverageEligibilityRequest.insurance[0].coverage", "required",
          "the coverage reference names no Coverage: give its reference, or the member id as an identifier typed MB")]
 
 
@@ -581,7 +582,7 @@ def test_modifiers_of_an_item_without_a_procedure_are_noted():
     ({"productOrService": {"coding": [{"system": CPT, "code": "99213"}]}, "modifier": [{"text": "x"}]},
      "item[0].modifier[0]", "EQ02-3"),
     ({"productOrService": {"coding": [{"system": CPT, "code": "99213"}]}, "modifier": [{"coding": [{"code": "x"}]}]},
-     "item.modifier", "EQ02-3"),
+     "item[0].modifier[0]", "EQ02-3"),
     ({"diagnosis": [{"diagnosisCodeableConcept": {"coding": [{"system": ICD10, "code": "E11.9"}]}}]}, "item[0]",
      "EQ01/EQ02"),
 ])
@@ -602,6 +603,91 @@ def test_too_many_items_name_the_dependents_loop():
         build(bundle(request__item=items, coverage__relationship={"coding": [{"code": "child"}]},
                      coverage__subscriber=PARENT))
     assert [p.x12 for p in caught.value.problems] == ["2110D EQ"]
+
+
+def _diagnosis(code):
+    return {"diagnosisCodeableConcept": {"coding": [{"system": ICD10, "code": code}]}}
+
+
+@pytest.mark.parametrize("dependent", [False, True])
+def test_a_code_that_cannot_be_sent_is_refused_at_its_own_item_modifier_and_diagnosis(dependent):
+    """A modifier the writer would change ('x'), a procedure code with a delimiter and an empty diagnosis code were
+    refused at CoverageEligibilityRequest.item.modifier, .item.productOrService and .item.diagnosis: no item, no
+    modifier, no diagnosis said which; every diagnosis was HI01 whichever composite it went to."""
+    changes = {"coverage__relationship": {"coding": [{"code": "child"}]}, "coverage__subscriber": PARENT} \
+        if dependent else {}
+    items = [{"productOrService": {"coding": [{"system": CPT, "code": "99213"}]},
+              "modifier": [{"coding": [{"code": "25"}]}], "diagnosis": [_diagnosis("E11.9")]},
+             {"productOrService": {"coding": [{"system": CPT, "code": "992*14"}]},
+              "modifier": [{"coding": [{"code": "LT"}]}, {"coding": [{"code": "x"}]}],
+              "diagnosis": [_diagnosis("E11.9"), _diagnosis("I10*")]}]
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(request__item=items, **changes))
+    eq, hi = ("2110D", "2100D") if dependent else ("2110C", "2100C")
+    assert sorted((p.fhir_path, p.x12) for p in caught.value.problems) == [
+        ("CoverageEligibilityRequest.item[1].diagnosis[1].diagnosisCodeableConcept", f"{hi} HI02-2"),
+        ("CoverageEligibilityRequest.item[1].modifier[1]", f"{eq} EQ02-4"),
+        ("CoverageEligibilityRequest.item[1].productOrService", f"{eq} EQ02-2")]
+
+
+def test_an_unsendable_diagnosis_two_items_name_is_refused_at_each():
+    """One HI composite, two items pointing at it: the client is told of both places, not of the first alone."""
+    items = [{"category": {"coding": [{"system": "https://x12.org/codes/service-type-codes", "code": "30"}]},
+              "diagnosis": [_diagnosis("E11*9")]},
+             {"category": {"coding": [{"system": "https://x12.org/codes/service-type-codes", "code": "98"}]},
+              "diagnosis": [_diagnosis("I10"), _diagnosis("E11*9")]}]
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(request__item=items))
+    assert [(p.fhir_path, p.x12) for p in caught.value.problems] == [
+        ("CoverageEligibilityRequest.item[0].diagnosis[0].diagnosisCodeableConcept", "2100C HI01-2"),
+        ("CoverageEligibilityRequest.item[1].diagnosis[1].diagnosisCodeableConcept", "2100C HI01-2")]
+
+
+def test_a_purpose_and_a_coverage_reference_are_refused_at_their_own_index():
+    """purpose ['benefits', 'gossip'] was refused at CoverageEligibilityRequest.purpose, and a focal coverage reference
+    naming no Coverage at insurance.coverage, though the request has several of each."""
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(request__purpose=["benefits", "gossip"]))
+    assert [p.fhir_path for p in caught.value.problems] == ["CoverageEligibilityRequest.purpose[1]"]
+    insurance = [{"coverage": {"reference": "Coverage/c"}}, {"focal": True, "coverage": {"display": "Acme PPO"}}]
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(request__insurance=insurance))
+    assert [p.fhir_path for p in caught.value.problems] == ["CoverageEligibilityRequest.insurance[1].coverage"]
+
+
+@pytest.mark.parametrize(("changes", "path"), [
+    ({"request__servicedDate": "2025-03"}, "CoverageEligibilityRequest.servicedDate"),
+    ({"request__servicedPeriod": {"start": "2025-03"}}, "CoverageEligibilityRequest.servicedPeriod.start"),
+    ({"request__servicedPeriod": {"start": "2025-03-31", "end": "2025-03-01"}},
+     "CoverageEligibilityRequest.servicedPeriod.end"),
+])
+@pytest.mark.parametrize("dependent", [False, True])
+def test_a_service_date_problem_names_the_patients_dtp(changes, path, dependent):
+    """The DTP*291 goes in the patient's loop (2100C, or 2100D for a dependent): its problems said "DTP03" alone."""
+    if dependent:
+        changes = {**changes, "coverage__relationship": {"coding": [{"code": "child"}]}, "coverage__subscriber": PARENT}
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(**changes))
+    assert [(p.fhir_path, p.x12) for p in caught.value.problems] == [
+        (path, f"{'2100D' if dependent else '2100C'} DTP03")]
+
+
+@pytest.mark.parametrize(("changes", "path"), [
+    ({"coverage__beneficiary": PARENT}, "Coverage.beneficiary"),
+    ({"request__patient": {"reference": "Patient/missing"}}, "CoverageEligibilityRequest.patient"),
+    ({"request__patient": {"reference": "Organization/payer"}}, "CoverageEligibilityRequest.patient"),
+    ({"request__patient": None}, "CoverageEligibilityRequest.patient"),
+])
+@pytest.mark.parametrize("dependent", [False, True])
+def test_a_problem_of_the_patient_names_the_name_loop_the_patient_is_written_in(changes, path, dependent):
+    """A dependent's NM1 is 2100D's: "the beneficiary is another person", an unresolvable or missing patient said
+    2100C NM1 all the same."""
+    if dependent:
+        changes = {**changes, "coverage__relationship": {"coding": [{"code": "child"}]}, "coverage__subscriber": PARENT}
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(**changes))
+    assert [p.x12 for p in caught.value.problems if p.fhir_path == path] == [
+        f"{'2100D' if dependent else '2100C'} NM1"]
 
 
 # ------------------------------------------------------------------------------------------------ envelope
