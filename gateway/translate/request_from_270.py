@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from gateway.errors import quoted
 from gateway.translate.notes import Note, process_note_extensions
@@ -94,7 +95,7 @@ def translate_270(txn: Transaction, tables: Tables, *, now: str, carried: set[in
     for source in txn.root.loops_of("2000A"):
         payer_loop = source.loop("2100A")
         start = len(notes)
-        payer_url = _payer(tables, payer_loop, add, note, carried)
+        payer_url = _payer(tables, txn, payer_loop, add, note, carried)
         for receiver in source.loops_of("2000B"):
             provider_url = _provider(tables, txn, receiver.loop("2100B"), add, note, carried)
             shared = notes[:header] + notes[start:]
@@ -163,20 +164,34 @@ def _person(seg: Segment) -> dict[str, Any]:
     return {"name": [name]} if name else {}
 
 
-def _payer(tables: Tables, loop: Loop | None, add, note, carried: set[int]) -> str:
-    systems = tables.systems
+def _payer(tables: Tables, txn: Transaction, loop: Loop | None, add, note, carried: set[int]) -> str:
     org: dict[str, Any] = {"resourceType": "Organization", "name": "Payer"}
+    key = ""
     if loop is not None:
         for seg in loop.segments:
             if seg.id == "NM1":
                 carried.add(seg.position)
                 org["name"] = seg.get(3) or "Payer"
-                if seg.get(9):
-                    org["identifier"] = [{"type": {"coding": [dict(systems["payer_id_type"])]},
-                                          "system": systems["payer_id_system"], "value": seg.get(9)}]
+                key = seg.get(9)
+                _check_identification(tables, txn, loop, seg)
+                # NM108 says what NM109 is: a payer id (PI) is the payer id, a tax id or a NAIC code is not
+                identifier = tables.identifier(seg.get(8), seg.get(9))
+                if identifier is not None:
+                    org["identifier"] = [identifier]
+                elif seg.get(9):
+                    note(f"payer identified by {seg.get(8)} {seg.get(9)} ({tables.unidentified(seg.get(8))})", loop,
+                         seg)
             else:
                 note(f"segment {seg.id} of the payer loop has no FHIR home", loop, seg)
-    return add(org, f"payer/{org.get('identifier', [{}])[0].get('value', org['name'])}")
+    return add(org, f"payer/{key or org['name']}")
+
+
+def _check_identification(tables: Tables, txn: Transaction, loop: Loop, nm1: Segment) -> None:
+    """An NM108 that ``mappings/translate/identifiers.yaml`` does not list refuses the 270 when the table says so
+    (on_missing: error); otherwise the caller notes the id, which then has no FHIR identifier system."""
+    qualifier = nm1.get(8)
+    if qualifier and qualifier not in tables.t["identifiers"]["codes"]:
+        tables.refuse_unknown("identifiers", qualifier, _where(txn, loop, nm1), "NM108")
 
 
 def _provider(tables: Tables, txn: Transaction, loop: Loop | None, add, note, carried: set[int]) -> str | None:
@@ -193,12 +208,13 @@ def _provider(tables: Tables, txn: Transaction, loop: Loop | None, add, note, ca
         # NM103 may be left out when NM109 identifies the provider: a name of "" is not valid FHIR
         name = nm1.get(3) if nm1 is not None else "Provider"
         resource = {"resourceType": "Organization", **({"name": name} if name else {})}
-    system = qualifiers["identifier_systems"].get(nm1.get(8)) if nm1 is not None else None   # XX: the NPI
-    if nm1 is not None and system and nm1.get(9):
-        resource["identifier"] = [{"system": systems[system], "value": nm1.get(9)}]
-    elif nm1 is not None and nm1.get(9):   # an id FHIR has no system for here (SV, PI ...)
-        note(f"provider identified by {nm1.get(8)} {nm1.get(9)} (only an NPI has a FHIR identifier system)", loop,
-             nm1)
+    if nm1 is not None:
+        _check_identification(tables, txn, loop, nm1)
+    identifier = tables.identifier(nm1.get(8), nm1.get(9)) if nm1 is not None else None   # XX: the NPI
+    if identifier is not None:
+        resource["identifier"] = [identifier]
+    elif nm1 is not None and nm1.get(9):   # an id FHIR has no system for (SV, XV ...)
+        note(f"provider identified by {nm1.get(8)} {nm1.get(9)} ({tables.unidentified(nm1.get(8))})", loop, nm1)
     for seg in loop.segments:
         # PRV02 PXC: PRV03 is a taxonomy code
         taxonomy_prv = seg.id == "PRV" and references["provider_level"].get(seg.get(2)) == "taxonomy" and seg.get(3)
@@ -448,11 +464,15 @@ def _items(tables: Tables, seg: Segment, diagnoses: list[tuple[str, str]], purpo
     if _procedure_code(seg):
         comps = [fhir_code(comp) for comp in seg.components(2)]
         qualifier, code = comps[0], comps[1]
-        system = tables.t["procedures"]["from_x12"].get(qualifier, tables.x12_system(f"235/{qualifier}"))
-        procedure["productOrService"] = {"coding": [{"system": system, "code": code}]}
+        # a qualifier the table does not list names its system in the X12 one (percent-encoded, as the 271's EB13);
+        # none at all names no system, and the code is kept alone (noted by _unlisted_in_eq)
+        system = tables.t["procedures"]["from_x12"].get(qualifier) or (
+            tables.x12_system(f"235/{quote(qualifier, safe='')}") if qualifier else None)
+        at = {"system": system} if system else {}
+        procedure["productOrService"] = {"coding": [{**at, "code": code}]}
         modifiers = [m for m in comps[2:6] if m]
         if modifiers:
-            procedure["modifier"] = [{"coding": [{"system": system, "code": m}]} for m in modifiers]
+            procedure["modifier"] = [{"coding": [{**at, "code": m}]} for m in modifiers]
         purposes.update(("benefits", "auth-requirements"))  # a procedure inquiry asks both
     service_types = [code for stc in seg.repetitions(1) if (code := fhir_code(stc))]
     generic = tables.t["request_270"]["constants"]["generic_service_type"]
@@ -492,6 +512,9 @@ def _unlisted_in_eq(tables: Tables, seg: Segment, loop: Loop, unknown: Callable[
             unknown("procedures", qualifier, loop, seg, "EQ02-1")
             note(f"procedure code list qualifier {quoted(qualifier)} (EQ02-1) is not an X279A1 code: the procedure "
                  "is kept under the X12 qualifier's system", loop, seg)
+        elif not qualifier:   # as a 271's EB13 without EB13-1: the code alone, no system
+            note(f"EQ02 procedure {quoted(_procedure_code(seg))} has no code list qualifier (EQ02-1): its code system "
+                 "is not known", loop, seg)
     for index, table in ((3, "coverage_level"), (4, "insurance_type")):
         code = seg.get(index)
         if code and code not in tables.codes[table]:

@@ -20,6 +20,7 @@ from gateway.translate.notes import Note, process_note_extensions
 from gateway.translate.tables import Tables, fhir_code
 from gateway.translate.tables import trace_system as _trace_system
 from gateway.x12.model import Loop, Segment, Transaction
+from gateway.x12.writer import DEFAULT_DELIMITERS
 
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9\-.]")
 TOTAL, REMAINING, MET = "total", "remaining", "met"
@@ -43,6 +44,13 @@ class ResponseContext:
     # of its id and elements: a 271 segment equal to one echoes the request, whose resources hold its data; any
     # other person data the payer returns is noted, as the response refers to the request's Patient and Coverage
     persons_sent: dict[str, frozenset[tuple[str, ...]]] | None = None
+    # the component separator (ISA16) of the 270 persons_sent comes from: the writer's, which the gateway's 270s use.
+    # A composite (HI01) is compared component by component, as the payer's 271 may separate them otherwise
+    sent_component: str = DEFAULT_DELIMITERS.component
+    # the request's Coverage.relationship (a subscriber-relationship code), which the 270 sends as its loop, not as an
+    # INS: a patient's INS saying the same echoes the request. Unset, it is read from the contained copy of the
+    # request's Coverage (``coverage`` a local reference into ``contained``), when there is one
+    relationship: str | None = None
 
 
 @dataclass
@@ -359,6 +367,7 @@ _READ_ELEMENTS: dict[str, frozenset[int]] = {seg_id: frozenset(read) for seg_id,
     "NM1": (1, 2, 3, 4, 5, 7, 8, 9), "PER": range(1, 9), "PRV": (2, 3), "AAA": (1, 3, 4), "DMG": (1, 2, 3),
     "N3": (1, 2), "N4": (1, 2, 3, 4, 7), "INS": (1, 2, 3, 4, 17), "REF": (1, 2, 3), "DTP": (1, 2, 3),
     "EB": range(1, 15), "HSD": range(1, 9), "III": (1, 2, 3, 4), "MSG": (1,), "LS": (1,), "LE": (1,),
+    "HI": range(1, 13),   # mapped only when it echoes the 270's, all of it
 }.items()}
 # the parts (the id and the elements) a segment has at most with nothing unread in them: the first element not read.
 # Most segments are no longer (an EB of 14 elements or fewer), which their length alone tells
@@ -464,7 +473,8 @@ def _source_loops(r: _Response, source: Loop, payer_loop: Loop | None) -> None:
         return
     for seg in payer_loop.segments:
         if seg.id == "NM1":
-            r.map(seg)
+            _check_identification(r, payer_loop, seg)
+            r.map(seg)   # in the gateway the request's insurer; on its own, the payer Organization (_assemble)
         elif seg.id == "AAA":
             _aaa(r, payer_loop, seg)
         elif seg.id == "PER":
@@ -478,12 +488,15 @@ def _receiver_loops(r: _Response, receiver: Loop) -> None:
     name = receiver.loop("2100B")
     if name is None:
         return
-    id_systems = r.tables.t["qualifiers"]["identifier_systems"]
+    id_qualifiers = r.tables.t["identifiers"]["codes"]   # NM108 -> its identifier system, when it has one
     for seg in name.segments:
-        if seg.id == "NM1" and (seg.get(8) in id_systems or not seg.get(9)):
-            r.map(seg)   # the requestor (by an id FHIR has a system for, the NPI, or by name alone)
-        elif seg.id == "NM1":   # an id FHIR has no system for (SV, PI ...): the requestor is named, the id noted
-            r.note(f"information receiver identified by {seg.get(8)} {seg.get(9)}", name, seg)
+        if seg.id == "NM1":
+            _check_identification(r, name, seg)
+        if seg.id == "NM1" and (not seg.get(9) or "system" in id_qualifiers.get(seg.get(8), ())):
+            r.map(seg)   # the requestor (by an id FHIR has a system for, the NPI say, or by name alone)
+        elif seg.id == "NM1":   # an id FHIR has no system for (SV, XV ...): the requestor is named, the id noted
+            r.note(f"information receiver identified by {seg.get(8)} {seg.get(9)} "
+                   f"({r.tables.unidentified(seg.get(8))})", name, seg)
         elif seg.id == "AAA":
             _aaa(r, name, seg)
         elif seg.id == "REF":
@@ -493,6 +506,14 @@ def _receiver_loops(r: _Response, receiver: Loop) -> None:
             r.note("provider address returned by the payer", name, seg)
         elif seg.id == "PRV":
             r.note(_provider_information(r, name, seg), name, seg)
+
+
+def _check_identification(r: _Response, loop: Loop, nm1: Segment) -> None:
+    """An NM108 that ``mappings/translate/identifiers.yaml`` does not list: refused when the table says so
+    (on_missing: error); otherwise the id is noted where it would have become an identifier."""
+    qualifier = nm1.get(8)
+    if qualifier and qualifier not in r.tables.t["identifiers"]["codes"]:
+        _refuse_if_required(r, "identifiers", qualifier, loop, nm1, "NM108")
 
 
 def _check_reference(r: _Response, loop: Loop, seg: Segment, element: str) -> None:
@@ -577,13 +598,59 @@ def _echoes(r: _Response, seg: Segment, role: str) -> bool:
     """Whether ``seg`` says nothing the 270 did not send for the person: a segment the 270 sent with the same id
     holds every element ``seg`` fills, the same (values as the reader strips them, case as sent). A payer that
     leaves out a middle name or a gender the 270 gave adds nothing, and loses nothing the request does not hold."""
-    sent = r.context.persons_sent if r.context is not None else None
+    ctx = r.context
+    sent = ctx.persons_sent if ctx is not None else None
     if not sent or role not in sent:
         return False
     values = seg.values(0)
     filled = [(index, value) for index, value in enumerate(values) if value and index]
-    return any(known[0] == values[0] and all(index < len(known) and known[index] == value for index, value in filled)
-               for known in sent[role])
+    composites = r.tables.composites.get(seg.id, ())   # HI01-HI12, DMG05 ...: compared by components when unequal
+    return any(known[0] == values[0] and all(
+        index < len(known) and (known[index] == value or (index in composites and _same_components(
+            known[index], ctx.sent_component, value, seg.delimiters.component))) for index, value in filled)
+        for known in sent[role])
+
+
+def _same_components(sent: str, sent_separator: str, value: str, separator: str) -> bool:
+    """Whether a composite of the 271 (``value``, its components separated by ``separator``) fills only components the
+    270 sent the same (``sent``, separated by ``sent_separator``): as with elements, one left out adds nothing."""
+    known = sent.split(sent_separator)
+    return all(index < len(known) and known[index].strip() == component.strip()
+               for index, component in enumerate(value.split(separator)) if component.strip())
+
+
+def _request_relationship(r: _Response) -> str | None:
+    """The request's Coverage.relationship code, in the gateway: as given, or read from the contained copy of the
+    request's Coverage the way the 270 was built from it (a coding in an accepted subscriber-relationship system, or
+    one without a system; the last such). None when the response has no request, or its Coverage is not at hand."""
+    ctx = r.context
+    if ctx is None or ctx.relationship is not None:
+        return ctx.relationship if ctx is not None else None
+    reference = (ctx.coverage or {}).get("reference")
+    if not isinstance(reference, str) or not reference.startswith("#"):
+        return None
+    coverage = next((c for c in ctx.contained if isinstance(c, dict) and c.get("id") == reference[1:]
+                     and c.get("resourceType") == "Coverage"), None)
+    concept = coverage.get("relationship") if coverage is not None else None
+    accepted = r.tables.systems["relationship_accept"]
+    codes = [c.get("code") for c in (concept.get("coding") or [] if isinstance(concept, dict) else [])
+             if isinstance(c, dict) and (c.get("system") in accepted or c.get("system") is None)]
+    return next((code for code in reversed(codes) if isinstance(code, str) and code), None)
+
+
+def _relationship_echoes(tables: Tables, ins: Segment, requested: str) -> bool:
+    """Whether a patient's INS says no more than the request's Coverage.relationship (``requested``), which the 270
+    sends as its loop (2100D for a dependent), never as an INS: INS01 the insured indicator of that relationship (N
+    for a dependent), INS02 a code meaning it, or the one the 270 gives it (a parent is 34, other adult), and no other
+    element."""
+    table = tables.t["relationship"]
+    values = ins.values(3)
+    if len(values) > 3 and any(values[3:]):
+        return False
+    indicator = table["insured_indicator"]["subscriber" if requested in table["subscriber"] else "dependent"]
+    code = values[2]
+    return values[1] == indicator and bool(code) and (table["from_ins02"].get(code) == requested
+                                                      or table["to_ins02"].get(requested) == code)
 
 
 def _returned(r: _Response, loop: Loop, seg: Segment, role: str, holder: str | None, what: str, shown: str,
@@ -676,7 +743,12 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
             if seg.get(2) and relationship is None:
                 _refuse_if_required(r, "relationship", seg.get(2), loop, seg, "INS02")
             shown = (f"{seg.get(2)} ({relationship})" if relationship else quoted(seg.get(2))) if seg.get(2) else ""
-            if not (stands_in and _returned(r, loop, seg, role, stands_in.get(sid), "relationship", shown)):
+            # in the gateway the patient's relationship is the request's Coverage's: an INS saying it echoes the request
+            requested = _request_relationship(r) if role == "patient" and stands_in.get(sid) else None
+            differs = f", whose relationship is {requested}" if requested and requested != relationship else ""
+            if requested and _relationship_echoes(tables, seg, requested):
+                r.map(seg)
+            elif not (stands_in and _returned(r, loop, seg, role, stands_in.get(sid), "relationship", shown, differs)):
                 r.map(seg)
                 person.relationship = relationship
                 if seg.get(2) and relationship is None:
@@ -713,7 +785,11 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
         elif sid == "PRV":
             r.note(_provider_information(r, loop, seg), loop, seg)
         elif sid == "HI":
-            r.note("diagnosis codes echoed by the payer", loop, seg)
+            if _echoes(r, seg, role):   # in the gateway, the 270's own: the request's items hold the diagnoses
+                r.map(seg)
+            else:
+                r.note("diagnosis codes echoed by the payer" if not (r.context and r.context.persons_sent) else
+                       "diagnosis codes returned by the payer, not as the 270 sent them", loop, seg)
         elif sid == "MPI":
             r.note("military personnel information", loop, seg)
     r.persons[role] = person
@@ -1379,14 +1455,16 @@ def _hsd_text(r: _Response, loop: Loop, seg: Segment) -> str:
 
 
 def _iii_text(tables: Tables, seg: Segment) -> str:
-    named = tables.t["qualifiers"]["additional_information"].get(seg.get(1))   # ZZ: Place of service
-    if named:
-        text = f"{named} {seg.get(2)}"
-    elif seg.get(1):
-        text = f"Additional information {seg.get(1)} {seg.get(2)}"
-    else:
-        return f"Information {seg.get(3)} {seg.get(4)}".strip()
-    rest = " ".join(v for v in (seg.get(3), seg.get(4)) if v)   # III03 category, III04 free text
+    """A 2115 III as the item's description tells it: the code III01 qualifies (``Place of service 11``, ``Nature of
+    injury 52``), then the text III04 with what III03 says it is (``Nature of injury: broken leg``)."""
+    qualifiers = tables.t["qualifiers"]
+    category = qualifiers["information_category"].get(seg.get(3)) if seg.get(3) else None   # 44: Nature of injury
+    rest = (f"{category}: {seg.get(4)}" if seg.get(4) else category) if category else \
+        " ".join(v for v in (seg.get(3), seg.get(4)) if v)   # III03 code category, III04 free text
+    if not seg.get(1):
+        return (rest if category else f"Information {rest}").strip()
+    named = qualifiers["additional_information"].get(seg.get(1))   # ZZ: Place of service
+    text = f"{named or f'Additional information {seg.get(1)}'} {seg.get(2)}".strip()
     return f"{text} ({rest})" if rest else text
 
 
@@ -1431,6 +1509,8 @@ def _entities(r: _Response, loop: Loop) -> list[dict[str, Any]]:
                         # no scheme, or a scheme whose colon was a delimiter (HTTPS//...)
                         url = "https://" + re.sub(r"^https?//", "", url, flags=re.IGNORECASE)
                         r.note(f"URL {v} has no scheme; https:// added", sub, per)
+        _check_identification(r, sub, nm1)
+        identifier = r.tables.identifier(nm1.get(8), nm1.get(9))
         person = qualifiers["entity_type"].get(nm1.get(2)) == "person"
         entity_id = _ID_UNSAFE.sub("-", f"{info['role']}-{loop.parent.id if loop.parent else ''}-{nm1.position}")
         resource: dict[str, Any] = {}
@@ -1443,17 +1523,16 @@ def _entities(r: _Response, loop: Loop) -> list[dict[str, Any]]:
             human = {k: v for k, v in (("family", nm1.get(3)), ("given", given),
                                        ("suffix", [nm1.get(7)] if nm1.get(7) else None)) if v}
             resource = {"resourceType": "Practitioner", "id": entity_id, **({"name": [human]} if human else {})}
-            system = qualifiers["identifier_systems"].get(nm1.get(8))   # XX: the NPI
-            if system and nm1.get(9):
-                resource["identifier"] = [{"system": r.tables.systems[system], "value": nm1.get(9)}]
+            if identifier is not None:   # XX: the NPI
+                resource["identifier"] = [identifier]
             # PRV03 is a qualification when PRV02 says it is a taxonomy (PXC); any other PRV is noted
             if prv is not None and prv.get(3) and provider_level.get(prv.get(2)) == "taxonomy":
                 resource["qualification"] = [{"code": {"coding": [{"system": r.tables.systems["taxonomy"],
                                                                    "code": fhir_code(prv.get(3))}]}}]
         out.append({"role": info["role"], "display": info["display"], "loop": sub, "nm1": nm1, "url": url,
                     "contacts": contacts, "person": person, "id": entity_id, "resource": resource,
-                    "name": name, "ident": (nm1.get(8), nm1.get(9)), "order": info.get("order"),
-                    "mapped": False})
+                    "name": name, "ident": (nm1.get(8), nm1.get(9)), "identifier": identifier,
+                    "order": info.get("order"), "mapped": False})
     return out
 
 
@@ -1517,10 +1596,10 @@ def _entity_notes(r: _Response, loop: Loop, eb01: str, entities: list[dict[str, 
                            "authorizationUrl)", sub, seg)
                 elif e["mapped"]:
                     r.map(seg)
-                    if e["ident"][1] and not e["resource"].get("identifier") and e["role"] != "other-payer":
-                        # an id the FHIR resource has no system for (SV, PI ...) is not lost
+                    if e["ident"][1] and e["identifier"] is None:
+                        # an id the FHIR resource has no system for (SV, XV ...) is not lost
                         r.note(f"EB {eb01}: {e['display']} {e['name']} identified by {e['ident'][0]} "
-                               f"{e['ident'][1]}", sub, seg)
+                               f"{e['ident'][1]} ({r.tables.unidentified(e['ident'][0])})", sub, seg)
                 elif maps_to == "contact":
                     r.note(f"EB {eb01}: for these benefits contact {_entity_text(e)}", sub, seg)
                 else:
@@ -1546,9 +1625,8 @@ def _other_payer(r: _Response, loop: Loop, eb: Segment, entities: list[dict[str,
         payer["mapped"] = True   # the others (a second other payer ...) are noted with the entities
     named = payer["name"] if payer and payer["name"] else "Other payer (not named by the payer)"   # org-1 wants one
     organization: dict[str, Any] = {"resourceType": "Organization", "id": payer_id, "name": named}
-    if payer and payer["ident"][1]:
-        organization["identifier"] = [{"type": {"coding": [dict(r.tables.systems["payer_id_type"])]},
-                                       "system": r.tables.systems["payer_id_system"], "value": payer["ident"][1]}]
+    if payer and payer["identifier"] is not None:   # by its NM108: a payer id (PI), a tax id ...; else noted
+        organization["identifier"] = [payer["identifier"]]
     coverage: dict[str, Any] = {"resourceType": "Coverage", "id": coverage_id, "status": "active",
                                 "beneficiary": {"reference": "#patient"}, "payor": [{"reference": f"#{payer_id}"}]}
     if payer and payer.get("order"):
@@ -1625,8 +1703,14 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
         organization: dict[str, Any] = {"resourceType": "Organization", "id": "payer",
                                         "name": payer_nm1.get(3) if payer_nm1 and payer_nm1.get(3) else "Payer"}
         if payer_nm1 is not None and payer_nm1.get(9):
-            organization["identifier"] = [{"type": {"coding": [dict(systems["payer_id_type"])]},
-                                           "system": systems["payer_id_system"], "value": payer_nm1.get(9)}]
+            # the payer id (PI) is one of the ids X279A1 names a payer by: a tax id, an NPI or a NAIC code goes under
+            # its own system, and one FHIR has no system for (XV, 46) is noted
+            identifier = tables.identifier(payer_nm1.get(8), payer_nm1.get(9))
+            if identifier is not None:
+                organization["identifier"] = [identifier]
+            elif payer_loop is not None:
+                r.note(f"payer identified by {payer_nm1.get(8)} {payer_nm1.get(9)} "
+                       f"({tables.unidentified(payer_nm1.get(8))})", payer_loop, payer_nm1)
         contained.append(organization)
         insurer_ref = {"reference": "#payer"}
 
@@ -1727,10 +1811,9 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
         person = nm1 is not None and qualifiers["entity_type"].get(nm1.get(2)) == "person"
         shown = (" ".join(v for v in (nm1.get(4), nm1.get(5), nm1.get(3)) if v) if person
                  else nm1.get(3)) if nm1 is not None else ""
-        system = qualifiers["identifier_systems"].get(nm1.get(8)) if nm1 is not None else None   # XX: the NPI
-        if nm1 is not None and system and nm1.get(9):
-            resource["requestor"] = {"identifier": {"system": systems[system], "value": nm1.get(9)},
-                                     **({"display": shown} if shown else {})}
+        identifier = tables.identifier(nm1.get(8), nm1.get(9)) if nm1 is not None else None   # XX: the NPI
+        if identifier is not None:
+            resource["requestor"] = {"identifier": identifier, **({"display": shown} if shown else {})}
         elif shown:
             resource["requestor"] = {"display": shown}
     resource["request"] = request_ref

@@ -15,7 +15,7 @@ CODE_TABLES = ("service_type", "eligibility_benefit", "insurance_type", "time_pe
                "coverage_level", "reject_reason", "follow_up_action")
 TRANSLATE_TABLES = ("systems", "gender", "relationship", "network", "dates", "entities", "references",
                     "procedures", "diagnoses", "request_270", "quirks", "errors", "addresses", "authorization",
-                    "qualifiers")
+                    "qualifiers", "identifiers")
 ON_MISSING = ("passthrough", "note", "error")
 # a table read both ways may name a policy for each: from_x12 (reading a 271 or a 270), to_x12 (building a 270)
 DIRECTIONS = ("from_x12", "to_x12")
@@ -54,6 +54,9 @@ class Tables:
     to_x12_policies: dict[str, str] = field(default_factory=dict, compare=False)
     # segment id -> the names of its elements (mappings/x12/segments.yaml), for notes naming an element not read
     element_names: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
+    # segment id -> the positions (1-based) of its composite elements: compared component by component, as the
+    # interchanges of a 270 and of its 271 may separate components differently (ISA16)
+    composites: dict[str, frozenset[int]] = field(default_factory=dict, compare=False)
 
     def refuses_unknown(self, table: str) -> bool:
         """True when the table says a code it does not list stops the translation (on_missing: error)."""
@@ -99,6 +102,27 @@ class Tables:
                     self._codings[key] = template
         return dict(template)
 
+    def identifier(self, qualifier: str, value: str) -> dict[str, Any] | None:
+        """An NM1's id (NM109) as a FHIR Identifier, by its qualifier (NM108) in ``translate/identifiers.yaml``: its
+        system, and its type when the table gives one. None when there is no id, or the qualifier has no identifier
+        system (listed without one, or not listed): the caller notes the id with :meth:`unidentified`."""
+        info = self.t["identifiers"]["codes"].get(qualifier) if value else None
+        if info is None or "system" not in info:
+            return None
+        if "type" in info:
+            return {"type": {"coding": [dict(self.systems[info["type"]])]}, "system": self.systems[info["system"]],
+                    "value": value}
+        return {"system": self.systems[info["system"]], "value": value}
+
+    def unidentified(self, qualifier: str) -> str:
+        """Why an NM109 under ``qualifier`` is no FHIR Identifier, as a note says it."""
+        info = self.t["identifiers"]["codes"].get(qualifier)
+        if info is not None:
+            return f"{info['display']}: no FHIR identifier system holds it"
+        if qualifier:
+            return f"NM108 {quoted(qualifier)} is not an X279A1 identification code qualifier"
+        return "NM108, the qualifier saying what the id is, is empty"
+
     @property
     def systems(self) -> dict[str, Any]:
         return self.t["systems"]
@@ -123,7 +147,10 @@ def load_tables(base: str | None = None) -> Tables:
     segments = load_yaml("x12/segments.yaml", base)
     names = {sid: tuple(str(e.get("name", "")) for e in spec.get("elements") or [])
              for sid, spec in segments.items() if isinstance(spec, dict)}
-    return Tables(codes=codes, t=t, policies=policies, to_x12_policies=to_x12, element_names=names)
+    composites = {sid: frozenset(i for i, e in enumerate(spec.get("elements") or [], start=1) if "composite" in e)
+                  for sid, spec in segments.items() if isinstance(spec, dict)}
+    return Tables(codes=codes, t=t, policies=policies, to_x12_policies=to_x12, element_names=names,
+                  composites={sid: at for sid, at in composites.items() if at})
 
 
 def _policies(where: str, value: Any) -> tuple[str, str]:
@@ -164,10 +191,15 @@ def _check_translation(t: dict[str, Any], codes: dict[str, dict[str, dict[str, A
     _meanings("translate/qualifiers.yaml: trace_type", q.get("trace_type"), ("current", "referenced"),
               ("current", "referenced"))
     _meanings("translate/qualifiers.yaml: entity_type", q.get("entity_type"), ("person", "organization"), ("person",))
-    _meanings("translate/qualifiers.yaml: identifier_systems", q.get("identifier_systems"),
-              tuple(k for k, v in t["systems"].items() if isinstance(v, str)), ())
     _need("translate/qualifiers.yaml: additional_information", q.get("additional_information"), dict,
           "a mapping of III01 codes to the words naming III02")
+    _need("translate/qualifiers.yaml: information_category", q.get("information_category"), dict,
+          "a mapping of III03 codes to the words naming III04")
+    _check_identifiers(t["identifiers"], t["systems"])
+    indicator = _need("translate/relationship.yaml: insured_indicator", t["relationship"].get("insured_indicator"),
+                      dict, "the INS01 of a subscriber and of a dependent")
+    for who in ("subscriber", "dependent"):
+        _need(f"translate/relationship.yaml: insured_indicator.{who}", indicator.get(who), str, "an INS01 code")
     dates = t["dates"]
     _meanings("translate/dates.yaml: formats", dates.get("formats"), ("date", "range"), ("date", "range"))
     _meanings("translate/dates.yaml: inquiry", dates.get("inquiry"), ("serviced",), ())
@@ -212,6 +244,25 @@ def _check_translation(t: dict[str, Any], codes: dict[str, dict[str, dict[str, A
                 or info.get("family", "period") not in ("period", "lifetime"):
             raise MappingError(f"codes/time_period.yaml: code {code!r} needs amount (total, remaining, met or other) "
                                f"and, when given, family (period or lifetime); it has {info!r}")
+
+
+def _check_identifiers(table: Any, systems: dict[str, Any]) -> None:
+    """NM108 -> identifier: every code's system a URI of systems.yaml and its type a Coding there, so that a misspelt
+    key fails when the tables are loaded, not when a payer first sends the qualifier."""
+    codes = table.get("codes") if isinstance(table, dict) else None
+    if not isinstance(codes, dict) or not codes:
+        raise MappingError("translate/identifiers.yaml has no 'codes' mapping")
+    for code, info in codes.items():
+        system = info.get("system") if isinstance(info, dict) else None
+        kind = info.get("type") if isinstance(info, dict) else None
+        coding = systems.get(kind) if isinstance(kind, str) else None
+        typed = isinstance(coding, dict) and all(isinstance(coding.get(k), str) for k in ("system", "code"))
+        if not (isinstance(info, dict) and isinstance(info.get("display"), str)
+                and (system is None or (isinstance(system, str) and isinstance(systems.get(system), str)))
+                and (kind is None or (system is not None and typed))):
+            raise MappingError(f"translate/identifiers.yaml: code {code!r} needs a display and, when given, a system "
+                               "naming a URI in systems.yaml and a type naming a coding there (with its system); it "
+                               f"has {info!r}")
 
 
 def _check_authorization(table: Any) -> None:

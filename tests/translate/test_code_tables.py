@@ -83,6 +83,7 @@ UNLISTED_271 = [
     ("references", eb("1", "IND", "30") + "REF*Q9*123~", "Q9", "2110C REF01"),
     ("references", "PRV*PE*Q9*123~" + eb("1", "IND", "30"), "Q9", "2100C PRV02"),
     ("references", eb("L") + "LS*2120~NM1*P3*1*SMITH*PAT~PRV*PC*Q9*123~LE*2120~", "Q9", "2120C PRV02"),
+    ("identifiers", eb("L") + "LS*2120~NM1*P3*1*SMITH*PAT****Q9*123~LE*2120~", "Q9", "2120C NM108"),
 ]
 # tables with an on_missing that no reading of X12 looks a code up in: the 270 builder's alone
 BUILDING_ONLY = {"addresses"}
@@ -117,10 +118,24 @@ def test_a_provider_identifier_qualifier_not_listed_can_refuse_the_271():
         translated(text_271(eb("1"), head=head), with_policy("references", "error"))
 
 
+@pytest.mark.parametrize("nm1", ["NM1*PR*2*EXAMPLE HEALTH PLAN*****PI*99999~",
+                                 "NM1*1P*2*SAMPLE CLINIC*****XX*1234567893~"], ids=["2100A", "2100B"])
+def test_an_identification_qualifier_not_listed_in_the_payer_or_receiver_loop_is_noted_or_refused(nm1):
+    # was: 2100A NM109 became the payer id whatever its NM108; 2100B noted any NM108 but XX, listed or not
+    head = RAW_HEAD.replace(nm1, nm1.replace("*PI*", "*Q9*").replace("*XX*", "*Q9*"))
+    assert head != RAW_HEAD
+    r = valid(translated(text_271(eb("1", "IND", "30"), head=head)))
+    assert [n.text for n in r.notes if "Q9" in n.raw] == [
+        f"{'payer' if 'PR' in nm1 else 'information receiver'} identified by Q9 {nm1.split('*')[-1][:-1]} "
+        "(NM108 'Q9' is not an X279A1 identification code qualifier)"]
+    with pytest.raises(TranslationError, match="code 'Q9' is not in mappings/translate/identifiers.yaml"):
+        translated(text_271(eb("1", "IND", "30"), head=head), with_policy("identifiers", "error"))
+
+
 def test_listed_codes_pass_a_table_that_refuses_the_rest():
     segments = ("DMG*D8*19800210*M~INS*Y*18~REF*6P*G1~DTP*346*D8*20250101~"
                 + eb("C", "IND", "30", "C1", "", "23", "500", "", "", "", "Y", "Y", "HC:99213")
-                + "REF*G1*PA1~DTP*292*D8*20250101~AAA*N**42*C~LS*2120~NM1*P3*1*SMITH****XX*1992999998~"
+                + "REF*G1*PA1~DTP*292*D8*20250101~AAA*N**42*C~LS*2120~NM1*P3*1*SMITH*****XX*1992999998~"
                 "PRV*PC*PXC*207Q00000X~LE*2120~")
     tables = load_tables()
     strict = replace(tables, policies=dict.fromkeys(tables.policies, "error"), concepts={})
@@ -154,6 +169,10 @@ UNLISTED_270 = [
     ("diagnoses", [*head_270(HI=[("QQ", "M5450")]), ("EQ", ["33", "", "", "", ("1",)])], "QQ", "HI"),
     ("references", [*head_270(REF=["Q9", "123"]), ("EQ", ["30"])], "Q9", "REF01"),
     ("dates", [*head_270(DTP=["999", "D8", "20250101"]), ("EQ", ["30"])], "999", "DTP01"),
+    ("identifiers", [*HEAD_270[:2], ("NM1", ["PR", "2", "EXAMPLE HEALTH PLAN", "", "", "", "", "Q9", "99999"]),
+                     *HEAD_270[3:], ("EQ", ["30"])], "Q9", "NM108"),
+    ("identifiers", [*HEAD_270[:4], ("NM1", ["1P", "2", "SAMPLE CLINIC", "", "", "", "", "Q9", "1234567893"]),
+                     *HEAD_270[5:], ("EQ", ["30"])], "Q9", "NM108"),
 ]
 
 
@@ -242,7 +261,9 @@ def test_trace_types_are_the_tables():
 def test_identifier_systems_are_the_tables():
     entity = eb("L") + "LS*2120~NM1*P3*1*JONES*MARCUS****SV*0202034~LE*2120~"
     assert any("identified by SV 0202034" in n for n in notes(translated(text_271(entity))))
-    tables = with_table("qualifiers", identifier_systems={"XX": "npi", "SV": "member_id_system"})
+    codes = load_tables().t["identifiers"]["codes"]
+    tables = with_table("identifiers", codes={**codes, "SV": {"display": "Service Provider Number",
+                                                              "system": "member_id_system"}})
     r = translated(text_271(entity), tables)
     practitioner = next(c for c in r.resource["contained"] if c["resourceType"] == "Practitioner")
     assert practitioner["identifier"] == [{"system": "https://fhir-x12-gateway.dev/fhir/sid/member-id",
@@ -252,9 +273,13 @@ def test_identifier_systems_are_the_tables():
 
 def test_additional_information_qualifiers_are_the_tables():
     segments = eb("B", "IND", "30", "", "", "", "20") + "III*NI*ABC~"
-    assert "Additional information NI ABC" in items(translated(text_271(segments)))[0]["description"]
-    tables = with_table("qualifiers", additional_information={"ZZ": "Place of service", "NI": "Nature of injury"})
-    assert "Nature of injury ABC" in items(translated(text_271(segments), tables))[0]["description"]
+    assert "Nature of injury ABC" in items(translated(text_271(segments)))[0]["description"]
+    tables = with_table("qualifiers", additional_information={"ZZ": "Place of service"})
+    assert "Additional information NI ABC" in items(translated(text_271(segments), tables))[0]["description"]
+    segments = eb("B", "IND", "30", "", "", "", "20") + "III***44*BROKEN LEG~"
+    assert "Nature of injury: BROKEN LEG" in items(translated(text_271(segments)))[0]["description"]
+    tables = with_table("qualifiers", information_category={})
+    assert "Information 44 BROKEN LEG" in items(translated(text_271(segments), tables))[0]["description"]
 
 
 def test_placeholder_eb01s_are_the_tables():
@@ -400,8 +425,16 @@ def copy_with(tmp_path: Path, file: str, old: str, new: str) -> str:
     ("translate/qualifiers.yaml", '"2": referenced', '"2": echoed', "trace_type: code '2' means 'echoed'"),
     ("translate/qualifiers.yaml", '  "2": referenced\n', "", "trace_type names no code for 'referenced'"),
     ("translate/qualifiers.yaml", '  "1": person\n', "", "entity_type names no code for 'person'"),
-    ("translate/qualifiers.yaml", "XX: npi", "XX: nip", "identifier_systems: code 'XX' means 'nip'"),
-    ("translate/qualifiers.yaml", "additional_information:\n  ZZ: Place of service", "", "additional_information"),
+    ("translate/identifiers.yaml", "system: npi}", "system: nip}", "identifiers.yaml: code 'XX' needs a display"),
+    ("translate/identifiers.yaml", "type: payer_id_type}", "type: payer_id_system}",
+     "identifiers.yaml: code 'PI' needs a display"),
+    ("translate/identifiers.yaml", "  XV: {display: \"CMS PlanID\"}", "  XV: {display: PlanID, type: payer_id_type}",
+     "identifiers.yaml: code 'XV' needs a display"),
+    ("translate/relationship.yaml", 'insured_indicator: {subscriber: "Y", dependent: "N"}',
+     'insured_indicator: {subscriber: "Y"}', "insured_indicator.dependent needs an INS01 code"),
+    ("translate/qualifiers.yaml", "additional_information:\n  ZZ: Place of service\n  NI: Nature of injury\n"
+     "  GR: Nature of injury (NCCI code)", "", "additional_information"),
+    ("translate/qualifiers.yaml", 'information_category:\n  "44": Nature of injury', "", "information_category"),
     ("translate/dates.yaml", "  RD8: range\n", "", "formats names no code for 'range'"),
     ("translate/dates.yaml", '"291": serviced', '"291": service', "inquiry: code '291' means 'service'"),
     ("translate/dates.yaml", '  "291": Plan\n', "", "qualifier '291' has no entry in names"),

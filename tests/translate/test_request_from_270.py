@@ -229,6 +229,40 @@ def test_an_eq02_without_a_procedure_code_asks_no_procedure_and_says_so():
     assert any("EQ02 'HC' names no procedure code (EQ02-2)" in n for n in notes)
 
 
+def test_an_eq02_without_a_qualifier_keeps_the_code_without_a_system_and_says_so():
+    """EQ*62*:99213 became a coding under https://codesystem.x12.org/005010/235/ (nothing after it) without a word; as
+    a 271's EB13 without EB13-1, the code is kept alone: its code system is not known."""
+    text = x12([*HEAD, ("EQ", ["62", ("", "99213", "25")])])
+    assert "EQ*62*:99213:25" in text
+    bundle, request, notes = from_270(text)
+    _valid_fhir(bundle)
+    item, = request["item"]
+    assert item["productOrService"] == {"coding": [{"code": "99213"}]}
+    assert item["modifier"] == [{"coding": [{"code": "25"}]}]
+    assert "EQ02 procedure '99213' has no code list qualifier (EQ02-1): its code system is not known" in notes
+    assert "235/" not in json.dumps(bundle)
+    # a qualifier the table does not list still names the X12 one's system, percent-encoded as the 271's
+    _, request, _ = from_270(x12([*HEAD, ("EQ", ["", ("Q Q", "99213")])]))
+    assert request["item"][0]["productOrService"]["coding"] == [
+        {"system": "https://codesystem.x12.org/005010/235/Q%20Q", "code": "99213"}]
+
+
+def test_a_payer_and_provider_id_go_under_the_system_their_qualifier_names():
+    # was: 2100A NM109 was the payer id whatever NM108 said; the provider's note said only an NPI has a system
+    head = [*HEAD[:2], ("NM1", ["PR", "2", "EXAMPLE HEALTH PLAN", "", "", "", "", "FI", "356000158"]), HEAD[3],
+            ("NM1", ["1P", "2", "SAMPLE CLINIC", "", "", "", "", "SV", "PROV55"]), *HEAD[5:]]
+    bundle, _, notes = from_270(x12([*head, ("EQ", ["30"])]))
+    _valid_fhir(bundle)
+    payer = next(e["resource"] for e in bundle["entry"] if e["resource"].get("name") == "EXAMPLE HEALTH PLAN")
+    assert payer["identifier"] == [{"system": "urn:oid:2.16.840.1.113883.4.4", "value": "356000158"}]
+    assert "provider identified by SV PROV55 (Service Provider Number: no FHIR identifier system holds it)" in notes
+    head[2] = ("NM1", ["PR", "2", "EXAMPLE HEALTH PLAN", "", "", "", "", "XV", "PLAN9"])
+    bundle, _, notes = from_270(x12([*head, ("EQ", ["30"])]))
+    payer = next(e["resource"] for e in bundle["entry"] if e["resource"].get("name") == "EXAMPLE HEALTH PLAN")
+    assert "identifier" not in payer
+    assert "payer identified by XV PLAN9 (CMS PlanID: no FHIR identifier system holds it)" in notes
+
+
 def test_a_group_ref_without_a_value_is_noted_not_an_empty_class():
     text = x12([*HEAD, ("REF", ["6P", "G1"]), ("EQ", ["30"])]).replace("REF*6P*G1", "REF*6P")
     bundle, _, notes = from_270(text)

@@ -322,7 +322,63 @@ def test_a_receiver_without_an_npi_is_named_and_its_id_noted():
     head = [*HEAD[:4], ("NM1", ["1P", "2", "BONE AND JOINT CLINIC", "", "", "", "", "SV", "2000035"])]
     r = only(("EB", ["1", "IND", "30"]), head=head)
     assert r.resource["requestor"] == {"display": "BONE AND JOINT CLINIC"}
-    assert "information receiver identified by SV 2000035" in notes(r)
+    assert ("information receiver identified by SV 2000035 (Service Provider Number: no FHIR identifier system holds "
+            "it)") in notes(r)
+
+
+PAYER_ID_TYPE = {"coding": [{"system": "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBIdentifierType",
+                             "code": "payerid"}]}
+
+
+@pytest.mark.parametrize(("qualifier", "identifier"), [
+    ("PI", {"type": PAYER_ID_TYPE, "system": "https://fhir-x12-gateway.dev/fhir/sid/payer-id", "value": "356000158"}),
+    ("FI", {"system": "urn:oid:2.16.840.1.113883.4.4", "value": "356000158"}),
+    ("24", {"system": "urn:oid:2.16.840.1.113883.4.4", "value": "356000158"}),
+    ("NI", {"system": "urn:oid:2.16.840.1.113883.6.300", "value": "356000158"}),
+    ("XX", {"system": "http://hl7.org/fhir/sid/us-npi", "value": "356000158"}),
+])
+def test_the_payers_id_goes_under_the_system_its_qualifier_names(qualifier, identifier):
+    # was: NM109 of 2100A was a payer id whatever NM108 said (a tax id, a NAIC code or an NPI typed payerid)
+    head = [*HEAD[:2], ("NM1", ["PR", "2", "EXAMPLE HEALTH PLAN", "", "", "", "", qualifier, "356000158"]), *HEAD[3:]]
+    r = valid(only(("EB", ["1", "IND", "30"]), head=head))
+    payer = next(c for c in r.resource["contained"] if c["id"] == "payer")
+    assert payer["identifier"] == [identifier]
+    assert not any("payer identified by" in n for n in notes(r))
+
+
+@pytest.mark.parametrize(("qualifier", "why"), [
+    ("XV", "CMS PlanID: no FHIR identifier system holds it"),
+    ("46", "Electronic Transmitter Identification Number (ETIN): no FHIR identifier system holds it"),
+    ("Q9", "NM108 'Q9' is not an X279A1 identification code qualifier"),
+    ("", "NM108, the qualifier saying what the id is, is empty"),
+])
+def test_a_payer_id_no_fhir_system_holds_is_noted_not_made_a_payer_id(qualifier, why):
+    head = [*HEAD[:2], ("NM1", ["PR", "2", "EXAMPLE HEALTH PLAN", "", "", "", "", qualifier, "P77"]), *HEAD[3:]]
+    r = valid(only(("EB", ["1", "IND", "30"]), head=head))
+    payer = next(c for c in r.resource["contained"] if c["id"] == "payer")
+    assert payer == {"resourceType": "Organization", "id": "payer", "name": "EXAMPLE HEALTH PLAN"}
+    noted, = [n for n in r.notes if n.text.startswith("payer identified by")]
+    assert noted.text == f"payer identified by {qualifier} P77 ({why})"
+    assert noted.source.endswith("2100A NM1@4") and "P77" in noted.raw
+    # in the gateway the insurer is the request's: nothing of the payer's NM1 is built, so nothing is noted of it
+    gateway = only(("EB", ["1", "IND", "30"]), head=head,
+                   context_for=lambda _: ResponseContext(insurer={"reference": "Organization/p"}))
+    assert not any("payer identified by" in n for n in notes(gateway))
+
+
+def test_a_requestor_and_another_payer_are_identified_by_their_qualifier_too():
+    head = [*HEAD[:4], ("NM1", ["1P", "2", "SAMPLE CLINIC", "", "", "", "", "FI", "356000158"])]
+    r = valid(only(("EB", ["R", "", "30", "C1"]), ("LS", ["2120"]),
+                   ("NM1", ["PRP", "2", "FIRST INS", "", "", "", "", "NI", "12345"]), ("LE", ["2120"]),
+                   ("EB", ["R", "", "30", "C1"]), ("LS", ["2120"]),
+                   ("NM1", ["PRP", "2", "SECOND INS", "", "", "", "", "XV", "PLAN9"]), ("LE", ["2120"]), head=head))
+    assert r.resource["requestor"] == {"identifier": {"system": "urn:oid:2.16.840.1.113883.4.4", "value": "356000158"},
+                                       "display": "SAMPLE CLINIC"}
+    first, second = (c for c in r.resource["contained"] if c["id"].startswith("other-payer"))
+    assert first["identifier"] == [{"system": "urn:oid:2.16.840.1.113883.6.300", "value": "12345"}]
+    assert "identifier" not in second   # was: PLAN9, a CMS PlanID, typed as the payer id
+    assert "EB R: Primary Payer SECOND INS identified by XV PLAN9 (CMS PlanID: no FHIR identifier system holds it)" \
+        in notes(r)
 
 
 def test_a_2120_provider_keeps_middle_name_suffix_and_an_id_without_a_fhir_system():
@@ -351,12 +407,32 @@ def test_plan_dates_first_one_stands_and_the_rest_is_noted():
     assert any("2025-06-15: the plan period already starts 2025-01-01" in n for n in texts)
 
 
+@pytest.mark.parametrize(("iii", "text"), [
+    (["ZZ", "11"], "Place of service 11"),
+    (["NI", "52"], "Nature of injury 52"),   # was: "Additional information NI 52"
+    (["GR", "4100"], "Nature of injury (NCCI code) 4100"),   # was: "Additional information GR 4100"
+    (["", "", "44", "BROKEN BONES AND THIRD DEGREE BURNS"],   # was: "Information 44 BROKEN BONES ..."
+     "Nature of injury: BROKEN BONES AND THIRD DEGREE BURNS"),
+    (["NI", "52", "44", "LEFT ARM"], "Nature of injury 52 (Nature of injury: LEFT ARM)"),
+    (["Q9", "52"], "Additional information Q9 52"),
+])
+def test_each_x279a1_iii_qualifier_reads_as_words_in_the_item_and_in_a_note(iii, text):
+    r = valid(only(("EB", ["B", "IND", "30", "", "", "", "20"]), ("III", iii)))
+    item, = items(r)
+    assert item["description"] == text
+    assert not any(text in n for n in notes(r))
+    # a row the response only notes keeps the words in its note
+    noted = valid(only(("EB", ["M", "IND", "30"]), ("III", iii)))
+    assert f"III for EB M: {text}" in notes(noted)
+
+
 def test_procedure_ranges_iii_text_and_a_dependents_subscriber_suffix_are_kept():
     r = only(("EB", ["C", "IND", "", "", "", "23", "100", "", "", "", "", "", ("HC", "99201", "", "", "", "",
                                                                               "", "99205")]),
              ("EB", ["1", "IND", "30"]), ("III", ["GR", "ABC", "44", "LEG"]))
     assert any("a range through 99205" in n for n in notes(r))
-    assert any("Additional information GR ABC (44 LEG)" in (i.get("description") or "") for i in items(r))
+    assert any("Nature of injury (NCCI code) ABC (Nature of injury: LEG)" in (i.get("description") or "")
+               for i in items(r))
     subscriber = [("HL", ["3", "2", "22", "1"]), ("NM1", ["IL", "1", "ROE", "RICHARD", "", "", "JR", "MI", "W123"]),
                   ("HL", ["4", "3", "23", "0"]), ("TRN", ["2", "T2", "9GATEWAY01"]),
                   ("NM1", ["03", "1", "ROE", "JANE"]), ("EB", ["1", "IND", "30"])]
@@ -824,6 +900,113 @@ def test_in_the_gateway_a_dependents_subscriber_belongs_to_the_requests_coverage
                              patient=sent(("NM1", ["03", "1", "ROE", "ANNA"]), ("DMG", ["D8", "20120304", "F"])))
     r = valid(only(BENEFIT, patient=patient, context_for=context_for))
     assert notes(r) == [f"the payer's birth date and gender for the subscriber: 1980-02-10, male {NOT_IN_COVERAGE}"]
+
+
+DEPENDENT = [("HL", ["3", "2", "22", "1"]), ("NM1", ["IL", "1", "ROE", "RICHARD", "", "", "", "MI", "W123"]),
+             ("HL", ["4", "3", "23", "0"]), ("TRN", ["2", "REQ1-1", "9GATEWAY01"]), ("NM1", ["03", "1", "ROE", "ANNA"])]
+SENT_DEPENDENT = {"subscriber": sent(("NM1", ["IL", "1", "ROE", "RICHARD", "", "", "", "MI", "W123"])),
+                  "patient": sent(("NM1", ["03", "1", "ROE", "ANNA"]))}
+RELATIONSHIP = "http://terminology.hl7.org/CodeSystem/subscriber-relationship"
+
+
+def with_relationship(relationship=None, coverage=None):
+    """The gateway's context for a dependent's response, knowing the request's relationship (``relationship``) or
+    holding a copy of the request's Coverage (``coverage``)."""
+    def context_for(traces):
+        return ResponseContext(patient={"reference": "Patient/9"}, coverage={"reference": "#r2"} if coverage else
+                               {"reference": "Coverage/c"}, request={"reference": "CoverageEligibilityRequest/r"},
+                               contained=[{"resourceType": "Coverage", "id": "r2", "status": "active",
+                                           "beneficiary": {"reference": "Patient/9"},
+                                           "payor": [{"reference": "Organization/p"}], **coverage}] if coverage else [],
+                               persons_sent=SENT_DEPENDENT, relationship=relationship)
+    return context_for
+
+
+def dependent_notes(ins, context_for):
+    return notes(valid(only(BENEFIT, patient=[*DEPENDENT, ("INS", ins)], context_for=context_for)))
+
+
+@pytest.mark.parametrize(("ins", "relationship"), [(["N", "19"], "child"), (["N", "01"], "spouse"),
+                                                   (["N", "53"], "common"), (["N", "34"], "parent")])
+def test_in_the_gateway_a_dependents_ins_saying_the_requests_relationship_is_an_echo(ins, relationship):
+    # was: always noted, as the 270 sends no INS for a dependent (the loop, 2100D, says it); the request's
+    # Coverage.relationship says it already (a parent is sent as 34, other adult, as the 270 would)
+    assert dependent_notes(ins, with_relationship(relationship)) == []
+
+
+def test_in_the_gateway_a_dependents_other_relationship_is_noted_with_both():
+    assert dependent_notes(["N", "01"], with_relationship("child")) == [
+        "the payer's relationship for the patient: 01 (spouse) (not carried: the response refers to the request's "
+        "Coverage, whose relationship is child)"]
+    assert dependent_notes(["N", "QQ"], with_relationship("child")) == [
+        "the payer's relationship for the patient: 'QQ' (not carried: the response refers to the request's Coverage, "
+        "whose relationship is child)"]
+
+
+@pytest.mark.parametrize("ins", [["Y", "19"], ["", "19"], ["N", "19", "001", "25"], [*["N", "19"], *[""] * 14, "2"]])
+def test_in_the_gateway_an_ins_saying_more_than_the_relationship_is_no_echo(ins):
+    # INS01 Y says the patient is the subscriber; INS03/INS04, INS17 are the payer's own word
+    texts = dependent_notes(ins, with_relationship("child"))
+    assert texts[0] == ("the payer's relationship for the patient: 19 (child) (not carried: the response refers to the "
+                        "request's Coverage)")
+
+
+def test_in_the_gateway_the_relationship_is_read_from_the_requests_coverage():
+    # the gateway's context holds a copy of the request's Coverage when the request sent it (contained, a Bundle)
+    coded = {"relationship": {"coding": [{"system": RELATIONSHIP, "code": "child"}]}}
+    assert dependent_notes(["N", "19"], with_relationship(coverage=coded)) == []
+    canvas = {"relationship": {"coding": [{"system": "http://hl7.org/fhir/ValueSet/subscriber-relationship",
+                                           "code": "spouse"}]}}
+    assert dependent_notes(["N", "01"], with_relationship(coverage=canvas)) == []
+    assert dependent_notes(["N", "19"], with_relationship(coverage=canvas))[0].endswith("whose relationship is spouse)")
+    other_system = {"relationship": {"coding": [{"system": "urn:example:rel", "code": "child"}]}}
+    assert dependent_notes(["N", "19"], with_relationship(coverage=other_system)) == [
+        "the payer's relationship for the patient: 19 (child) (not carried: the response refers to the request's "
+        "Coverage)"]
+    # a Coverage on the EHR's server, not at hand: noted, as without a request
+    assert len(dependent_notes(["N", "19"], with_relationship())) == 1
+
+
+def test_in_the_gateway_a_subscribers_own_ins_saying_self_is_an_echo():
+    patient = [*SUBSCRIBER, ("INS", ["Y", "18"])]
+    context_for = in_gateway(patient=SENT_SUBSCRIBER)
+
+    def knowing(traces):
+        context = context_for(traces)
+        context.relationship = "self"
+        return context
+    assert notes(valid(only(BENEFIT, patient=patient, context_for=knowing))) == []
+    assert notes(valid(only(BENEFIT, patient=patient, context_for=context_for))) == [
+        f"the payer's relationship for the patient: 18 (self) {NOT_IN_COVERAGE}"]
+
+
+def test_in_the_gateway_composites_are_compared_by_components_whatever_each_side_separates_them_with():
+    # was: HI was always noted; and composites compared as text, HI*ABK>M5450 differed from the 270's HI*ABK:M5450
+    sent_hi = in_gateway(patient=SENT_SUBSCRIBER | sent(("HI", ["ABK:M5450", "ABF:E119"])))
+    isa = RAW_ISA.replace("*P*:~", "*P*>~")
+    name = "NM1*IL*1*ROE*RICHARD****MI*W123~DMG*D8*19800210*M~"
+
+    def answered(hi, context_for):
+        text = isa + RAW_HEAD + name + hi + "EB*1*IND*30~SE*1*0001~GE*1*9~IEA*1*000000009~"
+        result, = [t for txn in read_x12(text).transactions
+                   for t in translate_271(txn, load_tables(), now=NOW, context_for=context_for)]
+        return notes(valid(result))
+
+    assert answered("HI*ABK>M5450*ABF>E119~", sent_hi) == []
+    assert answered("HI*ABK>M5450~", sent_hi) == []   # one left out adds nothing
+    assert answered("HI*ABK>M5450*ABF>E1190~", sent_hi) == [
+        "diagnosis codes returned by the payer, not as the 270 sent them"]
+    assert answered("HI*ABK>M5450>D8~", sent_hi) == ["diagnosis codes returned by the payer, not as the 270 sent them"]
+    assert answered("HI*ABK>M5450~", None) == ["diagnosis codes echoed by the payer"]   # on its own: no request
+
+    def sent_with(separator):
+        def context_for(traces):
+            context = in_gateway(patient=SENT_SUBSCRIBER | sent(("HI", [f"ABK{separator}M5450"])))(traces)
+            context.sent_component = separator
+            return context
+        return context_for
+    assert answered("HI*ABK>M5450~", sent_with("^")) == []
+    assert answered("HI*ABK>M5450~", sent_with(">")) == []
 
 
 def test_in_the_gateway_without_what_the_270_sent_all_person_data_is_noted():
