@@ -131,7 +131,7 @@ class EligibilityService:
             naive = now.astimezone(UTC).replace(tzinfo=None)
             built = build_270(resolved, self.tables, limits=self.limits, trace=id.replace("-", "").upper(),
                               envelope=lambda payer: self.routes.route(payer).envelope(control, naive),
-                              information_receiver=self._information_receiver)
+                              information_receiver=self._information_receiver, sent=payload)
         except TranslationError as exc:
             return self._refused(exc.status, exc.to_operation_outcome(), "invalid-request")
         except PayerError as exc:   # unknown payer: the routing table has no entry

@@ -36,7 +36,7 @@ from urllib3.exceptions import ReadTimeoutError
 from gateway.errors import ConfigError, quoted, with_article
 from gateway.fhir.structure import MAX_DEPTH, invariant_problems, json_shape, structure_problems
 from gateway.translate.errors import Problem, TranslationError
-from gateway.translate.references import RELATIVE_REFERENCE, RESOURCE_TYPE, Resolver
+from gateway.translate.references import RELATIVE_REFERENCE, RESOURCE_TYPE, Resolver, sent_at
 from gateway.translate.request_270 import CER, find_request
 from gateway.transport.client import failure_cause
 from gateway.transport.routing import ca_bundle_path, is_loopback_url
@@ -316,6 +316,10 @@ class _Walk:
         self.results: dict[str, dict[str, Any] | _Failure] = {}
         self.fetches = 0
         self.problems: list[Problem] = []
+        self.owner: dict[str, Any] | None = None   # the resource whose reference is being followed
+        # a fetched resource -> the reference it was fetched for (its path, and the resource holding it)
+        self.via: dict[int, tuple[str, dict[str, Any] | None]] = {}
+        self._places: dict[int, str] | None = None
         self._resolver: Resolver | None = None
         self._resolver_size = -1
         self.authorization = config._authorization()
@@ -346,6 +350,7 @@ class _Walk:
 
     def follow(self, reference: Any, path: str, expected: tuple[str, ...], x12: str | None,
                owner: dict[str, Any] | None) -> dict[str, Any] | None:
+        self.owner = owner
         if not isinstance(reference, dict):
             return None
         ref = reference.get("reference")
@@ -387,6 +392,7 @@ class _Walk:
             self.problem(path, f"reference {shown} {result.reason}", result.code, x12)
             return None
         self.fetched.append({"fullUrl": target.url, "resource": result})   # where it lives: absolute
+        self.via.setdefault(id(result), (path, owner))
         return result
 
     def target(self, ref: str, path: str, x12: str | None, shown: str | None = None) -> _Target | None:
@@ -426,7 +432,27 @@ class _Walk:
         return _Target(ref, tail.group(1), tail.group(2), absolute=True)
 
     def problem(self, path: str, message: str, code: str, x12: str | None) -> None:
-        self.problems.append(Problem(path, message, code=code, x12=x12))
+        path, also, said = self.placed(path, self.owner)
+        self.problems.append(Problem(path, message + said, code=code, x12=x12, also=also))
+
+    def placed(self, path: str, owner: dict[str, Any] | None) -> tuple[str, tuple[str, ...], str]:
+        """``path`` (``Coverage.payor[0]``, at the resource holding the reference) from where the client sent that
+        resource (``Bundle.entry[2].resource.payor[0]``, ``CoverageEligibilityRequest.contained[1].payor[0]``); one
+        fetched from the FHIR server keeps its own root, with the reference it was fetched for, and words saying so."""
+        kind = str((owner or {}).get("resourceType"))
+        if owner is None or owner is self.request or not path.startswith(kind):
+            return path, (), ""
+        if self._places is None:
+            self._places = sent_at(self.request, self.bundle_in)
+        where = self._places.get(id(owner))
+        if where is not None:
+            return where + path[len(kind):], (), ""
+        via = self.via.get(id(owner))
+        if via is None:
+            return path, (), ""
+        reference, further, _ = self.placed(*via)
+        said = f" (in the {kind} fetched for {reference}: the request did not hold it)"
+        return path, (reference, *further), said
 
     # -- fetching ------------------------------------------------------------------------------------------
     def fetch(self, target: _Target) -> dict[str, Any] | _Failure:

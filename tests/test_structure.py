@@ -205,6 +205,26 @@ def test_an_entry_whose_resource_is_not_an_object_or_missing_is_a_problem(entry,
     assert [(p.fhir_path, p.code, p.message) for p in payload_problems(REQUEST, bundle)] == [(path, code, message)]
 
 
+@pytest.mark.parametrize(("full_url", "code", "words"), [
+    (5, "value", "expected a JSON string here, not a number"),
+    (["Patient/p"], "value", "expected a JSON string here, not an array"),
+    (None, "structure", "null is not a FHIR JSON value"),
+])
+def test_a_full_url_that_is_no_string_is_said_once_and_its_resource_is_still_checked(full_url, code, words):
+    """Was said twice, at Bundle.entry[1].fullUrl and again at Bundle.entry[1]; and the entry's resource, which the
+    references still find by its type and id, went unchecked."""
+    bundle = _bundle({"fullUrl": full_url, "resource": {**PATIENT, "birthDate": "1980-13-01"}})
+    found = [(p.fhir_path, p.code, p.message) for p in payload_problems(REQUEST, bundle)]
+    assert [(path, code) for path, code, _ in found] == [("Bundle.entry[1].fullUrl", code),
+                                                         ("Bundle.entry[1].resource.birthDate", "value")]
+    assert words in found[0][2]
+
+
+def test_an_entry_that_is_no_object_is_said_once():
+    found = [(p.fhir_path, p.message) for p in payload_problems(REQUEST, _bundle(7))]
+    assert found == [("Bundle.entry[1]", "expected a JSON object here, not a number")]
+
+
 def test_two_entries_under_one_full_url_are_ambiguous_unless_their_versions_differ():
     """bdl-7: two Patients under one fullUrl (another name in the second) were answered 200 with one of them."""
     other = {**PATIENT, "name": [{"family": "Impostor"}]}

@@ -450,8 +450,13 @@ def test_every_unresolvable_reference_is_named_at_once(ehr: Upstream):
     assert "'#nope'" in got[f"{CER}.insurance[2].coverage"].message
     assert "points at an Organization, expected Coverage" in got[f"{CER}.insurance[3].coverage"].message
     assert got[f"{CER}.patient"].x12 == "2100C NM1" and got["Coverage.payor[0]"].x12 == "2100A"
+    # Coverage/bad-payor was fetched, not sent: its own root, and the reference the client sent for it
+    for path in ("Coverage.payor[0]", "Coverage.subscriber"):
+        assert got[path].also == (f"{CER}.insurance[0].coverage",)
+        assert got[path].message.endswith(f"(in the Coverage fetched for {CER}.insurance[0].coverage: the request "
+                                          "did not hold it)")
     issues = error.to_operation_outcome()["issue"]
-    assert [i["expression"][0] for i in issues] == [p.fhir_path for p in error.problems]
+    assert [i["expression"] for i in issues] == [p.expressions for p in error.problems]
     assert "Doe" not in str(error) and "W1" not in str(error)          # reference strings only, no content
     assert "Organization/o9" not in ehr.paths()                         # the wrong type is not fetched
 
@@ -462,8 +467,33 @@ def test_a_failing_reference_used_twice_is_fetched_once_and_named_twice(ehr: Ups
                                       "subscriber": {"reference": "Patient/missing"}}],
                           insurance=[{"coverage": {"reference": "#c"}}])
     problems = problems_of(payload, config(ehr))
-    assert {f"{CER}.patient", "Coverage.subscriber"} <= set(problems)
+    # the contained Coverage's reference where the client sent it (was Coverage.subscriber)
+    assert {f"{CER}.patient", f"{CER}.contained[0].subscriber"} <= set(problems)
     assert ehr.paths().count("Patient/missing") == 1
+
+
+@pytest.mark.parametrize("sent_in", ["contained", "bundle"])
+def test_a_reference_of_a_coverage_the_client_sent_is_named_where_the_client_sent_it(ehr: Upstream, sent_in):
+    """Coverage.payor[0] and Coverage.subscriber were said from the Coverage's own root, though the client sent it
+    contained in the request or as a Bundle entry: the expression named nothing in the body it sent."""
+    coverage = {**RESOURCES[("Coverage", "bad-payor")], "id": "c"}
+    if sent_in == "contained":
+        payload = ehr_example(contained=[{"resourceType": "Organization", "id": "o1", "name": "x"}, coverage],
+                              insurance=[{"coverage": {"reference": "#c"}}])
+        where = f"{CER}.contained[1]"
+    else:
+        payload = {"resourceType": "Bundle", "type": "collection", "entry": [
+            {"fullUrl": "urn:uuid:6c3c7a6e-0000-4000-8000-000000000001",
+             "resource": ehr_example(insurance=[{"coverage": {"reference": "Coverage/c"}}])},
+            {"fullUrl": "urn:uuid:6c3c7a6e-0000-4000-8000-000000000002", "resource": RESOURCES[("Patient", "123")]},
+            {"fullUrl": "urn:uuid:6c3c7a6e-0000-4000-8000-000000000003", "resource": coverage}]}
+        where = "Bundle.entry[2].resource"
+    with pytest.raises(TranslationError) as info:
+        resolve_references(payload, config(ehr))
+    got = {p.fhir_path: p for p in info.value.problems}
+    assert {path: (p.code, p.also) for path, p in got.items()} == {
+        f"{where}.payor[0]": ("not-found", ()), f"{where}.subscriber": ("forbidden", ())}
+    assert "fetched" not in got[f"{where}.payor[0]"].message
 
 
 def test_max_fetches(ehr: Upstream):

@@ -97,7 +97,8 @@ def problems_outcome(problems: list[Problem], root: str | None = None) -> dict[s
         return path if root is None else root + path[len(path.split(".", 1)[0]):]
 
     return {"resourceType": "OperationOutcome", "issue": [
-        {"severity": "error", "code": p.code, "details": {"text": p.message}, "expression": [where(p.fhir_path)]}
+        {"severity": "error", "code": p.code, "details": {"text": p.message},
+         "expression": [where(path) for path in p.expressions]}
         for p in problems]}
 
 

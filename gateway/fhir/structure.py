@@ -187,13 +187,20 @@ def payload_problems(request: dict[str, Any], bundle: dict[str, Any] | None) -> 
     """Every structural problem of a request and, when it came in one, of its Bundle (its own elements, then each
     entry's resource), with FHIRPaths from where the client sent them."""
     problems = structure_problems(request) + invariant_problems(request)   # the request's paths start at it
+    said: set[str] = set()
     if bundle is not None:   # the Bundle's own elements and invariants (its entries' resources one by one, below)
-        problems.extend(own_problems(bundle, "Bundle", "entry"))
+        own = own_problems(bundle, "Bundle", "entry")
+        problems.extend(own)
+        said = {p.fhir_path for p in own}
     for index, entry in enumerate((bundle or {}).get("entry") or []):
         where = f"Bundle.entry[{index}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("fullUrl", ""), str):
-            problems.append(Problem(where, "an entry is an object whose fullUrl is a string", code="structure"))
-            continue
+            # the Bundle's own check says so at the entry or its fullUrl: once is enough (a fullUrl of another type
+            # leaves the entry's resource in use, by its type and id, so it is checked below all the same)
+            if not {where, f"{where}.fullUrl"} & said:
+                problems.append(Problem(where, "an entry is an object whose fullUrl is a string", code="structure"))
+            if not isinstance(entry, dict):
+                continue
         resource = entry.get("resource")
         if "resource" in entry and not isinstance(resource, dict):
             # the Bundle's own check leaves the entries' resources out: read as absent, its references were

@@ -108,6 +108,29 @@ class Resolver:
         return resource
 
 
+def sent_at(request: dict[str, Any], bundle: dict[str, Any] | None) -> dict[int, str]:
+    """Where the client sent each resource of its payload, by ``id()`` of the resource: the FHIRPath a refusal names it
+    from. The request's own paths start at it (``CoverageEligibilityRequest``), in a Bundle too, as the structural
+    check's do; its contained resources are ``CoverageEligibilityRequest.contained[i]``, a Bundle entry's resource
+    ``Bundle.entry[i].resource`` (and what that contains, ``....contained[j]``). A resource not found here was not sent
+    by the client: it came from the EHR's FHIR server. Walked only when a refusal is being written."""
+    places: dict[int, str] = {}
+
+    def add(resource: dict[str, Any], where: str) -> None:
+        places.setdefault(id(resource), where)
+        contained = resource.get("contained")
+        for index, inner in enumerate(contained if isinstance(contained, list) else []):
+            if isinstance(inner, dict):
+                places.setdefault(id(inner), f"{where}.contained[{index}]")
+
+    add(request, str(request.get("resourceType") or "Resource"))
+    entries = (bundle or {}).get("entry")
+    for index, entry in enumerate(entries if isinstance(entries, list) else []):
+        if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
+            add(entry["resource"], f"Bundle.entry[{index}].resource")
+    return places
+
+
 def bundle_local(bundle: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     """The entries whose fullUrl means nothing once the Bundle is gone, by fullUrl: ``urn:`` ids, and relative
     ones (``Patient/4f1e...``, as Canvas sends: the receiving server's, and this gateway keeps no Patients).

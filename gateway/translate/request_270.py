@@ -17,7 +17,7 @@ from gateway.errors import QUOTE_LIMIT, quoted
 from gateway.translate.errors import Problem, TranslationError
 from gateway.translate.identifiers import valid_npi
 from gateway.translate.notes import Note
-from gateway.translate.references import Resolver
+from gateway.translate.references import Resolver, sent_at
 from gateway.translate.tables import Tables
 from gateway.x12.dictionary import data_elements
 from gateway.x12.model import Delimiters
@@ -60,6 +60,8 @@ class _Person:
     birth_date: str = ""
     gender: str = ""
     address: dict[str, Any] | None = None
+    used: dict[str, Any] | None = None   # the HumanName read (a refusal names it by its index)
+    from_text: bool = False              # the family name was taken from its text
 
 
 def find_request(payload: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -99,12 +101,14 @@ def _name(resource: dict[str, Any] | None) -> _Person:
     chosen = next((n for n in names if n.get("use") == "official"), None) or \
         next((n for n in names if n.get("use") in (None, "usual")), None) or (names[0] if names else None)
     if chosen:
+        person.used = chosen
         person.family = chosen.get("family") or ""
         person.given = list(chosen.get("given") or [])
         person.suffix = (chosen.get("suffix") or [""])[0]
         if not person.family and chosen.get("text"):
             parts = chosen["text"].split()
             person.family, person.given = parts[-1], parts[:-1]
+            person.from_text = True
     person.birth_date = resource.get("birthDate") or ""
     person.gender = resource.get("gender") or ""
     addresses = resource.get("address") or []
@@ -152,15 +156,31 @@ def _has_type(identifier: dict[str, Any], system: str, code: str) -> bool:
     return any(c.get("system") == system and c.get("code") == code for c in _codings(identifier.get("type")))
 
 
+def _index_path(root: str, resource: dict[str, Any] | None, element: str, value: Any, tail: str = "") -> str:
+    """``root.element[k]tail``, k the index of ``value`` (found by identity) in the resource's ``element`` array: the
+    exact element a value was read from. Called only when a refusal is written."""
+    values = (resource or {}).get(element)
+    index = next((i for i, v in enumerate(values) if v is value), None) if isinstance(values, list) else None
+    return f"{root}.{element}" + ("" if index is None else f"[{index}]") + tail
+
+
 class _Gather:
     """Reads the request, collecting values, notes and problems."""
 
-    def __init__(self, tables: Tables, request: dict[str, Any], bundle: dict[str, Any] | None) -> None:
+    def __init__(self, tables: Tables, request: dict[str, Any], bundle: dict[str, Any] | None, sent: Any) -> None:
         self.tables = tables
         self.systems = tables.systems
         self.spec = tables.t["request_270"]
         self.request = request
         self.resolver = Resolver(request, bundle)
+        self.sent = sent   # the payload as the client sent it: where each resource it holds sits (see place)
+        # each resolved resource a problem's path may start at: the path's start (``Coverage``, ``Patient``, or a
+        # reference and ``.resolve()``) -> the resource and the path of the reference naming it
+        self.roles: dict[str, tuple[dict[str, Any], str]] = {}
+        # the element each item's value was read from, as a path (see source); called only to write a refusal
+        self.sources: dict[str, Callable[[], str]] = {}
+        self.configured_provider = False   # the 2100B provider is the configured information receiver
+        self._places: dict[int, str] | None = None
         self.problems: list[Problem] = []
         self.notes: list[Note] = []
         self.patient_loop = "2100C"
@@ -169,11 +189,61 @@ class _Gather:
         # it is read so that a refusal names the very item, modifier or diagnosis (see _check_sendable)
         self.sent_codes: list[tuple[str, str, str, Any]] = []
 
-    def missing(self, item: str, message: str | None = None, code: str = "required", path: str | None = None) -> None:
-        """A problem for a missing item; ``path``: where it is missing, when more exact than the items table's."""
+    def missing(self, item: str, message: str | None = None, code: str = "required", path: str | None = None,
+                also: tuple[str, ...] = ()) -> None:
+        """A problem for a missing item at every place it may come from (the items table's alternatives); ``path``:
+        where it is missing, when more exact than those; ``also``: further places it may come from."""
         info = self.spec["items"][item]
-        self.problems.append(Problem(path or info["fhir"], message or f"{item.replace('_', ' ')} is missing",
-                                     code=code, x12=self.target(info["x12"])))
+        where = [path] if path else list(info["fhir"])
+        self.problems.append(Problem(where[0], message or f"{item.replace('_', ' ')} is missing", code=code,
+                                     x12=self.target(info["x12"]), also=(*where[1:], *also)))
+
+    def resolve(self, reference: Any, path: str, expected: tuple[str, ...], x12: str | None = None,
+                owner: dict[str, Any] | None = None, role: str | None = None) -> dict[str, Any] | None:
+        """The resolver's resource; ``role``: the path start its problems' paths use for it (see place)."""
+        found = self.resolver.resolve(reference, path, expected, x12, owner)
+        if found is not None and role is not None:
+            self.roles[role] = (found, path)
+        return found
+
+    def source(self, item: str) -> str:
+        """The element the item's value was read from; the items table's first place when it is not known."""
+        found = self.sources.get(item)
+        return found() if found is not None else self.spec["items"][item]["fhir"][0]
+
+    def place(self, path: str) -> tuple[str, tuple[str, ...], str]:
+        """``path`` (starting at a resource: ``Coverage.subscriberId``, ``Coverage.payor[0].resolve().name``) from
+        where the client sent that resource: a Bundle entry (``Bundle.entry[2].resource.subscriberId``) or a contained
+        resource (``CoverageEligibilityRequest.contained[1].subscriberId``). A resource the client did not send, read
+        from the EHR's FHIR server, keeps its own root (``Coverage.subscriberId``): then also the reference it was read
+        through, as the client sent it, and words saying so."""
+        key = max((k for k in self.roles if path.startswith(k) and path[len(k):len(k) + 1] in ("", ".", "[")),
+                  key=len, default=None)
+        if key is None:
+            return path, (), ""
+        resource, via = self.roles[key]
+        rest = path[len(key):]
+        if self._places is None:
+            self._places = sent_at(*find_request(self.sent))
+        where = self._places.get(id(resource))
+        if where is not None:
+            return where + rest, (), ""
+        reference, further, _ = self.place(via)
+        kind = str(resource.get("resourceType"))
+        said = f" (in the {kind} fetched for {reference}: the request did not hold it)"
+        return kind + rest, (reference, *further), said
+
+    def placed(self, problem: Problem) -> Problem:
+        """The problem with each of its paths said from where the client sent the resource it is in (see place)."""
+        path, via, said = self.place(problem.fhir_path)
+        also: list[str] = []
+        for other in problem.also:
+            where, further, _ = self.place(other)
+            also += [where, *further]
+        also = [p for p in dict.fromkeys([*also, *via]) if p != path]
+        if path == problem.fhir_path and not said and tuple(also) == problem.also:
+            return problem
+        return dataclasses.replace(problem, fhir_path=path, message=problem.message + said, also=tuple(also))
 
     @property
     def inquiry_loop(self) -> str:
@@ -194,8 +264,8 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
               delimiters: Delimiters = DEFAULT_DELIMITERS,
               limits: dict[str, tuple[int, int]] | None = None, trace: str | None = None,
               originator: str | None = None,
-              information_receiver: dict[str, Any] | Callable[[str], dict[str, Any] | None] | None = None
-              ) -> Request270:
+              information_receiver: dict[str, Any] | Callable[[str], dict[str, Any] | None] | None = None,
+              sent: Any = None) -> Request270:
     """Translate one request into a 270 interchange; raises TranslationError listing every problem.
 
     ``envelope`` may be a function of the payer id (the gateway's routing table decides sender and
@@ -203,9 +273,11 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
     ``information_receiver`` (an Organization or Practitioner, or a function of the payer id giving one)
     is the 2100B provider when the request has no ``provider`` at all (some EHRs never send one): the
     practice as enrolled with that payer. A note records the substitution.
+    ``sent``: the payload as the client sent it, when ``payload`` is that payload with the resources fetched from the
+    EHR's FHIR server added (``upstream.resolve_references``): a refusal names each element where the client sent it.
     """
     request, bundle = find_request(payload)
-    g = _Gather(tables, request, bundle)
+    g = _Gather(tables, request, bundle, payload if sent is None else sent)
     constants = g.spec["constants"]
 
     status = request.get("status")
@@ -228,7 +300,7 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
     insurances = request.get("insurance") or []
     focal = next((i for i in insurances if i.get("focal")), insurances[0] if insurances else None)
     focal_path = f"{CER}.insurance[{insurances.index(focal) if focal else 0}].coverage"
-    coverage = g.resolver.resolve(focal.get("coverage") if focal else None, focal_path, ("Coverage",), "2100C")
+    coverage = g.resolve(focal.get("coverage") if focal else None, focal_path, ("Coverage",), "2100C", role="Coverage")
     named = focal.get("coverage") if focal else None
     if focal is None:
         g.missing("coverage")
@@ -244,30 +316,36 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
     # the patient's name loop (2100C or 2100D) follows from the Patient and the Coverage: the problems of its
     # reference get their X12 location once it is known
     unresolved = len(g.resolver.problems)
-    patient = g.resolver.resolve(request.get("patient"), f"{CER}.patient", ("Patient",))
+    patient = g.resolve(request.get("patient"), f"{CER}.patient", ("Patient",), role="Patient")
     patient_problems = range(unresolved, len(g.resolver.problems))
     coverage = coverage or {}
-    subscriber = g.resolver.resolve(coverage.get("subscriber"), "Coverage.subscriber", ("Patient", "RelatedPerson"),
-                                    "2100C NM1", owner=coverage) \
+    subscriber = g.resolve(coverage.get("subscriber"), "Coverage.subscriber", ("Patient", "RelatedPerson"),
+                           "2100C NM1", owner=coverage, role="Coverage.subscriber.resolve()") \
         if coverage.get("subscriber") else None
 
     member_id = coverage.get("subscriberId") or ""
+    own: tuple[str, dict[str, Any] | None, Any] = ("Coverage", None, None)   # where the patient's own id was read
     coverage_ref = focal.get("coverage") if focal else None
     by_identifier = _identifier_only(coverage_ref) and not coverage
     if by_identifier and _has_type(coverage_ref["identifier"], g.systems["member_id_type"]["system"],
                                    g.systems["member_id_type"]["code"]):
         member_id = coverage_ref["identifier"].get("value") or ""   # the Coverage named by its member id (MB)
+        g.sources["member_id"] = lambda: f"{focal_path}.identifier.value"
     patient_own_id = ""
     for ident in coverage.get("identifier") or []:
         if _has_type(ident, g.systems["member_id_type"]["system"], g.systems["member_id_type"]["code"]):
             if not member_id:
                 member_id = ident.get("value") or ""
+                g.sources["member_id"] = lambda ident=ident: _index_path("Coverage", coverage, "identifier", ident,
+                                                                         ".value")
             elif ident.get("value") and ident.get("value") != member_id:
                 patient_own_id = ident["value"]
+                own = ("Coverage", coverage, ident)
     for ident in (patient or {}).get("identifier") or []:
         if _has_type(ident, g.systems["member_id_type"]["system"], g.systems["member_id_type"]["code"]):
-            if ident.get("value") and ident.get("value") != member_id:
-                patient_own_id = patient_own_id or ident["value"]
+            if ident.get("value") and ident.get("value") != member_id and not patient_own_id:
+                patient_own_id = ident["value"]
+                own = ("Patient", patient, ident)
 
     relationship = None
     for coding in _codings(coverage.get("relationship")):
@@ -307,65 +385,83 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
         g.lost(f"the patient {who} has a member id of their own, so is sent as the subscriber "
                "(2100C), as the implementation guide says", "insurance.coverage")
         member_id = patient_own_id
+        g.sources["member_id"] = lambda: _index_path(own[0], own[1], "identifier", own[2], ".value")
     elif dependent and not relationship:
         g.lost("Coverage.relationship is not given: the patient is sent as a dependent (2100D) because "
                "Coverage.subscriber is another person", "Coverage.relationship")
     if dependent and subscriber is None and coverage.get("subscriber") is None:
-        g.missing("subscriber_last_name", "the patient is a dependent but Coverage.subscriber is missing")
+        g.missing("subscriber_last_name", "the patient is a dependent but Coverage.subscriber is missing",
+                  path="Coverage.subscriber")
 
     person = _name(patient)
     sub_person = _name(subscriber) if dependent else person
+    g.sources["patient_last_name"] = lambda: _index_path("Patient", patient, "name", person.used,
+                                                         ".text" if person.from_text else ".family")
+    g.sources["subscriber_last_name"] = lambda: _index_path("Coverage.subscriber.resolve()", subscriber, "name",
+                                                            sub_person.used,
+                                                            ".text" if sub_person.from_text else ".family")
     if patient is None and _identifier_only(request.get("patient")):
         # a Patient named by an identifier alone gives the 270 no one to ask about: its name (and for a search,
         # birth date) must come from the resource itself
         g.missing("patient_last_name", "the patient is given by an identifier only; the 270 needs the Patient "
-                                       "resource (its name) to ask about them")
+                                       "resource (its name) to ask about them", also=(f"{CER}.patient",))
     if patient is not None:
         if not person.family:
-            g.missing("patient_last_name")
+            g.missing("patient_last_name", path=_index_path("Patient", patient, "name", person.used, ".family")
+                      if person.used else None)
         if discovery and not person.given:
-            g.missing("patient_first_name", "a search without member id needs the first name")
+            g.missing("patient_first_name", "a search without member id needs the first name",
+                      path=_index_path("Patient", patient, "name", person.used, ".given") if person.used else None)
         if person.birth_date and not _FULL_DATE.match(person.birth_date):
             g.problems.append(Problem("Patient.birthDate", f"birth date {quoted(person.birth_date)} is not a full date "
                                       "(YYYY-MM-DD)", code="value", x12=f"{g.patient_loop} DMG02"))
         elif discovery and not person.birth_date:
             g.missing("patient_birth_date", "a search without member id needs the birth date")
     if dependent and subscriber is not None and not sub_person.family:
-        g.missing("subscriber_last_name")
+        g.missing("subscriber_last_name", path=_index_path("Coverage.subscriber.resolve()", subscriber, "name",
+                                                           sub_person.used, ".family") if sub_person.used else None)
     if not member_id and not discovery and (coverage or by_identifier):
         g.missing("member_id", "the member id is missing: Coverage.subscriberId or a Coverage.identifier typed MB "
                                "(only a discovery request may leave it out)" + (
                                    "; the coverage is given by an identifier that is not typed MB" if by_identifier
-                                   else ""))
+                                   else ""), also=(f"{focal_path}.identifier.type",) if by_identifier else ())
 
     # payer
     insurer_ref = request.get("insurer") or {}
-    insurer = g.resolver.resolve(insurer_ref, f"{CER}.insurer", ("Organization",), "2100A") if insurer_ref else None
-    payer_id, payer_name = _payer(g, insurer, insurer_ref)
+    insurer = g.resolve(insurer_ref, f"{CER}.insurer", ("Organization",), "2100A", role=f"{CER}.insurer.resolve()") \
+        if insurer_ref else None
+    payer_id, payer_name = _payer(g, insurer, insurer_ref, f"{CER}.insurer")
     if not payer_id:
         for index, payor_ref in enumerate(coverage.get("payor") or []):
-            payor = g.resolver.resolve(payor_ref, f"Coverage.payor[{index}]", ("Organization",), "2100A",
-                                       owner=coverage)
-            payer_id, name = _payer(g, payor, payor_ref)
+            role = f"Coverage.payor[{index}].resolve()"
+            payor = g.resolve(payor_ref, f"Coverage.payor[{index}]", ("Organization",), "2100A", owner=coverage,
+                              role=role)
+            payer_id, name = _payer(g, payor, payor_ref, f"Coverage.payor[{index}]", named=bool(payer_name))
             payer_name = payer_name or name
             if payer_id:
                 break
     if not payer_id:
+        sole = g.roles.get("Coverage.payor[0].resolve()") if len(coverage.get("payor") or []) == 1 else None
+        if sole is not None:   # Coverage.payor.resolve() is that one Organization
+            g.roles["Coverage.payor.resolve()"] = sole
         g.missing("payer_id", "no payer id: the insurer Organization (or Coverage.payor) needs an identifier "
                               "(typed payerid when it has several)")
     if not payer_name:
         payer_name = payer_id
+        if "payer_id" in g.sources:   # the payer's name is its id
+            g.sources["payer_name"] = g.sources["payer_id"]
 
     # provider
-    provider = g.resolver.resolve(request.get("provider"), f"{CER}.provider",
-                                  ("Practitioner", "PractitionerRole", "Organization"), "2100B") \
-        if request.get("provider") else None
+    provider = g.resolve(request.get("provider"), f"{CER}.provider", ("Practitioner", "PractitionerRole",
+                                                                      "Organization"), "2100B",
+                         role=f"{CER}.provider.resolve()") if request.get("provider") else None
     if not request.get("provider") and information_receiver is not None:
         if callable(information_receiver):
             provider = information_receiver(payer_id) if payer_id else None
         else:
             provider = information_receiver
         if provider:
+            g.configured_provider = True
             g.notes.append(Note(text="the request names no provider: the 270 names the information receiver "
                                      "configured for this payer (2100B)", source=f"{CER}.provider"))
     npi, provider_person, provider_is_person, taxonomy, facility = _provider(g, provider, request.get("provider"))
@@ -407,7 +503,8 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
         "patient_last_name": person.family if patient is not None else "",
         "subscriber_last_name": sub_person.family if dependent else ""},
         g.sent_codes   # EQ02 procedures and modifiers, HI diagnoses: each at its item's own path
-        + ([(f"{CER}.provider", "2100B PRV03", "127", taxonomy)] if taxonomy else [])
+        + ([(g.sources.get("taxonomy") or (lambda: f"{CER}.provider"), "2100B PRV03", "127", taxonomy)]
+           if taxonomy else [])
         # group and plan numbers (REF 6P/18) are identifiers too: sent as given or refused, never stripped
         + [(f"Coverage.class[{i}].value", "2100C REF02", "127", cls.get("value") or "")
            for i, cls in enumerate(coverage.get("class") or []) if isinstance(cls, dict)
@@ -415,7 +512,7 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
 
     if not callable(envelope) and not envelope.receiver_id and payer_id and not 2 <= len(payer_id) <= 15:
         # the payer id would name the interchange receiver: cut (ISA08) it names another trading partner
-        g.problems.append(Problem(g.spec["items"]["payer_id"]["fhir"], f"payer id {quoted(payer_id)}"
+        g.problems.append(Problem(g.source("payer_id"), f"payer id {quoted(payer_id)}"
                                   + ("" if len(payer_id) > QUOTE_LIMIT else f" ({len(payer_id)} characters)")
                                   + " cannot name the interchange receiver, which takes 2 to 15: give the "
                                   "payer's receiver id (--receiver-id, or receiver_id in routing.yaml)",
@@ -425,7 +522,7 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
     if g.problems:
         status_code = 400 if any(p.code in ("structure", "code-invalid") for p in g.problems) else 422
         raise TranslationError(f"the request cannot be sent as a 270: {len(g.problems)} problem(s)",
-                               _unique(g.problems), status=status_code)
+                               _unique([g.placed(p) for p in g.problems]), status=status_code)
 
     if callable(envelope):
         envelope = envelope(payer_id)
@@ -449,7 +546,10 @@ def _unique(problems: list[Problem]) -> list[Problem]:
     return out
 
 
-def _payer(g: _Gather, org: dict[str, Any] | None, ref: dict[str, Any]) -> tuple[str, str]:
+def _payer(g: _Gather, org: dict[str, Any] | None, ref: dict[str, Any], ref_path: str, named: bool = False
+           ) -> tuple[str, str]:
+    """The payer id and name of the insurer (or a Coverage.payor) Organization named by ``ref`` at ``ref_path``;
+    records where each was read (``named``: the payer's name was read before, from another)."""
     identifiers = list((org or {}).get("identifier") or [])
     if ref.get("identifier"):
         identifiers.append(ref["identifier"])
@@ -466,21 +566,36 @@ def _payer(g: _Gather, org: dict[str, Any] | None, ref: dict[str, Any]) -> tuple
                "insurer")
         chosen = identifiers[0]
     name = (org or {}).get("name") or ref.get("display") or ""
-    return (chosen or {}).get("value") or "", name
+    payer_id = (chosen or {}).get("value") or ""
+    if payer_id:
+        g.sources["payer_id"] = lambda: f"{ref_path}.identifier.value" if chosen is ref.get("identifier") else \
+            _index_path(f"{ref_path}.resolve()", org, "identifier", chosen, ".value")
+    if name and not named:
+        g.sources["payer_name"] = lambda: f"{ref_path}.resolve().name" if (org or {}).get("name") else \
+            f"{ref_path}.display"
+    return payer_id, name
 
 
 def _provider(g: _Gather, provider: dict[str, Any] | None, ref: Any) -> tuple[str, _Person, bool, str, bool]:
+    """NPI, name, whether a person, NUCC taxonomy and whether a facility of the 2100B provider; records where each was
+    read (the request's provider, a PractitionerRole's practitioner or organization, or the configured receiver)."""
     npi_system = g.systems["npi"]
+    taxonomy_system = g.systems["taxonomy"]
     person, is_person, taxonomy, facility = _Person(), False, "", False
     resource = provider
+    at = inner_at = f"{CER}.provider.resolve()"   # where a refusal names the provider's elements from
     if provider and provider.get("resourceType") == "PractitionerRole":
-        for coding in [c for s in provider.get("specialty") or [] for c in _codings(s)]:
-            if coding.get("system") == g.systems["taxonomy"]:
-                taxonomy = coding.get("code") or ""
-        practitioner = g.resolver.resolve(provider.get("practitioner"), "PractitionerRole.practitioner",
-                                          ("Practitioner",), "2100B", owner=provider)
-        organization = g.resolver.resolve(provider.get("organization"), "PractitionerRole.organization",
-                                          ("Organization",), "2100B", owner=provider)
+        if not g.configured_provider:   # its own references' problems start there
+            g.roles["PractitionerRole"] = (provider, f"{CER}.provider")
+        for concept in provider.get("specialty") or []:
+            for coding in _codings(concept):
+                if coding.get("system") == taxonomy_system:
+                    taxonomy = coding.get("code") or ""
+                    g.sources["taxonomy"] = lambda concept=concept: _index_path(at, provider, "specialty", concept)
+        practitioner = g.resolve(provider.get("practitioner"), "PractitionerRole.practitioner", ("Practitioner",),
+                                 "2100B", owner=provider, role="PractitionerRole.practitioner.resolve()")
+        organization = g.resolve(provider.get("organization"), "PractitionerRole.organization", ("Organization",),
+                                 "2100B", owner=provider, role="PractitionerRole.organization.resolve()")
         identifiers = list(provider.get("identifier") or [])
 
         def has_npi(found: dict[str, Any] | None) -> bool:
@@ -495,30 +610,56 @@ def _provider(g: _Gather, provider: dict[str, Any] | None, ref: Any) -> tuple[st
             inner = organization
             g.lost("the PractitionerRole's practitioner has no NPI: the 270 names its organization (2100B) by the "
                    "organization's NPI", "provider")
+        inner_at = "PractitionerRole.practitioner.resolve()" if inner is practitioner and inner else \
+            "PractitionerRole.organization.resolve()"
         resource = inner or {}
         identifiers += resource.get("identifier") or []
     else:
         identifiers = list((provider or {}).get("identifier") or [])
     if isinstance(ref, dict) and ref.get("identifier"):
         identifiers.append(ref["identifier"])
-    npi = next((i.get("value") for i in identifiers if i.get("system") == npi_system and i.get("value")), "")
+    chosen = next((i for i in identifiers if i.get("system") == npi_system and i.get("value")), None)
+    npi = chosen.get("value") if chosen is not None else ""
+    if chosen is not None:
+        def npi_source() -> str:
+            if chosen is (ref.get("identifier") if isinstance(ref, dict) else None):
+                return f"{CER}.provider.identifier.value"
+            if resource is not provider and any(i is chosen for i in (resource or {}).get("identifier") or []):
+                return _index_path(inner_at, resource, "identifier", chosen, ".value")
+            return _index_path(at, provider, "identifier", chosen, ".value")
+        g.sources["provider_npi"] = npi_source
     if resource:
         is_person = resource.get("resourceType") == "Practitioner"
         if is_person:
             person = _name(resource)
+            g.sources["provider_name"] = lambda: _index_path(inner_at, resource, "name", person.used, ".text"
+                                                             if person.from_text else ".family")
             for q in resource.get("qualification") or []:
                 for coding in _codings(q.get("code")):
-                    if coding.get("system") == g.systems["taxonomy"]:
-                        taxonomy = taxonomy or coding.get("code") or ""
+                    if coding.get("system") == taxonomy_system and not taxonomy:
+                        taxonomy = coding.get("code") or ""
+                        g.sources["taxonomy"] = lambda q=q: _index_path(inner_at, resource, "qualification", q,
+                                                                        ".code")
         else:
             person.family = resource.get("name") or ""
-            codings = [c for t in resource.get("type") or [] for c in _codings(t)]
+            g.sources["provider_name"] = lambda: f"{inner_at}.name"
+            types = resource.get("type") or []
+            codings = [c for t in types for c in _codings(t)]
             facility = any(c.get("code") in g.spec["constants"]["facility_types"] for c in codings)
             # a group or facility's NUCC taxonomy (Organization.type) is its PRV, as a practitioner's qualification
-            taxonomy = taxonomy or next((c.get("code") or "" for c in codings
-                                         if c.get("system") == g.systems["taxonomy"]), "")
+            for concept in types if not taxonomy else ():
+                code = next((c.get("code") or "" for c in _codings(concept) if c.get("system") == taxonomy_system),
+                            None)
+                if code is not None:
+                    taxonomy = code
+                    g.sources["taxonomy"] = lambda concept=concept: _index_path(inner_at, resource, "type", concept)
+                    break
     elif isinstance(ref, dict) and ref.get("display"):
         person.family = ref["display"]
+        g.sources["provider_name"] = lambda: f"{CER}.provider.display"
+    if g.configured_provider:   # not the client's: said at the provider the request left out, which it stands in for
+        for item in ("provider_npi", "provider_name", "taxonomy"):
+            g.sources[item] = lambda: f"{CER}.provider"
     return npi, person, is_person, taxonomy, facility
 
 
@@ -922,12 +1063,15 @@ _REQUIRED_NAMES = ("payer_name", "provider_name", "patient_last_name", "subscrib
 
 
 def _check_sendable(g: _Gather, delimiters: Delimiters, limits: Mapping[str, tuple[int, int]] | None,
-                    values: dict[str, str], codes: list[tuple[str, str, str, Any]]) -> None:
-    """Problems (422) for values the 270 cannot carry faithfully, found before anything is written.
+                    values: dict[str, str], codes: list[tuple[str | Callable[[], str], str, str, Any]]) -> None:
+    """Problems (422) for values the 270 cannot carry faithfully, found before anything is written, each at the
+    element its value was read from.
 
-    ``codes``: (FHIR path, 270 location, X12 data element, value). Upper-casing is no change (the basic
-    character set has no lower case, and payers compare identifiers and codes without case).
+    ``codes``: (FHIR path, or a function giving it, 270 location, X12 data element, value). Upper-casing is no change
+    (the basic character set has no lower case, and payers compare identifiers and codes without case).
     """
+    # the configured information receiver stands in for the request's provider: its values are no client's
+    receiver = " (the information receiver configured for this payer)" if g.configured_provider else ""
     probe = X12Writer(delimiters, limits)
     limits = limits or {}
 
@@ -952,15 +1096,17 @@ def _check_sendable(g: _Gather, delimiters: Delimiters, limits: Mapping[str, tup
         if why is None and item == "provider_npi" and not valid_npi(value):
             why = "not a National Provider Identifier: 10 digits with a valid check digit"
         if why is not None:
-            g.problems.append(Problem(info["fhir"], f"{item.replace('_', ' ')} {quoted(value)} cannot be sent as given "
-                                      f"({why}); an identifier is never altered", code="value",
+            g.problems.append(Problem(g.source(item), f"{item.replace('_', ' ')} {quoted(value)} cannot be sent as "
+                                      f"given ({why}); an identifier is never altered"
+                                      + (receiver if item == "provider_npi" else ""), code="value",
                                       x12=g.target(info["x12"])))
     for item in _REQUIRED_NAMES:
         value = values.get(item) or ""
         info = g.spec["items"][item]
         if value.strip() and not probe.clean(value, "NM1", g.target(info["x12"]).split()[-1]):
-            g.problems.append(Problem(info["fhir"], f"{item.replace('_', ' ')} has no character X12 can carry "
-                                      "(Latin letters, digits, basic punctuation): send a Latin-script form of it",
+            g.problems.append(Problem(g.source(item), f"{item.replace('_', ' ')} has no character X12 can carry "
+                                      "(Latin letters, digits, basic punctuation): send a Latin-script form of it"
+                                      + (receiver if item == "provider_name" else ""),
                                       code="value", x12=g.target(info["x12"])))
     dictionary = data_elements()
     for path, location, element, value in codes:
@@ -971,8 +1117,9 @@ def _check_sendable(g: _Gather, delimiters: Delimiters, limits: Mapping[str, tup
         if why is None and not size.min_len <= len(value) <= size.max_len:
             why = f"X12 takes {size.min_len} to {size.max_len} characters here"
         if why is not None:
-            g.problems.append(Problem(path, f"code {quoted(value)} cannot be sent as given ({why}); a code is never "
-                                      "altered", code="value", x12=location))
+            g.problems.append(Problem(path if isinstance(path, str) else path(), f"code {quoted(value)} cannot be sent "
+                                      f"as given ({why}); a code is never altered"
+                                      + (receiver if location == "2100B PRV03" else ""), code="value", x12=location))
 
 
 def _address(g: _Gather, body: list[tuple[str, list[Value]]], address: dict[str, Any] | None, path: str) -> None:

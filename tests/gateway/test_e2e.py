@@ -682,6 +682,37 @@ def test_missing_member_id(gateway: Gateway):
     assert "member id" in json.dumps(response.json())
 
 
+def test_a_refusal_names_the_element_where_the_client_sent_the_resource(gateway: Gateway, simulator):
+    """A problem of a Coverage the client sent as a Bundle entry or contained in the request was said from the
+    Coverage's own root (Coverage.subscriberId): an expression naming nothing in the body sent. One read from the
+    EHR's FHIR server, which the client did not send, keeps its own root, with the reference the client sent for it."""
+    before = sum(simulator.calls.values())
+    bundle = copy.deepcopy(fhir_request("subscriber-generic"))
+    bundle["entry"][2]["resource"]["subscriberId"] = "ACM*482193057"
+    issue = outcome_issue(gateway.post(f"/{CER}/$submit", bundle), 422, "value")
+    assert issue["expression"] == ["Bundle.entry[2].resource.subscriberId"]
+    assert issue["diagnostics"] == "X12 2100C NM109"
+    contained = copy.deepcopy(fhir_request("contained"))
+    contained["contained"][1]["subscriberId"] = "LHA*318820546"
+    issue = outcome_issue(gateway.post(f"/{CER}/$submit", contained), 422, "value")
+    assert issue["expression"] == [f"{CER}.contained[1].subscriberId"]
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [_submit_entry(contained), _submit_entry(bundle)]}
+    entries = gateway.post("/", batch).json()["entry"]
+    assert [e["response"]["outcome"]["issue"][0]["expression"] for e in entries] == [
+        ["Bundle.entry[0].resource.contained[1].subscriberId"],
+        ["Bundle.entry[1].resource.entry[2].resource.subscriberId"]]
+    # the Coverage and the Patient from the EHR's server: another patient's coverage
+    fetched = {"resourceType": CER, "status": "active", "purpose": ["benefits"],
+               "patient": {"reference": "Patient/pat-petersen-erik"}, "created": "2025-03-10T09:15:00-05:00",
+               "insurer": {}, "provider": {"reference": "Organization/org-riverbend"},
+               "insurance": [{"coverage": {"reference": "Coverage/cov-delgado-maria"}}]}
+    issue = outcome_issue(gateway.post(f"/{CER}/$submit", fetched), 422, "business-rule")
+    assert issue["expression"] == ["Coverage.beneficiary", f"{CER}.insurance[0].coverage"]
+    assert f"(in the Coverage fetched for {CER}.insurance[0].coverage: the request did not hold it)" in \
+        issue["details"]["text"]
+    assert sum(simulator.calls.values()) == before   # none went to the payer
+
+
 def test_wrong_resource_type(gateway: Gateway):
     outcome_issue(gateway.post(f"/{CER}/$submit", {"resourceType": "Patient", "id": "x"}), 400, "structure")
 

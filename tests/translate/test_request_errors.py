@@ -23,8 +23,9 @@ def test_invalid_request_lists_every_problem(path: Path):
         translate_document(path.read_bytes(), load_tables(), now=datetime(2025, 1, 15, 9, 30))
     error = info.value
     assert error.status == expected["http_status"]
-    got = {(p.fhir_path, p.x12, p.code) for p in error.problems}
-    want = {(p["fhir_path"], p.get("x12"), p["code"]) for p in expected["problems"]}
+    # every expression of each problem: where the element is (or, missing, each place it may come from)
+    got = {(tuple(p.expressions), p.x12, p.code) for p in error.problems}
+    want = {((p["fhir_path"], *p.get("also", ())), p.get("x12"), p["code"]) for p in expected["problems"]}
     assert got == want
     outcome = error.to_operation_outcome()
-    assert [i["expression"][0] for i in outcome["issue"]] == [p.fhir_path for p in error.problems]
+    assert [i["expression"] for i in outcome["issue"]] == [p.expressions for p in error.problems]

@@ -124,29 +124,37 @@ def _item(code="99213", modifier="25", diagnosis="E11.9"):
              "diagnosis": [{"diagnosisCodeableConcept": {"coding": [{"system": ICD10, "code": diagnosis}]}}]}]
 
 
+# where bundle() puts each resource: the request, the patient, the parent, the coverage, the payer, the clinic
+PATIENT, COVERAGE, PAYER, CLINIC = (f"Bundle.entry[{i}].resource" for i in (1, 3, 4, 5))
+
+
 @pytest.mark.parametrize(("changes", "path", "x12", "words"), [
-    ({"coverage__subscriberId": "W123*456~789"}, "Coverage.subscriberId", "2100C NM109", "delimiter characters"),
-    ({"coverage__subscriberId": "W" * 81}, "Coverage.subscriberId", "2100C NM109", "cut to the maximum length 80"),
-    ({"coverage__subscriberId": "W"}, "Coverage.subscriberId", "2100C NM109", "shorter than the 2 characters"),
-    ({"coverage__subscriberId": "W12😀"}, "Coverage.subscriberId", "2100C NM109", "outside the X12 character set"),
-    ({"payer__identifier": [{"type": {"coding": [PAYERID]}, "value": "99*999"}]}, "insurer.identifier",
+    ({"coverage__subscriberId": "W123*456~789"}, f"{COVERAGE}.subscriberId", "2100C NM109", "delimiter characters"),
+    ({"coverage__subscriberId": "W" * 81}, f"{COVERAGE}.subscriberId", "2100C NM109", "cut to the maximum length 80"),
+    ({"coverage__subscriberId": "W"}, f"{COVERAGE}.subscriberId", "2100C NM109", "shorter than the 2 characters"),
+    ({"coverage__subscriberId": "W12😀"}, f"{COVERAGE}.subscriberId", "2100C NM109", "outside the X12 character set"),
+    ({"payer__identifier": [{"type": {"coding": [PAYERID]}, "value": "99*999"}]}, f"{PAYER}.identifier[0].value",
      "2100A NM109", "delimiter characters"),
     ({"clinic__identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567890"}]},
-     "provider.identifier", "2100B NM109", "valid check digit"),
-    ({"patient__name": [{"family": "مريم", "given": ["Anna"]}]}, "Patient.name.family", "2100C NM103",
+     f"{CLINIC}.identifier[0].value", "2100B NM109", "valid check digit"),
+    ({"patient__name": [{"family": "مريم", "given": ["Anna"]}]}, f"{PATIENT}.name[0].family", "2100C NM103",
      "Latin-script form"),
-    ({"clinic__name": "東京クリニック"}, "Organization.name", "2100B NM103", "Latin-script form"),
-    ({"request__item": _item(modifier="x")}, "item[0].modifier[0]", "2110C EQ02-3", "2 to 2 characters"),
-    ({"request__item": _item(code="992*13")}, "item[0].productOrService", "2110C EQ02-2", "delimiter characters"),
-    ({"request__item": _item(diagnosis="")}, "item[0].diagnosis[0].diagnosisCodeableConcept", "2100C HI01-2",
-     "it is empty"),
+    ({"clinic__name": "東京クリニック"}, f"{CLINIC}.name", "2100B NM103", "Latin-script form"),
+    ({"request__item": _item(modifier="x")}, "CoverageEligibilityRequest.item[0].modifier[0]", "2110C EQ02-3",
+     "2 to 2 characters"),
+    ({"request__item": _item(code="992*13")}, "CoverageEligibilityRequest.item[0].productOrService", "2110C EQ02-2",
+     "delimiter characters"),
+    ({"request__item": _item(diagnosis="")}, "CoverageEligibilityRequest.item[0].diagnosis[0].diagnosisCodeableConcept",
+     "2100C HI01-2", "it is empty"),
 ])
 def test_identifiers_codes_and_required_names_are_sent_as_given_or_refused(changes, path, x12, words):
+    """Each at the very element its value was read from, where the client sent it (the items table's "Coverage.
+    subscriberId | Coverage.identifier (MB)", or "Patient.name.family" without the name's index, before)."""
     with pytest.raises(TranslationError) as caught:
         build(bundle(**changes))
     assert caught.value.status == 422
     found = [p for p in caught.value.problems if x12 == p.x12]
-    assert found and path in found[0].fhir_path and words in found[0].message, caught.value.problems
+    assert found and found[0].expressions == [path] and words in found[0].message, caught.value.problems
 
 
 def test_case_and_a_cut_name_are_no_reason_to_refuse():
@@ -412,10 +420,10 @@ def test_a_dependent_without_relationship_but_with_an_own_member_id_is_sent_as_s
 
 
 @pytest.mark.parametrize(("changes", "path", "words"), [
-    ({"coverage__subscriber": PARENT}, "Coverage.relationship", "'self' but Coverage.subscriber is another person"),
-    ({"coverage__beneficiary": PARENT}, "Coverage.beneficiary", "another person than"),
+    ({"coverage__subscriber": PARENT}, f"{COVERAGE}.relationship", "'self' but Coverage.subscriber is another person"),
+    ({"coverage__beneficiary": PARENT}, f"{COVERAGE}.beneficiary", "another person than"),
     ({"coverage__relationship": {"coding": [{"code": "child"}]}, "coverage__subscriber": {"reference": "Patient/p"}},
-     "Coverage.relationship", "but Coverage.subscriber is the patient"),
+     f"{COVERAGE}.relationship", "but Coverage.subscriber is the patient"),
 ])
 def test_contradictory_relationship_and_persons_are_refused(changes, path, words):
     with pytest.raises(TranslationError) as caught:
@@ -673,7 +681,7 @@ def test_a_service_date_problem_names_the_patients_dtp(changes, path, dependent)
 
 
 @pytest.mark.parametrize(("changes", "path"), [
-    ({"coverage__beneficiary": PARENT}, "Coverage.beneficiary"),
+    ({"coverage__beneficiary": PARENT}, f"{COVERAGE}.beneficiary"),
     ({"request__patient": {"reference": "Patient/missing"}}, "CoverageEligibilityRequest.patient"),
     ({"request__patient": {"reference": "Organization/payer"}}, "CoverageEligibilityRequest.patient"),
     ({"request__patient": None}, "CoverageEligibilityRequest.patient"),
@@ -866,7 +874,7 @@ def test_a_group_or_plan_number_that_cannot_be_sent_as_given_is_refused(value: s
     with pytest.raises(TranslationError) as caught:
         build(bundle(coverage__class=group))
     assert caught.value.status == 422
-    assert any(p.fhir_path == "Coverage.class[0].value" for p in caught.value.problems)
+    assert any(p.fhir_path == f"{COVERAGE}.class[0].value" for p in caught.value.problems)
 
 
 def test_the_270_hands_over_each_persons_name_loop_as_sent():
@@ -885,3 +893,148 @@ def test_the_270_hands_over_each_persons_name_loop_as_sent():
         "subscriber": {("NM1", "IL", "1", "ROE", "RICHARD", "", "", "", "MI", "W123456789"),
                        ("DMG", "D8", "19800210", "M")},
         "patient": {("NM1", "03", "1", "ROE", "ANNA"), ("DMG", "D8", "20120304", "F")}}
+
+
+# ------------------------------------------------------------- where a refusal says the problem is (FHIRPath)
+
+NUCC = "http://nucc.org/provider-taxonomy"
+MB = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MB"}]}
+DEPENDENT = {"coverage__relationship": {"coding": [{"code": "child"}]}, "coverage__subscriber": PARENT}
+
+
+def _refused(payload, envelope=ENV, **kwargs):
+    with pytest.raises(TranslationError) as caught:
+        build_270(payload, load_tables(), envelope=envelope, limits=element_limits(), **kwargs)
+    return caught.value.problems
+
+
+@pytest.mark.parametrize(("changes", "expressions", "x12"), [
+    # the payer id of the Coverage.payor Reference itself (the items table said "CoverageEligibilityRequest.insurer.
+    # identifier (payerid) | Coverage.payor.identifier")
+    ({"request__insurer": {}, "coverage__payor": [{"identifier": {"value": "99*9"}}]},
+     [f"{COVERAGE}.payor[0].identifier.value"], "2100A NM109"),
+    # the member id of the Coverage.identifier typed MB, by its index
+    ({"coverage__subscriberId": None, "coverage__identifier": [{"value": "X1"}, {"type": MB, "value": "W*1"}]},
+     [f"{COVERAGE}.identifier[1].value"], "2100C NM109"),
+    # the name read: the official one, its family taken from its text
+    ({"patient__name": [{"use": "old", "family": "Roe"}, {"use": "official", "text": "Anna مريم"}]},
+     [f"{PATIENT}.name[1].text"], "2100C NM103"),
+    # a dependent's subscriber: the parent's Patient (entry 2)
+    ({**DEPENDENT, "parent__name": [{"family": "مريم"}]}, ["Bundle.entry[2].resource.name[0].family"], "2100C NM103"),
+    ({**DEPENDENT, "parent__name": [{"given": ["Richard"]}]}, ["Bundle.entry[2].resource.name[0].family"],
+     "2100C NM103"),
+    ({"coverage__relationship": {"coding": [{"code": "child"}]}, "coverage__subscriber": None},
+     [f"{COVERAGE}.subscriber"], "2100C NM103"),
+    # a name that is there, without its family: that name's (was Patient.name.family)
+    ({"patient__name": [{"use": "nickname", "family": "Roe"}, {"use": "official", "given": ["Anna"]}]},
+     [f"{PATIENT}.name[1].family"], "2100C NM103"),
+    # a bundled Coverage's references that do not resolve: from the Coverage's entry (was Coverage.payor[0])
+    ({"request__insurer": {}, "coverage__payor": [{"reference": "Organization/gone"}]}, [f"{COVERAGE}.payor[0]"],
+     "2100A"),
+    ({"coverage__subscriber": {"reference": "Patient/gone"}}, [f"{COVERAGE}.subscriber"], "2100C NM1"),
+])
+def test_a_refusal_names_the_element_read_where_the_client_sent_it(changes, expressions, x12):
+    found = [p for p in _refused(bundle(**changes)) if p.x12 == x12]
+    assert [p.expressions for p in found] == [expressions], found
+
+
+def test_a_missing_payer_id_names_each_place_it_may_come_from_as_a_fhirpath():
+    """Each alternative its own expression (was one "... (payerid) | Coverage.payor.identifier", no FHIRPath), said
+    where the client sent the resource: the payer Organization (entry 4) is the insurer and the only payor."""
+    found = [p for p in _refused(bundle(payer__identifier=[])) if p.x12 == "2100A NM109"]
+    assert [p.expressions for p in found] == [[f"{PAYER}.identifier", "CoverageEligibilityRequest.insurer.identifier",
+                                                f"{COVERAGE}.payor.identifier"]]
+
+
+def test_a_role_practitioners_npi_is_refused_at_the_practitioner():
+    found = [p for p in _refused(_role_bundle("1245319590")) if p.x12 == "2100B NM109"]
+    assert [p.expressions for p in found] == [["Bundle.entry[6].resource.identifier[0].value"]]
+
+
+def test_a_payer_id_that_cannot_name_the_receiver_is_refused_at_its_identifier():
+    payload = bundle(payer__identifier=[{"type": {"coding": [PAYERID]}, "value": "PAYER1234567890123"}])
+    unset = dataclasses.replace(ENV, receiver_id="")
+    found = [p for p in _refused(payload, envelope=unset) if p.x12 == "ISA08/GS03"]
+    assert [p.expressions for p in found] == [[f"{PAYER}.identifier[0].value"]]
+
+
+def _practitioner_bundle(qualification):
+    payload = bundle(request__provider={"reference": "Practitioner/doc"})
+    payload["entry"].append({"fullUrl": "Practitioner/doc", "resource": {
+        "resourceType": "Practitioner", "id": "doc", "name": [{"family": "Okafor", "given": ["Ada"]}],
+        "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "1245319599"}],
+        "qualification": qualification}})
+    return payload
+
+
+def _specialty_bundle(specialty):
+    payload = _role_bundle("1245319599")
+    payload["entry"][-1]["resource"]["specialty"] = specialty
+    return payload
+
+
+@pytest.mark.parametrize(("payload", "path"), [
+    (_practitioner_bundle([{"code": {"text": "MD"}}, {"code": {"coding": [{"system": NUCC, "code": "207Q~0000X"}]}}]),
+     "Bundle.entry[6].resource.qualification[1].code"),
+    (_specialty_bundle([{"text": "family"}, {"coding": [{"system": NUCC, "code": "207Q*0000X"}]}]),
+     "Bundle.entry[7].resource.specialty[1]"),
+    (bundle(clinic__type=[{"text": "clinic"}, {"coding": [{"system": NUCC, "code": "261Q:P2300X"}]}]),
+     f"{CLINIC}.type[1]"),
+])
+def test_a_taxonomy_that_cannot_be_sent_is_refused_at_the_concept_it_was_read_from(payload, path):
+    """Was CoverageEligibilityRequest.provider, whichever element held the code."""
+    found = [p for p in _refused(payload) if p.x12 == "2100B PRV03"]
+    assert [(p.expressions, p.code) for p in found] == [([path], "value")]
+    assert "delimiter characters removed" in found[0].message
+
+
+def test_the_configured_information_receivers_values_are_refused_at_the_provider_it_stands_in_for():
+    """The client sent no provider: no element of its body holds the receiver's NPI or taxonomy."""
+    receiver = {**RECEIVER, "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "1245319590"}],
+                "type": [{"coding": [{"system": NUCC, "code": "261Q*P2300X"}]}]}
+    found = {p.x12: p for p in _refused(bundle(request__provider=None), information_receiver=receiver)}
+    for x12 in ("2100B NM109", "2100B PRV03"):
+        assert found[x12].expressions == ["CoverageEligibilityRequest.provider"]
+        assert found[x12].message.endswith("(the information receiver configured for this payer)")
+
+
+def _contained_request(**changes):
+    """bundle()'s request with the Patient, Coverage and Organizations contained, in that order."""
+    payload = bundle(**changes)
+    entries = {e["resource"]["resourceType"] + "/" + e["resource"].get("id", ""): e["resource"]
+               for e in payload["entry"]}
+    request = copy.deepcopy(entries["CoverageEligibilityRequest/"])
+    request["contained"] = [entries["Patient/p"], dict(entries["Coverage/c"], beneficiary={"reference": "#p"},
+                                                       payor=[{"reference": "#payer"}]),
+                            entries["Organization/payer"], entries["Organization/clinic"]]
+    request.update(patient={"reference": "#p"}, insurer={"reference": "#payer"}, provider={"reference": "#clinic"},
+                   insurance=[{"coverage": {"reference": "#c"}}])
+    return request
+
+
+def test_contained_resources_are_refused_where_they_are_contained():
+    """Were Patient.birthDate and Coverage.subscriberId, from the resources' own roots."""
+    problems = _refused(_contained_request(coverage__subscriberId="W*1", patient__birthDate="1980-05",
+                                           clinic__name="東京クリニック"))
+    assert sorted((p.expressions, p.x12) for p in problems) == [
+        (["CoverageEligibilityRequest.contained[0].birthDate"], "2100C DMG02"),
+        (["CoverageEligibilityRequest.contained[1].subscriberId"], "2100C NM109"),
+        (["CoverageEligibilityRequest.contained[3].name"], "2100B NM103")]
+
+
+def test_a_resource_fetched_from_the_ehr_keeps_its_own_root_and_names_the_reference_sent():
+    """``sent``: the payload as the client sent it, the Coverage not in it (upstream.resolve_references fetched it)."""
+    client = bundle(coverage__subscriberId="W*1", patient__birthDate="1980-05")
+    coverage = next(e for e in client["entry"] if e["resource"]["resourceType"] == "Coverage")
+    client["entry"].remove(coverage)
+    resolved = {**client, "entry": [*client["entry"], {"fullUrl": "https://ehr.example/fhir/Coverage/c",
+                                                        "resource": coverage["resource"]}]}
+    problems = {p.x12: p for p in _refused(resolved, sent=client)}
+    member = problems["2100C NM109"]
+    assert member.expressions == ["Coverage.subscriberId", "CoverageEligibilityRequest.insurance[0].coverage"]
+    assert member.message.endswith("(in the Coverage fetched for CoverageEligibilityRequest.insurance[0].coverage: "
+                                   "the request did not hold it)")
+    assert problems["2100C DMG02"].expressions == [f"{PATIENT}.birthDate"]   # the Patient the client sent
+    operation = TranslationError("x", list(problems.values())).to_operation_outcome()
+    assert ["Coverage.subscriberId", "CoverageEligibilityRequest.insurance[0].coverage"] in [
+        issue["expression"] for issue in operation["issue"]]
