@@ -363,7 +363,8 @@ class EligibilityService:
             # no provider sent: the configured one the 270 named (a logical reference in the stored request)
             provider=portable(request.get("provider") or prepared.request.get("provider"), f"{CER}.provider"),
             purpose=request.get("purpose"), request={"reference": f"{CER}/{prepared.id}"}, serviced=serviced,
-            notes=prepared.built.all_notes(), persons_sent=prepared.built.persons)
+            notes=prepared.built.all_notes(), persons_sent=prepared.built.persons,
+            relationship=prepared.built.relationship)
         context.contained = contained
         base = bundle_base(CER, prepared.bundle)
         if base is not None:   # the response's references to the EHR's resources, written out in full

@@ -44,6 +44,9 @@ class Request270:
     # (2100C / 2100D, without the EQ loops) as sent: each the tuple of its id and elements, so that a 271 segment
     # that merely echoes one is told from data the payer returned (see response_271._name_loop)
     persons: dict[str, frozenset[tuple[str, ...]]] = field(default_factory=dict)
+    # the Coverage.relationship code the 270 was built by (its loop says it, no INS does): a 271's INS that says no
+    # more is an echo (response_271's ResponseContext.relationship), wherever the Coverage came from
+    relationship: str | None = None
 
     def all_notes(self) -> list[Note]:
         """The notes, then each value the writer had to change, as notes on the 270 element it went to."""
@@ -1035,7 +1038,8 @@ def _write(g: _Gather, envelope: Envelope, delimiters: Delimiters, limits: dict[
     persons = {"subscriber": subscriber_sent,   # the patient, when not a dependent: a 271 may answer either way
                "patient": subscriber_sent if patient_start == subscriber_start
                else _name_loop_sent(result.segments, body, patient_start, delimiters)}
-    return Request270(result.text, trace, g.notes, result.notes, loop_name, payer_id=payer[1], persons=persons)
+    return Request270(result.text, trace, g.notes, result.notes, loop_name, payer_id=payer[1], persons=persons,
+                      relationship=relationship)
 
 
 def _name_loop_sent(written: list[str], body: list[tuple[str, list[Value]]], start: int,

@@ -95,6 +95,7 @@ def upstream() -> Iterator[Server]:
                 resources[(resource["resourceType"], resource["id"])] = resource
     app = Flask("upstream")
     app.config["calls"] = []
+    app.config["resources"] = resources   # a test may add its own (by type and id)
 
     @app.get("/fhir/<kind>/<id>")
     def read(kind: str, id: str):  # type: ignore[no-untyped-def]

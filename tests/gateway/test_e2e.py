@@ -528,6 +528,27 @@ def test_what_the_payer_returns_of_a_person_beyond_the_270_is_a_process_note(gat
     assert person_notes("subscriber-eq-repetitions") == []   # the 270 sent PETERSEN*ERIK*L, the 271 PETERSEN*ERIK
 
 
+def test_a_dependents_ins_echoing_a_coverage_fetched_upstream_is_no_note(gateway: Gateway, upstream):
+    """The request's Coverage lives on the EHR's server, so the response holds no copy of it: the relationship the
+    270 was built by (child, sent as the 2100D loop) still tells the simulator's dependent INS from new data."""
+    coverage = copy.deepcopy(next(e["resource"] for e in fhir_request("dependent-generic")["entry"]
+                                  if e["resource"]["resourceType"] == "Coverage"))
+    coverage["id"] = "cov-dependent-upstream"
+    for name in ("beneficiary", "subscriber"):   # the EHR's own references, relative to its base
+        coverage[name] = {"reference": "Patient/" + coverage[name]["reference"].rsplit(":", 1)[1]}
+    coverage["payor"] = [{"reference": "Organization/" + p["reference"].rsplit(":", 1)[1]} for p in coverage["payor"]]
+    upstream.app.config["resources"][("Coverage", coverage["id"])] = coverage
+    request = {"resourceType": CER, "status": "active", "purpose": ["benefits"], "created": "2025-03-10",
+               "patient": coverage["beneficiary"], "insurer": coverage["payor"][0],
+               "provider": {"reference": "Organization/7a9c1e3f-5b7d-4f9a-b1c3-d5e7f9a1b307"},
+               "insurance": [{"coverage": {"reference": f"Coverage/{coverage['id']}"}}]}
+    response = gateway.post(f"/{CER}/$submit", request)
+    assert response.status_code == 200, response.text
+    texts = [p["valueString"] for note in response.json().get("extension", []) for p in note["extension"]
+             if p["url"] == "text" and p["valueString"].startswith("the payer's ")]
+    assert texts and not [t for t in texts if t.startswith("the payer's relationship")], texts
+
+
 def test_parameters_wrapper_is_accepted(gateway: Gateway):
     wrapped = {"resourceType": "Parameters",
                "parameter": [{"name": "resource", "resource": fhir_request("subscriber-generic")}]}
