@@ -65,7 +65,7 @@ from urllib3.response import BaseHTTPResponse
 
 from gateway.errors import GatewayError, X12SyntaxError, quoted
 from gateway.transport import core
-from gateway.transport.acks import AckCodes, ack_findings, acknowledgments, load_ack_codes
+from gateway.transport.acks import AckCodeError, AckCodes, ack_findings, acknowledgments, load_ack_codes
 from gateway.transport.streams import DeadlineAdapter, Streamed, arriving, deadline
 from gateway.x12.model import Finding, Loop, Segment, Transaction
 from gateway.x12.reader import read_x12
@@ -852,12 +852,19 @@ def _answer_271(text: str, codes: AckCodes) -> tuple[list[Transaction], list[Fin
     segments = [(batch.delimiters, raw.split(batch.delimiters.element)) for batch in batches
                 for seg_id, raw in zip(batch.ids, batch.segments, strict=True) if seg_id in _KIND_SEGMENTS]
     set_ids = {_el(parts, 1) for _, parts in segments if parts[0] == "ST"}
-    # an acknowledgment that accepts (A, E; P for a group) may come with the 271; one that rejects may not
-    ta1_rejects = [parts for _, parts in segments if parts[0] == "TA1" and _el(parts, 4) == "R"]
-    ack_rejects = [parts for _, parts in segments if parts[0] in ("IK5", "AK5", "AK9")
-                   and _el(parts, 1) in codes.rejecting]
     kind = "TA1" if any(p[0] == "TA1" for _, p in segments) else next((k for k in ("999", "997") if k in set_ids), "")
-    if "271" in set_ids and not ta1_rejects and not ack_rejects:
+    # an acknowledgment that accepts (A, E; P for a group) may come with the 271; one that rejects (the statuses
+    # mappings/codes/acknowledgment_status.yaml marks rejects) may not. A status that table does not list, when its
+    # on_missing is error, leaves no way to tell: the answer is unreadable, 271 or not
+    statuses = [(f"{parts[0]}{4 if parts[0] == 'TA1' else 1:02d}", _el(parts, 4 if parts[0] == "TA1" else 1))
+                for _, parts in segments if parts[0] != "ST"]
+    try:
+        for element, status in statuses:
+            codes.describe("acknowledgment_status", element, status)
+    except AckCodeError as exc:
+        raise PayerUnavailable(f"the {kind or 'acknowledgment'} cannot be read: {exc}") from None
+    rejects = [status for _, status in statuses if status in codes.rejecting]
+    if "271" in set_ids and not rejects:
         try:
             result = read_x12(text)
         except X12SyntaxError as exc:
@@ -866,7 +873,11 @@ def _answer_271(text: str, codes: AckCodes) -> tuple[list[Transaction], list[Fin
         if txns:
             return txns, [f for f in result.all_findings if f.severity == "error"]
     if kind:
-        raise PayerRejected(kind, text, acknowledgments(batches, codes))
+        try:
+            said = acknowledgments(batches, codes)
+        except AckCodeError as exc:   # a code its table does not list, under on_missing: error
+            raise PayerUnavailable(f"the {kind} cannot be read: {exc}") from None
+        raise PayerRejected(kind, text, said)
     found = ", ".join(sorted(set_ids)) or "no transaction set"
     raise PayerUnavailable(f"the answer holds {found}, not a 271, 999 or TA1")
 

@@ -3,20 +3,46 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 from gateway.errors import GatewayError
+from gateway.mappings import code_table, mappings_dir
 from gateway.x12.model import Finding, Group, Interchange, Transaction
 from gateway.x12.writer import Envelope, X12Writer, application_code
 
 ACK_IMPLEMENTATION = "005010X231A1"
-SEGMENT_CODES = frozenset("1 2 3 4 5 6 7 8 I4 I6 I7 I8 I9".split())
-ELEMENT_CODES = frozenset("1 2 3 4 5 6 7 8 9 10 12 13 I6 I9 I10 I11 I12 I13".split())
-# 618 has no 14
-TRANSACTION_CODES = frozenset("1 2 3 4 5 6 7 8 9 10 11 12 13 15 16 17 18 19 23 24 25 26 27 I5 I6".split())
-GROUP_CODES = frozenset("1 2 3 4 5 6 10 11 12 13 14 15 16 17 18 19 23 24 25 26".split())
-TA1_CODES = frozenset(f"{i:03d}" for i in range(1, 32))
 MAX_CONTROL = 999_999_999   # ISA13 is 9 digits, 1 and up
+
+
+@dataclass(frozen=True, slots=True)
+class AckCodeSets:
+    """The codes each part of our 999 and TA1 may carry: those its table in ``mappings/codes/`` lists, the same
+    tables that put a payer's acknowledgment into words. A finding whose code is not among them (pyx12's IK403 11,
+    say) stays in the report but out of the acknowledgment, and pyx12's are warnings (``validate``)."""
+
+    interchange: frozenset[str]   # TA105, interchange_note
+    group: frozenset[str]   # AK905-AK909, group_syntax_error
+    transaction: frozenset[str]   # IK502-IK506, transaction_syntax_error
+    segment: frozenset[str]   # IK304, segment_syntax_error
+    element: frozenset[str]   # IK403, element_syntax_error
+
+
+def ack_code_sets(mappings: str | None = None) -> AckCodeSets:
+    """The code sets of ``mappings`` (or of ``FHIR_X12_MAPPINGS``, or the repository's), read once per folder: a 999
+    built on the payer simulator's hot path only tests membership in frozensets."""
+    return _code_sets(str(mappings_dir(mappings)))
+
+
+@lru_cache(maxsize=8)
+def _code_sets(folder: str) -> AckCodeSets:
+    def codes(name: str) -> frozenset[str]:
+        return frozenset(str(code) for code in code_table(name, folder)["codes"])
+
+    return AckCodeSets(interchange=codes("interchange_note"), group=codes("group_syntax_error"),
+                       transaction=codes("transaction_syntax_error"), segment=codes("segment_syntax_error"),
+                       element=codes("element_syntax_error"))
 
 
 def nth_control(first: int, n: int) -> int:
@@ -61,9 +87,11 @@ def _swap(isa: Interchange | None, control: int, now: datetime, group: Group | N
                     application_receiver=application_code(group.sender if group else "", isa.sender_id))
 
 
-def build_ta1(isa: Interchange | None, findings: Iterable[Finding], *, control_number: int, now: datetime) -> str:
+def build_ta1(isa: Interchange | None, findings: Iterable[Finding], *, control_number: int, now: datetime,
+              mappings: str | None = None) -> str:
     """A TA1 for one interchange: accepted (000), accepted with errors, or rejected with its note code."""
-    own = [f for f in findings if f.level == "interchange" and f.ack_code in TA1_CODES and _in_interchange(f, isa)]
+    notes = ack_code_sets(mappings).interchange
+    own = [f for f in findings if f.level == "interchange" and f.ack_code in notes and _in_interchange(f, isa)]
     errors = [f for f in own if _is_error(f)]
     status = "R" if errors else ("E" if own else "A")
     note = (errors or own)[0].ack_code if own else "000"
@@ -76,17 +104,18 @@ def build_ta1(isa: Interchange | None, findings: Iterable[Finding], *, control_n
 
 
 def build_ta1s(interchanges: Sequence[Interchange], findings: Iterable[Finding], *, control_number: int,
-               now: datetime) -> str:
+               now: datetime, mappings: str | None = None) -> str:
     """A TA1 for every interchange received, each in an interchange of its own back to that interchange's sender
     (numbered ``control_number``, ``control_number + 1`` ...): a TA1 answers one ISA, and several interchanges in one
     file may come from several senders. Findings that name no interchange are the first one's, as ``build_ta1``
     gives them to the one it answers."""
     if len(interchanges) <= 1:
-        return build_ta1(interchanges[0] if interchanges else None, findings, control_number=control_number, now=now)
+        return build_ta1(interchanges[0] if interchanges else None, findings, control_number=control_number, now=now,
+                         mappings=mappings)
     findings = list(findings)
     named = [f for f in findings if names_an_interchange(f)]
     return "".join(build_ta1(isa, findings if n == 0 else named, control_number=nth_control(control_number, n),
-                             now=now) for n, isa in enumerate(interchanges))
+                             now=now, mappings=mappings) for n, isa in enumerate(interchanges))
 
 
 class AcknowledgmentError(GatewayError):
@@ -94,7 +123,7 @@ class AcknowledgmentError(GatewayError):
 
 
 def build_999(transactions: list[Transaction], findings: Iterable[Finding], *, control_number: int,
-              now: datetime) -> str:
+              now: datetime, mappings: str | None = None) -> str:
     """A 999 acknowledging the functional group(s) of ``transactions``, with IK3/IK4/IK5/AK9: one 999 transaction
     set per functional group (an AK1 names one group), in one interchange per interchange received, back to that
     interchange's sender (acknowledgments go to whoever sent what they acknowledge). The interchanges follow each
@@ -111,13 +140,14 @@ def build_999(transactions: list[Transaction], findings: Iterable[Finding], *, c
     received: dict[int, list[Transaction]] = {}
     for txn in grouped:
         received.setdefault(id(txn.interchange), []).append(txn)
-    return "".join(_ack_interchange(members, findings, control_number=nth_control(control_number, n), now=now,
+    codes = ack_code_sets(mappings)
+    return "".join(_ack_interchange(members, findings, codes, control_number=nth_control(control_number, n), now=now,
                                     first_interchange=n == 0)
                    for n, members in enumerate(received.values()))
 
 
-def _ack_interchange(transactions: list[Transaction], findings: list[Finding], *, control_number: int, now: datetime,
-                     first_interchange: bool) -> str:
+def _ack_interchange(transactions: list[Transaction], findings: list[Finding], codes: AckCodeSets, *,
+                     control_number: int, now: datetime, first_interchange: bool) -> str:
     """The 999 interchange for the sets of one interchange received: its ISA and first GS ids swapped."""
     first = transactions[0]
     isa = first.interchange
@@ -125,7 +155,7 @@ def _ack_interchange(transactions: list[Transaction], findings: list[Finding], *
     groups: dict[int, list[Transaction]] = {}
     for txn in transactions:
         groups.setdefault(id(txn.group), []).append(txn)
-    bodies = [_ack_group(members[0].group, members, findings, isa, first_group=index == 0,
+    bodies = [_ack_group(members[0].group, members, findings, isa, codes, first_group=index == 0,
                          first_interchange=first_interchange)
               for index, members in enumerate(groups.values())]
     env = _swap(isa, control_number, now, first.group)
@@ -162,7 +192,8 @@ def _group_owns(f: Finding, group: Group | None, isa: Interchange | None, ordina
 
 
 def _ack_group(group: Group | None, transactions: list[Transaction], findings: list[Finding],
-               isa: Interchange | None, *, first_group: bool, first_interchange: bool) -> list[tuple[str, list]]:
+               isa: Interchange | None, ack_codes: AckCodeSets, *, first_group: bool,
+               first_interchange: bool) -> list[tuple[str, list]]:
     """AK1 ... AK9 for one functional group of interchange ``isa``: each set's own findings (``_set_owns``) and the
     group's (``_group_owns``)."""
     body: list[tuple[str, list]] = []
@@ -173,13 +204,13 @@ def _ack_group(group: Group | None, transactions: list[Transaction], findings: l
         own = [f for f in findings if _set_owns(f, txn, group, isa)]
         body.append(("AK2", [txn.set_id, txn.control_number, txn.implementation]))
         segment_level = [f for f in own if f.level in ("segment", "element") and f.position
-                         and (f.ack_code in SEGMENT_CODES or f.ack_code in ELEMENT_CODES)]
+                         and (f.ack_code in ack_codes.segment or f.ack_code in ack_codes.element)]
         by_position: dict[tuple[int, str], list[Finding]] = {}
         for f in segment_level:
             by_position.setdefault((f.position, f.segment), []).append(f)
         for (position, seg_id), items in sorted(by_position.items()):
-            seg_codes = [f.ack_code for f in items if f.level == "segment" and f.ack_code in SEGMENT_CODES]
-            element_items = [f for f in items if f.level == "element" and f.ack_code in ELEMENT_CODES]
+            seg_codes = [f.ack_code for f in items if f.level == "segment" and f.ack_code in ack_codes.segment]
+            element_items = [f for f in items if f.level == "element" and f.ack_code in ack_codes.element]
             code = seg_codes[0] if seg_codes else "8"
             loop = items[0].loop
             body.append(("IK3", [seg_id, str(position), "2120" if loop.startswith("2120") else "", code]))
@@ -190,7 +221,7 @@ def _ack_group(group: Group | None, transactions: list[Transaction], findings: l
         # a group-level error (GS01 for another transaction, a 4010 envelope) is the group's: AK9 says it, with
         # its code; IK5 reports the transaction set's own errors, and an IK5 R or E always names one (IK502)
         txn_errors = [f for f in own if _is_error(f) and f.level != "group"]
-        txn_codes = [f.ack_code for f in own if f.level in ("transaction",) and f.ack_code in TRANSACTION_CODES]
+        txn_codes = [f.ack_code for f in own if f.level in ("transaction",) and f.ack_code in ack_codes.transaction]
         if any(f.level in ("segment", "element") for f in txn_errors):
             txn_codes.append("5")
         codes = list(dict.fromkeys(txn_codes))[:5]
@@ -205,7 +236,7 @@ def _ack_group(group: Group | None, transactions: list[Transaction], findings: l
             accepted += 1
         body.append(("IK5", [status, *codes]))
     ordinals = frozenset(txn.ordinal for txn in transactions if txn.ordinal) if findings else frozenset()
-    group_findings = [f for f in findings if f.level == "group" and f.ack_code in GROUP_CODES
+    group_findings = [f for f in findings if f.level == "group" and f.ack_code in ack_codes.group
                       and _group_owns(f, group, isa, ordinals, first_group=first_group,
                                       first_interchange=first_interchange)]
     group_errors = [f for f in group_findings if _is_error(f)]

@@ -229,6 +229,7 @@ class X12Reader:
         self.detach = frozenset(detach)
         self.mappings = mappings
         self._ta1_notes: frozenset[str] | None = None   # TA105 codes, read at the first TA1
+        self._ta1_statuses: tuple[str, ...] = ()   # TA104 codes, read with them
         self.findings: list[Finding] = []
         self.interchanges: list[Interchange] = []
         self._specs: dict[str, TransactionSpec | None] = {}
@@ -507,12 +508,16 @@ class X12Reader:
             from gateway.mappings import code_table
 
             self._ta1_notes = frozenset(str(c) for c in code_table("interchange_note", self.mappings)["codes"])
+            statuses = code_table("acknowledgment_status", self.mappings)
+            self._ta1_statuses = tuple(str(code) for code, info in statuses["codes"].items()
+                                       if "TA104" in ((info or {}).get("used_in") or statuses.get("used_in") or ()))
         control, day, clock, status, note = (seg.get(i).strip() for i in range(1, 6))
         checks = (
             ("TA101", control, len(control) == 9 and control.isdigit(), "is not a 9-digit control number"),
             ("TA102", day, valid_date6(day), "is not a YYMMDD date"),
             ("TA103", clock, valid_time4(clock), "is not an HHMM time"),
-            ("TA104", status, status in TA1_STATUSES, "is not a TA1 status (A, E or R)"),
+            ("TA104", status, status in self._ta1_statuses,
+             f"is not a TA1 status ({', '.join(self._ta1_statuses)}: mappings/codes/acknowledgment_status.yaml)"),
             ("TA105", note, note in self._ta1_notes, "is not an interchange note code"),
         )
         for element, value, ok, why in checks:
@@ -625,7 +630,6 @@ class X12Reader:
                            "interchange", "001", isa, segment="IEA", element="IEA02", value=seg.get(2))
 
 
-TA1_STATUSES = ("A", "E", "R")   # TA104 (I17)
 
 
 def valid_date6(value: str) -> bool:

@@ -29,7 +29,7 @@ from pyx12.map_walker import apply_walk_errors, walk_tree
 
 from gateway.errors import QUOTE_LIMIT, X12SyntaxError, quoted
 from gateway.mappings import load_yaml
-from gateway.x12.ack import ELEMENT_CODES, SEGMENT_CODES
+from gateway.x12.ack import AckCodeSets, ack_code_sets
 from gateway.x12.model import Delimiters, Finding, Interchange, Loop, Segment, Transaction, whole_number
 from gateway.x12.pyx12_maps import map_set_dir
 from gateway.x12.reader import FUNCTIONAL_IDS, ReadResult, X12Reader
@@ -196,8 +196,9 @@ def _end(d: Delimiters) -> str:
 class _Collector(pyx12.error_visitor.error_visitor):
     """Turns pyx12's error tree into Findings."""
 
-    def __init__(self, loops: dict[tuple[int, int], str], ordinals: list[int]) -> None:
+    def __init__(self, loops: dict[tuple[int, int], str], ordinals: list[int], codes: AckCodeSets) -> None:
         self.findings: list[Finding] = []
+        self.codes = codes   # pyx12's IK304/IK403 codes our tables list are errors, the others warnings
         self.loops = loops
         self.ordinals = iter(ordinals)   # each ST node's set ordinal, in the order the nodes were made (and visited)
         self.ordinal = 0
@@ -240,7 +241,7 @@ class _Collector(pyx12.error_visitor.error_visitor):
         loop = self.loops.get((self.ordinal, node.seg_count), "")
         self._seg = node
         for code, text, value in node.errors:
-            standard = code in SEGMENT_CODES and code not in _SEVERITY_WARNING_SEG
+            standard = code in self.codes.segment and code not in _SEVERITY_WARNING_SEG
             self.findings.append(Finding(
                 "X12-IG-SEGMENT", _pyx12_text(text, value), severity="error" if standard else "warning",
                 level="segment", ack_code=code, interchange=self.isa, group=self.gs, transaction=self.st,
@@ -257,7 +258,8 @@ class _Collector(pyx12.error_visitor.error_visitor):
                 code = "I10"
             element = f"{seg.seg_id}{int(node.ele_pos):02d}" if node.ele_pos else ""
             self.findings.append(Finding(
-                "X12-IG-ELEMENT", _pyx12_text(text, value), severity="error" if code in ELEMENT_CODES else "warning",
+                "X12-IG-ELEMENT", _pyx12_text(text, value),
+                severity="error" if code in self.codes.element else "warning",
                 level="element", ack_code=code, interchange=self.isa, group=self.gs,
                 transaction=self.st, transaction_set=self.st_set, loop=loop, segment=seg.seg_id,
                 position=seg.seg_count or 0, element=element, data_element=node.ele_ref_num or "",
@@ -296,8 +298,8 @@ class _WholeSegmentReads(io.StringIO):
         return "".join(pieces)
 
 
-def _run_pyx12(engine: _Pyx12, text: str, extras: dict[tuple[int, int, int], list[str]], before: int = 0
-               ) -> list[Finding]:
+def _run_pyx12(engine: _Pyx12, text: str, extras: dict[tuple[int, int, int], list[str]], before: int = 0,
+               codes: AckCodeSets | None = None) -> list[Finding]:
     """The x12n_document walk, with cached maps and repetition checks, collecting Findings; ``before`` is how many
     sets the file holds before this interchange (each finding names its set by its ordinal in the file)."""
     errh = pyx12.error_handler.err_handler()
@@ -374,7 +376,7 @@ def _run_pyx12(engine: _Pyx12, text: str, extras: dict[tuple[int, int, int], lis
                 _check_repetitions(node, seg_id, st_control, st_ordinal, position, loops, extras, extra_findings)
         src.cleanup()
         errh.handle_errors(src.pop_errors())
-        collector = _Collector(loops, ordinals)
+        collector = _Collector(loops, ordinals, codes or ack_code_sets())
         errh.accept(collector)
     except Exception as exc:
         if not _raised_in_pyx12(exc):
@@ -611,7 +613,7 @@ def _pyx12_findings(engine: _Pyx12, text: str, extras: dict[tuple[int, int, int]
                     interchange: int, result: ReadResult, mappings: str | None) -> list[Finding]:
     """pyx12's findings for interchange number ``interchange`` of the file, each placed in its set by ordinal (ST02s
     may repeat) and in its interchange (so may ISA13s: pyx12 reads one interchange at a time)."""
-    found = _run_pyx12(engine, text, extras, before)
+    found = _run_pyx12(engine, text, extras, before, ack_code_sets(mappings))
     for f in found:
         f.interchange_ordinal = interchange
     unsupported = {t.ordinal for t in result.transactions if not t.structure}
