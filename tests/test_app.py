@@ -144,3 +144,26 @@ def test_validate_reports_a_repeated_isa13_and_rejects_only_the_later_interchang
                       headers={"Accept": "application/edi-x12"}).get_data(as_text=True)
     first, second = ("ISA" + part for part in ta1.split("ISA")[1:])
     assert "TA1*000001001*250310*0915*A*000~" in first and "TA1*000001001*250310*0915*R*025~" in second
+
+
+def test_validate_writes_its_999_by_the_apps_own_mappings(tmp_path):
+    """The 999 carries only the codes the app's code tables list (FHIR_X12_MAPPINGS), as its validation reads them:
+    without IK403 code 7 in element_syntax_error.yaml, the segment is still in error but no IK4 names that code."""
+    import shutil
+
+    from gateway.mappings import mappings_dir
+
+    base = tmp_path / "mappings"
+    shutil.copytree(mappings_dir(), base)
+    table = base / "codes" / "element_syntax_error.yaml"
+    table.write_text(table.read_text(encoding="utf-8").replace('  "7": {display: "Invalid code value"}\n', ""),
+                     encoding="utf-8")
+    bad = (FIXTURES / "x12" / "invalid" / "eq01-invalid-code.x12").read_bytes()
+    answers = {}
+    for name, config in (("shipped", {}), ("copy", {"FHIR_X12_MAPPINGS": str(base)})):
+        app = create_app({"TESTING": True, "FHIR_X12_DATABASE_URL": f"sqlite:///{tmp_path / name}.db", **config})
+        answers[name] = app.test_client().post("/x12/$validate", data=bad,
+                                               headers={"Accept": "application/edi-x12"}).get_data(as_text=True)
+        app.extensions["fhir_x12"]["close"]()
+    assert "IK4*1*1365*7*ZZ~" in answers["shipped"]
+    assert "IK3*EQ*12**8~" in answers["copy"] and "IK4*" not in answers["copy"]

@@ -32,10 +32,11 @@ def validate():  # type: ignore[no-untyped-def]
     if request.accept_mimetypes.best == "application/edi-x12":
         now = datetime.now(UTC).replace(tzinfo=None)
         if ack == "ta1":
-            text = build_ta1s(report.interchanges, report.findings, control_number=1, now=now)
+            text = build_ta1s(report.interchanges, report.findings, control_number=1, now=now, mappings=mappings)
         else:
             try:
-                text = build_999(report.transactions, report.findings, control_number=1, now=now)
+                text = build_999(report.transactions, report.findings, control_number=1, now=now,
+                                 mappings=mappings)
             except AcknowledgmentError as exc:   # no set in a functional group: a TA1 (?ack=ta1) answers it
                 return jsonify({**report.to_dict(), "error": f"no 999: {exc} (?ack=ta1)"}), 422
         return Response(text, mimetype="application/edi-x12")
