@@ -173,6 +173,7 @@ def _payer(tables: Tables, txn: Transaction, loop: Loop | None, add, note, carri
                 carried.add(seg.position)
                 org["name"] = seg.get(3) or "Payer"
                 key = seg.get(9)
+                _check_entity_type(tables, loop, seg, note, "payer", "organization")   # an Organization anyway
                 _check_identification(tables, txn, loop, seg)
                 # NM108 says what NM109 is: a payer id (PI) is the payer id, a tax id or a NAIC code is not
                 identifier = tables.identifier(seg.get(8), seg.get(9))
@@ -184,6 +185,18 @@ def _payer(tables: Tables, txn: Transaction, loop: Loop | None, add, note, carri
             else:
                 note(f"segment {seg.id} of the payer loop has no FHIR home", loop, seg)
     return add(org, f"payer/{key or org['name']}")
+
+
+def _check_entity_type(tables: Tables, loop: Loop, nm1: Segment, note: Callable[[str, Loop, Segment], None],
+                       who: str, read_as: str) -> str:
+    """NM102 by ``mappings/translate/qualifiers.yaml`` entity_type: person or organization. One it does not list (or
+    none) is noted and read as ``read_as``, the loop's usual kind (X12 has no other NM102: no on_missing)."""
+    kind = tables.entity_type(nm1.get(2))
+    if kind is not None:
+        return kind
+    named = f"{who} {nm1.get(3)}" if nm1.get(3) else who
+    note(f"{named}: {tables.unlisted_entity_type(nm1.get(2), read_as)}", loop, nm1)
+    return read_as
 
 
 def _check_identification(tables: Tables, txn: Transaction, loop: Loop, nm1: Segment) -> None:
@@ -198,11 +211,10 @@ def _provider(tables: Tables, txn: Transaction, loop: Loop | None, add, note, ca
     if loop is None:
         return None
     systems = tables.systems
-    qualifiers = tables.t["qualifiers"]
     references = tables.t["references"]
     nm1 = loop.segment("NM1")
     resource: dict[str, Any]
-    if nm1 is not None and qualifiers["entity_type"].get(nm1.get(2)) == "person":
+    if nm1 is not None and _check_entity_type(tables, loop, nm1, note, "provider", "organization") == "person":
         resource = {"resourceType": "Practitioner", **_person(nm1)}
     else:
         # NM103 may be left out when NM109 identifies the provider: a name of "" is not valid FHIR
@@ -281,11 +293,22 @@ def _request(tables: Tables, txn: Transaction, now: str, bht: Segment | None, su
                     {"type": {"coding": [{"system": rule["type_system"], "code": rule["type"]}]}, "value": seg.get(2)})
             if seg.id == "NM1":
                 resource.update(_person(seg))
-                member = seg.get(9)
-                if member:
+                _check_entity_type(tables, loop, seg, note, f"the {key}", "person")   # a Patient whatever it says
+                # NM108 says what NM109 is: MI the member id; another id of the person under its system, or noted
+                qualifier, value = seg.get(8), seg.get(9)
+                if value and tables.member_id(qualifier):
+                    member = value
                     resource.setdefault("identifier", []).insert(0, {
                         "type": {"coding": [dict(systems["member_id_type"])]}, "system": systems["member_id_system"],
                         "value": member})
+                elif value:
+                    _check_identification(tables, txn, loop, seg)
+                    identifier = tables.identifier(qualifier, value)
+                    if identifier is not None:
+                        resource.setdefault("identifier", []).insert(0, identifier)
+                    else:
+                        note(f"the {key} identified by {' '.join(v for v in (qualifier, value) if v)} "
+                             f"({tables.unidentified(qualifier)}): not a member id", loop, seg)
             elif seg.id == "DMG":
                 # a birth date is one day (D8)
                 birth = date_range(tables, seg.get(1), seg.get(2)) if formats.get(seg.get(1)) == "date" else None

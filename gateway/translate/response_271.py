@@ -51,6 +51,10 @@ class ResponseContext:
     # INS: a patient's INS saying the same echoes the request. Unset, it is read from the contained copy of the
     # request's Coverage (``coverage`` a local reference into ``contained``), when there is one
     relationship: str | None = None
+    # the 270's 2100A ("payer") and 2100B ("receiver") segments as sent, shaped as persons_sent: the payer's and the
+    # requestor's NM1 in the 271 echo them, or say what the request's insurer and provider (which the response refers
+    # to) do not hold, which is noted. Unset (a context that does not know them), those NM1s are taken as echoes
+    parties_sent: dict[str, frozenset[tuple[str, ...]]] | None = None
 
 
 @dataclass
@@ -471,10 +475,15 @@ def _source_loops(r: _Response, source: Loop, payer_loop: Loop | None) -> None:
             _aaa(r, source, seg)
     if payer_loop is None:
         return
+    gateway = r.context is not None and bool(r.context.insurer)
     for seg in payer_loop.segments:
         if seg.id == "NM1":
             _check_identification(r, payer_loop, seg)
-            r.map(seg)   # in the gateway the request's insurer; on its own, the payer Organization (_assemble)
+            if not gateway:   # the payer Organization (_assemble), whatever NM102 says
+                _check_entity_type(r, payer_loop, seg, "payer", "organization")
+            # in the gateway the request's insurer (what the 270 sent of it); on its own, the payer Organization
+            if not (gateway and _party_returned(r, payer_loop, seg, "payer", "insurer")):
+                r.map(seg)
         elif seg.id == "AAA":
             _aaa(r, payer_loop, seg)
         elif seg.id == "PER":
@@ -489,9 +498,17 @@ def _receiver_loops(r: _Response, receiver: Loop) -> None:
     if name is None:
         return
     id_qualifiers = r.tables.t["identifiers"]["codes"]   # NM108 -> its identifier system, when it has one
+    ctx = r.context
+    gateway = ctx is not None and bool(ctx.provider)   # the requestor is the request's provider
     for seg in name.segments:
         if seg.id == "NM1":
             _check_identification(r, name, seg)
+            if gateway and ctx is not None and ctx.parties_sent is not None:   # an echo, or noted with what differs
+                if not _party_returned(r, name, seg, "receiver", "provider"):
+                    r.map(seg)
+                continue
+            if not gateway:   # _assemble reads it as a person or an organisation
+                _check_entity_type(r, name, seg, "information receiver", "organization")
         if seg.id == "NM1" and (not seg.get(9) or "system" in id_qualifiers.get(seg.get(8), ())):
             r.map(seg)   # the requestor (by an id FHIR has a system for, the NPI say, or by name alone)
         elif seg.id == "NM1":   # an id FHIR has no system for (SV, XV ...): the requestor is named, the id noted
@@ -506,6 +523,45 @@ def _receiver_loops(r: _Response, receiver: Loop) -> None:
             r.note("provider address returned by the payer", name, seg)
         elif seg.id == "PRV":
             r.note(_provider_information(r, name, seg), name, seg)
+
+
+_PARTIES = {"payer": "information source", "receiver": "information receiver"}
+
+
+def _party_returned(r: _Response, loop: Loop, nm1: Segment, role: str, holder: str) -> bool:
+    """In the gateway, whether the payer's 2100A or 2100B NM1 (``role``: payer, receiver) says what the 270 did not
+    send (``ResponseContext.parties_sent``), noted here with each element that differs: the response refers to the
+    request's resource (``holder``), which holds what was sent and nothing of this. Equal to what was sent, or
+    leaving some of it out, it is an echo; unknown what was sent, it is taken for one. The caller maps it otherwise."""
+    ctx = r.context
+    sent = ctx.parties_sent if ctx is not None else None
+    if sent is None or _echoes_sent(r, nm1, sent.get(role)):
+        return False
+    known = next((k for k in sent.get(role, ()) if k[0] == nm1.id), ())
+    names = r.tables.element_names.get(nm1.id, ())
+    shown = []
+    for index, value in enumerate(nm1.values(0)):
+        if not index or not value or (index < len(known) and known[index] == value):
+            continue
+        name = names[index - 1] if index <= len(names) else f"beyond the {len(names)} elements of {nm1.id}"
+        was = f"the 270 sent {quoted(known[index])}" if index < len(known) and known[index] else "not sent"
+        shown.append(f"{nm1.id}{index:02d} {quoted(value)} ({name}; {was})")
+    said = ", ".join(shown) or "its elements"   # none differs as read: the components of a composite, say
+    r.note(f"the {_PARTIES[role]}'s {nm1.id} ({loop.id}) is not the 270's: {said} (not carried: the response refers to "
+           f"the request's {holder})", loop, nm1)
+    return True
+
+
+def _check_entity_type(r: _Response, loop: Loop, nm1: Segment, who: str, read_as: str) -> str:
+    """NM102 by ``mappings/translate/qualifiers.yaml`` entity_type: person or organization. One it does not list (or
+    none) is noted and read as ``read_as``, the loop's usual kind (the table has no on_missing: X12 has no other
+    NM102, and a payer's slip should not refuse its answer)."""
+    kind = r.tables.entity_type(nm1.get(2))
+    if kind is not None:
+        return kind
+    named = f"{who} {nm1.get(3)}" if nm1.get(3) else who
+    r.note(f"{named}: {r.tables.unlisted_entity_type(nm1.get(2), read_as)}", loop, nm1)
+    return read_as
 
 
 def _check_identification(r: _Response, loop: Loop, nm1: Segment) -> None:
@@ -562,6 +618,7 @@ class _Person:
     given: list[str] = field(default_factory=list)
     suffix: str = ""
     member_id: str = ""
+    identifiers: list[dict[str, Any]] = field(default_factory=list)   # ids under another NM108 than a member id's
     birth_date: str | None = None
     gender: str | None = None
     address: dict[str, Any] | None = None
@@ -595,20 +652,28 @@ def _stands_in(r: _Response, role: str) -> dict[str, str]:
 
 
 def _echoes(r: _Response, seg: Segment, role: str) -> bool:
-    """Whether ``seg`` says nothing the 270 did not send for the person: a segment the 270 sent with the same id
-    holds every element ``seg`` fills, the same (values as the reader strips them, case as sent). A payer that
-    leaves out a middle name or a gender the 270 gave adds nothing, and loses nothing the request does not hold."""
+    """Whether ``seg`` says nothing the 270 did not send for the person (``ResponseContext.persons_sent``)."""
     ctx = r.context
     sent = ctx.persons_sent if ctx is not None else None
-    if not sent or role not in sent:
+    return bool(sent) and _echoes_sent(r, seg, sent.get(role) if sent else None)
+
+
+def _echoes_sent(r: _Response, seg: Segment, sent: frozenset[tuple[str, ...]] | None) -> bool:
+    """Whether ``seg`` says nothing ``sent`` (the segments of one of the 270's loops) does not: a segment the 270 sent
+    with the same id holds every element ``seg`` fills, the same (values as the reader strips them, case as sent). A
+    payer that leaves out a middle name or a gender the 270 gave adds nothing, and loses nothing the request does not
+    hold."""
+    if not sent:
         return False
+    ctx = r.context
+    sent_component = ctx.sent_component if ctx is not None else DEFAULT_DELIMITERS.component
     values = seg.values(0)
     filled = [(index, value) for index, value in enumerate(values) if value and index]
     composites = r.tables.composites.get(seg.id, ())   # HI01-HI12, DMG05 ...: compared by components when unequal
     return any(known[0] == values[0] and all(
         index < len(known) and (known[index] == value or (index in composites and _same_components(
-            known[index], ctx.sent_component, value, seg.delimiters.component))) for index, value in filled)
-        for known in sent[role])
+            known[index], sent_component, value, seg.delimiters.component))) for index, value in filled)
+        for known in sent)
 
 
 def _same_components(sent: str, sent_separator: str, value: str, separator: str) -> bool:
@@ -687,18 +752,33 @@ def _name_loop(r: _Response, loop: Loop | None, *, role: str) -> None:
                 continue
             seen.add(sid)
         if sid == "NM1":
+            if tables.entity_type(seg.get(2)) is None:   # a Patient whatever it says
+                _check_entity_type(r, loop, seg, f"the {role}", "person")
+            # NM108 says what NM109 is: MI the member id; another id of the person under its system, or noted
+            qualifier, value = seg.get(8), seg.get(9)
+            member = bool(value) and tables.member_id(qualifier)
+            if value and not member:
+                _check_identification(r, loop, seg)
             returned = False
             if stands_in:
-                name, member_id = _person_name(seg), seg.get(9)
-                what = " and ".join(w for w, v in (("name", name), ("member id", member_id)) if v)
+                name = _person_name(seg)
+                ident = value if member else " ".join(v for v in (qualifier, value) if v) if value else ""
+                what = " and ".join(w for w, v in (("name", name), ("member id" if member else "id", ident)) if v)
                 returned = _returned(r, loop, seg, role, stands_in.get(sid), what,
-                                     "; ".join(v for v in (name, member_id) if v))
+                                     "; ".join(v for v in (name, ident) if v))
             if not returned:
                 r.map(seg)
+                if value and not member:
+                    identifier = tables.identifier(qualifier, value)
+                    if identifier is not None:
+                        person.identifiers.append(identifier)
+                    else:
+                        r.note(f"the {role} identified by {' '.join(v for v in (qualifier, value) if v)} "
+                               f"({tables.unidentified(qualifier)}): not a member id", loop, seg)
             person.family, person.suffix = seg.get(3), seg.get(7)
             person.given = [v for v in (seg.get(4), seg.get(5)) if v]
-            if seg.get(9):
-                person.member_id = seg.get(9)
+            if member:
+                person.member_id = value
         elif sid == "DMG":
             gender = tables.t["gender"]["from_x12"].get(seg.get(3))
             if seg.get(3) and gender is None:
@@ -1484,7 +1564,6 @@ def _entities(r: _Response, loop: Loop) -> list[dict[str, Any]]:
     if not subs:
         return []
     table = r.tables.t["entities"]
-    qualifiers = r.tables.t["qualifiers"]
     provider_level = r.tables.t["references"]["provider_level"]   # PRV02 -> what PRV03 is
     out = []
     for sub in subs:
@@ -1511,7 +1590,7 @@ def _entities(r: _Response, loop: Loop) -> list[dict[str, Any]]:
                         r.note(f"URL {v} has no scheme; https:// added", sub, per)
         _check_identification(r, sub, nm1)
         identifier = r.tables.identifier(nm1.get(8), nm1.get(9))
-        person = qualifiers["entity_type"].get(nm1.get(2)) == "person"
+        person = _check_entity_type(r, sub, nm1, info["display"], "organization") == "person"
         entity_id = _ID_UNSAFE.sub("-", f"{info['role']}-{loop.parent.id if loop.parent else ''}-{nm1.position}")
         resource: dict[str, Any] = {}
         name = " ".join(v for v in (nm1.get(4), nm1.get(3)) if v) if person else nm1.get(3)
@@ -1686,6 +1765,8 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
         if patient_person.member_id:
             patient["identifier"] = [{"type": {"coding": [dict(systems["member_id_type"])]},
                                       "system": systems["member_id_system"], "value": patient_person.member_id}]
+        if patient_person.identifiers:   # under another NM108 (an NPI, a tax id): the system it names
+            patient.setdefault("identifier", []).extend(patient_person.identifiers)
         if patient_person.birth_date:
             patient["birthDate"] = patient_person.birth_date
         if patient_person.gender:
@@ -1746,6 +1827,8 @@ def _assemble(r: _Response, payer_loop: Loop | None, receiver: Loop | None, name
                 subscriber["identifier"] = [{"type": {"coding": [dict(systems["member_id_type"])]},
                                              "system": systems["member_id_system"],
                                              "value": subscriber_person.member_id}]
+            if subscriber_person.identifiers:
+                subscriber.setdefault("identifier", []).extend(subscriber_person.identifiers)
             contained.append(subscriber)
             coverage["subscriber"] = {"reference": "#subscriber"}
         classes = (subscriber_person.groups if subscriber_person else []) + patient_person.groups

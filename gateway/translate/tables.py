@@ -7,7 +7,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
-from gateway.errors import MappingError, quoted
+from gateway.errors import MappingError, quoted, with_article
 from gateway.mappings import code_table, load_yaml
 from gateway.translate.errors import Problem, TranslationError
 
@@ -114,6 +114,23 @@ class Tables:
                     "value": value}
         return {"system": self.systems[info["system"]], "value": value}
 
+    def member_id(self, qualifier: str) -> bool:
+        """Whether a person's NM109 under ``qualifier`` (NM108) is the member id (``member_id`` in
+        ``translate/identifiers.yaml``: MI), rather than another id of the person."""
+        info = self.t["identifiers"]["codes"].get(qualifier)
+        return info is not None and info.get("member_id") is True
+
+    def entity_type(self, qualifier: str) -> str | None:
+        """NM102 by ``translate/qualifiers.yaml`` entity_type: person or organization; None when it is not listed (the
+        caller reads the NM1 as its loop's usual kind and notes it with :meth:`unlisted_entity_type`)."""
+        return self.t["qualifiers"]["entity_type"].get(qualifier)
+
+    def unlisted_entity_type(self, qualifier: str, read_as: str) -> str:
+        """A note's words for an NM102 that entity_type does not list, read as ``read_as`` (person, organization)."""
+        known = ", ".join(f"{code} {meaning}" for code, meaning in self.t["qualifiers"]["entity_type"].items())
+        said = f"NM102 {quoted(qualifier)} is no entity type qualifier" if qualifier else "NM102 is empty"
+        return f"{said} ({known}): read as {with_article(read_as)}"
+
     def unidentified(self, qualifier: str) -> str:
         """Why an NM109 under ``qualifier`` is no FHIR Identifier, as a note says it."""
         info = self.t["identifiers"]["codes"].get(qualifier)
@@ -196,6 +213,11 @@ def _check_translation(t: dict[str, Any], codes: dict[str, dict[str, dict[str, A
     _need("translate/qualifiers.yaml: information_category", q.get("information_category"), dict,
           "a mapping of III03 codes to the words naming III04")
     _check_identifiers(t["identifiers"], t["systems"])
+    member_ids = [code for code, info in t["identifiers"]["codes"].items() if info.get("member_id") is True]
+    sent = t["request_270"].get("constants", {}).get("member_id_qualifier")
+    if sent not in member_ids:   # a 270's member id would not read back as one, nor its 271's echo
+        raise MappingError(f"translate/identifiers.yaml: request_270.yaml's member_id_qualifier {sent!r} is not a "
+                           f"code with member_id: true (those are: {', '.join(member_ids) or 'none'})")
     indicator = _need("translate/relationship.yaml: insured_indicator", t["relationship"].get("insured_indicator"),
                       dict, "the INS01 of a subscriber and of a dependent")
     for who in ("subscriber", "dependent"):
@@ -255,14 +277,16 @@ def _check_identifiers(table: Any, systems: dict[str, Any]) -> None:
     for code, info in codes.items():
         system = info.get("system") if isinstance(info, dict) else None
         kind = info.get("type") if isinstance(info, dict) else None
+        member = info.get("member_id", False) if isinstance(info, dict) else False
         coding = systems.get(kind) if isinstance(kind, str) else None
         typed = isinstance(coding, dict) and all(isinstance(coding.get(k), str) for k in ("system", "code"))
         if not (isinstance(info, dict) and isinstance(info.get("display"), str)
                 and (system is None or (isinstance(system, str) and isinstance(systems.get(system), str)))
-                and (kind is None or (system is not None and typed))):
+                and (kind is None or (system is not None and typed))
+                and isinstance(member, bool) and not (member and system is not None)):
             raise MappingError(f"translate/identifiers.yaml: code {code!r} needs a display and, when given, a system "
-                               "naming a URI in systems.yaml and a type naming a coding there (with its system); it "
-                               f"has {info!r}")
+                               "naming a URI in systems.yaml and a type naming a coding there (with its system), or "
+                               f"member_id true or false (true only without a system); it has {info!r}")
 
 
 def _check_authorization(table: Any) -> None:

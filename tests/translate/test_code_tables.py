@@ -173,6 +173,9 @@ UNLISTED_270 = [
                      *HEAD_270[3:], ("EQ", ["30"])], "Q9", "NM108"),
     ("identifiers", [*HEAD_270[:4], ("NM1", ["1P", "2", "SAMPLE CLINIC", "", "", "", "", "Q9", "1234567893"]),
                      *HEAD_270[5:], ("EQ", ["30"])], "Q9", "NM108"),
+    # a person's: was the member id whatever NM108 said
+    ("identifiers", [*HEAD_270[:7], ("NM1", ["IL", "1", "ROE", "ANNA", "", "", "", "Q9", "W123"]), *HEAD_270[8:],
+                     ("EQ", ["30"])], "Q9", "NM108"),
 ]
 
 
@@ -430,6 +433,12 @@ def copy_with(tmp_path: Path, file: str, old: str, new: str) -> str:
      "identifiers.yaml: code 'PI' needs a display"),
     ("translate/identifiers.yaml", "  XV: {display: \"CMS PlanID\"}", "  XV: {display: PlanID, type: payer_id_type}",
      "identifiers.yaml: code 'XV' needs a display"),
+    # a 270's member id (MI) must read back as one, from the 270 and from the 271's echo
+    ("translate/identifiers.yaml", ", member_id: true}", "}",
+     "request_270.yaml's member_id_qualifier 'MI' is not a code with member_id: true (those are: none)"),
+    ("translate/identifiers.yaml", ", member_id: true}", ", member_id: 'true'}", "identifiers.yaml: code 'MI' needs"),
+    ("translate/identifiers.yaml", ", member_id: true}", ", member_id: true, system: member_id_system}",
+     "identifiers.yaml: code 'MI' needs"),
     ("translate/relationship.yaml", 'insured_indicator: {subscriber: "Y", dependent: "N"}',
      'insured_indicator: {subscriber: "Y"}', "insured_indicator.dependent needs an INS01 code"),
     ("translate/qualifiers.yaml", "additional_information:\n  ZZ: Place of service\n  NI: Nature of injury\n"

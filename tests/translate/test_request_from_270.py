@@ -317,3 +317,51 @@ def test_a_trace_originator_with_spaces_or_slashes_is_percent_encoded_as_the_271
     assert response.resource["request"]["identifier"] == {"system": f"{trn}/9%20GW%2F01", "value": "T1"}
     plain = from_270(x12([*HEAD, ("EQ", ["30"])]))[1]["identifier"]   # a company id stays as it is
     assert {"system": f"{trn}/9GATEWAY01", "value": "T1"} in plain
+
+
+def _entry(bundle: dict[str, Any], resource_type: str) -> dict[str, Any]:
+    return next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == resource_type)
+
+
+@pytest.mark.parametrize(("qualifier", "why"), [
+    ("II", "Standard Unique Health Identifier for each Individual in the United States: no FHIR identifier system "
+           "holds it"),
+    ("Q9", "NM108 'Q9' is not an X279A1 identification code qualifier"),
+    ("", "NM108, the qualifier saying what the id is, is empty"),
+])
+def test_a_270_persons_id_under_another_qualifier_than_mi_is_no_member_id(qualifier, why):
+    # was: 2100C NM109 became the member id (subscriberId, the Patient's member identifier) whatever NM108 said
+    head = [*HEAD[:7], ("NM1", ["IL", "1", "ROE", "ANNA", "", "", "", qualifier, "123456789"]), *HEAD[8:]]
+    bundle, request, notes = from_270(x12([*head, ("EQ", ["30"])]))
+    _valid_fhir(bundle)
+    assert "identifier" not in _entry(bundle, "Patient") and "subscriberId" not in _entry(bundle, "Coverage")
+    shown = f"{qualifier} 123456789" if qualifier else "123456789"
+    assert f"the subscriber identified by {shown} ({why}): not a member id" in notes
+    assert "discovery" in request["purpose"]   # no member id: the payer is asked to find the coverage
+
+
+def test_a_270_persons_id_under_a_qualifier_with_a_system_is_an_identifier_of_the_person():
+    head = [*HEAD[:7], ("NM1", ["IL", "1", "ROE", "ANNA", "", "", "", "FI", "356000158"]), *HEAD[8:]]
+    bundle, _, notes = from_270(x12([*head, ("EQ", ["30"])]))
+    assert _entry(bundle, "Patient")["identifier"] == [{"system": "urn:oid:2.16.840.1.113883.4.4",
+                                                        "value": "356000158"}]
+    assert "subscriberId" not in _entry(bundle, "Coverage")
+    assert not any("356000158" in n for n in notes)
+
+
+def test_a_270_nm102_the_table_does_not_list_is_noted():
+    # was: a provider's NM102 other than 1 was read as an organisation without a word
+    head = [*HEAD[:2], ("NM1", ["PR", "X", "EXAMPLE HEALTH PLAN", "", "", "", "", "PI", "99999"]), HEAD[3],
+            ("NM1", ["1P", "3", "SAMPLE CLINIC", "JANE", "", "", "", "XX", "1234567893"]), *HEAD[5:7],
+            ("NM1", ["IL", "", "ROE", "ANNA", "", "", "", "MI", "W123"]), HEAD[8]]
+    bundle, _, notes = from_270(x12([*head, ("EQ", ["30"])]))
+    _valid_fhir(bundle)
+    assert [n for n in notes if "NM102" in n] == [
+        "payer EXAMPLE HEALTH PLAN: NM102 'X' is no entity type qualifier (1 person, 2 organization): read as an "
+        "organization",
+        "provider SAMPLE CLINIC: NM102 '3' is no entity type qualifier (1 person, 2 organization): read as an "
+        "organization",
+        "the subscriber ROE: NM102 is empty (1 person, 2 organization): read as a person"]
+    assert any(e["resource"].get("name") == "SAMPLE CLINIC" and e["resource"]["resourceType"] == "Organization"
+               for e in bundle["entry"])
+    assert _entry(bundle, "Patient")["identifier"][0]["value"] == "W123"

@@ -1027,3 +1027,193 @@ def test_a_271_echoing_the_built_270_gains_no_note_in_the_gateway():
     patient = [*SUBSCRIBER[:2], *((s.id, s.elements) for s in name_loop)]
     r = valid(only(BENEFIT, patient=patient, context_for=in_gateway(**built.persons)))
     assert notes(r) == []
+
+
+# -- a person's NM108 decides what NM109 is ----------------------------------------------------------------------------
+
+MEMBER_ID = "https://fhir-x12-gateway.dev/fhir/sid/member-id"
+
+
+def with_name(nm1, **kw):
+    return only(BENEFIT, patient=[*SUBSCRIBER[:2], ("NM1", nm1), SUBSCRIBER[3]], **kw)
+
+
+def test_a_persons_member_id_is_the_nm109_under_mi():
+    r = valid(with_name(["IL", "1", "ROE", "RICHARD", "", "", "", "MI", "W123"]))
+    patient = next(c for c in r.resource["contained"] if c["id"] == "patient")
+    coverage = next(c for c in r.resource["contained"] if c["id"] == "coverage")
+    assert [i["system"] for i in patient["identifier"]] == [MEMBER_ID] and coverage["subscriberId"] == "W123"
+    assert notes(r) == []
+
+
+@pytest.mark.parametrize(("qualifier", "why"), [
+    ("II", "Standard Unique Health Identifier for each Individual in the United States: no FHIR identifier system "
+           "holds it"),
+    ("Q9", "NM108 'Q9' is not an X279A1 identification code qualifier"),
+    ("", "NM108, the qualifier saying what the id is, is empty"),
+])
+def test_a_persons_id_under_another_qualifier_is_no_member_id_and_is_noted(qualifier, why):
+    # was: 2100C/2100D NM109 became the member id (subscriberId, the Patient's member identifier) whatever NM108 said
+    r = valid(with_name(["IL", "1", "ROE", "RICHARD", "", "", "", qualifier, "123456789"]))
+    patient = next(c for c in r.resource["contained"] if c["id"] == "patient")
+    coverage = next(c for c in r.resource["contained"] if c["id"] == "coverage")
+    assert "identifier" not in patient and "subscriberId" not in coverage
+    noted, = [n for n in r.notes if "123456789" in n.text]
+    shown = f"{qualifier} 123456789" if qualifier else "123456789"
+    assert noted.text == f"the patient identified by {shown} ({why}): not a member id"
+    assert noted.source.endswith("2100C NM1@9") and noted.raw.startswith("NM1*IL")
+
+
+def test_a_persons_id_under_a_qualifier_with_a_system_is_an_identifier_of_the_person():
+    r = valid(with_name(["IL", "1", "ROE", "RICHARD", "", "", "", "FI", "356000158"]))
+    patient = next(c for c in r.resource["contained"] if c["id"] == "patient")
+    assert patient["identifier"] == [{"system": "urn:oid:2.16.840.1.113883.4.4", "value": "356000158"}]
+    assert "subscriberId" not in next(c for c in r.resource["contained"] if c["id"] == "coverage")
+    assert notes(r) == []
+    # a dependent's subscriber too: the contained subscriber holds it
+    dependent = [("HL", ["3", "2", "22", "1"]), ("NM1", ["IL", "1", "ROE", "RICHARD", "", "", "", "XX", "1234567893"]),
+                 ("HL", ["4", "3", "23", "0"]), ("TRN", ["2", "REQ7", "9GATEWAY01"]),
+                 ("NM1", ["03", "1", "ROE", "ANNA"]), ("INS", ["N", "19"]), BENEFIT]
+    r = valid(only(patient=dependent))
+    subscriber = next(c for c in r.resource["contained"] if c["id"] == "subscriber")
+    assert subscriber["identifier"] == [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893"}]
+
+
+def test_a_persons_qualifier_not_listed_refuses_the_271_when_the_table_says_so():
+    from dataclasses import replace
+
+    from gateway.translate import TranslationError
+
+    text = X12Writer().interchange(ENV, "HB", "271", "005010X279A1", [[
+        *HEAD, *SUBSCRIBER[:2], ("NM1", ["IL", "1", "ROE", "RICHARD", "", "", "", "Q9", "W123"]), BENEFIT]]).text
+    tables = load_tables()
+    strict = replace(tables, policies={**tables.policies, "identifiers": "error"}, concepts={})
+    with pytest.raises(TranslationError, match="code 'Q9' is not in mappings/translate/identifiers.yaml"):
+        translate_271(read_x12(text).transactions[0], strict, now=NOW)
+    # MI and the listed qualifiers pass it
+    translate_271(read_x12(text.replace("*Q9*", "*II*")).transactions[0], strict, now=NOW)
+
+
+def test_in_the_gateway_a_persons_id_under_another_qualifier_is_noted_as_an_id():
+    r = with_name(["IL", "1", "ROE", "RICHARD", "", "", "", "II", "W123"], context_for=in_gateway(
+        patient=SENT_SUBSCRIBER))
+    assert notes(r) == [f"the payer's name and id for the patient: ROE, RICHARD; II W123 {NOT_IN_PATIENT}"]
+
+
+# -- NM102 the table does not list -------------------------------------------------------------------------------------
+
+def test_a_receivers_unlisted_entity_type_is_noted_and_read_as_an_organisation():
+    # was: read as an organisation without a word
+    head = [*HEAD[:4], ("NM1", ["1P", "3", "SAMPLE CLINIC", "JANE", "", "", "", "XX", "1234567893"])]
+    r = valid(only(BENEFIT, head=head))
+    assert r.resource["requestor"]["display"] == "SAMPLE CLINIC"
+    noted, = [n for n in r.notes if "NM102" in n.text]
+    assert noted.text == ("information receiver SAMPLE CLINIC: NM102 '3' is no entity type qualifier (1 person, "
+                          "2 organization): read as an organization")
+    assert noted.source.endswith("2100B NM1@6")
+    empty = [*HEAD[:4], ("NM1", ["1P", "", "SAMPLE CLINIC", "", "", "", "", "XX", "1234567893"])]
+    assert ("information receiver SAMPLE CLINIC: NM102 is empty (1 person, 2 organization): read as an organization"
+            in notes(only(BENEFIT, head=empty)))
+    # in the gateway the requestor is the request's provider: its NM102 is not read
+    gateway = only(BENEFIT, head=head, context_for=lambda _: ResponseContext(provider={"reference": "Practitioner/1"}))
+    assert not any("NM102" in n for n in notes(gateway))
+
+
+def test_a_payers_and_a_2120_entitys_unlisted_entity_type_is_noted():
+    head = [*HEAD[:2], ("NM1", ["PR", "X", "EXAMPLE HEALTH PLAN", "", "", "", "", "PI", "99999"]), *HEAD[3:]]
+    r = valid(only(("EB", ["L"]), ("LS", ["2120"]), ("NM1", ["P3", "9", "JONES", "MARCUS", "", "", "", "XX", "1"]),
+                   ("LE", ["2120"]), head=head))
+    assert [n for n in notes(r) if "NM102" in n] == [
+        "payer EXAMPLE HEALTH PLAN: NM102 'X' is no entity type qualifier (1 person, 2 organization): read as an "
+        "organization",
+        "Primary Care Provider JONES: NM102 '9' is no entity type qualifier (1 person, 2 organization): read as an "
+        "organization"]
+    assert not any(c["resourceType"] == "Practitioner" for c in r.resource["contained"])
+
+
+def test_a_persons_unlisted_entity_type_is_noted_and_read_as_a_person():
+    r = valid(with_name(["IL", "X", "ROE", "RICHARD", "", "", "", "MI", "W123"]))
+    assert notes(r) == ["the patient ROE: NM102 'X' is no entity type qualifier (1 person, 2 organization): read as a "
+                        "person"]
+    patient = next(c for c in r.resource["contained"] if c["id"] == "patient")
+    assert patient["name"] == [{"family": "ROE", "given": ["RICHARD"]}]
+
+
+# -- the gateway: the payer's and the requestor's NM1 against what the 270 sent ----------------------------------------
+
+PARTIES_SENT = {"payer": sent(HEAD[2]), "receiver": sent(HEAD[4])}
+
+
+def with_parties(parties=PARTIES_SENT):
+    def context_for(traces):
+        return ResponseContext(patient={"reference": "Patient/9"}, insurer={"reference": "Organization/p"},
+                               coverage={"reference": "Coverage/c"}, provider={"reference": "Organization/clinic"},
+                               request={"reference": "CoverageEligibilityRequest/r"}, persons_sent={
+                                   "patient": SENT_SUBSCRIBER}, parties_sent=parties)
+    return context_for
+
+
+def test_in_the_gateway_a_payer_and_requestor_nm1_echoing_the_270_are_mapped():
+    r = valid(only(BENEFIT, context_for=with_parties()))
+    assert notes(r) == []
+    assert {4, 6} <= r.mapped   # the 2100A and 2100B NM1
+    assert r.resource["insurer"] == {"reference": "Organization/p"}
+    assert r.resource["requestor"] == {"reference": "Organization/clinic"}
+    # one that leaves out what the 270 sent (the payer's name) says nothing the request lacks
+    head = [*HEAD[:2], ("NM1", ["PR", "2", "", "", "", "", "", "PI", "99999"]), *HEAD[3:]]
+    assert notes(only(BENEFIT, head=head, context_for=with_parties())) == []
+
+
+def test_in_the_gateway_a_payer_nm1_other_than_the_270s_is_noted_with_what_differs():
+    # was: mapped (counted as carried into the response) though the response holds the request's insurer only
+    head = [*HEAD[:2], ("NM1", ["PR", "2", "EXAMPLE HEALTH", "", "", "", "", "PI", "88888"]), *HEAD[3:]]
+    r = valid(only(BENEFIT, head=head, context_for=with_parties()))
+    noted, = r.notes
+    assert noted.text == ("the information source's NM1 (2100A) is not the 270's: NM103 'EXAMPLE HEALTH' (Name Last or "
+                          "Organization Name; the 270 sent 'EXAMPLE HEALTH PLAN'), NM109 '88888' (Identification Code; "
+                          "the 270 sent '99999') (not carried: the response refers to the request's insurer)")
+    assert noted.source.endswith("2100A NM1@4") and noted.raw.startswith("NM1*PR*2*EXAMPLE HEALTH*")
+    assert 4 in r.noted and 4 not in r.mapped
+    assert r.resource["insurer"] == {"reference": "Organization/p"}
+
+
+def test_in_the_gateway_a_requestor_nm1_other_than_the_270s_is_noted_with_what_differs():
+    head = [*HEAD[:4], ("NM1", ["1P", "1", "SAMPLE CLINIC", "JANE", "", "", "", "SV", "2000035"])]
+    r = valid(only(BENEFIT, head=head, context_for=with_parties()))
+    assert notes(r) == [
+        "the information receiver's NM1 (2100B) is not the 270's: NM102 '1' (Entity Type Qualifier; the 270 sent '2'), "
+        "NM104 'JANE' (Name First; not sent), NM108 'SV' (Identification Code Qualifier; the 270 sent 'XX'), NM109 "
+        "'2000035' (Identification Code; the 270 sent '1234567893') (not carried: the response refers to the "
+        "request's provider)"]
+    assert 6 in r.noted and 6 not in r.mapped
+    # the 270's loop unknown for one of them: what the payer says of it is all noted
+    r = only(BENEFIT, context_for=with_parties({"receiver": PARTIES_SENT["receiver"]}))
+    assert notes(r) == [
+        "the information source's NM1 (2100A) is not the 270's: NM101 'PR' (Entity Identifier Code; not sent), NM102 "
+        "'2' (Entity Type Qualifier; not sent), NM103 'EXAMPLE HEALTH PLAN' (Name Last or Organization Name; not "
+        "sent), NM108 'PI' (Identification Code Qualifier; not sent), NM109 '99999' (Identification Code; not sent) "
+        "(not carried: the response refers to the request's insurer)"]
+
+
+def test_without_what_the_270_sent_of_the_payer_and_requestor_their_nm1s_are_read_as_before():
+    # a context that does not know them (parties_sent unset): mapped, as echoes, and an id without a system noted
+    head = [*HEAD[:2], ("NM1", ["PR", "2", "EXAMPLE HEALTH", "", "", "", "", "PI", "88888"]), *HEAD[3:]]
+    r = only(BENEFIT, head=head, context_for=with_parties(None))
+    assert notes(r) == [] and {4, 6} <= r.mapped
+
+
+def test_a_271_echoing_the_built_270s_payer_and_provider_gains_no_note_in_the_gateway():
+    """The 2100A and 2100B NM1 as the built 270 wrote them (what request_270 would hand over as parties) echo."""
+    from gateway.translate.request_270 import build_270
+    from gateway.x12.structure import element_limits
+    from tests.translate.test_request_rules import ENV as REQUEST_ENV
+    from tests.translate.test_request_rules import bundle
+
+    built = build_270(bundle(), load_tables(), envelope=REQUEST_ENV, limits=element_limits())
+    txn = read_x12(built.text).transactions[0]
+    payer, receiver = (next(s for loop, s in txn.root.walk() if loop.id == lid and s.id == "NM1")
+                       for lid in ("2100A", "2100B"))
+    parties = {"payer": sent((payer.id, payer.elements)), "receiver": sent((receiver.id, receiver.elements))}
+    head = [*HEAD[:2], (payer.id, payer.elements), HEAD[3], (receiver.id, receiver.elements)]
+    r = valid(only(BENEFIT, head=head, context_for=with_parties(parties)))
+    assert notes(r) == []
