@@ -437,10 +437,11 @@ class _Walk:
 
     def placed(self, path: str, owner: dict[str, Any] | None) -> tuple[str, tuple[str, ...], str]:
         """``path`` (``Coverage.payor[0]``, at the resource holding the reference) from where the client sent that
-        resource (``Bundle.entry[2].resource.payor[0]``, ``CoverageEligibilityRequest.contained[1].payor[0]``); one
-        fetched from the FHIR server keeps its own root, with the reference it was fetched for, and words saying so."""
+        resource (``Bundle.entry[2].resource.payor[0]``, ``CoverageEligibilityRequest.contained[1].payor[0]``; the
+        request's own ``Bundle.entry[0].resource.insurer`` when it came in a Bundle); one fetched from the FHIR server
+        keeps its own root, with the reference it was fetched for, and words saying so."""
         kind = str((owner or {}).get("resourceType"))
-        if owner is None or owner is self.request or not path.startswith(kind):
+        if owner is None or (owner is self.request and self.bundle_in is None) or not path.startswith(kind):
             return path, (), ""
         if self._places is None:
             self._places = sent_at(self.request, self.bundle_in)

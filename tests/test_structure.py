@@ -220,6 +220,20 @@ def test_a_full_url_that_is_no_string_is_said_once_and_its_resource_is_still_che
     assert words in found[0][2]
 
 
+def test_the_requests_own_problems_in_a_bundle_are_said_from_its_entry():
+    """They were said at CoverageEligibilityRequest.x beside Bundle.entry[i].resource.x: one answer, two roots."""
+    request = {**REQUEST, "status": "bogus", "contained": [{"resourceType": "Patient", "gender": "f"}]}
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"fullUrl": "Patient/p", "resource": {**PATIENT, "birthDate": "1980-13-01"}},
+        {"fullUrl": "urn:uuid:6c3c7a6e-0000-4000-8000-000000000001", "resource": request}]}
+    assert sorted(p.fhir_path for p in payload_problems(request, bundle)) == [
+        "Bundle.entry[0].resource.birthDate", "Bundle.entry[1].resource.contained[0].gender",
+        "Bundle.entry[1].resource.contained[0].id", "Bundle.entry[1].resource.status"]
+    alone = sorted(p.fhir_path for p in payload_problems(request, None))   # sent alone: from its own root
+    assert alone == ["CoverageEligibilityRequest.contained[0].gender", "CoverageEligibilityRequest.contained[0].id",
+                     "CoverageEligibilityRequest.status"]
+
+
 def test_an_entry_that_is_no_object_is_said_once():
     found = [(p.fhir_path, p.message) for p in payload_problems(REQUEST, _bundle(7))]
     assert found == [("Bundle.entry[1]", "expected a JSON object here, not a number")]

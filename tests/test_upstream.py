@@ -28,6 +28,7 @@ from gateway.x12.writer import Envelope
 from tests.conftest import FIXTURES
 
 CER = "CoverageEligibilityRequest"
+ENTRY0 = "Bundle.entry[0].resource"   # the request, sent in a Bundle: its refusals are said from its entry
 ENV = Envelope(sender_id="GATEWAY01", receiver_id="PAYERX", interchange_control=5, now=datetime(2025, 3, 10, 9, 15))
 NPI = "http://hl7.org/fhir/sid/us-npi"
 PAYERID = {"system": "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBIdentifierType", "code": "payerid"}
@@ -696,7 +697,7 @@ def test_versions_are_never_confused_with_one_another(ehr: Upstream):
     assert "NM1*03*1*DOE*SOFIA" in x12 and "DMG*D8*20120202" in x12
     # another version than the entry's is not that entry: it is fetched (and here the server has no such one)
     payload["entry"][0]["resource"] = {**request, "patient": {"reference": "Patient/child1/_history/4"}}
-    assert problems_of(payload, config(ehr))[f"{CER}.patient"][0] == "not-found"
+    assert problems_of(payload, config(ehr))[f"{ENTRY0}.patient"][0] == "not-found"   # the request's entry
 
 
 def test_an_absolute_reference_never_matches_another_servers_entry(ehr: Upstream):
@@ -704,7 +705,7 @@ def test_an_absolute_reference_never_matches_another_servers_entry(ehr: Upstream
         {"fullUrl": "urn:uuid:6a3d8a0e-0000-4000-8000-000000000009",
          "resource": ehr_example(patient={"reference": "https://evil.example/fhir/Patient/123"})},
         {"fullUrl": f"{ehr.url}/fhir/Patient/123", "resource": RESOURCES[("Patient", "123")]}]}
-    assert problems_of(payload, config(ehr))[f"{CER}.patient"][0] == "forbidden"
+    assert problems_of(payload, config(ehr))[f"{ENTRY0}.patient"][0] == "forbidden"
 
 
 def test_relative_references_of_another_servers_entry_are_that_servers(ehr: Upstream):
@@ -714,7 +715,7 @@ def test_relative_references_of_another_servers_entry_are_that_servers(ehr: Upst
         {"fullUrl": "https://other-ehr.example/fhir/CoverageEligibilityRequest/x", "resource": ehr_example()}]}
     problems = problems_of(payload, config(ehr))
     assert {code for code, _ in problems.values()} == {"forbidden"}
-    assert "https://other-ehr.example/fhir/Patient/123" in problems[f"{CER}.patient"][1]
+    assert "https://other-ehr.example/fhir/Patient/123" in problems[f"{ENTRY0}.patient"][1]
     assert ehr.paths() == []
 
 

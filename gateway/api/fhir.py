@@ -110,10 +110,28 @@ def sent_from(result: Result, kind: Any, root: str) -> Result:
     body = result.body
     if result.ok or not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
         return result
-    issues = [{**issue, "expression": [_placed(root, kind, e) for e in issue["expression"]]}
-              if isinstance(issue, dict) and isinstance(issue.get("expression"), list) else issue
-              for issue in body.get("issue") or []]
+    issues = [_issue_from(issue, kind, root) if isinstance(issue, dict) and isinstance(issue.get("expression"), list)
+              else issue for issue in body.get("issue") or []]
     return dataclasses.replace(result, body={**body, "issue": issues})
+
+
+_FETCHED_FOR = " fetched for "   # a resource read from the EHR's server names the reference it was read for
+
+
+def _issue_from(issue: dict[str, Any], kind: Any, root: str) -> dict[str, Any]:
+    """One issue of :func:`sent_from`: its expressions from ``root``, and the reference its text names for a resource
+    fetched from the EHR ("in the Coverage fetched for CoverageEligibilityRequest.insurance[0].coverage: ..."), which
+    is one of its expressions, rewritten the same way, so that text and expressions name one place."""
+    expressions = issue["expression"]
+    placed = [_placed(root, kind, e) for e in expressions]
+    details = issue.get("details")
+    text = details.get("text") if isinstance(details, dict) else None
+    if isinstance(text, str) and _FETCHED_FOR in text:
+        for before, after in zip(expressions, placed, strict=True):
+            if isinstance(before, str) and before != after:
+                text = text.replace(f"{_FETCHED_FOR}{before}:", f"{_FETCHED_FOR}{after}:")
+        issue = {**issue, "details": {**details, "text": text}}
+    return {**issue, "expression": placed}
 
 
 def _placed(root: str, kind: Any, path: Any) -> Any:

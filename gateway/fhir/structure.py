@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Any
@@ -185,8 +186,11 @@ def _bundle_invariant_problems(bundle: dict[str, Any], root: str, said: set[str]
 
 def payload_problems(request: dict[str, Any], bundle: dict[str, Any] | None) -> list[Problem]:
     """Every structural problem of a request and, when it came in one, of its Bundle (its own elements, then each
-    entry's resource), with FHIRPaths from where the client sent them."""
+    entry's resource), with FHIRPaths from where the client sent them: all at ``Bundle`` when it came in one (the
+    request's own at its entry, ``Bundle.entry[0].resource.status``), so that one answer has one root."""
     problems = structure_problems(request) + invariant_problems(request)   # the request's paths start at it
+    if problems and bundle is not None:   # said from its entry (found only for a refusal)
+        problems = _moved(problems, str(request.get("resourceType")), _entry_of(request, bundle))
     said: set[str] = set()
     if bundle is not None:   # the Bundle's own elements and invariants (its entries' resources one by one, below)
         own = own_problems(bundle, "Bundle", "entry")
@@ -216,6 +220,24 @@ def payload_problems(request: dict[str, Any], bundle: dict[str, Any] | None) -> 
             problems.extend(structure_problems(resource, f"{where}.resource"))
             problems.extend(invariant_problems(resource, f"{where}.resource"))
     return problems
+
+
+def _entry_of(resource: dict[str, Any], bundle: dict[str, Any]) -> str:
+    """``Bundle.entry[i].resource``, i the entry holding ``resource`` (by identity); ``Bundle`` when none does."""
+    entries = bundle.get("entry")
+    index = next((i for i, e in enumerate(entries) if isinstance(e, dict) and e.get("resource") is resource),
+                 None) if isinstance(entries, list) else None
+    return "Bundle" if index is None else f"Bundle.entry[{index}].resource"
+
+
+def _moved(problems: list[Problem], root: str, to: str) -> list[Problem]:
+    """``problems`` with each path starting at ``root`` (``CoverageEligibilityRequest.status``) said from ``to``
+    (``Bundle.entry[0].resource.status``)."""
+    def move(path: str) -> str:
+        return to + path[len(root):] if path == root or path.startswith((f"{root}.", f"{root}[")) else path
+
+    return [dataclasses.replace(p, fhir_path=move(p.fhir_path), also=tuple(move(a) for a in p.also))
+            for p in problems]
 
 
 def _path(root: str, loc: tuple[Any, ...]) -> str:

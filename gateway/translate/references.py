@@ -110,10 +110,11 @@ class Resolver:
 
 def sent_at(request: dict[str, Any], bundle: dict[str, Any] | None) -> dict[int, str]:
     """Where the client sent each resource of its payload, by ``id()`` of the resource: the FHIRPath a refusal names it
-    from. The request's own paths start at it (``CoverageEligibilityRequest``), in a Bundle too, as the structural
-    check's do; its contained resources are ``CoverageEligibilityRequest.contained[i]``, a Bundle entry's resource
-    ``Bundle.entry[i].resource`` (and what that contains, ``....contained[j]``). A resource not found here was not sent
-    by the client: it came from the EHR's FHIR server. Walked only when a refusal is being written."""
+    from, so that one answer has one root. A Bundle entry's resource is ``Bundle.entry[i].resource`` (the request's
+    too, when it came in a Bundle, as the structural check says it) and what it contains ``....contained[j]``; a request
+    sent alone is ``CoverageEligibilityRequest``, its contained resources ``CoverageEligibilityRequest.contained[i]``.
+    A resource not found here was not sent by the client: it came from the EHR's FHIR server. Walked only when a
+    refusal is being written."""
     places: dict[int, str] = {}
 
     def add(resource: dict[str, Any], where: str) -> None:
@@ -123,11 +124,11 @@ def sent_at(request: dict[str, Any], bundle: dict[str, Any] | None) -> dict[int,
             if isinstance(inner, dict):
                 places.setdefault(id(inner), f"{where}.contained[{index}]")
 
-    add(request, str(request.get("resourceType") or "Resource"))
     entries = (bundle or {}).get("entry")
     for index, entry in enumerate(entries if isinstance(entries, list) else []):
         if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
             add(entry["resource"], f"Bundle.entry[{index}].resource")
+    add(request, str(request.get("resourceType") or "Resource"))   # sent alone (in a Bundle, placed above)
     return places
 
 

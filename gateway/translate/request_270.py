@@ -120,6 +120,15 @@ def _name(resource: dict[str, Any] | None) -> _Person:
     return person
 
 
+# the words of an item's name that are abbreviations, said as they are written (``provider_npi``: "provider NPI")
+_ABBREVIATIONS = {"npi": "NPI"}
+
+
+def _words(item: str) -> str:
+    """An item of the items table (``provider_npi``) in the words a refusal says it in ("provider NPI")."""
+    return " ".join(_ABBREVIATIONS.get(word, word) for word in item.split("_"))
+
+
 def _codings(concept: Any) -> list[dict[str, Any]]:
     return [c for c in (concept or {}).get("coding") or [] if isinstance(c, dict)]
 
@@ -178,8 +187,9 @@ class _Gather:
         self.resolver = Resolver(request, bundle)
         self.sent = sent   # the payload as the client sent it: where each resource it holds sits (see place)
         # each resolved resource a problem's path may start at: the path's start (``Coverage``, ``Patient``, or a
-        # reference and ``.resolve()``) -> the resource and the path of the reference naming it
-        self.roles: dict[str, tuple[dict[str, Any], str]] = {}
+        # reference and ``.resolve()``) -> the resource and the path of the reference naming it; the request's own
+        # paths too (``Bundle.entry[0].resource.status`` when it came in a Bundle)
+        self.roles: dict[str, tuple[dict[str, Any], str]] = {CER: (request, CER)}
         # the element each item's value was read from, as a path (see source); called only to write a refusal
         self.sources: dict[str, Callable[[], str]] = {}
         self.configured_provider = False   # the 2100B provider is the configured information receiver
@@ -198,7 +208,7 @@ class _Gather:
         where it is missing, when more exact than those; ``also``: further places it may come from."""
         info = self.spec["items"][item]
         where = [path] if path else list(info["fhir"])
-        self.problems.append(Problem(where[0], message or f"{item.replace('_', ' ')} is missing", code=code,
+        self.problems.append(Problem(where[0], message or f"{_words(item)} is missing", code=code,
                                      x12=self.target(info["x12"]), also=(*where[1:], *also)))
 
     def resolve(self, reference: Any, path: str, expected: tuple[str, ...], x12: str | None = None,
@@ -216,8 +226,9 @@ class _Gather:
 
     def place(self, path: str) -> tuple[str, tuple[str, ...], str]:
         """``path`` (starting at a resource: ``Coverage.subscriberId``, ``Coverage.payor[0].resolve().name``) from
-        where the client sent that resource: a Bundle entry (``Bundle.entry[2].resource.subscriberId``) or a contained
-        resource (``CoverageEligibilityRequest.contained[1].subscriberId``). A resource the client did not send, read
+        where the client sent that resource: a Bundle entry (``Bundle.entry[2].resource.subscriberId``, the request's
+        own ``Bundle.entry[0].resource.status`` too) or a contained resource
+        (``CoverageEligibilityRequest.contained[1].subscriberId``). A resource the client did not send, read
         from the EHR's FHIR server, keeps its own root (``Coverage.subscriberId``): then also the reference it was read
         through, as the client sent it, and words saying so."""
         key = max((k for k in self.roles if path.startswith(k) and path[len(k):len(k) + 1] in ("", ".", "[")),
@@ -524,8 +535,9 @@ def build_270(payload: Any, tables: Tables, *, envelope: Envelope | Callable[[st
     g.problems.extend(g.resolver.problems)
     if g.problems:
         status_code = 400 if any(p.code in ("structure", "code-invalid") for p in g.problems) else 422
-        raise TranslationError(f"the request cannot be sent as a 270: {len(g.problems)} problem(s)",
-                               _unique([g.placed(p) for p in g.problems]), status=status_code)
+        problems = _unique([g.placed(p) for p in g.problems])   # counted as listed: each once
+        raise TranslationError(f"the request cannot be sent as a 270: {len(problems)} problem(s)", problems,
+                               status=status_code)
 
     if callable(envelope):
         envelope = envelope(payer_id)
@@ -566,7 +578,7 @@ def _payer(g: _Gather, org: dict[str, Any] | None, ref: dict[str, Any], ref_path
         chosen = identifiers[0]
     elif chosen is None and len(identifiers) > 1:
         g.lost("the payer Organization has several identifiers and none is typed payerid; the first is used",
-               "insurer")
+               ref_path)   # the insurer, or the Coverage.payor they came from
         chosen = identifiers[0]
     name = (org or {}).get("name") or ref.get("display") or ""
     payer_id = (chosen or {}).get("value") or ""
@@ -590,11 +602,9 @@ def _provider(g: _Gather, provider: dict[str, Any] | None, ref: Any) -> tuple[st
     if provider and provider.get("resourceType") == "PractitionerRole":
         if not g.configured_provider:   # its own references' problems start there
             g.roles["PractitionerRole"] = (provider, f"{CER}.provider")
-        for concept in provider.get("specialty") or []:
-            for coding in _codings(concept):
-                if coding.get("system") == taxonomy_system:
-                    taxonomy = coding.get("code") or ""
-                    g.sources["taxonomy"] = lambda concept=concept: _index_path(at, provider, "specialty", concept)
+        index, taxonomy = _taxonomy(provider.get("specialty"), taxonomy_system)
+        if index is not None:
+            g.sources["taxonomy"] = lambda index=index: f"{at}.specialty[{index}]"
         practitioner = g.resolve(provider.get("practitioner"), "PractitionerRole.practitioner", ("Practitioner",),
                                  "2100B", owner=provider, role="PractitionerRole.practitioner.resolve()")
         organization = g.resolve(provider.get("organization"), "PractitionerRole.organization", ("Organization",),
@@ -637,12 +647,12 @@ def _provider(g: _Gather, provider: dict[str, Any] | None, ref: Any) -> tuple[st
             person = _name(resource)
             g.sources["provider_name"] = lambda: _index_path(inner_at, resource, "name", person.used, ".text"
                                                              if person.from_text else ".family")
-            for q in resource.get("qualification") or []:
-                for coding in _codings(q.get("code")):
-                    if coding.get("system") == taxonomy_system and not taxonomy:
-                        taxonomy = coding.get("code") or ""
-                        g.sources["taxonomy"] = lambda q=q: _index_path(inner_at, resource, "qualification", q,
-                                                                        ".code")
+            qualifications = resource.get("qualification") or []
+            index, code = _taxonomy([q.get("code") if isinstance(q, dict) else None for q in qualifications],
+                                    taxonomy_system) if not taxonomy else (None, "")
+            if index is not None:
+                taxonomy = code
+                g.sources["taxonomy"] = lambda index=index: f"{inner_at}.qualification[{index}].code"
         else:
             person.family = resource.get("name") or ""
             g.sources["provider_name"] = lambda: f"{inner_at}.name"
@@ -650,13 +660,10 @@ def _provider(g: _Gather, provider: dict[str, Any] | None, ref: Any) -> tuple[st
             codings = [c for t in types for c in _codings(t)]
             facility = any(c.get("code") in g.spec["constants"]["facility_types"] for c in codings)
             # a group or facility's NUCC taxonomy (Organization.type) is its PRV, as a practitioner's qualification
-            for concept in types if not taxonomy else ():
-                code = next((c.get("code") or "" for c in _codings(concept) if c.get("system") == taxonomy_system),
-                            None)
-                if code is not None:
-                    taxonomy = code
-                    g.sources["taxonomy"] = lambda concept=concept: _index_path(inner_at, resource, "type", concept)
-                    break
+            index, code = _taxonomy(types, taxonomy_system) if not taxonomy else (None, "")
+            if index is not None:
+                taxonomy = code
+                g.sources["taxonomy"] = lambda index=index: f"{inner_at}.type[{index}]"
     elif isinstance(ref, dict) and ref.get("display"):
         person.family = ref["display"]
         g.sources["provider_name"] = lambda: f"{CER}.provider.display"
@@ -664,6 +671,17 @@ def _provider(g: _Gather, provider: dict[str, Any] | None, ref: Any) -> tuple[st
         for item in ("provider_npi", "provider_name", "taxonomy"):
             g.sources[item] = lambda: f"{CER}.provider"
     return npi, person, is_person, taxonomy, facility
+
+
+def _taxonomy(concepts: Any, system: str) -> tuple[int | None, str]:
+    """The index of the first concept with a coding in ``system`` (NUCC) that has a code, and that code; (None, "")
+    when none has. The first, wherever the provider's taxonomy is read (PractitionerRole.specialty,
+    Practitioner.qualification, Organization.type): PRV03 takes one, and a client lists the one it means first."""
+    for index, concept in enumerate(concepts if isinstance(concepts, list) else []):
+        code = next((c["code"] for c in _codings(concept) if c.get("system") == system and c.get("code")), None)
+        if code is not None:
+            return index, str(code)
+    return None, ""
 
 
 def _service_type(g: _Gather, concept: dict[str, Any], path: str) -> str | None:
@@ -1100,7 +1118,7 @@ def _check_sendable(g: _Gather, delimiters: Delimiters, limits: Mapping[str, tup
         if why is None and item == "provider_npi" and not valid_npi(value):
             why = "not a National Provider Identifier: 10 digits with a valid check digit"
         if why is not None:
-            g.problems.append(Problem(g.source(item), f"{item.replace('_', ' ')} {quoted(value)} cannot be sent as "
+            g.problems.append(Problem(g.source(item), f"{_words(item)} {quoted(value)} cannot be sent as "
                                       f"given ({why}); an identifier is never altered"
                                       + (receiver if item == "provider_npi" else ""), code="value",
                                       x12=g.target(info["x12"])))
@@ -1108,7 +1126,7 @@ def _check_sendable(g: _Gather, delimiters: Delimiters, limits: Mapping[str, tup
         value = values.get(item) or ""
         info = g.spec["items"][item]
         if value.strip() and not probe.clean(value, "NM1", g.target(info["x12"]).split()[-1]):
-            g.problems.append(Problem(g.source(item), f"{item.replace('_', ' ')} has no character X12 can carry "
+            g.problems.append(Problem(g.source(item), f"{_words(item)} has no character X12 can carry "
                                       "(Latin letters, digits, basic punctuation): send a Latin-script form of it"
                                       + (receiver if item == "provider_name" else ""),
                                       code="value", x12=g.target(info["x12"])))

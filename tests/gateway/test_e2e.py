@@ -258,10 +258,11 @@ def test_a_conditional_create_whose_condition_matches_still_refuses_a_body_that_
     assert gateway.post(f"/{CER}", payload, headers={"If-None-Exist": condition}).status_code == 201
     broken = copy.deepcopy(payload)
     broken["entry"][0]["resource"]["status"] = "nonsense"
-    # in a batch, a path at the entry's resource is told from the entry (the request inside a Bundle keeps its own)
+    # in a batch, a path at the entry's resource is told from the entry, one inside a Bundle from the Bundle's entry
     patient = {"resourceType": "Patient", "id": "x"}
     for body, code, where, in_batch in ((patient, "structure", "resourceType", "Bundle.entry[0].resource.resourceType"),
-                                        (broken, "code-invalid", f"{CER}.status", f"{CER}.status")):
+                                        (broken, "code-invalid", "Bundle.entry[0].resource.status",
+                                         "Bundle.entry[0].resource.entry[0].resource.status")):
         issue = outcome_issue(gateway.post(f"/{CER}", body, headers={"If-None-Exist": condition}), 400, code)
         assert issue["expression"] == [where]
         entry = {"request": {"method": "POST", "url": CER, "ifNoneExist": condition}, "resource": body}
@@ -777,7 +778,7 @@ def test_structurally_invalid_request(gateway: Gateway):
     payload = copy.deepcopy(fhir_request("subscriber-generic"))
     payload["entry"][0]["resource"]["created"] = "yesterday"
     issue = outcome_issue(gateway.post(f"/{CER}/$submit", payload), 400, "value")
-    assert issue["expression"] == [f"{CER}.created"]
+    assert issue["expression"] == ["Bundle.entry[0].resource.created"]   # the request's entry: the root is Bundle
 
 
 def test_ambiguous_contained_resources_are_400(gateway: Gateway):
@@ -926,6 +927,59 @@ def test_a_problem_inside_a_parameters_wrapped_request_is_told_from_where_the_cl
         ["Bundle.entry[0].resource.parameter[0].resource.status"], ["Bundle.entry[1].resource.status"],
         ["Bundle.entry[2].resource.parameter[0].resource.entry[1].resource.birthDate"]]
     assert sum(simulator.calls.values()) == before + 1   # only the valid entry went to the payer
+
+
+def test_every_path_of_a_bundles_refusal_starts_at_bundle(gateway: Gateway, simulator):
+    """The request's own problems were said at CoverageEligibilityRequest.x while the other resources' were at
+    Bundle.entry[i].resource.x: one answer, two roots. Both the structural check (400) and the 270's rules (422)."""
+    before = sum(simulator.calls.values())
+    payload = copy.deepcopy(fhir_request("subscriber-generic"))
+    payload["entry"][0]["resource"]["created"] = "yesterday"
+    payload["entry"][1]["resource"]["birthDate"] = 19780514
+    response = gateway.post(f"/{CER}/$submit", payload)
+    assert response.status_code == 400, response.text
+    assert sorted(expressions(response)) == ["Bundle.entry[0].resource.created", "Bundle.entry[1].resource.birthDate"]
+    payload = copy.deepcopy(fhir_request("subscriber-generic"))
+    payload["entry"][0]["resource"]["servicedDate"] = "2025-03"
+    payload["entry"][2]["resource"]["subscriberId"] = "ACM*482193057"
+    response = gateway.post(f"/{CER}", payload)   # create: the same
+    assert response.status_code == 422, response.text
+    assert sorted(expressions(response)) == ["Bundle.entry[0].resource.servicedDate",
+                                             "Bundle.entry[2].resource.subscriberId"]
+    assert all(e.startswith("Bundle.") for issue in response.json()["issue"] for e in issue["expression"])
+    # inside $submit's Parameters, under the Bundle the Parameters hold
+    response = gateway.post(f"/{CER}/$submit", _wrapped(payload))
+    assert response.status_code == 422, response.text
+    assert sorted(expressions(response)) == ["Parameters.parameter[0].resource.entry[0].resource.servicedDate",
+                                             "Parameters.parameter[0].resource.entry[2].resource.subscriberId"]
+    assert sum(simulator.calls.values()) == before
+
+
+def test_the_reference_a_fetched_resource_was_read_for_is_named_where_the_entry_sits(gateway: Gateway, simulator):
+    """In a batch or Parameters answer, "(in the Coverage fetched for CoverageEligibilityRequest.insurance[0]
+    .coverage: ...)" kept the request's own terms while the expressions were rewritten to where the entry sits."""
+    before = sum(simulator.calls.values())
+    fetched = {"resourceType": CER, "status": "active", "purpose": ["benefits"],
+               "patient": {"reference": "Patient/pat-petersen-erik"}, "created": "2025-03-10T09:15:00-05:00",
+               "insurer": {}, "provider": {"reference": "Organization/org-riverbend"},
+               "insurance": [{"coverage": {"reference": "Coverage/cov-delgado-maria"}}]}
+    issue = outcome_issue(gateway.post(f"/{CER}/$submit", _wrapped(fetched)), 422, "business-rule")
+    where = "Parameters.parameter[0].resource.insurance[0].coverage"
+    assert issue["expression"] == ["Coverage.beneficiary", where]
+    assert f"(in the Coverage fetched for {where}: the request did not hold it)" in issue["details"]["text"]
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [_submit_entry(fetched),
+                                                                  _submit_entry(_wrapped(fetched))]}
+    entries = gateway.post("/", batch).json()["entry"]
+    for entry, where in zip(entries, ("Bundle.entry[0].resource.insurance[0].coverage",
+                                      "Bundle.entry[1].resource.parameter[0].resource.insurance[0].coverage"),
+                            strict=True):
+        issues = entry["response"]["outcome"]["issue"]
+        assert ["Coverage.beneficiary", where] in [issue["expression"] for issue in issues]
+        for issue in issues:   # the Coverage's beneficiary and relationship: each names the reference as placed
+            assert issue["expression"][1:] == [where]
+            assert issue["details"]["text"].endswith(f"(in the Coverage fetched for {where}: the request did not "
+                                                     "hold it)")
+    assert sum(simulator.calls.values()) == before
 
 
 def test_a_batch_is_held_to_the_bundle_invariants(gateway: Gateway, simulator):

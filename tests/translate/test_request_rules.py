@@ -125,7 +125,7 @@ def _item(code="99213", modifier="25", diagnosis="E11.9"):
 
 
 # where bundle() puts each resource: the request, the patient, the parent, the coverage, the payer, the clinic
-PATIENT, COVERAGE, PAYER, CLINIC = (f"Bundle.entry[{i}].resource" for i in (1, 3, 4, 5))
+REQUEST, PATIENT, COVERAGE, PAYER, CLINIC = (f"Bundle.entry[{i}].resource" for i in (0, 1, 3, 4, 5))
 
 
 @pytest.mark.parametrize(("changes", "path", "x12", "words"), [
@@ -140,11 +140,11 @@ PATIENT, COVERAGE, PAYER, CLINIC = (f"Bundle.entry[{i}].resource" for i in (1, 3
     ({"patient__name": [{"family": "مريم", "given": ["Anna"]}]}, f"{PATIENT}.name[0].family", "2100C NM103",
      "Latin-script form"),
     ({"clinic__name": "東京クリニック"}, f"{CLINIC}.name", "2100B NM103", "Latin-script form"),
-    ({"request__item": _item(modifier="x")}, "CoverageEligibilityRequest.item[0].modifier[0]", "2110C EQ02-3",
+    ({"request__item": _item(modifier="x")}, f"{REQUEST}.item[0].modifier[0]", "2110C EQ02-3",
      "2 to 2 characters"),
-    ({"request__item": _item(code="992*13")}, "CoverageEligibilityRequest.item[0].productOrService", "2110C EQ02-2",
+    ({"request__item": _item(code="992*13")}, f"{REQUEST}.item[0].productOrService", "2110C EQ02-2",
      "delimiter characters"),
-    ({"request__item": _item(diagnosis="")}, "CoverageEligibilityRequest.item[0].diagnosis[0].diagnosisCodeableConcept",
+    ({"request__item": _item(diagnosis="")}, f"{REQUEST}.item[0].diagnosis[0].diagnosisCodeableConcept",
      "2100C HI01-2", "it is empty"),
 ])
 def test_identifiers_codes_and_required_names_are_sent_as_given_or_refused(changes, path, x12, words):
@@ -180,7 +180,7 @@ def test_a_coverage_reference_that_names_no_coverage_is_refused(coverage):
         build(bundle(request__insurance=[{"focal": True, "coverage": coverage}]))
     assert caught.value.status == 422
     assert [(p.fhir_path, p.code, p.message) for p in caught.value.problems] == [
-        ("CoverageEligibilityRequest.insurance[0].coverage", "required",
+        (f"{REQUEST}.insurance[0].coverage", "required",
          "the coverage reference names no Coverage: give its reference, or the member id as an identifier typed MB")]
 
 
@@ -208,16 +208,16 @@ def test_unresolvable_references_are_listed_one_by_one():
     with pytest.raises(TranslationError) as info:
         build(payload)
     not_found = [p for p in info.value.problems if p.code == "not-found"]
-    assert {p.fhir_path for p in not_found} == {"CoverageEligibilityRequest.patient",
-                                                "CoverageEligibilityRequest.provider"}
+    assert {p.fhir_path for p in not_found} == {f"{REQUEST}.patient",
+                                                f"{REQUEST}.provider"}
 
 
 @pytest.mark.parametrize(("change", "path", "words"), [
     # was "points at a Organization"
     ({"request__insurance": [{"coverage": {"reference": "Organization/payer"}}]},
-     "CoverageEligibilityRequest.insurance[0].coverage",
+     f"{REQUEST}.insurance[0].coverage",
      "reference 'Organization/payer' points at an Organization, expected Coverage"),
-    ({"request__insurer": {"reference": "Patient/p"}}, "CoverageEligibilityRequest.insurer",
+    ({"request__insurer": {"reference": "Patient/p"}}, f"{REQUEST}.insurer",
      "reference 'Patient/p' points at a Patient, expected Organization"),
 ])
 def test_a_reference_to_another_resource_type_says_which_with_its_article(change, path, words):
@@ -335,8 +335,8 @@ def test_a_reversed_service_period_and_too_many_items_are_refused():
                      request__item=[{"category": {"coding": [{"system": "https://x12.org/codes/service-type-codes",
                                                               "code": "30"}]}}] * 100))
     found = {p.fhir_path: p.message for p in caught.value.problems}
-    assert "ends ('2025-03-01') before it starts" in found["CoverageEligibilityRequest.servicedPeriod.end"]
-    assert "at most 99" in found["CoverageEligibilityRequest.item"]
+    assert "ends ('2025-03-01') before it starts" in found[f"{REQUEST}.servicedPeriod.end"]
+    assert "at most 99" in found[f"{REQUEST}.item"]
 
 
 @pytest.mark.parametrize(("start", "words"), [("2025-03", "'2025-03' is not a full date (the period starts on a day)"),
@@ -346,7 +346,7 @@ def test_a_service_period_without_a_full_start_date_says_which(start, words):
     with pytest.raises(TranslationError) as caught:
         build(bundle(request__servicedPeriod={"end": "2025-03-31", **({"start": start} if start else {})}))
     assert [(p.fhir_path, p.message) for p in caught.value.problems] == [
-        ("CoverageEligibilityRequest.servicedPeriod.start", words)]
+        (f"{REQUEST}.servicedPeriod.start", words)]
 
 
 def test_trn03_pads_only_what_is_sent():
@@ -447,13 +447,13 @@ def test_the_same_patient_by_another_reference_form_is_the_same_person():
 # ---------------------------------------------------------------------------------------- what is asked
 
 @pytest.mark.parametrize(("item", "path", "words"), [
-    ({"category": {"text": "dental"}}, "CoverageEligibilityRequest.item[0].category", "has no coding"),
+    ({"category": {"text": "dental"}}, f"{REQUEST}.item[0].category", "has no coding"),
     ({"category": {"coding": [{"system": "https://x12.org/codes/service-type-codes"}]}},
-     "CoverageEligibilityRequest.item[0].category", "has no code"),
-    ({"productOrService": {"text": "office visit"}}, "CoverageEligibilityRequest.item[0].productOrService",
+     f"{REQUEST}.item[0].category", "has no code"),
+    ({"productOrService": {"text": "office visit"}}, f"{REQUEST}.item[0].productOrService",
      "no coded procedure"),
     # was "procedure code system None has no X12 qualifier": Python's None for a system the client left out
-    ({"productOrService": {"coding": [{"code": "99213"}]}}, "CoverageEligibilityRequest.item[0].productOrService",
+    ({"productOrService": {"coding": [{"code": "99213"}]}}, f"{REQUEST}.item[0].productOrService",
      "procedure code '99213' has no system: name the code system (CPT, HCPCS, CDT, NDC ...)"),
 ])
 def test_an_item_without_a_code_is_refused_not_replaced_by_the_generic_question(item, path, words):
@@ -504,7 +504,7 @@ def test_a_procedure_no_coding_of_which_eq02_can_carry_is_refused_naming_the_sys
     assert caught.value.status == 422
     [problem] = caught.value.problems
     assert (problem.fhir_path, problem.code, problem.x12) == (
-        "CoverageEligibilityRequest.item[0].productOrService", code,
+        f"{REQUEST}.item[0].productOrService", code,
         "2110C EQ02-1" if code == "not-supported" else "2110C EQ02-2")
     assert all(w in problem.message for w in words), problem.message
 
@@ -563,7 +563,7 @@ def test_a_modifier_without_a_code_is_refused_where_it_would_go(modifiers, index
     assert caught.value.status == 422
     [problem] = caught.value.problems
     assert (problem.fhir_path, problem.code, problem.x12) == (
-        f"CoverageEligibilityRequest.item[0].modifier[{index}]", "required", f"2110C EQ02-{index + 3}")
+        f"{REQUEST}.item[0].modifier[{index}]", "required", f"2110C EQ02-{index + 3}")
     assert words in problem.message
 
 
@@ -602,7 +602,7 @@ def test_an_inquirys_problem_names_the_loop_it_goes_in(item, path, x12, dependen
     with pytest.raises(TranslationError) as caught:
         build(bundle(request__item=[item], **changes))
     assert [(p.fhir_path, p.x12) for p in caught.value.problems] == [
-        (f"CoverageEligibilityRequest.{path}", f"{'2110D' if dependent else '2110C'} {x12}")]
+        (f"{REQUEST}.{path}", f"{'2110D' if dependent else '2110C'} {x12}")]
 
 
 def test_too_many_items_name_the_dependents_loop():
@@ -633,9 +633,9 @@ def test_a_code_that_cannot_be_sent_is_refused_at_its_own_item_modifier_and_diag
         build(bundle(request__item=items, **changes))
     eq, hi = ("2110D", "2100D") if dependent else ("2110C", "2100C")
     assert sorted((p.fhir_path, p.x12) for p in caught.value.problems) == [
-        ("CoverageEligibilityRequest.item[1].diagnosis[1].diagnosisCodeableConcept", f"{hi} HI02-2"),
-        ("CoverageEligibilityRequest.item[1].modifier[1]", f"{eq} EQ02-4"),
-        ("CoverageEligibilityRequest.item[1].productOrService", f"{eq} EQ02-2")]
+        (f"{REQUEST}.item[1].diagnosis[1].diagnosisCodeableConcept", f"{hi} HI02-2"),
+        (f"{REQUEST}.item[1].modifier[1]", f"{eq} EQ02-4"),
+        (f"{REQUEST}.item[1].productOrService", f"{eq} EQ02-2")]
 
 
 def test_an_unsendable_diagnosis_two_items_name_is_refused_at_each():
@@ -647,8 +647,8 @@ def test_an_unsendable_diagnosis_two_items_name_is_refused_at_each():
     with pytest.raises(TranslationError) as caught:
         build(bundle(request__item=items))
     assert [(p.fhir_path, p.x12) for p in caught.value.problems] == [
-        ("CoverageEligibilityRequest.item[0].diagnosis[0].diagnosisCodeableConcept", "2100C HI01-2"),
-        ("CoverageEligibilityRequest.item[1].diagnosis[1].diagnosisCodeableConcept", "2100C HI01-2")]
+        (f"{REQUEST}.item[0].diagnosis[0].diagnosisCodeableConcept", "2100C HI01-2"),
+        (f"{REQUEST}.item[1].diagnosis[1].diagnosisCodeableConcept", "2100C HI01-2")]
 
 
 def test_a_purpose_and_a_coverage_reference_are_refused_at_their_own_index():
@@ -656,18 +656,18 @@ def test_a_purpose_and_a_coverage_reference_are_refused_at_their_own_index():
     naming no Coverage at insurance.coverage, though the request has several of each."""
     with pytest.raises(TranslationError) as caught:
         build(bundle(request__purpose=["benefits", "gossip"]))
-    assert [p.fhir_path for p in caught.value.problems] == ["CoverageEligibilityRequest.purpose[1]"]
+    assert [p.fhir_path for p in caught.value.problems] == [f"{REQUEST}.purpose[1]"]
     insurance = [{"coverage": {"reference": "Coverage/c"}}, {"focal": True, "coverage": {"display": "Acme PPO"}}]
     with pytest.raises(TranslationError) as caught:
         build(bundle(request__insurance=insurance))
-    assert [p.fhir_path for p in caught.value.problems] == ["CoverageEligibilityRequest.insurance[1].coverage"]
+    assert [p.fhir_path for p in caught.value.problems] == [f"{REQUEST}.insurance[1].coverage"]
 
 
 @pytest.mark.parametrize(("changes", "path"), [
-    ({"request__servicedDate": "2025-03"}, "CoverageEligibilityRequest.servicedDate"),
-    ({"request__servicedPeriod": {"start": "2025-03"}}, "CoverageEligibilityRequest.servicedPeriod.start"),
+    ({"request__servicedDate": "2025-03"}, f"{REQUEST}.servicedDate"),
+    ({"request__servicedPeriod": {"start": "2025-03"}}, f"{REQUEST}.servicedPeriod.start"),
     ({"request__servicedPeriod": {"start": "2025-03-31", "end": "2025-03-01"}},
-     "CoverageEligibilityRequest.servicedPeriod.end"),
+     f"{REQUEST}.servicedPeriod.end"),
 ])
 @pytest.mark.parametrize("dependent", [False, True])
 def test_a_service_date_problem_names_the_patients_dtp(changes, path, dependent):
@@ -682,9 +682,9 @@ def test_a_service_date_problem_names_the_patients_dtp(changes, path, dependent)
 
 @pytest.mark.parametrize(("changes", "path"), [
     ({"coverage__beneficiary": PARENT}, f"{COVERAGE}.beneficiary"),
-    ({"request__patient": {"reference": "Patient/missing"}}, "CoverageEligibilityRequest.patient"),
-    ({"request__patient": {"reference": "Organization/payer"}}, "CoverageEligibilityRequest.patient"),
-    ({"request__patient": None}, "CoverageEligibilityRequest.patient"),
+    ({"request__patient": {"reference": "Patient/missing"}}, f"{REQUEST}.patient"),
+    ({"request__patient": {"reference": "Organization/payer"}}, f"{REQUEST}.patient"),
+    ({"request__patient": None}, f"{REQUEST}.patient"),
 ])
 @pytest.mark.parametrize("dependent", [False, True])
 def test_a_problem_of_the_patient_names_the_name_loop_the_patient_is_written_in(changes, path, dependent):
@@ -942,7 +942,7 @@ def test_a_missing_payer_id_names_each_place_it_may_come_from_as_a_fhirpath():
     """Each alternative its own expression (was one "... (payerid) | Coverage.payor.identifier", no FHIRPath), said
     where the client sent the resource: the payer Organization (entry 4) is the insurer and the only payor."""
     found = [p for p in _refused(bundle(payer__identifier=[])) if p.x12 == "2100A NM109"]
-    assert [p.expressions for p in found] == [[f"{PAYER}.identifier", "CoverageEligibilityRequest.insurer.identifier",
+    assert [p.expressions for p in found] == [[f"{PAYER}.identifier", f"{REQUEST}.insurer.identifier",
                                                 f"{COVERAGE}.payor.identifier"]]
 
 
@@ -994,7 +994,7 @@ def test_the_configured_information_receivers_values_are_refused_at_the_provider
                 "type": [{"coding": [{"system": NUCC, "code": "261Q*P2300X"}]}]}
     found = {p.x12: p for p in _refused(bundle(request__provider=None), information_receiver=receiver)}
     for x12 in ("2100B NM109", "2100B PRV03"):
-        assert found[x12].expressions == ["CoverageEligibilityRequest.provider"]
+        assert found[x12].expressions == [f"{REQUEST}.provider"]
         assert found[x12].message.endswith("(the information receiver configured for this payer)")
 
 
@@ -1031,10 +1031,87 @@ def test_a_resource_fetched_from_the_ehr_keeps_its_own_root_and_names_the_refere
                                                         "resource": coverage["resource"]}]}
     problems = {p.x12: p for p in _refused(resolved, sent=client)}
     member = problems["2100C NM109"]
-    assert member.expressions == ["Coverage.subscriberId", "CoverageEligibilityRequest.insurance[0].coverage"]
-    assert member.message.endswith("(in the Coverage fetched for CoverageEligibilityRequest.insurance[0].coverage: "
+    assert member.expressions == ["Coverage.subscriberId", f"{REQUEST}.insurance[0].coverage"]
+    assert member.message.endswith(f"(in the Coverage fetched for {REQUEST}.insurance[0].coverage: "
                                    "the request did not hold it)")
     assert problems["2100C DMG02"].expressions == [f"{PATIENT}.birthDate"]   # the Patient the client sent
     operation = TranslationError("x", list(problems.values())).to_operation_outcome()
-    assert ["Coverage.subscriberId", "CoverageEligibilityRequest.insurance[0].coverage"] in [
+    assert ["Coverage.subscriberId", f"{REQUEST}.insurance[0].coverage"] in [
         issue["expression"] for issue in operation["issue"]]
+
+
+# ----------------------------------------------------------------------- one root, counted as listed, in words
+
+
+def test_the_requests_own_problems_in_a_bundle_are_said_from_its_entry():
+    """They were said at CoverageEligibilityRequest.x beside the other resources' Bundle.entry[i].resource.x: one
+    answer, two roots. A request sent alone keeps its own root, and so do its contained resources."""
+    problems = _refused(bundle(request__servicedDate="2025-03", coverage__subscriberId="W*1"))
+    assert sorted(p.fhir_path for p in problems) == [f"{REQUEST}.servicedDate", f"{COVERAGE}.subscriberId"]
+    alone = _contained_request(request__servicedDate="2025-03", coverage__subscriberId="W*1")
+    assert sorted(p.fhir_path for p in _refused(alone)) == ["CoverageEligibilityRequest.contained[1].subscriberId",
+                                                            "CoverageEligibilityRequest.servicedDate"]
+
+
+def test_the_summary_counts_each_problem_once(monkeypatch):
+    """The summary counted the problems before their duplicates were taken out: "3 problem(s)" above a list of 2."""
+    import gateway.translate.request_270 as request_270
+
+    dates = request_270._service_dates
+
+    def twice(g, request):   # one problem found twice (as two paths read may place at one element)
+        found = dates(g, request)
+        g.problems.append(g.problems[-1])
+        return found
+
+    monkeypatch.setattr(request_270, "_service_dates", twice)
+    with pytest.raises(TranslationError) as caught:
+        build(bundle(request__servicedDate="2025-03", coverage__subscriberId="W*1"))
+    assert len(caught.value.problems) == 2
+    assert caught.value.summary.endswith(": 2 problem(s)")
+
+
+def test_the_provider_npi_is_called_an_npi_in_a_refusal():
+    """The item's name was turned into words as "provider npi"."""
+    clinic = [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567890"}]
+    [problem] = [p for p in _refused(bundle(clinic__identifier=clinic)) if p.x12 == "2100B NM109"]
+    assert problem.message.startswith("provider NPI '1234567890' cannot be sent as given")
+
+
+@pytest.mark.parametrize(("changes", "source"), [
+    ({}, "CoverageEligibilityRequest.insurer"),
+    ({"request__insurer": {}}, "Coverage.payor[0]"),
+])
+def test_untyped_payer_identifiers_are_noted_at_the_element_they_came_from(changes, source):
+    """With several identifiers and none typed payerid, the note said "insurer" even when they were the
+    Coverage.payor Organization's."""
+    ids = [{"system": "urn:payer-a", "value": "11111"}, {"system": "urn:payer-b", "value": "22222"}]
+    result = build(bundle(payer__identifier=ids, **changes))
+    [note] = [n for n in result.notes if "none is typed payerid" in n.text]
+    assert note.source == source
+    assert "PI*11111" in result.text
+
+
+def _taxonomies(first: str, second: str) -> list[dict]:
+    return [{"coding": [{"system": NUCC, "code": first}]}, {"coding": [{"system": NUCC}, {"system": NUCC,
+                                                                                         "code": second}]}]
+
+
+@pytest.mark.parametrize("where", ["specialty", "qualification", "type"])
+def test_the_first_nucc_taxonomy_is_sent_wherever_it_is_read(where):
+    """PractitionerRole.specialty sent its last NUCC coding, Practitioner.qualification and Organization.type their
+    first: now the first everywhere (and a coding without a code is no taxonomy)."""
+    concepts = _taxonomies("207Q00000X", "208D00000X")
+    if where == "specialty":
+        payload = _specialty_bundle(concepts)
+    elif where == "qualification":
+        payload = _practitioner_bundle([{"code": concept} for concept in concepts])
+    else:
+        payload = bundle(clinic__type=concepts)
+    rows = segs(build(payload).text)
+    assert [row for row in rows if row[0] == "PRV"] == [["PRV", "PE", "PXC", "207Q00000X"]]
+    # the first concept without a code of its own: the next one's
+    concepts = [{"coding": [{"system": NUCC}]}, {"coding": [{"system": NUCC, "code": "208D00000X"}]}]
+    payload = _specialty_bundle(concepts) if where == "specialty" else _practitioner_bundle(
+        [{"code": concept} for concept in concepts]) if where == "qualification" else bundle(clinic__type=concepts)
+    assert ["PRV", "PE", "PXC", "208D00000X"] in segs(build(payload).text)
