@@ -364,7 +364,7 @@ class EligibilityService:
             provider=portable(request.get("provider") or prepared.request.get("provider"), f"{CER}.provider"),
             purpose=request.get("purpose"), request={"reference": f"{CER}/{prepared.id}"}, serviced=serviced,
             notes=prepared.built.all_notes(), persons_sent=prepared.built.persons,
-            relationship=prepared.built.relationship)
+            relationship=prepared.built.relationship, parties_sent=prepared.built.parties)
         context.contained = contained
         base = bundle_base(CER, prepared.bundle)
         if base is not None:   # the response's references to the EHR's resources, written out in full

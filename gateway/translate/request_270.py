@@ -47,6 +47,9 @@ class Request270:
     # the Coverage.relationship code the 270 was built by (its loop says it, no INS does): a 271's INS that says no
     # more is an echo (response_271's ResponseContext.relationship), wherever the Coverage came from
     relationship: str | None = None
+    # the 2100A payer and 2100B information receiver loops as sent (as ``persons``): a 271 NM1 equal to them echoes
+    # the request, whose insurer and provider stand for them in the response; another is noted
+    parties: dict[str, frozenset[tuple[str, ...]]] = field(default_factory=dict)
 
     def all_notes(self) -> list[Note]:
         """The notes, then each value the writer had to change, as notes on the 270 element it went to."""
@@ -1056,8 +1059,10 @@ def _write(g: _Gather, envelope: Envelope, delimiters: Delimiters, limits: dict[
     persons = {"subscriber": subscriber_sent,   # the patient, when not a dependent: a 271 may answer either way
                "patient": subscriber_sent if patient_start == subscriber_start
                else _name_loop_sent(result.segments, body, patient_start, delimiters)}
+    parties = {"payer": _name_loop_sent(result.segments, body, 2, delimiters),       # body[2]: the payer's NM1
+               "receiver": _name_loop_sent(result.segments, body, 4, delimiters)}    # body[4]: the provider's
     return Request270(result.text, trace, g.notes, result.notes, loop_name, payer_id=payer[1], persons=persons,
-                      relationship=relationship)
+                      relationship=relationship, parties=parties)
 
 
 def _name_loop_sent(written: list[str], body: list[tuple[str, list[Value]]], start: int,

@@ -1217,3 +1217,23 @@ def test_a_271_echoing_the_built_270s_payer_and_provider_gains_no_note_in_the_ga
     head = [*HEAD[:2], (payer.id, payer.elements), HEAD[3], (receiver.id, receiver.elements)]
     r = valid(only(BENEFIT, head=head, context_for=with_parties(parties)))
     assert notes(r) == []
+
+
+def test_the_built_270s_payer_and_receiver_loops_are_what_a_271_nm1_is_compared_with():
+    """From the request to the 270 and back, as the gateway does (Request270.parties -> parties_sent): the payer's
+    and the receiver's NM1 as the 270 wrote them are echoes; a payer that names itself otherwise is noted."""
+    from gateway.translate.request_270 import build_270
+    from gateway.x12.structure import element_limits
+    from tests.translate.test_request_rules import ENV as REQUEST_ENV
+    from tests.translate.test_request_rules import bundle
+
+    built = build_270(bundle(), load_tables(), envelope=REQUEST_ENV, limits=element_limits())
+    segments = read_x12(built.text).transactions[0].segments()
+    payer, receiver = [(s.id, s.elements) for s in segments if s.id == "NM1"][:2]
+    head = [*HEAD[:2], payer, HEAD[3], receiver]
+    context = with_parties(built.parties)
+    assert set(built.parties) == {"payer", "receiver"} and notes(valid(only(BENEFIT, head=head,
+                                                                             context_for=context))) == []
+    renamed = ("NM1", [payer[1][0], payer[1][1], "ANOTHER PLAN", *payer[1][3:]])
+    text, = notes(only(BENEFIT, head=[*HEAD[:2], renamed, HEAD[3], receiver], context_for=context))
+    assert text.startswith("the information source's NM1 (2100A) is not the 270's: NM103 'ANOTHER PLAN'")
