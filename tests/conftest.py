@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 # beside the checkout; FHIR_X12_CORPUS names it for a checkout elsewhere (a git worktree)
 CORPUS = Path(os.environ.get("FHIR_X12_CORPUS") or ROOT.parent / "shared" / "corpus")
+MAPPINGS = ROOT / "mappings"
 # https://hl7.org/fhir/R4/valueset-issue-type.html: every OperationOutcome issue code must be one of these
 ISSUE_TYPES = {"invalid", "structure", "required", "value", "invariant", "security", "login", "unknown", "expired",
                "forbidden", "suppressed", "processing", "not-supported", "duplicate", "multiple-matches",
@@ -113,3 +115,17 @@ def loopback_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
             "-out", "server.pem", "-days", "2", "-extfile", "san.ext")
     return folder
+
+
+def mappings_with(tmp_path: Path, file: str | None = None, old: str = "", new: str = "") -> str:
+    """A copy of the shipped mappings under ``tmp_path`` with ``old`` replaced by ``new`` in ``file`` (a path under
+    mappings/, ``codes/network.yaml`` say), for tests of what a changed table does; its folder, as the loaders take
+    it. The text must be there: a test whose edit silently did nothing would test the shipped tables."""
+    base = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, base)
+    if file is not None:
+        path = base / file
+        text = path.read_text(encoding="utf-8")
+        assert old in text, f"{file} has no {old!r}"
+        path.write_text(text.replace(old, new), encoding="utf-8")
+    return str(base)

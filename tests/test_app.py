@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.app import create_app
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, mappings_with
 
 
 @pytest.fixture
@@ -149,18 +149,10 @@ def test_validate_reports_a_repeated_isa13_and_rejects_only_the_later_interchang
 def test_validate_writes_its_999_by_the_apps_own_mappings(tmp_path):
     """The 999 carries only the codes the app's code tables list (FHIR_X12_MAPPINGS), as its validation reads them:
     without IK403 code 7 in element_syntax_error.yaml, the segment is still in error but no IK4 names that code."""
-    import shutil
-
-    from gateway.mappings import mappings_dir
-
-    base = tmp_path / "mappings"
-    shutil.copytree(mappings_dir(), base)
-    table = base / "codes" / "element_syntax_error.yaml"
-    table.write_text(table.read_text(encoding="utf-8").replace('  "7": {display: "Invalid code value"}\n', ""),
-                     encoding="utf-8")
+    base = mappings_with(tmp_path, "codes/element_syntax_error.yaml", '  "7": {display: "Invalid code value"}\n', "")
     bad = (FIXTURES / "x12" / "invalid" / "eq01-invalid-code.x12").read_bytes()
     answers = {}
-    for name, config in (("shipped", {}), ("copy", {"FHIR_X12_MAPPINGS": str(base)})):
+    for name, config in (("shipped", {}), ("copy", {"FHIR_X12_MAPPINGS": base})):
         app = create_app({"TESTING": True, "FHIR_X12_DATABASE_URL": f"sqlite:///{tmp_path / name}.db", **config})
         answers[name] = app.test_client().post("/x12/$validate", data=bad,
                                                headers={"Accept": "application/edi-x12"}).get_data(as_text=True)

@@ -8,9 +8,7 @@ change of meaning is a data change, and a table without a key the translation re
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -21,11 +19,10 @@ from gateway.translate.request_from_270 import translate_270
 from gateway.translate.response_271 import translate_271
 from gateway.translate.tables import CODE_TABLES, TRANSLATE_TABLES, Tables
 from gateway.x12.reader import read_x12
+from tests.conftest import mappings_with
 from tests.translate.test_request_from_270 import HEAD as HEAD_270
 from tests.translate.test_request_from_270 import x12
 from tests.translate.test_response_rules import NOW, RAW_HEAD, RAW_ISA, RAW_NAME, items, notes, valid
-
-MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 
 
 def eb(*elements: str) -> str:
@@ -414,14 +411,6 @@ def test_a_270_providers_prv_that_is_no_taxonomy_is_noted():
 
 # -- checked when loaded -----------------------------------------------------------------------------------------------
 
-def copy_with(tmp_path: Path, file: str, old: str, new: str) -> str:
-    base = tmp_path / "mappings"
-    shutil.copytree(MAPPINGS, base)
-    path = base / file
-    text = path.read_text(encoding="utf-8")
-    assert old in text, old
-    path.write_text(text.replace(old, new), encoding="utf-8")
-    return str(base)
 
 
 @pytest.mark.parametrize("file, old, new, message", [
@@ -463,4 +452,4 @@ def copy_with(tmp_path: Path, file: str, old: str, new: str) -> str:
 ])
 def test_a_table_without_what_the_translation_reads_is_refused_when_loaded(tmp_path, file, old, new, message):
     with pytest.raises(MappingError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        load_tables(copy_with(tmp_path, file, old, new))
+        load_tables(mappings_with(tmp_path, file, old, new))

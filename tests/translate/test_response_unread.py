@@ -6,7 +6,6 @@ elements beyond those read, and any element of a mapped segment that the transla
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from gateway.errors import MappingError
 from gateway.translate import TranslationError, load_tables
 from gateway.translate.response_271 import translate_271
 from gateway.x12.reader import read_x12
+from tests.conftest import mappings_with
 from tests.translate.test_response_rules import (
     BENEFIT,
     NOT_IN_PATIENT,
@@ -32,8 +32,6 @@ from tests.translate.test_response_rules import (
     raw_responses,
     valid,
 )
-
-MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 
 
 def eb11(code: str, *more):
@@ -105,21 +103,16 @@ def test_an_eb11_code_the_table_does_not_list_can_refuse_the_271():
 @pytest.mark.parametrize("entry", ['"Y": {fhir: required, display: required}', '"Y": {fhir: true}',
                                    '"Y": {fhir: 1, display: required}', '"Y": {fhir: true, display: x, x279a1: no1}'])
 def test_an_authorization_table_that_cannot_mean_true_or_false_is_refused_when_loaded(tmp_path, entry):
-    base = tmp_path / "mappings"
-    shutil.copytree(MAPPINGS, base)
+    base = Path(mappings_with(tmp_path))
     (base / "translate" / "authorization.yaml").write_text(f"on_missing: note\ncodes:\n  {entry}\n", encoding="utf-8")
     with pytest.raises(MappingError, match="authorization.yaml"):
         load_tables(str(base))
 
 
 def test_a_misspelt_on_missing_policy_is_refused_when_loaded(tmp_path):
-    base = tmp_path / "mappings"
-    shutil.copytree(MAPPINGS, base)
-    path = base / "translate" / "network.yaml"
-    path.write_text(path.read_text(encoding="utf-8").replace("on_missing: passthrough", "on_missing: eror"),
-                    encoding="utf-8")
+    base = mappings_with(tmp_path, "translate/network.yaml", "on_missing: passthrough", "on_missing: eror")
     with pytest.raises(MappingError, match="translate/network.yaml: on_missing 'eror'"):
-        load_tables(str(base))
+        load_tables(base)
 
 
 # -- negative amounts ------------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ kept and said to be none of its codes, or makes the acknowledgment unreadable, a
 
 from __future__ import annotations
 
-import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import pytest
 
 from gateway.errors import MappingError
 from gateway.fhir.models import validate_structure
-from gateway.mappings import DEFAULT_MAPPINGS_DIR as MAPPINGS
 from gateway.transport.acks import TABLES, AckCodeError, AckCodes, ack_findings, load_ack_codes, read_acknowledgments
 from gateway.transport.client import PayerRejected, PayerUnavailable, _answer_271
 from gateway.x12 import ack
@@ -19,7 +17,7 @@ from gateway.x12.ack import build_999
 from gateway.x12.model import Finding
 from gateway.x12.tokenizer import tokenize
 from gateway.x12.validate import validate_x12
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, mappings_with
 
 
 def findings(text: str, codes: AckCodes | None = None) -> list[dict]:
@@ -150,12 +148,7 @@ def test_on_missing_error_leaves_an_empty_element_said_empty():
 
 
 def _mappings_with(tmp_path: Path, table: str, policy: str) -> str:
-    base = tmp_path / "mappings"
-    shutil.copytree(MAPPINGS, base)
-    path = base / "codes" / f"{table}.yaml"
-    path.write_text(path.read_text(encoding="utf-8").replace("on_missing: passthrough", f"on_missing: {policy}"),
-                    encoding="utf-8")
-    return str(base)
+    return mappings_with(tmp_path, f"codes/{table}.yaml", "on_missing: passthrough", f"on_missing: {policy}")
 
 
 @pytest.mark.parametrize("table", TABLES)
@@ -181,12 +174,8 @@ def test_a_validated_acknowledgment_a_table_makes_unreadable_is_an_error_finding
 
 
 def test_a_mappings_copy_without_a_code_keeps_it_out_of_our_999(tmp_path):
-    base = tmp_path / "mappings"
-    shutil.copytree(MAPPINGS, base)
-    path = base / "codes" / "element_syntax_error.yaml"
-    path.write_text(path.read_text(encoding="utf-8").replace('  "7": {display: "Invalid code value"}\n', ""),
-                    encoding="utf-8")
-    sets = ack.ack_code_sets(str(base))
+    base = mappings_with(tmp_path, "codes/element_syntax_error.yaml", '  "7": {display: "Invalid code value"}\n', "")
+    sets = ack.ack_code_sets(base)
     assert "7" not in sets.element and "7" in ack.ack_code_sets().element
     report = validate_x12(FIXTURES.joinpath("x12", "270", "subscriber-generic.270").read_bytes())
     txn = report.transactions[0]
@@ -194,7 +183,7 @@ def test_a_mappings_copy_without_a_code_keeps_it_out_of_our_999(tmp_path):
                   position=9, element="EQ01", data_element="1365", value="ZZ", set_ordinal=txn.ordinal)
     now = datetime(2025, 3, 10, 9, 15)
     assert "IK4*1*1365*7*ZZ~" in build_999(report.transactions, [bad], control_number=1, now=now)
-    assert "IK4" not in build_999(report.transactions, [bad], control_number=1, now=now, mappings=str(base))
+    assert "IK4" not in build_999(report.transactions, [bad], control_number=1, now=now, mappings=base)
 
 
 def test_a_deployment_can_reword_a_code_without_touching_python():
@@ -251,9 +240,5 @@ def test_a_ta1_status_is_checked_against_the_statuses_the_table_gives_ta104(tmp_
     assert not [f for f in validate_x12(text.format("E")).findings if f.code == "X12-TA1"]
     bad, = [f for f in validate_x12(text.format("P")).findings if f.code == "X12-TA1"]
     assert bad.message == ("TA1 TA104 'P' is not a TA1 status (A, E, R: mappings/codes/acknowledgment_status.yaml)")
-    base = tmp_path / "mappings"
-    shutil.copytree(MAPPINGS, base)
-    path = base / "codes" / "acknowledgment_status.yaml"
-    path.write_text(path.read_text(encoding="utf-8").replace("used_in: [AK901]}", "used_in: [AK901, TA104]}"),
-                    encoding="utf-8")
-    assert not [f for f in validate_x12(text.format("P"), mappings=str(base)).findings if f.code == "X12-TA1"]
+    base = mappings_with(tmp_path, "codes/acknowledgment_status.yaml", "used_in: [AK901]}", "used_in: [AK901, TA104]}")
+    assert not [f for f in validate_x12(text.format("P"), mappings=base).findings if f.code == "X12-TA1"]
