@@ -36,7 +36,7 @@ from urllib3.exceptions import ReadTimeoutError
 from gateway.errors import ConfigError, quoted, with_article
 from gateway.fhir.structure import MAX_DEPTH, invariant_problems, json_shape, structure_problems
 from gateway.translate.errors import Problem, TranslationError
-from gateway.translate.references import RELATIVE_REFERENCE, RESOURCE_TYPE, Resolver, sent_at
+from gateway.translate.references import RELATIVE_REFERENCE, RESOURCE_TYPE, Resolver, fetched_for, sent_at
 from gateway.translate.request_270 import CER, find_request
 from gateway.transport.client import failure_cause
 from gateway.transport.routing import ca_bundle_path, is_loopback_url
@@ -452,7 +452,7 @@ class _Walk:
         if via is None:
             return path, (), ""
         reference, further, _ = self.placed(*via)
-        said = f" (in the {kind} fetched for {reference}: the request did not hold it)"
+        said = fetched_for(kind, reference)
         return path, (reference, *further), said
 
     # -- fetching ------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from gateway.service import CER, RESPONSE, EligibilityService, Result, frames_on
 from gateway.store import SearchError
 from gateway.store.search import IGNORED_PARAMS, REQUEST_PARAMS, RESPONSE_PARAMS
 from gateway.translate.errors import Problem
+from gateway.translate.references import FETCHED_FOR
 
 fhir = Blueprint("fhir", __name__)
 
@@ -115,9 +116,6 @@ def sent_from(result: Result, kind: Any, root: str) -> Result:
     return dataclasses.replace(result, body={**body, "issue": issues})
 
 
-_FETCHED_FOR = " fetched for "   # a resource read from the EHR's server names the reference it was read for
-
-
 def _issue_from(issue: dict[str, Any], kind: Any, root: str) -> dict[str, Any]:
     """One issue of :func:`sent_from`: its expressions from ``root``, and the reference its text names for a resource
     fetched from the EHR ("in the Coverage fetched for CoverageEligibilityRequest.insurance[0].coverage: ..."), which
@@ -126,10 +124,10 @@ def _issue_from(issue: dict[str, Any], kind: Any, root: str) -> dict[str, Any]:
     placed = [_placed(root, kind, e) for e in expressions]
     details = issue.get("details")
     text = details.get("text") if isinstance(details, dict) else None
-    if isinstance(text, str) and _FETCHED_FOR in text:
+    if isinstance(text, str) and FETCHED_FOR in text:
         for before, after in zip(expressions, placed, strict=True):
             if isinstance(before, str) and before != after:
-                text = text.replace(f"{_FETCHED_FOR}{before}:", f"{_FETCHED_FOR}{after}:")
+                text = text.replace(f"{FETCHED_FOR}{before}:", f"{FETCHED_FOR}{after}:")
         issue = {**issue, "details": {**details, "text": text}}
     return {**issue, "expression": placed}
 

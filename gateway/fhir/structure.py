@@ -13,6 +13,7 @@ from gateway.errors import QUOTE_LIMIT, quoted
 from gateway.fhir.json_types import JSON_NAMES, NOT_A_RESOURCE, json_type_problems
 from gateway.fhir.models import resource_kind, validate_structure
 from gateway.translate.errors import Problem
+from gateway.translate.references import sent_at
 
 MAX_DEPTH = 48   # FHIR resources nest a dozen levels; deeper input is refused before validation
 # pydantic field names that differ from the FHIR element names
@@ -190,7 +191,8 @@ def payload_problems(request: dict[str, Any], bundle: dict[str, Any] | None) -> 
     request's own at its entry, ``Bundle.entry[0].resource.status``), so that one answer has one root."""
     problems = structure_problems(request) + invariant_problems(request)   # the request's paths start at it
     if problems and bundle is not None:   # said from its entry (found only for a refusal)
-        problems = _moved(problems, str(request.get("resourceType")), _entry_of(request, bundle))
+        kind = str(request.get("resourceType"))
+        problems = _moved(problems, kind, sent_at(request, bundle).get(id(request), kind))
     said: set[str] = set()
     if bundle is not None:   # the Bundle's own elements and invariants (its entries' resources one by one, below)
         own = own_problems(bundle, "Bundle", "entry")
@@ -220,14 +222,6 @@ def payload_problems(request: dict[str, Any], bundle: dict[str, Any] | None) -> 
             problems.extend(structure_problems(resource, f"{where}.resource"))
             problems.extend(invariant_problems(resource, f"{where}.resource"))
     return problems
-
-
-def _entry_of(resource: dict[str, Any], bundle: dict[str, Any]) -> str:
-    """``Bundle.entry[i].resource``, i the entry holding ``resource`` (by identity); ``Bundle`` when none does."""
-    entries = bundle.get("entry")
-    index = next((i for i, e in enumerate(entries) if isinstance(e, dict) and e.get("resource") is resource),
-                 None) if isinstance(entries, list) else None
-    return "Bundle" if index is None else f"Bundle.entry[{index}].resource"
 
 
 def _moved(problems: list[Problem], root: str, to: str) -> list[Problem]:

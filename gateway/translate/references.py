@@ -108,6 +108,15 @@ class Resolver:
         return resource
 
 
+FETCHED_FOR = " fetched for "   # the words naming the reference a resource read from the EHR's server was read for
+
+
+def fetched_for(kind: str, reference: str) -> str:
+    """What a refusal adds for a resource the client did not send (read from the EHR's FHIR server): the reference it
+    was read for. One wording, which the API's rewriting of paths (api/fhir.py ``_issue_from``) finds again."""
+    return f" (in the {kind}{FETCHED_FOR}{reference}: the request did not hold it)"
+
+
 def sent_at(request: dict[str, Any], bundle: dict[str, Any] | None) -> dict[int, str]:
     """Where the client sent each resource of its payload, by ``id()`` of the resource: the FHIRPath a refusal names it
     from, so that one answer has one root. A Bundle entry's resource is ``Bundle.entry[i].resource`` (the request's

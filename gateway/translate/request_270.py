@@ -17,7 +17,7 @@ from gateway.errors import QUOTE_LIMIT, quoted
 from gateway.translate.errors import Problem, TranslationError
 from gateway.translate.identifiers import valid_npi
 from gateway.translate.notes import Note
-from gateway.translate.references import Resolver, sent_at
+from gateway.translate.references import Resolver, fetched_for, sent_at
 from gateway.translate.tables import Tables
 from gateway.x12.dictionary import data_elements
 from gateway.x12.model import Delimiters
@@ -247,7 +247,7 @@ class _Gather:
             return where + rest, (), ""
         reference, further, _ = self.place(via)
         kind = str(resource.get("resourceType"))
-        said = f" (in the {kind} fetched for {reference}: the request did not hold it)"
+        said = fetched_for(kind, reference)
         return kind + rest, (reference, *further), said
 
     def placed(self, problem: Problem) -> Problem:
